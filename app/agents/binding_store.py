@@ -1,0 +1,137 @@
+"""The home agent's durable binding cache: SQLite in WAL mode.
+
+The server writes every change here, in one transaction per batch of
+requests, before any reply of that batch leaves.  A restarted home agent
+loads what is here and serves the bindings with the lifetime they have left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from app.agents.bindings import Binding, BindingChange, ChangeKind, ReplayState
+from app.mip.messages import RegFlags
+
+DB_NAME = "bindings.sqlite3"
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bindings (
+    home_address INTEGER PRIMARY KEY,
+    care_of_address INTEGER NOT NULL,
+    lifetime INTEGER NOT NULL,
+    registered_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    flags INTEGER NOT NULL,
+    source_address INTEGER NOT NULL,
+    source_port INTEGER NOT NULL,
+    udp_tunnel INTEGER NOT NULL,
+    keepalive_interval INTEGER NOT NULL,
+    nat_detected INTEGER NOT NULL,
+    nai TEXT
+);
+CREATE TABLE IF NOT EXISTS replay (
+    home_address INTEGER PRIMARY KEY,
+    last_identification TEXT,
+    ha_nonce INTEGER
+);
+"""
+_UPSERT = ("INSERT OR REPLACE INTO bindings VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+_REPLAY = "INSERT OR REPLACE INTO replay VALUES (?,?,?)"
+
+
+class StoreError(Exception):
+    """The binding cache cannot be opened or written; the message names the file."""
+
+
+@dataclass(frozen=True)
+class StoredState:
+    bindings: list[Binding]
+    replay: dict[IPv4Address, ReplayState]
+
+
+def _row(b: Binding) -> tuple[object, ...]:
+    return (int(b.home_address), int(b.care_of_address), b.lifetime, b.registered_at,
+            b.expires_at, int(b.flags), int(b.source_address), b.source_port,
+            int(b.udp_tunnel), b.keepalive_interval, int(b.nat_detected), b.nai)
+
+
+def _binding(row: tuple[object, ...]) -> Binding:
+    (hoa, coa, life, reg, exp, flags, saddr, sport, udp, ka, nat, nai) = row
+    assert isinstance(hoa, int) and isinstance(coa, int) and isinstance(saddr, int)
+    assert isinstance(life, int) and isinstance(flags, int) and isinstance(sport, int)
+    assert isinstance(reg, float) and isinstance(exp, float) and isinstance(ka, int)
+    assert nai is None or isinstance(nai, str)
+    return Binding(IPv4Address(hoa), IPv4Address(coa), life, reg, exp, RegFlags(flags),
+                   IPv4Address(saddr), sport, bool(udp), ka, bool(nat), nai)
+
+
+class BindingStore:
+    def __init__(self, state_dir: Path, *, fsync_each_commit: bool = True,
+                 read_only: bool = False) -> None:
+        self.path = state_dir / DB_NAME
+        try:
+            if read_only:
+                if not self.path.exists():
+                    raise StoreError(f"no binding cache at {self.path} (has the home agent "
+                                     "run with this state_dir?)")
+                self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            else:
+                state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+                os.close(fd)
+                self._db = sqlite3.connect(self.path, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA synchronous={'FULL' if fsync_each_commit else 'NORMAL'}")
+                self._db.executescript(_SCHEMA)
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                                 (str(SCHEMA_VERSION),))
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open binding cache {self.path}: {exc}") from None
+
+    def load(self) -> StoredState:
+        try:
+            rows = self._db.execute("SELECT * FROM bindings").fetchall()
+            replay_rows = self._db.execute("SELECT * FROM replay").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read binding cache {self.path}: {exc}") from None
+        replay = {
+            IPv4Address(hoa): ReplayState(None if last is None else int(last), nonce)
+            for hoa, last, nonce in replay_rows
+        }
+        return StoredState([_binding(tuple(r)) for r in rows], replay)
+
+    def apply(self, changes: Iterable[BindingChange],
+              replay: Iterable[tuple[IPv4Address, ReplayState]] = ()) -> None:
+        """Write a batch of changes in one transaction (one fsync for the batch)."""
+        upserts: list[tuple[object, ...]] = []
+        deletes: list[tuple[int]] = []
+        for ch in changes:
+            if ch.kind in (ChangeKind.REMOVED, ChangeKind.EXPIRED):
+                deletes.append((int(ch.binding.home_address),))
+            else:
+                upserts.append(_row(ch.binding))
+        replays = [(int(hoa), None if st.last_identification is None
+                    else str(st.last_identification), st.ha_nonce) for hoa, st in replay]
+        try:
+            self._db.execute("BEGIN")
+            if deletes:
+                self._db.executemany("DELETE FROM bindings WHERE home_address = ?", deletes)
+            if upserts:
+                self._db.executemany(_UPSERT, upserts)
+            if replays:
+                self._db.executemany(_REPLAY, replays)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise StoreError(f"cannot write binding cache {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,173 @@
+"""The home agent's asyncio driver: socket in, core, store, data plane, socket out.
+
+Datagrams are read in batches straight from a non-blocking socket (asyncio's
+datagram transport reads one per loop iteration); each batch is decided by the
+core, written to the store in one transaction, handed to the data plane, and
+only then are the replies sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
+
+from app.agents.binding_store import BindingStore, StoreError
+from app.agents.bindings import Binding, BindingChange, ChangeKind, ReplayState
+from app.agents.dataplane import HomeAgentDataPlane
+from app.agents.ha_core import HomeAgent, Outcome
+
+log = logging.getLogger("trustroam.ha")
+MAX_BATCH = 256
+MAX_DATAGRAM = 4096
+
+
+class HomeAgentServer:
+    def __init__(self, core: HomeAgent, store: BindingStore, dataplane: HomeAgentDataPlane,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.core = core
+        self.store = store
+        self.dataplane = dataplane
+        self.clock = clock
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._stopped = asyncio.Event()
+
+    def start(self, host: str, port: int) -> tuple[str, int]:
+        """Bind and start serving; returns the bound address (port 0 picks one)."""
+        self._loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._sock = sock
+        for b in self.core.bindings.values():
+            self.dataplane.binding_up(b)
+        self._expire()  # bindings that lapsed while we were down
+        self._loop.add_reader(sock.fileno(), self._readable)
+        bound: tuple[str, int] = sock.getsockname()
+        log.info("serving registrations on %s:%d for %d mobile nodes, %d bindings restored",
+                 bound[0], bound[1], len(self.core.config.mobile_nodes),
+                 len(self.core.bindings))
+        return bound
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+    def close(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self.dataplane.close()
+        self.store.close()
+        self._stopped.set()
+
+    # -- receive path ----------------------------------------------------------
+
+    def _readable(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        now = self.clock()
+        outcomes: list[tuple[Outcome, tuple[str, int]]] = []
+        for _ in range(MAX_BATCH):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                log.debug("receive error: %s", exc)
+                continue
+            outcome = self.core.handle_request(data, (IPv4Address(addr[0]), addr[1]), now)
+            outcomes.append((outcome, addr))
+        if outcomes:
+            self._commit(outcomes)
+            self._arm_timer()
+
+    def _commit(self, outcomes: list[tuple[Outcome, tuple[str, int]]]) -> None:
+        changes: list[BindingChange] = []
+        replay: list[tuple[IPv4Address, ReplayState]] = []
+        for o, _ in outcomes:
+            changes.extend(o.changes)
+            if o.replay is not None:
+                replay.append(o.replay)
+        if changes or replay:
+            try:
+                self.store.apply(changes, replay)
+            except StoreError as exc:
+                # Never promise a binding we could not make durable: no replies;
+                # the mobile nodes retransmit.
+                log.error("%s; %d replies withheld", exc, len(outcomes))
+                return
+        self._apply_dataplane(changes)
+        sock = self._sock
+        assert sock is not None
+        for o, addr in outcomes:
+            level = logging.DEBUG if o.accepted and _is_renewal(o) else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(level, "%s", o.log)
+            if o.reply is None:
+                continue
+            try:
+                sock.sendto(o.reply, addr)
+            except OSError as exc:
+                log.warning("cannot send reply to %s:%d: %s", addr[0], addr[1], exc.strerror)
+
+    def _apply_dataplane(self, changes: list[BindingChange]) -> None:
+        for ch in changes:
+            if ch.kind in (ChangeKind.REMOVED, ChangeKind.EXPIRED):
+                self.dataplane.binding_down(ch.binding)
+            elif ch.previous is None or _endpoint(ch.previous) != _endpoint(ch.binding):
+                self.dataplane.binding_up(ch.binding)
+
+    # -- expiry ----------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        at = self.core.next_expiry()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None and self._loop is not None:
+            self._timer = self._loop.call_later(max(0.0, at - self.clock()), self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        expired = self.core.expire(self.clock())
+        if expired:
+            try:
+                self.store.apply(expired)
+            except StoreError as exc:
+                log.error("%s (expiry of %d bindings not recorded)", exc, len(expired))
+            self._apply_dataplane(expired)
+            for ch in expired:
+                log.info("%s: binding to %s expired", ch.binding.home_address,
+                         ch.binding.care_of_address)
+        self._arm_timer()
+
+
+def _endpoint(b: Binding) -> tuple[object, ...]:
+    """What the data plane cares about; a renewal that changes none of it is a no-op."""
+    return (b.care_of_address, b.source_address, b.source_port, b.udp_tunnel,
+            b.reverse_tunnel)
+
+
+def _is_renewal(o: Outcome) -> bool:
+    return len(o.changes) == 1 and o.changes[0].kind is ChangeKind.UPDATED and (
+        o.changes[0].previous is not None
+        and o.changes[0].previous.care_of_address == o.changes[0].binding.care_of_address)
