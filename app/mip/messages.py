@@ -85,12 +85,12 @@ class RegistrationRequest:
     def decode_header(cls, data: bytes) -> RegistrationRequest:
         """Only the fixed part, so a home agent can answer 134 to a request
         whose extensions are malformed."""
+        if data and data[0] != TYPE_REQUEST:
+            raise DecodeError(f"message type {data[0]} is not a registration request (1)", 0)
         if len(data) < REQUEST_HEADER_LEN:
             raise DecodeError(f"registration request is {len(data)} bytes, needs at least "
                               f"{REQUEST_HEADER_LEN}", len(data))
-        mtype, flags, life, hoa, ha, coa, ident = _REQ.unpack_from(data)
-        if mtype != TYPE_REQUEST:
-            raise DecodeError(f"message type {mtype} is not a registration request (1)", 0)
+        _, flags, life, hoa, ha, coa, ident = _REQ.unpack_from(data)
         return cls(RegFlags(flags), life, IPv4Address(hoa), IPv4Address(ha), IPv4Address(coa),
                    ident)
 
@@ -134,12 +134,12 @@ class RegistrationReply:
 
     @classmethod
     def decode(cls, data: bytes) -> RegistrationReply:
+        if data and data[0] != TYPE_REPLY:
+            raise DecodeError(f"message type {data[0]} is not a registration reply (3)", 0)
         if len(data) < REPLY_HEADER_LEN:
             raise DecodeError(f"registration reply is {len(data)} bytes, needs at least "
                               f"{REPLY_HEADER_LEN}", len(data))
-        mtype, code, life, hoa, ha, ident = _REP.unpack_from(data)
-        if mtype != TYPE_REPLY:
-            raise DecodeError(f"message type {mtype} is not a registration reply (3)", 0)
+        _, code, life, hoa, ha, ident = _REP.unpack_from(data)
         return cls(code, life, IPv4Address(hoa), IPv4Address(ha), ident,
                    decode_extensions(data, REPLY_HEADER_LEN))
 
