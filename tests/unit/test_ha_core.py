@@ -200,7 +200,7 @@ def test_131_nai_mismatch(ha, alice, clock):
 
 def test_nai_after_mhae_is_not_trusted(ha, alice, clock):
     data = alice.request(COA) + NaiExtension("bob@corp.example").encode()
-    out, rep = send(ha, alice, clock, data)
+    _out, rep = send(ha, alice, clock, data)
     assert rep.code == 0 and ha.bindings[ALICE].nai is None
 
 

@@ -1,0 +1,159 @@
+"""The real trustroam-ha process over real UDP on loopback."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from ipaddress import IPv4Address
+
+import pytest
+
+from app.mip.auth import Algorithm
+from app.mip.extensions import UdpTunnelRequest
+from tests.haproc import HaProcess, cli
+from tests.mipclient import KEY_A, KEY_B, Mn
+
+A = IPv4Address
+HA = A("10.20.1.1")
+COA = "127.0.0.1"  # the request really comes from loopback: no NAT
+
+
+@pytest.fixture
+def ha(tmp_path):
+    proc = HaProcess(tmp_path).start()
+    yield proc
+    if proc.proc is not None:
+        proc.stop()
+
+
+@pytest.fixture
+def alice():
+    return Mn(A("10.20.1.10"), HA, KEY_A)
+
+
+def register(ha, mn, data):
+    rep = mn.check_reply(ha.exchange(data))
+    mn.learn(rep)
+    return rep
+
+
+def test_accept_and_list(ha, alice):
+    rep = register(ha, alice, alice.request(COA, lifetime=300))
+    assert rep.code == 0 and rep.lifetime == 300
+    rows = ha.bindings()
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["home_address"] == "10.20.1.10" and row["care_of_address"] == COA
+    assert 290 < row["seconds_left"] <= 300 and row["reverse_tunnel"] is True
+    text = cli("bindings", "--config", str(ha.config)).stdout
+    assert "10.20.1.10" in text and "ip-in-ip" in text
+    ha.wait_log("new binding")
+
+
+def test_rejections_over_udp(ha, alice):
+    assert register(ha, alice, alice.request(COA, key=b"\x09" * 16)).code == 131
+    assert register(ha, alice, alice.request(COA, home_agent="10.20.1.2")).code == 136
+    bad = alice.request(COA) + b"\x83\x40x"
+    assert register(ha, alice, bad).code == 134
+    assert ha.bindings() == []
+
+
+def test_replay_and_resync(ha, alice):
+    data = alice.request(COA)
+    assert register(ha, alice, data).code == 0
+    assert register(ha, alice, data).code == 133
+    alice.clock_offset, alice._last = -3600.0, 0  # an hour slow, e.g. after a bad RTC
+    rep = register(ha, alice, alice.request(COA))
+    assert rep.code == 133 and abs(alice.clock_offset) < 2
+    assert register(ha, alice, alice.request(COA)).code == 0
+
+
+def test_nonce_mode_with_key_file_and_keyed_md5(ha):
+    bob = Mn(A("10.20.1.11"), HA, KEY_B, spi=257, algorithm=Algorithm.KEYED_MD5,
+             nonce_mode=True)
+    assert register(ha, bob, bob.request(COA)).code == 133
+    assert register(ha, bob, bob.request(COA)).code == 0
+
+
+def test_nat_detected_udp_tunnel(ha, alice):
+    rep = register(ha, alice, alice.request("192.0.2.50", extensions=[UdpTunnelRequest()]))
+    assert rep.code == 0 and rep.udp_tunnel_reply.keepalive_interval == 110
+    (row,) = ha.bindings()
+    assert row["nat_detected"] and row["udp_tunnel"] and row["source"].startswith("127.0.0.1:")
+    assert register(ha, alice, alice.request("192.0.2.50")).code == 129
+
+
+def test_deregistration(ha, alice):
+    register(ha, alice, alice.request(COA))
+    rep = register(ha, alice, alice.request(COA, lifetime=0))
+    assert rep.code == 0 and rep.lifetime == 0
+    assert ha.bindings() == []
+
+
+def test_lifetime_expiry(tmp_path, alice):
+    ha = HaProcess(tmp_path, max_lifetime=1).start()
+    try:
+        assert register(ha, alice, alice.request(COA)).lifetime == 1
+        ha.wait_log("expired", timeout=5)  # the HA's own timer, not a sleep here
+        assert ha.bindings() == []
+    finally:
+        ha.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_restart_keeps_bindings_and_replay_state(tmp_path, alice, sig):
+    ha = HaProcess(tmp_path).start()
+    first = alice.request(COA, lifetime=500)
+    assert register(ha, alice, first).code == 0
+    ha.stop(sig)
+    ha.start()
+    try:
+        assert any("1 bindings restored" in line for line in ha.log)
+        (row,) = ha.bindings()
+        assert row["care_of_address"] == COA and 480 < row["seconds_left"] < 500
+        assert register(ha, alice, first).code == 133  # replay refused after restart
+        assert register(ha, alice, alice.request(COA, lifetime=500)).code == 0
+    finally:
+        ha.stop()
+
+
+def test_unknown_extension_gets_no_reply(ha, alice):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.3)
+        s.sendto(alice.request(COA, sign=False) + b"\x63\x00", ("127.0.0.1", ha.port))
+        with pytest.raises(TimeoutError):
+            s.recvfrom(100)
+    ha.wait_log("unknown non-skippable extension type 99")
+    # and the HA still serves
+    assert register(ha, alice, alice.request(COA)).code == 0
+
+
+def test_config_error_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[home_agent]\naddress = "10.20.1.1"\nhome_network = "10.20.1.0/24"\n'
+                   '[[mobile_nodes]]\nhome_address = "10.20.1.10"\nspi = 300\n'
+                   'key = "hex:0011"\n')
+    out = cli("--config", str(bad))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"trustroam-ha: {bad}: mobile_nodes[0].key: is 2 bytes; it "
+                                  "must be 16 to 64 bytes (128 bits at least)")
+    assert "Traceback" not in out.stderr
+
+
+def test_port_in_use_is_a_clear_error(ha):
+    out = cli("--config", str(ha.config))
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{ha.port}: Address already in use" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bindings_before_first_run(tmp_path):
+    proc = HaProcess(tmp_path)
+    out = cli("bindings", "--config", str(proc.config))
+    assert out.returncode == 1 and "no binding cache" in out.stderr
+
+
+def test_check_command(tmp_path):
+    proc = HaProcess(tmp_path)
+    out = cli("check", "--config", str(proc.config))
+    assert out.returncode == 0 and "2 mobile nodes" in out.stdout
