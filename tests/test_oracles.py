@@ -54,7 +54,8 @@ def _icmp(payload: bytes) -> Ether:
 def tshark_fields(tmp_path: Path, frames: list[Ether]) -> list[Fields]:
     pcap = tmp_path / "oracle.pcap"
     wrpcap(str(pcap), frames)
-    out = subprocess.run([TSHARK, "-r", str(pcap), "-T", "pdml"], capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run([TSHARK, "-r", str(pcap), "-T", "pdml"], capture_output=True,
+                         text=True, check=True, timeout=120)
     packets: list[Fields] = []
     for pkt in ET.fromstring(out.stdout).iter("packet"):
         fields: Fields = {}
