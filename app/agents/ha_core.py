@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import secrets
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -30,9 +31,17 @@ from app.mip.extensions import (
     UdpTunnelReply,
     UdpTunnelRequest,
 )
-from app.mip.messages import INFINITE_LIFETIME, RegFlags, RegistrationReply, RegistrationRequest
+from app.mip.messages import (
+    INFINITE_LIFETIME,
+    TYPE_REPLY,
+    RegFlags,
+    RegistrationRequest,
+)
 
 UNSPECIFIED = IPv4Address("0.0.0.0")
+_REPLY_HEAD = struct.Struct("!BBHIIQ")  # the reply is built directly: this is the hot path
+_S, _D, _M, _G, _T = (f.value for f in (RegFlags.S, RegFlags.D, RegFlags.M, RegFlags.G,
+                                        RegFlags.T))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +52,16 @@ class Outcome:
     """Send this back to the source; None means the datagram is silently discarded."""
     code: int | None
     home_address: IPv4Address | None
-    log: str
+    log_format: str
+    """printf-style, formatted only if the line is logged (the accept path is hot)."""
     changes: tuple[BindingChange, ...] = ()
     replay: tuple[IPv4Address, ReplayState] | None = None
     """Replay state to persist with the changes."""
+    log_args: tuple[object, ...] = ()
+
+    @property
+    def log(self) -> str:
+        return self.log_format % self.log_args if self.log_args else self.log_format
 
     @property
     def accepted(self) -> bool:
@@ -64,6 +79,15 @@ class _Request:
     protected: tuple[Extension, ...] = field(default=())
 
 
+_NO_STATE = ReplayState()
+
+
+def _what(previous: Binding | None, binding: Binding) -> str:
+    if previous is None:
+        return "new binding"
+    return "renewed" if previous.care_of_address == binding.care_of_address else "moved"
+
+
 class HomeAgent:
     """Binding cache plus the RFC 5944 request checks, in RFC order."""
 
@@ -77,6 +101,7 @@ class HomeAgent:
         self._replay: dict[IPv4Address, ReplayState] = dict(replay or {})
         self._expiry: list[tuple[float, int]] = []
         self._nonce = nonce
+        self._ha_int = int(config.address)
         for b in bindings:
             self._bindings[b.home_address] = b
             self._expiry.append((b.expires_at, int(b.home_address)))
@@ -118,17 +143,17 @@ class HomeAgent:
     def handle_request(self, data: bytes, source: tuple[IPv4Address, int], now: float
                        ) -> Outcome:
         """Process one datagram received on the registration port."""
-        src = f"{source[0]}:{source[1]}"
         try:
             req = RegistrationRequest.decode(data)
         except UnknownExtensionError as exc:
             # RFC 5944 section 1.9: silently discard, no reply.
-            return Outcome(None, None, None, f"{src}: discarded: {exc}")
+            return Outcome(None, None, None, "%s:%d: discarded: %s", log_args=(*source, exc))
         except DecodeError as exc:
             try:
                 head = RegistrationRequest.decode_header(data)
             except DecodeError as exc2:
-                return Outcome(None, None, None, f"{src}: discarded: {exc2}")
+                return Outcome(None, None, None, "%s:%d: discarded: %s",
+                               log_args=(*source, exc2))
             r = _Request(head, source, head.home_address, self._by_hoa.get(head.home_address))
             return self._deny(r, ReplyCode.HA_POORLY_FORMED_REQUEST, now, f"malformed: {exc}")
         return self._process(_Request(req, source, req.home_address), now)
@@ -182,7 +207,7 @@ class HomeAgent:
                               f"NAI {nai!r} does not belong to this home address")
 
         # 3. identification (133)
-        state = self._replay.get(r.home_address, ReplayState())
+        state = self._replay.get(r.home_address, _NO_STATE)
         if r.mn.replay is ReplayStyle.TIMESTAMP:
             if not ident.timestamp_acceptable(req.identification, state.last_identification,
                                               now, self.config.replay_window):
@@ -224,13 +249,14 @@ class HomeAgent:
             return self._deregister(r, now, reply_id, new_state)
 
         # 5. tunnelling options (137, 139, 142, 129)
-        if req.flags & RegFlags.T and not self.config.reverse_tunnelling:
+        flags = req.flags.value  # plain int: IntFlag arithmetic is slow on the hot path
+        if flags & _T and not self.config.reverse_tunnelling:
             return deny(ReplyCode.HA_REVERSE_TUNNEL_UNAVAILABLE, "reverse tunnelling is off")
-        if req.flags & (RegFlags.M | RegFlags.G):
+        if flags & (_M | _G):
             return deny(ReplyCode.HA_ENCAPSULATION_UNAVAILABLE,
                         "only IP-in-IP encapsulation is offered (M or G requested)")
         src_addr, src_port = r.source
-        nat = bool(req.flags & RegFlags.D) and src_addr != req.care_of_address
+        nat = bool(flags & _D) and src_addr != req.care_of_address
         utr = next((e for e in r.protected if isinstance(e, UdpTunnelRequest)), None)
         reply_exts: list[Extension] = []
         udp = False
@@ -260,8 +286,7 @@ class HomeAgent:
         lifetime = min(requested, self.config.max_lifetime)
         if requested == INFINITE_LIFETIME:
             lifetime = self.config.max_lifetime
-        code = (ReplyCode.ACCEPTED_NO_SIMULTANEOUS if req.flags & RegFlags.S
-                else ReplyCode.ACCEPTED)
+        code = ReplyCode.ACCEPTED_NO_SIMULTANEOUS if flags & _S else ReplyCode.ACCEPTED
         previous = self._bindings.get(r.home_address)
         binding = Binding(
             home_address=r.home_address, care_of_address=req.care_of_address,
@@ -272,16 +297,13 @@ class HomeAgent:
         self._bindings[r.home_address] = binding
         heapq.heappush(self._expiry, (binding.expires_at, int(r.home_address)))
         kind = ChangeKind.ADDED if previous is None else ChangeKind.UPDATED
-        what = {ChangeKind.ADDED: "new binding",
-                ChangeKind.UPDATED: "renewed" if previous and previous.care_of_address
-                == binding.care_of_address else "moved"}[kind]
-        extras = (" via UDP tunnel" if udp else "") + (" (NAT)" if nat else "")
-        capped = f" (asked {requested})" if lifetime != requested else ""
-        log = (f"{r.home_address}: {what} -> {req.care_of_address}{extras}, "
-               f"lifetime {lifetime}{capped}: {describe(code)}")
         reply = self._reply(r, code, lifetime, reply_id, reply_exts)
-        return Outcome(reply, code, r.home_address, log,
-                       (BindingChange(kind, binding, previous),), (r.home_address, new_state))
+        return Outcome(reply, code, r.home_address, "%s: %s -> %s%s%s, lifetime %d%s: %s",
+                       (BindingChange(kind, binding, previous),), (r.home_address, new_state),
+                       (r.home_address, _what(previous, binding), req.care_of_address,
+                        " via UDP tunnel" if udp else "", " (NAT)" if nat else "", lifetime,
+                        f" (asked {requested})" if lifetime != requested else "",
+                        describe(code)))
 
     def _deregister(self, r: _Request, now: float, reply_id: int, state: ReplayState
                     ) -> Outcome:
@@ -305,8 +327,10 @@ class HomeAgent:
 
     def _reply(self, r: _Request, code: int, lifetime: int, identification: int,
                exts: list[Extension]) -> bytes:
-        msg = RegistrationReply(code, lifetime, r.home_address, self.config.address,
-                                identification, tuple(exts)).encode()
+        msg = _REPLY_HEAD.pack(TYPE_REPLY, code, lifetime, int(r.home_address),
+                               self._ha_int, identification)
+        if exts:
+            msg += b"".join(e.encode() for e in exts)
         if r.mn is None:
             return msg  # no security association to sign with
         return append_authenticator(msg, ExtType.MOBILE_HOME_AUTH, r.mn.spi, r.mn.key,

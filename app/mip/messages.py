@@ -4,7 +4,7 @@ tunnel data message (type 4), as sent on UDP port 434."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import IntFlag
 from ipaddress import IPv4Address
 
@@ -52,6 +52,10 @@ class RegFlags(IntFlag):
     """Reserved: sent as zero, ignored on receipt."""
 
 
+# Constructing an IntFlag costs microseconds; the hot path looks members up instead.
+_FLAGS = [RegFlags(i) for i in range(256)]
+
+
 def _extension_of(exts: tuple[Extension, ...], kind: type[Extension]) -> Extension | None:
     for ext in exts:
         if isinstance(ext, kind):
@@ -85,19 +89,23 @@ class RegistrationRequest:
     def decode_header(cls, data: bytes) -> RegistrationRequest:
         """Only the fixed part, so a home agent can answer 134 to a request
         whose extensions are malformed."""
+        return cls._decode(data, with_extensions=False)
+
+    @classmethod
+    def decode(cls, data: bytes) -> RegistrationRequest:
+        return cls._decode(data, with_extensions=True)
+
+    @classmethod
+    def _decode(cls, data: bytes, *, with_extensions: bool) -> RegistrationRequest:
         if data and data[0] != TYPE_REQUEST:
             raise DecodeError(f"message type {data[0]} is not a registration request (1)", 0)
         if len(data) < REQUEST_HEADER_LEN:
             raise DecodeError(f"registration request is {len(data)} bytes, needs at least "
                               f"{REQUEST_HEADER_LEN}", len(data))
         _, flags, life, hoa, ha, coa, ident = _REQ.unpack_from(data)
-        return cls(RegFlags(flags), life, IPv4Address(hoa), IPv4Address(ha), IPv4Address(coa),
-                   ident)
-
-    @classmethod
-    def decode(cls, data: bytes) -> RegistrationRequest:
-        head = cls.decode_header(data)
-        return replace(head, extensions=decode_extensions(data, REQUEST_HEADER_LEN))
+        exts = decode_extensions(data, REQUEST_HEADER_LEN) if with_extensions else ()
+        return cls(_FLAGS[flags], life, IPv4Address(hoa), IPv4Address(ha), IPv4Address(coa),
+                   ident, exts)
 
     @property
     def is_deregistration(self) -> bool:
