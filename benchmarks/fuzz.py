@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.mip.errors import DecodeError  # noqa: E402
-from tests import fuzzing  # noqa: E402
+from app.mip.errors import DecodeError
+from tests import fuzzing
 
 
 def main() -> int:
