@@ -86,7 +86,10 @@ class BindingStore:
                 state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
                 os.close(fd)
-                self._db = sqlite3.connect(self.path, isolation_level=None)
+                # Written from the server's single writer thread, opened and closed
+                # on the loop thread: never two threads at once.
+                self._db = sqlite3.connect(self.path, isolation_level=None,
+                                           check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={'FULL' if fsync_each_commit else 'NORMAL'}")
                 self._db.executescript(_SCHEMA)
@@ -110,15 +113,19 @@ class BindingStore:
     def apply(self, changes: Iterable[BindingChange],
               replay: Iterable[tuple[IPv4Address, ReplayState]] = ()) -> None:
         """Write a batch of changes in one transaction (one fsync for the batch)."""
+        # Only the last change of each home address counts: a batch may hold a
+        # registration and the deregistration that followed it.
+        last = {ch.binding.home_address: ch for ch in changes}
         upserts: list[tuple[object, ...]] = []
         deletes: list[tuple[int]] = []
-        for ch in changes:
+        for ch in last.values():
             if ch.kind in (ChangeKind.REMOVED, ChangeKind.EXPIRED):
                 deletes.append((int(ch.binding.home_address),))
             else:
                 upserts.append(_row(ch.binding))
         replays = [(int(hoa), None if st.last_identification is None
-                    else str(st.last_identification), st.ha_nonce) for hoa, st in replay]
+                    else str(st.last_identification), st.ha_nonce)
+                   for hoa, st in dict(replay).items()]
         try:
             self._db.execute("BEGIN")
             if deletes:

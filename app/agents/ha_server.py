@@ -13,6 +13,8 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from app.agents.binding_store import BindingStore, StoreError
@@ -23,6 +25,21 @@ from app.agents.ha_core import HomeAgent, Outcome
 log = logging.getLogger("trustroam.ha")
 MAX_BATCH = 256
 MAX_DATAGRAM = 4096
+
+
+@dataclass
+class _Batch:
+    """Outcomes decided together, their changes, and where the replies go."""
+
+    outcomes: list[tuple[Outcome, tuple[str, int]]] = field(default_factory=list)
+    changes: list[BindingChange] = field(default_factory=list)
+    replay: list[tuple[IPv4Address, ReplayState]] = field(default_factory=list)
+
+    def add(self, outcome: Outcome, addr: tuple[str, int]) -> None:
+        self.outcomes.append((outcome, addr))
+        self.changes.extend(outcome.changes)
+        if outcome.replay is not None:
+            self.replay.append(outcome.replay)
 
 
 class HomeAgentServer:
@@ -37,6 +54,9 @@ class HomeAgentServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._stopped = asyncio.Event()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ha-store")
+        self._queue: list[_Batch] = []
+        self._writing: list[_Batch] | None = None
 
     def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start serving; returns the bound address (port 0 picks one)."""
@@ -67,10 +87,19 @@ class HomeAgentServer:
     def close(self) -> None:
         if self._sock is not None and self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
         if self._timer is not None:
             self._timer.cancel()
+        self._writer.shutdown(wait=True)  # the transaction in flight completes
+        leftover = [c for b in self._queue for c in b.changes]
+        replay = [r for b in self._queue for r in b.replay]
+        if leftover or replay:
+            try:
+                self.store.apply(leftover, replay)
+            except StoreError as exc:
+                log.error("%s at shutdown", exc)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         self.dataplane.close()
         self.store.close()
         self._stopped.set()
@@ -81,7 +110,7 @@ class HomeAgentServer:
         sock = self._sock
         assert sock is not None
         now = self.clock()
-        outcomes: list[tuple[Outcome, tuple[str, int]]] = []
+        batch = _Batch()
         for _ in range(MAX_BATCH):
             try:
                 data, addr = sock.recvfrom(MAX_DATAGRAM)
@@ -91,39 +120,60 @@ class HomeAgentServer:
                 log.debug("receive error: %s", exc)
                 continue
             outcome = self.core.handle_request(data, (IPv4Address(addr[0]), addr[1]), now)
-            outcomes.append((outcome, addr))
-        if outcomes:
-            self._commit(outcomes)
+            batch.add(outcome, addr)
+        if batch.outcomes:
+            self._submit(batch)
             self._arm_timer()
 
-    def _commit(self, outcomes: list[tuple[Outcome, tuple[str, int]]]) -> None:
-        changes: list[BindingChange] = []
-        replay: list[tuple[IPv4Address, ReplayState]] = []
-        for o, _ in outcomes:
-            changes.extend(o.changes)
-            if o.replay is not None:
-                replay.append(o.replay)
-        if changes or replay:
-            try:
-                self.store.apply(changes, replay)
-            except StoreError as exc:
-                # Never promise a binding we could not make durable: no replies;
-                # the mobile nodes retransmit.
-                log.error("%s; %d replies withheld", exc, len(outcomes))
-                return
-        self._apply_dataplane(changes)
+    # -- group commit ----------------------------------------------------------
+    # One writer thread commits while the loop keeps deciding; whatever queued
+    # up meanwhile goes into the next transaction (one fsync for all of it).
+    # Replies leave only after their batch is committed.
+
+    def _submit(self, batch: _Batch) -> None:
+        self._queue.append(batch)
+        if self._writing is None:
+            self._start_write()
+
+    def _start_write(self) -> None:
+        assert self._loop is not None
+        batches, self._queue = self._queue, []
+        changes = [c for b in batches for c in b.changes]
+        replay = [r for b in batches for r in b.replay]
+        if not changes and not replay:
+            self._deliver(batches)
+            return
+        self._writing = batches
+        fut = self._loop.run_in_executor(self._writer, self.store.apply, changes, replay)
+        fut.add_done_callback(lambda f: self._written(batches, f))
+
+    def _written(self, batches: list[_Batch], fut: asyncio.Future[None]) -> None:
+        self._writing = None
+        exc = fut.exception()
+        if exc is not None:
+            # Never promise a binding we could not make durable: no replies;
+            # the mobile nodes retransmit.
+            log.error("%s; %d replies withheld", exc, sum(len(b.outcomes) for b in batches))
+        else:
+            self._deliver(batches)
+        if self._queue and self._sock is not None:
+            self._start_write()
+
+    def _deliver(self, batches: list[_Batch]) -> None:
         sock = self._sock
-        assert sock is not None
-        for o, addr in outcomes:
-            level = logging.DEBUG if o.accepted and _is_renewal(o) else logging.INFO
-            if log.isEnabledFor(level):
-                log.log(level, "%s", o.log)
-            if o.reply is None:
-                continue
-            try:
-                sock.sendto(o.reply, addr)
-            except OSError as exc:
-                log.warning("cannot send reply to %s:%d: %s", addr[0], addr[1], exc.strerror)
+        for batch in batches:
+            self._apply_dataplane(batch.changes)
+            for o, addr in batch.outcomes:
+                level = logging.DEBUG if o.accepted and _is_renewal(o) else logging.INFO
+                if log.isEnabledFor(level):
+                    log.log(level, "%s", o.log)
+                if o.reply is None or sock is None:
+                    continue
+                try:
+                    sock.sendto(o.reply, addr)
+                except OSError as exc:
+                    log.warning("cannot send reply to %s:%d: %s", addr[0], addr[1],
+                                exc.strerror)
 
     def _apply_dataplane(self, changes: list[BindingChange]) -> None:
         for ch in changes:
@@ -150,14 +200,10 @@ class HomeAgentServer:
         self._timer_at = None
         expired = self.core.expire(self.clock())
         if expired:
-            try:
-                self.store.apply(expired)
-            except StoreError as exc:
-                log.error("%s (expiry of %d bindings not recorded)", exc, len(expired))
-            self._apply_dataplane(expired)
             for ch in expired:
                 log.info("%s: binding to %s expired", ch.binding.home_address,
                          ch.binding.care_of_address)
+            self._submit(_Batch(changes=expired))
         self._arm_timer()
 
 
