@@ -46,7 +46,7 @@ def test_last_change_of_a_batch_wins(tmp_path):
 def test_unwritable_state_dir_names_the_file(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(StoreError, match="cannot open binding cache .*file/bindings.sqlite3"):
+    with pytest.raises(StoreError, match=r"cannot open binding cache .*file/bindings\.sqlite3"):
         BindingStore(blocker)
 
 
