@@ -8,8 +8,10 @@ loads what is here and serves the bindings with the lifetime they have left.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -19,6 +21,7 @@ from app.agents.bindings import Binding, BindingChange, ChangeKind, ReplayState
 from app.mip.messages import RegFlags
 
 DB_NAME = "bindings.sqlite3"
+CHECKPOINT_INTERVAL = 1.0  # seconds
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,6 +45,7 @@ CREATE TABLE IF NOT EXISTS replay (
     ha_nonce INTEGER
 );
 """
+log = logging.getLogger("trustroam.ha.store")
 _UPSERT = ("INSERT OR REPLACE INTO bindings VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
 _REPLAY = "INSERT OR REPLACE INTO replay VALUES (?,?,?)"
 
@@ -92,9 +96,16 @@ class BindingStore:
                                            check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={'FULL' if fsync_each_commit else 'NORMAL'}")
+                # Checkpoints copy the WAL back into the database; done inside a
+                # commit they stall that batch's replies, so a thread does them.
+                self._db.execute("PRAGMA wal_autocheckpoint=0")
                 self._db.executescript(_SCHEMA)
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                                  (str(SCHEMA_VERSION),))
+                self._stop = threading.Event()
+                self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                                      name="ha-checkpoint", daemon=True)
+                self._checkpointer.start()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open binding cache {self.path}: {exc}") from None
 
@@ -140,5 +151,22 @@ class BindingStore:
                 self._db.execute("ROLLBACK")
             raise StoreError(f"cannot write binding cache {self.path}: {exc}") from None
 
+    def _checkpoint_loop(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            while not self._stop.wait(CHECKPOINT_INTERVAL):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # busy: the next round catches up
+                    log.debug("checkpoint of %s deferred: %s", self.path, exc)
+        finally:
+            db.close()
+
     def close(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+            self._checkpointer.join()
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()

@@ -95,15 +95,17 @@ class HomeAgent:
                  replay: Mapping[IPv4Address, ReplayState] | None = None,
                  nonce: Callable[[], int] = lambda: secrets.randbits(32)) -> None:
         self.config = config
-        self._by_hoa = config.by_home_address()
+        # Keyed by the address as an int: IPv4Address hashes via hex(), which
+        # costs more than the rest of a dict lookup on this hot path.
+        self._by_hoa = {int(k): v for k, v in config.by_home_address().items()}
         self._by_nai = config.by_nai()
-        self._bindings: dict[IPv4Address, Binding] = {}
-        self._replay: dict[IPv4Address, ReplayState] = dict(replay or {})
+        self._bindings: dict[int, Binding] = {}
+        self._replay: dict[int, ReplayState] = {int(k): v for k, v in (replay or {}).items()}
         self._expiry: list[tuple[float, int]] = []
         self._nonce = nonce
         self._ha_int = int(config.address)
         for b in bindings:
-            self._bindings[b.home_address] = b
+            self._bindings[int(b.home_address)] = b
             self._expiry.append((b.expires_at, int(b.home_address)))
         heapq.heapify(self._expiry)
 
@@ -111,16 +113,16 @@ class HomeAgent:
 
     @property
     def bindings(self) -> Mapping[IPv4Address, Binding]:
-        return self._bindings
+        return {b.home_address: b for b in self._bindings.values()}
 
     def replay_state(self, home_address: IPv4Address) -> ReplayState:
-        return self._replay.get(home_address, ReplayState())
+        return self._replay.get(int(home_address), _NO_STATE)
 
     def next_expiry(self) -> float | None:
         """When :meth:`expire` next has work, or None with no bindings."""
         while self._expiry:
             at, hoa = self._expiry[0]
-            b = self._bindings.get(IPv4Address(hoa))
+            b = self._bindings.get(hoa)
             if b is not None and b.expires_at == at:
                 return at
             heapq.heappop(self._expiry)  # stale entry of a renewed or removed binding
@@ -132,8 +134,7 @@ class HomeAgent:
         """Drop every binding whose lifetime has run out by ``now``."""
         out: list[BindingChange] = []
         while self._expiry and self._expiry[0][0] <= now:
-            at, hoa_int = heapq.heappop(self._expiry)
-            hoa = IPv4Address(hoa_int)
+            at, hoa = heapq.heappop(self._expiry)
             b = self._bindings.get(hoa)
             if b is not None and b.expires_at == at:
                 del self._bindings[hoa]
@@ -154,7 +155,8 @@ class HomeAgent:
             except DecodeError as exc2:
                 return Outcome(None, None, None, "%s:%d: discarded: %s",
                                log_args=(*source, exc2))
-            r = _Request(head, source, head.home_address, self._by_hoa.get(head.home_address))
+            r = _Request(head, source, head.home_address,
+                         self._by_hoa.get(int(head.home_address)))
             return self._deny(r, ReplyCode.HA_POORLY_FORMED_REQUEST, now, f"malformed: {exc}")
         return self._process(_Request(req, source, req.home_address), now)
 
@@ -180,7 +182,7 @@ class HomeAgent:
             if r.mn is not None:
                 r.home_address = r.mn.home_address  # RFC 2794: the HA assigns it
         else:
-            r.mn = self._by_hoa.get(req.home_address)
+            r.mn = self._by_hoa.get(int(req.home_address))
         if req.lifetime != 0 and req.care_of_address == UNSPECIFIED:
             return self._deny(r, ReplyCode.HA_POORLY_FORMED_REQUEST, now,
                               "care-of address 0.0.0.0 in a registration")
@@ -207,7 +209,8 @@ class HomeAgent:
                               f"NAI {nai!r} does not belong to this home address")
 
         # 3. identification (133)
-        state = self._replay.get(r.home_address, _NO_STATE)
+        key = int(r.home_address)
+        state = self._replay.get(key, _NO_STATE)
         if r.mn.replay is ReplayStyle.TIMESTAMP:
             if not ident.timestamp_acceptable(req.identification, state.last_identification,
                                               now, self.config.replay_window):
@@ -225,7 +228,7 @@ class HomeAgent:
             if state.ha_nonce is None or ident.high(req.identification) != state.ha_nonce:
                 fresh = self._nonce()
                 new_state = ReplayState(ha_nonce=fresh)
-                self._replay[r.home_address] = new_state
+                self._replay[key] = new_state
                 return self._deny(r, ReplyCode.HA_IDENTIFICATION_MISMATCH, now,
                                   "nonce does not match the home agent's",
                                   identification=ident.join(fresh, ident.low(req.identification)),
@@ -235,7 +238,7 @@ class HomeAgent:
             reply_id = ident.join(fresh, ident.low(req.identification))
         # From here on the request is authentic and fresh: remember it, so the
         # same bytes cannot be replayed whatever the answer.
-        self._replay[r.home_address] = new_state
+        self._replay[key] = new_state
 
         def deny(code: ReplyCode, why: str) -> Outcome:
             return self._deny(r, code, now, why, identification=reply_id, replay=new_state)
@@ -287,15 +290,15 @@ class HomeAgent:
         if requested == INFINITE_LIFETIME:
             lifetime = self.config.max_lifetime
         code = ReplyCode.ACCEPTED_NO_SIMULTANEOUS if flags & _S else ReplyCode.ACCEPTED
-        previous = self._bindings.get(r.home_address)
+        previous = self._bindings.get(key)
         binding = Binding(
             home_address=r.home_address, care_of_address=req.care_of_address,
             lifetime=lifetime, registered_at=now, expires_at=now + lifetime,
             flags=req.flags, source_address=src_addr, source_port=src_port,
             udp_tunnel=udp, keepalive_interval=self.config.keepalive_interval if udp else 0,
             nat_detected=nat, nai=nai)
-        self._bindings[r.home_address] = binding
-        heapq.heappush(self._expiry, (binding.expires_at, int(r.home_address)))
+        self._bindings[key] = binding
+        heapq.heappush(self._expiry, (binding.expires_at, key))
         kind = ChangeKind.ADDED if previous is None else ChangeKind.UPDATED
         reply = self._reply(r, code, lifetime, reply_id, reply_exts)
         return Outcome(reply, code, r.home_address, "%s: %s -> %s%s%s, lifetime %d%s: %s",
@@ -307,7 +310,7 @@ class HomeAgent:
 
     def _deregister(self, r: _Request, now: float, reply_id: int, state: ReplayState
                     ) -> Outcome:
-        previous = self._bindings.pop(r.home_address, None)
+        previous = self._bindings.pop(int(r.home_address), None)
         changes = () if previous is None else (BindingChange(ChangeKind.REMOVED, previous),)
         note = "binding removed" if previous else "no binding to remove"
         reply = self._reply(r, ReplyCode.ACCEPTED, 0, reply_id, [])
