@@ -23,31 +23,33 @@ from app.mip.messages import RegFlags
 DB_NAME = "bindings.sqlite3"
 CHECKPOINT_INTERVAL = 1.0  # seconds
 SCHEMA_VERSION = 1
+_BINDING_COLUMNS = ("care_of_address", "lifetime", "registered_at", "expires_at", "flags",
+                    "source_address", "source_port", "udp_tunnel", "keepalive_interval",
+                    "nat_detected", "nai")
+# One row per mobile node: replay state and binding together, so the common
+# case (an accepted request) is one row written.  No binding: its columns are NULL.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS bindings (
-    home_address INTEGER PRIMARY KEY,
-    care_of_address INTEGER NOT NULL,
-    lifetime INTEGER NOT NULL,
-    registered_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    flags INTEGER NOT NULL,
-    source_address INTEGER NOT NULL,
-    source_port INTEGER NOT NULL,
-    udp_tunnel INTEGER NOT NULL,
-    keepalive_interval INTEGER NOT NULL,
-    nat_detected INTEGER NOT NULL,
-    nai TEXT
-);
-CREATE TABLE IF NOT EXISTS replay (
+CREATE TABLE IF NOT EXISTS mobile_nodes (
     home_address INTEGER PRIMARY KEY,
     last_identification TEXT,
-    ha_nonce INTEGER
+    ha_nonce INTEGER,
+    care_of_address INTEGER, lifetime INTEGER, registered_at REAL, expires_at REAL,
+    flags INTEGER, source_address INTEGER, source_port INTEGER, udp_tunnel INTEGER,
+    keepalive_interval INTEGER, nat_detected INTEGER, nai TEXT
 );
 """
 log = logging.getLogger("trustroam.ha.store")
-_UPSERT = ("INSERT OR REPLACE INTO bindings VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
-_REPLAY = "INSERT OR REPLACE INTO replay VALUES (?,?,?)"
+_FULL = "INSERT OR REPLACE INTO mobile_nodes VALUES (" + ",".join("?" * 14) + ")"
+_BINDING_ONLY = (
+    "INSERT INTO mobile_nodes (home_address, " + ", ".join(_BINDING_COLUMNS) + ") VALUES ("
+    + ",".join("?" * 12) + ") ON CONFLICT(home_address) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _BINDING_COLUMNS))
+_REPLAY_ONLY = (
+    "INSERT INTO mobile_nodes (home_address, last_identification, ha_nonce) VALUES (?,?,?) "
+    "ON CONFLICT(home_address) DO UPDATE SET last_identification = "
+    "excluded.last_identification, ha_nonce = excluded.ha_nonce")
+_NO_BINDING: tuple[object, ...] = (None,) * len(_BINDING_COLUMNS)
 
 
 class StoreError(Exception):
@@ -61,9 +63,16 @@ class StoredState:
 
 
 def _row(b: Binding) -> tuple[object, ...]:
-    return (int(b.home_address), int(b.care_of_address), b.lifetime, b.registered_at,
+    """The binding columns, without the home address."""
+    return (int(b.care_of_address), b.lifetime, b.registered_at,
             b.expires_at, int(b.flags), int(b.source_address), b.source_port,
             int(b.udp_tunnel), b.keepalive_interval, int(b.nat_detected), b.nai)
+
+
+def _replay_row(st: ReplayState) -> tuple[object, object]:
+    # Identification uses all 64 bits; SQLite integers are signed: store text.
+    last = None if st.last_identification is None else str(st.last_identification)
+    return (last, st.ha_nonce)
 
 
 def _binding(row: tuple[object, ...]) -> Binding:
@@ -111,40 +120,45 @@ class BindingStore:
 
     def load(self) -> StoredState:
         try:
-            rows = self._db.execute("SELECT * FROM bindings").fetchall()
-            replay_rows = self._db.execute("SELECT * FROM replay").fetchall()
+            rows = self._db.execute("SELECT * FROM mobile_nodes").fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read binding cache {self.path}: {exc}") from None
-        replay = {
-            IPv4Address(hoa): ReplayState(None if last is None else int(last), nonce)
-            for hoa, last, nonce in replay_rows
-        }
-        return StoredState([_binding(tuple(r)) for r in rows], replay)
+        bindings: list[Binding] = []
+        replay: dict[IPv4Address, ReplayState] = {}
+        for hoa, last, nonce, *cols in rows:
+            if last is not None or nonce is not None:
+                replay[IPv4Address(hoa)] = ReplayState(None if last is None else int(last),
+                                                       nonce)
+            if cols[0] is not None:
+                bindings.append(_binding((hoa, *cols)))
+        return StoredState(bindings, replay)
 
     def apply(self, changes: Iterable[BindingChange],
               replay: Iterable[tuple[IPv4Address, ReplayState]] = ()) -> None:
         """Write a batch of changes in one transaction (one fsync for the batch)."""
         # Only the last change of each home address counts: a batch may hold a
         # registration and the deregistration that followed it.
-        last = {ch.binding.home_address: ch for ch in changes}
-        upserts: list[tuple[object, ...]] = []
-        deletes: list[tuple[int]] = []
-        for ch in last.values():
-            if ch.kind in (ChangeKind.REMOVED, ChangeKind.EXPIRED):
-                deletes.append((int(ch.binding.home_address),))
+        last = {int(ch.binding.home_address): ch for ch in changes}
+        states = {int(hoa): st for hoa, st in replay}
+        full: list[tuple[object, ...]] = []
+        binding_only: list[tuple[object, ...]] = []
+        for hoa, ch in last.items():
+            cols = _NO_BINDING if ch.kind in (ChangeKind.REMOVED, ChangeKind.EXPIRED) else (
+                _row(ch.binding))
+            st = states.pop(hoa, None)
+            if st is None:
+                binding_only.append((hoa, *cols))
             else:
-                upserts.append(_row(ch.binding))
-        replays = [(int(hoa), None if st.last_identification is None
-                    else str(st.last_identification), st.ha_nonce)
-                   for hoa, st in dict(replay).items()]
+                full.append((hoa, *_replay_row(st), *cols))
+        replay_only = [(hoa, *_replay_row(st)) for hoa, st in states.items()]
         try:
             self._db.execute("BEGIN")
-            if deletes:
-                self._db.executemany("DELETE FROM bindings WHERE home_address = ?", deletes)
-            if upserts:
-                self._db.executemany(_UPSERT, upserts)
-            if replays:
-                self._db.executemany(_REPLAY, replays)
+            if full:
+                self._db.executemany(_FULL, full)
+            if binding_only:
+                self._db.executemany(_BINDING_ONLY, binding_only)
+            if replay_only:
+                self._db.executemany(_REPLAY_ONLY, replay_only)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):

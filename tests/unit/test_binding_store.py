@@ -53,3 +53,17 @@ def test_unwritable_state_dir_names_the_file(tmp_path):
 def test_read_only_without_database(tmp_path):
     with pytest.raises(StoreError, match="no binding cache"):
         BindingStore(tmp_path, read_only=True)
+
+
+def test_replay_survives_deregistration_and_expiry(tmp_path):
+    store = BindingStore(tmp_path)
+    b = binding("10.20.1.10")
+    store.apply([BindingChange(ChangeKind.ADDED, b)], [(b.home_address, ReplayState(5))])
+    store.apply([BindingChange(ChangeKind.REMOVED, b)], [(b.home_address, ReplayState(6))])
+    store.apply([], [(A("10.20.1.11"), ReplayState(None, 77))])
+    state = store.load()
+    assert state.bindings == []
+    assert state.replay == {b.home_address: ReplayState(6), A("10.20.1.11"): ReplayState(None, 77)}
+    store.apply([BindingChange(ChangeKind.ADDED, b)])  # binding only: replay kept
+    assert store.load().replay[b.home_address] == ReplayState(6)
+    assert store.load().bindings == [b]
