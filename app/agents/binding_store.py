@@ -103,6 +103,9 @@ class BindingStore:
                 # on the loop thread: never two threads at once.
                 self._db = sqlite3.connect(self.path, isolation_level=None,
                                            check_same_thread=False)
+                # Small pages: a commit writes each touched page whole into the
+                # WAL, and one binding row is ~100 bytes.
+                self._db.execute("PRAGMA page_size=1024")
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={'FULL' if fsync_each_commit else 'NORMAL'}")
                 # Checkpoints copy the WAL back into the database; done inside a
