@@ -15,6 +15,7 @@ import json
 import os
 import select
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -243,11 +244,16 @@ def bench_memory(d: Path, bindings: int) -> dict[str, float]:
         p.wait()
 
 
+def median(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=10_000)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--bindings", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--runs", default="echo,full,normal",
                     help="which throughput runs: echo, full, normal (comma-separated)")
     args = ap.parse_args()
@@ -255,13 +261,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs.split(",")
         nan = {"rate": float("nan"), "p50_ms": float("nan"), "p99_ms": float("nan")}
-        echo = bench_echo(args.nodes, args.seconds) if "echo" in runs else dict(nan)
-        full, rss_full = (bench_ha(Path(tmp) / "full", args.nodes, args.seconds, "full")
-                          if "full" in runs else (dict(nan), float("nan")))
-        normal, rss_norm = (bench_ha(Path(tmp) / "normal", args.nodes, args.seconds, "normal")
-                            if "normal" in runs else (dict(nan), float("nan")))
+        trials: dict[str, list[dict[str, float]]] = {"echo": [], "full": [], "normal": []}
+        rss_full = rss_norm = float("nan")
+        # Interleaved repetitions, median reported: this 2-core box is noisy.
+        for rep in range(args.repeat):
+            if "echo" in runs:
+                trials["echo"].append(bench_echo(args.nodes, args.seconds))
+            if "full" in runs:
+                r, rss_full = bench_ha(Path(tmp) / f"full{rep}", args.nodes, args.seconds, "full")
+                trials["full"].append(r)
+            if "normal" in runs:
+                r, rss_norm = bench_ha(Path(tmp) / f"normal{rep}", args.nodes, args.seconds,
+                                       "normal")
+                trials["normal"].append(r)
+        echo, full, normal = (median(trials[k]) if trials[k] else dict(nan)
+                              for k in ("echo", "full", "normal"))
         mem = bench_memory(Path(tmp) / "mem", args.bindings) if args.bindings else {}
-    results = {"echo": echo, "ha_sync_full": full, "ha_sync_normal": normal,
+    results = {"trials": trials, "echo": echo, "ha_sync_full": full, "ha_sync_normal": normal,
                "rss_full_mb": rss_full, "rss_normal_mb": rss_norm, "memory": mem,
                "nodes": args.nodes, "seconds": args.seconds}
     print(json.dumps(results, indent=2), file=sys.stderr)
