@@ -157,3 +157,25 @@ def test_check_command(tmp_path):
     proc = HaProcess(tmp_path)
     out = cli("check", "--config", str(proc.config))
     assert out.returncode == 0 and "2 mobile nodes" in out.stdout
+
+
+def test_sample_client_of_the_demo(ha):
+    import subprocess
+    import sys
+
+    from tests.haproc import env
+
+    def run(hoa):
+        return subprocess.run([sys.executable, "-m", "app.agents.sample_client", "--config",
+                               str(ha.config), "--home-address", hoa, "--wait", "5"],
+                              env=env(), capture_output=True, text=True, timeout=30,
+                              check=False)
+
+    out = run("10.20.1.10")
+    assert out.returncode == 0, out.stderr
+    assert "registration accepted (0), lifetime 300" in out.stdout
+    nonce = run("10.20.1.11")  # nonce mode: 133 first, then accepted
+    assert "identification mismatch (133)" in nonce.stdout
+    assert "registration accepted (0)" in nonce.stdout and nonce.returncode == 0
+    bad = run("10.20.1.99")
+    assert bad.returncode == 2 and "not a mobile node" in bad.stderr
