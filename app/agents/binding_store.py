@@ -169,6 +169,10 @@ class BindingStore:
             raise StoreError(f"cannot write binding cache {self.path}: {exc}") from None
 
     def _checkpoint_loop(self) -> None:
+        # Lowest CPU priority for this thread only: a checkpoint may wait,
+        # replies should not wait for it.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
             while not self._stop.wait(CHECKPOINT_INTERVAL):

@@ -73,7 +73,6 @@ async def _run(config: HomeAgentConfig) -> int:
     # time with 100k bindings).  Nothing on the request path builds cycles.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
     try:
         server.start(str(config.listen), config.port)
     except OSError as exc:

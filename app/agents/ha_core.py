@@ -299,6 +299,11 @@ class HomeAgent:
             nat_detected=nat, nai=nai)
         self._bindings[key] = binding
         heapq.heappush(self._expiry, (binding.expires_at, key))
+        if len(self._expiry) > 2 * len(self._bindings) + 1024:
+            # Every renewal leaves a stale deadline behind; rebuild rather than
+            # let the heap grow with the request rate.
+            self._expiry = [(b.expires_at, k) for k, b in self._bindings.items()]
+            heapq.heapify(self._expiry)
         kind = ChangeKind.ADDED if previous is None else ChangeKind.UPDATED
         reply = self._reply(r, code, lifetime, reply_id, reply_exts)
         return Outcome(reply, code, r.home_address, "%s: %s -> %s%s%s, lifetime %d%s: %s",

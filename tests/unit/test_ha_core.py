@@ -357,3 +357,12 @@ def test_restored_bindings_and_replay_state(ha, alice, clock):
     out = again.handle_request(data, SRC, clock.now)
     assert RegistrationReply.decode(out.reply).code == 133  # replay still refused
     assert again.next_expiry() == T0 + 100
+
+
+def test_expiry_heap_stays_bounded_under_renewals(ha, alice, clock):
+    for _ in range(5000):
+        clock.now += 0.01
+        send(ha, alice, clock, alice.request(COA, lifetime=30))
+    assert len(ha._expiry) <= 2 * len(ha.bindings) + 1024
+    assert ha.next_expiry() == ha.bindings[ALICE].expires_at
+    assert len(ha.expire(clock.now + 30)) == 1
