@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `trustroam-lab status | head -1`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -151,12 +151,26 @@ class Lab:
             jobs.append(self._node(node, lines))
         await asyncio.gather(*jobs)
         await asyncio.gather(*(self._routes(n) for n in t.routes))
-        await asyncio.gather(self._firewall(), self._nat())
+        await asyncio.gather(self._firewall(), self._nat(), self._links_ready())
         for net in t.access.values():
             state.pids[f"dnsmasq-{net.name}"] = self._start_dnsmasq(net)
         state.mn_net = at
         state.pids["dhclient"] = self._start_dhclient()
         state.save()
+
+    async def _links_ready(self, timeout: float = 5.0) -> None:
+        """Wait until every switch port forwards.  The kernel's linkwatch reports
+        carrier up to a second late; until then a bridge drops what the port sends."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = await _run("ip", "-n", SWITCH, "-j", "link", "show")
+            ports = [link for link in json.loads(out) if link.get("master")]
+            if ports and all(link.get("operstate") == "UP" for link in ports):
+                return
+            if time.monotonic() > deadline:
+                late = [link["ifname"] for link in ports if link.get("operstate") != "UP"]
+                raise LabError(f"switch ports without carrier after {timeout} s: {late}")
+            await asyncio.sleep(0.02)  # netlink has no "carrier settled" event to await
 
     async def _node(self, node: str, lines: list[str]) -> None:
         await _ip_batch(lines, node)
@@ -272,6 +286,7 @@ exit 0
             await _ip_batch([f"addr flush dev {MN_IFACE} scope global"], MN)
         await _ip_batch([f"link set {MN_PORT} master {bridge(self.topo.access[net].link)}",
                          f"link set {MN_PORT} up"], SWITCH)
+        await self._links_ready()
 
     # -- down ------------------------------------------------------------------
 
@@ -337,6 +352,23 @@ def _kill(pid: int) -> bool:
         except (ProcessLookupError, PermissionError):
             pass
     if killed:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+        _reap(pid)
     return killed
+
+
+def _reap(pid: int, timeout: float = 2.0) -> None:
+    """Wait until a killed process is gone (reaped if it is our child, else a zombie)."""
+    try:
+        os.waitpid(pid, 0)  # SIGKILL is immediate; this returns at once
+        return
+    except ChildProcessError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return
+        time.sleep(0.005)  # nothing to await: the kernel tears it down

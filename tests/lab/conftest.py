@@ -1,0 +1,51 @@
+"""Lab fixtures: one lab per test module, torn down even when a test fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from app.lab.topology import MN, MN_IFACE
+from app.lab.world import Lab
+
+NEEDS_ROOT = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the lab needs root for network namespaces (CI runs as root)")
+
+
+def mn_address(timeout: float = 10.0, prefix: str = "") -> str:
+    """Wait for the mobile node's DHCP address (optionally inside ``prefix``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ip", "-n", MN, "-j", "-4", "addr", "show", MN_IFACE],
+                             capture_output=True, text=True, check=False)
+        try:
+            for a in json.loads(out.stdout)[0]["addr_info"]:
+                if a["local"].startswith(prefix):
+                    return str(a["local"])
+        except (ValueError, IndexError, KeyError):
+            pass
+        time.sleep(0.02)  # polling netlink state; dhclient gives no other signal
+    raise TimeoutError(f"mobile node got no address in {prefix or 'any network'!r}")
+
+
+def ns_exec(node: str, *cmd: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", node, *cmd], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root for network namespaces (CI runs as root)")
+    world = Lab()
+    world.down()  # a crashed earlier run must not block this one
+    world.up()
+    try:
+        yield world
+    finally:
+        world.down()
