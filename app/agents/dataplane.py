@@ -8,16 +8,24 @@ userspace TUN + raw IPIP / UDP 434, and kernel ipip via pyroute2).
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Protocol
 
 from app.agents.bindings import Binding
-from app.agents.ha_config import DataPlaneKind
+from app.agents.ha_config import DataPlaneKind, HomeAgentConfig
+from app.agents.ha_userspace import DataPlaneError, UserspaceHomeAgentPlane
 from app.config import ConfigError
 
 log = logging.getLogger("trustroam.ha.dataplane")
 
 
 class HomeAgentDataPlane(Protocol):
+    def start(self, udp_socket: socket.socket) -> None:
+        """Begin forwarding; ``udp_socket`` is the registration socket (RFC 3519 sends there)."""
+
+    def tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:
+        """An RFC 3519 tunnel data message arrived on the registration port."""
+
     def binding_up(self, binding: Binding) -> None:
         """Start attracting and tunnelling packets for ``binding.home_address``."""
 
@@ -31,6 +39,12 @@ class HomeAgentDataPlane(Protocol):
 class ControlPlaneOnly:
     """``dataplane = "none"``: registrations only, nothing forwarded; no root needed."""
 
+    def start(self, udp_socket: socket.socket) -> None:
+        pass
+
+    def tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:
+        pass
+
     def binding_up(self, binding: Binding) -> None:
         pass
 
@@ -41,13 +55,43 @@ class ControlPlaneOnly:
         pass
 
 
-def select(kind: DataPlaneKind, source: str) -> HomeAgentDataPlane:
+def select(config: HomeAgentConfig) -> HomeAgentDataPlane:
+    kind = config.dataplane
     if kind is DataPlaneKind.NONE:
         return ControlPlaneOnly()
-    if kind is DataPlaneKind.AUTO:
-        log.warning("no tunnelling data plane is built into this version yet; "
-                    "serving registrations only (dataplane = \"none\")")
+    if kind is DataPlaneKind.KERNEL:
+        raise ConfigError(config.source, "home_agent.dataplane",
+                          "\"kernel\" is not available in this version; use \"userspace\", "
+                          "\"auto\" or \"none\"")
+    try:
+        return _Userspace(config)
+    except (OSError, DataPlaneError) as exc:
+        if kind is DataPlaneKind.USERSPACE:
+            raise ConfigError(config.source, "home_agent.dataplane",
+                              f"userspace data plane unavailable: {exc}") from None
+        log.warning("no data plane (%s); serving registrations only", exc)
         return ControlPlaneOnly()
-    raise ConfigError(source, "home_agent.dataplane",
-                      f"{kind.value!r} is not available in this version; use \"none\" or "
-                      "\"auto\"")
+
+
+class _Userspace:
+    """Adapter: the userspace plane starts its tunnel once the server has its socket."""
+
+    def __init__(self, config: HomeAgentConfig) -> None:
+        self.config = config
+        self.plane = UserspaceHomeAgentPlane(config.address)
+
+    def start(self, udp_socket: socket.socket) -> None:
+        self.plane.tunnel.udp = udp_socket
+        self.plane.start()
+
+    def tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:
+        self.plane.udp_tunnel_data(source, inner)
+
+    def binding_up(self, binding: Binding) -> None:
+        self.plane.binding_up(binding)
+
+    def binding_down(self, binding: Binding) -> None:
+        self.plane.binding_down(binding)
+
+    def close(self) -> None:
+        self.plane.close()

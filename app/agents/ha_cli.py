@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(config: HomeAgentConfig) -> int:
-    plane = dataplane.select(config.dataplane, config.source)
+    plane = dataplane.select(config)
     store = BindingStore(config.state_dir, fsync_each_commit=config.sync is SyncMode.FULL)
     state = store.load()
     core = HomeAgent(config, state.bindings, state.replay)

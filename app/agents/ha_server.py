@@ -68,6 +68,7 @@ class HomeAgentServer:
             raise
         sock.setblocking(False)
         self._sock = sock
+        self.dataplane.start(sock)
         for b in self.core.bindings.values():
             self.dataplane.binding_up(b)
         self._expire()  # bindings that lapsed while we were down
@@ -107,6 +108,9 @@ class HomeAgentServer:
                 break
             except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
                 log.debug("receive error: %s", exc)
+                continue
+            if data[:1] == b"\x04":  # RFC 3519 tunnel data shares port 434
+                self.dataplane.tunnel_data(addr, data[4:])
                 continue
             outcome = self.core.handle_request(data, (IPv4Address(addr[0]), addr[1]), now)
             batch.add(outcome, addr)
