@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.lines import Lines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,38 +73,32 @@ class HaProcess:
         self.log_level = log_level
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
+        self._lines: Lines | None = None
 
     def start(self, timeout: float = 20) -> HaProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.agents.ha_cli", "--config", str(self.config),
              "--log-level", self.log_level], env=env(), stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        self._lines = Lines(self.proc.stderr)
+        self.log = self._lines.seen
         self.wait_log("serving registrations", timeout)
         return self
 
     def wait_log(self, needle: str, timeout: float = 10) -> str:
         """Read the HA's log until a line contains ``needle`` (no fixed sleeps)."""
-        assert self.proc is not None and self.proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
-            if ready:
-                line = self.proc.stderr.readline()
-                if not line:
-                    raise RuntimeError("home agent exited:\n" + "".join(self.log))
-                self.log.append(line)
-                if needle in line:
-                    return line
-        raise TimeoutError(f"no log line with {needle!r}:\n" + "".join(self.log))
+        assert self._lines is not None
+        try:
+            return self._lines.wait(needle, timeout)[-1]
+        except TimeoutError:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError("home agent exited:\n" + "".join(self.log)) from None
+            raise
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(10)
-        finally:
-            if self.proc.stderr:
-                self.log.extend(self.proc.stderr.readlines())
-                self.proc.stderr.close()
+        rc = self.proc.wait(10)
         self.proc = None
         return rc
 

@@ -8,14 +8,13 @@ reverse-tunnelled packets (RFC 3024) only from the registered care-of address.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import subprocess
 from ipaddress import IPv4Address
 from pathlib import Path
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ndmsg import NTF_PROXY
+from typing import Any
 
 from app.agents.bindings import Binding
 from app.net.arp import send_gratuitous_arp
@@ -32,21 +31,17 @@ class DataPlaneError(Exception):
 class UserspaceHomeAgentPlane:
     def __init__(self, ha_address: IPv4Address, udp_socket: socket.socket | None = None,
                  tun_name: str = TUN_NAME) -> None:
-        self.ipr = IPRoute()
-        home = [a for a in self.ipr.get_addr(family=socket.AF_INET)
-                if a.get_attr("IFA_ADDRESS") == str(ha_address)]
+        home = [a for a in _ip("-j", "-4", "addr", "show") if any(
+            i.get("local") == str(ha_address) for i in a.get("addr_info", []))]
         if not home:
             raise DataPlaneError(f"no interface has the home agent address {ha_address}; "
                                  "the data plane attracts packets on the home link")
-        self.home_index: int = home[0]["index"]
-        link = self.ipr.get_links(self.home_index)[0]
-        self.home_ifname: str = link.get_attr("IFLA_IFNAME")
-        self.home_mac = bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
+        self.home_ifname: str = home[0]["ifname"]
+        link = _ip("-j", "link", "show", "dev", self.home_ifname)[0]
+        self.home_mac = bytes.fromhex(str(link["address"]).replace(":", ""))
         self.endpoints: dict[bytes, Endpoint] = {}
         self.tunnel = UserspaceTunnel(tun_name, self.endpoints.get, self._accept, udp_socket)
-        idx = self.ipr.link_lookup(ifname=tun_name)
-        self.tun_index: int = idx[0]
-        self.ipr.link("set", index=self.tun_index, state="up", mtu=MTU)
+        _ip("link", "set", tun_name, "up", "mtu", str(MTU))
         # Forwarding is what makes proxy ARP answer and decapsulated packets move on.
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         self._bindings: dict[bytes, Binding] = {}
@@ -60,7 +55,7 @@ class UserspaceHomeAgentPlane:
 
     def udp_tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:
         """An RFC 3519 tunnel data message from the HA's port 434."""
-        if len(inner) < 20:
+        if len(inner) < 20 or inner[0] >> 4 != 4:
             return
         ep = self.endpoints.get(inner[12:16])
         if ep is None or ep.udp_port is None or ep.address != source[0]:
@@ -70,7 +65,7 @@ class UserspaceHomeAgentPlane:
             # The NAT rebound: follow the mapping of the authenticated binding's address.
             log.info("%s: NAT mapping moved to %s:%d", socket.inet_ntoa(inner[12:16]), *source)
             self.endpoints[inner[12:16]] = Endpoint(source[0], source[1])
-        self.tunnel.deliver(socket.inet_aton(source[0]), inner)
+        self.tunnel.write(inner)  # checked above: the binding's UDP endpoint
 
     def binding_up(self, binding: Binding) -> None:
         key = binding.home_address.packed
@@ -79,10 +74,10 @@ class UserspaceHomeAgentPlane:
         self._bindings[key] = binding
         hoa = str(binding.home_address)
         try:
-            self.ipr.route("replace", dst=f"{hoa}/32", oif=self.tun_index)
-            self.ipr.neigh("replace", dst=hoa, ifindex=self.home_index, flags=NTF_PROXY)
+            _ip("route", "replace", f"{hoa}/32", "dev", self.tunnel.tun_name)
+            _ip("neigh", "replace", "proxy", hoa, "dev", self.home_ifname)
             send_gratuitous_arp(self.home_ifname, self.home_mac, binding.home_address)
-        except (NetlinkError, OSError) as exc:
+        except (DataPlaneError, OSError) as exc:
             log.error("%s: cannot attract packets on %s: %s", hoa, self.home_ifname, exc)
 
     def binding_down(self, binding: Binding) -> None:
@@ -90,17 +85,26 @@ class UserspaceHomeAgentPlane:
         self.endpoints.pop(key, None)
         self._bindings.pop(key, None)
         hoa = str(binding.home_address)
-        try:
-            self.ipr.route("del", dst=f"{hoa}/32", oif=self.tun_index)
-        except NetlinkError as exc:
-            log.debug("%s: route already gone: %s", hoa, exc)
-        try:
-            self.ipr.neigh("del", dst=hoa, ifindex=self.home_index, flags=NTF_PROXY)
-        except NetlinkError as exc:
-            log.debug("%s: proxy ARP entry already gone: %s", hoa, exc)
+        for args in (("route", "del", f"{hoa}/32", "dev", self.tunnel.tun_name),
+                     ("neigh", "del", "proxy", hoa, "dev", self.home_ifname)):
+            try:
+                _ip(*args)
+            except DataPlaneError as exc:
+                log.debug("%s: already gone: %s", hoa, exc)
 
     def close(self) -> None:
         for b in list(self._bindings.values()):
             self.binding_down(b)
         self.tunnel.close()
-        self.ipr.close()
+
+
+def _ip(*args: str) -> list[dict[str, Any]]:
+    """Run ``ip``; netlink via pyroute2's sync API cannot run inside an asyncio loop."""
+    out = subprocess.run(["ip", *args], capture_output=True, text=True,  # noqa: S603, S607
+                         check=False)
+    if out.returncode != 0:
+        raise DataPlaneError(f"ip {' '.join(args)}: {out.stderr.strip()}")
+    if args[0] == "-j":
+        result: list[dict[str, Any]] = json.loads(out.stdout or "[]")
+        return result
+    return []

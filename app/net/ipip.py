@@ -108,6 +108,10 @@ class UserspaceTunnel:
         if not self.accept(outer_src, inner[12:16]):
             self.stats["dropped_spoofed"] += 1
             return
+        self.write(inner)
+
+    def write(self, inner: bytes) -> None:
+        """Hand an already-checked packet to the kernel."""
         try:
             os.write(self.tun_fd, inner)
             self.stats["in"] += 1

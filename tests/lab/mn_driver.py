@@ -1,0 +1,104 @@
+"""A minimal mobile node for lab tests (not the product's helper, which is trustroamd).
+
+Run inside the MN namespace:
+    python -m tests.lab.mn_driver --ha 10.20.1.1 --home 10.20.1.10 --key HEX [--udp]
+
+Mode c: takes eth0's DHCP address as co-located care-of address, puts the home
+address on a userspace IP-in-IP tunnel to the home agent, routes the home
+address's traffic into it (reverse tunnelling), registers, prints
+"REGISTERED <coa> <code>" and forwards until killed.  With --udp the tunnel is
+RFC 3519 UDP 434 to the home agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from ipaddress import IPv4Address
+
+from app.mip.extensions import UdpTunnelRequest
+from app.mip.messages import MIP_PORT, RegFlags
+from app.net.ipip import TUNNEL_DATA_HEADER, Endpoint, UserspaceTunnel
+from tests.mipclient import Mn
+
+TUN = "trmn0"
+TABLE = "100"
+
+
+def coa_of(ifname: str) -> str:
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", ifname], capture_output=True,
+                         text=True, check=True)
+    return str(json.loads(out.stdout)[0]["addr_info"][0]["local"])
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True)
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ha", required=True)
+    ap.add_argument("--home", required=True)
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--iface", default="eth0")
+    ap.add_argument("--udp", action="store_true")
+    ap.add_argument("--lifetime", type=int, default=600)
+    args = ap.parse_args()
+    coa = coa_of(args.iface)
+    ha = args.ha
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((coa, 0 if not args.udp else MIP_PORT))
+    udp.connect((ha, MIP_PORT))
+    endpoint = Endpoint(ha, MIP_PORT if args.udp else None)
+    ha_packed = socket.inet_aton(ha)
+    tunnel = UserspaceTunnel(TUN, lambda _dst: endpoint,
+                             lambda outer, _inner: outer == ha_packed, udp)
+    sh("ip", "addr", "replace", f"{args.home}/32", "dev", TUN)
+    sh("ip", "link", "set", TUN, "up", "mtu", "1480")
+    sh("ip", "route", "replace", "default", "dev", TUN, "table", TABLE)
+    subprocess.run(["ip", "rule", "del", "from", args.home, "lookup", TABLE], check=False,
+                   capture_output=True)
+    sh("ip", "rule", "add", "from", args.home, "lookup", TABLE, "priority", "100")
+    tunnel.start()
+
+    mn = Mn(IPv4Address(args.home), IPv4Address(ha), bytes.fromhex(args.key))
+    exts = [UdpTunnelRequest(force=True)] if args.udp else []
+    loop = asyncio.get_running_loop()
+    udp.setblocking(False)
+    code = None
+    for _ in range(5):
+        udp.send(mn.request(coa, lifetime=args.lifetime, flags=RegFlags.D | RegFlags.T,
+                            extensions=exts))
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(udp, 4096), 1.0)
+        except TimeoutError:
+            continue
+        rep = mn.check_reply(data)
+        mn.learn(rep)
+        code = rep.code
+        if code != 133:
+            break
+    print(f"REGISTERED {coa} {code}", flush=True)
+    if code not in (0, 1):
+        return 1
+
+    def from_udp() -> None:  # RFC 3519 tunnel data from the home agent
+        while True:
+            try:
+                data = udp.recv(65535)
+            except BlockingIOError:
+                return
+            if data[:4] == TUNNEL_DATA_HEADER:
+                tunnel.deliver(ha_packed, data[4:])
+
+    loop.add_reader(udp.fileno(), from_udp)
+    await asyncio.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,45 @@
+"""Read a child's output line by line without select-on-a-buffered-file races."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import IO
+
+
+class Lines:
+    """Collects the lines of ``stream`` on a thread; ``wait`` takes them in order."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._q: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.closed = False
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._q.put(line)
+        self._q.put(None)
+
+    def wait(self, needle: str, timeout: float = 15.0) -> list[str]:
+        """Lines up to and including the first containing ``needle``."""
+        deadline = time.monotonic() + timeout
+        taken: list[str] = []
+        while not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                line = self._q.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                self.closed = True
+                break
+            self.seen.append(line)
+            taken.append(line)
+            if needle in line:
+                return taken
+        raise TimeoutError(f"no line with {needle!r} (closed={self.closed}):\n"
+                           + "".join(self.seen[-40:]))
