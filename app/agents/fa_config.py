@@ -1,0 +1,53 @@
+"""The foreign agent's configuration file (``trustroam-fa --config fa.toml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from app.config import Section, load_toml
+
+
+@dataclass(frozen=True)
+class ForeignAgentConfig:
+    care_of_address: IPv4Address
+    """The FA's address on the visitor link: the CoA it advertises and relays from."""
+    interface: str
+    """The visitor link."""
+    port: int = 434
+    max_lifetime: int = 600
+    advert_interval: float = 1.0
+    advert_lifetime: int = 1800
+    reverse_tunnelling: bool = True
+    reverse_tunnel_required: bool = False
+    registration_timeout: float = 3.0
+    max_visitors: int = 1000
+    dataplane: str = "userspace"
+    source: str = "<built-in>"
+
+
+def load(path: Path) -> ForeignAgentConfig:
+    doc = Section(str(path), "", load_toml(path))
+    fa = doc.sub("foreign_agent", required=True)
+    cfg = ForeignAgentConfig(
+        care_of_address=fa.ipv4("care_of_address", required=True),
+        interface=fa.str_("interface", required=True),
+        port=fa.int_("port", 434, lo=1, hi=65535),
+        max_lifetime=fa.int_("max_lifetime", 600, lo=1, hi=65534),
+        advert_interval=fa.float_("advert_interval", 1.0, lo=0.05, hi=600.0),
+        advert_lifetime=fa.int_("advert_lifetime", 1800, lo=1, hi=65535),
+        reverse_tunnelling=fa.bool_("reverse_tunnelling", True),
+        reverse_tunnel_required=fa.bool_("reverse_tunnel_required", False),
+        registration_timeout=fa.float_("registration_timeout", 3.0, lo=0.1, hi=60.0),
+        max_visitors=fa.int_("max_visitors", 1000, lo=1, hi=1_000_000),
+        dataplane=fa.str_("dataplane", "userspace"),
+        source=str(path),
+    )
+    if cfg.dataplane not in ("userspace", "none"):
+        raise fa.error("dataplane", f"must be \"userspace\" or \"none\", got {cfg.dataplane!r}")
+    if cfg.reverse_tunnel_required and not cfg.reverse_tunnelling:
+        raise fa.error("reverse_tunnel_required", "needs reverse_tunnelling = true")
+    fa.done()
+    doc.done()
+    return cfg
