@@ -40,7 +40,7 @@ class UserspaceHomeAgentPlane:
         link = _ip("-j", "link", "show", "dev", self.home_ifname)[0]
         self.home_mac = bytes.fromhex(str(link["address"]).replace(":", ""))
         self.endpoints: dict[bytes, Endpoint] = {}
-        self.tunnel = UserspaceTunnel(tun_name, self.endpoints.get, self._accept, udp_socket)
+        self.tunnel = UserspaceTunnel(tun_name, self._route, self._accept, udp_socket)
         _ip("link", "set", tun_name, "up", "mtu", str(MTU))
         # Forwarding is what makes proxy ARP answer and decapsulated packets move on.
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
@@ -49,8 +49,11 @@ class UserspaceHomeAgentPlane:
     def start(self) -> None:
         self.tunnel.start()
 
-    def _accept(self, outer_src: bytes, inner_src: bytes) -> bool:
-        ep = self.endpoints.get(inner_src)
+    def _route(self, pkt: bytes) -> Endpoint | None:
+        return self.endpoints.get(pkt[16:20])  # by destination: the home address
+
+    def _accept(self, outer_src: bytes, inner: bytes) -> bool:
+        ep = self.endpoints.get(inner[12:16])  # RFC 3024: source must be the binding's CoA
         return ep is not None and ep.udp_port is None and socket.inet_aton(ep.address) == outer_src
 
     def udp_tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:

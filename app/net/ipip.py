@@ -39,20 +39,25 @@ class Endpoint:
 
 
 Route = Callable[[bytes], Endpoint | None]
-"""inner destination (4 bytes) -> outer endpoint, or None to drop."""
+"""inner packet -> outer endpoint, or None to drop."""
 Accept = Callable[[bytes, bytes], bool]
-"""(outer source, inner source), both 4 bytes -> may this packet come in?"""
+"""(outer source address, 4 bytes; inner packet) -> may this packet come in?"""
 
 
 class UserspaceTunnel:
     def __init__(self, tun_name: str, route: Route, accept: Accept,
-                 udp_socket: socket.socket | None = None) -> None:
+                 udp_socket: socket.socket | None = None, local_address: str | None = None
+                 ) -> None:
         self.tun_name = tun_name
         self.route = route
         self.accept = accept
         self.udp = udp_socket
         self.tun_fd = open_tun(tun_name)
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
+        if local_address is not None:
+            # Outer source fixed to this address (an FA's care-of address: RFC 3024
+            # requires it), and only tunnels addressed to it are received.
+            self.raw.bind((local_address, 0))
         self.raw.setblocking(False)
         self.stats = {"out": 0, "in": 0, "dropped_no_route": 0, "dropped_spoofed": 0}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -78,7 +83,7 @@ class UserspaceTunnel:
                 return
             if len(pkt) < 20 or pkt[0] >> 4 != 4:
                 continue
-            ep = self.route(pkt[16:20])
+            ep = self.route(pkt)
             if ep is None:
                 self.stats["dropped_no_route"] += 1
                 continue
@@ -105,7 +110,7 @@ class UserspaceTunnel:
         """Hand a decapsulated packet to the kernel if ``accept`` allows it."""
         if len(inner) < 20 or inner[0] >> 4 != 4:
             return
-        if not self.accept(outer_src, inner[12:16]):
+        if not self.accept(outer_src, inner):
             self.stats["dropped_spoofed"] += 1
             return
         self.write(inner)

@@ -21,6 +21,7 @@ import sys
 from ipaddress import IPv4Address
 
 from app.mip.extensions import UdpTunnelRequest
+from app.mip.icmp import AgentAdvertisement, AgentSolicitation
 from app.mip.messages import MIP_PORT, RegFlags
 from app.net.ipip import TUNNEL_DATA_HEADER, Endpoint, UserspaceTunnel
 from tests.mipclient import Mn
@@ -47,7 +48,11 @@ async def main() -> int:
     ap.add_argument("--iface", default="eth0")
     ap.add_argument("--udp", action="store_true")
     ap.add_argument("--lifetime", type=int, default=600)
+    ap.add_argument("--fa", action="store_true",
+                    help="mode f: wait for an agent advertisement, register through the FA")
     args = ap.parse_args()
+    if args.fa:
+        return await mode_f(args)
     coa = coa_of(args.iface)
     ha = args.ha
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -55,7 +60,7 @@ async def main() -> int:
     udp.connect((ha, MIP_PORT))
     endpoint = Endpoint(ha, MIP_PORT if args.udp else None)
     ha_packed = socket.inet_aton(ha)
-    tunnel = UserspaceTunnel(TUN, lambda _dst: endpoint,
+    tunnel = UserspaceTunnel(TUN, lambda _pkt: endpoint,
                              lambda outer, _inner: outer == ha_packed, udp)
     sh("ip", "addr", "replace", f"{args.home}/32", "dev", TUN)
     sh("ip", "link", "set", TUN, "up", "mtu", "1480")
@@ -96,6 +101,47 @@ async def main() -> int:
                 tunnel.deliver(ha_packed, data[4:])
 
     loop.add_reader(udp.fileno(), from_udp)
+    await asyncio.Event().wait()
+    return 0
+
+
+def wait_advertisement(ifname: str, timeout: float = 5.0) -> AgentAdvertisement:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+    s.settimeout(timeout)
+    # Solicit (RFC 5944 2.2) rather than wait for the next periodic advertisement.
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    s.sendto(AgentSolicitation().encode(), ("224.0.0.2", 0))
+    while True:
+        pkt = s.recv(2048)
+        ihl = (pkt[0] & 0x0F) * 4
+        if pkt[ihl] == 9:
+            return AgentAdvertisement.decode(pkt[ihl:])
+
+
+async def mode_f(args: argparse.Namespace) -> int:
+    adv = wait_advertisement(args.iface)
+    fa = str(adv.care_of_addresses[0])
+    print(f"ADVERT {fa} seq {adv.sequence} flags {adv.flags!r}", flush=True)
+    local = coa_of(args.iface)
+    sh("ip", "addr", "replace", f"{args.home}/32", "dev", args.iface)
+    mn = Mn(IPv4Address(args.home), IPv4Address(args.ha), bytes.fromhex(args.key))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((local, 0))
+    udp.settimeout(2.0)
+    code = None
+    for _ in range(5):
+        udp.sendto(mn.request(fa, lifetime=min(args.lifetime, adv.registration_lifetime),
+                              flags=RegFlags.T), (fa, MIP_PORT))
+        try:
+            rep = mn.check_reply(udp.recv(4096))
+        except TimeoutError:
+            continue
+        mn.learn(rep)
+        code = rep.code
+        if code != 133:
+            break
+    print(f"REGISTERED {fa} {code}", flush=True)
     await asyncio.Event().wait()
     return 0
 

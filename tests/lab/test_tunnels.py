@@ -176,3 +176,40 @@ def lab_restore_firewall(lab) -> None:
     import asyncio
     ns_exec("tr-fw", "nft", "delete", "table", "inet", "tr_fw")
     asyncio.run(lab._firewall())
+
+
+FA_CONFIG = """
+[foreign_agent]
+care_of_address = "10.40.1.1"
+interface = "fa"
+max_lifetime = 300
+advert_interval = 0.5
+"""
+
+
+def test_mode_f_through_the_foreign_agent(lab, ha, tmp_path):
+    cfg = tmp_path / "fa.toml"
+    cfg.write_text(FA_CONFIG)
+    fa = Proc("tr-fa1", sys.executable, "-m", "app.agents.fa_cli", "--config", str(cfg))
+    try:
+        fa.wait("foreign agent on fa")
+        lab.move("fa1")
+        mn_address(prefix="10.40.1.")
+        mn = Proc("tr-mn", sys.executable, "-m", "tests.lab.mn_driver", "--ha", HA, "--home",
+                  HOME, "--key", KEY, "--fa")
+        try:
+            assert "ADVERT 10.40.1.1" in mn.wait("ADVERT")[-1]
+            assert mn.wait("REGISTERED")[-1].split()[-1] == "0"
+            fa.wait("registration accepted (0) (relayed to the mobile node)")
+            cap = capture("tr-ir", "core", "ip proto 4")
+            ping = ns_exec("tr-cn", "ping", "-c3", "-i0.2", "-W2", HOME)
+            assert ping.returncode == 0, ping.stdout
+            # HA <-> FA care-of address, both ways (reverse tunnelling by the FA).
+            cap.wait(f"IP {HA} > 10.40.1.1: IP {CN} > {HOME}: ICMP echo request")
+            cap.wait(f"IP 10.40.1.1 > {HA}: IP {HOME} > {CN}: ICMP echo reply")
+            cap.stop()
+        finally:
+            mn.stop()
+            ns_exec("tr-mn", "ip", "addr", "del", f"{HOME}/32", "dev", "eth0")
+    finally:
+        fa.stop()

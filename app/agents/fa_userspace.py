@@ -1,0 +1,91 @@
+"""The foreign agent's userspace data plane.
+
+Tunnelled packets from a visitor's home agent are decapsulated and handed to
+the kernel, which delivers them on the visitor link through a /32 route.
+Packets from a visitor that asked for reverse tunnelling (RFC 3024) are
+steered by a source rule into the TUN device and tunnelled to its home agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+from app.agents.fa_core import Visitor
+from app.net.ipip import MTU, Endpoint, UserspaceTunnel
+
+log = logging.getLogger("trustroam.fa.dataplane")
+TUN_NAME = "trfa0"
+TABLE = "434"
+RULE_PRIORITY = "434"
+
+
+class UserspaceForeignAgentPlane:
+    def __init__(self, link: str, care_of_address: str, tun_name: str = TUN_NAME) -> None:
+        self.link = link
+        self.visitors: dict[bytes, Visitor] = {}
+        self.tunnel = UserspaceTunnel(tun_name, self._route, self._accept,
+                                      local_address=care_of_address)
+        _ip("link", "set", tun_name, "up", "mtu", str(MTU))
+        _ip("route", "replace", "default", "dev", tun_name, "table", TABLE)
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+
+    def start(self) -> None:
+        self.tunnel.start()
+
+    def _route(self, pkt: bytes) -> Endpoint | None:
+        v = self.visitors.get(pkt[12:16])  # by source: the visitor's home address
+        return Endpoint(str(v.home_agent)) if v is not None and v.reverse_tunnel else None
+
+    def _accept(self, outer_src: bytes, inner: bytes) -> bool:
+        v = self.visitors.get(inner[16:20])  # to a visitor, from its home agent only
+        return v is not None and v.home_agent.packed == outer_src
+
+    def visitor_up(self, v: Visitor) -> None:
+        self.visitors[v.home_address.packed] = v
+        hoa = str(v.home_address)
+        _ip("route", "replace", f"{hoa}/32", "dev", self.link)
+        _ip_quiet("rule", "del", "from", hoa, "iif", self.link, "lookup", TABLE)
+        if v.reverse_tunnel:
+            _ip("rule", "add", "from", hoa, "iif", self.link, "lookup", TABLE, "priority",
+                RULE_PRIORITY)
+
+    def visitor_down(self, v: Visitor) -> None:
+        self.visitors.pop(v.home_address.packed, None)
+        hoa = str(v.home_address)
+        _ip_quiet("route", "del", f"{hoa}/32", "dev", self.link)
+        _ip_quiet("rule", "del", "from", hoa, "iif", self.link, "lookup", TABLE)
+
+    def close(self) -> None:
+        for v in list(self.visitors.values()):
+            self.visitor_down(v)
+        _ip_quiet("route", "del", "default", "table", TABLE)
+        self.tunnel.close()
+
+
+def _ip(*args: str) -> None:
+    out = subprocess.run(["ip", *args], capture_output=True, text=True,  # noqa: S603, S607
+                         check=False)
+    if out.returncode != 0:
+        raise OSError(f"ip {' '.join(args)}: {out.stderr.strip()}")
+
+
+def _ip_quiet(*args: str) -> None:
+    try:
+        _ip(*args)
+    except OSError as exc:
+        log.debug("%s", exc)
+
+
+def interface_address(ifname: str) -> str | None:
+    """The first IPv4 address of ``ifname`` (to check the config against the host)."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", ifname],  # noqa: S603, S607
+                         capture_output=True, text=True, check=False)
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if "inet" in parts:
+            return parts[parts.index("inet") + 1].split("/")[0]
+    return None
+
+
