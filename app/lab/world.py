@@ -199,6 +199,17 @@ table inet tr_fw {
 """
         await _run("ip", "netns", "exec", "tr-fw", "nft", "-f", "-", stdin=rules)
 
+    def set_nat(self, *, fully_random: bool) -> None:
+        """Reload the NAT: ``fully_random`` makes it pick a new port for each new mapping."""
+        subprocess.run(["ip", "netns", "exec", "tr-nat", "nft", "delete", "table", "ip",
+                        "tr_nat"], capture_output=True, check=False)
+        asyncio.run(self._nat(fully_random))
+
+    def flush_nat_mappings(self) -> None:
+        """Forget every NAT mapping, as a NAT reboot or timeout would."""
+        subprocess.run(["ip", "netns", "exec", "tr-nat", "conntrack", "-F"],
+                       capture_output=True, check=False)
+
     async def _nat(self, fully_random: bool = False) -> None:
         masq = "masquerade fully-random" if fully_random else "masquerade"
         rules = f"""

@@ -23,6 +23,7 @@ from ipaddress import IPv4Address
 from app.mip.extensions import UdpTunnelRequest
 from app.mip.icmp import AgentAdvertisement, AgentSolicitation
 from app.mip.messages import MIP_PORT, RegFlags
+from app.net.arp import send_gratuitous_arp
 from app.net.ipip import TUNNEL_DATA_HEADER, Endpoint, UserspaceTunnel
 from tests.mipclient import Mn
 
@@ -48,11 +49,17 @@ async def main() -> int:
     ap.add_argument("--iface", default="eth0")
     ap.add_argument("--udp", action="store_true")
     ap.add_argument("--lifetime", type=int, default=600)
+    ap.add_argument("--keepalive", type=float, default=0.0,
+                    help="with --udp: send an RFC 3519 keepalive every this many seconds")
     ap.add_argument("--fa", action="store_true",
                     help="mode f: wait for an agent advertisement, register through the FA")
+    ap.add_argument("--at-home", action="store_true",
+                    help="mode h: home address on the link, deregister with the home agent")
     args = ap.parse_args()
     if args.fa:
         return await mode_f(args)
+    if args.at_home:
+        return await mode_h(args)
     coa = coa_of(args.iface)
     ha = args.ha
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -101,6 +108,14 @@ async def main() -> int:
                 tunnel.deliver(ha_packed, data[4:])
 
     loop.add_reader(udp.fileno(), from_udp)
+    if args.udp and args.keepalive:
+        # Keepalive: an ICMP echo request to the home agent inside the UDP tunnel,
+        # which keeps (and after a rebinding, re-teaches) the NAT mapping.
+        from scapy.layers.inet import ICMP, IP
+        probe = TUNNEL_DATA_HEADER + bytes(IP(src=args.home, dst=ha) / ICMP())
+        while True:
+            udp.send(probe)
+            await asyncio.sleep(args.keepalive)
     await asyncio.Event().wait()
     return 0
 
@@ -117,6 +132,31 @@ def wait_advertisement(ifname: str, timeout: float = 5.0) -> AgentAdvertisement:
         ihl = (pkt[0] & 0x0F) * 4
         if pkt[ihl] == 9:
             return AgentAdvertisement.decode(pkt[ihl:])
+
+
+async def mode_h(args: argparse.Namespace) -> int:
+    sh("ip", "addr", "replace", f"{args.home}/24", "dev", args.iface)
+    # The home agent must stop proxy-ARPing before ours counts; announce ourselves too.
+    mn = Mn(IPv4Address(args.home), IPv4Address(args.ha), bytes.fromhex(args.key))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((args.home, 0))
+    udp.settimeout(2.0)
+    code = None
+    for _ in range(5):
+        udp.sendto(mn.request(args.home, lifetime=0, flags=RegFlags(0)), (args.ha, MIP_PORT))
+        try:
+            rep = mn.check_reply(udp.recv(4096))
+        except TimeoutError:
+            continue
+        mn.learn(rep)
+        code = rep.code
+        if code != 133:
+            break
+    mac = open(f"/sys/class/net/{args.iface}/address").read().strip()  # noqa: SIM115
+    send_gratuitous_arp(args.iface, bytes.fromhex(mac.replace(":", "")), IPv4Address(args.home))
+    print(f"REGISTERED {args.home} {code}", flush=True)
+    await asyncio.Event().wait()
+    return 0
 
 
 async def mode_f(args: argparse.Namespace) -> int:

@@ -156,7 +156,7 @@ def test_behind_nat_udp_tunnel(lab, ha):
             "ip", "daddr", HA, "udp", "dport", "434", "accept")
     ns_exec("tr-nat", "ip", "route", "add", "10.20.1.0/24", "via", "198.51.100.2")
     try:
-        mn = run_mn("--udp")
+        mn = run_mn("--udp", "--keepalive", "0.3")
         try:
             cap = capture("tr-nat", "ext", "udp port 434")
             ping = ns_exec("tr-cn", "ping", "-c3", "-i0.2", "-W2", HOME)
@@ -165,8 +165,16 @@ def test_behind_nat_udp_tunnel(lab, ha):
             cap.wait(f"IP {HA}.434 > 198.51.100.3.")
             cap.wait("IP 198.51.100.3.")
             cap.stop()
+            # The NAT forgets its mapping and picks a new port: the HA follows it
+            # from the keepalives, with no new registration.
+            lab.set_nat(fully_random=True)
+            lab.flush_nat_mappings()
+            ha.wait("NAT mapping moved to 198.51.100.3:", timeout=10)
+            ping = ns_exec("tr-cn", "ping", "-c3", "-i0.2", "-W2", HOME)
+            assert ping.returncode == 0, ping.stdout
         finally:
             mn.stop()
+            lab.set_nat(fully_random=False)
     finally:
         ns_exec("tr-nat", "ip", "route", "del", "10.20.1.0/24")
         lab_restore_firewall(lab)
@@ -213,3 +221,33 @@ def test_mode_f_through_the_foreign_agent(lab, ha, tmp_path):
             ns_exec("tr-mn", "ip", "addr", "del", f"{HOME}/32", "dev", "eth0")
     finally:
         fa.stop()
+
+
+def test_mode_h_at_home_no_tunnel(lab, ha):
+    # Registered away first, so the HA proxies the home address...
+    lab.move("t2")
+    mn_address(prefix="10.30.2.")
+    away = run_mn()
+    away.stop()
+    ns_exec("tr-mn", "ip", "addr", "del", f"{HOME}/32", "dev", "trmn0")
+    # ...then home: deregistration withdraws the proxy ARP, the MN answers itself.
+    lab.move("home")
+    mn_address(prefix="10.20.1.")
+    mn = Proc("tr-mn", sys.executable, "-m", "tests.lab.mn_driver", "--ha", HA, "--home", HOME,
+              "--key", KEY, "--at-home")
+    try:
+        assert mn.wait("REGISTERED")[-1].split()[-1] == "0"
+        ha.wait(f"{HOME}: deregistered (binding removed)")
+        assert "proxy" not in ns_exec("tr-ha", "ip", "neigh", "show", "proxy").stdout
+        ns_exec("tr-cn", "ip", "neigh", "flush", "dev", "home")
+        cap = capture("tr-mn", "eth0", f"icmp and host {HOME}")
+        ping = ns_exec("tr-cn", "ping", "-c2", "-i0.2", "-W2", HOME)
+        assert ping.returncode == 0, ping.stdout
+        cap.wait(f"IP {CN} > {HOME}: ICMP echo request")  # straight on the link
+        cap.stop()
+        mac = ns_exec("tr-cn", "ip", "neigh", "show", HOME).stdout
+        ha_mac = ns_exec("tr-ha", "cat", "/sys/class/net/home/address").stdout.strip()
+        assert ha_mac not in mac  # the CN talks to the MN itself, not the HA's proxy
+    finally:
+        mn.stop()
+        ns_exec("tr-mn", "ip", "addr", "del", f"{HOME}/24", "dev", "eth0")
