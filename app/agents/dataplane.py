@@ -13,8 +13,11 @@ from typing import Protocol
 
 from app.agents.bindings import Binding
 from app.agents.ha_config import DataPlaneKind, HomeAgentConfig
+from app.agents.ha_kernel import KernelHomeAgentPlane
 from app.agents.ha_userspace import DataPlaneError, UserspaceHomeAgentPlane
 from app.config import ConfigError
+from app.net.kernel_ipip import ipip_supported
+from app.net.netlink import Netlink
 
 log = logging.getLogger("trustroam.ha.dataplane")
 
@@ -56,13 +59,31 @@ class ControlPlaneOnly:
 
 
 def select(config: HomeAgentConfig) -> HomeAgentDataPlane:
+    """The configured data plane; ``auto`` takes the kernel's ipip when the kernel
+    has it, else the userspace one, else (no root, no TUN) none."""
     kind = config.dataplane
     if kind is DataPlaneKind.NONE:
         return ControlPlaneOnly()
-    if kind is DataPlaneKind.KERNEL:
-        raise ConfigError(config.source, "home_agent.dataplane",
-                          "\"kernel\" is not available in this version; use \"userspace\", "
-                          "\"auto\" or \"none\"")
+    if kind in (DataPlaneKind.KERNEL, DataPlaneKind.AUTO):
+        try:
+            nl = Netlink()
+        except OSError as exc:
+            nl = None
+            why = f"netlink unavailable: {exc}"
+        else:
+            why = "this kernel has no ipip module (EOPNOTSUPP)"
+        if nl is not None and ipip_supported(nl):
+            try:
+                return KernelHomeAgentPlane(nl, UserspaceHomeAgentPlane(config.address))
+            except (OSError, DataPlaneError) as exc:
+                nl.close()
+                why = str(exc)
+        elif nl is not None:
+            nl.close()
+        if kind is DataPlaneKind.KERNEL:
+            raise ConfigError(config.source, "home_agent.dataplane",
+                              f"\"kernel\" unavailable: {why}; use \"userspace\" or \"auto\"")
+        log.info("kernel data plane unavailable (%s); using the userspace one", why)
     try:
         return _Userspace(config)
     except (OSError, DataPlaneError) as exc:

@@ -36,6 +36,7 @@ class UserspaceHomeAgentPlane:
         if not home:
             raise DataPlaneError(f"no interface has the home agent address {ha_address}; "
                                  "the data plane attracts packets on the home link")
+        self.ha_address = ha_address
         self.home_ifname: str = home[0]["ifname"]
         link = _ip("-j", "link", "show", "dev", self.home_ifname)[0]
         self.home_mac = bytes.fromhex(str(link["address"]).replace(":", ""))

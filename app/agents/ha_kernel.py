@@ -1,0 +1,52 @@
+"""The home agent's kernel data plane: ipip devices for IP-in-IP bindings, the
+userspace plane for RFC 3519 UDP bindings (which have no kernel implementation)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from app.agents.bindings import Binding
+from app.agents.ha_userspace import UserspaceHomeAgentPlane
+from app.net.arp import send_gratuitous_arp
+from app.net.kernel_ipip import KernelIpipTunnels
+from app.net.netlink import Netlink
+
+log = logging.getLogger("trustroam.ha.dataplane")
+
+
+class KernelHomeAgentPlane:
+    def __init__(self, nl: Netlink, userspace: UserspaceHomeAgentPlane) -> None:
+        self.nl = nl
+        self.userspace = userspace
+        home_index = nl.call("link_lookup", ifname=userspace.home_ifname)[0]
+        self.kernel = KernelIpipTunnels(nl, userspace.ha_address, home_index)
+
+    def start(self, udp_socket: socket.socket) -> None:
+        self.userspace.tunnel.udp = udp_socket
+        self.userspace.start()
+
+    def tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:
+        self.userspace.udp_tunnel_data(source, inner)
+
+    def binding_up(self, binding: Binding) -> None:
+        if binding.udp_tunnel:
+            self.kernel.down(binding.home_address)
+            self.userspace.binding_up(binding)
+            return
+        self.userspace.binding_down(binding)
+        self.kernel.up(binding.home_address, binding.care_of_address)
+        try:
+            send_gratuitous_arp(self.userspace.home_ifname, self.userspace.home_mac,
+                                binding.home_address)
+        except OSError as exc:
+            log.warning("%s: gratuitous ARP failed: %s", binding.home_address, exc)
+
+    def binding_down(self, binding: Binding) -> None:
+        self.kernel.down(binding.home_address)
+        self.userspace.binding_down(binding)
+
+    def close(self) -> None:
+        self.kernel.close()
+        self.userspace.close()
+        self.nl.close()

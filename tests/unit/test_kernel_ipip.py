@@ -1,0 +1,120 @@
+"""The kernel backend's netlink requests, recorded by a stand-in for pyroute2's IPRoute.
+
+This kernel has no ipip module, so the requests themselves are what can be
+checked here; tests/lab/test_kernel_probe.py shows the real kernel's answer.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+
+from app.net.kernel_ipip import NTF_PROXY, KernelIpipTunnels, ipip_supported, tunnel_name
+from app.net.netlink import Netlink
+
+A = IPv4Address
+
+
+class NetlinkError(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class FakeIPRoute:
+    def __init__(self, fail_add: int | None = None) -> None:
+        self.calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = []
+        self.fail_add = fail_add
+        self.next_index = 100
+
+    def link(self, *args: object, **kw: object) -> list[object]:
+        self.calls.append(("link", args, kw))
+        if args[0] == "add" and self.fail_add:
+            raise NetlinkError(self.fail_add)
+        return []
+
+    def link_lookup(self, **kw: object) -> list[int]:
+        self.next_index += 1
+        return [self.next_index]
+
+    def route(self, *args: object, **kw: object) -> list[object]:
+        self.calls.append(("route", args, kw))
+        return []
+
+    def neigh(self, *args: object, **kw: object) -> list[object]:
+        self.calls.append(("neigh", args, kw))
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake():
+    return FakeIPRoute()
+
+
+@pytest.fixture
+def nl(fake):
+    n = Netlink(lambda: fake)
+    yield n
+    n.close()
+
+
+def requests(fake):
+    return [(m, a[0], kw) for m, a, kw in fake.calls]
+
+
+def test_tunnel_name_fits_ifnamsiz():
+    assert tunnel_name(A("10.30.1.5")) == "mip0a1e0105"
+    assert len(tunnel_name(A("255.255.255.255"))) <= 15
+
+
+def test_binding_up_creates_tunnel_route_and_proxy_arp(nl, fake):
+    k = KernelIpipTunnels(nl, A("10.20.1.1"), home_ifindex=7)
+    k.up(A("10.20.1.10"), A("10.30.1.5"))
+    nl.call("close")  # drain the queue
+    assert requests(fake) == [
+        ("link", "add", {"ifname": "mip0a1e0105", "kind": "ipip", "ipip_local": "10.20.1.1",
+                         "ipip_remote": "10.30.1.5", "ipip_ttl": 64}),
+        ("link", "set", {"ifname": "mip0a1e0105", "state": "up"}),
+        ("route", "replace", {"dst": "10.20.1.10/32", "oif": 101}),
+        ("neigh", "replace", {"dst": "10.20.1.10", "ifindex": 7, "flags": NTF_PROXY}),
+    ]
+
+
+def test_shared_care_of_and_move_and_down(nl, fake):
+    k = KernelIpipTunnels(nl, A("10.20.1.1"), home_ifindex=7)
+    k.up(A("10.20.1.10"), A("10.30.1.5"))
+    k.up(A("10.20.1.11"), A("10.30.1.5"))  # same CoA (an FA): one device
+    k.up(A("10.20.1.10"), A("10.30.1.5"))  # renewal: nothing to do
+    k.up(A("10.20.1.10"), A("10.30.2.9"))  # moved
+    k.down(A("10.20.1.11"))  # last user of 10.30.1.5
+    nl.call("close")
+    adds = [kw["ifname"] for m, op, kw in requests(fake) if m == "link" and op == "add"]
+    dels = [kw["ifname"] for m, op, kw in requests(fake) if m == "link" and op == "del"]
+    assert adds == ["mip0a1e0105", "mip0a1e0209"]
+    assert dels == ["mip0a1e0105"]
+    assert ("route", "del", {"dst": "10.20.1.11/32"}) in requests(fake)
+    assert set(k.tunnels) == {A("10.30.2.9")}
+
+
+@pytest.mark.parametrize(("code", "supported"), [(None, True), (95, False), (17, True),
+                                                 (1, False)])
+def test_probe(code, supported):
+    fake = FakeIPRoute(fail_add=code)
+    n = Netlink(lambda: fake)
+    try:
+        assert ipip_supported(n) is supported
+    finally:
+        n.close()
+
+
+def test_errors_are_reported_not_raised(nl, fake):
+    fake.fail_add = 95
+    seen: list[str] = []
+    k = KernelIpipTunnels(nl, A("10.20.1.1"), home_ifindex=7, on_error=seen.append)
+    k.up(A("10.20.1.10"), A("10.30.1.5"))
+    nl.call("close")
+    assert seen and seen[0].startswith("create mip0a1e0105")
