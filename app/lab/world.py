@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.lab import charon
 from app.lab.topology import (
     MN,
     MN_IFACE,
@@ -34,6 +35,8 @@ from app.lab.topology import (
 )
 
 STATE_DIR = Path(os.environ.get("TRUSTROAM_LAB_DIR", "/run/trustroam-lab"))
+# charon gets a private /run, which would hide STATE_DIR: its files live here.
+CHARON_DIR = Path(os.environ.get("TRUSTROAM_LAB_CHARON_DIR", "/var/lib/trustroam-lab"))
 NETNS_ETC = Path("/etc/netns")
 
 
@@ -156,7 +159,12 @@ class Lab:
             state.pids[f"dnsmasq-{net.name}"] = self._start_dnsmasq(net)
         state.mn_net = at
         state.pids["dhclient"] = self._start_dhclient()
+        for gw in charon.GATEWAYS:
+            state.pids[f"charon-{gw.node}"] = self._start_charon(gw.node, gw)
+        state.pids[f"charon-{MN}"] = self._start_charon(MN, None)
         state.save()
+        await asyncio.gather(*(self._load_gateway(gw) for gw in charon.GATEWAYS),
+                             self._vici_ready(MN))
 
     async def _links_ready(self, timeout: float = 5.0) -> None:
         """Wait until every switch port forwards.  The kernel's linkwatch reports
@@ -238,6 +246,32 @@ table ip tr_nat {{
             start_new_session=True)
         return proc.pid
 
+    def _start_charon(self, node: str, gw: charon.Gateway | None) -> int:
+        d = charon.prepare(CHARON_DIR, node, gateway=gw)
+        if gw is not None:
+            subprocess.run(["ip", "-n", node, "addr", "add", f"{gw.inside}/32", "dev", "lo"],
+                           check=True, capture_output=True)
+        proc = subprocess.Popen(["ip", "netns", "exec", node, *charon.command(d)],
+                                stdout=subprocess.DEVNULL, stderr=(d / "stderr.log").open("w"),
+                                start_new_session=True)
+        return proc.pid
+
+    async def _vici_ready(self, node: str, timeout: float = 10.0) -> None:
+        sock = charon.directory(CHARON_DIR, node) / "charon.vici"
+        deadline = time.monotonic() + timeout
+        while not sock.exists():
+            if time.monotonic() > deadline:
+                raise LabError(f"charon in {node} did not open {sock} within {timeout} s "
+                               f"(see {sock.parent / 'charon.log'})")
+            await asyncio.sleep(0.02)  # charon signals readiness only by the socket
+
+    async def _load_gateway(self, gw: charon.Gateway) -> None:
+        await self._vici_ready(gw.node)
+        d = charon.directory(CHARON_DIR, gw.node)
+        await _run("ip", "netns", "exec", gw.node,
+                   *charon.swanctl(d, "--load-all", "--file", str(d / "swanctl.conf")))
+
+
     def _dhclient_script(self) -> Path:
         script = STATE_DIR / "dhclient-script"
         script.write_text("""#!/bin/sh
@@ -318,9 +352,10 @@ exit 0
             removed.append(f"namespace {ns}")
         for d in NETNS_ETC.glob(f"{PREFIX}*"):
             shutil.rmtree(d, ignore_errors=True)
-        if STATE_DIR.exists():
-            shutil.rmtree(STATE_DIR, ignore_errors=True)
-            removed.append(str(STATE_DIR))
+        for d in (STATE_DIR, CHARON_DIR):
+            if d.exists():
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(str(d))
         return removed
 
     # -- status ----------------------------------------------------------------
