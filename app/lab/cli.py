@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build the lab")
     up.add_argument("--at", default="home", help=f"where the MN starts ({nets})")
+    up.add_argument("--nm", action="store_true",
+                    help="run the real NetworkManager in the MN (private system bus) "
+                         "instead of dhclient")
     sub.add_parser("down", help="remove everything the lab created, even after a crash")
     mv = sub.add_parser("move", help="re-plug the mobile node into another access network")
     mv.add_argument("net", help=nets)
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab()
     try:
         if args.command == "up":
-            took = lab.up(at=args.at)
+            took = lab.up(at=args.at, nm=args.nm)
             print(f"lab up in {took:.2f} s; mobile node on {args.at!r}")
         elif args.command == "down":
             removed = lab.down()

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.lab import charon
+from app.lab import charon, nm
 from app.lab.topology import (
     MN,
     MN_IFACE,
@@ -102,7 +102,7 @@ class Lab:
 
     # -- up --------------------------------------------------------------------
 
-    def up(self, *, at: str = "home") -> float:
+    def up(self, *, at: str = "home", nm: bool = False) -> float:
         """Build the world; returns the seconds it took."""
         if existing_namespaces():
             raise LabError("a lab is already up (run 'trustroam-lab down' first)")
@@ -111,7 +111,7 @@ class Lab:
                            f"{', '.join(self.topo.access)}")
         t0 = time.monotonic()
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        state = LabState()
+        state = LabState(nm=nm)
         state.save()
         try:
             asyncio.run(self._up(state, at))
@@ -158,7 +158,10 @@ class Lab:
         for net in t.access.values():
             state.pids[f"dnsmasq-{net.name}"] = self._start_dnsmasq(net)
         state.mn_net = at
-        state.pids["dhclient"] = self._start_dhclient()
+        if state.nm:
+            await self._start_nm(state)
+        else:
+            state.pids["dhclient"] = self._start_dhclient()
         for gw in charon.GATEWAYS:
             state.pids[f"charon-{gw.node}"] = self._start_charon(gw.node, gw)
         state.pids[f"charon-{MN}"] = self._start_charon(MN, None)
@@ -179,6 +182,16 @@ class Lab:
                 late = [link["ifname"] for link in ports if link.get("operstate") != "UP"]
                 raise LabError(f"switch ports without carrier after {timeout} s: {late}")
             await asyncio.sleep(0.02)  # netlink has no "carrier settled" event to await
+
+    async def _mn_carrier(self, *, up: bool, timeout: float = 5.0) -> None:
+        """Wait until the MN's own eth0 shows the carrier change (linkwatch lag)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = await _run("ip", "-n", MN, "-j", "link", "show", "dev", MN_IFACE)
+            if (json.loads(out)[0].get("operstate") == "UP") is up:
+                return
+            await asyncio.sleep(0.02)
+        raise LabError(f"the MN's {MN_IFACE} did not go {'up' if up else 'down'}")
 
     async def _node(self, node: str, lines: list[str]) -> None:
         await _ip_batch(lines, node)
@@ -245,6 +258,27 @@ table ip tr_nat {{
             stdout=subprocess.DEVNULL, stderr=(STATE_DIR / f"dnsmasq-{net.name}.log").open("w"),
             start_new_session=True)
         return proc.pid
+
+    async def _start_nm(self, state: LabState) -> None:
+        d, sock, nm_conf = nm.prepare(CHARON_DIR, MN_IFACE)
+        bus = subprocess.Popen(["dbus-daemon", f"--config-file={d / 'bus.conf'}", "--nofork"],
+                               stdout=subprocess.DEVNULL, stderr=(d / "bus.log").open("w"),
+                               start_new_session=True)
+        state.pids["dbus"] = bus.pid
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if time.monotonic() > deadline:
+                raise LabError(f"the lab's system bus did not open {sock}")
+            await asyncio.sleep(0.02)  # dbus-daemon signals readiness only by the socket
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=nm.bus_address(sock))
+        proc = subprocess.Popen(["ip", "netns", "exec", MN, *nm.nm_command(nm_conf)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=(d / "nm.log").open("w"),
+                                start_new_session=True)
+        state.pids["NetworkManager"] = proc.pid
+
+    def nm_bus(self) -> str:
+        """DBUS_SYSTEM_BUS_ADDRESS of the MN's NetworkManager (``up --nm``)."""
+        return nm.bus_address(CHARON_DIR / "nm" / "system_bus_socket")
 
     def _start_charon(self, node: str, gw: charon.Gateway | None) -> int:
         d = charon.prepare(CHARON_DIR, node, gateway=gw)
@@ -321,12 +355,23 @@ exit 0
         # Unplug (the MN sees carrier go), flush, plug into the new bridge.
         asyncio.run(self._replug(net, flush=not state.nm))
         state.mn_net = net
-        if not state.nm:
+        if state.nm:
+            # NetworkManager defers acting on a carrier loss by 4 s and keeps its
+            # lease if the carrier returns sooner; a re-plug into another network
+            # is a new connection for it, as when a laptop joins another network.
+            out = subprocess.run(["nmcli", "--wait", "0", "connection", "up",
+                                  f"lab-{MN_IFACE}"], env=dict(os.environ,
+                                  DBUS_SYSTEM_BUS_ADDRESS=self.nm_bus()),
+                                 capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise LabError(f"NetworkManager did not take the move: {out.stderr.strip()}")
+        else:
             state.pids["dhclient"] = self._start_dhclient()
         state.save()
 
     async def _replug(self, net: str, flush: bool) -> None:
         await _ip_batch([f"link set {MN_PORT} down", f"link set {MN_PORT} nomaster"], SWITCH)
+        await self._mn_carrier(up=False)
         if flush:
             await _ip_batch([f"addr flush dev {MN_IFACE} scope global"], MN)
         await _ip_batch([f"link set {MN_PORT} master {bridge(self.topo.access[net].link)}",

@@ -49,3 +49,17 @@ def lab() -> Iterator[Lab]:
         yield world
     finally:
         world.down()
+
+
+@pytest.fixture(scope="module")
+def lab_nm() -> Iterator[Lab]:
+    """The lab with the real NetworkManager managing the MN's eth0 (private system bus)."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root for network namespaces (CI runs as root)")
+    world = Lab()
+    world.down()
+    world.up(nm=True)
+    try:
+        yield world
+    finally:
+        world.down()
