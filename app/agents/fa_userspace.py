@@ -38,8 +38,8 @@ class UserspaceForeignAgentPlane:
         v = self.visitors.get(pkt[12:16])  # by source: the visitor's home address
         return Endpoint(str(v.home_agent)) if v is not None and v.reverse_tunnel else None
 
-    def _accept(self, outer_src: bytes, inner: bytes) -> bool:
-        v = self.visitors.get(inner[16:20])  # to a visitor, from its home agent only
+    def _accept(self, outer_src: bytes, _inner_src: bytes, inner_dst: bytes) -> bool:
+        v = self.visitors.get(inner_dst)  # to a visitor, from its home agent only
         return v is not None and v.home_agent.packed == outer_src
 
     def visitor_up(self, v: Visitor) -> None:

@@ -46,6 +46,7 @@ class UserspaceHomeAgentPlane:
         # Forwarding is what makes proxy ARP answer and decapsulated packets move on.
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         self._bindings: dict[bytes, Binding] = {}
+        self._coa_of: dict[bytes, bytes] = {}  # home address -> CoA, both packed
 
     def start(self) -> None:
         self.tunnel.start()
@@ -53,9 +54,9 @@ class UserspaceHomeAgentPlane:
     def _route(self, pkt: bytes) -> Endpoint | None:
         return self.endpoints.get(pkt[16:20])  # by destination: the home address
 
-    def _accept(self, outer_src: bytes, inner: bytes) -> bool:
-        ep = self.endpoints.get(inner[12:16])  # RFC 3024: source must be the binding's CoA
-        return ep is not None and ep.udp_port is None and socket.inet_aton(ep.address) == outer_src
+    def _accept(self, outer_src: bytes, inner_src: bytes, _inner_dst: bytes) -> bool:
+        # RFC 3024: the outer source must be the binding's care-of address.
+        return self._coa_of.get(inner_src) == outer_src
 
     def udp_tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:
         """An RFC 3519 tunnel data message from the HA's port 434."""
@@ -76,6 +77,10 @@ class UserspaceHomeAgentPlane:
         self.endpoints[key] = (Endpoint(str(binding.source_address), binding.source_port)
                                if binding.udp_tunnel else Endpoint(str(binding.care_of_address)))
         self._bindings[key] = binding
+        if binding.udp_tunnel:
+            self._coa_of.pop(key, None)
+        else:
+            self._coa_of[key] = binding.care_of_address.packed
         hoa = str(binding.home_address)
         try:
             _ip("route", "replace", f"{hoa}/32", "dev", self.tunnel.tun_name)
@@ -88,6 +93,7 @@ class UserspaceHomeAgentPlane:
         key = binding.home_address.packed
         self.endpoints.pop(key, None)
         self._bindings.pop(key, None)
+        self._coa_of.pop(key, None)
         hoa = str(binding.home_address)
         for args in (("route", "del", f"{hoa}/32", "dev", self.tunnel.tun_name),
                      ("neigh", "del", "proxy", hoa, "dev", self.home_ifname)):

@@ -68,7 +68,7 @@ async def main() -> int:
     endpoint = Endpoint(ha, MIP_PORT if args.udp else None)
     ha_packed = socket.inet_aton(ha)
     tunnel = UserspaceTunnel(TUN, lambda _pkt: endpoint,
-                             lambda outer, _inner: outer == ha_packed, udp)
+                             lambda outer, _src, _dst: outer == ha_packed, udp)
     sh("ip", "addr", "replace", f"{args.home}/32", "dev", TUN)
     sh("ip", "link", "set", TUN, "up", "mtu", "1480")
     sh("ip", "route", "replace", "default", "dev", TUN, "table", TABLE)
