@@ -99,10 +99,16 @@ def existing_namespaces() -> list[str]:
 class Lab:
     def __init__(self, topo: Topology | None = None) -> None:
         self.topo = topo or default()
+        self.gw_inside = True
 
     # -- up --------------------------------------------------------------------
 
-    def up(self, *, at: str = "home", nm: bool = False) -> float:
+    def up(self, *, at: str = "home", nm: bool = False, gw_inside: bool = True) -> float:
+        """``gw_inside=False``: the VPN gateways are reachable only from outside."""
+        self.gw_inside = gw_inside
+        return self._up_timed(at=at, nm=nm)
+
+    def _up_timed(self, *, at: str, nm: bool) -> float:
         """Build the world; returns the seconds it took."""
         if existing_namespaces():
             raise LabError("a lab is already up (run 'trustroam-lab down' first)")
@@ -210,6 +216,7 @@ table inet tr_fw {
   chain forward {
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
+    iifname "core" oifname "dmz" {inside_to_dmz}
     iifname "core" accept
     iifname "dmz" accept
     iifname "ext" oifname "dmz" udp dport { 500, 4500 } accept
@@ -218,6 +225,7 @@ table inet tr_fw {
   }
 }
 """
+        rules = rules.replace("{inside_to_dmz}", "accept" if self.gw_inside else "drop")
         await _run("ip", "netns", "exec", "tr-fw", "nft", "-f", "-", stdin=rules)
 
     def set_nat(self, *, fully_random: bool) -> None:

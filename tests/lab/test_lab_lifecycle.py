@@ -73,3 +73,20 @@ def test_second_up_refused_while_up_and_bad_net_named():
             lab.move("moon")
     finally:
         lab.down()
+
+
+def test_gateways_only_from_outside_option():
+    from tests.lab.conftest import ns_exec
+
+    lab = Lab()
+    lab.down()
+    lab.up(at="t1", gw_inside=False)
+    try:
+        mn_address(prefix="10.30.1.")
+        assert ns_exec("tr-mn", "ping", "-c1", "-W1", "172.16.0.11").returncode != 0
+        assert ns_exec("tr-mn", "ping", "-c1", "-W1", "10.20.1.99").returncode == 0
+        lab.move("pub")
+        mn_address(prefix="203.0.113.")
+        assert ns_exec("tr-mn", "ping", "-c1", "-W1", "172.16.0.11").returncode == 0
+    finally:
+        lab.down()
