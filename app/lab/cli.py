@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nm", action="store_true",
                     help="run the real NetworkManager in the MN (private system bus) "
                          "instead of dhclient")
+    up.add_argument("--nat-fully-random", action="store_true",
+                    help="the NAT picks a random port for every new mapping")
     up.add_argument("--gw-outside-only", action="store_true",
                     help="the VPN gateways are unreachable from the intranet")
     sub.add_parser("down", help="remove everything the lab created, even after a crash")
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             took = lab.up(at=args.at, nm=args.nm, gw_inside=not args.gw_outside_only)
+            if args.nat_fully_random:
+                lab.set_nat(fully_random=True)
             print(f"lab up in {took:.2f} s; mobile node on {args.at!r}")
         elif args.command == "down":
             removed = lab.down()

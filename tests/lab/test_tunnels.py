@@ -102,6 +102,17 @@ print("TCP OK", flush=True)
 """
 
 
+def tcp_session_to_home_address() -> None:
+    """The CN holds a TCP session with an echo server bound to the home address."""
+    server = Proc("tr-mn", sys.executable, "-c", TCP_ECHO_SERVER)
+    try:
+        server.wait("LISTENING")
+        client = ns_exec("tr-cn", sys.executable, "-c", TCP_CLIENT)
+        assert "TCP OK" in client.stdout, client.stdout + client.stderr
+    finally:
+        server.stop()
+
+
 def test_mode_c_ping_and_tcp_through_the_ipip_tunnel(lab, ha):
     lab.move("t1")
     coa = mn_address(prefix="10.30.1.")
@@ -110,11 +121,7 @@ def test_mode_c_ping_and_tcp_through_the_ipip_tunnel(lab, ha):
         cap = capture("tr-ir", "t1", "ip proto 4")
         ping = ns_exec("tr-cn", "ping", "-c3", "-i0.2", "-W2", HOME)
         assert ping.returncode == 0, ping.stdout
-        server = Proc("tr-mn", sys.executable, "-c", TCP_ECHO_SERVER)
-        server.wait("LISTENING")
-        client = ns_exec("tr-cn", sys.executable, "-c", TCP_CLIENT)
-        assert "TCP OK" in client.stdout, client.stdout + client.stderr
-        server.stop()
+        tcp_session_to_home_address()
         # Both directions are IP-in-IP between the HA and the care-of address,
         # for the ping and for the TCP session.
         cap.wait(f"IP {HA} > {coa}: IP {CN} > {HOME}: ICMP echo request")
@@ -215,6 +222,8 @@ def test_mode_f_through_the_foreign_agent(lab, ha, tmp_path):
             # HA <-> FA care-of address, both ways (reverse tunnelling by the FA).
             cap.wait(f"IP {HA} > 10.40.1.1: IP {CN} > {HOME}: ICMP echo request")
             cap.wait(f"IP 10.40.1.1 > {HA}: IP {HOME} > {CN}: ICMP echo reply")
+            tcp_session_to_home_address()
+            cap.wait(f"IP 10.40.1.1 > {HA}: IP {HOME}.7000 > {CN}.")
             cap.stop()
         finally:
             mn.stop()
@@ -245,9 +254,39 @@ def test_mode_h_at_home_no_tunnel(lab, ha):
         assert ping.returncode == 0, ping.stdout
         cap.wait(f"IP {CN} > {HOME}: ICMP echo request")  # straight on the link
         cap.stop()
+        tcp_session_to_home_address()
         mac = ns_exec("tr-cn", "ip", "neigh", "show", HOME).stdout
         ha_mac = ns_exec("tr-ha", "cat", "/sys/class/net/home/address").stdout.strip()
         assert ha_mac not in mac  # the CN talks to the MN itself, not the HA's proxy
     finally:
         mn.stop()
         ns_exec("tr-mn", "ip", "addr", "del", f"{HOME}/24", "dev", "eth0")
+
+
+def test_f_to_f_move_between_foreign_agents(lab, ha, tmp_path):
+    fas = []
+    for node, coa in (("tr-fa1", "10.40.1.1"), ("tr-fa2", "10.40.2.1")):
+        cfg = tmp_path / f"{node}.toml"
+        cfg.write_text(FA_CONFIG.replace("10.40.1.1", coa))
+        fas.append(Proc(node, sys.executable, "-m", "app.agents.fa_cli", "--config", str(cfg)))
+    try:
+        for fa in fas:
+            fa.wait("foreign agent on fa")
+        for net, coa in (("fa1", "10.40.1.1"), ("fa2", "10.40.2.1")):
+            lab.move(net)
+            mn_address(prefix=coa.rsplit(".", 1)[0] + ".")
+            mn = Proc("tr-mn", sys.executable, "-m", "tests.lab.mn_driver", "--ha", HA,
+                      "--home", HOME, "--key", KEY, "--fa")
+            try:
+                assert f"ADVERT {coa}" in mn.wait("ADVERT")[-1]
+                assert mn.wait("REGISTERED")[-1].split()[-1] == "0"
+                ha.wait(f"{HOME}: ")
+                ping = ns_exec("tr-cn", "ping", "-c2", "-i0.2", "-W2", HOME)
+                assert ping.returncode == 0, (net, ping.stdout)
+            finally:
+                mn.stop()
+        assert any("moved -> 10.40.2.1" in line for line in ha.out.seen)
+    finally:
+        for fa in fas:
+            fa.stop()
+        ns_exec("tr-mn", "ip", "addr", "del", f"{HOME}/32", "dev", "eth0")
