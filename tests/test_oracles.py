@@ -115,8 +115,12 @@ def test_tshark_decodes_every_message_and_extension(tmp_path):
                              (A("10.30.2.1"), A("10.30.2.2")), ((A("10.30.2.1"), 5),), 600,
                              (24,), 16).encode()
     sol = AgentSolicitation().encode()
+    # An FA-relayed request: Mobile-Home, then Mobile-Foreign (33) and Foreign-Home (34).
+    relayed = append_authenticator(append_authenticator(rrq_wire, 33, 0x2222, KEY_A,
+                                                        Algorithm.HMAC_MD5),
+                                   34, 0x3333, KEY_A, Algorithm.KEYED_MD5)
     f = tshark_fields(tmp_path, [_udp(rrq_wire), _udp(rrp_wire), _udp(declined), _udp(tun),
-                                 _icmp(adv), _icmp(sol)])
+                                 _icmp(adv), _icmp(sol), _udp(relayed)])
 
     check_request(f[0], rrq)
     assert value(f[0], "mip.ext.type") == [131, 144, 32]
@@ -153,6 +157,11 @@ def test_tshark_decodes_every_message_and_extension(tmp_path):
     assert show(f[4], "icmp.mip.prefixlength") == ["24"]
     assert show(f[5], "icmp.type") == ["10"]
     assert show(f[5], "icmp.checksum.status") == ["1"]
+
+    assert value(f[6], "mip.ext.type") == [131, 144, 32, 33, 34]
+    assert value(f[6], "mip.auth.spi") == [0x1234, 0x2222, 0x3333]
+    assert [v for _, v in f[6]["mip.auth.auth"]][1:] == [relayed[-38:-22].hex(),
+                                                        relayed[-16:].hex()]
 
 
 def test_tshark_agrees_on_random_requests(tmp_path):

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from app.config import Section, load_toml
+from app.config import Section, load_toml, parse_key
+from app.mip.auth import Algorithm
+
+
+@dataclass(frozen=True)
+class HomeAgentSA:
+    """A security association with a home agent: the FA adds a Foreign-Home
+    authenticator to what it relays there and checks the one on the replies."""
+
+    address: IPv4Address
+    spi: int
+    algorithm: Algorithm
+    key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,7 @@ class ForeignAgentConfig:
     max_visitors: int = 1000
     dataplane: str = "userspace"
     source: str = "<built-in>"
+    home_agents: tuple[HomeAgentSA, ...] = ()
 
 
 def load(path: Path) -> ForeignAgentConfig:
@@ -49,5 +62,15 @@ def load(path: Path) -> ForeignAgentConfig:
     if cfg.reverse_tunnel_required and not cfg.reverse_tunnelling:
         raise fa.error("reverse_tunnel_required", "needs reverse_tunnelling = true")
     fa.done()
+    has: list[HomeAgentSA] = []
+    for ha in doc.table_list("home_agents"):
+        addr = ha.ipv4("address", required=True)
+        if any(h.address == addr for h in has):
+            raise ha.error("address", f"{addr} is configured twice")
+        spi = ha.int_("spi", required=True, lo=256, hi=0xFFFF_FFFF)
+        algorithm = ha.enum("algorithm", Algorithm, Algorithm.HMAC_MD5)
+        key = parse_key(ha, "key", "key_file", min_len=16, max_len=64, base=path.parent)
+        ha.done()
+        has.append(HomeAgentSA(addr, spi, algorithm, key))
     doc.done()
-    return cfg
+    return replace(cfg, home_agents=tuple(has))

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from app.agents.fa_config import ForeignAgentConfig
+from app.mip.auth import append_authenticator, verify
 from app.mip.codes import ReplyCode, describe, is_accepted
 from app.mip.errors import DecodeError, UnknownExtensionError
+from app.mip.extensions import AuthExtension, ExtType
 from app.mip.icmp import CODE_MOBILITY_ONLY, AgentAdvertisement, AgentFlags
 from app.mip.ident import low
 from app.mip.messages import RegFlags, RegistrationReply, RegistrationRequest
@@ -72,6 +74,7 @@ class ForeignAgent:
         self.visitors: dict[IPv4Address, Visitor] = {}
         self._pending: dict[tuple[IPv4Address, int], _Pending] = {}
         self._sequence = 0
+        self._has = {h.address: h for h in config.home_agents}
 
     # -- advertisements --------------------------------------------------------
 
@@ -136,6 +139,10 @@ class ForeignAgent:
                               "visitor list full")
         key = (req.home_address, low(req.identification))
         self._pending[key] = _Pending(req, source, now + self.config.registration_timeout)
+        sa = self._has.get(req.home_agent)
+        if sa is not None:  # FA-side information the home agent can trust
+            data = append_authenticator(data, ExtType.FOREIGN_HOME_AUTH, sa.spi, sa.key,
+                                        sa.algorithm)
         res.actions.append(ToHomeAgent(data, req.home_agent))
         res.log.append(f"{req.home_address}: relayed to home agent {req.home_agent}")
         return res
@@ -156,6 +163,15 @@ class ForeignAgent:
                            "request; dropped")
             return res
         req = pending.request
+        sa = self._has.get(req.home_agent)
+        if sa is not None:
+            fhae = next((e for e in rep.extensions if isinstance(e, AuthExtension)
+                         and e.ext_type == ExtType.FOREIGN_HOME_AUTH), None)
+            if fhae is None or fhae.spi != sa.spi or not verify(
+                    sa.algorithm, sa.key, fhae.covered, fhae.authenticator):
+                return self._deny(res, req, pending.source, ReplyCode.FA_HA_AUTH_FAILED,
+                                  f"reply from {source[0]} lacks a valid foreign-home "
+                                  "authenticator")
         if is_accepted(rep.code):
             if req.is_deregistration or rep.lifetime == 0:
                 gone = self.visitors.pop(req.home_address, None)

@@ -44,6 +44,16 @@ class MobileNodeConfig:
 
 
 @dataclass(frozen=True)
+class ForeignAgentSA:
+    """A security association with a foreign agent, known by its care-of address."""
+
+    care_of_address: IPv4Address
+    spi: int
+    algorithm: Algorithm
+    key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class HomeAgentConfig:
     address: IPv4Address
     home_network: IPv4Network
@@ -59,6 +69,7 @@ class HomeAgentConfig:
     keepalive_interval: int = 110
     sync: SyncMode = SyncMode.FULL
     source: str = "<built-in>"
+    foreign_agents: tuple[ForeignAgentSA, ...] = ()
 
     def by_home_address(self) -> dict[IPv4Address, MobileNodeConfig]:
         return {mn.home_address: mn for mn in self.mobile_nodes}
@@ -124,10 +135,20 @@ def load(path: Path) -> HomeAgentConfig:
         replay = mn.enum("replay", ReplayStyle, ReplayStyle.TIMESTAMP)
         mn.done()
         nodes.append(MobileNodeConfig(hoa, spi, algorithm, key, nai, replay))
+    fas: list[ForeignAgentSA] = []
+    for fa in doc.table_list("foreign_agents"):
+        coa = fa.ipv4("care_of_address", required=True)
+        if any(f.care_of_address == coa for f in fas):
+            raise fa.error("care_of_address", f"{coa} is configured twice")
+        spi = fa.int_("spi", required=True, lo=256, hi=0xFFFF_FFFF)
+        algorithm = fa.enum("algorithm", Algorithm, Algorithm.HMAC_MD5)
+        key = parse_key(fa, "key", "key_file", min_len=16, max_len=64, base=base)
+        fa.done()
+        fas.append(ForeignAgentSA(coa, spi, algorithm, key))
     doc.done()
     if not nodes:
         raise ConfigError(str(path), "mobile_nodes", "no [[mobile_nodes]] configured")
-    return replace(cfg, mobile_nodes=tuple(nodes))
+    return replace(cfg, mobile_nodes=tuple(nodes), foreign_agents=tuple(fas))
 
 
 def _relative(base: Path, p: Path) -> Path:

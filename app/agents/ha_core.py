@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from app.agents.bindings import Binding, BindingChange, ChangeKind, ReplayState
-from app.agents.ha_config import HomeAgentConfig, MobileNodeConfig, ReplayStyle
+from app.agents.ha_config import ForeignAgentSA, HomeAgentConfig, MobileNodeConfig, ReplayStyle
 from app.mip import ident
 from app.mip.auth import AUTHENTICATOR_LEN, append_authenticator, verify
 from app.mip.codes import ReplyCode, describe
@@ -25,6 +25,7 @@ from app.mip.extensions import (
     ENCAP_IPIP,
     UDP_TUNNEL_ACCEPTED,
     UDP_TUNNEL_DECLINED,
+    AuthExtension,
     Extension,
     ExtType,
     NaiExtension,
@@ -77,6 +78,8 @@ class _Request:
     home_address: IPv4Address
     mn: MobileNodeConfig | None = None
     protected: tuple[Extension, ...] = field(default=())
+    fa: ForeignAgentSA | None = None
+    """Set when the request came through a foreign agent we share a key with."""
 
 
 _NO_STATE = ReplayState()
@@ -99,6 +102,7 @@ class HomeAgent:
         # costs more than the rest of a dict lookup on this hot path.
         self._by_hoa = {int(k): v for k, v in config.by_home_address().items()}
         self._by_nai = config.by_nai()
+        self._fas = {int(f.care_of_address): f for f in config.foreign_agents}
         self._bindings: dict[int, Binding] = {}
         self._replay: dict[int, ReplayState] = {int(k): v for k, v in (replay or {}).items()}
         self._expiry: list[tuple[float, int]] = []
@@ -156,9 +160,15 @@ class HomeAgent:
                 return Outcome(None, None, None, "%s:%d: discarded: %s",
                                log_args=(*source, exc2))
             r = _Request(head, source, head.home_address,
-                         self._by_hoa.get(int(head.home_address)))
+                         self._by_hoa.get(int(head.home_address)), fa=self._fa_of(head))
             return self._deny(r, ReplyCode.HA_POORLY_FORMED_REQUEST, now, f"malformed: {exc}")
-        return self._process(_Request(req, source, req.home_address), now)
+        return self._process(_Request(req, source, req.home_address, fa=self._fa_of(req)), now)
+
+    def _fa_of(self, req: RegistrationRequest) -> ForeignAgentSA | None:
+        """The FA relaying this request, if we share a key (no D bit: the CoA is the FA's)."""
+        if not self._fas or req.flags.value & _D:
+            return None
+        return self._fas.get(int(req.care_of_address))
 
     # -- the checks ------------------------------------------------------------
 
@@ -207,6 +217,20 @@ class HomeAgent:
         if nai is not None and r.mn.nai is not None and nai != r.mn.nai:
             return self._deny(r, ReplyCode.HA_MN_AUTH_FAILED, now,
                               f"NAI {nai!r} does not belong to this home address")
+
+        # 2b. foreign agent authentication (132): through an FA we share a key with,
+        # the request must carry its valid Foreign-Home authenticator.
+        if r.fa is not None:
+            fhae = next((e for e in req.extensions if isinstance(e, AuthExtension)
+                         and e.ext_type == ExtType.FOREIGN_HOME_AUTH), None)
+            if fhae is None:
+                return self._deny(r, ReplyCode.HA_FA_AUTH_FAILED, now,
+                                  f"no foreign-home authenticator from FA {r.fa.care_of_address}")
+            if fhae.spi != r.fa.spi or len(fhae.authenticator) != AUTHENTICATOR_LEN or not (
+                    verify(r.fa.algorithm, r.fa.key, fhae.covered, fhae.authenticator)):
+                return self._deny(r, ReplyCode.HA_FA_AUTH_FAILED, now,
+                                  f"foreign-home authenticator of FA {r.fa.care_of_address} "
+                                  "does not verify")
 
         # 3. identification (133)
         key = int(r.home_address)
@@ -341,5 +365,9 @@ class HomeAgent:
             msg += b"".join(e.encode() for e in exts)
         if r.mn is None:
             return msg  # no security association to sign with
-        return append_authenticator(msg, ExtType.MOBILE_HOME_AUTH, r.mn.spi, r.mn.key,
-                                    r.mn.algorithm)
+        msg = append_authenticator(msg, ExtType.MOBILE_HOME_AUTH, r.mn.spi, r.mn.key,
+                                   r.mn.algorithm)
+        if r.fa is not None:  # the relaying FA checks the reply came from us
+            msg = append_authenticator(msg, ExtType.FOREIGN_HOME_AUTH, r.fa.spi, r.fa.key,
+                                       r.fa.algorithm)
+        return msg

@@ -18,6 +18,7 @@ HOME = "10.20.1.10"
 HA = "10.20.1.1"
 CN = "10.20.1.99"
 KEY = "00112233445566778899aabbccddeeff"
+FA_HA_KEY = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"  # the FAs' security association with the HA
 
 HA_CONFIG = f"""
 [home_agent]
@@ -29,6 +30,14 @@ dataplane = "userspace"
 home_address = "{HOME}"
 spi = 256
 key = "hex:{KEY}"
+[[foreign_agents]]
+care_of_address = "10.40.1.1"
+spi = 900
+key = "hex:{FA_HA_KEY}"
+[[foreign_agents]]
+care_of_address = "10.40.2.1"
+spi = 900
+key = "hex:{FA_HA_KEY}"
 """
 
 
@@ -193,12 +202,16 @@ def lab_restore_firewall(lab) -> None:
     asyncio.run(lab._firewall())
 
 
-FA_CONFIG = """
+FA_CONFIG = f"""
 [foreign_agent]
 care_of_address = "10.40.1.1"
 interface = "fa"
 max_lifetime = 300
 advert_interval = 0.5
+[[home_agents]]
+address = "{HA}"
+spi = 900
+key = "hex:{FA_HA_KEY}"
 """
 
 

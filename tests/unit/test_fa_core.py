@@ -121,3 +121,29 @@ def test_advertisement(fa):
     fa._sequence = 0xFFFF
     fa.advertisement()
     assert AgentAdvertisement.decode(fa.advertisement()).sequence == 256  # RFC 5944 2.1.1
+
+
+def test_fa_ha_security_association_both_ways(mn):
+    from app.agents.fa_config import HomeAgentSA
+    from app.mip.auth import Algorithm, append_authenticator, verify
+    from app.mip.extensions import AuthExtension
+    from app.mip.messages import RegistrationRequest
+
+    key = bytes(range(16))
+    fa = ForeignAgent(ForeignAgentConfig(FA, "fa", max_lifetime=300, home_agents=(
+        HomeAgentSA(HA, 900, Algorithm.HMAC_MD5, key),)))
+    res = fa.from_mobile_node(mn.request(FA, lifetime=100), MN_SRC, T0)
+    relayed = RegistrationRequest.decode(only(res.actions, ToHomeAgent).data)
+    fhae = relayed.extensions[-1]
+    assert isinstance(fhae, AuthExtension) and fhae.ext_type == 34 and fhae.spi == 900
+    assert verify(Algorithm.HMAC_MD5, key, fhae.covered, fhae.authenticator)
+    # An unauthenticated reply (a forgery on the FA-HA path) is refused with 68.
+    res = fa.from_home_agent(RegistrationReply(0, 100, HOME, HA, mn._last).encode(), (HA, 434),
+                             T0)
+    assert RegistrationReply.decode(only(res.actions, ToMobileNode).data).code == 68
+    assert not fa.visitors
+    fa.from_mobile_node(mn.request(FA, lifetime=100), MN_SRC, T0)
+    good = append_authenticator(RegistrationReply(0, 100, HOME, HA, mn._last).encode(), 34, 900,
+                                key, Algorithm.HMAC_MD5)
+    res = fa.from_home_agent(good, (HA, 434), T0)
+    assert only(res.actions, VisitorUp) and fa.visitors

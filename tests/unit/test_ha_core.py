@@ -366,3 +366,42 @@ def test_expiry_heap_stays_bounded_under_renewals(ha, alice, clock):
     assert len(ha._expiry) <= 2 * len(ha.bindings) + 1024
     assert ha.next_expiry() == ha.bindings[ALICE].expires_at
     assert len(ha.expire(clock.now + 30)) == 1
+
+
+FA_COA = A("10.40.1.1")
+FA_KEY = bytes(range(32, 48))
+
+
+def _fa_ha():
+    from app.agents.ha_config import ForeignAgentSA
+    return HomeAgent(config(foreign_agents=(ForeignAgentSA(FA_COA, 900, Algorithm.HMAC_MD5,
+                                                           FA_KEY),)))
+
+
+def _via_fa(mn, key=FA_KEY, spi=900, sign_fa=True):
+    from app.mip.auth import append_authenticator
+    data = mn.request(str(FA_COA), flags=RegFlags.T)
+    return append_authenticator(data, 34, spi, key, Algorithm.HMAC_MD5) if sign_fa else data
+
+
+def test_132_foreign_agent_authentication(alice, clock):
+    ha = _fa_ha()
+    fa_src = (A("10.0.0.11"), 434)
+    out, rep = send(ha, alice, clock, _via_fa(alice, sign_fa=False), src=fa_src)
+    assert rep.code == 132 and "no foreign-home authenticator" in out.log
+    out, rep = send(ha, alice, clock, _via_fa(alice, key=b"\x07" * 16), src=fa_src)
+    assert rep.code == 132 and "does not verify" in out.log
+    out, rep = send(ha, alice, clock, _via_fa(alice), src=fa_src)
+    assert rep.code == 0
+    # The reply carries an FHAE after the MHAE, covering it, for the FA to check.
+    from app.mip.auth import verify
+    from app.mip.extensions import AuthExtension
+    fhae = [e for e in RegistrationReply.decode(out.reply).extensions
+            if isinstance(e, AuthExtension) and e.ext_type == 34]
+    assert fhae and fhae[0].spi == 900
+    assert verify(Algorithm.HMAC_MD5, FA_KEY, fhae[0].covered, fhae[0].authenticator)
+
+
+def test_co_located_requests_need_no_fhae(alice, clock):
+    _, rep = send(_fa_ha(), alice, clock, alice.request(COA))
+    assert rep.code == 0
