@@ -1,0 +1,176 @@
+"""The MN's registration client against the real HA core, with a fake clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import IPv4Address
+
+import pytest
+
+from app.agents.ha_core import HomeAgent
+from app.mip.auth import Algorithm
+from app.mn.registration import (
+    BindingLost,
+    Denied,
+    Deregistered,
+    Registered,
+    RegistrationClient,
+    RegistrationConfig,
+    ReplayMode,
+    State,
+    TimedOut,
+)
+from tests.mipclient import KEY_A, KEY_B
+from tests.unit.test_ha_core import ALICE, BOB, HA, T0, config
+
+A = IPv4Address
+COA = A("10.30.1.50")
+
+
+def client(**kw):
+    cfg = RegistrationConfig(ALICE, HA, 256, Algorithm.HMAC_MD5, KEY_A, lifetime=100)
+    return RegistrationClient(replace(cfg, **kw))
+
+
+def pump(c: RegistrationClient, ha: HomeAgent | None, now: float, src=COA):
+    """Deliver what the client sent to the HA and the HA's answers back; return events."""
+    for d in c.datagrams_to_send():
+        if ha is not None:
+            out = ha.handle_request(d.data, (src, 434), now)
+            if out.reply:
+                c.receive(out.reply, now)
+    events = []
+    while (e := c.next_event()) is not None:
+        events.append(e)
+    return events
+
+
+def test_register_reports_binding_and_rtt():
+    c, ha = client(), HomeAgent(config())
+    c.register(COA, T0)
+    assert c.state is State.REGISTERING
+    sent = c.datagrams_to_send()
+    assert len(sent) == 1 and sent[0].destination == (HA, 434)
+    out = ha.handle_request(sent[0].data, (COA, 434), T0 + 0.004)
+    c.receive(out.reply, T0 + 0.004)
+    ev = c.next_event()
+    assert isinstance(ev, Registered) and ev.care_of_address == COA and ev.lifetime == 100
+    assert ev.rtt == pytest.approx(0.004, abs=1e-6) and not ev.renewal
+    assert c.state is State.REGISTERED and c.get_timer() == pytest.approx(T0 + 0.004 + 75)
+
+
+def test_retransmit_backoff_then_timeout():
+    c = client(initial_timeout=0.5, retries=3)
+    c.register(COA, T0)
+    times = [T0]
+    assert len(c.datagrams_to_send()) == 1
+    now = T0
+    while True:
+        now = c.get_timer()
+        c.handle_timer(now)
+        sent = c.datagrams_to_send()
+        ev = c.next_event()
+        if ev is not None:
+            break
+        assert len(sent) == 1
+        times.append(now)
+    assert [round(t - T0, 3) for t in times] == [0, 0.5, 1.5, 3.5]
+    assert isinstance(ev, TimedOut) and ev.attempts == 4 and ev.waited == pytest.approx(7.5)
+    assert c.state is State.IDLE
+
+
+def test_each_copy_has_a_new_identification_and_a_late_reply_to_any_counts():
+    c, ha = client(), HomeAgent(config())
+    c.register(COA, T0)
+    first = c.datagrams_to_send()[0]
+    c.handle_timer(T0 + 0.5)
+    second = c.datagrams_to_send()[0]
+    assert first.data[16:24] != second.data[16:24]
+    out = ha.handle_request(first.data, (COA, 434), T0 + 0.6)  # the first copy's answer
+    c.receive(out.reply, T0 + 0.6)
+    assert isinstance(c.next_event(), Registered)
+
+
+def test_renewal_and_binding_lost():
+    c, ha = client(), HomeAgent(config())
+    c.register(COA, T0)
+    pump(c, ha, T0)
+    c.handle_timer(T0 + 75)
+    assert c.state is State.RENEWING
+    [ev] = pump(c, ha, T0 + 75)
+    assert isinstance(ev, Registered) and ev.renewal and ev.expires_at == T0 + 175
+    # Now the HA goes silent: renewals time out, then the binding is lost at expiry.
+    now = T0 + 150
+    c.handle_timer(now)
+    events = []
+    while (t := c.get_timer()) is not None:
+        c.datagrams_to_send()
+        c.handle_timer(t)
+        while (e := c.next_event()) is not None:
+            events.append(e)
+    assert any(isinstance(e, TimedOut) for e in events)
+    assert isinstance(events[-1], BindingLost) and c.binding is None
+
+
+def test_resync_after_133_is_one_event():
+    c, ha = client(), HomeAgent(config())
+    c.clock_offset = -300.0
+    c.register(COA, T0)
+    events = pump(c, ha, T0)
+    assert events == []  # the 133 was absorbed and a resynced copy is out
+    events = pump(c, ha, T0)
+    assert len(events) == 1 and isinstance(events[0], Registered)
+    assert abs(c.clock_offset) < 1.0
+
+
+def test_nonce_mode():
+    cfg = RegistrationConfig(BOB, HA, 257, Algorithm.KEYED_MD5, KEY_B, lifetime=100,
+                             replay=ReplayMode.NONCE)
+    c, ha = RegistrationClient(cfg), HomeAgent(config())
+    c.register(COA, T0)
+    pump(c, ha, T0)
+    [ev] = pump(c, ha, T0)
+    assert isinstance(ev, Registered)
+
+
+def test_denial_reported_with_code_and_meaning():
+    c, ha = client(), HomeAgent(config(reverse_tunnelling=False))
+    c.register(COA, T0)
+    [ev] = pump(c, ha, T0)
+    assert ev == Denied(137, "denied by home agent: requested reverse tunnel unavailable (137)")
+    assert c.state is State.IDLE
+
+
+def test_forged_and_unmatched_replies_are_ignored():
+    c, ha = client(), HomeAgent(config())
+    c.register(COA, T0)
+    d = c.datagrams_to_send()[0]
+    out = ha.handle_request(d.data, (COA, 434), T0)
+    forged = bytearray(out.reply)
+    forged[-1] ^= 1
+    c.receive(bytes(forged), T0)
+    c.receive(b"\x03garbage", T0)
+    assert c.next_event() is None
+    c.receive(out.reply, T0)
+    assert isinstance(c.next_event(), Registered)
+
+
+def test_deregistration_at_home():
+    c, ha = client(), HomeAgent(config())
+    c.register(COA, T0)
+    pump(c, ha, T0)
+    c.deregister(T0 + 1)
+    req = c.datagrams_to_send()[0]
+    assert req.data[2:4] == b"\x00\x00"  # lifetime 0
+    out = ha.handle_request(req.data, (ALICE, 434), T0 + 1)
+    c.receive(out.reply, T0 + 1)
+    assert isinstance(c.next_event(), Deregistered)
+    assert c.binding is None and c.state is State.IDLE and ALICE not in ha.bindings
+
+
+def test_through_a_foreign_agent_no_d_bit():
+    c = client()
+    c.register(A("10.40.1.1"), T0, via=A("10.40.1.1"))
+    d = c.datagrams_to_send()[0]
+    assert d.destination == (A("10.40.1.1"), 434)
+    assert d.data[1] & 0x20 == 0 and d.data[1] & 0x02  # no D, T set
