@@ -8,3 +8,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PYTHONPATH", str(ROOT))
+
+from hypothesis import settings  # noqa: E402
+
+# Timing is not what these properties are about: on a loaded 2-core CI box a
+# slow example must not fail the run (benchmarks/ measures speed).
+settings.register_profile("trustroam", deadline=None)
+settings.load_profile("trustroam")
