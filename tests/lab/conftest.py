@@ -18,14 +18,19 @@ NEEDS_ROOT = pytest.mark.skipif(
 
 
 def mn_address(timeout: float = 10.0, prefix: str = "") -> str:
-    """Wait for the mobile node's DHCP address (optionally inside ``prefix``)."""
+    """Wait for the mobile node's DHCP address (optionally inside ``prefix``) and the
+    default route that comes with it (the DHCP client sets them one after the other)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = subprocess.run(["ip", "-n", MN, "-j", "-4", "addr", "show", MN_IFACE],
                              capture_output=True, text=True, check=False)
+        route = subprocess.run(["ip", "-n", MN, "-j", "-4", "route", "show", "default",
+                                "dev", MN_IFACE], capture_output=True, text=True, check=False)
         try:
+            gateways = [r.get("gateway", "") for r in json.loads(route.stdout or "[]")]
             for a in json.loads(out.stdout)[0]["addr_info"]:
-                if a["local"].startswith(prefix):
+                net = a["local"].rsplit(".", 1)[0] + "."
+                if a["local"].startswith(prefix) and any(g.startswith(net) for g in gateways):
                     return str(a["local"])
         except (ValueError, IndexError, KeyError):
             pass
