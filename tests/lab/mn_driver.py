@@ -18,14 +18,21 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from ipaddress import IPv4Address
 
-from app.mip.extensions import UdpTunnelRequest
+from app.mip.auth import Algorithm
 from app.mip.icmp import AgentAdvertisement, AgentSolicitation
-from app.mip.messages import MIP_PORT, RegFlags
+from app.mip.messages import MIP_PORT
+from app.mn.registration import (
+    Denied,
+    Deregistered,
+    Registered,
+    RegistrationClient,
+    RegistrationConfig,
+)
 from app.net.arp import send_gratuitous_arp
 from app.net.ipip import TUNNEL_DATA_HEADER, Endpoint, UserspaceTunnel
-from tests.mipclient import Mn
 
 TUN = "trmn0"
 TABLE = "100"
@@ -77,26 +84,12 @@ async def main() -> int:
     sh("ip", "rule", "add", "from", args.home, "lookup", TABLE, "priority", "100")
     tunnel.start()
 
-    mn = Mn(IPv4Address(args.home), IPv4Address(ha), bytes.fromhex(args.key))
-    exts = [UdpTunnelRequest(force=True)] if args.udp else []
-    loop = asyncio.get_running_loop()
-    udp.setblocking(False)
-    code = None
-    for _ in range(5):
-        udp.send(mn.request(coa, lifetime=args.lifetime, flags=RegFlags.D | RegFlags.T,
-                            extensions=exts))
-        try:
-            data = await asyncio.wait_for(loop.sock_recv(udp, 4096), 1.0)
-        except TimeoutError:
-            continue
-        rep = mn.check_reply(data)
-        mn.learn(rep)
-        code = rep.code
-        if code != 133:
-            break
+    code = register_sync(args, udp, coa, udp_tunnel=args.udp)
     print(f"REGISTERED {coa} {code}", flush=True)
     if code not in (0, 1):
         return 1
+    loop = asyncio.get_running_loop()
+    udp.setblocking(False)
 
     def from_udp() -> None:  # RFC 3519 tunnel data from the home agent
         while True:
@@ -120,6 +113,37 @@ async def main() -> int:
     return 0
 
 
+def register_sync(args: argparse.Namespace, sock: socket.socket, coa: str, *,
+                  via: str | None = None, deregister: bool = False, udp_tunnel: bool = False,
+                  lifetime: int | None = None) -> int | None:
+    """Drive the product's sans-I/O RegistrationClient with real time and a socket."""
+    cfg = RegistrationConfig(IPv4Address(args.home), IPv4Address(args.ha), 256,
+                             Algorithm.HMAC_MD5, bytes.fromhex(args.key),
+                             lifetime=lifetime or args.lifetime, retries=5)
+    client = RegistrationClient(cfg)
+    if deregister:
+        client.deregister(time.time())
+    else:
+        client.register(IPv4Address(coa), time.time(),
+                        via=IPv4Address(via) if via else None, udp_tunnel=udp_tunnel)
+    while True:
+        for d in client.datagrams_to_send():
+            sock.sendto(d.data, (str(d.destination[0]), d.destination[1]))
+        ev = client.next_event()
+        if isinstance(ev, Registered | Deregistered):
+            return 0
+        if isinstance(ev, Denied):
+            return ev.code
+        if ev is not None:
+            return None
+        timer = client.get_timer()
+        sock.settimeout(None if timer is None else max(0.0, timer - time.time()))
+        try:
+            client.receive(sock.recv(4096), time.time())
+        except TimeoutError:
+            client.handle_timer(time.time())
+
+
 def wait_advertisement(ifname: str, timeout: float = 5.0) -> AgentAdvertisement:
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
@@ -137,21 +161,9 @@ def wait_advertisement(ifname: str, timeout: float = 5.0) -> AgentAdvertisement:
 async def mode_h(args: argparse.Namespace) -> int:
     sh("ip", "addr", "replace", f"{args.home}/24", "dev", args.iface)
     # The home agent must stop proxy-ARPing before ours counts; announce ourselves too.
-    mn = Mn(IPv4Address(args.home), IPv4Address(args.ha), bytes.fromhex(args.key))
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((args.home, 0))
-    udp.settimeout(2.0)
-    code = None
-    for _ in range(5):
-        udp.sendto(mn.request(args.home, lifetime=0, flags=RegFlags(0)), (args.ha, MIP_PORT))
-        try:
-            rep = mn.check_reply(udp.recv(4096))
-        except TimeoutError:
-            continue
-        mn.learn(rep)
-        code = rep.code
-        if code != 133:
-            break
+    code = register_sync(args, udp, args.home, deregister=True)
     mac = open(f"/sys/class/net/{args.iface}/address").read().strip()  # noqa: SIM115
     send_gratuitous_arp(args.iface, bytes.fromhex(mac.replace(":", "")), IPv4Address(args.home))
     print(f"REGISTERED {args.home} {code}", flush=True)
@@ -165,22 +177,10 @@ async def mode_f(args: argparse.Namespace) -> int:
     print(f"ADVERT {fa} seq {adv.sequence} flags {adv.flags!r}", flush=True)
     local = coa_of(args.iface)
     sh("ip", "addr", "replace", f"{args.home}/32", "dev", args.iface)
-    mn = Mn(IPv4Address(args.home), IPv4Address(args.ha), bytes.fromhex(args.key))
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((local, 0))
-    udp.settimeout(2.0)
-    code = None
-    for _ in range(5):
-        udp.sendto(mn.request(fa, lifetime=min(args.lifetime, adv.registration_lifetime),
-                              flags=RegFlags.T), (fa, MIP_PORT))
-        try:
-            rep = mn.check_reply(udp.recv(4096))
-        except TimeoutError:
-            continue
-        mn.learn(rep)
-        code = rep.code
-        if code != 133:
-            break
+    code = register_sync(args, udp, fa, via=fa,
+                         lifetime=min(args.lifetime, adv.registration_lifetime))
     print(f"REGISTERED {fa} {code}", flush=True)
     await asyncio.Event().wait()
     return 0
