@@ -1,0 +1,275 @@
+"""The access-mode machine of RFC 5266 sections 3.1, 3.2 and 3.4 (trusted side), sans-I/O.
+
+On every link change the gate closes and a registration request goes
+straight to the home agent from the new address (co-located care-of
+address), while the link is solicited for foreign agents.  A valid reply
+means trusted: mode ``c``, or ``f`` when an FA advertised on this link (a
+second registration, through the FA: only ever on a trusted network), or
+``h`` on the home link (deregistration, home address on the interface).  No
+reply within the configured retries means untrusted: that is the VPN side's
+job (mode ``mc``, next issue); until then the machine reports it and keeps the
+gate shut.  Denials and missing addresses are an error state that keeps the
+gate shut and says why (Mullvad's tunnel state machine does the same).
+
+Like the registration client, it takes events with a time and returns actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from app.mn.registration import (
+    BindingLost,
+    Datagram,
+    Denied,
+    Deregistered,
+    Registered,
+    RegistrationClient,
+    TimedOut,
+)
+
+
+class Mode(Enum):
+    NONE = "none"
+    HOME = "h"
+    COLOCATED = "c"
+    FOREIGN_AGENT = "f"
+    VPN = "mc"
+
+
+class Phase(Enum):
+    OFFLINE = "offline"
+    PROBING = "probing"
+    TRUSTED = "trusted"
+    UNTRUSTED = "untrusted"
+    ERROR = "error"
+
+
+# -- events -------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """An interface has an address (from DHCP, or NetworkManager's IP4Config)."""
+
+    iface: str
+    address: IPv4Interface
+    gateway: IPv4Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    iface: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAdvert:
+    """A foreign agent advertised on ``iface`` (already decoded and checked)."""
+
+    iface: str
+    care_of_address: IPv4Address
+    registration_lifetime: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """The machine woke from suspend: whatever binding exists may be stale."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    pass
+
+
+# -- actions ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """Block (True) or let through (False) normal traffic; registration and DHCP always pass."""
+
+    block: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A registration message to send, bound to the physical interface (never the VPN)."""
+
+    iface: str
+    datagram: Datagram
+
+
+@dataclass(frozen=True, slots=True)
+class Solicit:
+    iface: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureDataPlane:
+    mode: Mode
+    iface: str | None
+    care_of_address: IPv4Address | None
+    udp_tunnel: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    phase: Phase
+    mode: Mode
+    iface: str | None
+    care_of_address: IPv4Address | None
+    error: str | None
+    handover_ms: float | None
+
+
+Action = Gate | Send | Solicit | ConfigureDataPlane | Status
+
+
+@dataclass
+class _Link:
+    iface: str
+    address: IPv4Interface
+    gateway: IPv4Address | None
+    since: float
+    fa: AgentAdvert | None = None
+
+
+@dataclass
+class AccessModeMachine:
+    home_network: IPv4Network
+    client: RegistrationClient
+    use_foreign_agents: bool = True
+    phase: Phase = Phase.OFFLINE
+    mode: Mode = Mode.NONE
+    error: str | None = None
+    last_handover_ms: float | None = None
+    _link: _Link | None = None
+    _via_fa: bool = False
+    _actions: list[Action] = field(default_factory=list)
+
+    # -- events in -------------------------------------------------------------
+
+    def handle(self, event: LinkUp | LinkDown | AgentAdvert | Resumed | Shutdown,
+               now: float) -> list[Action]:
+        if isinstance(event, LinkUp):
+            self._link_up(event, now)
+        elif isinstance(event, LinkDown):
+            if self._link is not None and event.iface == self._link.iface:
+                self._link = None
+                self._enter(Phase.OFFLINE, Mode.NONE, None)
+                self._actions.append(Gate(True))
+        elif isinstance(event, AgentAdvert):
+            self._advert(event, now)
+        elif isinstance(event, Resumed):
+            if self._link is not None:  # same link, maybe stale binding: probe again
+                link = self._link
+                self._link_up(LinkUp(link.iface, link.address, link.gateway), now)
+        elif isinstance(event, Shutdown):
+            self.client.deregister(now, at_home=self.mode is Mode.HOME)
+        self._drain(now)
+        return self._take()
+
+    def receive(self, data: bytes, now: float) -> list[Action]:
+        self.client.receive(data, now)
+        self._drain(now)
+        return self._take()
+
+    def handle_timer(self, now: float) -> list[Action]:
+        self.client.handle_timer(now)
+        self._drain(now)
+        return self._take()
+
+    def get_timer(self) -> float | None:
+        return self.client.get_timer()
+
+    # -- logic -----------------------------------------------------------------
+
+    def _link_up(self, ev: LinkUp, now: float) -> None:
+        self._link = _Link(ev.iface, ev.address, ev.gateway, now)
+        self._via_fa = False
+        self._actions.append(Gate(True))  # nothing normal leaves while undecided
+        self._enter(Phase.PROBING, Mode.NONE, None)
+        if ev.address.ip in self.home_network:
+            # The home link: deregister so the home agent stops proxying us.
+            self.client.deregister(now, at_home=True)
+        else:
+            self.client.register(ev.address.ip, now)
+            if self.use_foreign_agents:
+                self._actions.append(Solicit(ev.iface))
+
+    def _advert(self, ev: AgentAdvert, now: float) -> None:
+        link = self._link
+        if link is None or ev.iface != link.iface:
+            return
+        link.fa = ev
+        # RFC 5266 3.1.3: an FA care-of address only once the network proved trusted.
+        if self.use_foreign_agents and self.phase is Phase.TRUSTED and (
+                self.mode is Mode.COLOCATED):
+            self._register_via_fa(link, now)
+
+    def _register_via_fa(self, link: _Link, now: float) -> None:
+        assert link.fa is not None
+        self._via_fa = True
+        self.client.register(link.fa.care_of_address, now, via=link.fa.care_of_address)
+
+    def _drain(self, now: float) -> None:
+        # Events can start new registrations (c -> f): drain until quiet.
+        while True:
+            link = self._link
+            sent = self.client.datagrams_to_send()
+            for d in sent:
+                self._actions.append(Send(link.iface if link else "", d))
+            if not self._events(now) and not sent:
+                return
+
+    def _events(self, now: float) -> bool:
+        link = self._link
+        seen = False
+        while (ev := self.client.next_event()) is not None:
+            seen = True
+            if isinstance(ev, Registered) and link is not None:
+                mode = Mode.FOREIGN_AGENT if self._via_fa else Mode.COLOCATED
+                first = self.phase is not Phase.TRUSTED or self.mode is not mode
+                self.last_handover_ms = (now - link.since) * 1000 if first else (
+                    self.last_handover_ms)
+                self._enter(Phase.TRUSTED, mode, None)
+                if first:
+                    self._actions += [ConfigureDataPlane(mode, link.iface, ev.care_of_address,
+                                                         ev.udp_tunnel), Gate(False)]
+                if (mode is Mode.COLOCATED and link.fa is not None
+                        and self.use_foreign_agents):
+                    self._register_via_fa(link, now)
+            elif isinstance(ev, Deregistered) and link is not None:
+                if link.address.ip in self.home_network:
+                    self.last_handover_ms = (now - link.since) * 1000
+                    self._enter(Phase.TRUSTED, Mode.HOME, None)
+                    self._actions += [ConfigureDataPlane(Mode.HOME, link.iface, None),
+                                      Gate(False)]
+                else:
+                    self._enter(Phase.OFFLINE, Mode.NONE, None)
+            elif isinstance(ev, TimedOut):
+                if self._via_fa and self.phase is Phase.TRUSTED:
+                    self._via_fa = False  # the FA failed us: stay in mode c
+                elif link is not None:
+                    self._enter(Phase.UNTRUSTED, Mode.NONE, None)
+            elif isinstance(ev, Denied):
+                self._enter(Phase.ERROR, Mode.NONE, ev.text)
+                self._actions.append(Gate(True))
+            elif isinstance(ev, BindingLost):
+                self._enter(Phase.ERROR, Mode.NONE, "binding lost: renewals went unanswered")
+                self._actions.append(Gate(True))
+        return seen
+
+    def _enter(self, phase: Phase, mode: Mode, error: str | None) -> None:
+        changed = (phase, mode, error) != (self.phase, self.mode, self.error)
+        self.phase, self.mode, self.error = phase, mode, error
+        if changed:
+            link = self._link
+            self._actions.append(Status(phase, mode, link.iface if link else None,
+                                        self.client.binding.care_of_address
+                                        if self.client.binding else None,
+                                        error, self.last_handover_ms))
+
+    def _take(self) -> list[Action]:
+        out, self._actions = self._actions, []
+        return out

@@ -1,0 +1,158 @@
+"""RFC 5266's access modes on the trusted side, against the real HA and FA cores."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from app.agents.fa_config import ForeignAgentConfig
+from app.agents.fa_core import ForeignAgent, ToHomeAgent, ToMobileNode
+from app.agents.ha_core import HomeAgent
+from app.mip.auth import Algorithm
+from app.mn.access_mode import (
+    AccessModeMachine,
+    AgentAdvert,
+    ConfigureDataPlane,
+    Gate,
+    LinkDown,
+    LinkUp,
+    Mode,
+    Phase,
+    Resumed,
+    Send,
+    Solicit,
+    Status,
+)
+from app.mn.registration import RegistrationClient, RegistrationConfig
+from tests.mipclient import KEY_A
+from tests.unit.test_ha_core import ALICE, HA, T0, config
+
+A = IPv4Address
+FA = A("10.40.1.1")
+T1 = LinkUp("eth0", IPv4Interface("10.30.1.50/24"), A("10.30.1.1"))
+FA1 = LinkUp("eth0", IPv4Interface("10.40.1.150/24"), FA)
+HOME = LinkUp("eth0", IPv4Interface("10.20.1.10/24"), A("10.20.1.254"))
+
+
+class Net:
+    """Carries Send actions to the HA (and through the FA), replies back."""
+
+    def __init__(self, ha_reachable=True, ha=None):
+        self.ha = ha or HomeAgent(config())
+        self.fa = ForeignAgent(ForeignAgentConfig(FA, "fa", max_lifetime=600))
+        self.ha_reachable = ha_reachable
+
+    def run(self, m: AccessModeMachine, actions, now, src):
+        out = list(actions)
+        pending = [a for a in actions if isinstance(a, Send)]
+        while pending:
+            a = pending.pop(0)
+            dst = a.datagram.destination[0]
+            replies = []
+            if dst == HA and self.ha_reachable:
+                o = self.ha.handle_request(a.datagram.data, (src, 434), now)
+                replies = [o.reply] if o.reply else []
+            elif dst == FA:
+                res = self.fa.from_mobile_node(a.datagram.data, (src, 434), now)
+                for act in res.actions:
+                    if isinstance(act, ToHomeAgent):
+                        o = self.ha.handle_request(act.data, (A("10.0.0.11"), 434), now)
+                        res2 = self.fa.from_home_agent(o.reply, (HA, 434), now)
+                        replies += [x.data for x in res2.actions if isinstance(x, ToMobileNode)]
+                    elif isinstance(act, ToMobileNode):
+                        replies.append(act.data)
+            for r in replies:
+                new = m.receive(r, now)
+                out += new
+                pending += [x for x in new if isinstance(x, Send)]
+        return out
+
+
+def machine(**kw):
+    cfg = RegistrationConfig(ALICE, HA, 256, Algorithm.HMAC_MD5, KEY_A, lifetime=300,
+                             initial_timeout=0.5, retries=2)
+    return AccessModeMachine(IPv4Network("10.20.1.0/24"), RegistrationClient(cfg), **kw)
+
+
+def statuses(actions):
+    return [(s.phase, s.mode) for s in actions if isinstance(s, Status)]
+
+
+def test_trusted_dhcp_link_is_mode_c_gate_opens_only_after_the_reply():
+    m, net = machine(), Net()
+    acts = m.handle(T1, T0)
+    assert acts[0] == Gate(True)
+    assert any(isinstance(a, Solicit) for a in acts)
+    sends = [a for a in acts if isinstance(a, Send)]
+    assert len(sends) == 1 and sends[0].datagram.destination == (HA, 434)
+    assert Gate(False) not in acts
+    acts = net.run(m, acts, T0 + 0.003, T1.address.ip)
+    assert (Phase.TRUSTED, Mode.COLOCATED) in statuses(acts)
+    assert ConfigureDataPlane(Mode.COLOCATED, "eth0", T1.address.ip) in acts
+    assert acts.index(Gate(False)) > max(i for i, a in enumerate(acts)
+                                         if isinstance(a, ConfigureDataPlane))
+    assert m.last_handover_ms is not None and 2.9 < m.last_handover_ms < 3.1
+
+
+def test_fa_link_becomes_mode_f_only_after_trust():
+    m, net = machine(), Net()
+    acts = net.run(m, m.handle(FA1, T0), T0, FA1.address.ip)
+    # The advertisement answers the solicitation; the probe already proved trust (c).
+    acts += net.run(m, m.handle(AgentAdvert("eth0", FA, 600), T0 + 0.01), T0 + 0.01,
+                    FA1.address.ip)
+    assert statuses(acts)[-1] == (Phase.TRUSTED, Mode.FOREIGN_AGENT)
+    assert ConfigureDataPlane(Mode.FOREIGN_AGENT, "eth0", FA) in acts
+    assert net.ha.bindings[ALICE].care_of_address == FA
+
+
+def test_advert_while_probing_waits_for_trust():
+    m, net = machine(), Net()
+    acts = m.handle(FA1, T0)
+    acts += m.handle(AgentAdvert("eth0", FA, 600), T0 + 0.001)
+    # Nothing is sent to the FA before the home agent has answered the direct probe.
+    assert not [a for a in acts if isinstance(a, Send) and a.datagram.destination[0] == FA]
+    acts = net.run(m, acts, T0 + 0.002, FA1.address.ip)
+    assert statuses(acts)[-1] == (Phase.TRUSTED, Mode.FOREIGN_AGENT)
+
+
+def test_no_reply_means_untrusted_and_the_gate_stays_shut():
+    m, net = machine(), Net(ha_reachable=False)
+    acts = net.run(m, m.handle(T1, T0), T0, T1.address.ip)
+    now = T0
+    while (t := m.get_timer()) is not None and now < T0 + 10:
+        now = t
+        acts += net.run(m, m.handle_timer(now), now, T1.address.ip)
+    assert statuses(acts)[-1] == (Phase.UNTRUSTED, Mode.NONE)
+    assert Gate(False) not in acts
+    sends = [a for a in acts if isinstance(a, Send)]
+    assert len(sends) == 3  # the first request and 2 retransmissions, all straight to the HA
+
+
+def test_home_link_is_mode_h():
+    m, net = machine(), Net()
+    net.run(m, m.handle(T1, T0), T0, T1.address.ip)
+    acts = net.run(m, m.handle(HOME, T0 + 5), T0 + 5, HOME.address.ip)
+    assert statuses(acts)[-1] == (Phase.TRUSTED, Mode.HOME)
+    assert ConfigureDataPlane(Mode.HOME, "eth0", None) in acts
+    assert ALICE not in net.ha.bindings
+
+
+def test_denial_is_an_error_that_keeps_the_gate_shut():
+    m, net = machine(), Net(ha=HomeAgent(config(reverse_tunnelling=False)))
+    acts = net.run(m, m.handle(T1, T0), T0, T1.address.ip)
+    assert m.phase is Phase.ERROR
+    assert m.error == "denied by home agent: requested reverse tunnel unavailable (137)"
+    assert Gate(False) not in acts
+
+
+def test_link_down_and_resume():
+    m, net = machine(), Net()
+    net.run(m, m.handle(T1, T0), T0, T1.address.ip)
+    acts = m.handle(LinkDown("eth0"), T0 + 1)
+    assert Gate(True) in acts and m.phase is Phase.OFFLINE
+    net.run(m, m.handle(T1, T0 + 2), T0 + 2, T1.address.ip)
+    assert m.phase is Phase.TRUSTED
+    acts = m.handle(Resumed(), T0 + 100)
+    assert acts[0] == Gate(True) and m.phase is Phase.PROBING
+    assert [a for a in acts if isinstance(a, Send)]
+    acts = net.run(m, acts, T0 + 100, T1.address.ip)
+    assert m.phase is Phase.TRUSTED and Gate(False) in acts
