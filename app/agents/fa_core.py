@@ -14,7 +14,7 @@ from app.agents.fa_config import ForeignAgentConfig
 from app.mip.auth import append_authenticator, verify
 from app.mip.codes import ReplyCode, describe, is_accepted
 from app.mip.errors import DecodeError, UnknownExtensionError
-from app.mip.extensions import AuthExtension, ExtType
+from app.mip.extensions import ExtType
 from app.mip.icmp import CODE_MOBILITY_ONLY, AgentAdvertisement, AgentFlags
 from app.mip.ident import low
 from app.mip.messages import RegFlags, RegistrationReply, RegistrationRequest
@@ -165,8 +165,7 @@ class ForeignAgent:
         req = pending.request
         sa = self._has.get(req.home_agent)
         if sa is not None:
-            fhae = next((e for e in rep.extensions if isinstance(e, AuthExtension)
-                         and e.ext_type == ExtType.FOREIGN_HOME_AUTH), None)
+            fhae = rep.foreign_home_auth
             if fhae is None or fhae.spi != sa.spi or not verify(
                     sa.algorithm, sa.key, fhae.covered, fhae.authenticator):
                 return self._deny(res, req, pending.source, ReplyCode.FA_HA_AUTH_FAILED,

@@ -25,7 +25,6 @@ from app.mip.extensions import (
     ENCAP_IPIP,
     UDP_TUNNEL_ACCEPTED,
     UDP_TUNNEL_DECLINED,
-    AuthExtension,
     Extension,
     ExtType,
     NaiExtension,
@@ -221,8 +220,7 @@ class HomeAgent:
         # 2b. foreign agent authentication (132): through an FA we share a key with,
         # the request must carry its valid Foreign-Home authenticator.
         if r.fa is not None:
-            fhae = next((e for e in req.extensions if isinstance(e, AuthExtension)
-                         and e.ext_type == ExtType.FOREIGN_HOME_AUTH), None)
+            fhae = req.foreign_home_auth
             if fhae is None:
                 return self._deny(r, ReplyCode.HA_FA_AUTH_FAILED, now,
                                   f"no foreign-home authenticator from FA {r.fa.care_of_address}")

@@ -116,6 +116,10 @@ class RegistrationRequest:
         return _auth_of(self.extensions, 32)
 
     @property
+    def foreign_home_auth(self) -> AuthExtension | None:
+        return _auth_of(self.extensions, 34)
+
+    @property
     def nai(self) -> str | None:
         ext = _extension_of(self.extensions, NaiExtension)
         return ext.nai if isinstance(ext, NaiExtension) else None
@@ -154,6 +158,10 @@ class RegistrationReply:
     @property
     def mobile_home_auth(self) -> AuthExtension | None:
         return _auth_of(self.extensions, 32)
+
+    @property
+    def foreign_home_auth(self) -> AuthExtension | None:
+        return _auth_of(self.extensions, 34)
 
     @property
     def udp_tunnel_reply(self) -> UdpTunnelReply | None:
