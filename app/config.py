@@ -13,6 +13,8 @@ from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueE
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.mip.auth import Algorithm
+
 E = TypeVar("E", bound=Enum)
 
 
@@ -195,3 +197,14 @@ def parse_key(section: Section, name: str, file_name: str, *, min_len: int, max_
         raise section.error(where, f"is {len(key)} bytes; it must be {min_len} to {max_len} "
                                    f"bytes ({min_len * 8} bits at least)")
     return key
+
+
+def parse_security_association(section: Section, base: Path) -> tuple[int, Algorithm, bytes]:
+    """``spi``, ``algorithm`` and ``key``/``key_file`` of one security association."""
+    spi = section.int_("spi", required=True, lo=0, hi=0xFFFF_FFFF)
+    if spi < 256:
+        # RFC 5944 section 3.5.1: SPIs 0-255 are reserved.
+        raise section.error("spi", f"{spi} is reserved (0-255); use 256 or above")
+    algorithm = section.enum("algorithm", Algorithm, Algorithm.HMAC_MD5)
+    key = parse_key(section, "key", "key_file", min_len=16, max_len=64, base=base)
+    return spi, algorithm, key

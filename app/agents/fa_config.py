@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from app.config import Section, load_toml, parse_key
+from app.config import Section, load_toml, parse_security_association
 from app.mip.auth import Algorithm
 
 
@@ -67,9 +67,7 @@ def load(path: Path) -> ForeignAgentConfig:
         addr = ha.ipv4("address", required=True)
         if any(h.address == addr for h in has):
             raise ha.error("address", f"{addr} is configured twice")
-        spi = ha.int_("spi", required=True, lo=256, hi=0xFFFF_FFFF)
-        algorithm = ha.enum("algorithm", Algorithm, Algorithm.HMAC_MD5)
-        key = parse_key(ha, "key", "key_file", min_len=16, max_len=64, base=path.parent)
+        spi, algorithm, key = parse_security_association(ha, path.parent)
         ha.done()
         has.append(HomeAgentSA(addr, spi, algorithm, key))
     doc.done()

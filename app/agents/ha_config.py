@@ -7,7 +7,7 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from app.config import ConfigError, Section, load_toml, parse_key
+from app.config import ConfigError, Section, load_toml, parse_security_association
 from app.mip.auth import Algorithm
 from app.mip.ident import DEFAULT_REPLAY_WINDOW
 
@@ -126,12 +126,7 @@ def load(path: Path) -> HomeAgentConfig:
             if nai in seen_nai:
                 raise mn.error("nai", f"{nai!r} is already used by {seen_nai[nai]}")
             seen_nai[nai] = mn.prefix
-        spi = mn.int_("spi", required=True, lo=0, hi=0xFFFF_FFFF)
-        if spi < 256:
-            # RFC 5944 section 3.5.1: SPIs 0-255 are reserved.
-            raise mn.error("spi", f"{spi} is reserved (0-255); use 256 or above")
-        algorithm = mn.enum("algorithm", Algorithm, Algorithm.HMAC_MD5)
-        key = parse_key(mn, "key", "key_file", min_len=16, max_len=64, base=base)
+        spi, algorithm, key = parse_security_association(mn, base)
         replay = mn.enum("replay", ReplayStyle, ReplayStyle.TIMESTAMP)
         mn.done()
         nodes.append(MobileNodeConfig(hoa, spi, algorithm, key, nai, replay))
@@ -140,9 +135,7 @@ def load(path: Path) -> HomeAgentConfig:
         coa = fa.ipv4("care_of_address", required=True)
         if any(f.care_of_address == coa for f in fas):
             raise fa.error("care_of_address", f"{coa} is configured twice")
-        spi = fa.int_("spi", required=True, lo=256, hi=0xFFFF_FFFF)
-        algorithm = fa.enum("algorithm", Algorithm, Algorithm.HMAC_MD5)
-        key = parse_key(fa, "key", "key_file", min_len=16, max_len=64, base=base)
+        spi, algorithm, key = parse_security_association(fa, base)
         fa.done()
         fas.append(ForeignAgentSA(coa, spi, algorithm, key))
     doc.done()
