@@ -122,7 +122,15 @@ class Status:
     handover_ms: float | None
 
 
-Action = Gate | Send | Solicit | ConfigureDataPlane | Status
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something for the event history that changes neither phase nor mode."""
+
+    kind: str
+    text: str
+
+
+Action = Gate | Send | Solicit | ConfigureDataPlane | Status | Note
 
 
 @dataclass
@@ -250,8 +258,17 @@ class AccessModeMachine:
             elif isinstance(ev, TimedOut):
                 if self._via_fa and self.phase is Phase.TRUSTED:
                     self._via_fa = False  # the FA failed us: stay in mode c
+                    self._actions.append(Note("fa-timeout", "no reply through the foreign "
+                                                            "agent; staying in mode c"))
                 elif link is not None:
                     self._enter(Phase.UNTRUSTED, Mode.NONE, None)
+            elif isinstance(ev, Denied) and self._via_fa and self.phase is Phase.TRUSTED and (
+                    link is not None):
+                # The FA path was refused but the co-located binding still stands:
+                # stay in mode c (renewed directly) rather than cut the user off.
+                self._via_fa = False
+                self._actions.append(Note("fa-denied", ev.text))
+                self.client.register(link.address.ip, now)
             elif isinstance(ev, Denied):
                 self._enter(Phase.ERROR, Mode.NONE, ev.text)
                 self._actions.append(Gate(True))

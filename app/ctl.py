@@ -1,0 +1,197 @@
+"""``trustroamctl``: the helper's D-Bus API from a terminal.
+
+    trustroamctl status [--json]     state, mode, addresses, probes, binding, handover
+    trustroamctl connect PROFILE     (polkit: org.trustroam.connect)
+    trustroamctl disconnect | reprobe
+    trustroamctl policy auto|always-vpn|never-vpn   (polkit: org.trustroam.configure)
+    trustroamctl monitor             events and changes as they happen (Ctrl-C ends)
+    trustroamctl history [N] | profiles
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, MessageType
+from dbus_next.errors import DBusError
+from dbus_next.message import Message
+from dbus_next.signature import Variant
+
+from app.api import BUS_NAME, INTERFACE, OBJECT_PATH, Mode, Policy, Snapshot, State
+
+MODE_TEXT = {Mode.NONE: "no mode", Mode.HOME: "mode h (at home)",
+             Mode.COLOCATED: "mode c (co-located care-of address)",
+             Mode.FOREIGN_AGENT: "mode f (foreign agent care-of address)",
+             Mode.VPN: "mode mc (Mobile IP inside the VPN)"}
+
+
+class CtlError(Exception):
+    pass
+
+
+async def call(bus: MessageBus, member: str, signature: str = "", body: list[Any] | None = None,
+               interface: str = INTERFACE) -> Any:
+    reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH, interface=interface,
+                                   member=member, signature=signature, body=body or []))
+    if reply is None:
+        raise CtlError("no reply from trustroamd")
+    if reply.message_type is MessageType.ERROR:
+        text = reply.body[0] if reply.body else reply.error_name
+        if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
+                                "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            text = f"trustroamd is not running ({BUS_NAME} is not on the system bus)"
+        raise CtlError(str(text))
+    return reply.body
+
+
+async def properties(bus: MessageBus) -> dict[str, Any]:
+    body = await call(bus, "GetAll", "s", [INTERFACE], "org.freedesktop.DBus.Properties")
+    return {k: (v.value if isinstance(v, Variant) else v) for k, v in body[0].items()}
+
+
+def _ago(t: float, now: float) -> str:
+    s = max(0, int(now - t))
+    return f"{s} s ago" if s < 120 else f"{s // 60} min ago"
+
+
+def _left(t: float, now: float) -> str:
+    s = int(t - now)
+    if s <= 0:
+        return "expired"
+    return f"{s // 60}m {s % 60:02d}s left" if s >= 60 else f"{s} s left"
+
+
+def render(snap: Snapshot, now: float) -> str:
+    head = f"trustroam: {snap.state.value}"
+    if snap.state in (State.TRUSTED, State.UNTRUSTED) or snap.mode is not Mode.NONE:
+        head += f", {MODE_TEXT[snap.mode]}"
+    lines = [head]
+    if snap.error:
+        lines.append(f"  error          {snap.error}")
+
+    def row(label: str, value: str) -> None:
+        if value:
+            lines.append(f"  {label:<14} {value}")
+
+    row("profile", snap.profile or "(not connected)")
+    row("interface", snap.interface)
+    row("home address", snap.home_address)
+    row("care-of", snap.care_of_address)
+    row("tunnel inner", snap.tunnel_inner_address)
+    ha = snap.home_agent_probe
+    if ha.answered_at:
+        row("home agent", ("reachable" if ha.reachable else "not answering") +
+            f", RTT {ha.rtt_ms:.1f} ms (answered {_ago(ha.answered_at, now)})")
+    elif snap.profile:
+        row("home agent", "no answer yet")
+    vpn = snap.vpn_probe
+    if vpn.answered_at:
+        row("VPN gateway", ("reachable" if vpn.reachable else "not answering") +
+            f", RTT {vpn.rtt_ms:.1f} ms")
+    row("binding", _left(snap.binding_expires, now) if snap.binding_expires else "")
+    row("last handover", f"{snap.last_handover_ms:.1f} ms" if snap.last_handover_ms >= 0
+        else "")
+    row("NAT", "detected" if snap.nat_detected else "")
+    row("policy", snap.policy.value)
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> int:
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    try:
+        if args.cmd == "status":
+            props = await properties(bus)
+            if args.json:
+                print(json.dumps(props, indent=2, sort_keys=True))
+            else:
+                print(render(Snapshot.from_dbus(props), time.time()))
+        elif args.cmd == "connect":
+            await call(bus, "Connect", "s", [args.profile])
+            print(f"connected {args.profile}")
+        elif args.cmd == "disconnect":
+            await call(bus, "Disconnect")
+            print("disconnected")
+        elif args.cmd == "reprobe":
+            await call(bus, "Reprobe")
+        elif args.cmd == "policy":
+            await call(bus, "SetPolicy", "s", [args.policy])
+            print(f"policy {args.policy}")
+        elif args.cmd == "history":
+            for t, kind, details in (await call(bus, "GetHistory", "u", [args.n]))[0]:
+                print(_event_line(t, kind, details))
+        elif args.cmd == "profiles":
+            for name in (await call(bus, "ListProfiles"))[0]:
+                print(name)
+        elif args.cmd == "monitor":
+            await monitor(bus)
+    finally:
+        bus.disconnect()
+    return 0
+
+
+def _event_line(t: float, kind: str, details: dict[str, str]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+    rest = " ".join(f"{k}={v}" for k, v in details.items() if k != "time")
+    return f"{stamp} {kind:<14} {rest}"
+
+
+async def monitor(bus: MessageBus) -> None:
+    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                           body=[f"type='signal',path='{OBJECT_PATH}'"]))
+    props = await properties(bus)
+    print(render(Snapshot.from_dbus(props), time.time()), flush=True)
+
+    def on(msg: Message) -> None:
+        if msg.message_type is not MessageType.SIGNAL or msg.path != OBJECT_PATH:
+            return
+        if msg.member == "Event":
+            kind, details = msg.body
+            t = float(details.get("time", time.time()))
+            print(_event_line(t, kind, details), flush=True)
+        elif msg.member == "PropertiesChanged":
+            changed = {k: (v.value if isinstance(v, Variant) else v)
+                       for k, v in msg.body[1].items()}
+            print("changed " + " ".join(f"{k}={v}" for k, v in sorted(changed.items())),
+                  flush=True)
+
+    bus.add_message_handler(on)
+    await bus.wait_for_disconnect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="trustroamctl", description="Control trustroamd.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("status")
+    st.add_argument("--json", action="store_true")
+    sub.add_parser("connect").add_argument("profile")
+    sub.add_parser("disconnect")
+    sub.add_parser("reprobe")
+    sub.add_parser("monitor")
+    sub.add_parser("profiles")
+    sub.add_parser("history").add_argument("n", nargs="?", type=int, default=50)
+    sub.add_parser("policy").add_argument("policy", choices=[p.value for p in Policy])
+    args = ap.parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except CtlError as exc:
+        print(f"trustroamctl: {exc}", file=sys.stderr)
+        return 1
+    except DBusError as exc:
+        print(f"trustroamctl: {exc.text}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:  # no system bus socket, or refused
+        print(f"trustroamctl: cannot reach the system bus: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

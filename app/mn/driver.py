@@ -1,0 +1,344 @@
+"""The asyncio driver of the mobile node: feeds the machines, executes their actions.
+
+Inputs (link snapshots, datagrams from the home agent, agent advertisements,
+timer expiries, commands) go through one queue to one task, so the sans-I/O
+machines are only ever called from one place, in order.  Actions are executed
+in the order given, except that registration datagrams and solicitations go
+out first: they are on the handover's critical path and pass the gate anyway.
+
+The driver owns the registration socket (bound to the link address and the
+physical interface, so a probe never takes a tunnel), the ICMP socket that hears
+agent advertisements, the routes (``app.net.mn_routes``) and the gate
+(``app.net.gate``); it reports a :class:`~app.api.Snapshot` and history entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
+
+from app.api import HistoryEntry, Mode, Probe, Snapshot, State
+from app.mip.errors import DecodeError
+from app.mip.icmp import AgentAdvertisement, AgentSolicitation
+from app.mn import access_mode as am
+from app.mn.link_tracker import LinkTracker
+from app.mn.profile import Profile
+from app.mn.registration import RegistrationClient
+from app.net.gate import TrafficGate
+from app.net.links import LinkSnapshot
+from app.net.mn_routes import LinkInfo, MobileNodeRoutes, RouteMode
+
+log = logging.getLogger("trustroam.mn")
+ALL_ROUTERS = "224.0.0.2"
+ICMP_ADVERT = 9
+SHUTDOWN_WAIT = 1.5
+"""Seconds to wait for the home agent to confirm a deregistration at shutdown."""
+
+_MODES = {am.Mode.NONE: Mode.NONE, am.Mode.HOME: Mode.HOME, am.Mode.COLOCATED: Mode.COLOCATED,
+          am.Mode.FOREIGN_AGENT: Mode.FOREIGN_AGENT, am.Mode.VPN: Mode.VPN}
+_ROUTE_MODES = {am.Mode.HOME: RouteMode.HOME, am.Mode.COLOCATED: RouteMode.COLOCATED,
+                am.Mode.FOREIGN_AGENT: RouteMode.FOREIGN_AGENT}
+_STATES = {am.Phase.OFFLINE: State.OFFLINE, am.Phase.PROBING: State.PROBING,
+           am.Phase.TRUSTED: State.TRUSTED, am.Phase.UNTRUSTED: State.UNTRUSTED,
+           am.Phase.ERROR: State.ERROR}
+
+
+@dataclass(frozen=True, slots=True)
+class _Datagram:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    done: asyncio.Future[None]
+
+
+_Input = LinkSnapshot | _Datagram | am.AgentAdvert | am.Resumed | _Tick | _Stop
+
+
+class MobileNodeDriver:
+    def __init__(self, profile: Profile, key: bytes, routes: MobileNodeRoutes,
+                 gate: TrafficGate | None, *,
+                 on_snapshot: Callable[[Snapshot], None] = lambda s: None,
+                 on_event: Callable[[HistoryEntry], None] = lambda e: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.profile = profile
+        self.routes = routes
+        self.gate = gate if profile.gate else None
+        self.on_snapshot = on_snapshot
+        self.on_event = on_event
+        self.clock = clock
+        self.client = RegistrationClient(profile.registration(key))
+        self.machine = am.AccessModeMachine(profile.home_network, self.client,
+                                            use_foreign_agents=profile.foreign_agents)
+        self.tracker = LinkTracker(profile.home_address)
+        self.snapshot = Snapshot(profile=profile.name, home_address=str(profile.home_address))
+        self._queue: asyncio.Queue[_Input] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._reg: socket.socket | None = None
+        self._icmp: socket.socket | None = None
+        self._icmp_iface: str | None = None
+        self._binding_seen: object = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- inputs (any thread-free caller on the loop) -------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.routes.start()
+        if self.gate is not None:
+            await self.gate.set(True)  # undecided until the first probe answers
+        self._task = asyncio.create_task(self._run(), name="mn-driver")
+
+    def link_snapshot(self, snap: LinkSnapshot) -> None:
+        self._queue.put_nowait(snap)
+
+    def reprobe(self) -> None:
+        """Resume from suspend, or the user asked: probe the current link again."""
+        self._queue.put_nowait(am.Resumed())
+
+    async def stop(self) -> None:
+        """Deregister (briefly waiting for the answer), then put the host back."""
+        if self._task is None:
+            return
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put_nowait(_Stop(done))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(done), SHUTDOWN_WAIT)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._close_sockets()
+        await self.routes.clear()
+        if self.gate is not None:
+            await self.gate.remove()
+        self._publish(state=State.OFFLINE, mode=Mode.NONE, interface="", care_of_address="",
+                      binding_expires=0.0)
+
+    # -- the one consumer ---------------------------------------------------------
+
+    async def _run(self) -> None:
+        stopping: _Stop | None = None
+        while True:
+            item = await self._queue.get()
+            now = self.clock()
+            try:
+                if isinstance(item, LinkSnapshot):
+                    for ev in self.tracker.observe(item, now):
+                        await self._link_event(ev, now)
+                elif isinstance(item, _Datagram):
+                    await self._execute(self.machine.receive(item.data, now))
+                elif isinstance(item, am.AgentAdvert | am.Resumed):
+                    if isinstance(item, am.Resumed):
+                        self._history("reprobe", {})
+                    await self._execute(self.machine.handle(item, now))
+                elif isinstance(item, _Tick):
+                    for ev in self.tracker.handle_timer(now):
+                        await self._link_event(ev, now)
+                    await self._execute(self.machine.handle_timer(now))
+                elif isinstance(item, _Stop):
+                    stopping = item
+                    if self.client.binding is not None and self._reg is not None:
+                        await self._execute(self.machine.handle(am.Shutdown(), now))
+            except Exception:  # one bad step must not kill the helper: log, go on
+                log.exception("mobile-node driver step failed")
+            self._update_binding()
+            if stopping is not None and self.client.binding is None and (
+                    not stopping.done.done()):
+                stopping.done.set_result(None)
+            self._arm_timer()
+
+    async def _link_event(self, ev: am.LinkUp | am.LinkDown, now: float) -> None:
+        if isinstance(ev, am.LinkUp):
+            self._history("link-up", {"interface": ev.iface, "address": str(ev.address),
+                                      "gateway": str(ev.gateway)})
+            self._open_sockets(ev)
+            if ev.gateway is not None:
+                await self.routes.set_link(LinkInfo(ev.iface, ev.address, ev.gateway))
+            self._publish(interface=ev.iface, care_of_address=str(ev.address.ip))
+        else:
+            self._history("link-down", {"interface": ev.iface})
+            self._close_sockets()
+        await self._execute(self.machine.handle(ev, now))
+        if isinstance(ev, am.LinkUp):
+            await self.routes.configure(RouteMode.NONE)  # the old mode's paths are stale
+
+    async def _execute(self, actions: list[am.Action]) -> None:
+        for a in actions:  # the critical path first
+            if isinstance(a, am.Send):
+                self._send(a)
+            elif isinstance(a, am.Solicit):
+                self._solicit(a.iface)
+        for a in actions:
+            if isinstance(a, am.Gate):
+                if self.gate is not None:
+                    await self.gate.set(a.block)
+                self._history("gate", {"blocked": str(a.block).lower()})
+            elif isinstance(a, am.ConfigureDataPlane):
+                route_mode = _ROUTE_MODES.get(a.mode, RouteMode.NONE)
+                fa = a.care_of_address if a.mode is am.Mode.FOREIGN_AGENT else None
+                await self.routes.configure(route_mode, foreign_agent=fa)
+            elif isinstance(a, am.Status):
+                self._status(a)
+            elif isinstance(a, am.Note):
+                self._history(a.kind, {"text": a.text})
+
+    # -- actions -----------------------------------------------------------------
+
+    def _send(self, a: am.Send) -> None:
+        if self._reg is None:
+            return
+        dst = (str(a.datagram.destination[0]), a.datagram.destination[1])
+        try:
+            self._reg.sendto(a.datagram.data, dst)
+        except OSError as exc:
+            log.warning("cannot send the registration request to %s: %s", dst[0], exc.strerror)
+            return
+        self._history("probe-sent", {"to": dst[0], "interface": a.iface})
+
+    def _solicit(self, iface: str) -> None:
+        if self._icmp is None:
+            return
+        try:
+            self._icmp.sendto(AgentSolicitation().encode(), (ALL_ROUTERS, 0))
+        except OSError as exc:
+            log.warning("cannot solicit agents on %s: %s", iface, exc.strerror)
+
+    def _status(self, s: am.Status) -> None:
+        state, mode = _STATES[s.phase], _MODES[s.mode]
+        changes: dict[str, object] = {"state": state, "mode": mode, "error": s.error or ""}
+        if s.handover_ms is not None and state is State.TRUSTED:
+            changes["last_handover_ms"] = round(s.handover_ms, 2)
+        if s.care_of_address is not None and mode is not Mode.NONE:
+            changes["care_of_address"] = str(s.care_of_address)
+        if state is State.UNTRUSTED:
+            changes["home_agent_probe"] = replace(self.snapshot.home_agent_probe,
+                                                  reachable=False)
+        self._publish(**changes)
+        details = {"state": state.value, "mode": mode.value}
+        if s.error:
+            details["reason"] = s.error
+        if s.handover_ms is not None and state is State.TRUSTED:
+            details["handover_ms"] = f"{s.handover_ms:.1f}"
+        self._history("error" if state is State.ERROR else "mode", details)
+
+    def _update_binding(self) -> None:
+        b = self.client.binding
+        if b is self._binding_seen:
+            return
+        self._binding_seen = b
+        if b is None:
+            self._publish(binding_expires=0.0)
+            return
+        self._publish(binding_expires=b.expires_at,
+                      home_agent_probe=Probe(True, round(b.rtt * 1000, 3), self.clock()))
+        self._history("registered", {"care_of": str(b.care_of_address),
+                                     "lifetime": str(b.lifetime),
+                                     "rtt_ms": f"{b.rtt * 1000:.2f}",
+                                     "renewal": str(b.renewal).lower()})
+
+    # -- sockets -----------------------------------------------------------------
+
+    def _open_sockets(self, ev: am.LinkUp) -> None:
+        assert self._loop is not None
+        self._close_reg()
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ev.iface.encode())
+        s.bind((str(ev.address.ip), 0))
+        s.setblocking(False)
+        self._loop.add_reader(s.fileno(), self._readable, s)
+        self._reg = s
+        if self.profile.foreign_agents and self._icmp_iface != ev.iface:
+            self._close_icmp()
+            i = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            i.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ev.iface.encode())
+            i.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            i.setblocking(False)
+            self._loop.add_reader(i.fileno(), self._icmp_readable, i, ev.iface)
+            self._icmp, self._icmp_iface = i, ev.iface
+
+    def _readable(self, s: socket.socket) -> None:
+        while True:
+            try:
+                data = s.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. ICMP port unreachable reported on the socket
+                return
+            self._queue.put_nowait(_Datagram(data))
+
+    def _icmp_readable(self, s: socket.socket, iface: str) -> None:
+        while True:
+            try:
+                pkt = s.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            ihl = (pkt[0] & 0x0F) * 4 if pkt else 0
+            if len(pkt) <= ihl or pkt[ihl] != ICMP_ADVERT:
+                continue
+            try:
+                adv = AgentAdvertisement.decode(pkt[ihl:])
+            except DecodeError as exc:
+                log.info("ignored a malformed agent advertisement on %s: %s", iface, exc)
+                continue
+            if not adv.care_of_addresses:
+                continue  # a plain router advertisement, or a home agent only
+            self._queue.put_nowait(am.AgentAdvert(iface, IPv4Address(adv.care_of_addresses[0]),
+                                                  adv.registration_lifetime))
+
+    def _close_reg(self) -> None:
+        if self._reg is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._reg.fileno())
+            self._reg.close()
+            self._reg = None
+
+    def _close_icmp(self) -> None:
+        if self._icmp is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._icmp.fileno())
+            self._icmp.close()
+            self._icmp, self._icmp_iface = None, None
+
+    def _close_sockets(self) -> None:
+        self._close_reg()
+        self._close_icmp()
+
+    # -- timer, publishing -------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        times = [t for t in (self.machine.get_timer(), self.tracker.get_timer())
+                 if t is not None]
+        if times and self._loop is not None:
+            delay = max(0.0, min(times) - self.clock())
+            self._timer = self._loop.call_later(delay, self._queue.put_nowait, _Tick())
+
+    def _publish(self, **changes: object) -> None:
+        new = replace(self.snapshot, **changes)  # type: ignore[arg-type]
+        if new != self.snapshot:
+            self.snapshot = new
+            self.on_snapshot(new)
+
+    def _history(self, kind: str, details: dict[str, str]) -> None:
+        self.on_event(HistoryEntry(self.clock(), kind, details))

@@ -1,0 +1,95 @@
+"""Link snapshots to link events: one debouncing tracker, fed by rtnetlink or NetworkManager.
+
+Both link adapters reduce what they see to an ``app.net.links.LinkSnapshot``
+of the managed interface and hand it to a :class:`LinkTracker`, which decides,
+sans-I/O, when that is a ``LinkUp`` or a ``LinkDown`` for the access-mode
+machine:
+
+- a usable link (carrier, an IPv4 address other than the home address, a
+  default gateway) with a new address or gateway is reported at once: a real
+  move never waits;
+- the same link coming back after it was lost (carrier flap, resume) is also
+  reported at once, because a binding that may be stale must be re-probed;
+- losing the link is reported only if it stays lost for ``hold`` seconds, so a
+  flap does not tear down the mode and the gate;
+- repeated comebacks of the same link are coalesced to one per ``min_reprobe``
+  seconds (a flapping cable otherwise floods the home agent).
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from app.mn.access_mode import LinkDown, LinkUp
+from app.net.links import LinkSnapshot, pick_address
+
+
+class LinkTracker:
+    def __init__(self, home_address: IPv4Address | None, *, hold: float = 1.0,
+                 min_reprobe: float = 1.0) -> None:
+        self.home_address = home_address
+        self.hold = hold
+        self.min_reprobe = min_reprobe
+        self._up: LinkUp | None = None
+        """What the machine was last told is up (kept through a held loss)."""
+        self._lost_at: float | None = None
+        self._last_up_at = float("-inf")
+        self._pending_up: LinkUp | None = None
+        self._pending_at: float | None = None
+
+    def observe(self, snap: LinkSnapshot, now: float) -> list[LinkUp | LinkDown]:
+        addr = pick_address(snap.addresses, self.home_address)
+        usable = snap.carrier and addr is not None and snap.gateway is not None
+        out: list[LinkUp | LinkDown] = []
+        if not usable:
+            if self._up is not None and self._lost_at is None:
+                self._lost_at = now
+            self._pending_up = None
+            self._pending_at = None
+            return out
+        assert addr is not None
+        ev = LinkUp(snap.iface, addr, snap.gateway)
+        came_back = self._lost_at is not None
+        self._lost_at = None
+        if self._up is not None and self._up != ev:
+            if self._up.iface != ev.iface:
+                out.append(LinkDown(self._up.iface))
+            self._emit_up(ev, now, out)  # a move: no delay
+        elif self._up is None:
+            self._emit_up(ev, now, out)
+        elif came_back:
+            if now - self._last_up_at >= self.min_reprobe:
+                self._emit_up(ev, now, out)
+            else:  # flapping: one re-probe when the interval is over
+                self._pending_up = ev
+                self._pending_at = self._last_up_at + self.min_reprobe
+        return out
+
+    def handle_timer(self, now: float) -> list[LinkUp | LinkDown]:
+        out: list[LinkUp | LinkDown] = []
+        if self._lost_at is not None and now >= self._lost_at + self.hold and self._up:
+            out.append(LinkDown(self._up.iface))
+            self._up = None
+            self._lost_at = None
+        if self._pending_at is not None and now >= self._pending_at and self._pending_up:
+            self._emit_up(self._pending_up, now, out)
+        return out
+
+    def get_timer(self) -> float | None:
+        times = [t for t in (self._lost_at + self.hold if self._lost_at is not None else None,
+                             self._pending_at) if t is not None]
+        return min(times) if times else None
+
+    def forget(self) -> None:
+        """Start over (a new profile): the next usable snapshot is a LinkUp."""
+        self._up = None
+        self._lost_at = None
+        self._pending_up = None
+        self._pending_at = None
+
+    def _emit_up(self, ev: LinkUp, now: float, out: list[LinkUp | LinkDown]) -> None:
+        self._up = ev
+        self._last_up_at = now
+        self._pending_up = None
+        self._pending_at = None
+        out.append(ev)

@@ -1,0 +1,147 @@
+"""A connection profile (``trustroamd --profile corp.toml``) and its validation.
+
+A profile says who the mobile node is and how eagerly to probe; it never holds
+a secret (the Mobile-Home key comes from the keyring through the tray's secret
+agent, or from the root-only secrets file).  Errors name the file and key.
+
+    name = "corp"                  # optional, defaults to the file's stem
+    home_address = "10.20.1.10"
+    home_network = "10.20.1.0/24"
+    home_agent = "10.20.1.1"
+    nai = "alice@corp.example"     # optional
+    spi = 256
+    algorithm = "hmac-md5"         # or "keyed-md5"
+    lifetime = 600
+    renew_fraction = 0.75
+    interface = "eth0"             # optional: the link to manage (default: any)
+
+    [probe]
+    initial_timeout = 0.3          # seconds before the first retransmission
+    retries = 3                    # retransmissions before "untrusted"
+
+    [features]
+    foreign_agents = true          # mode f where an FA advertises (trusted links only)
+    gate = true                    # block normal traffic while undecided
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from app.config import ConfigError, Section, load_toml
+from app.mip.auth import Algorithm
+from app.mn.registration import RegistrationConfig
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SECRET_KEYS = ("key", "key_file", "mn_ha_key", "secret", "password", "psk")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    home_address: IPv4Address
+    home_network: IPv4Network
+    home_agent: IPv4Address
+    spi: int
+    algorithm: Algorithm = Algorithm.HMAC_MD5
+    nai: str | None = None
+    lifetime: int = 600
+    renew_fraction: float = 0.75
+    interface: str | None = None
+    initial_timeout: float = 0.3
+    retries: int = 3
+    foreign_agents: bool = True
+    gate: bool = True
+    source: str = "<built-in>"
+
+    def registration(self, key: bytes) -> RegistrationConfig:
+        return RegistrationConfig(self.home_address, self.home_agent, self.spi, self.algorithm,
+                                  key, nai=self.nai, lifetime=self.lifetime,
+                                  initial_timeout=self.initial_timeout, retries=self.retries,
+                                  renew_fraction=self.renew_fraction)
+
+
+def load(path: Path) -> Profile:
+    return parse(load_toml(path), str(path), path.stem)
+
+
+def loads(text: str, source: str = "profile") -> Profile:
+    """Parse profile text (``SaveProfile``); the name must be inside."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    return parse(doc, source, None)
+
+
+def parse(doc: dict[str, object], source: str, default_name: str | None) -> Profile:
+    top = Section(source, "", doc)
+    for k in SECRET_KEYS:
+        if top.has(k):
+            raise top.error(k, "secrets do not belong in a profile: the key comes from the "
+                               "keyring (tray) or the root-only secrets file")
+    name = top.str_("name", default_name, required=default_name is None)
+    if not NAME_RE.match(name):
+        raise top.error("name", f"{name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    network = top.network("home_network", required=True)
+    home = top.ipv4("home_address", required=True)
+    if home not in network or home in (network.network_address, network.broadcast_address):
+        raise top.error("home_address", f"{home} is not a host address of home_network "
+                                        f"{network}")
+    ha = top.ipv4("home_agent", required=True)
+    if ha not in network:
+        raise top.error("home_agent", f"{ha} is not inside home_network {network}")
+    if ha == home:
+        raise top.error("home_agent", "is the same as home_address")
+    spi = top.int_("spi", required=True, lo=0, hi=0xFFFF_FFFF)
+    if spi < 256:
+        raise top.error("spi", f"{spi} is reserved (0-255); use 256 or above")
+    nai = top.optional_str("nai")
+    if nai is not None and not 0 < len(nai.encode()) <= 255:
+        raise top.error("nai", "must be 1 to 255 bytes")
+    iface = top.optional_str("interface")
+    if iface is not None and not 0 < len(iface.encode()) < 16:
+        raise top.error("interface", f"{iface!r} is not an interface name")
+    probe = top.sub("probe")
+    features = top.sub("features")
+    profile = Profile(
+        name=name, home_address=home, home_network=network, home_agent=ha, spi=spi,
+        algorithm=top.enum("algorithm", Algorithm, Algorithm.HMAC_MD5), nai=nai,
+        lifetime=top.int_("lifetime", 600, lo=1, hi=65534),
+        renew_fraction=top.float_("renew_fraction", 0.75, lo=0.1, hi=0.95),
+        interface=iface,
+        initial_timeout=probe.float_("initial_timeout", 0.3, lo=0.01, hi=30.0),
+        retries=probe.int_("retries", 3, lo=0, hi=20),
+        foreign_agents=features.bool_("foreign_agents", True),
+        gate=features.bool_("gate", True),
+        source=source,
+    )
+    probe.done()
+    features.done()
+    top.done()
+    return profile
+
+
+def dumps(p: Profile) -> str:
+    """The profile as TOML (what ``SaveProfile`` writes)."""
+    lines = [f'name = "{p.name}"', f'home_address = "{p.home_address}"',
+             f'home_network = "{p.home_network}"', f'home_agent = "{p.home_agent}"',
+             f"spi = {p.spi}", f'algorithm = "{p.algorithm.value}"',
+             f"lifetime = {p.lifetime}", f"renew_fraction = {p.renew_fraction}"]
+    if p.nai is not None:
+        lines.append(f"nai = {_quote(p.nai)}")
+    if p.interface is not None:
+        lines.append(f'interface = "{p.interface}"')
+    lines += ["", "[probe]", f"initial_timeout = {p.initial_timeout}",
+              f"retries = {p.retries}", "", "[features]",
+              f"foreign_agents = {str(p.foreign_agents).lower()}",
+              f"gate = {str(p.gate).lower()}", ""]
+    return "\n".join(lines)
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

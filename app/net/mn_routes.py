@@ -1,0 +1,225 @@
+"""The mobile node's addresses, routes and tunnel for each access mode (pyroute2).
+
+Policy routing keeps every kind of traffic on its path whatever the mode:
+
+    pref 90   from all lookup main suppress_prefixlength 0   on-link and local routes
+    pref 91   from <link address> lookup 101                  the link's own traffic
+    pref 100  from all lookup 100                             the mode's default path
+
+Table 101 holds the access link's default route, so the registration socket
+(bound to the link address) and DHCP always leave on the physical link, never
+through a tunnel.  Table 100 holds, per mode:
+
+- ``c``: the home address on the tunnel device, default into the tunnel (reverse
+  tunnelling), the home agent via the physical next hop (the tunnel's outer path);
+- ``f``: the home address on the link, default via the foreign agent;
+- ``h``: the home address on the link in the home prefix, default via the router,
+  and a gratuitous ARP so neighbours stop using the home agent's proxy entry.
+
+The tunnel device is a userspace TUN + raw IP-in-IP socket here, or a kernel
+``ipip`` device where the kernel has one: same routes either way.  Everything
+is removed by :meth:`MobileNodeRoutes.clear` when the mode changes or the
+helper stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+
+from app.net.arp import send_gratuitous_arp
+from app.net.ipip import MTU, Endpoint, UserspaceTunnel
+from app.net.kernel_ipip import ipip_supported
+from app.net.netlink import Netlink
+
+log = logging.getLogger("trustroam.net.routes")
+TUNNEL = "trmn0"
+TABLE_MODE = 100
+TABLE_LINK = 101
+PREF_MAIN = 90
+PREF_LINK = 91
+PREF_MODE = 100
+MAIN_TABLE = 254
+EEXIST = 17
+ENOENT = 2
+ESRCH = 3
+EADDRNOTAVAIL = 99
+
+
+class Backend(Enum):
+    USERSPACE = "userspace"
+    KERNEL = "kernel"
+
+
+class RouteMode(Enum):
+    NONE = "none"
+    HOME = "h"
+    COLOCATED = "c"
+    FOREIGN_AGENT = "f"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    iface: str
+    address: IPv4Interface
+    gateway: IPv4Address
+
+
+class MobileNodeRoutes:
+    def __init__(self, home: IPv4Address, home_network: IPv4Network, home_agent: IPv4Address,
+                 backend: Backend = Backend.USERSPACE, ipr: Any = None) -> None:
+        self.home = home
+        self.home_network = home_network
+        self.home_agent = home_agent
+        self.backend = backend
+        self.ipr: Any = ipr
+        self.link: LinkInfo | None = None
+        self.mode = RouteMode.NONE
+        self._home_on: tuple[int, int] | None = None
+        """(ifindex, prefixlen) where the home address currently is."""
+        self._tunnel: UserspaceTunnel | None = None
+        self._tunnel_index: int | None = None
+
+    async def start(self) -> None:
+        if self.ipr is None:
+            self.ipr = AsyncIPRoute()
+        await self._clear_rules()
+        await self.ipr.rule("add", priority=PREF_MAIN, table=MAIN_TABLE, suppress_prefixlen=0)
+        await self.ipr.rule("add", priority=PREF_MODE, table=TABLE_MODE)
+
+    async def set_link(self, link: LinkInfo) -> None:
+        """A new access link: its own traffic leaves through it from now on."""
+        index = await self._index(link.iface)
+        await self._quiet("rule", "del", priority=PREF_LINK)
+        await self.ipr.flush_routes(table=TABLE_LINK)
+        await self.ipr.route("replace", dst="0.0.0.0/0", gateway=str(link.gateway), oif=index,
+                             table=TABLE_LINK)
+        await self.ipr.rule("add", priority=PREF_LINK, table=TABLE_LINK,
+                            src=str(link.address.ip), src_len=32)
+        self.link = link
+
+    async def configure(self, mode: RouteMode, foreign_agent: IPv4Address | None = None
+                        ) -> None:
+        """Put the home address and the default path where ``mode`` needs them."""
+        link = self.link
+        await self._withdraw_mode()
+        if mode is RouteMode.NONE or link is None:
+            self.mode = RouteMode.NONE
+            return
+        index = await self._index(link.iface)
+        if mode is RouteMode.COLOCATED:
+            tun = await self._tunnel_device(link)
+            await self._home_address(tun, 32)
+            await self.ipr.route("replace", dst=f"{self.home_agent}/32", table=TABLE_MODE,
+                                 gateway=str(link.gateway), oif=index,
+                                 prefsrc=str(link.address.ip))
+            await self.ipr.route("replace", dst="0.0.0.0/0", oif=tun, table=TABLE_MODE,
+                                 prefsrc=str(self.home))
+        elif mode is RouteMode.FOREIGN_AGENT:
+            router = foreign_agent or link.gateway
+            await self._home_address(index, 32)
+            await self.ipr.route("replace", dst="0.0.0.0/0", gateway=str(router), oif=index,
+                                 table=TABLE_MODE, prefsrc=str(self.home))
+        elif mode is RouteMode.HOME:
+            await self._home_address(index, self.home_network.prefixlen)
+            await self.ipr.route("replace", dst="0.0.0.0/0", gateway=str(link.gateway),
+                                 oif=index, table=TABLE_MODE, prefsrc=str(self.home))
+            try:
+                mac = bytes.fromhex(Path(f"/sys/class/net/{link.iface}/address").read_text()
+                                    .strip().replace(":", ""))
+                send_gratuitous_arp(link.iface, mac, self.home)
+            except OSError as exc:
+                log.warning("cannot announce the home address on %s: %s", link.iface, exc)
+        self.mode = mode
+
+    async def clear(self) -> None:
+        """Remove every address, route, rule and tunnel this class made."""
+        await self._withdraw_mode()
+        await self._quiet("flush_routes", table=TABLE_LINK)
+        await self._clear_rules()
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
+        elif self._tunnel_index is not None and self.backend is Backend.KERNEL:
+            await self._quiet("link", "del", index=self._tunnel_index)
+        self._tunnel_index = None
+        self.link = None
+
+    def close(self) -> None:
+        if self.ipr is not None:
+            self.ipr.close()
+
+    # -- pieces ------------------------------------------------------------------
+
+    async def _withdraw_mode(self) -> None:
+        await self._quiet("flush_routes", table=TABLE_MODE)
+        if self._home_on is not None:
+            index, plen = self._home_on
+            await self._quiet("addr", "del", index=index, address=str(self.home),
+                              prefixlen=plen)
+            self._home_on = None
+        self.mode = RouteMode.NONE
+
+    async def _home_address(self, index: int, prefixlen: int) -> None:
+        await self._quiet("addr", "del", index=index, address=str(self.home), prefixlen=32)
+        await self.ipr.addr("replace", index=index, address=str(self.home),
+                            prefixlen=prefixlen)
+        self._home_on = (index, prefixlen)
+
+    async def _tunnel_device(self, link: LinkInfo) -> int:
+        if self.backend is Backend.KERNEL:
+            if self._tunnel_index is None:
+                await self.ipr.link("add", ifname=TUNNEL, kind="ipip",
+                                    ipip_local=str(link.address.ip),
+                                    ipip_remote=str(self.home_agent))
+                self._tunnel_index = await self._index(TUNNEL)
+            else:  # a new care-of address: same device, new outer source
+                await self.ipr.link("set", index=self._tunnel_index, kind="ipip",
+                                    ipip_local=str(link.address.ip),
+                                    ipip_remote=str(self.home_agent))
+        elif self._tunnel is None:
+            ha = self.home_agent.packed
+            endpoint = Endpoint(str(self.home_agent))
+            self._tunnel = UserspaceTunnel(TUNNEL, lambda _pkt: endpoint,
+                                           lambda outer, _src, _dst: outer == ha)
+            self._tunnel.start()
+            self._tunnel_index = await self._index(TUNNEL)
+        assert self._tunnel_index is not None
+        await self.ipr.link("set", index=self._tunnel_index, state="up", mtu=MTU)
+        return self._tunnel_index
+
+    async def _clear_rules(self) -> None:
+        for pref in (PREF_MAIN, PREF_LINK, PREF_MODE):
+            while await self._quiet("rule", "del", priority=pref):
+                pass
+
+    async def _index(self, iface: str) -> int:
+        found = await self.ipr.link_lookup(ifname=iface)
+        if not found:
+            raise OSError(ENOENT, f"no interface {iface}")
+        return int(found[0])
+
+    async def _quiet(self, method: str, *args: Any, **kwargs: Any) -> bool:
+        """A removal that may find nothing to remove; True if it did something."""
+        try:
+            await getattr(self.ipr, method)(*args, **kwargs)
+        except Exception as exc:  # pyroute2 NetlinkError: ENOENT/ESRCH/EADDRNOTAVAIL
+            if getattr(exc, "code", None) in (ENOENT, ESRCH, EADDRNOTAVAIL):
+                return False
+            raise
+        return True
+
+
+def default_backend() -> Backend:
+    """The kernel backend where the kernel can make an ipip device, else userspace."""
+    nl = Netlink()
+    try:
+        return Backend.KERNEL if ipip_supported(nl) else Backend.USERSPACE
+    finally:
+        nl.close()

@@ -1,0 +1,134 @@
+"""Link snapshots from NetworkManager over D-Bus (dbus-next).
+
+The managed device's ``State`` (activated or not), its ``Ip4Config``'s
+``AddressData`` and ``Gateway`` make a :class:`LinkSnapshot`.  Any signal from
+NetworkManager (device state, IP4Config properties, active connections)
+triggers one coalesced re-read, so what is reported is always NM's current
+view rather than a reconstruction from deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import MessageType
+from dbus_next.message import Message
+
+from app.net.links import LinkSnapshot
+
+log = logging.getLogger("trustroam.net.nm")
+NM = "org.freedesktop.NetworkManager"
+NM_PATH = "/org/freedesktop/NetworkManager"
+DEVICE = "org.freedesktop.NetworkManager.Device"
+IP4CONFIG = "org.freedesktop.NetworkManager.IP4Config"
+ACTIVE = "org.freedesktop.NetworkManager.Connection.Active"
+PROPS = "org.freedesktop.DBus.Properties"
+STATE_ACTIVATED = 100
+MATCH = f"type='signal',sender='{NM}'"
+
+
+class NmError(Exception):
+    pass
+
+
+async def nm_running(bus: MessageBus) -> bool:
+    reply = await bus.call(Message(destination="org.freedesktop.DBus",
+                                   path="/org/freedesktop/DBus",
+                                   interface="org.freedesktop.DBus", member="NameHasOwner",
+                                   signature="s", body=[NM]))
+    return bool(reply is not None and reply.message_type is MessageType.METHOD_RETURN
+                and reply.body[0])
+
+
+class NmLinks:
+    def __init__(self, bus: MessageBus, iface: str | None,
+                 on_snapshot: Callable[[LinkSnapshot], None]) -> None:
+        self.bus = bus
+        self.iface = iface
+        self.on_snapshot = on_snapshot
+        self._pending = False
+        self._closed = False
+
+    async def start(self) -> None:
+        await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                         "AddMatch", "s", [MATCH])
+        self.bus.add_message_handler(self._on_message)
+        await self.refresh()
+
+    async def close(self) -> None:
+        self._closed = True
+        self.bus.remove_message_handler(self._on_message)
+        with contextlib.suppress(NmError):
+            await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus",
+                             "org.freedesktop.DBus", "RemoveMatch", "s", [MATCH])
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type is not MessageType.SIGNAL or self._pending or self._closed:
+            return
+        if msg.sender != NM and not (msg.path or "").startswith(NM_PATH):
+            return
+        self._pending = True
+        asyncio.get_running_loop().create_task(self._refresh_soon())
+
+    async def _refresh_soon(self) -> None:
+        self._pending = False
+        try:
+            await self.refresh()
+        except NmError as exc:
+            log.info("NetworkManager read failed: %s", exc)
+
+    async def refresh(self) -> None:
+        device = await self._device()
+        if device is None:
+            return
+        name, path = device
+        state = await self._get(path, DEVICE, "State")
+        ip4 = await self._get(path, DEVICE, "Ip4Config")
+        addrs: tuple[IPv4Interface, ...] = ()
+        gateway: IPv4Address | None = None
+        if isinstance(ip4, str) and ip4 != "/":
+            data = await self._get(ip4, IP4CONFIG, "AddressData") or []
+            addrs = tuple(IPv4Interface(f"{d['address'].value}/{d['prefix'].value}")
+                          for d in data if "address" in d and "prefix" in d)
+            gw = await self._get(ip4, IP4CONFIG, "Gateway")
+            gateway = IPv4Address(gw) if gw else None
+        self.on_snapshot(LinkSnapshot(name, state == STATE_ACTIVATED, addrs, gateway))
+
+    async def _device(self) -> tuple[str, str] | None:
+        if self.iface is not None:
+            try:
+                path = await self._call(NM, NM_PATH, NM, "GetDeviceByIpIface", "s", [self.iface])
+            except NmError:
+                return None
+            return self.iface, str(path)
+        primary = await self._get(NM_PATH, NM, "PrimaryConnection")
+        if not primary or primary == "/":
+            return None
+        devices = await self._get(str(primary), ACTIVE, "Devices") or []
+        if not devices:
+            return None
+        name = await self._get(devices[0], DEVICE, "Interface")
+        return str(name), str(devices[0])
+
+    async def _get(self, path: str, interface: str, prop: str) -> Any:
+        try:
+            v = await self._call(NM, path, PROPS, "Get", "ss", [interface, prop])
+        except NmError:
+            return None
+        return v.value if v is not None else None
+
+    async def _call(self, dest: str, path: str, interface: str, member: str,  # noqa: PLR0917
+                    sig: str, body: list[Any]) -> Any:
+        reply = await self.bus.call(Message(destination=dest, path=path, interface=interface,
+                                            member=member, signature=sig, body=body))
+        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+            err = reply.error_name if reply is not None else "no reply"
+            detail = reply.body[0] if reply is not None and reply.body else ""
+            raise NmError(f"{member} on {path}: {err} {detail}".strip())
+        return reply.body[0] if reply.body else None

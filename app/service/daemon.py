@@ -1,0 +1,120 @@
+"""``trustroamd``: the privileged helper process.
+
+    trustroamd --profile corp.toml                 connect this profile at start
+    trustroamd --profiles-dir /etc/trustroam/profiles [--secrets FILE]
+
+Owns ``org.trustroam.Helper1`` on the system bus; SIGTERM or SIGINT deregister
+and put routes, addresses and the gate back before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from dbus_next.constants import BusType, RequestNameReply
+
+from app.api import BUS_NAME, OBJECT_PATH
+from app.config import ConfigError
+from app.mn import profile as profiles
+from app.net.gate import GateError
+from app.net.mn_routes import Backend, default_backend
+from app.net.sleep import ResumeWatcher
+from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_agent
+from app.service.helper import Helper, HelperError
+from app.service.polkit import Authorizer
+from app.service.secrets import SecretError, SecretSource
+
+log = logging.getLogger("trustroamd")
+DEFAULT_PROFILES = Path("/etc/trustroam/profiles")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="trustroamd", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", action="append", type=Path, default=[],
+                    help="a profile file; the first one is connected at start")
+    ap.add_argument("--profiles-dir", type=Path, default=DEFAULT_PROFILES)
+    ap.add_argument("--secrets", type=Path, default=None,
+                    help="headless: root-only TOML file with [profile] mn_ha_key")
+    ap.add_argument("--connect", default=None, help="connect this profile at start")
+    ap.add_argument("--links", choices=("auto", "nm", "rtnetlink"), default="auto",
+                    help="where link events come from (auto: NetworkManager if it runs)")
+    ap.add_argument("--dataplane", choices=("auto", "userspace", "kernel"), default="auto")
+    ap.add_argument("--log-level", default="info",
+                    choices=("debug", "info", "warning", "error"))
+    return ap.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    first: str | None = args.connect
+    for path in args.profile:  # check at start: a bad profile is the user's first error
+        p = profiles.load(path)
+        first = first or p.name
+    backend = default_backend() if args.dataplane == "auto" else Backend(args.dataplane)
+    bus = await SenderAwareBus(bus_type=BusType.SYSTEM).connect()
+    secrets = SecretSource(lambda *a: call_secret_agent(bus, *a), args.secrets)
+    helper = Helper(profiles_dir=args.profiles_dir, extra_profiles=args.profile,
+                    secrets=secrets, backend=backend, links=args.links, bus=bus)
+    bus.export(OBJECT_PATH, HelperInterface(helper, Authorizer(bus)))
+    reply = await bus.request_name(BUS_NAME)
+    if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+        print(f"trustroamd: {BUS_NAME} is already owned (another trustroamd runs?)",
+              file=sys.stderr)
+        bus.disconnect()
+        return 1
+    def resumed() -> None:
+        if helper.driver is not None:
+            helper.driver.reprobe()
+
+    resume = ResumeWatcher(bus, resumed)
+    await resume.start()
+    log.info("serving %s (data plane %s)", BUS_NAME, backend.value)
+    print(f"trustroamd: serving {BUS_NAME} (data plane {backend.value})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if first is not None:
+        try:
+            await helper.connect(first)
+        except (HelperError, SecretError, GateError) as exc:
+            log.error("cannot connect %s: %s", first, exc)
+    stop_task = asyncio.create_task(stop.wait())
+    bus_gone = asyncio.create_task(bus.wait_for_disconnect())
+    await asyncio.wait({stop_task, bus_gone}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("stopping: deregistering and putting the host back")
+    with contextlib.suppress(HelperError):
+        await helper.disconnect(quiet=True)
+    resume.close()
+    bus.disconnect()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if os.geteuid() != 0:
+        print("trustroamd: must run as root (it changes routes and the firewall)",
+              file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(args))
+    except ConfigError as exc:
+        print(f"trustroamd: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, GateError) as exc:
+        print(f"trustroamd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
