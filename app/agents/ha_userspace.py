@@ -19,6 +19,8 @@ from typing import Any
 from app.agents.bindings import Binding
 from app.net.arp import send_gratuitous_arp
 from app.net.ipip import MTU, Endpoint, UserspaceTunnel
+from app.net.kernel_ipip import NTF_PROXY
+from app.net.netlink import Netlink
 
 log = logging.getLogger("trustroam.ha.dataplane")
 TUN_NAME = "trha0"
@@ -43,6 +45,11 @@ class UserspaceHomeAgentPlane:
         self.endpoints: dict[bytes, Endpoint] = {}
         self.tunnel = UserspaceTunnel(tun_name, self._route, self._accept, udp_socket)
         _ip("link", "set", tun_name, "up", "mtu", str(MTU))
+        # Per-binding changes go over netlink (about 1 ms, on pyroute2's own thread):
+        # an `ip` process per change cost 10-20 ms before each reply could leave.
+        self.nl = Netlink()
+        self.tun_index = int(self.nl.call("link_lookup", ifname=tun_name)[0])
+        self.home_index = int(self.nl.call("link_lookup", ifname=self.home_ifname)[0])
         # Forwarding is what makes proxy ARP answer and decapsulated packets move on.
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         self._bindings: dict[bytes, Binding] = {}
@@ -83,10 +90,11 @@ class UserspaceHomeAgentPlane:
             self._coa_of[key] = binding.care_of_address.packed
         hoa = str(binding.home_address)
         try:
-            _ip("route", "replace", f"{hoa}/32", "dev", self.tunnel.tun_name)
-            _ip("neigh", "replace", "proxy", hoa, "dev", self.home_ifname)
+            self.nl.call("route", "replace", dst=f"{hoa}/32", oif=self.tun_index)
+            self.nl.call("neigh", "replace", dst=hoa, ifindex=self.home_index,
+                         flags=NTF_PROXY)
             send_gratuitous_arp(self.home_ifname, self.home_mac, binding.home_address)
-        except (DataPlaneError, OSError) as exc:
+        except Exception as exc:  # pyroute2's NetlinkError, OSError
             log.error("%s: cannot attract packets on %s: %s", hoa, self.home_ifname, exc)
 
     def binding_down(self, binding: Binding) -> None:
@@ -95,17 +103,20 @@ class UserspaceHomeAgentPlane:
         self._bindings.pop(key, None)
         self._coa_of.pop(key, None)
         hoa = str(binding.home_address)
-        for args in (("route", "del", f"{hoa}/32", "dev", self.tunnel.tun_name),
-                     ("neigh", "del", "proxy", hoa, "dev", self.home_ifname)):
+        for what, method, kwargs in (
+                ("route", "route", {"dst": f"{hoa}/32", "oif": self.tun_index}),
+                ("proxy ARP", "neigh", {"dst": hoa, "ifindex": self.home_index,
+                                        "flags": NTF_PROXY})):
             try:
-                _ip(*args)
-            except DataPlaneError as exc:
-                log.debug("%s: already gone: %s", hoa, exc)
+                self.nl.call(method, "del", **kwargs)
+            except Exception as exc:  # already gone
+                log.debug("%s: %s already gone: %s", hoa, what, exc)
 
     def close(self) -> None:
         for b in list(self._bindings.values()):
             self.binding_down(b)
         self.tunnel.close()
+        self.nl.close()
 
 
 def _ip(*args: str) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.lab import charon, nm
+from app.lab import charon, nm, polkit
 from app.lab.topology import (
     MN,
     MN_IFACE,
@@ -164,6 +164,7 @@ class Lab:
         for net in t.access.values():
             state.pids[f"dnsmasq-{net.name}"] = self._start_dnsmasq(net)
         state.mn_net = at
+        await self._start_bus(state)
         if state.nm:
             await self._start_nm(state)
         else:
@@ -267,8 +268,9 @@ table ip tr_nat {{
             start_new_session=True)
         return proc.pid
 
-    async def _start_nm(self, state: LabState) -> None:
-        d, sock, nm_conf = nm.prepare(CHARON_DIR, MN_IFACE)
+    async def _start_bus(self, state: LabState) -> None:
+        """The MN's private system bus (for the helper, NetworkManager and polkitd)."""
+        d, sock, _ = nm.prepare(CHARON_DIR, MN_IFACE)
         bus = subprocess.Popen(["dbus-daemon", f"--config-file={d / 'bus.conf'}", "--nofork"],
                                stdout=subprocess.DEVNULL, stderr=(d / "bus.log").open("w"),
                                start_new_session=True)
@@ -278,6 +280,17 @@ table ip tr_nat {{
             if time.monotonic() > deadline:
                 raise LabError(f"the lab's system bus did not open {sock}")
             await asyncio.sleep(0.02)  # dbus-daemon signals readiness only by the socket
+        cmd = polkit.command(d)
+        if cmd is not None:
+            env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=nm.bus_address(sock))
+            proc = subprocess.Popen(["ip", "netns", "exec", MN, *cmd], env=env,
+                                    stdout=subprocess.DEVNULL,
+                                    stderr=(d / "polkitd.log").open("w"),
+                                    start_new_session=True)
+            state.pids["polkitd"] = proc.pid
+
+    async def _start_nm(self, state: LabState) -> None:
+        d, sock, nm_conf = nm.prepare(CHARON_DIR, MN_IFACE)
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=nm.bus_address(sock))
         proc = subprocess.Popen(["ip", "netns", "exec", MN, *nm.nm_command(nm_conf)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=(d / "nm.log").open("w"),
@@ -285,7 +298,7 @@ table ip tr_nat {{
         state.pids["NetworkManager"] = proc.pid
 
     def nm_bus(self) -> str:
-        """DBUS_SYSTEM_BUS_ADDRESS of the MN's NetworkManager (``up --nm``)."""
+        """DBUS_SYSTEM_BUS_ADDRESS of the MN's private system bus (helper, polkitd, NM)."""
         return nm.bus_address(CHARON_DIR / "nm" / "system_bus_socket")
 
     def _start_charon(self, node: str, gw: charon.Gateway | None) -> int:

@@ -140,6 +140,8 @@ class _Link:
     gateway: IPv4Address | None
     since: float
     fa: AgentAdvert | None = None
+    fa_failed: bool = False
+    """The FA on this link refused or did not answer: stay in mode c here."""
 
 
 @dataclass
@@ -211,14 +213,16 @@ class AccessModeMachine:
             return
         link.fa = ev
         # RFC 5266 3.1.3: an FA care-of address only once the network proved trusted.
+        # Periodic adverts repeat: one attempt per link, none after the FA failed us.
         if self.use_foreign_agents and self.phase is Phase.TRUSTED and (
-                self.mode is Mode.COLOCATED):
+                self.mode is Mode.COLOCATED) and not self._via_fa and not link.fa_failed:
             self._register_via_fa(link, now)
 
     def _register_via_fa(self, link: _Link, now: float) -> None:
         assert link.fa is not None
         self._via_fa = True
-        self.client.register(link.fa.care_of_address, now, via=link.fa.care_of_address)
+        self.client.register(link.fa.care_of_address, now, via=link.fa.care_of_address,
+                             lifetime=link.fa.registration_lifetime)
 
     def _drain(self, now: float) -> None:
         # Events can start new registrations (c -> f): drain until quiet.
@@ -245,7 +249,7 @@ class AccessModeMachine:
                     self._actions += [ConfigureDataPlane(mode, link.iface, ev.care_of_address,
                                                          ev.udp_tunnel), Gate(False)]
                 if (mode is Mode.COLOCATED and link.fa is not None
-                        and self.use_foreign_agents):
+                        and self.use_foreign_agents and not link.fa_failed):
                     self._register_via_fa(link, now)
             elif isinstance(ev, Deregistered) and link is not None:
                 if link.address.ip in self.home_network:
@@ -258,6 +262,8 @@ class AccessModeMachine:
             elif isinstance(ev, TimedOut):
                 if self._via_fa and self.phase is Phase.TRUSTED:
                     self._via_fa = False  # the FA failed us: stay in mode c
+                    if link is not None:
+                        link.fa_failed = True
                     self._actions.append(Note("fa-timeout", "no reply through the foreign "
                                                             "agent; staying in mode c"))
                 elif link is not None:
@@ -267,7 +273,8 @@ class AccessModeMachine:
                 # The FA path was refused but the co-located binding still stands:
                 # stay in mode c (renewed directly) rather than cut the user off.
                 self._via_fa = False
-                self._actions.append(Note("fa-denied", ev.text))
+                link.fa_failed = True
+                self._actions.append(Note("fa-denied", ev.text + "; staying in mode c"))
                 self.client.register(link.address.ip, now)
             elif isinstance(ev, Denied):
                 self._enter(Phase.ERROR, Mode.NONE, ev.text)

@@ -91,6 +91,9 @@ class MobileNodeDriver:
         self._icmp: socket.socket | None = None
         self._icmp_iface: str | None = None
         self._binding_seen: object = None
+        self._answer_seen: object = None
+        self._probe_started: float | None = None
+        self._trusted_now = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- inputs (any thread-free caller on the loop) -------------------------------
@@ -147,6 +150,7 @@ class MobileNodeDriver:
                 elif isinstance(item, am.AgentAdvert | am.Resumed):
                     if isinstance(item, am.Resumed):
                         self._history("reprobe", {})
+                        self._probe_started = now
                     await self._execute(self.machine.handle(item, now))
                 elif isinstance(item, _Tick):
                     for ev in self.tracker.handle_timer(now):
@@ -166,16 +170,20 @@ class MobileNodeDriver:
 
     async def _link_event(self, ev: am.LinkUp | am.LinkDown, now: float) -> None:
         if isinstance(ev, am.LinkUp):
+            self._probe_started = now
             self._history("link-up", {"interface": ev.iface, "address": str(ev.address),
                                       "gateway": str(ev.gateway)})
             self._open_sockets(ev)
+            t0 = time.perf_counter()
             if ev.gateway is not None:
                 await self.routes.set_link(LinkInfo(ev.iface, ev.address, ev.gateway))
+            log.debug("link set-up took %.2f ms", (time.perf_counter() - t0) * 1000)
             self._publish(interface=ev.iface, care_of_address=str(ev.address.ip))
         else:
             self._history("link-down", {"interface": ev.iface})
             self._close_sockets()
-        await self._execute(self.machine.handle(ev, now))
+        # A fresh time: the request's round trip must not include the route set-up.
+        await self._execute(self.machine.handle(ev, self.clock()))
         if isinstance(ev, am.LinkUp):
             await self.routes.configure(RouteMode.NONE)  # the old mode's paths are stale
 
@@ -186,6 +194,7 @@ class MobileNodeDriver:
             elif isinstance(a, am.Solicit):
                 self._solicit(a.iface)
         for a in actions:
+            t0 = time.perf_counter()
             if isinstance(a, am.Gate):
                 if self.gate is not None:
                     await self.gate.set(a.block)
@@ -198,6 +207,14 @@ class MobileNodeDriver:
                 self._status(a)
             elif isinstance(a, am.Note):
                 self._history(a.kind, {"text": a.text})
+            log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
+        if self._trusted_now and self._probe_started is not None:
+            # Handover: link up (or re-probe) until the new path is configured and open.
+            ms = round((self.clock() - self._probe_started) * 1000, 2)
+            self._trusted_now = False
+            self._probe_started = None
+            self._publish(last_handover_ms=ms)
+            self._history("handover", {"mode": self.snapshot.mode.value, "ms": f"{ms:.1f}"})
 
     # -- actions -----------------------------------------------------------------
 
@@ -223,8 +240,7 @@ class MobileNodeDriver:
     def _status(self, s: am.Status) -> None:
         state, mode = _STATES[s.phase], _MODES[s.mode]
         changes: dict[str, object] = {"state": state, "mode": mode, "error": s.error or ""}
-        if s.handover_ms is not None and state is State.TRUSTED:
-            changes["last_handover_ms"] = round(s.handover_ms, 2)
+        self._trusted_now = state is State.TRUSTED
         if s.care_of_address is not None and mode is not Mode.NONE:
             changes["care_of_address"] = str(s.care_of_address)
         if state is State.UNTRUSTED:
@@ -234,11 +250,14 @@ class MobileNodeDriver:
         details = {"state": state.value, "mode": mode.value}
         if s.error:
             details["reason"] = s.error
-        if s.handover_ms is not None and state is State.TRUSTED:
-            details["handover_ms"] = f"{s.handover_ms:.1f}"
         self._history("error" if state is State.ERROR else "mode", details)
 
     def _update_binding(self) -> None:
+        answer = self.client.last_answer
+        if answer is not None and answer is not self._answer_seen:
+            self._answer_seen = answer
+            self._publish(home_agent_probe=Probe(True, round(answer[0] * 1000, 3), answer[1]))
+            self._history("probe-answered", {"rtt_ms": f"{answer[0] * 1000:.2f}"})
         b = self.client.binding
         if b is self._binding_seen:
             return
@@ -246,8 +265,7 @@ class MobileNodeDriver:
         if b is None:
             self._publish(binding_expires=0.0)
             return
-        self._publish(binding_expires=b.expires_at,
-                      home_agent_probe=Probe(True, round(b.rtt * 1000, 3), self.clock()))
+        self._publish(binding_expires=b.expires_at)
         self._history("registered", {"care_of": str(b.care_of_address),
                                      "lifetime": str(b.lifetime),
                                      "rtt_ms": f"{b.rtt * 1000:.2f}",

@@ -140,6 +140,8 @@ class RegistrationClient:
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
         self.binding: Registered | None = None
+        self.last_answer: tuple[float, float] | None = None
+        """(round trip, time) of the last authenticated reply: the home agent's probe."""
         self._renew_at: float | None = None
         self._renewal: _Attempt | None = None
         """The attempt that made the binding: renewals repeat it."""
@@ -147,8 +149,13 @@ class RegistrationClient:
     # -- driver API ------------------------------------------------------------
 
     def register(self, care_of: IPv4Address, now: float, *, via: IPv4Address | None = None,
-                 reverse_tunnel: bool = True, udp_tunnel: bool = False) -> None:
-        """Register ``care_of``: co-located when ``via`` is None, else through that FA."""
+                 reverse_tunnel: bool = True, udp_tunnel: bool = False,
+                 lifetime: int | None = None) -> None:
+        """Register ``care_of``: co-located when ``via`` is None, else through that FA.
+
+        ``lifetime`` caps the configured one (an FA advertises its maximum, and a
+        request above it is denied with 69).
+        """
         flags = RegFlags.T if reverse_tunnel else RegFlags(0)
         if via is None:
             flags |= RegFlags.D
@@ -160,7 +167,8 @@ class RegistrationClient:
         dest = (via or self.config.home_agent, MIP_PORT)
         renewal = self.binding is not None and self.binding.care_of_address == care_of
         self.state = State.RENEWING if renewal else State.REGISTERING
-        self._start(_Attempt(care_of, self.config.lifetime, flags, dest, tuple(exts)), now)
+        life = self.config.lifetime if lifetime is None else min(lifetime, self.config.lifetime)
+        self._start(_Attempt(care_of, life, flags, dest, tuple(exts)), now)
 
     def deregister(self, now: float, *, at_home: bool = True) -> None:
         """Lifetime 0; at home the care-of address is the home address (RFC 5944 3.6.1.2)."""
@@ -182,6 +190,16 @@ class RegistrationClient:
         if sent_at is None or rep.home_address != self.config.home_address:
             return
         auth = rep.mobile_home_auth
+        if auth is None and 64 <= rep.code <= 127 and a.destination[0] != self.config.home_agent:
+            # The foreign agent refused to relay (RFC 5944 3.7.3): it shares no key
+            # with us, so its denial carries no Mobile-Home authenticator.  Taking
+            # it (matched by identification) only ends the attempt through the FA.
+            self._attempt = None
+            self.last_answer = (now - sent_at, now)
+            self._events.append(Denied(rep.code, describe(rep.code)))
+            self.state = State.REGISTERED if self.binding and self._binding_valid(now) else (
+                State.IDLE)
+            return
         if auth is None or auth.spi != self.config.spi or len(auth.authenticator) != (
                 AUTHENTICATOR_LEN) or not verify(self.config.algorithm, self.config.key,
                                                  auth.covered, auth.authenticator):
@@ -195,6 +213,7 @@ class RegistrationClient:
             self._send(a, now)
             return
         self._attempt = None
+        self.last_answer = (now - sent_at, now)
         if not is_accepted(rep.code):
             self._events.append(Denied(rep.code, describe(rep.code)))
             self.state = State.REGISTERED if self.binding and self._binding_valid(now) else (

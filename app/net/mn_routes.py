@@ -85,6 +85,9 @@ class MobileNodeRoutes:
         """(ifindex, prefixlen) where the home address currently is."""
         self._tunnel: UserspaceTunnel | None = None
         self._tunnel_index: int | None = None
+        self._indexes: dict[str, int] = {}
+        """Interface indexes by name (an interface that is re-created is looked up again
+        after a failure)."""
 
     async def start(self) -> None:
         if self.ipr is None:
@@ -95,6 +98,7 @@ class MobileNodeRoutes:
 
     async def set_link(self, link: LinkInfo) -> None:
         """A new access link: its own traffic leaves through it from now on."""
+        self._indexes.clear()  # interfaces may have come and gone since the last link
         index = await self._index(link.iface)
         await self._quiet("rule", "del", priority=PREF_LINK)
         await self.ipr.flush_routes(table=TABLE_LINK)
@@ -200,10 +204,13 @@ class MobileNodeRoutes:
                 pass
 
     async def _index(self, iface: str) -> int:
+        if iface in self._indexes:
+            return self._indexes[iface]
         found = await self.ipr.link_lookup(ifname=iface)
         if not found:
             raise OSError(ENOENT, f"no interface {iface}")
-        return int(found[0])
+        self._indexes[iface] = int(found[0])
+        return self._indexes[iface]
 
     async def _quiet(self, method: str, *args: Any, **kwargs: Any) -> bool:
         """A removal that may find nothing to remove; True if it did something."""

@@ -33,6 +33,7 @@ class RtnlLinks:
         self._mon: Any = None
         self._query: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._index: int | None = None
 
     async def start(self) -> None:
         self._mon = AsyncIPRoute()
@@ -48,13 +49,24 @@ class RtnlLinks:
             if ipr is not None:
                 ipr.close()
 
+    def _relevant(self, msg: Any) -> bool:
+        """Only what can change the snapshot: the helper's own tables and tunnel are not."""
+        event = msg["event"]
+        if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+            return bool(msg.get("table") == MAIN_TABLE and msg["dst_len"] == 0)
+        if event in ("RTM_NEWLINK", "RTM_DELLINK"):
+            name = msg.get("ifname") or ""
+            return not name.startswith(OWN_PREFIXES) and (
+                self.iface is None or name == self.iface)
+        if event in ("RTM_NEWADDR", "RTM_DELADDR"):
+            return self._index is None or msg["index"] == self._index
+        return False
+
     async def _watch(self) -> None:
         while True:
             relevant = False
             async for msg in self._mon.get():
-                relevant = relevant or msg.get("table", MAIN_TABLE) in (MAIN_TABLE, 0) or (
-                    msg["event"] in ("RTM_NEWLINK", "RTM_DELLINK", "RTM_NEWADDR",
-                                     "RTM_DELADDR"))
+                relevant = relevant or self._relevant(msg)
             if relevant:
                 try:
                     await self.refresh()
@@ -76,6 +88,7 @@ class RtnlLinks:
             if iface is None:
                 return
         index = next((i for i, m in links.items() if m.get("ifname") == iface), None)
+        self._index = index
         if index is None:
             self.on_snapshot(LinkSnapshot(iface, False, (), None))
             return
