@@ -43,3 +43,17 @@ class Lines:
                 return taken
         raise TimeoutError(f"no line with {needle!r} (closed={self.closed}):\n"
                            + "".join(self.seen[-40:]))
+
+    def rest(self, timeout: float = 5.0) -> list[str]:
+        """Every line until the stream closes (the writer exited); all lines seen."""
+        deadline = time.monotonic() + timeout
+        while not self.closed and time.monotonic() < deadline:
+            try:
+                line = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                self.closed = True
+                break
+            self.seen.append(line)
+        return self.seen

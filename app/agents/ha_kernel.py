@@ -8,7 +8,6 @@ import socket
 
 from app.agents.bindings import Binding
 from app.agents.ha_userspace import UserspaceHomeAgentPlane
-from app.net.arp import send_gratuitous_arp
 from app.net.kernel_ipip import KernelIpipTunnels
 from app.net.netlink import Netlink
 
@@ -37,8 +36,8 @@ class KernelHomeAgentPlane:
         self.userspace.binding_down(binding)
         self.kernel.up(binding.home_address, binding.care_of_address)
         try:
-            send_gratuitous_arp(self.userspace.home_ifname, self.userspace.home_mac,
-                                binding.home_address)
+            self.userspace.arp.announce(self.userspace.home_ifname, self.userspace.home_mac,
+                                        binding.home_address)
         except OSError as exc:
             log.warning("%s: gratuitous ARP failed: %s", binding.home_address, exc)
 

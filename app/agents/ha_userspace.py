@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.agents.bindings import Binding
-from app.net.arp import send_gratuitous_arp
+from app.net.arp import ArpAnnouncer
 from app.net.ipip import MTU, Endpoint, UserspaceTunnel
 from app.net.kernel_ipip import NTF_PROXY
 from app.net.netlink import Netlink
@@ -53,6 +53,7 @@ class UserspaceHomeAgentPlane:
         # Forwarding is what makes proxy ARP answer and decapsulated packets move on.
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         self._bindings: dict[bytes, Binding] = {}
+        self.arp = ArpAnnouncer()
         self._coa_of: dict[bytes, bytes] = {}  # home address -> CoA, both packed
 
     def start(self) -> None:
@@ -93,7 +94,7 @@ class UserspaceHomeAgentPlane:
             self.nl.call("route", "replace", dst=f"{hoa}/32", oif=self.tun_index)
             self.nl.call("neigh", "replace", dst=hoa, ifindex=self.home_index,
                          flags=NTF_PROXY)
-            send_gratuitous_arp(self.home_ifname, self.home_mac, binding.home_address)
+            self.arp.announce(self.home_ifname, self.home_mac, binding.home_address)
         except Exception as exc:  # pyroute2's NetlinkError, OSError
             log.error("%s: cannot attract packets on %s: %s", hoa, self.home_ifname, exc)
 
@@ -103,6 +104,7 @@ class UserspaceHomeAgentPlane:
         self._bindings.pop(key, None)
         self._coa_of.pop(key, None)
         hoa = str(binding.home_address)
+        self.arp.cancel(binding.home_address)
         for what, method, kwargs in (
                 ("route", "route", {"dst": f"{hoa}/32", "oif": self.tun_index}),
                 ("proxy ARP", "neigh", {"dst": hoa, "ifindex": self.home_index,
@@ -115,6 +117,7 @@ class UserspaceHomeAgentPlane:
     def close(self) -> None:
         for b in list(self._bindings.values()):
             self.binding_down(b)
+        self.arp.cancel_all()
         self.tunnel.close()
         self.nl.close()
 

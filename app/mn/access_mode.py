@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from app.mip.codes import describe
 from app.mn.registration import (
     BindingLost,
     Datagram,
@@ -259,6 +260,14 @@ class AccessModeMachine:
                                       Gate(False)]
                 else:
                     self._enter(Phase.OFFLINE, Mode.NONE, None)
+            elif isinstance(ev, TimedOut) and ev.unverified_code is not None and (
+                    not self._via_fa):
+                # Not "untrusted": something answered for the home agent but the
+                # replies do not authenticate.  Never trust them; say what to check.
+                self._enter(Phase.ERROR, Mode.NONE,
+                            f"the home agent's replies do not authenticate "
+                            f"({describe(ev.unverified_code)}): is this profile's key right?")
+                self._actions.append(Gate(True))
             elif isinstance(ev, TimedOut):
                 if self._via_fa and self.phase is Phase.TRUSTED:
                     self._via_fa = False  # the FA failed us: stay in mode c

@@ -96,6 +96,9 @@ class TimedOut:
 
     attempts: int
     waited: float
+    unverified_code: int | None = None
+    """Set when replies matching our requests came back but did not authenticate:
+    the home agent may be there and our key wrong (or someone forges replies)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,8 @@ class _Attempt:
     timeout: float = 0.0
     deadline: float = 0.0
     resynced: bool = False
+    unverified_code: int | None = None
+    """Code of a matching reply whose authenticator did not verify (wrong key?)."""
 
 
 class RegistrationClient:
@@ -203,7 +208,8 @@ class RegistrationClient:
         if auth is None or auth.spi != self.config.spi or len(auth.authenticator) != (
                 AUTHENTICATOR_LEN) or not verify(self.config.algorithm, self.config.key,
                                                  auth.covered, auth.authenticator):
-            return  # a forged or foreign-agent-made reply cannot end the attempt
+            a.unverified_code = rep.code  # a forged or mis-keyed reply cannot end it
+            return
         if self.config.replay is ReplayMode.NONCE:
             self._ha_nonce = ident.high(rep.identification)
         if rep.code == 133 and not a.resynced:
@@ -240,7 +246,7 @@ class RegistrationClient:
         if a is not None and now >= a.deadline:
             if a.copies > self.config.retries:
                 self._attempt = None
-                self._events.append(TimedOut(a.copies, now - a.started))
+                self._events.append(TimedOut(a.copies, now - a.started, a.unverified_code))
                 self.state = State.REGISTERED if self._binding_valid(now) else State.IDLE
             else:
                 a.timeout = min(a.timeout * 2, self.config.max_timeout)

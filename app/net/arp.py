@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 import struct
 from ipaddress import IPv4Address
 
+log = logging.getLogger("trustroam.net.arp")
 ETH_P_ARP = 0x0806
 
 
@@ -23,3 +26,41 @@ def send_gratuitous_arp(ifname: str, mac: bytes, address: IPv4Address, count: in
         frame = gratuitous_arp_frame(mac, address)
         for _ in range(count):
             s.send(frame)
+
+
+ANNOUNCE_REPEATS = (1.1, 2.2)
+"""Seconds after the first gratuitous ARP to send it again.  Linux ignores an
+ARP update within ``locktime`` (1 s) of the entry's last change, so a neighbour
+that resolved the address just before a move would miss a single announcement
+and keep sending to the old MAC until its entry goes stale (15-45 s)."""
+
+
+class ArpAnnouncer:
+    """Gratuitous ARP now and again after the neighbours' lock time, per address."""
+
+    def __init__(self) -> None:
+        self._pending: dict[IPv4Address, list[asyncio.TimerHandle]] = {}
+
+    def announce(self, ifname: str, mac: bytes, address: IPv4Address) -> None:
+        self.cancel(address)
+        send_gratuitous_arp(ifname, mac, address)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._pending[address] = [loop.call_later(t, self._again, ifname, mac, address)
+                                  for t in ANNOUNCE_REPEATS]
+
+    def _again(self, ifname: str, mac: bytes, address: IPv4Address) -> None:
+        try:
+            send_gratuitous_arp(ifname, mac, address, count=1)
+        except OSError as exc:
+            log.debug("repeated gratuitous ARP for %s failed: %s", address, exc)
+
+    def cancel(self, address: IPv4Address) -> None:
+        for h in self._pending.pop(address, []):
+            h.cancel()
+
+    def cancel_all(self) -> None:
+        for address in list(self._pending):
+            self.cancel(address)

@@ -33,7 +33,7 @@ from typing import Any
 
 from pyroute2 import AsyncIPRoute
 
-from app.net.arp import send_gratuitous_arp
+from app.net.arp import ArpAnnouncer
 from app.net.ipip import MTU, Endpoint, UserspaceTunnel
 from app.net.kernel_ipip import ipip_supported
 from app.net.netlink import Netlink
@@ -86,6 +86,7 @@ class MobileNodeRoutes:
         self._tunnel: UserspaceTunnel | None = None
         self._tunnel_index: int | None = None
         self._indexes: dict[str, int] = {}
+        self.arp = ArpAnnouncer()
         """Interface indexes by name (an interface that is re-created is looked up again
         after a failure)."""
 
@@ -137,7 +138,7 @@ class MobileNodeRoutes:
             try:
                 mac = bytes.fromhex(Path(f"/sys/class/net/{link.iface}/address").read_text()
                                     .strip().replace(":", ""))
-                send_gratuitous_arp(link.iface, mac, self.home)
+                self.arp.announce(link.iface, mac, self.home)
             except OSError as exc:
                 log.warning("cannot announce the home address on %s: %s", link.iface, exc)
         self.mode = mode
@@ -162,6 +163,7 @@ class MobileNodeRoutes:
     # -- pieces ------------------------------------------------------------------
 
     async def _withdraw_mode(self) -> None:
+        self.arp.cancel(self.home)
         await self._quiet("flush_routes", table=TABLE_MODE)
         if self._home_on is not None:
             index, plen = self._home_on

@@ -3,16 +3,14 @@ userspace IP-in-IP tunnel (mode c) and the RFC 3519 UDP tunnel behind the NAT.""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.haproc import env
 from tests.lab.conftest import mn_address, ns_exec
-from tests.lines import Lines
+from tests.lab.procs import Proc, capture
 
 HOME = "10.20.1.10"
 HA = "10.20.1.1"
@@ -41,30 +39,6 @@ key = "hex:{FA_HA_KEY}"
 """
 
 
-class Proc:
-    """A process in a lab namespace whose output is read line by line."""
-
-    def __init__(self, node: str, *argv: str, stderr_lines: bool = False) -> None:
-        self.p = subprocess.Popen(["ip", "netns", "exec", node, *argv], env=env(),
-                                  stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE if stderr_lines else subprocess.STDOUT,
-                                  text=True)
-        assert self.p.stdout is not None
-        self.out = Lines(self.p.stdout)
-        self.err = Lines(self.p.stderr) if stderr_lines and self.p.stderr else None
-
-    def wait(self, needle: str, timeout: float = 15) -> list[str]:
-        return self.out.wait(needle, timeout)
-
-    def stop(self) -> None:
-        self.p.terminate()
-        try:
-            self.p.wait(5)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-
-
 @pytest.fixture(scope="module")
 def ha(lab, tmp_path_factory) -> Iterator[Proc]:
     d = tmp_path_factory.mktemp("ha")
@@ -82,13 +56,6 @@ def run_mn(*extra: str) -> Proc:
     line = mn.wait("REGISTERED")[-1]
     assert line.split()[-1] == "0", line
     return mn
-
-
-def capture(node: str, iface: str, bpf: str) -> Proc:
-    cap = Proc(node, "tcpdump", "-l", "-n", "-i", iface, bpf, stderr_lines=True)
-    assert cap.err is not None
-    cap.err.wait("listening on")
-    return cap
 
 
 TCP_ECHO_SERVER = f"""

@@ -1,0 +1,79 @@
+"""D-Bus calls from tests, as root or as another user (a forked child that drops to
+that uid, so the bus daemon and polkit see a real unprivileged caller)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, MessageType
+from dbus_next.message import Message
+from dbus_next.signature import Variant
+
+from app.api import BUS_NAME, INTERFACE, OBJECT_PATH
+
+NOBODY = 65534
+
+
+async def call(bus: MessageBus, member: str, signature: str = "", body: list[Any] | None = None,
+               interface: str = INTERFACE) -> tuple[bool, Any]:
+    """(ok, body or error text)."""
+    reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH, interface=interface,
+                                   member=member, signature=signature, body=body or []))
+    assert reply is not None
+    if reply.message_type is MessageType.ERROR:
+        return False, f"{reply.error_name}: {reply.body[0] if reply.body else ''}"
+    return True, reply.body
+
+
+async def properties(bus: MessageBus) -> dict[str, Any]:
+    ok, body = await call(bus, "GetAll", "s", [INTERFACE], "org.freedesktop.DBus.Properties")
+    assert ok, body
+    return {k: (v.value if isinstance(v, Variant) else v) for k, v in body[0].items()}
+
+
+async def introspect(bus: MessageBus) -> str:
+    ok, body = await call(bus, "Introspect", interface="org.freedesktop.DBus.Introspectable")
+    assert ok, body
+    return str(body[0])
+
+
+def run_as(uid: int | None, bus_address: str,
+           fn: Callable[[MessageBus], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``fn(bus)`` on a fresh system-bus connection in a child that runs as ``uid``."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+
+    def body() -> None:
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus_address
+
+        async def go() -> Any:
+            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+            try:
+                return await fn(bus)
+            finally:
+                bus.disconnect()
+
+        try:
+            child.send(("ok", asyncio.run(go())))
+        except BaseException as exc:
+            child.send(("error", repr(exc)))
+
+    p = ctx.Process(target=body)
+    p.start()
+    if not parent.poll(30):
+        p.kill()
+        raise TimeoutError("D-Bus client child did not answer in 30 s")
+    status, value = parent.recv()
+    p.join(5)
+    if status != "ok":
+        raise RuntimeError(f"D-Bus client failed: {value}")
+    return value
