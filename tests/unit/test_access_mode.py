@@ -16,6 +16,7 @@ from app.mn.access_mode import (
     LinkDown,
     LinkUp,
     Mode,
+    Note,
     Phase,
     Resumed,
     Send,
@@ -156,3 +157,41 @@ def test_link_down_and_resume():
     assert [a for a in acts if isinstance(a, Send)]
     acts = net.run(m, acts, T0 + 100, T1.address.ip)
     assert m.phase is Phase.TRUSTED and Gate(False) in acts
+
+
+def test_fa_request_lifetime_is_capped_by_the_advertisement():
+    m, net = machine(), Net()
+    net.run(m, m.handle(FA1, T0), T0, FA1.address.ip)
+    net.run(m, m.handle(AgentAdvert("eth0", FA, 120), T0 + 0.01), T0 + 0.01, FA1.address.ip)
+    assert m.mode is Mode.FOREIGN_AGENT
+    assert net.ha.bindings[ALICE].lifetime <= 120
+
+
+def test_fa_denial_keeps_mode_c_and_is_not_retried_on_every_advert():
+    m, net = machine(), Net()
+    net.fa = ForeignAgent(ForeignAgentConfig(FA, "fa", max_lifetime=60))
+    net.run(m, m.handle(FA1, T0), T0, FA1.address.ip)
+    # The advert promises more than the FA grants: it denies (69) without an MHAE.
+    acts = net.run(m, m.handle(AgentAdvert("eth0", FA, 600), T0 + 0.01), T0 + 0.01,
+                   FA1.address.ip)
+    assert m.phase is Phase.TRUSTED and m.mode is Mode.COLOCATED
+    notes = [a for a in acts if isinstance(a, Note)]
+    assert notes and notes[0].kind == "fa-denied" and "(69)" in notes[0].text
+    assert net.ha.bindings[ALICE].care_of_address == FA1.address.ip  # renewed directly
+    again = m.handle(AgentAdvert("eth0", FA, 600), T0 + 1)
+    assert not [a for a in again if isinstance(a, Send)]
+
+
+def test_replies_that_do_not_authenticate_are_an_error_not_untrusted():
+    cfg = RegistrationConfig(ALICE, HA, 256, Algorithm.HMAC_MD5, b"\x42" * 16,
+                             lifetime=300, initial_timeout=0.5, retries=1)
+    m = AccessModeMachine(IPv4Network("10.20.1.0/24"), RegistrationClient(cfg))
+    net = Net()
+    acts = net.run(m, m.handle(T1, T0), T0, T1.address.ip)
+    now = T0
+    while (t := m.get_timer()) is not None and now < T0 + 10:
+        now = t
+        acts += net.run(m, m.handle_timer(now), now, T1.address.ip)
+    assert m.phase is Phase.ERROR, statuses(acts)
+    assert "do not authenticate" in (m.error or "") and "(131)" in (m.error or "")
+    assert Gate(False) not in acts
