@@ -94,6 +94,7 @@ class MobileNodeDriver:
         self._answer_seen: object = None
         self._probe_started: float | None = None
         self._trusted_now = False
+        self._withdraw = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- inputs (any thread-free caller on the loop) -------------------------------
@@ -184,8 +185,6 @@ class MobileNodeDriver:
             self._close_sockets()
         # A fresh time: the request's round trip must not include the route set-up.
         await self._execute(self.machine.handle(ev, self.clock()))
-        if isinstance(ev, am.LinkUp):
-            await self.routes.configure(RouteMode.NONE)  # the old mode's paths are stale
 
     async def _execute(self, actions: list[am.Action]) -> None:
         for a in actions:  # the critical path first
@@ -208,6 +207,9 @@ class MobileNodeDriver:
             elif isinstance(a, am.Note):
                 self._history(a.kind, {"text": a.text})
             log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
+        if self._withdraw:
+            self._withdraw = False
+            await self.routes.configure(RouteMode.NONE)
         if self._trusted_now and self._probe_started is not None:
             # Handover: link up (or re-probe) until the new path is configured and open.
             ms = round((self.clock() - self._probe_started) * 1000, 2)
@@ -241,6 +243,9 @@ class MobileNodeDriver:
         state, mode = _STATES[s.phase], _MODES[s.mode]
         changes: dict[str, object] = {"state": state, "mode": mode, "error": s.error or ""}
         self._trusted_now = state is State.TRUSTED
+        # Leaving the old mode's paths in place while probing costs nothing (the gate
+        # is shut) and saves the critical path; they go once there is no mode at all.
+        self._withdraw = state in (State.UNTRUSTED, State.ERROR, State.OFFLINE)
         if s.care_of_address is not None and mode is not Mode.NONE:
             changes["care_of_address"] = str(s.care_of_address)
         if state is State.UNTRUSTED:

@@ -13,10 +13,16 @@ ETH_P_ARP = 0x0806
 
 
 def gratuitous_arp_frame(mac: bytes, address: IPv4Address) -> bytes:
-    """An ARP reply, broadcast, with sender and target protocol address both ``address``."""
+    """A broadcast ARP request with sender and target protocol address both ``address``.
+
+    The request form (RFC 5227's announcement) rather than a reply: Linux takes a
+    reply as gratuitous only if its target hardware address equals the sender's,
+    and otherwise applies ``locktime``, ignoring the update for up to a second
+    after the neighbour last changed its entry (e.g. just before a move).
+    """
     eth = b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP)
-    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 2, mac, address.packed,
-                      b"\xff" * 6, address.packed)
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, address.packed,
+                      b"\x00" * 6, address.packed)
     return eth + arp
 
 

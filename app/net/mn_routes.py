@@ -86,6 +86,8 @@ class MobileNodeRoutes:
         self._tunnel: UserspaceTunnel | None = None
         self._tunnel_index: int | None = None
         self._indexes: dict[str, int] = {}
+        self._routes: dict[str, dict[str, Any]] = {}
+        """Table 100 as this class last set it: destination -> attributes."""
         self.arp = ArpAnnouncer()
         """Interface indexes by name (an interface that is re-created is looked up again
         after a failure)."""
@@ -98,49 +100,70 @@ class MobileNodeRoutes:
         await self.ipr.rule("add", priority=PREF_MODE, table=TABLE_MODE)
 
     async def set_link(self, link: LinkInfo) -> None:
-        """A new access link: its own traffic leaves through it from now on."""
-        self._indexes.clear()  # interfaces may have come and gone since the last link
+        """A new access link: its own traffic leaves through it from now on.
+
+        On the handover's critical path (the registration request waits for it):
+        one route replace, and the source rule only when the address changed.
+        """
+        if self.link is not None and self.link.iface != link.iface:
+            self._indexes.clear()
         index = await self._index(link.iface)
-        await self._quiet("rule", "del", priority=PREF_LINK)
-        await self.ipr.flush_routes(table=TABLE_LINK)
         await self.ipr.route("replace", dst="0.0.0.0/0", gateway=str(link.gateway), oif=index,
                              table=TABLE_LINK)
-        await self.ipr.rule("add", priority=PREF_LINK, table=TABLE_LINK,
-                            src=str(link.address.ip), src_len=32)
+        old = self.link.address.ip if self.link is not None else None
+        if old != link.address.ip:
+            if old is not None:
+                await self._quiet("rule", "del", priority=PREF_LINK, table=TABLE_LINK,
+                                  src=str(old), src_len=32)
+            await self.ipr.rule("add", priority=PREF_LINK, table=TABLE_LINK,
+                                src=str(link.address.ip), src_len=32)
         self.link = link
 
     async def configure(self, mode: RouteMode, foreign_agent: IPv4Address | None = None
                         ) -> None:
-        """Put the home address and the default path where ``mode`` needs them."""
+        """Put the home address and the default path where ``mode`` needs them.
+
+        Only what differs from the current mode is changed (a c -> c move is two
+        route replaces), so the gate opens a few milliseconds after the reply.
+        """
         link = self.link
-        await self._withdraw_mode()
         if mode is RouteMode.NONE or link is None:
-            self.mode = RouteMode.NONE
+            await self._withdraw_mode()
             return
         index = await self._index(link.iface)
+        routes: dict[str, dict[str, Any]] = {}
         if mode is RouteMode.COLOCATED:
             tun = await self._tunnel_device(link)
-            await self._home_address(tun, 32)
-            await self.ipr.route("replace", dst=f"{self.home_agent}/32", table=TABLE_MODE,
-                                 gateway=str(link.gateway), oif=index,
-                                 prefsrc=str(link.address.ip))
-            await self.ipr.route("replace", dst="0.0.0.0/0", oif=tun, table=TABLE_MODE,
-                                 prefsrc=str(self.home))
+            home_at = (tun, 32)
+            routes[f"{self.home_agent}/32"] = {"gateway": str(link.gateway), "oif": index,
+                                               "prefsrc": str(link.address.ip)}
+            routes["0.0.0.0/0"] = {"oif": tun, "prefsrc": str(self.home)}
         elif mode is RouteMode.FOREIGN_AGENT:
-            router = foreign_agent or link.gateway
-            await self._home_address(index, 32)
-            await self.ipr.route("replace", dst="0.0.0.0/0", gateway=str(router), oif=index,
-                                 table=TABLE_MODE, prefsrc=str(self.home))
-        elif mode is RouteMode.HOME:
-            await self._home_address(index, self.home_network.prefixlen)
-            await self.ipr.route("replace", dst="0.0.0.0/0", gateway=str(link.gateway),
-                                 oif=index, table=TABLE_MODE, prefsrc=str(self.home))
+            home_at = (index, 32)
+            routes["0.0.0.0/0"] = {"gateway": str(foreign_agent or link.gateway), "oif": index,
+                                   "prefsrc": str(self.home)}
+        else:
+            home_at = (index, self.home_network.prefixlen)
+            routes["0.0.0.0/0"] = {"gateway": str(link.gateway), "oif": index,
+                                   "prefsrc": str(self.home)}
+        if self._home_on != home_at:
+            await self._remove_home_address()
+        # Always (idempotent): a DHCP client may have flushed the link's addresses.
+        await self._home_address(*home_at)
+        for dst in set(self._routes) - set(routes):
+            await self._quiet("route", "del", dst=dst, table=TABLE_MODE)
+        for dst, attrs in routes.items():
+            await self.ipr.route("replace", dst=dst, table=TABLE_MODE, **attrs)
+        self._routes = routes
+        if mode is RouteMode.HOME:
             try:
                 mac = bytes.fromhex(Path(f"/sys/class/net/{link.iface}/address").read_text()
                                     .strip().replace(":", ""))
                 self.arp.announce(link.iface, mac, self.home)
             except OSError as exc:
                 log.warning("cannot announce the home address on %s: %s", link.iface, exc)
+        else:
+            self.arp.cancel(self.home)
         self.mode = mode
 
     async def clear(self) -> None:
@@ -165,15 +188,18 @@ class MobileNodeRoutes:
     async def _withdraw_mode(self) -> None:
         self.arp.cancel(self.home)
         await self._quiet("flush_routes", table=TABLE_MODE)
+        self._routes = {}
+        await self._remove_home_address()
+        self.mode = RouteMode.NONE
+
+    async def _remove_home_address(self) -> None:
         if self._home_on is not None:
             index, plen = self._home_on
             await self._quiet("addr", "del", index=index, address=str(self.home),
                               prefixlen=plen)
             self._home_on = None
-        self.mode = RouteMode.NONE
 
     async def _home_address(self, index: int, prefixlen: int) -> None:
-        await self._quiet("addr", "del", index=index, address=str(self.home), prefixlen=32)
         await self.ipr.addr("replace", index=index, address=str(self.home),
                             prefixlen=prefixlen)
         self._home_on = (index, prefixlen)
@@ -185,6 +211,7 @@ class MobileNodeRoutes:
                                     ipip_local=str(link.address.ip),
                                     ipip_remote=str(self.home_agent))
                 self._tunnel_index = await self._index(TUNNEL)
+                await self.ipr.link("set", index=self._tunnel_index, state="up", mtu=MTU)
             else:  # a new care-of address: same device, new outer source
                 await self.ipr.link("set", index=self._tunnel_index, kind="ipip",
                                     ipip_local=str(link.address.ip),
@@ -196,8 +223,8 @@ class MobileNodeRoutes:
                                            lambda outer, _src, _dst: outer == ha)
             self._tunnel.start()
             self._tunnel_index = await self._index(TUNNEL)
+            await self.ipr.link("set", index=self._tunnel_index, state="up", mtu=MTU)
         assert self._tunnel_index is not None
-        await self.ipr.link("set", index=self._tunnel_index, state="up", mtu=MTU)
         return self._tunnel_index
 
     async def _clear_rules(self) -> None:
