@@ -26,12 +26,37 @@ def gratuitous_arp_frame(mac: bytes, address: IPv4Address) -> bytes:
     return eth + arp
 
 
+_SOCKETS: dict[str, socket.socket] = {}
+"""One packet socket per interface, kept open: closing a packet socket waits for an
+RCU grace period (synchronize_net), 20-35 ms here, which was on the critical path
+of every binding change."""
+
+
+def _packet_socket(ifname: str) -> socket.socket:
+    s = _SOCKETS.get(ifname)
+    if s is None:
+        # Protocol 0: this socket only sends, it never receives a copy of traffic.
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            s.bind((ifname, 0))
+        except OSError:
+            s.close()
+            raise
+        _SOCKETS[ifname] = s
+    return s
+
+
 def send_gratuitous_arp(ifname: str, mac: bytes, address: IPv4Address, count: int = 2) -> None:
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
-        s.bind((ifname, ETH_P_ARP))
-        frame = gratuitous_arp_frame(mac, address)
+    frame = gratuitous_arp_frame(mac, address)
+    try:
+        s = _packet_socket(ifname)
         for _ in range(count):
             s.send(frame)
+    except OSError:
+        stale = _SOCKETS.pop(ifname, None)  # the interface went away: reopen next time
+        if stale is not None:
+            stale.close()
+        raise
 
 
 ANNOUNCE_REPEATS = (1.1, 2.2)
