@@ -31,12 +31,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-
 from app.net.arp import ArpAnnouncer
 from app.net.ipip import MTU, Endpoint, UserspaceTunnel
-from app.net.kernel_ipip import ipip_supported
-from app.net.netlink import Netlink
+from app.net.pyroute import AsyncIPRoute
 
 log = logging.getLogger("trustroam.net.routes")
 TUNNEL = "trmn0"
@@ -252,10 +249,20 @@ class MobileNodeRoutes:
         return True
 
 
-def default_backend() -> Backend:
+PROBE_NAME = "trmnprobe0"
+EOPNOTSUPP = 95
+
+
+async def default_backend() -> Backend:
     """The kernel backend where the kernel can make an ipip device, else userspace."""
-    nl = Netlink()
+    ipr = AsyncIPRoute()
     try:
-        return Backend.KERNEL if ipip_supported(nl) else Backend.USERSPACE
+        await ipr.link("add", ifname=PROBE_NAME, kind="ipip")
+    except Exception as exc:  # NetlinkError: EOPNOTSUPP (no ipip module), EPERM...
+        supported = getattr(exc, "code", None) == EEXIST
+    else:
+        supported = True
+        await ipr.link("del", ifname=PROBE_NAME)
     finally:
-        nl.close()
+        ipr.close()
+    return Backend.KERNEL if supported else Backend.USERSPACE

@@ -14,10 +14,13 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK
-
 from app.net.links import LinkSnapshot
+from app.net.pyroute import (
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_LINK,
+    AsyncIPRoute,
+)
 
 log = logging.getLogger("trustroam.net.links")
 IFF_LOWER_UP = 0x10000

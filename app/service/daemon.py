@@ -56,7 +56,7 @@ async def serve(args: argparse.Namespace) -> int:
     for path in args.profile:  # check at start: a bad profile is the user's first error
         p = profiles.load(path)
         first = first or p.name
-    backend = default_backend() if args.dataplane == "auto" else Backend(args.dataplane)
+    backend = await default_backend() if args.dataplane == "auto" else Backend(args.dataplane)
     bus = await SenderAwareBus(bus_type=BusType.SYSTEM).connect()
     secrets = SecretSource(lambda *a: call_secret_agent(bus, *a), args.secrets)
     helper = Helper(profiles_dir=args.profiles_dir, extra_profiles=args.profile,
