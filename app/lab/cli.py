@@ -8,6 +8,7 @@ import os
 import sys
 
 from app.lab.topology import default
+from app.lab import demo
 from app.lab.world import Lab, LabError
 
 PROG = "trustroam-lab"
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     mv.add_argument("net", help=nets)
     st = sub.add_parser("status", help="what is up")
     st.add_argument("--json", action="store_true")
+    dm = sub.add_parser("demo", help="the trusted side end to end: HA, FA, trustroamd, "
+                                     "moves home -> t1 -> fa1 -> t2 -> home")
+    dm.add_argument("--stay", action="store_true", help="keep everything running afterwards")
     ex = sub.add_parser("exec", help="run a command in a lab node: exec NODE -- CMD...")
     ex.add_argument("node")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(status, indent=2))
             else:
                 _print_status(status)
+        elif args.command == "demo":
+            return demo.run(stay=args.stay)
         elif args.command == "exec":
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             if not cmd:

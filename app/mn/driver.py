@@ -246,7 +246,9 @@ class MobileNodeDriver:
         # Leaving the old mode's paths in place while probing costs nothing (the gate
         # is shut) and saves the critical path; they go once there is no mode at all.
         self._withdraw = state in (State.UNTRUSTED, State.ERROR, State.OFFLINE)
-        if s.care_of_address is not None and mode is not Mode.NONE:
+        if mode is Mode.HOME:
+            changes["care_of_address"] = ""  # at home there is no care-of address
+        elif s.care_of_address is not None and mode is not Mode.NONE:
             changes["care_of_address"] = str(s.care_of_address)
         if state is State.UNTRUSTED:
             changes["home_agent_probe"] = replace(self.snapshot.home_agent_probe,
