@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
-from app.lab.topology import default
 from app.lab import demo
+from app.lab.topology import default
 from app.lab.world import Lab, LabError
 
 PROG = "trustroam-lab"
