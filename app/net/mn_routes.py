@@ -226,8 +226,9 @@ class MobileNodeRoutes:
 
     async def _clear_rules(self) -> None:
         for pref in (PREF_MAIN, PREF_LINK, PREF_MODE):
-            while await self._quiet("rule", "del", priority=pref):
-                pass
+            for _ in range(64):  # duplicates left by a crashed helper; bounded regardless
+                if not await self._quiet("rule", "del", priority=pref):
+                    break
 
     async def _index(self, iface: str) -> int:
         if iface in self._indexes:

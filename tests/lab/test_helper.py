@@ -4,6 +4,7 @@ probing, the D-Bus contract, polkit refusals, and a canary secret."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dbus_next.message import Message
 
 from app.api import SECRET_AGENT_INTERFACE
 from app.lab.world import CHARON_DIR, STATE_DIR
@@ -347,6 +349,37 @@ def test_bad_secret_is_refused_with_a_message_that_names_the_profile(world):
     assert CANARY not in text
     # Nothing was lost: the running connection is still the good one.
     assert status(world)["State"] == "trusted"
+
+
+def test_resume_from_suspend_reprobes_at_once(world):
+    """logind's PrepareForSleep(false) on the system bus: the helper probes again."""
+    async def go(bus):
+        before = len((await call(bus, "GetHistory", "u", [1000]))[1][0])
+        await bus.send(Message.new_signal("/org/freedesktop/login1",
+                                          "org.freedesktop.login1.Manager",
+                                          "PrepareForSleep", "b", [False]))
+        for _ in range(100):  # the re-probe lands in the history (polled over D-Bus)
+            entries = (await call(bus, "GetHistory", "u", [1000]))[1][0]
+            kinds = [k for _, k, _ in entries[before:]]
+            if "reprobe" in kinds and "handover" in kinds:
+                return kinds
+            await asyncio.sleep(0.05)
+        return kinds
+    kinds = run_as(None, str(world["bus"]), go)
+    assert kinds[0] == "reprobe", kinds
+    assert "probe-sent" in kinds and "handover" in kinds, kinds
+    assert status(world)["State"] == "trusted"
+
+
+def test_save_profile_validates_and_stores(world):
+    bad = run_as(None, str(world["bus"]), lambda bus: call(
+        bus, "SaveProfile", "s", ['name = "x"\nhome_address = "10.20.1.10"\nkey = "hex:00"']))
+    assert not bad[0] and "secrets do not belong in a profile" in bad[1], bad
+    good = run_as(None, str(world["bus"]), lambda bus: call(
+        bus, "SaveProfile", "s", ['name = "saved"\n' + PROFILE]))
+    assert good == (True, ["saved"]), good
+    assert "saved" in ctl(world, "profiles").stdout.split()
+    assert (Path(str(world["profiles"])) / "saved.toml").stat().st_mode & 0o777 == 0o644
 
 
 def test_a_wrong_profile_value_is_named(world):
