@@ -91,9 +91,12 @@ class UserspaceHomeAgentPlane:
             self._coa_of[key] = binding.care_of_address.packed
         hoa = str(binding.home_address)
         try:
-            self.nl.call("route", "replace", dst=f"{hoa}/32", oif=self.tun_index)
-            self.nl.call("neigh", "replace", dst=hoa, ifindex=self.home_index,
-                         flags=NTF_PROXY)
+            # Both queued before waiting: the netlink thread runs them back to back.
+            route = self.nl.submit("route", "replace", dst=f"{hoa}/32", oif=self.tun_index)
+            neigh = self.nl.submit("neigh", "replace", dst=hoa, ifindex=self.home_index,
+                                   flags=NTF_PROXY)
+            route.result()
+            neigh.result()
             self.arp.announce(self.home_ifname, self.home_mac, binding.home_address)
         except Exception as exc:  # pyroute2's NetlinkError, OSError
             log.error("%s: cannot attract packets on %s: %s", hoa, self.home_ifname, exc)

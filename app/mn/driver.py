@@ -217,6 +217,8 @@ class MobileNodeDriver:
             self._probe_started = None
             self._publish(last_handover_ms=ms)
             self._history("handover", {"mode": self.snapshot.mode.value, "ms": f"{ms:.1f}"})
+        if any(isinstance(a, am.ConfigureDataPlane) for a in actions):
+            await self.routes.finish()
 
     # -- actions -----------------------------------------------------------------
 

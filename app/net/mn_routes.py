@@ -84,6 +84,7 @@ class MobileNodeRoutes:
         self._tunnel_index: int | None = None
         self._indexes: dict[str, int] = {}
         self._routes: dict[str, dict[str, Any]] = {}
+        self._stale_home: tuple[int, int] | None = None
         """Table 100 as this class last set it: destination -> attributes."""
         self.arp = ArpAnnouncer()
         """Interface indexes by name (an interface that is re-created is looked up again
@@ -143,13 +144,25 @@ class MobileNodeRoutes:
             home_at = (index, self.home_network.prefixlen)
             routes["0.0.0.0/0"] = {"gateway": str(link.gateway), "oif": index,
                                    "prefsrc": str(self.home)}
+        on_tunnel = mode is RouteMode.COLOCATED
         if self._home_on != home_at:
-            await self._remove_home_address()
-        # Always (idempotent): a DHCP client may have flushed the link's addresses.
-        await self._home_address(*home_at)
+            # The old location goes in finish(), after the gate opened: it is clean-up,
+            # not part of the new path.
+            if self._home_on is not None and self._home_on[0] != home_at[0]:
+                self._stale_home = self._home_on
+            else:
+                await self._remove_home_address()
+            await self._home_address(*home_at)
+        elif not on_tunnel:
+            # Again (idempotent): a DHCP client may have flushed the link's addresses.
+            await self._home_address(*home_at)
         for dst in set(self._routes) - set(routes):
             await self._quiet("route", "del", dst=dst, table=TABLE_MODE)
         for dst, attrs in routes.items():
+            # A route into our own tunnel survives anything that happens to the link;
+            # routes through the link are replaced (the kernel may have dropped them).
+            if self._routes.get(dst) == attrs and attrs["oif"] == self._tunnel_index:
+                continue
             await self.ipr.route("replace", dst=dst, table=TABLE_MODE, **attrs)
         self._routes = routes
         if mode is RouteMode.HOME:
@@ -162,6 +175,13 @@ class MobileNodeRoutes:
         else:
             self.arp.cancel(self.home)
         self.mode = mode
+
+    async def finish(self) -> None:
+        """Clean-up left out of the critical path by :meth:`configure`."""
+        stale, self._stale_home = self._stale_home, None
+        if stale is not None and stale != self._home_on:
+            await self._quiet("addr", "del", index=stale[0], address=str(self.home),
+                              prefixlen=stale[1])
 
     async def clear(self) -> None:
         """Remove every address, route, rule and tunnel this class made."""
@@ -183,6 +203,7 @@ class MobileNodeRoutes:
     # -- pieces ------------------------------------------------------------------
 
     async def _withdraw_mode(self) -> None:
+        await self.finish()
         self.arp.cancel(self.home)
         await self._quiet("flush_routes", table=TABLE_MODE)
         self._routes = {}

@@ -1,8 +1,8 @@
 """Link snapshots from rtnetlink (pyroute2), for hosts without NetworkManager.
 
-Subscribes to link, IPv4 address and IPv4 route notifications; after each
-batch it reads the managed interface's carrier, addresses and main-table
-default gateway and reports a :class:`LinkSnapshot`.  Without a configured
+Reads the managed interface's carrier, addresses and main-table default
+gateway once, then follows link, IPv4 address and IPv4 route notifications
+and reports a :class:`LinkSnapshot` after each batch that changed it.  Without a configured
 interface it manages the one that holds the main table's default route.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
@@ -24,19 +25,25 @@ from app.net.pyroute import (
 
 log = logging.getLogger("trustroam.net.links")
 IFF_LOWER_UP = 0x10000
+AF_INET = 2
 MAIN_TABLE = 254
 OWN_PREFIXES = ("trmn", "ipsec", "lo")
 """Interfaces the helper or charon create, never an access link."""
 
 
 class RtnlLinks:
-    def __init__(self, iface: str | None, on_snapshot: Callable[[LinkSnapshot], None]) -> None:
+    def __init__(self, iface: str | None, on_snapshot: Callable[[LinkSnapshot], None],
+                 ignore_address: str | None = None) -> None:
         self.iface = iface
+        self.ignore_address = ignore_address
+        """The home address: the helper adds and removes it itself, mid-handover."""
         self.on_snapshot = on_snapshot
         self._mon: Any = None
         self._query: Any = None
         self._task: asyncio.Task[None] | None = None
         self._index: int | None = None
+        self._snap: LinkSnapshot | None = None
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._mon = AsyncIPRoute()
@@ -62,6 +69,8 @@ class RtnlLinks:
             return not name.startswith(OWN_PREFIXES) and (
                 self.iface is None or name == self.iface)
         if event in ("RTM_NEWADDR", "RTM_DELADDR"):
+            if self.ignore_address is not None and msg.get("address") == self.ignore_address:
+                return False
             return self._index is None or msg["index"] == self._index
         return False
 
@@ -69,12 +78,69 @@ class RtnlLinks:
         while True:
             relevant = False
             async for msg in self._mon.get():
-                relevant = relevant or self._relevant(msg)
-            if relevant:
+                if not self._relevant(msg):
+                    continue
+                # Applied from the notification itself: a re-read of links, addresses
+                # and routes would parse thousands of netlink attributes in Python in
+                # the middle of the handover it reports.
+                relevant = self._apply(msg) or relevant
+            if relevant and self._snap is not None:
                 try:
-                    await self.refresh()
-                except Exception as exc:  # a vanished interface mid-dump: next batch re-reads
-                    log.debug("link refresh failed: %s", exc)
+                    self.on_snapshot(self._snap)
+                except Exception:  # the consumer's problem must not stop the watch
+                    log.exception("link snapshot consumer failed")
+
+    def _apply(self, msg: Any) -> bool:
+        """Update the snapshot from one notification; False when it needs a full read."""
+        snap = self._snap
+        if snap is None or self._index is None:
+            self._schedule_refresh()
+            return False
+        event = msg["event"]
+        if event == "RTM_NEWLINK" and msg["index"] == self._index:
+            carrier = bool(msg["flags"] & IFF_LOWER_UP)
+            self._snap = replace(snap, carrier=carrier)
+        elif event == "RTM_DELLINK" and msg["index"] == self._index:
+            self._index = None
+            self._snap = LinkSnapshot(snap.iface, False, (), None)
+        elif event in ("RTM_NEWADDR", "RTM_DELADDR") and msg["family"] == AF_INET:
+            if msg["index"] != self._index or not msg.get("address"):
+                return False
+            addr = IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}")
+            rest = tuple(a for a in snap.addresses if a != addr)
+            self._snap = replace(snap, addresses=(*rest, addr) if event == "RTM_NEWADDR"
+                                 else rest)
+        elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+            gw = msg.get("gateway")
+            if msg.get("oif") != self._index or not gw:
+                return False
+            if event == "RTM_NEWROUTE":
+                self._snap = replace(snap, gateway=IPv4Address(gw))
+            elif snap.gateway == IPv4Address(gw):
+                self._snap = replace(snap, gateway=None)
+        else:
+            if self.iface is None:  # auto: the default route may have moved elsewhere
+                self._schedule_refresh()
+            return False
+        new = self._snap
+        if new is None:
+            return False
+        if new.gateway is not None and not any(new.gateway in a.network
+                                               for a in new.addresses):
+            # The kernel drops routes through a gateway no address reaches any more,
+            # without a notification: forget it rather than report a stale one.
+            self._snap = new = replace(new, gateway=None)
+        return new != snap
+
+    def _schedule_refresh(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._safe_refresh())
+
+    async def _safe_refresh(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # a vanished interface mid-dump: the next event re-reads
+            log.debug("link refresh failed: %s", exc)
 
     async def refresh(self) -> None:
         links = {m["index"]: m for m in [x async for x in await self._query.link("dump")]}
@@ -93,7 +159,8 @@ class RtnlLinks:
         index = next((i for i, m in links.items() if m.get("ifname") == iface), None)
         self._index = index
         if index is None:
-            self.on_snapshot(LinkSnapshot(iface, False, (), None))
+            self._snap = LinkSnapshot(iface, False, (), None)
+            self.on_snapshot(self._snap)
             return
         addrs = tuple([IPv4Interface(f"{a.get('address')}/{a['prefixlen']}")
                        async for a in await self._query.addr("dump", index=index)
@@ -101,4 +168,5 @@ class RtnlLinks:
         gateway = next((IPv4Address(r.get("gateway")) for r in defaults
                         if r.get("oif") == index), None)
         carrier = bool(links[index]["flags"] & IFF_LOWER_UP)
-        self.on_snapshot(LinkSnapshot(iface, carrier, addrs, gateway))
+        self._snap = LinkSnapshot(iface, carrier, addrs, gateway)
+        self.on_snapshot(self._snap)

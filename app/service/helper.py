@@ -154,7 +154,7 @@ class Helper:
             source = NmLinks(self.bus, prof.interface, sink)
             self._event("links", {"source": "NetworkManager"})
         else:
-            source = RtnlLinks(prof.interface, sink)
+            source = RtnlLinks(prof.interface, sink, ignore_address=str(prof.home_address))
             self._event("links", {"source": "rtnetlink"})
         await source.start()
         return source
