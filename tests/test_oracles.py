@@ -7,9 +7,7 @@ request built by scapy (a stranger's client) must be served by our HA.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from ipaddress import IPv4Address
@@ -34,14 +32,16 @@ from app.mip.icmp import AgentAdvertisement, AgentFlags, AgentSolicitation
 from app.mip.messages import RegFlags, RegistrationReply, RegistrationRequest, TunnelData
 from tests.haproc import HaProcess
 from tests.mipclient import KEY_A
+from tests.requirements import TSHARK, require_tshark
 
 A = IPv4Address
-TSHARK = shutil.which("tshark")
-if TSHARK is None and os.environ.get("TRUSTROAM_REQUIRE_ORACLES"):
-    raise RuntimeError("tshark is required here (TRUSTROAM_REQUIRE_ORACLES is set)")
-pytestmark = pytest.mark.skipif(
-    TSHARK is None, reason="tshark is not installed (scripts/install-deps installs it; CI "
-                           "fails instead of skipping)")
+
+
+@pytest.fixture(autouse=True)
+def _tshark() -> None:
+    """The oracle: skipped with this reason locally, a failure in CI."""
+    require_tshark()
+
 
 Fields = dict[str, list[tuple[str, str]]]
 

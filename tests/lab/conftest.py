@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,9 +11,13 @@ import pytest
 
 from app.lab.topology import MN, MN_IFACE
 from app.lab.world import Lab
+from tests.requirements import require_root
 
-NEEDS_ROOT = pytest.mark.skipif(
-    os.geteuid() != 0, reason="the lab needs root for network namespaces (CI runs as root)")
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    """Every lab test needs root: skipped with this reason locally, a failure in CI."""
+    require_root()
 
 
 def mn_address(timeout: float = 10.0, prefix: str = "") -> str:
@@ -45,8 +48,7 @@ def ns_exec(node: str, *cmd: str, timeout: float = 20) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root for network namespaces (CI runs as root)")
+    require_root()
     world = Lab()
     world.down()  # a crashed earlier run must not block this one
     world.up()
@@ -59,8 +61,7 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def lab_nm() -> Iterator[Lab]:
     """The lab with the real NetworkManager managing the MN's eth0 (private system bus)."""
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root for network namespaces (CI runs as root)")
+    require_root()
     world = Lab()
     world.down()
     world.up(nm=True)

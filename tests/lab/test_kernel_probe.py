@@ -6,9 +6,6 @@ import subprocess
 import sys
 
 from tests.haproc import env
-from tests.lab.conftest import NEEDS_ROOT
-
-pytestmark = NEEDS_ROOT
 
 
 def test_probe_agrees_with_iproute2():

@@ -11,9 +11,7 @@ from pathlib import Path
 from app.lab import world
 from app.lab.world import Lab, existing_namespaces
 from tests.haproc import env
-from tests.lab.conftest import NEEDS_ROOT, mn_address
-
-pytestmark = NEEDS_ROOT
+from tests.lab.conftest import mn_address
 
 
 def _alive_not_zombie(pid: int) -> bool:

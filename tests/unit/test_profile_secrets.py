@@ -10,6 +10,7 @@ import pytest
 from app.config import ConfigError
 from app.mn import profile
 from app.service.secrets import Secret, SecretError, SecretSource, read_secrets_file
+from tests.requirements import require_root
 
 GOOD = """
 home_address = "10.20.1.10"
@@ -93,8 +94,7 @@ def test_bad_secrets_files_are_refused_without_echoing_the_value(tmp_path, text,
 
 
 def test_secrets_file_owned_by_someone_else_is_refused(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("chown needs root (CI runs as root)")
+    require_root("giving the file to another owner needs root")
     f = secrets_file(tmp_path, f'[corp]\nmn_ha_key = "hex:{KEY}"\n')
     os.chown(f, 65534, 65534)
     with pytest.raises(SecretError, match="must belong to root"):
