@@ -17,9 +17,9 @@ Like the registration client, it takes events with a time and returns actions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from app.api import Mode, State
 from app.mip.codes import describe
 from app.mn.registration import (
     BindingLost,
@@ -30,23 +30,6 @@ from app.mn.registration import (
     RegistrationClient,
     TimedOut,
 )
-
-
-class Mode(Enum):
-    NONE = "none"
-    HOME = "h"
-    COLOCATED = "c"
-    FOREIGN_AGENT = "f"
-    VPN = "mc"
-
-
-class Phase(Enum):
-    OFFLINE = "offline"
-    PROBING = "probing"
-    TRUSTED = "trusted"
-    UNTRUSTED = "untrusted"
-    ERROR = "error"
-
 
 # -- events -------------------------------------------------------------------
 
@@ -115,7 +98,7 @@ class ConfigureDataPlane:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    phase: Phase
+    phase: State
     mode: Mode
     iface: str | None
     care_of_address: IPv4Address | None
@@ -150,7 +133,7 @@ class AccessModeMachine:
     home_network: IPv4Network
     client: RegistrationClient
     use_foreign_agents: bool = True
-    phase: Phase = Phase.OFFLINE
+    phase: State = State.OFFLINE
     mode: Mode = Mode.NONE
     error: str | None = None
     last_handover_ms: float | None = None
@@ -167,7 +150,7 @@ class AccessModeMachine:
         elif isinstance(event, LinkDown):
             if self._link is not None and event.iface == self._link.iface:
                 self._link = None
-                self._enter(Phase.OFFLINE, Mode.NONE, None)
+                self._enter(State.OFFLINE, Mode.NONE, None)
                 self._actions.append(Gate(True))
         elif isinstance(event, AgentAdvert):
             self._advert(event, now)
@@ -199,7 +182,7 @@ class AccessModeMachine:
         self._link = _Link(ev.iface, ev.address, ev.gateway, now)
         self._via_fa = False
         self._actions.append(Gate(True))  # nothing normal leaves while undecided
-        self._enter(Phase.PROBING, Mode.NONE, None)
+        self._enter(State.PROBING, Mode.NONE, None)
         if ev.address.ip in self.home_network:
             # The home link: deregister so the home agent stops proxying us.
             self.client.deregister(now, at_home=True)
@@ -215,7 +198,7 @@ class AccessModeMachine:
         link.fa = ev
         # RFC 5266 3.1.3: an FA care-of address only once the network proved trusted.
         # Periodic adverts repeat: one attempt per link, none after the FA failed us.
-        if self.use_foreign_agents and self.phase is Phase.TRUSTED and (
+        if self.use_foreign_agents and self.phase is State.TRUSTED and (
                 self.mode is Mode.COLOCATED) and not self._via_fa and not link.fa_failed:
             self._register_via_fa(link, now)
 
@@ -242,10 +225,10 @@ class AccessModeMachine:
             seen = True
             if isinstance(ev, Registered) and link is not None:
                 mode = Mode.FOREIGN_AGENT if self._via_fa else Mode.COLOCATED
-                first = self.phase is not Phase.TRUSTED or self.mode is not mode
+                first = self.phase is not State.TRUSTED or self.mode is not mode
                 self.last_handover_ms = (now - link.since) * 1000 if first else (
                     self.last_handover_ms)
-                self._enter(Phase.TRUSTED, mode, None)
+                self._enter(State.TRUSTED, mode, None)
                 if first:
                     self._actions += [ConfigureDataPlane(mode, link.iface, ev.care_of_address,
                                                          ev.udp_tunnel), Gate(False)]
@@ -255,29 +238,29 @@ class AccessModeMachine:
             elif isinstance(ev, Deregistered) and link is not None:
                 if link.address.ip in self.home_network:
                     self.last_handover_ms = (now - link.since) * 1000
-                    self._enter(Phase.TRUSTED, Mode.HOME, None)
+                    self._enter(State.TRUSTED, Mode.HOME, None)
                     self._actions += [ConfigureDataPlane(Mode.HOME, link.iface, None),
                                       Gate(False)]
                 else:
-                    self._enter(Phase.OFFLINE, Mode.NONE, None)
+                    self._enter(State.OFFLINE, Mode.NONE, None)
             elif isinstance(ev, TimedOut) and ev.unverified_code is not None and (
                     not self._via_fa):
                 # Not "untrusted": something answered for the home agent but the
                 # replies do not authenticate.  Never trust them; say what to check.
-                self._enter(Phase.ERROR, Mode.NONE,
+                self._enter(State.ERROR, Mode.NONE,
                             f"the home agent's replies do not authenticate "
                             f"({describe(ev.unverified_code)}): is this profile's key right?")
                 self._actions.append(Gate(True))
             elif isinstance(ev, TimedOut):
-                if self._via_fa and self.phase is Phase.TRUSTED:
+                if self._via_fa and self.phase is State.TRUSTED:
                     self._via_fa = False  # the FA failed us: stay in mode c
                     if link is not None:
                         link.fa_failed = True
                     self._actions.append(Note("fa-timeout", "no reply through the foreign "
                                                             "agent; staying in mode c"))
                 elif link is not None:
-                    self._enter(Phase.UNTRUSTED, Mode.NONE, None)
-            elif isinstance(ev, Denied) and self._via_fa and self.phase is Phase.TRUSTED and (
+                    self._enter(State.UNTRUSTED, Mode.NONE, None)
+            elif isinstance(ev, Denied) and self._via_fa and self.phase is State.TRUSTED and (
                     link is not None):
                 # The FA path was refused but the co-located binding still stands:
                 # stay in mode c (renewed directly) rather than cut the user off.
@@ -286,14 +269,14 @@ class AccessModeMachine:
                 self._actions.append(Note("fa-denied", ev.text + "; staying in mode c"))
                 self.client.register(link.address.ip, now)
             elif isinstance(ev, Denied):
-                self._enter(Phase.ERROR, Mode.NONE, ev.text)
+                self._enter(State.ERROR, Mode.NONE, ev.text)
                 self._actions.append(Gate(True))
             elif isinstance(ev, BindingLost):
-                self._enter(Phase.ERROR, Mode.NONE, "binding lost: renewals went unanswered")
+                self._enter(State.ERROR, Mode.NONE, "binding lost: renewals went unanswered")
                 self._actions.append(Gate(True))
         return seen
 
-    def _enter(self, phase: Phase, mode: Mode, error: str | None) -> None:
+    def _enter(self, phase: State, mode: Mode, error: str | None) -> None:
         changed = (phase, mode, error) != (self.phase, self.mode, self.error)
         self.phase, self.mode, self.error = phase, mode, error
         if changed:

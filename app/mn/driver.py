@@ -32,22 +32,13 @@ from app.mn.profile import Profile
 from app.mn.registration import RegistrationClient
 from app.net.gate import TrafficGate
 from app.net.links import LinkSnapshot
-from app.net.mn_routes import LinkInfo, MobileNodeRoutes, RouteMode
+from app.net.mn_routes import LinkInfo, MobileNodeRoutes
 
 log = logging.getLogger("trustroam.mn")
 ALL_ROUTERS = "224.0.0.2"
 ICMP_ADVERT = 9
 SHUTDOWN_WAIT = 1.5
 """Seconds to wait for the home agent to confirm a deregistration at shutdown."""
-
-_MODES = {am.Mode.NONE: Mode.NONE, am.Mode.HOME: Mode.HOME, am.Mode.COLOCATED: Mode.COLOCATED,
-          am.Mode.FOREIGN_AGENT: Mode.FOREIGN_AGENT, am.Mode.VPN: Mode.VPN}
-_ROUTE_MODES = {am.Mode.HOME: RouteMode.HOME, am.Mode.COLOCATED: RouteMode.COLOCATED,
-                am.Mode.FOREIGN_AGENT: RouteMode.FOREIGN_AGENT}
-_STATES = {am.Phase.OFFLINE: State.OFFLINE, am.Phase.PROBING: State.PROBING,
-           am.Phase.TRUSTED: State.TRUSTED, am.Phase.UNTRUSTED: State.UNTRUSTED,
-           am.Phase.ERROR: State.ERROR}
-
 
 @dataclass(frozen=True, slots=True)
 class _Datagram:
@@ -199,9 +190,8 @@ class MobileNodeDriver:
                     await self.gate.set(a.block)
                 self._history("gate", {"blocked": str(a.block).lower()})
             elif isinstance(a, am.ConfigureDataPlane):
-                route_mode = _ROUTE_MODES.get(a.mode, RouteMode.NONE)
-                fa = a.care_of_address if a.mode is am.Mode.FOREIGN_AGENT else None
-                await self.routes.configure(route_mode, foreign_agent=fa)
+                fa = a.care_of_address if a.mode is Mode.FOREIGN_AGENT else None
+                await self.routes.configure(a.mode, foreign_agent=fa)
             elif isinstance(a, am.Status):
                 self._status(a)
             elif isinstance(a, am.Note):
@@ -209,7 +199,7 @@ class MobileNodeDriver:
             log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
         if self._withdraw:
             self._withdraw = False
-            await self.routes.configure(RouteMode.NONE)
+            await self.routes.configure(Mode.NONE)
         if self._trusted_now and self._probe_started is not None:
             # Handover: link up (or re-probe) until the new path is configured and open.
             ms = round((self.clock() - self._probe_started) * 1000, 2)
@@ -242,7 +232,7 @@ class MobileNodeDriver:
             log.warning("cannot solicit agents on %s: %s", iface, exc.strerror)
 
     def _status(self, s: am.Status) -> None:
-        state, mode = _STATES[s.phase], _MODES[s.mode]
+        state, mode = s.phase, s.mode
         changes: dict[str, object] = {"state": state, "mode": mode, "error": s.error or ""}
         self._trusted_now = state is State.TRUSTED
         # Leaving the old mode's paths in place while probing costs nothing (the gate

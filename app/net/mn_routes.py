@@ -31,6 +31,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from app.api import Mode
 from app.net.arp import ArpAnnouncer
 from app.net.ipip import MTU, Endpoint, UserspaceTunnel
 from app.net.pyroute import AsyncIPRoute
@@ -54,13 +55,6 @@ class Backend(Enum):
     KERNEL = "kernel"
 
 
-class RouteMode(Enum):
-    NONE = "none"
-    HOME = "h"
-    COLOCATED = "c"
-    FOREIGN_AGENT = "f"
-
-
 @dataclass(frozen=True, slots=True)
 class LinkInfo:
     iface: str
@@ -77,7 +71,7 @@ class MobileNodeRoutes:
         self.backend = backend
         self.ipr: Any = ipr
         self.link: LinkInfo | None = None
-        self.mode = RouteMode.NONE
+        self.mode = Mode.NONE
         self._home_on: tuple[int, int] | None = None
         """(ifindex, prefixlen) where the home address currently is."""
         self._tunnel: UserspaceTunnel | None = None
@@ -117,26 +111,28 @@ class MobileNodeRoutes:
                                 src=str(link.address.ip), src_len=32)
         self.link = link
 
-    async def configure(self, mode: RouteMode, foreign_agent: IPv4Address | None = None
+    async def configure(self, mode: Mode, foreign_agent: IPv4Address | None = None
                         ) -> None:
         """Put the home address and the default path where ``mode`` needs them.
 
         Only what differs from the current mode is changed (a c -> c move is two
         route replaces), so the gate opens a few milliseconds after the reply.
         """
+        if mode is Mode.VPN:
+            raise ValueError("mode mc is the VPN side's to configure")
         link = self.link
-        if mode is RouteMode.NONE or link is None:
+        if mode is Mode.NONE or link is None:
             await self._withdraw_mode()
             return
         index = await self._index(link.iface)
         routes: dict[str, dict[str, Any]] = {}
-        if mode is RouteMode.COLOCATED:
+        if mode is Mode.COLOCATED:
             tun = await self._tunnel_device(link)
             home_at = (tun, 32)
             routes[f"{self.home_agent}/32"] = {"gateway": str(link.gateway), "oif": index,
                                                "prefsrc": str(link.address.ip)}
             routes["0.0.0.0/0"] = {"oif": tun, "prefsrc": str(self.home)}
-        elif mode is RouteMode.FOREIGN_AGENT:
+        elif mode is Mode.FOREIGN_AGENT:
             home_at = (index, 32)
             routes["0.0.0.0/0"] = {"gateway": str(foreign_agent or link.gateway), "oif": index,
                                    "prefsrc": str(self.home)}
@@ -144,7 +140,7 @@ class MobileNodeRoutes:
             home_at = (index, self.home_network.prefixlen)
             routes["0.0.0.0/0"] = {"gateway": str(link.gateway), "oif": index,
                                    "prefsrc": str(self.home)}
-        on_tunnel = mode is RouteMode.COLOCATED
+        on_tunnel = mode is Mode.COLOCATED
         if self._home_on != home_at:
             # The old location goes in finish(), after the gate opened: it is clean-up,
             # not part of the new path.
@@ -165,7 +161,7 @@ class MobileNodeRoutes:
                 continue
             await self.ipr.route("replace", dst=dst, table=TABLE_MODE, **attrs)
         self._routes = routes
-        if mode is RouteMode.HOME:
+        if mode is Mode.HOME:
             try:
                 mac = bytes.fromhex(Path(f"/sys/class/net/{link.iface}/address").read_text()
                                     .strip().replace(":", ""))
@@ -208,7 +204,7 @@ class MobileNodeRoutes:
         await self._quiet("flush_routes", table=TABLE_MODE)
         self._routes = {}
         await self._remove_home_address()
-        self.mode = RouteMode.NONE
+        self.mode = Mode.NONE
 
     async def _remove_home_address(self) -> None:
         if self._home_on is not None:

@@ -7,6 +7,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from app.agents.fa_config import ForeignAgentConfig
 from app.agents.fa_core import ForeignAgent, ToHomeAgent, ToMobileNode
 from app.agents.ha_core import HomeAgent
+from app.api import Mode, State
 from app.mip.auth import Algorithm
 from app.mn.access_mode import (
     AccessModeMachine,
@@ -15,9 +16,7 @@ from app.mn.access_mode import (
     Gate,
     LinkDown,
     LinkUp,
-    Mode,
     Note,
-    Phase,
     Resumed,
     Send,
     Solicit,
@@ -87,7 +86,7 @@ def test_trusted_dhcp_link_is_mode_c_gate_opens_only_after_the_reply():
     assert len(sends) == 1 and sends[0].datagram.destination == (HA, 434)
     assert Gate(False) not in acts
     acts = net.run(m, acts, T0 + 0.003, T1.address.ip)
-    assert (Phase.TRUSTED, Mode.COLOCATED) in statuses(acts)
+    assert (State.TRUSTED, Mode.COLOCATED) in statuses(acts)
     assert ConfigureDataPlane(Mode.COLOCATED, "eth0", T1.address.ip) in acts
     assert acts.index(Gate(False)) > max(i for i, a in enumerate(acts)
                                          if isinstance(a, ConfigureDataPlane))
@@ -100,7 +99,7 @@ def test_fa_link_becomes_mode_f_only_after_trust():
     # The advertisement answers the solicitation; the probe already proved trust (c).
     acts += net.run(m, m.handle(AgentAdvert("eth0", FA, 600), T0 + 0.01), T0 + 0.01,
                     FA1.address.ip)
-    assert statuses(acts)[-1] == (Phase.TRUSTED, Mode.FOREIGN_AGENT)
+    assert statuses(acts)[-1] == (State.TRUSTED, Mode.FOREIGN_AGENT)
     assert ConfigureDataPlane(Mode.FOREIGN_AGENT, "eth0", FA) in acts
     assert net.ha.bindings[ALICE].care_of_address == FA
 
@@ -112,7 +111,7 @@ def test_advert_while_probing_waits_for_trust():
     # Nothing is sent to the FA before the home agent has answered the direct probe.
     assert not [a for a in acts if isinstance(a, Send) and a.datagram.destination[0] == FA]
     acts = net.run(m, acts, T0 + 0.002, FA1.address.ip)
-    assert statuses(acts)[-1] == (Phase.TRUSTED, Mode.FOREIGN_AGENT)
+    assert statuses(acts)[-1] == (State.TRUSTED, Mode.FOREIGN_AGENT)
 
 
 def test_no_reply_means_untrusted_and_the_gate_stays_shut():
@@ -122,7 +121,7 @@ def test_no_reply_means_untrusted_and_the_gate_stays_shut():
     while (t := m.get_timer()) is not None and now < T0 + 10:
         now = t
         acts += net.run(m, m.handle_timer(now), now, T1.address.ip)
-    assert statuses(acts)[-1] == (Phase.UNTRUSTED, Mode.NONE)
+    assert statuses(acts)[-1] == (State.UNTRUSTED, Mode.NONE)
     assert Gate(False) not in acts
     sends = [a for a in acts if isinstance(a, Send)]
     assert len(sends) == 3  # the first request and 2 retransmissions, all straight to the HA
@@ -132,7 +131,7 @@ def test_home_link_is_mode_h():
     m, net = machine(), Net()
     net.run(m, m.handle(T1, T0), T0, T1.address.ip)
     acts = net.run(m, m.handle(HOME, T0 + 5), T0 + 5, HOME.address.ip)
-    assert statuses(acts)[-1] == (Phase.TRUSTED, Mode.HOME)
+    assert statuses(acts)[-1] == (State.TRUSTED, Mode.HOME)
     assert ConfigureDataPlane(Mode.HOME, "eth0", None) in acts
     assert ALICE not in net.ha.bindings
 
@@ -140,7 +139,7 @@ def test_home_link_is_mode_h():
 def test_denial_is_an_error_that_keeps_the_gate_shut():
     m, net = machine(), Net(ha=HomeAgent(config(reverse_tunnelling=False)))
     acts = net.run(m, m.handle(T1, T0), T0, T1.address.ip)
-    assert m.phase is Phase.ERROR
+    assert m.phase is State.ERROR
     assert m.error == "denied by home agent: requested reverse tunnel unavailable (137)"
     assert Gate(False) not in acts
 
@@ -149,14 +148,14 @@ def test_link_down_and_resume():
     m, net = machine(), Net()
     net.run(m, m.handle(T1, T0), T0, T1.address.ip)
     acts = m.handle(LinkDown("eth0"), T0 + 1)
-    assert Gate(True) in acts and m.phase is Phase.OFFLINE
+    assert Gate(True) in acts and m.phase is State.OFFLINE
     net.run(m, m.handle(T1, T0 + 2), T0 + 2, T1.address.ip)
-    assert m.phase is Phase.TRUSTED
+    assert m.phase is State.TRUSTED
     acts = m.handle(Resumed(), T0 + 100)
-    assert acts[0] == Gate(True) and m.phase is Phase.PROBING
+    assert acts[0] == Gate(True) and m.phase is State.PROBING
     assert [a for a in acts if isinstance(a, Send)]
     acts = net.run(m, acts, T0 + 100, T1.address.ip)
-    assert m.phase is Phase.TRUSTED and Gate(False) in acts
+    assert m.phase is State.TRUSTED and Gate(False) in acts
 
 
 def test_fa_request_lifetime_is_capped_by_the_advertisement():
@@ -174,7 +173,7 @@ def test_fa_denial_keeps_mode_c_and_is_not_retried_on_every_advert():
     # The advert promises more than the FA grants: it denies (69) without an MHAE.
     acts = net.run(m, m.handle(AgentAdvert("eth0", FA, 600), T0 + 0.01), T0 + 0.01,
                    FA1.address.ip)
-    assert m.phase is Phase.TRUSTED and m.mode is Mode.COLOCATED
+    assert m.phase is State.TRUSTED and m.mode is Mode.COLOCATED
     notes = [a for a in acts if isinstance(a, Note)]
     assert notes and notes[0].kind == "fa-denied" and "(69)" in notes[0].text
     assert net.ha.bindings[ALICE].care_of_address == FA1.address.ip  # renewed directly
@@ -192,6 +191,6 @@ def test_replies_that_do_not_authenticate_are_an_error_not_untrusted():
     while (t := m.get_timer()) is not None and now < T0 + 10:
         now = t
         acts += net.run(m, m.handle_timer(now), now, T1.address.ip)
-    assert m.phase is Phase.ERROR, statuses(acts)
+    assert m.phase is State.ERROR, statuses(acts)
     assert "do not authenticate" in (m.error or "") and "(131)" in (m.error or "")
     assert Gate(False) not in acts

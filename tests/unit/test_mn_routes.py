@@ -7,6 +7,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
+from app.api import Mode
 from app.net.mn_routes import (
     PREF_LINK,
     TABLE_LINK,
@@ -15,7 +16,6 @@ from app.net.mn_routes import (
     Backend,
     LinkInfo,
     MobileNodeRoutes,
-    RouteMode,
 )
 
 HOME, HA = IPv4Address("10.20.1.10"), IPv4Address("10.20.1.1")
@@ -73,7 +73,7 @@ async def test_kernel_mode_c_makes_an_ipip_device_and_routes_into_it(routes):
         ("rule", "add", {"priority": PREF_LINK, "table": TABLE_LINK, "src": "10.30.1.100",
                          "src_len": 32}),
     ]
-    await r.configure(RouteMode.COLOCATED)
+    await r.configure(Mode.COLOCATED)
     calls = ipr.take()
     assert ("link", "add", {"ifname": TUNNEL, "kind": "ipip", "ipip_local": "10.30.1.100",
                             "ipip_remote": "10.20.1.1"}) in calls
@@ -88,13 +88,13 @@ async def test_kernel_mode_c_makes_an_ipip_device_and_routes_into_it(routes):
 async def test_a_c_to_c_move_changes_only_what_differs(routes):
     r, ipr = routes
     await r.set_link(T1)
-    await r.configure(RouteMode.COLOCATED)
+    await r.configure(Mode.COLOCATED)
     ipr.take()
     await r.set_link(T2)
     link_calls = ipr.take()
     assert [c[:2] for c in link_calls] == [("route", "replace"), ("rule", "del"),
                                            ("rule", "add")]
-    await r.configure(RouteMode.COLOCATED)
+    await r.configure(Mode.COLOCATED)
     calls = ipr.take()
     # The kernel tunnel gets the new outer source; no address or route is removed.
     assert ("link", "set", {"index": 7, "kind": "ipip", "ipip_local": "10.30.2.100",
@@ -105,9 +105,9 @@ async def test_a_c_to_c_move_changes_only_what_differs(routes):
 async def test_home_moves_the_home_address_onto_the_link_with_the_home_prefix(routes):
     r, ipr = routes
     await r.set_link(T1)
-    await r.configure(RouteMode.COLOCATED)
+    await r.configure(Mode.COLOCATED)
     ipr.take()
-    await r.configure(RouteMode.HOME)
+    await r.configure(Mode.HOME)
     calls = ipr.take()
     # The new location first; the old one goes after the gate opened (finish).
     assert ("addr", "del", {"index": 7, "address": "10.20.1.10", "prefixlen": 32}) not in calls
@@ -122,7 +122,7 @@ async def test_home_moves_the_home_address_onto_the_link_with_the_home_prefix(ro
 async def test_clear_removes_everything(routes):
     r, ipr = routes
     await r.set_link(T1)
-    await r.configure(RouteMode.FOREIGN_AGENT, foreign_agent=IPv4Address("10.30.1.1"))
+    await r.configure(Mode.FOREIGN_AGENT, foreign_agent=IPv4Address("10.30.1.1"))
     ipr.take()
     await r.clear()
     calls = ipr.take()
