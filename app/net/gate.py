@@ -53,11 +53,8 @@ class _LibNftables:
         lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
         lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
         lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
-        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         self.lib = lib
-        self.output = ""
         self.ctx = lib.nft_ctx_new(0)
         lib.nft_ctx_buffer_error(self.ctx)
         lib.nft_ctx_buffer_output(self.ctx)
@@ -65,7 +62,6 @@ class _LibNftables:
     def run(self, script: str) -> str | None:
         """None on success, else nft's error text."""
         if self.lib.nft_run_cmd_from_buffer(self.ctx, script.encode()) == 0:
-            self.output = (self.lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode()
             return None
         err = self.lib.nft_ctx_get_error_buffer(self.ctx)
         return err.decode(errors="replace").strip() if err else "unknown error"
@@ -108,26 +104,6 @@ class TrafficGate:
     async def remove(self) -> None:
         await self._run(f"table inet {TABLE}\ndelete table inet {TABLE}\n")
         self.blocked = None
-
-    async def blocked_packets(self) -> int:
-        """Packets the gate has dropped since it last closed (0 when open)."""
-        if self.lib is not None:
-            if self.lib.run(f"list counter inet {TABLE} blocked") is not None:
-                return 0
-            out = self.lib.output.encode()
-        else:
-            out = await self._list_counter()
-        for word, value in zip(out.split(), out.split()[1:], strict=False):
-            if word == b"packets":
-                return int(value)
-        return 0
-
-    async def _list_counter(self) -> bytes:
-        proc = await asyncio.create_subprocess_exec(
-            self.nft, "list", "counter", "inet", TABLE, "blocked",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        out, _ = await proc.communicate()
-        return out
 
     async def _run(self, script: str) -> None:
         if self.lib is not None:

@@ -161,7 +161,7 @@ class HelperInterface(ServiceInterface):
     # -- properties --------------------------------------------------------------------
 
     def _p(self, name: str) -> Any:
-        return self.helper.snapshot.to_dbus()[name]
+        return self._last[name]  # the snapshot's D-Bus form, kept by _snapshot_changed
 
     @dbus_property(access=PropertyAccess.READ)
     def State(self) -> "s":
