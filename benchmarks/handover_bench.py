@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 from dbus_next.aio.message_bus import MessageBus  # noqa: E402
 from dbus_next.constants import BusType  # noqa: E402
 
+from app.lab.configs import HA, HOME, fa_toml, ha_toml, write_helper_files  # noqa: E402
 from app.lab.world import Lab  # noqa: E402
 from tests.dbus_client import call  # noqa: E402
 from tests.lab.conftest import ns_exec  # noqa: E402
 from tests.lab.procs import Proc  # noqa: E402
-from tests.lab.test_helper import FA_CONFIG, HA, HA_CONFIG, HOME, KEY, PROFILE  # noqa: E402
 
 MOVES = (("t2", "c->c"), ("home", "c->h"), ("t1", "h->c"), ("fa1", "c->f"), ("t1", "f->c"))
 
@@ -107,12 +107,9 @@ def main() -> None:
     lab.down()
     lab.up(at="t1")
     d = Path(tempfile.mkdtemp(prefix="tr-bench-"))
-    (d / "ha.toml").write_text(HA_CONFIG.replace("{state}", str(d / "ha")))
-    (d / "fa.toml").write_text(FA_CONFIG)
-    (d / "profiles").mkdir()
-    (d / "profiles" / "corp.toml").write_text(PROFILE)
-    (d / "secrets.toml").write_text(f'[corp]\nmn_ha_key = "hex:{KEY}"\n')
-    (d / "secrets.toml").chmod(0o600)
+    (d / "ha.toml").write_text(ha_toml(d / "ha"))
+    (d / "fa.toml").write_text(fa_toml("fa1"))
+    profiles, secrets = write_helper_files(d, "corp")
     bus = lab.nm_bus()
     procs: list[Proc] = []
     try:
@@ -124,7 +121,7 @@ def main() -> None:
         ha.wait("serving registrations")
         fa.wait("foreign agent on fa")
         helper = Proc("tr-mn", sys.executable, "-m", "app.service.daemon", "--profiles-dir",
-                      str(d / "profiles"), "--secrets", str(d / "secrets.toml"), "--connect",
+                      str(profiles), "--secrets", str(secrets), "--connect",
                       "corp", "--links", "rtnetlink",
                       extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
         procs.append(helper)

@@ -24,9 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.lab.configs import HA, HOME, ha_toml  # noqa: E402
+from app.lab.configs import MN_HA_KEY as KEY  # noqa: E402
 from app.lab.world import Lab  # noqa: E402
 from tests.lab.conftest import mn_address, ns_exec  # noqa: E402
-from tests.lab.test_tunnels import HA, HA_CONFIG, HOME, KEY, Proc  # noqa: E402
+from tests.lab.procs import Proc  # noqa: E402
 
 
 def iperf(server_ip: str, seconds: float, udp: bool) -> dict[str, float]:
@@ -64,7 +66,7 @@ def main() -> None:
         coa = mn_address(prefix="10.30.1.")
         with tempfile.TemporaryDirectory() as d:
             cfg = Path(d) / "ha.toml"
-            cfg.write_text(HA_CONFIG.replace("{state}", str(Path(d) / "state")))
+            cfg.write_text(ha_toml(Path(d) / "state"))
             ha = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config", str(cfg))
             ha.wait("serving registrations")
             mn = Proc("tr-mn", sys.executable, "-m", "tests.lab.mn_driver", "--ha", HA,

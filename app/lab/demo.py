@@ -17,43 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.lab import configs
+from app.lab.configs import HOME
 from app.lab.world import Lab, LabError
 
-HOME = "10.20.1.10"
-HA = "10.20.1.1"
-DEMO_KEY = "00112233445566778899aabbccddeeff"  # the lab's own, public demo key
-FA_HA_KEY = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
-
-HA_TOML = f"""[home_agent]
-address = "{HA}"
-home_network = "10.20.1.0/24"
-state_dir = "{{dir}}/ha-state"
-dataplane = "userspace"
-sync = "normal"
-[[mobile_nodes]]
-home_address = "{HOME}"
-spi = 256
-key = "hex:{DEMO_KEY}"
-[[foreign_agents]]
-care_of_address = "10.40.1.1"
-spi = 900
-key = "hex:{FA_HA_KEY}"
-"""
-FA_TOML = f"""[foreign_agent]
-care_of_address = "10.40.1.1"
-interface = "fa"
-max_lifetime = 300
-[[home_agents]]
-address = "{HA}"
-spi = 900
-key = "hex:{FA_HA_KEY}"
-"""
-PROFILE_TOML = f"""home_address = "{HOME}"
-home_network = "10.20.1.0/24"
-home_agent = "{HA}"
-spi = 256
-interface = "eth0"
-"""
 TOUR = ("t1", "fa1", "t2", "home")
 
 
@@ -86,13 +53,9 @@ def run(*, stay: bool) -> int:
     took = lab.up(at="home")
     print(f"lab up in {took:.2f} s; mobile node on the home link")
     d = Path(tempfile.mkdtemp(prefix="tr-demo-"))
-    (d / "ha.toml").write_text(HA_TOML.replace("{dir}", str(d)))
-    (d / "fa.toml").write_text(FA_TOML)
-    (d / "profiles").mkdir()
-    (d / "profiles" / "lab.toml").write_text(PROFILE_TOML)
-    secrets = d / "secrets.toml"
-    secrets.write_text(f'[lab]\nmn_ha_key = "hex:{DEMO_KEY}"\n')
-    secrets.chmod(0o600)
+    (d / "ha.toml").write_text(configs.ha_toml(d / "ha-state"))
+    (d / "fa.toml").write_text(configs.fa_toml("fa1"))
+    profiles, secrets = configs.write_helper_files(d, "lab")
     env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=lab.nm_bus(),
                PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     py = sys.executable
@@ -105,7 +68,7 @@ def run(*, stay: bool) -> int:
         procs[0].wait_for("serving registrations")
         procs[1].wait_for("foreign agent on fa")
         procs.append(_Proc("tr-mn", [py, "-m", "app.service.daemon", "--profiles-dir",
-                                     str(d / "profiles"), "--secrets", str(secrets),
+                                     str(profiles), "--secrets", str(secrets),
                                      "--connect", "lab"], d / "trustroamd.log", env))
         procs[2].wait_for("mode=h", 20)
         _show(env, "home")

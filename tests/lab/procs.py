@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import subprocess
 
+from app.lab.configs import HOME
 from tests.haproc import env
 from tests.lines import Lines
+
+TCP_ECHO_SERVER = f"""
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("{HOME}", 7000)); s.listen(); print("LISTENING", flush=True)
+c, _ = s.accept()
+while (d := c.recv(4096)):
+    c.sendall(d)
+"""
+"""A TCP echo server on the home address, port 7000, for one connection (run in tr-mn)."""
 
 
 class Proc:

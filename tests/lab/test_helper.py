@@ -17,73 +17,24 @@ import pytest
 from dbus_next.message import Message
 
 from app.api import SECRET_AGENT_INTERFACE
+from app.lab.configs import HA, HOME, PROFILE_TOML, fa_toml, ha_toml, write_helper_files
 from app.lab.world import CHARON_DIR, STATE_DIR
 from tests.dbus_client import NOBODY, call, introspect, properties, run_as
 from tests.haproc import env
 from tests.lab.conftest import ns_exec
-from tests.lab.procs import Proc, capture
+from tests.lab.procs import TCP_ECHO_SERVER, Proc, capture
 from tests.secret_agent import SecretAgent
 
 ROOT = Path(__file__).resolve().parents[2]
-HOME = "10.20.1.10"
-HA = "10.20.1.1"
-KEY = "00112233445566778899aabbccddeeff"
-FA_HA_KEY = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
 CANARY = "c4a9a7c4a9a7c4a9a7c4a9a7c4a9a7c4"  # never shared with the HA: it must deny
-
-HA_CONFIG = f"""
-[home_agent]
-address = "{HA}"
-home_network = "10.20.1.0/24"
-state_dir = "{{state}}"
-dataplane = "userspace"
-sync = "normal"
-[[mobile_nodes]]
-home_address = "{HOME}"
-spi = 256
-key = "hex:{KEY}"
-[[foreign_agents]]
-care_of_address = "10.40.1.1"
-spi = 900
-key = "hex:{FA_HA_KEY}"
-"""
-
-FA_CONFIG = f"""
-[foreign_agent]
-care_of_address = "10.40.1.1"
-interface = "fa"
-max_lifetime = 300
-advert_interval = 1.0
-[[home_agents]]
-address = "{HA}"
-spi = 900
-key = "hex:{FA_HA_KEY}"
-"""
-
-PROFILE = f"""
-home_address = "{HOME}"
-home_network = "10.20.1.0/24"
-home_agent = "{HA}"
-spi = 256
-interface = "eth0"
-[probe]
-initial_timeout = 0.3
-retries = 2
-"""
-
 
 @pytest.fixture(scope="module")
 def world(lab, tmp_path_factory) -> Iterator[dict[str, object]]:
     d = tmp_path_factory.mktemp("helper")
-    (d / "ha.toml").write_text(HA_CONFIG.replace("{state}", str(d / "ha-state")))
-    (d / "fa.toml").write_text(FA_CONFIG)
-    profiles = d / "profiles"
-    profiles.mkdir()
-    (profiles / "corp.toml").write_text(PROFILE)
-    (profiles / "canary.toml").write_text(PROFILE)
-    secrets = d / "secrets.toml"
-    secrets.write_text(f'[corp]\nmn_ha_key = "hex:{KEY}"\n')
-    secrets.chmod(0o600)
+    (d / "ha.toml").write_text(ha_toml(d / "ha-state"))
+    (d / "fa.toml").write_text(fa_toml("fa1"))
+    profiles, secrets = write_helper_files(d, "corp")
+    (profiles / "canary.toml").write_text(PROFILE_TOML)
     bus = lab.nm_bus()
     ha = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config", str(d / "ha.toml"))
     fa = Proc("tr-fa1", sys.executable, "-m", "app.agents.fa_cli", "--config",
@@ -131,15 +82,6 @@ def wait_mode(world: dict[str, object], mode: str, timeout: float = 15) -> None:
             break
     assert "State=probing" not in tokens and status(world)["State"] == "trusted", tokens
 
-
-TCP_ECHO_SERVER = f"""
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("{HOME}", 7000)); s.listen(); print("LISTENING", flush=True)
-c, _ = s.accept()
-while (d := c.recv(4096)):
-    c.sendall(d)
-"""
 
 TCP_CLIENT = f"""
 import os, socket, sys, time
@@ -376,7 +318,7 @@ def test_save_profile_validates_and_stores(world):
         bus, "SaveProfile", "s", ['name = "x"\nhome_address = "10.20.1.10"\nkey = "hex:00"']))
     assert not bad[0] and "secrets do not belong in a profile" in bad[1], bad
     good = run_as(None, str(world["bus"]), lambda bus: call(
-        bus, "SaveProfile", "s", ['name = "saved"\n' + PROFILE]))
+        bus, "SaveProfile", "s", ['name = "saved"\n' + PROFILE_TOML]))
     assert good == (True, ["saved"]), good
     assert "saved" in ctl(world, "profiles").stdout.split()
     assert (Path(str(world["profiles"])) / "saved.toml").stat().st_mode & 0o777 == 0o644

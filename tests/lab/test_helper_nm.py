@@ -5,28 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from tests.lab.procs import Proc
-from tests.lab.test_helper import (
-    HA_CONFIG,
-    PROFILE,
-    TCP_CLIENT,
-    TCP_ECHO_SERVER,
-    ctl,
-    status,
-    wait_mode,
-)
-
-KEY = "00112233445566778899aabbccddeeff"
+from app.lab.configs import ha_toml, write_helper_files
+from tests.lab.procs import TCP_ECHO_SERVER, Proc
+from tests.lab.test_helper import TCP_CLIENT, ctl, status, wait_mode
 
 
 def test_modes_follow_networkmanager(lab_nm, tmp_path):
-    (tmp_path / "ha.toml").write_text(HA_CONFIG.replace("{state}", str(tmp_path / "ha")))
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    (profiles / "corp.toml").write_text(PROFILE)
-    secrets = tmp_path / "secrets.toml"
-    secrets.write_text(f'[corp]\nmn_ha_key = "hex:{KEY}"\n')
-    secrets.chmod(0o600)
+    (tmp_path / "ha.toml").write_text(ha_toml(tmp_path / "ha"))
+    profiles, secrets = write_helper_files(tmp_path, "corp")
     bus = {"DBUS_SYSTEM_BUS_ADDRESS": lab_nm.nm_bus()}
     ha = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config",
               str(tmp_path / "ha.toml"))

@@ -9,41 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from app.lab.configs import CN, HA, HOME, MN_HA_KEY, fa_toml, ha_toml
 from tests.lab.conftest import mn_address, ns_exec
-from tests.lab.procs import Proc, capture
+from tests.lab.procs import TCP_ECHO_SERVER, Proc, capture
 
-HOME = "10.20.1.10"
-HA = "10.20.1.1"
-CN = "10.20.1.99"
-KEY = "00112233445566778899aabbccddeeff"
-FA_HA_KEY = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"  # the FAs' security association with the HA
-
-HA_CONFIG = f"""
-[home_agent]
-address = "{HA}"
-home_network = "10.20.1.0/24"
-state_dir = "{{state}}"
-dataplane = "userspace"
-[[mobile_nodes]]
-home_address = "{HOME}"
-spi = 256
-key = "hex:{KEY}"
-[[foreign_agents]]
-care_of_address = "10.40.1.1"
-spi = 900
-key = "hex:{FA_HA_KEY}"
-[[foreign_agents]]
-care_of_address = "10.40.2.1"
-spi = 900
-key = "hex:{FA_HA_KEY}"
-"""
+KEY = MN_HA_KEY
 
 
 @pytest.fixture(scope="module")
 def ha(lab, tmp_path_factory) -> Iterator[Proc]:
     d = tmp_path_factory.mktemp("ha")
     cfg = Path(d) / "ha.toml"
-    cfg.write_text(HA_CONFIG.replace("{state}", str(d / "state")))
+    cfg.write_text(ha_toml(d / "state"))
     proc = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config", str(cfg))
     proc.wait("serving registrations")
     yield proc
@@ -57,15 +34,6 @@ def run_mn(*extra: str) -> Proc:
     assert line.split()[-1] == "0", line
     return mn
 
-
-TCP_ECHO_SERVER = f"""
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("{HOME}", 7000)); s.listen(); print("LISTENING", flush=True)
-c, _ = s.accept()
-while (d := c.recv(4096)):
-    c.sendall(d)
-"""
 
 TCP_CLIENT = f"""
 import socket, sys
@@ -169,22 +137,9 @@ def lab_restore_firewall(lab) -> None:
     asyncio.run(lab._firewall())
 
 
-FA_CONFIG = f"""
-[foreign_agent]
-care_of_address = "10.40.1.1"
-interface = "fa"
-max_lifetime = 300
-advert_interval = 0.5
-[[home_agents]]
-address = "{HA}"
-spi = 900
-key = "hex:{FA_HA_KEY}"
-"""
-
-
 def test_mode_f_through_the_foreign_agent(lab, ha, tmp_path):
     cfg = tmp_path / "fa.toml"
-    cfg.write_text(FA_CONFIG)
+    cfg.write_text(fa_toml("fa1", advert_interval=0.5))
     fa = Proc("tr-fa1", sys.executable, "-m", "app.agents.fa_cli", "--config", str(cfg))
     try:
         fa.wait("foreign agent on fa")
@@ -247,7 +202,7 @@ def test_f_to_f_move_between_foreign_agents(lab, ha, tmp_path):
     fas = []
     for node, coa in (("tr-fa1", "10.40.1.1"), ("tr-fa2", "10.40.2.1")):
         cfg = tmp_path / f"{node}.toml"
-        cfg.write_text(FA_CONFIG.replace("10.40.1.1", coa))
+        cfg.write_text(fa_toml("fa1" if coa == "10.40.1.1" else "fa2", advert_interval=0.5))
         fas.append(Proc(node, sys.executable, "-m", "app.agents.fa_cli", "--config", str(cfg)))
     try:
         for fa in fas:

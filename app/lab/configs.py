@@ -1,0 +1,55 @@
+"""The lab's standard configurations: the home agent, the foreign agents and the
+mobile node's profile and secrets, as ``demo``, the lab tests and the benchmarks
+use them.  The keys are the lab's own, published here: never use them elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HOME = "10.20.1.10"
+HA = "10.20.1.1"
+CN = "10.20.1.99"
+MN_HA_KEY = "00112233445566778899aabbccddeeff"
+FA_HA_KEY = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
+FA_CARE_OF = {"fa1": "10.40.1.1", "fa2": "10.40.2.1"}
+FA_NODE = {"fa1": "tr-fa1", "fa2": "tr-fa2"}
+
+
+def ha_toml(state_dir: Path) -> str:
+    fas = "".join(f'[[foreign_agents]]\ncare_of_address = "{coa}"\nspi = 900\n'
+                  f'key = "hex:{FA_HA_KEY}"\n' for coa in FA_CARE_OF.values())
+    return (f'[home_agent]\naddress = "{HA}"\nhome_network = "10.20.1.0/24"\n'
+            f'state_dir = "{state_dir}"\ndataplane = "userspace"\n'
+            # The lab measures handovers, not power-cut durability.
+            'sync = "normal"\n'
+            f'[[mobile_nodes]]\nhome_address = "{HOME}"\nspi = 256\nkey = "hex:{MN_HA_KEY}"\n'
+            + fas)
+
+
+def fa_toml(link: str = "fa1", advert_interval: float = 1.0) -> str:
+    return (f'[foreign_agent]\ncare_of_address = "{FA_CARE_OF[link]}"\ninterface = "fa"\n'
+            f"max_lifetime = 300\nadvert_interval = {advert_interval}\n"
+            f'[[home_agents]]\naddress = "{HA}"\nspi = 900\nkey = "hex:{FA_HA_KEY}"\n')
+
+
+PROFILE_TOML = f"""home_address = "{HOME}"
+home_network = "10.20.1.0/24"
+home_agent = "{HA}"
+spi = 256
+interface = "eth0"
+[probe]
+initial_timeout = 0.3
+retries = 2
+"""
+
+
+def write_helper_files(d: Path, profile: str) -> tuple[Path, Path]:
+    """A profiles directory holding ``profile`` and a root-only secrets file for it."""
+    profiles = d / "profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
+    (profiles / f"{profile}.toml").write_text(PROFILE_TOML)
+    secrets = d / "secrets.toml"
+    secrets.write_text(f'[{profile}]\nmn_ha_key = "hex:{MN_HA_KEY}"\n')
+    secrets.chmod(0o600)
+    return profiles, secrets
