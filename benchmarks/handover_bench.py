@@ -63,6 +63,8 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND: the home address comes and goes
 s.bind(("{HOME}", 9000))
 out = open(sys.argv[1], "w")
+import signal
+signal.signal(signal.SIGTERM, lambda *_: (out.flush(), sys.exit(0)))  # keep the last arrivals
 print("RECEIVING", flush=True)
 while True:
     s.recv(64)

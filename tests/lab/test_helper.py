@@ -239,11 +239,9 @@ def _canary_agent(bus):
         ok, body = await call(bus, "RegisterSecretAgent", "o", ["/org/trustroam/test/agent"])
         assert ok, body
         connect = await call(bus, "Connect", "s", ["canary"])
-        import asyncio
 
-        from tests.dbus_client import properties as props
         for _ in range(100):  # until the HA's denial lands (an event, polled over D-Bus)
-            p = await props(bus)
+            p = await properties(bus)
             if p["State"] == "error":
                 break
             await asyncio.sleep(0.05)
