@@ -125,7 +125,7 @@ class Helper:
             self._event("disconnect", {"profile": driver.profile.name})
         elif not quiet:
             raise HelperError("not connected")
-        self._on_snapshot(replace(Snapshot(), policy=self.policy))
+        self._on_snapshot(Snapshot())  # _on_snapshot adds the policy
 
     def reprobe(self) -> None:
         if self.driver is None:
