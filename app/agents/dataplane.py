@@ -102,7 +102,7 @@ class _Userspace:
         self.plane = UserspaceHomeAgentPlane(config.address)
 
     def start(self, udp_socket: socket.socket) -> None:
-        self.plane.tunnel.udp = udp_socket
+        self.plane.tunnel.attach_udp(udp_socket)
         self.plane.start()
 
     def tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from app.agents.fa_core import Visitor
-from app.net.ipip import MTU, Endpoint, UserspaceTunnel
+from app.net.ipip import MTU, Endpoint, Key, UserspaceTunnel
 
 log = logging.getLogger("trustroam.fa.dataplane")
 TUN_NAME = "trfa0"
@@ -25,7 +25,9 @@ class UserspaceForeignAgentPlane:
     def __init__(self, link: str, care_of_address: str, tun_name: str = TUN_NAME) -> None:
         self.link = link
         self.visitors: dict[bytes, Visitor] = {}
-        self.tunnel = UserspaceTunnel(tun_name, self._route, self._accept,
+        # Reverse tunnelling by the visitor's home address (source); in only to a
+        # visitor (destination), from its own home agent.
+        self.tunnel = UserspaceTunnel(tun_name, Key.SOURCE, Key.DESTINATION,
                                       local_address=care_of_address)
         _ip("link", "set", tun_name, "up", "mtu", str(MTU))
         _ip("route", "replace", "default", "dev", tun_name, "table", TABLE)
@@ -34,16 +36,14 @@ class UserspaceForeignAgentPlane:
     def start(self) -> None:
         self.tunnel.start()
 
-    def _route(self, pkt: bytes) -> Endpoint | None:
-        v = self.visitors.get(pkt[12:16])  # by source: the visitor's home address
-        return Endpoint(str(v.home_agent)) if v is not None and v.reverse_tunnel else None
-
-    def _accept(self, outer_src: bytes, _inner_src: bytes, inner_dst: bytes) -> bool:
-        v = self.visitors.get(inner_dst)  # to a visitor, from its home agent only
-        return v is not None and v.home_agent.packed == outer_src
-
     def visitor_up(self, v: Visitor) -> None:
-        self.visitors[v.home_address.packed] = v
+        key = v.home_address.packed
+        self.visitors[key] = v
+        self.tunnel.set_accept(key, v.home_agent.packed)
+        if v.reverse_tunnel:
+            self.tunnel.set_route(key, Endpoint(str(v.home_agent)))
+        else:
+            self.tunnel.remove_route(key)
         hoa = str(v.home_address)
         _ip("route", "replace", f"{hoa}/32", "dev", self.link)
         _ip_quiet("rule", "del", "from", hoa, "iif", self.link, "lookup", TABLE)
@@ -52,7 +52,10 @@ class UserspaceForeignAgentPlane:
                 RULE_PRIORITY)
 
     def visitor_down(self, v: Visitor) -> None:
-        self.visitors.pop(v.home_address.packed, None)
+        key = v.home_address.packed
+        self.visitors.pop(key, None)
+        self.tunnel.remove_route(key)
+        self.tunnel.remove_accept(key)
         hoa = str(v.home_address)
         _ip_quiet("route", "del", f"{hoa}/32", "dev", self.link)
         _ip_quiet("rule", "del", "from", hoa, "iif", self.link, "lookup", TABLE)

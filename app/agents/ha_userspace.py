@@ -18,7 +18,7 @@ from typing import Any
 
 from app.agents.bindings import Binding
 from app.net.arp import ArpAnnouncer
-from app.net.ipip import MTU, Endpoint, UserspaceTunnel
+from app.net.ipip import MTU, Endpoint, Key, UserspaceTunnel
 from app.net.kernel_ipip import NTF_PROXY
 from app.net.netlink import Netlink
 
@@ -43,7 +43,10 @@ class UserspaceHomeAgentPlane:
         link = _ip("-j", "link", "show", "dev", self.home_ifname)[0]
         self.home_mac = bytes.fromhex(str(link["address"]).replace(":", ""))
         self.endpoints: dict[bytes, Endpoint] = {}
-        self.tunnel = UserspaceTunnel(tun_name, self._route, self._accept, udp_socket)
+        # Out by the home address (destination); in only from that home address's
+        # registered care-of address (RFC 3024: the inner source's binding).
+        self.tunnel = UserspaceTunnel(tun_name, Key.DESTINATION, Key.SOURCE,
+                                      udp_socket=udp_socket)
         _ip("link", "set", tun_name, "up", "mtu", str(MTU))
         # Per-binding changes go over netlink (about 1 ms, on pyroute2's own thread):
         # an `ip` process per change cost 10-20 ms before each reply could leave.
@@ -54,17 +57,9 @@ class UserspaceHomeAgentPlane:
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         self._bindings: dict[bytes, Binding] = {}
         self.arp = ArpAnnouncer()
-        self._coa_of: dict[bytes, bytes] = {}  # home address -> CoA, both packed
 
     def start(self) -> None:
         self.tunnel.start()
-
-    def _route(self, pkt: bytes) -> Endpoint | None:
-        return self.endpoints.get(pkt[16:20])  # by destination: the home address
-
-    def _accept(self, outer_src: bytes, inner_src: bytes, _inner_dst: bytes) -> bool:
-        # RFC 3024: the outer source must be the binding's care-of address.
-        return self._coa_of.get(inner_src) == outer_src
 
     def udp_tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:
         """An RFC 3519 tunnel data message from the HA's port 434."""
@@ -72,12 +67,13 @@ class UserspaceHomeAgentPlane:
             return
         ep = self.endpoints.get(inner[12:16])
         if ep is None or ep.udp_port is None or ep.address != source[0]:
-            self.tunnel.stats["dropped_spoofed"] += 1
+            self.tunnel.count_spoofed()
             return
         if ep.udp_port != source[1]:
             # The NAT rebound: follow the mapping of the authenticated binding's address.
             log.info("%s: NAT mapping moved to %s:%d", socket.inet_ntoa(inner[12:16]), *source)
             self.endpoints[inner[12:16]] = Endpoint(source[0], source[1])
+            self.tunnel.set_route(inner[12:16], self.endpoints[inner[12:16]])
         self.tunnel.write(inner)  # checked above: the binding's UDP endpoint
 
     def binding_up(self, binding: Binding) -> None:
@@ -85,10 +81,11 @@ class UserspaceHomeAgentPlane:
         self.endpoints[key] = (Endpoint(str(binding.source_address), binding.source_port)
                                if binding.udp_tunnel else Endpoint(str(binding.care_of_address)))
         self._bindings[key] = binding
-        if binding.udp_tunnel:
-            self._coa_of.pop(key, None)
+        self.tunnel.set_route(key, self.endpoints[key])
+        if binding.udp_tunnel:  # its packets come in over UDP 434 (udp_tunnel_data)
+            self.tunnel.remove_accept(key)
         else:
-            self._coa_of[key] = binding.care_of_address.packed
+            self.tunnel.set_accept(key, binding.care_of_address.packed)
         hoa = str(binding.home_address)
         try:
             # Both queued before waiting: the netlink thread runs them back to back.
@@ -105,7 +102,8 @@ class UserspaceHomeAgentPlane:
         key = binding.home_address.packed
         self.endpoints.pop(key, None)
         self._bindings.pop(key, None)
-        self._coa_of.pop(key, None)
+        self.tunnel.remove_route(key)
+        self.tunnel.remove_accept(key)
         hoa = str(binding.home_address)
         self.arp.cancel(binding.home_address)
         for what, method, kwargs in (

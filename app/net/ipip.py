@@ -1,32 +1,43 @@
 """A userspace IP-in-IP (RFC 2003) and RFC 3519 UDP tunnel endpoint.
 
 Packets the kernel routes into the TUN device are encapsulated towards the
-outer address chosen by ``route`` (the care-of address on a home agent, the
-home agent on a mobile node) through a raw ``IPPROTO_IPIP`` socket, or inside
-the RFC 3519 tunnel header over UDP 434.  Encapsulated packets that arrive are
-checked by ``accept`` (RFC 3024: the outer source must be the registered
-care-of address of the inner source) and written into the TUN device, so the
-kernel delivers or forwards them.
+outer address the route table gives for them (the care-of address on a home
+agent, the home agent on a mobile node) through a raw ``IPPROTO_IPIP`` socket,
+or inside the RFC 3519 tunnel header over UDP 434.  Encapsulated packets that
+arrive are checked against the accept table (RFC 3024: the outer source must be
+the registered tunnel end for the inner address) and written into the TUN
+device, so the kernel delivers or forwards them.
 
-The kernel backend (pyroute2 ipip devices) does the same in the kernel; this
-one is used where the kernel has no ipip module, and always for UDP.
+The tables are the interface: the control plane (home agent, foreign agent,
+mobile node) sets entries, an engine moves the packets.  The compiled engine
+(``_fastpath``, built with the package) batches its syscalls; the Python engine
+here does the same work one packet at a time and is the fallback where the
+extension was not built.  The kernel backend (pyroute2 ipip devices) does it
+all in the kernel; this module is used where the kernel has no ipip module,
+and always for UDP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from app.net.tun import open_tun
+
+try:
+    from app.net import _fastpath
+except ImportError:  # built with the package; absent where no C compiler was there
+    _fastpath = None  # type: ignore[assignment]
 
 log = logging.getLogger("trustroam.net.ipip")
 IPPROTO_IPIP = 4
 TUNNEL_DATA_HEADER = b"\x04\x04\x00\x00"  # RFC 3519: type 4, next header 4 (IP)
-BATCH = 256
+BATCH = 64
 MTU = 1480  # 1500 minus the outer IPv4 header
 
 
@@ -38,109 +49,228 @@ class Endpoint:
     udp_port: int | None = None
 
 
-Route = Callable[[bytes], Endpoint | None]
-"""inner packet -> outer endpoint, or None to drop."""
-Accept = Callable[[bytes, bytes, bytes], bool]
-"""(outer source, inner source, inner destination), 4 bytes each -> may it come in?"""
+class Key(enum.IntEnum):
+    """Which inner address a table is keyed by: its offset in the IPv4 header."""
+
+    SOURCE = 12
+    DESTINATION = 16
+
+
+class EngineKind(enum.Enum):
+    AUTO = "auto"
+    COMPILED = "compiled"
+    PYTHON = "python"
+
+
+class Engine(Protocol):
+    """What both engines offer; keys and addresses are packed IPv4 (4 bytes),
+    a key of None is the default entry (used when no other matches)."""
+
+    def set_udp_fd(self, fd: int, /) -> None: ...
+    def set_route(self, key: bytes | None, address: bytes, udp_port: int = 0, /) -> None: ...
+    def del_route(self, key: bytes | None, /) -> None: ...
+    def set_accept(self, key: bytes | None, outer_source: bytes, /) -> None: ...
+    def del_accept(self, key: bytes | None, /) -> None: ...
+    def pump_tun(self) -> int: ...
+    def pump_raw(self) -> int: ...
+    def counters(self) -> dict[str, int]: ...
+
+
+class EngineUnavailable(Exception):
+    """The compiled engine was asked for but is not built."""
+
+
+def compiled_engine_available() -> bool:
+    return _fastpath is not None
+
+
+class PythonEngine:
+    """The reference engine: the same tables and counters, one syscall per packet."""
+
+    def __init__(self, tun_fd: int, raw_fd: int, udp_fd: int, route_offset: int,
+                 accept_offset: int) -> None:
+        self.tun_fd = tun_fd
+        self.raw = socket.socket(fileno=os.dup(raw_fd))
+        self.udp: socket.socket | None = None
+        self.set_udp_fd(udp_fd)
+        self.route_offset, self.accept_offset = route_offset, accept_offset
+        self.routes: dict[bytes | None, tuple[str, int]] = {}
+        self.accepts: dict[bytes | None, bytes] = {}
+        self._c = dict.fromkeys(("out", "in", "dropped_no_route", "dropped_spoofed",
+                                 "malformed", "send_errors", "write_errors"), 0)
+        self._buf = bytearray(65536)
+        self._view = memoryview(self._buf)
+
+    def close(self) -> None:
+        self.raw.close()
+        self.set_udp_fd(-1)
+
+    def set_udp_fd(self, fd: int, /) -> None:
+        if self.udp is not None:
+            self.udp.close()
+        self.udp = socket.socket(fileno=os.dup(fd)) if fd >= 0 else None
+
+    def set_route(self, key: bytes | None, address: bytes, udp_port: int = 0, /) -> None:
+        self.routes[key] = (socket.inet_ntoa(address), udp_port)
+
+    def del_route(self, key: bytes | None, /) -> None:
+        self.routes.pop(key, None)
+
+    def set_accept(self, key: bytes | None, outer_source: bytes, /) -> None:
+        self.accepts[key] = bytes(outer_source)
+
+    def del_accept(self, key: bytes | None, /) -> None:
+        self.accepts.pop(key, None)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._c)
+
+    def pump_tun(self) -> int:
+        c, routes, off = self._c, self.routes, self.route_offset
+        n = 0
+        while n < BATCH:
+            try:
+                pkt = os.read(self.tun_fd, 65536)
+            except BlockingIOError:
+                break
+            n += 1
+            if len(pkt) < 20 or pkt[0] >> 4 != 4:
+                c["malformed"] += 1
+                continue
+            to = routes.get(pkt[off:off + 4]) or routes.get(None)
+            if to is None or (to[1] and self.udp is None):
+                c["dropped_no_route"] += 1
+                continue
+            try:
+                if to[1] == 0:
+                    self.raw.sendto(pkt, (to[0], 0))
+                else:
+                    assert self.udp is not None
+                    self.udp.sendto(TUNNEL_DATA_HEADER + pkt, to)
+                c["out"] += 1
+            except OSError:  # e.g. no route to the care-of address
+                c["send_errors"] += 1
+        return n
+
+    def pump_raw(self) -> int:
+        c, buf, view, off = self._c, self._buf, self._view, self.accept_offset
+        n = 0
+        while n < BATCH * 4:
+            try:
+                length = self.raw.recv_into(buf)
+            except BlockingIOError:
+                break
+            n += 1
+            ihl = (buf[0] & 0x0F) * 4
+            if length < ihl + 20 or ihl < 20 or buf[ihl] >> 4 != 4:
+                c["malformed"] += 1
+                continue
+            key = bytes(view[ihl + off:ihl + off + 4])
+            allowed = self.accepts.get(key, self.accepts.get(None))
+            if allowed is None or view[12:16] != allowed:
+                c["dropped_spoofed"] += 1
+                continue
+            try:
+                os.write(self.tun_fd, view[ihl:length])
+                c["in"] += 1
+            except OSError:
+                c["write_errors"] += 1
+        return n
 
 
 class UserspaceTunnel:
-    def __init__(self, tun_name: str, route: Route, accept: Accept,
-                 udp_socket: socket.socket | None = None, local_address: str | None = None
-                 ) -> None:
+    """A TUN device and its tunnel sockets, driven from the asyncio loop.
+
+    ``route_by``: which inner address picks the outer destination (a home agent
+    routes by destination, a foreign agent reverse-tunnels by source).
+    ``accept_by``: which inner address names the tunnel end allowed to send it.
+    """
+
+    def __init__(self, tun_name: str, route_by: Key, accept_by: Key, *,
+                 udp_socket: socket.socket | None = None, local_address: str | None = None,
+                 engine: EngineKind = EngineKind.AUTO) -> None:
         self.tun_name = tun_name
-        self.route = route
-        self.accept = accept
         self.udp = udp_socket
-        self.tun_fd = open_tun(tun_name)
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
         if local_address is not None:
             # Outer source fixed to this address (an FA's care-of address: RFC 3024
             # requires it), and only tunnels addressed to it are received.
             self.raw.bind((local_address, 0))
         self.raw.setblocking(False)
-        self.stats = {"out": 0, "in": 0, "dropped_no_route": 0, "dropped_spoofed": 0}
-        self._buf = bytearray(65535)
-        self._view = memoryview(self._buf)
+        self.tun_fd = open_tun(tun_name)
+        udp_fd = udp_socket.fileno() if udp_socket is not None else -1
+        self.engine: Engine
+        self._py: PythonEngine | None = None
+        if engine is not EngineKind.PYTHON and compiled_engine_available():
+            self.engine = _fastpath.Engine(self.tun_fd, self.raw.fileno(), udp_fd, int(route_by),
+                                   int(accept_by))
+            self.engine_kind = EngineKind.COMPILED
+        elif engine is EngineKind.COMPILED:
+            self.close()
+            raise EngineUnavailable("the compiled tunnel engine (app.net._fastpath) is not "
+                                    "built: reinstall the package with a C compiler")
+        else:
+            self._py = PythonEngine(self.tun_fd, self.raw.fileno(), udp_fd, int(route_by),
+                                    int(accept_by))
+            self.engine = self._py
+            self.engine_kind = EngineKind.PYTHON
+        self._extra = {"in": 0, "dropped_spoofed": 0, "write_errors": 0}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.tun_fd, self._from_tun)
-        self._loop.add_reader(self.raw.fileno(), self._from_ipip)
+        self._loop.add_reader(self.tun_fd, self.engine.pump_tun)
+        self._loop.add_reader(self.raw.fileno(), self.engine.pump_raw)
+        log.debug("%s: %s engine", self.tun_name, self.engine_kind.value)
 
     def close(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self.tun_fd)
             self._loop.remove_reader(self.raw.fileno())
-        os.close(self.tun_fd)
+            self._loop = None
+        if self._py is not None:
+            self._py.close()
+        if self.tun_fd >= 0:
+            os.close(self.tun_fd)
+            self.tun_fd = -1
         self.raw.close()
 
-    # kernel -> tunnel (the hot loop: locals bound once, counters summed per batch)
-    def _from_tun(self) -> None:
-        read, fd, route = os.read, self.tun_fd, self.route
-        raw_sendto, udp = self.raw.sendto, self.udp
-        sent = unrouted = 0
-        for _ in range(BATCH):
-            try:
-                pkt = read(fd, 65535)
-            except BlockingIOError:
-                break
-            if len(pkt) < 20 or pkt[0] >> 4 != 4:
-                continue
-            ep = route(pkt)
-            if ep is None:
-                unrouted += 1
-                continue
-            try:
-                if ep.udp_port is None:
-                    raw_sendto(pkt, (ep.address, 0))
-                elif udp is not None:
-                    udp.sendto(TUNNEL_DATA_HEADER + pkt, (ep.address, ep.udp_port))
-                sent += 1
-            except OSError as exc:  # e.g. no route to the care-of address
-                log.debug("cannot tunnel to %s: %s", ep.address, exc.strerror)
-        self.stats["out"] += sent
-        self.stats["dropped_no_route"] += unrouted
+    def attach_udp(self, udp_socket: socket.socket) -> None:
+        """RFC 3519 tunnel data leaves from this socket (a home agent's port 434)."""
+        self.udp = udp_socket
+        self.engine.set_udp_fd(udp_socket.fileno())
 
-    # tunnel -> kernel: one receive buffer, no copy of the inner packet
-    def _from_ipip(self) -> None:
-        buf, view = self._buf, self._view
-        recv_into, write, fd, accept = self.raw.recv_into, os.write, self.tun_fd, self.accept
-        delivered = spoofed = 0
-        for _ in range(BATCH):
-            try:
-                n = recv_into(buf)
-            except BlockingIOError:
-                break
-            ihl = (buf[0] & 0x0F) * 4
-            if n < ihl + 20 or buf[ihl] >> 4 != 4:
-                continue
-            if not accept(bytes(view[12:16]), bytes(view[ihl + 12:ihl + 16]),
-                          bytes(view[ihl + 16:ihl + 20])):
-                spoofed += 1
-                continue
-            try:
-                write(fd, view[ihl:n])
-                delivered += 1
-            except OSError as exc:
-                log.debug("TUN write failed: %s", exc.strerror)
-        self.stats["in"] += delivered
-        self.stats["dropped_spoofed"] += spoofed
+    # The tables.  Keys are packed inner addresses; None is the default entry.
+    def set_route(self, key: bytes | None, endpoint: Endpoint) -> None:
+        self.engine.set_route(key, socket.inet_aton(endpoint.address), endpoint.udp_port or 0)
 
-    def deliver(self, outer_src: bytes, inner: bytes) -> None:
-        """Hand a decapsulated packet to the kernel if ``accept`` allows it."""
-        if len(inner) < 20 or inner[0] >> 4 != 4:
-            return
-        if not self.accept(outer_src, inner[12:16], inner[16:20]):
-            self.stats["dropped_spoofed"] += 1
-            return
-        self.write(inner)
+    def remove_route(self, key: bytes | None) -> None:
+        self.engine.del_route(key)
+
+    def set_accept(self, key: bytes | None, outer_source: bytes) -> None:
+        self.engine.set_accept(key, outer_source)
+
+    def remove_accept(self, key: bytes | None) -> None:
+        self.engine.del_accept(key)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The engine's counters plus those of packets delivered from Python (UDP)."""
+        s = self.engine.counters()
+        for k, v in self._extra.items():
+            s[k] = s.get(k, 0) + v
+        return s
+
+    def count_spoofed(self) -> None:
+        self._extra["dropped_spoofed"] += 1
 
     def write(self, inner: bytes) -> None:
-        """Hand an already-checked packet to the kernel."""
+        """Hand an already-checked packet (from the RFC 3519 UDP path) to the kernel."""
+        if len(inner) < 20 or inner[0] >> 4 != 4:
+            return
         try:
             os.write(self.tun_fd, inner)
-            self.stats["in"] += 1
+            self._extra["in"] += 1
         except OSError as exc:
+            self._extra["write_errors"] += 1
             log.debug("TUN write failed: %s", exc.strerror)

@@ -33,7 +33,7 @@ from typing import Any
 
 from app.api import Mode
 from app.net.arp import ArpAnnouncer
-from app.net.ipip import MTU, Endpoint, UserspaceTunnel
+from app.net.ipip import MTU, Endpoint, Key, UserspaceTunnel
 from app.net.pyroute import AsyncIPRoute
 
 log = logging.getLogger("trustroam.net.routes")
@@ -231,10 +231,11 @@ class MobileNodeRoutes:
                                     ipip_local=str(link.address.ip),
                                     ipip_remote=str(self.home_agent))
         elif self._tunnel is None:
-            ha = self.home_agent.packed
-            endpoint = Endpoint(str(self.home_agent))
-            self._tunnel = UserspaceTunnel(TUNNEL, lambda _pkt: endpoint,
-                                           lambda outer, _src, _dst: outer == ha)
+            # Everything the mode table sends here goes to the home agent, and
+            # only the home agent may tunnel packets to us.
+            self._tunnel = UserspaceTunnel(TUNNEL, Key.SOURCE, Key.DESTINATION)
+            self._tunnel.set_route(None, Endpoint(str(self.home_agent)))
+            self._tunnel.set_accept(None, self.home_agent.packed)
             self._tunnel.start()
             self._tunnel_index = await self._index(TUNNEL)
             await self.ipr.link("set", index=self._tunnel_index, state="up", mtu=MTU)

@@ -32,7 +32,7 @@ from app.mn.registration import (
     RegistrationConfig,
 )
 from app.net.arp import send_gratuitous_arp
-from app.net.ipip import TUNNEL_DATA_HEADER, Endpoint, UserspaceTunnel
+from app.net.ipip import TUNNEL_DATA_HEADER, Endpoint, Key, UserspaceTunnel
 
 TUN = "trmn0"
 TABLE = "100"
@@ -74,8 +74,9 @@ async def main() -> int:
     udp.connect((ha, MIP_PORT))
     endpoint = Endpoint(ha, MIP_PORT if args.udp else None)
     ha_packed = socket.inet_aton(ha)
-    tunnel = UserspaceTunnel(TUN, lambda _pkt: endpoint,
-                             lambda outer, _src, _dst: outer == ha_packed, udp)
+    tunnel = UserspaceTunnel(TUN, Key.SOURCE, Key.DESTINATION, udp_socket=udp)
+    tunnel.set_route(None, endpoint)
+    tunnel.set_accept(None, ha_packed)
     sh("ip", "addr", "replace", f"{args.home}/32", "dev", TUN)
     sh("ip", "link", "set", TUN, "up", "mtu", "1480")
     sh("ip", "route", "replace", "default", "dev", TUN, "table", TABLE)
@@ -98,7 +99,7 @@ async def main() -> int:
             except BlockingIOError:
                 return
             if data[:4] == TUNNEL_DATA_HEADER:
-                tunnel.deliver(ha_packed, data[4:])
+                tunnel.write(data[4:])  # connected to the home agent: only it sends here
 
     loop.add_reader(udp.fileno(), from_udp)
     if args.udp and args.keepalive:
