@@ -23,11 +23,32 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <limits.h>
 #include <unistd.h>
 
-#define BATCH 64
-#define BUFSZ 65536 /* an IPv4 packet is at most 65535 bytes */
-#define RAW_ROUNDS 4 /* recvmmsg batches per wake-up, then yield to the loop */
+#define BATCH 64      /* TUN reads, or raw receives, per batch */
+#define VNET 10       /* struct virtio_net_hdr, before each packet on an IFF_VNET_HDR TUN */
+#define BUFSZ 65600   /* a virtio header and an IPv4 packet of up to 65535 bytes */
+#define MAXOUT 512    /* tunnel packets queued per sendmmsg */
+#define MAXAGG 64     /* segments merged into one TUN write */
+#define RAW_ROUNDS 4  /* recvmmsg batches per wake-up, then yield to the loop */
+#define HDRMAX 120    /* IPv4 + TCP headers, options included */
+
+/* virtio_net_hdr fields (native byte order on a legacy TUN). */
+#define F_NEEDS_CSUM 1
+#define F_DATA_VALID 2
+#define GSO_NONE 0
+#define GSO_TCPV4 1
+#define GSO_ECN 0x80
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_PSH 0x08
+#define TCP_ACK 0x10
+#define TCP_URG 0x20
+#define TCP_ECE 0x40
+#define TCP_CWR 0x80
 
 static const unsigned char TUNNEL_DATA_HEADER[4] = {4, 4, 0, 0}; /* RFC 3519 */
 
@@ -143,17 +164,80 @@ static int table_del(Table *t, uint32_t key) {
     }
 }
 
+/* ---- checksums (RFC 1071), summed in native order, stored with memcpy ---- */
+
+static uint64_t sum_bytes(const unsigned char *p, size_t n, uint64_t acc) {
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        acc += (v & 0xFFFFFFFFu) + (v >> 32);
+        p += 8;
+        n -= 8;
+    }
+    while (n >= 2) {
+        uint16_t w;
+        memcpy(&w, p, 2);
+        acc += w;
+        p += 2;
+        n -= 2;
+    }
+    if (n) {
+        uint16_t w = 0;
+        memcpy(&w, p, 1);
+        acc += w;
+    }
+    return acc;
+}
+
+static uint16_t fold(uint64_t acc) {
+    while (acc >> 16)
+        acc = (acc & 0xFFFF) + (acc >> 16);
+    return (uint16_t)acc;
+}
+
+/* The pseudo header of TCP/UDP over IPv4, for a transport length of len. */
+static uint64_t pseudo(const unsigned char *ip, unsigned proto, size_t len) {
+    uint64_t acc = sum_bytes(ip + 12, 8, 0);
+    return acc + htons((uint16_t)proto) + htons((uint16_t)len);
+}
+
+static void ip_checksum(unsigned char *ip, size_t ihl) {
+    ip[10] = ip[11] = 0;
+    uint16_t c = (uint16_t)~fold(sum_bytes(ip, ihl, 0));
+    memcpy(ip + 10, &c, 2);
+}
+
+static uint16_t get16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static void put16(unsigned char *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static uint32_t get32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static void put32(unsigned char *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+/* ---- the engine ---- */
+
+typedef struct {
+    struct iovec iov[3]; /* [RFC 3519 header], headers, payload */
+    struct sockaddr_in to;
+    unsigned char hdr[HDRMAX];
+} OutSlot;
+
 typedef struct {
     PyObject_HEAD
     int tun_fd, raw_fd, udp_fd;
     int route_off, accept_off; /* 12 = inner source, 16 = inner destination */
+    int vnet;                  /* the TUN carries virtio headers: TSO in, merged segments out */
     Table route, accept;
     unsigned long long out, in, no_route, spoofed, malformed, send_errors, write_errors;
-    int last_send_errno;
+    unsigned long long tso_reads, merged_writes;
     unsigned char *bufs; /* BATCH buffers of BUFSZ */
-    struct mmsghdr raw_msgs[BATCH], udp_msgs[BATCH];
-    struct iovec raw_iov[BATCH], udp_iov[BATCH][2];
-    struct sockaddr_in raw_to[BATCH], udp_to[BATCH];
+    OutSlot *slots;      /* 2 * MAXOUT: raw, then UDP */
+    struct mmsghdr *msgs; /* 2 * MAXOUT */
+    unsigned n_raw, n_udp;
+    struct iovec rx_iov[BATCH];
+    struct mmsghdr rx_msgs[BATCH];
 } Engine;
 
 static int parse_addr(PyObject *obj, uint32_t *out, const char *what) {
@@ -171,10 +255,13 @@ static int parse_addr(PyObject *obj, uint32_t *out, const char *what) {
 }
 
 static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"tun_fd", "raw_fd", "udp_fd", "route_offset", "accept_offset", NULL};
+    static char *kw[] = {"tun_fd", "raw_fd", "udp_fd", "route_offset", "accept_offset",
+                         "vnet_hdr", NULL};
     self->udp_fd = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiii", kw, &self->tun_fd, &self->raw_fd,
-                                     &self->udp_fd, &self->route_off, &self->accept_off))
+    self->vnet = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiii|p", kw, &self->tun_fd, &self->raw_fd,
+                                     &self->udp_fd, &self->route_off, &self->accept_off,
+                                     &self->vnet))
         return -1;
     if ((self->route_off != 12 && self->route_off != 16) ||
         (self->accept_off != 12 && self->accept_off != 16)) {
@@ -184,7 +271,9 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
     if (!self->bufs) {
         /* Virtual memory: only the pages packets touch become resident. */
         self->bufs = PyMem_RawMalloc((size_t)BATCH * BUFSZ);
-        if (!self->bufs) {
+        self->slots = PyMem_RawCalloc(2 * MAXOUT, sizeof(OutSlot));
+        self->msgs = PyMem_RawCalloc(2 * MAXOUT, sizeof(struct mmsghdr));
+        if (!self->bufs || !self->slots || !self->msgs) {
             PyErr_NoMemory();
             return -1;
         }
@@ -196,10 +285,11 @@ static void Engine_dealloc(Engine *self) {
     PyMem_Free(self->route.slots);
     PyMem_Free(self->accept.slots);
     PyMem_RawFree(self->bufs);
+    PyMem_RawFree(self->slots);
+    PyMem_RawFree(self->msgs);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* set(table, key or None, addr[, port]) helpers */
 static PyObject *do_set(Table *t, PyObject *key, PyObject *addr, int port) {
     uint32_t a, k = 0;
     if (port < 0 || port > 65535)
@@ -255,97 +345,327 @@ static PyObject *Engine_del_accept(Engine *self, PyObject *key) {
     return do_del(&self->accept, key);
 }
 
+static PyObject *Engine_set_udp_fd(Engine *self, PyObject *arg) {
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < -1 || fd > INT_MAX)
+        return PyErr_Format(PyExc_ValueError, "bad file descriptor %ld", fd);
+    self->udp_fd = (int)fd;
+    Py_RETURN_NONE;
+}
+
+/* ---- TUN -> tunnel ---- */
+
 /* Send msgs[0..n) with sendmmsg; a message that fails is counted and skipped. */
-static void flush(Engine *self, int fd, struct mmsghdr *msgs, unsigned int n) {
-    unsigned int done = 0;
+static void send_all(Engine *self, int fd, struct mmsghdr *msgs, unsigned n) {
+    unsigned done = 0;
     while (done < n) {
         int r = sendmmsg(fd, msgs + done, n - done, MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
-            self->send_errors++;
-            self->last_send_errno = errno;
-            done++; /* e.g. no route to this care-of address: drop it, send the rest */
+            self->send_errors++; /* e.g. no route to this care-of address: drop it */
+            done++;
             continue;
         }
-        self->out += (unsigned int)r;
-        done += (unsigned int)r;
+        self->out += (unsigned)r;
+        done += (unsigned)r;
     }
 }
 
-/* TUN -> tunnel: returns the number of packets read. */
+static void flush_out(Engine *self) {
+    if (self->n_raw)
+        send_all(self, self->raw_fd, self->msgs, self->n_raw);
+    if (self->n_udp)
+        send_all(self, self->udp_fd, self->msgs + MAXOUT, self->n_udp);
+    self->n_raw = self->n_udp = 0;
+}
+
+/* Queue one tunnel packet: headers (copied into the slot) then a payload slice. */
+static unsigned char *queue(Engine *self, const Entry *e, const unsigned char *hdr, size_t hlen,
+                            const unsigned char *payload, size_t plen) {
+    int udp = e->port != 0;
+    unsigned idx = udp ? MAXOUT + self->n_udp++ : self->n_raw++;
+    OutSlot *o = &self->slots[idx];
+    struct msghdr *h = &self->msgs[idx].msg_hdr;
+    int k = 0;
+    memcpy(o->hdr, hdr, hlen);
+    if (udp) {
+        o->iov[k].iov_base = (void *)TUNNEL_DATA_HEADER;
+        o->iov[k++].iov_len = sizeof TUNNEL_DATA_HEADER;
+    }
+    o->iov[k].iov_base = o->hdr;
+    o->iov[k++].iov_len = hlen;
+    if (plen) {
+        o->iov[k].iov_base = (void *)payload;
+        o->iov[k++].iov_len = plen;
+    }
+    memset(&o->to, 0, sizeof o->to);
+    o->to.sin_family = AF_INET;
+    o->to.sin_addr.s_addr = e->addr;
+    o->to.sin_port = htons(e->port);
+    memset(h, 0, sizeof *h);
+    h->msg_name = &o->to;
+    h->msg_namelen = sizeof o->to;
+    h->msg_iov = o->iov;
+    h->msg_iovlen = (size_t)k;
+    return o->hdr;
+}
+
+/* Cut a TSO aggregate (IPv4/TCP, gso_size = mss) into segments with full checksums. */
+static void queue_segments(Engine *self, const Entry *e, const unsigned char *ip, size_t len,
+                           size_t mss) {
+    size_t ihl = (size_t)(ip[0] & 0x0F) * 4;
+    size_t thl = (size_t)(ip[ihl + 12] >> 4) * 4;
+    size_t hlen = ihl + thl, payload = len - hlen;
+    uint16_t id = get16(ip + 4);
+    uint32_t seq = get32(ip + ihl + 4);
+    uint8_t flags = ip[ihl + 13];
+    for (size_t off = 0, i = 0; off < payload; off += mss, i++) {
+        size_t seg = payload - off < mss ? payload - off : mss;
+        int last = off + seg >= payload;
+        unsigned char *h = queue(self, e, ip, hlen, ip + hlen + off, seg);
+        unsigned char *th = h + ihl;
+        put16(h + 2, (uint16_t)(hlen + seg));
+        put16(h + 4, (uint16_t)(id + i));
+        ip_checksum(h, ihl);
+        put32(th + 4, seq + (uint32_t)off);
+        th[13] = (uint8_t)(flags & ~(last ? 0 : TCP_FIN | TCP_PSH) & ~(i ? TCP_CWR : 0));
+        th[16] = th[17] = 0;
+        uint64_t acc = pseudo(h, 6, thl + seg);
+        acc = sum_bytes(th, thl, acc);
+        uint16_t c = (uint16_t)~fold(sum_bytes(ip + hlen + off, seg, acc));
+        memcpy(th + 16, &c, 2);
+    }
+}
+
+/* Read one batch from TUN; returns the number of reads. */
 static PyObject *Engine_pump_tun(Engine *self, PyObject *Py_UNUSED(ignored)) {
-    unsigned int n_raw = 0, n_udp = 0, n = 0;
-    while (n < BATCH) {
-        unsigned char *buf = self->bufs + (size_t)n * BUFSZ;
-        ssize_t len = read(self->tun_fd, buf, BUFSZ);
-        if (len < 0) {
+    unsigned reads = 0, b = 0;
+    size_t skip = self->vnet ? VNET : 0;
+    while (reads < BATCH) {
+        unsigned char *buf = self->bufs + (size_t)b * BUFSZ;
+        ssize_t r = read(self->tun_fd, buf, BUFSZ);
+        if (r < 0) {
             if (errno == EINTR)
                 continue;
             break; /* EAGAIN: drained */
         }
-        n++; /* this buffer now holds a packet until the flush below */
-        if (len < 20 || buf[0] >> 4 != 4) {
+        reads++;
+        if ((size_t)r < skip + 20 || buf[skip] >> 4 != 4) {
             self->malformed++;
             continue;
         }
+        unsigned char *ip = buf + skip;
+        size_t len = (size_t)r - skip;
         uint32_t key;
-        memcpy(&key, buf + self->route_off, 4);
+        memcpy(&key, ip + self->route_off, 4);
         const Entry *e = table_find(&self->route, key);
         if (!e || (e->port && self->udp_fd < 0)) {
             self->no_route++;
             continue;
         }
-        struct sockaddr_in *to;
-        struct msghdr *h;
-        if (e->port == 0) {
-            to = &self->raw_to[n_raw];
-            self->raw_iov[n_raw].iov_base = buf;
-            self->raw_iov[n_raw].iov_len = (size_t)len;
-            h = &self->raw_msgs[n_raw].msg_hdr;
-            h->msg_iov = &self->raw_iov[n_raw];
-            h->msg_iovlen = 1;
-            n_raw++;
-        } else {
-            to = &self->udp_to[n_udp];
-            self->udp_iov[n_udp][0].iov_base = (void *)TUNNEL_DATA_HEADER;
-            self->udp_iov[n_udp][0].iov_len = sizeof TUNNEL_DATA_HEADER;
-            self->udp_iov[n_udp][1].iov_base = buf;
-            self->udp_iov[n_udp][1].iov_len = (size_t)len;
-            h = &self->udp_msgs[n_udp].msg_hdr;
-            h->msg_iov = self->udp_iov[n_udp];
-            h->msg_iovlen = 2;
-            n_udp++;
+        uint8_t vflags = 0, gso = GSO_NONE;
+        uint16_t gso_size = 0, cstart = 0, coff = 0;
+        if (skip) {
+            vflags = buf[0];
+            gso = buf[1] & (uint8_t)~GSO_ECN;
+            memcpy(&gso_size, buf + 4, 2);
+            memcpy(&cstart, buf + 6, 2);
+            memcpy(&coff, buf + 8, 2);
         }
-        memset(to, 0, sizeof *to);
-        to->sin_family = AF_INET;
-        to->sin_addr.s_addr = e->addr;
-        to->sin_port = htons(e->port);
-        h->msg_name = to;
-        h->msg_namelen = sizeof *to;
-        h->msg_control = NULL;
-        h->msg_controllen = 0;
-        h->msg_flags = 0;
+        size_t ihl = (size_t)(ip[0] & 0x0F) * 4;
+        if (ihl < 20 || ihl > len) {
+            self->malformed++;
+            continue;
+        }
+        if (gso == GSO_TCPV4) {
+            size_t thl = len > ihl + 13 ? (size_t)(ip[ihl + 12] >> 4) * 4 : 0;
+            size_t segs = gso_size ? (len - ihl - thl + gso_size - 1) / gso_size : 0;
+            if (ip[9] != 6 || thl < 20 || ihl + thl > HDRMAX || len <= ihl + thl ||
+                gso_size < 8 || segs > MAXOUT) {
+                self->malformed++;
+                continue;
+            }
+            if ((e->port ? self->n_udp : self->n_raw) + segs > MAXOUT)
+                flush_out(self);
+            self->tso_reads++;
+            queue_segments(self, e, ip, len, gso_size);
+        } else if (gso != GSO_NONE) {
+            self->malformed++; /* not offered: the kernel segments everything else */
+            continue;
+        } else {
+            if (vflags & F_NEEDS_CSUM) {
+                /* Locally sent and not yet summed (TUN_F_CSUM): finish it here. */
+                if ((size_t)cstart + coff + 2 > len) {
+                    self->malformed++;
+                    continue;
+                }
+                uint16_t c = (uint16_t)~fold(sum_bytes(ip + cstart, len - cstart, 0));
+                if (c == 0 && ip[9] == 17)
+                    c = 0xFFFF; /* UDP: 0 means "no checksum" */
+                memcpy(ip + cstart + coff, &c, 2);
+            }
+            if ((e->port ? self->n_udp : self->n_raw) + 1 > MAXOUT)
+                flush_out(self);
+            size_t h = len < HDRMAX ? len : ihl;
+            queue(self, e, ip, h, ip + h, len - h);
+        }
+        if (++b == BATCH) {
+            flush_out(self);
+            b = 0;
+        }
     }
-    if (n_raw)
-        flush(self, self->raw_fd, self->raw_msgs, n_raw);
-    if (n_udp)
-        flush(self, self->udp_fd, self->udp_msgs, n_udp);
-    return PyLong_FromUnsignedLong(n);
+    flush_out(self);
+    return PyLong_FromUnsignedLong(reads);
 }
 
-/* raw IP-in-IP socket -> TUN: returns the number of packets received. */
+/* ---- tunnel -> TUN ---- */
+
+typedef struct {
+    const unsigned char *first; /* IPv4 header of the first segment */
+    size_t hlen, mss, total;    /* headers; payload of the first; payload so far */
+    uint32_t next_seq;
+    unsigned n;
+    int closed; /* a short or PSH segment ends the run */
+    int psh;
+    struct iovec iov[MAXAGG + 2];
+    unsigned char vh[VNET];
+    unsigned char hdr[HDRMAX];
+} Agg;
+
+static void write_tun(Engine *self, struct iovec *iov, int n) {
+    if (writev(self->tun_fd, iov, n) < 0)
+        self->write_errors++;
+}
+
+/* One packet, as it came (the kernel checks its sums), or marked valid if we did. */
+static void write_one(Engine *self, const unsigned char *ip, size_t len, int verified) {
+    unsigned char vh[VNET] = {0};
+    struct iovec iov[2] = {{vh, VNET}, {(void *)ip, len}};
+    if (!self->vnet) {
+        write_tun(self, iov + 1, 1);
+        return;
+    }
+    if (verified)
+        vh[0] = F_DATA_VALID;
+    write_tun(self, iov, 2);
+}
+
+static void agg_flush(Engine *self, Agg *a) {
+    if (!a->n)
+        return;
+    if (a->n == 1) {
+        write_one(self, a->first, a->hlen + a->total, 1);
+        a->n = 0;
+        return;
+    }
+    /* One TCP packet of n segments: the receiving stack sees what GRO would have
+     * made, and its checksum is marked partial (each segment's was verified). */
+    size_t ihl = (size_t)(a->first[0] & 0x0F) * 4;
+    unsigned char *h = a->hdr, *th = h + ihl;
+    memcpy(h, a->first, a->hlen);
+    put16(h + 2, (uint16_t)(a->hlen + a->total));
+    ip_checksum(h, ihl);
+    if (a->psh)
+        th[13] |= TCP_PSH;
+    uint16_t c = fold(pseudo(h, 6, a->hlen - ihl + a->total));
+    memcpy(th + 16, &c, 2);
+    uint16_t gso_size = (uint16_t)a->mss, hl = (uint16_t)a->hlen, cs = (uint16_t)ihl,
+             co = 16;
+    memset(a->vh, 0, VNET);
+    a->vh[0] = F_NEEDS_CSUM;
+    a->vh[1] = GSO_TCPV4;
+    memcpy(a->vh + 2, &hl, 2);
+    memcpy(a->vh + 4, &gso_size, 2);
+    memcpy(a->vh + 6, &cs, 2);
+    memcpy(a->vh + 8, &co, 2);
+    a->iov[0].iov_base = a->vh;
+    a->iov[0].iov_len = VNET;
+    a->iov[1].iov_base = h;
+    a->iov[1].iov_len = a->hlen;
+    write_tun(self, a->iov, (int)a->n + 2);
+    self->merged_writes++;
+    a->n = 0;
+}
+
+/* Is this a TCP data segment we may merge: plain IPv4 header, ACK (and PSH) only,
+ * payload present, and its checksum right?  Returns its header length or 0. */
+static size_t mergeable(const unsigned char *ip, size_t len) {
+    if ((ip[0] & 0x0F) != 5 || ip[9] != 6 || (get16(ip + 6) & 0x3FFF) || get16(ip + 2) != len ||
+        len < 40)
+        return 0;
+    size_t thl = (size_t)(ip[32] >> 4) * 4;
+    if (thl < 20 || 20 + thl >= len || 20 + thl > HDRMAX)
+        return 0;
+    if ((ip[33] & ~(TCP_ACK | TCP_PSH)) || !(ip[33] & TCP_ACK))
+        return 0;
+    if (fold(sum_bytes(ip + 20, len - 20, pseudo(ip, 6, len - 20))) != 0xFFFF)
+        return 0;
+    return 20 + thl;
+}
+
+static int same_flow(const Agg *a, const unsigned char *ip, size_t hlen) {
+    const unsigned char *f = a->first;
+    return hlen == a->hlen && !memcmp(f + 12, ip + 12, 8) && /* addresses */
+           f[1] == ip[1] && f[8] == ip[8] && (f[6] & 0x40) == (ip[6] & 0x40) &&
+           !memcmp(f + 20, ip + 20, 4) &&            /* ports */
+           !memcmp(f + 28, ip + 28, 4) &&            /* acknowledgement */
+           !memcmp(f + 34, ip + 34, 2) &&            /* window */
+           !memcmp(f + 40, ip + 40, hlen - 40);      /* options, timestamps included */
+}
+
+static void deliver(Engine *self, Agg *a, const unsigned char *ip, size_t len) {
+    if (!self->vnet) {
+        write_one(self, ip, len, 0);
+        return;
+    }
+    size_t hlen = mergeable(ip, len);
+    if (!hlen) {
+        agg_flush(self, a);
+        write_one(self, ip, len, 0);
+        return;
+    }
+    size_t plen = len - hlen;
+    uint32_t seq = get32(ip + 24);
+    if (a->n && !a->closed && a->n < MAXAGG && plen <= a->mss && seq == a->next_seq &&
+        a->hlen + a->total + plen <= 65535 && same_flow(a, ip, hlen)) {
+        a->iov[2 + a->n].iov_base = (void *)(ip + hlen);
+        a->iov[2 + a->n].iov_len = plen;
+        a->n++;
+        a->total += plen;
+        a->next_seq = seq + (uint32_t)plen;
+        a->psh = (ip[33] & TCP_PSH) != 0;
+        a->closed = plen < a->mss || a->psh;
+        return;
+    }
+    agg_flush(self, a);
+    a->first = ip;
+    a->hlen = hlen;
+    a->mss = plen;
+    a->total = plen;
+    a->next_seq = seq + (uint32_t)plen;
+    a->n = 1;
+    a->psh = a->closed = (ip[33] & TCP_PSH) != 0;
+    a->iov[2].iov_base = (void *)(ip + hlen);
+    a->iov[2].iov_len = plen;
+}
+
+/* The raw IP-in-IP socket -> TUN: returns the number of packets received. */
 static PyObject *Engine_pump_raw(Engine *self, PyObject *Py_UNUSED(ignored)) {
     unsigned long total = 0;
+    Agg a;
+    a.n = 0;
     for (int round = 0; round < RAW_ROUNDS; round++) {
-        for (unsigned int i = 0; i < BATCH; i++) {
-            self->raw_iov[i].iov_base = self->bufs + (size_t)i * BUFSZ;
-            self->raw_iov[i].iov_len = BUFSZ;
-            memset(&self->raw_msgs[i].msg_hdr, 0, sizeof(struct msghdr));
-            self->raw_msgs[i].msg_hdr.msg_iov = &self->raw_iov[i];
-            self->raw_msgs[i].msg_hdr.msg_iovlen = 1;
+        for (unsigned i = 0; i < BATCH; i++) {
+            self->rx_iov[i].iov_base = self->bufs + (size_t)i * BUFSZ;
+            self->rx_iov[i].iov_len = BUFSZ;
+            memset(&self->rx_msgs[i].msg_hdr, 0, sizeof(struct msghdr));
+            self->rx_msgs[i].msg_hdr.msg_iov = &self->rx_iov[i];
+            self->rx_msgs[i].msg_hdr.msg_iovlen = 1;
         }
-        int r = recvmmsg(self->raw_fd, self->raw_msgs, BATCH, MSG_DONTWAIT, NULL);
+        int r = recvmmsg(self->raw_fd, self->rx_msgs, BATCH, MSG_DONTWAIT, NULL);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -354,7 +674,7 @@ static PyObject *Engine_pump_raw(Engine *self, PyObject *Py_UNUSED(ignored)) {
         total += (unsigned long)r;
         for (int i = 0; i < r; i++) {
             const unsigned char *buf = self->bufs + (size_t)i * BUFSZ;
-            size_t len = self->raw_msgs[i].msg_len;
+            size_t len = self->rx_msgs[i].msg_len;
             size_t ihl = (size_t)(buf[0] & 0x0F) * 4;
             if (len < 20 || ihl < 20 || len < ihl + 20 || buf[ihl] >> 4 != 4) {
                 self->malformed++;
@@ -368,32 +688,35 @@ static PyObject *Engine_pump_raw(Engine *self, PyObject *Py_UNUSED(ignored)) {
                 self->spoofed++; /* RFC 3024: only from the registered tunnel end */
                 continue;
             }
-            if (write(self->tun_fd, buf + ihl, len - ihl) < 0)
-                self->write_errors++;
-            else
-                self->in++;
+            self->in++;
+            deliver(self, &a, buf + ihl, len - ihl);
         }
+        agg_flush(self, &a); /* the next recvmmsg reuses the buffers */
         if (r < BATCH)
             break;
     }
     return PyLong_FromUnsignedLong(total);
 }
 
-static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
-    return Py_BuildValue("{sKsKsKsKsKsKsK}", "out", self->out, "in", self->in,
-                         "dropped_no_route", self->no_route, "dropped_spoofed", self->spoofed,
-                         "malformed", self->malformed, "send_errors", self->send_errors,
-                         "write_errors", self->write_errors);
+/* A packet checked by the caller (RFC 3519 UDP tunnel data) into TUN. */
+static PyObject *Engine_write(Engine *self, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    unsigned long long before = self->write_errors;
+    write_one(self, b.buf, (size_t)b.len, 0);
+    PyBuffer_Release(&b);
+    if (self->write_errors == before)
+        self->in++;
+    Py_RETURN_NONE;
 }
 
-static PyObject *Engine_set_udp_fd(Engine *self, PyObject *arg) {
-    long fd = PyLong_AsLong(arg);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    if (fd < -1 || fd > INT_MAX)
-        return PyErr_Format(PyExc_ValueError, "bad file descriptor %ld", fd);
-    self->udp_fd = (int)fd;
-    Py_RETURN_NONE;
+static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsK}", "out", self->out, "in", self->in,
+                         "dropped_no_route", self->no_route, "dropped_spoofed", self->spoofed,
+                         "malformed", self->malformed, "send_errors", self->send_errors,
+                         "write_errors", self->write_errors, "tso_reads", self->tso_reads,
+                         "merged_writes", self->merged_writes);
 }
 
 static PyMethodDef Engine_methods[] = {
@@ -407,10 +730,10 @@ static PyMethodDef Engine_methods[] = {
     {"del_accept", (PyCFunction)Engine_del_accept, METH_O, "del_accept(key or None)"},
     {"pump_tun", (PyCFunction)Engine_pump_tun, METH_NOARGS, "TUN -> tunnel, one batch"},
     {"pump_raw", (PyCFunction)Engine_pump_raw, METH_NOARGS, "IP-in-IP -> TUN, a few batches"},
+    {"write", (PyCFunction)Engine_write, METH_O, "write(packet): into TUN, already checked"},
     {"counters", (PyCFunction)Engine_counters, METH_NOARGS, "packet counters"},
     {NULL, NULL, 0, NULL},
 };
-
 static PyTypeObject EngineType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "app.net._fastpath.Engine",
