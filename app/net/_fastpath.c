@@ -39,6 +39,7 @@
 #define F_DATA_VALID 2
 #define GSO_NONE 0
 #define GSO_TCPV4 1
+#define GSO_UDP_L4 5
 #define GSO_ECN 0x80
 
 #define TCP_FIN 0x01
@@ -231,7 +232,7 @@ typedef struct {
     int vnet;                  /* the TUN carries virtio headers: TSO in, merged segments out */
     Table route, accept;
     unsigned long long out, in, no_route, spoofed, malformed, send_errors, write_errors;
-    unsigned long long tso_reads, merged_writes;
+    unsigned long long tso_reads, merged_writes, tun_wakeups, raw_wakeups;
     unsigned char *bufs; /* BATCH buffers of BUFSZ */
     OutSlot *slots;      /* 2 * MAXOUT: raw, then UDP */
     struct mmsghdr *msgs; /* 2 * MAXOUT */
@@ -444,6 +445,7 @@ static void queue_segments(Engine *self, const Entry *e, const unsigned char *ip
 static PyObject *Engine_pump_tun(Engine *self, PyObject *Py_UNUSED(ignored)) {
     unsigned reads = 0, b = 0;
     size_t skip = self->vnet ? VNET : 0;
+    self->tun_wakeups++;
     while (reads < BATCH) {
         unsigned char *buf = self->bufs + (size_t)b * BUFSZ;
         ssize_t r = read(self->tun_fd, buf, BUFSZ);
@@ -525,10 +527,11 @@ static PyObject *Engine_pump_tun(Engine *self, PyObject *Py_UNUSED(ignored)) {
 
 typedef struct {
     const unsigned char *first; /* IPv4 header of the first segment */
+    unsigned proto;             /* 6 TCP, 17 UDP */
     size_t hlen, mss, total;    /* headers; payload of the first; payload so far */
-    uint32_t next_seq;
+    uint32_t next_seq;          /* TCP */
     unsigned n;
-    int closed; /* a short or PSH segment ends the run */
+    int closed; /* a short (or TCP PSH) segment ends the run */
     int psh;
     struct iovec iov[MAXAGG + 2];
     unsigned char vh[VNET];
@@ -561,26 +564,34 @@ static void agg_flush(Engine *self, Agg *a) {
         a->n = 0;
         return;
     }
-    /* One TCP packet of n segments: the receiving stack sees what GRO would have
-     * made, and its checksum is marked partial (each segment's was verified). */
-    size_t ihl = (size_t)(a->first[0] & 0x0F) * 4;
-    unsigned char *h = a->hdr, *th = h + ihl;
+    /* One packet of n segments, as GRO would have made it: the receiving stack
+     * takes it whole (TCP) or splits it itself (UDP), and its checksum is marked
+     * partial (each segment's was verified). */
+    unsigned char *h = a->hdr, *l4 = h + 20;
+    uint16_t l4len = (uint16_t)(a->hlen - 20 + a->total);
     memcpy(h, a->first, a->hlen);
     put16(h + 2, (uint16_t)(a->hlen + a->total));
-    ip_checksum(h, ihl);
-    if (a->psh)
-        th[13] |= TCP_PSH;
-    uint16_t c = fold(pseudo(h, 6, a->hlen - ihl + a->total));
-    memcpy(th + 16, &c, 2);
-    uint16_t gso_size = (uint16_t)a->mss, hl = (uint16_t)a->hlen, cs = (uint16_t)ihl,
-             co = 16;
+    ip_checksum(h, 20);
+    uint16_t csum_offset;
     memset(a->vh, 0, VNET);
+    if (a->proto == 6) {
+        if (a->psh)
+            l4[13] |= TCP_PSH;
+        csum_offset = 16;
+        a->vh[1] = GSO_TCPV4;
+    } else {
+        put16(l4 + 4, l4len);
+        csum_offset = 6;
+        a->vh[1] = GSO_UDP_L4;
+    }
+    uint16_t c = fold(pseudo(h, a->proto, l4len));
+    memcpy(l4 + csum_offset, &c, 2);
+    uint16_t gso_size = (uint16_t)a->mss, hl = (uint16_t)a->hlen, cs = 20;
     a->vh[0] = F_NEEDS_CSUM;
-    a->vh[1] = GSO_TCPV4;
     memcpy(a->vh + 2, &hl, 2);
     memcpy(a->vh + 4, &gso_size, 2);
     memcpy(a->vh + 6, &cs, 2);
-    memcpy(a->vh + 8, &co, 2);
+    memcpy(a->vh + 8, &csum_offset, 2);
     a->iov[0].iov_base = a->vh;
     a->iov[0].iov_len = VNET;
     a->iov[1].iov_base = h;
@@ -590,11 +601,21 @@ static void agg_flush(Engine *self, Agg *a) {
     a->n = 0;
 }
 
-/* Is this a TCP data segment we may merge: plain IPv4 header, ACK (and PSH) only,
- * payload present, and its checksum right?  Returns its header length or 0. */
+/* May this packet be merged: a plain IPv4 header, not a fragment, TCP with ACK
+ * (and PSH) only or UDP, payload present, checksum right?  Returns the length
+ * of its headers, or 0. */
 static size_t mergeable(const unsigned char *ip, size_t len) {
-    if ((ip[0] & 0x0F) != 5 || ip[9] != 6 || (get16(ip + 6) & 0x3FFF) || get16(ip + 2) != len ||
-        len < 40)
+    if ((ip[0] & 0x0F) != 5 || (get16(ip + 6) & 0x3FFF) || get16(ip + 2) != len || len < 29)
+        return 0;
+    if (ip[9] == 17) {
+        if (get16(ip + 24) != len - 20)
+            return 0;
+        if (get16(ip + 26) && /* 0: sent without a checksum */
+            fold(sum_bytes(ip + 20, len - 20, pseudo(ip, 17, len - 20))) != 0xFFFF)
+            return 0;
+        return 28;
+    }
+    if (ip[9] != 6 || len < 41)
         return 0;
     size_t thl = (size_t)(ip[32] >> 4) * 4;
     if (thl < 20 || 20 + thl >= len || 20 + thl > HDRMAX)
@@ -608,12 +629,13 @@ static size_t mergeable(const unsigned char *ip, size_t len) {
 
 static int same_flow(const Agg *a, const unsigned char *ip, size_t hlen) {
     const unsigned char *f = a->first;
-    return hlen == a->hlen && !memcmp(f + 12, ip + 12, 8) && /* addresses */
-           f[1] == ip[1] && f[8] == ip[8] && (f[6] & 0x40) == (ip[6] & 0x40) &&
-           !memcmp(f + 20, ip + 20, 4) &&            /* ports */
-           !memcmp(f + 28, ip + 28, 4) &&            /* acknowledgement */
-           !memcmp(f + 34, ip + 34, 2) &&            /* window */
-           !memcmp(f + 40, ip + 40, hlen - 40);      /* options, timestamps included */
+    if (hlen != a->hlen || f[9] != ip[9] || memcmp(f + 12, ip + 12, 12) || /* addresses, ports */
+        f[1] != ip[1] || f[8] != ip[8] || (f[6] & 0x40) != (ip[6] & 0x40))
+        return 0;
+    return a->proto == 17 ||
+           (!memcmp(f + 28, ip + 28, 4) &&        /* acknowledgement */
+            !memcmp(f + 34, ip + 34, 2) &&        /* window */
+            !memcmp(f + 40, ip + 40, hlen - 40)); /* options, timestamps included */
 }
 
 static void deliver(Engine *self, Agg *a, const unsigned char *ip, size_t len) {
@@ -628,26 +650,30 @@ static void deliver(Engine *self, Agg *a, const unsigned char *ip, size_t len) {
         return;
     }
     size_t plen = len - hlen;
-    uint32_t seq = get32(ip + 24);
-    if (a->n && !a->closed && a->n < MAXAGG && plen <= a->mss && seq == a->next_seq &&
-        a->hlen + a->total + plen <= 65535 && same_flow(a, ip, hlen)) {
+    int tcp = ip[9] == 6;
+    uint32_t seq = tcp ? get32(ip + 24) : 0;
+    int psh = tcp && (ip[33] & TCP_PSH);
+    if (a->n && !a->closed && a->n < MAXAGG && plen <= a->mss &&
+        (!tcp || seq == a->next_seq) && a->hlen + a->total + plen <= 65535 &&
+        same_flow(a, ip, hlen)) {
         a->iov[2 + a->n].iov_base = (void *)(ip + hlen);
         a->iov[2 + a->n].iov_len = plen;
         a->n++;
         a->total += plen;
         a->next_seq = seq + (uint32_t)plen;
-        a->psh = (ip[33] & TCP_PSH) != 0;
-        a->closed = plen < a->mss || a->psh;
+        a->psh = psh;
+        a->closed = plen < a->mss || psh;
         return;
     }
     agg_flush(self, a);
     a->first = ip;
+    a->proto = ip[9];
     a->hlen = hlen;
     a->mss = plen;
     a->total = plen;
     a->next_seq = seq + (uint32_t)plen;
     a->n = 1;
-    a->psh = a->closed = (ip[33] & TCP_PSH) != 0;
+    a->psh = a->closed = psh;
     a->iov[2].iov_base = (void *)(ip + hlen);
     a->iov[2].iov_len = plen;
 }
@@ -657,6 +683,7 @@ static PyObject *Engine_pump_raw(Engine *self, PyObject *Py_UNUSED(ignored)) {
     unsigned long total = 0;
     Agg a;
     a.n = 0;
+    self->raw_wakeups++;
     for (int round = 0; round < RAW_ROUNDS; round++) {
         for (unsigned i = 0; i < BATCH; i++) {
             self->rx_iov[i].iov_base = self->bufs + (size_t)i * BUFSZ;
@@ -712,11 +739,12 @@ static PyObject *Engine_write(Engine *self, PyObject *arg) {
 }
 
 static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsK}", "out", self->out, "in", self->in,
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsK}", "out", self->out, "in", self->in,
                          "dropped_no_route", self->no_route, "dropped_spoofed", self->spoofed,
                          "malformed", self->malformed, "send_errors", self->send_errors,
                          "write_errors", self->write_errors, "tso_reads", self->tso_reads,
-                         "merged_writes", self->merged_writes);
+                         "merged_writes", self->merged_writes, "tun_wakeups", self->tun_wakeups,
+                         "raw_wakeups", self->raw_wakeups);
 }
 
 static PyMethodDef Engine_methods[] = {
