@@ -3,8 +3,8 @@
     sudo python benchmarks/tunnel_bench.py [--repeat 3] [--seconds 5]
 
 Two namespaces joined by a veth pair.  In each, a TUN device and the
-project's ``UserspaceTunnel`` (the same class the home agent, foreign agent
-and mobile node use) with the other end as its peer: an IP-in-IP tunnel
+project's ``UserspaceTunnel`` (tests/tunnel_endpoint.py; the class the home
+agent, foreign agent and mobile node use) with the other end as its peer: an IP-in-IP tunnel
 between 10.78.0.1 and 10.78.0.2 over 10.77.0.1 -- 10.77.0.2.  iperf3 runs
 from one namespace to the other, TCP for Gbit/s and UDP with 64-byte payloads
 for packets per second received: over the bare veth, through the tunnel with
@@ -39,26 +39,6 @@ NS = ("tr-bench-a", "tr-bench-b")
 OUTER = ("10.77.0.1", "10.77.0.2")
 INNER = ("10.78.0.1", "10.78.0.2")
 
-ENDPOINT = """
-import asyncio, json, signal, socket, subprocess, sys
-from app.net.ipip import Endpoint, EngineKind, Key, UserspaceTunnel, MTU
-local, peer, mine, theirs, engine = sys.argv[1:6]
-async def main():
-    t = UserspaceTunnel("trbench0", Key.DESTINATION, Key.SOURCE, engine=EngineKind(engine))
-    t.set_route(None, Endpoint(peer))
-    t.set_accept(None, socket.inet_aton(peer))
-    for cmd in (["addr", "add", mine + "/32", "dev", "trbench0"],
-                ["link", "set", "trbench0", "up", "mtu", str(MTU)],
-                ["route", "add", theirs + "/32", "dev", "trbench0", "src", mine]):
-        subprocess.run(["ip", *cmd], check=True)
-    t.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print("READY", t.engine_kind.value, flush=True)
-    await stop.wait()
-    print("STATS", json.dumps(t.stats), flush=True)
-asyncio.run(main())
-"""
 
 
 def sh(*argv: str) -> None:
@@ -116,8 +96,8 @@ def iperf(server_ip: str, seconds: float, udp: bool, kpps: int = 0) -> float:
 
 
 def through_tunnel(engine: str, seconds: float) -> tuple[float, float, dict[str, int]]:
-    ends = [Proc(NS[i], sys.executable, "-c", ENDPOINT, OUTER[i], OUTER[1 - i], INNER[i],
-                 INNER[1 - i], engine) for i in (0, 1)]
+    ends = [Proc(NS[i], sys.executable, "-m", "tests.tunnel_endpoint", OUTER[i], OUTER[1 - i],
+                 INNER[i], INNER[1 - i], engine) for i in (0, 1)]
     try:
         for e in ends:
             line = e.wait("READY")[-1]

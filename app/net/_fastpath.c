@@ -346,6 +346,29 @@ static PyObject *Engine_del_accept(Engine *self, PyObject *key) {
     return do_del(&self->accept, key);
 }
 
+/* The entry a key resolves to (the default if none): (address, port) or None. */
+static PyObject *do_lookup(Table *t, PyObject *key) {
+    uint32_t k = 0;
+    const Entry *e;
+    if (key == Py_None)
+        e = t->has_default ? &t->dflt : NULL;
+    else if (parse_addr(key, &k, "key") < 0)
+        return NULL;
+    else
+        e = table_find(t, k);
+    if (!e)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(y#i)", (const char *)&e->addr, (Py_ssize_t)4, (int)e->port);
+}
+
+static PyObject *Engine_route_of(Engine *self, PyObject *key) {
+    return do_lookup(&self->route, key);
+}
+
+static PyObject *Engine_accept_of(Engine *self, PyObject *key) {
+    return do_lookup(&self->accept, key);
+}
+
 static PyObject *Engine_set_udp_fd(Engine *self, PyObject *arg) {
     long fd = PyLong_AsLong(arg);
     if (fd == -1 && PyErr_Occurred())
@@ -756,6 +779,10 @@ static PyMethodDef Engine_methods[] = {
     {"set_accept", (PyCFunction)Engine_set_accept, METH_VARARGS,
      "set_accept(key or None, outer source): who may tunnel packets with this key to us"},
     {"del_accept", (PyCFunction)Engine_del_accept, METH_O, "del_accept(key or None)"},
+    {"route_of", (PyCFunction)Engine_route_of, METH_O,
+     "route_of(key or None): (outer address, udp port) packets with this key go to, or None"},
+    {"accept_of", (PyCFunction)Engine_accept_of, METH_O,
+     "accept_of(key or None): (outer source, 0) allowed for this key, or None"},
     {"pump_tun", (PyCFunction)Engine_pump_tun, METH_NOARGS, "TUN -> tunnel, one batch"},
     {"pump_raw", (PyCFunction)Engine_pump_raw, METH_NOARGS, "IP-in-IP -> TUN, a few batches"},
     {"write", (PyCFunction)Engine_write, METH_O, "write(packet): into TUN, already checked"},

@@ -1,0 +1,89 @@
+"""The tunnel engines' tables (which outer address an inner address maps to):
+the compiled engine's hash table and the Python engine's dicts, against a model."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.net import ipip
+from app.net.ipip import Engine, PythonEngine
+from tests.requirements import require
+
+
+def _engines() -> Iterator[tuple[str, Engine]]:
+    # Tables do not touch the descriptors; a UDP socket stands in for the raw one.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    yield "python", PythonEngine(-1, sock.fileno(), -1, 16, 12)
+    if ipip._fastpath is not None:
+        yield "compiled", ipip._fastpath.Engine(-1, -1, -1, 16, 12)
+    sock.close()
+
+
+def test_compiled_engine_is_built() -> None:
+    require(ipip.compiled_engine_available(),
+            "app.net._fastpath is not built (pip install -e . with a C compiler builds it)")
+
+
+addresses = st.binary(min_size=4, max_size=4)
+keys = st.one_of(st.none(), st.sampled_from([bytes([10, 20, 1, i]) for i in range(40)]))
+ops = st.lists(st.tuples(st.sampled_from(["set", "del"]), keys, addresses,
+                         st.integers(0, 65535)), max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_tables_agree_with_a_model(operations: list[tuple[str, bytes | None, bytes, int]]
+                                   ) -> None:
+    for name, eng in _engines():
+        routes: dict[bytes | None, tuple[bytes, int]] = {}
+        accepts: dict[bytes | None, tuple[bytes, int]] = {}
+        for op, key, addr, port in operations:
+            if op == "set":
+                eng.set_route(key, addr, port)
+                eng.set_accept(key, addr)
+                routes[key] = (addr, port)
+                accepts[key] = (addr, 0)
+            else:
+                eng.del_route(key)
+                eng.del_accept(key)
+                routes.pop(key, None)
+                accepts.pop(key, None)
+        for i in range(41):
+            key = bytes([10, 20, 1, i])
+            want = routes.get(key, routes.get(None))
+            assert eng.route_of(key) == want, (name, key)
+            assert eng.accept_of(key) == accepts.get(key, accepts.get(None)), (name, key)
+        assert eng.route_of(None) == routes.get(None), name
+
+
+def test_many_bindings_grow_and_shrink() -> None:
+    """100 000 entries (the home agent's target), half removed, then re-added."""
+    for name, eng in _engines():
+        keys = [i.to_bytes(4, "big") for i in range(0x0A000000, 0x0A000000 + 100_000)]
+        for k in keys:
+            eng.set_route(k, k[::-1], 434)
+        for k in keys[::2]:
+            eng.del_route(k)
+        for k in keys[::4]:
+            eng.set_route(k, b"\x01\x02\x03\x04")
+        assert eng.route_of(keys[1]) == (keys[1][::-1], 434), name
+        assert eng.route_of(keys[2]) is None, name
+        assert eng.route_of(keys[4]) == (b"\x01\x02\x03\x04", 0), name
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x01\x02\x03", b"\x01\x02\x03\x04\x05", "10.0.0.1"])
+def test_keys_and_addresses_are_four_bytes(bad: object) -> None:
+    for _name, eng in _engines():
+        if isinstance(eng, PythonEngine):
+            continue  # its callers (UserspaceTunnel) pack addresses themselves
+        with pytest.raises((ValueError, TypeError)):
+            eng.set_route(bad, b"\x01\x02\x03\x04")  # type: ignore[arg-type]
+        with pytest.raises((ValueError, TypeError)):
+            eng.set_accept(b"\x01\x02\x03\x04", bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="port"):
+            eng.set_route(b"\x01\x02\x03\x04", b"\x01\x02\x03\x04", 70000)
