@@ -60,6 +60,8 @@ class UserspaceHomeAgentPlane:
 
     def start(self) -> None:
         self.tunnel.start()
+        log.info("userspace data plane on %s (%s tunnel engine)", self.home_ifname,
+                 self.tunnel.engine_kind.value)
 
     def udp_tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:
         """An RFC 3519 tunnel data message from the HA's port 434."""

@@ -24,6 +24,7 @@ from app.api import BUS_NAME, OBJECT_PATH
 from app.config import ConfigError
 from app.mn import profile as profiles
 from app.net.gate import GateError
+from app.net.ipip import compiled_engine_available
 from app.net.mn_routes import Backend, default_backend
 from app.net.sleep import ResumeWatcher
 from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_agent
@@ -74,8 +75,11 @@ async def serve(args: argparse.Namespace) -> int:
 
     resume = ResumeWatcher(bus, resumed)
     await resume.start()
-    log.info("serving %s (data plane %s)", BUS_NAME, backend.value)
-    print(f"trustroamd: serving {BUS_NAME} (data plane {backend.value})", flush=True)
+    plane = backend.value
+    if backend is Backend.USERSPACE:
+        plane += f", {'compiled' if compiled_engine_available() else 'python'} tunnel engine"
+    log.info("serving %s (data plane %s)", BUS_NAME, plane)
+    print(f"trustroamd: serving {BUS_NAME} (data plane {plane})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
