@@ -1,18 +1,18 @@
 """Lab benchmarks (root): `trustroam-lab up` time, and the userspace tunnel's
 throughput next to the bare path in the same run.
 
-    sudo python benchmarks/lab_bench.py [--ups 5] [--seconds 5]
+    sudo python benchmarks/lab_bench.py [--ups 5] [--seconds 3]
 
-Tunnel: CN -> home address through the home agent's userspace IP-in-IP
-forwarder and the lab MN driver's (mode c on t1).  Bare: CN -> the MN's
-care-of address over the same links, no tunnel.  iperf3 TCP for Gbit/s, iperf3
-UDP with 64-byte payloads for packets per second received.
+Tunnel: to the home address through the home agent's userspace IP-in-IP
+tunnel and the lab MN driver's (mode c on t1), from the CN (the HA forwards:
+two forwarders in series, and the CN -> HA hop) and from the HA itself (one
+tunnel).  Bare: to the MN's care-of address from the same node over the same
+links, no tunnel.  iperf3 as in benchmarks/iperf.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,32 +25,9 @@ sys.path.insert(0, str(ROOT))
 from app.lab.configs import HA, HOME, ha_toml  # noqa: E402
 from app.lab.configs import MN_HA_KEY as KEY  # noqa: E402
 from app.lab.world import Lab  # noqa: E402
-from tests.lab.conftest import mn_address, ns_exec  # noqa: E402
+from benchmarks import iperf  # noqa: E402
+from tests.lab.conftest import mn_address  # noqa: E402
 from tests.lab.procs import Proc  # noqa: E402
-
-RATES_KPPS = (40, 60, 80, 100, 0)
-"""Offered UDP rates (0: unpaced); as in tunnel_bench.py, the best received counts."""
-
-
-def iperf(server_ip: str, seconds: float, udp: bool, kpps: int = 0) -> dict[str, float]:
-    srv = Proc("tr-mn", "iperf3", "-s", "-1", "--forceflush", "-B", server_ip)
-    srv.wait("Server listening")
-    # 4 MiB socket buffers: else iperf3's own receiver drops first.
-    args = ["iperf3", "-c", server_ip, "-t", str(seconds), "-w", "4M", "--json"]
-    if udp:
-        args += ["-u", "-l", "64", "-b", f"{kpps * 64 * 8}K" if kpps else "0"]
-    out = ns_exec("tr-cn", *args, timeout=seconds + 30)
-    srv.stop()
-    end = json.loads(out.stdout)["end"]
-    if udp:
-        s = end["sum"]
-        received = s["packets"] - s["lost_packets"]
-        return {"pps": received / s["seconds"], "lost_pct": s["lost_percent"]}
-    return {"gbit": end["sum_received"]["bits_per_second"] / 1e9}
-
-
-def udp_best(server_ip: str, seconds: float) -> dict[str, float]:
-    return max((iperf(server_ip, seconds, True, k) for k in RATES_KPPS), key=lambda r: r["pps"])
 
 
 def main() -> None:
@@ -77,11 +54,15 @@ def main() -> None:
             mn = Proc("tr-mn", sys.executable, "-m", "tests.lab.mn_driver", "--ha", HA,
                       "--home", HOME, "--key", KEY)
             mn.wait("REGISTERED")
+            paths = (("bare (CN -> care-of address)", "tr-cn", coa),
+                     ("IP-in-IP, two forwarders in series (CN -> HA -> home address)", "tr-cn",
+                      HOME),
+                     ("bare (HA -> care-of address)", "tr-ha", coa),
+                     ("IP-in-IP, one tunnel (HA -> home address)", "tr-ha", HOME))
             try:
-                bare_tcp = iperf(coa, args.seconds, udp=False)
-                tun_tcp = iperf(HOME, args.seconds, udp=False)
-                bare_udp = udp_best(coa, args.seconds)
-                tun_udp = udp_best(HOME, args.seconds)
+                rows = [(name, iperf.tcp_gbit(client, "tr-mn", ip, args.seconds),
+                         iperf.udp_best(client, "tr-mn", ip, args.seconds))
+                        for name, client, ip in paths]
             finally:
                 mn.stop()
                 ha.stop()
@@ -90,12 +71,12 @@ def main() -> None:
     print(f"`trustroam-lab up`: median {statistics.median(ups):.2f} s, "
           f"worst {max(ups):.2f} s over {len(ups)} runs")
     print()
-    print("| path | TCP | UDP 64-byte packets received/s, best offered rate (loss there) |")
+    print("| path | TCP | UDP 64-byte packets received/s, at the best offered rate |")
     print("|---|---:|---:|")
-    print(f"| bare (CN -> care-of address) | {bare_tcp['gbit']:.2f} Gbit/s | "
-          f"{bare_udp['pps']:.0f} ({bare_udp['lost_pct']:.0f} %) |")
-    print(f"| userspace IP-in-IP (CN -> home address) | {tun_tcp['gbit']:.2f} Gbit/s | "
-          f"{tun_udp['pps']:.0f} ({tun_udp['lost_pct']:.0f} %) |")
+    for name, tcp, udp in rows:
+        offered = f"{udp.offered_kpps} k offered" if udp.offered_kpps else "unpaced"
+        print(f"| {name} | {tcp:.2f} Gbit/s | {udp.pps:.0f} ({offered}, "
+              f"{udp.lost_pct:.0f} % lost) |")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,9 @@ between 10.78.0.1 and 10.78.0.2 over 10.77.0.1 -- 10.77.0.2.  iperf3 runs
 from one namespace to the other, TCP for Gbit/s and UDP with 64-byte payloads
 for packets per second received: over the bare veth, through the tunnel with
 the Python engine (the straightforward loop, one syscall per packet) and with
-the compiled one, interleaved in each repetition.  UDP is offered at paced
-rates (60, 80, 100, 120 kpps, then unpaced) and the best rate received counts:
-unpaced, the iperf3 sender takes a whole core of the two and starves the
-forwarders it measures.  iperf3 gets 4 MiB socket buffers (``-w``), else its
-own receiver drops (UdpRcvbufErrors) before the tunnel does.  The median of
-the repetitions is reported.  This is the setting of issue 3's target (>= 80 kpps,
+the compiled one, interleaved in each repetition (benchmarks/iperf.py: UDP
+offered at paced rates, the best received counts).  The median of the
+repetitions is reported.  This is the setting of issue 3's target (>= 80 kpps,
 >= 1 Gbit/s TCP through one tunnel); lab_bench.py measures the lab's longer
 path (CN -> HA -> routers -> MN).
 """
@@ -33,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import iperf  # noqa: E402
 from tests.lab.procs import Proc  # noqa: E402
 
 NS = ("tr-bench-a", "tr-bench-b")
@@ -69,32 +67,6 @@ def teardown() -> None:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-RATES_KPPS = (60, 80, 100, 120, 0)
-"""Offered UDP rates; 0 = as fast as iperf3 can send."""
-
-
-def udp_best(server_ip: str, seconds: float) -> float:
-    """The most 64-byte UDP packets per second received over the offered rates."""
-    return max(iperf(server_ip, seconds, udp=True, kpps=k) for k in RATES_KPPS)
-
-
-def iperf(server_ip: str, seconds: float, udp: bool, kpps: int = 0) -> float:
-    """Gbit/s received (TCP), or packets received per second (UDP, 64-byte payloads)."""
-    srv = Proc(NS[1], "iperf3", "-s", "-1", "--forceflush", "-B", server_ip)
-    srv.wait("Server listening")
-    args = ["ip", "netns", "exec", NS[0], "iperf3", "-c", server_ip, "-t", str(seconds),
-            "-w", "4M", "--json"]
-    if udp:
-        args += ["-u", "-l", "64", "-b", f"{kpps * 64 * 8}K" if kpps else "0"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30, check=True)
-    srv.stop()
-    end = json.loads(out.stdout)["end"]
-    if udp:
-        s = end["sum"]
-        return float((s["packets"] - s["lost_packets"]) / s["seconds"])
-    return float(end["sum_received"]["bits_per_second"] / 1e9)
-
-
 def through_tunnel(engine: str, seconds: float) -> tuple[float, float, dict[str, int]]:
     ends = [Proc(NS[i], sys.executable, "-m", "tests.tunnel_endpoint", OUTER[i], OUTER[1 - i],
                  INNER[i], INNER[1 - i], engine) for i in (0, 1)]
@@ -103,8 +75,8 @@ def through_tunnel(engine: str, seconds: float) -> tuple[float, float, dict[str,
             line = e.wait("READY")[-1]
             if line.split()[-1] != engine:
                 raise SystemExit(f"tunnel_bench: asked for the {engine} engine, got {line}")
-        tcp = iperf(INNER[1], seconds, udp=False)
-        pps = udp_best(INNER[1], seconds)
+        tcp = iperf.tcp_gbit(NS[0], NS[1], INNER[1], seconds)
+        pps = iperf.udp_best(NS[0], NS[1], INNER[1], seconds).pps
     finally:
         stats: dict[str, int] = {}
         for e in ends:
@@ -130,8 +102,8 @@ def main() -> None:
     setup()
     try:
         for _ in range(args.repeat):
-            rows["bare"].append((iperf(OUTER[1], args.seconds, udp=False),
-                                 udp_best(OUTER[1], args.seconds)))
+            rows["bare"].append((iperf.tcp_gbit(NS[0], NS[1], OUTER[1], args.seconds),
+                                 iperf.udp_best(NS[0], NS[1], OUTER[1], args.seconds).pps))
             for engine in ("python", "compiled"):
                 tcp, pps, last_stats[engine] = through_tunnel(engine, args.seconds)
                 rows[engine].append((tcp, pps))

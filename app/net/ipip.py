@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, TypeAlias
 
 from app.net.tun import open_tun
 
@@ -60,23 +60,6 @@ class EngineKind(enum.Enum):
     AUTO = "auto"
     COMPILED = "compiled"
     PYTHON = "python"
-
-
-class Engine(Protocol):
-    """What both engines offer; keys and addresses are packed IPv4 (4 bytes),
-    a key of None is the default entry (used when no other matches)."""
-
-    def set_udp_fd(self, fd: int, /) -> None: ...
-    def set_route(self, key: bytes | None, address: bytes, udp_port: int = 0, /) -> None: ...
-    def del_route(self, key: bytes | None, /) -> None: ...
-    def set_accept(self, key: bytes | None, outer_source: bytes, /) -> None: ...
-    def del_accept(self, key: bytes | None, /) -> None: ...
-    def route_of(self, key: bytes | None, /) -> tuple[bytes, int] | None: ...
-    def accept_of(self, key: bytes | None, /) -> tuple[bytes, int] | None: ...
-    def pump_tun(self) -> int: ...
-    def pump_raw(self) -> int: ...
-    def write(self, packet: bytes, /) -> None: ...
-    def counters(self) -> dict[str, int]: ...
 
 
 class EngineUnavailable(Exception):
@@ -208,6 +191,11 @@ def _grow_buffers(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+
+
+if TYPE_CHECKING:
+    # One interface, stated once in _fastpath.pyi; PythonEngine has the same methods.
+    Engine: TypeAlias = "_fastpath.Engine | PythonEngine"
 
 
 class UserspaceTunnel:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.net import ipip
-from app.net.ipip import Engine, PythonEngine
+from app.net.ipip import PythonEngine
 from tests.requirements import require
+
+if TYPE_CHECKING:
+    from app.net.ipip import Engine
 
 
 def _engines() -> Iterator[tuple[str, Engine]]:
