@@ -67,7 +67,7 @@ def teardown() -> None:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def through_tunnel(engine: str, seconds: float) -> tuple[float, float, dict[str, int]]:
+def through_tunnel(engine: str, seconds: float) -> tuple[float, iperf.Udp, dict[str, int]]:
     ends = [Proc(NS[i], sys.executable, "-m", "tests.tunnel_endpoint", OUTER[i], OUTER[1 - i],
                  INNER[i], INNER[1 - i], engine) for i in (0, 1)]
     try:
@@ -76,7 +76,7 @@ def through_tunnel(engine: str, seconds: float) -> tuple[float, float, dict[str,
             if line.split()[-1] != engine:
                 raise SystemExit(f"tunnel_bench: asked for the {engine} engine, got {line}")
         tcp = iperf.tcp_gbit(NS[0], NS[1], INNER[1], seconds)
-        pps = iperf.udp_best(NS[0], NS[1], INNER[1], seconds).pps
+        udp = iperf.udp_best(NS[0], NS[1], INNER[1], seconds, cpu_of=[e.p.pid for e in ends])
     finally:
         stats: dict[str, int] = {}
         for e in ends:
@@ -86,7 +86,7 @@ def through_tunnel(engine: str, seconds: float) -> tuple[float, float, dict[str,
                     for k, v in json.loads(line[6:]).items():
                         stats[k] = stats.get(k, 0) + v
             e.stop()
-    return tcp, pps, stats
+    return tcp, udp, stats
 
 
 def main() -> None:
@@ -97,29 +97,33 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("tunnel_bench: needs root")
     os.chdir(ROOT)
-    rows: dict[str, list[tuple[float, float]]] = {"bare": [], "python": [], "compiled": []}
+    rows: dict[str, list[tuple[float, iperf.Udp]]] = {"bare": [], "python": [], "compiled": []}
     last_stats: dict[str, dict[str, int]] = {}
     setup()
     try:
         for _ in range(args.repeat):
             rows["bare"].append((iperf.tcp_gbit(NS[0], NS[1], OUTER[1], args.seconds),
-                                 iperf.udp_best(NS[0], NS[1], OUTER[1], args.seconds).pps))
+                                 iperf.udp_best(NS[0], NS[1], OUTER[1], args.seconds)))
             for engine in ("python", "compiled"):
-                tcp, pps, last_stats[engine] = through_tunnel(engine, args.seconds)
-                rows[engine].append((tcp, pps))
+                tcp, udp, last_stats[engine] = through_tunnel(engine, args.seconds)
+                rows[engine].append((tcp, udp))
     finally:
         teardown()
-    print(f"{args.repeat} repetitions of {args.seconds:g} s, median (each run):")
+    print(f"{args.repeat} repetitions of {args.seconds:g} s, median (each run as TCP/UDP):")
     print()
-    print("| path | TCP | UDP 64-byte packets received/s |")
-    print("|---|---:|---:|")
+    print("| path | TCP | UDP 64-byte packets received/s | packets per CPU-second of "
+          "both tunnel ends |")
+    print("|---|---:|---:|---:|")
     names = {"bare": "bare veth", "python": "tunnel, Python engine",
              "compiled": "tunnel, compiled engine"}
     for key, runs in rows.items():
         tcp = statistics.median(r[0] for r in runs)
-        pps = statistics.median(r[1] for r in runs)
-        each = ", ".join(f"{r[0]:.2f}/{r[1] / 1000:.0f}k" for r in runs)
-        print(f"| {names[key]} | {tcp:.2f} Gbit/s | {pps / 1000:.1f} k ({each}) |")
+        pps = statistics.median(r[1].pps for r in runs)
+        per_cpu = [r[1].packets_per_cpu_second for r in runs]
+        cpu = (f"{statistics.median(c for c in per_cpu if c) / 1000:.0f} k"
+               if all(per_cpu) else "-")
+        each = ", ".join(f"{r[0]:.2f}/{r[1].pps / 1000:.0f}k" for r in runs)
+        print(f"| {names[key]} | {tcp:.2f} Gbit/s | {pps / 1000:.1f} k | {cpu} | ({each})")
     print()
     for engine, s in last_stats.items():
         print(f"{engine} engine counters, last run (both ends): {json.dumps(s)}")
