@@ -33,6 +33,8 @@
 #define MAXAGG 64     /* segments merged into one TUN write */
 #define RAW_ROUNDS 4  /* recvmmsg batches per wake-up, then yield to the loop */
 #define HDRMAX 120    /* IPv4 + TCP headers, options included */
+#define FLUSH_BYTES (512 * 1024) /* queued TUN reads flushed beyond this: the buffers
+                                  * that ever hold 64 KiB aggregates stay few (RSS) */
 
 /* virtio_net_hdr fields (native byte order on a legacy TUN). */
 #define F_NEEDS_CSUM 1
@@ -467,7 +469,7 @@ static void queue_segments(Engine *self, const Entry *e, const unsigned char *ip
 /* Read one batch from TUN; returns the number of reads. */
 static PyObject *Engine_pump_tun(Engine *self, PyObject *Py_UNUSED(ignored)) {
     unsigned reads = 0, b = 0;
-    size_t skip = self->vnet ? VNET : 0;
+    size_t skip = self->vnet ? VNET : 0, queued = 0;
     self->tun_wakeups++;
     while (reads < BATCH) {
         unsigned char *buf = self->bufs + (size_t)b * BUFSZ;
@@ -537,9 +539,11 @@ static PyObject *Engine_pump_tun(Engine *self, PyObject *Py_UNUSED(ignored)) {
             size_t h = len < HDRMAX ? len : ihl;
             queue(self, e, ip, h, ip + h, len - h);
         }
-        if (++b == BATCH) {
+        queued += (size_t)r;
+        if (++b == BATCH || queued >= FLUSH_BYTES) {
             flush_out(self);
             b = 0;
+            queued = 0;
         }
     }
     flush_out(self);
