@@ -234,7 +234,7 @@ typedef struct {
     int vnet;                  /* the TUN carries virtio headers: TSO in, merged segments out */
     Table route, accept;
     unsigned long long out, in, no_route, spoofed, malformed, send_errors, write_errors;
-    unsigned long long tso_reads, merged_writes, tun_wakeups, raw_wakeups;
+    unsigned long long tso_reads, merged_writes, tun_wakeups, raw_wakeups, not_ipv4;
     unsigned char *bufs; /* BATCH buffers of BUFSZ */
     OutSlot *slots;      /* 2 * MAXOUT: raw, then UDP */
     struct mmsghdr *msgs; /* 2 * MAXOUT */
@@ -480,7 +480,11 @@ static PyObject *Engine_pump_tun(Engine *self, PyObject *Py_UNUSED(ignored)) {
             break; /* EAGAIN: drained */
         }
         reads++;
-        if ((size_t)r < skip + 20 || buf[skip] >> 4 != 4) {
+        if ((size_t)r > skip && buf[skip] >> 4 != 4) {
+            self->not_ipv4++; /* IPv6 the kernel routes here (solicitations): not ours */
+            continue;
+        }
+        if ((size_t)r < skip + 20) {
             self->malformed++;
             continue;
         }
@@ -766,12 +770,12 @@ static PyObject *Engine_write(Engine *self, PyObject *arg) {
 }
 
 static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsK}", "out", self->out, "in", self->in,
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsK}", "out", self->out, "in", self->in,
                          "dropped_no_route", self->no_route, "dropped_spoofed", self->spoofed,
                          "malformed", self->malformed, "send_errors", self->send_errors,
                          "write_errors", self->write_errors, "tso_reads", self->tso_reads,
                          "merged_writes", self->merged_writes, "tun_wakeups", self->tun_wakeups,
-                         "raw_wakeups", self->raw_wakeups);
+                         "raw_wakeups", self->raw_wakeups, "not_ipv4", self->not_ipv4);
 }
 
 static PyMethodDef Engine_methods[] = {

@@ -83,7 +83,7 @@ class PythonEngine:
         self.routes: dict[bytes | None, tuple[str, int]] = {}
         self.accepts: dict[bytes | None, bytes] = {}
         self._c = dict.fromkeys(("out", "in", "dropped_no_route", "dropped_spoofed",
-                                 "malformed", "send_errors", "write_errors"), 0)
+                                 "malformed", "not_ipv4", "send_errors", "write_errors"), 0)
         self._buf = bytearray(65536)
         self._view = memoryview(self._buf)
 
@@ -135,7 +135,10 @@ class PythonEngine:
             except BlockingIOError:
                 break
             n += 1
-            if len(pkt) < 20 or pkt[0] >> 4 != 4:
+            if pkt and pkt[0] >> 4 != 4:
+                c["not_ipv4"] += 1  # IPv6 the kernel routes here: not ours
+                continue
+            if len(pkt) < 20:
                 c["malformed"] += 1
                 continue
             to = routes.get(pkt[off:off + 4]) or routes.get(None)
