@@ -42,7 +42,6 @@ class UserspaceHomeAgentPlane:
         self.home_ifname: str = home[0]["ifname"]
         link = _ip("-j", "link", "show", "dev", self.home_ifname)[0]
         self.home_mac = bytes.fromhex(str(link["address"]).replace(":", ""))
-        self.endpoints: dict[bytes, Endpoint] = {}
         # Out by the home address (destination); in only from that home address's
         # registered care-of address (RFC 3024: the inner source's binding).
         self.tunnel = UserspaceTunnel(tun_name, Key.DESTINATION, Key.SOURCE,
@@ -67,23 +66,22 @@ class UserspaceHomeAgentPlane:
         """An RFC 3519 tunnel data message from the HA's port 434."""
         if len(inner) < 20 or inner[0] >> 4 != 4:
             return
-        ep = self.endpoints.get(inner[12:16])
-        if ep is None or ep.udp_port is None or ep.address != source[0]:
+        home = inner[12:16]
+        to = self.tunnel.route_of(home)  # the binding's UDP endpoint, kept in the tunnel
+        if to is None or to[1] == 0 or to[0] != socket.inet_aton(source[0]):
             self.tunnel.count_spoofed()
             return
-        if ep.udp_port != source[1]:
+        if to[1] != source[1]:
             # The NAT rebound: follow the mapping of the authenticated binding's address.
-            log.info("%s: NAT mapping moved to %s:%d", socket.inet_ntoa(inner[12:16]), *source)
-            self.endpoints[inner[12:16]] = Endpoint(source[0], source[1])
-            self.tunnel.set_route(inner[12:16], self.endpoints[inner[12:16]])
+            log.info("%s: NAT mapping moved to %s:%d", socket.inet_ntoa(home), *source)
+            self.tunnel.set_route(home, Endpoint(source[0], source[1]))
         self.tunnel.write(inner)  # checked above: the binding's UDP endpoint
 
     def binding_up(self, binding: Binding) -> None:
         key = binding.home_address.packed
-        self.endpoints[key] = (Endpoint(str(binding.source_address), binding.source_port)
-                               if binding.udp_tunnel else Endpoint(str(binding.care_of_address)))
         self._bindings[key] = binding
-        self.tunnel.set_route(key, self.endpoints[key])
+        self.tunnel.set_route(key, Endpoint(str(binding.source_address), binding.source_port)
+                              if binding.udp_tunnel else Endpoint(str(binding.care_of_address)))
         if binding.udp_tunnel:  # its packets come in over UDP 434 (udp_tunnel_data)
             self.tunnel.remove_accept(key)
         else:
@@ -102,7 +100,6 @@ class UserspaceHomeAgentPlane:
 
     def binding_down(self, binding: Binding) -> None:
         key = binding.home_address.packed
-        self.endpoints.pop(key, None)
         self._bindings.pop(key, None)
         self.tunnel.remove_route(key)
         self.tunnel.remove_accept(key)

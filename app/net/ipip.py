@@ -213,7 +213,6 @@ class UserspaceTunnel:
                  udp_socket: socket.socket | None = None, local_address: str | None = None,
                  engine: EngineKind = EngineKind.AUTO) -> None:
         self.tun_name = tun_name
-        self.udp = udp_socket
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
         if local_address is not None:
             # Outer source fixed to this address (an FA's care-of address: RFC 3024
@@ -268,12 +267,15 @@ class UserspaceTunnel:
 
     def attach_udp(self, udp_socket: socket.socket) -> None:
         """RFC 3519 tunnel data leaves from this socket (a home agent's port 434)."""
-        self.udp = udp_socket
         self.engine.set_udp_fd(udp_socket.fileno())
 
     # The tables.  Keys are packed inner addresses; None is the default entry.
     def set_route(self, key: bytes | None, endpoint: Endpoint) -> None:
         self.engine.set_route(key, socket.inet_aton(endpoint.address), endpoint.udp_port or 0)
+
+    def route_of(self, key: bytes | None) -> tuple[bytes, int] | None:
+        """(packed outer address, UDP port or 0) this key's packets go to, if any."""
+        return self.engine.route_of(key)
 
     def remove_route(self, key: bytes | None) -> None:
         self.engine.del_route(key)
