@@ -22,7 +22,7 @@ class KernelHomeAgentPlane:
         self.kernel = KernelIpipTunnels(nl, userspace.ha_address, home_index)
 
     def start(self, udp_socket: socket.socket) -> None:
-        self.userspace.tunnel.udp = udp_socket
+        self.userspace.tunnel.attach_udp(udp_socket)
         self.userspace.start()
 
     def tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:
