@@ -22,22 +22,26 @@ class Lines:
             self._q.put(line)
         self._q.put(None)
 
+    def _next(self, deadline: float) -> str | None:
+        """The next line, recorded in ``seen``; None once closed or at the deadline."""
+        left = deadline - time.monotonic()
+        if self.closed or left <= 0:
+            return None
+        try:
+            line = self._q.get(timeout=left)
+        except queue.Empty:
+            return None
+        if line is None:
+            self.closed = True
+            return None
+        self.seen.append(line)
+        return line
+
     def wait(self, needle: str, timeout: float = 15.0) -> list[str]:
         """Lines up to and including the first containing ``needle``."""
         deadline = time.monotonic() + timeout
         taken: list[str] = []
-        while not self.closed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                line = self._q.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                self.closed = True
-                break
-            self.seen.append(line)
+        while (line := self._next(deadline)) is not None:
             taken.append(line)
             if needle in line:
                 return taken
@@ -47,13 +51,6 @@ class Lines:
     def rest(self, timeout: float = 5.0) -> list[str]:
         """Every line until the stream closes (the writer exited); all lines seen."""
         deadline = time.monotonic() + timeout
-        while not self.closed and time.monotonic() < deadline:
-            try:
-                line = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                self.closed = True
-                break
-            self.seen.append(line)
+        while self._next(deadline) is not None:
+            pass
         return self.seen
