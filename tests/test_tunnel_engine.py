@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -179,7 +180,6 @@ c.sendall(data); c.close()
 """, timeout=60)
     got = server.wait("GOT", timeout=30)[-1].split()
     server.stop()
-    import random
     data = random.Random(7).randbytes(8 << 20)
     assert got[1:] == [str(len(data)), hashlib.sha256(data).hexdigest()]
     a, b = tunnel.stats(0), tunnel.stats(1)

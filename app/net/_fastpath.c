@@ -45,12 +45,8 @@
 #define GSO_ECN 0x80
 
 #define TCP_FIN 0x01
-#define TCP_SYN 0x02
-#define TCP_RST 0x04
 #define TCP_PSH 0x08
 #define TCP_ACK 0x10
-#define TCP_URG 0x20
-#define TCP_ECE 0x40
 #define TCP_CWR 0x80
 
 static const unsigned char TUNNEL_DATA_HEADER[4] = {4, 4, 0, 0}; /* RFC 3519 */
