@@ -267,7 +267,17 @@ class AccessModeMachine:
         while (ev := self.client.next_event()) is not None:
             seen = True
             if isinstance(ev, Registered) and link is not None and not link.lost:
-                mode = Mode.FOREIGN_AGENT if self._via_fa else Mode.COLOCATED
+                # The mode is what the home agent bound, not what we meant to ask:
+                # a late renewal of an older binding must not open this link.
+                if ev.care_of_address == link.address.ip:
+                    mode = Mode.COLOCATED
+                elif link.fa is not None and ev.care_of_address == link.fa.care_of_address:
+                    mode = Mode.FOREIGN_AGENT
+                else:
+                    self._actions.append(Note("stale-binding",
+                                              f"the home agent bound {ev.care_of_address}, "
+                                              "not an address of this link"))
+                    continue
                 first = self.phase is not State.TRUSTED or self.mode is not mode
                 self.last_handover_ms = (now - link.since) * 1000 if first else (
                     self.last_handover_ms)
