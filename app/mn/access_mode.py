@@ -39,6 +39,9 @@ from app.mn.registration import (
 )
 from app.net.gate_rules import ProvenPath
 
+BINDING_RAN_OUT = ("the home agent stopped answering: the binding ran out with no renewal "
+                   "accepted")
+
 # -- events -------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -323,8 +326,10 @@ class AccessModeMachine:
                                               "the home agent did not answer the renewal; "
                                               "trying again until the binding runs out"))
                     self.client.register(self.client.binding.care_of_address, now)
-                elif link is not None:
-                    self._leave(State.UNTRUSTED, None)
+                elif self.phase is State.TRUSTED and link is not None and not link.lost:
+                    self._leave(State.UNTRUSTED, BINDING_RAN_OUT)  # ran out this same step
+                elif link is not None and self.phase is not State.UNTRUSTED:
+                    self._leave(State.UNTRUSTED, None)  # (keeps the reason it had)
             elif isinstance(ev, Denied) and self._via_fa and self.phase is State.TRUSTED and (
                     link is not None):
                 # The FA path was refused but the co-located binding still stands:
@@ -336,8 +341,7 @@ class AccessModeMachine:
             elif isinstance(ev, Denied):
                 self._leave(State.ERROR, ev.text)
             elif isinstance(ev, BindingLost):
-                self._leave(State.UNTRUSTED, "the home agent stopped answering: the binding "
-                                             "ran out with no renewal accepted")
+                self._leave(State.UNTRUSTED, BINDING_RAN_OUT)
         return seen
 
     # -- the gate and the paths --------------------------------------------------

@@ -88,6 +88,7 @@ class MobileNodeDriver:
         self._answer_seen: object = None
         self._probe_started: float | None = None
         self._trusted_now = False
+        self._gate_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- inputs (any thread-free caller on the loop) -------------------------------
@@ -199,8 +200,10 @@ class MobileNodeDriver:
                 self._history(a.kind, {"text": a.text})
             elif isinstance(a, am.Gate):
                 self._history("gate", {"blocked": str(a.path is None).lower(),
+                                       "at": f"{self._gate_at:.6f}",
                                        **({"interface": a.path.iface,
-                                           "address": str(a.path.link_address)}
+                                           "address": str(a.path.link_address),
+                                           "mode": a.path.mode.value}
                                           if a.path else {})})
         if self._trusted_now and self._probe_started is not None:
             # Handover: link up (or re-probe) until the new path is configured and open.
@@ -213,6 +216,7 @@ class MobileNodeDriver:
             await self.routes.finish()
 
     async def _gate(self, path: ProvenPath | None) -> None:
+        self._gate_at = self.clock()  # just before the rules change (history, tests)
         if self.gate is not None:
             await self.gate.decide(path)
         if path is None:
