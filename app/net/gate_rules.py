@@ -11,7 +11,8 @@ While undecided (probing, untrusted, error, offline) only this leaves any
 interface but loopback: DHCP from the client port to the server port, the
 registration request to the configured home agent's port 434, agent
 solicitation to all-routers or the limited broadcast, and IKE/NAT-T/ESP to
-the configured VPN gateways.  Forwarded traffic (containers, virtual machines,
+the configured VPN gateways.  IPv6 never leaves a managed link: RFC 5266 is an
+IPv4 design, and an IPv6 path would bypass both Mobile IP and the VPN.  Forwarded traffic (containers, virtual machines,
 a shared connection) leaves only by a proven path.
 
 Rendered as one ``inet`` table that :mod:`app.net.gate` replaces whole in one
@@ -100,8 +101,9 @@ def proven_rules(policy: GatePolicy, path: ProvenPath | None) -> tuple[list[str]
         fwd.append(f"oifname {t} accept")
     if path.foreign_agent is not None:
         out.append(f"oifname {i} ip daddr {path.foreign_agent} udp dport {MIP_PORT} accept")
-    # A proven trusted link carries its own IPv6 as before; never an undecided one.
-    out.append(f"oifname {i} meta nfproto ipv6 accept")
+    # No IPv6 on a managed link, even a proven one: nothing in it is keyed to the
+    # decision (link-local addresses and old prefixes survive a move), so its first
+    # packets on a new network would leave before the helper shuts the gate.
     return out, fwd
 
 

@@ -31,6 +31,7 @@ from app.lab.configs import CN, HA, HOME, fa_toml, ha_toml, write_helper_files
 from app.lab.topology import MN, MN_IFACE, SWITCH
 from app.lab.world import LabState
 from tests.dbus_client import call, run_as
+from tests.haproc import env
 from tests.lab.conftest import mn_address, ns_exec
 from tests.lab.procs import Proc
 from tests.requirements import TSHARK, require_tshark
@@ -205,7 +206,7 @@ def proven_ok(f: dict[str, str], address: str, mode: str) -> bool:
     if f["eth.type"] == "0x0806":
         return f["arp.src.proto_ipv4"] != HOME or mode == "h"
     if f["eth.type"] == "0x86dd":
-        return True  # a proven trusted link carries its IPv6 (app/net/gate_rules.py)
+        return False  # never on a managed link (app/net/gate_rules.py says why)
     return f["ip.src"] == address or (mode in ("h", "f") and f["ip.src"] == HOME)
 
 
@@ -326,10 +327,9 @@ def test_rfc5944_4_6_no_arp_for_the_home_address_after_leaving_home(lab, world):
 
 def test_renewal_timeout_shuts_the_gate_and_says_why(lab, world):
     require_tshark()
-    bus = str(world["bus"])
-    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus}
+    ctl_env = {**env(), "DBUS_SYSTEM_BUS_ADDRESS": str(world["bus"])}
     t = time.time()
-    out = subprocess.run([sys.executable, "-m", "app.ctl", "connect", "short"], env=env,
+    out = subprocess.run([sys.executable, "-m", "app.ctl", "connect", "short"], env=ctl_env,
                          capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     # On t1 since the last test: the new profile's probe there gives mode c.  (A
@@ -369,7 +369,7 @@ def test_renewal_timeout_shuts_the_gate_and_says_why(lab, world):
     bad = [f for f in after if not undecided_ok(f)]
     assert after and not bad, (addr, bad[:10])
     t = time.time()
-    subprocess.run([sys.executable, "-m", "app.ctl", "connect", "corp"], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "app.ctl", "connect", "corp"], env=ctl_env, check=True,
                    capture_output=True, timeout=30)
     wait_state(world, t, "trusted", "c")
 
@@ -388,3 +388,42 @@ def test_gate_drops_normal_traffic_while_probing_20_times(lab, world):
         assert "REFUSED 40" in out.stdout, (i, out.stdout, out.stderr)
         lab.move("t1")
         wait_state(world, t, "trusted", "c")
+
+
+def _gate_table() -> subprocess.CompletedProcess[str]:
+    return ns_exec(MN, "nft", "list", "table", "inet", "trustroam_gate")
+
+
+def test_the_gate_is_installed_before_anything_else_and_outlives_the_helper(lab, world):
+    bus_env = {**env(), "DBUS_SYSTEM_BUS_ADDRESS": str(world["bus"])}
+    refused = subprocess.run(["ip", "netns", "exec", MN, sys.executable, "-m", "app.ctl",
+                              "release-gate"], env=bus_env, capture_output=True, text=True,
+                             timeout=30, check=False)
+    assert refused.returncode == 1 and "trustroamd is running" in refused.stderr, refused
+    helper = world["helper"]
+    assert isinstance(helper, Proc)
+    helper.p.kill()  # no clean-up runs: the table must stay
+    helper.p.wait(10)
+    assert _gate_table().returncode == 0
+    lab.move("pub")
+    mn_address(prefix="203.0.113.")
+    out = ns_exec(MN, sys.executable, "-c",
+                  "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                  "try: s.sendto(b'x',('10.20.1.99',9999)); print('SENT')\n"
+                  "except PermissionError: print('REFUSED')\n")
+    assert "REFUSED" in out.stdout, out
+    released = subprocess.run(["ip", "netns", "exec", MN, sys.executable, "-m", "app.ctl",
+                               "release-gate"], env=bus_env, capture_output=True, text=True,
+                              timeout=30, check=False)
+    assert released.returncode == 0, released.stderr
+    assert _gate_table().returncode != 0
+    # A helper that cannot even reach its bus has installed the gate first.
+    d = Path(str(world["dir"]))
+    failing = subprocess.run(["ip", "netns", "exec", MN, sys.executable, "-m",
+                              "app.service.daemon", "--profiles-dir", str(d / "profiles"),
+                              "--connect", "corp"],
+                             env={**env(), "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent"},
+                             capture_output=True, text=True, timeout=30, check=False)
+    assert failing.returncode != 0 and "Traceback" not in failing.stderr, failing.stderr
+    assert _gate_table().returncode == 0, "the gate was not installed first"
+    ns_exec(MN, sys.executable, "-m", "app.ctl", "release-gate")
