@@ -124,7 +124,7 @@ class Registered:
     expires_at: float
     """When the request that was answered was sent, plus the granted lifetime."""
     rtt: float
-    """Seconds from the request that was answered to its reply."""
+    """Seconds from the request that was answered (its first copy) to its reply."""
     renewal: bool
     udp_tunnel: bool
     keepalive_interval: int
@@ -208,6 +208,8 @@ class RegistrationClient:
         self.binding: Registered | None = None
         self.last_answer: tuple[float, float] | None = None
         """(round trip, time) of the last authenticated reply: the home agent's probe."""
+        self._rtt: float | None = None
+        """The last round trip measured: timeouts are at least twice it (3.6.3)."""
         self._renew_at: float | None = None
         self._renewal: _Attempt | None = None
         """The attempt that made the binding: renewals repeat it."""
@@ -284,6 +286,7 @@ class RegistrationClient:
             a.unverified_code = rep.code  # a forged or mis-keyed reply cannot end it
             return
         mhae = mhaes[0]
+        self._rtt = now - a.first_sent
         if self.config.replay is ReplayMode.NONCE:
             # 5.7.2: every authenticated reply carries the nonce for our next request.
             self._ha_nonce = ident.high(rep.identification)
@@ -299,7 +302,7 @@ class RegistrationClient:
             self._repair(a, now)
             return
         self._attempt = None
-        self.last_answer = (now - a.last_sent, now)
+        self.last_answer = (now - a.first_sent, now)
         if not is_accepted(rep.code):
             self._events.append(Denied(rep.code, describe(rep.code), a.via))
             self._after_failure(now)
@@ -320,7 +323,7 @@ class RegistrationClient:
         # granted; a home agent must not grant more than asked, so never believe more.
         granted = min(rep.lifetime, a.lifetime)
         start = a.first_sent
-        self.binding = Registered(a.care_of, granted, start + granted, now - a.last_sent,
+        self.binding = Registered(a.care_of, granted, start + granted, now - start,
                                   renewal, utr is not None and utr.code < 64,
                                   utr.keepalive_interval if utr else 0, a.via)
         self._renew_at = start + granted * self.config.renew_fraction
@@ -379,7 +382,7 @@ class RegistrationClient:
             # request through it asks no more (the caller decides when to retry).
             self._fa_lifetime[a.via] = rep.lifetime
         self._attempt = None
-        self.last_answer = (now - a.last_sent, now)
+        self.last_answer = (now - a.first_sent, now)
         self._events.append(Denied(rep.code, describe(rep.code), a.via))
         self._after_failure(now)
 
@@ -404,15 +407,24 @@ class RegistrationClient:
 
     def _start(self, a: _Attempt, now: float) -> None:
         a.started = now
-        a.timeout = min(max(MIN_RETRANSMIT_INTERVAL, self.config.initial_timeout),
-                        self._max_timeout(a))
+        a.timeout = self._first_timeout(a)
         self._attempt = a
         self._send_new(a, now)
 
+    def _first_timeout(self, a: _Attempt) -> float:
+        # 3.6.3: at least 1 s, and at least twice the round trip plus 100 ms of
+        # processing once a reply has told us what the round trip is.
+        t = max(MIN_RETRANSMIT_INTERVAL, self.config.initial_timeout)
+        if self._rtt is not None:
+            t = max(t, 2 * self._rtt + 0.1)
+        return min(t, self._max_timeout(a))
+
     def _repair(self, a: _Attempt, now: float) -> None:
         """A new request at once after a 133 told us how to fix it: the agent is
-        there, so this is not a retransmission; the backoff carries on from here."""
+        there, so this is a new registration, not a retransmission."""
         a.repairs += 1
+        a.copies = 0
+        a.timeout = max(a.timeout, self._first_timeout(a))
         self._send_new(a, now)
 
     def _retransmit(self, a: _Attempt, now: float) -> None:
