@@ -190,7 +190,7 @@ def test_rfc5944_3_6_2_3_registers_at_the_next_attempt_after_133(ahead):
     link = Link(c, ha)
     c.register(COA, T0)
     link.run(T0, T0 + 0.5)
-    assert [code for _, code in link.replies] == [133, 0]
+    assert [code for _, code in link.replies] == [133, 1]
     assert isinstance(link.events[-1][1], Registered)
 
 
@@ -202,11 +202,11 @@ def test_rfc5944_3_6_2_3_identification_floor_is_the_last_accepted_one():
     link = Link(c, ha)
     c.register(COA, T0)
     link.run(T0, T0 + 0.1)
-    assert [code for _, code in link.replies] == [0]
+    assert [code for _, code in link.replies] == [1]
     c.clock_offset = 3600.0
     c.register(COA, T0 + 10)
     link.run(T0 + 10, T0 + 10.5)
-    assert [code for _, code in link.replies] == [0, 133, 0]
+    assert [code for _, code in link.replies] == [1, 133, 1]
 
 
 def test_rfc5944_3_6_2_3_nonce_resync_uses_the_home_agents_nonce():
@@ -214,7 +214,7 @@ def test_rfc5944_3_6_2_3_nonce_resync_uses_the_home_agents_nonce():
     link = Link(c, ha)
     c.register(COA, T0)
     link.run(T0, T0 + 0.1)
-    assert [code for _, code in link.replies] == [133, 0]
+    assert [code for _, code in link.replies] == [133, 1]
     second = RegistrationRequest.decode(link.sent[1][1].data)
     assert ident.high(second.identification) == 500
 
