@@ -215,7 +215,7 @@ def test_strangers_client_built_with_scapy_is_served(tmp_path):
         wire = append_authenticator(fixed, 32, 256, KEY_A, Algorithm.HMAC_MD5)
         reply = ha.exchange(wire)
         p = UDP(bytes(UDP(sport=434, dport=434) / Raw(load=reply)))[MobileIPRRP]
-        assert p.code == 0 and p.lifetime == 120 and p.homeaddr == "10.20.1.10"
+        assert p.code == 1 and p.lifetime == 120 and p.homeaddr == "10.20.1.10"
         auth = RegistrationReply.decode(reply).mobile_home_auth
         assert auth is not None and verify(Algorithm.HMAC_MD5, KEY_A, auth.covered,
                                            auth.authenticator)
