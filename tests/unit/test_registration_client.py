@@ -177,3 +177,42 @@ def test_through_a_foreign_agent_no_d_bit():
     d = c.datagrams_to_send()[0]
     assert d.destination == (A("10.40.1.1"), 434)
     assert d.data[1] & 0x20 == 0 and d.data[1] & 0x02  # no D, T set
+
+
+def test_profile_keys_replay_udp_tunnelling_and_probe_defaults():
+    from app.config import ConfigError
+    from app.mn import profile
+    from app.mn.registration import UdpTunnelling
+
+    base = ('name = "p"\nhome_address = "10.20.1.10"\nhome_network = "10.20.1.0/24"\n'
+            'home_agent = "10.20.1.1"\nspi = 256\n')
+    p = profile.loads(base)
+    assert (p.replay, p.udp_tunnelling) == (ReplayMode.TIMESTAMP, UdpTunnelling.AUTO)
+    assert (p.initial_timeout, p.retries, p.decision_seconds) == (1.0, 2, 7.0)
+    cfg = profile.loads(base + 'replay = "nonce"\nudp_tunnelling = "force"\n').registration(
+        KEY_A)
+    assert cfg.replay is ReplayMode.NONCE and cfg.udp_tunnelling is UdpTunnelling.FORCE
+    again = profile.loads(profile.dumps(profile.loads(base + 'udp_tunnelling = "off"\n')))
+    assert again.udp_tunnelling is UdpTunnelling.OFF
+    with pytest.raises(ConfigError, match=r"probe.initial_timeout.*at least 1 s.*3\.6\.3"):
+        profile.loads(base + "[probe]\ninitial_timeout = 0.3\n")
+    with pytest.raises(ConfigError, match=r"udp_tunnelling.*'auto'"):
+        profile.loads(base + 'udp_tunnelling = "yes"\n')
+
+
+def test_reregister_renews_now_and_timeout_through_fa_names_it():
+    # RFC 3519 4.10: the driver calls reregister() when keepalives go unanswered.
+    c, ha = client(), HomeAgent(config())
+    assert not c.reregister(T0)
+    c.register(COA, T0)
+    pump(c, ha, T0)
+    assert c.reregister(T0 + 5) and c.state is State.RENEWING
+    [ev] = pump(c, ha, T0 + 5)
+    assert isinstance(ev, Registered) and ev.renewal and ev.expires_at == T0 + 105
+    fa = A("10.40.1.1")
+    c.register(fa, T0 + 6, via=fa, lifetime=60)
+    c.datagrams_to_send()
+    while not (evs := pump(c, None, c.get_timer())):
+        c.handle_timer(c.get_timer())
+    assert isinstance(evs[-1], TimedOut) and evs[-1].via == fa
+    assert c.state is State.REGISTERED  # the direct binding still stands: fall back to it
