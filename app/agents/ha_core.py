@@ -199,6 +199,17 @@ class HomeAgent:
             at = exts.index(mhae)
             r.protected, fa_exts = exts[:at], exts[at + 1:]
         nai = next((e.nai for e in r.protected if isinstance(e, NaiExtension)), None)
+        # The FA's authenticator is checked now but acted on after the identification
+        # (3.8.2.1c); a valid one means every reply, 131 and 133 included, carries
+        # one for the FA, which would otherwise turn it into a 68.
+        fa = self._fa_of(r)
+        fhaes = [e for e in fa_exts if isinstance(e, AuthExtension)
+                 and e.ext_type == ExtType.FOREIGN_HOME_AUTH] if fa_exts else []
+        fa_problem: str | None = None
+        if fa is not None:
+            fa_problem = self._fhae_problem(fa, fhaes)
+            if fa_problem is None:
+                r.fa = fa
 
         # 3.8.2.1a: which mobile node, and is it really that one
         if req.home_address == UNSPECIFIED:
@@ -259,24 +270,11 @@ class HomeAgent:
 
         # 3.8.2.1c/d: the foreign agent's authenticator, required for registrations
         # (lifetime != 0) relayed by an FA we share a key with; never from one we don't.
-        fa = self._fa_of(r)
-        fhaes = [e for e in fa_exts if isinstance(e, AuthExtension)
-                 and e.ext_type == ExtType.FOREIGN_HOME_AUTH]
-        if fa is not None and (req.lifetime != 0 or fhaes):
-            if len(fhaes) != 1:
-                what = "no foreign-home authenticator" if not fhaes else (
-                    f"{len(fhaes)} foreign-home authenticators (exactly one allowed)")
-                return self._deny(r, ReplyCode.HA_FA_AUTH_FAILED, now,
-                                  f"{what} from FA {fa.care_of_address}",
-                                  identification=reply_id)
-            fhae = fhaes[0]
-            if fhae.spi != fa.spi or len(fhae.authenticator) != AUTHENTICATOR_LEN or not (
-                    verify(fa.algorithm, fa.key, fhae.covered, fhae.authenticator)):
-                return self._deny(r, ReplyCode.HA_FA_AUTH_FAILED, now,
-                                  f"foreign-home authenticator of FA {fa.care_of_address} "
-                                  "does not verify", identification=reply_id)
-            r.fa = fa
-        elif fa is None and fhaes:
+        if fa is not None and (req.lifetime != 0 or fhaes) and fa_problem is not None:
+            return self._deny(r, ReplyCode.HA_FA_AUTH_FAILED, now,
+                              f"{fa_problem} from FA {fa.care_of_address}",
+                              identification=reply_id)
+        if fa is None and fhaes:
             return self._discard(r, f"foreign-home authenticator from {r.source[0]}, an "
                                     "agent this home agent shares no key with")
         # From here on the request is authentic and fresh: remember it, so the
@@ -381,6 +379,18 @@ class HomeAgent:
                         " via UDP tunnel" if udp else "", " (NAT)" if nat else "", lifetime,
                         f" (asked {requested})" if lifetime != requested else "",
                         describe(code)), self._at_home(r))
+
+    @staticmethod
+    def _fhae_problem(fa: ForeignAgentSA, fhaes: list[AuthExtension]) -> str | None:
+        """Why the request's Foreign-Home authentication fails, or None if it holds."""
+        if len(fhaes) != 1:
+            return "no foreign-home authenticator" if not fhaes else (
+                f"{len(fhaes)} foreign-home authenticators (exactly one allowed)")
+        fhae = fhaes[0]
+        if fhae.spi != fa.spi or len(fhae.authenticator) != AUTHENTICATOR_LEN or not verify(
+                fa.algorithm, fa.key, fhae.covered, fhae.authenticator):
+            return "foreign-home authenticator does not verify"
+        return None
 
     def _at_home(self, r: _Request) -> bool:
         # A request from the home address itself can only come from the home link.

@@ -249,3 +249,41 @@ def test_rfc5944_1_9_unknown_skippable_advertisement_extension_skipped():
     assert adv.care_of_addresses == (FA,) and adv.prefix_lengths == (24,)
 
 
+
+
+@pytest.mark.parametrize("replay", ["timestamp", "nonce"])
+def test_rfc5944_3_7_3_1_resync_through_an_fa_sharing_keys_with_the_ha(replay):
+    # The 133 that a first nonce request (or a wrong clock) earns must reach the
+    # mobile node through an FA that checks the HA's Foreign-Home authenticator.
+    from app.mn.registration import (
+        Registered,
+        RegistrationClient,
+        RegistrationConfig,
+        ReplayMode,
+    )
+    from tests.mipclient import KEY_B
+    from tests.unit.test_ha_core import BOB
+
+    f = fa_with_sa()
+    ha = HomeAgent(config(foreign_agents=(ForeignAgentSA(FA, 900, Algorithm.HMAC_MD5,
+                                                         FA_KEY),)))
+    if replay == "nonce":
+        cfg = RegistrationConfig(BOB, HA, 257, Algorithm.KEYED_MD5, KEY_B, lifetime=100,
+                                 replay=ReplayMode.NONCE)
+    else:
+        cfg = RegistrationConfig(ALICE, HA, 256, Algorithm.HMAC_MD5, KEY_A, lifetime=100)
+    c = RegistrationClient(cfg)
+    if replay == "timestamp":
+        c.clock_offset = 3600.0
+    c.register(FA, T0, via=FA, lifetime=100)
+    codes = []
+    for _ in range(3):
+        for d in c.datagrams_to_send():
+            for up in to_ha(f.from_mobile_node(d.data, (cfg.home_address, 434), T0, ttl=d.ttl)):
+                out = ha.handle_request(up, (A("10.0.0.11"), 434), T0)
+                for a in f.from_home_agent(out.reply, (HA, 434), T0).actions:
+                    if isinstance(a, ToMobileNode):
+                        codes.append(RegistrationReply.decode(a.data).code)
+                        c.receive(a.data, T0)
+    assert codes == [133, 1]
+    assert isinstance(c.next_event(), Registered)
