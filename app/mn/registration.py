@@ -249,12 +249,15 @@ class RegistrationClient:
 
     def deregister(self, now: float, *, at_home: bool = True) -> None:
         """Lifetime 0; at home the care-of address is the home address (RFC 5944 3.6.1.2)."""
-        coa = self.config.home_address if at_home or self.binding is None else (
-            self.binding.care_of_address)
+        b = None if at_home else self.binding
+        coa = self.config.home_address if b is None else b.care_of_address
+        via = None if b is None else b.via
         self.state = State.DEREGISTERING
         self._renew_at = None
-        source = self.config.home_address if at_home else coa
-        self._start(_Attempt(coa, 0, RegFlags(0), None, (), source), now)
+        # 3.6.1.1: from the home address at home or through the FA that holds the
+        # binding, from the co-located care-of address otherwise.
+        source = coa if b is not None and via is None else self.config.home_address
+        self._start(_Attempt(coa, 0, RegFlags(0), via, (), source), now)
 
     def reregister(self, now: float) -> bool:
         """Renew the current binding now, e.g. when the NAT mapping may have changed

@@ -216,3 +216,21 @@ def test_reregister_renews_now_and_timeout_through_fa_names_it():
         c.handle_timer(c.get_timer())
     assert isinstance(evs[-1], TimedOut) and evs[-1].via == fa
     assert c.state is State.REGISTERED  # the direct binding still stands: fall back to it
+
+
+def test_deregistration_away_goes_where_the_binding_was_made():
+    c, ha = client(), HomeAgent(config())
+    fa = A("10.40.1.1")
+    c.register(fa, T0, via=fa, lifetime=60)
+    d = c.datagrams_to_send()[0]
+    c.receive(ha.handle_request(d.data, (fa, 434), T0).reply, T0)
+    assert isinstance(c.next_event(), Registered)
+    c.deregister(T0 + 1, at_home=False)
+    [dd] = c.datagrams_to_send()
+    assert dd.destination == (fa, 434) and dd.source == ALICE  # through the FA
+    c2 = client()
+    c2.register(COA, T0)
+    pump(c2, HomeAgent(config()), T0)
+    c2.deregister(T0 + 1, at_home=False)
+    [d2] = c2.datagrams_to_send()
+    assert d2.destination == (HA, 434) and d2.source == COA
