@@ -30,7 +30,8 @@ ALL_ROUTERS = "224.0.0.2"
 """Where RFC 1256 hosts (and our helper) send Router Solicitations."""
 MOBILE_AGENTS = "224.0.0.11"
 """RFC 5944 2.3: every mobility agent processes what is sent to this group."""
-IP_RECVTTL = 12  # linux/in.h; the socket module does not export it
+IP_RECVTTL = 12  # linux/in.h; the socket module exports neither
+IP_PKTINFO = 8
 _TTL_SPACE = socket.CMSG_SPACE(4)
 
 
@@ -45,6 +46,7 @@ class ForeignAgentServer:
         self._icmp: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        self._to_visitors: list[tuple[int, int, bytes]] = []
 
     def start(self) -> None:
         cfg = self.core.config
@@ -73,6 +75,12 @@ class ForeignAgentServer:
                 log.warning("cannot join %s on %s: %s", group, cfg.interface, exc.strerror)
         icmp.setblocking(False)
         self._icmp = icmp
+        # Replies to mobile nodes go out on the visitor link whatever the routing
+        # table says about their home addresses (RFC 5944 3.7.2.3: the destination
+        # is the home address; a denied node has no visitor route yet).
+        self._to_visitors = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack(
+            "=i4s4s", socket.if_nametoindex(cfg.interface), cfg.care_of_address.packed,
+            b"\0" * 4))]
         self._loop.add_reader(udp.fileno(), self._udp_readable)
         self._loop.add_reader(icmp.fileno(), self._icmp_readable)
         if self.plane is not None:
@@ -162,7 +170,7 @@ class ForeignAgentServer:
                 if isinstance(a, ToHomeAgent):
                     self._udp.sendto(a.data, (str(a.home_agent), 434))
                 elif isinstance(a, ToMobileNode):
-                    self._udp.sendto(a.data, (str(a.address), a.port))
+                    self._udp.sendmsg([a.data], self._to_visitors, 0, (str(a.address), a.port))
                 elif isinstance(a, VisitorUp) and self.plane is not None:
                     self.plane.visitor_up(a.visitor)
                 elif isinstance(a, VisitorDown) and self.plane is not None:
