@@ -320,7 +320,10 @@ class RegistrationClient:
             self._events.append(Deregistered())
             return
         protected = rep.extensions[:rep.extensions.index(mhae)]
-        utr = next((e for e in protected if isinstance(e, UdpTunnelReply)), None)
+        # RFC 3519 4.4: tunnel over UDP only if we asked and the home agent assented.
+        asked = any(isinstance(e, UdpTunnelRequest) for e in a.extensions)
+        utr = next((e for e in protected if isinstance(e, UdpTunnelReply)), None) if asked else (
+            None)
         renewal = self.state is State.RENEWING
         # 3.6.2.2: the timer runs from when the request was sent, for what was
         # granted; a home agent must not grant more than asked, so never believe more.

@@ -250,3 +250,14 @@ def test_rfc3519_3_2_assent_codes_below_64():
                                    Algorithm.HMAC_MD5), T0)
     ev = c.next_event()
     assert isinstance(ev, Registered) and ev.udp_tunnel
+
+
+def test_rfc3519_4_7_no_udp_tunnelling_unless_requested():
+    c = _client("off")
+    c.register(A(COA), T0)
+    i = RegistrationRequest.decode(c.datagrams_to_send()[0].data).identification
+    msg = RegistrationReply(1, 100, ALICE, HA, i, (UdpTunnelReply(),)).encode()
+    c.receive(append_authenticator(msg, ExtType.MOBILE_HOME_AUTH, 256, KEY_A,
+                                   Algorithm.HMAC_MD5), T0)
+    ev = c.next_event()
+    assert isinstance(ev, Registered) and not ev.udp_tunnel
