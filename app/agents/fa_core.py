@@ -171,7 +171,8 @@ class ForeignAgent:
         if self.config.reverse_tunnel_required and not flags & RegFlags.T.value:
             return self._deny(res, req, source, ReplyCode.FA_REVERSE_TUNNEL_MANDATORY,
                               "reverse tunnelling is required here", now=now)
-        if flags & RegFlags.T.value and ttl is not None and ttl != REQUEST_TTL:
+        if (flags & RegFlags.T.value and ttl is not None and ttl != REQUEST_TTL
+                and self.config.require_ttl_255):
             return self._deny(res, req, source, ReplyCode.FA_MN_TOO_DISTANT,
                               f"reverse tunnel requested with IP TTL {ttl}, not 255", now=now)
         if flags & RegFlags.T.value and not self.config.reverse_tunnelling:

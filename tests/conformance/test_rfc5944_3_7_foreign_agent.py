@@ -287,3 +287,9 @@ def test_rfc5944_3_7_3_1_resync_through_an_fa_sharing_keys_with_the_ha(replay):
                         c.receive(a.data, T0)
     assert codes == [133, 1]
     assert isinstance(c.next_event(), Registered)
+
+
+def test_rfc3024_4_2_1_ttl_check_can_be_turned_off_for_nonconformant_nodes(mn):
+    res = fa(require_ttl_255=False).from_mobile_node(
+        mn.request(FA, lifetime=100, flags=RegFlags.T), MN_SRC, T0, ttl=64)
+    assert to_ha(res)
