@@ -96,7 +96,7 @@ def test_nat_detected_udp_tunnel(ha, alice):
 def test_deregistration(ha, alice):
     register(ha, alice, alice.request(COA))
     rep = register(ha, alice, alice.request(COA, lifetime=0))
-    assert rep.code == 0 and rep.lifetime == 0
+    assert rep.code == 1 and rep.lifetime == 0
     assert ha.bindings() == []
 
 

@@ -411,8 +411,10 @@ class HomeAgent:
                 f"no binding to {coa}; the one to {previous.care_of_address} stays")
             previous = None
         changes = () if previous is None else (BindingChange(ChangeKind.REMOVED, previous),)
-        reply = self._reply(r, ReplyCode.ACCEPTED, 0, reply_id, [])
-        return Outcome(reply, ReplyCode.ACCEPTED, r.home_address,
+        # 3.8.2.2: any accepted request, deregistrations too, gets code 1 here.
+        code = ReplyCode.ACCEPTED_NO_SIMULTANEOUS
+        reply = self._reply(r, code, 0, reply_id, [])
+        return Outcome(reply, code, r.home_address,
                        f"{r.home_address}: deregistered ({note})", changes,
                        (r.home_address, state), home_link=self._at_home(r))
 

@@ -122,7 +122,7 @@ def test_deregistration(ha, alice, clock, how):
     data = (alice.request(COA, lifetime=0) if how == "lifetime0"
             else alice.request(str(ALICE), lifetime=600))
     out, rep = send(ha, alice, clock, data)
-    assert rep.code == 0 and rep.lifetime == 0
+    assert rep.code == 1 and rep.lifetime == 0
     assert ALICE not in ha.bindings
     assert out.changes[0].kind is ChangeKind.REMOVED
 
