@@ -271,9 +271,12 @@ class HomeAgent:
         # 3.8.2.1c/d: the foreign agent's authenticator, required for registrations
         # (lifetime != 0) relayed by an FA we share a key with; never from one we don't.
         if fa is not None and (req.lifetime != 0 or fhaes) and fa_problem is not None:
+            # The request itself was authentic and fresh: consume its identification
+            # (or nonce), so no one can replay it with a better FA authenticator.
+            self._replay[key] = new_state
             return self._deny(r, ReplyCode.HA_FA_AUTH_FAILED, now,
                               f"{fa_problem} from FA {fa.care_of_address}",
-                              identification=reply_id)
+                              identification=reply_id, replay=new_state)
         if fa is None and fhaes:
             return self._discard(r, f"foreign-home authenticator from {r.source[0]}, an "
                                     "agent this home agent shares no key with")

@@ -209,3 +209,10 @@ def test_rfc5944_5_7_2_a_delayed_copy_does_not_void_the_nonce_given(clock):
     assert late.code == 133 and ident.high(late.identification) == bob.ha_nonce
     # ... and the request made with the nonce the HA gave is still accepted
     assert bob.check_reply(ha.handle_request(resynced, SRC, clock.now).reply).code == 1
+
+
+def test_rfc5944_5_7_a_request_denied_132_cannot_be_replayed_with_a_valid_fhae(alice, clock):
+    ha = fa_ha()
+    data = alice.request(str(FA_COA), flags=RegFlags.T)
+    assert code(ha.handle_request(with_fhae(data, key=b"\x05" * 16), FA_SRC, clock.now)) == 132
+    assert code(ha.handle_request(with_fhae(data), FA_SRC, clock.now)) == 133
