@@ -12,8 +12,9 @@ interface but loopback: DHCP from the client port to the server port, the
 registration request to the configured home agent's port 434, agent
 solicitation to all-routers or the limited broadcast, and IKE/NAT-T/ESP to
 the configured VPN gateways.  IPv6 never leaves a managed link: RFC 5266 is an
-IPv4 design, and an IPv6 path would bypass both Mobile IP and the VPN.  Forwarded traffic (containers, virtual machines,
-a shared connection) leaves only by a proven path.
+IPv4 design, and an IPv6 path would bypass both Mobile IP and the VPN.
+Forwarded traffic (containers, virtual machines, a shared connection) leaves
+only by a proven path.
 
 Rendered as one ``inet`` table that :mod:`app.net.gate` replaces whole in one
 nftables transaction, so there is never a moment with half a rule set.
