@@ -74,6 +74,15 @@ class AgentAdvert:
     iface: str
     care_of_address: IPv4Address
     registration_lifetime: int
+    agent: IPv4Address | None = None
+    """The advertisement's IP source: where registrations go (RFC 5944 3.6.1.1);
+    None means the care-of address."""
+    busy: bool = False
+    """The B bit: the agent takes no new registrations now (RFC 5944 2.1.1)."""
+
+    @property
+    def address(self) -> IPv4Address:
+        return self.agent or self.care_of_address
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +229,11 @@ class AccessModeMachine:
     def get_timer(self) -> float | None:
         return self.client.get_timer()
 
+    @property
+    def registering_via_fa(self) -> bool:
+        """A registration through the link's FA is out (mode f may follow)."""
+        return self._via_fa and self.mode is not Mode.FOREIGN_AGENT
+
     # -- logic -----------------------------------------------------------------
 
     def _link_up(self, ev: LinkUp, now: float) -> None:
@@ -250,8 +264,10 @@ class AccessModeMachine:
 
     def _register_via_fa(self, link: _Link, now: float) -> None:
         assert link.fa is not None
+        if link.fa.busy:  # B: no new registration through it until it advertises again
+            return
         self._via_fa = True
-        self.client.register(link.fa.care_of_address, now, via=link.fa.care_of_address,
+        self.client.register(link.fa.care_of_address, now, via=link.fa.address,
                              lifetime=link.fa.registration_lifetime)
 
     def _drain(self, now: float) -> None:
@@ -348,7 +364,7 @@ class AccessModeMachine:
 
     def _open(self, link: _Link) -> None:
         """Open the gate on the path just configured (after ConfigureDataPlane)."""
-        fa = link.fa.care_of_address if (
+        fa = link.fa.address if (
             link.fa is not None and self.use_foreign_agents and not link.fa_failed) else None
         path = ProvenPath(link.iface, link.address.ip, self.mode, fa)
         if path != self.gate:

@@ -26,7 +26,7 @@ from ipaddress import IPv4Address
 
 from app.api import HistoryEntry, Mode, Probe, Snapshot, State
 from app.mip.errors import DecodeError
-from app.mip.icmp import AgentAdvertisement, AgentSolicitation
+from app.mip.icmp import AgentAdvertisement, AgentFlags, AgentSolicitation
 from app.mn import access_mode as am
 from app.mn.link_tracker import LinkTracker
 from app.mn.profile import Profile
@@ -39,6 +39,7 @@ from app.net.mn_routes import LinkInfo, MobileNodeRoutes
 log = logging.getLogger("trustroam.mn")
 ALL_ROUTERS = "224.0.0.2"
 ICMP_ADVERT = 9
+IP_FREEBIND = 15
 SHUTDOWN_WAIT = 1.5
 """Seconds to wait for the home agent to confirm a deregistration at shutdown."""
 
@@ -82,12 +83,17 @@ class MobileNodeDriver:
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._reg: socket.socket | None = None
+        self._reg_source: IPv4Address | None = None
+        self._by_source: dict[IPv4Address, socket.socket] = {}
+        """Registration sockets bound to another source (the home address)."""
         self._icmp: socket.socket | None = None
         self._icmp_iface: str | None = None
         self._binding_seen: object = None
         self._answer_seen: object = None
         self._probe_started: float | None = None
         self._trusted_now = False
+        self._handover_via_fa: float | None = None
+        """Mode c reached on an FA link while the registration through it is out."""
         self._gate_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -148,7 +154,7 @@ class MobileNodeDriver:
                 elif isinstance(item, am.AgentAdvert | am.Resumed):
                     if isinstance(item, am.Resumed):
                         self._history("reprobe", {})
-                        self._probe_started = now
+                        self._probe_started, self._handover_via_fa = now, None
                     await self._execute(self.machine.handle(item, now))
                 elif isinstance(item, _Tick):
                     for ev in self.tracker.handle_timer(now):
@@ -168,7 +174,7 @@ class MobileNodeDriver:
 
     async def _link_event(self, ev: am.LinkUp | am.LinkDown | am.LinkLost, now: float) -> None:
         if isinstance(ev, am.LinkUp):
-            self._probe_started = now
+            self._probe_started, self._handover_via_fa = now, None
             self._history("link-up", {"interface": ev.iface, "address": str(ev.address),
                                       "gateway": str(ev.gateway)})
         elif isinstance(ev, am.LinkLost):
@@ -206,14 +212,24 @@ class MobileNodeDriver:
                                            "mode": a.path.mode.value}
                                           if a.path else {})})
         if self._trusted_now and self._probe_started is not None:
-            # Handover: link up (or re-probe) until the new path is configured and open.
+            # Handover: link up (or re-probe) until the new path is configured and open;
+            # on an FA link, until mode f (mode c on the way there is not the handover).
             ms = round((self.clock() - self._probe_started) * 1000, 2)
             self._trusted_now = False
-            self._probe_started = None
-            self._publish(last_handover_ms=ms)
-            self._history("handover", {"mode": self.snapshot.mode.value, "ms": f"{ms:.1f}"})
+            if self.machine.registering_via_fa:
+                self._handover_via_fa = ms  # reported if the FA fails us
+            else:
+                self._report_handover(ms)
+        elif self._handover_via_fa is not None and not self.machine.registering_via_fa:
+            self._report_handover(self._handover_via_fa)  # stayed in mode c
         if any(isinstance(a, am.ConfigureDataPlane) for a in actions):
             await self.routes.finish()
+
+    def _report_handover(self, ms: float) -> None:
+        self._probe_started = None
+        self._handover_via_fa = None
+        self._publish(last_handover_ms=ms)
+        self._history("handover", {"mode": self.snapshot.mode.value, "ms": f"{ms:.1f}"})
 
     async def _gate(self, path: ProvenPath | None) -> None:
         self._gate_at = self.clock()  # just before the rules change (history, tests)
@@ -234,6 +250,10 @@ class MobileNodeDriver:
         self._open_sockets(a)
         if a.gateway is not None:
             await self.routes.set_link(LinkInfo(a.iface, a.address, a.gateway))
+        if a.address.ip in self.profile.home_network:
+            # At home the deregistration leaves from the home address (RFC 5944
+            # 3.6.1.1), and its reply comes back to it: the address must be here.
+            await self.routes.home_for_probe(a.iface)
         log.debug("link set-up took %.2f ms", (time.perf_counter() - t0) * 1000)
         self._publish(interface=a.iface, care_of_address=str(a.address.ip))
 
@@ -242,9 +262,15 @@ class MobileNodeDriver:
     def _send(self, a: am.Send) -> None:
         if self._reg is None:
             return
-        dst = (str(a.datagram.destination[0]), a.datagram.destination[1])
+        d = a.datagram
+        dst = (str(d.destination[0]), d.destination[1])
         try:
-            self._reg.sendto(a.datagram.data, dst)
+            # RFC 5944 3.6.1.1: from the care-of address when co-located, else from
+            # the home address; TTL 255 where RFC 3024 4.1.1 asks for it.
+            sock = self._reg if d.source in (None, self._reg_source) else (
+                self._source_socket(a.iface, d.source))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, d.ttl or -1)
+            sock.sendto(d.data, dst)
         except OSError as exc:
             log.warning("cannot send the registration request to %s: %s", dst[0], exc.strerror)
             return
@@ -304,7 +330,7 @@ class MobileNodeDriver:
         s.bind((str(ev.address.ip), 0))
         s.setblocking(False)
         self._loop.add_reader(s.fileno(), self._readable, s)
-        self._reg = s
+        self._reg, self._reg_source = s, ev.address.ip
         if self.profile.foreign_agents and self._icmp_iface != ev.iface:
             self._close_icmp()
             i = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -313,6 +339,24 @@ class MobileNodeDriver:
             i.setblocking(False)
             self._loop.add_reader(i.fileno(), self._icmp_readable, i, ev.iface)
             self._icmp, self._icmp_iface = i, ev.iface
+
+    def _source_socket(self, iface: str, source: IPv4Address | None) -> socket.socket:
+        """A registration socket bound to ``source`` on ``iface`` (kept per source)."""
+        assert self._loop is not None and source is not None
+        s = self._by_source.get(source)
+        if s is None:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+                s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+                s.bind((str(source), 0))
+            except OSError:
+                s.close()
+                raise
+            s.setblocking(False)
+            self._loop.add_reader(s.fileno(), self._readable, s)
+            self._by_source[source] = s
+        return s
 
     def _readable(self, s: socket.socket) -> None:
         while True:
@@ -342,15 +386,18 @@ class MobileNodeDriver:
                 continue
             if not adv.care_of_addresses:
                 continue  # a plain router advertisement, or a home agent only
-            self._queue.put_nowait(am.AgentAdvert(iface, IPv4Address(adv.care_of_addresses[0]),
-                                                  adv.registration_lifetime))
+            self._queue.put_nowait(am.AgentAdvert(
+                iface, IPv4Address(adv.care_of_addresses[0]), adv.registration_lifetime,
+                agent=IPv4Address(pkt[12:16]), busy=bool(adv.flags & AgentFlags.B)))
 
     def _close_reg(self) -> None:
-        if self._reg is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._reg.fileno())
-            self._reg.close()
-            self._reg = None
+        for sock in [self._reg, *self._by_source.values()]:
+            if sock is not None:
+                if self._loop is not None:
+                    self._loop.remove_reader(sock.fileno())
+                sock.close()
+        self._reg, self._reg_source = None, None
+        self._by_source.clear()
 
     def _close_icmp(self) -> None:
         if self._icmp is not None:

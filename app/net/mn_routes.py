@@ -183,6 +183,16 @@ class MobileNodeRoutes:
         except OSError as exc:
             log.warning("cannot announce the home address on %s: %s", link.iface, exc)
 
+    async def home_for_probe(self, iface: str) -> None:
+        """The home address on ``iface`` (/32) while the home link is probed."""
+        index = await self._index(iface)
+        if self._home_on is not None and self._home_on[0] == index:
+            # Again (idempotent): a re-plug or a DHCP client may have flushed it.
+            await self._home_address(*self._home_on)
+            return
+        await self._remove_home_address()
+        await self._home_address(index, 32)
+
     async def finish(self) -> None:
         """Clean-up left out of the critical path by :meth:`configure`."""
         stale, self._stale_home = self._stale_home, None

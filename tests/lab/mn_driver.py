@@ -176,10 +176,13 @@ async def mode_f(args: argparse.Namespace) -> int:
     adv = wait_advertisement(args.iface)
     fa = str(adv.care_of_addresses[0])
     print(f"ADVERT {fa} seq {adv.sequence} flags {adv.flags!r}", flush=True)
-    local = coa_of(args.iface)
     sh("ip", "addr", "replace", f"{args.home}/32", "dev", args.iface)
+    # Through an FA the request leaves from the home address with TTL 255
+    # (RFC 5944 3.6.1.1, RFC 3024 4.1.1: the agent answers 76 otherwise).
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind((local, 0))
+    udp.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, args.iface.encode())
+    udp.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+    udp.bind((args.home, 0))
     code = register_sync(args, udp, fa, via=fa,
                          lifetime=min(args.lifetime, adv.registration_lifetime))
     print(f"REGISTERED {fa} {code}", flush=True)

@@ -116,11 +116,16 @@ def test_behind_nat_udp_tunnel(lab, ha):
             cap.wait(f"IP {HA}.434 > 198.51.100.3.")
             cap.wait("IP 198.51.100.3.")
             cap.stop()
-            # The NAT forgets its mapping and picks a new port: the HA follows it
-            # from the keepalives, with no new registration.
+            # The NAT forgets its mapping and picks a new port.  RFC 3519 4.3/4.10: the
+            # HA takes tunnel data only from the bound address and port, and learns a
+            # new mapping from a new registration, never from the data (a host behind
+            # the same NAT must not be able to redirect the tunnel).
             lab.set_nat(fully_random=True)
             lab.flush_nat_mappings()
-            ha.wait("NAT mapping moved to 198.51.100.3:", timeout=10)
+            stale = ns_exec("tr-cn", "ping", "-c2", "-i0.2", "-W1", HOME)
+            assert stale.returncode != 0, stale.stdout  # the keepalives taught it nothing
+            mn.stop()
+            mn = run_mn("--udp", "--keepalive", "0.3")  # a new registration
             ping = ns_exec("tr-cn", "ping", "-c3", "-i0.2", "-W2", HOME)
             assert ping.returncode == 0, ping.stdout
         finally:
@@ -150,7 +155,7 @@ def test_mode_f_through_the_foreign_agent(lab, ha, tmp_path):
         try:
             assert "ADVERT 10.40.1.1" in mn.wait("ADVERT")[-1]
             assert mn.wait("REGISTERED")[-1].split()[-1] == "0"
-            fa.wait("registration accepted (0) (relayed to the mobile node)")
+            fa.wait("(relayed to the mobile node)")
             cap = capture("tr-ir", "core", "ip proto 4")
             ping = ns_exec("tr-cn", "ping", "-c3", "-i0.2", "-W2", HOME)
             assert ping.returncode == 0, ping.stdout
@@ -181,7 +186,7 @@ def test_mode_h_at_home_no_tunnel(lab, ha):
               "--key", KEY, "--at-home")
     try:
         assert mn.wait("REGISTERED")[-1].split()[-1] == "0"
-        ha.wait(f"{HOME}: deregistered (binding removed)")
+        ha.wait(f"{HOME}: deregistered (binding to")
         assert "proxy" not in ns_exec("tr-ha", "ip", "neigh", "show", "proxy").stdout
         ns_exec("tr-cn", "ip", "neigh", "flush", "dev", "home")
         cap = capture("tr-mn", "eth0", f"icmp and host {HOME}")

@@ -42,6 +42,7 @@ class Net:
         self.ha = ha or HomeAgent(config())
         self.fa = ForeignAgent(ForeignAgentConfig(FA, "fa", max_lifetime=600))
         self.ha_reachable = ha_reachable
+        self.fa_down = False
 
     def run(self, m: AccessModeMachine, actions, now, src):
         out = list(actions)
@@ -53,7 +54,7 @@ class Net:
             if dst == HA and self.ha_reachable:
                 o = self.ha.handle_request(a.datagram.data, (src, 434), now)
                 replies = [o.reply] if o.reply else []
-            elif dst == FA:
+            elif dst in (FA, A("10.40.1.2")) and not self.fa_down:
                 res = self.fa.from_mobile_node(a.datagram.data, (src, 434), now)
                 for act in res.actions:
                     if isinstance(act, ToHomeAgent):
@@ -209,3 +210,42 @@ def test_replies_that_do_not_authenticate_are_an_error_not_untrusted():
     assert m.phase is State.ERROR, statuses(acts)
     assert "do not authenticate" in (m.error or "") and "(131)" in (m.error or "")
     assert not opened(acts)
+
+
+def test_rfc5944_3_6_1_1_requests_through_an_fa_go_to_the_advertisements_source():
+    m, net = machine(), Net()
+    net.run(m, m.handle(FA1, T0), T0, FA1.address.ip)
+    agent = A("10.40.1.2")  # an agent address that is not the advertised care-of address
+    acts = m.handle(AgentAdvert("eth0", FA, 600, agent=agent), T0 + 0.01)
+    sends = [a for a in acts if isinstance(a, Send)]
+    assert [s.datagram.destination for s in sends] == [(agent, 434)]
+    assert sends[0].datagram.source == ALICE and sends[0].datagram.ttl == 255
+    # The gate lets registrations to that agent out of this proven link.
+    assert opened(acts)[-1].path.foreign_agent == agent
+
+
+def test_rfc5944_2_1_1_a_busy_agent_gets_no_new_registration():
+    m, net = machine(), Net()
+    net.run(m, m.handle(FA1, T0), T0, FA1.address.ip)
+    busy = m.handle(AgentAdvert("eth0", FA, 600, busy=True), T0 + 0.01)
+    assert not [a for a in busy if isinstance(a, Send)]
+    acts = net.run(m, m.handle(AgentAdvert("eth0", FA, 600), T0 + 0.02), T0 + 0.02,
+                   FA1.address.ip)
+    assert m.mode is Mode.FOREIGN_AGENT, statuses(acts)
+
+
+def test_a_renewal_through_a_dead_fa_falls_back_to_mode_c_before_the_binding_runs_out():
+    m, net = machine(), Net()
+    net.run(m, m.handle(FA1, T0), T0, FA1.address.ip)
+    net.run(m, m.handle(AgentAdvert("eth0", FA, 600), T0 + 0.01), T0 + 0.01, FA1.address.ip)
+    assert m.mode is Mode.FOREIGN_AGENT
+    expires = m.client.binding.expires_at
+    net.fa_down = True
+    now, acts = T0, []
+    while m.mode is not Mode.COLOCATED and now < expires:
+        now = m.get_timer()
+        acts += net.run(m, m.handle_timer(now), now, FA1.address.ip)
+    assert m.phase is State.TRUSTED and m.mode is Mode.COLOCATED, statuses(acts)
+    assert now < expires
+    assert net.ha.bindings[ALICE].care_of_address == FA1.address.ip
+    assert any(isinstance(a, Note) and a.kind == "fa-timeout" for a in acts)
