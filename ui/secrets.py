@@ -1,0 +1,165 @@
+# No `from __future__ import annotations`: dbus-next reads the D-Bus signatures
+# of GetSecrets from its string annotations.
+"""Secrets in the system keyring, and the secret agent the helper asks for them.
+
+The keyring (``keyring``, Secret Service: gnome-keyring, KWallet) is the only
+place a secret is kept; nothing here logs, raises or writes one.  ``keyring`` is
+imported when first used (it pulls in secretstorage and cryptography, ~10 MB
+the idle tray does not need).
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from dbus_next.service import ServiceInterface, method
+
+from app.api import SECRET_AGENT_INTERFACE, SECRET_MN_HA_KEY
+
+log = logging.getLogger("trustroam.tray.secrets")
+SERVICE = "trustroam"
+# The names the helper may ask for (app/service/secrets.py; the VPN side adds the rest).
+KNOWN_KEYS = (SECRET_MN_HA_KEY, "vpn_psk", "vpn_password", "vpn_key_passphrase")
+KEY_LABELS = {
+    SECRET_MN_HA_KEY: "Mobile-Home key (hex:…)",
+    "vpn_psk": "VPN pre-shared key",
+    "vpn_password": "VPN password",
+    "vpn_key_passphrase": "VPN private key passphrase",
+}
+
+
+class KeyringUnavailable(Exception):
+    """The keyring cannot be used; the message says why and what to do, never a value."""
+
+
+def _translate(exc: Exception) -> KeyringUnavailable:
+    from keyring import errors
+
+    name = type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, errors.NoKeyringError):
+        return KeyringUnavailable("No keyring is available: install and start gnome-keyring "
+                                  "or KWallet, then try again")
+    if isinstance(exc, errors.KeyringLocked) or "dismissed" in text.lower() or (
+            "locked" in text.lower()):
+        return KeyringUnavailable("The keyring is locked: unlock it (log in again or open "
+                                  "Passwords and Keys) and try again")
+    return KeyringUnavailable(f"The keyring refused the request ({name})")
+
+
+def validate_secret(key: str, value: str) -> str | None:
+    """A message naming the field when ``value`` is unusable, else None."""
+    if not value:
+        return f"{KEY_LABELS.get(key, key)}: is empty"
+    if key == SECRET_MN_HA_KEY:
+        if not value.startswith("hex:"):
+            return f"{KEY_LABELS[key]}: must start with 'hex:' followed by hex digits"
+        try:
+            raw = bytes.fromhex(value[4:])
+        except ValueError:
+            return f"{KEY_LABELS[key]}: has characters that are not hex digits"
+        if not 16 <= len(raw) <= 64:
+            return f"{KEY_LABELS[key]}: is {len(raw)} bytes; it must be 16 to 64"
+    return None
+
+
+class SecretStore:
+    """profile + key name -> secret, in the keyring under service ``trustroam``."""
+
+    def _username(self, profile: str, key: str) -> str:
+        return f"{profile}/{key}"
+
+    def get(self, profile: str, key: str) -> str | None:
+        try:
+            import keyring
+
+            return keyring.get_password(SERVICE, self._username(profile, key))
+        except Exception as exc:  # keyring's backends raise many kinds
+            raise _translate(exc) from None
+
+    def set(self, profile: str, key: str, value: str) -> None:
+        try:
+            import keyring
+
+            keyring.set_password(SERVICE, self._username(profile, key), value)
+        except Exception as exc:
+            raise _translate(exc) from None
+
+    def delete(self, profile: str, key: str) -> None:
+        try:
+            import keyring
+            from keyring.errors import PasswordDeleteError
+
+            with contextlib.suppress(PasswordDeleteError):
+                keyring.delete_password(SERVICE, self._username(profile, key))
+        except Exception as exc:
+            raise _translate(exc) from None
+
+
+Asker = Callable[[str, list[str], str], Awaitable[tuple[dict[str, str], bool]]]
+"""(profile, missing keys, why) -> (answers, store them in the keyring?)."""
+
+
+class SecretAgent(ServiceInterface):
+    """org.trustroam.SecretAgent1, exported on the tray's system-bus connection."""
+
+    def __init__(self, store: SecretStore, asker: Asker | None,
+                 on_problem: Callable[[str], None] | None = None) -> None:
+        super().__init__(SECRET_AGENT_INTERFACE)
+        self.store = store
+        self.asker = asker
+        self.on_problem = on_problem
+        self._asking: dict[str, asyncio.Future[tuple[dict[str, str], bool]]] = {}
+
+    async def lookup(self, profile: str, keys: list[str]) -> dict[str, str]:
+        wanted = [k for k in dict.fromkeys(keys) if k in KNOWN_KEYS]
+        found: dict[str, str] = {}
+        why = ""
+        loop = asyncio.get_running_loop()
+        for k in wanted:
+            try:
+                # The Secret Service call blocks: keep it off the loop.
+                value = await loop.run_in_executor(None, self.store.get, profile, k)
+            except KeyringUnavailable as exc:
+                why = str(exc)
+                if self.on_problem is not None:
+                    self.on_problem(why)
+                break
+            if value:
+                found[k] = value
+        missing = [k for k in wanted if k not in found]
+        if missing and self.asker is not None:
+            answers, keep = await self._ask_once(profile, missing, why)
+            for k in missing:
+                if answers.get(k):
+                    found[k] = answers[k]
+            if keep:
+                for k, v in answers.items():
+                    if k in missing and v:
+                        try:
+                            await loop.run_in_executor(None, self.store.set, profile, k, v)
+                        except KeyringUnavailable as exc:
+                            if self.on_problem is not None:
+                                self.on_problem(str(exc))
+        log.info("secret request for profile %s: answered %d of %d key(s)", profile,
+                 len(found), len(wanted))
+        return found
+
+    async def _ask_once(self, profile: str, missing: list[str], why: str
+                        ) -> tuple[dict[str, str], bool]:
+        # Concurrent requests for one profile share one dialog.
+        fut = self._asking.get(profile)
+        if fut is None:
+            assert self.asker is not None
+            fut = asyncio.ensure_future(self.asker(profile, missing, why))
+            self._asking[profile] = fut
+            fut.add_done_callback(lambda _f: self._asking.pop(profile, None))
+        try:
+            return await asyncio.shield(fut)
+        except Exception:
+            return {}, False
+
+    @method()
+    async def GetSecrets(self, profile: "s", keys: "as") -> "a{ss}":
+        return await self.lookup(profile, keys)
