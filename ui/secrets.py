@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from dbus_next.service import ServiceInterface, method
 
 from app.api import SECRET_AGENT_INTERFACE, SECRET_MN_HA_KEY
 
 log = logging.getLogger("trustroam.tray.secrets")
+T = TypeVar("T")
 SERVICE = "trustroam"
 # The names the helper may ask for (app/service/secrets.py; the VPN side adds the rest).
 KNOWN_KEYS = (SECRET_MN_HA_KEY, "vpn_psk", "vpn_password", "vpn_key_passphrase")
@@ -38,7 +41,8 @@ def _translate(exc: Exception) -> KeyringUnavailable:
 
     name = type(exc).__name__
     text = str(exc)
-    if isinstance(exc, errors.NoKeyringError):
+    if isinstance(exc, errors.NoKeyringError) or "NotAvailable" in name or (
+            "org.freedesktop.secrets" in text and "not provided" in text):
         return KeyringUnavailable("No keyring is available: install and start gnome-keyring "
                                   "or KWallet, then try again")
     if isinstance(exc, errors.KeyringLocked) or "dismissed" in text.lower() or (
@@ -64,6 +68,25 @@ def validate_secret(key: str, value: str) -> str | None:
     return None
 
 
+def _keyring():  # type: ignore[no-untyped-def]
+    """The keyring backend; looked for again while none was found (it may start later:
+    keyring itself decides once per process)."""
+    import keyring
+    from keyring.backends import SecretService, fail, kwallet
+
+    kr = keyring.get_keyring()
+    if isinstance(kr, fail.Keyring):
+        for cls in (SecretService.Keyring, kwallet.DBusKeyring):
+            try:
+                if cls.priority > 0:  # raises when that backend cannot work here
+                    kr = cls()
+                    keyring.set_keyring(kr)
+                    break
+            except Exception:  # noqa: S112 (try the next kind of keyring)
+                continue
+    return kr
+
+
 class SecretStore:
     """profile + key name -> secret, in the keyring under service ``trustroam``."""
 
@@ -72,29 +95,36 @@ class SecretStore:
 
     def get(self, profile: str, key: str) -> str | None:
         try:
-            import keyring
-
-            return keyring.get_password(SERVICE, self._username(profile, key))
+            return _keyring().get_password(SERVICE, self._username(profile, key))
         except Exception as exc:  # keyring's backends raise many kinds
             raise _translate(exc) from None
 
     def set(self, profile: str, key: str, value: str) -> None:
         try:
-            import keyring
-
-            keyring.set_password(SERVICE, self._username(profile, key), value)
+            _keyring().set_password(SERVICE, self._username(profile, key), value)
         except Exception as exc:
             raise _translate(exc) from None
 
     def delete(self, profile: str, key: str) -> None:
         try:
-            import keyring
             from keyring.errors import PasswordDeleteError
 
             with contextlib.suppress(PasswordDeleteError):
-                keyring.delete_password(SERVICE, self._username(profile, key))
+                _keyring().delete_password(SERVICE, self._username(profile, key))
         except Exception as exc:
             raise _translate(exc) from None
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking keyring call in a thread.  Not loop.run_in_executor: qasync's
+    executor logs every call's arguments and result at debug level, secrets included."""
+    global _POOL  # noqa: PLW0603 (one small pool, made on first use)
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyring")
+    return await asyncio.wrap_future(_POOL.submit(fn, *args))
 
 
 Asker = Callable[[str, list[str], str], Awaitable[tuple[dict[str, str], bool]]]
@@ -116,11 +146,10 @@ class SecretAgent(ServiceInterface):
         wanted = [k for k in dict.fromkeys(keys) if k in KNOWN_KEYS]
         found: dict[str, str] = {}
         why = ""
-        loop = asyncio.get_running_loop()
         for k in wanted:
             try:
                 # The Secret Service call blocks: keep it off the loop.
-                value = await loop.run_in_executor(None, self.store.get, profile, k)
+                value = await off_loop(self.store.get, profile, k)
             except KeyringUnavailable as exc:
                 why = str(exc)
                 if self.on_problem is not None:
@@ -138,7 +167,7 @@ class SecretAgent(ServiceInterface):
                 for k, v in answers.items():
                     if k in missing and v:
                         try:
-                            await loop.run_in_executor(None, self.store.set, profile, k, v)
+                            await off_loop(self.store.set, profile, k, v)
                         except KeyringUnavailable as exc:
                             if self.on_problem is not None:
                                 self.on_problem(str(exc))
