@@ -80,7 +80,10 @@ class NetworkName:
     async def _current(self) -> str:
         if self.owner is None:
             return ""
-        primary = await self._get(NM_PATH, NM, "PrimaryConnection")
+        try:
+            primary = await self._get(NM_PATH, NM, "PrimaryConnection")
+        except LookupError:
+            primary = "/"
         if not primary or primary == "/":
             # Some NetworkManagers (and test doubles) leave PrimaryConnection unset:
             # take the default active connection.
