@@ -161,10 +161,13 @@ def from_toml(text: str, source: str) -> dict[str, str]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileFileError(f"{source}: not valid TOML: {exc}") from None
-    for k in SECRET_KEYS:
-        if k in doc:
-            raise ProfileFileError(f"{source}: {k}: secrets do not belong in a profile file; "
-                               "enter the key in the editor (it goes to the keyring)")
+    tables = [("", doc)] + [(f"{k}.", v) for k, v in doc.items() if isinstance(v, dict)]
+    for prefix, table in tables:
+        for k in SECRET_KEYS:
+            if k in table:
+                raise ProfileFileError(f"{source}: {prefix}{k}: secrets do not belong in a "
+                                       "profile file; enter the key in the editor (it goes "
+                                       "to the keyring)")
     values = defaults()
     for key, val in doc.items():
         if isinstance(val, dict):

@@ -112,7 +112,7 @@ class HistoryFilter(QSortFilterProxyModel):
 
     def set_filter(self, kind: str, text: str) -> None:
         self.kind, self.text = kind, text.lower()
-        self.invalidateFilter()
+        self.invalidate()
 
     def filterAcceptsRow(self, row: int,
                          parent: QModelIndex | QPersistentModelIndex) -> bool:
@@ -223,8 +223,10 @@ class StatusWindow(QWidget):
                 entries = []
         self.model.removeRows(0, self.model.rowCount())
         self.handovers.removeRows(0, self.handovers.rowCount())
-        seen = {(e.time, e.kind) for e in entries}
-        for e in entries + [e for e in self.tray.history if (e.time, e.kind) not in seen]:
+        # The Event signal carries the time to the millisecond, GetHistory in full.
+        seen = {(round(e.time, 3), e.kind) for e in entries}
+        for e in entries + [e for e in self.tray.history
+                            if (round(e.time, 3), e.kind) not in seen]:
             self.add_event(e)
 
     def add_event(self, e: HistoryEntry) -> None:

@@ -71,8 +71,9 @@ class Double(ServiceInterface):
             self.emit_properties_changed(changed)
 
     def event(self, kind, details):
-        self.history.append((time.time(), kind, dict(details)))
-        self.Event(kind, {"time": f"{time.time():.3f}", **details})
+        now = time.time()
+        self.history.append((now, kind, dict(details)))
+        self.Event(kind, {"time": f"{now:.3f}", **details})
 
     def _check(self, member):
         self.calls.append(member)
