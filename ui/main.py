@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(trustroamd).  Quitting the tray leaves the connection as it is.")
     ap.add_argument("--version", action="version", version=f"trustroam {version()}")
     ap.add_argument("--status", action="store_true", help="open the status window at start")
+    ap.add_argument("--profiles", action="store_true", help="open the profile editor at start")
     ap.add_argument("--log-level", default="warning",
                     choices=("debug", "info", "warning", "error"))
     return ap.parse_args(argv)
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         loop.create_task(tray.start())
         if args.status:
             tray.show_status()
+        if args.profiles:
+            tray.show_profiles()
         loop.run_forever()
     del lock
     return 0

@@ -134,6 +134,7 @@ class ProfileDialog(QWidget):
             w.setStyleSheet(ERROR_STYLE if k in errs else "")
         self.key_edit.setStyleSheet(ERROR_STYLE if "key" in errs else "")
         self.message.setText(next(iter(errs.values()), ""))
+        self.message.setStyleSheet("color: #c62828;" if errs else "")
         self.save_button.setEnabled(not errs)
         self.export_button.setEnabled(not errs)
         return errs

@@ -244,6 +244,7 @@ class Tray(QObject):
         if name != self._icon_name:  # a shell re-reads the icon on each NewIcon
             self._icon_name = name
             self.icon.setIcon(icon(name))
+            log.info("icon %s", name)
         text = self.tooltip_text()
         if text != self.icon.toolTip():
             self.icon.setToolTip(text)
