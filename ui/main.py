@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO
 
 APP_ID = "org.trustroam.Tray"
+OBJECT = "/org/trustroam/Tray"
 log = logging.getLogger("trustroam.tray")
 
 
@@ -51,6 +52,28 @@ def _lock_file() -> IO[str] | None:
     return fh
 
 
+def _service_class() -> type:
+    from PySide6.QtCore import ClassInfo, QObject, Slot
+
+    @ClassInfo({"D-Bus Interface": APP_ID + "1"})
+    class TrayService(QObject):
+        """What a second ``trustroam --status`` asks the running tray to do."""
+
+        def __init__(self, tray: object) -> None:
+            super().__init__()
+            self.tray = tray
+
+        @Slot()
+        def ShowStatus(self) -> None:
+            self.tray.show_status()  # type: ignore[attr-defined]
+
+        @Slot()
+        def ShowProfiles(self) -> None:
+            self.tray.show_profiles()  # type: ignore[attr-defined]
+
+    return TrayService
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -61,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     import asyncio
 
     import qasync
-    from PySide6.QtDBus import QDBusConnection
+    from PySide6.QtDBus import QDBusConnection, QDBusMessage
     from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
     app = QApplication(sys.argv[:1])
@@ -74,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     lock = None
     if session.isConnected():
         if not session.registerService(APP_ID):
-            print("trustroam: already running in this session", file=sys.stderr)
+            asked = [m for m, want in (("ShowStatus", args.status),
+                                       ("ShowProfiles", args.profiles)) if want]
+            for member in asked:  # the running tray opens the window (menu entries)
+                session.call(QDBusMessage.createMethodCall(APP_ID, OBJECT, APP_ID + "1",
+                                                           member))
+            if not asked:
+                print("trustroam: already running in this session", file=sys.stderr)
             return 0
     else:
         lock = _lock_file()
@@ -86,9 +115,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from ui.tray import Tray
 
+    TrayService = _service_class()
+
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     tray = Tray()
+    service = TrayService(tray)
+    if session.isConnected():
+        session.registerObject(OBJECT, service,
+                               QDBusConnection.RegisterOption.ExportAllSlots)
     with loop:
         loop.create_task(tray.start())
         if args.status:

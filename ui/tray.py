@@ -295,6 +295,7 @@ class Tray(QObject):
 
             self.status_window = StatusWindow(self)
         self.status_window.present()
+        log.info("status window shown")
 
     def show_profiles(self) -> None:
         if self.profile_dialog is None:

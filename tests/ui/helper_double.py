@@ -233,6 +233,20 @@ class Control(ServiceInterface):
         self.d.event(kind, details)
 
     @method()
+    def ProbeBurst(self, n: "u", start: "d", step: "d"):
+        """n answered probes (both HA and VPN), one PropertiesChanged each: history
+        for the benchmark's plot."""
+        for i in range(n):
+            t = start + i * step
+            self.d.apply(home_agent_probe=[True, 2.0 + (i % 17) * 0.1, t],
+                         vpn_probe=[True, 12.0 + (i % 13) * 0.2, t])
+
+    @method()
+    def EventBurst(self, n: "u"):
+        for i in range(n):
+            self.d.event("probe-answered", {"rtt_ms": f"{2 + (i % 17) * 0.1:.2f}"})
+
+    @method()
     def Calls(self) -> "as":
         return list(self.d.calls)
 
