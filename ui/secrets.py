@@ -140,9 +140,25 @@ class SecretAgent(ServiceInterface):
         self.store = store
         self.asker = asker
         self.on_problem = on_problem
-        self._asking: dict[str, asyncio.Future[tuple[dict[str, str], bool]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}
+        self._answered: dict[str, dict[str, str]] = {}
+        """The dialog's answers, kept only for requests that queued behind it."""
 
     async def lookup(self, profile: str, keys: list[str]) -> dict[str, str]:
+        # One request per profile at a time: requests that arrive while the dialog is
+        # open wait for it and take its answers instead of asking again.
+        lock = self._locks.setdefault(profile, asyncio.Lock())
+        self._waiting[profile] = self._waiting.get(profile, 0) + 1
+        try:
+            async with lock:
+                return await self._lookup(profile, keys)
+        finally:
+            self._waiting[profile] -= 1
+            if not self._waiting[profile]:
+                self._answered.pop(profile, None)  # nobody else waits: forget them
+
+    async def _lookup(self, profile: str, keys: list[str]) -> dict[str, str]:
         wanted = [k for k in dict.fromkeys(keys) if k in KNOWN_KEYS]
         found: dict[str, str] = {}
         why = ""
@@ -158,36 +174,29 @@ class SecretAgent(ServiceInterface):
             if value:
                 found[k] = value
         missing = [k for k in wanted if k not in found]
-        if missing and self.asker is not None:
-            answers, keep = await self._ask_once(profile, missing, why)
-            for k in missing:
-                if answers.get(k):
-                    found[k] = answers[k]
+        earlier = self._answered.get(profile, {})
+        if missing and all(k in earlier for k in missing):
+            found.update({k: earlier[k] for k in missing if earlier[k]})
+        elif missing and self.asker is not None:
+            try:
+                answers, keep = await self.asker(profile, missing, why)
+            except Exception:  # the dialog could not be shown: answer what we have
+                answers, keep = {}, False
+            self._answered[profile] = {k: answers.get(k, "") for k in missing}
+            found.update({k: answers[k] for k in missing if answers.get(k)})
             if keep:
-                for k, v in answers.items():
-                    if k in missing and v:
-                        try:
-                            await off_loop(self.store.set, profile, k, v)
-                        except KeyringUnavailable as exc:
-                            if self.on_problem is not None:
-                                self.on_problem(str(exc))
+                for k in missing:
+                    if not answers.get(k):
+                        continue
+                    try:
+                        await off_loop(self.store.set, profile, k, answers[k])
+                    except KeyringUnavailable as exc:
+                        if self.on_problem is not None:
+                            self.on_problem(str(exc))
+                        break
         log.info("secret request for profile %s: answered %d of %d key(s)", profile,
                  len(found), len(wanted))
         return found
-
-    async def _ask_once(self, profile: str, missing: list[str], why: str
-                        ) -> tuple[dict[str, str], bool]:
-        # Concurrent requests for one profile share one dialog.
-        fut = self._asking.get(profile)
-        if fut is None:
-            assert self.asker is not None
-            fut = asyncio.ensure_future(self.asker(profile, missing, why))
-            self._asking[profile] = fut
-            fut.add_done_callback(lambda _f: self._asking.pop(profile, None))
-        try:
-            return await asyncio.shield(fut)
-        except Exception:
-            return {}, False
 
     @method()
     async def GetSecrets(self, profile: "s", keys: "as") -> "a{ss}":
