@@ -55,8 +55,8 @@ def _lock_file() -> IO[str] | None:
 def _service_class() -> type:
     from PySide6.QtCore import ClassInfo, QObject, Slot
 
-    @ClassInfo({"D-Bus Interface": APP_ID + "1"})
-    class TrayService(QObject):
+    @ClassInfo({"D-Bus Interface": APP_ID + "1"})  # type: ignore[call-arg]
+    class TrayService(QObject):  # type: ignore[operator]
         """What a second ``trustroam --status`` asks the running tray to do."""
 
         def __init__(self, tray: object) -> None:

@@ -87,7 +87,7 @@ def _probe(label: str, p: Probe) -> str:
     return f"{label}: {'reachable' if p.reachable else 'NOT reachable'}, last RTT {rtt}"
 
 
-def tooltip(snap: Snapshot | None, network: str, now: float | None = None) -> str:
+def tooltip(snap: Snapshot | None, network: str) -> str:
     """Every line a user asks about at a glance, one fact per line."""
     lines = ["TrustRoam: " + headline(snap)]
     if network:
@@ -107,10 +107,10 @@ def tooltip(snap: Snapshot | None, network: str, now: float | None = None) -> st
     if snap.mode is Mode.VPN or snap.vpn_probe.answered_at > 0:
         lines.append(_probe("VPN gateway", snap.vpn_probe))
     if snap.binding_expires > 0:
-        # Absolute time: it stays true without the tray waking up to count down.
+        # An absolute time stays true without the tray waking up to count down
+        # ("n min left" would go stale between two changes).
         at = time.strftime("%H:%M:%S", time.localtime(snap.binding_expires))
-        left = snap.binding_expires - (now if now is not None else time.time())
-        lines.append(f"Binding: until {at} ({max(0, int(left // 60))} min left)")
+        lines.append(f"Binding: until {at}")
     if snap.nat_detected:
         lines.append("NAT detected")
     return "\n".join(lines)

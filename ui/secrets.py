@@ -1,3 +1,4 @@
+# mypy: disable-error-code="name-defined,valid-type"
 # No `from __future__ import annotations`: dbus-next reads the D-Bus signatures
 # of GetSecrets from its string annotations.
 """Secrets in the system keyring, and the secret agent the helper asks for them.
@@ -68,7 +69,7 @@ def validate_secret(key: str, value: str) -> str | None:
     return None
 
 
-def _keyring():  # type: ignore[no-untyped-def]
+def _keyring() -> Any:
     """The keyring backend; looked for again while none was found (it may start later:
     keyring itself decides once per process)."""
     import keyring
@@ -95,7 +96,8 @@ class SecretStore:
 
     def get(self, profile: str, key: str) -> str | None:
         try:
-            return _keyring().get_password(SERVICE, self._username(profile, key))
+            value = _keyring().get_password(SERVICE, self._username(profile, key))
+            return str(value) if value is not None else None
         except Exception as exc:  # keyring's backends raise many kinds
             raise _translate(exc) from None
 
