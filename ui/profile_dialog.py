@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 from app.api import SECRET_MN_HA_KEY
 from ui import profile_model as pm
 from ui.helper_client import HelperCallError
-from ui.secrets import KeyringUnavailable, off_loop, validate_secret
+from ui.secrets import KEY_LABELS, KNOWN_KEYS, KeyringUnavailable, off_loop, validate_secret
 
 ERROR_STYLE = "border: 2px solid #c62828;"
 
@@ -76,12 +76,19 @@ class ProfileDialog(QWidget):
             w.setObjectName(f.key)
             form.addRow(f.label, w)
             self.widgets[f.key] = w
-        self.key_edit = QLineEdit()
-        self.key_edit.setObjectName(SECRET_MN_HA_KEY)
-        self.key_edit.setEchoMode(QLineEdit.EchoMode.Password)
-        self.key_edit.setPlaceholderText("hex:… (empty: keep the key in the keyring)")
-        self.key_edit.textChanged.connect(self.revalidate)
-        form.addRow("Mobile-Home key", self.key_edit)
+        # Secrets: typed here, stored in the keyring on save, never kept in the form.
+        # The VPN ones are asked for by the VPN side (mode mc) when it needs them.
+        self.secret_edits: dict[str, QLineEdit] = {}
+        for key in KNOWN_KEYS:
+            e = QLineEdit()
+            e.setObjectName(key)
+            e.setEchoMode(QLineEdit.EchoMode.Password)
+            e.setPlaceholderText(("hex:… " if key == SECRET_MN_HA_KEY else "")
+                                 + "(empty: keep what the keyring has)")
+            e.textChanged.connect(self.revalidate)
+            form.addRow(KEY_LABELS[key], e)
+            self.secret_edits[key] = e
+        self.key_edit = self.secret_edits[SECRET_MN_HA_KEY]
         right.addLayout(form)
         self.message = QLabel()
         self.message.setObjectName("message")
@@ -122,17 +129,17 @@ class ProfileDialog(QWidget):
                 w.setChecked(v.lower() == "true")
             else:
                 w.setText(v)
-        self.key_edit.clear()
+        for e in self.secret_edits.values():
+            e.clear()
         self.revalidate()
 
     def revalidate(self) -> dict[str, str]:
         errs = pm.validate(self.values())
-        key = self.key_edit.text()
-        if key and (msg := validate_secret(SECRET_MN_HA_KEY, key)):
-            errs["key"] = msg
-        for k, w in self.widgets.items():
+        for key, e in self.secret_edits.items():
+            if e.text() and (msg := validate_secret(key, e.text())):
+                errs[key] = msg
+        for k, w in [*self.widgets.items(), *self.secret_edits.items()]:
             w.setStyleSheet(ERROR_STYLE if k in errs else "")
-        self.key_edit.setStyleSheet(ERROR_STYLE if "key" in errs else "")
         self.message.setText(next(iter(errs.values()), ""))
         self.message.setStyleSheet("color: #c62828;" if errs else "")
         self.save_button.setEnabled(not errs)
@@ -237,13 +244,17 @@ class ProfileDialog(QWidget):
             (d / f"{name}.toml").write_text(text, encoding="utf-8")
         except OSError as exc:
             self.message.setText(f"Saved {name}; this computer's copy failed: {exc.strerror}")
-        key = self.key_edit.text()
-        if key:
+        stored = []
+        for key, e in self.secret_edits.items():
+            if not e.text():
+                continue
             try:
-                await off_loop(self.tray.store.set, name, SECRET_MN_HA_KEY, key)
+                await off_loop(self.tray.store.set, name, key, e.text())
             except KeyringUnavailable as exc:
-                self.message.setText(f"Saved {name}, but the key was not stored: {exc}")
+                self.message.setText(f"Saved {name}, but its secrets were not stored: {exc}")
                 return False
-            self.key_edit.clear()
-        self.message.setText(f"Saved {name}" + (" and its key (keyring)" if key else ""))
+            e.clear()
+            stored.append(KEY_LABELS[key].split(" (")[0])
+        self.message.setText(f"Saved {name}" + (f"; in the keyring: {', '.join(stored)}"
+                                                if stored else ""))
         return True

@@ -182,8 +182,11 @@ def test_canary_secret_only_in_the_get_secrets_reply(double: Any, tray: Any, qlo
                      ("spi", "300")):
             ed.widgets[k].setText(v)
         ed.key_edit.setText(CANARY)
+        ed.secret_edits["vpn_psk"].setText(CANARY + "-psk")
         assert run(qloop, ed.save()), ed.message.text()
-        assert ed.key_edit.text() == ""
+        assert ed.message.text() == ("Saved canary; in the keyring: Mobile-Home key, "
+                                     "VPN pre-shared key")
+        assert ed.key_edit.text() == "" and ed.secret_edits["vpn_psk"].text() == ""
         assert tray.store.get("canary", "mn_ha_key") == CANARY
         exported = tmp_path / "canary.toml"
         assert ed.export_file(exported)
@@ -222,6 +225,11 @@ def test_canary_secret_only_in_the_get_secrets_reply(double: Any, tray: Any, qlo
                     assert CANARY.encode() not in data and CANARY_RAW not in data, f
         assert "mn_ha_key" not in exported.read_text()
         assert (config / "trustroam/profiles/canary.toml").is_file()
+        # The VPN side asks for its PSK the same way: the agent has it too.  (After the
+        # monitors: the double's test-only AskSecrets hands the answer to this test.)
+        assert run(qloop, double.call("AskSecrets", "sas", ["canary", ["vpn_psk"]])) == {
+            "vpn_psk": CANARY + "-psk"}
     finally:
         procs.stop()
         tray.store.delete("canary", "mn_ha_key")
+        tray.store.delete("canary", "vpn_psk")
