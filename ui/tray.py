@@ -158,7 +158,12 @@ class Tray(QObject):
                                    on_event=self._on_event, on_appeared=self._helper_appeared)
         self.helper.agent_path = AGENT_PATH
         self.nm = NetworkName(self.bus, self._on_network)
-        await self.helper.start()
+        try:
+            await self.helper.start()
+        except Exception as exc:  # the bus refused our match rules or went away
+            log.warning("cannot follow the helper: %s", exc)
+            self.problem(f"Cannot follow the TrustRoam service: {exc}")
+            return
         try:
             await self.nm.start()
         except Exception as exc:
