@@ -220,6 +220,7 @@ class Tray(QObject):
 
     def _on_network(self, name: str) -> None:
         self.network = name
+        self.coalescer.network = name  # a notice still settling names the new network
         self._refresh()
         if self.status_window is not None:
             self.status_window.update_snapshot(self.snapshot)
