@@ -1,0 +1,297 @@
+# ruff: noqa: F821, F722
+# No `from __future__ import annotations`: dbus-next reads D-Bus signatures from
+# the string annotations below.
+"""A test double of org.trustroam.Helper1 (resources/dbus/org.trustroam.Helper1.xml).
+
+Run as its own process on a private system bus (``python3 -m tests.ui.helper_double``);
+prints ``ready`` once it owns the name.  Tests steer it through
+``org.trustroam.Test1`` at ``/org/trustroam/Test``: set any property (it emits
+PropertiesChanged exactly as the helper does, only for values that changed),
+emit Event signals, read the calls it received, make it ask the registered secret
+agent, and make a method fail.
+"""
+
+import asyncio
+import json
+import sys
+import time
+import tomllib
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, MessageType, PropertyAccess
+from dbus_next.errors import DBusError
+from dbus_next.message import Message
+from dbus_next.service import ServiceInterface, dbus_property, method, signal
+
+from app.api import (
+    BUS_NAME,
+    ERROR_FAILED,
+    ERROR_INVALID,
+    INTERFACE,
+    OBJECT_PATH,
+    SECRET_AGENT_INTERFACE,
+    SECRET_MN_HA_KEY,
+    Mode,
+    Policy,
+    Probe,
+    Snapshot,
+    State,
+)
+
+TEST_INTERFACE = "org.trustroam.Test1"
+TEST_PATH = "/org/trustroam/Test"
+
+
+class Double(ServiceInterface):
+    def __init__(self, bus):
+        super().__init__(INTERFACE)
+        self.bus = bus
+        self.snap = Snapshot()
+        self._last = self.snap.to_dbus()
+        self.calls = []
+        self.history = []
+        self.profiles = {"corp": 'name = "corp"\n', "lab": 'name = "lab"\n'}
+        self.agents = []
+        self.fail = {}
+        self.last_secrets_keys = []
+
+    def apply(self, **changes):
+        fields = {}
+        kinds = {"home_agent_probe": lambda v: Probe(*v), "vpn_probe": lambda v: Probe(*v),
+                 "state": State, "mode": Mode, "policy": Policy}
+        for k, v in changes.items():
+            fields[k] = kinds[k](v) if k in kinds else v
+        from dataclasses import replace
+
+        self.snap = replace(self.snap, **fields)
+        new = self.snap.to_dbus()
+        changed = {k: v for k, v in new.items() if self._last.get(k) != v}
+        self._last = new
+        if changed:
+            self.emit_properties_changed(changed)
+
+    def event(self, kind, details):
+        now = time.time()
+        self.history.append((now, kind, dict(details)))
+        self.Event(kind, {"time": f"{now:.3f}", **details})
+
+    def _check(self, member):
+        self.calls.append(member)
+        msg = self.fail.get(member.split(" ")[0])
+        if msg:
+            raise DBusError(ERROR_FAILED, msg)
+
+    async def ask_agent(self, profile, keys):
+        if not self.agents:
+            return {}
+        sender, path = self.agents[-1]
+        reply = await self.bus.call(Message(destination=sender, path=path,
+                                            interface=SECRET_AGENT_INTERFACE,
+                                            member="GetSecrets", signature="sas",
+                                            body=[profile, keys]))
+        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+            return {}
+        return dict(reply.body[0])
+
+    @method()
+    async def Connect(self, profile: "s"):
+        self._check(f"Connect {profile}")
+        if profile not in self.profiles:
+            raise DBusError(ERROR_FAILED, f"no profile {profile!r}")
+        self.apply(profile=profile, state="probing", mode="none")
+        got = await self.ask_agent(profile, [SECRET_MN_HA_KEY])
+        self.last_secrets_keys = sorted(got)
+        if not got.get(SECRET_MN_HA_KEY):
+            self.apply(state="error", error=f"no key for profile {profile!r}")
+            raise DBusError(ERROR_FAILED, f"no key for profile {profile!r}")
+        self.apply(state="trusted", mode="h", home_address="10.20.1.10", error="")
+        self.event("connect", {"profile": profile})
+
+    @method()
+    def Disconnect(self):
+        self._check("Disconnect")
+        self.apply(state="offline", mode="none", profile="", care_of_address="",
+                   binding_expires=0.0)
+
+    @method()
+    def Reprobe(self):
+        self._check("Reprobe")
+        self.event("reprobe", {})
+
+    @method()
+    def SetPolicy(self, policy: "s"):
+        self._check(f"SetPolicy {policy}")
+        try:
+            self.apply(policy=policy)
+        except ValueError:
+            raise DBusError(ERROR_INVALID, f"unknown policy {policy!r}") from None
+        self.event("policy", {"policy": policy})
+
+    @method()
+    def GetHistory(self, n: "u") -> "a(dsa{ss})":
+        return [[t, k, d] for t, k, d in self.history[-n:]] if n else []
+
+    @method()
+    def ListProfiles(self) -> "as":
+        return sorted(self.profiles)
+
+    @method()
+    def SaveProfile(self, toml: "s") -> "s":
+        self._check("SaveProfile")
+        self.calls.append("SaveProfile-text " + toml)
+        try:
+            doc = tomllib.loads(toml)
+        except tomllib.TOMLDecodeError as exc:
+            raise DBusError(ERROR_INVALID, f"SaveProfile: not valid TOML: {exc}") from None
+        name = doc.get("name")
+        if not isinstance(name, str) or not name:
+            raise DBusError(ERROR_INVALID, "SaveProfile: name: is required")
+        self.profiles[name] = toml
+        self.event("profile-saved", {"profile": name})
+        return name
+
+    @method()
+    def RegisterSecretAgent(self, path: "o"):
+        self.calls.append(f"RegisterSecretAgent {path}")
+        self.agents.append((self._sender, path))
+
+    @signal()
+    def Event(self, kind, details) -> "sa{ss}":
+        return [kind, details]
+
+    def _p(self, name):
+        return self._last[name]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> "s":
+        return self._p("State")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Mode(self) -> "s":
+        return self._p("Mode")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Profile(self) -> "s":
+        return self._p("Profile")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Interface(self) -> "s":
+        return self._p("Interface")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def HomeAddress(self) -> "s":
+        return self._p("HomeAddress")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CareOfAddress(self) -> "s":
+        return self._p("CareOfAddress")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def TunnelInnerAddress(self) -> "s":
+        return self._p("TunnelInnerAddress")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def HomeAgentProbe(self) -> "(bdd)":
+        return self._p("HomeAgentProbe")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def VpnProbe(self) -> "(bdd)":
+        return self._p("VpnProbe")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def NatDetected(self) -> "b":
+        return self._p("NatDetected")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def BindingExpires(self) -> "d":
+        return self._p("BindingExpires")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastHandoverMs(self) -> "d":
+        return self._p("LastHandoverMs")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Error(self) -> "s":
+        return self._p("Error")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Policy(self) -> "s":
+        return self._p("Policy")
+
+
+class Control(ServiceInterface):
+    def __init__(self, double):
+        super().__init__(TEST_INTERFACE)
+        self.d = double
+
+    @method()
+    def Set(self, changes_json: "s"):
+        self.d.apply(**json.loads(changes_json))
+
+    @method()
+    def Emit(self, kind: "s", details: "a{ss}"):
+        self.d.event(kind, details)
+
+    @method()
+    def ProbeBurst(self, n: "u", start: "d", step: "d"):
+        """n answered probes (both HA and VPN), one PropertiesChanged each: history
+        for the benchmark's plot."""
+        for i in range(n):
+            t = start + i * step
+            self.d.apply(home_agent_probe=[True, 2.0 + (i % 17) * 0.1, t],
+                         vpn_probe=[True, 12.0 + (i % 13) * 0.2, t])
+
+    @method()
+    def EventBurst(self, n: "u"):
+        for i in range(n):
+            self.d.event("probe-answered", {"rtt_ms": f"{2 + (i % 17) * 0.1:.2f}"})
+
+    @method()
+    def Calls(self) -> "as":
+        return list(self.d.calls)
+
+    @method()
+    def Fail(self, member: "s", message: "s"):
+        self.d.fail[member] = message
+
+    @method()
+    async def AskSecrets(self, profile: "s", keys: "as") -> "a{ss}":
+        return await self.d.ask_agent(profile, keys)
+
+    @method()
+    def Agents(self) -> "as":
+        return [f"{s} {p}" for s, p in self.d.agents]
+
+
+class SenderBus(MessageBus):
+    """Records the sender of RegisterSecretAgent (dbus-next does not pass it)."""
+
+    double = None
+
+    def _make_method_handler(self, interface, meth):
+        inner = super()._make_method_handler(interface, meth)
+
+        def handler(msg, send_reply):
+            if self.double is not None:
+                self.double._sender = msg.sender
+            inner(msg, send_reply)
+
+        return handler
+
+
+async def main():
+    bus = await SenderBus(bus_type=BusType.SYSTEM).connect()
+    double = Double(bus)
+    bus.double = double
+    bus.export(OBJECT_PATH, double)
+    bus.export(TEST_PATH, Control(double))
+    await bus.request_name(BUS_NAME)
+    print("ready", flush=True)
+    await bus.wait_for_disconnect()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)

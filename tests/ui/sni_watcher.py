@@ -1,0 +1,134 @@
+# ruff: noqa: F821, F722
+# No `from __future__ import annotations`: dbus-next reads D-Bus signatures from
+# the string annotations below.
+"""What a desktop shell runs on the session bus, reduced to what a tray needs.
+
+``org.kde.StatusNotifierWatcher`` (items register here, as with Plasma or GNOME's
+AppIndicator extension) and ``org.freedesktop.Notifications`` (records every
+Notify so tests can count notifications).  Runs as its own process
+(``python3 -m tests.ui.sni_watcher``), prints ``ready``.  Test-only methods:
+``org.trustroam.TestShell.Notifications() -> a(ss)``.
+"""
+
+import asyncio
+import sys
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, PropertyAccess
+from dbus_next.service import ServiceInterface, dbus_property, method, signal
+
+
+class Watcher(ServiceInterface):
+    def __init__(self):
+        super().__init__("org.kde.StatusNotifierWatcher")
+        self.items = []
+        self.sender = ""
+
+    @method()
+    def RegisterStatusNotifierItem(self, service: "s"):
+        # Qt passes its unique name, or a path: the item is <sender><path>.
+        item = service if service.startswith(":") or "." in service.split("/")[0] else (
+            self.sender + service)
+        if item not in self.items:
+            self.items.append(item)
+        self.StatusNotifierItemRegistered(item)
+
+    @method()
+    def RegisterStatusNotifierHost(self, service: "s"):
+        pass
+
+    @dbus_property(access=PropertyAccess.READ)
+    def RegisteredStatusNotifierItems(self) -> "as":
+        return self.items
+
+    @dbus_property(access=PropertyAccess.READ)
+    def IsStatusNotifierHostRegistered(self) -> "b":
+        return True
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ProtocolVersion(self) -> "i":
+        return 0
+
+    @signal()
+    def StatusNotifierItemRegistered(self, item) -> "s":
+        return item
+
+    @signal()
+    def StatusNotifierItemUnregistered(self, item) -> "s":
+        return item
+
+
+class Notifications(ServiceInterface):
+    def __init__(self):
+        super().__init__("org.freedesktop.Notifications")
+        self.seen = []
+        self.next_id = 1
+
+    @method()
+    def Notify(self, app: "s", replaces: "u", icon: "s", summary: "s", body: "s",
+               actions: "as", hints: "a{sv}", timeout: "i") -> "u":
+        self.seen.append([summary, body])
+        self.next_id += 1
+        return self.next_id
+
+    @method()
+    def GetCapabilities(self) -> "as":
+        return ["body"]
+
+    @method()
+    def CloseNotification(self, nid: "u"):
+        pass
+
+    @method()
+    def GetServerInformation(self) -> "ssss":
+        return ["test-shell", "trustroam", "1", "1.2"]
+
+
+class TestShell(ServiceInterface):
+    def __init__(self, notes, watcher):
+        super().__init__("org.trustroam.TestShell")
+        self.notes = notes
+        self.watcher = watcher
+
+    @method()
+    def Notifications(self) -> "a(ss)":
+        return self.notes.seen
+
+    @method()
+    def Items(self) -> "as":
+        return self.watcher.items
+
+
+class SenderBus(MessageBus):
+    watcher = None
+
+    def _make_method_handler(self, interface, meth):
+        inner = super()._make_method_handler(interface, meth)
+
+        def handler(msg, send_reply):
+            if self.watcher is not None:
+                self.watcher.sender = msg.sender
+            inner(msg, send_reply)
+
+        return handler
+
+
+async def main():
+    bus = await SenderBus(bus_type=BusType.SESSION).connect()
+    watcher = Watcher()
+    notes = Notifications()
+    bus.watcher = watcher
+    bus.export("/StatusNotifierWatcher", watcher)
+    bus.export("/org/freedesktop/Notifications", notes)
+    bus.export("/TestShell", TestShell(notes, watcher))
+    await bus.request_name("org.freedesktop.Notifications")
+    await bus.request_name("org.kde.StatusNotifierWatcher")
+    print("ready", flush=True)
+    await bus.wait_for_disconnect()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)

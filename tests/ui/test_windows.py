@@ -1,0 +1,135 @@
+"""The profile editor and the status window, in this process (pytest-qt, qasync loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ui.conftest import run
+
+GOOD = {"name": "corp2", "home_address": "10.20.1.10", "home_network": "10.20.1.0/24",
+        "home_agent": "10.20.1.1", "spi": "300"}
+
+
+@pytest.fixture
+def editor(tray: Any, qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    tray.show_profiles()
+    ed = tray.profile_dialog
+    for k, v in GOOD.items():
+        ed.widgets[k].setText(v)
+    return ed
+
+
+def test_editor_validates_as_you_type_naming_the_field(double: Any, editor: Any) -> None:
+    ed = editor
+    assert ed.message.text() == "" and ed.save_button.isEnabled()
+    ed.widgets["home_address"].setText("10.30.0.5")
+    assert ed.message.text() == ("home_address: 10.30.0.5 is not a host address of "
+                                 "home_network 10.20.1.0/24")
+    assert not ed.save_button.isEnabled()
+    assert "border" in ed.widgets["home_address"].styleSheet()
+    ed.widgets["home_address"].setText("10.20.1.10")
+    ed.widgets["spi"].setText("12")
+    assert ed.message.text() == "spi: 12 is reserved (0-255); use 256 or above"
+    ed.widgets["spi"].setText("300")
+    ed.widgets["home_agent"].setText("10.20.1.x")
+    assert ed.message.text() == "home_agent: '10.20.1.x' is not an IPv4 address"
+    ed.widgets["home_agent"].setText("10.20.1.1")
+    ed.key_edit.setText("hex:abcd")
+    assert ed.message.text() == "Mobile-Home key (hex:…): is 2 bytes; it must be 16 to 64"
+    ed.key_edit.setText("")
+    ed.widgets["name"].setText("")
+    assert ed.message.text() == "name: is required"
+    assert not ed.save_button.isEnabled()
+
+
+def test_editor_saves_through_save_profile_and_shows_refusal(double: Any, editor: Any,
+                                                             tray: Any, qloop: Any) -> None:
+    assert run(qloop, editor.save()), editor.message.text()
+    calls = run(qloop, double.calls())
+    saved = [c for c in calls if c.startswith("SaveProfile-text ")]
+    assert saved and 'name = "corp2"' in saved[-1] and "[probe]" in saved[-1]
+
+    async def listed() -> None:
+        while "corp2" not in tray.profiles:  # profile-saved Event -> ListProfiles again
+            await asyncio.sleep(0.02)
+
+    run(qloop, listed())
+    run(qloop, double.call("Fail", "ss", ["SaveProfile", "Not authorized: administrator "
+                                                         "authentication required"]))
+    assert not run(qloop, editor.save())
+    assert editor.message.text() == ("Not saved: Not authorized: administrator "
+                                     "authentication required")
+
+
+def test_editor_import_export_without_secrets(double: Any, editor: Any, tmp_path: Path) -> None:
+    ed = editor
+    ed.widgets["nai"].setText("alice@corp.example")
+    ed.widgets["features.gate"].setChecked(False)
+    out = tmp_path / "corp2.toml"
+    assert ed.export_file(out)
+    text = out.read_text()
+    assert 'nai = "alice@corp.example"' in text and "gate = false" in text
+    ed.load_values({})
+    assert ed.import_file(out)
+    assert ed.values()["nai"] == "alice@corp.example"
+    assert ed.values()["features.gate"] == "false"
+    bad = tmp_path / "with-key.toml"
+    bad.write_text('mn_ha_key = "hex:00112233445566778899aabbccddeeff"\n' + text)
+    assert not ed.import_file(bad)
+    assert ed.message.text().startswith(f"{bad}: mn_ha_key: secrets do not belong")
+    bad.write_text(text + 'psk = "x"\n')  # lands in [features]: refused there too
+    assert not ed.import_file(bad)
+    assert ed.message.text().startswith(f"{bad}: features.psk: secrets do not belong")
+    typo = tmp_path / "typo.toml"
+    typo.write_text(text.replace("lifetime", "liftime"))
+    assert not ed.import_file(typo)
+    assert ed.message.text() == f"{typo}: liftime: is not a known setting"
+
+
+def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
+                                                         qloop: Any, qtbot: Any) -> None:
+    from ui.status_window import path_nodes
+
+    now = time.time()
+
+    async def drive() -> None:
+        await double.call("Emit", "sa{ss}", ["link-up", {"iface": "eth0"}])
+        await double.call("Emit", "sa{ss}", ["handover", {"mode": "c", "ms": "42.0"}])
+        await double.set(state="untrusted", mode="mc", tunnel_inner_address="10.99.0.5",
+                         last_handover_ms=42.0)
+        for i in range(5):
+            await double.set(home_agent_probe=[True, 2.0 + i, now - 50 + i],
+                             vpn_probe=[True, 20.0 + i, now - 50 + i])
+
+    run(qloop, drive())
+    tray.show_status()
+    w = tray.status_window
+    run(qloop, w.reload_history())
+    qtbot.waitUntil(lambda: tray.snapshot is not None and tray.snapshot.vpn_probe.rtt_ms == 24)
+    boxes, links, secure = path_nodes(tray.snapshot)
+    assert boxes == ["This computer", "VPN gateway", "Home agent"] and secure
+    assert links[0] == "ESP (TIA 10.99.0.5)"
+    assert w.fields["tia"].text() == "10.99.0.5"
+    assert w.fields["handover"].text() == "42 ms"
+    # The RTT plot holds every answered probe.
+    _xs, ys = w.curves["vpn"].getData()
+    assert list(ys) == [20.0, 21.0, 22.0, 23.0, 24.0]
+    # History from GetHistory, then live from the Event signal.
+    kinds = [w.model.index(r, 1).data() for r in range(w.model.rowCount())]
+    assert kinds[:2] == ["link-up", "handover"]
+    run(qloop, double.call("Emit", "sa{ss}", ["error", {"reason": "fa-timeout"}]))
+    qtbot.waitUntil(lambda: w.model.rowCount() == len(kinds) + 1)
+    # Filtering by kind and by text.
+    w.kind_filter.setCurrentIndex(w.kind_filter.findData("handover"))
+    assert w.proxy.rowCount() == 1
+    w.kind_filter.setCurrentIndex(0)
+    w.text_filter.setText("fa-timeout")
+    assert w.proxy.rowCount() == 1
+    w.text_filter.setText("")
+    assert w.handovers.rowCount() == 1 and w.handovers.index(0, 2).data() == "42.0"

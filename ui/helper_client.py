@@ -1,0 +1,181 @@
+"""The tray's side of org.trustroam.Helper1 (resources/dbus/org.trustroam.Helper1.xml).
+
+Signal-driven: one GetAll when the helper's name gets an owner, then
+PropertiesChanged and Event; NameOwnerChanged says when the helper goes away
+or comes back (a restart gets a new unique name, and everything is re-read and
+the secret agent registered again).  No timers, no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import MessageType
+from dbus_next.message import Message
+from dbus_next.signature import Variant
+
+from app.api import BUS_NAME, INTERFACE, OBJECT_PATH, HistoryEntry, Snapshot
+
+log = logging.getLogger("trustroam.tray.helper")
+DBUS = "org.freedesktop.DBus"
+PROPS = "org.freedesktop.DBus.Properties"
+AGENT_PATH = "/org/trustroam/SecretAgent"
+
+
+class HelperCallError(Exception):
+    """A refused or failed call, with the helper's message (for a person, no secret)."""
+
+
+def unwrap(v: Any) -> Any:
+    if isinstance(v, Variant):
+        return unwrap(v.value)
+    if isinstance(v, list):
+        return [unwrap(x) for x in v]
+    if isinstance(v, dict):
+        return {k: unwrap(x) for k, x in v.items()}
+    return v
+
+
+class HelperClient:
+    """Mirrors the helper's properties; callbacks run on the event loop."""
+
+    def __init__(self, bus: MessageBus, *, on_snapshot: Callable[[Snapshot | None], None],
+                 on_event: Callable[[HistoryEntry], None],
+                 on_appeared: Callable[[], None] | None = None) -> None:
+        self.bus = bus
+        self.on_snapshot = on_snapshot
+        self.on_event = on_event
+        self.on_appeared = on_appeared
+        self.owner: str | None = None
+        self.props: dict[str, Any] = {}
+        self.snapshot: Snapshot | None = None
+        self.agent_path: str | None = None
+        self._generation = 0
+        self._pending: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        self.bus.add_message_handler(self._on_message)
+        for rule in (f"type='signal',sender='{DBUS}',interface='{DBUS}',"
+                     f"member='NameOwnerChanged',arg0='{BUS_NAME}'",
+                     f"type='signal',sender='{BUS_NAME}',path='{OBJECT_PATH}',"
+                     f"interface='{PROPS}',member='PropertiesChanged'",
+                     f"type='signal',sender='{BUS_NAME}',path='{OBJECT_PATH}',"
+                     f"interface='{INTERFACE}',member='Event'"):
+            await self._call(DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
+        try:
+            owner = (await self._call(DBUS, "/org/freedesktop/DBus", DBUS, "GetNameOwner",
+                                      "s", [BUS_NAME]))[0]
+        except HelperCallError:
+            owner = None
+        await self._owner_changed(owner)
+
+    # -- incoming --------------------------------------------------------------------
+
+    def _on_message(self, msg: Message) -> bool:
+        if msg.message_type is not MessageType.SIGNAL:
+            return False
+        if msg.interface == DBUS and msg.member == "NameOwnerChanged":
+            if msg.body and msg.body[0] == BUS_NAME:
+                self._pending = asyncio.ensure_future(self._owner_changed(msg.body[2] or None))
+            return False
+        if msg.path != OBJECT_PATH or self.owner is None or msg.sender != self.owner:
+            return False
+        if msg.interface == PROPS and msg.member == "PropertiesChanged":
+            iface, changed, _invalidated = msg.body
+            if iface == INTERFACE and self.props:
+                self.props.update(unwrap(changed))
+                self._publish()
+        elif msg.interface == INTERFACE and msg.member == "Event":
+            kind, details = msg.body
+            try:
+                t = float(details.get("time", "0"))
+            except ValueError:
+                t = 0.0
+            self.on_event(HistoryEntry(t, str(kind), dict(details)))
+        return False
+
+    async def _owner_changed(self, owner: str | None) -> None:
+        self._generation += 1
+        gen = self._generation
+        self.owner = owner
+        self.props = {}
+        if owner is None:
+            log.info("helper not running")
+            self.snapshot = None
+            self.on_snapshot(None)
+            return
+        try:
+            body = await self._call(owner, OBJECT_PATH, PROPS, "GetAll", "s", [INTERFACE])
+        except HelperCallError as exc:
+            log.warning("cannot read the helper's properties: %s", exc)
+            return
+        if gen != self._generation:
+            return  # the owner changed again while we asked
+        self.props = unwrap(body[0])
+        log.info("helper present as %s", owner)
+        self._publish()
+        if self.agent_path is not None:
+            try:
+                await self.register_secret_agent(self.agent_path)
+            except HelperCallError as exc:
+                log.warning("secret agent not registered: %s", exc)
+        if self.on_appeared is not None:
+            self.on_appeared()
+
+    def _publish(self) -> None:
+        try:
+            self.snapshot = Snapshot.from_dbus(self.props)
+        except ValueError as exc:  # an enum value this tray does not know
+            log.warning("helper sent a value this tray does not know: %s", exc)
+            return
+        self.on_snapshot(self.snapshot)
+
+    # -- outgoing --------------------------------------------------------------------
+
+    async def _call(self, dest: str, path: str, iface: str, member: str, sig: str = "",  # noqa: PLR0917
+                    body: list[Any] | None = None) -> list[Any]:
+        reply = await self.bus.call(Message(destination=dest, path=path, interface=iface,
+                                            member=member, signature=sig, body=body or []))
+        if reply is None:
+            raise HelperCallError("no reply")
+        if reply.message_type is MessageType.ERROR:
+            text = str(reply.body[0]) if reply.body else reply.error_name or "error"
+            if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
+                                    "org.freedesktop.DBus.Error.NameHasNoOwner"):
+                text = "TrustRoam service not running"
+            raise HelperCallError(text)
+        return list(reply.body)
+
+    async def call(self, member: str, sig: str = "", body: list[Any] | None = None) -> list[Any]:
+        return await self._call(BUS_NAME, OBJECT_PATH, INTERFACE, member, sig, body)
+
+    async def connect(self, profile: str) -> None:
+        await self.call("Connect", "s", [profile])
+
+    async def disconnect(self) -> None:
+        await self.call("Disconnect")
+
+    async def reprobe(self) -> None:
+        await self.call("Reprobe")
+
+    async def set_policy(self, policy: str) -> None:
+        await self.call("SetPolicy", "s", [policy])
+
+    async def list_profiles(self) -> list[str]:
+        return [str(n) for n in (await self.call("ListProfiles"))[0]]
+
+    async def save_profile(self, toml: str) -> str:
+        return str((await self.call("SaveProfile", "s", [toml]))[0])
+
+    async def history(self, n: int) -> list[HistoryEntry]:
+        rows = (await self.call("GetHistory", "u", [n]))[0]
+        return [HistoryEntry(float(t), str(k), dict(d)) for t, k, d in rows]
+
+    async def register_secret_agent(self, path: str = AGENT_PATH) -> None:
+        self.agent_path = path
+        if self.owner is not None:
+            await self.call("RegisterSecretAgent", "o", [path])

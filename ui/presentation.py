@@ -1,0 +1,172 @@
+"""What the tray says and shows for a helper snapshot: pure functions, no Qt, no I/O.
+
+Kept apart so the wording, the icon choice and the notification coalescing are
+tested without a display, and so the icon can never claim more security than
+the snapshot carries.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from app.api import Mode, Probe, Snapshot, State
+
+MODE_WORDS = {
+    Mode.HOME: "at home (mode h)",
+    Mode.COLOCATED: "away, own care-of address (mode c)",
+    Mode.FOREIGN_AGENT: "away, through a foreign agent (mode f)",
+    Mode.VPN: "untrusted network, through the VPN (mode mc)",
+    Mode.NONE: "",
+}
+
+NOT_RUNNING = "not-running"
+
+
+def icon_name(snap: Snapshot | None) -> str:
+    """The icon file's stem (resources/icons/<stem>.svg); None means no helper."""
+    if snap is None:
+        return "trustroam-" + NOT_RUNNING
+    if snap.state is State.TRUSTED:
+        return {Mode.HOME: "trustroam-trusted-home",
+                Mode.FOREIGN_AGENT: "trustroam-trusted-fa"}.get(snap.mode,
+                                                               "trustroam-trusted-colocated")
+    if snap.state is State.UNTRUSTED:
+        # Only a VPN path (mode mc) is secure on an untrusted network.
+        return "trustroam-vpn" if snap.mode is Mode.VPN else "trustroam-untrusted"
+    return {State.PROBING: "trustroam-probing", State.ERROR: "trustroam-error"}.get(
+        snap.state, "trustroam-offline")
+
+
+SECURE_ICONS = frozenset({"trustroam-trusted-home", "trustroam-trusted-colocated",
+                          "trustroam-trusted-fa", "trustroam-vpn"})
+
+
+def headline(snap: Snapshot | None) -> str:
+    """State and mode in words: the tooltip's first line and the notifications' text."""
+    if snap is None:
+        return "TrustRoam service not running"
+    s = snap.state
+    if s is State.TRUSTED:
+        return "Trusted network, " + MODE_WORDS[snap.mode]
+    if s is State.UNTRUSTED:
+        if snap.mode is Mode.VPN:
+            return "Untrusted network, protected by the VPN (mode mc)"
+        return "Untrusted network, NOT protected"
+    if s is State.PROBING:
+        return "Checking the network…"
+    if s is State.ERROR:
+        return "Error: " + (friendly_error(snap.error) or "unknown")
+    return "Offline"
+
+
+_CODE = re.compile(r"\((\d{2,3})\)")
+_CODE_WORDS = {
+    131: "The home agent refused the key (131): check the profile's key",
+    67: "The foreign agent refused the key (67): check the profile's key",
+    133: "The home agent rejected the registration's identification (133): "
+         "check this computer's clock",
+    129: "The home agent refused this node (129): ask the administrator",
+    136: "The home agent does not know this home address (136): check the profile",
+}
+
+
+def friendly_error(error: str) -> str:
+    """The helper's error in words a user can act on (never more than one line)."""
+    m = _CODE.search(error)
+    if m and int(m.group(1)) in _CODE_WORDS:
+        return _CODE_WORDS[int(m.group(1))]
+    return error.splitlines()[0] if error else ""
+
+
+def _probe(label: str, p: Probe) -> str:
+    if p.answered_at <= 0:
+        return f"{label}: no answer yet"
+    rtt = f"{p.rtt_ms:.1f} ms" if p.rtt_ms >= 0 else "?"
+    return f"{label}: {'reachable' if p.reachable else 'NOT reachable'}, last RTT {rtt}"
+
+
+def tooltip(snap: Snapshot | None, network: str) -> str:
+    """Every line a user asks about at a glance, one fact per line."""
+    lines = ["TrustRoam: " + headline(snap)]
+    if network:
+        lines.append(f"Network: {network}")
+    if snap is None:
+        return "\n".join(lines)
+    if snap.profile:
+        lines.append(f"Profile: {snap.profile}")
+    if snap.home_address:
+        lines.append(f"Home address: {snap.home_address}")
+    if snap.mode is Mode.VPN and snap.tunnel_inner_address:
+        lines.append(f"Tunnel inner address: {snap.tunnel_inner_address}")
+    if snap.care_of_address:
+        lines.append(f"Care-of address: {snap.care_of_address}")
+    if snap.state is not State.OFFLINE or snap.home_agent_probe.answered_at > 0:
+        lines.append(_probe("Home agent", snap.home_agent_probe))
+    if snap.mode is Mode.VPN or snap.vpn_probe.answered_at > 0:
+        lines.append(_probe("VPN gateway", snap.vpn_probe))
+    if snap.binding_expires > 0:
+        # An absolute time stays true without the tray waking up to count down
+        # ("n min left" would go stale between two changes).
+        at = time.strftime("%H:%M:%S", time.localtime(snap.binding_expires))
+        lines.append(f"Binding: until {at}")
+    if snap.nat_detected:
+        lines.append("NAT detected")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Notice:
+    title: str
+    text: str
+    urgent: bool = False
+
+
+class Coalescer:
+    """One notification per settled change, not one per step.
+
+    ``observe`` is called on every snapshot; it returns how long to wait before
+    ``settle`` should be called (the caller runs one single-shot timer).  A change
+    that returns to where the user last heard about is not announced.
+    """
+
+    SETTLE_S = 1.5
+
+    def __init__(self) -> None:
+        self.announced: tuple[str, str, str] | None = None
+        self.pending: Snapshot | None = None
+        self.pending_present = True
+        self.network = ""
+
+    @staticmethod
+    def _key(snap: Snapshot | None) -> tuple[str, str, str]:
+        if snap is None:
+            return (NOT_RUNNING, "", "")
+        return (snap.state.value, snap.mode.value, snap.error)
+
+    def observe(self, snap: Snapshot | None, network: str = "") -> float | None:
+        self.network = network
+        if self.announced is None:
+            self.announced = self._key(snap)  # the state at start is not news
+            return None
+        self.pending = snap
+        self.pending_present = snap is not None
+        if snap is not None and snap.state is State.PROBING:
+            return None  # a step, not a settled state: wait for what follows
+        return self.SETTLE_S
+
+    def settle(self) -> Notice | None:
+        snap = self.pending if self.pending_present else None
+        if snap is not None and snap.state is State.PROBING:
+            return None
+        key = self._key(snap)
+        if key == self.announced:
+            return None
+        self.announced = key
+        text = headline(snap)
+        if self.network:
+            text += f" — {self.network}"
+        urgent = snap is None or snap.state is State.ERROR or (
+            snap.state is State.UNTRUSTED and snap.mode is not Mode.VPN)
+        return Notice("TrustRoam", text, urgent)

@@ -1,0 +1,260 @@
+"""The profile editor: every field, checked as you type; secrets go to the keyring only.
+
+Saving sends the profile (without secrets) to the helper's SaveProfile, which
+may make polkit ask for the administrator.  The helper has no method that
+returns a saved profile, so the editor keeps this user's copy of what it saved
+(``~/.config/trustroam/profiles/<name>.toml``, no secrets) to edit it again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.api import SECRET_MN_HA_KEY
+from ui import profile_model as pm
+from ui.helper_client import HelperCallError
+from ui.secrets import KEY_LABELS, KNOWN_KEYS, KeyringUnavailable, off_loop, validate_secret
+
+ERROR_STYLE = "border: 2px solid #c62828;"
+
+
+def local_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "trustroam" / "profiles"
+
+
+class ProfileDialog(QWidget):
+    def __init__(self, tray: Any) -> None:
+        super().__init__()
+        self.tray = tray
+        self.setWindowTitle("TrustRoam profiles")
+        self.setObjectName("profile-editor")
+        outer = QHBoxLayout(self)
+        left = QVBoxLayout()
+        self.list = QListWidget()
+        # Clicks and Enter, not currentTextChanged: focus alone must not overwrite the form.
+        self.list.itemClicked.connect(lambda it: self._select(it.text()))
+        self.list.itemActivated.connect(lambda it: self._select(it.text()))
+        left.addWidget(self.list)
+        new = QPushButton("New")
+        new.clicked.connect(lambda: self.load_values(pm.defaults()))
+        left.addWidget(new)
+        outer.addLayout(left, 1)
+
+        right = QVBoxLayout()
+        form = QFormLayout()
+        self.widgets: dict[str, QLineEdit | QComboBox | QCheckBox] = {}
+        for f in pm.FIELDS:
+            w: QLineEdit | QComboBox | QCheckBox
+            if f.kind == "choice":
+                w = QComboBox()
+                w.addItems(list(pm.ALGORITHMS))
+                w.currentTextChanged.connect(self.revalidate)
+            elif f.kind == "bool":
+                w = QCheckBox()
+                w.toggled.connect(self.revalidate)
+            else:
+                w = QLineEdit()
+                w.textChanged.connect(self.revalidate)
+            w.setObjectName(f.key)
+            form.addRow(f.label, w)
+            self.widgets[f.key] = w
+        # Secrets: typed here, stored in the keyring on save, never kept in the form.
+        # The VPN ones are asked for by the VPN side (mode mc) when it needs them.
+        self.secret_edits: dict[str, QLineEdit] = {}
+        for key in KNOWN_KEYS:
+            e = QLineEdit()
+            e.setObjectName(key)
+            e.setEchoMode(QLineEdit.EchoMode.Password)
+            e.setPlaceholderText(("hex:… " if key == SECRET_MN_HA_KEY else "")
+                                 + "(empty: keep what the keyring has)")
+            e.textChanged.connect(self.revalidate)
+            form.addRow(KEY_LABELS[key], e)
+            self.secret_edits[key] = e
+        self.key_edit = self.secret_edits[SECRET_MN_HA_KEY]
+        right.addLayout(form)
+        self.message = QLabel()
+        self.message.setObjectName("message")
+        self.message.setWordWrap(True)
+        right.addWidget(self.message)
+        buttons = QHBoxLayout()
+        self.import_button = QPushButton("Import…")
+        self.import_button.clicked.connect(self._import_dialog)
+        self.export_button = QPushButton("Export…")
+        self.export_button.clicked.connect(self._export_dialog)
+        self.save_button = QPushButton("Save")
+        self.save_button.clicked.connect(lambda: self.tray._spawn(self.save()))
+        for b in (self.import_button, self.export_button, self.save_button):
+            buttons.addWidget(b)
+        right.addLayout(buttons)
+        outer.addLayout(right, 3)
+        self.load_values(pm.defaults())
+
+    # -- values ------------------------------------------------------------------------
+
+    def values(self) -> dict[str, str]:
+        out = {}
+        for k, w in self.widgets.items():
+            if isinstance(w, QComboBox):
+                out[k] = w.currentText()
+            elif isinstance(w, QCheckBox):
+                out[k] = "true" if w.isChecked() else "false"
+            else:
+                out[k] = w.text()
+        return out
+
+    def load_values(self, values: dict[str, str]) -> None:
+        for k, w in self.widgets.items():
+            v = values.get(k, pm.BY_KEY[k].default)
+            if isinstance(w, QComboBox):
+                w.setCurrentText(v)
+            elif isinstance(w, QCheckBox):
+                w.setChecked(v.lower() == "true")
+            else:
+                w.setText(v)
+        for e in self.secret_edits.values():
+            e.clear()
+        self.revalidate()
+
+    def revalidate(self) -> dict[str, str]:
+        errs = pm.validate(self.values())
+        for key, e in self.secret_edits.items():
+            if e.text() and (msg := validate_secret(key, e.text())):
+                errs[key] = msg
+        for k, w in [*self.widgets.items(), *self.secret_edits.items()]:
+            w.setStyleSheet(ERROR_STYLE if k in errs else "")
+        self.message.setText(next(iter(errs.values()), ""))
+        self.message.setStyleSheet("color: #c62828;" if errs else "")
+        self.save_button.setEnabled(not errs)
+        self.export_button.setEnabled(not errs)
+        return errs
+
+    # -- list ----------------------------------------------------------------------------
+
+    def present(self) -> None:
+        current = self.list.currentItem().text() if self.list.currentItem() else ""
+        self.list.clear()
+        self.list.addItems(self.tray.profiles)
+        found = self.list.findItems(current, Qt.MatchFlag.MatchExactly) if current else []
+        if found:
+            self.list.setCurrentItem(found[0])
+        self.show()
+        self.raise_()
+        self.activateWindow()
+
+    def _select(self, name: str) -> None:
+        if not name:
+            return
+        path = local_dir() / f"{name}.toml"
+        try:
+            values = pm.from_toml(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, pm.ProfileFileError):
+            values = {**pm.defaults(), "name": name}
+            self.load_values(values)
+            self.message.setText(f"{name}: saved by the service; this computer has no copy "
+                                 "of its fields: fill them in or import its file")
+            return
+        self.load_values(values)
+
+    # -- import / export ----------------------------------------------------------------
+
+    def import_file(self, path: Path) -> bool:
+        try:
+            values = pm.from_toml(path.read_text(encoding="utf-8"), str(path))
+        except OSError as exc:
+            self.message.setText(f"{path}: cannot read: {exc.strerror}")
+            return False
+        except UnicodeDecodeError:
+            self.message.setText(f"{path}: not a text file")
+            return False
+        except pm.ProfileFileError as exc:
+            self.message.setText(str(exc))
+            return False
+        self.load_values(values)
+        return True
+
+    def export_file(self, path: Path) -> bool:
+        if self.revalidate():
+            return False
+        try:
+            path.write_text(pm.to_toml(self.values()), encoding="utf-8")
+        except OSError as exc:
+            self.message.setText(f"{path}: cannot write: {exc.strerror}")
+            return False
+        self.message.setText(f"Exported to {path} (without the key)")
+        return True
+
+    def _file_dialog(self, save: bool) -> QFileDialog:
+        # open(), not exec(): a nested event loop would stall qasync.
+        d = QFileDialog(self, "Export profile" if save else "Import profile")
+        d.setNameFilter("TrustRoam profiles (*.toml)")
+        if save:
+            d.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+            d.setDefaultSuffix("toml")
+        return d
+
+    def _import_dialog(self) -> None:
+        d = self._file_dialog(False)
+        d.fileSelected.connect(lambda p: self.import_file(Path(p)))
+        d.open()
+
+    def _export_dialog(self) -> None:
+        d = self._file_dialog(True)
+        d.fileSelected.connect(lambda p: self.export_file(Path(p)))
+        d.open()
+
+    # -- save -------------------------------------------------------------------------
+
+    async def save(self) -> bool:
+        if self.revalidate():
+            return False
+        helper = self.tray.helper
+        if helper is None or helper.owner is None:
+            self.message.setText("Not saved: TrustRoam service not running")
+            return False
+        text = pm.to_toml(self.values())
+        self.save_button.setEnabled(False)
+        try:
+            name = await helper.save_profile(text)
+        except HelperCallError as exc:
+            self.message.setText(f"Not saved: {exc}")
+            return False
+        finally:
+            self.save_button.setEnabled(True)
+        try:
+            d = local_dir()
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{name}.toml").write_text(text, encoding="utf-8")
+        except OSError as exc:
+            self.message.setText(f"Saved {name}; this computer's copy failed: {exc.strerror}")
+        stored = []
+        for key, e in self.secret_edits.items():
+            if not e.text():
+                continue
+            try:
+                await off_loop(self.tray.store.set, name, key, e.text())
+            except KeyringUnavailable as exc:
+                self.message.setText(f"Saved {name}, but its secrets were not stored: {exc}")
+                return False
+            e.clear()
+            stored.append(KEY_LABELS[key].split(" (")[0])
+        self.message.setText(f"Saved {name}" + (f"; in the keyring: {', '.join(stored)}"
+                                                if stored else ""))
+        return True

@@ -1,0 +1,205 @@
+# mypy: disable-error-code="name-defined,valid-type"
+# No `from __future__ import annotations`: dbus-next reads the D-Bus signatures
+# of GetSecrets from its string annotations.
+"""Secrets in the system keyring, and the secret agent the helper asks for them.
+
+The keyring (``keyring``, Secret Service: gnome-keyring, KWallet) is the only
+place a secret is kept; nothing here logs, raises or writes one.  ``keyring`` is
+imported when first used (it pulls in secretstorage and cryptography, ~10 MB
+the idle tray does not need).
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from dbus_next.service import ServiceInterface, method
+
+from app.api import SECRET_AGENT_INTERFACE, SECRET_MN_HA_KEY
+
+log = logging.getLogger("trustroam.tray.secrets")
+T = TypeVar("T")
+SERVICE = "trustroam"
+# The names the helper may ask for (app/service/secrets.py; the VPN side adds the rest).
+KNOWN_KEYS = (SECRET_MN_HA_KEY, "vpn_psk", "vpn_password", "vpn_key_passphrase")
+KEY_LABELS = {
+    SECRET_MN_HA_KEY: "Mobile-Home key (hex:…)",
+    "vpn_psk": "VPN pre-shared key",
+    "vpn_password": "VPN password",
+    "vpn_key_passphrase": "VPN private key passphrase",
+}
+
+
+class KeyringUnavailable(Exception):
+    """The keyring cannot be used; the message says why and what to do, never a value."""
+
+
+def _translate(exc: Exception) -> KeyringUnavailable:
+    from keyring import errors
+
+    name = type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, errors.NoKeyringError) or "NotAvailable" in name or (
+            "org.freedesktop.secrets" in text and "not provided" in text):
+        return KeyringUnavailable("No keyring is available: install and start gnome-keyring "
+                                  "or KWallet, then try again")
+    if isinstance(exc, errors.KeyringLocked) or "dismissed" in text.lower() or (
+            "locked" in text.lower()):
+        return KeyringUnavailable("The keyring is locked: unlock it (log in again or open "
+                                  "Passwords and Keys) and try again")
+    return KeyringUnavailable(f"The keyring refused the request ({name})")
+
+
+def validate_secret(key: str, value: str) -> str | None:
+    """A message naming the field when ``value`` is unusable, else None."""
+    if not value:
+        return f"{KEY_LABELS.get(key, key)}: is empty"
+    if key == SECRET_MN_HA_KEY:
+        if not value.startswith("hex:"):
+            return f"{KEY_LABELS[key]}: must start with 'hex:' followed by hex digits"
+        try:
+            raw = bytes.fromhex(value[4:])
+        except ValueError:
+            return f"{KEY_LABELS[key]}: has characters that are not hex digits"
+        if not 16 <= len(raw) <= 64:
+            return f"{KEY_LABELS[key]}: is {len(raw)} bytes; it must be 16 to 64"
+    return None
+
+
+def _keyring() -> Any:
+    """The keyring backend; looked for again while none was found (it may start later:
+    keyring itself decides once per process)."""
+    import keyring
+    from keyring.backends import SecretService, fail, kwallet
+
+    kr = keyring.get_keyring()
+    if isinstance(kr, fail.Keyring):
+        for cls in (SecretService.Keyring, kwallet.DBusKeyring):
+            try:
+                if cls.priority > 0:  # raises when that backend cannot work here
+                    kr = cls()
+                    keyring.set_keyring(kr)
+                    break
+            except Exception:  # noqa: S112 (try the next kind of keyring)
+                continue
+    return kr
+
+
+class SecretStore:
+    """profile + key name -> secret, in the keyring under service ``trustroam``."""
+
+    def _username(self, profile: str, key: str) -> str:
+        return f"{profile}/{key}"
+
+    def get(self, profile: str, key: str) -> str | None:
+        try:
+            value = _keyring().get_password(SERVICE, self._username(profile, key))
+            return str(value) if value is not None else None
+        except Exception as exc:  # keyring's backends raise many kinds
+            raise _translate(exc) from None
+
+    def set(self, profile: str, key: str, value: str) -> None:
+        try:
+            _keyring().set_password(SERVICE, self._username(profile, key), value)
+        except Exception as exc:
+            raise _translate(exc) from None
+
+    def delete(self, profile: str, key: str) -> None:
+        try:
+            from keyring.errors import PasswordDeleteError
+
+            with contextlib.suppress(PasswordDeleteError):
+                _keyring().delete_password(SERVICE, self._username(profile, key))
+        except Exception as exc:
+            raise _translate(exc) from None
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking keyring call in a thread.  Not loop.run_in_executor: qasync's
+    executor logs every call's arguments and result at debug level, secrets included."""
+    global _POOL  # noqa: PLW0603 (one small pool, made on first use)
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyring")
+    return await asyncio.wrap_future(_POOL.submit(fn, *args))
+
+
+Asker = Callable[[str, list[str], str], Awaitable[tuple[dict[str, str], bool]]]
+"""(profile, missing keys, why) -> (answers, store them in the keyring?)."""
+
+
+class SecretAgent(ServiceInterface):
+    """org.trustroam.SecretAgent1, exported on the tray's system-bus connection."""
+
+    def __init__(self, store: SecretStore, asker: Asker | None,
+                 on_problem: Callable[[str], None] | None = None) -> None:
+        super().__init__(SECRET_AGENT_INTERFACE)
+        self.store = store
+        self.asker = asker
+        self.on_problem = on_problem
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}
+        self._answered: dict[str, dict[str, str]] = {}
+        """The dialog's answers, kept only for requests that queued behind it."""
+
+    async def lookup(self, profile: str, keys: list[str]) -> dict[str, str]:
+        # One request per profile at a time: requests that arrive while the dialog is
+        # open wait for it and take its answers instead of asking again.
+        lock = self._locks.setdefault(profile, asyncio.Lock())
+        self._waiting[profile] = self._waiting.get(profile, 0) + 1
+        try:
+            async with lock:
+                return await self._lookup(profile, keys)
+        finally:
+            self._waiting[profile] -= 1
+            if not self._waiting[profile]:
+                self._answered.pop(profile, None)  # nobody else waits: forget them
+
+    async def _lookup(self, profile: str, keys: list[str]) -> dict[str, str]:
+        wanted = [k for k in dict.fromkeys(keys) if k in KNOWN_KEYS]
+        found: dict[str, str] = {}
+        why = ""
+        for k in wanted:
+            try:
+                # The Secret Service call blocks: keep it off the loop.
+                value = await off_loop(self.store.get, profile, k)
+            except KeyringUnavailable as exc:
+                why = str(exc)
+                if self.on_problem is not None:
+                    self.on_problem(why)
+                break
+            if value:
+                found[k] = value
+        missing = [k for k in wanted if k not in found]
+        earlier = self._answered.get(profile, {})
+        if missing and all(k in earlier for k in missing):
+            found.update({k: earlier[k] for k in missing if earlier[k]})
+        elif missing and self.asker is not None:
+            try:
+                answers, keep = await self.asker(profile, missing, why)
+            except Exception:  # the dialog could not be shown: answer what we have
+                answers, keep = {}, False
+            self._answered[profile] = {k: answers.get(k, "") for k in missing}
+            found.update({k: answers[k] for k in missing if answers.get(k)})
+            if keep:
+                for k in missing:
+                    if not answers.get(k):
+                        continue
+                    try:
+                        await off_loop(self.store.set, profile, k, answers[k])
+                    except KeyringUnavailable as exc:
+                        if self.on_problem is not None:
+                            self.on_problem(str(exc))
+                        break
+        log.info("secret request for profile %s: answered %d of %d key(s)", profile,
+                 len(found), len(wanted))
+        return found
+
+    @method()
+    async def GetSecrets(self, profile: "s", keys: "as") -> "a{ss}":
+        return await self.lookup(profile, keys)

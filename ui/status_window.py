@@ -1,0 +1,299 @@
+"""The status window: state and addresses, the traffic's path, probe RTTs, history.
+
+Created on first use (pyqtgraph and numpy load only then).  While it is hidden
+nothing here runs; while shown, a one-second timer counts the binding down.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from PySide6.QtCore import (
+    QModelIndex,
+    QPersistentModelIndex,
+    QPointF,
+    QRectF,
+    QSortFilterProxyModel,
+    Qt,
+    QTimer,
+)
+from PySide6.QtGui import QColor, QPainter, QPen, QStandardItem, QStandardItemModel
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QTableView,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.api import HistoryEntry, Mode, Snapshot, State
+from ui import presentation
+
+HISTORY_FETCH = 1000
+
+
+def path_nodes(snap: Snapshot | None) -> tuple[list[str], list[str], bool]:
+    """(boxes, link labels, secure) of the path the traffic takes in this mode."""
+    if snap is None:
+        return ["This computer", "TrustRoam service?"], ["not running"], False
+    m, s = snap.mode, snap.state
+    if s is State.TRUSTED and m is Mode.HOME:
+        return ["This computer", "Home network"], ["direct (mode h)"], True
+    if s is State.TRUSTED and m is Mode.COLOCATED:
+        return (["This computer", "Visited network", "Home agent"],
+                [f"CoA {snap.care_of_address or '?'}", "IP-in-IP tunnel (mode c)"], True)
+    if s is State.TRUSTED and m is Mode.FOREIGN_AGENT:
+        return (["This computer", "Foreign agent", "Home agent"],
+                ["link", "tunnel (mode f)"], True)
+    if m is Mode.VPN:
+        return (["This computer", "VPN gateway", "Home agent"],
+                [f"ESP (TIA {snap.tunnel_inner_address or '?'})", "Mobile IP (mode mc)"], True)
+    if s is State.UNTRUSTED:
+        return ["This computer", "Untrusted network"], ["NOT protected"], False
+    if s is State.PROBING:
+        return ["This computer", "?"], ["checking…"], False
+    if s is State.ERROR:
+        return ["This computer", "Home agent"], ["error"], False
+    return ["This computer"], [], False
+
+
+class PathDiagram(QWidget):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setObjectName("path-diagram")
+        self.setMinimumHeight(90)
+        self.snap: Snapshot | None = None
+
+    def set_snapshot(self, snap: Snapshot | None) -> None:
+        self.snap = snap
+        self.update()
+
+    def paintEvent(self, _ev: Any) -> None:
+        boxes, links, secure = path_nodes(self.snap)
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        w, h = self.width(), self.height()
+        n = len(boxes)
+        bw, bh = min(150.0, (w - 20) / max(1, 2 * n - 1)), 40.0
+        gap = (w - 20 - n * bw) / max(1, n - 1) if n > 1 else 0
+        y = (h - bh) / 2
+        line = QColor("#1e8a3c" if secure else "#c62828")
+        for i, label in enumerate(boxes):
+            x = 10 + i * (bw + gap)
+            p.setPen(QPen(QColor("#333"), 1.5))
+            p.setBrush(QColor("#eef"))
+            p.drawRoundedRect(QRectF(x, y, bw, bh), 6, 6)
+            p.drawText(QRectF(x, y, bw, bh), Qt.AlignmentFlag.AlignCenter, label)
+            if i < len(links) and i + 1 < n:
+                x0, x1 = x + bw, x + bw + gap
+                pen = QPen(line, 3)
+                if not secure:
+                    pen.setStyle(Qt.PenStyle.DashLine)
+                p.setPen(pen)
+                p.drawLine(QPointF(x0, y + bh / 2), QPointF(x1 - 6, y + bh / 2))
+                p.drawLine(QPointF(x1 - 12, y + bh / 2 - 6), QPointF(x1 - 4, y + bh / 2))
+                p.drawLine(QPointF(x1 - 12, y + bh / 2 + 6), QPointF(x1 - 4, y + bh / 2))
+                p.setPen(QColor("#222"))
+                p.drawText(QRectF(x0, y - 24, gap, 20), Qt.AlignmentFlag.AlignCenter, links[i])
+        p.end()
+
+
+class HistoryFilter(QSortFilterProxyModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.kind = ""
+        self.text = ""
+
+    def set_filter(self, kind: str, text: str) -> None:
+        self.kind, self.text = kind, text.lower()
+        self.invalidate()
+
+    def filterAcceptsRow(self, row: int,
+                         parent: QModelIndex | QPersistentModelIndex) -> bool:
+        m = self.sourceModel()
+        kind = m.index(row, 1, parent).data()
+        if self.kind and kind != self.kind:
+            return False
+        if self.text:
+            hay = " ".join(str(m.index(row, c, parent).data()) for c in range(3)).lower()
+            return self.text in hay
+        return True
+
+
+class StatusWindow(QWidget):
+    def __init__(self, tray: Any) -> None:
+        super().__init__()
+        self.tray = tray
+        self.setWindowTitle("TrustRoam status")
+        self.setObjectName("status-window")
+        self.resize(760, 560)
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.fields: dict[str, QLabel] = {}
+        for key, label in (("state", "State"), ("network", "Network"), ("profile", "Profile"),
+                           ("home", "Home address"), ("coa", "Care-of address"),
+                           ("tia", "Tunnel inner address"), ("ha", "Home agent"),
+                           ("vpn", "VPN gateway"), ("binding", "Binding"),
+                           ("handover", "Last handover"), ("policy", "Policy")):
+            lbl = QLabel()
+            lbl.setObjectName(key)
+            lbl.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            form.addRow(label + ":", lbl)
+            self.fields[key] = lbl
+        lay.addLayout(form)
+        self.diagram = PathDiagram()
+        lay.addWidget(self.diagram)
+
+        self.tabs = QTabWidget()
+        lay.addWidget(self.tabs, 1)
+        import pyqtgraph as pg  # ~20 MB with numpy: only once the window exists
+
+        pg.setConfigOptions(antialias=True, background="w", foreground="k")
+        self.plot = pg.PlotWidget(axisItems={"bottom": pg.DateAxisItem()})
+        self.plot.setLabel("left", "RTT", units="ms")
+        self.plot.addLegend()
+        self.curves = {"ha": self.plot.plot([], [], pen=pg.mkPen("#1e8a3c", width=2),
+                                            name="home agent"),
+                       "vpn": self.plot.plot([], [], pen=pg.mkPen("#1f5fbf", width=2),
+                                             name="VPN gateway")}
+        self.tabs.addTab(self.plot, "Probe RTT")
+
+        hist = QWidget()
+        hl = QVBoxLayout(hist)
+        bar = QHBoxLayout()
+        self.kind_filter = QComboBox()
+        self.kind_filter.setObjectName("kind-filter")
+        self.kind_filter.addItem("all kinds", "")
+        self.text_filter = QLineEdit()
+        self.text_filter.setObjectName("text-filter")
+        self.text_filter.setPlaceholderText("filter…")
+        bar.addWidget(self.kind_filter)
+        bar.addWidget(self.text_filter, 1)
+        hl.addLayout(bar)
+        self.model = QStandardItemModel(0, 3)
+        self.model.setHorizontalHeaderLabels(["Time", "Kind", "Details"])
+        self.proxy = HistoryFilter()
+        self.proxy.setSourceModel(self.model)
+        self.table = QTableView()
+        self.table.setObjectName("history")
+        self.table.setModel(self.proxy)
+        self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().hide()
+        hl.addWidget(self.table)
+        self.kind_filter.currentIndexChanged.connect(self._filter)
+        self.text_filter.textChanged.connect(self._filter)
+        self.tabs.addTab(hist, "History")
+
+        self.handovers = QStandardItemModel(0, 3)
+        self.handovers.setHorizontalHeaderLabels(["Time", "Mode", "Handover (ms)"])
+        ht = QTableView()
+        ht.setObjectName("handovers")
+        ht.setModel(self.handovers)
+        ht.verticalHeader().hide()
+        ht.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.tabs.addTab(ht, "Handovers")
+
+        self.kinds: set[str] = set()
+        self.countdown = QTimer(self)  # runs only while the window is shown
+        self.countdown.setInterval(1000)
+        self.countdown.timeout.connect(self._tick)
+        self.update_snapshot(tray.snapshot)
+
+    # -- content --------------------------------------------------------------------------
+
+    def present(self) -> None:
+        self.show()
+        self.raise_()
+        self.activateWindow()
+        self.tray._spawn(self.reload_history())
+
+    async def reload_history(self) -> None:
+        helper = self.tray.helper
+        entries: list[HistoryEntry] = []
+        if helper is not None and helper.owner is not None:
+            try:
+                entries = await helper.history(HISTORY_FETCH)
+            except Exception:  # shown as an empty history; the state says why
+                entries = []
+        self.model.removeRows(0, self.model.rowCount())
+        self.handovers.removeRows(0, self.handovers.rowCount())
+        # The Event signal carries the time to the millisecond, GetHistory in full.
+        seen = {(round(e.time, 3), e.kind) for e in entries}
+        for e in entries + [e for e in self.tray.history
+                            if (round(e.time, 3), e.kind) not in seen]:
+            self.add_event(e)
+
+    def add_event(self, e: HistoryEntry) -> None:
+        when = time.strftime("%H:%M:%S", time.localtime(e.time)) if e.time else "?"
+        details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()) if k != "time")
+        self.model.appendRow([QStandardItem(when), QStandardItem(e.kind),
+                              QStandardItem(details)])
+        if e.kind not in self.kinds:
+            self.kinds.add(e.kind)
+            self.kind_filter.addItem(e.kind, e.kind)
+        if e.kind == "handover":
+            self.handovers.appendRow([QStandardItem(when),
+                                      QStandardItem(e.details.get("mode", "")),
+                                      QStandardItem(e.details.get("ms", ""))])
+        if e.kind == "probe-answered" and e.time:
+            try:
+                rtt = float(e.details.get("rtt_ms", ""))
+            except ValueError:
+                return
+            samples = self.tray.rtt["ha"]
+            if not samples or samples[-1][0] < e.time:
+                samples.append((e.time, rtt))
+                self._plot()
+
+    def _filter(self) -> None:
+        self.proxy.set_filter(self.kind_filter.currentData() or "", self.text_filter.text())
+
+    def _plot(self) -> None:
+        if not self.isVisible():
+            return
+        for key, curve in self.curves.items():
+            data = self.tray.rtt[key]
+            curve.setData([t for t, _ in data], [r for _, r in data])
+
+    def update_snapshot(self, snap: Snapshot | None) -> None:
+        f = self.fields
+        f["state"].setText(presentation.headline(snap))
+        f["network"].setText(self.tray.network or "—")
+        if snap is not None:
+            f["profile"].setText(snap.profile or "—")
+            f["home"].setText(snap.home_address or "—")
+            f["coa"].setText(snap.care_of_address or "—")
+            f["tia"].setText(snap.tunnel_inner_address or "—")
+            for key, probe in (("ha", snap.home_agent_probe), ("vpn", snap.vpn_probe)):
+                f[key].setText(presentation._probe("", probe).lstrip(": "))
+            f["handover"].setText(f"{snap.last_handover_ms:.0f} ms"
+                                  if snap.last_handover_ms >= 0 else "—")
+            f["policy"].setText(snap.policy.value)
+        self.snap = snap
+        self._tick()
+        self.diagram.set_snapshot(snap)
+        self._plot()
+
+    def _tick(self) -> None:
+        snap = self.snap
+        if snap is None or snap.binding_expires <= 0:
+            self.fields["binding"].setText("—")
+            return
+        left = max(0, int(snap.binding_expires - time.time()))
+        at = time.strftime("%H:%M:%S", time.localtime(snap.binding_expires))
+        self.fields["binding"].setText(f"until {at} ({left // 60}:{left % 60:02d} left)")
+
+    def showEvent(self, ev: Any) -> None:
+        self.countdown.start()
+        self._plot()
+        super().showEvent(ev)
+
+    def hideEvent(self, ev: Any) -> None:
+        self.countdown.stop()
+        super().hideEvent(ev)
