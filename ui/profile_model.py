@@ -39,8 +39,8 @@ FIELDS = (
     Field("lifetime", "Lifetime (s)", "600", "int"),
     Field("renew_fraction", "Renew at fraction", "0.75", "float"),
     Field("interface", "Interface (optional)", ""),
-    Field("probe.initial_timeout", "Probe timeout (s)", "0.3", "float"),
-    Field("probe.retries", "Probe retries", "3", "int"),
+    Field("probe.initial_timeout", "Probe timeout (s)", "1.0", "float"),
+    Field("probe.retries", "Probe retries", "2", "int"),
     Field("features.foreign_agents", "Use foreign agents", "true", "bool"),
     Field("features.gate", "Block traffic while undecided", "true", "bool"),
 )
@@ -109,7 +109,7 @@ def validate(values: dict[str, str]) -> dict[str, str]:
         if not lo <= n <= hi:
             err(key, f"must be between {lo} and {hi}, got {n}"
                 if key != "spi" or n > hi else f"{n} is reserved (0-255); use 256 or above")
-    for key, flo, fhi in (("renew_fraction", 0.1, 0.95), ("probe.initial_timeout", 0.01, 30.0)):
+    for key, flo, fhi in (("renew_fraction", 0.1, 0.95), ("probe.initial_timeout", 1.0, 30.0)):
         v = values.get(key, "").strip()
         if not v:
             continue
