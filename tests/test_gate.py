@@ -112,7 +112,7 @@ def test_rfc5266_3_4_only_the_decision_traffic_leaves_while_undecided(world):
     assert got == {k: "sent" if k in allowed else "refused" for k in tries}
 
 
-def test_a_trusted_decision_opens_only_the_proven_path(world):
+def test_rfc5266_3_4_a_trusted_decision_opens_only_the_proven_path(world):
     c = {"iface": "eth0", "address": LINK, "mode": "c"}
     tries = [udp(INTRANET, 9999, src=LINK), udp(INTRANET, 9999, src=NEW_LEASE),
              udp("203.0.113.7", 9999, src=NEW_LEASE)]
@@ -122,7 +122,7 @@ def test_a_trusted_decision_opens_only_the_proven_path(world):
     assert probe(moved, tries, install=False) == ["refused", "sent", "sent"]
 
 
-def test_the_home_address_leaves_in_clear_only_in_modes_h_and_f(world):
+def test_rfc5266_3_4_home_address_in_clear_only_in_modes_h_and_f(world):
     ip_batch(MN, [f"addr add {HOME}/32 dev eth0"])
     try:
         home_src = [udp(INTRANET, 9999, src=HOME)]
@@ -134,7 +134,7 @@ def test_the_home_address_leaves_in_clear_only_in_modes_h_and_f(world):
         ip_batch(MN, [f"addr del {HOME}/32 dev eth0"])
 
 
-def test_forwarded_traffic_is_gated_like_the_hosts_own(world):
+def test_rfc5266_3_4_forwarded_traffic_is_gated_like_the_hosts_own(world):
     listener = Proc(NET, sys.executable, "-u", "-c",
                     "import socket\n"
                     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"

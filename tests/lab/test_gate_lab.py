@@ -325,7 +325,7 @@ def test_rfc5944_4_6_no_arp_for_the_home_address_after_leaving_home(lab, world):
     settle(lab, world, "c")
 
 
-def test_renewal_timeout_shuts_the_gate_and_says_why(lab, world):
+def test_rfc5266_3_4_renewal_timeout_shuts_the_gate_and_says_why(lab, world):
     require_tshark()
     ctl_env = {**env(), "DBUS_SYSTEM_BUS_ADDRESS": str(world["bus"])}
     if LabState.load().mn_net != "t1":
