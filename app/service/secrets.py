@@ -93,10 +93,11 @@ def read_secrets_file(path: Path, profile: str) -> Secret:
         raise SecretError(f"{src} does not exist") from None
     except OSError as exc:
         raise SecretError(f"cannot open {src}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise SecretError(f"refused: {src} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise SecretError(f"refused: {src} is not a regular file")
         if st.st_uid != 0 and st.st_uid != os.geteuid():
             raise SecretError(f"refused: {src} must belong to root")
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
