@@ -13,7 +13,9 @@ import asyncio
 import logging
 import os
 import secrets as _random
+import stat
 import time
+import tomllib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -36,6 +38,7 @@ from app.service.secrets import Peer, SecretSource
 
 log = logging.getLogger("trustroam.helper")
 HISTORY = 1000
+MAX_PROFILE_FILE = 1 << 20
 
 
 class HelperError(Exception):
@@ -80,7 +83,7 @@ class Helper:
             raise HelperError("the profiles directory cannot be read") from None
         for path in [*paths, *self.extra_profiles]:
             try:
-                p = profiles.load(path)
+                p = _load_profile(path)
             except ConfigError as exc:
                 log.error("profile skipped: %s", exc)
                 continue
@@ -215,6 +218,26 @@ class Helper:
 def _short(text: str, limit: int = 64) -> str:
     """``repr`` of a caller's string, cut short: messages stay one short line."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _load_profile(path: Path) -> Profile:
+    """``profiles.load`` for a running helper: a FIFO or device put in the profiles
+    directory must not block the event loop, so the file is opened non-blocking
+    and read only if it is a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(str(path), "", "not a regular file")
+        data = fh.read(MAX_PROFILE_FILE + 1)
+    if len(data) > MAX_PROFILE_FILE:
+        raise ConfigError(str(path), "", f"larger than {MAX_PROFILE_FILE} bytes")
+    try:
+        doc = tomllib.loads(data.decode())
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "", "not valid UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+    return profiles.parse(doc, str(path), path.stem)
 
 
 def _write_file(directory: Path, name: str, data: bytes, mode: int) -> None:

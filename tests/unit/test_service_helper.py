@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import os
 import random
 
 import pytest
@@ -205,5 +206,9 @@ def test_a_symlink_loop_in_the_profiles_directory_is_skipped(tmp_path, caplog):
     h = make_helper(tmp_path)
     d = tmp_path / "profiles"
     (d / "loop.toml").symlink_to(d / "loop.toml")
-    (d / "fifo.toml").symlink_to(d / "missing-target.toml")
+    (d / "gone.toml").symlink_to(d / "missing-target.toml")
+    os.mkfifo(d / "fifo.toml")  # would block the helper's event loop in open()
+    (d / "dir.toml").mkdir()
     assert sorted(h.load_profiles()) == ["corp", "lab"]
+    with pytest.raises(HelperError, match="no profile 'fifo'"):
+        h.profile("fifo")
