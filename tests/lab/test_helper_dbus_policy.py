@@ -15,13 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dbus_next.constants import MessageType
+from dbus_next.constants import MessageType, RequestNameReply
 from dbus_next.message import Message
 from dbus_next.signature import Variant
 
 from app.api import ERROR_INVALID, ERROR_NOT_AUTHORIZED, OBJECT_PATH
+from app.lab import polkit
 from app.lab.configs import MN_HA_KEY, PROFILE_TOML, ha_toml, write_helper_files
+from app.lab.world import CHARON_DIR
 from app.mn import profile as profiles
+from tests import fake_logind
 from tests.dbus_client import NOBODY, call, hold_as, properties, run_as
 from tests.lab.conftest import ns_exec
 from tests.lab.procs import Proc
@@ -454,3 +457,63 @@ def test_the_helper_answers_introspection_and_peer_calls(world):
                                    interface="org.freedesktop.DBus.Peer", member="Ping"))
         return r.message_type is MessageType.METHOD_RETURN
     assert as_nobody(world, go)
+
+
+USER = 1  # "daemon": a local user other than root and nobody
+
+
+def test_the_trays_path_works_for_the_active_session_user(world, tmp_path):
+    """A desktop user's tray: its agent is asked for that user's Connect while its
+    login session is the active one, and not once the session is not active.
+
+    What stands in for a desktop here: logind (the lab has none) is
+    tests/fake_logind.py on the lab's bus, answering GetSessionByPID and
+    Session.Active as logind does; polkitd decides allow_active from logind's
+    session files, which the lab cannot make, so a polkit rule (added as an
+    administrator would) grants org.trustroam.connect to this user instead.
+    """
+    rules = polkit.rules_dir(CHARON_DIR / "nm") / "50-trustroam-lab-user.rules"
+    rules.write_text('polkit.addRule(function(action, subject) {\n'
+                     '  if (action.id == "org.trustroam.connect" && subject.user == "daemon")\n'
+                     '    return polkit.Result.YES;\n});\n')
+    rules.chmod(0o644)
+    active = tmp_path / "active"
+    active.touch()
+    tmp_path.chmod(0o755)
+
+    async def logind(bus):
+        manager, session = fake_logind.Manager(USER), fake_logind.Session(active)
+        bus.export("/org/freedesktop/login1", manager)
+        bus.export(fake_logind.SESSION_PATH, session)
+        assert await bus.request_name(fake_logind.NAME) == RequestNameReply.PRIMARY_OWNER
+        return lambda: list(manager.asked)
+
+    async def user_connects(bus):
+        # polkitd reloads rules when the directory changes; until then: refused.
+        async with asyncio.timeout(10):
+            while True:
+                ok, text = await call(bus, "Connect", "s", ["agentonly"])
+                if ok or ERROR_NOT_AUTHORIZED not in text:
+                    break
+                await asyncio.sleep(0.1)
+        return (ok, text), await until_state(bus, "trusted", "error")
+
+    login = hold_as(None, str(world["bus"]), logind)
+    tray = None
+    try:
+        tray = hold_as(USER, str(world["bus"]),
+                       agent({"agentonly": {"mn_ha_key": "hex:" + MN_HA_KEY}}))
+        (ok, body), props = run_as(USER, str(world["bus"]), user_connects)
+        assert ok, body
+        assert props["State"] == "trusted" and props["Profile"] == "agentonly", props
+        active.unlink()  # another user's session is in front now
+        ok, text = run_as(USER, str(world["bus"]),
+                          lambda bus: call(bus, "Connect", "s", ["agentonly"]))
+        assert not ok and "its login session is not the active one" in text, text
+    finally:
+        rules.unlink()
+        asked = tray.stop() if tray is not None else None
+        sessions = login.stop()
+        connect_and_settle(world, "corp")
+    assert asked == ["agentonly"]  # asked once: while its session was active
+    assert len(sessions) == 2, sessions
