@@ -32,6 +32,7 @@ from app.api import (
     Snapshot,
 )
 from app.config import ConfigError
+from app.net.gate import GateError
 from app.service import bus as busio
 from app.service.helper import Helper, HelperError
 from app.service.polkit import Authorizer
@@ -187,7 +188,7 @@ class HelperInterface(ServiceInterface):
         peer = await self._authorize(ACTION_CONNECT)
         try:
             await self.helper.connect(profile, requester=peer)
-        except (HelperError, SecretError) as exc:
+        except (HelperError, SecretError, GateError) as exc:
             raise self._failed("Connect", exc) from None
         except OSError as exc:  # the gate, routes or sockets: the host said no
             raise self._failed("Connect", OSError(f"cannot set up {profile!r}: "
