@@ -178,7 +178,7 @@ class HelperInterface(ServiceInterface):
 
     @staticmethod
     def _failed(member: str, exc: Exception, error: str = ERROR_FAILED) -> DBusError:
-        log.info("%s failed: %s", member, " ".join(str(exc).split()))
+        log.info("%s failed: %s", member, " ".join(str(exc).split())[:MAX_MESSAGE])
         return DBusError(error, str(exc))
 
     # -- methods -----------------------------------------------------------------------

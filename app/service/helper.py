@@ -176,7 +176,8 @@ class Helper:
             policy = Policy(value)
         except ValueError:
             allowed = ", ".join(p.value for p in Policy)
-            raise HelperError(f"policy must be one of {allowed}, got {value!r}") from None
+            raise HelperError(f"policy must be one of {allowed}, got {_short(value)}"
+                              ) from None
         self.policy = policy
         self._event("policy", {"policy": policy.value})
         self._on_snapshot(self.snapshot)
