@@ -156,15 +156,16 @@ class HelperInterface(ServiceInterface):
             raise DBusError(ERROR_FAILED, "the call has no sender")
         return msg
 
-    async def _authorize(self, action: str) -> Peer:
-        """Ask polkit; refusals are logged as one line at info level."""
+    async def _authorize(self, action: str) -> str:
+        """Ask polkit about the caller (returned: its unique name); refusals are
+        logged as one line at info level."""
         msg = self._message()
         interactive = bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
         allowed, why = await self.authorizer.check(msg.sender, action, interactive=interactive)
         if not allowed:
             log.info("refused %s to %s: %s", msg.member, msg.sender, why)
             raise DBusError(ERROR_NOT_AUTHORIZED, why)
-        return await self._peer(msg.sender)
+        return str(msg.sender)
 
     @staticmethod
     async def _peer_of(bus: MessageBus, sender: str) -> Peer:
@@ -185,7 +186,7 @@ class HelperInterface(ServiceInterface):
 
     @method()
     async def Connect(self, profile: "s") -> None:
-        peer = await self._authorize(ACTION_CONNECT)
+        peer = await self._peer(await self._authorize(ACTION_CONNECT))
         try:
             await self.helper.connect(profile, requester=peer)
         except (HelperError, SecretError, GateError) as exc:
