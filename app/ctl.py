@@ -6,6 +6,7 @@
     trustroamctl policy auto|always-vpn|never-vpn   (polkit: org.trustroam.configure)
     trustroamctl monitor             events and changes as they happen (Ctrl-C ends)
     trustroamctl history [N] | profiles
+    trustroamctl release-gate        (root) remove the traffic gate a dead helper left
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -24,6 +26,7 @@ from dbus_next.message import Message
 from dbus_next.signature import Variant
 
 from app.api import BUS_NAME, INTERFACE, OBJECT_PATH, Mode, Policy, Snapshot, State
+from app.net.gate import GateError, remove_table
 
 MODE_TEXT = {Mode.NONE: "no mode", Mode.HOME: "mode h (at home)",
              Mode.COLOCATED: "mode c (co-located care-of address)",
@@ -170,6 +173,34 @@ async def monitor(bus: MessageBus) -> None:
     await bus.wait_for_disconnect()
 
 
+async def release_gate() -> str:
+    """Remove the gate table of a helper that is not running (it blocks on purpose)."""
+    if os.geteuid() != 0:
+        raise CtlError("release-gate changes the firewall: run it as root")
+    try:
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    except (OSError, ValueError):
+        bus = None  # no system bus: no helper either
+    if bus is not None:
+        try:
+            reply = await bus.call(Message(destination="org.freedesktop.DBus",
+                                           path="/org/freedesktop/DBus",
+                                           interface="org.freedesktop.DBus",
+                                           member="NameHasOwner", signature="s",
+                                           body=[BUS_NAME]))
+        finally:
+            bus.disconnect()
+        if reply is not None and reply.message_type is MessageType.METHOD_RETURN and (
+                reply.body[0]):
+            raise CtlError("trustroamd is running and owns the gate: use "
+                           "'trustroamctl disconnect' (or stop the service)")
+    try:
+        await remove_table()
+    except GateError as exc:
+        raise CtlError(str(exc)) from None
+    return "gate removed: traffic is no longer blocked by TrustRoam"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="trustroamctl", description="Control trustroamd.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -182,8 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("profiles")
     sub.add_parser("history").add_argument("n", nargs="?", type=int, default=50)
     sub.add_parser("policy").add_argument("policy", choices=[p.value for p in Policy])
+    sub.add_parser("release-gate", help="(root) remove the gate a stopped helper left "
+                                        "blocking")
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "release-gate":
+            print(asyncio.run(release_gate()))
+            return 0
         return asyncio.run(run(args))
     except CtlError as exc:
         print(f"trustroamctl: {exc}", file=sys.stderr)

@@ -121,7 +121,7 @@ def closed_loop(port: int, reqs: Requests | Pregenerated, seconds: float, window
             except BlockingIOError:
                 break
             done += 1
-            accepted += data[1] == 0 if data[0] == 3 else 1
+            accepted += data[1] in (0, 1) if data[0] == 3 else 1
             s.send(reqs.next()[0])
     elapsed = time.perf_counter() - t0
     s.close()

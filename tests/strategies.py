@@ -43,4 +43,8 @@ advert = st.builds(
     st.lists(addr, max_size=4).map(tuple),
     st.lists(st.tuples(addr, st.integers(-(2**31), 2**31 - 1)), max_size=3).map(tuple),
     u16, st.one_of(st.none(), st.lists(st.integers(0, 32), max_size=4).map(tuple)),
-    st.sampled_from([0, 16]))
+    st.sampled_from([0, 16])).filter(
+    # RFC 5944 2.1.1: F or H, B only with F, an FA advertises a care-of address
+    lambda a: bool(a.flags & (AgentFlags.F | AgentFlags.H))
+    and (not a.flags & AgentFlags.B or bool(a.flags & AgentFlags.F))
+    and (not a.flags & AgentFlags.F or bool(a.care_of_addresses)))

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
+import time
 from ipaddress import IPv4Address
 
 import pytest
 
 from app.mip.auth import Algorithm
 from app.mip.extensions import UdpTunnelRequest
+from app.mn.registration import (
+    Denied,
+    Registered,
+    RegistrationClient,
+    RegistrationConfig,
+    ReplayMode,
+    TimedOut,
+)
 from tests.haproc import HaProcess, cli
 from tests.mipclient import KEY_A, KEY_B, Mn
 
@@ -39,7 +49,7 @@ def register(ha, mn, data):
 
 def test_accept_and_list(ha, alice):
     rep = register(ha, alice, alice.request(COA, lifetime=300))
-    assert rep.code == 0 and rep.lifetime == 300
+    assert rep.code == 1 and rep.lifetime == 300
     rows = ha.bindings()
     assert len(rows) == 1
     row = rows[0]
@@ -60,24 +70,24 @@ def test_rejections_over_udp(ha, alice):
 
 def test_replay_and_resync(ha, alice):
     data = alice.request(COA)
-    assert register(ha, alice, data).code == 0
+    assert register(ha, alice, data).code == 1
     assert register(ha, alice, data).code == 133
     alice.clock_offset, alice._last = -3600.0, 0  # an hour slow, e.g. after a bad RTC
     rep = register(ha, alice, alice.request(COA))
     assert rep.code == 133 and abs(alice.clock_offset) < 2
-    assert register(ha, alice, alice.request(COA)).code == 0
+    assert register(ha, alice, alice.request(COA)).code == 1
 
 
 def test_nonce_mode_with_key_file_and_keyed_md5(ha):
     bob = Mn(A("10.20.1.11"), HA, KEY_B, spi=257, algorithm=Algorithm.KEYED_MD5,
              nonce_mode=True)
     assert register(ha, bob, bob.request(COA)).code == 133
-    assert register(ha, bob, bob.request(COA)).code == 0
+    assert register(ha, bob, bob.request(COA)).code == 1
 
 
 def test_nat_detected_udp_tunnel(ha, alice):
     rep = register(ha, alice, alice.request("192.0.2.50", extensions=[UdpTunnelRequest()]))
-    assert rep.code == 0 and rep.udp_tunnel_reply.keepalive_interval == 110
+    assert rep.code == 1 and rep.udp_tunnel_reply.keepalive_interval == 110
     (row,) = ha.bindings()
     assert row["nat_detected"] and row["udp_tunnel"] and row["source"].startswith("127.0.0.1:")
     assert register(ha, alice, alice.request("192.0.2.50")).code == 129
@@ -86,7 +96,7 @@ def test_nat_detected_udp_tunnel(ha, alice):
 def test_deregistration(ha, alice):
     register(ha, alice, alice.request(COA))
     rep = register(ha, alice, alice.request(COA, lifetime=0))
-    assert rep.code == 0 and rep.lifetime == 0
+    assert rep.code == 1 and rep.lifetime == 0
     assert ha.bindings() == []
 
 
@@ -104,7 +114,7 @@ def test_lifetime_expiry(tmp_path, alice):
 def test_restart_keeps_bindings_and_replay_state(tmp_path, alice, sig):
     ha = HaProcess(tmp_path).start()
     first = alice.request(COA, lifetime=500)
-    assert register(ha, alice, first).code == 0
+    assert register(ha, alice, first).code == 1
     ha.stop(sig)
     ha.start()
     try:
@@ -112,7 +122,7 @@ def test_restart_keeps_bindings_and_replay_state(tmp_path, alice, sig):
         (row,) = ha.bindings()
         assert row["care_of_address"] == COA and 480 < row["seconds_left"] < 500
         assert register(ha, alice, first).code == 133  # replay refused after restart
-        assert register(ha, alice, alice.request(COA, lifetime=500)).code == 0
+        assert register(ha, alice, alice.request(COA, lifetime=500)).code == 1
     finally:
         ha.stop()
 
@@ -125,7 +135,7 @@ def test_unknown_extension_gets_no_reply(ha, alice):
             s.recvfrom(100)
     ha.wait_log("unknown non-skippable extension type 99")
     # and the HA still serves
-    assert register(ha, alice, alice.request(COA)).code == 0
+    assert register(ha, alice, alice.request(COA)).code == 1
 
 
 def test_config_error_names_file_and_key(tmp_path):
@@ -173,9 +183,88 @@ def test_sample_client_of_the_demo(ha):
 
     out = run("10.20.1.10")
     assert out.returncode == 0, out.stderr
-    assert "registration accepted (0), lifetime 300" in out.stdout
+    assert "simultaneous mobility bindings unsupported (1), lifetime 300" in out.stdout
     nonce = run("10.20.1.11")  # nonce mode: 133 first, then accepted
     assert "identification mismatch (133)" in nonce.stdout
-    assert "registration accepted (0)" in nonce.stdout and nonce.returncode == 0
+    assert "registration accepted" in nonce.stdout and nonce.returncode == 0
     bad = run("10.20.1.99")
     assert bad.returncode == 2 and "not a mobile node" in bad.stderr
+
+
+class _Relay(asyncio.DatagramProtocol):
+    """Delays every datagram by ``one_way`` seconds each way: a distant home agent."""
+
+    def __init__(self, ha_port: int, one_way: float) -> None:
+        self.ha_port, self.one_way = ha_port, one_way
+        self.client: tuple[str, int] | None = None
+        self.front: asyncio.DatagramTransport | None = None
+        self.back: asyncio.DatagramTransport | None = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        if addr[1] == self.ha_port:  # a reply: back to the client, later
+            assert self.front is not None and self.client is not None
+            loop.call_later(self.one_way, self.front.sendto, data, self.client)
+        else:
+            self.client = addr
+            assert self.back is not None
+            loop.call_later(self.one_way, self.back.sendto, data, ("127.0.0.1", self.ha_port))
+
+
+async def _register_through(relay_port: int, client: RegistrationClient) -> list[object]:
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[bytes] = asyncio.Queue()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        loop.add_reader(s.fileno(), lambda: inbox.put_nowait(s.recv(4096)))
+        events: list[object] = []
+        client.register(A(COA), time.time())
+        try:
+            while not any(isinstance(e, Registered | Denied | TimedOut) for e in events):
+                for d in client.datagrams_to_send():
+                    s.sendto(d.data, ("127.0.0.1", relay_port))
+                while (e := client.next_event()) is not None:
+                    events.append(e)
+                if events and isinstance(events[-1], Registered | Denied | TimedOut):
+                    break
+                wait = max(0.0, (client.get_timer() or time.time() + 30) - time.time())
+                try:
+                    data = await asyncio.wait_for(inbox.get(), wait)
+                except TimeoutError:
+                    client.handle_timer(time.time())
+                else:
+                    client.receive(data, time.time())
+        finally:
+            loop.remove_reader(s.fileno())
+    return events
+
+
+@pytest.mark.parametrize("rtt", [0.4, 1.2])
+@pytest.mark.parametrize("mode", ["timestamp", "nonce"])
+def test_rfc5944_3_6_3_distant_home_agent_over_real_udp(ha, mode, rtt):
+    if mode == "timestamp":
+        cfg = RegistrationConfig(A("10.20.1.10"), HA, 256, Algorithm.HMAC_MD5, KEY_A,
+                                 lifetime=300)
+    else:
+        cfg = RegistrationConfig(A("10.20.1.11"), HA, 257, Algorithm.KEYED_MD5, KEY_B,
+                                 lifetime=300, replay=ReplayMode.NONCE)
+
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        relay = _Relay(ha.port, rtt / 2)
+        front, _ = await loop.create_datagram_endpoint(lambda: relay,
+                                                       local_addr=("127.0.0.1", 0))
+        back, _ = await loop.create_datagram_endpoint(lambda: relay,
+                                                      local_addr=("127.0.0.1", 0))
+        relay.front, relay.back = front, back
+        try:
+            return await _register_through(front.get_extra_info("sockname")[1],
+                                           RegistrationClient(cfg))
+        finally:
+            front.close()
+            back.close()
+
+    events = asyncio.run(main())
+    assert isinstance(events[-1], Registered), events
+    assert events[-1].rtt >= rtt

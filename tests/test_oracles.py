@@ -215,9 +215,51 @@ def test_strangers_client_built_with_scapy_is_served(tmp_path):
         wire = append_authenticator(fixed, 32, 256, KEY_A, Algorithm.HMAC_MD5)
         reply = ha.exchange(wire)
         p = UDP(bytes(UDP(sport=434, dport=434) / Raw(load=reply)))[MobileIPRRP]
-        assert p.code == 0 and p.lifetime == 120 and p.homeaddr == "10.20.1.10"
+        assert p.code == 1 and p.lifetime == 120 and p.homeaddr == "10.20.1.10"
         auth = RegistrationReply.decode(reply).mobile_home_auth
         assert auth is not None and verify(Algorithm.HMAC_MD5, KEY_A, auth.covered,
                                            auth.authenticator)
     finally:
         ha.stop()
+
+
+def test_tshark_reads_what_the_agents_now_put_on_the_wire(tmp_path):
+    """Issue 10's wire changes: the MN's UDP Tunnel Request (auto), the FA's relayed
+    request (trailing extensions removed, Foreign-Home authenticator added), its 76
+    with the request's lifetime, and the HA's code 1 signed for the FA."""
+    from app.agents.fa_config import ForeignAgentConfig, HomeAgentSA
+    from app.agents.fa_core import ForeignAgent, ToHomeAgent, ToMobileNode
+    from app.agents.ha_config import ForeignAgentSA
+    from app.agents.ha_core import HomeAgent
+    from app.mn.registration import RegistrationClient, RegistrationConfig, UdpTunnelling
+    from tests.unit.test_ha_core import ALICE, HA, T0, config
+
+    fa_key = bytes(range(32, 48))
+    coa = A("10.40.1.1")
+    c = RegistrationClient(RegistrationConfig(ALICE, HA, 256, Algorithm.HMAC_MD5, KEY_A,
+                                              nai="alice@corp.example", lifetime=120,
+                                              udp_tunnelling=UdpTunnelling.AUTO))
+    c.register(A("10.30.0.5"), T0)
+    colocated = c.datagrams_to_send()[0].data
+    fa = ForeignAgent(ForeignAgentConfig(coa, "fa", max_lifetime=300, home_agents=(
+        HomeAgentSA(HA, 900, Algorithm.HMAC_MD5, fa_key),)))
+    c.register(coa, T0 + 1, via=coa)
+    via_fa = c.datagrams_to_send()[0].data
+    [relayed] = [a.data for a in fa.from_mobile_node(
+        via_fa + SkippedExtension(200, b"fa-only").encode(), (ALICE, 434), T0 + 1,
+        ttl=255).actions if isinstance(a, ToHomeAgent)]
+    ha = HomeAgent(config(foreign_agents=(ForeignAgentSA(coa, 900, Algorithm.HMAC_MD5,
+                                                         fa_key),)))
+    reply = ha.handle_request(relayed, (A("10.0.0.11"), 434), T0 + 1).reply
+    c.register(coa, T0 + 2, via=coa)
+    [denial] = [a.data for a in fa.from_mobile_node(c.datagrams_to_send()[0].data,
+                                                    (ALICE, 434), T0 + 2, ttl=64).actions
+                if isinstance(a, ToMobileNode)]
+    f = tshark_fields(tmp_path, [_udp(colocated), _udp(relayed), _udp(reply), _udp(denial)])
+
+    assert value(f[0], "mip.ext.type") == [131, 144, 32]
+    assert value(f[0], "mip.ext.utrq.f") == [0] and value(f[0], "mip.d") == [1]
+    assert value(f[1], "mip.ext.type") == [131, 32, 34]  # 200 removed, FHAE added
+    assert value(f[1], "mip.auth.spi") == [256, 900] and value(f[1], "mip.d") == [0]
+    assert show(f[2], "mip.code") == ["1"] and value(f[2], "mip.ext.type") == [32, 34]
+    assert show(f[3], "mip.code") == ["76"] and show(f[3], "mip.life") == ["120"]

@@ -30,11 +30,17 @@ class ForeignAgentConfig:
     port: int = 434
     max_lifetime: int = 600
     advert_interval: float = 1.0
+    """MaxAdvertisementInterval: each gap is drawn from [0.75, 1] times it."""
     advert_lifetime: int = 1800
     reverse_tunnelling: bool = True
     reverse_tunnel_required: bool = False
-    registration_timeout: float = 3.0
+    registration_timeout: float = 7.0
+    """Seconds a relayed request waits for the home agent's reply before 78; at
+    least 7 (RFC 5944 3.7.1), so a slow home agent's acceptance is relayed."""
     max_visitors: int = 1000
+    require_ttl_255: bool = True
+    """RFC 3024 4.2.1: a request with T must arrive with IP TTL 255, else 76.  Off
+    only for mobile nodes that send with the default TTL (not RFC 3024 conformant)."""
     dataplane: str = "userspace"
     source: str = "<built-in>"
     home_agents: tuple[HomeAgentSA, ...] = ()
@@ -52,8 +58,9 @@ def load(path: Path) -> ForeignAgentConfig:
         advert_lifetime=fa.int_("advert_lifetime", 1800, lo=1, hi=65535),
         reverse_tunnelling=fa.bool_("reverse_tunnelling", True),
         reverse_tunnel_required=fa.bool_("reverse_tunnel_required", False),
-        registration_timeout=fa.float_("registration_timeout", 3.0, lo=0.1, hi=60.0),
+        registration_timeout=fa.float_("registration_timeout", 7.0, lo=7.0, hi=60.0),
         max_visitors=fa.int_("max_visitors", 1000, lo=1, hi=1_000_000),
+        require_ttl_255=fa.bool_("require_ttl_255", True),
         dataplane=fa.str_("dataplane", "userspace"),
         source=str(path),
     )

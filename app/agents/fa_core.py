@@ -1,23 +1,44 @@
 """The foreign agent's relay logic (RFC 5944 sections 3.7, 2.1; RFC 3024), sans-I/O.
 
-It answers what it must deny itself (codes 64-88), relays the rest to the home
-agent, matches the home agent's reply to the pending request, keeps the
-visitor list, and builds its agent advertisements.  The caller does the I/O.
+It answers what it must deny itself (codes 64-88, at most one denial a second
+per mobile node), relays the rest to the home agent (extensions after the
+Mobile-Home authenticator removed, its Foreign-Home authenticator added for its
+own care-of address), matches the home agent's reply to the pending request
+(kept 7 s), keeps the visitor list, and builds its agent advertisements and
+their randomised schedule.  The caller does the I/O.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from app.agents.fa_config import ForeignAgentConfig
-from app.mip.auth import append_authenticator, verify
+from app.mip.auth import AUTHENTICATOR_LEN, append_authenticator, verify
 from app.mip.codes import ReplyCode, describe, is_accepted
 from app.mip.errors import DecodeError, UnknownExtensionError
-from app.mip.extensions import ExtType
+from app.mip.extensions import AuthExtension, Extension, ExtType
 from app.mip.icmp import CODE_MOBILITY_ONLY, AgentAdvertisement, AgentFlags
 from app.mip.ident import low
 from app.mip.messages import RegFlags, RegistrationReply, RegistrationRequest
+
+REQUEST_TTL = 255
+"""RFC 3024 4.2.1: a request asking for a reverse tunnel arrives with TTL 255."""
+DENIAL_INTERVAL = 1.0
+"""RFC 5944 3.7.2, RFC 3024 4.2.1: at most one denial a second to a mobile node."""
+MIN_ADVERT_GAP = 0.1
+"""RFC 5944 2.3: the rate of multicast advertisements is limited, solicited or not."""
+MIN_ADVERT_FRACTION = 0.75
+"""RFC 1256: intervals uniform in [0.75 x MaxAdvertisementInterval, Max]."""
+
+
+def _mhae_end(exts: tuple[Extension, ...]) -> int | None:
+    """Byte offset just past the Mobile-Home authenticator, if there is one."""
+    for e in exts:
+        if isinstance(e, AuthExtension) and e.ext_type == ExtType.MOBILE_HOME_AUTH:
+            return len(e.covered) + len(e.authenticator)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +81,8 @@ class _Pending:
     request: RegistrationRequest
     source: tuple[IPv4Address, int]
     deadline: float
+    signed: bool = False
+    """We added a Foreign-Home authenticator: the reply must carry one too."""
 
 
 @dataclass
@@ -75,6 +98,8 @@ class ForeignAgent:
         self._pending: dict[tuple[IPv4Address, int], _Pending] = {}
         self._sequence = 0
         self._has = {h.address: h for h in config.home_agents}
+        self._denied_at: dict[IPv4Address, float] = {}
+        self._advertised_at: float | None = None
 
     # -- advertisements --------------------------------------------------------
 
@@ -90,10 +115,24 @@ class ForeignAgent:
             ((self.config.care_of_address, 0),), self.config.advert_lifetime, None,
             CODE_MOBILITY_ONLY).encode()
 
+    def advert_delay(self, rng: random.Random) -> float:
+        """Seconds to the next unsolicited advertisement: randomised (RFC 1256, as
+        RFC 5944 2.3 says) so agents on one link do not fall into step."""
+        top = self.config.advert_interval
+        return rng.uniform(MIN_ADVERT_FRACTION * top, top)
+
+    def may_advertise(self, now: float) -> bool:
+        """Whether a (solicited) advertisement may go now; records it if so."""
+        if self._advertised_at is not None and now - self._advertised_at < MIN_ADVERT_GAP:
+            return False
+        self._advertised_at = now
+        return True
+
     # -- requests from mobile nodes --------------------------------------------
 
-    def from_mobile_node(self, data: bytes, source: tuple[IPv4Address, int], now: float
-                         ) -> Result:
+    def from_mobile_node(self, data: bytes, source: tuple[IPv4Address, int], now: float,
+                         ttl: int | None = None) -> Result:
+        """A request from the visitor link; ``ttl`` is its IP TTL when known."""
         res = Result()
         try:
             req = RegistrationRequest.decode(data)
@@ -107,43 +146,61 @@ class ForeignAgent:
                 res.log.append(f"from {source[0]}: not a registration request: {exc}")
                 return res
             return self._deny(res, head, source, ReplyCode.FA_POORLY_FORMED_REQUEST,
-                              f"malformed: {exc}")
+                              f"malformed: {exc}", now=now)
         if req.mobile_home_auth is None:
             return self._deny(res, req, source, ReplyCode.FA_POORLY_FORMED_REQUEST,
-                              "no mobile-home authentication extension")
+                              "no mobile-home authentication extension", now=now)
         if req.home_agent == IPv4Address(0) or req.home_address == IPv4Address(0):
             code = (ReplyCode.FA_MISSING_HOME_AGENT if req.home_agent == IPv4Address(0)
                     else ReplyCode.FA_MISSING_HOME_ADDRESS)
-            return self._deny(res, req, source, code, "home agent or home address missing")
-        if not req.is_deregistration and req.care_of_address != self.config.care_of_address:
+            return self._deny(res, req, source, code, "home agent or home address missing", now=now)
+        flags = req.flags.value
+        if (not flags & RegFlags.D.value and req.lifetime != 0
+                and req.care_of_address != self.config.care_of_address):
             return self._deny(res, req, source, ReplyCode.FA_INVALID_COA,
                               f"care-of address {req.care_of_address} is not this agent's "
-                              f"{self.config.care_of_address}")
+                              f"{self.config.care_of_address}", now=now)
         if req.lifetime > self.config.max_lifetime and not req.is_deregistration:
             return self._deny(res, req, source, ReplyCode.FA_LIFETIME_TOO_LONG,
                               f"lifetime {req.lifetime} above {self.config.max_lifetime}",
-                              lifetime=self.config.max_lifetime)
-        flags = req.flags.value
+                              now=now, lifetime=self.config.max_lifetime)
+        # RFC 3024 4.2.1, in its order: 72, 75, 76, and 74 last.
         if flags & (RegFlags.M.value | RegFlags.G.value):
             return self._deny(res, req, source, ReplyCode.FA_ENCAPSULATION_UNAVAILABLE,
-                              "only IP-in-IP is offered")
-        if flags & RegFlags.T.value and not self.config.reverse_tunnelling:
-            return self._deny(res, req, source, ReplyCode.FA_REVERSE_TUNNEL_UNAVAILABLE,
-                              "reverse tunnelling is off")
+                              "only IP-in-IP is offered", now=now)
         if self.config.reverse_tunnel_required and not flags & RegFlags.T.value:
             return self._deny(res, req, source, ReplyCode.FA_REVERSE_TUNNEL_MANDATORY,
-                              "reverse tunnelling is required here")
+                              "reverse tunnelling is required here", now=now)
+        if (flags & RegFlags.T.value and ttl is not None and ttl != REQUEST_TTL
+                and self.config.require_ttl_255):
+            return self._deny(res, req, source, ReplyCode.FA_MN_TOO_DISTANT,
+                              f"reverse tunnel requested with IP TTL {ttl}, not 255", now=now)
+        if flags & RegFlags.T.value and not self.config.reverse_tunnelling:
+            return self._deny(res, req, source, ReplyCode.FA_REVERSE_TUNNEL_UNAVAILABLE,
+                              "reverse tunnelling is off", now=now)
         if (req.home_address not in self.visitors
                 and len(self.visitors) >= self.config.max_visitors):
             return self._deny(res, req, source, ReplyCode.FA_INSUFFICIENT_RESOURCES,
-                              "visitor list full")
-        key = (req.home_address, low(req.identification))
-        self._pending[key] = _Pending(req, source, now + self.config.registration_timeout)
+                              "visitor list full", now=now)
+        # 3.7.1: kept 7 s (the configured timeout is at least that), or for the
+        # requested lifetime if shorter (3.7.2.2).
+        wait = self.config.registration_timeout
+        if 0 < req.lifetime < wait:
+            wait = float(req.lifetime)
+        # 3.7.2.2: what follows the Mobile-Home authenticator is for this agent:
+        # processed and removed, never passed on.
+        end = _mhae_end(req.extensions)
+        relay = data if end is None else data[:end]
         sa = self._has.get(req.home_agent)
-        if sa is not None:  # FA-side information the home agent can trust
-            data = append_authenticator(data, ExtType.FOREIGN_HOME_AUTH, sa.spi, sa.key,
-                                        sa.algorithm)
-        res.actions.append(ToHomeAgent(data, req.home_agent))
+        # 3.8.2.2: no Foreign-Home authenticator on a deregistration of a care-of
+        # address that is not ours; 3.7.2.2: one on every registration if we share a key.
+        signed = sa is not None and req.care_of_address == self.config.care_of_address
+        if sa is not None and signed:
+            relay = append_authenticator(relay, ExtType.FOREIGN_HOME_AUTH, sa.spi, sa.key,
+                                         sa.algorithm)
+        key = (req.home_address, low(req.identification))
+        self._pending[key] = _Pending(req, source, now + wait, signed)
+        res.actions.append(ToHomeAgent(relay, req.home_agent))
         res.log.append(f"{req.home_address}: relayed to home agent {req.home_agent}")
         return res
 
@@ -164,25 +221,36 @@ class ForeignAgent:
             return res
         req = pending.request
         sa = self._has.get(req.home_agent)
-        if sa is not None:
-            fhae = rep.foreign_home_auth
-            if fhae is None or fhae.spi != sa.spi or not verify(
-                    sa.algorithm, sa.key, fhae.covered, fhae.authenticator):
+        # 3.7.1: the reply's Foreign-Home authenticator is required when it grants a
+        # lifetime, and whenever we signed the request (the HA then signs back).
+        if sa is not None and (rep.lifetime != 0 or pending.signed):
+            fhaes = [e for e in rep.extensions if isinstance(e, AuthExtension)
+                     and e.ext_type == ExtType.FOREIGN_HOME_AUTH]
+            if len(fhaes) != 1 or fhaes[0].spi != sa.spi or len(
+                    fhaes[0].authenticator) != AUTHENTICATOR_LEN or not verify(
+                    sa.algorithm, sa.key, fhaes[0].covered, fhaes[0].authenticator):
                 return self._deny(res, req, pending.source, ReplyCode.FA_HA_AUTH_FAILED,
                                   f"reply from {source[0]} lacks a valid foreign-home "
-                                  "authenticator")
+                                  "authenticator", now=now)
         if is_accepted(rep.code):
             if req.is_deregistration or rep.lifetime == 0:
                 gone = self.visitors.pop(req.home_address, None)
                 if gone is not None:
                     res.actions.append(VisitorDown(gone))
             else:
-                v = Visitor(req.home_address, req.home_agent, pending.source,
-                            now + rep.lifetime, bool(req.flags & RegFlags.T))
+                # 3.7.3.2: the lesser of what the HA granted and our own maximum,
+                # counted from now (when the reply is forwarded).
+                life = min(rep.lifetime, self.config.max_lifetime)
+                v = Visitor(req.home_address, req.home_agent, pending.source, now + life,
+                            bool(req.flags & RegFlags.T))
                 self.visitors[req.home_address] = v
                 res.actions.append(VisitorUp(v))
+        # 3.7.3.2: extensions not covered by the Mobile-Home authenticator (ours,
+        # the Foreign-Home one) are removed before the mobile node sees the reply.
+        end = _mhae_end(rep.extensions)
+        out = data if end is None else data[:end]
         # Visitor route first (VisitorUp), then the reply, so it can be delivered.
-        res.actions.append(ToMobileNode(data, *pending.source))
+        res.actions.append(ToMobileNode(out, *pending.source))
         res.log.append(f"{req.home_address}: {describe(rep.code)} (relayed to the mobile node)")
         return res
 
@@ -195,7 +263,7 @@ class ForeignAgent:
             if p.deadline <= now:
                 del self._pending[key]
                 self._deny(res, p.request, p.source, ReplyCode.FA_REGISTRATION_TIMEOUT,
-                           f"no reply from home agent {p.request.home_agent}")
+                           f"no reply from home agent {p.request.home_agent}", now=now)
         for hoa, v in list(self.visitors.items()):
             if v.expires_at <= now:
                 del self.visitors[hoa]
@@ -209,11 +277,22 @@ class ForeignAgent:
         return min(times) if times else None
 
     def _deny(self, res: Result, req: RegistrationRequest, source: tuple[IPv4Address, int],
-              code: ReplyCode, why: str, *, lifetime: int = 0) -> Result:
+              code: ReplyCode, why: str, *, now: float, lifetime: int | None = None
+              ) -> Result:
         # The FA shares no key with the MN: its denials are unauthenticated
-        # (RFC 5944 3.7.3.1; an MN-FA key would add an MFAE here).
-        rep = RegistrationReply(code, lifetime, req.home_address, req.home_agent,
-                                req.identification)
+        # (RFC 5944 3.7.3.1; an MN-FA key would add an MFAE here).  3.7.2.3: the
+        # lifetime is the request's, except for 69 (our maximum).
+        last = self._denied_at.get(req.home_address)
+        if last is not None and 0 <= now - last < DENIAL_INTERVAL:
+            res.log.append(f"{req.home_address}: {describe(code)}: {why} (not answered: "
+                           "one denial a second)")
+            return res
+        if len(self._denied_at) > 4096:  # forget mobile nodes denied long ago
+            self._denied_at = {h: t for h, t in self._denied_at.items()
+                               if now - t < DENIAL_INTERVAL}
+        self._denied_at[req.home_address] = now
+        rep = RegistrationReply(code, req.lifetime if lifetime is None else lifetime,
+                                req.home_address, req.home_agent, req.identification)
         res.actions.append(ToMobileNode(rep.encode(), *source))
         res.log.append(f"{req.home_address}: {describe(code)}: {why}")
         return res

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
+import struct
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
@@ -24,6 +26,13 @@ from app.mip.messages import TYPE_REPLY, TYPE_REQUEST
 
 log = logging.getLogger("trustroam.fa")
 ALL_SYSTEMS = "224.0.0.1"
+ALL_ROUTERS = "224.0.0.2"
+"""Where RFC 1256 hosts (and our helper) send Router Solicitations."""
+MOBILE_AGENTS = "224.0.0.11"
+"""RFC 5944 2.3: every mobility agent processes what is sent to this group."""
+IP_RECVTTL = 12  # linux/in.h; the socket module exports neither
+IP_PKTINFO = 8
+_TTL_SPACE = socket.CMSG_SPACE(4)
 
 
 class ForeignAgentServer:
@@ -37,12 +46,15 @@ class ForeignAgentServer:
         self._icmp: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        self._to_visitors: list[tuple[int, int, bytes]] = []
 
     def start(self) -> None:
         cfg = self.core.config
         self._loop = asyncio.get_running_loop()
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp.bind(("0.0.0.0", cfg.port))
+        # RFC 3024 4.2.1: the request's TTL decides 76, so have the kernel report it.
+        udp.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
         udp.setblocking(False)
         self._udp = udp
         icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -51,8 +63,24 @@ class ForeignAgentServer:
         icmp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
                         cfg.care_of_address.packed)
         icmp.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+        # RFC 5944 2.2/2.3 and RFC 1256: solicitations come to all-routers, to the
+        # mobile-agents group or to the limited broadcast (which needs no join).
+        ifindex = socket.if_nametoindex(cfg.interface)
+        for group in (ALL_ROUTERS, MOBILE_AGENTS):
+            mreqn = socket.inet_aton(group) + cfg.care_of_address.packed + struct.pack(
+                "=i", ifindex)
+            try:
+                icmp.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            except OSError as exc:
+                log.warning("cannot join %s on %s: %s", group, cfg.interface, exc.strerror)
         icmp.setblocking(False)
         self._icmp = icmp
+        # Replies to mobile nodes go out on the visitor link whatever the routing
+        # table says about their home addresses (RFC 5944 3.7.2.3: the destination
+        # is the home address; a denied node has no visitor route yet).
+        self._to_visitors = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack(
+            "=i4s4s", socket.if_nametoindex(cfg.interface), cfg.care_of_address.packed,
+            b"\0" * 4))]
         self._loop.add_reader(udp.fileno(), self._udp_readable)
         self._loop.add_reader(icmp.fileno(), self._icmp_readable)
         if self.plane is not None:
@@ -86,9 +114,11 @@ class ForeignAgentServer:
                         self.core.config.interface, exc.strerror)
 
     async def _advertise(self) -> None:
+        rng = random.Random()  # noqa: S311 - timing jitter, not a secret
         while True:
-            self._send_advert()
-            await asyncio.sleep(self.core.config.advert_interval)
+            if self.core.may_advertise(self.clock()):
+                self._send_advert()
+            await asyncio.sleep(self.core.advert_delay(rng))
 
     async def _timers(self) -> None:
         while True:
@@ -111,14 +141,15 @@ class ForeignAgentServer:
                 except DecodeError as exc:
                     log.debug("bad solicitation: %s", exc)
                     continue
-                self._send_advert()  # RFC 5944 2.4.2: answer solicitations at once
+                if self.core.may_advertise(self.clock()):  # answered at once, rate limited
+                    self._send_advert()
 
     def _udp_readable(self) -> None:
         assert self._udp is not None
         now = self.clock()
         while True:
             try:
-                data, addr = self._udp.recvfrom(4096)
+                data, anc, _flags, addr = self._udp.recvmsg(4096, _TTL_SPACE)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -126,7 +157,7 @@ class ForeignAgentServer:
                 continue
             src = (IPv4Address(addr[0]), addr[1])
             if data[:1] == bytes([TYPE_REQUEST]):
-                self._execute(self.core.from_mobile_node(data, src, now))
+                self._execute(self.core.from_mobile_node(data, src, now, _ttl(anc)))
             elif data[:1] == bytes([TYPE_REPLY]):
                 self._execute(self.core.from_home_agent(data, src, now))
 
@@ -139,7 +170,7 @@ class ForeignAgentServer:
                 if isinstance(a, ToHomeAgent):
                     self._udp.sendto(a.data, (str(a.home_agent), 434))
                 elif isinstance(a, ToMobileNode):
-                    self._udp.sendto(a.data, (str(a.address), a.port))
+                    self._udp.sendmsg([a.data], self._to_visitors, 0, (str(a.address), a.port))
                 elif isinstance(a, VisitorUp) and self.plane is not None:
                     self.plane.visitor_up(a.visitor)
                 elif isinstance(a, VisitorDown) and self.plane is not None:
@@ -148,3 +179,10 @@ class ForeignAgentServer:
                 log.warning("%s failed: %s", type(a).__name__, exc)
 
 
+def _ttl(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The IP TTL reported by IP_RECVTTL, if the kernel gave one."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == socket.IP_TTL and len(data) >= 4:
+            ttl: int = struct.unpack("=i", data[:4])[0]
+            return ttl
+    return None

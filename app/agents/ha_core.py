@@ -22,9 +22,12 @@ from app.mip.auth import AUTHENTICATOR_LEN, append_authenticator, verify
 from app.mip.codes import ReplyCode, describe
 from app.mip.errors import DecodeError, UnknownExtensionError
 from app.mip.extensions import (
+    ENCAP_GRE,
     ENCAP_IPIP,
+    ENCAP_MINIMAL,
     UDP_TUNNEL_ACCEPTED,
     UDP_TUNNEL_DECLINED,
+    AuthExtension,
     Extension,
     ExtType,
     NaiExtension,
@@ -58,6 +61,9 @@ class Outcome:
     replay: tuple[IPv4Address, ReplayState] | None = None
     """Replay state to persist with the changes."""
     log_args: tuple[object, ...] = ()
+    home_link: bool = False
+    """Send the reply straight onto the home link, ignoring any binding for its
+    destination (RFC 5944 3.8.3.1: the mobile node is at home)."""
 
     @property
     def log(self) -> str:
@@ -78,7 +84,8 @@ class _Request:
     mn: MobileNodeConfig | None = None
     protected: tuple[Extension, ...] = field(default=())
     fa: ForeignAgentSA | None = None
-    """Set when the request came through a foreign agent we share a key with."""
+    """Set once the request's Foreign-Home authenticator verified with this SA:
+    the reply then carries one for that foreign agent."""
 
 
 _NO_STATE = ReplayState()
@@ -159,30 +166,52 @@ class HomeAgent:
                 return Outcome(None, None, None, "%s:%d: discarded: %s",
                                log_args=(*source, exc2))
             r = _Request(head, source, head.home_address,
-                         self._by_hoa.get(int(head.home_address)), fa=self._fa_of(head))
+                         self._by_hoa.get(int(head.home_address)))
+            if r.mn is None:
+                return self._discard(r, "no security association for this home address")
             return self._deny(r, ReplyCode.HA_POORLY_FORMED_REQUEST, now, f"malformed: {exc}")
-        return self._process(_Request(req, source, req.home_address, fa=self._fa_of(req)), now)
+        return self._process(_Request(req, source, req.home_address), now)
 
-    def _fa_of(self, req: RegistrationRequest) -> ForeignAgentSA | None:
-        """The FA relaying this request, if we share a key (no D bit: the CoA is the FA's)."""
-        if not self._fas or req.flags.value & _D:
+    def _fa_of(self, r: _Request) -> ForeignAgentSA | None:
+        """The foreign agent we share a key with that relayed this request: known by
+        the care-of address it advertises (no D bit) or by the address it sent from."""
+        if not self._fas:
             return None
-        return self._fas.get(int(req.care_of_address))
+        fa = None if r.req.flags.value & _D else self._fas.get(int(r.req.care_of_address))
+        return fa or self._fas.get(int(r.source[0]))
+
+    def _discard(self, r: _Request, why: str) -> Outcome:
+        return Outcome(None, None, r.home_address, "%s from %s:%d: discarded: %s",
+                       log_args=(r.home_address, *r.source, why))
 
     # -- the checks ------------------------------------------------------------
 
     def _process(self, r: _Request, now: float) -> Outcome:
         req = r.req
+        exts = req.extensions
         mhae = req.mobile_home_auth
         # Extensions after the MHAE are not covered by it, so the HA acts only on
         # those before it (RFC 5944 section 3.6.1.3 puts the NAI and RFC 3519's
-        # request there).
-        r.protected = req.extensions
+        # request there); after it come the foreign agent's (3.7.2.2).
+        r.protected = exts
+        fa_exts: tuple[Extension, ...] = ()
         if mhae is not None:
-            r.protected = req.extensions[:req.extensions.index(mhae)]
+            at = exts.index(mhae)
+            r.protected, fa_exts = exts[:at], exts[at + 1:]
         nai = next((e.nai for e in r.protected if isinstance(e, NaiExtension)), None)
+        # The FA's authenticator is checked now but acted on after the identification
+        # (3.8.2.1c); a valid one means every reply, 131 and 133 included, carries
+        # one for the FA, which would otherwise turn it into a 68.
+        fa = self._fa_of(r)
+        fhaes = [e for e in fa_exts if isinstance(e, AuthExtension)
+                 and e.ext_type == ExtType.FOREIGN_HOME_AUTH] if fa_exts else []
+        fa_problem: str | None = None
+        if fa is not None:
+            fa_problem = self._fhae_problem(fa, fhaes)
+            if fa_problem is None:
+                r.fa = fa
 
-        # 1. poorly formed (134)
+        # 3.8.2.1a: which mobile node, and is it really that one
         if req.home_address == UNSPECIFIED:
             if nai is None:
                 return self._deny(r, ReplyCode.HA_POORLY_FORMED_REQUEST, now,
@@ -192,21 +221,11 @@ class HomeAgent:
                 r.home_address = r.mn.home_address  # RFC 2794: the HA assigns it
         else:
             r.mn = self._by_hoa.get(int(req.home_address))
-        if req.lifetime != 0 and req.care_of_address == UNSPECIFIED:
-            return self._deny(r, ReplyCode.HA_POORLY_FORMED_REQUEST, now,
-                              "care-of address 0.0.0.0 in a registration")
-        if sum(1 for e in req.extensions if isinstance(e, UdpTunnelRequest)) > 1:
-            return self._deny(r, ReplyCode.HA_POORLY_FORMED_REQUEST, now,
-                              "more than one UDP Tunnel Request extension")
-
-        # 2. authentication (131)
         if r.mn is None:
             who = f"NAI {nai!r}" if req.home_address == UNSPECIFIED else "this home address"
-            return self._deny(r, ReplyCode.HA_MN_AUTH_FAILED, now,
-                              f"no security association for {who}")
+            return self._discard(r, f"no security association for {who}")
         if mhae is None:
-            return self._deny(r, ReplyCode.HA_MN_AUTH_FAILED, now,
-                              "no mobile-home authentication extension")
+            return self._discard(r, "no mobile-home authentication extension")
         if mhae.spi != r.mn.spi:
             return self._deny(r, ReplyCode.HA_MN_AUTH_FAILED, now, f"unknown SPI {mhae.spi}")
         if len(mhae.authenticator) != AUTHENTICATOR_LEN or not verify(
@@ -217,20 +236,7 @@ class HomeAgent:
             return self._deny(r, ReplyCode.HA_MN_AUTH_FAILED, now,
                               f"NAI {nai!r} does not belong to this home address")
 
-        # 2b. foreign agent authentication (132): through an FA we share a key with,
-        # the request must carry its valid Foreign-Home authenticator.
-        if r.fa is not None:
-            fhae = req.foreign_home_auth
-            if fhae is None:
-                return self._deny(r, ReplyCode.HA_FA_AUTH_FAILED, now,
-                                  f"no foreign-home authenticator from FA {r.fa.care_of_address}")
-            if fhae.spi != r.fa.spi or len(fhae.authenticator) != AUTHENTICATOR_LEN or not (
-                    verify(r.fa.algorithm, r.fa.key, fhae.covered, fhae.authenticator)):
-                return self._deny(r, ReplyCode.HA_FA_AUTH_FAILED, now,
-                                  f"foreign-home authenticator of FA {r.fa.care_of_address} "
-                                  "does not verify")
-
-        # 3. identification (133)
+        # 3.8.2.1b: identification (133), before anything about the foreign agent
         key = int(r.home_address)
         state = self._replay.get(key, _NO_STATE)
         if r.mn.replay is ReplayStyle.TIMESTAMP:
@@ -248,7 +254,10 @@ class HomeAgent:
             reply_id = req.identification
         else:
             if state.ha_nonce is None or ident.high(req.identification) != state.ha_nonce:
-                fresh = self._nonce()
+                # 5.7.2: the reply gives the nonce to use.  One not yet used is given
+                # again: a delayed copy of a request (3.6.3 resends it unchanged) must
+                # not void the nonce the node is about to use.
+                fresh = self._nonce() if state.ha_nonce is None else state.ha_nonce
                 new_state = ReplayState(ha_nonce=fresh)
                 self._replay[key] = new_state
                 return self._deny(r, ReplyCode.HA_IDENTIFICATION_MISMATCH, now,
@@ -258,6 +267,19 @@ class HomeAgent:
             fresh = self._nonce()
             new_state = ReplayState(ha_nonce=fresh)
             reply_id = ident.join(fresh, ident.low(req.identification))
+
+        # 3.8.2.1c/d: the foreign agent's authenticator, required for registrations
+        # (lifetime != 0) relayed by an FA we share a key with; never from one we don't.
+        if fa is not None and (req.lifetime != 0 or fhaes) and fa_problem is not None:
+            # The request itself was authentic and fresh: consume its identification
+            # (or nonce), so no one can replay it with a better FA authenticator.
+            self._replay[key] = new_state
+            return self._deny(r, ReplyCode.HA_FA_AUTH_FAILED, now,
+                              f"{fa_problem} from FA {fa.care_of_address}",
+                              identification=reply_id, replay=new_state)
+        if fa is None and fhaes:
+            return self._discard(r, f"foreign-home authenticator from {r.source[0]}, an "
+                                    "agent this home agent shares no key with")
         # From here on the request is authentic and fresh: remember it, so the
         # same bytes cannot be replayed whatever the answer.
         self._replay[key] = new_state
@@ -265,7 +287,7 @@ class HomeAgent:
         def deny(code: ReplyCode, why: str) -> Outcome:
             return self._deny(r, code, now, why, identification=reply_id, replay=new_state)
 
-        # 4. home agent address (136)
+        # 3.8.3.2: the home agent field (136)
         if req.home_agent != self.config.address:
             return deny(ReplyCode.HA_UNKNOWN_HA_ADDRESS,
                         f"home agent field {req.home_agent} is not {self.config.address}")
@@ -273,45 +295,71 @@ class HomeAgent:
         if req.is_deregistration:
             return self._deregister(r, now, reply_id, new_state)
 
-        # 5. tunnelling options (137, 139, 142, 129)
+        # 3.8.2.3: what this home agent cannot accommodate
+        if req.care_of_address == UNSPECIFIED:
+            return deny(ReplyCode.HA_POORLY_FORMED_REQUEST,
+                        "care-of address 0.0.0.0 in a registration")
+        mn_utrs = [e for e in r.protected if isinstance(e, UdpTunnelRequest)]
+        fa_utrs = [e for e in fa_exts if isinstance(e, UdpTunnelRequest)]
+        if len(mn_utrs) + len(fa_utrs) > 1:
+            return deny(ReplyCode.HA_POORLY_FORMED_REQUEST,
+                        "more than one UDP Tunnel Request extension")
         flags = req.flags.value  # plain int: IntFlag arithmetic is slow on the hot path
+        # RFC 3519 4.6.1: the mobile node's request needs D, a foreign agent's must not
+        # come with it; Reserved 3 must be zero.
+        if mn_utrs and not flags & _D:
+            return deny(ReplyCode.HA_POORLY_FORMED_REQUEST,
+                        "UDP Tunnel Request from the mobile node without the D bit")
+        if fa_utrs and flags & _D:
+            return deny(ReplyCode.HA_POORLY_FORMED_REQUEST,
+                        "UDP Tunnel Request added by a foreign agent with the D bit set")
+        utr = mn_utrs[0] if mn_utrs else fa_utrs[0] if fa_utrs else None
+        if utr is not None and utr.reserved3:
+            return deny(ReplyCode.HA_POORLY_FORMED_REQUEST,
+                        "UDP Tunnel Request with non-zero Reserved 3 field")
         if flags & _T and not self.config.reverse_tunnelling:
             return deny(ReplyCode.HA_REVERSE_TUNNEL_UNAVAILABLE, "reverse tunnelling is off")
-        if flags & (_M | _G):
-            return deny(ReplyCode.HA_ENCAPSULATION_UNAVAILABLE,
-                        "only IP-in-IP encapsulation is offered (M or G requested)")
         src_addr, src_port = r.source
-        nat = bool(flags & _D) and src_addr != req.care_of_address
-        utr = next((e for e in r.protected if isinstance(e, UdpTunnelRequest)), None)
+        # RFC 3519 4.6: a source other than the care-of address means a NAT (for an
+        # FA's request, the FA's own source must be its care-of address, 4.5).
+        nat = (bool(flags & _D) or bool(fa_utrs)) and src_addr != req.care_of_address
         reply_exts: list[Extension] = []
         udp = False
-        if utr is not None:
-            if nat or utr.force:
-                if not self.config.udp_tunnelling:
-                    return deny(ReplyCode.HA_UDP_ENCAPSULATION_UNAVAILABLE,
-                                "UDP tunnelling is disabled on this home agent")
-                if utr.encapsulation != ENCAP_IPIP:
-                    return deny(ReplyCode.HA_UDP_ENCAPSULATION_UNAVAILABLE,
-                                f"UDP tunnel encapsulation {utr.encapsulation} unavailable "
-                                "(only IP-in-IP, 4)")
-                udp = True
-                reply_exts.append(UdpTunnelReply(UDP_TUNNEL_ACCEPTED, utr.force,
-                                                 self.config.keepalive_interval))
-            else:
-                reply_exts.append(UdpTunnelReply(UDP_TUNNEL_DECLINED, False, 0))
+        encap_mg = flags & (_M | _G)
+        if utr is not None and (nat or utr.force):
+            if not self.config.udp_tunnelling:
+                return deny(ReplyCode.HA_PROHIBITED,
+                            "UDP tunnelling (NAT traversal) is disabled on this home agent")
+            # 3.1.4: Encapsulation 0 means "as M and G say"; non-zero overrides them.
+            encap = utr.encapsulation or (ENCAP_MINIMAL if flags & _M else ENCAP_GRE
+                                          if flags & _G else ENCAP_IPIP)
+            if encap != ENCAP_IPIP:
+                return deny(ReplyCode.HA_UDP_ENCAPSULATION_UNAVAILABLE,
+                            f"UDP tunnel encapsulation {encap} unavailable (only IP-in-IP, 4)")
+            udp = True
+            encap_mg = 0
+            reply_exts.append(UdpTunnelReply(UDP_TUNNEL_ACCEPTED, utr.force,
+                                             self.config.keepalive_interval))
+        elif utr is not None:
+            reply_exts.append(UdpTunnelReply(UDP_TUNNEL_DECLINED, False, 0))
         elif nat:
             # IP-in-IP cannot cross a NAT to the mobile node: refuse rather than
             # accept a binding that would black-hole its traffic.
             return deny(ReplyCode.HA_PROHIBITED,
                         f"NAT detected (request from {src_addr}, care-of address "
                         f"{req.care_of_address}) and no UDP tunnel requested")
+        if encap_mg:
+            return deny(ReplyCode.HA_ENCAPSULATION_UNAVAILABLE,
+                        "only IP-in-IP encapsulation is offered (M or G requested)")
 
-        # 6. accept
+        # 3.8.2.2: accept
         requested = req.lifetime
         lifetime = min(requested, self.config.max_lifetime)
         if requested == INFINITE_LIFETIME:
             lifetime = self.config.max_lifetime
-        code = ReplyCode.ACCEPTED_NO_SIMULTANEOUS if flags & _S else ReplyCode.ACCEPTED
+        # 3.8.3.2: one binding per mobile node here, so code 1 ("simultaneous
+        # mobility bindings unsupported") whether or not S was asked for.
+        code = ReplyCode.ACCEPTED_NO_SIMULTANEOUS
         previous = self._bindings.get(key)
         binding = Binding(
             home_address=r.home_address, care_of_address=req.care_of_address,
@@ -333,17 +381,45 @@ class HomeAgent:
                        (r.home_address, _what(previous, binding), req.care_of_address,
                         " via UDP tunnel" if udp else "", " (NAT)" if nat else "", lifetime,
                         f" (asked {requested})" if lifetime != requested else "",
-                        describe(code)))
+                        describe(code)), self._at_home(r))
+
+    @staticmethod
+    def _fhae_problem(fa: ForeignAgentSA, fhaes: list[AuthExtension]) -> str | None:
+        """Why the request's Foreign-Home authentication fails, or None if it holds."""
+        if len(fhaes) != 1:
+            return "no foreign-home authenticator" if not fhaes else (
+                f"{len(fhaes)} foreign-home authenticators (exactly one allowed)")
+        fhae = fhaes[0]
+        if fhae.spi != fa.spi or len(fhae.authenticator) != AUTHENTICATOR_LEN or not verify(
+                fa.algorithm, fa.key, fhae.covered, fhae.authenticator):
+            return "foreign-home authenticator does not verify"
+        return None
+
+    def _at_home(self, r: _Request) -> bool:
+        # A request from the home address itself can only come from the home link.
+        return r.source[0] == r.home_address
 
     def _deregister(self, r: _Request, now: float, reply_id: int, state: ReplayState
                     ) -> Outcome:
-        previous = self._bindings.pop(int(r.home_address), None)
+        # 3.8.2.2: care-of address = home address removes every binding; any other
+        # removes only the binding to that care-of address.
+        key = int(r.home_address)
+        previous = self._bindings.get(key)
+        coa = r.req.care_of_address
+        if previous is not None and coa in (r.home_address, previous.care_of_address):
+            del self._bindings[key]
+            note = f"binding to {previous.care_of_address} removed"
+        else:
+            note = "no binding to remove" if previous is None else (
+                f"no binding to {coa}; the one to {previous.care_of_address} stays")
+            previous = None
         changes = () if previous is None else (BindingChange(ChangeKind.REMOVED, previous),)
-        note = "binding removed" if previous else "no binding to remove"
-        reply = self._reply(r, ReplyCode.ACCEPTED, 0, reply_id, [])
-        return Outcome(reply, ReplyCode.ACCEPTED, r.home_address,
+        # 3.8.2.2: any accepted request, deregistrations too, gets code 1 here.
+        code = ReplyCode.ACCEPTED_NO_SIMULTANEOUS
+        reply = self._reply(r, code, 0, reply_id, [])
+        return Outcome(reply, code, r.home_address,
                        f"{r.home_address}: deregistered ({note})", changes,
-                       (r.home_address, state))
+                       (r.home_address, state), home_link=self._at_home(r))
 
     def _deny(self, r: _Request, code: ReplyCode, now: float, why: str, *,
               identification: int | None = None, replay: ReplayState | None = None
@@ -353,7 +429,8 @@ class HomeAgent:
         src = f"{r.source[0]}:{r.source[1]}"
         return Outcome(reply, code, r.home_address,
                        f"{r.home_address} from {src}: {describe(code)}: {why}",
-                       replay=None if replay is None else (r.home_address, replay))
+                       replay=None if replay is None else (r.home_address, replay),
+                       home_link=self._at_home(r))
 
     def _reply(self, r: _Request, code: int, lifetime: int, identification: int,
                exts: list[Extension]) -> bytes:

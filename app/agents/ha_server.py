@@ -10,8 +10,10 @@ measured and dropped: GIL hand-offs cost more latency than fsync here.)
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,8 +25,11 @@ from app.agents.dataplane import HomeAgentDataPlane
 from app.agents.ha_core import HomeAgent, Outcome
 
 log = logging.getLogger("trustroam.ha")
+TUNNEL_NEXT_HEADER = 4  # IP-in-IP inside the RFC 3519 tunnel data message
 MAX_BATCH = 256
 MAX_DATAGRAM = 4096
+SIOCGIFADDR = 0x8915
+IP_PKTINFO = 8  # linux/in.h (the socket module does not export it)
 
 
 @dataclass
@@ -54,6 +59,9 @@ class HomeAgentServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._stopped = asyncio.Event()
+        self.tunnel_data_dropped = 0
+        """RFC 3519 tunnel data messages whose Next Header was not IP-in-IP."""
+        self._home_ifindex: int | None = None
 
     def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start serving; returns the bound address (port 0 picks one)."""
@@ -69,6 +77,7 @@ class HomeAgentServer:
         sock.setblocking(False)
         self._sock = sock
         self.dataplane.start(sock)
+        self._home_ifindex = _ifindex_of(self.core.config.address)
         for b in self.core.bindings.values():
             self.dataplane.binding_up(b)
         self._expire()  # bindings that lapsed while we were down
@@ -110,7 +119,12 @@ class HomeAgentServer:
                 log.debug("receive error: %s", exc)
                 continue
             if data[:1] == b"\x04":  # RFC 3519 tunnel data shares port 434
-                self.dataplane.tunnel_data(addr, data[4:])
+                # 3.3: Next Header must be the binding's mode (IP-in-IP is the only
+                # one here), else dropped; counted, not logged (no log flood).
+                if len(data) > 4 and data[1] == TUNNEL_NEXT_HEADER:
+                    self.dataplane.tunnel_data(addr, data[4:])
+                else:
+                    self.tunnel_data_dropped += 1
                 continue
             outcome = self.core.handle_request(data, (IPv4Address(addr[0]), addr[1]), now)
             batch.add(outcome, addr)
@@ -144,7 +158,13 @@ class HomeAgentServer:
                 if o.reply is None or sock is None:
                     continue
                 try:
-                    sock.sendto(o.reply, addr)
+                    if o.home_link and self._home_ifindex is not None:
+                        # RFC 5944 3.8.3.1: onto the home link as if the node had no
+                        # binding, past the /32 route that would tunnel it to the CoA.
+                        sock.sendmsg([o.reply], [(socket.IPPROTO_IP, IP_PKTINFO,
+                                                  _pktinfo(self._home_ifindex))], 0, addr)
+                    else:
+                        sock.sendto(o.reply, addr)
                 except OSError as exc:
                     log.warning("cannot send reply to %s:%d: %s", addr[0], addr[1],
                                 exc.strerror)
@@ -179,6 +199,25 @@ class HomeAgentServer:
                          ch.binding.care_of_address)
             self._submit(_Batch(changes=expired))
         self._arm_timer()
+
+
+def _pktinfo(ifindex: int) -> bytes:
+    """struct in_pktinfo: leave by this interface, source address chosen as usual."""
+    return struct.pack("=i4s4s", ifindex, b"\0" * 4, b"\0" * 4)
+
+
+def _ifindex_of(address: IPv4Address) -> int | None:
+    """The interface holding ``address`` (the home link), or None."""
+    for index, name in socket.if_nameindex():
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                got = fcntl.ioctl(s.fileno(), SIOCGIFADDR,
+                                  struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            continue
+        if got[20:24] == address.packed:
+            return index
+    return None
 
 
 def _endpoint(b: Binding) -> tuple[object, ...]:

@@ -63,18 +63,20 @@ class UserspaceHomeAgentPlane:
                  self.tunnel.engine_kind.value)
 
     def udp_tunnel_data(self, source: tuple[str, int], inner: bytes) -> None:
-        """An RFC 3519 tunnel data message from the HA's port 434."""
+        """An RFC 3519 tunnel data message from the HA's port 434.
+
+        Taken only from exactly the bound address and port (RFC 3519 4.3).  A new
+        NAT mapping is learnt from a new registration (4.10), never from data: an
+        unauthenticated packet must not redirect anyone's tunnel, not even from a
+        host behind the same NAT.
+        """
         if len(inner) < 20 or inner[0] >> 4 != 4:
             return
         home = inner[12:16]
         to = self.tunnel.route_of(home)  # the binding's UDP endpoint, kept in the tunnel
-        if to is None or to[1] == 0 or to[0] != socket.inet_aton(source[0]):
+        if to is None or to[1] != source[1] or to[0] != socket.inet_aton(source[0]):
             self.tunnel.count_spoofed()
             return
-        if to[1] != source[1]:
-            # The NAT rebound: follow the mapping of the authenticated binding's address.
-            log.info("%s: NAT mapping moved to %s:%d", socket.inet_ntoa(home), *source)
-            self.tunnel.set_route(home, Endpoint(source[0], source[1]))
         self.tunnel.write(inner)  # checked above: the binding's UDP endpoint
 
     def binding_up(self, binding: Binding) -> None:

@@ -70,11 +70,14 @@ class UdpTunnelRequest:
     fa_required: bool = False
     """R: registration through a foreign agent is required (set by an FA)."""
     encapsulation: int = ENCAP_IPIP
+    """0: "as the M and G bits say" (RFC 3519 3.1.4)."""
+    reserved3: int = 0
+    """Sent as 0; a home agent answers 134 to anything else (RFC 3519 4.6.1)."""
 
     def encode(self) -> bytes:
         flags = (0x80 if self.force else 0) | (0x40 if self.fa_required else 0)
         return struct.pack("!BBBBBBH", ExtType.UDP_TUNNEL_REQUEST, 6, 0, 0, flags,
-                           self.encapsulation, 0)
+                           self.encapsulation, self.reserved3)
 
 
 UDP_TUNNEL_ACCEPTED = 0
@@ -142,9 +145,9 @@ def decode_extensions(data: bytes, offset: int) -> tuple[Extension, ...]:
             out.append(NaiExtension(nai))
         elif ext_type == ExtType.UDP_TUNNEL_REQUEST:
             _expect_length(ext_type, length, 6, offset)
-            subtype, _r1, flags, encap, _r3 = struct.unpack_from("!BBBBH", data, body)
+            subtype, _r1, flags, encap, r3 = struct.unpack_from("!BBBBH", data, body)
             _expect_subtype(ext_type, subtype, body)
-            out.append(UdpTunnelRequest(bool(flags & 0x80), bool(flags & 0x40), encap))
+            out.append(UdpTunnelRequest(bool(flags & 0x80), bool(flags & 0x40), encap, r3))
         elif ext_type == ExtType.UDP_TUNNEL_REPLY:
             _expect_length(ext_type, length, 6, offset)
             subtype, code, flags, keepalive = struct.unpack_from("!BBHH", data, body)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import IntFlag
 from ipaddress import IPv4Address
 
-from app.mip.errors import DecodeError
+from app.mip.errors import DecodeError, UnknownExtensionError
 
 ICMP_ROUTER_ADVERTISEMENT = 9
 ICMP_ROUTER_SOLICITATION = 10
@@ -137,10 +137,23 @@ class AgentAdvertisement:
                 bad = [p for p in prefix_lengths if p > 32]
                 if bad:
                     raise DecodeError(f"prefix length {bad[0]} is above 32", body)
+            elif ext_type < 128:
+                # RFC 5944 1.9: an unknown extension 0-127 voids the whole message;
+                # 128-255 are skipped and the rest still processed.
+                raise UnknownExtensionError(ext_type, offset)
             offset = body + length
         if maa is None:
             raise DecodeError("router advertisement has no mobility agent extension", offset)
         seq, life, flags, coas = maa
+        # RFC 5944 2.1.1: B only with F, at least one of F and H, and an FA
+        # advertises at least one care-of address.  Anything else is not an
+        # advertisement a mobile node may act on.
+        if flags & AgentFlags.B and not flags & AgentFlags.F:
+            raise DecodeError("busy (B) without foreign agent (F)", offset)
+        if not flags & (AgentFlags.F | AgentFlags.H):
+            raise DecodeError("neither foreign agent (F) nor home agent (H) is set", offset)
+        if flags & AgentFlags.F and not coas:
+            raise DecodeError("foreign agent (F) advertises no care-of address", offset)
         return cls(seq, life, AgentFlags(flags), coas, tuple(routers), adv_life,
                    prefix_lengths, code)
 

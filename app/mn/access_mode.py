@@ -11,6 +11,13 @@ job (mode ``mc``, next issue); until then the machine reports it and keeps the
 gate shut.  Denials and missing addresses are an error state that keeps the
 gate shut and says why (Mullvad's tunnel state machine does the same).
 
+The gate is keyed to the decision: ``Gate(path)`` opens exactly the proven
+path (interface, care-of address, mode) and ``Gate(None)`` shuts it.  Every
+way out of a registered path shuts the gate before the mode's routes are
+withdrawn (``ConfigureDataPlane(NONE)``), and a trusted path is configured
+before the gate opens on it.  A lost link shuts the gate at once
+(``LinkLost``); only reporting the loss as a move waits for the flap hold.
+
 Like the registration client, it takes events with a time and returns actions.
 """
 
@@ -30,6 +37,10 @@ from app.mn.registration import (
     RegistrationClient,
     TimedOut,
 )
+from app.net.gate_rules import ProvenPath
+
+BINDING_RAN_OUT = ("the home agent stopped answering: the binding ran out with no renewal "
+                   "accepted")
 
 # -- events -------------------------------------------------------------------
 
@@ -44,6 +55,15 @@ class LinkUp:
 
 @dataclass(frozen=True, slots=True)
 class LinkDown:
+    """The link stayed lost for the flap hold: it is gone."""
+
+    iface: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkLost:
+    """Carrier or address gone this instant (it may come back: a flap)."""
+
     iface: str
 
 
@@ -70,9 +90,21 @@ class Shutdown:
 
 @dataclass(frozen=True, slots=True)
 class Gate:
-    """Block (True) or let through (False) normal traffic; registration and DHCP always pass."""
+    """Open exactly ``path`` to normal traffic; None: undecided, nothing normal leaves.
 
-    block: bool
+    Registration, DHCP and solicitation always pass (``app.net.gate_rules``).
+    """
+
+    path: ProvenPath | None
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareLink:
+    """Bind the registration and ICMP sockets to this link and route its own traffic."""
+
+    iface: str
+    address: IPv4Interface
+    gateway: IPv4Address | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +146,7 @@ class Note:
     text: str
 
 
-Action = Gate | Send | Solicit | ConfigureDataPlane | Status | Note
+Action = Gate | PrepareLink | Send | Solicit | ConfigureDataPlane | Status | Note
 
 
 @dataclass
@@ -126,6 +158,8 @@ class _Link:
     fa: AgentAdvert | None = None
     fa_failed: bool = False
     """The FA on this link refused or did not answer: stay in mode c here."""
+    lost: bool = False
+    """Carrier or address gone: no reply opens the gate until the link is back."""
 
 
 @dataclass
@@ -139,19 +173,29 @@ class AccessModeMachine:
     last_handover_ms: float | None = None
     _link: _Link | None = None
     _via_fa: bool = False
+    gate: ProvenPath | None = None
+    """What the last Gate action opened (None: shut)."""
+    configured: Mode = Mode.NONE
+    """What the last ConfigureDataPlane action set up."""
     _actions: list[Action] = field(default_factory=list)
 
     # -- events in -------------------------------------------------------------
 
-    def handle(self, event: LinkUp | LinkDown | AgentAdvert | Resumed | Shutdown,
+    def handle(self, event: LinkUp | LinkDown | LinkLost | AgentAdvert | Resumed | Shutdown,
                now: float) -> list[Action]:
         if isinstance(event, LinkUp):
             self._link_up(event, now)
+        elif isinstance(event, LinkLost):
+            link = self._link
+            if link is not None and event.iface == link.iface and not link.lost:
+                link.lost = True
+                self._shut()  # at once: the cable may be in another network already
+                if self.phase is not State.OFFLINE:
+                    self._enter(State.PROBING, Mode.NONE, None)
         elif isinstance(event, LinkDown):
             if self._link is not None and event.iface == self._link.iface:
                 self._link = None
-                self._enter(State.OFFLINE, Mode.NONE, None)
-                self._actions.append(Gate(True))
+                self._leave(State.OFFLINE, None)
         elif isinstance(event, AgentAdvert):
             self._advert(event, now)
         elif isinstance(event, Resumed):
@@ -181,7 +225,8 @@ class AccessModeMachine:
     def _link_up(self, ev: LinkUp, now: float) -> None:
         self._link = _Link(ev.iface, ev.address, ev.gateway, now)
         self._via_fa = False
-        self._actions.append(Gate(True))  # nothing normal leaves while undecided
+        self._shut()  # nothing normal leaves while undecided
+        self._actions.append(PrepareLink(ev.iface, ev.address, ev.gateway))
         self._enter(State.PROBING, Mode.NONE, None)
         if ev.address.ip in self.home_network:
             # The home link: deregister so the home agent stops proxying us.
@@ -200,6 +245,7 @@ class AccessModeMachine:
         # Periodic adverts repeat: one attempt per link, none after the FA failed us.
         if self.use_foreign_agents and self.phase is State.TRUSTED and (
                 self.mode is Mode.COLOCATED) and not self._via_fa and not link.fa_failed:
+            self._open(link)  # the FA's registration port, on this proven link only
             self._register_via_fa(link, now)
 
     def _register_via_fa(self, link: _Link, now: float) -> None:
@@ -223,43 +269,67 @@ class AccessModeMachine:
         seen = False
         while (ev := self.client.next_event()) is not None:
             seen = True
-            if isinstance(ev, Registered) and link is not None:
-                mode = Mode.FOREIGN_AGENT if self._via_fa else Mode.COLOCATED
+            if isinstance(ev, Registered) and link is not None and not link.lost:
+                # The mode is what the home agent bound, not what we meant to ask:
+                # a late renewal of an older binding must not open this link.
+                if ev.care_of_address == link.address.ip:
+                    mode = Mode.COLOCATED
+                elif link.fa is not None and ev.care_of_address == link.fa.care_of_address:
+                    mode = Mode.FOREIGN_AGENT
+                else:
+                    self._actions.append(Note("stale-binding",
+                                              f"the home agent bound {ev.care_of_address}, "
+                                              "not an address of this link"))
+                    continue
                 first = self.phase is not State.TRUSTED or self.mode is not mode
                 self.last_handover_ms = (now - link.since) * 1000 if first else (
                     self.last_handover_ms)
                 self._enter(State.TRUSTED, mode, None)
                 if first:
-                    self._actions += [ConfigureDataPlane(mode, link.iface, ev.care_of_address,
-                                                         ev.udp_tunnel), Gate(False)]
+                    self._actions.append(ConfigureDataPlane(mode, link.iface,
+                                                            ev.care_of_address, ev.udp_tunnel))
+                    self.configured = mode
                 if (mode is Mode.COLOCATED and link.fa is not None
                         and self.use_foreign_agents and not link.fa_failed):
                     self._register_via_fa(link, now)
+                self._open(link)
             elif isinstance(ev, Deregistered) and link is not None:
-                if link.address.ip in self.home_network:
+                if link.address.ip in self.home_network and not link.lost:
                     self.last_handover_ms = (now - link.since) * 1000
                     self._enter(State.TRUSTED, Mode.HOME, None)
-                    self._actions += [ConfigureDataPlane(Mode.HOME, link.iface, None),
-                                      Gate(False)]
-                else:
-                    self._enter(State.OFFLINE, Mode.NONE, None)
+                    self._actions.append(ConfigureDataPlane(Mode.HOME, link.iface, None))
+                    self.configured = Mode.HOME
+                    self._open(link)
+                elif not link.lost:
+                    self._leave(State.OFFLINE, None)
             elif isinstance(ev, TimedOut) and ev.unverified_code is not None and (
                     not self._via_fa):
                 # Not "untrusted": something answered for the home agent but the
                 # replies do not authenticate.  Never trust them; say what to check.
-                self._enter(State.ERROR, Mode.NONE,
+                self._leave(State.ERROR,
                             f"the home agent's replies do not authenticate "
                             f"({describe(ev.unverified_code)}): is this profile's key right?")
-                self._actions.append(Gate(True))
             elif isinstance(ev, TimedOut):
-                if self._via_fa and self.phase is State.TRUSTED:
-                    self._via_fa = False  # the FA failed us: stay in mode c
-                    if link is not None:
-                        link.fa_failed = True
+                if self._via_fa and self.phase is State.TRUSTED and link is not None:
+                    # The FA failed us: back to a direct registration (mode c) while
+                    # the binding through the FA still stands.
+                    self._via_fa = False
+                    link.fa_failed = True
                     self._actions.append(Note("fa-timeout", "no reply through the foreign "
-                                                            "agent; staying in mode c"))
-                elif link is not None:
-                    self._enter(State.UNTRUSTED, Mode.NONE, None)
+                                                            "agent; registering directly"))
+                    self.client.register(link.address.ip, now)
+                elif (self.phase is State.TRUSTED and link is not None and not link.lost
+                      and self.client.binding is not None):
+                    # A renewal went unanswered but the binding still stands: keep the
+                    # path and keep asking until it runs out (then BindingLost).
+                    self._actions.append(Note("renewal-timeout",
+                                              "the home agent did not answer the renewal; "
+                                              "trying again until the binding runs out"))
+                    self.client.register(self.client.binding.care_of_address, now)
+                elif self.phase is State.TRUSTED and link is not None and not link.lost:
+                    self._leave(State.UNTRUSTED, BINDING_RAN_OUT)  # ran out this same step
+                elif link is not None and self.phase is not State.UNTRUSTED:
+                    self._leave(State.UNTRUSTED, None)  # (keeps the reason it had)
             elif isinstance(ev, Denied) and self._via_fa and self.phase is State.TRUSTED and (
                     link is not None):
                 # The FA path was refused but the co-located binding still stands:
@@ -269,12 +339,35 @@ class AccessModeMachine:
                 self._actions.append(Note("fa-denied", ev.text + "; staying in mode c"))
                 self.client.register(link.address.ip, now)
             elif isinstance(ev, Denied):
-                self._enter(State.ERROR, Mode.NONE, ev.text)
-                self._actions.append(Gate(True))
+                self._leave(State.ERROR, ev.text)
             elif isinstance(ev, BindingLost):
-                self._enter(State.ERROR, Mode.NONE, "binding lost: renewals went unanswered")
-                self._actions.append(Gate(True))
+                self._leave(State.UNTRUSTED, BINDING_RAN_OUT)
         return seen
+
+    # -- the gate and the paths --------------------------------------------------
+
+    def _open(self, link: _Link) -> None:
+        """Open the gate on the path just configured (after ConfigureDataPlane)."""
+        fa = link.fa.care_of_address if (
+            link.fa is not None and self.use_foreign_agents and not link.fa_failed) else None
+        path = ProvenPath(link.iface, link.address.ip, self.mode, fa)
+        if path != self.gate:
+            self.gate = path
+            self._actions.append(Gate(path))
+
+    def _shut(self) -> None:
+        if self.gate is not None:
+            self.gate = None
+            self._actions.append(Gate(None))
+
+    def _leave(self, phase: State, error: str | None) -> None:
+        """Into untrusted, error or offline: shut first, then withdraw the paths."""
+        self._shut()
+        self._via_fa = False
+        self._enter(phase, Mode.NONE, error)
+        if self.configured is not Mode.NONE:
+            self.configured = Mode.NONE
+            self._actions.append(ConfigureDataPlane(Mode.NONE, None, None))
 
     def _enter(self, phase: State, mode: Mode, error: str | None) -> None:
         changed = (phase, mode, error) != (self.phase, self.mode, self.error)

@@ -3,8 +3,9 @@
 Inputs (link snapshots, datagrams from the home agent, agent advertisements,
 timer expiries, commands) go through one queue to one task, so the sans-I/O
 machines are only ever called from one place, in order.  Actions are executed
-in the order given, except that registration datagrams and solicitations go
-out first: they are on the handover's critical path and pass the gate anyway.
+in the order the machine gives them (it shuts the gate before it withdraws a
+path and configures a path before it opens the gate on it); only publishing
+(status, history) waits until the step's other actions are done.
 
 The driver owns the registration socket (bound to the link address and the
 physical interface, so a probe never takes a tunnel), the ICMP socket that hears
@@ -31,6 +32,7 @@ from app.mn.link_tracker import LinkTracker
 from app.mn.profile import Profile
 from app.mn.registration import RegistrationClient
 from app.net.gate import TrafficGate
+from app.net.gate_rules import ProvenPath
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import LinkInfo, MobileNodeRoutes
 
@@ -74,6 +76,7 @@ class MobileNodeDriver:
         self.machine = am.AccessModeMachine(profile.home_network, self.client,
                                             use_foreign_agents=profile.foreign_agents)
         self.tracker = LinkTracker(profile.home_address)
+        routes.arp.permit = self._arp_permit
         self.snapshot = Snapshot(profile=profile.name, home_address=str(profile.home_address))
         self._queue: asyncio.Queue[_Input] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -85,16 +88,16 @@ class MobileNodeDriver:
         self._answer_seen: object = None
         self._probe_started: float | None = None
         self._trusted_now = False
-        self._withdraw = False
+        self._gate_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- inputs (any thread-free caller on the loop) -------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await self.routes.start()
         if self.gate is not None:
-            await self.gate.set(True)  # undecided until the first probe answers
+            await self.gate.install()  # before anything else: undecided until proven
+        await self.routes.start()
         self._task = asyncio.create_task(self._run(), name="mn-driver")
 
     def link_snapshot(self, snap: LinkSnapshot) -> None:
@@ -135,6 +138,9 @@ class MobileNodeDriver:
             now = self.clock()
             try:
                 if isinstance(item, LinkSnapshot):
+                    # Any change of the link ends pending announcements of the home
+                    # address: the next one may already be on another network.
+                    self.routes.arp.cancel_all()
                     for ev in self.tracker.observe(item, now):
                         await self._link_event(ev, now)
                 elif isinstance(item, _Datagram):
@@ -160,46 +166,45 @@ class MobileNodeDriver:
                 stopping.done.set_result(None)
             self._arm_timer()
 
-    async def _link_event(self, ev: am.LinkUp | am.LinkDown, now: float) -> None:
+    async def _link_event(self, ev: am.LinkUp | am.LinkDown | am.LinkLost, now: float) -> None:
         if isinstance(ev, am.LinkUp):
             self._probe_started = now
             self._history("link-up", {"interface": ev.iface, "address": str(ev.address),
                                       "gateway": str(ev.gateway)})
-            self._open_sockets(ev)
-            t0 = time.perf_counter()
-            if ev.gateway is not None:
-                await self.routes.set_link(LinkInfo(ev.iface, ev.address, ev.gateway))
-            log.debug("link set-up took %.2f ms", (time.perf_counter() - t0) * 1000)
-            self._publish(interface=ev.iface, care_of_address=str(ev.address.ip))
+        elif isinstance(ev, am.LinkLost):
+            self._history("link-lost", {"interface": ev.iface})
         else:
             self._history("link-down", {"interface": ev.iface})
             self._close_sockets()
-        # A fresh time: the request's round trip must not include the route set-up.
-        await self._execute(self.machine.handle(ev, self.clock()))
+        await self._execute(self.machine.handle(ev, now))
 
     async def _execute(self, actions: list[am.Action]) -> None:
-        for a in actions:  # the critical path first
-            if isinstance(a, am.Send):
+        for a in actions:  # in the machine's order: it is the gate's safety
+            t0 = time.perf_counter()
+            if isinstance(a, am.Gate):
+                await self._gate(a.path)
+            elif isinstance(a, am.PrepareLink):
+                await self._prepare_link(a)
+            elif isinstance(a, am.Send):
                 self._send(a)
             elif isinstance(a, am.Solicit):
                 self._solicit(a.iface)
-        for a in actions:
-            t0 = time.perf_counter()
-            if isinstance(a, am.Gate):
-                if self.gate is not None:
-                    await self.gate.set(a.block)
-                self._history("gate", {"blocked": str(a.block).lower()})
             elif isinstance(a, am.ConfigureDataPlane):
                 fa = a.care_of_address if a.mode is Mode.FOREIGN_AGENT else None
                 await self.routes.configure(a.mode, foreign_agent=fa)
-            elif isinstance(a, am.Status):
+            log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
+        for a in actions:  # publishing is off the critical path
+            if isinstance(a, am.Status):
                 self._status(a)
             elif isinstance(a, am.Note):
                 self._history(a.kind, {"text": a.text})
-            log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
-        if self._withdraw:
-            self._withdraw = False
-            await self.routes.configure(Mode.NONE)
+            elif isinstance(a, am.Gate):
+                self._history("gate", {"blocked": str(a.path is None).lower(),
+                                       "at": f"{self._gate_at:.6f}",
+                                       **({"interface": a.path.iface,
+                                           "address": str(a.path.link_address),
+                                           "mode": a.path.mode.value}
+                                          if a.path else {})})
         if self._trusted_now and self._probe_started is not None:
             # Handover: link up (or re-probe) until the new path is configured and open.
             ms = round((self.clock() - self._probe_started) * 1000, 2)
@@ -209,6 +214,28 @@ class MobileNodeDriver:
             self._history("handover", {"mode": self.snapshot.mode.value, "ms": f"{ms:.1f}"})
         if any(isinstance(a, am.ConfigureDataPlane) for a in actions):
             await self.routes.finish()
+
+    async def _gate(self, path: ProvenPath | None) -> None:
+        self._gate_at = self.clock()  # just before the rules change (history, tests)
+        if self.gate is not None:
+            await self.gate.decide(path)
+        if path is None:
+            self.routes.arp.cancel_all()
+        elif path.mode is Mode.HOME:
+            self.routes.announce_home()  # only now: the announcer asks the decision
+
+    def _arp_permit(self, iface: str) -> bool:
+        """May a frame naming the home address leave ``iface`` (RFC 5944 4.6)?"""
+        p = self.machine.gate
+        return p is not None and p.iface == iface and p.mode is Mode.HOME
+
+    async def _prepare_link(self, a: am.PrepareLink) -> None:
+        t0 = time.perf_counter()
+        self._open_sockets(a)
+        if a.gateway is not None:
+            await self.routes.set_link(LinkInfo(a.iface, a.address, a.gateway))
+        log.debug("link set-up took %.2f ms", (time.perf_counter() - t0) * 1000)
+        self._publish(interface=a.iface, care_of_address=str(a.address.ip))
 
     # -- actions -----------------------------------------------------------------
 
@@ -235,9 +262,6 @@ class MobileNodeDriver:
         state, mode = s.phase, s.mode
         changes: dict[str, object] = {"state": state, "mode": mode, "error": s.error or ""}
         self._trusted_now = state is State.TRUSTED
-        # Leaving the old mode's paths in place while probing costs nothing (the gate
-        # is shut) and saves the critical path; they go once there is no mode at all.
-        self._withdraw = state in (State.UNTRUSTED, State.ERROR, State.OFFLINE)
         if mode is Mode.HOME:
             changes["care_of_address"] = ""  # at home there is no care-of address
         elif s.care_of_address is not None and mode is not Mode.NONE:
@@ -272,7 +296,7 @@ class MobileNodeDriver:
 
     # -- sockets -----------------------------------------------------------------
 
-    def _open_sockets(self, ev: am.LinkUp) -> None:
+    def _open_sockets(self, ev: am.PrepareLink) -> None:
         assert self._loop is not None
         self._close_reg()
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -10,8 +10,9 @@ machine:
   move never waits;
 - the same link coming back after it was lost (carrier flap, resume) is also
   reported at once, because a binding that may be stale must be re-probed;
-- losing the link is reported only if it stays lost for ``hold`` seconds, so a
-  flap does not tear down the mode and the gate;
+- losing the link is reported at once as ``LinkLost`` (the gate shuts: the
+  cable may already be in another network), and as ``LinkDown`` only if it
+  stays lost for ``hold`` seconds, so a flap does not tear down the mode;
 - repeated comebacks of the same link are coalesced to one per ``min_reprobe``
   seconds (a flapping cable otherwise floods the home agent).
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from app.mn.access_mode import LinkDown, LinkUp
+from app.mn.access_mode import LinkDown, LinkLost, LinkUp
 from app.net.links import LinkSnapshot, pick_address
 
 
@@ -37,13 +38,14 @@ class LinkTracker:
         self._pending_up: LinkUp | None = None
         self._pending_at: float | None = None
 
-    def observe(self, snap: LinkSnapshot, now: float) -> list[LinkUp | LinkDown]:
+    def observe(self, snap: LinkSnapshot, now: float) -> list[LinkUp | LinkDown | LinkLost]:
         addr = pick_address(snap.addresses, self.home_address)
         usable = snap.carrier and addr is not None and snap.gateway is not None
-        out: list[LinkUp | LinkDown] = []
+        out: list[LinkUp | LinkDown | LinkLost] = []
         if not usable:
             if self._up is not None and self._lost_at is None:
                 self._lost_at = now
+                out.append(LinkLost(self._up.iface))
             self._pending_up = None
             self._pending_at = None
             return out
@@ -65,8 +67,8 @@ class LinkTracker:
                 self._pending_at = self._last_up_at + self.min_reprobe
         return out
 
-    def handle_timer(self, now: float) -> list[LinkUp | LinkDown]:
-        out: list[LinkUp | LinkDown] = []
+    def handle_timer(self, now: float) -> list[LinkUp | LinkDown | LinkLost]:
+        out: list[LinkUp | LinkDown | LinkLost] = []
         if self._lost_at is not None and now >= self._lost_at + self.hold and self._up:
             out.append(LinkDown(self._up.iface))
             self._up = None
@@ -87,7 +89,8 @@ class LinkTracker:
         self._pending_up = None
         self._pending_at = None
 
-    def _emit_up(self, ev: LinkUp, now: float, out: list[LinkUp | LinkDown]) -> None:
+    def _emit_up(self, ev: LinkUp, now: float, out: list[LinkUp | LinkDown | LinkLost]
+                 ) -> None:
         self._up = ev
         self._last_up_at = now
         self._pending_up = None

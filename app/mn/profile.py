@@ -14,10 +14,12 @@ agent, or from the root-only secrets file).  Errors name the file and key.
     lifetime = 600
     renew_fraction = 0.75
     interface = "eth0"             # optional: the link to manage (default: any)
+    replay = "timestamp"           # or "nonce": as the home agent's [[mobile_nodes]] says
+    udp_tunnelling = "auto"        # RFC 3519: "auto" (HA decides), "force" or "off"
 
     [probe]
-    initial_timeout = 0.3          # seconds before the first retransmission
-    retries = 3                    # retransmissions before "untrusted"
+    initial_timeout = 1.0          # seconds before the first retransmission (>= 1, doubles)
+    retries = 2                    # retransmissions before "untrusted" (1 + 2 + 4 = 7 s)
 
     [features]
     foreign_agents = true          # mode f where an FA advertises (trusted links only)
@@ -34,7 +36,12 @@ from pathlib import Path
 
 from app.config import ConfigError, Section, load_toml
 from app.mip.auth import Algorithm
-from app.mn.registration import RegistrationConfig
+from app.mn.registration import (
+    MIN_RETRANSMIT_INTERVAL,
+    RegistrationConfig,
+    ReplayMode,
+    UdpTunnelling,
+)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Matched with fullmatch: ``$`` would let a trailing newline through."""
@@ -54,8 +61,10 @@ class Profile:
     lifetime: int = 600
     renew_fraction: float = 0.75
     interface: str | None = None
-    initial_timeout: float = 0.3
-    retries: int = 3
+    initial_timeout: float = 1.0
+    retries: int = 2
+    replay: ReplayMode = ReplayMode.TIMESTAMP
+    udp_tunnelling: UdpTunnelling = UdpTunnelling.AUTO
     foreign_agents: bool = True
     gate: bool = True
     source: str = "<built-in>"
@@ -64,7 +73,14 @@ class Profile:
         return RegistrationConfig(self.home_address, self.home_agent, self.spi, self.algorithm,
                                   key, nai=self.nai, lifetime=self.lifetime,
                                   initial_timeout=self.initial_timeout, retries=self.retries,
-                                  renew_fraction=self.renew_fraction)
+                                  renew_fraction=self.renew_fraction, replay=self.replay,
+                                  udp_tunnelling=self.udp_tunnelling)
+
+    @property
+    def decision_seconds(self) -> float:
+        """How long a silent network takes to be declared unreachable: the first
+        timeout doubled at each retransmission (RFC 5944 3.6.3)."""
+        return sum(min(self.initial_timeout * 2.0 ** i, 8.0) for i in range(self.retries + 1))
 
 
 def load(path: Path) -> Profile:
@@ -115,14 +131,21 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
             raise top.error("interface", f"{_short(iface)} is not an interface name: {why}")
     probe = top.sub("probe")
     features = top.sub("features")
+    initial_timeout = probe.float_("initial_timeout", 1.0, lo=0.0, hi=30.0)
+    if initial_timeout < MIN_RETRANSMIT_INTERVAL:
+        raise probe.error("initial_timeout", f"must be at least {MIN_RETRANSMIT_INTERVAL:g} s "
+                                             "(RFC 5944 3.6.3: requests are never resent "
+                                             f"sooner), got {initial_timeout:g}")
     profile = Profile(
         name=name, home_address=home, home_network=network, home_agent=ha, spi=spi,
         algorithm=top.enum("algorithm", Algorithm, Algorithm.HMAC_MD5), nai=nai,
         lifetime=top.int_("lifetime", 600, lo=1, hi=65534),
         renew_fraction=top.float_("renew_fraction", 0.75, lo=0.1, hi=0.95),
         interface=iface,
-        initial_timeout=probe.float_("initial_timeout", 0.3, lo=0.01, hi=30.0),
-        retries=probe.int_("retries", 3, lo=0, hi=20),
+        initial_timeout=initial_timeout,
+        retries=probe.int_("retries", 2, lo=0, hi=20),
+        replay=top.enum("replay", ReplayMode, ReplayMode.TIMESTAMP),
+        udp_tunnelling=top.enum("udp_tunnelling", UdpTunnelling, UdpTunnelling.AUTO),
         foreign_agents=features.bool_("foreign_agents", True),
         gate=features.bool_("gate", True),
         source=source,
@@ -162,6 +185,8 @@ def dumps(p: Profile) -> str:
         lines.append(f"nai = {_quote(p.nai)}")
     if p.interface is not None:
         lines.append(f"interface = {_quote(p.interface)}")
+    lines += [f"replay = {_quote(p.replay.value)}",
+              f"udp_tunnelling = {_quote(p.udp_tunnelling.value)}"]
     lines += ["", "[probe]", f"initial_timeout = {p.initial_timeout!r}",
               f"retries = {p.retries}", "", "[features]",
               f"foreign_agents = {str(p.foreign_agents).lower()}",

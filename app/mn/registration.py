@@ -5,14 +5,24 @@ The driver calls :meth:`register`, :meth:`deregister`, :meth:`receive` and
 :meth:`handle_timer` with the time, then drains :meth:`datagrams_to_send`,
 re-arms one timer from :meth:`get_timer` and reads :meth:`next_event`.
 
-- Retransmission with exponential backoff (``initial_timeout``, ``retries``),
-  each copy with a fresh identification (RFC 5944 3.6.3).
-- Only replies whose identification matches an outstanding request and whose
-  Mobile-Home authenticator verifies are taken; anything else is dropped.
-- 133 resynchronises (timestamp offset or the home agent's nonce) and resends
-  at once, once per attempt.
-- Renewal at ``renew_fraction`` of the granted lifetime; if it never succeeds
-  the binding is reported lost when the lifetime runs out.
+- Retransmission (RFC 5944 3.6.3): never less than 1 s after the previous
+  request, each timeout twice the previous up to ``max_timeout`` (and never
+  above the requested lifetime).  With timestamps each copy is a new request
+  (new identification); with nonces the unanswered request is resent unchanged.
+- A reply is taken only if the low-order 32 bits of its identification match
+  the most recent request sent (3.6.2.1, 5.7) and it carries exactly one
+  Mobile-Home authenticator that verifies; anything else is dropped.
+- 133 resynchronises (timestamp: the home agent's clock, and the floor for the
+  next identification becomes the last one the home agent accepted; nonce: the
+  home agent's nonce) and a new request leaves at once (3.6.2.3).  After a 69
+  requests through that foreign agent ask no more than the reply's lifetime.
+- The binding's timer starts when the answered request was sent (3.6.2.2),
+  for the granted lifetime capped at what was asked; renewal at
+  ``renew_fraction`` of it; if renewals never succeed the binding is reported
+  lost when the lifetime runs out.
+
+With the defaults (1 s, 2 retransmissions) a silent network is declared
+unreachable after 1 + 2 + 4 = 7 s; see README "How long a decision takes".
 """
 
 from __future__ import annotations
@@ -26,15 +36,44 @@ from ipaddress import IPv4Address
 
 from app.mip import ident
 from app.mip.auth import AUTHENTICATOR_LEN, Algorithm, append_authenticator, verify
-from app.mip.codes import describe, is_accepted
+from app.mip.codes import ReplyCode, describe, is_accepted
 from app.mip.errors import DecodeError
-from app.mip.extensions import Extension, ExtType, NaiExtension, UdpTunnelRequest
+from app.mip.extensions import (
+    AuthExtension,
+    Extension,
+    ExtType,
+    NaiExtension,
+    UdpTunnelReply,
+    UdpTunnelRequest,
+)
 from app.mip.messages import MIP_PORT, RegFlags, RegistrationReply, RegistrationRequest
+
+MIN_RETRANSMIT_INTERVAL = 1.0
+"""RFC 5944 3.6.3: "The minimum time between Registration Requests MUST NOT be
+less than 1 second"."""
+MAX_RESYNCS = 3
+"""133 repairs per attempt: a delayed duplicate can earn a second 133 from a
+home agent that issues a new nonce each time, but a loop must end."""
+REVERSE_TUNNEL_TTL = 255
+"""RFC 3024 2 and 4.1.1: requests asking for a reverse tunnel carry TTL 255."""
+_TIMESTAMP_RANDOM_BITS = 0xFFF
+"""Fraction bits below a microsecond clock's resolution: random (RFC 5944 5.7.1)."""
 
 
 class ReplayMode(Enum):
     TIMESTAMP = "timestamp"
     NONCE = "nonce"
+
+
+class UdpTunnelling(Enum):
+    """Whether co-located registrations carry an RFC 3519 UDP Tunnel Request."""
+
+    AUTO = "auto"
+    """Ask without F: the home agent tunnels over UDP only if it sees a NAT."""
+    FORCE = "force"
+    """Ask with F: UDP tunnelling whatever the home agent sees."""
+    OFF = "off"
+    """Never ask (IP-in-IP only; through a NAT the home agent refuses)."""
 
 
 @dataclass(frozen=True)
@@ -47,12 +86,13 @@ class RegistrationConfig:
     nai: str | None = None
     lifetime: int = 600
     replay: ReplayMode = ReplayMode.TIMESTAMP
-    initial_timeout: float = 0.5
-    """Seconds before the first retransmission; doubled after each one."""
-    retries: int = 3
+    initial_timeout: float = MIN_RETRANSMIT_INTERVAL
+    """Seconds before the first retransmission (never below 1 s); doubled after each."""
+    retries: int = 2
     """Retransmissions after the first request before giving up."""
     max_timeout: float = 8.0
     renew_fraction: float = 0.75
+    udp_tunnelling: UdpTunnelling = UdpTunnelling.OFF
 
 
 class State(Enum):
@@ -67,6 +107,12 @@ class State(Enum):
 class Datagram:
     data: bytes
     destination: tuple[IPv4Address, int]
+    source: IPv4Address | None = None
+    """The IP source the request must leave with (RFC 5944 3.6.1.1): the care-of
+    address when co-located, the home address through a foreign agent or at home."""
+    ttl: int | None = None
+    """IP TTL to set, or None for the system default: 255 through a foreign
+    agent (RFC 3024 4.1.1; the agent answers 76 otherwise)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +122,14 @@ class Registered:
     care_of_address: IPv4Address
     lifetime: int
     expires_at: float
+    """When the request that was answered was sent, plus the granted lifetime."""
     rtt: float
-    """Seconds from the request that was answered to its reply."""
+    """Seconds from the request that was answered (its first copy) to its reply."""
     renewal: bool
     udp_tunnel: bool
     keepalive_interval: int
+    via: IPv4Address | None = None
+    """The foreign agent the request went through, None when co-located."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +137,20 @@ class Denied:
     code: int
     text: str
     """e.g. "denied by home agent: identification mismatch (133)"."""
+    via: IPv4Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TimedOut:
-    """No valid reply after every retransmission: the home agent is not reachable."""
+    """No valid reply after every retransmission: the agent is not reachable."""
 
     attempts: int
     waited: float
     unverified_code: int | None = None
     """Set when replies matching our requests came back but did not authenticate:
     the home agent may be there and our key wrong (or someone forges replies)."""
+    via: IPv4Address | None = None
+    """The foreign agent the requests went to (None: straight to the home agent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +171,21 @@ class _Attempt:
     care_of: IPv4Address
     lifetime: int
     flags: RegFlags
-    destination: tuple[IPv4Address, int]
+    via: IPv4Address | None
     extensions: tuple[Extension, ...]
-    sent: dict[int, float] = field(default_factory=dict)
-    """low 32 bits of each copy's identification -> when it was sent."""
+    source: IPv4Address
+    data: bytes = b""
+    """The most recent request (nonce mode resends it unchanged)."""
+    identification: int = 0
+    """... and its identification: only replies echoing its low 32 bits count."""
+    first_sent: float = 0.0
+    """When a request with this identification first left (the binding timer's start)."""
+    last_sent: float = 0.0
     started: float = 0.0
     copies: int = 0
     timeout: float = 0.0
     deadline: float = 0.0
-    resynced: bool = False
+    repairs: int = 0
     unverified_code: int | None = None
     """Code of a matching reply whose authenticator did not verify (wrong key?)."""
 
@@ -140,16 +198,23 @@ class RegistrationClient:
         self.clock_offset = 0.0
         self._ha_nonce = 0
         self._nonce = nonce
-        self._last_ident = 0
+        self._last_sent_ident = 0
+        self._last_accepted_ident = 0
+        self._floor = 0
+        """Timestamp mode: the next identification must exceed this (5.7.1)."""
         self._attempt: _Attempt | None = None
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
         self.binding: Registered | None = None
         self.last_answer: tuple[float, float] | None = None
         """(round trip, time) of the last authenticated reply: the home agent's probe."""
+        self._rtt: float | None = None
+        """The last round trip measured: timeouts are at least twice it (3.6.3)."""
         self._renew_at: float | None = None
         self._renewal: _Attempt | None = None
         """The attempt that made the binding: renewals repeat it."""
+        self._fa_lifetime: dict[IPv4Address, int] = {}
+        """Lifetime caps foreign agents stated in a 69 (RFC 5944 3.6.2.3)."""
 
     # -- driver API ------------------------------------------------------------
 
@@ -158,8 +223,11 @@ class RegistrationClient:
                  lifetime: int | None = None) -> None:
         """Register ``care_of``: co-located when ``via`` is None, else through that FA.
 
-        ``lifetime`` caps the configured one (an FA advertises its maximum, and a
-        request above it is denied with 69).
+        ``via`` is the agent's address as learned from the IP source of its
+        advertisement (RFC 5944 3.6.1.1), which need not be ``care_of``.
+        ``lifetime`` caps the configured one: through an FA pass the advertised
+        Registration Lifetime (3.6.1.2; above it the FA answers 69).
+        ``udp_tunnel`` forces an RFC 3519 request whatever the profile says.
         """
         flags = RegFlags.T if reverse_tunnel else RegFlags(0)
         if via is None:
@@ -167,21 +235,38 @@ class RegistrationClient:
         exts: list[Extension] = []
         if self.config.nai:
             exts.append(NaiExtension(self.config.nai))
-        if udp_tunnel:
-            exts.append(UdpTunnelRequest(force=True))
-        dest = (via or self.config.home_agent, MIP_PORT)
+        mode = UdpTunnelling.FORCE if udp_tunnel else self.config.udp_tunnelling
+        # RFC 3519 4.4: only with a co-located care-of address, placed before the MHAE.
+        if via is None and mode is not UdpTunnelling.OFF:
+            exts.append(UdpTunnelRequest(force=mode is UdpTunnelling.FORCE))
         renewal = self.binding is not None and self.binding.care_of_address == care_of
         self.state = State.RENEWING if renewal else State.REGISTERING
         life = self.config.lifetime if lifetime is None else min(lifetime, self.config.lifetime)
-        self._start(_Attempt(care_of, life, flags, dest, tuple(exts)), now)
+        if via is not None:
+            life = min(life, self._fa_lifetime.get(via, life))
+        source = care_of if via is None else self.config.home_address
+        self._start(_Attempt(care_of, life, flags, via, tuple(exts), source), now)
 
     def deregister(self, now: float, *, at_home: bool = True) -> None:
         """Lifetime 0; at home the care-of address is the home address (RFC 5944 3.6.1.2)."""
-        coa = self.config.home_address if at_home or self.binding is None else (
-            self.binding.care_of_address)
+        b = None if at_home else self.binding
+        coa = self.config.home_address if b is None else b.care_of_address
+        via = None if b is None else b.via
         self.state = State.DEREGISTERING
         self._renew_at = None
-        self._start(_Attempt(coa, 0, RegFlags(0), (self.config.home_agent, MIP_PORT), ()), now)
+        # 3.6.1.1: from the home address at home or through the FA that holds the
+        # binding, from the co-located care-of address otherwise.
+        source = coa if b is not None and via is None else self.config.home_address
+        self._start(_Attempt(coa, 0, RegFlags(0), via, (), source), now)
+
+    def reregister(self, now: float) -> bool:
+        """Renew the current binding now, e.g. when the NAT mapping may have changed
+        (RFC 3519 4.10: keepalives went unanswered).  False if there is nothing to renew."""
+        prev = self._renewal
+        if self.binding is None or prev is None or self._attempt is not None:
+            return False
+        self._renew(prev, now)
+        return True
 
     def receive(self, data: bytes, now: float) -> None:
         a = self._attempt
@@ -191,52 +276,63 @@ class RegistrationClient:
             rep = RegistrationReply.decode(data)
         except DecodeError:
             return
-        sent_at = a.sent.get(ident.low(rep.identification))
-        if sent_at is None or rep.home_address != self.config.home_address:
+        # RFC 5944 3.6.2.1: the most recent request's low-order 32 bits, else discard.
+        if (ident.low(rep.identification) != ident.low(a.identification)
+                or rep.home_address != self.config.home_address):
             return
-        auth = rep.mobile_home_auth
-        if auth is None and 64 <= rep.code <= 127 and a.destination[0] != self.config.home_agent:
-            # The foreign agent refused to relay (RFC 5944 3.7.3): it shares no key
-            # with us, so its denial carries no Mobile-Home authenticator.  Taking
-            # it (matched by identification) only ends the attempt through the FA.
-            self._attempt = None
-            self.last_answer = (now - sent_at, now)
-            self._events.append(Denied(rep.code, describe(rep.code)))
-            self.state = State.REGISTERED if self.binding and self._binding_valid(now) else (
-                State.IDLE)
+        mhaes = [e for e in rep.extensions
+                 if isinstance(e, AuthExtension) and e.ext_type == ExtType.MOBILE_HOME_AUTH]
+        if not mhaes and 64 <= rep.code <= 127 and a.via is not None:
+            self._fa_denied(a, rep, now)
             return
-        if auth is None or auth.spi != self.config.spi or len(auth.authenticator) != (
-                AUTHENTICATOR_LEN) or not verify(self.config.algorithm, self.config.key,
-                                                 auth.covered, auth.authenticator):
+        if len(mhaes) != 1 or not self._verifies(mhaes[0]):
             a.unverified_code = rep.code  # a forged or mis-keyed reply cannot end it
             return
+        mhae = mhaes[0]
+        self._rtt = now - a.first_sent
         if self.config.replay is ReplayMode.NONCE:
+            # 5.7.2: every authenticated reply carries the nonce for our next request.
             self._ha_nonce = ident.high(rep.identification)
-        if rep.code == 133 and not a.resynced:
+        if rep.code == ReplyCode.HA_IDENTIFICATION_MISMATCH and a.repairs < MAX_RESYNCS:
             if self.config.replay is ReplayMode.TIMESTAMP:
-                self.clock_offset = ident.clock_offset_from_mismatch(rep.identification, now)
-            a.resynced = True
-            self._send(a, now)
+                # The HA stamped its seconds about half a round trip after we sent.
+                # Truncated to the second: add half of one on average.
+                ha_time = ident.unix_from_ntp(ident.join(ident.high(rep.identification), 0))
+                self.clock_offset = ha_time + 0.5 - (a.last_sent + now) / 2
+                # 3.6.2.3: adjust before any new request; what we sent ahead of the
+                # HA's clock no longer bounds us, what it accepted still does.
+                self._floor = self._last_accepted_ident
+            self._repair(a, now)
             return
         self._attempt = None
-        self.last_answer = (now - sent_at, now)
+        self.last_answer = (now - a.first_sent, now)
         if not is_accepted(rep.code):
-            self._events.append(Denied(rep.code, describe(rep.code)))
-            self.state = State.REGISTERED if self.binding and self._binding_valid(now) else (
-                State.IDLE)
+            self._events.append(Denied(rep.code, describe(rep.code), a.via))
+            self._after_failure(now)
             return
+        if self.config.replay is ReplayMode.TIMESTAMP:
+            self._last_accepted_ident = max(self._last_accepted_ident, a.identification)
         if a.lifetime == 0 or rep.lifetime == 0:
             self.binding = None
             self._renew_at = None
+            self._renewal = None
             self.state = State.IDLE
             self._events.append(Deregistered())
             return
-        utr = rep.udp_tunnel_reply
+        protected = rep.extensions[:rep.extensions.index(mhae)]
+        # RFC 3519 4.4: tunnel over UDP only if we asked and the home agent assented.
+        asked = any(isinstance(e, UdpTunnelRequest) for e in a.extensions)
+        utr = next((e for e in protected if isinstance(e, UdpTunnelReply)), None) if asked else (
+            None)
         renewal = self.state is State.RENEWING
-        self.binding = Registered(a.care_of, rep.lifetime, now + rep.lifetime, now - sent_at,
-                                  renewal, utr is not None and utr.code == 0,
-                                  utr.keepalive_interval if utr else 0)
-        self._renew_at = now + rep.lifetime * self.config.renew_fraction
+        # 3.6.2.2: the timer runs from when the request was sent, for what was
+        # granted; a home agent must not grant more than asked, so never believe more.
+        granted = min(rep.lifetime, a.lifetime)
+        start = a.first_sent
+        self.binding = Registered(a.care_of, granted, start + granted, now - start,
+                                  renewal, utr is not None and utr.code < 64,
+                                  utr.keepalive_interval if utr else 0, a.via)
+        self._renew_at = start + granted * self.config.renew_fraction
         self.state = State.REGISTERED
         self._events.append(self.binding)
         self._renewal = a
@@ -246,11 +342,12 @@ class RegistrationClient:
         if a is not None and now >= a.deadline:
             if a.copies > self.config.retries:
                 self._attempt = None
-                self._events.append(TimedOut(a.copies, now - a.started, a.unverified_code))
+                self._events.append(TimedOut(a.copies, now - a.started, a.unverified_code,
+                                             a.via))
                 self.state = State.REGISTERED if self._binding_valid(now) else State.IDLE
             else:
-                a.timeout = min(a.timeout * 2, self.config.max_timeout)
-                self._send(a, now)
+                a.timeout = min(a.timeout * 2, self._max_timeout(a))
+                self._retransmit(a, now)
         if self.binding is not None and now >= self.binding.expires_at:
             self.binding = None
             self._renew_at = None
@@ -260,10 +357,7 @@ class RegistrationClient:
         prev = self._renewal
         if (self._renew_at is not None and now >= self._renew_at and self._attempt is None
                 and self.binding is not None and prev is not None):
-            self._renew_at = None
-            self.state = State.RENEWING
-            self._start(_Attempt(prev.care_of, self.config.lifetime, prev.flags,
-                                 prev.destination, prev.extensions), now)
+            self._renew(prev, now)
 
     def get_timer(self) -> float | None:
         times = [t for t in (self._attempt.deadline if self._attempt else None,
@@ -280,31 +374,104 @@ class RegistrationClient:
 
     # -- internals -------------------------------------------------------------
 
+    def _verifies(self, auth: AuthExtension) -> bool:
+        return auth.spi == self.config.spi and len(auth.authenticator) == (
+            AUTHENTICATOR_LEN) and verify(self.config.algorithm, self.config.key,
+                                          auth.covered, auth.authenticator)
+
+    def _fa_denied(self, a: _Attempt, rep: RegistrationReply, now: float) -> None:
+        """The foreign agent refused to relay (RFC 5944 3.7.3): it shares no key
+        with us, so its denial carries no Mobile-Home authenticator.  Taking it
+        (matched by identification) only ends the attempt through the FA."""
+        if rep.code == ReplyCode.FA_LIFETIME_TOO_LONG and rep.lifetime > 0 and a.via:
+            # 3.6.2.3: the reply's lifetime is the most this FA accepts; every later
+            # request through it asks no more (the caller decides when to retry).
+            self._fa_lifetime[a.via] = rep.lifetime
+        self._attempt = None
+        self.last_answer = (now - a.first_sent, now)
+        self._events.append(Denied(rep.code, describe(rep.code), a.via))
+        self._after_failure(now)
+
+    def _after_failure(self, now: float) -> None:
+        self.state = State.REGISTERED if self.binding and self._binding_valid(now) else (
+            State.IDLE)
+
     def _binding_valid(self, now: float) -> bool:
         return self.binding is not None and now < self.binding.expires_at
 
+    def _max_timeout(self, a: _Attempt) -> float:
+        # 3.6.3: the longest wait SHOULD not exceed the requested lifetime.
+        cap = self.config.max_timeout if a.lifetime == 0 else min(self.config.max_timeout,
+                                                                   float(a.lifetime))
+        return max(MIN_RETRANSMIT_INTERVAL, cap)
+
+    def _renew(self, prev: _Attempt, now: float) -> None:
+        self._renew_at = None
+        self.state = State.RENEWING
+        self._start(_Attempt(prev.care_of, prev.lifetime, prev.flags, prev.via,
+                             prev.extensions, prev.source), now)
+
     def _start(self, a: _Attempt, now: float) -> None:
         a.started = now
-        a.timeout = self.config.initial_timeout
+        a.timeout = self._first_timeout(a)
         self._attempt = a
-        self._send(a, now)
+        self._send_new(a, now)
+
+    def _first_timeout(self, a: _Attempt) -> float:
+        # 3.6.3: at least 1 s, and at least twice the round trip plus 100 ms of
+        # processing once a reply has told us what the round trip is.
+        t = max(MIN_RETRANSMIT_INTERVAL, self.config.initial_timeout)
+        if self._rtt is not None:
+            t = max(t, 2 * self._rtt + 0.1)
+        return min(t, self._max_timeout(a))
+
+    def _repair(self, a: _Attempt, now: float) -> None:
+        """A new request at once after a 133 told us how to fix it: the agent is
+        there, so this is a new registration, not a retransmission."""
+        a.repairs += 1
+        a.copies = 0
+        a.timeout = max(a.timeout, self._first_timeout(a))
+        self._send_new(a, now)
+
+    def _retransmit(self, a: _Attempt, now: float) -> None:
+        if self.config.replay is ReplayMode.NONCE:
+            # 3.6.3: unchanged, so a lost request does not cost the HA a new nonce.
+            a.copies += 1
+            a.last_sent = now
+            a.deadline = now + a.timeout
+            self._emit(a)
+        else:
+            self._send_new(a, now)  # a new identification: a new registration
 
     def _identification(self, now: float) -> int:
         if self.config.replay is ReplayMode.NONCE:
-            return ident.nonce_ident(self._ha_nonce, self._nonce())
-        # Strictly increasing even if the clock steps back or two copies share a tick.
-        i = max(ident.ntp_from_unix(now + self.clock_offset), self._last_ident + 1)
-        self._last_ident = i
+            low = self._nonce() & 0xFFFF_FFFF
+            if low == ident.low(self._last_sent_ident):  # 5.7: never the same twice running
+                low ^= 1
+            i = ident.nonce_ident(self._ha_nonce, low)
+        else:
+            i = ident.ntp_from_unix(now + self.clock_offset) | (
+                self._nonce() & _TIMESTAMP_RANDOM_BITS)
+            # 5.7.1: greater than any earlier request (the HA's sequence number),
+            # even if the clock steps back or two requests share a tick.
+            i = max(i, self._floor + 1)
+            self._floor = i
+        self._last_sent_ident = i
         return i
 
-    def _send(self, a: _Attempt, now: float) -> None:
-        identification = self._identification(now)
+    def _send_new(self, a: _Attempt, now: float) -> None:
+        a.identification = self._identification(now)
         req = RegistrationRequest(a.flags, a.lifetime, self.config.home_address,
-                                  self.config.home_agent, a.care_of, identification,
+                                  self.config.home_agent, a.care_of, a.identification,
                                   a.extensions)
-        data = append_authenticator(req.encode(), ExtType.MOBILE_HOME_AUTH, self.config.spi,
-                                    self.config.key, self.config.algorithm)
-        a.sent[ident.low(identification)] = now
+        a.data = append_authenticator(req.encode(), ExtType.MOBILE_HOME_AUTH, self.config.spi,
+                                      self.config.key, self.config.algorithm)
+        a.first_sent = a.last_sent = now
         a.copies += 1
         a.deadline = now + a.timeout
-        self._out.append(Datagram(data, a.destination))
+        self._emit(a)
+
+    def _emit(self, a: _Attempt) -> None:
+        dest = a.via or self.config.home_agent
+        ttl = REVERSE_TUNNEL_TTL if a.via is not None or a.flags & RegFlags.T else None
+        self._out.append(Datagram(a.data, (dest, MIP_PORT), a.source, ttl))

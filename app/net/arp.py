@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
 log = logging.getLogger("trustroam.net.arp")
@@ -67,13 +68,23 @@ and keep sending to the old MAC until its entry goes stale (15-45 s)."""
 
 
 class ArpAnnouncer:
-    """Gratuitous ARP now and again after the neighbours' lock time, per address."""
+    """Gratuitous ARP now and again after the neighbours' lock time, per address.
 
-    def __init__(self) -> None:
+    A packet socket bypasses nftables, so the gate's decision is asked here
+    instead: ``permit(ifname)`` before every frame, the repeats included (the
+    mobile node may have left the home link between two of them).
+    """
+
+    def __init__(self, permit: Callable[[str], bool] = lambda ifname: True) -> None:
         self._pending: dict[IPv4Address, list[asyncio.TimerHandle]] = {}
+        self.permit = permit
 
     def announce(self, ifname: str, mac: bytes, address: IPv4Address) -> None:
         self.cancel(address)
+        if not self.permit(ifname):
+            log.info("no gratuitous ARP for %s on %s: not the proven home link",
+                     address, ifname)
+            return
         send_gratuitous_arp(ifname, mac, address)
         try:
             loop = asyncio.get_running_loop()
@@ -83,6 +94,9 @@ class ArpAnnouncer:
                                   for t in ANNOUNCE_REPEATS]
 
     def _again(self, ifname: str, mac: bytes, address: IPv4Address) -> None:
+        if not self.permit(ifname):
+            self.cancel(address)
+            return
         try:
             send_gratuitous_arp(ifname, mac, address, count=1)
         except OSError as exc:

@@ -1,10 +1,14 @@
-"""The traffic gate: an nftables table of the helper's own that drops normal traffic.
+"""The traffic gate: an nftables table of the helper's own, keyed to the decision.
 
-While the helper probes a new link, and in its error state, nothing but what
-the decision needs may leave: Mobile IP registration (UDP 434), DHCP, agent
-solicitation (ICMP 10), IKE and NAT-T for the VPN side, and loopback.  The
-table is ``inet trustroam_gate``; removing it is all it takes to put the host
-back, and no other program's rules are touched.
+The rules are :mod:`app.net.gate_rules`' (pure): while undecided only DHCP, the
+direct registration request, agent solicitation and IKE to the gateways leave;
+a trusted decision opens exactly the proven path (interface, care-of address,
+the mode's tunnel).  The table is ``inet trustroam_gate``; it is installed
+before the helper does anything else, every decision refills its ``proven``
+chains in one transaction, and removing the table is all it takes to put the
+host back (no other program's rules are touched).  If the helper dies, the
+table stays and keeps blocking: ``trustroamctl release-gate`` removes it
+deliberately.
 
 Changes go through libnftables in-process (ctypes, well under a millisecond:
 the gate opens on the handover's critical path); where the library is missing,
@@ -19,23 +23,18 @@ import ctypes.util
 import logging
 import shutil
 
-log = logging.getLogger("trustroam.net.gate")
-TABLE = "trustroam_gate"
+from app.api import Mode
+from app.net.gate_rules import (
+    TABLE,
+    GatePolicy,
+    ProvenPath,
+    removal,
+    render,
+    render_decision,
+)
 
-_BLOCK = f"""
-table inet {TABLE} {{
-  chain output {{
-    type filter hook output priority 0; policy accept;
-    oifname "lo" accept
-    udp dport {{ 67, 68, 434 }} accept
-    udp sport {{ 68, 434 }} accept
-    udp dport {{ 500, 4500 }} accept
-    icmp type {{ router-solicitation }} accept
-    counter name blocked drop
-  }}
-  counter blocked {{ }}
-}}
-"""
+log = logging.getLogger("trustroam.net.gate")
+__all__ = ["TABLE", "GateError", "GatePolicy", "ProvenPath", "TrafficGate", "remove_table"]
 
 
 class GateError(Exception):
@@ -79,41 +78,72 @@ def _libnftables() -> _LibNftables | None:
 
 
 class TrafficGate:
-    """Block or open; every change replaces the whole table in one nft transaction."""
+    """The decision as nftables rules; every change is one nft transaction."""
 
-    def __init__(self, nft: str | None = None, *, use_library: bool = True) -> None:
+    def __init__(self, policy: GatePolicy, nft: str | None = None, *,
+                 use_library: bool = True) -> None:
+        self.policy = policy
         self.lib = _libnftables() if use_library else None
         found = nft or shutil.which("nft")
         if found is None and self.lib is None:
             raise GateError("nftables is not installed; the traffic gate needs it "
                             "(or set gate = false in the profile's [features])")
         self.nft = found or "nft"
-        self.blocked: bool | None = None
+        self.installed = False
+        self.path: ProvenPath | None = None
+        """The proven path the rules open now; None while undecided."""
 
-    async def set(self, block: bool) -> None:
-        if block == self.blocked:
+    async def install(self) -> None:
+        """The whole table, undecided: the first thing the helper does."""
+        await self._run(render(self.policy, None))
+        self.installed, self.path = True, None
+        log.info("gate installed: only DHCP, registration, solicitation and IKE leave")
+
+    async def decide(self, path: ProvenPath | None) -> None:
+        """Open exactly ``path`` (None: undecided, nothing normal leaves)."""
+        if not self.installed:
+            await self.install()
+        if path == self.path:
             return
-        # Delete-then-add in one batch: atomic, and works whether or not it exists.
-        script = f"table inet {TABLE}\ndelete table inet {TABLE}\n"
-        script += _BLOCK if block else ""
-        await self._run(script)
-        self.blocked = block
-        log.info("gate %s", "closed: only registration, DHCP and IKE leave" if block
-                 else "open")
+        await self._run(render_decision(self.policy, path))
+        self.path = path
+        if path is None:
+            log.info("gate shut: only DHCP, registration, solicitation and IKE leave")
+        else:
+            log.info("gate open on %s from %s (mode %s)", path.iface, path.link_address,
+                     path.mode.value)
+
+    def allows_arp(self, iface: str) -> bool:
+        """Packet sockets bypass nftables: the helper asks before it sends ARP itself.
+
+        Only on the proven home link in mode h may an ARP naming the home address
+        leave (RFC 5944 4.6).
+        """
+        p = self.path
+        return p is not None and p.iface == iface and p.mode is Mode.HOME
 
     async def remove(self) -> None:
-        await self._run(f"table inet {TABLE}\ndelete table inet {TABLE}\n")
-        self.blocked = None
+        await self._run(removal())
+        self.installed, self.path = False, None
 
     async def _run(self, script: str) -> None:
-        if self.lib is not None:
-            err = self.lib.run(script)
-            if err is not None:
-                raise GateError(f"nftables refused the gate table: {err}")
-            return
-        proc = await asyncio.create_subprocess_exec(
-            self.nft, "-f", "-", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        _, stderr = await proc.communicate(script.encode())
-        if proc.returncode != 0:
-            raise GateError(f"nft refused the gate table: {stderr.decode().strip()}")
+        await run_nft(script, self.lib, self.nft)
+
+
+async def run_nft(script: str, lib: _LibNftables | None, nft: str) -> None:
+    if lib is not None:
+        err = lib.run(script)
+        if err is not None:
+            raise GateError(f"nftables refused the gate table: {err}")
+        return
+    proc = await asyncio.create_subprocess_exec(
+        nft, "-f", "-", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await proc.communicate(script.encode())
+    if proc.returncode != 0:
+        raise GateError(f"nft refused the gate table: {stderr.decode().strip()}")
+
+
+async def remove_table() -> None:
+    """Remove a gate left by a helper that died (trustroamctl release-gate)."""
+    await run_nft(removal(), _libnftables(), shutil.which("nft") or "nft")

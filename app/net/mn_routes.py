@@ -25,6 +25,7 @@ helper stops.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -64,7 +65,8 @@ class LinkInfo:
 
 class MobileNodeRoutes:
     def __init__(self, home: IPv4Address, home_network: IPv4Network, home_agent: IPv4Address,
-                 backend: Backend = Backend.USERSPACE, ipr: Any = None) -> None:
+                 backend: Backend = Backend.USERSPACE, ipr: Any = None, *,
+                 arp_permit: Callable[[str], bool] = lambda ifname: True) -> None:
         self.home = home
         self.home_network = home_network
         self.home_agent = home_agent
@@ -80,7 +82,7 @@ class MobileNodeRoutes:
         self._routes: dict[str, dict[str, Any]] = {}
         self._stale_home: tuple[int, int] | None = None
         """Table 100 as this class last set it: destination -> attributes."""
-        self.arp = ArpAnnouncer()
+        self.arp = ArpAnnouncer(arp_permit)
         """Interface indexes by name (an interface that is re-created is looked up again
         after a failure)."""
 
@@ -161,16 +163,25 @@ class MobileNodeRoutes:
                 continue
             await self.ipr.route("replace", dst=dst, table=TABLE_MODE, **attrs)
         self._routes = routes
-        if mode is Mode.HOME:
-            try:
-                mac = bytes.fromhex(Path(f"/sys/class/net/{link.iface}/address").read_text()
-                                    .strip().replace(":", ""))
-                self.arp.announce(link.iface, mac, self.home)
-            except OSError as exc:
-                log.warning("cannot announce the home address on %s: %s", link.iface, exc)
-        else:
+        if mode is not Mode.HOME:
             self.arp.cancel(self.home)
         self.mode = mode
+
+    def announce_home(self) -> None:
+        """Gratuitous ARP for the home address on the home link (RFC 5944 4.6).
+
+        Called once the gate is open in mode h: the announcer asks the gate's
+        decision before every frame, so none leaves on any other link.
+        """
+        link = self.link
+        if link is None or self.mode is not Mode.HOME:
+            return
+        try:
+            mac = bytes.fromhex(Path(f"/sys/class/net/{link.iface}/address").read_text()
+                                .strip().replace(":", ""))
+            self.arp.announce(link.iface, mac, self.home)
+        except OSError as exc:
+            log.warning("cannot announce the home address on %s: %s", link.iface, exc)
 
     async def finish(self) -> None:
         """Clean-up left out of the critical path by :meth:`configure`."""

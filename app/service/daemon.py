@@ -26,13 +26,13 @@ from dbus_next.message import Message
 from app.api import BUS_NAME, OBJECT_PATH
 from app.config import ConfigError
 from app.mn import profile as profiles
-from app.net.gate import GateError
+from app.net.gate import GateError, TrafficGate
 from app.net.ipip import compiled_engine_available
 from app.net.mn_routes import Backend, default_backend
 from app.net.sleep import ResumeWatcher
 from app.service import bus as busio
 from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_agent
-from app.service.helper import Helper, HelperError
+from app.service.helper import Helper, HelperError, gate_policy
 from app.service.polkit import Authorizer
 from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
 
@@ -63,6 +63,7 @@ async def serve(args: argparse.Namespace) -> int:
     for path in args.profile:  # check at start: a bad profile is the user's first error
         p = profiles.load(path)
         first = first or p.name
+    await _gate_first(args, first)
     backend = await default_backend() if args.dataplane == "auto" else Backend(args.dataplane)
     bus = await SenderAwareBus(bus_type=BusType.SYSTEM).connect()
     secrets = SecretSource(lambda *a: call_secret_agent(bus, *a), args.secrets,
@@ -110,6 +111,25 @@ async def serve(args: argparse.Namespace) -> int:
     resume.close()
     bus.disconnect()
     return 0
+
+
+async def _gate_first(args: argparse.Namespace, first: str | None) -> None:
+    """The gate table before anything else: no packet leaves undecided while the
+    helper starts (bus, polkit, secrets).  A profile that cannot be read here is
+    reported by the connect that follows."""
+    if first is None:
+        return
+    candidates = [*args.profile]
+    if args.profiles_dir is not None:
+        candidates.append(args.profiles_dir / f"{first}.toml")
+    for path in candidates:
+        try:
+            prof = profiles.load(path)
+        except (ConfigError, OSError):
+            continue
+        if prof.name == first and prof.gate:
+            await TrafficGate(gate_policy(prof)).install()
+            return
 
 
 async def watch_names_lost(bus: MessageBus, lost: Callable[[str], None]) -> None:

@@ -29,9 +29,9 @@ from app.config import ConfigError
 from app.mn import profile as profiles
 from app.mn.driver import MobileNodeDriver
 from app.mn.profile import Profile
-from app.net.gate import TrafficGate
+from app.net.gate import GatePolicy, TrafficGate
 from app.net.links import LinkSnapshot
-from app.net.mn_routes import Backend, MobileNodeRoutes
+from app.net.mn_routes import TUNNEL, Backend, MobileNodeRoutes
 from app.net.nm_links import NmLinks, nm_running
 from app.net.rtnl_links import RtnlLinks
 from app.service.secrets import Peer, SecretSource
@@ -39,6 +39,11 @@ from app.service.secrets import Peer, SecretSource
 log = logging.getLogger("trustroam.helper")
 HISTORY = 1000
 MAX_PROFILE_FILE = 1 << 20
+
+
+def gate_policy(prof: Profile) -> GatePolicy:
+    """What the gate lets through for this profile while undecided."""
+    return GatePolicy(prof.home_agent, prof.home_address, TUNNEL)
 
 
 class HelperError(Exception):
@@ -136,7 +141,7 @@ class Helper:
         key = await self.secrets.key(prof.name, requester)  # names the profile, not the key
         async with self._lock:
             await self._disconnect(quiet=True)
-            gate = TrafficGate() if prof.gate else None
+            gate = TrafficGate(gate_policy(prof)) if prof.gate else None
             routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
                                       self.backend)
             self.driver = MobileNodeDriver(prof, key.value, routes, gate,

@@ -21,7 +21,7 @@ from app.lab.configs import HA, HOME, PROFILE_TOML, fa_toml, ha_toml, write_help
 from app.lab.world import CHARON_DIR, STATE_DIR, LabState
 from tests.dbus_client import NOBODY, call, introspect, properties, run_as
 from tests.haproc import env
-from tests.lab.conftest import ns_exec
+from tests.lab.conftest import mn_address, ns_exec
 from tests.lab.procs import TCP_ECHO_SERVER, Proc, capture
 from tests.secret_agent import SecretAgent
 
@@ -157,6 +157,7 @@ def test_gate_drops_normal_traffic_while_probing(lab, world):
     cap = capture("tr-sw", "br-pub", "udp port 9999 or udp port 434")
     try:
         lab.move("pub")  # the firewall drops direct requests from outside: no reply
+        mn_address(prefix="203.0.113.")  # routable from here on: only the gate says no
         sender = ns_exec("tr-mn", sys.executable, "-c",
                          "import errno,socket,time\n"
                          "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"

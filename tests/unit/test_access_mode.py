@@ -17,12 +17,14 @@ from app.mn.access_mode import (
     LinkDown,
     LinkUp,
     Note,
+    PrepareLink,
     Resumed,
     Send,
     Solicit,
     Status,
 )
 from app.mn.registration import RegistrationClient, RegistrationConfig
+from app.net.gate_rules import ProvenPath
 from tests.mipclient import KEY_A
 from tests.unit.test_ha_core import ALICE, HA, T0, config
 
@@ -73,6 +75,15 @@ def machine(**kw):
     return AccessModeMachine(IPv4Network("10.20.1.0/24"), RegistrationClient(cfg), **kw)
 
 
+def opened(actions):
+    """The Gate actions that open a proven path."""
+    return [a for a in actions if isinstance(a, Gate) and a.path is not None]
+
+
+def shut(actions):
+    return Gate(None) in actions
+
+
 def statuses(actions):
     return [(s.phase, s.mode) for s in actions if isinstance(s, Status)]
 
@@ -80,16 +91,19 @@ def statuses(actions):
 def test_trusted_dhcp_link_is_mode_c_gate_opens_only_after_the_reply():
     m, net = machine(), Net()
     acts = m.handle(T1, T0)
-    assert acts[0] == Gate(True)
+    assert m.gate is None  # shut from the start (the driver installs it shut)
+    assert isinstance(acts[0], PrepareLink)
     assert any(isinstance(a, Solicit) for a in acts)
     sends = [a for a in acts if isinstance(a, Send)]
     assert len(sends) == 1 and sends[0].datagram.destination == (HA, 434)
-    assert Gate(False) not in acts
+    assert not opened(acts)
     acts = net.run(m, acts, T0 + 0.003, T1.address.ip)
     assert (State.TRUSTED, Mode.COLOCATED) in statuses(acts)
     assert ConfigureDataPlane(Mode.COLOCATED, "eth0", T1.address.ip) in acts
-    assert acts.index(Gate(False)) > max(i for i, a in enumerate(acts)
-                                         if isinstance(a, ConfigureDataPlane))
+    gate = opened(acts)[0]
+    assert gate.path == ProvenPath("eth0", T1.address.ip, Mode.COLOCATED)
+    assert acts.index(gate) > max(i for i, a in enumerate(acts)
+                                  if isinstance(a, ConfigureDataPlane))
     assert m.last_handover_ms is not None and 2.9 < m.last_handover_ms < 3.1
 
 
@@ -122,7 +136,7 @@ def test_no_reply_means_untrusted_and_the_gate_stays_shut():
         now = t
         acts += net.run(m, m.handle_timer(now), now, T1.address.ip)
     assert statuses(acts)[-1] == (State.UNTRUSTED, Mode.NONE)
-    assert Gate(False) not in acts
+    assert not opened(acts)
     sends = [a for a in acts if isinstance(a, Send)]
     assert len(sends) == 3  # the first request and 2 retransmissions, all straight to the HA
 
@@ -141,21 +155,22 @@ def test_denial_is_an_error_that_keeps_the_gate_shut():
     acts = net.run(m, m.handle(T1, T0), T0, T1.address.ip)
     assert m.phase is State.ERROR
     assert m.error == "denied by home agent: requested reverse tunnel unavailable (137)"
-    assert Gate(False) not in acts
+    assert not opened(acts)
 
 
 def test_link_down_and_resume():
     m, net = machine(), Net()
     net.run(m, m.handle(T1, T0), T0, T1.address.ip)
     acts = m.handle(LinkDown("eth0"), T0 + 1)
-    assert Gate(True) in acts and m.phase is State.OFFLINE
+    assert shut(acts) and m.phase is State.OFFLINE
+    assert acts.index(Gate(None)) < acts.index(ConfigureDataPlane(Mode.NONE, None, None))
     net.run(m, m.handle(T1, T0 + 2), T0 + 2, T1.address.ip)
     assert m.phase is State.TRUSTED
     acts = m.handle(Resumed(), T0 + 100)
-    assert acts[0] == Gate(True) and m.phase is State.PROBING
+    assert acts[0] == Gate(None) and m.phase is State.PROBING
     assert [a for a in acts if isinstance(a, Send)]
     acts = net.run(m, acts, T0 + 100, T1.address.ip)
-    assert m.phase is State.TRUSTED and Gate(False) in acts
+    assert m.phase is State.TRUSTED and opened(acts)
 
 
 def test_fa_request_lifetime_is_capped_by_the_advertisement():
@@ -193,4 +208,4 @@ def test_replies_that_do_not_authenticate_are_an_error_not_untrusted():
         acts += net.run(m, m.handle_timer(now), now, T1.address.ip)
     assert m.phase is State.ERROR, statuses(acts)
     assert "do not authenticate" in (m.error or "") and "(131)" in (m.error or "")
-    assert Gate(False) not in acts
+    assert not opened(acts)

@@ -67,7 +67,7 @@ def test_unmatched_reply_dropped(fa, mn):
 @pytest.mark.parametrize(("kw", "code"), [
     ({"lifetime": 301}, 69),
     ({"flags": RegFlags.T | RegFlags.G}, 72),
-    ({"coa": "10.40.1.77"}, 77),
+    ({"coa": "10.40.1.77", "flags": RegFlags.T}, 77),
     ({"sign": False}, 70),
 ])
 def test_fa_denials(fa, mn, kw, code):
@@ -94,8 +94,8 @@ def test_reverse_tunnel_codes():
 
 def test_registration_timeout_78(fa, mn):
     fa.from_mobile_node(mn.request(FA, lifetime=100), MN_SRC, T0)
-    assert fa.tick(T0 + 2.9).actions == []
-    res = fa.tick(T0 + 3.0)
+    assert fa.tick(T0 + 6.9).actions == []
+    res = fa.tick(T0 + 7.0)
     assert RegistrationReply.decode(only(res.actions, ToMobileNode).data).code == 78
 
 

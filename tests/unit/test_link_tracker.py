@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Interface
 
-from app.mn.access_mode import LinkDown, LinkUp
+from app.mn.access_mode import LinkDown, LinkLost, LinkUp
 from app.mn.link_tracker import LinkTracker
 from app.net.links import LinkSnapshot
 
@@ -28,7 +28,9 @@ def test_first_usable_link_is_reported_at_once():
 def test_a_move_is_reported_without_delay_and_loss_is_held():
     t = LinkTracker(HOME, hold=1.0)
     t.observe(snap(), 0.0)
-    assert t.observe(snap(addr=None, carrier=False), 5.0) == []  # unplugged: held
+    # Unplugged: lost at once (the gate shuts), reported as gone only after the hold.
+    assert t.observe(snap(addr=None, carrier=False), 5.0) == [LinkLost("eth0")]
+    assert t.observe(snap(addr=None, carrier=False, gw=None), 5.1) == []  # once per loss
     assert t.get_timer() == 6.0
     assert t.observe(snap(B, GB), 5.2) == [LinkUp("eth0", B, GB)]  # the new network
     assert t.get_timer() is None
@@ -60,7 +62,9 @@ def test_flapping_is_coalesced_to_one_reprobe_per_interval():
         events += t.observe(snap(carrier=False), now)
         events += t.observe(snap(), now + 0.05)
         now += 0.1
-    assert events == [LinkUp("eth0", A, GA)]
+    # Every loss shuts the gate at once; the comebacks are coalesced.
+    assert [e for e in events if not isinstance(e, LinkLost)] == [LinkUp("eth0", A, GA)]
+    assert events.count(LinkLost("eth0")) == 5
     assert t.get_timer() == 11.05  # a second after the first re-probe (at 10.05)
     assert t.handle_timer(11.05) == [LinkUp("eth0", A, GA)]  # one trailing re-probe
     assert t.get_timer() is None
@@ -72,7 +76,8 @@ def test_the_home_address_we_add_is_not_the_link_address():
     home32 = IPv4Interface("10.20.1.10/32")
     assert t.observe(snap(extra=(home32,)), 1.0) == []
     only_home = LinkSnapshot("eth0", True, (home32,), GA)
-    assert t.observe(only_home, 2.0) == []  # treated as losing the link address: held
+    # Treated as losing the link address: lost at once, down only after the hold.
+    assert t.observe(only_home, 2.0) == [LinkLost("eth0")]
 
 
 def test_another_interface_replaces_the_old_one():

@@ -18,7 +18,7 @@ home_network = "10.20.1.0/24"
 home_agent = "10.20.1.1"
 spi = 256
 [probe]
-initial_timeout = 0.3
+initial_timeout = 1.5
 retries = 3
 [features]
 foreign_agents = false

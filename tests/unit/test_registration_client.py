@@ -60,7 +60,7 @@ def test_register_reports_binding_and_rtt():
 
 
 def test_retransmit_backoff_then_timeout():
-    c = client(initial_timeout=0.5, retries=3)
+    c = client(initial_timeout=1.0, retries=3)
     c.register(COA, T0)
     times = [T0]
     assert len(c.datagrams_to_send()) == 1
@@ -74,20 +74,23 @@ def test_retransmit_backoff_then_timeout():
             break
         assert len(sent) == 1
         times.append(now)
-    assert [round(t - T0, 3) for t in times] == [0, 0.5, 1.5, 3.5]
-    assert isinstance(ev, TimedOut) and ev.attempts == 4 and ev.waited == pytest.approx(7.5)
+    assert [round(t - T0, 3) for t in times] == [0, 1, 3, 7]
+    assert isinstance(ev, TimedOut) and ev.attempts == 4 and ev.waited == pytest.approx(15)
     assert c.state is State.IDLE
 
 
-def test_each_copy_has_a_new_identification_and_a_late_reply_to_any_counts():
+def test_each_copy_has_a_new_identification_and_only_the_latest_is_answered():
     c, ha = client(), HomeAgent(config())
     c.register(COA, T0)
     first = c.datagrams_to_send()[0]
-    c.handle_timer(T0 + 0.5)
+    c.handle_timer(T0 + 1)
     second = c.datagrams_to_send()[0]
     assert first.data[16:24] != second.data[16:24]
-    out = ha.handle_request(first.data, (COA, 434), T0 + 0.6)  # the first copy's answer
-    c.receive(out.reply, T0 + 0.6)
+    out = ha.handle_request(first.data, (COA, 434), T0 + 1.1)  # the first copy's answer
+    c.receive(out.reply, T0 + 1.1)
+    assert c.next_event() is None  # RFC 5944 3.6.2.1: not the most recent request
+    out = ha.handle_request(second.data, (COA, 434), T0 + 1.2)
+    c.receive(out.reply, T0 + 1.2)
     assert isinstance(c.next_event(), Registered)
 
 
@@ -174,3 +177,60 @@ def test_through_a_foreign_agent_no_d_bit():
     d = c.datagrams_to_send()[0]
     assert d.destination == (A("10.40.1.1"), 434)
     assert d.data[1] & 0x20 == 0 and d.data[1] & 0x02  # no D, T set
+
+
+def test_profile_keys_replay_udp_tunnelling_and_probe_defaults():
+    from app.config import ConfigError
+    from app.mn import profile
+    from app.mn.registration import UdpTunnelling
+
+    base = ('name = "p"\nhome_address = "10.20.1.10"\nhome_network = "10.20.1.0/24"\n'
+            'home_agent = "10.20.1.1"\nspi = 256\n')
+    p = profile.loads(base)
+    assert (p.replay, p.udp_tunnelling) == (ReplayMode.TIMESTAMP, UdpTunnelling.AUTO)
+    assert (p.initial_timeout, p.retries, p.decision_seconds) == (1.0, 2, 7.0)
+    cfg = profile.loads(base + 'replay = "nonce"\nudp_tunnelling = "force"\n').registration(
+        KEY_A)
+    assert cfg.replay is ReplayMode.NONCE and cfg.udp_tunnelling is UdpTunnelling.FORCE
+    again = profile.loads(profile.dumps(profile.loads(base + 'udp_tunnelling = "off"\n')))
+    assert again.udp_tunnelling is UdpTunnelling.OFF
+    with pytest.raises(ConfigError, match=r"probe.initial_timeout.*at least 1 s.*3\.6\.3"):
+        profile.loads(base + "[probe]\ninitial_timeout = 0.3\n")
+    with pytest.raises(ConfigError, match=r"udp_tunnelling.*'auto'"):
+        profile.loads(base + 'udp_tunnelling = "yes"\n')
+
+
+def test_reregister_renews_now_and_timeout_through_fa_names_it():
+    # RFC 3519 4.10: the driver calls reregister() when keepalives go unanswered.
+    c, ha = client(), HomeAgent(config())
+    assert not c.reregister(T0)
+    c.register(COA, T0)
+    pump(c, ha, T0)
+    assert c.reregister(T0 + 5) and c.state is State.RENEWING
+    [ev] = pump(c, ha, T0 + 5)
+    assert isinstance(ev, Registered) and ev.renewal and ev.expires_at == T0 + 105
+    fa = A("10.40.1.1")
+    c.register(fa, T0 + 6, via=fa, lifetime=60)
+    c.datagrams_to_send()
+    while not (evs := pump(c, None, c.get_timer())):
+        c.handle_timer(c.get_timer())
+    assert isinstance(evs[-1], TimedOut) and evs[-1].via == fa
+    assert c.state is State.REGISTERED  # the direct binding still stands: fall back to it
+
+
+def test_deregistration_away_goes_where_the_binding_was_made():
+    c, ha = client(), HomeAgent(config())
+    fa = A("10.40.1.1")
+    c.register(fa, T0, via=fa, lifetime=60)
+    d = c.datagrams_to_send()[0]
+    c.receive(ha.handle_request(d.data, (fa, 434), T0).reply, T0)
+    assert isinstance(c.next_event(), Registered)
+    c.deregister(T0 + 1, at_home=False)
+    [dd] = c.datagrams_to_send()
+    assert dd.destination == (fa, 434) and dd.source == ALICE  # through the FA
+    c2 = client()
+    c2.register(COA, T0)
+    pump(c2, HomeAgent(config()), T0)
+    c2.deregister(T0 + 1, at_home=False)
+    [d2] = c2.datagrams_to_send()
+    assert d2.destination == (HA, 434) and d2.source == COA

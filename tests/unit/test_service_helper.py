@@ -84,7 +84,7 @@ def fakes(monkeypatch, rnd: random.Random) -> Live:
 
     monkeypatch.setattr(helper_mod, "MobileNodeDriver", Driver)
     monkeypatch.setattr(helper_mod, "MobileNodeRoutes", Routes)
-    monkeypatch.setattr(helper_mod, "TrafficGate", lambda: None)
+    monkeypatch.setattr(helper_mod, "TrafficGate", lambda *a: None)
     monkeypatch.setattr(helper_mod, "RtnlLinks", Links)
     return live
 

@@ -1,0 +1,76 @@
+"""Run in a namespace: set the gate to a decision, then try packets one by one.
+
+    python -m tests.gate_probe '{"decision": null | {...}, "tries": [...]}'
+
+Each try is ``{"src": addr|null, "sport": n|null, "dst": addr, "dport": n,
+"proto": "udp"|"icmp", "icmp_type": n, "iface": name|null}``.  Prints one JSON
+list: for each try "sent" or "refused" (a netfilter drop of a local packet is
+EPERM for the sender: the kernel's own verdict, not ours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import socket
+import struct
+import sys
+from ipaddress import IPv4Address
+from typing import Any
+
+from app.api import Mode
+from app.net.gate import TrafficGate
+from app.net.gate_rules import GatePolicy, ProvenPath
+
+POLICY = GatePolicy(IPv4Address("10.20.1.1"), IPv4Address("10.20.1.10"), "trmn0",
+                    (IPv4Address("172.16.0.10"),))
+
+
+def _checksum(data: bytes) -> int:
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+
+
+def try_one(t: dict[str, Any]) -> str:
+    if t["proto"] == "udp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        payload = b"normal traffic"
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        head = struct.pack("!BBHI", t["icmp_type"], 0, 0, 0)
+        payload = struct.pack("!BBHI", t["icmp_type"], 0, _checksum(head), 0)
+    if t.get("iface"):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, t["iface"].encode())
+    if t.get("src") or t.get("sport"):
+        s.bind((t.get("src") or "0.0.0.0", t.get("sport") or 0))
+    try:
+        s.sendto(payload, (t["dst"], t.get("dport", 0)))
+    except PermissionError:
+        return "refused"
+    except OSError as exc:
+        return f"error {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+    finally:
+        s.close()
+    return "sent"
+
+
+async def main() -> None:
+    spec = json.loads(sys.argv[1])
+    gate = TrafficGate(POLICY)
+    d = spec.get("decision")
+    if spec.get("install", True):
+        await gate.install()
+    else:
+        gate.installed = True
+    path = None if d is None else ProvenPath(d["iface"], IPv4Address(d["address"]),
+                                             Mode(d["mode"]), None)
+    gate.path = object()  # type: ignore[assignment]  # force a refill
+    await gate.decide(path)
+    print(json.dumps([try_one(t) for t in spec.get("tries", [])]), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

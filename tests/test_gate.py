@@ -1,0 +1,173 @@
+"""The gate's allow set, packet by packet, judged by the kernel (root, namespaces).
+
+A mobile-node namespace with an access link (``eth0``, 10.30.1.50/24) to a
+network namespace, and a "virtual machine" namespace behind it that it
+forwards for.  The gate is the product's (``TrafficGate`` with the rules of
+``app.net.gate_rules``); a local packet the gate drops is EPERM for its sender,
+and a forwarded one never reaches the listener on the network side.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+
+import pytest
+
+from app.net.gate_rules import GatePolicy, render
+from tests.haproc import env
+from tests.lab.procs import Proc
+from tests.requirements import require_root
+
+MN, NET, VM = "tr-gt-mn", "tr-gt-net", "tr-gt-vm"
+LINK = "10.30.1.50"
+NEW_LEASE = "10.30.1.51"  # a second address on the same link: never proven
+HOME = "10.20.1.10"
+HA = "10.20.1.1"
+INTRANET = "10.20.1.99"
+SETUP = {
+    NET: ["link set lo up", "addr add 10.30.1.1/24 dev eth0", "link set eth0 up",
+          f"addr add {HA}/32 dev lo", f"addr add {INTRANET}/32 dev lo",
+          "addr add 172.16.0.10/32 dev lo", "addr add 203.0.113.7/32 dev lo",
+          "route add 192.168.122.0/24 via 10.30.1.50"],
+    MN: ["link set lo up", f"addr add {LINK}/24 dev eth0", f"addr add {NEW_LEASE}/24 dev eth0",
+         "link set eth0 up", "route add default via 10.30.1.1",
+         "addr add 192.168.122.1/24 dev vmlink0", "link set vmlink0 up"],
+    VM: ["link set lo up", "addr add 192.168.122.2/24 dev eth0", "link set eth0 up",
+         "route add default via 192.168.122.1"],
+}
+
+
+def ip_batch(ns: str | None, cmds: list[str]) -> None:
+    pre = ["ip", "-n", ns] if ns else ["ip"]
+    subprocess.run([*pre, "-batch", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[None]:
+    require_root("the gate test builds network namespaces")
+    for ns in (MN, NET, VM):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    ip_batch(None, [f"netns add {ns}" for ns in (MN, NET, VM)] + [
+        f"link add eth0 netns {MN} type veth peer name eth0 netns {NET}",
+        f"link add vmlink0 netns {MN} type veth peer name eth0 netns {VM}"])
+    for ns, cmds in SETUP.items():
+        ip_batch(ns, cmds)
+    subprocess.run(["ip", "netns", "exec", MN, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                   check=True)
+    try:
+        yield
+    finally:
+        for ns in (MN, NET, VM):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def probe(decision: dict[str, str] | None, tries: list[dict[str, object]],
+          install: bool = True) -> list[str]:
+    out = subprocess.run(["ip", "netns", "exec", MN, sys.executable, "-m", "tests.gate_probe",
+                          json.dumps({"decision": decision, "tries": tries,
+                                      "install": install})],
+                         capture_output=True, text=True, env=env(), timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    return list(json.loads(out.stdout))
+
+
+def udp(dst: str, dport: int, **kw: object) -> dict[str, object]:
+    return {"proto": "udp", "dst": dst, "dport": dport, **kw}
+
+
+def test_rules_render_as_nftables_accepts_them(world):
+    policy = GatePolicy(IPv4Address(HA), IPv4Address(HOME), "trmn0")
+    check = subprocess.run(["ip", "netns", "exec", MN, "nft", "-c", "-f", "-"],
+                           input=render(policy, None), capture_output=True, text=True,
+                           check=False)
+    assert check.returncode == 0, check.stderr
+
+
+def test_rfc5266_3_4_only_the_decision_traffic_leaves_while_undecided(world):
+    tries = {
+        "DHCP client to server": udp("255.255.255.255", 67, sport=68),
+        "registration to the home agent": udp(HA, 434),
+        "agent solicitation": {"proto": "icmp", "icmp_type": 10, "dst": "224.0.0.2"},
+        "IKE to a configured gateway": udp("172.16.0.10", 500),
+        "NAT-T to a configured gateway": udp("172.16.0.10", 4500),
+        # What the old gate let through, and must not:
+        "source port 68 to an arbitrary host": udp("203.0.113.7", 53, sport=68),
+        "source port 434 to an arbitrary host": udp("203.0.113.7", 53, sport=434),
+        "IKE to a host that is no gateway": udp("203.0.113.7", 500),
+        "NAT-T to a host that is no gateway": udp("203.0.113.7", 4500),
+        "port 434 of a host that is not the home agent": udp(INTRANET, 434),
+        "DHCP server port from a client that is no client": udp("203.0.113.7", 67),
+        "ICMP echo to the home agent": {"proto": "icmp", "icmp_type": 8, "dst": HA},
+        "normal traffic to the intranet": udp(INTRANET, 9999),
+        "normal traffic to a public host": udp("203.0.113.7", 9999),
+    }
+    got = dict(zip(tries, probe(None, list(tries.values())), strict=True))
+    allowed = {"DHCP client to server", "registration to the home agent",
+               "agent solicitation", "IKE to a configured gateway",
+               "NAT-T to a configured gateway"}
+    assert got == {k: "sent" if k in allowed else "refused" for k in tries}
+
+
+def test_a_trusted_decision_opens_only_the_proven_path(world):
+    c = {"iface": "eth0", "address": LINK, "mode": "c"}
+    tries = [udp(INTRANET, 9999, src=LINK), udp(INTRANET, 9999, src=NEW_LEASE),
+             udp("203.0.113.7", 9999, src=NEW_LEASE)]
+    assert probe(c, tries) == ["sent", "refused", "refused"]
+    # A decision made on the new lease: the old address is no longer proven.
+    moved = {"iface": "eth0", "address": NEW_LEASE, "mode": "c"}
+    assert probe(moved, tries, install=False) == ["refused", "sent", "sent"]
+
+
+def test_the_home_address_leaves_in_clear_only_in_modes_h_and_f(world):
+    ip_batch(MN, [f"addr add {HOME}/32 dev eth0"])
+    try:
+        home_src = [udp(INTRANET, 9999, src=HOME)]
+        for mode, verdict in (("h", "sent"), ("f", "sent"), ("c", "refused")):
+            d = {"iface": "eth0", "address": LINK, "mode": mode}
+            assert probe(d, home_src) == [verdict], mode
+        assert probe(None, home_src) == ["refused"]
+    finally:
+        ip_batch(MN, [f"addr del {HOME}/32 dev eth0"])
+
+
+def test_forwarded_traffic_is_gated_like_the_hosts_own(world):
+    listener = Proc(NET, sys.executable, "-u", "-c",
+                    "import socket\n"
+                    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                    f"s.bind(('{INTRANET}', 9999)); print('LISTENING')\n"
+                    "while True:\n"
+                    "    d, a = s.recvfrom(100); print('GOT', d.decode(), a[0])\n")
+    try:
+        listener.wait("LISTENING")
+        send = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                f"s.sendto(b'%s', ('{INTRANET}', 9999))")
+        probe(None, [])  # undecided
+        subprocess.run(["ip", "netns", "exec", VM, sys.executable, "-c", send % "while shut"],
+                       check=True)
+        probe({"iface": "eth0", "address": LINK, "mode": "c"}, [], install=False)
+        subprocess.run(["ip", "netns", "exec", VM, sys.executable, "-c", send % "when open"],
+                       check=True)
+        got = listener.wait("GOT")
+        # The same path, in order: the first datagram would have arrived first.
+        assert got[-1].split()[1:3] == ["when", "open"], got
+        assert not [ln for ln in listener.out.seen if "while shut" in ln]
+    finally:
+        listener.stop()
+    counter = subprocess.run(["ip", "netns", "exec", MN, "nft", "list", "counter", "inet",
+                              "trustroam_gate", "blocked"], capture_output=True, text=True,
+                             check=True).stdout
+    assert int(counter.split("packets")[1].split()[0]) >= 1, counter
+
+
+def test_removing_the_gate_restores_the_host(world):
+    probe(None, [])
+    subprocess.run(["ip", "netns", "exec", MN, sys.executable, "-c",
+                    "import asyncio; from app.net.gate import remove_table; "
+                    "asyncio.run(remove_table())"], env=env(), check=True)
+    s = subprocess.run(["ip", "netns", "exec", MN, "nft", "list", "tables"],
+                       capture_output=True, text=True, check=True)
+    assert "trustroam_gate" not in s.stdout
