@@ -39,8 +39,8 @@ home_agent = "{HA}"
 spi = 256
 interface = "eth0"
 [probe]
-initial_timeout = 0.3
-retries = 2
+initial_timeout = 1.0
+retries = 1
 """
 
 
