@@ -36,8 +36,9 @@ class PeerError(Exception):
         self.error_name = error_name
 
 
-async def call(bus: MessageBus, msg: Message, timeout: float, peer: str) -> Message:
-    """``bus.call(msg)`` bounded by ``timeout``; an error reply raises PeerError."""
+async def call(bus: MessageBus, msg: Message, timeout: float | None, peer: str) -> Message:
+    """``bus.call(msg)`` bounded by ``timeout`` (None: the caller bounds it, e.g. with
+    ``asyncio.timeout``); an error reply raises PeerError."""
     try:
         async with asyncio.timeout(timeout):
             reply = await bus.call(msg)

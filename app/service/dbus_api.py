@@ -111,13 +111,13 @@ class SenderAwareBus(MessageBus):
 
 async def call_secret_agent(bus: MessageBus, agent: Agent, profile: str,
                             keys: list[str]) -> dict[str, str]:
-    """GetSecrets on ``agent`` (the caller bounds the time); a malformed answer is
-    an empty one, so the next source is tried."""
+    """GetSecrets on ``agent``; SecretSource bounds the time.  An error reply or an
+    answer of another type raises AgentFailed, and the next source is tried."""
     msg = Message(destination=agent.peer.name, path=agent.path,
                   interface=SECRET_AGENT_INTERFACE, member="GetSecrets",
                   signature="sas", body=[profile, keys])
     try:
-        reply = await busio.call(bus, msg, 3600.0, str(agent))
+        reply = await busio.call(bus, msg, None, str(agent))
     except busio.PeerError as exc:
         raise AgentFailed(exc.error_name or str(exc),
                           gone=exc.error_name in busio.NAME_GONE) from None
