@@ -12,14 +12,16 @@ import pytest
 from dbus_next.constants import MessageFlag, MessageType
 from dbus_next.errors import DBusError
 from dbus_next.message import Message
+from dbus_next.signature import Variant
 
 from app.api import ERROR_FAILED, ERROR_NOT_AUTHORIZED
 from app.net.mn_routes import Backend
+from app.service import bus as busio
 from app.service import polkit as polkit_mod
 from app.service.dbus_api import CALLER, HelperInterface, SenderAwareBus, caller_text
 from app.service.helper import Helper
 from app.service.polkit import Authorizer
-from app.service.secrets import SecretSource
+from app.service.secrets import Peer, SecretSource
 
 
 def call_msg(member="ListProfiles", flags=MessageFlag.NONE):
@@ -131,3 +133,49 @@ async def test_polkit_that_never_answers_is_bounded_and_named(monkeypatch):
     assert not allowed and "polkit did not answer within 0.05 s" in why
     assert [m.member for m in bus.sent] == ["CancelCheckAuthorization"]
     assert bus._method_return_handlers == {}
+
+
+class ScriptedBus:
+    """Answers each call from a script of (error name or None, signature, body);
+    "never" leaves the call pending, as a hung peer does."""
+
+    def __init__(self, *script):
+        self.script = list(script)
+        self._method_return_handlers: dict[int, object] = {}
+        self.serial = 0
+
+    async def call(self, msg):
+        self.serial += 1
+        msg.serial = self.serial
+        self._method_return_handlers[msg.serial] = object()  # as dbus-next keeps one
+        step = self.script.pop(0)
+        if step == "never":
+            await asyncio.Event().wait()
+        error, signature, body = step
+        del self._method_return_handlers[msg.serial]
+        if error:
+            return Message(message_type=MessageType.ERROR, reply_serial=msg.serial,
+                           error_name=error, signature="s", body=["no"])
+        return Message(message_type=MessageType.METHOD_RETURN, reply_serial=msg.serial,
+                       signature=signature, body=body)
+
+
+async def test_an_unanswered_call_leaves_no_reply_handler_behind():
+    bus = ScriptedBus("never")
+    with pytest.raises(busio.PeerError, match=r"the peer did not answer within 0\.05 s"):
+        await busio.call(bus, Message(destination=":1.5", path="/", member="X"), 0.05,
+                         "the peer")
+    assert bus._method_return_handlers == {}
+
+
+@pytest.mark.parametrize(("script", "why"), [
+    ([("org.freedesktop.DBus.Error.ServiceUnknown", "", [])], None),  # no logind
+    ([("org.freedesktop.login1.NoSessionForPID", "", [])], "in no login session"),
+    ([(None, "o", ["/s/1"]), (None, "v", [Variant("b", True)])], None),
+    ([(None, "o", ["/s/1"]), (None, "v", [Variant("b", False)])], "not the active one"),
+    (["never"], "logind did not answer"),
+])
+async def test_an_agents_session_must_be_active_where_logind_runs(monkeypatch, script, why):
+    monkeypatch.setattr(busio, "BUS_TIMEOUT", 0.05)
+    got = await busio.session_check(ScriptedBus(*script), Peer(":1.7", 1000, 4242))
+    assert got == why if why is None else why in got
