@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import BusType, MessageType
+from dbus_next.constants import BusType, MessageFlag, MessageType
 from dbus_next.errors import DBusError
 from dbus_next.message import Message
 from dbus_next.signature import Variant
@@ -40,8 +40,13 @@ class CtlError(Exception):
 
 async def call(bus: MessageBus, member: str, signature: str = "", body: list[Any] | None = None,
                interface: str = INTERFACE) -> Any:
+    # A person runs trustroamctl: polkit may ask them for a password (D-Bus's
+    # ALLOW_INTERACTIVE_AUTHORIZATION; the helper allows interaction only with it).
+    flags = (MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if sys.stdin.isatty()
+             else MessageFlag.NONE)
     reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH, interface=interface,
-                                   member=member, signature=signature, body=body or []))
+                                   member=member, signature=signature, body=body or [],
+                                   flags=flags))
     if reply is None:
         raise CtlError("no reply from trustroamd")
     if reply.message_type is MessageType.ERROR:

@@ -1,6 +1,9 @@
 # No `from __future__ import annotations`: dbus-next reads D-Bus signatures from
 # the string annotations below.
-"""A secret agent as the tray exports it (org.trustroam.SecretAgent1)."""
+"""Secret agents as the tray exports them (org.trustroam.SecretAgent1), and one
+that never answers."""
+
+import asyncio
 
 from dbus_next.service import ServiceInterface, method
 
@@ -18,3 +21,17 @@ class SecretAgent(ServiceInterface):
         self.asked.append(profile)
         have = self.secrets.get(profile, {})
         return {k: have[k] for k in keys if k in have}
+
+
+class SilentAgent(ServiceInterface):
+    """Takes the call and never answers (a hung tray, or a hostile user's agent)."""
+
+    def __init__(self) -> None:
+        super().__init__(SECRET_AGENT_INTERFACE)
+        self.asked: list[str] = []
+
+    @method()
+    async def GetSecrets(self, profile: "s", keys: "as") -> "a{ss}":  # noqa: F722, F821
+        self.asked.append(profile)
+        await asyncio.Event().wait()
+        return {}

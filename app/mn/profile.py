@@ -43,7 +43,9 @@ from app.mn.registration import (
     UdpTunnelling,
 )
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""Matched with fullmatch: ``$`` would let a trailing newline through."""
+IFNAMSIZ = 16
 SECRET_KEYS = ("key", "key_file", "mn_ha_key", "secret", "password", "psk")
 
 
@@ -101,8 +103,9 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
             raise top.error(k, "secrets do not belong in a profile: the key comes from the "
                                "keyring (tray) or the root-only secrets file")
     name = top.str_("name", default_name, required=default_name is None)
-    if not NAME_RE.match(name):
-        raise top.error("name", f"{name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    if not NAME_RE.fullmatch(name):
+        raise top.error("name", f"{_short(name)} must be 1-64 letters, digits, '.', '_' or "
+                                "'-', starting with a letter or digit")
     network = top.network("home_network", required=True)
     home = top.ipv4("home_address", required=True)
     if home not in network or home in (network.network_address, network.broadcast_address):
@@ -119,9 +122,13 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
     nai = top.optional_str("nai")
     if nai is not None and not 0 < len(nai.encode()) <= 255:
         raise top.error("nai", "must be 1 to 255 bytes")
+    if nai is not None and not nai.isprintable():
+        raise top.error("nai", "must not contain control characters")
     iface = top.optional_str("interface")
-    if iface is not None and not 0 < len(iface.encode()) < 16:
-        raise top.error("interface", f"{iface!r} is not an interface name")
+    if iface is not None:
+        why = interface_name_problem(iface)
+        if why:
+            raise top.error("interface", f"{_short(iface)} is not an interface name: {why}")
     probe = top.sub("probe")
     features = top.sub("features")
     initial_timeout = probe.float_("initial_timeout", 1.0, lo=0.0, hi=30.0)
@@ -149,18 +156,38 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
     return profile
 
 
+def interface_name_problem(name: str) -> str:
+    """Why the kernel would refuse ``name`` as a network interface name (its
+    ``dev_valid_name``: 1 to IFNAMSIZ-1 bytes, not "." or "..", no '/', ':' or
+    white space), or "" if it is valid."""
+    raw = name.encode()
+    if not raw:
+        return "it is empty"
+    if len(raw) >= IFNAMSIZ:
+        return f"it is {len(raw)} bytes; at most {IFNAMSIZ - 1}"
+    if name in (".", ".."):
+        return "'.' and '..' are not allowed"
+    bad = [c for c in name if c in "/:\0" or c.isspace() or not c.isprintable()]
+    if bad:
+        return f"{bad[0]!r} is not allowed"
+    return ""
+
+
 def dumps(p: Profile) -> str:
-    """The profile as TOML (what ``SaveProfile`` writes)."""
-    lines = [f'name = "{p.name}"', f'home_address = "{p.home_address}"',
-             f'home_network = "{p.home_network}"', f'home_agent = "{p.home_agent}"',
-             f"spi = {p.spi}", f'algorithm = "{p.algorithm.value}"',
-             f"lifetime = {p.lifetime}", f"renew_fraction = {p.renew_fraction}"]
+    """The profile as TOML (what ``SaveProfile`` writes): every string quoted and
+    escaped, so ``loads(dumps(p)) == p`` whatever a value holds."""
+    lines = [f"name = {_quote(p.name)}", f"home_address = {_quote(str(p.home_address))}",
+             f"home_network = {_quote(str(p.home_network))}",
+             f"home_agent = {_quote(str(p.home_agent))}",
+             f"spi = {p.spi}", f"algorithm = {_quote(p.algorithm.value)}",
+             f"lifetime = {p.lifetime}", f"renew_fraction = {p.renew_fraction!r}"]
     if p.nai is not None:
         lines.append(f"nai = {_quote(p.nai)}")
     if p.interface is not None:
-        lines.append(f'interface = "{p.interface}"')
-    lines += [f'replay = "{p.replay.value}"', f'udp_tunnelling = "{p.udp_tunnelling.value}"']
-    lines += ["", "[probe]", f"initial_timeout = {p.initial_timeout}",
+        lines.append(f"interface = {_quote(p.interface)}")
+    lines += [f"replay = {_quote(p.replay.value)}",
+              f"udp_tunnelling = {_quote(p.udp_tunnelling.value)}"]
+    lines += ["", "[probe]", f"initial_timeout = {p.initial_timeout!r}",
               f"retries = {p.retries}", "", "[features]",
               f"foreign_agents = {str(p.foreign_agents).lower()}",
               f"gate = {str(p.gate).lower()}", ""]
@@ -168,4 +195,18 @@ def dumps(p: Profile) -> str:
 
 
 def _quote(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string: quote, backslash and every control character escaped."""
+    out = []
+    for c in s:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _short(text: str, limit: int = 64) -> str:
+    """``repr`` of a value, cut short: an error message stays one short line."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")

@@ -31,6 +31,8 @@ ACTIVE = "org.freedesktop.NetworkManager.Connection.Active"
 PROPS = "org.freedesktop.DBus.Properties"
 STATE_ACTIVATED = 100
 MATCH = f"type='signal',sender='{NM}'"
+CALL_TIMEOUT = 5.0
+"""Seconds NetworkManager (or the bus) has to answer one call."""
 
 
 class NmError(Exception):
@@ -38,10 +40,14 @@ class NmError(Exception):
 
 
 async def nm_running(bus: MessageBus) -> bool:
-    reply = await bus.call(Message(destination="org.freedesktop.DBus",
-                                   path="/org/freedesktop/DBus",
-                                   interface="org.freedesktop.DBus", member="NameHasOwner",
-                                   signature="s", body=[NM]))
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT):
+            reply = await bus.call(Message(destination="org.freedesktop.DBus",
+                                           path="/org/freedesktop/DBus",
+                                           interface="org.freedesktop.DBus",
+                                           member="NameHasOwner", signature="s", body=[NM]))
+    except TimeoutError:
+        return False
     return bool(reply is not None and reply.message_type is MessageType.METHOD_RETURN
                 and reply.body[0])
 
@@ -125,8 +131,17 @@ class NmLinks:
 
     async def _call(self, dest: str, path: str, interface: str, member: str,  # noqa: PLR0917
                     sig: str, body: list[Any]) -> Any:
-        reply = await self.bus.call(Message(destination=dest, path=path, interface=interface,
-                                            member=member, signature=sig, body=body))
+        msg = Message(destination=dest, path=path, interface=interface, member=member,
+                      signature=sig, body=body)
+        try:
+            # Bounded: the helper's Connect waits on this under its lock.
+            async with asyncio.timeout(CALL_TIMEOUT):
+                reply = await self.bus.call(msg)
+        except TimeoutError:
+            raise NmError(f"{dest} did not answer {member} within {CALL_TIMEOUT:g} s"
+                          ) from None
+        finally:
+            getattr(self.bus, "_method_return_handlers", {}).pop(msg.serial, None)
         if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
             err = reply.error_name if reply is not None else "no reply"
             detail = reply.body[0] if reply is not None and reply.body else ""

@@ -16,9 +16,12 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from dbus_next.constants import BusType, RequestNameReply
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, MessageType, RequestNameReply
+from dbus_next.message import Message
 
 from app.api import BUS_NAME, OBJECT_PATH
 from app.config import ConfigError
@@ -27,10 +30,11 @@ from app.net.gate import GateError, TrafficGate
 from app.net.ipip import compiled_engine_available
 from app.net.mn_routes import Backend, default_backend
 from app.net.sleep import ResumeWatcher
+from app.service import bus as busio
 from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_agent
 from app.service.helper import Helper, HelperError, gate_policy
 from app.service.polkit import Authorizer
-from app.service.secrets import SecretError, SecretSource
+from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
 
 log = logging.getLogger("trustroamd")
 DEFAULT_PROFILES = Path("/etc/trustroam/profiles")
@@ -47,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--links", choices=("auto", "nm", "rtnetlink"), default="auto",
                     help="where link events come from (auto: NetworkManager if it runs)")
     ap.add_argument("--dataplane", choices=("auto", "userspace", "kernel"), default="auto")
+    ap.add_argument("--agent-timeout", type=float, default=AGENT_TIMEOUT,
+                    help="seconds a secret agent has to answer (default %(default)s)")
     ap.add_argument("--log-level", default="info",
                     choices=("debug", "info", "warning", "error"))
     return ap.parse_args(argv)
@@ -60,7 +66,10 @@ async def serve(args: argparse.Namespace) -> int:
     await _gate_first(args, first)
     backend = await default_backend() if args.dataplane == "auto" else Backend(args.dataplane)
     bus = await SenderAwareBus(bus_type=BusType.SYSTEM).connect()
-    secrets = SecretSource(lambda *a: call_secret_agent(bus, *a), args.secrets)
+    secrets = SecretSource(lambda *a: call_secret_agent(bus, *a), args.secrets,
+                           agent_timeout=args.agent_timeout,
+                           session_check=lambda peer: busio.session_check(bus, peer))
+    await watch_names_lost(bus, secrets.forget_name)
     helper = Helper(profiles_dir=args.profiles_dir, extra_profiles=args.profile,
                     secrets=secrets, backend=backend, links=args.links, bus=bus)
     bus.export(OBJECT_PATH, HelperInterface(helper, Authorizer(bus)))
@@ -70,9 +79,12 @@ async def serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         bus.disconnect()
         return 1
-    def resumed() -> None:
-        if helper.driver is not None:
-            helper.driver.reprobe()
+    pending: set[asyncio.Task[None]] = set()
+
+    def resumed() -> None:  # under the helper's lock, like Reprobe()
+        task = asyncio.create_task(helper.reprobe(quiet=True))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     resume = ResumeWatcher(bus, resumed)
     await resume.start()
@@ -118,6 +130,28 @@ async def _gate_first(args: argparse.Namespace, first: str | None) -> None:
         if prof.name == first and prof.gate:
             await TrafficGate(gate_policy(prof)).install()
             return
+
+
+async def watch_names_lost(bus: MessageBus, lost: Callable[[str], None]) -> None:
+    """Call ``lost(name)`` whenever a bus name loses its owner (a client went away).
+
+    One match rule for all of them (arg2='' is "no new owner"), not one per agent:
+    a match per agent would hit the bus's per-connection limit under churn.
+    """
+    rule = ("type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+            "member='NameOwnerChanged',arg2=''")
+    await busio.call(bus, Message(destination=busio.BUS_DAEMON, path="/org/freedesktop/DBus",
+                                  interface=busio.BUS_DAEMON, member="AddMatch",
+                                  signature="s", body=[rule]),
+                     busio.BUS_TIMEOUT, "the bus daemon")
+
+    def on(msg: Message) -> None:
+        if (msg.message_type is MessageType.SIGNAL and msg.member == "NameOwnerChanged"
+                and msg.sender == busio.BUS_DAEMON and msg.signature == "sss"
+                and not msg.body[2]):
+            lost(str(msg.body[0]))
+
+    bus.add_message_handler(on)
 
 
 def main(argv: list[str] | None = None) -> int:

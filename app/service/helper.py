@@ -2,13 +2,20 @@
 
 ``app.service.dbus_api`` puts this on the bus; tests can use it directly.  One
 profile is connected at a time; connecting another first puts the host back.
+Connect, Disconnect and Reprobe run one at a time under one lock: overlapping
+requests from several callers must never leave a driver or a link source that
+nothing owns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import secrets as _random
+import stat
 import time
+import tomllib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,10 +34,11 @@ from app.net.links import LinkSnapshot
 from app.net.mn_routes import TUNNEL, Backend, MobileNodeRoutes
 from app.net.nm_links import NmLinks, nm_running
 from app.net.rtnl_links import RtnlLinks
-from app.service.secrets import SecretSource
+from app.service.secrets import Peer, SecretSource
 
 log = logging.getLogger("trustroam.helper")
 HISTORY = 1000
+MAX_PROFILE_FILE = 1 << 20
 
 
 def gate_policy(prof: Profile) -> GatePolicy:
@@ -64,19 +72,28 @@ class Helper:
         self._link_source: _LinkSource | None = None
         self.snapshot_listeners: list[Callable[[Snapshot], None]] = []
         self.event_listeners: list[Callable[[HistoryEntry], None]] = []
+        self._lock = asyncio.Lock()
+        """Held by connect, disconnect and reprobe while they change the driver."""
 
     # -- profiles ------------------------------------------------------------------
 
     def load_profiles(self) -> dict[str, Profile]:
         """Every valid profile; invalid ones are logged with their file and key."""
         found: dict[str, Profile] = {}
-        paths = sorted(self.profiles_dir.glob("*.toml")) if (
-            self.profiles_dir and self.profiles_dir.is_dir()) else []
+        try:
+            paths = sorted(self.profiles_dir.glob("*.toml")) if (
+                self.profiles_dir and self.profiles_dir.is_dir()) else []
+        except OSError as exc:
+            log.error("profiles directory %s unreadable: %s", self.profiles_dir, exc)
+            raise HelperError("the profiles directory cannot be read") from None
         for path in [*paths, *self.extra_profiles]:
             try:
-                p = profiles.load(path)
+                p = _load_profile(path)
             except ConfigError as exc:
                 log.error("profile skipped: %s", exc)
+                continue
+            except (OSError, RecursionError) as exc:  # a symlink loop, a FIFO, EIO...
+                log.error("profile skipped: %s: %s", path, getattr(exc, "strerror", exc))
                 continue
             found[p.name] = p
         return found
@@ -85,44 +102,63 @@ class Helper:
         found = self.load_profiles()
         if name not in found:
             known = ", ".join(sorted(found)) or "none"
-            raise HelperError(f"no profile {name!r} (known: {known})")
+            raise HelperError(f"no profile {_short(name)} (known: {known})")
         return found[name]
 
     def save_profile(self, text: str) -> str:
+        """Validate ``text`` and store it as ``<name>.toml`` in the profiles directory.
+
+        Written to a fresh temporary file in that directory (O_EXCL, never through a
+        symlink), fsynced, then renamed over the target: a reader sees the old or
+        the new profile, and a symlink planted at either name is not followed (a
+        rename replaces the link itself).
+        """
         if self.profiles_dir is None:
             raise HelperError("this helper has no profiles directory (--profiles-dir)")
         try:
             p = profiles.loads(text, "SaveProfile")
         except ConfigError as exc:
             raise HelperError(str(exc)) from None
-        self.profiles_dir.mkdir(parents=True, exist_ok=True)
-        target = self.profiles_dir / f"{p.name}.toml"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(profiles.dumps(p))
-        os.chmod(tmp, 0o644)
-        tmp.replace(target)
+        data = profiles.dumps(p).encode()
+        if profiles.loads(data.decode(), "SaveProfile") != p:  # what reloads is what was sent
+            raise HelperError("SaveProfile: the profile does not survive a round trip")
+        try:
+            _write_file(self.profiles_dir, f"{p.name}.toml", data, 0o644)
+        except OSError as exc:
+            log.error("cannot store profile %s in %s: %s", p.name, self.profiles_dir, exc)
+            raise HelperError(f"cannot store profile {p.name}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
         self._event("profile-saved", {"profile": p.name})
         return p.name
 
     # -- connection ------------------------------------------------------------------
 
-    async def connect(self, name: str) -> None:
+    async def connect(self, name: str, requester: Peer | None = None) -> None:
+        """Connect profile ``name`` with the key of ``requester``'s secret agent (or the
+        secrets file).  The key is fetched before the lock: a slow agent holds only
+        its own user's request, bounded by the agent timeout."""
         prof = self.profile(name)
-        key = await self.secrets.key(prof.name)  # SecretError names the profile, not the key
-        await self.disconnect(quiet=True)
-        gate = TrafficGate(gate_policy(prof)) if prof.gate else None
-        routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
-                                  self.backend)
-        self.driver = MobileNodeDriver(prof, key.value, routes, gate,
-                                       on_snapshot=self._on_snapshot, on_event=self._event_entry)
-        self._event("connect", {"profile": prof.name})
-        await self.driver.start()
-        self._link_source = await self._start_links(prof, self.driver.link_snapshot)
+        key = await self.secrets.key(prof.name, requester)  # names the profile, not the key
+        async with self._lock:
+            await self._disconnect(quiet=True)
+            gate = TrafficGate(gate_policy(prof)) if prof.gate else None
+            routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
+                                      self.backend)
+            self.driver = MobileNodeDriver(prof, key.value, routes, gate,
+                                           on_snapshot=self._on_snapshot,
+                                           on_event=self._event_entry)
+            self._event("connect", {"profile": prof.name})
+            await self.driver.start()
+            self._link_source = await self._start_links(prof, self.driver.link_snapshot)
 
     async def disconnect(self, *, quiet: bool = False) -> None:
+        async with self._lock:
+            await self._disconnect(quiet=quiet)
+
+    async def _disconnect(self, *, quiet: bool) -> None:
         if self._link_source is not None:
-            await self._link_source.close()
-            self._link_source = None
+            source, self._link_source = self._link_source, None
+            await source.close()
         if self.driver is not None:
             driver, self.driver = self.driver, None
             await driver.stop()
@@ -132,17 +168,21 @@ class Helper:
             raise HelperError("not connected")
         self._on_snapshot(Snapshot())  # _on_snapshot adds the policy
 
-    def reprobe(self) -> None:
-        if self.driver is None:
-            raise HelperError("not connected")
-        self.driver.reprobe()
+    async def reprobe(self, *, quiet: bool = False) -> None:
+        async with self._lock:
+            if self.driver is None:
+                if quiet:
+                    return
+                raise HelperError("not connected")
+            self.driver.reprobe()
 
     def set_policy(self, value: str) -> None:
         try:
             policy = Policy(value)
         except ValueError:
             allowed = ", ".join(p.value for p in Policy)
-            raise HelperError(f"policy must be one of {allowed}, got {value!r}") from None
+            raise HelperError(f"policy must be one of {allowed}, got {_short(value)}"
+                              ) from None
         self.policy = policy
         self._event("policy", {"policy": policy.value})
         self._on_snapshot(self.snapshot)
@@ -179,3 +219,58 @@ class Helper:
         log.info("%s %s", entry.kind, " ".join(f"{k}={v}" for k, v in entry.details.items()))
         for f in self.event_listeners:
             f(entry)
+
+
+def _short(text: str, limit: int = 64) -> str:
+    """``repr`` of a caller's string, cut short: messages stay one short line."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _load_profile(path: Path) -> Profile:
+    """``profiles.load`` for a running helper: a FIFO or device put in the profiles
+    directory must not block the event loop, so the file is opened non-blocking
+    and read only if it is a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(str(path), "", "not a regular file")
+        data = fh.read(MAX_PROFILE_FILE + 1)
+    if len(data) > MAX_PROFILE_FILE:
+        raise ConfigError(str(path), "", f"larger than {MAX_PROFILE_FILE} bytes")
+    try:
+        doc = tomllib.loads(data.decode())
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "", "not valid UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+    return profiles.parse(doc, str(path), path.stem)
+
+
+def _write_file(directory: Path, name: str, data: bytes, mode: int) -> None:
+    """Atomically replace ``directory/name`` without following any symlink."""
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for _ in range(16):
+            tmp = f".{name}.{_random.token_hex(8)}.tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             mode, dir_fd=dfd)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError("no free temporary name")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                os.fchmod(fh.fileno(), mode)  # whatever the umask says
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=dfd)
+            raise
+        os.fsync(dfd)  # the rename itself survives a power loss
+    finally:
+        os.close(dfd)

@@ -2,23 +2,31 @@
 
 Two sources, tried in order:
 
-1. secret agents: the tray (or ``trustroamctl``) exports an object with
-   ``org.trustroam.SecretAgent1.GetSecrets(profile, keys) -> a{ss}`` on its own
-   bus connection and registers it with ``RegisterSecretAgent(path)``; the helper
-   asks the most recently registered agent that is still connected;
+1. the secret agent of the user who asked to connect: the tray exports an
+   object with ``org.trustroam.SecretAgent1.GetSecrets(profile, keys) -> a{ss}``
+   on its own bus connection and registers it with ``RegisterSecretAgent(path)``.
+   One agent per uid (a new registration replaces the old one); it is asked only
+   for a ``Connect`` from the same uid (as NetworkManager does), and where logind
+   runs, only while the agent's session is active.  An agent of another user is
+   never asked, so nobody can choose the key for someone else's connection (a
+   chosen key would let someone on the path forge an "authenticated" reply);
 2. a headless secrets file (``--secrets /etc/trustroam/secrets.toml``), one
-   table per profile, refused unless it belongs to root and nobody else may
-   read it:
+   table per profile, refused unless it is a regular file that belongs to root
+   and nobody else may read:
 
        [corp]
        mn_ha_key = "hex:00112233445566778899aabbccddeeff"
 
-Secrets stay in memory, wrapped in :class:`Secret` whose ``repr`` and ``str``
-never show the value, and no message here ever contains one.
+A wrong, malformed or missing answer, or an agent that does not answer within
+the bound, means "try the next source".  Secrets stay in memory, wrapped in
+:class:`Secret` whose ``repr`` and ``str`` never show the value, and no message
+here ever contains one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import stat
 import tomllib
@@ -27,6 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.api import SECRET_MN_HA_KEY
+
+log = logging.getLogger("trustroam.service.secrets")
+AGENT_TIMEOUT = 20.0
+"""Seconds an agent has to answer GetSecrets (it may unlock a keyring first)."""
+MAX_AGENTS = 256
+"""One agent per uid; this bounds the table even if many uids register."""
+MAX_AGENT_PATH = 255
+"""Bytes of an agent's object path (the tray's is about 30)."""
+MAX_SECRETS_FILE = 1 << 20
+MAX_ANSWER = 4096
+"""Characters of one agent answer's value; a key is at most 132 ("hex:" + 128)."""
+FILE_SOURCE = "the secrets file"
 
 
 class SecretError(Exception):
@@ -42,6 +62,8 @@ class Secret:
 
 
 def parse_key(text: str, profile: str, source: str) -> Secret:
+    if len(text) > MAX_ANSWER:
+        raise SecretError(f"{source}: {profile}.{SECRET_MN_HA_KEY} is far too long")
     if not text.startswith("hex:"):
         raise SecretError(f"{source}: {profile}.{SECRET_MN_HA_KEY} must be 'hex:' followed by "
                           "hex digits")
@@ -57,73 +79,154 @@ def parse_key(text: str, profile: str, source: str) -> Secret:
 
 
 def read_secrets_file(path: Path, profile: str) -> Secret:
-    """The profile's key from a root-only TOML file."""
+    """The profile's key from a root-only TOML file.
+
+    Opened without following a symlink and without blocking (a FIFO put there
+    must not stall the event loop), then accepted only as a regular file of
+    root's that nobody else may read.  Messages say "the secrets file", never
+    its path: they go back to D-Bus callers.
+    """
+    src = FILE_SOURCE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
-        raise SecretError(f"{path}: no such secrets file") from None
+        raise SecretError(f"{src} does not exist") from None
     except OSError as exc:
-        raise SecretError(f"{path}: cannot open the secrets file: {exc.strerror}") from None
+        raise SecretError(f"cannot open {src}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise SecretError(f"refused: {src} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
         if st.st_uid != 0 and st.st_uid != os.geteuid():
-            raise SecretError(f"{path}: refused: the secrets file must belong to root")
+            raise SecretError(f"refused: {src} must belong to root")
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SecretError(f"{path}: refused: the secrets file is readable by others "
+            raise SecretError(f"refused: {src} is readable by others "
                               f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
-        try:
-            doc = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            # tomllib's message quotes no values, only positions.
-            raise SecretError(f"{path}: not valid TOML: {exc}") from None
+        data = fh.read(MAX_SECRETS_FILE + 1)
+    if len(data) > MAX_SECRETS_FILE:
+        raise SecretError(f"refused: {src} is larger than {MAX_SECRETS_FILE} bytes")
+    try:
+        doc = tomllib.loads(data.decode())
+    except UnicodeDecodeError:
+        raise SecretError(f"{src} is not valid UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message quotes no values, only positions.
+        raise SecretError(f"{src} is not valid TOML: {exc}") from None
     table = doc.get(profile)
     if not isinstance(table, dict) or SECRET_MN_HA_KEY not in table:
-        raise SecretError(f"{path}: no [{profile}] {SECRET_MN_HA_KEY}")
+        raise SecretError(f"{src} has no [{profile}] {SECRET_MN_HA_KEY}")
     value = table[SECRET_MN_HA_KEY]
     if not isinstance(value, str):
-        raise SecretError(f"{path}: {profile}.{SECRET_MN_HA_KEY} must be a string")
-    return parse_key(value, profile, str(path))
+        raise SecretError(f"{src}: {profile}.{SECRET_MN_HA_KEY} must be a string")
+    return parse_key(value, profile, src)
 
 
-AgentCall = Callable[[str, str, str, list[str]], Awaitable[dict[str, str]]]
-"""(bus name, object path, profile, keys) -> secrets, as a secret agent answers."""
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A bus connection as the bus daemon vouches for it (never as it claims)."""
+
+    name: str
+    """Unique bus name (``:1.42``)."""
+    uid: int
+    pid: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name} (uid {self.uid})"
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    peer: Peer
+    path: str
+
+    def __str__(self) -> str:
+        return f"secret agent {self.peer}"
+
+
+class AgentRefused(Exception):
+    """RegisterSecretAgent refused; the message names the argument."""
+
+
+class AgentFailed(Exception):
+    """The agent answered with an error (the message is its D-Bus error name)."""
+
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
+        """The agent's connection is gone: forget it."""
+
+
+AgentCall = Callable[[Agent, str, list[str]], Awaitable[dict[str, str]]]
+"""(agent, profile, keys) -> secrets; raises AgentFailed on an error reply."""
+SessionCheck = Callable[[Peer], Awaitable[str | None]]
+"""None when the peer may be asked (active session, or no logind), else why not."""
 
 
 class SecretSource:
-    def __init__(self, agent_call: AgentCall | None, secrets_file: Path | None) -> None:
+    def __init__(self, agent_call: AgentCall | None, secrets_file: Path | None, *,
+                 agent_timeout: float = AGENT_TIMEOUT,
+                 session_check: SessionCheck | None = None) -> None:
         self.agent_call = agent_call
         self.secrets_file = secrets_file
-        self.agents: list[tuple[str, str]] = []
-        """(bus name, object path), most recent last."""
+        self.agent_timeout = agent_timeout
+        self.session_check = session_check
+        self.agents: dict[int, Agent] = {}
+        """uid -> that user's agent (one per user: a new one replaces the old)."""
 
-    def register_agent(self, sender: str, path: str) -> None:
-        self.agents = [a for a in self.agents if a[0] != sender] + [(sender, path)]
+    def register_agent(self, peer: Peer, path: str) -> None:
+        if not path.startswith("/") or len(path.encode()) > MAX_AGENT_PATH:
+            raise AgentRefused(f"path: must be an object path of at most {MAX_AGENT_PATH} "
+                               "bytes")
+        if peer.uid not in self.agents and len(self.agents) >= MAX_AGENTS:
+            raise AgentRefused(f"too many secret agents ({MAX_AGENTS} users have one)")
+        self.agents[peer.uid] = Agent(peer, path)
 
-    def forget_agent(self, sender: str) -> None:
-        self.agents = [a for a in self.agents if a[0] != sender]
+    def forget_name(self, name: str) -> None:
+        """The bus name ``name`` went away (NameOwnerChanged): drop its agent."""
+        for uid, agent in list(self.agents.items()):
+            if agent.peer.name == name:
+                del self.agents[uid]
 
-    async def key(self, profile: str) -> Secret:
+    async def key(self, profile: str, requester: Peer | None = None) -> Secret:
+        """The profile's key for a Connect from ``requester`` (None: the helper itself,
+        at start: the secrets file only)."""
         problems: list[str] = []
-        for sender, path in reversed(list(self.agents)):
-            if self.agent_call is None:
-                break
+        agent = self.agents.get(requester.uid) if requester is not None else None
+        if agent is not None and self.agent_call is not None:
             try:
-                answer = await self.agent_call(sender, path, profile, [SECRET_MN_HA_KEY])
-            except Exception as exc:  # agent gone or refused: try the next source
-                problems.append(f"secret agent {sender} did not answer "
-                                f"({type(exc).__name__})")
-                self.forget_agent(sender)
-                continue
-            text = answer.get(SECRET_MN_HA_KEY)
-            if text:
-                return parse_key(text, profile, f"secret agent {sender}")
-            problems.append(f"secret agent {sender} has no {SECRET_MN_HA_KEY} for {profile}")
+                return await self._ask(agent, profile)
+            except SecretError as exc:
+                log.info("profile %s: %s; trying the next source", profile, exc)
+                problems.append(str(exc))
         if self.secrets_file is not None:
             try:
                 return read_secrets_file(self.secrets_file, profile)
             except SecretError as exc:
                 problems.append(str(exc))
         if not problems:
-            problems.append("no secret agent is registered (start the tray, or run "
-                            "trustroamctl connect) and no secrets file is configured")
+            who = f"uid {requester.uid}" if requester is not None else "the helper"
+            problems.append(f"no secret agent is registered for {who} (start the tray) "
+                            "and no secrets file is configured")
         raise SecretError(f"no key for profile {profile!r}: " + "; ".join(problems))
+
+    async def _ask(self, agent: Agent, profile: str) -> Secret:
+        assert self.agent_call is not None
+        if agent.peer.uid != 0 and self.session_check is not None:
+            why = await self.session_check(agent.peer)
+            if why is not None:
+                raise SecretError(f"{agent} not asked: {why}")
+        try:
+            async with asyncio.timeout(self.agent_timeout):
+                answer = await self.agent_call(agent, profile, [SECRET_MN_HA_KEY])
+        except TimeoutError:
+            raise SecretError(f"{agent} did not answer within {self.agent_timeout:g} s"
+                              ) from None
+        except AgentFailed as exc:
+            if exc.gone and self.agents.get(agent.peer.uid) == agent:
+                del self.agents[agent.peer.uid]
+            raise SecretError(f"{agent} failed: {exc}") from None
+        text = answer.get(SECRET_MN_HA_KEY) if isinstance(answer, dict) else None
+        if not isinstance(text, str) or not text:
+            raise SecretError(f"{agent} has no {SECRET_MN_HA_KEY} for {profile}")
+        return parse_key(text, profile, str(agent))

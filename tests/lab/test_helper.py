@@ -18,7 +18,7 @@ from dbus_next.message import Message
 
 from app.api import SECRET_AGENT_INTERFACE
 from app.lab.configs import HA, HOME, PROFILE_TOML, fa_toml, ha_toml, write_helper_files
-from app.lab.world import CHARON_DIR, STATE_DIR
+from app.lab.world import CHARON_DIR, STATE_DIR, LabState
 from tests.dbus_client import NOBODY, call, introspect, properties, run_as
 from tests.haproc import env
 from tests.lab.conftest import mn_address, ns_exec
@@ -67,6 +67,12 @@ def status(world: dict[str, object]) -> dict[str, object]:
     out = ctl(world, "status", "--json")
     assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout))
+
+
+def mode_here() -> str:
+    """The trusted mode the MN reaches on the link it is plugged into now."""
+    net = LabState.load().mn_net or "home"
+    return "h" if net == "home" else "f" if net.startswith("fa") else "c"
 
 
 def wait_mode(world: dict[str, object], mode: str, timeout: float = 15) -> None:
@@ -261,7 +267,7 @@ def test_canary_secret_never_leaves_the_helper(world):
     # Back to the real profile: the agent is gone, the secrets file answers.
     out = ctl(world, "connect", "corp")
     assert out.returncode == 0, out.stderr
-    wait_mode(world, "c")
+    wait_mode(world, mode_here())
     helper, monitor = world["helper"], world["monitor"]
     assert isinstance(helper, Proc) and isinstance(monitor, Proc)
     seen = {"helper output": "".join(helper.out.seen),
@@ -280,16 +286,23 @@ def test_canary_secret_never_leaves_the_helper(world):
 
 def test_bad_secret_is_refused_with_a_message_that_names_the_profile(world):
     async def go(bus):
-        agent = SecretAgent({"corp": {"mn_ha_key": f"hex:{CANARY}zz"}})
+        agent = SecretAgent({"canary": {"mn_ha_key": f"hex:{CANARY}zz"},
+                             "corp": {"mn_ha_key": f"hex:{CANARY}zz"}})
         bus.export("/org/trustroam/test/agent2", agent)
         await call(bus, "RegisterSecretAgent", "o", ["/org/trustroam/test/agent2"])
-        return await call(bus, "Connect", "s", ["corp"])
-    ok, text = run_as(None, str(world["bus"]), go)
+        # No other source for canary: the agent's bad answer is the error.
+        canary = await call(bus, "Connect", "s", ["canary"])
+        # corp is in the secrets file: a bad answer means "try the next source".
+        corp = await call(bus, "Connect", "s", ["corp"])
+        return canary, corp, agent.asked
+    (ok, text), corp, asked = run_as(None, str(world["bus"]), go)
     assert not ok
-    assert "corp" in text and "not hex digits" in text, text
+    assert "canary" in text and "not hex digits" in text, text
+    assert "secrets file has no [canary]" in text, text
     assert CANARY not in text
-    # Nothing was lost: the running connection is still the good one.
-    assert status(world)["State"] == "trusted"
+    assert corp[0], corp
+    assert asked == ["canary", "corp"]
+    wait_mode(world, mode_here())  # the file's key, the right one: trusted again
 
 
 def test_resume_from_suspend_reprobes_at_once(world):

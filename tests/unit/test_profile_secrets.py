@@ -9,7 +9,7 @@ import pytest
 
 from app.config import ConfigError
 from app.mn import profile
-from app.service.secrets import Secret, SecretError, SecretSource, read_secrets_file
+from app.service.secrets import Peer, Secret, SecretError, SecretSource, read_secrets_file
 from tests.requirements import require_root
 
 GOOD = """
@@ -101,25 +101,23 @@ def test_secrets_file_owned_by_someone_else_is_refused(tmp_path):
         read_secrets_file(f, "corp")
 
 
-async def test_agents_first_then_the_file(tmp_path):
+async def test_the_callers_agent_first_then_the_file(tmp_path):
     f = secrets_file(tmp_path, f'[corp]\nmn_ha_key = "hex:{KEY}"\n')
     calls = []
 
-    async def agent(sender, path, prof, keys):
-        calls.append(sender)
-        if sender == ":1.gone":
-            raise RuntimeError("org.freedesktop.DBus.Error.ServiceUnknown")
+    async def agent(a, prof, keys):
+        calls.append(a.peer.name)
         return {"mn_ha_key": "hex:" + "ab" * 16} if prof == "corp" else {}
 
     src = SecretSource(agent, f)
-    src.register_agent(":1.tray", "/agent")
-    src.register_agent(":1.gone", "/agent")
-    key = await src.key("corp")
+    tray = Peer(":1.tray", 1000, 42)
+    src.register_agent(tray, "/agent")
+    key = await src.key("corp", tray)
     assert key == Secret(bytes.fromhex("ab" * 16))
-    assert calls == [":1.gone", ":1.tray"] and src.agents == [(":1.tray", "/agent")]
+    assert calls == [":1.tray"]
     with pytest.raises(SecretError) as exc:
-        await src.key("other")
-    assert "secret agent :1.tray has no mn_ha_key for other" in str(exc.value)
+        await src.key("other", tray)
+    assert "secret agent :1.tray (uid 1000) has no mn_ha_key for other" in str(exc.value)
     assert "no [other] mn_ha_key" in str(exc.value)
 
 

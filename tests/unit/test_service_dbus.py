@@ -1,0 +1,181 @@
+"""The helper's D-Bus plumbing without a bus (issue 11): every failure is one
+documented error with a one-line message and no traceback or path, nothing is
+re-raised into dbus-next (which logs ~15 lines per refusal); polkit is asked with
+interaction only when the caller's message allows it, and never waited on forever."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from dbus_next.constants import MessageFlag, MessageType
+from dbus_next.errors import DBusError
+from dbus_next.message import Message
+from dbus_next.signature import Variant
+
+from app.api import ERROR_FAILED, ERROR_NOT_AUTHORIZED
+from app.net.mn_routes import Backend
+from app.service import bus as busio
+from app.service import polkit as polkit_mod
+from app.service.dbus_api import CALLER, HelperInterface, SenderAwareBus, caller_text
+from app.service.helper import Helper
+from app.service.polkit import Authorizer
+from app.service.secrets import Peer, SecretSource
+
+
+def call_msg(member="ListProfiles", flags=MessageFlag.NONE):
+    msg = Message(destination="org.trustroam.Helper1", path="/org/trustroam/Helper1",
+                  interface="org.trustroam.Helper1", member=member, flags=flags, serial=7)
+    msg.sender = ":1.99"
+    return msg
+
+
+def sending_bus():
+    bus = SenderAwareBus.__new__(SenderAwareBus)  # no connection: only replies are seen
+    sent: list[Message] = []
+    bus.send = sent.append  # type: ignore[method-assign]
+    return bus, sent
+
+
+def test_an_unexpected_exception_is_one_line_without_traceback_or_path(caplog):
+    bus, sent = sending_bus()
+    caplog.set_level(logging.DEBUG)
+    with bus._send_reply(call_msg()):  # must not re-raise
+        raise OSError(40, "Too many levels of symbolic links",
+                      "/etc/trustroam/profiles/loop.toml")
+    [reply] = sent
+    assert reply.message_type is MessageType.ERROR and reply.error_name == ERROR_FAILED
+    text = reply.body[0]
+    assert "Traceback" not in text and "/etc" not in text and ".py" not in text, text
+    assert "\n" not in text
+    assert len(caplog.records) == 1 and "\n" not in caplog.records[0].getMessage()
+
+
+def test_a_dbus_error_is_answered_once_and_not_logged(caplog):
+    bus, sent = sending_bus()
+    caplog.set_level(logging.DEBUG)
+    with bus._send_reply(call_msg("Connect")):
+        raise DBusError(ERROR_NOT_AUTHORIZED, "not authorised for org.trustroam.connect")
+    [reply] = sent
+    assert reply.error_name == ERROR_NOT_AUTHORIZED
+    assert reply.body == ["not authorised for org.trustroam.connect"]
+    assert caplog.records == []
+
+
+def test_caller_text_keeps_addresses_and_drops_paths():
+    assert caller_text("cannot open /etc/trustroam/secrets.toml: x") == \
+        "cannot open <path>: x"
+    assert caller_text("10.20.1.0/24 and 'a/b'") == "10.20.1.0/24 and 'a/b'"
+    assert caller_text("one\ntwo\r\nthree") == "one two three"
+    assert len(caller_text("x" * 10_000)) <= 300
+
+
+class FakeBus:
+    """Answers CheckAuthorization with ``answer`` (or never); records what it got."""
+
+    def __init__(self, answer=None):
+        self.answer = answer
+        self.calls: list[Message] = []
+        self.sent: list[Message] = []
+        self._method_return_handlers: dict[int, object] = {}
+
+    async def call(self, msg):
+        self.calls.append(msg)
+        if self.answer is None:
+            await asyncio.Event().wait()
+        return Message(message_type=MessageType.METHOD_RETURN, reply_serial=1,
+                       signature="(bba{ss})", body=[self.answer])
+
+    async def send(self, msg):
+        self.sent.append(msg)
+
+
+async def test_polkit_interaction_only_when_the_caller_allows_it():
+    bus = FakeBus([False, True, {}])
+    auth = Authorizer(bus)  # type: ignore[arg-type]
+    allowed, why = await auth.check(":1.5", "org.trustroam.configure")
+    assert not allowed and "authentication is required" in why
+    assert bus.calls[-1].body[3] == 0  # no AllowUserInteraction
+    await auth.check(":1.5", "org.trustroam.configure", interactive=True)
+    assert bus.calls[-1].body[3] == 1
+
+
+async def test_the_message_flag_decides_interaction():
+    seen = []
+
+    class Recorder:
+        bus = None
+
+        async def check(self, sender, action, *, interactive=False):
+            seen.append(interactive)
+            return False, "no"
+
+    helper = Helper(profiles_dir=None, extra_profiles=[], secrets=SecretSource(None, None),
+                    backend=Backend.USERSPACE)
+    iface = HelperInterface(helper, Recorder())  # type: ignore[arg-type]
+    for flags in (MessageFlag.NONE, MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION):
+        token = CALLER.set(call_msg("Connect", flags))
+        try:
+            with pytest.raises(DBusError):
+                await iface._authorize("org.trustroam.connect")
+        finally:
+            CALLER.reset(token)
+    assert seen == [False, True]
+
+
+async def test_polkit_that_never_answers_is_bounded_and_named(monkeypatch):
+    monkeypatch.setattr(polkit_mod, "BUS_TIMEOUT", 0.05)
+    bus = FakeBus(None)
+    auth = Authorizer(bus, check_timeout=0.05)  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        allowed, why = await auth.check(":1.5", "org.trustroam.connect")
+    assert not allowed and "polkit did not answer within 0.05 s" in why
+    assert [m.member for m in bus.sent] == ["CancelCheckAuthorization"]
+    assert bus._method_return_handlers == {}
+
+
+class ScriptedBus:
+    """Answers each call from a script of (error name or None, signature, body);
+    "never" leaves the call pending, as a hung peer does."""
+
+    def __init__(self, *script):
+        self.script = list(script)
+        self._method_return_handlers: dict[int, object] = {}
+        self.serial = 0
+
+    async def call(self, msg):
+        self.serial += 1
+        msg.serial = self.serial
+        self._method_return_handlers[msg.serial] = object()  # as dbus-next keeps one
+        step = self.script.pop(0)
+        if step == "never":
+            await asyncio.Event().wait()
+        error, signature, body = step
+        del self._method_return_handlers[msg.serial]
+        if error:
+            return Message(message_type=MessageType.ERROR, reply_serial=msg.serial,
+                           error_name=error, signature="s", body=["no"])
+        return Message(message_type=MessageType.METHOD_RETURN, reply_serial=msg.serial,
+                       signature=signature, body=body)
+
+
+async def test_an_unanswered_call_leaves_no_reply_handler_behind():
+    bus = ScriptedBus("never")
+    with pytest.raises(busio.PeerError, match=r"the peer did not answer within 0\.05 s"):
+        await busio.call(bus, Message(destination=":1.5", path="/", member="X"), 0.05,
+                         "the peer")
+    assert bus._method_return_handlers == {}
+
+
+@pytest.mark.parametrize(("script", "why"), [
+    ([("org.freedesktop.DBus.Error.ServiceUnknown", "", [])], None),  # no logind
+    ([("org.freedesktop.login1.NoSessionForPID", "", [])], "in no login session"),
+    ([(None, "o", ["/s/1"]), (None, "v", [Variant("b", True)])], None),
+    ([(None, "o", ["/s/1"]), (None, "v", [Variant("b", False)])], "not the active one"),
+    (["never"], "logind did not answer"),
+])
+async def test_an_agents_session_must_be_active_where_logind_runs(monkeypatch, script, why):
+    monkeypatch.setattr(busio, "BUS_TIMEOUT", 0.05)
+    got = await busio.session_check(ScriptedBus(*script), Peer(":1.7", 1000, 4242))
+    assert got == why if why is None else why in got
