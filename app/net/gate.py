@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 import shutil
 
@@ -66,7 +67,10 @@ class _LibNftables:
         return err.decode(errors="replace").strip() if err else "unknown error"
 
 
+@functools.cache
 def _libnftables() -> _LibNftables | None:
+    """One context per process: each holds a netlink socket, and a gate is made per
+    Connect (one context per gate left a socket open per connection)."""
     path = ctypes.util.find_library("nftables")
     for candidate in (path, "libnftables.so.1"):
         if candidate:
