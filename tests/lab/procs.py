@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from app.lab.configs import HOME
+from app.lab.configs import HOME, fa_toml, ha_toml
 from tests.haproc import env
 from tests.lines import Lines
 
@@ -50,3 +54,31 @@ def capture(node: str, iface: str, bpf: str) -> Proc:
     assert cap.err is not None
     cap.err.wait("listening on")
     return cap
+
+
+@contextmanager
+def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
+                 fa_advert_interval: float = 1.0) -> Iterator[dict[str, object]]:
+    """The HA, the FA on fa1 and trustroamd (profile ``corp`` connected), and a
+    ``trustroamctl monitor`` whose lines are the helper's property changes."""
+    (d / "ha.toml").write_text(ha_toml(d / "ha-state"))
+    (d / "fa.toml").write_text(fa_toml("fa1", advert_interval=fa_advert_interval))
+    ha = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config", str(d / "ha.toml"))
+    fa = Proc("tr-fa1", sys.executable, "-m", "app.agents.fa_cli", "--config",
+              str(d / "fa.toml"))
+    helper = monitor = None
+    try:
+        ha.wait("serving registrations")
+        fa.wait("foreign agent on fa")
+        helper = Proc("tr-mn", sys.executable, "-m", "app.service.daemon", "--profiles-dir",
+                      str(profiles), "--secrets", str(secrets), "--connect", "corp",
+                      "--links", "rtnetlink", extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
+        helper.wait("serving org.trustroam.Helper1")
+        monitor = Proc("tr-mn", sys.executable, "-m", "app.ctl", "monitor",
+                       extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
+        yield {"bus": bus, "helper": helper, "monitor": monitor, "dir": d,
+               "profiles": profiles}
+    finally:
+        for p in (monitor, helper, fa, ha):
+            if p is not None:
+                p.stop()

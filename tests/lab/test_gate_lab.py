@@ -27,13 +27,13 @@ from pathlib import Path
 
 import pytest
 
-from app.lab.configs import CN, HA, HOME, fa_toml, ha_toml, write_helper_files
+from app.lab.configs import CN, HA, HOME, MN_HA_KEY, PROFILE_TOML, write_helper_files
 from app.lab.topology import MN, MN_IFACE, SWITCH
 from app.lab.world import LabState
 from tests.dbus_client import call, run_as
 from tests.haproc import env
 from tests.lab.conftest import mn_address, ns_exec
-from tests.lab.procs import Proc
+from tests.lab.procs import Proc, helper_world
 from tests.requirements import TSHARK, require_tshark
 
 REPEATS = int(os.environ.get("TRUSTROAM_GATE_REPEATS", "10"))
@@ -42,15 +42,6 @@ BRIDGES = {"pub": "br-pub", "nat": "br-natl", "t1": "br-t1", "t2": "br-t2", "hom
            "fa1": "br-fa1"}
 ORIGINS = {"h": "home", "c": "t1", "f": "fa1"}
 TARGETS = {"h": ("pub", "nat", "t1"), "c": ("pub", "nat", "t2"), "f": ("pub", "nat", "t2")}
-SHORT_PROFILE = f"""home_address = "{HOME}"
-home_network = "10.20.1.0/24"
-home_agent = "{HA}"
-spi = 256
-interface = "eth0"
-[probe]
-initial_timeout = 1.0
-retries = 1
-"""
 
 SENDER = f"""
 import errno, socket, time
@@ -84,34 +75,19 @@ while True:
 def world(lab) -> Iterator[dict[str, object]]:
     # Not pytest's tmp_path: captures must outlive any other pytest run's clean-up.
     d = Path(tempfile.mkdtemp(prefix="trustroam-gate-"))
-    (d / "ha.toml").write_text(ha_toml(d / "ha-state"))
-    # Advertising often: the origin mode f is reached again quickly after each move.
-    (d / "fa.toml").write_text(fa_toml("fa1", advert_interval=0.2))
     profiles, secrets = write_helper_files(d, "corp")
-    (profiles / "corp.toml").write_text(SHORT_PROFILE)
-    (profiles / "short.toml").write_text("lifetime = 6\n" + SHORT_PROFILE)
+    (profiles / "short.toml").write_text("lifetime = 6\n" + PROFILE_TOML)
     with open(secrets, "a") as f:
-        f.write(f'[short]\nmn_ha_key = "hex:{"00112233445566778899aabbccddeeff"}"\n')
-    bus = lab.nm_bus()
-    ha = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config", str(d / "ha.toml"))
-    fa = Proc("tr-fa1", sys.executable, "-m", "app.agents.fa_cli", "--config",
-              str(d / "fa.toml"))
-    ha.wait("serving registrations")
-    fa.wait("foreign agent on fa")
-    helper = Proc("tr-mn", sys.executable, "-m", "app.service.daemon", "--profiles-dir",
-                  str(profiles), "--secrets", str(secrets), "--connect", "corp",
-                  "--links", "rtnetlink", extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
-    monitor = None
+        f.write(f'[short]\nmn_ha_key = "hex:{MN_HA_KEY}"\n')
     try:
-        helper.wait("serving org.trustroam.Helper1")
-        monitor = Proc("tr-mn", sys.executable, "-m", "app.ctl", "monitor",
-                       extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
-        monitor.wait("trustroam: ")
-        yield {"bus": bus, "helper": helper, "monitor": monitor, "dir": d}
+        # Advertising often: the origin mode f is reached again quickly after each move.
+        with helper_world(lab.nm_bus(), d, profiles, secrets,
+                          fa_advert_interval=0.2) as world:
+            monitor = world["monitor"]
+            assert isinstance(monitor, Proc)
+            monitor.wait("trustroam: ")
+            yield world
     finally:
-        for p in (monitor, helper, fa, ha):
-            if p is not None:
-                p.stop()
         if not os.environ.get("TRUSTROAM_KEEP_CAPTURES"):
             shutil.rmtree(d, ignore_errors=True)
 

@@ -17,12 +17,12 @@ import pytest
 from dbus_next.message import Message
 
 from app.api import SECRET_AGENT_INTERFACE
-from app.lab.configs import HA, HOME, PROFILE_TOML, fa_toml, ha_toml, write_helper_files
+from app.lab.configs import HA, HOME, PROFILE_TOML, write_helper_files
 from app.lab.world import CHARON_DIR, STATE_DIR, LabState
 from tests.dbus_client import NOBODY, call, introspect, properties, run_as
 from tests.haproc import env
 from tests.lab.conftest import mn_address, ns_exec
-from tests.lab.procs import TCP_ECHO_SERVER, Proc, capture
+from tests.lab.procs import TCP_ECHO_SERVER, Proc, capture, helper_world
 from tests.secret_agent import SecretAgent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,30 +31,10 @@ CANARY = "c4a9a7c4a9a7c4a9a7c4a9a7c4a9a7c4"  # never shared with the HA: it must
 @pytest.fixture(scope="module")
 def world(lab, tmp_path_factory) -> Iterator[dict[str, object]]:
     d = tmp_path_factory.mktemp("helper")
-    (d / "ha.toml").write_text(ha_toml(d / "ha-state"))
-    (d / "fa.toml").write_text(fa_toml("fa1"))
     profiles, secrets = write_helper_files(d, "corp")
     (profiles / "canary.toml").write_text(PROFILE_TOML)
-    bus = lab.nm_bus()
-    ha = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config", str(d / "ha.toml"))
-    fa = Proc("tr-fa1", sys.executable, "-m", "app.agents.fa_cli", "--config",
-              str(d / "fa.toml"))
-    ha.wait("serving registrations")
-    fa.wait("foreign agent on fa")
-    helper = Proc("tr-mn", sys.executable, "-m", "app.service.daemon", "--profiles-dir",
-                  str(profiles), "--secrets", str(secrets), "--connect", "corp",
-                  "--links", "rtnetlink", extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
-    monitor = None
-    try:
-        helper.wait("serving org.trustroam.Helper1")
-        monitor = Proc("tr-mn", sys.executable, "-m", "app.ctl", "monitor",
-                       extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
-        yield {"bus": bus, "helper": helper, "monitor": monitor, "dir": d,
-               "profiles": profiles}
-    finally:
-        for p in (monitor, helper, fa, ha):
-            if p is not None:
-                p.stop()
+    with helper_world(lab.nm_bus(), d, profiles, secrets) as world:
+        yield world
 
 
 def ctl(world: dict[str, object], *args: str) -> subprocess.CompletedProcess[str]:
