@@ -98,6 +98,9 @@ def default() -> Topology:
         Port("tr-nat", "ext", "ext", _i("198.51.100.3/24")),
         Port("tr-er", "pub", "pub", _i("203.0.113.1/24")),
         Port("tr-nat", "natl", "natl", _i("192.168.50.1/24")),
+        # an intranet branch behind a masquerading router: trusted, but behind a NAT
+        Port("tr-bnat", "core", "core", _i("10.0.0.21/24")),
+        Port("tr-bnat", "bnat", "bnat", _i("192.168.60.1/24")),
     )
     intranet = ("10.20.0.0/16", "10.30.0.0/16", "10.40.0.0/16")
     routes = {
@@ -114,6 +117,7 @@ def default() -> Topology:
         "tr-gw2": (("default", "172.16.0.1"),),
         "tr-er": (("172.16.0.0/24", "198.51.100.2"),),
         "tr-nat": (("default", "198.51.100.1"),),
+        "tr-bnat": (("default", "10.0.0.1"),),
     }
     access = {
         "home": AccessNet("home", "home", True, "tr-ir", _i("10.20.1.254/24"),
@@ -130,13 +134,15 @@ def default() -> Topology:
                          ("203.0.113.100", "203.0.113.200")),
         "nat": AccessNet("nat", "natl", False, "tr-nat", _i("192.168.50.1/24"),
                          ("192.168.50.100", "192.168.50.200"), behind_nat=True),
+        "bnat": AccessNet("bnat", "bnat", True, "tr-bnat", _i("192.168.60.1/24"),
+                          ("192.168.60.100", "192.168.60.200"), behind_nat=True),
     }
     nodes = ("tr-sw", "tr-ir", "tr-fw", "tr-ha", "tr-cn", "tr-fa1", "tr-fa2", "tr-gw1",
-             "tr-gw2", "tr-er", "tr-nat", MN)
-    links = ("core", "home", "t1", "t2", "fa1", "fa2", "dmz", "ext", "pub", "natl")
+             "tr-gw2", "tr-er", "tr-nat", "tr-bnat", MN)
+    links = ("core", "home", "t1", "t2", "fa1", "fa2", "dmz", "ext", "pub", "natl", "bnat")
     return Topology(nodes, links, ports, routes,
                     frozenset({"tr-ir", "tr-fw", "tr-fa1", "tr-fa2", "tr-er", "tr-nat",
-                               "tr-gw1", "tr-gw2", "tr-ha"}), access)
+                               "tr-bnat", "tr-gw1", "tr-gw2", "tr-ha"}), access)
 
 
 def bridge(link: str) -> str:

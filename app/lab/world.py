@@ -90,6 +90,9 @@ def _sysctl_writes(node: str, router: bool) -> list[str]:
     return settings
 
 
+NATS = {"tr-nat": "ext", "tr-bnat": "core"}
+"""Masquerading routers and the interface they hide their side behind: the public
+NAT (untrusted) and an intranet branch's (trusted, RFC 5266 section 4)."""
 BRIDGE_NF = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables",
              "net.bridge.bridge-nf-call-arptables")
 
@@ -246,28 +249,32 @@ table inet tr_fw {
         rules = rules.replace("{inside_to_dmz}", "accept" if self.gw_inside else "drop")
         await _run("ip", "netns", "exec", "tr-fw", "nft", "-f", "-", stdin=rules)
 
-    def set_nat(self, *, fully_random: bool) -> None:
-        """Reload the NAT: ``fully_random`` makes it pick a new port for each new mapping."""
-        subprocess.run(["ip", "netns", "exec", "tr-nat", "nft", "delete", "table", "ip",
+    def set_nat(self, *, fully_random: bool, node: str = "tr-nat") -> None:
+        """Reload a NAT (``tr-nat`` outside, ``tr-bnat`` the trusted branch):
+        ``fully_random`` makes it pick a new port for each new mapping."""
+        subprocess.run(["ip", "netns", "exec", node, "nft", "delete", "table", "ip",
                         "tr_nat"], capture_output=True, check=False)
-        asyncio.run(self._nat(fully_random))
+        asyncio.run(self._one_nat(node, NATS[node], fully_random))
 
-    def flush_nat_mappings(self) -> None:
+    def flush_nat_mappings(self, node: str = "tr-nat") -> None:
         """Forget every NAT mapping, as a NAT reboot or timeout would."""
-        subprocess.run(["ip", "netns", "exec", "tr-nat", "conntrack", "-F"],
+        subprocess.run(["ip", "netns", "exec", node, "conntrack", "-F"],
                        capture_output=True, check=False)
 
-    async def _nat(self, fully_random: bool = False) -> None:
+    async def _nat(self) -> None:
+        await asyncio.gather(*(self._one_nat(node, out) for node, out in NATS.items()))
+
+    async def _one_nat(self, node: str, out: str, fully_random: bool = False) -> None:
         masq = "masquerade fully-random" if fully_random else "masquerade"
         rules = f"""
 table ip tr_nat {{
   chain postrouting {{
     type nat hook postrouting priority srcnat;
-    oifname "ext" {masq}
+    oifname "{out}" {masq}
   }}
 }}
 """
-        await _run("ip", "netns", "exec", "tr-nat", "nft", "-f", "-", stdin=rules)
+        await _run("ip", "netns", "exec", node, "nft", "-f", "-", stdin=rules)
 
     def _start_dnsmasq(self, net: AccessNet) -> int:
         port = self.topo.port(net.dhcp_server, net.link)

@@ -221,6 +221,15 @@ class AccessModeMachine:
         self._drain(now)
         return self._take()
 
+    def reregister(self, now: float) -> list[Action]:
+        """Register the current binding again now (RFC 3519 4.10: the NAT mapping may
+        have changed), through the same path as the binding."""
+        if self.phase is State.TRUSTED and self.client.reregister(now):
+            self._actions.append(Note("nat-rebind", "keepalives went unanswered: "
+                                                    "registering again"))
+        self._drain(now)
+        return self._take()
+
     def handle_timer(self, now: float) -> list[Action]:
         self.client.handle_timer(now)
         self._drain(now)

@@ -27,12 +27,16 @@ from ipaddress import IPv4Address
 from app.api import HistoryEntry, Mode, Probe, Snapshot, State
 from app.mip.errors import DecodeError
 from app.mip.icmp import AgentAdvertisement, AgentFlags, AgentSolicitation
+from app.mip.messages import MIP_PORT
 from app.mn import access_mode as am
 from app.mn.link_tracker import LinkTracker
+from app.mn.nat_keepalive import Action as KeepaliveAction
+from app.mn.nat_keepalive import NatKeepalive, echo_request, parse_echo_reply
 from app.mn.profile import Profile
 from app.mn.registration import RegistrationClient
 from app.net.gate import TrafficGate
 from app.net.gate_rules import ProvenPath
+from app.net.ipip import TUNNEL_DATA_HEADER
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import LinkInfo, MobileNodeRoutes
 
@@ -40,6 +44,8 @@ log = logging.getLogger("trustroam.mn")
 ALL_ROUTERS = "224.0.0.2"
 ICMP_ADVERT = 9
 IP_FREEBIND = 15
+DEFAULT_KEEPALIVE = 110
+"""RFC 3519 4.9's K when the home agent's reply names none."""
 SHUTDOWN_WAIT = 1.5
 """Seconds to wait for the home agent to confirm a deregistration at shutdown."""
 
@@ -83,6 +89,8 @@ class MobileNodeDriver:
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._reg: socket.socket | None = None
+        self._keepalive: NatKeepalive | None = None
+        """RFC 3519 keepalives while the binding is UDP-tunnelled."""
         self._reg_source: IPv4Address | None = None
         self._by_source: dict[IPv4Address, socket.socket] = {}
         """Registration sockets bound to another source (the home address)."""
@@ -160,6 +168,7 @@ class MobileNodeDriver:
                     for ev in self.tracker.handle_timer(now):
                         await self._link_event(ev, now)
                     await self._execute(self.machine.handle_timer(now))
+                    await self._keepalive_tick(now)
                 elif isinstance(item, _Stop):
                     stopping = item
                     if self.client.binding is not None and self._reg is not None:
@@ -173,6 +182,7 @@ class MobileNodeDriver:
             self._arm_timer()
 
     async def _link_event(self, ev: am.LinkUp | am.LinkDown | am.LinkLost, now: float) -> None:
+        self._keepalive = None  # a mapping through another link is no mapping here
         if isinstance(ev, am.LinkUp):
             self._probe_started, self._handover_via_fa = now, None
             self._history("link-up", {"interface": ev.iface, "address": str(ev.address),
@@ -197,7 +207,9 @@ class MobileNodeDriver:
                 self._solicit(a.iface)
             elif isinstance(a, am.ConfigureDataPlane):
                 fa = a.care_of_address if a.mode is Mode.FOREIGN_AGENT else None
-                await self.routes.configure(a.mode, foreign_agent=fa)
+                udp = self._reg if a.udp_tunnel and a.mode is Mode.COLOCATED else None
+                await self.routes.configure(a.mode, foreign_agent=fa, udp=udp)
+                self._keepalive_for(a, udp)
             log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
         for a in actions:  # publishing is off the critical path
             if isinstance(a, am.Status):
@@ -359,14 +371,55 @@ class MobileNodeDriver:
         return s
 
     def _readable(self, s: socket.socket) -> None:
+        ha = (str(self.profile.home_agent), MIP_PORT)
         while True:
             try:
-                data = s.recv(4096)
+                data, peer = s.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # e.g. ICMP port unreachable reported on the socket
                 return
+            if data[:1] == TUNNEL_DATA_HEADER[:1] and s is self._reg:
+                # RFC 3519 tunnel data on the registration's port: only from the
+                # home agent's address and port; keepalive answers are ours.
+                if peer == ha and data[:4] == TUNNEL_DATA_HEADER:
+                    self._tunnel_data(data[4:])
+                continue
             self._queue.put_nowait(_Datagram(data))
+
+    def _tunnel_data(self, inner: bytes) -> None:
+        k = self._keepalive
+        echo = parse_echo_reply(inner, self.profile.home_agent) if k is not None else None
+        if k is not None and echo is not None and k.echo_reply(*echo, self.clock()):
+            self._arm_timer()
+            return
+        self.routes.tunnel_write(inner)
+
+    def _keepalive_for(self, a: am.ConfigureDataPlane, udp: socket.socket | None) -> None:
+        b = self.client.binding
+        self._publish(nat_detected=udp is not None and b is not None)
+        if udp is None or b is None:
+            self._keepalive = None
+            return
+        interval = b.keepalive_interval or DEFAULT_KEEPALIVE
+        self._keepalive = NatKeepalive.start(interval, self.clock())
+        self._history("udp-tunnel", {"keepalive_s": str(interval)})
+
+    async def _keepalive_tick(self, now: float) -> None:
+        k = self._keepalive
+        if k is None or self._reg is None:
+            return
+        for action in k.handle_timer(now):
+            if action is KeepaliveAction.SEND_ECHO:
+                packet = echo_request(self.profile.home_address, self.profile.home_agent,
+                                      k.identifier, k.sequence)
+                try:
+                    self._reg.sendto(TUNNEL_DATA_HEADER + packet,
+                                     (str(self.profile.home_agent), MIP_PORT))
+                except OSError as exc:
+                    log.info("keepalive to the home agent not sent: %s", exc.strerror)
+            else:
+                await self._execute(self.machine.reregister(now))
 
     def _icmp_readable(self, s: socket.socket, iface: str) -> None:
         while True:
@@ -416,7 +469,8 @@ class MobileNodeDriver:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        times = [t for t in (self.machine.get_timer(), self.tracker.get_timer())
+        times = [t for t in (self.machine.get_timer(), self.tracker.get_timer(),
+                             self._keepalive.get_timer() if self._keepalive else None)
                  if t is not None]
         if times and self._loop is not None:
             delay = max(0.0, min(times) - self.clock())

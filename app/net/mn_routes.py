@@ -25,6 +25,7 @@ helper stops.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from app.api import Mode
+from app.mip.messages import MIP_PORT
 from app.net.arp import ArpAnnouncer
 from app.net.ipip import MTU, Endpoint, Key, UserspaceTunnel
 from app.net.pyroute import AsyncIPRoute
@@ -113,8 +115,8 @@ class MobileNodeRoutes:
                                 src=str(link.address.ip), src_len=32)
         self.link = link
 
-    async def configure(self, mode: Mode, foreign_agent: IPv4Address | None = None
-                        ) -> None:
+    async def configure(self, mode: Mode, foreign_agent: IPv4Address | None = None,
+                        udp: socket.socket | None = None) -> None:
         """Put the home address and the default path where ``mode`` needs them.
 
         Only what differs from the current mode is changed (a c -> c move is two
@@ -129,7 +131,7 @@ class MobileNodeRoutes:
         index = await self._index(link.iface)
         routes: dict[str, dict[str, Any]] = {}
         if mode is Mode.COLOCATED:
-            tun = await self._tunnel_device(link)
+            tun = await self._tunnel_device(link, udp)
             home_at = (tun, 32)
             routes[f"{self.home_agent}/32"] = {"gateway": str(link.gateway), "oif": index,
                                                "prefsrc": str(link.address.ip)}
@@ -193,6 +195,11 @@ class MobileNodeRoutes:
         await self._remove_home_address()
         await self._home_address(index, 32)
 
+    def tunnel_write(self, inner: bytes) -> None:
+        """A packet the home agent tunnelled over UDP (RFC 3519), into the tunnel device."""
+        if self._tunnel is not None:
+            self._tunnel.write(inner)
+
     async def finish(self) -> None:
         """Clean-up left out of the critical path by :meth:`configure`."""
         stale, self._stale_home = self._stale_home, None
@@ -239,7 +246,10 @@ class MobileNodeRoutes:
                             prefixlen=prefixlen)
         self._home_on = (index, prefixlen)
 
-    async def _tunnel_device(self, link: LinkInfo) -> int:
+    async def _tunnel_device(self, link: LinkInfo, udp: socket.socket | None = None) -> int:
+        if udp is not None and self.backend is Backend.KERNEL:
+            raise OSError(EOPNOTSUPP, "RFC 3519 UDP tunnelling needs the userspace data "
+                          "plane (trustroamd --dataplane userspace)")
         if self.backend is Backend.KERNEL:
             if self._tunnel_index is None:
                 await self.ipr.link("add", ifname=TUNNEL, kind="ipip",
@@ -260,6 +270,13 @@ class MobileNodeRoutes:
             self._tunnel.start()
             self._tunnel_index = await self._index(TUNNEL)
             await self.ipr.link("set", index=self._tunnel_index, state="up", mtu=MTU)
+        if self._tunnel is not None:
+            # RFC 3519: through a NAT the tunnel is UDP from the registration's own
+            # socket (the NAT mapping the home agent bound); else plain IP-in-IP.
+            if udp is not None:
+                self._tunnel.attach_udp(udp)
+            self._tunnel.set_route(None, Endpoint(str(self.home_agent),
+                                                  MIP_PORT if udp is not None else None))
         assert self._tunnel_index is not None
         return self._tunnel_index
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,10 +60,11 @@ def capture(node: str, iface: str, bpf: str) -> Proc:
 
 @contextmanager
 def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
-                 fa_advert_interval: float = 1.0) -> Iterator[dict[str, object]]:
+                 fa_advert_interval: float = 1.0, ha_extra: str = ""
+                 ) -> Iterator[dict[str, object]]:
     """The HA, the FA on fa1 and trustroamd (profile ``corp`` connected), and a
     ``trustroamctl monitor`` whose lines are the helper's property changes."""
-    (d / "ha.toml").write_text(ha_toml(d / "ha-state"))
+    (d / "ha.toml").write_text(ha_toml(d / "ha-state", ha_extra))
     (d / "fa.toml").write_text(fa_toml("fa1", advert_interval=fa_advert_interval))
     ha = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config", str(d / "ha.toml"))
     fa = Proc("tr-fa1", sys.executable, "-m", "app.agents.fa_cli", "--config",
@@ -77,8 +80,33 @@ def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
         monitor = Proc("tr-mn", sys.executable, "-m", "app.ctl", "monitor",
                        extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
         yield {"bus": bus, "helper": helper, "monitor": monitor, "dir": d,
-               "profiles": profiles}
+               "profiles": profiles, "ha": ha}
     finally:
         for p in (monitor, helper, fa, ha):
             if p is not None:
                 p.stop()
+
+
+def history(world: dict[str, object], n: int = 200) -> list[tuple[float, str, dict[str, str]]]:
+    """The helper's last ``n`` history entries: (time, kind, details)."""
+    from tests.dbus_client import call, run_as
+    ok, value = run_as(None, str(world["bus"]), lambda bus: call(bus, "GetHistory", "u", [n]))
+    assert ok, value
+    return [(float(t), str(k), dict(v)) for t, k, v in value[0]]
+
+
+def wait_history(world: dict[str, object], since: float, kind: str,
+                 match: dict[str, str] | None = None, timeout: float = 15
+                 ) -> dict[str, str]:
+    """The first history entry of ``kind`` (with ``match``'s values) after ``since``;
+    woken by the monitor's next line (a property change), not by a poll interval."""
+    deadline = time.monotonic() + timeout
+    monitor = world["monitor"]
+    assert isinstance(monitor, Proc)
+    while time.monotonic() < deadline:
+        for t, k, d in history(world, 60):
+            if t >= since and k == kind and all(d.get(a) == b for a, b in (match or {}).items()):
+                return d
+        with contextlib.suppress(TimeoutError):
+            monitor.wait("", timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+    raise AssertionError(f"no {kind} {match or ''} since {since}: {history(world, 30)}")
