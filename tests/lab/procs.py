@@ -60,13 +60,14 @@ def capture(node: str, iface: str, bpf: str) -> Proc:
 
 @contextmanager
 def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
-                 fa_advert_interval: float = 1.0, ha_extra: str = ""
-                 ) -> Iterator[dict[str, object]]:
+                 fa_advert_interval: float = 1.0, ha_extra: str = "",
+                 ha_prefix: tuple[str, ...] = ()) -> Iterator[dict[str, object]]:
     """The HA, the FA on fa1 and trustroamd (profile ``corp`` connected), and a
     ``trustroamctl monitor`` whose lines are the helper's property changes."""
     (d / "ha.toml").write_text(ha_toml(d / "ha-state", ha_extra))
     (d / "fa.toml").write_text(fa_toml("fa1", advert_interval=fa_advert_interval))
-    ha = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config", str(d / "ha.toml"))
+    ha = Proc("tr-ha", *ha_prefix, sys.executable, "-m", "app.agents.ha_cli", "--config",
+              str(d / "ha.toml"))
     fa = Proc("tr-fa1", sys.executable, "-m", "app.agents.fa_cli", "--config",
               str(d / "fa.toml"))
     helper = monitor = None
@@ -80,7 +81,7 @@ def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
         monitor = Proc("tr-mn", sys.executable, "-m", "app.ctl", "monitor",
                        extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
         yield {"bus": bus, "helper": helper, "monitor": monitor, "dir": d,
-               "profiles": profiles, "ha": ha}
+               "profiles": profiles, "ha": ha, "fa": fa}
     finally:
         for p in (monitor, helper, fa, ha):
             if p is not None:
