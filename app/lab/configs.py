@@ -16,8 +16,9 @@ FA_CARE_OF = {"fa1": "10.40.1.1", "fa2": "10.40.2.1"}
 FA_NODE = {"fa1": "tr-fa1", "fa2": "tr-fa2"}
 
 
-def ha_toml(state_dir: Path, extra: str = "") -> str:
-    """``extra``: more ``[home_agent]`` keys (e.g. ``keepalive_interval = 2``)."""
+def ha_toml(state_dir: Path, extra: str = "", replay: str = "timestamp") -> str:
+    """``extra``: more ``[home_agent]`` keys (e.g. ``keepalive_interval = 2``);
+    ``replay``: the mobile node's replay protection, "timestamp" or "nonce"."""
     fas = "".join(f'[[foreign_agents]]\ncare_of_address = "{coa}"\nspi = 900\n'
                   f'key = "hex:{FA_HA_KEY}"\n' for coa in FA_CARE_OF.values())
     return (f'[home_agent]\naddress = "{HA}"\nhome_network = "10.20.1.0/24"\n'
@@ -25,6 +26,7 @@ def ha_toml(state_dir: Path, extra: str = "") -> str:
             # The lab measures handovers, not power-cut durability.
             'sync = "normal"\n' + extra +
             f'[[mobile_nodes]]\nhome_address = "{HOME}"\nspi = 256\nkey = "hex:{MN_HA_KEY}"\n'
+            f'replay = "{replay}"\n'
             + fas)
 
 

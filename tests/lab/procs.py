@@ -61,13 +61,14 @@ def capture(node: str, iface: str, bpf: str) -> Proc:
 @contextmanager
 def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
                  fa_advert_interval: float = 1.0, ha_extra: str = "",
-                 ha_prefix: tuple[str, ...] = ()) -> Iterator[dict[str, object]]:
+                 ha_env: dict[str, str] | None = None, replay: str = "timestamp"
+                 ) -> Iterator[dict[str, object]]:
     """The HA, the FA on fa1 and trustroamd (profile ``corp`` connected), and a
     ``trustroamctl monitor`` whose lines are the helper's property changes."""
-    (d / "ha.toml").write_text(ha_toml(d / "ha-state", ha_extra))
+    (d / "ha.toml").write_text(ha_toml(d / "ha-state", ha_extra, replay))
     (d / "fa.toml").write_text(fa_toml("fa1", advert_interval=fa_advert_interval))
-    ha = Proc("tr-ha", *ha_prefix, sys.executable, "-m", "app.agents.ha_cli", "--config",
-              str(d / "ha.toml"))
+    ha = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config",
+              str(d / "ha.toml"), extra_env=ha_env)
     fa = Proc("tr-fa1", sys.executable, "-m", "app.agents.fa_cli", "--config",
               str(d / "fa.toml"))
     helper = monitor = None

@@ -19,10 +19,12 @@ import pytest
 
 from app.lab.configs import HA, HOME, PROFILE_TOML, write_helper_files
 from app.lab.topology import SWITCH
-from tests.lab.procs import TCP_ECHO_SERVER, Proc, helper_world, wait_history
+from app.lab.world import LabState
+from tests.lab.procs import TCP_ECHO_SERVER, Proc, helper_world, history, wait_history
 from tests.requirements import TSHARK, require, require_tshark
 
 FA = "10.40.1.1"
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 TCP_CLIENT = f"""
 import os, socket, sys, time
 c = socket.create_connection(("{HOME}", 7000), timeout=60)
@@ -59,6 +61,7 @@ def test_rfc5944_3_6_1_1_request_through_the_fa_leaves_from_the_home_address_ttl
                str(pcap), "udp dst port 434", stderr_lines=True)
     assert cap.err is not None
     cap.err.wait("listening on")
+    _away_from(lab, "fa1")
     t = time.time()
     try:
         lab.move("fa1")
@@ -80,6 +83,7 @@ def test_rfc5944_3_6_1_1_request_through_the_fa_leaves_from_the_home_address_ttl
 
 def test_a_renewal_through_a_dead_fa_falls_back_to_mode_c_with_the_session_alive(
         lab, world, tmp_path):
+    _away_from(lab, "fa1")
     t = time.time()
     lab.move("fa1")
     wait_history(world, t, "mode", {"state": "trusted", "mode": "f"}, timeout=20)
@@ -114,30 +118,63 @@ def test_a_renewal_through_a_dead_fa_falls_back_to_mode_c_with_the_session_alive
             client.stop()
 
 
+def _away_from(lab, net: str) -> None:
+    """Start elsewhere: the helper's first probe must not race the move under test."""
+    if LabState.load().mn_net == net:
+        lab.move("t2")
+
+
 def _entries(world: dict[str, object]) -> list[tuple[float, str, dict[str, str]]]:
-    from tests.lab.procs import history
     return history(world, 100)
 
 
 @pytest.fixture
 def world_ha_an_hour_behind(lab, tmp_path) -> Iterator[dict[str, object]]:
     """The HA's clock an hour behind the MN's (libfaketime): the MN is an hour ahead."""
-    require(Path("/usr/bin/faketime").exists(),
-            "faketime is not installed (scripts/install-deps installs it)")
+    require(LIBFAKETIME.exists(), "libfaketime is not installed (scripts/install-deps "
+                                  "installs the faketime package)")
     profiles, secrets = write_helper_files(tmp_path, "corp")
+    if LabState.load().mn_net != "t1":
+        lab.move("t1")  # before the helper starts: its first registration is the test
+    # The library itself, not the faketime wrapper: the wrapper forks, and stopping
+    # it would leave the home agent running.
     with helper_world(lab.nm_bus(), tmp_path, profiles, secrets,
-                      ha_prefix=("faketime", "-f", "-1h")) as w:
+                      ha_env={"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": "-1h"}) as w:
         yield w
 
 
 def test_rfc5944_3_6_2_3_a_clock_an_hour_ahead_registers_after_one_133(
         lab, world_ha_an_hour_behind):
     w = world_ha_an_hour_behind
-    t = time.time()
-    lab.move("t1")
-    wait_history(w, t, "mode", {"state": "trusted", "mode": "c"}, timeout=20)
+    wait_history(w, 0, "mode", {"state": "trusted", "mode": "c"}, timeout=20)
     ha = w["ha"]
     assert isinstance(ha, Proc)
     lines = ha.wait("new binding")
     mismatches = [ln for ln in lines if "identification mismatch (133)" in ln]
     assert len(mismatches) == 1, lines
+
+
+@pytest.mark.parametrize("replay", ["timestamp", "nonce"])
+@pytest.mark.parametrize("one_way", [0.2, 0.6])
+def test_rfc5944_3_6_3_a_distant_home_agent_reaches_trusted(lab, tmp_path, replay, one_way):
+    """A home agent 400 ms or 1.2 s away (a transparent delaying forwarder in the
+    internal router), in both replay modes, with the real helper."""
+    profiles, secrets = write_helper_files(tmp_path, "corp")
+    (profiles / "corp.toml").write_text(f'replay = "{replay}"\n' + PROFILE_TOML)
+    if LabState.load().mn_net == "t1":
+        lab.move("t2")
+    delay = Proc("tr-ir", sys.executable, "-m", "tests.lab.delay", "--to", HA,
+                 "--one-way", str(one_way))
+    try:
+        delay.wait("DELAYING")
+        with helper_world(lab.nm_bus(), tmp_path, profiles, secrets, replay=replay) as w:
+            t = time.time()
+            lab.move("t1")
+            wait_history(w, t, "mode", {"state": "trusted", "mode": "c"}, timeout=20)
+            entries = history(w, 60)
+            since, up = max((tm, d) for tm, k, d in entries if k == "link-up")
+            assert up["address"].startswith("10.30.1."), up  # the probe on t1
+            answered = [d for tm, k, d in entries if tm >= since and k == "probe-answered"]
+            assert answered and float(answered[0]["rtt_ms"]) >= 2 * one_way * 1000, answered
+    finally:
+        delay.stop()
