@@ -3,7 +3,8 @@
     python -m tests.gate_probe '{"decision": null | {...}, "tries": [...]}'
 
 Each try is ``{"src": addr|null, "sport": n|null, "dst": addr, "dport": n,
-"proto": "udp"|"icmp", "icmp_type": n, "iface": name|null}``.  Prints one JSON
+"proto": "udp"|"icmp", "icmp_type": n, "iface": name|null, "helper": bool}``
+(``helper``: the socket carries the helper's mark).  Prints one JSON
 list: for each try "sent" or "refused" (a netfilter drop of a local packet is
 EPERM for the sender: the kernel's own verdict, not ours).
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 from app.api import Mode
 from app.net.gate import TrafficGate
-from app.net.gate_rules import GatePolicy, ProvenPath
+from app.net.gate_rules import HELPER_MARK, GatePolicy, ProvenPath
 
 POLICY = GatePolicy(IPv4Address("10.20.1.1"), IPv4Address("10.20.1.10"), "trmn0",
                     (IPv4Address("172.16.0.10"),))
@@ -42,6 +43,8 @@ def try_one(t: dict[str, Any]) -> str:
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         head = struct.pack("!BBHI", t["icmp_type"], 0, 0, 0)
         payload = struct.pack("!BBHI", t["icmp_type"], 0, _checksum(head), 0)
+    if t.get("helper"):  # the helper's own sockets carry its mark
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)
     if t.get("iface"):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, t["iface"].encode())
     if t.get("src") or t.get("sport"):

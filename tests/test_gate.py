@@ -90,8 +90,9 @@ def test_rules_render_as_nftables_accepts_them(world):
 def test_rfc5266_3_4_only_the_decision_traffic_leaves_while_undecided(world):
     tries = {
         "DHCP client to server": udp("255.255.255.255", 67, sport=68),
-        "registration to the home agent": udp(HA, 434),
-        "agent solicitation": {"proto": "icmp", "icmp_type": 10, "dst": "224.0.0.2"},
+        "registration to the home agent": udp(HA, 434, helper=True),
+        "agent solicitation": {"proto": "icmp", "icmp_type": 10, "dst": "224.0.0.2",
+                               "helper": True},
         "IKE to a configured gateway": udp("172.16.0.10", 500),
         "NAT-T to a configured gateway": udp("172.16.0.10", 4500),
         # What the old gate let through, and must not:
@@ -99,7 +100,9 @@ def test_rfc5266_3_4_only_the_decision_traffic_leaves_while_undecided(world):
         "source port 434 to an arbitrary host": udp("203.0.113.7", 53, sport=434),
         "IKE to a host that is no gateway": udp("203.0.113.7", 500),
         "NAT-T to a host that is no gateway": udp("203.0.113.7", 4500),
-        "port 434 of a host that is not the home agent": udp(INTRANET, 434),
+        "port 434 of a host that is not the home agent": udp(INTRANET, 434, helper=True),
+        "another process to the home agent's 434": udp(HA, 434),
+        "another process soliciting": {"proto": "icmp", "icmp_type": 10, "dst": "224.0.0.2"},
         "DHCP server port from a client that is no client": udp("203.0.113.7", 67),
         "ICMP echo to the home agent": {"proto": "icmp", "icmp_type": 8, "dst": HA},
         "normal traffic to the intranet": udp(INTRANET, 9999),
@@ -113,13 +116,18 @@ def test_rfc5266_3_4_only_the_decision_traffic_leaves_while_undecided(world):
 
 
 def test_rfc5266_3_4_a_trusted_decision_opens_only_the_proven_path(world):
-    c = {"iface": "eth0", "address": LINK, "mode": "c"}
+    h = {"iface": "eth0", "address": LINK, "mode": "h"}
     tries = [udp(INTRANET, 9999, src=LINK), udp(INTRANET, 9999, src=NEW_LEASE),
              udp("203.0.113.7", 9999, src=NEW_LEASE)]
-    assert probe(c, tries) == ["sent", "refused", "refused"]
+    assert probe(h, tries) == ["sent", "refused", "refused"]
     # A decision made on the new lease: the old address is no longer proven.
-    moved = {"iface": "eth0", "address": NEW_LEASE, "mode": "c"}
+    moved = {"iface": "eth0", "address": NEW_LEASE, "mode": "h"}
     assert probe(moved, tries, install=False) == ["refused", "sent", "sent"]
+    # Mode c: the care-of address carries the tunnel's outer packets to the home
+    # agent, nothing else in clear.
+    c = {"iface": "eth0", "address": LINK, "mode": "c"}
+    assert probe(c, [udp(HA, 9999, src=LINK), udp(INTRANET, 9999, src=LINK)],
+                 install=False) == ["sent", "refused"]
 
 
 def test_rfc5266_3_4_home_address_in_clear_only_in_modes_h_and_f(world):
@@ -135,32 +143,74 @@ def test_rfc5266_3_4_home_address_in_clear_only_in_modes_h_and_f(world):
 
 
 def test_rfc5266_3_4_forwarded_traffic_is_gated_like_the_hosts_own(world):
+    """A guest behind the mobile node, masqueraded as a desktop's shared connection or
+    libvirt's default network is: it leaves only by the proven path, and not after
+    the decision moved to another address."""
+    nat = ("table ip vmnat {\n chain post {\n type nat hook postrouting priority srcnat;\n"
+           " oifname \"eth0\" ip saddr 192.168.122.0/24 masquerade\n }\n}\n")
+    subprocess.run(["ip", "netns", "exec", MN, "nft", "-f", "-"], input=nat, text=True,
+                   check=True)
     listener = Proc(NET, sys.executable, "-u", "-c",
                     "import socket\n"
                     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
                     f"s.bind(('{INTRANET}', 9999)); print('LISTENING')\n"
                     "while True:\n"
                     "    d, a = s.recvfrom(100); print('GOT', d.decode(), a[0])\n")
+    send = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.sendto(b'%s', ('{INTRANET}', 9999))")
+
+    def guest(text: str) -> None:
+        subprocess.run(["ip", "netns", "exec", VM, sys.executable, "-c", send % text],
+                       check=True)
     try:
         listener.wait("LISTENING")
-        send = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-                f"s.sendto(b'%s', ('{INTRANET}', 9999))")
         probe(None, [])  # undecided
-        subprocess.run(["ip", "netns", "exec", VM, sys.executable, "-c", send % "while shut"],
-                       check=True)
-        probe({"iface": "eth0", "address": LINK, "mode": "c"}, [], install=False)
-        subprocess.run(["ip", "netns", "exec", VM, sys.executable, "-c", send % "when open"],
-                       check=True)
-        got = listener.wait("GOT")
-        # The same path, in order: the first datagram would have arrived first.
-        assert got[-1].split()[1:3] == ["when", "open"], got
-        assert not [ln for ln in listener.out.seen if "while shut" in ln]
+        guest("while-shut")
+        probe({"iface": "eth0", "address": LINK, "mode": "h"}, [], install=False)
+        guest("when-open")
+        assert listener.wait("GOT")[-1].split()[1:3] == ["when-open", LINK]
+        probe({"iface": "eth0", "address": NEW_LEASE, "mode": "h"}, [], install=False)
+        guest("after-the-move")  # still masqueraded as LINK: not the proven address
+        probe({"iface": "eth0", "address": LINK, "mode": "h"}, [], install=False)
+        guest("back")
+        # One path, in order: a datagram let through earlier would have come first.
+        assert listener.wait("GOT")[-1].split()[1] == "back"
+        assert not [ln for ln in listener.out.seen if "while-shut" in ln or "after" in ln]
     finally:
         listener.stop()
+        subprocess.run(["ip", "netns", "exec", MN, "nft", "delete", "table", "ip", "vmnat"],
+                       check=False)
     counter = subprocess.run(["ip", "netns", "exec", MN, "nft", "list", "counter", "inet",
                               "trustroam_gate", "blocked"], capture_output=True, text=True,
                              check=True).stdout
-    assert int(counter.split("packets")[1].split()[0]) >= 1, counter
+    assert int(counter.split("packets")[1].split()[0]) >= 2, counter
+
+
+ARP_ASK = f"""
+from scapy.all import ARP, Ether, srp1
+r = srp1(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="{HOME}", psrc="10.30.1.1"),
+         iface="eth0", timeout=1, verbose=False)
+print("ANSWERED" if r is not None else "SILENT")
+"""
+
+
+def test_rfc5944_4_6_the_home_address_is_not_answered_for_away_from_home(world):
+    """The kernel answers ARP for any of its addresses on any link (arp_ignore=0):
+    the gate's arp table keeps the home address quiet except in mode h there."""
+    ip_batch(MN, [f"addr add {HOME}/32 dev eth0"])
+    try:
+        def ask() -> str:
+            out = subprocess.run(["ip", "netns", "exec", NET, sys.executable, "-c", ARP_ASK],
+                                 capture_output=True, text=True, timeout=30, check=True)
+            return out.stdout.strip()
+        probe({"iface": "eth0", "address": LINK, "mode": "h"}, [])
+        assert ask() == "ANSWERED"  # the control: at home it must answer
+        probe({"iface": "eth0", "address": LINK, "mode": "c"}, [], install=False)
+        assert ask() == "SILENT"
+        probe(None, [], install=False)
+        assert ask() == "SILENT"
+    finally:
+        ip_batch(MN, [f"addr del {HOME}/32 dev eth0"])
 
 
 def test_removing_the_gate_restores_the_host(world):

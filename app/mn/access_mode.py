@@ -199,6 +199,7 @@ class AccessModeMachine:
             if link is not None and event.iface == link.iface and not link.lost:
                 link.lost = True
                 self._shut()  # at once: the cable may be in another network already
+                self._withdraw_home()
                 if self.phase is not State.OFFLINE:
                     self._enter(State.PROBING, Mode.NONE, None)
         elif isinstance(event, LinkDown):
@@ -249,6 +250,7 @@ class AccessModeMachine:
         self._link = _Link(ev.iface, ev.address, ev.gateway, now)
         self._via_fa = False
         self._shut()  # nothing normal leaves while undecided
+        self._withdraw_home()
         self._actions.append(PrepareLink(ev.iface, ev.address, ev.gateway))
         self._enter(State.PROBING, Mode.NONE, None)
         if ev.address.ip in self.home_network:
@@ -384,6 +386,14 @@ class AccessModeMachine:
         if self.gate is not None:
             self.gate = None
             self._actions.append(Gate(None))
+
+    def _withdraw_home(self) -> None:
+        """Mode h's paths go as soon as the home link may be gone (the gate is shut
+        already): its on-link home prefix would send the next probe for the home
+        agent to the new link's ARP, and its address would be answered for there."""
+        if self.configured is Mode.HOME:
+            self.configured = Mode.NONE
+            self._actions.append(ConfigureDataPlane(Mode.NONE, None, None))
 
     def _leave(self, phase: State, error: str | None) -> None:
         """Into untrusted, error or offline: shut first, then withdraw the paths."""

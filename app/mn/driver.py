@@ -34,8 +34,8 @@ from app.mn.nat_keepalive import Action as KeepaliveAction
 from app.mn.nat_keepalive import NatKeepalive, echo_request, parse_echo_reply
 from app.mn.profile import Profile
 from app.mn.registration import RegistrationClient
-from app.net.gate import TrafficGate
-from app.net.gate_rules import ProvenPath
+from app.net.gate import GateError, TrafficGate
+from app.net.gate_rules import HELPER_MARK, ProvenPath
 from app.net.ipip import TUNNEL_DATA_HEADER
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import LinkInfo, MobileNodeRoutes
@@ -246,7 +246,15 @@ class MobileNodeDriver:
     async def _gate(self, path: ProvenPath | None) -> None:
         self._gate_at = self.clock()  # just before the rules change (history, tests)
         if self.gate is not None:
-            await self.gate.decide(path)
+            try:
+                await self.gate.decide(path)
+            except GateError as exc:
+                # Fail closed: an open that did not happen leaves it shut; a shut that
+                # did not happen is the one thing we cannot fix here: say so loudly.
+                log.error("the gate did not change (%s); traffic stays %s", exc,
+                          "blocked" if path is not None else "as it was")
+                self._history("gate-error", {"text": str(exc)})
+                return
         if path is None:
             self.routes.arp.cancel_all()
         elif path.mode is Mode.HOME:
@@ -339,6 +347,7 @@ class MobileNodeDriver:
         self._close_reg()
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ev.iface.encode())
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)  # the gate knows us
         s.bind((str(ev.address.ip), 0))
         s.setblocking(False)
         self._loop.add_reader(s.fileno(), self._readable, s)
@@ -347,6 +356,7 @@ class MobileNodeDriver:
             self._close_icmp()
             i = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
             i.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ev.iface.encode())
+            i.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)
             i.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
             i.setblocking(False)
             self._loop.add_reader(i.fileno(), self._icmp_readable, i, ev.iface)
@@ -360,6 +370,7 @@ class MobileNodeDriver:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)
                 s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
                 s.bind((str(source), 0))
             except OSError:

@@ -107,9 +107,13 @@ class TrafficGate:
         """Open exactly ``path`` (None: undecided, nothing normal leaves)."""
         if not self.installed:
             await self.install()
-        if path == self.path:
-            return
-        await self._run(render_decision(self.policy, path))
+        try:
+            await self._run(render_decision(self.policy, path))
+        except GateError as exc:
+            # Someone removed the tables (an nftables reload, `nft flush ruleset`):
+            # install them again, with this decision, in one transaction.
+            log.warning("gate tables were gone (%s): installing them again", exc)
+            await self._run(render(self.policy, path))
         self.path = path
         if path is None:
             log.info("gate shut: only DHCP, registration, solicitation and IKE leave")
@@ -151,3 +155,18 @@ async def run_nft(script: str, lib: _LibNftables | None, nft: str) -> None:
 async def remove_table() -> None:
     """Remove a gate left by a helper that died (trustroamctl release-gate)."""
     await run_nft(removal(), _libnftables(), shutil.which("nft") or "nft")
+
+
+async def shut_left_gate() -> bool:
+    """A gate a stopped helper left: shut its proven path (True), if there is one.
+
+    Run at every start and after every stop (the unit's ExecStopPost): a helper that
+    died leaves its last decision in place, and that decision is only as good as
+    the link it was made on.
+    """
+    try:
+        await run_nft(f"flush chain inet {TABLE} proven\n", _libnftables(),
+                      shutil.which("nft") or "nft")
+    except GateError:
+        return False  # no table: nothing was left
+    return True

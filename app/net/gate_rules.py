@@ -29,6 +29,10 @@ from app.api import Mode
 
 TABLE = "trustroam_gate"
 COUNTER = "blocked"
+PRIORITY = 110
+"""The gate's postrouting priority: after source NAT (100)."""
+HELPER_MARK = 0x5452
+"""SO_MARK of the helper's own registration and solicitation sockets."""
 MIP_PORT = 434
 ALL_ROUTERS = IPv4Address("224.0.0.2")
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
@@ -74,11 +78,14 @@ def _q(name: str) -> str:
 
 
 def undecided_rules(policy: GatePolicy) -> list[str]:
+    m = f"meta mark {HELPER_MARK:#x}"
     rules = [
-        "udp sport 68 udp dport 67 accept",  # DHCP, client to server only
-        f"ip daddr {policy.home_agent} udp dport {MIP_PORT} accept",  # the direct probe
-        f"ip daddr {{ {ALL_ROUTERS}, {LIMITED_BROADCAST} }} icmp type router-solicitation "
-        "accept",  # agent solicitation (RFC 5944 2.2)
+        "meta nfproto ipv4 udp sport 68 udp dport 67 accept",  # DHCP, client to server
+        # The direct probe and agent solicitation (RFC 5944 2.2): the helper's own
+        # sockets only (marked), not any process that picks the same ports.
+        f"{m} ip daddr {policy.home_agent} udp dport {MIP_PORT} accept",
+        f"{m} ip daddr {{ {ALL_ROUTERS}, {LIMITED_BROADCAST} }} icmp type "
+        "router-solicitation accept",
     ]
     if policy.gateways:
         gws = ", ".join(str(g) for g in policy.gateways)
@@ -87,60 +94,75 @@ def undecided_rules(policy: GatePolicy) -> list[str]:
     return rules
 
 
-def proven_rules(policy: GatePolicy, path: ProvenPath | None) -> tuple[list[str], list[str]]:
-    """(output rules, forward rules) that open exactly the proven path."""
+def proven_rules(policy: GatePolicy, path: ProvenPath | None) -> list[str]:
+    """The rules that open exactly the proven path (local and forwarded traffic alike:
+    the chain runs after source NAT, so a masqueraded guest shows the link address)."""
     if path is None:
-        return [], []
+        return []
     i = _q(path.iface)
-    out = [f"oifname {i} ip saddr {path.link_address} accept"]
-    fwd = [f"oifname {i} meta nfproto ipv4 accept"]
-    if path.mode in (Mode.HOME, Mode.FOREIGN_AGENT):
-        out.append(f"oifname {i} ip saddr {policy.home_address} accept")
     if path.mode is Mode.COLOCATED:
-        t = _q(policy.tunnel)
-        out.append(f"oifname {t} accept")
-        fwd.append(f"oifname {t} accept")
+        # The care-of address carries only the tunnel's outer packets (and, below,
+        # registrations to the link's FA); everything else goes into the tunnel.
+        rules = [f"oifname {i} ip saddr {path.link_address} ip daddr {policy.home_agent} "
+                 "accept", f"oifname {_q(policy.tunnel)} accept"]
+    else:
+        rules = [f"oifname {i} ip saddr {{ {path.link_address}, {policy.home_address} }} "
+                 "accept"]
     if path.foreign_agent is not None:
-        out.append(f"oifname {i} ip daddr {path.foreign_agent} udp dport {MIP_PORT} accept")
+        rules.append(f"oifname {i} ip daddr {path.foreign_agent} udp dport {MIP_PORT} accept")
     # No IPv6 on a managed link, even a proven one: nothing in it is keyed to the
     # decision (link-local addresses and old prefixes survive a move), so its first
     # packets on a new network would leave before the helper shuts the gate.
-    return out, fwd
+    return rules
+
+
+def arp_rules(policy: GatePolicy, path: ProvenPath | None) -> list[str]:
+    """RFC 5944 4.6: no ARP naming the home address (the kernel's replies included)
+    except on the proven home link in mode h."""
+    home = f"arp saddr ip {policy.home_address}"
+    if path is not None and path.mode is Mode.HOME:
+        return [f"oifname != {_q(path.iface)} {home} counter name {COUNTER} drop"]
+    return [f"{home} counter name {COUNTER} drop"]
+
+
+def _chain(name: str, rules: list[str]) -> str:
+    body = "".join(f"    {r}\n" for r in rules)
+    return f"  chain {name} {{\n{body}  }}\n"
 
 
 def render(policy: GatePolicy, path: ProvenPath | None) -> str:
-    """The whole table for one decision (None: undecided), replacing any older one."""
+    """Both tables for one decision (None: undecided), replacing older ones, in one
+    transaction."""
     local = [f"oifname {_q(n)} accept" for n in LOCAL_INTERFACES]
-    out, fwd = proven_rules(policy, path)
-
-    def chain(name: str, rules: list[str]) -> str:
-        body = "".join(f"    {r}\n" for r in rules)
-        return f"  chain {name} {{\n{body}  }}\n"
-
     return (
-        f"table inet {TABLE}\ndelete table inet {TABLE}\n"
-        f"table inet {TABLE} {{\n"
+        removal()
+        + f"table inet {TABLE} {{\n"
         f"  counter {COUNTER} {{ }}\n"
-        + chain("undecided", undecided_rules(policy))
-        + chain("proven", out)
-        + chain("proven_forward", fwd)
-        + chain("output", ["type filter hook output priority 0; policy accept;", *local,
-                           "jump undecided", "jump proven", f"counter name {COUNTER} drop"])
-        + chain("forward", ["type filter hook forward priority 0; policy accept;", *local,
-                            "jump proven_forward", f"counter name {COUNTER} drop"])
+        + _chain("undecided", undecided_rules(policy))
+        + _chain("proven", proven_rules(policy, path))
+        # After source NAT (srcnat is 100): what leaves, with the address it leaves from.
+        + _chain("gate", [f"type filter hook postrouting priority {PRIORITY}; policy accept;",
+                          *local, "jump undecided", "jump proven",
+                          f"counter name {COUNTER} drop"])
+        + "}\n"
+        + f"table arp {TABLE} {{\n"
+        f"  counter {COUNTER} {{ }}\n"
+        + _chain("output", ["type filter hook output priority 0; policy accept;",
+                            *arp_rules(policy, path)])
         + "}\n"
     )
 
 
 def render_decision(policy: GatePolicy, path: ProvenPath | None) -> str:
-    """Only the proven chains, refilled in one transaction (the counter keeps counting)."""
-    out, fwd = proven_rules(policy, path)
-    script = [f"flush chain inet {TABLE} proven", f"flush chain inet {TABLE} proven_forward"]
-    script += [f"add rule inet {TABLE} proven {r}" for r in out]
-    script += [f"add rule inet {TABLE} proven_forward {r}" for r in fwd]
+    """Only the decision's chains, refilled in one transaction (the counters keep
+    counting).  Fails if the tables are gone: then :func:`render` installs them again."""
+    script = [f"flush chain inet {TABLE} proven", f"flush chain arp {TABLE} output"]
+    script += [f"add rule inet {TABLE} proven {r}" for r in proven_rules(policy, path)]
+    script += [f"add rule arp {TABLE} output {r}" for r in arp_rules(policy, path)]
     return "\n".join(script) + "\n"
 
 
 def removal() -> str:
-    """Delete the table whether or not it exists (one transaction)."""
-    return f"table inet {TABLE}\ndelete table inet {TABLE}\n"
+    """Delete both tables whether or not they exist (one transaction)."""
+    return (f"table inet {TABLE}\ndelete table inet {TABLE}\n"
+            f"table arp {TABLE}\ndelete table arp {TABLE}\n")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
@@ -20,6 +21,7 @@ from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import MessageType
 from dbus_next.message import Message
 
+from app.net.carrier import CarrierWatch
 from app.net.links import LinkSnapshot
 
 log = logging.getLogger("trustroam.net.nm")
@@ -60,14 +62,30 @@ class NmLinks:
         self.on_snapshot = on_snapshot
         self._pending = False
         self._closed = False
+        self._last: LinkSnapshot | None = None
+        """NetworkManager's view, before the kernel's carrier is folded in."""
+        self._carrier = CarrierWatch(iface, self._carrier_changed)
 
     async def start(self) -> None:
+        await self._carrier.start()
         await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
                          "AddMatch", "s", [MATCH])
         self.bus.add_message_handler(self._on_message)
         await self.refresh()
 
+    def _carrier_changed(self, iface: str, up: bool) -> None:
+        if self._last is not None and self._last.iface == iface and not self._closed:
+            self._report(self._last)
+
+    def _report(self, nm_view: LinkSnapshot) -> None:
+        """NetworkManager's view, with carrier only while the kernel also has it: a
+        pulled cable is a lost link now, not when NetworkManager gives up."""
+        self._last = nm_view
+        kernel = self._carrier.carrier.get(nm_view.iface)
+        self.on_snapshot(replace(nm_view, carrier=nm_view.carrier and kernel is not False))
+
     async def close(self) -> None:
+        await self._carrier.close()
         self._closed = True
         self.bus.remove_message_handler(self._on_message)
         with contextlib.suppress(NmError):
@@ -104,7 +122,7 @@ class NmLinks:
                           for d in data if "address" in d and "prefix" in d)
             gw = await self._get(ip4, IP4CONFIG, "Gateway")
             gateway = IPv4Address(gw) if gw else None
-        self.on_snapshot(LinkSnapshot(name, state == STATE_ACTIVATED, addrs, gateway))
+        self._report(LinkSnapshot(name, state == STATE_ACTIVATED, addrs, gateway))
 
     async def _device(self) -> tuple[str, str] | None:
         if self.iface is not None:

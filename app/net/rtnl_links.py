@@ -83,12 +83,23 @@ class RtnlLinks:
                 # Applied from the notification itself: a re-read of links, addresses
                 # and routes would parse thousands of netlink attributes in Python in
                 # the middle of the handover it reports.
+                carrier = self._snap.carrier if self._snap is not None else None
                 relevant = self._apply(msg) or relevant
-            if relevant and self._snap is not None:
-                try:
-                    self.on_snapshot(self._snap)
-                except Exception:  # the consumer's problem must not stop the watch
-                    log.exception("link snapshot consumer failed")
+                if self._snap is not None and self._snap.carrier != carrier:
+                    # A carrier change is reported at once, not at the end of the
+                    # batch: a quick unplug and re-plug must not cancel out.
+                    relevant = False
+                    self._emit()
+            if relevant:
+                self._emit()
+
+    def _emit(self) -> None:
+        if self._snap is None:
+            return
+        try:
+            self.on_snapshot(self._snap)
+        except Exception:  # the consumer's problem must not stop the watch
+            log.exception("link snapshot consumer failed")
 
     def _apply(self, msg: Any) -> bool:
         """Update the snapshot from one notification; False when it needs a full read."""

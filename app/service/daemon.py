@@ -26,7 +26,7 @@ from dbus_next.message import Message
 from app.api import BUS_NAME, OBJECT_PATH
 from app.config import ConfigError
 from app.mn import profile as profiles
-from app.net.gate import GateError, TrafficGate
+from app.net.gate import GateError, TrafficGate, remove_table, shut_left_gate
 from app.net.ipip import compiled_engine_available
 from app.net.mn_routes import Backend, default_backend
 from app.net.sleep import ResumeWatcher
@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dataplane", choices=("auto", "userspace", "kernel"), default="auto")
     ap.add_argument("--agent-timeout", type=float, default=AGENT_TIMEOUT,
                     help="seconds a secret agent has to answer (default %(default)s)")
+    ap.add_argument("--shut-gate", action="store_true",
+                    help="shut the proven path of a gate a stopped helper left, and exit "
+                         "(the unit's ExecStopPost)")
     ap.add_argument("--log-level", default="info",
                     choices=("debug", "info", "warning", "error"))
     return ap.parse_args(argv)
@@ -63,7 +66,9 @@ async def serve(args: argparse.Namespace) -> int:
     for path in args.profile:  # check at start: a bad profile is the user's first error
         p = profiles.load(path)
         first = first or p.name
-    await _gate_first(args, first)
+    if await shut_left_gate():
+        log.info("a gate left by an earlier helper: its proven path is shut")
+    installed = await _gate_first(args, first)
     backend = await default_backend() if args.dataplane == "auto" else Backend(args.dataplane)
     bus = await SenderAwareBus(bus_type=BusType.SYSTEM).connect()
     secrets = SecretSource(lambda *a: call_secret_agent(bus, *a), args.secrets,
@@ -108,17 +113,21 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("stopping: deregistering and putting the host back")
     with contextlib.suppress(HelperError):
         await helper.disconnect(quiet=True)
+    if installed:
+        # The start-up gate of a profile that never connected (no secret yet, say):
+        # Disconnect had nothing to remove, but the host goes back all the same.
+        await remove_table()
     resume.close()
     bus.disconnect()
     return 0
 
 
-async def _gate_first(args: argparse.Namespace, first: str | None) -> None:
+async def _gate_first(args: argparse.Namespace, first: str | None) -> bool:
     """The gate table before anything else: no packet leaves undecided while the
     helper starts (bus, polkit, secrets).  A profile that cannot be read here is
     reported by the connect that follows."""
     if first is None:
-        return
+        return False
     candidates = [*args.profile]
     if args.profiles_dir is not None:
         candidates.append(args.profiles_dir / f"{first}.toml")
@@ -129,7 +138,8 @@ async def _gate_first(args: argparse.Namespace, first: str | None) -> None:
             continue
         if prof.name == first and prof.gate:
             await TrafficGate(gate_policy(prof)).install()
-            return
+            return True
+    return False
 
 
 async def watch_names_lost(bus: MessageBus, lost: Callable[[str], None]) -> None:
@@ -163,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        if args.shut_gate:
+            shut = asyncio.run(shut_left_gate())
+            print("trustroamd: " + ("the gate left behind is shut" if shut
+                                    else "no gate was left behind"))
+            return 0
         return asyncio.run(serve(args))
     except ConfigError as exc:
         print(f"trustroamd: {exc}", file=sys.stderr)

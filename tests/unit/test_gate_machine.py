@@ -2,16 +2,18 @@
 
 A hypothesis rule-based machine drives the real access-mode machine, with the
 real home agent and foreign agent cores behind a network whose replies can be
-late, lost or arrive after a move, through random link changes, losses,
-adverts, resumes, timeouts, renewals and shutdowns.  After every step, and
-between every two actions of a step, it checks what RFC 5266 3.4 asks of the
+late, lost or arrive after a move, a home agent that restarts denying or with
+another key, through random link changes, losses, adverts, resumes, timeouts,
+renewals, bindings running out and shutdowns.  It checks what RFC 5266 3.4 asks of the
 gate: normal traffic is blocked unless the machine holds a registered path on
-the link it is on, a path is configured before the gate opens on it, and the
-gate is shut before any path is withdrawn.
+the link it is on, answered by the home agent since that link came up and not
+lost since; and, as each action is applied in order, a path is configured
+before the gate opens on it and the gate is shut before any path is withdrawn.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from hypothesis import HealthCheck, settings
@@ -69,6 +71,9 @@ class GateMachine(RuleBasedStateMachine):
         self.inflight: list[bytes] = []
         self.gate = None  # the gate as the actions left it
         self.configured = Mode.NONE
+        self.lost = False
+        self.up_at = float("-inf")
+        """When the current link came up (or was re-probed)."""
 
     # -- applying actions, checking their order -----------------------------------
 
@@ -94,6 +99,8 @@ class GateMachine(RuleBasedStateMachine):
     def link_up(self, net: str) -> None:
         self.at = net
         self.now += 0.01
+        self.lost = False
+        self.up_at = self.now
         self.outbox.clear()  # what was not sent yet leaves on the new link, if at all
         self.apply(self.m.handle(LINKS[net], self.now))
 
@@ -101,6 +108,7 @@ class GateMachine(RuleBasedStateMachine):
     def link_lost(self) -> None:
         if self.at is not None:
             self.now += 0.01
+            self.lost = True
             self.apply(self.m.handle(LinkLost(LINKS[self.at].iface), self.now))
 
     @rule()
@@ -119,7 +127,38 @@ class GateMachine(RuleBasedStateMachine):
     @rule()
     def resume(self) -> None:
         self.now += 0.01
+        if self.at is not None:
+            self.lost = False  # the machine probes the link again, as after a flap
+            self.up_at = self.now
         self.apply(self.m.handle(Resumed(), self.now))
+
+    @rule(kind=st.sampled_from(["answers", "denies", "wrong key"]))
+    def home_agent_changes(self, kind: str) -> None:
+        """The home agent restarts: as configured, denying (137), or with another key."""
+        if kind == "answers":
+            self.ha = HomeAgent(config())
+        elif kind == "denies":
+            self.ha = HomeAgent(config(reverse_tunnelling=False))
+        else:
+            node = replace(config().mobile_nodes[0], key=b"\x42" * 16)
+            self.ha = HomeAgent(config(mobile_nodes=(node,)))
+
+    @rule()
+    def renewal(self) -> None:
+        """A renewal now (as at 0.75 of the lifetime, or after a NAT rebinding)."""
+        self.now += 0.01
+        self.apply(self.m.reregister(self.now))
+
+    @rule()
+    def binding_runs_out(self) -> None:
+        """The home agent goes quiet and every timer up to the binding's end fires."""
+        b = self.m.client.binding
+        if b is None:
+            return
+        self.ha_down = True
+        while (t := self.m.get_timer()) is not None and t <= b.expires_at:
+            self.now = max(self.now, t)
+            self.apply(self.m.handle_timer(self.now))
 
     @rule()
     def shutdown(self) -> None:
@@ -197,6 +236,10 @@ class GateMachine(RuleBasedStateMachine):
         assert self.m.phase is State.TRUSTED, self.m.phase
         assert self.m.mode is g.mode, (self.m.mode, g)
         assert self.at is not None, "gate open with no link"
+        assert not self.lost, "gate open on a link that is lost"
+        answer = self.m.client.last_answer
+        assert answer is not None and answer[1] >= self.up_at, (
+            "gate open with no answer from the home agent since the link came up")
         link = LINKS[self.at]
         assert (g.iface, g.link_address) == (link.iface, link.address.ip), (g, link)
         assert self.configured is g.mode
