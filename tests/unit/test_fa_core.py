@@ -66,7 +66,7 @@ def test_unmatched_reply_dropped(fa, mn):
 
 @pytest.mark.parametrize(("kw", "code"), [
     ({"lifetime": 301}, 69),
-    ({"flags": RegFlags.T | RegFlags.G}, 72),
+    ({"flags": RegFlags.T | RegFlags.M}, 72),
     ({"coa": "10.40.1.77", "flags": RegFlags.T}, 77),
     ({"sign": False}, 70),
 ])
