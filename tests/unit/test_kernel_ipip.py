@@ -168,3 +168,47 @@ def test_gre_probe(code, supported):
         assert fake.calls[0] == ("link", ("add",), {"ifname": "mipgprobe0", "kind": "gre"})
     finally:
         n.close()
+
+
+class _FakeUserspace:
+    """The userspace plane as the kernel plane sees it: which bindings it was given."""
+
+    def __init__(self, gre: bool) -> None:
+        from types import SimpleNamespace
+        self.home_ifname, self.ha_address, self.home_mac = "home", A("10.20.1.1"), b"\0" * 6
+        self.tunnel = SimpleNamespace(gre=object() if gre else None)
+        self.arp = SimpleNamespace(announce=lambda *a: None)
+        self.up: list[IPv4Address] = []
+
+    def binding_up(self, b) -> None:
+        self.up.append(b.home_address)
+
+    def binding_down(self, b) -> None:
+        if b.home_address in self.up:
+            self.up.remove(b.home_address)
+
+
+@pytest.mark.parametrize(("kernel_has_gre", "in_kernel"), [(True, True), (False, False)])
+def test_gre_binding_in_the_kernel_where_it_has_gre_else_in_userspace(kernel_has_gre,
+                                                                        in_kernel):
+    from app.agents.bindings import Binding
+    from app.agents.ha_kernel import KernelHomeAgentPlane
+    from app.mip.messages import RegFlags
+
+    fake = FakeIPRoute(fail_add=None if kernel_has_gre else 95)
+    n = Netlink(lambda: fake)
+    user = _FakeUserspace(gre=True)
+    try:
+        plane = KernelHomeAgentPlane(n, user)  # type: ignore[arg-type]
+        assert plane.kernel_gre is kernel_has_gre
+        fake.fail_add = None  # the probe is done; ipip devices can be made
+        b = Binding(A("10.20.1.10"), A("10.30.1.5"), 100, 0.0, 100.0,
+                    RegFlags.D | RegFlags.G, A("10.30.1.5"), 434)
+        plane.binding_up(b)
+        n.call("close")
+        gre_adds = [kw for m, a, kw in fake.calls
+                    if m == "link" and a[0] == "add" and kw.get("ifname") == "mipg0a1e0105"]
+        assert bool(gre_adds) is in_kernel
+        assert (user.up == [b.home_address]) is not in_kernel
+    finally:
+        n.close()
