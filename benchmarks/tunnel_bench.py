@@ -67,9 +67,10 @@ def teardown() -> None:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def through_tunnel(engine: str, seconds: float) -> tuple[float, iperf.Udp, dict[str, int]]:
+def through_tunnel(engine: str, seconds: float, encap: str = "ipip"
+                   ) -> tuple[float, iperf.Udp, dict[str, int]]:
     ends = [Proc(NS[i], sys.executable, "-m", "tests.tunnel_endpoint", OUTER[i], OUTER[1 - i],
-                 INNER[i], INNER[1 - i], engine) for i in (0, 1)]
+                 INNER[i], INNER[1 - i], engine, encap) for i in (0, 1)]
     try:
         for e in ends:
             line = e.wait("READY")[-1]
@@ -93,6 +94,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3)
+    ap.add_argument("--encap", choices=("ipip", "gre"), default="ipip",
+                    help="the tunnel's encapsulation: IP-in-IP (RFC 2003) or GRE (RFC 2784)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("tunnel_bench: needs root")
@@ -105,11 +108,12 @@ def main() -> None:
             rows["bare"].append((iperf.tcp_gbit(NS[0], NS[1], OUTER[1], args.seconds),
                                  iperf.udp_best(NS[0], NS[1], OUTER[1], args.seconds)))
             for engine in ("python", "compiled"):
-                tcp, udp, last_stats[engine] = through_tunnel(engine, args.seconds)
+                tcp, udp, last_stats[engine] = through_tunnel(engine, args.seconds, args.encap)
                 rows[engine].append((tcp, udp))
     finally:
         teardown()
-    print(f"{args.repeat} repetitions of {args.seconds:g} s, median (each run as TCP/UDP):")
+    print(f"{args.repeat} repetitions of {args.seconds:g} s in {args.encap}, median "
+          "(each run as TCP/UDP):")
     print()
     print("| path | TCP | UDP 64-byte packets received/s | packets per CPU-second of "
           "both tunnel ends |")

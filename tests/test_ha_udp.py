@@ -268,3 +268,19 @@ def test_rfc5944_3_6_3_distant_home_agent_over_real_udp(ha, mode, rtt):
     events = asyncio.run(main())
     assert isinstance(events[-1], Registered), events
     assert events[-1].rtt >= rtt
+
+
+@pytest.mark.parametrize(("extra", "code"), [("", 1), ("gre = false", 139)])
+def test_rfc5944_3_8_2_3_real_home_agent_offers_gre_per_its_config(tmp_path, alice, extra,
+                                                                    code):
+    """The real ``trustroam-ha``: a request asking only for GRE (G) is accepted by
+    default, and denied 139 with ``gre = false`` in [home_agent]."""
+    from app.mip.messages import RegFlags
+
+    proc = HaProcess(tmp_path, extra=extra).start()
+    try:
+        rep = register(proc, alice, alice.request(COA, flags=RegFlags.D | RegFlags.G))
+        assert rep.code == code
+        assert len(proc.bindings()) == (code == 1)
+    finally:
+        proc.stop()

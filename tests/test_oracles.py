@@ -263,3 +263,50 @@ def test_tshark_reads_what_the_agents_now_put_on_the_wire(tmp_path):
     assert value(f[1], "mip.auth.spi") == [256, 900] and value(f[1], "mip.d") == [0]
     assert show(f[2], "mip.code") == ["1"] and value(f[2], "mip.ext.type") == [32, 34]
     assert show(f[3], "mip.code") == ["76"] and show(f[3], "mip.life") == ["120"]
+
+
+@pytest.mark.parametrize("engine", ["python", "compiled"])
+def test_rfc2784_tshark_decodes_our_gre_encapsulated_packet(tmp_path, engine):
+    """What each tunnel engine sends for a GRE binding, taken off loopback by a raw
+    GRE socket, is GRE to Wireshark: version 0, no checksum (RFC 2784 2.1), protocol
+    type 0x0800 (3: IPv4 payload), and the inner packet whole behind it."""
+    import socket
+
+    from app.net import ipip
+    from tests.requirements import require, require_root
+
+    require_root("raw GRE sockets need root")
+    if engine == "compiled":
+        require(ipip.compiled_engine_available(), "app.net._fastpath is not built")
+    inner = bytes(IP(src="10.20.1.1", dst="10.20.1.10", id=7) / UDP(sport=5000, dport=6000)
+                  / Raw(load=b"gre oracle"))
+    tun, feed = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # stands in for TUN
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, ipip.IPPROTO_IPIP)
+    gre = socket.socket(socket.AF_INET, socket.SOCK_RAW, ipip.IPPROTO_GRE)
+    sniff = socket.socket(socket.AF_INET, socket.SOCK_RAW, ipip.IPPROTO_GRE)
+    sniff.settimeout(5)
+    key = socket.inet_aton("10.20.1.10")
+    tun.setblocking(False)
+    eng: ipip.Engine
+    if engine == "compiled":
+        eng = ipip._fastpath.Engine(tun.fileno(), raw.fileno(), -1, 16, 12,
+                                    gre_fd=gre.fileno())
+    else:
+        eng = ipip.PythonEngine(tun.fileno(), raw.fileno(), -1, 16, 12, gre_fd=gre.fileno())
+    try:
+        eng.set_route(key, socket.inet_aton("127.0.0.1"), 0, True)
+        feed.send(inner)
+        assert eng.pump_tun() == 1 and eng.counters()["out"] == 1
+        wire = sniff.recv(65535)  # the outer IPv4 header, the GRE header, the packet
+    finally:
+        if isinstance(eng, ipip.PythonEngine):
+            eng.close()  # its duplicates of the sockets
+        for s in (tun, feed, raw, gre, sniff):
+            s.close()
+    [f] = tshark_fields(tmp_path, [Ether() / IP(wire)])
+    assert value(f, "ip.proto")[0] == 47
+    assert value(f, "gre.proto") == [0x0800]
+    assert value(f, "gre.flags.checksum") == [0] and value(f, "gre.flags.version") == [0]
+    assert show(f, "ip.src") == ["127.0.0.1", "10.20.1.1"]
+    assert show(f, "ip.dst") == ["127.0.0.1", "10.20.1.10"]
+    assert wire[(wire[0] & 0x0F) * 4:] == ipip.GRE_HEADER + inner

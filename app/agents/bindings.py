@@ -35,6 +35,12 @@ class Binding:
     def reverse_tunnel(self) -> bool:
         return bool(self.flags & RegFlags.T)
 
+    @property
+    def gre(self) -> bool:
+        """Tunnelled in GRE (RFC 2784), as the request's G bit asked: the home agent
+        accepts G only when it offers GRE, and UDP tunnels carry IP-in-IP only."""
+        return bool(self.flags & RegFlags.G) and not self.udp_tunnel
+
     def seconds_left(self, now: float) -> float:
         return max(0.0, self.expires_at - now)
 

@@ -74,7 +74,8 @@ def select(config: HomeAgentConfig) -> HomeAgentDataPlane:
             why = "this kernel has no ipip module (EOPNOTSUPP)"
         if nl is not None and ipip_supported(nl):
             try:
-                return KernelHomeAgentPlane(nl, UserspaceHomeAgentPlane(config.address))
+                return KernelHomeAgentPlane(nl, UserspaceHomeAgentPlane(config.address,
+                                                                        gre=config.gre))
             except (OSError, DataPlaneError) as exc:
                 nl.close()
                 why = str(exc)
@@ -99,7 +100,7 @@ class _Userspace:
 
     def __init__(self, config: HomeAgentConfig) -> None:
         self.config = config
-        self.plane = UserspaceHomeAgentPlane(config.address)
+        self.plane = UserspaceHomeAgentPlane(config.address, gre=config.gre)
 
     def start(self, udp_socket: socket.socket) -> None:
         self.plane.tunnel.attach_udp(udp_socket)

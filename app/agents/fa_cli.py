@@ -45,7 +45,8 @@ async def _run(config: ForeignAgentConfig) -> int:
         raise ConfigError(config.source, "foreign_agent.care_of_address",
                           f"{config.care_of_address} is not on {config.interface} ({have} is)")
     try:
-        plane = (UserspaceForeignAgentPlane(config.interface, str(config.care_of_address))
+        plane = (UserspaceForeignAgentPlane(config.interface, str(config.care_of_address),
+                                            gre=config.gre)
                  if config.dataplane == "userspace" else None)
         server = ForeignAgentServer(ForeignAgent(config), plane)
         server.start()

@@ -33,6 +33,9 @@ class ForeignAgentConfig:
     """MaxAdvertisementInterval: each gap is drawn from [0.75, 1] times it."""
     advert_lifetime: int = 1800
     reverse_tunnelling: bool = True
+    gre: bool = True
+    """Offer GRE encapsulation (RFC 5944 3.3's G bit, RFC 2784) next to IP-in-IP, and
+    advertise it (2.1.1's G); off, a request asking for it is denied 72."""
     reverse_tunnel_required: bool = False
     registration_timeout: float = 7.0
     """Seconds a relayed request waits for the home agent's reply before 78; at
@@ -57,6 +60,7 @@ def load(path: Path) -> ForeignAgentConfig:
         advert_interval=fa.float_("advert_interval", 1.0, lo=0.05, hi=600.0),
         advert_lifetime=fa.int_("advert_lifetime", 1800, lo=1, hi=65535),
         reverse_tunnelling=fa.bool_("reverse_tunnelling", True),
+        gre=fa.bool_("gre", True),
         reverse_tunnel_required=fa.bool_("reverse_tunnel_required", False),
         registration_timeout=fa.float_("registration_timeout", 7.0, lo=7.0, hi=60.0),
         max_visitors=fa.int_("max_visitors", 1000, lo=1, hi=1_000_000),

@@ -74,6 +74,9 @@ class Visitor:
     source: tuple[IPv4Address, int]
     expires_at: float
     reverse_tunnel: bool
+    gre: bool = False
+    """Tunnelled in GRE (the request's G bit), both ways: RFC 3024's reverse tunnel
+    has the forward tunnel's configuration."""
 
 
 @dataclass(slots=True)
@@ -108,6 +111,8 @@ class ForeignAgent:
         seq = self._sequence
         self._sequence = seq + 1 if seq < 0xFFFF else 256
         flags = AgentFlags.F | (AgentFlags.T if self.config.reverse_tunnelling else 0)
+        if self.config.gre:  # 2.1.1: this agent receives GRE-tunnelled datagrams
+            flags |= AgentFlags.G
         if self.config.max_visitors <= len(self.visitors):
             flags |= AgentFlags.B
         return AgentAdvertisement(
@@ -165,9 +170,14 @@ class ForeignAgent:
                               f"lifetime {req.lifetime} above {self.config.max_lifetime}",
                               now=now, lifetime=self.config.max_lifetime)
         # RFC 3024 4.2.1, in its order: 72, 75, 76, and 74 last.
-        if flags & (RegFlags.M.value | RegFlags.G.value):
+        # RFC 5944 4.1: IP-in-IP always, GRE when configured, minimal never (72).
+        if flags & RegFlags.M.value:
             return self._deny(res, req, source, ReplyCode.FA_ENCAPSULATION_UNAVAILABLE,
-                              "only IP-in-IP is offered", now=now)
+                              "minimal encapsulation (M) is not offered", now=now)
+        if flags & RegFlags.G.value and not self.config.gre:
+            return self._deny(res, req, source, ReplyCode.FA_ENCAPSULATION_UNAVAILABLE,
+                              "GRE encapsulation (G) is turned off (foreign_agent.gre)",
+                              now=now)
         if self.config.reverse_tunnel_required and not flags & RegFlags.T.value:
             return self._deny(res, req, source, ReplyCode.FA_REVERSE_TUNNEL_MANDATORY,
                               "reverse tunnelling is required here", now=now)
@@ -242,7 +252,7 @@ class ForeignAgent:
                 # counted from now (when the reply is forwarded).
                 life = min(rep.lifetime, self.config.max_lifetime)
                 v = Visitor(req.home_address, req.home_agent, pending.source, now + life,
-                            bool(req.flags & RegFlags.T))
+                            bool(req.flags & RegFlags.T), bool(req.flags & RegFlags.G))
                 self.visitors[req.home_address] = v
                 res.actions.append(VisitorUp(v))
         # 3.7.3.2: extensions not covered by the Mobile-Home authenticator (ours,

@@ -4,6 +4,7 @@ Tunnelled packets from a visitor's home agent are decapsulated and handed to
 the kernel, which delivers them on the visitor link through a /32 route.
 Packets from a visitor that asked for reverse tunnelling (RFC 3024) are
 steered by a source rule into the TUN device and tunnelled to its home agent.
+A visitor that registered with the G bit is tunnelled in GRE both ways.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from app.agents.fa_core import Visitor
-from app.net.ipip import MTU, Endpoint, Key, UserspaceTunnel
+from app.net.ipip import GRE_MTU, MTU, Endpoint, Key, UserspaceTunnel
 
 log = logging.getLogger("trustroam.fa.dataplane")
 TUN_NAME = "trfa0"
@@ -22,14 +23,17 @@ RULE_PRIORITY = "434"
 
 
 class UserspaceForeignAgentPlane:
-    def __init__(self, link: str, care_of_address: str, tun_name: str = TUN_NAME) -> None:
+    def __init__(self, link: str, care_of_address: str, tun_name: str = TUN_NAME, *,
+                 gre: bool = False) -> None:
         self.link = link
         self.visitors: dict[bytes, Visitor] = {}
         # Reverse tunnelling by the visitor's home address (source); in only to a
         # visitor (destination), from its own home agent.
         self.tunnel = UserspaceTunnel(tun_name, Key.SOURCE, Key.DESTINATION,
-                                      local_address=care_of_address)
-        _ip("link", "set", tun_name, "up", "mtu", str(MTU))
+                                      local_address=care_of_address, gre=gre)
+        # One reverse route for every visitor: with GRE offered, its 4 more bytes
+        # must fit whichever encapsulation a visitor uses.
+        _ip("link", "set", tun_name, "up", "mtu", str(GRE_MTU if gre else MTU))
         _ip("route", "replace", "default", "dev", tun_name, "table", TABLE)
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
 
@@ -39,9 +43,9 @@ class UserspaceForeignAgentPlane:
     def visitor_up(self, v: Visitor) -> None:
         key = v.home_address.packed
         self.visitors[key] = v
-        self.tunnel.set_accept(key, v.home_agent.packed)
+        self.tunnel.set_accept(key, v.home_agent.packed, v.gre)
         if v.reverse_tunnel:
-            self.tunnel.set_route(key, Endpoint(str(v.home_agent)))
+            self.tunnel.set_route(key, Endpoint(str(v.home_agent), gre=v.gre))
         else:
             self.tunnel.remove_route(key)
         hoa = str(v.home_address)

@@ -66,6 +66,9 @@ class HomeAgentConfig:
     replay_window: float = DEFAULT_REPLAY_WINDOW
     reverse_tunnelling: bool = True
     udp_tunnelling: bool = True
+    gre: bool = True
+    """Offer GRE encapsulation (RFC 5944 3.3's G bit, RFC 2784) next to IP-in-IP;
+    off, a request asking for it is denied 139."""
     keepalive_interval: int = 110
     sync: SyncMode = SyncMode.FULL
     source: str = "<built-in>"
@@ -99,6 +102,7 @@ def load(path: Path) -> HomeAgentConfig:
         replay_window=ha.float_("replay_window", DEFAULT_REPLAY_WINDOW, lo=0.5, hi=3600.0),
         reverse_tunnelling=ha.bool_("reverse_tunnelling", True),
         udp_tunnelling=ha.bool_("udp_tunnelling", True),
+        gre=ha.bool_("gre", True),
         keepalive_interval=ha.int_("keepalive_interval", 110, lo=1, hi=65535),
         sync=ha.enum("sync", SyncMode, SyncMode.FULL),
         source=str(path),

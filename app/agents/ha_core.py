@@ -348,9 +348,13 @@ class HomeAgent:
             return deny(ReplyCode.HA_PROHIBITED,
                         f"NAT detected (request from {src_addr}, care-of address "
                         f"{req.care_of_address}) and no UDP tunnel requested")
-        if encap_mg:
+        # 3.3, 4.1: IP-in-IP always, GRE (G) when configured, minimal (M) never (139).
+        if encap_mg & _M:
             return deny(ReplyCode.HA_ENCAPSULATION_UNAVAILABLE,
-                        "only IP-in-IP encapsulation is offered (M or G requested)")
+                        "minimal encapsulation (M) is not offered")
+        if encap_mg & _G and not self.config.gre:
+            return deny(ReplyCode.HA_ENCAPSULATION_UNAVAILABLE,
+                        "GRE encapsulation (G) is turned off (home_agent.gre)")
 
         # 3.8.2.2: accept
         requested = req.lifetime
@@ -379,7 +383,8 @@ class HomeAgent:
         return Outcome(reply, code, r.home_address, "%s: %s -> %s%s%s, lifetime %d%s: %s",
                        (BindingChange(kind, binding, previous),), (r.home_address, new_state),
                        (r.home_address, _what(previous, binding), req.care_of_address,
-                        " via UDP tunnel" if udp else "", " (NAT)" if nat else "", lifetime,
+                        " via UDP tunnel" if udp else " in GRE" if encap_mg else "",
+                        " (NAT)" if nat else "", lifetime,
                         f" (asked {requested})" if lifetime != requested else "",
                         describe(code)), self._at_home(r))
 

@@ -1,4 +1,4 @@
-"""The home agent's userspace data plane (TUN + raw IP-in-IP, RFC 3519 UDP).
+"""The home agent's userspace data plane (TUN + raw IP-in-IP or GRE, RFC 3519 UDP).
 
 For each binding it attracts the home address on the home link (a /32 route
 into the TUN device and a proxy-ARP entry, announced with gratuitous ARP:
@@ -18,7 +18,7 @@ from typing import Any
 
 from app.agents.bindings import Binding
 from app.net.arp import ArpAnnouncer
-from app.net.ipip import MTU, Endpoint, Key, UserspaceTunnel
+from app.net.ipip import GRE_MTU, MTU, Endpoint, Key, UserspaceTunnel
 from app.net.kernel_ipip import NTF_PROXY
 from app.net.netlink import Netlink
 
@@ -32,7 +32,7 @@ class DataPlaneError(Exception):
 
 class UserspaceHomeAgentPlane:
     def __init__(self, ha_address: IPv4Address, udp_socket: socket.socket | None = None,
-                 tun_name: str = TUN_NAME) -> None:
+                 tun_name: str = TUN_NAME, *, gre: bool = False) -> None:
         home = [a for a in _ip("-j", "-4", "addr", "show") if any(
             i.get("local") == str(ha_address) for i in a.get("addr_info", []))]
         if not home:
@@ -45,7 +45,7 @@ class UserspaceHomeAgentPlane:
         # Out by the home address (destination); in only from that home address's
         # registered care-of address (RFC 3024: the inner source's binding).
         self.tunnel = UserspaceTunnel(tun_name, Key.DESTINATION, Key.SOURCE,
-                                      udp_socket=udp_socket)
+                                      udp_socket=udp_socket, gre=gre)
         _ip("link", "set", tun_name, "up", "mtu", str(MTU))
         # Per-binding changes go over netlink (about 1 ms, on pyroute2's own thread):
         # an `ip` process per change cost 10-20 ms before each reply could leave.
@@ -83,15 +83,19 @@ class UserspaceHomeAgentPlane:
         key = binding.home_address.packed
         self._bindings[key] = binding
         self.tunnel.set_route(key, Endpoint(str(binding.source_address), binding.source_port)
-                              if binding.udp_tunnel else Endpoint(str(binding.care_of_address)))
+                              if binding.udp_tunnel else Endpoint(str(binding.care_of_address),
+                                                                  gre=binding.gre))
         if binding.udp_tunnel:  # its packets come in over UDP 434 (udp_tunnel_data)
             self.tunnel.remove_accept(key)
         else:
-            self.tunnel.set_accept(key, binding.care_of_address.packed)
+            self.tunnel.set_accept(key, binding.care_of_address.packed, binding.gre)
         hoa = str(binding.home_address)
+        # GRE's header is 4 bytes more than the TUN's MTU allows for: the route says so.
+        mtu = {"metrics": {"mtu": GRE_MTU}} if binding.gre else {}
         try:
             # Both queued before waiting: the netlink thread runs them back to back.
-            route = self.nl.submit("route", "replace", dst=f"{hoa}/32", oif=self.tun_index)
+            route = self.nl.submit("route", "replace", dst=f"{hoa}/32", oif=self.tun_index,
+                                   **mtu)
             neigh = self.nl.submit("neigh", "replace", dst=hoa, ifindex=self.home_index,
                                    flags=NTF_PROXY)
             route.result()

@@ -4,13 +4,14 @@
  * address, who may send what); this module only moves packets between a TUN
  * device and the tunnel sockets, in batches: one read per packet from TUN
  * (TUN has no batched read without offloads), one sendmmsg per batch towards
- * the peers, one recvmmsg per batch from the raw IP-in-IP socket, one write
- * per packet into TUN.  The pure-Python engine in ipip.py has the same
+ * the peers, one recvmmsg per batch from the raw IP-in-IP socket (or the raw
+ * GRE one), one write per packet into TUN.  The pure-Python engine in ipip.py has the same
  * interface and semantics; tests run both.
  *
  * Tables map a 4-byte key taken from the inner packet (its source or its
  * destination address) to an outer IPv4 address (and a UDP port for RFC 3519
- * bindings, 0 for IP-in-IP).  Open addressing, linear probing, tombstones.
+ * bindings, 0 for IP-in-IP or GRE) and the encapsulation: IP-in-IP (RFC 2003)
+ * or GRE (RFC 2784, RFC 5944 3.3's G bit).  Open addressing, linear probing, tombstones.
  * All calls come from the event loop's thread with the GIL held, so the
  * tables need no lock.
  */
@@ -50,14 +51,21 @@
 #define TCP_CWR 0x80
 
 static const unsigned char TUNNEL_DATA_HEADER[4] = {4, 4, 0, 0}; /* RFC 3519 */
+/* RFC 2784: no checksum (C clear), reserved and version 0, protocol type IPv4. */
+static const unsigned char GRE_HEADER[4] = {0, 0, 0x08, 0x00};
+#define GRE_C 0x80          /* checksum present: Checksum and Reserved1 follow */
+#define GRE_RFC1701 0x7C    /* bits 1-5: a receiver without RFC 1701 discards */
+#define GRE_VERSION 0x07
+#define ETH_P_IPV4 0x0800
 
 enum { EMPTY = 0, USED = 1, DELETED = 2 };
 
 typedef struct {
     uint32_t key;  /* network byte order, as in the packet */
     uint32_t addr; /* network byte order */
-    uint16_t port; /* host byte order; 0 = IP-in-IP */
+    uint16_t port; /* host byte order; 0 = IP-in-IP or GRE */
     uint8_t state;
+    uint8_t gre;   /* 1: GRE, 0: IP-in-IP (or RFC 3519 UDP with a port) */
 } Entry;
 
 typedef struct {
@@ -111,7 +119,7 @@ static int table_resize(Table *t, size_t cap) {
     return 0;
 }
 
-static int table_set(Table *t, uint32_t key, uint32_t addr, uint16_t port) {
+static int table_set(Table *t, uint32_t key, uint32_t addr, uint16_t port, uint8_t gre) {
     if ((t->filled + 1) * 2 > t->cap) {
         /* Rehash (dropping tombstones) to at most a quarter full. */
         size_t cap = 16;
@@ -127,6 +135,7 @@ static int table_set(Table *t, uint32_t key, uint32_t addr, uint16_t port) {
         if (e->state == USED && e->key == key) {
             e->addr = addr;
             e->port = port;
+            e->gre = gre;
             return 0;
         }
         if (e->state == DELETED && !tomb)
@@ -138,6 +147,7 @@ static int table_set(Table *t, uint32_t key, uint32_t addr, uint16_t port) {
             dst->key = key;
             dst->addr = addr;
             dst->port = port;
+            dst->gre = gre;
             dst->state = USED;
             t->used++;
             return 0;
@@ -218,23 +228,24 @@ static void put32(unsigned char *p, uint32_t v) {
 /* ---- the engine ---- */
 
 typedef struct {
-    struct iovec iov[3]; /* [RFC 3519 header], headers, payload */
+    struct iovec iov[3]; /* [RFC 3519 or GRE header], headers, payload */
     struct sockaddr_in to;
     unsigned char hdr[HDRMAX];
 } OutSlot;
 
 typedef struct {
     PyObject_HEAD
-    int tun_fd, raw_fd, udp_fd;
+    int tun_fd, raw_fd, udp_fd, gre_fd;
     int route_off, accept_off; /* 12 = inner source, 16 = inner destination */
     int vnet;                  /* the TUN carries virtio headers: TSO in, merged segments out */
     Table route, accept;
     unsigned long long out, in, no_route, spoofed, malformed, send_errors, write_errors;
     unsigned long long tso_reads, merged_writes, tun_wakeups, raw_wakeups, not_ipv4;
+    unsigned long long gre_rejected, gre_bad_checksum, wrong_encap;
     unsigned char *bufs; /* BATCH buffers of BUFSZ */
-    OutSlot *slots;      /* 2 * MAXOUT: raw, then UDP */
-    struct mmsghdr *msgs; /* 2 * MAXOUT */
-    unsigned n_raw, n_udp;
+    OutSlot *slots;      /* 3 * MAXOUT: raw IP-in-IP, UDP, raw GRE */
+    struct mmsghdr *msgs; /* 3 * MAXOUT */
+    unsigned n_raw, n_udp, n_gre;
     struct iovec rx_iov[BATCH];
     struct mmsghdr rx_msgs[BATCH];
 } Engine;
@@ -255,12 +266,13 @@ static int parse_addr(PyObject *obj, uint32_t *out, const char *what) {
 
 static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"tun_fd", "raw_fd", "udp_fd", "route_offset", "accept_offset",
-                         "vnet_hdr", NULL};
+                         "vnet_hdr", "gre_fd", NULL};
     self->udp_fd = -1;
+    self->gre_fd = -1;
     self->vnet = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiii|p", kw, &self->tun_fd, &self->raw_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiii|pi", kw, &self->tun_fd, &self->raw_fd,
                                      &self->udp_fd, &self->route_off, &self->accept_off,
-                                     &self->vnet))
+                                     &self->vnet, &self->gre_fd))
         return -1;
     if ((self->route_off != 12 && self->route_off != 16) ||
         (self->accept_off != 12 && self->accept_off != 16)) {
@@ -270,8 +282,8 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
     if (!self->bufs) {
         /* Virtual memory: only the pages packets touch become resident. */
         self->bufs = PyMem_RawMalloc((size_t)BATCH * BUFSZ);
-        self->slots = PyMem_RawCalloc(2 * MAXOUT, sizeof(OutSlot));
-        self->msgs = PyMem_RawCalloc(2 * MAXOUT, sizeof(struct mmsghdr));
+        self->slots = PyMem_RawCalloc(3 * MAXOUT, sizeof(OutSlot));
+        self->msgs = PyMem_RawCalloc(3 * MAXOUT, sizeof(struct mmsghdr));
         if (!self->bufs || !self->slots || !self->msgs) {
             PyErr_NoMemory();
             return -1;
@@ -289,22 +301,25 @@ static void Engine_dealloc(Engine *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *do_set(Table *t, PyObject *key, PyObject *addr, int port) {
+static PyObject *do_set(Table *t, PyObject *key, PyObject *addr, int port, int gre) {
     uint32_t a, k = 0;
     if (port < 0 || port > 65535)
         return PyErr_Format(PyExc_ValueError, "port %d out of range", port);
+    if (gre && port)
+        return PyErr_Format(PyExc_ValueError, "GRE over UDP (port %d) is not offered", port);
     if (parse_addr(addr, &a, "address") < 0)
         return NULL;
     if (key == Py_None) {
         t->has_default = 1;
         t->dflt.addr = a;
         t->dflt.port = (uint16_t)port;
+        t->dflt.gre = (uint8_t)gre;
         t->dflt.state = USED;
         Py_RETURN_NONE;
     }
     if (parse_addr(key, &k, "key") < 0)
         return NULL;
-    if (table_set(t, k, a, (uint16_t)port) < 0)
+    if (table_set(t, k, a, (uint16_t)port, (uint8_t)gre) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -323,10 +338,10 @@ static PyObject *do_del(Table *t, PyObject *key) {
 
 static PyObject *Engine_set_route(Engine *self, PyObject *args) {
     PyObject *key, *addr;
-    int port = 0;
-    if (!PyArg_ParseTuple(args, "OO|i", &key, &addr, &port))
+    int port = 0, gre = 0;
+    if (!PyArg_ParseTuple(args, "OO|ip", &key, &addr, &port, &gre))
         return NULL;
-    return do_set(&self->route, key, addr, port);
+    return do_set(&self->route, key, addr, port, gre);
 }
 
 static PyObject *Engine_del_route(Engine *self, PyObject *key) {
@@ -335,17 +350,19 @@ static PyObject *Engine_del_route(Engine *self, PyObject *key) {
 
 static PyObject *Engine_set_accept(Engine *self, PyObject *args) {
     PyObject *key, *addr;
-    if (!PyArg_ParseTuple(args, "OO", &key, &addr))
+    int gre = 0;
+    if (!PyArg_ParseTuple(args, "OO|p", &key, &addr, &gre))
         return NULL;
-    return do_set(&self->accept, key, addr, 0);
+    return do_set(&self->accept, key, addr, 0, gre);
 }
 
 static PyObject *Engine_del_accept(Engine *self, PyObject *key) {
     return do_del(&self->accept, key);
 }
 
-/* The entry a key resolves to (the default if none): (address, port) or None. */
-static PyObject *do_lookup(Table *t, PyObject *key) {
+/* The entry a key resolves to (the default if none): (address, port, gre) for
+ * routes, (address, gre) for accepts, or None. */
+static PyObject *do_lookup(Table *t, PyObject *key, int with_port) {
     uint32_t k = 0;
     const Entry *e;
     if (key == Py_None)
@@ -356,15 +373,18 @@ static PyObject *do_lookup(Table *t, PyObject *key) {
         e = table_find(t, k);
     if (!e)
         Py_RETURN_NONE;
-    return Py_BuildValue("(y#i)", (const char *)&e->addr, (Py_ssize_t)4, (int)e->port);
+    if (with_port)
+        return Py_BuildValue("(y#iN)", (const char *)&e->addr, (Py_ssize_t)4, (int)e->port,
+                             PyBool_FromLong(e->gre));
+    return Py_BuildValue("(y#N)", (const char *)&e->addr, (Py_ssize_t)4, PyBool_FromLong(e->gre));
 }
 
 static PyObject *Engine_route_of(Engine *self, PyObject *key) {
-    return do_lookup(&self->route, key);
+    return do_lookup(&self->route, key, 1);
 }
 
 static PyObject *Engine_accept_of(Engine *self, PyObject *key) {
-    return do_lookup(&self->accept, key);
+    return do_lookup(&self->accept, key, 0);
 }
 
 static PyObject *Engine_set_udp_fd(Engine *self, PyObject *arg) {
@@ -401,14 +421,22 @@ static void flush_out(Engine *self) {
         send_all(self, self->raw_fd, self->msgs, self->n_raw);
     if (self->n_udp)
         send_all(self, self->udp_fd, self->msgs + MAXOUT, self->n_udp);
-    self->n_raw = self->n_udp = 0;
+    if (self->n_gre)
+        send_all(self, self->gre_fd, self->msgs + 2 * MAXOUT, self->n_gre);
+    self->n_raw = self->n_udp = self->n_gre = 0;
+}
+
+/* Packets queued towards this entry's socket. */
+static unsigned queued_for(const Engine *self, const Entry *e) {
+    return e->port ? self->n_udp : e->gre ? self->n_gre : self->n_raw;
 }
 
 /* Queue one tunnel packet: headers (copied into the slot) then a payload slice. */
 static unsigned char *queue(Engine *self, const Entry *e, const unsigned char *hdr, size_t hlen,
                             const unsigned char *payload, size_t plen) {
     int udp = e->port != 0;
-    unsigned idx = udp ? MAXOUT + self->n_udp++ : self->n_raw++;
+    unsigned idx = udp ? MAXOUT + self->n_udp++ : e->gre ? 2 * MAXOUT + self->n_gre++
+                                                           : self->n_raw++;
     OutSlot *o = &self->slots[idx];
     struct msghdr *h = &self->msgs[idx].msg_hdr;
     int k = 0;
@@ -416,6 +444,9 @@ static unsigned char *queue(Engine *self, const Entry *e, const unsigned char *h
     if (udp) {
         o->iov[k].iov_base = (void *)TUNNEL_DATA_HEADER;
         o->iov[k++].iov_len = sizeof TUNNEL_DATA_HEADER;
+    } else if (e->gre) {
+        o->iov[k].iov_base = (void *)GRE_HEADER;
+        o->iov[k++].iov_len = sizeof GRE_HEADER;
     }
     o->iov[k].iov_base = o->hdr;
     o->iov[k++].iov_len = hlen;
@@ -489,7 +520,7 @@ static PyObject *Engine_pump_tun(Engine *self, PyObject *Py_UNUSED(ignored)) {
         uint32_t key;
         memcpy(&key, ip + self->route_off, 4);
         const Entry *e = table_find(&self->route, key);
-        if (!e || (e->port && self->udp_fd < 0)) {
+        if (!e || (e->port && self->udp_fd < 0) || (e->gre && self->gre_fd < 0)) {
             self->no_route++;
             continue;
         }
@@ -515,7 +546,7 @@ static PyObject *Engine_pump_tun(Engine *self, PyObject *Py_UNUSED(ignored)) {
                 self->malformed++;
                 continue;
             }
-            if ((e->port ? self->n_udp : self->n_raw) + segs > MAXOUT)
+            if (queued_for(self, e) + segs > MAXOUT)
                 flush_out(self);
             self->tso_reads++;
             queue_segments(self, e, ip, len, gso_size);
@@ -534,7 +565,7 @@ static PyObject *Engine_pump_tun(Engine *self, PyObject *Py_UNUSED(ignored)) {
                     c = 0xFFFF; /* UDP: 0 means "no checksum" */
                 memcpy(ip + cstart + coff, &c, 2);
             }
-            if ((e->port ? self->n_udp : self->n_raw) + 1 > MAXOUT)
+            if (queued_for(self, e) + 1 > MAXOUT)
                 flush_out(self);
             size_t h = len < HDRMAX ? len : ihl;
             queue(self, e, ip, h, ip + h, len - h);
@@ -705,8 +736,36 @@ static void deliver(Engine *self, Agg *a, const unsigned char *ip, size_t len) {
     a->iov[2].iov_len = plen;
 }
 
-/* The raw IP-in-IP socket -> TUN: returns the number of packets received. */
-static PyObject *Engine_pump_raw(Engine *self, PyObject *Py_UNUSED(ignored)) {
+/* Where the inner packet of a GRE packet (RFC 2784) starts, after the outer
+ * header of ihl bytes; 0 if the packet is refused (and counted). */
+static size_t gre_inner(Engine *self, const unsigned char *buf, size_t len, size_t ihl) {
+    if (len < ihl + 4) {
+        self->malformed++;
+        return 0;
+    }
+    const unsigned char *g = buf + ihl;
+    size_t glen = g[0] & GRE_C ? 8 : 4;
+    /* 2.3: bits 1-5 set (RFC 1701's routing, key, sequence: not ours) or a version
+     * other than 0: discard; 2.4 and RFC 3024 A.2: only IPv4 payloads (0x800). */
+    if ((g[0] & GRE_RFC1701) || (g[1] & GRE_VERSION) || get16(g + 2) != ETH_P_IPV4) {
+        self->gre_rejected++;
+        return 0;
+    }
+    if (len < ihl + glen) {
+        self->malformed++;
+        return 0;
+    }
+    /* 2.2: a checksum present is one over the GRE header and the payload. */
+    if (glen == 8 && fold(sum_bytes(g, len - ihl, 0)) != 0xFFFF) {
+        self->gre_bad_checksum++;
+        return 0;
+    }
+    return ihl + glen;
+}
+
+/* A raw tunnel socket (IP-in-IP, or GRE if gre) -> TUN: returns the number of
+ * packets received. */
+static unsigned long pump_in(Engine *self, int fd, int gre) {
     unsigned long total = 0;
     Agg a;
     a.n = 0;
@@ -719,7 +778,7 @@ static PyObject *Engine_pump_raw(Engine *self, PyObject *Py_UNUSED(ignored)) {
             self->rx_msgs[i].msg_hdr.msg_iov = &self->rx_iov[i];
             self->rx_msgs[i].msg_hdr.msg_iovlen = 1;
         }
-        int r = recvmmsg(self->raw_fd, self->rx_msgs, BATCH, MSG_DONTWAIT, NULL);
+        int r = recvmmsg(fd, self->rx_msgs, BATCH, MSG_DONTWAIT, NULL);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -730,26 +789,48 @@ static PyObject *Engine_pump_raw(Engine *self, PyObject *Py_UNUSED(ignored)) {
             const unsigned char *buf = self->bufs + (size_t)i * BUFSZ;
             size_t len = self->rx_msgs[i].msg_len;
             size_t ihl = (size_t)(buf[0] & 0x0F) * 4;
-            if (len < 20 || ihl < 20 || len < ihl + 20 || buf[ihl] >> 4 != 4) {
+            if (len < 20 || ihl < 20) {
+                self->malformed++;
+                continue;
+            }
+            size_t inner = gre ? gre_inner(self, buf, len, ihl) : ihl;
+            if (!inner)
+                continue;
+            if (len < inner + 20 || buf[inner] >> 4 != 4) {
                 self->malformed++;
                 continue;
             }
             uint32_t key, outer_src;
-            memcpy(&key, buf + ihl + self->accept_off, 4);
+            memcpy(&key, buf + inner + self->accept_off, 4);
             memcpy(&outer_src, buf + 12, 4);
             const Entry *e = table_find(&self->accept, key);
             if (!e || e->addr != outer_src) {
                 self->spoofed++; /* RFC 3024: only from the registered tunnel end */
                 continue;
             }
+            if (e->gre != gre) {
+                /* RFC 3024 4.3.2: an encapsulation not negotiated at registration */
+                self->wrong_encap++;
+                continue;
+            }
             self->in++;
-            deliver(self, &a, buf + ihl, len - ihl);
+            deliver(self, &a, buf + inner, len - inner);
         }
         agg_flush(self, &a); /* the next recvmmsg reuses the buffers */
         if (r < BATCH)
             break;
     }
-    return PyLong_FromUnsignedLong(total);
+    return total;
+}
+
+static PyObject *Engine_pump_raw(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromUnsignedLong(pump_in(self, self->raw_fd, 0));
+}
+
+static PyObject *Engine_pump_gre(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->gre_fd < 0)
+        return PyLong_FromUnsignedLong(0);
+    return PyLong_FromUnsignedLong(pump_in(self, self->gre_fd, 1));
 }
 
 /* A packet checked by the caller (RFC 3519 UDP tunnel data) into TUN. */
@@ -766,29 +847,33 @@ static PyObject *Engine_write(Engine *self, PyObject *arg) {
 }
 
 static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsK}", "out", self->out, "in", self->in,
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "out", self->out, "in", self->in,
                          "dropped_no_route", self->no_route, "dropped_spoofed", self->spoofed,
                          "malformed", self->malformed, "send_errors", self->send_errors,
                          "write_errors", self->write_errors, "tso_reads", self->tso_reads,
                          "merged_writes", self->merged_writes, "tun_wakeups", self->tun_wakeups,
-                         "raw_wakeups", self->raw_wakeups, "not_ipv4", self->not_ipv4);
+                         "raw_wakeups", self->raw_wakeups, "not_ipv4", self->not_ipv4,
+                         "gre_rejected", self->gre_rejected, "gre_bad_checksum",
+                         self->gre_bad_checksum, "wrong_encap", self->wrong_encap);
 }
 
 static PyMethodDef Engine_methods[] = {
     {"set_udp_fd", (PyCFunction)Engine_set_udp_fd, METH_O,
      "set_udp_fd(fd or -1): the socket RFC 3519 tunnel data leaves from"},
     {"set_route", (PyCFunction)Engine_set_route, METH_VARARGS,
-     "set_route(key or None, outer address[, udp port]): where packets with this key go"},
+     "set_route(key or None, outer address[, udp port[, gre]]): where packets with this key go"},
     {"del_route", (PyCFunction)Engine_del_route, METH_O, "del_route(key or None)"},
     {"set_accept", (PyCFunction)Engine_set_accept, METH_VARARGS,
-     "set_accept(key or None, outer source): who may tunnel packets with this key to us"},
+     "set_accept(key or None, outer source[, gre]): who may tunnel packets with this key to "
+     "us, and how"},
     {"del_accept", (PyCFunction)Engine_del_accept, METH_O, "del_accept(key or None)"},
     {"route_of", (PyCFunction)Engine_route_of, METH_O,
-     "route_of(key or None): (outer address, udp port) packets with this key go to, or None"},
+     "route_of(key or None): (outer address, udp port, gre) packets with this key go to, or None"},
     {"accept_of", (PyCFunction)Engine_accept_of, METH_O,
-     "accept_of(key or None): (outer source, 0) allowed for this key, or None"},
+     "accept_of(key or None): (outer source, gre) allowed for this key, or None"},
     {"pump_tun", (PyCFunction)Engine_pump_tun, METH_NOARGS, "TUN -> tunnel, one batch"},
     {"pump_raw", (PyCFunction)Engine_pump_raw, METH_NOARGS, "IP-in-IP -> TUN, a few batches"},
+    {"pump_gre", (PyCFunction)Engine_pump_gre, METH_NOARGS, "GRE -> TUN, a few batches"},
     {"write", (PyCFunction)Engine_write, METH_O, "write(packet): into TUN, already checked"},
     {"counters", (PyCFunction)Engine_counters, METH_NOARGS, "packet counters"},
     {NULL, NULL, 0, NULL},
@@ -798,7 +883,7 @@ static PyTypeObject EngineType = {
     .tp_name = "app.net._fastpath.Engine",
     .tp_basicsize = sizeof(Engine),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Moves packets between a TUN fd and IP-in-IP / RFC 3519 UDP sockets.",
+    .tp_doc = "Moves packets between a TUN fd and IP-in-IP / GRE / RFC 3519 UDP sockets.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Engine_init,
     .tp_dealloc = (destructor)Engine_dealloc,

@@ -119,12 +119,12 @@ def test_rfc3519_4_10_new_mapping_learnt_from_a_new_registration(alice):
 
 class _FakeTunnel:
     def __init__(self, endpoint: tuple[str, int]) -> None:
-        self.route = (socket.inet_aton(endpoint[0]), endpoint[1])
+        self.route = (socket.inet_aton(endpoint[0]), endpoint[1], False)
         self.written: list[bytes] = []
         self.spoofed = 0
         self.moved: list[object] = []
 
-    def route_of(self, _key: bytes) -> tuple[bytes, int] | None:
+    def route_of(self, _key: bytes) -> tuple[bytes, int, bool] | None:
         return self.route
 
     def count_spoofed(self) -> None:

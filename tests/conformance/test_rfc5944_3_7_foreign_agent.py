@@ -106,7 +106,7 @@ def test_rfc3024_4_2_1_76_at_most_once_a_second(mn):
 
 def test_rfc5944_3_7_2_3_denial_copies_the_requests_lifetime(mn):
     [rep] = to_mn(fa().from_mobile_node(mn.request(FA, lifetime=120,
-                                                   flags=RegFlags.T | RegFlags.G), MN_SRC, T0))
+                                                   flags=RegFlags.T | RegFlags.M), MN_SRC, T0))
     assert rep.code == 72 and rep.lifetime == 120
     assert rep.identification == mn._last and rep.home_agent == HA
 
@@ -191,6 +191,54 @@ def test_rfc5944_3_7_3_2_visitor_lifetime_at_most_the_agents_maximum(mn):
                             (HA, 434), T0)
     [up] = [a for a in res.actions if isinstance(a, VisitorUp)]
     assert up.visitor.expires_at == T0 + 300
+
+
+# -- 4.1 / 3.3 encapsulations: GRE (G) offered, minimal (M) not ------------------------
+
+def test_rfc5944_4_1_foreign_agent_relays_a_gre_request_and_tunnels_the_visitor_in_gre(mn):
+    """G asked, GRE offered (the default): relayed to the home agent, and the visitor
+    entry says GRE, both ways (RFC 3024 3: the reverse tunnel is the forward's twin)."""
+    f = fa()
+    res = f.from_mobile_node(mn.request(FA, lifetime=100, flags=RegFlags.T | RegFlags.G),
+                             MN_SRC, T0)
+    assert len(to_ha(res)) == 1 and not to_mn(res)
+    res = f.from_home_agent(RegistrationReply(1, 100, ALICE, HA, mn._last).encode(),
+                            (HA, 434), T0)
+    [up] = [a for a in res.actions if isinstance(a, VisitorUp)]
+    assert up.visitor.gre and up.visitor.reverse_tunnel
+
+
+def test_rfc3024_4_2_1_gre_turned_off_72(mn):
+    """``gre = false``: the requested encapsulation is unavailable here, 72."""
+    res = fa(gre=False).from_mobile_node(mn.request(FA, lifetime=100,
+                                                    flags=RegFlags.T | RegFlags.G), MN_SRC, T0)
+    assert [r.code for r in to_mn(res)] == [72] and not to_ha(res)
+
+
+def test_rfc3024_4_2_1_minimal_encapsulation_72(mn):
+    res = fa().from_mobile_node(mn.request(FA, lifetime=100, flags=RegFlags.T | RegFlags.M),
+                                MN_SRC, T0)
+    assert [r.code for r in to_mn(res)] == [72] and not to_ha(res)
+
+
+@pytest.mark.parametrize("gre", [True, False])
+def test_rfc5944_2_1_1_g_advertised_when_gre_is_offered(gre):
+    adv = AgentAdvertisement.decode(fa(gre=gre).advertisement())
+    assert (AgentFlags.G in adv.flags) is gre and AgentFlags.M not in adv.flags
+
+
+def test_rfc5944_4_1_gre_registration_end_to_end_through_the_fa(mn):
+    """A mobile node that asks only for GRE registers through our FA with our HA."""
+    f = fa_with_sa()
+    ha = HomeAgent(config(foreign_agents=(ForeignAgentSA(FA, 900, Algorithm.HMAC_MD5,
+                                                         FA_KEY),)))
+    [relayed] = to_ha(f.from_mobile_node(mn.request(FA, lifetime=100,
+                                                    flags=RegFlags.T | RegFlags.G), MN_SRC, T0))
+    out = ha.handle_request(relayed, (A("10.0.0.11"), 434), T0)
+    assert out.code == 1 and ha.bindings[ALICE].gre
+    res = f.from_home_agent(out.reply, (HA, 434), T0)
+    assert [r.code for r in to_mn(res)] == [1]
+    assert [a.visitor.gre for a in res.actions if isinstance(a, VisitorUp)] == [True]
 
 
 # -- 2.1.1 / 2.3 / 1.9 advertisements ----------------------------------------------------

@@ -193,6 +193,48 @@ def test_rfc5944_3_8_3_2_identification_low_bits_copied_and_home_agent_field(ali
     assert rep.home_agent == HA and rep.identification == alice._last
 
 
+# -- 3.3, 4.1 encapsulations: GRE (G) offered, minimal (M) not --------------------------
+
+@pytest.mark.parametrize("flags", [RegFlags.D | RegFlags.G, RegFlags.D | RegFlags.G | RegFlags.T,
+                                   RegFlags.G | RegFlags.T])
+def test_rfc5944_3_3_g_bit_accepted_binding_tunnelled_in_gre(alice, clock, flags):
+    """G asks for GRE; with ``gre = true`` (the default) the request is accepted and
+    the binding is tunnelled in GRE (the data plane reads ``Binding.gre``)."""
+    ha = HomeAgent(config())
+    out = ha.handle_request(alice.request(COA, flags=flags), SRC, clock.now)
+    assert code(out) == 1
+    assert ha.bindings[ALICE].gre and RegFlags.G in ha.bindings[ALICE].flags
+    assert "in GRE" in out.log
+
+
+def test_rfc5944_3_3_without_g_the_binding_is_ip_in_ip(alice, clock):
+    ha = HomeAgent(config())
+    assert code(ha.handle_request(alice.request(COA), SRC, clock.now)) == 1
+    assert not ha.bindings[ALICE].gre
+
+
+def test_rfc5944_3_8_2_3_gre_turned_off_139(alice, clock):
+    """``gre = false``: G asks for an encapsulation this agent does not offer, 139."""
+    ha = HomeAgent(config(gre=False))
+    out = ha.handle_request(alice.request(COA, flags=RegFlags.D | RegFlags.G), SRC, clock.now)
+    assert code(out) == 139 and ALICE not in ha.bindings and "home_agent.gre" in out.log
+
+
+@pytest.mark.parametrize("flags", [RegFlags.D | RegFlags.M, RegFlags.D | RegFlags.M | RegFlags.G])
+def test_rfc5944_3_8_2_3_minimal_encapsulation_139(alice, clock, flags):
+    ha = HomeAgent(config())
+    assert code(ha.handle_request(alice.request(COA, flags=flags), SRC, clock.now)) == 139
+
+
+def test_rfc5944_3_3_renewal_without_g_moves_the_binding_to_ip_in_ip(alice, clock):
+    ha = HomeAgent(config())
+    ha.handle_request(alice.request(COA, flags=RegFlags.D | RegFlags.G), SRC, clock.now)
+    clock.now += 1
+    out = ha.handle_request(alice.request(COA), SRC, clock.now)
+    assert code(out) == 1 and not ha.bindings[ALICE].gre
+    assert out.changes[0].previous is not None and out.changes[0].previous.gre
+
+
 # -- 5.7.2 Nonces -----------------------------------------------------------------
 
 def test_rfc5944_5_7_2_a_delayed_copy_does_not_void_the_nonce_given(clock):

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from app.agents.fa_config import ForeignAgentConfig
+from app.agents.fa_config import ForeignAgentConfig, load
 from app.agents.fa_core import ForeignAgent, ToHomeAgent, ToMobileNode, VisitorDown, VisitorUp
 from app.mip.icmp import AgentAdvertisement, AgentFlags
 from app.mip.messages import RegFlags, RegistrationReply
@@ -66,7 +66,7 @@ def test_unmatched_reply_dropped(fa, mn):
 
 @pytest.mark.parametrize(("kw", "code"), [
     ({"lifetime": 301}, 69),
-    ({"flags": RegFlags.T | RegFlags.G}, 72),
+    ({"flags": RegFlags.T | RegFlags.M}, 72),
     ({"coa": "10.40.1.77", "flags": RegFlags.T}, 77),
     ({"sign": False}, 70),
 ])
@@ -147,3 +147,18 @@ def test_fa_ha_security_association_both_ways(mn):
                                 key, Algorithm.HMAC_MD5)
     res = fa.from_home_agent(good, (HA, 434), T0)
     assert only(res.actions, VisitorUp) and fa.visitors
+
+
+def test_config_gre_key(tmp_path):
+    """``gre`` in [foreign_agent]: on by default, false turns it off, else the key is named."""
+    from app.config import ConfigError
+    base = '[foreign_agent]\ncare_of_address = "10.40.1.1"\ninterface = "fa"\n'
+    p = tmp_path / "fa.toml"
+    p.write_text(base)
+    assert load(p).gre
+    p.write_text(base + "gre = false\n")
+    assert not load(p).gre
+    p.write_text(base + 'gre = "no"\n')
+    with pytest.raises(ConfigError) as err:
+        load(p)
+    assert err.value.key == "foreign_agent.gre" and "true or false" in err.value.message

@@ -23,6 +23,11 @@ def test_good_config_defaults(tmp_path):
     assert cfg.port == 434 and cfg.max_lifetime == 600 and cfg.replay_window == 7.0
     assert cfg.state_dir.as_posix() == "/var/lib/trustroam-ha"
     assert "00112233" not in repr(cfg)  # keys stay out of reprs (and so out of logs)
+    assert cfg.gre  # GRE offered unless turned off
+
+
+def test_gre_can_be_turned_off(tmp_path):
+    assert not load(write(tmp_path, GOOD_HA + "gre = false\n" + GOOD_MN)).gre
 
 
 @pytest.mark.parametrize(("text", "key", "words"), [
@@ -39,6 +44,7 @@ def test_good_config_defaults(tmp_path):
     (GOOD_HA + 'dataplane = "magic"\n', "home_agent.dataplane", "must be one of"),
     (GOOD_HA + "max_liftime = 5\n", "home_agent.max_liftime", "not a known setting"),
     (GOOD_HA + "udp_tunnelling = 1\n", "home_agent.udp_tunnelling", "true or false"),
+    (GOOD_HA + 'gre = "off"\n', "home_agent.gre", "true or false"),
     (GOOD_HA, "mobile_nodes", "no [[mobile_nodes]]"),
     (GOOD_HA + GOOD_MN.replace("spi = 256", "spi = 7"), "mobile_nodes[0].spi", "reserved"),
     (GOOD_HA + GOOD_MN.replace("hex:0011", "hex:zz11"), "mobile_nodes[0].key", "not hex"),

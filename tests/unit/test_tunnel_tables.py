@@ -36,22 +36,23 @@ def test_compiled_engine_is_built() -> None:
 addresses = st.binary(min_size=4, max_size=4)
 keys = st.one_of(st.none(), st.sampled_from([bytes([10, 20, 1, i]) for i in range(40)]))
 ops = st.lists(st.tuples(st.sampled_from(["set", "del"]), keys, addresses,
-                         st.integers(0, 65535)), max_size=300)
+                         st.integers(0, 65535), st.booleans()), max_size=300)
 
 
 @settings(max_examples=200, deadline=None)
 @given(ops)
-def test_tables_agree_with_a_model(operations: list[tuple[str, bytes | None, bytes, int]]
-                                   ) -> None:
+def test_tables_agree_with_a_model(
+        operations: list[tuple[str, bytes | None, bytes, int, bool]]) -> None:
     for name, eng in _engines():
-        routes: dict[bytes | None, tuple[bytes, int]] = {}
-        accepts: dict[bytes | None, tuple[bytes, int]] = {}
-        for op, key, addr, port in operations:
+        routes: dict[bytes | None, tuple[bytes, int, bool]] = {}
+        accepts: dict[bytes | None, tuple[bytes, bool]] = {}
+        for op, key, addr, any_port, gre in operations:
             if op == "set":
-                eng.set_route(key, addr, port)
-                eng.set_accept(key, addr)
-                routes[key] = (addr, port)
-                accepts[key] = (addr, 0)
+                port = 0 if gre else any_port  # GRE entries have no UDP port
+                eng.set_route(key, addr, port, gre)
+                eng.set_accept(key, addr, gre)
+                routes[key] = (addr, port, gre)
+                accepts[key] = (addr, gre)
             else:
                 eng.del_route(key)
                 eng.del_accept(key)
@@ -75,9 +76,9 @@ def test_many_bindings_grow_and_shrink() -> None:
             eng.del_route(k)
         for k in keys[::4]:
             eng.set_route(k, b"\x01\x02\x03\x04")
-        assert eng.route_of(keys[1]) == (keys[1][::-1], 434), name
+        assert eng.route_of(keys[1]) == (keys[1][::-1], 434, False), name
         assert eng.route_of(keys[2]) is None, name
-        assert eng.route_of(keys[4]) == (b"\x01\x02\x03\x04", 0), name
+        assert eng.route_of(keys[4]) == (b"\x01\x02\x03\x04", 0, False), name
 
 
 @pytest.mark.parametrize("bad", [b"", b"\x01\x02\x03", b"\x01\x02\x03\x04\x05", "10.0.0.1"])
@@ -91,3 +92,10 @@ def test_keys_and_addresses_are_four_bytes(bad: object) -> None:
             eng.set_accept(b"\x01\x02\x03\x04", bad)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="port"):
             eng.set_route(b"\x01\x02\x03\x04", b"\x01\x02\x03\x04", 70000)
+
+
+def test_gre_over_udp_is_refused() -> None:
+    """GRE bindings are raw IP protocol 47; RFC 3519 UDP bindings carry IP-in-IP only."""
+    for _name, eng in _engines():
+        with pytest.raises(ValueError, match="GRE"):
+            eng.set_route(b"\x01\x02\x03\x04", b"\x01\x02\x03\x04", 434, True)
