@@ -135,6 +135,15 @@ def _yes(section: Mapping[str, Any], key: str) -> bool:
     return _text(section.get(key)) == "yes"
 
 
+def _nat(ike: Mapping[str, Any]) -> bool:
+    """A NAT in front of us (RFC 5266 section 4: between the MN and the gateway).
+
+    Only ``nat-local``: kernel-libipsec makes charon fake NAT detection so that
+    ESP is always UDP-encapsulated, which shows as ``nat-remote``/``nat-any`` on
+    every SA (observed against lab gateways with no NAT in between)."""
+    return _yes(ike, "nat-local")
+
+
 def _sa_sections(event: Mapping[str, Any], conn: str) -> list[Mapping[str, Any]]:
     value = event.get(conn)
     return [value] if isinstance(value, Mapping) else []
@@ -162,8 +171,7 @@ def translate(name: str | bytes, event: Mapping[str, Any], conn: str = CONNECTIO
                 gateway, local = _endpoint(ike, "remote"), _endpoint(ike, "local")
                 if gateway is None or local is None:
                     continue
-                out.append(VpnUp(tia(ike), gateway, local,
-                                 _yes(ike, "nat-local") or _yes(ike, "nat-remote"), ike_id))
+                out.append(VpnUp(tia(ike), gateway, local, _nat(ike), ike_id))
             elif _text(ike.get("state")) == "ESTABLISHED":
                 # The IKE SA stays: only the tunnel went.  When the IKE SA is going
                 # too (terminate, DPD), its own ike-updown reports it once.
@@ -223,5 +231,5 @@ def sa_infos(listing: list[Mapping[str, Any]], conn: str = CONNECTION) -> list[S
                         for c in (children.values() if isinstance(children, Mapping) else ()))
         out.append(SaInfo(ike_id, _text(ike.get("state")), tia(ike), _endpoint(ike, "local"),
                           _endpoint(ike, "remote"),
-                          _yes(ike, "nat-local") or _yes(ike, "nat-remote"), installed))
+                          _nat(ike), installed))
     return out
