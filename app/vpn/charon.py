@@ -68,6 +68,10 @@ class VpnError(Exception):
 class VpnUnreachableError(VpnError):
     """charon is absent, restarting, refusing, or did not answer in time."""
 
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(f"{message} ({reason})")
+        self.reason = reason
+
 
 class VpnCommandError(VpnError):
     """charon answered and refused (e.g. the gateway did not answer or authenticate)."""
@@ -84,7 +88,8 @@ class VpnConfigError(VpnError):
 class _Session:
     """A connected VICI session and its socket (closed from any thread to unblock it)."""
 
-    def __init__(self, path: str, timeout: float) -> None:
+    def __init__(self, path: str, timeout: float, generation: int = 0) -> None:
+        self.generation = generation
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
@@ -126,6 +131,8 @@ class Charon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cmd = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vici-cmd")
         self._cmd_session: _Session | None = None
+        self._generation = 0
+        """Counts the listener's connections; written by the listener thread only."""
         self._ev_session: _Session | None = None
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
@@ -311,11 +318,11 @@ class Charon:
             session = self._cmd_session
             if session is not None:
                 session.abort()  # unblocks the thread; the next call reconnects
-            self._mark_unreachable(f"no answer to {what} within {timeout:g} s")
-            raise VpnUnreachableError(f"{self.unreachable_message} (no answer to {what} "
-                                      f"within {timeout:g} s)") from None
+            reason = f"no answer to {what} within {timeout:g} s"
+            self._mark_unreachable(reason)
+            raise VpnUnreachableError(self.unreachable_message, reason) from None
         except VpnUnreachableError as exc:
-            self._mark_unreachable(str(exc))
+            self._mark_unreachable(exc.reason)
             raise
         self._mark_reachable()
         return result
@@ -323,13 +330,18 @@ class Charon:
     def _run(self, what: str, fn: Callable[[vici.Session], T], timeout: float) -> T:
         """On the command thread: (re)connect, run, translate failures."""
         if self._stop.is_set():
-            raise VpnUnreachableError(f"{self.unreachable_message} (adapter closed)")
+            raise VpnUnreachableError(self.unreachable_message, "adapter closed")
+        generation = self._generation
+        if self._cmd_session is not None and self._cmd_session.generation != generation:
+            # The listener saw charon go and come back since this session was opened:
+            # it talks to a dead daemon.
+            self._cmd_session.close()
+            self._cmd_session = None
         if self._cmd_session is None:
             try:
-                self._cmd_session = _Session(self.path, self.call_timeout)
+                self._cmd_session = _Session(self.path, self.call_timeout, generation)
             except OSError as exc:
-                raise VpnUnreachableError(
-                    f"{self.unreachable_message} ({_reason(exc)})") from None
+                raise VpnUnreachableError(self.unreachable_message, _reason(exc)) from None
         session = self._cmd_session
         session.sock.settimeout(timeout)
         try:
@@ -340,8 +352,7 @@ class Charon:
         except _PROTOCOL_ERRORS as exc:
             session.close()
             self._cmd_session = None
-            raise VpnUnreachableError(f"{self.unreachable_message} ({_reason(exc)})"
-                                      ) from None
+            raise VpnUnreachableError(self.unreachable_message, _reason(exc)) from None
 
     def _scrub(self, text: str) -> str:
         for v in self._secrets.values():
@@ -359,6 +370,7 @@ class Charon:
             except OSError as exc:
                 self._to_loop(self._mark_unreachable, _reason(exc))
             else:
+                self._generation += 1  # a (possibly new) charon: command sessions reconnect
                 self._ev_session = session
                 try:
                     delay = self._listen(session)
