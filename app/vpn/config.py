@@ -313,7 +313,9 @@ def terminate(name: str = CONNECTION, timeout: float = 3.0) -> dict[str, Any]:
 
 
 def list_sas(name: str = CONNECTION) -> dict[str, Any]:
-    return {"ike": name, "noblock": "yes"}
+    # Not "noblock": it skips an IKE SA that is busy (e.g. rekeying CHILD SAs right
+    # after a MOBIKE move) and the tunnel would look gone.  The call has a timeout.
+    return {"ike": name}
 
 
 def unload_conn(name: str = CONNECTION) -> dict[str, Any]:

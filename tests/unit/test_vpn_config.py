@@ -184,7 +184,7 @@ def test_initiate_terminate_and_list_arguments():
     assert vc.initiate(timeout=7.5) == {"ike": "trustroam", "child": "intranet",
                                         "timeout": "7500"}
     assert vc.terminate(timeout=2) == {"ike": "trustroam", "timeout": "2000", "force": "yes"}
-    assert vc.list_sas() == {"ike": "trustroam", "noblock": "yes"}
+    assert vc.list_sas() == {"ike": "trustroam"}
     assert vc.unload_conn() == {"name": "trustroam"}
 
 
