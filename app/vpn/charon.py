@@ -352,7 +352,9 @@ class Charon:
         except _PROTOCOL_ERRORS as exc:
             session.close()
             self._cmd_session = None
-            raise VpnUnreachableError(self.unreachable_message, _reason(exc)) from None
+            reason = (f"no answer to {what} within {timeout:g} s"
+                      if isinstance(exc, TimeoutError) else _reason(exc))
+            raise VpnUnreachableError(self.unreachable_message, reason) from None
 
     def _scrub(self, text: str) -> str:
         for v in self._secrets.values():

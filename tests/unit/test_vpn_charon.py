@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,7 @@ from app.vpn import config as vc
 from app.vpn.charon import Charon, VpnCommandError, VpnConfigError, VpnUnreachableError
 from app.vpn.events import VpnEvent, VpnServiceUp, VpnUnreachable, VpnUp
 from tests.fake_vici import FakeVici
+from tests.requirements import require
 from tests.unit import vici_events as ev
 
 CFG = vc.VpnConfig(gateways=("172.16.0.11", "172.16.0.12"), identity="mn@lab",
@@ -188,3 +192,51 @@ async def test_terminate_without_a_tunnel_is_no_error(tmp_path):
     finally:
         await a.close()
         fake.close()
+
+
+def _keypair(tmp_path, passphrase: str | None) -> tuple[Path, Path]:
+    key, cert = tmp_path / "mn.key", tmp_path / "mn.pem"
+    enc = ["-aes256", "-pass", f"pass:{passphrase}"] if passphrase else []
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key), *enc],
+                   check=True, capture_output=True)
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n")
+    return key, cert
+
+
+async def test_pubkey_loads_the_decrypted_key_and_the_certificate(tmp_path):
+    require(shutil.which("openssl") is not None, "openssl is not installed (install-deps)")
+    key, cert = _keypair(tmp_path, SECRET)
+    assert b"ENCRYPTED" in key.read_bytes()
+    cfg = vc.VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
+                       auth=vc.AuthMethod.PUBKEY, cert_file=cert, key_file=key, ca_file=cert)
+    fake = FakeVici(tmp_path / "charon.vici")
+    a = adapter(fake.path, Events())
+    try:
+        await a.start()
+        with pytest.raises(VpnConfigError, match="vpn_key_passphrase: missing"):
+            await a.load(cfg, {})
+        with pytest.raises(VpnConfigError, match=r"vpn\.key_file: cannot decrypt") as exc:
+            await a.load(cfg, {"vpn_key_passphrase": "wrong-" + SECRET})
+        assert SECRET not in str(exc.value)
+        await a.load(cfg, {"vpn_key_passphrase": SECRET})
+        assert fake.names() == ["load-key", "load-conn"]
+        sent = fake.commands[0][1]
+        assert sent["type"] == b"any" and b"BEGIN PRIVATE KEY" in sent["data"]
+        assert b"ENCRYPTED" not in sent["data"]
+        conn = fake.commands[1][1]["trustroam"]
+        assert conn["local"]["certs"] == [cert.read_bytes()]
+        assert conn["remote"]["cacerts"] == [cert.read_bytes()]
+    finally:
+        await a.close()
+        fake.close()
+
+
+async def test_unreadable_files_are_named(tmp_path):
+    cfg = vc.VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
+                       auth=vc.AuthMethod.EAP_MD5, ca_file=tmp_path / "nope.pem")
+    a = adapter(tmp_path / "charon.vici", Events())
+    try:
+        with pytest.raises(VpnConfigError, match=r"vpn.ca_file: cannot read .*nope.pem"):
+            await a.load(cfg, {"vpn_password": SECRET})
+    finally:
+        await a.close()
