@@ -66,7 +66,7 @@ async def ticker() -> AsyncIterator[Ticker]:
 
 
 def adapter(path: object, events: Events, **kw: float) -> Charon:
-    opts: dict[str, float] = {"call_timeout": 0.5, "backoff_min": 0.05, "backoff_max": 0.2}
+    opts: dict[str, float] = {"call_timeout": 2.0, "backoff_min": 0.05, "backoff_max": 0.2}
     opts.update(kw)
     return Charon(str(path), events, **opts)
 
@@ -187,7 +187,7 @@ async def test_terminate_without_a_tunnel_is_no_error(tmp_path):
     try:
         await a.start()
         await a.terminate()
-        assert fake.commands[-1] == ("terminate", {"ike": b"trustroam", "timeout": b"250",
+        assert fake.commands[-1] == ("terminate", {"ike": b"trustroam", "timeout": b"1000",
                                                    "force": b"yes"})
     finally:
         await a.close()
