@@ -105,7 +105,7 @@ def lab_cfg(**kw: object) -> vc.VpnConfig:
     return vc.VpnConfig(**base)  # type: ignore[arg-type]
 
 
-def test_load_conn_is_the_lab_recipe_client():
+def test_rfc5266_3_3_load_conn_asks_for_mobike_and_a_tia():
     """lab-recipes.md's client: remote_addrs, vips 0.0.0.0, mobike, dpd_delay, child
     remote_ts = intranet, and nothing started by charon on its own."""
     msg = vc.load_conn(lab_cfg(ike_proposals=("aes128-sha256-x25519",),

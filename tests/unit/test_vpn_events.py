@@ -31,7 +31,7 @@ def test_ike_up_alone_is_not_vpn_up():
     assert translate(*ev.IKE_UP) == []
 
 
-def test_nat_detected_only_for_a_nat_on_our_side():
+def test_rfc5266_4_nat_detected_only_for_a_nat_on_our_side():
     """kernel-libipsec fakes nat-remote on every SA; nat-local is the real NAT (RFC 5266 4)."""
     name, msg = copy.deepcopy(ev.CHILD_UP)
     msg["trustroam"]["nat-local"] = b"yes"
@@ -39,7 +39,7 @@ def test_nat_detected_only_for_a_nat_on_our_side():
     assert isinstance(up, VpnUp) and up.nat_detected
 
 
-def test_mobike_update_carries_the_new_endpoints_not_the_old():
+def test_rfc5266_3_3_mobike_update_carries_the_new_endpoints_not_the_old():
     """ike-update: top-level local-host/remote-host are the NEW endpoints; the SA section
     still shows the old address (203.0.113.115)."""
     assert translate(*ev.IKE_UPDATE) == [MobikeUpdate(NAT, GW1, 1)]
