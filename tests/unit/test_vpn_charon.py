@@ -86,6 +86,13 @@ async def test_absent_charon_is_named_and_fails_fast(tmp_path, ticker):
         # Retries back off: reported once, not once per attempt.
         await asyncio.sleep(0.5)
         assert sum(isinstance(e, VpnUnreachable) for e in events.seen) == 1
+        # The profile given while charon was away goes in as soon as it starts.
+        fake = FakeVici(sock)
+        try:
+            await events.next(VpnServiceUp)
+            assert fake.names() == ["load-shared", "load-conn"]
+        finally:
+            fake.close()
     finally:
         await a.close()
 
