@@ -25,6 +25,8 @@ class FakeVici:
         self.silent = silent
         self.commands: list[tuple[str, dict[str, Any]]] = []
         self.replies: dict[str, dict[str, Any]] = {}
+        self.hold: dict[str, threading.Event] = {}
+        """Commands whose answer waits until the event is set (a slow gateway)."""
         self.streams: dict[str, list[dict[str, Any]]] = {}
         self.registered: list[tuple[socket.socket, str]] = []
         self.lock = threading.Lock()
@@ -105,6 +107,8 @@ class FakeVici:
             payload = (struct.pack("!BB", Packet.EVENT, len(stream_event or ""))
                        + (stream_event or "").encode() + Message.serialize(item))
             _send(c, payload)
+        if name in self.hold:
+            self.hold[name].wait(10)
         reply = self.replies.get(name, {"success": "yes"})
         _send(c, struct.pack("!B", Packet.CMD_RESPONSE) + Message.serialize(reply))
 

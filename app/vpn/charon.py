@@ -227,9 +227,11 @@ class Charon:
 
     async def initiate(self) -> SaInfo:
         """Bring the tunnel up, trying the gateways in the profile's order; an
-        existing tunnel is returned as is (MOBIKE keeps it across moves)."""
+        existing tunnel is returned as is (MOBIKE keeps it across moves).
+        ``terminate()`` meanwhile aborts it (VpnCommandError) without waiting."""
         cfg = self._require_loaded()
         async with self._op:
+            self._terminating = False
             current = await self._sas()
             if any(sa.up for sa in current):
                 return next(sa for sa in current if sa.up)
@@ -242,32 +244,33 @@ class Charon:
                         msgs.initiate(self.name, self.ike_timeout))),
                         self.ike_timeout + self.call_timeout)
                 except VpnCommandError as exc:
+                    if self._terminating:
+                        raise VpnCommandError("terminated while connecting") from None
                     failures.append(f"{gw}: {exc}")
                     await self._terminate()  # stop charon retrying this one
                     continue
                 up = [sa for sa in await self._sas() if sa.up]
                 if up:
                     self._gateway = gw
-                    self._terminating = False
                     return up[0]
                 failures.append(f"{gw}: no tunnel after initiation")
             raise VpnCommandError("no VPN gateway brought the tunnel up (" +
                                   "; ".join(failures) + ")")
 
     async def terminate(self) -> None:
-        """Tear the tunnel down (no error if there is none)."""
-        async with self._op:
-            self._terminating = True
-            await self._terminate()
+        """Tear the tunnel down, or abort a pending ``initiate`` (no error if there is
+        none).  Not queued behind a slow initiate: it has its own VICI session."""
+        self._terminating = True
+        await self._terminate(own_session=True)
 
-    async def _terminate(self) -> None:
+    async def _terminate(self, *, own_session: bool = False) -> None:
         def stop(s: vici.Session) -> None:
             try:
                 list(s.terminate(msgs.terminate(self.name, self.call_timeout / 2)))
             except vici.exception.CommandException as exc:
                 if "no matching" not in str(exc):
                     raise
-        await self._call("terminate", stop, self.call_timeout)
+        await self._call("terminate", stop, self.call_timeout, own_session=own_session)
 
     async def unload(self) -> None:
         """Remove our connection and secrets from charon (profile switched off)."""
@@ -297,9 +300,10 @@ class Charon:
         return sa.tia if sa is not None and sa.up else None
 
     async def _sas(self) -> list[SaInfo]:
+        # Its own session: status reads never wait behind a slow initiate.
         listing = await self._call("list-sas",
                                    lambda s: list(s.list_sas(msgs.list_sas(self.name))),
-                                   self.call_timeout)
+                                   self.call_timeout, own_session=True)
         return sa_infos(listing, self.name)
 
     def _require_loaded(self) -> VpnConfig:
@@ -309,13 +313,20 @@ class Charon:
 
     # -- the command thread --------------------------------------------------------
 
-    async def _call(self, what: str, fn: Callable[[vici.Session], T], timeout: float) -> T:
+    async def _call(self, what: str, fn: Callable[[vici.Session], T], timeout: float, *,
+                    own_session: bool = False) -> T:
+        """Run ``fn`` on the command thread (in order), or with ``own_session`` on a
+        fresh session in a worker thread (for what must not queue behind it)."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._cmd, self._run, what, fn, timeout)
+        holder: list[_Session] = []
+        if own_session:
+            fut = loop.run_in_executor(None, self._run_own, what, fn, timeout, holder)
+        else:
+            fut = loop.run_in_executor(self._cmd, self._run, what, fn, timeout)
         try:
             result = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            session = self._cmd_session
+            session = holder[0] if holder else self._cmd_session
             if session is not None:
                 session.abort()  # unblocks the thread; the next call reconnects
             reason = f"no answer to {what} within {timeout:g} s"
@@ -326,6 +337,21 @@ class Charon:
             raise
         self._mark_reachable()
         return result
+
+    def _run_own(self, what: str, fn: Callable[[vici.Session], T], timeout: float,
+                 holder: list[_Session]) -> T:
+        """On a worker thread: a session of its own for one call."""
+        if self._stop.is_set():
+            raise VpnUnreachableError(self.unreachable_message, "adapter closed")
+        try:
+            session = _Session(self.path, self.call_timeout)
+        except OSError as exc:
+            raise VpnUnreachableError(self.unreachable_message, _reason(exc)) from None
+        holder.append(session)
+        try:
+            return self._exchange(session, what, fn, timeout)
+        finally:
+            session.close()
 
     def _run(self, what: str, fn: Callable[[vici.Session], T], timeout: float) -> T:
         """On the command thread: (re)connect, run, translate failures."""
@@ -343,6 +369,14 @@ class Charon:
             except OSError as exc:
                 raise VpnUnreachableError(self.unreachable_message, _reason(exc)) from None
         session = self._cmd_session
+        try:
+            return self._exchange(session, what, fn, timeout)
+        except VpnUnreachableError:
+            self._cmd_session = None
+            raise
+
+    def _exchange(self, session: _Session, what: str, fn: Callable[[vici.Session], T],
+                  timeout: float) -> T:
         session.sock.settimeout(timeout)
         try:
             return fn(session.vici)
@@ -351,7 +385,6 @@ class Charon:
                                               f"{_command_error(exc)}")) from None
         except _PROTOCOL_ERRORS as exc:
             session.close()
-            self._cmd_session = None
             reason = (f"no answer to {what} within {timeout:g} s"
                       if isinstance(exc, TimeoutError) else _reason(exc))
             raise VpnUnreachableError(self.unreachable_message, reason) from None

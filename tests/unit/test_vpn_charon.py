@@ -8,6 +8,7 @@ import contextlib
 import logging
 import shutil
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -157,6 +158,32 @@ async def test_initiate_tries_the_next_gateway(tmp_path):
         assert loads == [[b"172.16.0.11"], [b"172.16.0.12"]]
         assert "172.16.0.11: charon refused initiate" in str(exc.value)
         assert fake.names().count("terminate") == 2, "a failed gateway is not left retrying"
+    finally:
+        await a.close()
+        fake.close()
+
+
+async def test_terminate_aborts_a_pending_initiate_without_queueing_behind_it(tmp_path):
+    """A direct reply (trusted) while the VPN is still connecting: terminate returns
+    while initiate is pending, and the initiate stops instead of trying gateway 2."""
+    fake = FakeVici(tmp_path / "charon.vici")
+    fake.hold["initiate"] = threading.Event()
+    fake.replies["initiate"] = {"success": "no", "errmsg": "establishing CHILD_SA failed"}
+    a = adapter(fake.path, Events(), ike_timeout=5.0)
+    try:
+        await a.start()
+        await a.load(CFG, {"vpn_psk": SECRET})
+        pending = asyncio.get_running_loop().create_task(a.initiate())
+        while "initiate" not in fake.names():
+            await asyncio.sleep(0.01)  # the fake records commands; nothing to await
+        assert await a.tia() is None  # status reads do not wait behind it either
+        await a.terminate()
+        assert not pending.done() and fake.names()[-1] == "terminate"
+        fake.hold["initiate"].set()  # charon answers: initiation aborted
+        with pytest.raises(VpnCommandError, match="terminated while connecting"):
+            await pending
+        loads = [m["trustroam"]["remote_addrs"] for c, m in fake.commands if c == "load-conn"]
+        assert loads == [[b"172.16.0.11"]], "no second gateway after terminate"
     finally:
         await a.close()
         fake.close()
