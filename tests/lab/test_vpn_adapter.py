@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -32,6 +33,7 @@ from tests.lab.conftest import mn_address, ns_exec
 
 SOCKET = lab_charon.directory(CHARON_DIR, MN) / "charon.vici"
 POOL1 = IPv4Network("10.99.1.0/24")
+POOL2 = IPv4Network("10.99.2.0/24")
 PROFILE = f"""
 [vpn]
 gateways = ["172.16.0.11", "172.16.0.12"]
@@ -167,6 +169,20 @@ async def test_vpn_adapter_on_real_charon(lab: Lab, ticker: Ticker) -> None:
         await a.initiate()
         up3 = await events.next(VpnUp)
         assert isinstance(up3, VpnUp) and up3.tia is not None and up3.tia in POOL1
+        await a.terminate()
+        await events.next(VpnDown)
+
+        # Gateways in order: a silent first gateway costs one initiate timeout, is
+        # not left retrying, and the second one gives a TIA from its own pool.
+        silent_first = replace(cfg, gateways=("172.16.0.99", "172.16.0.12"))
+        a.ike_timeout = 2.0
+        await a.load(silent_first, {"vpn_psk": lab_charon.LAB_PSK})
+        sa2 = await a.initiate()
+        assert a.gateway == "172.16.0.12"
+        assert sa2.tia is not None and sa2.tia in POOL2
+        listing = await a._call("list-sas", lambda s: list(s.list_sas()), 5.0)
+        assert [str(ike[name]["remote-host"], "ascii") for ike in listing for name in ike
+                ] == ["172.16.0.12"], "the silent gateway's IKE SA was left behind"
         print(f"unreachable reported {reported * 1000:.0f} ms after the kill; "
               f"longest loop gap {ticker.max_gap * 1000:.0f} ms")
         await a.terminate()
