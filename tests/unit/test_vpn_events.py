@@ -101,7 +101,7 @@ def test_garbage_is_ignored_not_raised():
 
 
 def test_list_sas_gives_tia_endpoints_and_child_state():
-    ike = {k: v for k, v in ev.CHILD_UP[1].items() if k != "up"}
+    ike = {k: v for k, v in copy.deepcopy(ev.CHILD_UP[1]).items() if k != "up"}
     (sa,) = sa_infos([ike, {"other": {"uniqueid": b"9"}}])
     assert sa.up and sa.ike_id == 1 and sa.tia == IPv4Address("10.99.1.1")
     assert sa.local == PUB and sa.remote == GW1 and not sa.nat_detected
