@@ -140,6 +140,14 @@ class Section:
     def path(self, name: str, default: str) -> Path:
         return Path(self.str_(name, default))
 
+    def str_list(self, name: str, *, required: bool = False) -> list[str]:
+        value = self._get(name, [], required)
+        if isinstance(value, str):
+            raise self.error(name, f'must be an array of strings (["{value}"]), got a string')
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(name, "must be an array of strings")
+        return list(value)
+
     def table_list(self, name: str) -> list[Section]:
         value = self._get(name, [], False)
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):

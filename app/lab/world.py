@@ -335,6 +335,27 @@ table ip tr_nat {{
                                 start_new_session=True)
         return proc.pid
 
+    def kill_charon(self, node: str = MN) -> None:
+        """Kill a node's charon as a crash would (SIGKILL: its VICI socket file stays)."""
+        state = LabState.load()
+        pid = state.pids.pop(f"charon-{node}", None)
+        if pid is not None:
+            _kill(pid)
+        state.save()
+
+    def start_charon(self, node: str = MN) -> None:
+        """(Re)start the MN's charon as ``up`` does; returns when its VICI socket exists."""
+        if node != MN:
+            raise LabError("only the MN's charon restarts alone (a gateway needs its config)")
+        state = LabState.load()
+        if f"charon-{node}" in state.pids:
+            raise LabError(f"charon in {node} is already running")
+        with contextlib.suppress(FileNotFoundError):  # a killed charon leaves it behind
+            (charon.directory(CHARON_DIR, node) / "charon.vici").unlink()
+        state.pids[f"charon-{node}"] = self._start_charon(node, None)
+        state.save()
+        asyncio.run(self._vici_ready(node))
+
     async def _vici_ready(self, node: str, timeout: float = 10.0) -> None:
         sock = charon.directory(CHARON_DIR, node) / "charon.vici"
         deadline = time.monotonic() + timeout

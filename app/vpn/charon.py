@@ -1,0 +1,558 @@
+"""The VPN adapter: strongSwan's charon driven over VICI, kept off the event loop.
+
+VICI (the ``vici`` package) is blocking, so:
+
+* commands run on ONE dedicated thread (a single-worker executor: charon sees
+  them in order), each bounded by a timeout on the loop side; a call that
+  overruns has its socket shut down, which unblocks the thread at once;
+* events arrive on a SECOND session in its own thread, which reconnects with
+  exponential backoff (``backoff_min`` doubling to ``backoff_max``) and hands
+  every event to the loop with ``call_soon_threadsafe``.
+
+An absent, restarting or refusing charon is reported once as
+``VpnUnreachable("VPN service not reachable at <socket>")`` and every call fails
+fast with ``VpnUnreachableError`` carrying the same sentence.  When charon answers
+again the adapter reloads the profile's connection and secrets and reports
+``VpnServiceUp``; bringing the tunnel back (``initiate``) is the caller's decision.
+
+Secrets are held in memory only to reload them into a restarted charon; they go
+to charon over VICI and nowhere else (never in logs or exception texts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, TypeVar
+
+import vici
+import vici.exception
+
+from app.vpn import config as msgs
+from app.vpn.config import SECRET_KEY_PASSPHRASE, Certificates, SecretMissing, VpnConfig
+from app.vpn.events import (
+    EVENT_NAMES,
+    SaInfo,
+    VpnDown,
+    VpnEvent,
+    VpnServiceUp,
+    VpnUnreachable,
+    VpnUp,
+    sa_infos,
+    translate,
+)
+
+log = logging.getLogger("trustroam.vpn")
+
+DEFAULT_SOCKET = "/run/charon.vici"
+T = TypeVar("T")
+
+_PROTOCOL_ERRORS = (OSError, vici.exception.SessionException,
+                    vici.exception.DeserializationException, ValueError)
+
+
+class VpnError(Exception):
+    """A VPN operation failed; the message is one line for the user, secret-free."""
+
+
+class VpnUnreachableError(VpnError):
+    """charon is absent, restarting, refusing, or did not answer in time."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(f"{message} ({reason})")
+        self.reason = reason
+
+
+class VpnCommandError(VpnError):
+    """charon answered and refused (e.g. the gateway did not answer or authenticate)."""
+
+
+class VpnConfigError(VpnError):
+    """The profile or its secrets cannot be loaded; the message names the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class _Session:
+    """A connected VICI session and its socket (closed from any thread to unblock it)."""
+
+    def __init__(self, path: str, timeout: float, generation: int = 0) -> None:
+        self.generation = generation
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+        self.vici = vici.Session(self.sock)
+
+    def abort(self) -> None:
+        """Shut the socket down: a thread blocked in recv on it returns at once."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.abort()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Charon:
+    """The adapter.  Create it on the event loop's thread, ``await start()``, then
+    ``load``/``initiate``/``terminate``/``sa``/``tia``; ``await close()`` at the end.
+    ``on_event`` is called on the loop's thread with each ``VpnEvent``."""
+
+    def __init__(self, socket_path: str | os.PathLike[str] = DEFAULT_SOCKET,
+                 on_event: Callable[[VpnEvent], None] | None = None, *,
+                 call_timeout: float = 5.0, ike_timeout: float = 10.0,
+                 backoff_min: float = 0.2, backoff_max: float = 5.0,
+                 name: str = msgs.CONNECTION) -> None:
+        self.path = str(socket_path)
+        self.on_event = on_event
+        self.call_timeout = call_timeout
+        self.ike_timeout = ike_timeout
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.name = name
+        self.unreachable_message = f"VPN service not reachable at {self.path}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cmd = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vici-cmd")
+        self._cmd_session: _Session | None = None
+        self._generation = 0
+        """Counts the listener's connections; written by the listener thread only."""
+        self._ev_session: _Session | None = None
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._first_attempt: asyncio.Future[None] | None = None
+        self._op = asyncio.Lock()
+        self._reachable: bool | None = None
+        self._cfg: VpnConfig | None = None
+        self._secrets: dict[str, str] = {}
+        self._certs = Certificates()
+        self._key: bytes | None = None
+        self._gateway: str | None = None
+        self._loaded_gw: str | None = None
+        self._up_ike: int | None = None
+        self._terminating = False
+        self._reload_task: asyncio.Task[None] | None = None
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def reachable(self) -> bool:
+        return bool(self._reachable)
+
+    @property
+    def gateway(self) -> str | None:
+        """The gateway of the last successful ``initiate``."""
+        return self._gateway
+
+    # -- life cycle ------------------------------------------------------------
+
+    async def start(self) -> bool:
+        """Start the event listener; returns whether charon answered (never raises
+        because charon is absent: the helper runs without it and says so)."""
+        self._loop = asyncio.get_running_loop()
+        self._first_attempt = self._loop.create_future()
+        self._listener = threading.Thread(target=self._listen_forever, name="vici-events",
+                                          daemon=True)
+        self._listener.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._first_attempt), self.call_timeout)
+        return self.reachable
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+        for s in (self._ev_session, self._cmd_session):
+            if s is not None:
+                s.abort()
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.join, self.call_timeout)
+        self._cmd.shutdown(wait=False, cancel_futures=True)
+        if self._cmd_session is not None:
+            self._cmd_session.close()
+        self._secrets = {}
+        self._key = None
+
+    # -- commands ----------------------------------------------------------------
+
+    async def load(self, cfg: VpnConfig, secrets: Mapping[str, str]) -> None:
+        """Load the profile's connection (first gateway) and credentials into charon."""
+        try:
+            msgs.load_shared(cfg, secrets, self.name)  # every needed secret is there
+        except SecretMissing as exc:
+            raise VpnConfigError(exc.key, f"missing: auth = {cfg.auth.value!r} needs it"
+                                 ) from None
+        certs, key = await asyncio.to_thread(_read_files, cfg,
+                                             secrets.get(SECRET_KEY_PASSPHRASE))
+        async with self._op:
+            self._cfg, self._certs, self._key = cfg, certs, key
+            self._secrets = {k: v for k, v in secrets.items() if k in msgs.SECRET_KEYS and v}
+            await self._push(cfg.gateways[0])
+
+    async def _push(self, gateway: str) -> None:
+        """Send connection and credentials (idempotent: charon replaces by name/id)."""
+        cfg = self._cfg
+        assert cfg is not None
+        conn = msgs.load_conn(cfg, gateway, self._certs, self.name)
+        shared = msgs.load_shared(cfg, self._secrets, self.name)
+        key = self._key
+
+        def push(s: vici.Session) -> None:
+            if key is not None:
+                s.load_key(msgs.load_key(key))
+            for m in shared:
+                s.load_shared(m)
+            s.load_conn(conn)
+
+        await self._call("load", push, self.call_timeout)
+        self._loaded_gw = gateway
+        log.info("loaded connection %s to %s (%s)", self.name, gateway,
+                 ", ".join(msgs.describe(conn[self.name])))
+
+    async def initiate(self) -> SaInfo:
+        """Bring the tunnel up, trying the gateways in the profile's order; an
+        existing tunnel is returned as is (MOBIKE keeps it across moves).
+        ``terminate()`` meanwhile aborts it (VpnCommandError) without waiting."""
+        cfg = self._require_loaded()
+        async with self._op:
+            self._terminating = False
+            current = await self._sas()
+            if any(sa.up for sa in current):
+                return next(sa for sa in current if sa.up)
+            failures: list[str] = []
+            for gw in cfg.gateways:
+                if gw != self._loaded_gw:
+                    await self._push(gw)
+                try:
+                    await self._call("initiate", lambda s: list(s.initiate(
+                        msgs.initiate(self.name, self.ike_timeout))),
+                        self.ike_timeout + self.call_timeout)
+                except VpnCommandError as exc:
+                    if self._terminating:
+                        raise VpnCommandError("terminated while connecting") from None
+                    failures.append(f"{gw}: {exc}")
+                    await self._terminate()  # stop charon retrying this one
+                    continue
+                up = [sa for sa in await self._sas() if sa.up]
+                if up:
+                    self._gateway = gw
+                    return up[0]
+                failures.append(f"{gw}: no tunnel after initiation")
+            raise VpnCommandError("no VPN gateway brought the tunnel up (" +
+                                  "; ".join(failures) + ")")
+
+    async def terminate(self) -> None:
+        """Tear the tunnel down, or abort a pending ``initiate`` (no error if there is
+        none).  Not queued behind a slow initiate: it has its own VICI session."""
+        self._terminating = True
+        await self._terminate(own_session=True)
+
+    async def _terminate(self, *, own_session: bool = False) -> None:
+        def stop(s: vici.Session) -> None:
+            try:
+                list(s.terminate(msgs.terminate(self.name, self.call_timeout / 2)))
+            except vici.exception.CommandException as exc:
+                if "no matching" not in str(exc):
+                    raise
+        await self._call("terminate", stop, self.call_timeout, own_session=own_session)
+
+    async def unload(self) -> None:
+        """Remove our connection and secrets from charon (profile switched off)."""
+        cfg = self._cfg
+        if cfg is None:
+            return
+
+        def unload(s: vici.Session) -> None:
+            for m in msgs.unload_shared(cfg, self.name):
+                with contextlib.suppress(vici.exception.CommandException):
+                    s.unload_shared(m)
+            with contextlib.suppress(vici.exception.CommandException):
+                s.unload_conn(msgs.unload_conn(self.name))
+        async with self._op:
+            await self._call("unload", unload, self.call_timeout)
+            self._cfg, self._secrets, self._key = None, {}, None
+
+    async def sa(self) -> SaInfo | None:
+        """Our IKE SA as charon shows it (the established one first), or None."""
+        sas = await self._sas()
+        sas.sort(key=lambda sa: not sa.up)
+        return sas[0] if sas else None
+
+    async def tia(self) -> IPv4Address | None:
+        """The tunnel inner address (charon's ``local-vips``) while the tunnel is up."""
+        sa = await self.sa()
+        return sa.tia if sa is not None and sa.up else None
+
+    async def _sas(self) -> list[SaInfo]:
+        # Its own session: status reads never wait behind a slow initiate.
+        listing = await self._call("list-sas",
+                                   lambda s: list(s.list_sas(msgs.list_sas(self.name))),
+                                   self.call_timeout, own_session=True)
+        return sa_infos(listing, self.name)
+
+    def _require_loaded(self) -> VpnConfig:
+        if self._cfg is None:
+            raise VpnError("no VPN profile loaded (call load first)")
+        return self._cfg
+
+    # -- the command thread --------------------------------------------------------
+
+    async def _call(self, what: str, fn: Callable[[vici.Session], T], timeout: float, *,
+                    own_session: bool = False) -> T:
+        """Run ``fn`` on the command thread (in order), or with ``own_session`` on a
+        fresh session in a worker thread (for what must not queue behind it)."""
+        loop = asyncio.get_running_loop()
+        holder: list[_Session] = []
+        if own_session:
+            fut = loop.run_in_executor(None, self._run_own, what, fn, timeout, holder)
+        else:
+            fut = loop.run_in_executor(self._cmd, self._run, what, fn, timeout)
+        try:
+            result = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            session = holder[0] if holder else self._cmd_session
+            if session is not None:
+                session.abort()  # unblocks the thread; the next call reconnects
+            reason = f"no answer to {what} within {timeout:g} s"
+            self._mark_unreachable(reason)
+            raise VpnUnreachableError(self.unreachable_message, reason) from None
+        except VpnUnreachableError as exc:
+            self._mark_unreachable(exc.reason)
+            raise
+        self._mark_reachable()
+        return result
+
+    def _run_own(self, what: str, fn: Callable[[vici.Session], T], timeout: float,
+                 holder: list[_Session]) -> T:
+        """On a worker thread: a session of its own for one call."""
+        if self._stop.is_set():
+            raise VpnUnreachableError(self.unreachable_message, "adapter closed")
+        try:
+            session = _Session(self.path, self.call_timeout)
+        except OSError as exc:
+            raise VpnUnreachableError(self.unreachable_message, _reason(exc)) from None
+        holder.append(session)
+        try:
+            return self._exchange(session, what, fn, timeout)
+        finally:
+            session.close()
+
+    def _run(self, what: str, fn: Callable[[vici.Session], T], timeout: float) -> T:
+        """On the command thread: (re)connect, run, translate failures."""
+        if self._stop.is_set():
+            raise VpnUnreachableError(self.unreachable_message, "adapter closed")
+        generation = self._generation
+        if self._cmd_session is not None and self._cmd_session.generation != generation:
+            # The listener saw charon go and come back since this session was opened:
+            # it talks to a dead daemon.
+            self._cmd_session.close()
+            self._cmd_session = None
+        if self._cmd_session is None:
+            try:
+                self._cmd_session = _Session(self.path, self.call_timeout, generation)
+            except OSError as exc:
+                raise VpnUnreachableError(self.unreachable_message, _reason(exc)) from None
+        session = self._cmd_session
+        try:
+            return self._exchange(session, what, fn, timeout)
+        except VpnUnreachableError:
+            self._cmd_session = None
+            raise
+
+    def _exchange(self, session: _Session, what: str, fn: Callable[[vici.Session], T],
+                  timeout: float) -> T:
+        session.sock.settimeout(timeout)
+        try:
+            return fn(session.vici)
+        except vici.exception.CommandException as exc:
+            raise VpnCommandError(self._scrub(f"charon refused {what}: "
+                                              f"{_command_error(exc)}")) from None
+        except _PROTOCOL_ERRORS as exc:
+            session.close()
+            reason = (f"no answer to {what} within {timeout:g} s"
+                      if isinstance(exc, TimeoutError) else _reason(exc))
+            raise VpnUnreachableError(self.unreachable_message, reason) from None
+
+    def _scrub(self, text: str) -> str:
+        for v in self._secrets.values():
+            if v:
+                text = text.replace(v, "***")
+        return text
+
+    # -- the event thread --------------------------------------------------------
+
+    def _listen_forever(self) -> None:
+        delay = self.backoff_min
+        while not self._stop.is_set():
+            try:
+                session = _Session(self.path, self.call_timeout)
+            except OSError as exc:
+                self._to_loop(self._mark_unreachable, _reason(exc))
+            else:
+                self._generation += 1  # a (possibly new) charon: command sessions reconnect
+                self._ev_session = session
+                try:
+                    delay = self._listen(session)
+                except _PROTOCOL_ERRORS as exc:
+                    if not self._stop.is_set():
+                        self._to_loop(self._mark_unreachable, _reason(exc))
+                finally:
+                    self._ev_session = None
+                    session.close()
+            self._to_loop(self._first_attempt_done)
+            # Backoff on a real clock: a restarting charon is polled, not hammered.
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, self.backoff_max)
+
+    def _listen(self, session: _Session) -> float:
+        """Register and relay events until the connection breaks; returns the next
+        reconnect delay (the minimum again, since this connection worked)."""
+        events = session.vici.listen(list(EVENT_NAMES), timeout=0.2)
+        with contextlib.closing(events):
+            first = True
+            for label, message in events:
+                if first:
+                    # Registered: charon answers.
+                    self._to_loop(self._mark_reachable)
+                    self._to_loop(self._first_attempt_done)
+                    first = False
+                if self._stop.is_set():
+                    break
+                if label is not None:
+                    self._to_loop(self._relay, label, message)
+        return self.backoff_min
+
+    def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed meanwhile
+            loop.call_soon_threadsafe(fn, *args)
+
+    # -- on the loop ---------------------------------------------------------------
+
+    def _first_attempt_done(self) -> None:
+        if self._first_attempt is not None and not self._first_attempt.done():
+            self._first_attempt.set_result(None)
+
+    def _relay(self, label: bytes, message: Mapping[str, Any]) -> None:
+        for ev in translate(label, message, self.name):
+            out = ev
+            if isinstance(ev, VpnUp):
+                self._up_ike = ev.ike_id
+            elif isinstance(ev, VpnDown):
+                if self._up_ike == ev.ike_id:
+                    self._up_ike = None
+                if self._terminating:
+                    out = replace(ev, reason="terminated")
+            self._emit(out)
+
+    def _mark_unreachable(self, reason: str) -> None:
+        if self._stop.is_set() or self._reachable is False:
+            return
+        self._reachable = False
+        log.warning("%s (%s)", self.unreachable_message, reason)
+        if self._up_ike is not None:
+            self._emit(VpnDown("VPN service stopped", self._up_ike))
+            self._up_ike = None
+        self._emit(VpnUnreachable(self.unreachable_message))
+
+    def _mark_reachable(self) -> None:
+        was = self._reachable
+        self._reachable = True
+        if was is False and not self._stop.is_set():
+            log.info("VPN service at %s answers again", self.path)
+            self._reload_task = asyncio.get_running_loop().create_task(self._after_restart())
+
+    async def _after_restart(self) -> None:
+        """charon came back: give it our connection and secrets again, then say so."""
+        if self._cfg is not None:
+            try:
+                async with self._op:
+                    await self._push(self._gateway or self._cfg.gateways[0])
+            except VpnError as exc:
+                log.warning("reloading the VPN profile failed: %s", exc)
+                return
+        self._emit(VpnServiceUp(self.path))
+
+    def _emit(self, ev: VpnEvent) -> None:
+        log.debug("vpn event %s", type(ev).__name__)
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(ev)
+        except Exception:
+            log.exception("VPN event handler failed on %s", type(ev).__name__)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _command_error(exc: vici.exception.CommandException) -> str:
+    return str(exc).removeprefix("Command failed: ") or "failed"
+
+
+def _read_files(cfg: VpnConfig, passphrase: str | None) -> tuple[Certificates, bytes | None]:
+    """Read the profile's public files and private key (root runs this; paths are
+    absolute by validation).  Errors name the profile key, never the passphrase."""
+    def read(key: str, path: Path | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise VpnConfigError(f"vpn.{key}", f"cannot read {path}: {exc.strerror}"
+                                 ) from None
+    ca, cert, key = read("ca_file", cfg.ca_file), read("cert_file", cfg.cert_file), \
+        read("key_file", cfg.key_file)
+    if key is not None and b"ENCRYPTED" in key:
+        if not passphrase:
+            raise VpnConfigError(SECRET_KEY_PASSPHRASE, f"missing: {cfg.key_file} is "
+                                                        "encrypted")
+        key = _decrypt_key(key, passphrase, cfg.key_file)
+    return Certificates(ca=ca, cert=cert), key
+
+
+def _decrypt_key(data: bytes, passphrase: str, path: Path | None) -> bytes:
+    """Decrypt a PEM key in memory with openssl; the passphrase goes through a pipe,
+    never a file or the command line."""
+    r, w = os.pipe()
+    try:
+        os.write(w, passphrase.encode() + b"\n")
+        os.close(w)
+        w = -1
+        # Debian's openssl on PATH, fixed arguments: nothing from input reaches argv.
+        out = subprocess.run(["openssl", "pkey", "-passin", f"fd:{r}"],  # noqa: S603, S607
+                             input=data, capture_output=True, pass_fds=(r,), timeout=10,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        raise VpnConfigError("vpn.key_file", f"cannot decrypt {path}: openssl failed"
+                             ) from None
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    if out.returncode != 0 or b"PRIVATE KEY" not in out.stdout:
+        raise VpnConfigError("vpn.key_file", f"cannot decrypt {path} with "
+                                             f"{SECRET_KEY_PASSPHRASE} (wrong passphrase?)")
+    return out.stdout

@@ -1,0 +1,333 @@
+"""The profile's ``[vpn]`` table and the exact VICI messages that load it into charon.
+
+Pure: no file, socket or clock.  File contents (certificates) and secrets come
+in as arguments; the adapter (``app.vpn.charon``) reads, sends and receives.
+Errors name the file and the key (``corp.toml: vpn.gateways[1]: ...``) and
+never echo a secret.
+
+    [vpn]
+    gateways = ["vpn1.corp.example", "192.0.2.7"]   # tried in this order
+    identity = "alice@corp.example"                 # our IKE identity (EAP identity too)
+    remote_identity = "vpn.corp.example"            # optional: default, each gateway's name
+    auth = "psk"                                    # "eap-mschapv2", "eap-md5" or "pubkey"
+    ca_file = "/etc/trustroam/corp-ca.pem"          # the gateway's CA (EAP, pubkey)
+    cert_file = "/etc/trustroam/alice.pem"          # pubkey only
+    key_file = "/etc/trustroam/alice.key"           # pubkey only (may be encrypted)
+    keep_alive_inside = false                       # RFC 5266 3.4.2's MAY
+    dpd_delay = 10                                  # seconds; 0 = off
+    intranet = ["10.0.0.0/8"]                       # optional: default, the home network
+    ike_proposals = ["aes128-sha256-x25519"]        # optional: default, charon's
+    esp_proposals = ["aes128gcm16-x25519"]          # optional: default, charon's
+
+Secrets (``vpn_psk``, ``vpn_password``, ``vpn_key_passphrase``) come from the
+secret agent or the root-only secrets file and reach charon over VICI only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+from app.config import ConfigError, Section
+
+CONNECTION = "trustroam"
+"""The name of our connection in charon (one VPN profile active at a time)."""
+CHILD = "intranet"
+
+# Names of secrets (keys of the secrets file / agent), not secrets.
+SECRET_PSK = "vpn_psk"  # noqa: S105
+SECRET_PASSWORD = "vpn_password"  # noqa: S105
+SECRET_KEY_PASSPHRASE = "vpn_key_passphrase"  # noqa: S105
+SECRET_KEYS = (SECRET_PSK, SECRET_PASSWORD, SECRET_KEY_PASSPHRASE)
+
+# Keys that would put a secret into the profile file; rejected with a pointer to
+# where secrets belong.
+_SECRET_LIKE = ("psk", "password", "secret", "passphrase", "key", *SECRET_KEYS)
+_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                      r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_PROPOSAL_RE = re.compile(r"^[a-z0-9_]+(-[a-z0-9_]+)*$")
+
+
+class AuthMethod(Enum):
+    PSK = "psk"
+    EAP_MSCHAPV2 = "eap-mschapv2"
+    EAP_MD5 = "eap-md5"
+    PUBKEY = "pubkey"
+
+    @property
+    def is_eap(self) -> bool:
+        return self in (AuthMethod.EAP_MSCHAPV2, AuthMethod.EAP_MD5)
+
+
+@dataclass(frozen=True)
+class VpnConfig:
+    gateways: tuple[str, ...]
+    identity: str
+    auth: AuthMethod = AuthMethod.PSK
+    remote_identity: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keep_alive_inside: bool = False
+    dpd_delay: int = 10
+    intranet: tuple[IPv4Network, ...] = ()
+    ike_proposals: tuple[str, ...] = ()
+    esp_proposals: tuple[str, ...] = ()
+
+    def remote_id(self, gateway: str) -> str:
+        """The identity the gateway must prove: the configured one, else its own name."""
+        return self.remote_identity if self.remote_identity is not None else gateway
+
+    @property
+    def secrets_needed(self) -> tuple[str, ...]:
+        """Secret keys without which ``load_shared`` cannot be built."""
+        if self.auth is AuthMethod.PSK:
+            return (SECRET_PSK,)
+        if self.auth.is_eap:
+            return (SECRET_PASSWORD,)
+        return ()  # pubkey: the passphrase only if the key file is encrypted
+
+
+# -- parsing -----------------------------------------------------------------
+
+def parse(section: Section, home_network: IPv4Network) -> VpnConfig:
+    """The ``[vpn]`` table of a profile (``section`` is ``top.sub("vpn")``)."""
+    for k in _SECRET_LIKE:
+        if section.has(k):
+            raise section.error(k, "secrets do not belong in a profile: VPN secrets come "
+                                   "from the keyring (tray) or the root-only secrets file")
+    gateways = _str_list(section, "gateways", required=True)
+    if not gateways:
+        raise section.error("gateways", "must name at least one VPN gateway")
+    for i, gw in enumerate(gateways):
+        if not _is_host(gw):
+            raise ConfigError(section.file, f"{section.key('gateways')}[{i}]",
+                              f"{gw!r} is not an IP address or host name")
+        if gw in gateways[:i]:
+            raise ConfigError(section.file, f"{section.key('gateways')}[{i}]",
+                              f"{gw!r} is listed twice")
+    identity = _identity(section, "identity", required=True)
+    assert identity is not None
+    remote_identity = _identity(section, "remote_identity", required=False)
+    auth = section.enum("auth", AuthMethod, AuthMethod.PSK)
+    ca_file = _abs_path(section, "ca_file")
+    cert_file = _abs_path(section, "cert_file")
+    key_file = _abs_path(section, "key_file")
+    if auth is AuthMethod.PUBKEY:
+        for name, value in (("cert_file", cert_file), ("key_file", key_file)):
+            if value is None:
+                raise section.error(name, "is required with auth = \"pubkey\"")
+    else:
+        for name, value in (("cert_file", cert_file), ("key_file", key_file)):
+            if value is not None:
+                raise section.error(name, f"is only used with auth = \"pubkey\" "
+                                          f"(auth is {auth.value!r})")
+    intranet = tuple(_networks(section, "intranet")) or (home_network,)
+    cfg = VpnConfig(
+        gateways=tuple(gateways), identity=identity, auth=auth,
+        remote_identity=remote_identity, ca_file=ca_file, cert_file=cert_file,
+        key_file=key_file,
+        keep_alive_inside=section.bool_("keep_alive_inside", False),
+        dpd_delay=section.int_("dpd_delay", 10, lo=0, hi=3600),
+        intranet=intranet,
+        ike_proposals=tuple(_proposals(section, "ike_proposals")),
+        esp_proposals=tuple(_proposals(section, "esp_proposals")),
+    )
+    section.done()
+    return cfg
+
+
+def parse_table(table: Mapping[str, Any], source: str, home_network: IPv4Network
+                ) -> VpnConfig:
+    """Convenience for callers holding the raw ``[vpn]`` table."""
+    return parse(Section(source, "vpn", table), home_network)
+
+
+def _is_host(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return bool(_HOST_RE.match(text)) and not text.replace(".", "").isdigit()
+    return True
+
+
+def _str_list(section: Section, name: str, *, required: bool = False) -> list[str]:
+    return section.str_list(name, required=required)
+
+
+def _identity(section: Section, name: str, *, required: bool) -> str | None:
+    value = section.str_(name, required=True) if required else section.optional_str(name)
+    if value is None:
+        return None
+    if not value.strip() or not 0 < len(value.encode()) <= 255:
+        raise section.error(name, "must be 1 to 255 bytes of text")
+    if any(c in value for c in "\0\n\r"):
+        raise section.error(name, "must be one line of text")
+    return value
+
+
+def _abs_path(section: Section, name: str) -> Path | None:
+    value = section.optional_str(name)
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        raise section.error(name, f"{value!r} must be an absolute path")
+    return path
+
+
+def _networks(section: Section, name: str) -> list[IPv4Network]:
+    out = []
+    for i, text in enumerate(_str_list(section, name)):
+        try:
+            out.append(IPv4Network(text, strict=True))
+        except ValueError:
+            raise ConfigError(section.file, f"{section.key(name)}[{i}]",
+                              f"{text!r} is not an IPv4 network like 10.0.0.0/8") from None
+    return out
+
+
+def _proposals(section: Section, name: str) -> list[str]:
+    values = _str_list(section, name)
+    for i, text in enumerate(values):
+        if not _PROPOSAL_RE.match(text):
+            raise ConfigError(section.file, f"{section.key(name)}[{i}]",
+                              f"{text!r} is not a proposal like aes128-sha256-x25519")
+    return values
+
+
+# -- VICI messages -----------------------------------------------------------
+
+class SecretMissing(Exception):
+    """A secret the profile's auth method needs was not supplied (names the key only)."""
+
+    def __init__(self, key: str, auth: AuthMethod) -> None:
+        super().__init__(f"{key} is missing: auth = {auth.value!r} needs it")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """PEM/DER contents of the profile's public files, read by the adapter."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+
+
+def load_conn(cfg: VpnConfig, gateway: str, certs: Certificates = Certificates(),
+              name: str = CONNECTION) -> dict[str, Any]:
+    """``load-conn`` for one gateway (charon initiates only to the first remote address,
+    so the adapter loads the next gateway when one fails)."""
+    if gateway not in cfg.gateways:
+        raise ValueError(f"{gateway!r} is not one of the profile's gateways")
+    local: dict[str, Any] = {"id": cfg.identity}
+    remote: dict[str, Any] = {"id": cfg.remote_id(gateway)}
+    if cfg.auth is AuthMethod.PSK:
+        local["auth"] = "psk"
+        remote["auth"] = "psk"
+    elif cfg.auth.is_eap:
+        # EAP authenticates us only; the gateway proves itself with a certificate.
+        local["auth"] = cfg.auth.value
+        local["eap_id"] = cfg.identity
+        remote["auth"] = "pubkey"
+    else:
+        local["auth"] = "pubkey"
+        remote["auth"] = "pubkey"
+        if certs.cert is not None:
+            local["certs"] = [certs.cert]
+    if remote["auth"] == "pubkey" and certs.ca is not None:
+        remote["cacerts"] = [certs.ca]
+    child: dict[str, Any] = {
+        "remote_ts": [str(n) for n in cfg.intranet],
+        # The access-mode machine decides when to bring the tunnel up.
+        "start_action": "none",
+        "dpd_action": "clear",
+        "close_action": "none",
+    }
+    if cfg.esp_proposals:
+        child["esp_proposals"] = list(cfg.esp_proposals)
+    conn: dict[str, Any] = {
+        "version": "2",
+        "remote_addrs": [gateway],
+        "vips": ["0.0.0.0"],  # ask for a tunnel inner address (RFC 5266's TIA)
+        "mobike": "yes",
+        "dpd_delay": f"{cfg.dpd_delay}s",
+        "keyingtries": "1",  # the adapter moves on to the next gateway itself
+        "local": local,
+        "remote": remote,
+        "children": {CHILD: child},
+    }
+    if cfg.ike_proposals:
+        conn["proposals"] = list(cfg.ike_proposals)
+    return {name: conn}
+
+
+def load_shared(cfg: VpnConfig, secrets: Mapping[str, str], name: str = CONNECTION
+                ) -> list[dict[str, Any]]:
+    """``load-shared`` messages for the profile's auth method (none for pubkey).
+
+    Each carries a unique ``id`` so loading again replaces rather than adds.
+    """
+    needed = cfg.secrets_needed
+    for key in needed:
+        if not secrets.get(key):
+            raise SecretMissing(key, cfg.auth)
+    if cfg.auth is AuthMethod.PSK:
+        owners = [cfg.identity, *(cfg.remote_id(gw) for gw in cfg.gateways)]
+        return [{"id": f"{name}-psk", "type": "IKE", "data": secrets[SECRET_PSK],
+                 "owners": list(dict.fromkeys(owners))}]
+    if cfg.auth.is_eap:
+        return [{"id": f"{name}-eap", "type": "EAP", "data": secrets[SECRET_PASSWORD],
+                 "owners": [cfg.identity]}]
+    return []
+
+
+def unload_shared(cfg: VpnConfig, name: str = CONNECTION) -> list[dict[str, Any]]:
+    if cfg.auth is AuthMethod.PSK:
+        return [{"id": f"{name}-psk"}]
+    if cfg.auth.is_eap:
+        return [{"id": f"{name}-eap"}]
+    return []
+
+
+def load_key(key_pem: bytes) -> dict[str, Any]:
+    """``load-key`` for the (already decrypted) private key of auth = pubkey."""
+    return {"type": "any", "data": key_pem}
+
+
+def initiate(name: str = CONNECTION, timeout: float = 10.0) -> dict[str, Any]:
+    """``initiate``: charon answers within ``timeout`` (ms on the wire)."""
+    return {"ike": name, "child": CHILD, "timeout": str(int(timeout * 1000))}
+
+
+def terminate(name: str = CONNECTION, timeout: float = 3.0) -> dict[str, Any]:
+    """``terminate``: every IKE SA of the connection; after ``timeout`` without the
+    gateway's DELETE answer charon drops it anyway (force), so this never hangs."""
+    return {"ike": name, "timeout": str(int(timeout * 1000)), "force": "yes"}
+
+
+def list_sas(name: str = CONNECTION) -> dict[str, Any]:
+    # Not "noblock": it skips an IKE SA that is busy (e.g. rekeying CHILD SAs right
+    # after a MOBIKE move) and the tunnel would look gone.  The call has a timeout.
+    return {"ike": name}
+
+
+def unload_conn(name: str = CONNECTION) -> dict[str, Any]:
+    return {"name": name}
+
+
+def describe(message: Mapping[str, Any]) -> Sequence[str]:
+    """Key paths of a message, for logs: never the values (they may be secrets)."""
+    out: list[str] = []
+    for k, v in message.items():
+        if isinstance(v, Mapping):
+            out += [f"{k}.{sub}" for sub in describe(v)]
+        else:
+            out.append(k)
+    return out

@@ -1,0 +1,193 @@
+"""The profile's [vpn] table and the VICI messages built from it (issue 12)."""
+
+from __future__ import annotations
+
+import tomllib
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigError
+from app.vpn import config as vc
+from app.vpn.config import AuthMethod, Certificates, SecretMissing
+
+HOME = IPv4Network("10.20.1.0/24")
+GOOD = """
+[vpn]
+gateways = ["172.16.0.11", "vpn2.corp.example"]
+identity = "alice@corp.example"
+"""
+
+
+def parse(text: str) -> vc.VpnConfig:
+    return vc.parse_table(tomllib.loads(text)["vpn"], "corp.toml", HOME)
+
+
+def test_defaults():
+    cfg = parse(GOOD)
+    assert cfg.gateways == ("172.16.0.11", "vpn2.corp.example")
+    assert cfg.auth is AuthMethod.PSK and cfg.identity == "alice@corp.example"
+    assert cfg.intranet == (HOME,), "the tunnel reaches the home network by default"
+    assert not cfg.keep_alive_inside and cfg.dpd_delay == 10
+    assert cfg.remote_id("172.16.0.11") == "172.16.0.11"
+
+
+def test_everything_set():
+    cfg = parse(GOOD + """remote_identity = "vpn.corp.example"
+auth = "pubkey"
+ca_file = "/etc/trustroam/ca.pem"
+cert_file = "/etc/trustroam/alice.pem"
+key_file = "/etc/trustroam/alice.key"
+keep_alive_inside = true
+dpd_delay = 0
+intranet = ["10.0.0.0/8", "172.20.0.0/16"]
+ike_proposals = ["aes128-sha256-x25519"]
+esp_proposals = ["aes128gcm16-x25519"]
+""")
+    assert cfg.auth is AuthMethod.PUBKEY and cfg.keep_alive_inside and cfg.dpd_delay == 0
+    assert cfg.remote_id("172.16.0.11") == "vpn.corp.example"
+    assert cfg.key_file == Path("/etc/trustroam/alice.key")
+    assert cfg.intranet == (IPv4Network("10.0.0.0/8"), IPv4Network("172.20.0.0/16"))
+
+
+@pytest.mark.parametrize(("extra", "key", "words"), [
+    ('auth = "eap-tls"', "vpn.auth", "must be one of"),
+    ("dpd_delay = -1", "vpn.dpd_delay", "between 0 and 3600"),
+    ('dpd_delay = "10s"', "vpn.dpd_delay", "must be an integer"),
+    ("keep_alive_inside = 1", "vpn.keep_alive_inside", "true or false"),
+    ('ca_file = "ca.pem"', "vpn.ca_file", "absolute path"),
+    ('cert_file = "/x.pem"', "vpn.cert_file", 'only used with auth = "pubkey"'),
+    ('auth = "pubkey"\nkey_file = "/k"', "vpn.cert_file", "is required"),
+    ('auth = "pubkey"\ncert_file = "/c"', "vpn.key_file", "is required"),
+    ('intranet = ["10.0.0.1/8"]', "vpn.intranet[0]", "not an IPv4 network"),
+    ('intranet = "10.0.0.0/8"', "vpn.intranet", "array of strings"),
+    ('ike_proposals = ["aes 128"]', "vpn.ike_proposals[0]", "not a proposal"),
+    ('remote_identity = ""', "vpn.remote_identity", "1 to 255 bytes"),
+    ('remote_identity = "a\\nb"', "vpn.remote_identity", "one line"),
+    ('psk = "hunter2"', "vpn.psk", "secrets do not belong"),
+    ('vpn_password = "hunter2"', "vpn.vpn_password", "secrets do not belong"),
+    ('gatways = ["x"]', "vpn.gatways", "not a known setting"),
+])
+def test_bad_values_are_named(extra, key, words):
+    with pytest.raises(ConfigError) as exc:
+        parse(GOOD + extra + "\n")
+    assert exc.value.key == key and words in str(exc.value), str(exc.value)
+    assert str(exc.value).startswith(f"corp.toml: {key}: ")
+    assert "hunter2" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("gateways", "key", "words"), [
+    ("[]", "vpn.gateways", "at least one"),
+    ('"172.16.0.11"', "vpn.gateways", "array of strings"),
+    ('["172.16.0.11", "bad host!"]', "vpn.gateways[1]", "not an IP address or host name"),
+    ('["172.16.0.11", "172.16.0.11"]', "vpn.gateways[1]", "listed twice"),
+    ('["300.1.1.1"]', "vpn.gateways[0]", "not an IP address"),
+])
+def test_bad_gateways_are_named(gateways, key, words):
+    with pytest.raises(ConfigError) as exc:
+        parse(f'[vpn]\ngateways = {gateways}\nidentity = "a"\n')
+    assert exc.value.key == key and words in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize("missing", ["gateways", "identity"])
+def test_required_keys(missing):
+    text = "\n".join(line for line in GOOD.splitlines() if not line.startswith(missing))
+    with pytest.raises(ConfigError, match=f"vpn.{missing}: is required"):
+        parse(text)
+
+
+def lab_cfg(**kw: object) -> vc.VpnConfig:
+    base: dict[str, object] = {"gateways": ("172.16.0.11", "172.16.0.12"),
+                               "identity": "mn@lab", "intranet": (IPv4Network("10.0.0.0/8"),),
+                               "dpd_delay": 2}
+    base.update(kw)
+    return vc.VpnConfig(**base)  # type: ignore[arg-type]
+
+
+def test_rfc5266_3_3_load_conn_asks_for_mobike_and_a_tia():
+    """lab-recipes.md's client: remote_addrs, vips 0.0.0.0, mobike, dpd_delay, child
+    remote_ts = intranet, and nothing started by charon on its own."""
+    msg = vc.load_conn(lab_cfg(ike_proposals=("aes128-sha256-x25519",),
+                               esp_proposals=("aes128gcm16-x25519",)), "172.16.0.12")
+    assert msg == {"trustroam": {
+        "version": "2",
+        "remote_addrs": ["172.16.0.12"],
+        "vips": ["0.0.0.0"],
+        "mobike": "yes",
+        "dpd_delay": "2s",
+        "keyingtries": "1",
+        "proposals": ["aes128-sha256-x25519"],
+        "local": {"id": "mn@lab", "auth": "psk"},
+        "remote": {"id": "172.16.0.12", "auth": "psk"},
+        "children": {"intranet": {"remote_ts": ["10.0.0.0/8"], "start_action": "none",
+                                  "dpd_action": "clear", "close_action": "none",
+                                  "esp_proposals": ["aes128gcm16-x25519"]}},
+    }}
+
+
+def test_load_conn_gateway_must_be_configured():
+    with pytest.raises(ValueError, match="not one of"):
+        vc.load_conn(lab_cfg(), "192.0.2.1")
+
+
+@pytest.mark.parametrize("auth", [AuthMethod.EAP_MSCHAPV2, AuthMethod.EAP_MD5])
+def test_load_conn_eap_the_gateway_proves_itself_with_a_certificate(auth):
+    msg = vc.load_conn(lab_cfg(auth=auth, remote_identity="vpn.corp.example"),
+                       "172.16.0.11", Certificates(ca=b"CA-PEM"))["trustroam"]
+    assert msg["local"] == {"id": "mn@lab", "auth": auth.value, "eap_id": "mn@lab"}
+    assert msg["remote"] == {"id": "vpn.corp.example", "auth": "pubkey",
+                             "cacerts": [b"CA-PEM"]}
+
+
+def test_load_conn_pubkey_sends_certificate_contents():
+    msg = vc.load_conn(lab_cfg(auth=AuthMethod.PUBKEY, cert_file=Path("/c"),
+                               key_file=Path("/k")), "172.16.0.11",
+                       Certificates(ca=b"CA", cert=b"CERT"))["trustroam"]
+    assert msg["local"] == {"id": "mn@lab", "auth": "pubkey", "certs": [b"CERT"]}
+    assert msg["remote"]["auth"] == "pubkey" and msg["remote"]["cacerts"] == [b"CA"]
+
+
+def test_load_conn_psk_sends_no_ca():
+    msg = vc.load_conn(lab_cfg(), "172.16.0.11", Certificates(ca=b"CA"))["trustroam"]
+    assert "cacerts" not in msg["remote"]
+
+
+def test_load_shared_psk_owned_by_us_and_the_gateways():
+    (msg,) = vc.load_shared(lab_cfg(), {"vpn_psk": "s3cret", "vpn_password": "unused"})
+    assert msg == {"id": "trustroam-psk", "type": "IKE", "data": "s3cret",
+                   "owners": ["mn@lab", "172.16.0.11", "172.16.0.12"]}
+    assert vc.unload_shared(lab_cfg()) == [{"id": "trustroam-psk"}]
+
+
+def test_load_shared_eap_password():
+    cfg = lab_cfg(auth=AuthMethod.EAP_MSCHAPV2)
+    (msg,) = vc.load_shared(cfg, {"vpn_password": "pw"})
+    assert msg == {"id": "trustroam-eap", "type": "EAP", "data": "pw", "owners": ["mn@lab"]}
+
+
+def test_load_shared_pubkey_needs_nothing():
+    cfg = lab_cfg(auth=AuthMethod.PUBKEY, cert_file=Path("/c"), key_file=Path("/k"))
+    assert vc.load_shared(cfg, {}) == []
+    assert vc.load_key(b"KEY") == {"type": "any", "data": b"KEY"}
+
+
+@pytest.mark.parametrize(("auth", "key"), [(AuthMethod.PSK, "vpn_psk"),
+                                           (AuthMethod.EAP_MD5, "vpn_password")])
+def test_missing_secret_names_the_key(auth, key):
+    with pytest.raises(SecretMissing) as exc:
+        vc.load_shared(lab_cfg(auth=auth), {"vpn_psk": "", "other": "x"})
+    assert exc.value.key == key and key in str(exc.value)
+
+
+def test_initiate_terminate_and_list_arguments():
+    assert vc.initiate(timeout=7.5) == {"ike": "trustroam", "child": "intranet",
+                                        "timeout": "7500"}
+    assert vc.terminate(timeout=2) == {"ike": "trustroam", "timeout": "2000", "force": "yes"}
+    assert vc.list_sas() == {"ike": "trustroam"}
+    assert vc.unload_conn() == {"name": "trustroam"}
+
+
+def test_describe_never_shows_values():
+    keys = vc.describe({"a": "s3cret", "b": {"c": "s3cret"}})
+    assert keys == ["a", "b.c"]
