@@ -68,8 +68,9 @@ async def main() -> None:
         await gate.install()
     else:
         gate.installed = True
-    path = None if d is None else ProvenPath(d["iface"], IPv4Address(d["address"]),
-                                             Mode(d["mode"]), None)
+    path = None if d is None else ProvenPath(
+        d["iface"], IPv4Address(d["address"]), Mode(d["mode"]),
+        IPv4Address(d["fa"]) if d.get("fa") else None)
     gate.path = object()  # type: ignore[assignment]  # force a refill
     await gate.decide(path)
     print(json.dumps([try_one(t) for t in spec.get("tries", [])]), flush=True)

@@ -209,6 +209,13 @@ def test_rfc5944_4_6_the_home_address_is_not_answered_for_away_from_home(world):
         assert ask() == "SILENT"
         probe(None, [], install=False)
         assert ask() == "SILENT"
+        # The exception: the foreign agent of the proven link (here the asker) learns
+        # it; any other host does not.
+        fa = {"iface": "eth0", "address": LINK, "mode": "f", "fa": "10.30.1.1"}
+        probe(fa, [], install=False)
+        assert ask() == "ANSWERED"
+        probe({**fa, "fa": "10.30.1.9"}, [], install=False)
+        assert ask() == "SILENT"
     finally:
         ip_batch(MN, [f"addr del {HOME}/32 dev eth0"])
 

@@ -105,6 +105,9 @@ class Gate:
     """
 
     path: ProvenPath | None
+    home_probe: str | None = None
+    """Undecided, probing this interface as the home link: ARP for the home address
+    is answered there (RFC 5944 4.6: before the request when returning home)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +187,8 @@ class AccessModeMachine:
     _via_fa: bool = False
     gate: ProvenPath | None = None
     """What the last Gate action opened (None: shut)."""
+    home_probe: str | None = None
+    """The interface the last Gate action let answer ARP for the home address."""
     configured: Mode = Mode.NONE
     """What the last ConfigureDataPlane action set up."""
     _actions: list[Action] = field(default_factory=list)
@@ -251,6 +256,9 @@ class AccessModeMachine:
         self._via_fa = False
         self._shut()  # nothing normal leaves while undecided
         self._withdraw_home()
+        if ev.address.ip in self.home_network:
+            self.home_probe = ev.iface
+            self._actions.append(Gate(None, home_probe=ev.iface))
         self._actions.append(PrepareLink(ev.iface, ev.address, ev.gateway))
         self._enter(State.PROBING, Mode.NONE, None)
         if ev.address.ip in self.home_network:
@@ -379,12 +387,12 @@ class AccessModeMachine:
             link.fa is not None and self.use_foreign_agents and not link.fa_failed) else None
         path = ProvenPath(link.iface, link.address.ip, self.mode, fa)
         if path != self.gate:
-            self.gate = path
+            self.gate, self.home_probe = path, None
             self._actions.append(Gate(path))
 
     def _shut(self) -> None:
-        if self.gate is not None:
-            self.gate = None
+        if self.gate is not None or self.home_probe is not None:
+            self.gate = self.home_probe = None
             self._actions.append(Gate(None))
 
     def _withdraw_home(self) -> None:

@@ -121,8 +121,9 @@ class MobileNodeDriver:
         """Resume from suspend, or the user asked: probe the current link again."""
         self._queue.put_nowait(am.Resumed())
 
-    async def stop(self) -> None:
-        """Deregister (briefly waiting for the answer), then put the host back."""
+    async def stop(self, *, keep_gate: bool = False) -> None:
+        """Deregister (briefly waiting for the answer), then put the host back;
+        ``keep_gate``: another profile's driver takes over the gate (already shut)."""
         if self._task is None:
             return
         assert self._loop is not None
@@ -138,7 +139,7 @@ class MobileNodeDriver:
             self._timer.cancel()
         self._close_sockets()
         await self.routes.clear()
-        if self.gate is not None:
+        if self.gate is not None and not keep_gate:
             await self.gate.remove()
         self._publish(state=State.OFFLINE, mode=Mode.NONE, interface="", care_of_address="",
                       binding_expires=0.0)
@@ -198,7 +199,7 @@ class MobileNodeDriver:
         for a in actions:  # in the machine's order: it is the gate's safety
             t0 = time.perf_counter()
             if isinstance(a, am.Gate):
-                await self._gate(a.path)
+                await self._gate(a.path, a.home_probe)
             elif isinstance(a, am.PrepareLink):
                 await self._prepare_link(a)
             elif isinstance(a, am.Send):
@@ -243,11 +244,11 @@ class MobileNodeDriver:
         self._publish(last_handover_ms=ms)
         self._history("handover", {"mode": self.snapshot.mode.value, "ms": f"{ms:.1f}"})
 
-    async def _gate(self, path: ProvenPath | None) -> None:
+    async def _gate(self, path: ProvenPath | None, home_probe: str | None = None) -> None:
         self._gate_at = self.clock()  # just before the rules change (history, tests)
         if self.gate is not None:
             try:
-                await self.gate.decide(path)
+                await self.gate.decide(path, home_probe)
             except GateError as exc:
                 # Fail closed: an open that did not happen leaves it shut; a shut that
                 # did not happen is the one thing we cannot fix here: say so loudly.

@@ -103,17 +103,18 @@ class TrafficGate:
         self.installed, self.path = True, None
         log.info("gate installed: only DHCP, registration, solicitation and IKE leave")
 
-    async def decide(self, path: ProvenPath | None) -> None:
-        """Open exactly ``path`` (None: undecided, nothing normal leaves)."""
+    async def decide(self, path: ProvenPath | None, home_probe: str | None = None) -> None:
+        """Open exactly ``path`` (None: undecided, nothing normal leaves);
+        ``home_probe``: undecided, probing that interface as the home link."""
         if not self.installed:
             await self.install()
         try:
-            await self._run(render_decision(self.policy, path))
+            await self._run(render_decision(self.policy, path, home_probe))
         except GateError as exc:
             # Someone removed the tables (an nftables reload, `nft flush ruleset`):
             # install them again, with this decision, in one transaction.
             log.warning("gate tables were gone (%s): installing them again", exc)
-            await self._run(render(self.policy, path))
+            await self._run(render(self.policy, path, home_probe))
         self.path = path
         if path is None:
             log.info("gate shut: only DHCP, registration, solicitation and IKE leave")

@@ -116,13 +116,22 @@ def proven_rules(policy: GatePolicy, path: ProvenPath | None) -> list[str]:
     return rules
 
 
-def arp_rules(policy: GatePolicy, path: ProvenPath | None) -> list[str]:
+def arp_rules(policy: GatePolicy, path: ProvenPath | None,
+              home_probe: str | None = None) -> list[str]:
     """RFC 5944 4.6: no ARP naming the home address (the kernel's replies included)
-    except on the proven home link in mode h."""
+    except on the proven home link in mode h, and to the foreign agent of the
+    proven link."""
     home = f"arp saddr ip {policy.home_address}"
-    if path is not None and path.mode is Mode.HOME:
-        return [f"oifname != {_q(path.iface)} {home} counter name {COUNTER} drop"]
-    return [f"{home} counter name {COUNTER} drop"]
+    at_home = path.iface if path is not None and path.mode is Mode.HOME else home_probe
+    if at_home is not None:
+        return [f"oifname != {_q(at_home)} {home} counter name {COUNTER} drop"]
+    rules = []
+    if path is not None and path.foreign_agent is not None:
+        # The RFC's exception: the foreign agent we register with (or through) may
+        # learn the home address's link-layer address from us.
+        rules.append(f"oifname {_q(path.iface)} {home} arp daddr ip {path.foreign_agent} "
+                     "accept")
+    return [*rules, f"{home} counter name {COUNTER} drop"]
 
 
 def _chain(name: str, rules: list[str]) -> str:
@@ -130,7 +139,8 @@ def _chain(name: str, rules: list[str]) -> str:
     return f"  chain {name} {{\n{body}  }}\n"
 
 
-def render(policy: GatePolicy, path: ProvenPath | None) -> str:
+def render(policy: GatePolicy, path: ProvenPath | None, home_probe: str | None = None
+           ) -> str:
     """Both tables for one decision (None: undecided), replacing older ones, in one
     transaction."""
     local = [f"oifname {_q(n)} accept" for n in LOCAL_INTERFACES]
@@ -148,17 +158,19 @@ def render(policy: GatePolicy, path: ProvenPath | None) -> str:
         + f"table arp {TABLE} {{\n"
         f"  counter {COUNTER} {{ }}\n"
         + _chain("output", ["type filter hook output priority 0; policy accept;",
-                            *arp_rules(policy, path)])
+                            *arp_rules(policy, path, home_probe)])
         + "}\n"
     )
 
 
-def render_decision(policy: GatePolicy, path: ProvenPath | None) -> str:
+def render_decision(policy: GatePolicy, path: ProvenPath | None,
+                    home_probe: str | None = None) -> str:
     """Only the decision's chains, refilled in one transaction (the counters keep
     counting).  Fails if the tables are gone: then :func:`render` installs them again."""
     script = [f"flush chain inet {TABLE} proven", f"flush chain arp {TABLE} output"]
     script += [f"add rule inet {TABLE} proven {r}" for r in proven_rules(policy, path)]
-    script += [f"add rule arp {TABLE} output {r}" for r in arp_rules(policy, path)]
+    script += [f"add rule arp {TABLE} output {r}"
+               for r in arp_rules(policy, path, home_probe)]
     return "\n".join(script) + "\n"
 
 

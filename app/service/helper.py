@@ -140,8 +140,12 @@ class Helper:
         prof = self.profile(name)
         key = await self.secrets.key(prof.name, requester)  # names the profile, not the key
         async with self._lock:
-            await self._disconnect(quiet=True)
             gate = TrafficGate(gate_policy(prof)) if prof.gate else None
+            if gate is not None:
+                # The new profile's gate, shut, replaces the old one in one transaction:
+                # no moment between the two drivers without a gate.
+                await gate.install()
+            await self._disconnect(quiet=True, keep_gate=gate is not None)
             routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
                                       self.backend)
             self.driver = MobileNodeDriver(prof, key.value, routes, gate,
@@ -155,13 +159,13 @@ class Helper:
         async with self._lock:
             await self._disconnect(quiet=quiet)
 
-    async def _disconnect(self, *, quiet: bool) -> None:
+    async def _disconnect(self, *, quiet: bool, keep_gate: bool = False) -> None:
         if self._link_source is not None:
             source, self._link_source = self._link_source, None
             await source.close()
         if self.driver is not None:
             driver, self.driver = self.driver, None
-            await driver.stop()
+            await driver.stop(keep_gate=keep_gate)
             driver.routes.close()
             self._event("disconnect", {"profile": driver.profile.name})
         elif not quiet:

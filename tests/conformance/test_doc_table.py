@@ -15,7 +15,8 @@ def _tests() -> set[str]:
     names = set()
     for f in HERE.parent.rglob("test_*.py"):
         for node in ast.parse(f.read_text()).body:
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_rfc"):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (
+                    node.name.startswith("test_rfc")):
                 names.add(node.name)
             elif isinstance(node, ast.Assign):  # e.g. a rule-based state machine's TestCase
                 names.update(t.id for t in node.targets

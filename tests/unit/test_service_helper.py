@@ -52,7 +52,7 @@ def fakes(monkeypatch, rnd: random.Random) -> Live:
             live.most_drivers = max(live.most_drivers, live.drivers)
             await pause()
 
-        async def stop(self):
+        async def stop(self, *, keep_gate=False):
             await pause()
             live.drivers -= 1
 
@@ -212,3 +212,34 @@ def test_a_symlink_loop_in_the_profiles_directory_is_skipped(tmp_path, caplog):
     assert sorted(h.load_profiles()) == ["corp", "lab"]
     with pytest.raises(HelperError, match="no profile 'fifo'"):
         h.profile("fifo")
+
+
+async def test_rfc5266_3_4_reconnecting_leaves_no_moment_without_a_gate(monkeypatch, tmp_path):
+    """Connect while connected: the new profile's gate (shut) replaces the old one
+    before the old driver stops, and the old driver leaves the table in place."""
+    fakes(monkeypatch, random.Random(1))
+    order: list[str] = []
+
+    class Gate:
+        def __init__(self, policy):
+            pass
+
+        async def install(self):
+            order.append("install")
+
+    stops: list[bool] = []
+    real = helper_mod.MobileNodeDriver
+
+    class Driver(real):  # type: ignore[misc, valid-type]
+        async def stop(self, *, keep_gate=False):
+            order.append("stop")
+            stops.append(keep_gate)
+            await super().stop(keep_gate=keep_gate)
+
+    monkeypatch.setattr(helper_mod, "TrafficGate", Gate)
+    monkeypatch.setattr(helper_mod, "MobileNodeDriver", Driver)
+    helper = make_helper(tmp_path)
+    await helper.connect("corp")
+    await helper.connect("lab")
+    assert order == ["install", "install", "stop"], order
+    assert stops == [True]
