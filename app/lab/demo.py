@@ -352,6 +352,12 @@ def _settle(env: dict[str, str], stop: Stop, timeout: float = 20.0) -> None:
         time.sleep(0.1)  # polling the D-Bus status, as a person would
 
 
+_SEND = ("import socket\n"
+         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+         "try:\n    s.sendto(b'demo', ('" + CN + "', 9999)); print('SENT')\n"
+         "except PermissionError:\n    print('REFUSED')\n")
+
+
 def _show(env: dict[str, str], stop: Stop, shots: list[Path]) -> None:
     print(f"\n== on {stop.net} ==")
     print(_ctl(env, "status").rstrip())
@@ -361,12 +367,13 @@ def _show(env: dict[str, str], stop: Stop, shots: list[Path]) -> None:
                    ping.stderr.strip())
     print(f"  CN -> home address {HOME}: {summary}")
     if stop.state != "trusted":
-        # The gate: with nothing proven, normal traffic may not leave the MN.
-        out = subprocess.run(["ip", "netns", "exec", "tr-mn", "ping", "-c", "1", "-W", "1",
-                              CN], capture_output=True, text=True, check=False)
-        refused = "Operation not permitted" in out.stdout + out.stderr
-        print(f"  gate: {'shut' if refused else 'OPEN?'}: MN -> CN {CN} ping "
-              f"{'refused by the gate (EPERM)' if refused else 'was not refused'}")
+        # The gate: with nothing proven, normal traffic may not leave the MN (a
+        # netfilter drop of a local packet is EPERM for the sender).
+        out = subprocess.run(["ip", "netns", "exec", "tr-mn", sys.executable, "-c", _SEND],
+                             capture_output=True, text=True, check=False)
+        refused = "REFUSED" in out.stdout
+        print(f"  gate: {'shut' if refused else 'OPEN?'}: a UDP packet MN -> CN {CN} "
+              f"{'refused (EPERM)' if refused else 'was not refused'}")
     for shot in shots:
         print(f"  tray: {shot}")
     sys.stdout.flush()
