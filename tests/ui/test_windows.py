@@ -133,3 +133,15 @@ def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
     assert w.proxy.rowCount() == 1
     w.text_filter.setText("")
     assert w.handovers.rowCount() == 1 and w.handovers.index(0, 2).data() == "42.0"
+
+
+def test_closing_the_status_window_frees_the_plot(double: Any, tray: Any, qtbot: Any) -> None:
+    tray.show_status()
+    w = tray.status_window
+    gone: list[bool] = []
+    w.destroyed.connect(lambda: gone.append(True))
+    w.close()
+    qtbot.waitUntil(lambda: bool(gone))  # the widget, its plot and table are deleted
+    assert tray.status_window is None
+    tray.show_status()  # "Status…" again builds a fresh window
+    assert tray.status_window is not None and tray.status_window is not w
