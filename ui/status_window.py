@@ -6,6 +6,7 @@ nothing here runs; while shown, a one-second timer counts the binding down.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import functools
@@ -262,6 +263,7 @@ class StatusWindow(QWidget):
         self.tabs.addTab(ht, "Handovers")
 
         self.kinds: set[str] = set()
+        self.reloading: asyncio.Future[None] | None = None
         self.countdown = QTimer(self)  # runs only while the window is shown
         self.countdown.setInterval(1000)
         self.countdown.timeout.connect(self._tick)
@@ -273,7 +275,8 @@ class StatusWindow(QWidget):
         self.show()
         self.raise_()
         self.activateWindow()
-        self.tray._spawn(self.reload_history())
+        if self.reloading is None or self.reloading.done():
+            self.reloading = asyncio.ensure_future(self.reload_history())
 
     async def reload_history(self) -> None:
         helper = self.tray.helper
@@ -365,6 +368,8 @@ class StatusWindow(QWidget):
         # (the next "Status…" builds them again from the tray's samples and GetHistory).
         super().closeEvent(ev)
         self.countdown.stop()
+        if self.reloading is not None:
+            self.reloading.cancel()  # it would fill a table that is going away
         self.tray.status_window_closed(self)
         self.destroyed.connect(_collect)
         self.deleteLater()
