@@ -6,6 +6,13 @@ nothing here runs; while shown, a one-second timer counts the binding down.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ctypes
+import functools
+import gc
+import linecache
+import sys
 import time
 from typing import Any
 
@@ -61,6 +68,59 @@ def path_nodes(snap: Snapshot | None) -> tuple[list[str], list[str], bool]:
     if s is State.ERROR:
         return ["This computer", "Home agent"], ["error"], False
     return ["This computer"], [], False
+
+
+def _trim() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _pyqtgraph() -> Any:
+    """pyqtgraph (and numpy), imported on the window's first use, leaving less behind.
+
+    - pyqtgraph.Qt copies every name of QtCore, QtGui and QtWidgets into its own
+      modules; PySide6 creates its Python types on first access, so that copy
+      creates all of them (~6 MB here), most never used.  Its (empty) modules are
+      given beforehand as forwarders that fetch a name from PySide6 when pyqtgraph
+      first uses it, and the copy is handed an empty name list.  If pyqtgraph ever
+      stops working that way, it is imported plainly.
+    - shiboken's check for ``from __feature__`` reads the source of every module
+      that imports Qt into ``linecache`` (~6 MB of text nobody reads again).
+    """
+    if "pyqtgraph" not in sys.modules:
+        try:
+            _import_pyqtgraph_lazily()
+        except Exception:  # an incompatible pyqtgraph: the plain import below
+            for name in [n for n in sys.modules if n.split(".")[0] == "pyqtgraph"]:
+                del sys.modules[name]
+    import pyqtgraph as pg
+
+    linecache.clearcache()
+    gc.collect()
+    _trim()
+    return pg
+
+
+def _import_pyqtgraph_lazily() -> None:
+    import types
+
+    from PySide6 import QtCore, QtGui, QtWidgets
+
+    reals = {"QtCore": QtCore, "QtGui": QtGui, "QtWidgets": QtWidgets}
+    for sub, real in reals.items():
+        shim = types.ModuleType(f"pyqtgraph.Qt.{sub}")
+        shim.__path__ = []  # a package, as pyqtgraph's own is
+        shim.__getattr__ = functools.partial(getattr, real)  # type: ignore[method-assign]
+        sys.modules[shim.__name__] = shim
+        real.__dict__["__dir__"] = list  # what _copy_attrs iterates over: nothing
+    try:
+        import pyqtgraph
+    finally:
+        for real in reals.values():
+            real.__dict__.pop("__dir__", None)
+    if pyqtgraph.Qt.QtWidgets.QGraphicsView is not QtWidgets.QGraphicsView:
+        raise ImportError("pyqtgraph's Qt modules are not the forwarders")
 
 
 class PathDiagram(QWidget):
@@ -152,10 +212,13 @@ class StatusWindow(QWidget):
 
         self.tabs = QTabWidget()
         lay.addWidget(self.tabs, 1)
-        import pyqtgraph as pg  # ~20 MB with numpy: only once the window exists
-
+        pg = _pyqtgraph()
         pg.setConfigOptions(antialias=True, background="w", foreground="k")
-        self.plot = pg.PlotWidget(axisItems={"bottom": pg.DateAxisItem()})
+        # No context menu (its forms cost memory and offer nothing here); a curve is
+        # drawn from at most a few points per pixel of the visible part.
+        self.plot = pg.PlotWidget(enableMenu=False, axisItems={"bottom": pg.DateAxisItem()})
+        self.plot.setDownsampling(auto=True, mode="peak")
+        self.plot.setClipToView(True)
         self.plot.setLabel("left", "RTT", units="ms")
         self.plot.addLegend()
         self.curves = {"ha": self.plot.plot([], [], pen=pg.mkPen("#1e8a3c", width=2),
@@ -200,6 +263,7 @@ class StatusWindow(QWidget):
         self.tabs.addTab(ht, "Handovers")
 
         self.kinds: set[str] = set()
+        self.reloading: asyncio.Future[None] | None = None
         self.countdown = QTimer(self)  # runs only while the window is shown
         self.countdown.setInterval(1000)
         self.countdown.timeout.connect(self._tick)
@@ -211,7 +275,8 @@ class StatusWindow(QWidget):
         self.show()
         self.raise_()
         self.activateWindow()
-        self.tray._spawn(self.reload_history())
+        if self.reloading is None or self.reloading.done():
+            self.reloading = asyncio.ensure_future(self.reload_history())
 
     async def reload_history(self) -> None:
         helper = self.tray.helper
@@ -297,3 +362,19 @@ class StatusWindow(QWidget):
     def hideEvent(self, ev: Any) -> None:
         self.countdown.stop()
         super().hideEvent(ev)
+
+    def closeEvent(self, ev: Any) -> None:
+        # Closed, not just hidden: the plot, its curves and the history table go
+        # (the next "Status…" builds them again from the tray's samples and GetHistory).
+        super().closeEvent(ev)
+        self.countdown.stop()
+        if self.reloading is not None:
+            self.reloading.cancel()  # it would fill a table that is going away
+        self.tray.status_window_closed(self)
+        self.destroyed.connect(_collect)
+        self.deleteLater()
+
+
+def _collect() -> None:
+    gc.collect()  # the Python side of the plot holds reference cycles
+    _trim()

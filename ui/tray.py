@@ -303,6 +303,10 @@ class Tray(QObject):
         self.status_window.present()
         log.info("status window shown")
 
+    def status_window_closed(self, window: Any) -> None:
+        if self.status_window is window:
+            self.status_window = None
+
     def show_profiles(self) -> None:
         if self.profile_dialog is None:
             from ui.profile_dialog import ProfileDialog

@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     mv.add_argument("net", help=nets)
     st = sub.add_parser("status", help="what is up")
     st.add_argument("--json", action="store_true")
-    dm = sub.add_parser("demo", help="the trusted side end to end: HA, FA, trustroamd, "
-                                     "moves home -> t1 -> fa1 -> t2 -> home")
+    dm = sub.add_parser("demo", help="the trusted side end to end: HA, FA, trustroamd and "
+                                     "the tray, moves home -> t1 -> fa1 -> t2 -> pub -> home "
+                                     "(no display: the tray under Xvfb, with screenshots)")
     dm.add_argument("--stay", action="store_true", help="keep everything running afterwards")
     ex = sub.add_parser("exec", help="run a command in a lab node: exec NODE -- CMD...")
     ex.add_argument("node")

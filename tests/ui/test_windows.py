@@ -133,3 +133,22 @@ def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
     assert w.proxy.rowCount() == 1
     w.text_filter.setText("")
     assert w.handovers.rowCount() == 1 and w.handovers.index(0, 2).data() == "42.0"
+
+
+def test_closing_the_status_window_frees_the_plot(double: Any, tray: Any, qloop: Any,
+                                                  qtbot: Any) -> None:
+    run(qloop, double.call("Emit", "sa{ss}", ["link-up", {"iface": "eth0"}]))
+    tray.show_status()
+    w = tray.status_window
+    reloading = w.reloading  # GetHistory, still on its way
+    gone: list[bool] = []
+    w.destroyed.connect(lambda: gone.append(True))
+    w.close()
+    qtbot.waitUntil(lambda: bool(gone))  # the widget, its plot and table are deleted
+    assert tray.status_window is None
+    run(qloop, asyncio.gather(reloading, return_exceptions=True))
+    assert reloading.cancelled()  # it would have filled the deleted table
+    tray.show_status()  # "Status…" again builds a fresh window
+    assert tray.status_window is not None and tray.status_window is not w
+    run(qloop, tray.status_window.reloading)
+    assert tray.status_window.model.rowCount() > 0
