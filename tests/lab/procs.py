@@ -24,6 +24,26 @@ while (d := c.recv(4096)):
 """
 """A TCP echo server on the home address, port 7000, for one connection (run in tr-mn)."""
 
+TCP_CLIENT = f"""
+import os, socket, sys, time
+c = socket.create_connection(("{HOME}", 7000), timeout=60)
+print("CONNECTED", flush=True)
+n = 0
+while not os.path.exists(sys.argv[1]):
+    msg = f"hello {{n}}".encode()
+    c.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        got += c.recv(4096)
+    assert got == msg, (got, msg)
+    n += 1
+    print(f"ECHO {{n}}", flush=True)
+    time.sleep(0.05)  # a paced stream, not a wait for an event
+print(f"TCP OK {{n}}", flush=True)
+"""
+"""The correspondent's side (run in tr-cn): echoes through the home address until
+the file named by its argument exists, then prints "TCP OK n"."""
+
 
 class Proc:
     """A process in a lab namespace whose output is read line by line."""

@@ -20,27 +20,18 @@ import pytest
 from app.lab.configs import HA, HOME, PROFILE_TOML, write_helper_files
 from app.lab.topology import SWITCH
 from app.lab.world import LabState
-from tests.lab.procs import TCP_ECHO_SERVER, Proc, helper_world, history, wait_history
+from tests.lab.procs import (
+    TCP_CLIENT,
+    TCP_ECHO_SERVER,
+    Proc,
+    helper_world,
+    history,
+    wait_history,
+)
 from tests.requirements import TSHARK, require, require_tshark
 
 FA = "10.40.1.1"
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-TCP_CLIENT = f"""
-import os, socket, sys, time
-c = socket.create_connection(("{HOME}", 7000), timeout=60)
-print("CONNECTED", flush=True)
-n = 0
-while not os.path.exists(sys.argv[1]):
-    msg = f"hello {{n}}".encode()
-    c.sendall(msg)
-    got = b""
-    while len(got) < len(msg):
-        got += c.recv(4096)
-    n += 1
-    print(f"ECHO {{n}}", flush=True)
-    time.sleep(0.05)  # a paced stream, not a wait for an event
-print(f"TCP OK {{n}}", flush=True)
-"""
 
 
 @pytest.fixture

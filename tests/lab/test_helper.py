@@ -22,7 +22,7 @@ from app.lab.world import CHARON_DIR, STATE_DIR, LabState
 from tests.dbus_client import NOBODY, call, introspect, properties, run_as
 from tests.haproc import env
 from tests.lab.conftest import mn_address, ns_exec
-from tests.lab.procs import TCP_ECHO_SERVER, Proc, capture, helper_world
+from tests.lab.procs import TCP_CLIENT, TCP_ECHO_SERVER, Proc, capture, helper_world
 from tests.secret_agent import SecretAgent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,25 +67,6 @@ def wait_mode(world: dict[str, object], mode: str, timeout: float = 15) -> None:
         if f"Mode={mode}" in tokens:
             break
     assert "State=probing" not in tokens and status(world)["State"] == "trusted", tokens
-
-
-TCP_CLIENT = f"""
-import os, socket, sys, time
-c = socket.create_connection(("{HOME}", 7000), timeout=30)
-print("CONNECTED", flush=True)
-n = 0
-while not os.path.exists(sys.argv[1]):
-    msg = f"hello {{n}}".encode()
-    c.sendall(msg)
-    got = b""
-    while len(got) < len(msg):
-        got += c.recv(4096)
-    assert got == msg, (got, msg)
-    n += 1
-    print(f"ECHO {{n}}", flush=True)
-    time.sleep(0.05)  # a paced stream, not a wait for an event
-print(f"TCP OK {{n}}", flush=True)
-"""
 
 
 def test_modes_across_moves_with_a_tcp_session(lab, world):

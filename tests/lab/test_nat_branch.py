@@ -20,29 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from app.lab.configs import HOME, write_helper_files
+from app.lab.configs import write_helper_files
 from tests.dbus_client import properties, run_as
-from tests.lab.procs import TCP_ECHO_SERVER, Proc, helper_world, history, wait_history
+from tests.lab.procs import (
+    TCP_CLIENT,
+    TCP_ECHO_SERVER,
+    Proc,
+    helper_world,
+    history,
+    wait_history,
+)
 
 KEEPALIVE = 2  # seconds, given by the home agent in its UDP Tunnel Reply
-
-TCP_CLIENT = f"""
-import os, socket, sys, time
-c = socket.create_connection(("{HOME}", 7000), timeout=60)
-print("CONNECTED", flush=True)
-n = 0
-while not os.path.exists(sys.argv[1]):
-    msg = f"hello {{n}}".encode()
-    c.sendall(msg)
-    got = b""
-    while len(got) < len(msg):
-        got += c.recv(4096)
-    assert got == msg, (got, msg)
-    n += 1
-    print(f"ECHO {{n}}", flush=True)
-    time.sleep(0.05)  # a paced stream, not a wait for an event
-print(f"TCP OK {{n}}", flush=True)
-"""
 
 
 @pytest.fixture(scope="module")
