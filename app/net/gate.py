@@ -24,7 +24,6 @@ import functools
 import logging
 import shutil
 
-from app.api import Mode
 from app.net.gate_rules import (
     TABLE,
     GatePolicy,
@@ -121,15 +120,6 @@ class TrafficGate:
         else:
             log.info("gate open on %s from %s (mode %s)", path.iface, path.link_address,
                      path.mode.value)
-
-    def allows_arp(self, iface: str) -> bool:
-        """Packet sockets bypass nftables: the helper asks before it sends ARP itself.
-
-        Only on the proven home link in mode h may an ARP naming the home address
-        leave (RFC 5944 4.6).
-        """
-        p = self.path
-        return p is not None and p.iface == iface and p.mode is Mode.HOME
 
     async def remove(self) -> None:
         await self._run(removal())
