@@ -71,6 +71,8 @@ async def main() -> None:
     path = None if d is None else ProvenPath(
         d["iface"], IPv4Address(d["address"]), Mode(d["mode"]),
         IPv4Address(d["fa"]) if d.get("fa") else None)
+    for iface in spec.get("managed", []):
+        await gate.manage(iface)
     gate.path = object()  # type: ignore[assignment]  # force a refill
     await gate.decide(path)
     print(json.dumps([try_one(t) for t in spec.get("tries", [])]), flush=True)

@@ -32,10 +32,12 @@ SETUP = {
     NET: ["link set lo up", "addr add 10.30.1.1/24 dev eth0", "link set eth0 up",
           f"addr add {HA}/32 dev lo", f"addr add {INTRANET}/32 dev lo",
           "addr add 172.16.0.10/32 dev lo", "addr add 203.0.113.7/32 dev lo",
-          "route add 192.168.122.0/24 via 10.30.1.50"],
+          "route add 192.168.122.0/24 via 10.30.1.50", "addr add 10.31.0.1/24 dev eth1",
+          "link set eth1 up"],
     MN: ["link set lo up", f"addr add {LINK}/24 dev eth0", f"addr add {NEW_LEASE}/24 dev eth0",
          "link set eth0 up", "route add default via 10.30.1.1",
-         "addr add 192.168.122.1/24 dev vmlink0", "link set vmlink0 up"],
+         "addr add 192.168.122.1/24 dev vmlink0", "link set vmlink0 up",
+         "addr add 10.31.0.2/24 dev br-uplink", "link set br-uplink up"],
     VM: ["link set lo up", "addr add 192.168.122.2/24 dev eth0", "link set eth0 up",
          "route add default via 192.168.122.1"],
 }
@@ -53,7 +55,9 @@ def world() -> Iterator[None]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
     ip_batch(None, [f"netns add {ns}" for ns in (MN, NET, VM)] + [
         f"link add eth0 netns {MN} type veth peer name eth0 netns {NET}",
-        f"link add vmlink0 netns {MN} type veth peer name eth0 netns {VM}"])
+        f"link add vmlink0 netns {MN} type veth peer name eth0 netns {VM}",
+        # An uplink whose name looks like a container bridge's (Docker's br-<id>).
+        f"link add br-uplink netns {MN} type veth peer name eth1 netns {NET}"])
     for ns, cmds in SETUP.items():
         ip_batch(ns, cmds)
     subprocess.run(["ip", "netns", "exec", MN, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
@@ -66,10 +70,10 @@ def world() -> Iterator[None]:
 
 
 def probe(decision: dict[str, str] | None, tries: list[dict[str, object]],
-          install: bool = True) -> list[str]:
+          install: bool = True, managed: tuple[str, ...] = ()) -> list[str]:
     out = subprocess.run(["ip", "netns", "exec", MN, sys.executable, "-m", "tests.gate_probe",
                           json.dumps({"decision": decision, "tries": tries,
-                                      "install": install})],
+                                      "install": install, "managed": list(managed)})],
                          capture_output=True, text=True, env=env(), timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     return list(json.loads(out.stdout))
@@ -218,6 +222,14 @@ def test_rfc5944_4_6_the_home_address_is_not_answered_for_away_from_home(world):
         assert ask() == "SILENT"
     finally:
         ip_batch(MN, [f"addr del {HOME}/32 dev eth0"])
+
+
+def test_rfc5266_3_4_a_managed_link_named_like_a_bridge_is_still_gated(world):
+    """Container bridges pass as local, but not an uplink the helper manages whose
+    name happens to look like one."""
+    out = udp("10.31.0.1", 9999, iface="br-uplink")
+    assert probe(None, [out]) == ["sent"]  # local, as far as the gate knows
+    assert probe(None, [out], managed=("br-uplink",)) == ["refused"]
 
 
 def test_removing_the_gate_restores_the_host(world):

@@ -185,6 +185,8 @@ class MobileNodeDriver:
     async def _link_event(self, ev: am.LinkUp | am.LinkDown | am.LinkLost, now: float) -> None:
         self._keepalive = None  # a mapping through another link is no mapping here
         if isinstance(ev, am.LinkUp):
+            if self.gate is not None:  # before anything: its name may look local
+                await self.gate.manage(ev.iface)
             self._probe_started, self._handover_via_fa = now, None
             self._history("link-up", {"interface": ev.iface, "address": str(ev.address),
                                       "gateway": str(ev.gateway)})

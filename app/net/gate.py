@@ -31,6 +31,7 @@ from app.net.gate_rules import (
     removal,
     render,
     render_decision,
+    render_local,
 )
 
 log = logging.getLogger("trustroam.net.gate")
@@ -95,10 +96,12 @@ class TrafficGate:
         self.installed = False
         self.path: ProvenPath | None = None
         """The proven path the rules open now; None while undecided."""
+        self.managed: frozenset[str] = frozenset()
+        """Interfaces the helper has managed: never waved through as local bridges."""
 
     async def install(self) -> None:
         """The whole table, undecided: the first thing the helper does."""
-        await self._run(render(self.policy, None))
+        await self._run(render(self.policy, None, managed=self.managed))
         self.installed, self.path = True, None
         log.info("gate installed: only DHCP, registration, solicitation and IKE leave")
 
@@ -113,13 +116,22 @@ class TrafficGate:
             # Someone removed the tables (an nftables reload, `nft flush ruleset`):
             # install them again, with this decision, in one transaction.
             log.warning("gate tables were gone (%s): installing them again", exc)
-            await self._run(render(self.policy, path, home_probe))
+            await self._run(render(self.policy, path, home_probe, self.managed))
         self.path = path
         if path is None:
             log.info("gate shut: only DHCP, registration, solicitation and IKE leave")
         else:
             log.info("gate open on %s from %s (mode %s)", path.iface, path.link_address,
                      path.mode.value)
+
+    async def manage(self, iface: str) -> None:
+        """A link the helper manages: judged by the decision even if its name looks
+        like a local bridge's (before the decision about it is made)."""
+        if iface in self.managed:
+            return
+        self.managed |= {iface}
+        if self.installed:
+            await self._run(render_local(self.managed))
 
     async def remove(self) -> None:
         await self._run(removal())

@@ -134,25 +134,45 @@ def arp_rules(policy: GatePolicy, path: ProvenPath | None,
     return [*rules, f"{home} counter name {COUNTER} drop"]
 
 
+def local_rules(managed: frozenset[str] = frozenset()) -> list[str]:
+    """Loopback and the container/VM bridges pass, unless one of them is an interface
+    the helper manages (a bridge named like Docker's carrying the uplink): that one
+    is judged like any access link."""
+    rules = []
+    for n in LOCAL_INTERFACES:
+        rule = f"oifname {_q(n)}"
+        if managed and n != "lo":
+            rule += " oifname != { " + ", ".join(_q(m) for m in sorted(managed)) + " }"
+        rules.append(rule + " accept")
+    return rules
+
+
+def render_local(managed: frozenset[str]) -> str:
+    """The local chain again, in one transaction, when the helper manages a new link."""
+    return "\n".join([f"flush chain inet {TABLE} local",
+                      *(f"add rule inet {TABLE} local {r}" for r in local_rules(managed))]
+                     ) + "\n"
+
+
 def _chain(name: str, rules: list[str]) -> str:
     body = "".join(f"    {r}\n" for r in rules)
     return f"  chain {name} {{\n{body}  }}\n"
 
 
-def render(policy: GatePolicy, path: ProvenPath | None, home_probe: str | None = None
-           ) -> str:
+def render(policy: GatePolicy, path: ProvenPath | None, home_probe: str | None = None,
+           managed: frozenset[str] = frozenset()) -> str:
     """Both tables for one decision (None: undecided), replacing older ones, in one
     transaction."""
-    local = [f"oifname {_q(n)} accept" for n in LOCAL_INTERFACES]
     return (
         removal()
         + f"table inet {TABLE} {{\n"
         f"  counter {COUNTER} {{ }}\n"
+        + _chain("local", local_rules(managed))
         + _chain("undecided", undecided_rules(policy))
         + _chain("proven", proven_rules(policy, path))
         # After source NAT (srcnat is 100): what leaves, with the address it leaves from.
         + _chain("gate", [f"type filter hook postrouting priority {PRIORITY}; policy accept;",
-                          *local, "jump undecided", "jump proven",
+                          "jump local", "jump undecided", "jump proven",
                           f"counter name {COUNTER} drop"])
         + "}\n"
         + f"table arp {TABLE} {{\n"
