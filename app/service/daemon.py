@@ -32,7 +32,7 @@ from app.net.mn_routes import Backend, default_backend
 from app.net.sleep import ResumeWatcher
 from app.service import bus as busio
 from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_agent
-from app.service.helper import Helper, HelperError, gate_policy
+from app.service.helper import Helper, HelperError, gate_policy, load_profile
 from app.service.polkit import Authorizer
 from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
 
@@ -133,7 +133,7 @@ async def _gate_first(args: argparse.Namespace, first: str | None) -> bool:
         candidates.append(args.profiles_dir / f"{first}.toml")
     for path in candidates:
         try:
-            prof = profiles.load(path)
+            prof = load_profile(path)  # non-blocking: a FIFO must not hold the start
         except (ConfigError, OSError):
             continue
         if prof.name == first and prof.gate:

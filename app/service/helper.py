@@ -88,7 +88,7 @@ class Helper:
             raise HelperError("the profiles directory cannot be read") from None
         for path in [*paths, *self.extra_profiles]:
             try:
-                p = _load_profile(path)
+                p = load_profile(path)
             except ConfigError as exc:
                 log.error("profile skipped: %s", exc)
                 continue
@@ -230,7 +230,7 @@ def _short(text: str, limit: int = 64) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _load_profile(path: Path) -> Profile:
+def load_profile(path: Path) -> Profile:
     """``profiles.load`` for a running helper: a FIFO or device put in the profiles
     directory must not block the event loop, so the file is opened non-blocking
     and read only if it is a regular file."""
