@@ -132,3 +132,32 @@ def wait_history(world: dict[str, object], since: float, kind: str,
         with contextlib.suppress(TimeoutError):
             monitor.wait("", timeout=max(0.05, min(1.0, deadline - time.monotonic())))
     raise AssertionError(f"no {kind} {match or ''} since {since}: {history(world, 30)}")
+
+
+@contextmanager
+def echo_session(directory: Path) -> Iterator[Proc]:
+    """A TCP session from the CN to the home address (TCP_ECHO_SERVER in the MN,
+    TCP_CLIENT in the CN), yielded once it echoed three times; on a clean exit the
+    client must end it with "TCP OK"."""
+    server = Proc("tr-mn", sys.executable, "-c", TCP_ECHO_SERVER)
+    stop = directory / "stop-tcp"
+    client = None
+    try:
+        server.wait("LISTENING")
+        client = Proc("tr-cn", sys.executable, "-c", TCP_CLIENT, str(stop))
+        client.wait("ECHO 3")
+        yield client
+        stop.touch()
+        client.wait("TCP OK", timeout=30)
+    finally:
+        stop.touch()
+        server.stop()
+        if client is not None:
+            client.stop()
+
+
+def carries_data_again(client: Proc, timeout: float = 30) -> None:
+    """The session echoes again: lines that arrive after this call."""
+    before = len(client.out.seen)
+    while len(client.out.seen) <= before + 2:
+        client.wait("ECHO", timeout=timeout)

@@ -21,9 +21,9 @@ from app.lab.configs import HA, HOME, PROFILE_TOML, write_helper_files
 from app.lab.topology import SWITCH
 from app.lab.world import LabState
 from tests.lab.procs import (
-    TCP_CLIENT,
-    TCP_ECHO_SERVER,
     Proc,
+    carries_data_again,
+    echo_session,
     helper_world,
     history,
     wait_history,
@@ -78,13 +78,7 @@ def test_a_renewal_through_a_dead_fa_falls_back_to_mode_c_with_the_session_alive
     t = time.time()
     lab.move("fa1")
     wait_history(world, t, "mode", {"state": "trusted", "mode": "f"}, timeout=20)
-    server = Proc("tr-mn", sys.executable, "-c", TCP_ECHO_SERVER)
-    stop = tmp_path / "stop-tcp"
-    client = None
-    try:
-        server.wait("LISTENING")
-        client = Proc("tr-cn", sys.executable, "-c", TCP_CLIENT, str(stop))
-        client.wait("ECHO 3")
+    with echo_session(tmp_path) as client:
         fa = world["fa"]
         assert isinstance(fa, Proc)
         fa.stop()  # the FA dies; its link's router (the namespace) still routes
@@ -97,17 +91,7 @@ def test_a_renewal_through_a_dead_fa_falls_back_to_mode_c_with_the_session_alive
         lost = [k for tm, k, d in _entries(world) if tm >= dead and k == "mode"
                 and d.get("state") != "trusted"]
         assert not lost, lost  # never error or untrusted while the HA answers directly
-        before = len(client.out.seen)
-        while len(client.out.seen) <= before + 2:
-            client.wait("ECHO", timeout=30)
-        stop.touch()
-        client.wait("TCP OK", timeout=30)
-    finally:
-        stop.touch()
-        server.stop()
-        if client is not None:
-            client.stop()
-
+        carries_data_again(client)
 
 def _away_from(lab, net: str) -> None:
     """Start elsewhere: the helper's first probe must not race the move under test."""

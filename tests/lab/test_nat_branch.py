@@ -13,7 +13,6 @@ correspondent node to the home address survives all of it.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +22,9 @@ import pytest
 from app.lab.configs import write_helper_files
 from tests.dbus_client import properties, run_as
 from tests.lab.procs import (
-    TCP_CLIENT,
-    TCP_ECHO_SERVER,
     Proc,
+    carries_data_again,
+    echo_session,
     helper_world,
     history,
     wait_history,
@@ -52,32 +51,18 @@ def test_rfc3519_4_10_mode_c_behind_a_trusted_nat_survives_a_rebinding(lab, worl
     ha = world["ha"]
     assert isinstance(ha, Proc)
     ha.wait("via UDP tunnel (NAT)")
-    server = Proc("tr-mn", sys.executable, "-c", TCP_ECHO_SERVER)
-    stop = Path(str(world["dir"])) / "stop-tcp"
-    client = None
     try:
-        server.wait("LISTENING")
-        client = Proc("tr-cn", sys.executable, "-c", TCP_CLIENT, str(stop))
-        client.wait("CONNECTED")
-        client.wait("ECHO 3")
-        # The NAT forgets its mapping and maps the next packet to a new port.
-        lab.set_nat(fully_random=True, node="tr-bnat")
-        lab.flush_nat_mappings("tr-bnat")
-        cut = time.time()
-        rebind = wait_history(world, cut, "nat-rebind", timeout=4 * KEEPALIVE + 10)
-        assert "keepalives" in rebind["text"], rebind
-        wait_history(world, cut, "registered", timeout=10)
-        # The same TCP session carries data again through the new mapping.
-        before = len(client.out.seen)
-        while len(client.out.seen) <= before + 2:
-            client.wait("ECHO", timeout=30)
-        stop.touch()
-        client.wait("TCP OK", timeout=30)
+        with echo_session(Path(str(world["dir"]))) as client:
+            # The NAT forgets its mapping and maps the next packet to a new port.
+            lab.set_nat(fully_random=True, node="tr-bnat")
+            lab.flush_nat_mappings("tr-bnat")
+            cut = time.time()
+            rebind = wait_history(world, cut, "nat-rebind", timeout=4 * KEEPALIVE + 10)
+            assert "keepalives" in rebind["text"], rebind
+            wait_history(world, cut, "registered", timeout=10)
+            # The same TCP session carries data again through the new mapping.
+            carries_data_again(client)
     finally:
-        stop.touch()
-        server.stop()
-        if client is not None:
-            client.stop()
         lab.set_nat(fully_random=False, node="tr-bnat")
     kinds = [k for tm, k, _ in history(world, 100) if tm >= t]
     assert "gate" in kinds and "nat-rebind" in kinds, kinds
