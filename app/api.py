@@ -82,6 +82,8 @@ class Snapshot:
     tunnel_inner_address: str = ""
     home_agent_probe: Probe = field(default_factory=Probe)
     vpn_probe: Probe = field(default_factory=Probe)
+    vpn_gateway: str = ""
+    """The VPN gateway in use, as the profile names it; "" without a VPN."""
     nat_detected: bool = False
     binding_expires: float = 0.0
     """Unix time the binding runs out; 0 without a binding."""
@@ -97,7 +99,7 @@ class Snapshot:
             "CareOfAddress": self.care_of_address,
             "TunnelInnerAddress": self.tunnel_inner_address,
             "HomeAgentProbe": list(self.home_agent_probe.to_dbus()),
-            "VpnProbe": list(self.vpn_probe.to_dbus()),
+            "VpnProbe": list(self.vpn_probe.to_dbus()), "VpnGateway": self.vpn_gateway,
             "NatDetected": self.nat_detected, "BindingExpires": self.binding_expires,
             "LastHandoverMs": self.last_handover_ms, "Error": self.error,
             "Policy": self.policy.value,
@@ -119,8 +121,8 @@ class Snapshot:
         return cls(State(s("State") or "offline"), Mode(s("Mode") or "none"), s("Profile"),
                    s("Interface"), s("HomeAddress"), s("CareOfAddress"),
                    s("TunnelInnerAddress"), probe("HomeAgentProbe"), probe("VpnProbe"),
-                   bool(props.get("NatDetected", False)), f("BindingExpires", 0.0),
-                   f("LastHandoverMs", -1.0), s("Error"), Policy(s("Policy") or "auto"))
+                   s("VpnGateway"), bool(props.get("NatDetected", False)),
+                   f("BindingExpires", 0.0), f("LastHandoverMs", -1.0), s("Error"), Policy(s("Policy") or "auto"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,11 +20,11 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
-from app.api import HistoryEntry, Mode, Probe, Snapshot, State
+from app.api import HistoryEntry, Mode, Policy, Probe, Snapshot, State
 from app.mip.errors import DecodeError
 from app.mip.icmp import AgentAdvertisement, AgentFlags, AgentSolicitation
 from app.mip.messages import MIP_PORT
@@ -39,6 +39,7 @@ from app.net.gate_rules import HELPER_MARK, ProvenPath
 from app.net.ipip import TUNNEL_DATA_HEADER
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import LinkInfo, MobileNodeRoutes
+from app.vpn.charon import Charon
 
 log = logging.getLogger("trustroam.mn")
 ALL_ROUTERS = "224.0.0.2"
@@ -72,8 +73,17 @@ class MobileNodeDriver:
                  gate: TrafficGate | None, *,
                  on_snapshot: Callable[[Snapshot], None] = lambda s: None,
                  on_event: Callable[[HistoryEntry], None] = lambda e: None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 charon: Charon | None = None,
+                 vpn_secrets: Mapping[str, str] | None = None,
+                 policy: Policy = Policy.AUTO) -> None:
+        """``charon``: the VPN adapter (its socket set by the caller), used when the
+        profile has a ``[vpn]`` table; ``vpn_secrets``: its secrets by key name
+        (``vpn_psk``...), handed to charon over VICI only."""
         self.profile = profile
+        self.charon = charon if profile.vpn is not None else None
+        self._vpn_secrets = dict(vpn_secrets or {})
+        self.policy = policy
         self.routes = routes
         self.gate = gate if profile.gate else None
         self.on_snapshot = on_snapshot
@@ -116,6 +126,10 @@ class MobileNodeDriver:
 
     def link_snapshot(self, snap: LinkSnapshot) -> None:
         self._queue.put_nowait(snap)
+
+    def set_policy(self, policy: Policy) -> None:
+        """The user's policy (auto, always-vpn, never-vpn), applied at once."""
+        self.policy = policy
 
     def reprobe(self) -> None:
         """Resume from suspend, or the user asked: probe the current link again."""

@@ -24,6 +24,10 @@ agent, or from the root-only secrets file).  Errors name the file and key.
     [features]
     foreign_agents = true          # mode f where an FA advertises (trusted links only)
     gate = true                    # block normal traffic while undecided
+
+    [vpn]                          # optional: the untrusted side (mode mc), see app.vpn.config
+    gateways = ["vpn.corp.example"]
+    identity = "alice@corp.example"
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from app.mn.registration import (
     ReplayMode,
     UdpTunnelling,
 )
+from app.vpn import config as vpn_config
+from app.vpn.config import VpnConfig
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Matched with fullmatch: ``$`` would let a trailing newline through."""
@@ -67,6 +73,8 @@ class Profile:
     udp_tunnelling: UdpTunnelling = UdpTunnelling.AUTO
     foreign_agents: bool = True
     gate: bool = True
+    vpn: VpnConfig | None = None
+    """The ``[vpn]`` table: without one an untrusted network stays shut (no mode mc)."""
     source: str = "<built-in>"
 
     def registration(self, key: bytes) -> RegistrationConfig:
@@ -131,6 +139,7 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
             raise top.error("interface", f"{_short(iface)} is not an interface name: {why}")
     probe = top.sub("probe")
     features = top.sub("features")
+    vpn = vpn_config.parse(top.sub("vpn"), network) if top.has("vpn") else None
     initial_timeout = probe.float_("initial_timeout", 1.0, lo=0.0, hi=30.0)
     if initial_timeout < MIN_RETRANSMIT_INTERVAL:
         raise probe.error("initial_timeout", f"must be at least {MIN_RETRANSMIT_INTERVAL:g} s "
@@ -148,6 +157,7 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
         udp_tunnelling=top.enum("udp_tunnelling", UdpTunnelling, UdpTunnelling.AUTO),
         foreign_agents=features.bool_("foreign_agents", True),
         gate=features.bool_("gate", True),
+        vpn=vpn,
         source=source,
     )
     probe.done()

@@ -304,6 +304,10 @@ class HelperInterface(ServiceInterface):
         return self._p("VpnProbe")
 
     @dbus_property(access=PropertyAccess.READ)
+    def VpnGateway(self) -> "s":
+        return self._p("VpnGateway")
+
+    @dbus_property(access=PropertyAccess.READ)
     def NatDetected(self) -> "b":
         return self._p("NatDetected")
 

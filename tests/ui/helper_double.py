@@ -199,6 +199,10 @@ class Double(ServiceInterface):
         return self._p("VpnProbe")
 
     @dbus_property(access=PropertyAccess.READ)
+    def VpnGateway(self) -> "s":
+        return self._p("VpnGateway")
+
+    @dbus_property(access=PropertyAccess.READ)
     def NatDetected(self) -> "b":
         return self._p("NatDetected")
 
