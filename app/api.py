@@ -82,14 +82,14 @@ class Snapshot:
     tunnel_inner_address: str = ""
     home_agent_probe: Probe = field(default_factory=Probe)
     vpn_probe: Probe = field(default_factory=Probe)
-    vpn_gateway: str = ""
-    """The VPN gateway in use, as the profile names it; "" without a VPN."""
     nat_detected: bool = False
     binding_expires: float = 0.0
     """Unix time the binding runs out; 0 without a binding."""
     last_handover_ms: float = -1.0
     error: str = ""
     policy: Policy = Policy.AUTO
+    vpn_gateway: str = ""
+    """The VPN gateway in use, as the profile names it; "" without a VPN."""
 
     def to_dbus(self) -> dict[str, object]:
         """Property name -> plain value in its D-Bus signature's Python form."""
@@ -121,8 +121,9 @@ class Snapshot:
         return cls(State(s("State") or "offline"), Mode(s("Mode") or "none"), s("Profile"),
                    s("Interface"), s("HomeAddress"), s("CareOfAddress"),
                    s("TunnelInnerAddress"), probe("HomeAgentProbe"), probe("VpnProbe"),
-                   s("VpnGateway"), bool(props.get("NatDetected", False)),
-                   f("BindingExpires", 0.0), f("LastHandoverMs", -1.0), s("Error"), Policy(s("Policy") or "auto"))
+                   bool(props.get("NatDetected", False)),
+                   f("BindingExpires", 0.0), f("LastHandoverMs", -1.0), s("Error"),
+                   Policy(s("Policy") or "auto"), s("VpnGateway"))
 
 
 @dataclass(frozen=True, slots=True)

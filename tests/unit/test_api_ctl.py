@@ -8,7 +8,7 @@ from app.ctl import render
 
 def test_snapshot_round_trips_through_its_dbus_form():
     s = Snapshot(State.TRUSTED, Mode.COLOCATED, "corp", "eth0", "10.20.1.10", "10.30.1.100",
-                 "", Probe(True, 1.25, 1000.0), Probe(), "", False, 1600.0, 12.5, "",
+                 "", Probe(True, 1.25, 1000.0), Probe(), False, 1600.0, 12.5, "",
                  Policy.NEVER_VPN)
     assert Snapshot.from_dbus(s.to_dbus()) == s
     assert Snapshot.from_dbus({}) == Snapshot()
