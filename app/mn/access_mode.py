@@ -6,10 +6,25 @@ address), while the link is solicited for foreign agents.  A valid reply
 means trusted: mode ``c``, or ``f`` when an FA advertised on this link (a
 second registration, through the FA: only ever on a trusted network), or
 ``h`` on the home link (deregistration, home address on the interface).  No
-reply within the configured retries means untrusted: that is the VPN side's
-job (mode ``mc``, next issue); until then the machine reports it and keeps the
-gate shut.  Denials and missing addresses are an error state that keeps the
-gate shut and says why (Mullvad's tunnel state machine does the same).
+reply within the configured retries means untrusted.
+
+The untrusted side (RFC 5266 3.4, 3.4.2): with a VPN in the profile the IKE side
+starts at the same moment as the direct probe (``StartVpn``; an IKE SA that
+exists is moved by charon's MOBIKE).  As soon as the VPN is up its tunnel inner
+address (TIA) is registered through it as a co-located care-of address with
+reverse tunnelling, by a second registration client sharing the first one's
+replay state; its reply opens mode ``mc`` (encrypted, so the rule against
+traffic while undecided holds) while the direct probe keeps retransmitting.  A
+direct reply, then or later, means trusted and wins: the path through the VPN
+is cancelled, and registered again directly if a request through the VPN left
+after the answered one (so the home agent's last binding is the one shown).
+Moves behind the same gateway and TIA are MOBIKE only: the mc gate stays open
+and the home agent is not asked again.  Policies: ``always-vpn`` skips the
+direct probe, ``never-vpn`` never starts the VPN.
+
+Denials and missing addresses are an error state that keeps the gate shut and
+says why (Mullvad's tunnel state machine does the same); so is a VPN that went
+down or a charon that vanished while in mc (a kill switch).
 
 The gate is keyed to the decision: ``Gate(path)`` opens exactly the proven
 path (interface, care-of address, mode) and ``Gate(None)`` shuts it.  Every
@@ -26,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from app.api import Mode, State
+from app.api import Mode, Policy, State
 from app.mip.codes import describe
 from app.mn.registration import (
     BindingLost,
@@ -39,6 +54,13 @@ from app.mn.registration import (
 )
 from app.net.gate_rules import ProvenPath
 
+VPN_RETRY_MIN = 2.0
+VPN_RETRY_MAX = 30.0
+"""Seconds before bringing a failed VPN up again, doubling between the two."""
+MOBIKE_WAIT = 1.0
+"""With an IKE SA kept from an earlier link, how long to wait for MOBIKE to move
+it before registering through it anyway."""
+NEVER_VPN_REASON = "untrusted network: the policy is never-vpn, so nothing leaves"
 BINDING_RAN_OUT = ("the home agent stopped answering: the binding ran out with no renewal "
                    "accepted")
 
@@ -95,6 +117,49 @@ class Shutdown:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class VpnReady:
+    """The VPN's CHILD SA is up: traffic to the intranet can flow from ``tia``."""
+
+    tia: IPv4Address
+    gateway: str
+
+
+@dataclass(frozen=True, slots=True)
+class VpnMoved:
+    """MOBIKE moved the IKE SA to ``local`` (the TIA stays)."""
+
+    local: IPv4Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class VpnLost:
+    """The VPN went down (the SA was deleted, DPD gave up, the gateway refused)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class VpnServiceLost:
+    """charon cannot be talked to: the sentence says where it was looked for."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class VpnServiceBack:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    policy: Policy
+
+
+Event = (LinkUp | LinkDown | LinkLost | AgentAdvert | Resumed | Shutdown | VpnReady | VpnMoved
+         | VpnLost | VpnServiceLost | VpnServiceBack | PolicySet)
+
+
 # -- actions ------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +186,24 @@ class PrepareLink:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """A registration message to send, bound to the physical interface (never the VPN)."""
+    """A registration message to send: bound to the physical interface (the direct
+    probe, never the VPN), or from the TIA through the VPN (``through_vpn``)."""
 
     iface: str
     datagram: Datagram
+    through_vpn: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StartVpn:
+    """Bring the VPN up from this link (an IKE SA that exists moves by MOBIKE)."""
+
+    iface: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopVpn:
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +216,7 @@ class ConfigureDataPlane:
     mode: Mode
     iface: str | None
     care_of_address: IPv4Address | None
+    """In mode mc, the TIA: the tunnel's outer source, through the VPN."""
     udp_tunnel: bool = False
 
 
@@ -148,6 +228,8 @@ class Status:
     care_of_address: IPv4Address | None
     error: str | None
     handover_ms: float | None
+    tia: IPv4Address | None = None
+    """The VPN's tunnel inner address while the VPN is up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +240,8 @@ class Note:
     text: str
 
 
-Action = Gate | PrepareLink | Send | Solicit | ConfigureDataPlane | Status | Note
+Action = (Gate | PrepareLink | Send | Solicit | ConfigureDataPlane | Status | Note | StartVpn
+          | StopVpn)
 
 
 @dataclass
@@ -175,10 +258,38 @@ class _Link:
 
 
 @dataclass
+class _Vpn:
+    """What the machine knows of the VPN (charon does the work)."""
+
+    starting: bool = False
+    tia: IPv4Address | None = None
+    """Set while the CHILD SA is up."""
+    gateway: str = ""
+    retry_at: float | None = None
+    retry_delay: float = VPN_RETRY_MIN
+    service_ok: bool = True
+    """charon answers on its socket."""
+    service_error: str | None = None
+    register_at: float | None = None
+    """An SA kept from the last link: register through it when MOBIKE moved it, or then."""
+
+    @property
+    def up(self) -> bool:
+        return self.tia is not None
+
+
+@dataclass
 class AccessModeMachine:
     home_network: IPv4Network
     client: RegistrationClient
     use_foreign_agents: bool = True
+    tunnel: RegistrationClient | None = None
+    """Registrations through the VPN (mode mc): None without a VPN in the profile.
+    It must share ``client``'s replay state (the same home agent)."""
+    policy: Policy = Policy.AUTO
+    keep_alive_inside: bool = False
+    """RFC 5266 3.4.2's MAY: keep the IKE SA on trusted networks where the gateway
+    answers, so the next untrusted network needs only MOBIKE."""
     phase: State = State.OFFLINE
     mode: Mode = Mode.NONE
     error: str | None = None
@@ -191,39 +302,54 @@ class AccessModeMachine:
     """The interface the last Gate action let answer ARP for the home address."""
     configured: Mode = Mode.NONE
     """What the last ConfigureDataPlane action set up."""
+    configured_tia: IPv4Address | None = None
+    vpn: _Vpn = field(default_factory=_Vpn)
     _actions: list[Action] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.tunnel is not None and self.tunnel.replay is not self.client.replay:
+            raise ValueError("the VPN's registration client must share the direct one's "
+                             "replay state")
 
     # -- events in -------------------------------------------------------------
 
-    def handle(self, event: LinkUp | LinkDown | LinkLost | AgentAdvert | Resumed | Shutdown,
-               now: float) -> list[Action]:
+    def handle(self, event: Event, now: float) -> list[Action]:
         if isinstance(event, LinkUp):
             self._link_up(event, now)
         elif isinstance(event, LinkLost):
             link = self._link
             if link is not None and event.iface == link.iface and not link.lost:
                 link.lost = True
-                self._shut()  # at once: the cable may be in another network already
-                self._withdraw_home()
-                if self.phase is not State.OFFLINE:
-                    self._enter(State.PROBING, Mode.NONE, None)
+                if self.mode is not Mode.VPN:  # mc carries only ESP: it waits for MOBIKE
+                    self._shut()  # at once: the cable may be in another network already
+                    self._withdraw_home()
+                    if self.phase is not State.OFFLINE:
+                        self._enter(State.PROBING, Mode.NONE, None)
         elif isinstance(event, LinkDown):
             if self._link is not None and event.iface == self._link.iface:
                 self._link = None
+                self.vpn.register_at = None
                 self._leave(State.OFFLINE, None)
         elif isinstance(event, AgentAdvert):
             self._advert(event, now)
         elif isinstance(event, Resumed):
-            if self._link is not None:  # same link, maybe stale binding: probe again
-                link = self._link
-                self._link_up(LinkUp(link.iface, link.address, link.gateway), now)
+            self._reprobe(now)
         elif isinstance(event, Shutdown):
-            self.client.deregister(now, at_home=self.mode is Mode.HOME)
+            if self.mode is Mode.VPN and self.tunnel is not None and self.tunnel.binding:
+                self.tunnel.deregister(now, at_home=False)
+            else:
+                self.client.deregister(now, at_home=self.mode is Mode.HOME)
+        elif isinstance(event, PolicySet):
+            self._policy(event.policy, now)
+        else:
+            self._vpn_event(event, now)
         self._drain(now)
         return self._take()
 
     def receive(self, data: bytes, now: float) -> list[Action]:
         self.client.receive(data, now)
+        if self.tunnel is not None:
+            self.tunnel.receive(data, now)
         self._drain(now)
         return self._take()
 
@@ -238,36 +364,184 @@ class AccessModeMachine:
 
     def handle_timer(self, now: float) -> list[Action]:
         self.client.handle_timer(now)
+        if self.tunnel is not None:
+            self.tunnel.handle_timer(now)
+        v = self.vpn
+        if v.retry_at is not None and now >= v.retry_at:
+            v.retry_at = None
+            self._start_vpn()
+        if v.register_at is not None and now >= v.register_at:
+            v.register_at = None
+            self._register_through_vpn(now)
         self._drain(now)
         return self._take()
 
     def get_timer(self) -> float | None:
-        return self.client.get_timer()
+        times = [self.client.get_timer(), self.vpn.retry_at, self.vpn.register_at,
+                 self.tunnel.get_timer() if self.tunnel is not None else None]
+        known = [t for t in times if t is not None]
+        return min(known) if known else None
 
     @property
     def registering_via_fa(self) -> bool:
         """A registration through the link's FA is out (mode f may follow)."""
         return self._via_fa and self.mode is not Mode.FOREIGN_AGENT
 
+    @property
+    def bound(self) -> bool:
+        """Some registration of ours stands at the home agent."""
+        return self.client.binding is not None or (
+            self.tunnel is not None and self.tunnel.binding is not None)
+
     # -- logic -----------------------------------------------------------------
 
     def _link_up(self, ev: LinkUp, now: float) -> None:
         self._link = _Link(ev.iface, ev.address, ev.gateway, now)
         self._via_fa = False
-        self._shut()  # nothing normal leaves while undecided
+        in_mc = self.mode is Mode.VPN and self.gate is not None
+        if not in_mc:
+            self._shut()  # nothing normal leaves while undecided
+        # (mode mc stays open: what it lets out is encrypted, and MOBIKE moves it)
         self._withdraw_home()
-        if ev.address.ip in self.home_network:
+        at_home = ev.address.ip in self.home_network
+        if at_home:
             self.home_probe = ev.iface
-            self._actions.append(Gate(None, home_probe=ev.iface))
+            self._actions.append(Gate(self.gate, home_probe=ev.iface))
         self._actions.append(PrepareLink(ev.iface, ev.address, ev.gateway))
-        self._enter(State.PROBING, Mode.NONE, None)
-        if ev.address.ip in self.home_network:
+        if in_mc:
+            self._open(self._link)  # the same rules, named for the new link
+        else:
+            self._enter(State.PROBING, Mode.NONE, None)
+        if self.policy is Policy.ALWAYS_VPN and self._vpn_configured:
+            # No direct probe: whatever answers, the traffic goes through the VPN.
+            self.client.cancel()
+        elif at_home:
             # The home link: deregister so the home agent stops proxying us.
             self.client.deregister(now, at_home=True)
         else:
             self.client.register(ev.address.ip, now)
             if self.use_foreign_agents:
                 self._actions.append(Solicit(ev.iface))
+        # RFC 5266 3.4.2 step 1: the IKE side at the same moment as the direct probe.
+        if self.vpn.up and not in_mc and self._want_vpn:
+            self.vpn.register_at = now + MOBIKE_WAIT  # or as soon as MOBIKE moved it
+        else:
+            self._start_vpn()
+
+    def _reprobe(self, now: float) -> None:
+        if self._link is not None:  # same link, maybe stale binding: probe again
+            link = self._link
+            self._link_up(LinkUp(link.iface, link.address, link.gateway), now)
+
+    def _policy(self, policy: Policy, now: float) -> None:
+        if policy is self.policy:
+            return
+        self.policy = policy
+        if policy is Policy.NEVER_VPN:
+            if self.mode is Mode.VPN:
+                self._leave(State.UNTRUSTED, NEVER_VPN_REASON)
+            self._stop_vpn("the policy is never-vpn")
+        elif self.mode is Mode.VPN and policy is Policy.AUTO:
+            pass  # the direct probe below may still move us to a trusted mode
+        self._reprobe(now)
+
+    @property
+    def _vpn_configured(self) -> bool:
+        return self.tunnel is not None
+
+    @property
+    def _want_vpn(self) -> bool:
+        return (self.tunnel is not None and self.policy is not Policy.NEVER_VPN
+                and self.vpn.service_ok and self._link is not None)
+
+    def _start_vpn(self) -> None:
+        v = self.vpn
+        link = self._link
+        if not self._want_vpn or link is None or v.starting or v.up:
+            return
+        if self.phase is State.TRUSTED and not self.keep_alive_inside and (
+                self.policy is not Policy.ALWAYS_VPN):
+            return
+        v.starting = True
+        v.retry_at = None
+        self._actions.append(StartVpn(link.iface))
+
+    def _stop_vpn(self, reason: str) -> None:
+        v = self.vpn
+        if self.tunnel is not None:
+            self.tunnel.cancel()
+        v.register_at = v.retry_at = None
+        if v.starting or v.up:
+            v.starting, v.tia, v.gateway = False, None, ""
+            self._actions.append(StopVpn(reason))
+
+    def _retry_vpn_later(self, now: float) -> None:
+        v = self.vpn
+        v.retry_at = now + v.retry_delay
+        v.retry_delay = min(v.retry_delay * 2, VPN_RETRY_MAX)
+
+    def _register_through_vpn(self, now: float) -> None:
+        v = self.vpn
+        t = self.tunnel
+        trusted = self.phase is State.TRUSTED and self.policy is not Policy.ALWAYS_VPN
+        if t is None or v.tia is None or not self._want_vpn or trusted:
+            return
+        v.register_at = None
+        if t.pending and t.binding is None:
+            return  # one is out already; its own timers resend it
+        if self.mode is Mode.VPN and t.binding is not None and (
+                t.binding.care_of_address == v.tia):
+            return  # MOBIKE only (RFC 5266 3.3): the home agent keeps its binding
+        t.register(v.tia, now)
+
+    def _vpn_event(self, ev: VpnReady | VpnMoved | VpnLost | VpnServiceLost | VpnServiceBack,
+                   now: float) -> None:
+        v = self.vpn
+        if isinstance(ev, VpnReady):
+            v.starting, v.retry_delay = False, VPN_RETRY_MIN
+            new_tia = v.tia != ev.tia
+            v.tia, v.gateway = ev.tia, ev.gateway
+            if self.phase is State.TRUSTED and self.policy is not Policy.ALWAYS_VPN:
+                if not self.keep_alive_inside:
+                    self._stop_vpn("the network is trusted")  # 3.4.2: no longer needed
+                return
+            if self.mode is Mode.VPN and not new_tia:
+                self._status()  # the gateway may have changed
+                return
+            self._register_through_vpn(now)
+            self._status()
+        elif isinstance(ev, VpnMoved):
+            if v.up and v.register_at is not None:
+                self._register_through_vpn(now)
+        elif isinstance(ev, VpnLost):
+            was_up = v.up
+            v.starting, v.tia, v.gateway = False, None, ""
+            v.register_at = None
+            if self.tunnel is not None:
+                self.tunnel.cancel()
+            if self.mode is Mode.VPN:
+                self._leave(State.UNTRUSTED, f"the VPN went down: {ev.reason}")
+            elif self.phase is State.UNTRUSTED and not was_up:
+                self._enter(State.UNTRUSTED, Mode.NONE, f"the VPN did not come up: {ev.reason}")
+            elif was_up:
+                self._status()
+            if self._want_vpn and self.phase is not State.TRUSTED:
+                self._retry_vpn_later(now)
+        elif isinstance(ev, VpnServiceLost):
+            v.service_ok, v.service_error = False, ev.message
+            v.starting, v.tia, v.gateway = False, None, ""
+            v.register_at = v.retry_at = None
+            if self.tunnel is not None:
+                self.tunnel.cancel()
+            if self.mode is Mode.VPN:
+                self._leave(State.UNTRUSTED, ev.message)  # a kill switch: shut, say why
+            elif self.phase is State.UNTRUSTED:
+                self._enter(State.UNTRUSTED, Mode.NONE, ev.message)
+        elif isinstance(ev, VpnServiceBack):
+            v.service_ok, v.service_error = True, None
+            if self.phase is State.UNTRUSTED and self.error is not None:
+                self._enter(State.UNTRUSTED, Mode.NONE, None)
+            self._start_vpn()
 
     def _advert(self, ev: AgentAdvert, now: float) -> None:
         link = self._link
@@ -293,11 +567,35 @@ class AccessModeMachine:
         # Events can start new registrations (c -> f): drain until quiet.
         while True:
             link = self._link
-            sent = self.client.datagrams_to_send()
+            iface = link.iface if link else ""
+            sent = list(self.client.datagrams_to_send())
             for d in sent:
-                self._actions.append(Send(link.iface if link else "", d))
-            if not self._events(now) and not sent:
+                self._actions.append(Send(iface, d))
+            if self.tunnel is not None:
+                through = self.tunnel.datagrams_to_send()
+                for d in through:
+                    self._actions.append(Send(iface, d, through_vpn=True))
+                sent += through
+            seen = self._events(now)
+            seen = self._tunnel_events(now) or seen
+            if not seen and not sent:
                 return
+
+    def _direct_won(self, now: float) -> bool:
+        """A direct reply makes the network trusted: the path through the VPN ends.
+        True if a request through the VPN left after the one answered, so the home
+        agent may bind the TIA after this: then register directly once more."""
+        t = self.tunnel
+        if t is None or self.policy is Policy.ALWAYS_VPN:
+            return False
+        answered = self.client.answered_sent_at
+        later = t.last_sent_at is not None and answered is not None and (
+            t.last_sent_at >= answered) and (t.pending or t.binding is not None)
+        t.cancel()
+        self.vpn.register_at = None
+        if not self.keep_alive_inside:
+            self._stop_vpn("the network is trusted")
+        return later
 
     def _events(self, now: float) -> bool:
         link = self._link
@@ -317,6 +615,7 @@ class AccessModeMachine:
                                               "not an address of this link"))
                     continue
                 first = self.phase is not State.TRUSTED or self.mode is not mode
+                again = self._direct_won(now)
                 self.last_handover_ms = (now - link.since) * 1000 if first else (
                     self.last_handover_ms)
                 self._enter(State.TRUSTED, mode, None)
@@ -327,9 +626,19 @@ class AccessModeMachine:
                 if (mode is Mode.COLOCATED and link.fa is not None
                         and self.use_foreign_agents and not link.fa_failed):
                     self._register_via_fa(link, now)
+                elif again:
+                    # A request through the VPN may reach the home agent after the one
+                    # answered: ours must be the last it sees (mode shown == binding).
+                    self._actions.append(Note("direct-again", "registering directly once "
+                                                              "more after the VPN's request"))
+                    self.client.reregister(now)
                 self._open(link)
             elif isinstance(ev, Deregistered) and link is not None:
                 if link.address.ip in self.home_network and not link.lost:
+                    if self._direct_won(now):
+                        self._actions.append(Note("direct-again", "deregistering once more "
+                                                                  "after the VPN's request"))
+                        self.client.deregister(now, at_home=True)
                     self.last_handover_ms = (now - link.since) * 1000
                     self._enter(State.TRUSTED, Mode.HOME, None)
                     self._actions.append(ConfigureDataPlane(Mode.HOME, link.iface, None))
@@ -363,8 +672,11 @@ class AccessModeMachine:
                     self.client.register(self.client.binding.care_of_address, now)
                 elif self.phase is State.TRUSTED and link is not None and not link.lost:
                     self._leave(State.UNTRUSTED, BINDING_RAN_OUT)  # ran out this same step
+                elif self.mode is Mode.VPN:
+                    self._actions.append(Note("direct-timeout", "no direct reply: the network "
+                                                                "is untrusted, staying in mc"))
                 elif link is not None and self.phase is not State.UNTRUSTED:
-                    self._leave(State.UNTRUSTED, None)  # (keeps the reason it had)
+                    self._leave(State.UNTRUSTED, self._untrusted_reason())
             elif isinstance(ev, Denied) and self._via_fa and self.phase is State.TRUSTED and (
                     link is not None):
                 # The FA path was refused but the co-located binding still stands:
@@ -379,13 +691,68 @@ class AccessModeMachine:
                 self._leave(State.UNTRUSTED, BINDING_RAN_OUT)
         return seen
 
+    def _untrusted_reason(self) -> str | None:
+        if self.tunnel is None:
+            return None  # no VPN in the profile: untrusted says it all
+        if self.policy is Policy.NEVER_VPN:
+            return NEVER_VPN_REASON
+        return self.vpn.service_error
+
+    def _tunnel_events(self, now: float) -> bool:
+        t = self.tunnel
+        if t is None:
+            return False
+        seen = False
+        v = self.vpn
+        while (ev := t.next_event()) is not None:
+            seen = True
+            if isinstance(ev, Registered):
+                link = self._link
+                if ev.care_of_address != v.tia or link is None:
+                    self._actions.append(Note("stale-binding",
+                                              f"the home agent bound {ev.care_of_address} "
+                                              "through the VPN, not its current address"))
+                    continue
+                if self.mode is not Mode.VPN:
+                    self.last_handover_ms = (now - link.since) * 1000
+                    # The binding through the VPN replaced the direct one: renewing
+                    # that would take the home agent away from the tunnel.
+                    self.client.forget_binding()
+                self._enter(State.UNTRUSTED, Mode.VPN, None)
+                if self.configured is not Mode.VPN or self.configured_tia != v.tia:
+                    self._actions.append(ConfigureDataPlane(Mode.VPN, link.iface, v.tia))
+                    self.configured, self.configured_tia = Mode.VPN, v.tia
+                self._open(link)
+            elif isinstance(ev, TimedOut):
+                if self.mode is Mode.VPN and t.binding is not None:
+                    self._actions.append(Note("renewal-timeout",
+                                              "the home agent did not answer the renewal "
+                                              "through the VPN; trying again"))
+                    t.register(t.binding.care_of_address, now)
+                elif v.tia is not None and self._want_vpn:
+                    self._actions.append(Note("vpn-registration-timeout",
+                                              "no reply through the VPN from the home "
+                                              "agent; trying again"))
+                    t.register(v.tia, now)
+            elif isinstance(ev, Denied):
+                self._leave(State.ERROR, f"{ev.text} (registering through the VPN)")
+            elif isinstance(ev, BindingLost):
+                if self.mode is Mode.VPN:
+                    self._leave(State.UNTRUSTED, BINDING_RAN_OUT)
+                self._register_through_vpn(now)
+        return seen
+
     # -- the gate and the paths --------------------------------------------------
 
     def _open(self, link: _Link) -> None:
         """Open the gate on the path just configured (after ConfigureDataPlane)."""
-        fa = link.fa.address if (
-            link.fa is not None and self.use_foreign_agents and not link.fa_failed) else None
-        path = ProvenPath(link.iface, link.address.ip, self.mode, fa)
+        if self.mode is Mode.VPN:
+            path = ProvenPath(link.iface, link.address.ip, Mode.VPN, None, self.vpn.tia)
+        else:
+            fa = link.fa.address if (
+                link.fa is not None and self.use_foreign_agents and not link.fa_failed) else (
+                None)
+            path = ProvenPath(link.iface, link.address.ip, self.mode, fa)
         if path != self.gate:
             self.gate, self.home_probe = path, None
             self._actions.append(Gate(path))
@@ -409,18 +776,22 @@ class AccessModeMachine:
         self._via_fa = False
         self._enter(phase, Mode.NONE, error)
         if self.configured is not Mode.NONE:
-            self.configured = Mode.NONE
+            self.configured, self.configured_tia = Mode.NONE, None
             self._actions.append(ConfigureDataPlane(Mode.NONE, None, None))
 
     def _enter(self, phase: State, mode: Mode, error: str | None) -> None:
         changed = (phase, mode, error) != (self.phase, self.mode, self.error)
         self.phase, self.mode, self.error = phase, mode, error
         if changed:
-            link = self._link
-            self._actions.append(Status(phase, mode, link.iface if link else None,
-                                        self.client.binding.care_of_address
-                                        if self.client.binding else None,
-                                        error, self.last_handover_ms))
+            self._status()
+
+    def _status(self) -> None:
+        link = self._link
+        t = self.tunnel
+        b = t.binding if self.mode is Mode.VPN and t is not None else self.client.binding
+        self._actions.append(Status(self.phase, self.mode, link.iface if link else None,
+                                    b.care_of_address if b else None, self.error,
+                                    self.last_handover_ms, self.vpn.tia))
 
     def _take(self) -> list[Action]:
         out, self._actions = self._actions, []

@@ -190,18 +190,31 @@ class _Attempt:
     """Code of a matching reply whose authenticator did not verify (wrong key?)."""
 
 
+@dataclass(slots=True)
+class ReplayState:
+    """What replay protection (RFC 5944 5.7) knows of the home agent, shared by
+    every client that registers this home address with it: in mode mc the direct
+    probe and the registration through the VPN go to the same home agent, and
+    each one's reply moves the other's identification on."""
+
+    clock_offset: float = 0.0
+    ha_nonce: int = 0
+    last_sent_ident: int = 0
+    last_accepted_ident: int = 0
+    floor: int = 0
+    """Timestamp mode: the next identification must exceed this (5.7.1)."""
+
+
 class RegistrationClient:
     def __init__(self, config: RegistrationConfig,
-                 nonce: Callable[[], int] = lambda: secrets.randbits(32)) -> None:
+                 nonce: Callable[[], int] = lambda: secrets.randbits(32),
+                 replay: ReplayState | None = None) -> None:
         self.config = config
         self.state = State.IDLE
-        self.clock_offset = 0.0
-        self._ha_nonce = 0
+        self.replay = replay if replay is not None else ReplayState()
         self._nonce = nonce
-        self._last_sent_ident = 0
-        self._last_accepted_ident = 0
-        self._floor = 0
-        """Timestamp mode: the next identification must exceed this (5.7.1)."""
+        self.last_sent_at: float | None = None
+        """When this client last put a request on the wire (any copy)."""
         self._attempt: _Attempt | None = None
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
@@ -215,6 +228,15 @@ class RegistrationClient:
         """The attempt that made the binding: renewals repeat it."""
         self._fa_lifetime: dict[IPv4Address, int] = {}
         """Lifetime caps foreign agents stated in a 69 (RFC 5944 3.6.2.3)."""
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds to add to our clock to get the home agent's (timestamp mode)."""
+        return self.replay.clock_offset
+
+    @clock_offset.setter
+    def clock_offset(self, value: float) -> None:
+        self.replay.clock_offset = value
 
     # -- driver API ------------------------------------------------------------
 
@@ -268,6 +290,35 @@ class RegistrationClient:
         self._renew(prev, now)
         return True
 
+    def cancel(self) -> None:
+        """Stop: no retransmission, no renewal, no event from later replies.  The
+        other path won: whatever this one had bound at the home agent is replaced."""
+        self._attempt = None
+        self.binding = None
+        self._renew_at = None
+        self._renewal = None
+        self.state = State.IDLE
+
+    def forget_binding(self) -> None:
+        """The binding this client made is no longer ours to renew (another path
+        replaced it at the home agent); a request in flight goes on."""
+        self.binding = None
+        self._renew_at = None
+        self._renewal = None
+        if self._attempt is None:
+            self.state = State.IDLE
+
+    @property
+    def pending(self) -> bool:
+        """A request is out and not yet answered or given up."""
+        return self._attempt is not None
+
+    @property
+    def answered_sent_at(self) -> float | None:
+        """When the request behind the current binding was sent."""
+        b = self.binding
+        return None if b is None else b.expires_at - b.lifetime
+
     def receive(self, data: bytes, now: float) -> None:
         a = self._attempt
         if a is None:
@@ -292,16 +343,16 @@ class RegistrationClient:
         self._rtt = now - a.first_sent
         if self.config.replay is ReplayMode.NONCE:
             # 5.7.2: every authenticated reply carries the nonce for our next request.
-            self._ha_nonce = ident.high(rep.identification)
+            self.replay.ha_nonce = ident.high(rep.identification)
         if rep.code == ReplyCode.HA_IDENTIFICATION_MISMATCH and a.repairs < MAX_RESYNCS:
             if self.config.replay is ReplayMode.TIMESTAMP:
                 # The HA stamped its seconds about half a round trip after we sent.
                 # Truncated to the second: add half of one on average.
                 ha_time = ident.unix_from_ntp(ident.join(ident.high(rep.identification), 0))
-                self.clock_offset = ha_time + 0.5 - (a.last_sent + now) / 2
+                self.replay.clock_offset = ha_time + 0.5 - (a.last_sent + now) / 2
                 # 3.6.2.3: adjust before any new request; what we sent ahead of the
                 # HA's clock no longer bounds us, what it accepted still does.
-                self._floor = self._last_accepted_ident
+                self.replay.floor = self.replay.last_accepted_ident
             self._repair(a, now)
             return
         self._attempt = None
@@ -311,7 +362,8 @@ class RegistrationClient:
             self._after_failure(now)
             return
         if self.config.replay is ReplayMode.TIMESTAMP:
-            self._last_accepted_ident = max(self._last_accepted_ident, a.identification)
+            self.replay.last_accepted_ident = max(self.replay.last_accepted_ident,
+                                                  a.identification)
         if a.lifetime == 0 or rep.lifetime == 0:
             self.binding = None
             self._renew_at = None
@@ -444,19 +496,20 @@ class RegistrationClient:
             self._send_new(a, now)  # a new identification: a new registration
 
     def _identification(self, now: float) -> int:
+        r = self.replay
         if self.config.replay is ReplayMode.NONCE:
             low = self._nonce() & 0xFFFF_FFFF
-            if low == ident.low(self._last_sent_ident):  # 5.7: never the same twice running
+            if low == ident.low(r.last_sent_ident):  # 5.7: never the same twice running
                 low ^= 1
-            i = ident.nonce_ident(self._ha_nonce, low)
+            i = ident.nonce_ident(r.ha_nonce, low)
         else:
-            i = ident.ntp_from_unix(now + self.clock_offset) | (
+            i = ident.ntp_from_unix(now + r.clock_offset) | (
                 self._nonce() & _TIMESTAMP_RANDOM_BITS)
             # 5.7.1: greater than any earlier request (the HA's sequence number),
             # even if the clock steps back or two requests share a tick.
-            i = max(i, self._floor + 1)
-            self._floor = i
-        self._last_sent_ident = i
+            i = max(i, r.floor + 1)
+            r.floor = i
+        r.last_sent_ident = i
         return i
 
     def _send_new(self, a: _Attempt, now: float) -> None:
@@ -472,6 +525,7 @@ class RegistrationClient:
         self._emit(a)
 
     def _emit(self, a: _Attempt) -> None:
+        self.last_sent_at = a.last_sent
         dest = a.via or self.config.home_agent
         ttl = REVERSE_TUNNEL_TTL if a.via is not None or a.flags & RegFlags.T else None
         self._out.append(Datagram(a.data, (dest, MIP_PORT), a.source, ttl))

@@ -64,10 +64,14 @@ class ProvenPath:
     mode: Mode
     foreign_agent: IPv4Address | None = None
     """An FA advertising on this trusted link: registrations to it may leave."""
+    tunnel_inner_address: IPv4Address | None = None
+    """Mode mc: the VPN's inner address, the Mobile IP tunnel's outer source."""
 
     def __post_init__(self) -> None:
-        if self.mode not in (Mode.HOME, Mode.COLOCATED, Mode.FOREIGN_AGENT):
+        if self.mode not in (Mode.HOME, Mode.COLOCATED, Mode.FOREIGN_AGENT, Mode.VPN):
             raise ValueError(f"no proven path for mode {self.mode.value}")
+        if (self.mode is Mode.VPN) != (self.tunnel_inner_address is not None):
+            raise ValueError("a tunnel inner address goes with mode mc, and only with it")
 
 
 def _q(name: str) -> str:
