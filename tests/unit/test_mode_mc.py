@@ -1,0 +1,468 @@
+"""Mode mc and crossing the trust boundary (RFC 5266 3.3, 3.4, 3.4.1, 3.4.2), fake clock.
+
+The real access-mode machine with two registration clients (direct, and through
+the VPN) against the real home agent core, in a small discrete-event world: the
+direct path reaches the home agent only from trusted networks, the VPN comes up
+after a set-up time where the gateway answers, MOBIKE moves an SA that exists.
+What is checked is what the RFC and the issue ask: the IKE side starts with the
+direct probe, mc comes after the VPN's set-up (not after the probe's budget), a
+direct reply wins whenever it comes, moves behind one gateway are MOBIKE only,
+and whatever the timing the home agent's binding is the mode the machine shows.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.agents.ha_core import HomeAgent
+from app.api import Mode, Policy, State
+from app.mip.auth import Algorithm
+from app.mn.access_mode import (
+    NEVER_VPN_REASON,
+    AccessModeMachine,
+    ConfigureDataPlane,
+    Gate,
+    LinkUp,
+    PolicySet,
+    Send,
+    Shutdown,
+    StartVpn,
+    Status,
+    StopVpn,
+    VpnLost,
+    VpnMoved,
+    VpnReady,
+    VpnServiceBack,
+    VpnServiceLost,
+)
+from app.mn.registration import RegistrationClient, RegistrationConfig, ReplayMode
+from tests.mipclient import KEY_A, KEY_B
+from tests.unit.test_ha_core import ALICE, BOB, HA, T0, config
+
+A = IPv4Address
+HOME_NET = IPv4Network("10.20.1.0/24")
+TIA = A("10.99.1.7")
+TIA2 = A("10.99.2.9")
+
+
+@dataclass(frozen=True)
+class Net:
+    up: LinkUp
+    trusted: bool
+    """The home agent answers the direct probe from here."""
+    gateway: bool
+    """The VPN gateway answers from here."""
+
+
+NETS = {
+    "t1": Net(LinkUp("eth0", IPv4Interface("10.30.1.50/24"), A("10.30.1.1")), True, False),
+    "t1gw": Net(LinkUp("eth0", IPv4Interface("10.30.1.51/24"), A("10.30.1.1")), True, True),
+    "home": Net(LinkUp("eth0", IPv4Interface("10.20.1.77/24"), A("10.20.1.254")), True, False),
+    "pub": Net(LinkUp("eth0", IPv4Interface("203.0.113.50/24"), A("203.0.113.1")), False,
+               True),
+    "nat": Net(LinkUp("eth0", IPv4Interface("192.168.50.120/24"), A("192.168.50.1")), False,
+               True),
+    "cafe": Net(LinkUp("eth0", IPv4Interface("198.18.0.5/24"), A("198.18.0.1")), False, False),
+}
+
+
+@dataclass
+class World:
+    replay: ReplayMode = ReplayMode.TIMESTAMP
+    direct: float = 0.005
+    """One-way delay of the direct path (trusted networks)."""
+    through: float = 0.01
+    """One-way delay from the TIA to the home agent through the VPN."""
+    setup: float = 0.3
+    """The VPN's set-up time (IKE_SA_INIT + IKE_AUTH) where the gateway answers."""
+    roam: float = 0.11
+    """charon's MOBIKE move: its roam delay plus one exchange."""
+    policy: Policy = Policy.AUTO
+    keep_alive_inside: bool = False
+    now: float = T0
+    net: str | None = None
+    epoch: int = 0
+    vpn_epoch: int = 0
+    vpn_tia: IPv4Address | None = None
+    tia: IPv4Address = TIA
+    started: list[float] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    sent: list[tuple[float, Send]] = field(default_factory=list)
+    gates: list[tuple[float, Gate]] = field(default_factory=list)
+    statuses: list[Status] = field(default_factory=list)
+    gate: object = None
+    configured: Mode = Mode.NONE
+    _q: list[tuple[float, int, str, object]] = field(default_factory=list)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        nonce = self.replay is ReplayMode.NONCE
+        home, key = (BOB, KEY_B) if nonce else (ALICE, KEY_A)
+        cfg = RegistrationConfig(home, HA, 257 if nonce else 256,
+                                 Algorithm.KEYED_MD5 if nonce else Algorithm.HMAC_MD5, key,
+                                 lifetime=60, replay=self.replay, initial_timeout=1.0,
+                                 retries=2)
+        self.home = home
+        direct = RegistrationClient(cfg)
+        self.m = AccessModeMachine(HOME_NET, direct, use_foreign_agents=False,
+                                   tunnel=RegistrationClient(cfg, replay=direct.replay),
+                                   policy=self.policy,
+                                   keep_alive_inside=self.keep_alive_inside)
+        self.ha = HomeAgent(config())
+
+    # -- the world ----------------------------------------------------------------
+
+    def at(self, delay: float, kind: str, payload: object = None) -> None:
+        heapq.heappush(self._q, (self.now + delay, next(self._seq), kind, payload))
+
+    def apply(self, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, Gate):
+                if a.path is not None:
+                    assert self.configured is a.path.mode, (
+                        f"gate opened for {a.path.mode} with {self.configured} configured")
+                self.gate = a.path
+                self.gates.append((self.now, a))
+            elif isinstance(a, ConfigureDataPlane):
+                if a.mode is Mode.NONE:
+                    assert self.gate is None, "a path withdrawn with the gate open"
+                self.configured = a.mode
+            elif isinstance(a, Send):
+                self.sent.append((self.now, a))
+                self._carry(a)
+            elif isinstance(a, StartVpn):
+                self.started.append(self.now)
+                self._start_vpn()
+            elif isinstance(a, StopVpn):
+                self.stopped.append(a.reason)
+                self.vpn_epoch += 1
+                self.vpn_tia = None
+            elif isinstance(a, Status):
+                self.statuses.append(a)
+
+    def _carry(self, a: Send) -> None:
+        n = NETS[self.net] if self.net else None
+        if a.through_vpn:
+            if self.vpn_tia is not None:
+                self.at(self.through, "ha", (a.datagram, self.vpn_tia, True, self.vpn_epoch))
+        elif n is not None and n.trusted:
+            self.at(self.direct, "ha", (a.datagram, a.datagram.source, False, self.epoch))
+
+    def _start_vpn(self) -> None:
+        n = NETS[self.net] if self.net else None
+        if n is not None and n.gateway:
+            self.at(self.setup, "vpn-up", self.vpn_epoch)
+        else:
+            self.at(3.0, "vpn-fail", self.vpn_epoch)
+
+    def move(self, net: str) -> None:
+        self.net = net
+        self.epoch += 1
+        self.apply(self.m.handle(NETS[net].up, self.now))
+        if self.vpn_tia is not None:  # charon's MOBIKE, after its roam delay
+            self.at(self.roam, "mobike" if NETS[net].gateway else "vpn-lost", self.vpn_epoch)
+
+    def run(self, seconds: float) -> None:
+        until = self.now + seconds
+        while True:
+            t_q = self._q[0][0] if self._q else None
+            t_m = self.m.get_timer()
+            t = min((x for x in (t_q, t_m) if x is not None), default=None)
+            if t is None or t > until:
+                self.now = until
+                return
+            self.now = max(self.now, t)
+            if t_q is not None and t_q <= t:
+                _, _, kind, p = heapq.heappop(self._q)
+                self._deliver(kind, p)
+            else:
+                self.apply(self.m.handle_timer(self.now))
+
+    def _deliver(self, kind: str, p: object) -> None:
+        if kind == "ha":
+            d, src, vpn, epoch = p  # type: ignore[misc]
+            out = self.ha.handle_request(d.data, (src, 434), self.now)
+            if out.reply is not None:
+                self.at(self.through if vpn else self.direct, "reply", (out.reply, vpn, epoch))
+        elif kind == "reply":
+            data, vpn, epoch = p  # type: ignore[misc]
+            if (vpn and epoch == self.vpn_epoch and self.vpn_tia is not None) or (
+                    not vpn and epoch == self.epoch):
+                self.apply(self.m.receive(data, self.now))
+        elif kind == "vpn-up" and p == self.vpn_epoch:
+            self.vpn_tia = self.tia
+            self.apply(self.m.handle(VpnReady(self.tia, "gw1"), self.now))
+        elif kind == "vpn-fail" and p == self.vpn_epoch:
+            self.apply(self.m.handle(VpnLost("the gateway did not answer"), self.now))
+        elif kind == "mobike" and p == self.vpn_epoch and self.vpn_tia is not None:
+            self.apply(self.m.handle(VpnMoved(NETS[self.net].up.address.ip), self.now))
+        elif kind == "vpn-lost" and p == self.vpn_epoch and self.vpn_tia is not None:
+            self.vpn_tia = None
+            self.vpn_epoch += 1
+            self.apply(self.m.handle(VpnLost("MOBIKE found no path"), self.now))
+
+    # -- what the home agent holds ---------------------------------------------------
+
+    def ha_coa(self) -> IPv4Address | None:
+        b = self.ha.bindings.get(self.home)
+        return None if b is None or b.expires_at <= self.now else b.care_of_address
+
+    def agrees(self) -> None:
+        """The home agent's binding is the mode the machine shows."""
+        m, coa = self.m.mode, self.ha_coa()
+        link = NETS[self.net].up.address.ip if self.net else None
+        if m is Mode.VPN:
+            assert coa == self.m.vpn.tia, (m, coa)
+            assert self.gate is not None and self.gate.tunnel_inner_address == coa
+        elif m is Mode.COLOCATED:
+            assert coa == link, (m, coa)
+        elif m is Mode.HOME:
+            assert coa is None, (m, coa)
+        else:
+            assert self.gate is None
+
+
+def direct_sends(w: World, since: float = 0.0) -> list[float]:
+    return [t for t, s in w.sent if not s.through_vpn and t >= since]
+
+
+def vpn_sends(w: World, since: float = 0.0) -> list[float]:
+    return [t for t, s in w.sent if s.through_vpn and t >= since]
+
+
+# -- RFC 5266 3.4: both sides at once, mc before the probe's budget runs out ------------
+
+def test_rfc5266_3_4_direct_probe_and_ike_side_start_at_the_same_moment():
+    w = World()
+    w.move("pub")
+    assert w.started == [T0], "StartVpn in the link-up step"
+    assert direct_sends(w) == [T0], "the direct probe in the same step"
+    assert all(s.datagram.destination[0] == HA for _, s in w.sent)
+
+
+@pytest.mark.parametrize("replay", list(ReplayMode))
+def test_rfc5266_3_4_untrusted_network_gets_mc_in_the_vpns_set_up_time(replay):
+    w = World(replay=replay)
+    w.move("pub")
+    # One round trip through the VPN; with nonces a first contact costs one more
+    # (the home agent's 133 carries the nonce to use, RFC 5944 5.7.2).
+    rtts = 2 if replay is ReplayMode.NONCE else 1
+    w.run(0.3 + rtts * 2 * 0.01 + 0.001)
+    assert (w.m.phase, w.m.mode) == (State.UNTRUSTED, Mode.VPN)
+    assert w.m.last_handover_ms == pytest.approx(300 + rtts * 20, abs=1)
+    assert w.ha_coa() == TIA
+    # RFC 3024 (mandatory in mc): the registration through the VPN asks for T.
+    req = next(s for _, s in w.sent if s.through_vpn)
+    assert req.datagram.data[1] & 0x02, "T bit"
+    assert req.datagram.source == TIA
+    # The direct probe goes on, on RFC 5944 timers, while mc carries the traffic.
+    w.run(10)
+    assert len(direct_sends(w)) == 3 and w.m.mode is Mode.VPN
+    w.agrees()
+
+
+def test_rfc5266_3_4_nothing_opens_before_a_decision():
+    w = World(setup=5.0)
+    w.move("pub")
+    w.run(4.9)
+    assert w.gate is None and w.m.mode is Mode.NONE
+
+
+@pytest.mark.parametrize("replay", list(ReplayMode))
+def test_rfc5266_3_4_a_later_direct_reply_moves_mc_to_c_and_the_binding_follows(replay):
+    # A trusted network whose home agent answers slowly: the VPN is faster.
+    w = World(replay=replay, direct=0.6, setup=0.2)
+    w.net = "t1gw"
+    w.epoch += 1
+    w.apply(w.m.handle(NETS["t1gw"].up, w.now))
+    w.run(0.5)
+    assert w.m.mode is Mode.VPN
+    w.run(5)
+    assert (w.m.phase, w.m.mode) == (State.TRUSTED, Mode.COLOCATED)
+    assert w.stopped, "the VPN is torn down on a trusted network"
+    w.run(2)
+    w.agrees()
+
+
+def test_rfc5266_3_4_2_trusted_network_tears_the_vpn_down():
+    w = World()
+    w.move("t1gw")
+    w.run(2)
+    assert (w.m.phase, w.m.mode) == (State.TRUSTED, Mode.COLOCATED)
+    assert w.stopped == ["the network is trusted"]
+    assert vpn_sends(w) == []
+    w.agrees()
+
+
+@settings(max_examples=150, deadline=None)
+@given(direct=st.floats(0.001, 1.5), through=st.floats(0.001, 1.5),
+       setup=st.floats(0.01, 3.0), net=st.sampled_from(["t1gw", "pub"]),
+       replay=st.sampled_from(list(ReplayMode)), then=st.sampled_from([None, "pub", "t1gw"]),
+       keep=st.booleans())
+def test_rfc5266_3_4_races_end_with_the_binding_equal_to_the_mode_shown(
+        direct, through, setup, net, replay, then, keep):
+    """Any order of the direct reply and the registration through the VPN."""
+    w = World(replay=replay, direct=direct, through=through, setup=setup,
+              keep_alive_inside=keep)
+    w.move(net)
+    w.run(20)
+    if then is not None:
+        w.move(then)
+        w.run(20)
+    w.agrees()
+    want = Mode.COLOCATED if NETS[w.net].trusted else Mode.VPN
+    assert w.m.mode is want
+
+
+# -- RFC 5266 3.3: behind one gateway, moves are MOBIKE only -----------------------------
+
+def test_rfc5266_3_3_mc_to_mc_is_mobike_only_and_the_gate_stays_open():
+    w = World()
+    w.move("pub")
+    w.run(20)
+    assert w.m.mode is Mode.VPN
+    n_vpn, n_gates = len(vpn_sends(w)), len(w.gates)
+    t = w.now
+    w.move("nat")
+    w.run(0.5)
+    assert w.m.mode is Mode.VPN and w.gate is not None
+    assert all(g.path is not None for _, g in w.gates[n_gates:]), "never shut on the move"
+    assert w.started == [T0], "no new VPN"
+    assert vpn_sends(w, since=t) == [] and len(vpn_sends(w)) == n_vpn, (
+        "the home agent is not asked again")
+    assert w.gate.iface == "eth0" and w.gate.link_address == NETS["nat"].up.address.ip
+    w.agrees()
+
+
+def test_rfc5266_3_3_a_new_tia_is_a_new_registration():
+    w = World()
+    w.move("pub")
+    w.run(20)
+    t = w.now
+    w.tia = w.vpn_tia = TIA2
+    w.apply(w.m.handle(VpnReady(TIA2, "gw2"), w.now))
+    w.run(1)
+    assert vpn_sends(w, since=t), "registered again"
+    assert w.ha_coa() == TIA2 and w.m.mode is Mode.VPN
+    w.agrees()
+
+
+def test_rfc5266_3_4_mc_to_a_trusted_network_goes_direct_without_waiting_for_mobike():
+    w = World()
+    w.move("pub")
+    w.run(20)
+    t = w.now
+    w.move("t1")  # the gateway does not answer from inside: MOBIKE fails later
+    w.run(0.05)
+    assert (w.m.phase, w.m.mode) == (State.TRUSTED, Mode.COLOCATED)
+    assert w.m.last_handover_ms == pytest.approx(10, abs=1)
+    assert w.now - t < 0.1
+    w.run(20)
+    w.agrees()
+
+
+# -- RFC 5266 3.4.2: keep the IKE SA inside -------------------------------------------
+
+def test_rfc5266_3_4_2_keep_alive_inside_keeps_the_sa_and_the_next_stop_needs_no_new_one():
+    w = World(keep_alive_inside=True)
+    w.move("t1gw")
+    w.run(5)
+    assert w.m.mode is Mode.COLOCATED and w.stopped == [] and w.vpn_tia == TIA
+    assert vpn_sends(w) == [], "not registered through the VPN while trusted"
+    t = w.now
+    w.move("pub")
+    w.run(1)
+    assert w.started == [T0], "no new IKE SA: MOBIKE moved the old one"
+    assert w.m.mode is Mode.VPN
+    first = min(vpn_sends(w, since=t))
+    assert first - t == pytest.approx(w.roam), "registered as soon as MOBIKE moved it"
+    w.agrees()
+
+
+# -- policies -------------------------------------------------------------------------
+
+def test_always_vpn_on_a_trusted_network_gives_mc():
+    w = World(policy=Policy.ALWAYS_VPN)
+    w.move("t1gw")
+    w.run(5)
+    assert w.m.mode is Mode.VPN and direct_sends(w) == []
+    w.agrees()
+
+
+def test_never_vpn_on_an_untrusted_network_shuts_and_says_why():
+    w = World(policy=Policy.NEVER_VPN)
+    w.move("pub")
+    w.run(10)
+    assert w.started == [] and w.gate is None
+    assert (w.m.phase, w.m.error) == (State.UNTRUSTED, NEVER_VPN_REASON)
+
+
+def test_never_vpn_applied_in_mc_shuts_before_withdrawing_and_stops_the_vpn():
+    w = World()
+    w.move("pub")
+    w.run(20)
+    w.apply(w.m.handle(PolicySet(Policy.NEVER_VPN), w.now))
+    assert w.gate is None and w.configured is Mode.NONE
+    assert w.stopped == ["the policy is never-vpn"]
+    w.run(10)
+    assert (w.m.phase, w.m.error) == (State.UNTRUSTED, NEVER_VPN_REASON)
+
+
+def test_policy_auto_to_always_vpn_on_a_trusted_network_applies_at_once():
+    w = World()
+    w.move("t1gw")
+    w.run(5)
+    assert w.m.mode is Mode.COLOCATED
+    w.apply(w.m.handle(PolicySet(Policy.ALWAYS_VPN), w.now))
+    w.run(2)
+    assert w.m.mode is Mode.VPN
+    w.agrees()
+
+
+# -- the VPN failing: a kill switch ---------------------------------------------------
+
+def test_vpn_lost_in_mc_shuts_the_gate_says_why_and_comes_back():
+    w = World()
+    w.move("pub")
+    w.run(20)
+    w.vpn_tia, w.vpn_epoch = None, w.vpn_epoch + 1
+    w.apply(w.m.handle(VpnLost("DPD: the gateway stopped answering"), w.now))
+    assert w.gate is None and w.configured is Mode.NONE
+    assert w.m.error == "the VPN went down: DPD: the gateway stopped answering"
+    w.run(5)  # retried by itself
+    assert len(w.started) == 2 and w.m.mode is Mode.VPN
+    w.agrees()
+
+
+def test_charon_gone_in_mc_shuts_and_comes_back_when_it_answers_again():
+    w = World()
+    w.move("pub")
+    w.run(20)
+    w.vpn_tia, w.vpn_epoch = None, w.vpn_epoch + 1
+    msg = "VPN service not reachable at /run/charon.vici"
+    w.apply(w.m.handle(VpnServiceLost(msg), w.now))
+    assert w.gate is None and (w.m.phase, w.m.error) == (State.UNTRUSTED, msg)
+    w.run(30)
+    assert len(w.started) == 1, "no VPN started while charon is away"
+    w.apply(w.m.handle(VpnServiceBack(), w.now))
+    w.run(2)
+    assert len(w.started) == 2 and w.m.mode is Mode.VPN and w.m.error is None
+    w.agrees()
+
+
+def test_shutdown_in_mc_deregisters_through_the_vpn():
+    w = World()
+    w.move("pub")
+    w.run(20)
+    t = w.now
+    w.apply(w.m.handle(Shutdown(), w.now))
+    w.run(1)
+    assert vpn_sends(w, since=t)
+    assert w.ha_coa() is None
