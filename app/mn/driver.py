@@ -11,6 +11,11 @@ The driver owns the registration socket (bound to the link address and the
 physical interface, so a probe never takes a tunnel), the ICMP socket that hears
 agent advertisements, the routes (``app.net.mn_routes``) and the gate
 (``app.net.gate``); it reports a :class:`~app.api.Snapshot` and history entries.
+
+With a VPN in the profile it also drives charon through ``app.vpn.charon``
+(commands as tasks, so a slow charon never holds the queue; its events come
+back through the same queue), the socket that registers the TIA through the
+VPN, and the VPN probe (an ICMP echo to the gateway from the physical link).
 """
 
 from __future__ import annotations
@@ -38,8 +43,18 @@ from app.net.gate import GateError, TrafficGate
 from app.net.gate_rules import HELPER_MARK, ProvenPath
 from app.net.ipip import TUNNEL_DATA_HEADER
 from app.net.links import LinkSnapshot
-from app.net.mn_routes import LinkInfo, MobileNodeRoutes
-from app.vpn.charon import Charon
+from app.net.mn_routes import VPN_DEVICE, LinkInfo, MobileNodeRoutes
+from app.vpn.charon import Charon, VpnConfigError, VpnError, VpnUnreachableError
+from app.vpn.events import (
+    ChildRekeyed,
+    IkeRekeyed,
+    MobikeUpdate,
+    VpnDown,
+    VpnEvent,
+    VpnServiceUp,
+    VpnUnreachable,
+    VpnUp,
+)
 
 log = logging.getLogger("trustroam.mn")
 ALL_ROUTERS = "224.0.0.2"
@@ -47,6 +62,11 @@ ICMP_ADVERT = 9
 IP_FREEBIND = 15
 DEFAULT_KEEPALIVE = 110
 """RFC 3519 4.9's K when the home agent's reply names none."""
+ECHO_ID = 0x5452
+"""ICMP identifier of the VPN probe's echoes."""
+ECHO_INTERVAL = 30.0
+"""Seconds between VPN probes while the VPN is up (charon's DPD says if it lives)."""
+ECHO_FORGET = 10.0
 SHUTDOWN_WAIT = 1.5
 """Seconds to wait for the home agent to confirm a deregistration at shutdown."""
 
@@ -65,7 +85,24 @@ class _Stop:
     done: asyncio.Future[None]
 
 
-_Input = LinkSnapshot | _Datagram | am.AgentAdvert | am.Resumed | _Tick | _Stop
+@dataclass(frozen=True, slots=True)
+class _Vpn:
+    event: VpnEvent
+
+
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    policy: Policy
+
+
+@dataclass(frozen=True, slots=True)
+class _VpnEcho:
+    gateway: IPv4Address
+    rtt: float
+
+
+_Input = (LinkSnapshot | _Datagram | am.AgentAdvert | am.Resumed | _Tick | _Stop | _Vpn
+          | _Policy | _VpnEcho)
 
 
 class MobileNodeDriver:
@@ -90,8 +127,28 @@ class MobileNodeDriver:
         self.on_event = on_event
         self.clock = clock
         self.client = RegistrationClient(profile.registration(key))
-        self.machine = am.AccessModeMachine(profile.home_network, self.client,
-                                            use_foreign_agents=profile.foreign_agents)
+        # Mode mc's registrations through the VPN: the same home agent, the same
+        # replay state (RFC 5944 5.7), another path.
+        self.tunnel_client = RegistrationClient(profile.registration(key),
+                                                replay=self.client.replay) if (
+            self.charon is not None) else None
+        self.machine = am.AccessModeMachine(
+            profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
+            tunnel=self.tunnel_client, policy=policy,
+            keep_alive_inside=profile.vpn.keep_alive_inside if profile.vpn else False)
+        self._vpn_reg: socket.socket | None = None
+        """Registrations from the TIA, through the VPN."""
+        self._vpn_tia: IPv4Address | None = None
+        self._vpn_ike: int | None = None
+        """The IKE SA in use: events of older ones (rekeyed away) are history only."""
+        self._vpn_loaded = False
+        self._vpn_task: asyncio.Task[None] | None = None
+        self._echo: socket.socket | None = None
+        self._echo_sent: dict[int, tuple[float, IPv4Address]] = {}
+        self._echo_seq = 0
+        self._vpn_gw: IPv4Address | None = None
+        self._echo_at: float | None = None
+        self._stopping_vpn: asyncio.Task[None] | None = None
         self.tracker = LinkTracker(profile.home_address)
         routes.arp.permit = self._arp_permit
         self.snapshot = Snapshot(profile=profile.name, home_address=str(profile.home_address))
@@ -123,6 +180,12 @@ class MobileNodeDriver:
             await self.gate.install()  # before anything else: undecided until proven
         await self.routes.start()
         self._task = asyncio.create_task(self._run(), name="mn-driver")
+        if self.charon is not None:
+            self.charon.on_event = lambda ev: self._queue.put_nowait(_Vpn(ev))
+            if not await self.charon.start():
+                self._queue.put_nowait(_Vpn(VpnUnreachable(self.charon.unreachable_message)))
+            else:
+                await self._load_vpn()
 
     def link_snapshot(self, snap: LinkSnapshot) -> None:
         self._queue.put_nowait(snap)
@@ -130,6 +193,7 @@ class MobileNodeDriver:
     def set_policy(self, policy: Policy) -> None:
         """The user's policy (auto, always-vpn, never-vpn), applied at once."""
         self.policy = policy
+        self._queue.put_nowait(_Policy(policy))
 
     def reprobe(self) -> None:
         """Resume from suspend, or the user asked: probe the current link again."""
@@ -152,6 +216,12 @@ class MobileNodeDriver:
         if self._timer is not None:
             self._timer.cancel()
         self._close_sockets()
+        if self.charon is not None:
+            if self._vpn_task is not None:
+                self._vpn_task.cancel()
+            with contextlib.suppress(VpnError):
+                await self.charon.terminate()
+            await self.charon.close()
         await self.routes.clear()
         if self.gate is not None and not keep_gate:
             await self.gate.remove()
@@ -184,14 +254,24 @@ class MobileNodeDriver:
                         await self._link_event(ev, now)
                     await self._execute(self.machine.handle_timer(now))
                     await self._keepalive_tick(now)
+                    if self._echo_at is not None and now >= self._echo_at:
+                        self._send_echo(now)
                 elif isinstance(item, _Stop):
                     stopping = item
-                    if self.client.binding is not None and self._reg is not None:
+                    if self.machine.bound and (self._reg is not None
+                                               or self._vpn_reg is not None):
                         await self._execute(self.machine.handle(am.Shutdown(), now))
+                elif isinstance(item, _Vpn):
+                    await self._vpn_event(item.event, now)
+                elif isinstance(item, _Policy):
+                    self._history("policy-applied", {"policy": item.policy.value})
+                    await self._execute(self.machine.handle(am.PolicySet(item.policy), now))
+                elif isinstance(item, _VpnEcho) and item.gateway == self._vpn_gw:
+                    self._publish(vpn_probe=Probe(True, round(item.rtt * 1000, 3), now))
             except Exception:  # one bad step must not kill the helper: log, go on
                 log.exception("mobile-node driver step failed")
             self._update_binding()
-            if stopping is not None and self.client.binding is None and (
+            if stopping is not None and not self.machine.bound and (
                     not stopping.done.done()):
                 stopping.done.set_result(None)
             self._arm_timer()
@@ -208,7 +288,8 @@ class MobileNodeDriver:
             self._history("link-lost", {"interface": ev.iface})
         else:
             self._history("link-down", {"interface": ev.iface})
-            self._close_sockets()
+            self._close_reg()  # the link's own sockets; the VPN's TIA may outlive it
+            self._close_icmp()
         await self._execute(self.machine.handle(ev, now))
 
     async def _execute(self, actions: list[am.Action]) -> None:
@@ -225,8 +306,13 @@ class MobileNodeDriver:
             elif isinstance(a, am.ConfigureDataPlane):
                 fa = a.care_of_address if a.mode is Mode.FOREIGN_AGENT else None
                 udp = self._reg if a.udp_tunnel and a.mode is Mode.COLOCATED else None
-                await self.routes.configure(a.mode, foreign_agent=fa, udp=udp)
+                tia = a.care_of_address if a.mode is Mode.VPN else None
+                await self.routes.configure(a.mode, foreign_agent=fa, udp=udp, tia=tia)
                 self._keepalive_for(a, udp)
+            elif isinstance(a, am.StartVpn):
+                self._start_vpn()
+            elif isinstance(a, am.StopVpn):
+                await self._stop_vpn(a.reason)
             log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
         for a in actions:  # publishing is off the critical path
             if isinstance(a, am.Status):
@@ -297,6 +383,9 @@ class MobileNodeDriver:
     # -- actions -----------------------------------------------------------------
 
     def _send(self, a: am.Send) -> None:
+        if a.through_vpn:
+            self._send_through_vpn(a)
+            return
         if self._reg is None:
             return
         d = a.datagram
@@ -324,7 +413,7 @@ class MobileNodeDriver:
     def _status(self, s: am.Status) -> None:
         state, mode = s.phase, s.mode
         changes: dict[str, object] = {"state": state, "mode": mode, "error": s.error or ""}
-        self._trusted_now = state is State.TRUSTED
+        self._trusted_now = state is State.TRUSTED or mode is Mode.VPN
         if mode is Mode.HOME:
             changes["care_of_address"] = ""  # at home there is no care-of address
         elif s.care_of_address is not None and mode is not Mode.NONE:
@@ -344,7 +433,9 @@ class MobileNodeDriver:
             self._answer_seen = answer
             self._publish(home_agent_probe=Probe(True, round(answer[0] * 1000, 3), answer[1]))
             self._history("probe-answered", {"rtt_ms": f"{answer[0] * 1000:.2f}"})
-        b = self.client.binding
+        t = self.tunnel_client
+        b = t.binding if t is not None and self.machine.mode is Mode.VPN else (
+            self.client.binding)
         if b is self._binding_seen:
             return
         self._binding_seen = b
@@ -356,6 +447,213 @@ class MobileNodeDriver:
                                      "lifetime": str(b.lifetime),
                                      "rtt_ms": f"{b.rtt * 1000:.2f}",
                                      "renewal": str(b.renewal).lower()})
+
+    # -- the VPN (mode mc) ---------------------------------------------------------
+
+    async def _load_vpn(self) -> bool:
+        """The profile's connection and secrets into charon (again after a restart
+        the adapter did not see loaded); a refusal is said once, never raised."""
+        assert self.charon is not None and self.profile.vpn is not None
+        try:
+            await self.charon.load(self.profile.vpn, self._vpn_secrets)
+        except VpnConfigError as exc:
+            self._vpn_error(f"the VPN cannot be set up: {exc}")
+            return False
+        except VpnUnreachableError as exc:
+            self._queue.put_nowait(_Vpn(VpnUnreachable(str(exc))))
+            return False
+        except VpnError as exc:
+            self._vpn_error(f"charon refused the VPN's configuration: {exc}")
+            return False
+        self._vpn_loaded = True
+        return True
+
+    def _vpn_error(self, text: str) -> None:
+        log.error("%s", text)
+        self._history("vpn-error", {"text": text})
+        self._queue.put_nowait(_Vpn(VpnUnreachable(text)))
+
+    def _start_vpn(self) -> None:
+        if self.charon is None or (self._vpn_task is not None and not self._vpn_task.done()):
+            return
+        self._vpn_task = asyncio.create_task(self._initiate(), name="vpn-initiate")
+
+    async def _initiate(self) -> None:
+        """charon brings the tunnel up (or finds it up: MOBIKE kept it); the outcome
+        comes back as events, in the queue's order."""
+        assert self.charon is not None
+        if self._stopping_vpn is not None:  # a teardown still going must not cut this one
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._stopping_vpn)
+        if not self._vpn_loaded and not await self._load_vpn():
+            return
+        self._history("vpn-starting", {})
+        try:
+            sa = await self.charon.initiate()
+        except VpnUnreachableError as exc:
+            self._queue.put_nowait(_Vpn(VpnUnreachable(str(exc))))
+            return
+        except VpnError as exc:
+            self._queue.put_nowait(_Vpn(VpnDown(str(exc))))
+            return
+        if sa.tia is not None and sa.remote is not None and sa.local is not None:
+            self._queue.put_nowait(_Vpn(VpnUp(sa.tia, sa.remote, sa.local, sa.nat_detected,
+                                              sa.ike_id)))
+
+    async def _stop_vpn(self, reason: str) -> None:
+        if self._vpn_task is not None and not self._vpn_task.done():
+            self._vpn_task.cancel()
+        self._vpn_task = None
+        await self._vpn_gone()
+        self._history("vpn-stop", {"reason": reason})
+        if self.charon is not None:
+            self._stopping_vpn = asyncio.create_task(self._terminate(), name="vpn-terminate")
+
+    async def _vpn_gone(self) -> None:
+        """The TIA is no longer ours: its socket, its rule and its status go."""
+        self._vpn_tia = self._vpn_ike = self._vpn_gw = None
+        self._close_vpn_reg()
+        await self.routes.vpn_source(None)
+        self._publish(tunnel_inner_address="", vpn_gateway="",
+                      vpn_probe=replace(self.snapshot.vpn_probe, reachable=False))
+
+    async def _terminate(self) -> None:
+        assert self.charon is not None
+        try:
+            await self.charon.terminate()
+        except VpnError as exc:
+            log.info("the VPN was not torn down: %s", exc)
+
+    async def _vpn_event(self, ev: VpnEvent, now: float) -> None:
+        if isinstance(ev, VpnUp):
+            if ev.tia is None or not isinstance(ev.tia, IPv4Address):
+                self._history("vpn-error", {"text": "the gateway gave no IPv4 inner address"})
+                return
+            if self._vpn_ike == ev.ike_id and self._vpn_tia == ev.tia:
+                return  # the same SA reported again (initiate's answer and the event)
+            self._vpn_ike, self._vpn_tia = ev.ike_id, ev.tia
+            gw = self.charon.gateway if self.charon and self.charon.gateway else str(
+                ev.gateway.host)
+            gw_ip = ev.gateway.host if isinstance(ev.gateway.host, IPv4Address) else None
+            await self.routes.vpn_source(ev.tia)  # before the registration through it
+            self._open_vpn_reg(ev.tia)
+            self._history("vpn-up", {"tia": str(ev.tia), "gateway": gw,
+                                     "local": str(ev.local), "remote": str(ev.gateway),
+                                     "nat": str(ev.nat_detected).lower()})
+            self._vpn_gw = gw_ip
+            self._publish(tunnel_inner_address=str(ev.tia), vpn_gateway=gw,
+                          vpn_probe=replace(self.snapshot.vpn_probe, reachable=True))
+            self._publish(nat_detected=ev.nat_detected)  # charon's NAT-T: the VPN's NAT
+            self._send_echo(now)
+            await self._execute(self.machine.handle(am.VpnReady(ev.tia, gw), now))
+        elif isinstance(ev, MobikeUpdate):
+            self._history("mobike", {"local": str(ev.local), "remote": str(ev.remote)})
+            local = ev.local.host if isinstance(ev.local.host, IPv4Address) else None
+            self._send_echo(now)
+            await self._execute(self.machine.handle(am.VpnMoved(local), now))
+        elif isinstance(ev, IkeRekeyed):
+            self._history("ike-rekey", {"old": str(ev.old_ike_id), "new": str(ev.new_ike_id)})
+            if self._vpn_ike == ev.old_ike_id:
+                self._vpn_ike = ev.new_ike_id
+        elif isinstance(ev, ChildRekeyed):
+            self._history("child-rekey", {"ike": str(ev.ike_id)})
+        elif isinstance(ev, VpnDown):
+            self._history("vpn-down", {"reason": ev.reason})
+            if ev.ike_id is not None and self._vpn_ike is not None and (
+                    ev.ike_id != self._vpn_ike):
+                return  # an SA we no longer use (rekeyed, or an older attempt)
+            await self._vpn_gone()
+            await self._execute(self.machine.handle(am.VpnLost(ev.reason), now))
+        elif isinstance(ev, VpnUnreachable):
+            self._history("vpn-unreachable", {"text": ev.message})
+            await self._vpn_gone()
+            await self._execute(self.machine.handle(am.VpnServiceLost(ev.message), now))
+        elif isinstance(ev, VpnServiceUp):
+            self._history("vpn-service-up", {"socket": ev.socket})
+            self._vpn_loaded = self._vpn_loaded and self.charon is not None
+            await self._execute(self.machine.handle(am.VpnServiceBack(), now))
+
+    def _open_vpn_reg(self, tia: IPv4Address) -> None:
+        assert self._loop is not None
+        self._close_vpn_reg()
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)
+            with contextlib.suppress(OSError):  # kernel ESP: no device, the rule routes
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, VPN_DEVICE.encode())
+            s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+            s.bind((str(tia), 0))
+        except OSError as exc:
+            s.close()
+            log.warning("cannot open the registration socket on the TIA %s: %s", tia,
+                        exc.strerror)
+            return
+        s.setblocking(False)
+        self._loop.add_reader(s.fileno(), self._readable, s)
+        self._vpn_reg = s
+
+    def _close_vpn_reg(self) -> None:
+        if self._vpn_reg is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._vpn_reg.fileno())
+            self._vpn_reg.close()
+            self._vpn_reg = None
+
+    def _send_through_vpn(self, a: am.Send) -> None:
+        s = self._vpn_reg
+        if s is None:
+            return
+        d = a.datagram
+        dst = (str(d.destination[0]), d.destination[1])
+        try:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, d.ttl or -1)
+            s.sendto(d.data, dst)
+        except OSError as exc:
+            log.info("registration through the VPN not sent to %s: %s", dst[0], exc.strerror)
+            return
+        self._history("probe-sent", {"to": dst[0], "interface": VPN_DEVICE, "vpn": "true"})
+
+    def _send_echo(self, now: float) -> None:
+        """The VPN probe: one ICMP echo to the gateway from the physical link (the
+        gate lets the helper's marked echo to a gateway through)."""
+        gw = self._vpn_gw
+        link = self.routes.link
+        self._echo_at = None
+        if gw is None or link is None or self._loop is None:
+            return
+        self._echo_at = now + ECHO_INTERVAL
+        try:
+            if self._echo is None:
+                e = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+                e.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)
+                e.setblocking(False)
+                self._loop.add_reader(e.fileno(), self._echo_readable, e)
+                self._echo = e
+            self._echo_seq = (self._echo_seq + 1) & 0xFFFF
+            packet = echo_request(link.address.ip, gw, ECHO_ID, self._echo_seq)[20:]
+            self._echo.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                  link.iface.encode())
+            self._echo.sendto(packet, (str(gw), 0))
+            self._echo_sent = {k: v for k, v in self._echo_sent.items()
+                               if time.monotonic() - v[0] < ECHO_FORGET}
+            self._echo_sent[self._echo_seq] = (time.monotonic(), gw)
+        except OSError as exc:
+            log.info("VPN probe to %s not sent: %s", gw, exc.strerror)
+
+    def _echo_readable(self, s: socket.socket) -> None:
+        while True:
+            try:
+                pkt = s.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            for seq, (sent, gw) in list(self._echo_sent.items()):
+                got = parse_echo_reply(pkt, gw)
+                if got == (ECHO_ID, seq):
+                    del self._echo_sent[seq]
+                    self._queue.put_nowait(_VpnEcho(gw, time.monotonic() - sent))
+                    return
 
     # -- sockets -----------------------------------------------------------------
 
@@ -490,6 +788,12 @@ class MobileNodeDriver:
     def _close_sockets(self) -> None:
         self._close_reg()
         self._close_icmp()
+        self._close_vpn_reg()
+        if self._echo is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._echo.fileno())
+            self._echo.close()
+            self._echo = None
 
     # -- timer, publishing -------------------------------------------------------
 
@@ -498,7 +802,8 @@ class MobileNodeDriver:
             self._timer.cancel()
             self._timer = None
         times = [t for t in (self.machine.get_timer(), self.tracker.get_timer(),
-                             self._keepalive.get_timer() if self._keepalive else None)
+                             self._keepalive.get_timer() if self._keepalive else None,
+                             self._echo_at)
                  if t is not None]
         if times and self._loop is not None:
             delay = max(0.0, min(times) - self.clock())

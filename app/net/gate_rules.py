@@ -52,6 +52,8 @@ class GatePolicy:
     """The mode c tunnel device (``trmn0``): traffic into it is encapsulated to the HA."""
     gateways: tuple[IPv4Address, ...] = ()
     """VPN gateways: IKE, NAT-T and ESP to them pass while undecided (RFC 5266 3.4)."""
+    vpn_device: str = "ipsec0"
+    """kernel-libipsec's TUN: what enters it leaves the machine encrypted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,9 @@ def undecided_rules(policy: GatePolicy) -> list[str]:
     if policy.gateways:
         gws = ", ".join(str(g) for g in policy.gateways)
         rules += [f"ip daddr {{ {gws} }} udp dport {{ 500, 4500 }} accept",
-                  f"ip daddr {{ {gws} }} ip protocol esp accept"]
+                  f"ip daddr {{ {gws} }} ip protocol esp accept",
+                  # The VPN probe: the helper's echo to the gateway (RTT, liveness).
+                  f"{m} ip daddr {{ {gws} }} icmp type echo-request accept"]
     return rules
 
 
@@ -104,6 +108,17 @@ def proven_rules(policy: GatePolicy, path: ProvenPath | None) -> list[str]:
     if path is None:
         return []
     i = _q(path.iface)
+    if path.mode is Mode.VPN:
+        # Mode mc: the Mobile IP tunnel inside the VPN and nothing else.  Into the
+        # tunnel device; its outer packets (TIA -> home agent) into charon's TUN, or,
+        # with kernel ESP, out of the link only where an IPsec policy encrypts them.
+        # Nothing from the link's own address: IKE/ESP to the gateways pass above.
+        tia = path.tunnel_inner_address
+        return [f"oifname {_q(policy.tunnel)} accept",
+                f"oifname {_q(policy.vpn_device)} ip saddr {tia} ip daddr {policy.home_agent} "
+                "accept",
+                f"oifname {i} ip saddr {tia} ip daddr {policy.home_agent} rt ipsec exists "
+                "accept"]
     if path.mode is Mode.COLOCATED:
         # The care-of address carries only the tunnel's outer packets (and, below,
         # registrations to the link's FA); everything else goes into the tunnel.

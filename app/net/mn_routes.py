@@ -14,7 +14,15 @@ through a tunnel.  Table 100 holds, per mode:
   tunnelling), the home agent via the physical next hop (the tunnel's outer path);
 - ``f``: the home address on the link, default via the foreign agent;
 - ``h``: the home address on the link in the home prefix, default via the router,
-  and a gratuitous ARP so neighbours stop using the home agent's proxy entry.
+  and a gratuitous ARP so neighbours stop using the home agent's proxy entry;
+- ``mc``: as ``c``, but the tunnel's outer source is the VPN's tunnel inner
+  address (TIA) and its path to the home agent goes into the VPN (charon's
+  ``ipsec0`` with kernel-libipsec; with kernel ESP, the link's next hop, where
+  charon's XFRM policy encrypts it).
+
+While the VPN is up, ``pref 92 from <TIA> lookup 220`` sends what leaves from the
+TIA (the registration through the VPN) by charon's table, whatever table 100
+holds from the mode before.
 
 The tunnel device is a userspace TUN + raw IP-in-IP socket here, or a kernel
 ``ipip`` device where the kernel has one: same routes either way.  Everything
@@ -45,7 +53,12 @@ TABLE_MODE = 100
 TABLE_LINK = 101
 PREF_MAIN = 90
 PREF_LINK = 91
+PREF_VPN = 92
 PREF_MODE = 100
+TABLE_CHARON = 220
+"""strongSwan's routing table (charon.routing_table)."""
+VPN_DEVICE = "ipsec0"
+"""kernel-libipsec's TUN device; absent with kernel ESP."""
 MAIN_TABLE = 254
 EEXIST = 17
 ENOENT = 2
@@ -81,6 +94,8 @@ class MobileNodeRoutes:
         self._tunnel: UserspaceTunnel | None = None
         self._tunnel_index: int | None = None
         self._indexes: dict[str, int] = {}
+        self._vpn_tia: IPv4Address | None = None
+        self._mtu = MTU
         self._routes: dict[str, dict[str, Any]] = {}
         self._stale_home: tuple[int, int] | None = None
         """Table 100 as this class last set it: destination -> attributes."""
@@ -115,15 +130,29 @@ class MobileNodeRoutes:
                                 src=str(link.address.ip), src_len=32)
         self.link = link
 
+    async def vpn_source(self, tia: IPv4Address | None) -> None:
+        """The TIA's own traffic by charon's table (None: the VPN is gone)."""
+        if tia == self._vpn_tia:
+            return
+        if self._vpn_tia is not None:
+            await self._quiet("rule", "del", priority=PREF_VPN, table=TABLE_CHARON,
+                              src=str(self._vpn_tia), src_len=32)
+        self._vpn_tia = tia
+        if tia is not None:
+            await self.ipr.rule("add", priority=PREF_VPN, table=TABLE_CHARON, src=str(tia),
+                                src_len=32)
+
     async def configure(self, mode: Mode, foreign_agent: IPv4Address | None = None,
-                        udp: socket.socket | None = None) -> None:
+                        udp: socket.socket | None = None,
+                        tia: IPv4Address | None = None) -> None:
         """Put the home address and the default path where ``mode`` needs them.
 
         Only what differs from the current mode is changed (a c -> c move is two
         route replaces), so the gate opens a few milliseconds after the reply.
+        ``tia``: mode mc's tunnel inner address.
         """
-        if mode is Mode.VPN:
-            raise ValueError("mode mc is the VPN side's to configure")
+        if mode is Mode.VPN and tia is None:
+            raise ValueError("mode mc needs the VPN's tunnel inner address")
         link = self.link
         if mode is Mode.NONE or link is None:
             await self._withdraw_mode()
@@ -131,10 +160,25 @@ class MobileNodeRoutes:
         index = await self._index(link.iface)
         routes: dict[str, dict[str, Any]] = {}
         if mode is Mode.COLOCATED:
-            tun = await self._tunnel_device(link, udp)
+            tun = await self._tunnel_device(link.address.ip, udp)
+            await self._tunnel_mtu(tun, MTU)
             home_at = (tun, 32)
             routes[f"{self.home_agent}/32"] = {"gateway": str(link.gateway), "oif": index,
                                                "prefsrc": str(link.address.ip)}
+            routes["0.0.0.0/0"] = {"oif": tun, "prefsrc": str(self.home)}
+        elif mode is Mode.VPN:
+            assert tia is not None
+            tun = await self._tunnel_device(tia)
+            home_at = (tun, 32)
+            vpn = await self.ipr.link_lookup(ifname=VPN_DEVICE)
+            # Inside the VPN the tunnel's packets must fit charon's TUN whole: an
+            # outer packet above its MTU would be fragmented before ESP.
+            await self._tunnel_mtu(tun, min(MTU, _mtu(VPN_DEVICE, MTU + 20) - 20))
+            # The Mobile IP tunnel inside the VPN: outer packets from the TIA into
+            # charon's TUN (userspace ESP), or by the link where kernel ESP takes them.
+            routes[f"{self.home_agent}/32"] = (
+                {"oif": int(vpn[0]), "prefsrc": str(tia)} if vpn else
+                {"gateway": str(link.gateway), "oif": index, "prefsrc": str(tia)})
             routes["0.0.0.0/0"] = {"oif": tun, "prefsrc": str(self.home)}
         elif mode is Mode.FOREIGN_AGENT:
             home_at = (index, 32)
@@ -144,7 +188,7 @@ class MobileNodeRoutes:
             home_at = (index, self.home_network.prefixlen)
             routes["0.0.0.0/0"] = {"gateway": str(link.gateway), "oif": index,
                                    "prefsrc": str(self.home)}
-        on_tunnel = mode is Mode.COLOCATED
+        on_tunnel = mode in (Mode.COLOCATED, Mode.VPN)
         if self._home_on != home_at:
             # The old location goes in finish(), after the gate opened: it is clean-up,
             # not part of the new path.
@@ -218,6 +262,7 @@ class MobileNodeRoutes:
         elif self._tunnel_index is not None and self.backend is Backend.KERNEL:
             await self._quiet("link", "del", index=self._tunnel_index)
         self._tunnel_index = None
+        self._mtu = MTU
         self.link = None
 
     def close(self) -> None:
@@ -246,20 +291,21 @@ class MobileNodeRoutes:
                             prefixlen=prefixlen)
         self._home_on = (index, prefixlen)
 
-    async def _tunnel_device(self, link: LinkInfo, udp: socket.socket | None = None) -> int:
+    async def _tunnel_device(self, local: IPv4Address, udp: socket.socket | None = None
+                             ) -> int:
         if udp is not None and self.backend is Backend.KERNEL:
             raise OSError(EOPNOTSUPP, "RFC 3519 UDP tunnelling needs the userspace data "
                           "plane (trustroamd --dataplane userspace)")
         if self.backend is Backend.KERNEL:
             if self._tunnel_index is None:
                 await self.ipr.link("add", ifname=TUNNEL, kind="ipip",
-                                    ipip_local=str(link.address.ip),
+                                    ipip_local=str(local),
                                     ipip_remote=str(self.home_agent))
                 self._tunnel_index = await self._index(TUNNEL)
                 await self.ipr.link("set", index=self._tunnel_index, state="up", mtu=MTU)
             else:  # a new care-of address: same device, new outer source
                 await self.ipr.link("set", index=self._tunnel_index, kind="ipip",
-                                    ipip_local=str(link.address.ip),
+                                    ipip_local=str(local),
                                     ipip_remote=str(self.home_agent))
         elif self._tunnel is None:
             # Everything the mode table sends here goes to the home agent, and
@@ -280,8 +326,14 @@ class MobileNodeRoutes:
         assert self._tunnel_index is not None
         return self._tunnel_index
 
+    async def _tunnel_mtu(self, index: int, mtu: int) -> None:
+        if self._mtu != mtu:
+            await self.ipr.link("set", index=index, mtu=mtu)
+            self._mtu = mtu
+
     async def _clear_rules(self) -> None:
-        for pref in (PREF_MAIN, PREF_LINK, PREF_MODE):
+        self._vpn_tia = None
+        for pref in (PREF_MAIN, PREF_LINK, PREF_VPN, PREF_MODE):
             for _ in range(64):  # duplicates left by a crashed helper; bounded regardless
                 if not await self._quiet("rule", "del", priority=pref):
                     break
@@ -308,6 +360,13 @@ class MobileNodeRoutes:
 
 PROBE_NAME = "trmnprobe0"
 EOPNOTSUPP = 95
+
+
+def _mtu(iface: str, default: int) -> int:
+    try:
+        return int(Path(f"/sys/class/net/{iface}/mtu").read_text())
+    except (OSError, ValueError):
+        return default
 
 
 async def default_backend() -> Backend:
