@@ -228,6 +228,12 @@ def _proposals(section: Section, name: str) -> list[str]:
     return values
 
 
+def key_is_encrypted(pem: bytes) -> bool:
+    """Whether a PEM private key needs ``vpn_key_passphrase`` (PKCS#8
+    "ENCRYPTED PRIVATE KEY", or a legacy key with "Proc-Type: 4,ENCRYPTED")."""
+    return b"ENCRYPTED" in pem
+
+
 # -- VICI messages -----------------------------------------------------------
 
 class SecretMissing(Exception):
