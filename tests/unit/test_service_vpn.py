@@ -218,3 +218,19 @@ async def test_the_start_up_gate_of_a_vpn_profile_passes_its_gateways(monkeypatc
     args = daemon.parse_args(["--profiles-dir", str(d)])
     assert await daemon._gate_first(args, "corp")
     assert installed[0].gateways == (IPv4Address("172.16.0.11"), IPv4Address("192.0.2.9"))
+
+
+async def test_the_lab_vpn_profile_loads_and_its_psk_comes_from_the_secrets_file(tmp_path):
+    from app.lab import configs
+    from app.lab.charon import GATEWAYS, LAB_PSK
+    from app.mn import profile as profiles
+    d, secrets = configs.write_helper_files(tmp_path, "corp", vpn_gateways=("172.16.0.11",),
+                                            keep_alive_inside=True)
+    p = profiles.load(d / "corp.toml")
+    assert p.vpn is not None and p.vpn.gateways == (GATEWAYS[0].address,)
+    assert p.vpn.keep_alive_inside and p.vpn.remote_id("172.16.0.11") == "172.16.0.11"
+    got = await SecretSource(None, secrets).fetch("corp", None, p.vpn.secrets_needed)
+    assert got.extra["vpn_psk"] == LAB_PSK
+    # The default stays the trusted-side profile every earlier lab test uses.
+    assert "[vpn]" not in configs.PROFILE_TOML
+    assert profiles.loads('name = "x"\n' + configs.vpn_profile_toml()).vpn is not None
