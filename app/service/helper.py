@@ -270,13 +270,14 @@ class Helper:
             driver, self.driver = self.driver, None
             await driver.stop(keep_gate=keep_gate)
             driver.routes.close()
-            if self._charon is not None:
-                # After stop: the driver terminates the tunnel through it first.
-                charon, self._charon = self._charon, None
-                await charon.close()
             self._event("disconnect", {"profile": driver.profile.name})
         elif not quiet:
             raise HelperError("not connected")
+        if self._charon is not None:
+            # After the driver's stop, which terminates the tunnel through it; also one
+            # whose driver never came to be.
+            charon, self._charon = self._charon, None
+            await charon.close()
         self._on_snapshot(Snapshot())  # _on_snapshot adds the policy
 
     async def reprobe(self, *, quiet: bool = False) -> None:

@@ -234,3 +234,16 @@ async def test_the_lab_vpn_profile_loads_and_its_psk_comes_from_the_secrets_file
     # The default stays the trusted-side profile every earlier lab test uses.
     assert "[vpn]" not in configs.PROFILE_TOML
     assert profiles.loads('name = "x"\n' + configs.vpn_profile_toml()).vpn is not None
+
+
+async def test_a_charon_whose_driver_never_came_to_be_is_closed_too(world, monkeypatch):
+    h, _, _ = world
+
+    def broken(*a, **kw):
+        raise ValueError("driver refused")
+
+    monkeypatch.setattr(helper_mod, "MobileNodeDriver", broken)
+    with pytest.raises(ValueError):
+        await h.connect("corp")
+    await h.disconnect(quiet=True)
+    assert [c.closed for c in FakeCharon.made] == [1]
