@@ -247,3 +247,12 @@ async def test_a_charon_whose_driver_never_came_to_be_is_closed_too(world, monke
         await h.connect("corp")
     await h.disconnect(quiet=True)
     assert [c.closed for c in FakeCharon.made] == [1]
+
+
+def test_save_profile_keeps_the_vpn_table(world):
+    h, _, _ = world
+    sent = 'name = "roam"\n' + PROFILE + VPN + 'auth = "eap-mschapv2"\nkeep_alive_inside = true\n'
+    assert h.save_profile(sent) == "roam"
+    stored = h.profile("roam")
+    assert stored.vpn is not None and stored.vpn.keep_alive_inside
+    assert stored.vpn.gateways == ("172.16.0.11", "vpn2.corp.example")
