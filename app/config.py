@@ -166,6 +166,20 @@ class Section:
             raise self.error(unknown[0], "is not a known setting (typo?)")
 
 
+def toml_string(s: str) -> str:
+    """A TOML basic string: quote, backslash and every control character escaped
+    (what a writer needs so that any value reads back exactly)."""
+    out = []
+    for c in s:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
 def _kind(value: object) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
             list: "an array", dict: "a table"}.get(type(value), type(value).__name__)

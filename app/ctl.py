@@ -1,6 +1,7 @@
 """``trustroamctl``: the helper's D-Bus API from a terminal.
 
-    trustroamctl status [--json]     state, mode, addresses, probes, binding, handover
+    trustroamctl status [--json]     state, mode, addresses, probes, binding, handover;
+                                     with a VPN: TIA, gateway, its probe, NAT
     trustroamctl connect PROFILE     (polkit: org.trustroam.connect)
     trustroamctl disconnect | reprobe
     trustroamctl policy auto|always-vpn|never-vpn   (polkit: org.trustroam.configure)
@@ -25,7 +26,7 @@ from dbus_next.errors import DBusError
 from dbus_next.message import Message
 from dbus_next.signature import Variant
 
-from app.api import BUS_NAME, INTERFACE, OBJECT_PATH, Mode, Policy, Snapshot, State
+from app.api import BUS_NAME, INTERFACE, OBJECT_PATH, Mode, Policy, Probe, Snapshot, State
 from app.net.gate import GateError, remove_table
 
 MODE_TEXT = {Mode.NONE: "no mode", Mode.HOME: "mode h (at home)",
@@ -75,6 +76,11 @@ def _left(t: float, now: float) -> str:
     return f"{s // 60}m {s % 60:02d}s left" if s >= 60 else f"{s} s left"
 
 
+def _probe(p: Probe, now: float) -> str:
+    return (("reachable" if p.reachable else "not answering") +
+            f", RTT {p.rtt_ms:.1f} ms (answered {_ago(p.answered_at, now)})")
+
+
 def render(snap: Snapshot, now: float) -> str:
     head = f"trustroam: {snap.state.value}"
     if snap.state in (State.TRUSTED, State.UNTRUSTED) or snap.mode is not Mode.NONE:
@@ -91,17 +97,19 @@ def render(snap: Snapshot, now: float) -> str:
     row("interface", snap.interface)
     row("home address", snap.home_address)
     row("care-of", snap.care_of_address)
-    row("tunnel inner", snap.tunnel_inner_address)
     ha = snap.home_agent_probe
     if ha.answered_at:
-        row("home agent", ("reachable" if ha.reachable else "not answering") +
-            f", RTT {ha.rtt_ms:.1f} ms (answered {_ago(ha.answered_at, now)})")
+        row("home agent", _probe(ha, now))
     elif snap.profile:
         row("home agent", "no answer yet")
     vpn = snap.vpn_probe
-    if vpn.answered_at:
-        row("VPN gateway", ("reachable" if vpn.reachable else "not answering") +
-            f", RTT {vpn.rtt_ms:.1f} ms")
+    # The VPN rows only where a VPN is part of the picture: in mode mc, with a
+    # gateway in use, or a gateway that answered (kept alive inside, RFC 5266 3.4.2).
+    if snap.mode is Mode.VPN or snap.vpn_gateway or vpn.answered_at:
+        row("TIA", f"{snap.tunnel_inner_address} (tunnel inner address)"
+            if snap.tunnel_inner_address else "none yet (the VPN is not up)")
+        row("VPN gateway", snap.vpn_gateway or "none in use")
+        row("VPN probe", _probe(vpn, now) if vpn.answered_at else "no answer yet")
     row("binding", _left(snap.binding_expires, now) if snap.binding_expires else "")
     row("last handover", f"{snap.last_handover_ms:.1f} ms" if snap.last_handover_ms >= 0
         else "")

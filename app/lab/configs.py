@@ -5,7 +5,10 @@ use them.  The keys are the lab's own, published here: never use them elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+
+from app.lab.charon import GATEWAYS, LAB_PSK
 
 HOME = "10.20.1.10"
 HA = "10.20.1.1"
@@ -36,7 +39,15 @@ def fa_toml(link: str = "fa1", advert_interval: float = 1.0) -> str:
             f'[[home_agents]]\naddress = "{HA}"\nspi = 900\nkey = "hex:{FA_HA_KEY}"\n')
 
 
-PROFILE_TOML = f"""home_address = "{HOME}"
+VPN_IDENTITY = "mn@trustroam.lab"
+"""The MN's IKE identity: the lab gateways take any identity that knows LAB_PSK
+(and prove their own address, the profile's default remote identity)."""
+
+
+def profile_toml(*, vpn_gateways: Sequence[str] = (), keep_alive_inside: bool = False) -> str:
+    """The lab MN's profile; with ``vpn_gateways`` a ``[vpn]`` table (PSK auth) for
+    the lab's gateways (``GATEWAYS``' addresses), tried in that order."""
+    text = f"""home_address = "{HOME}"
 home_network = "10.20.1.0/24"
 home_agent = "{HA}"
 spi = 256
@@ -45,14 +56,32 @@ interface = "eth0"
 initial_timeout = 1.0
 retries = 1
 """
+    if vpn_gateways:
+        gws = ", ".join(f'"{g}"' for g in vpn_gateways)
+        text += (f'[vpn]\ngateways = [{gws}]\nidentity = "{VPN_IDENTITY}"\nauth = "psk"\n'
+                 f"keep_alive_inside = {str(keep_alive_inside).lower()}\n")
+    return text
 
 
-def write_helper_files(d: Path, profile: str) -> tuple[Path, Path]:
-    """A profiles directory holding ``profile`` and a root-only secrets file for it."""
+PROFILE_TOML = profile_toml()
+
+
+def vpn_profile_toml(gateway: str = GATEWAYS[0].address, keep_alive_inside: bool = False
+                     ) -> str:
+    """The lab profile with mode mc through one lab gateway (172.16.0.11: tr-gw1)."""
+    return profile_toml(vpn_gateways=(gateway,), keep_alive_inside=keep_alive_inside)
+
+
+def write_helper_files(d: Path, profile: str, *, vpn_gateways: Sequence[str] = (),
+                       keep_alive_inside: bool = False) -> tuple[Path, Path]:
+    """A profiles directory holding ``profile`` and a root-only secrets file for it
+    (``vpn_gateways``: the profile gets a ``[vpn]`` table for them).  The secrets
+    file always holds the lab's PSK too: a test may write a VPN profile of its own."""
     profiles = d / "profiles"
     profiles.mkdir(parents=True, exist_ok=True)
-    (profiles / f"{profile}.toml").write_text(PROFILE_TOML)
+    (profiles / f"{profile}.toml").write_text(
+        profile_toml(vpn_gateways=vpn_gateways, keep_alive_inside=keep_alive_inside))
     secrets = d / "secrets.toml"
-    secrets.write_text(f'[{profile}]\nmn_ha_key = "hex:{MN_HA_KEY}"\n')
+    secrets.write_text(f'[{profile}]\nmn_ha_key = "hex:{MN_HA_KEY}"\nvpn_psk = "{LAB_PSK}"\n')
     secrets.chmod(0o600)
     return profiles, secrets

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from app.config import ConfigError, Section, load_toml
+from app.config import ConfigError, Section, load_toml, toml_string
 from app.mip.auth import Algorithm
 from app.mn.registration import (
     MIN_RETRANSMIT_INTERVAL,
@@ -201,20 +201,12 @@ def dumps(p: Profile) -> str:
               f"retries = {p.retries}", "", "[features]",
               f"foreign_agents = {str(p.foreign_agents).lower()}",
               f"gate = {str(p.gate).lower()}", ""]
+    if p.vpn is not None:
+        lines += ["[vpn]", *vpn_config.dump(p.vpn, p.home_network), ""]
     return "\n".join(lines)
 
 
-def _quote(s: str) -> str:
-    """A TOML basic string: quote, backslash and every control character escaped."""
-    out = []
-    for c in s:
-        if c in '"\\':
-            out.append("\\" + c)
-        elif ord(c) < 0x20 or ord(c) == 0x7F:
-            out.append(f"\\u{ord(c):04X}")
-        else:
-            out.append(c)
-    return '"' + "".join(out) + '"'
+_quote = toml_string
 
 
 def _short(text: str, limit: int = 64) -> str:

@@ -2,6 +2,7 @@
 
     trustroamd --profile corp.toml                 connect this profile at start
     trustroamd --profiles-dir /etc/trustroam/profiles [--secrets FILE]
+    trustroamd ... --vici-socket /run/charon.vici  charon's VICI socket (mode mc)
 
 Owns ``org.trustroam.Helper1`` on the system bus; SIGTERM or SIGINT deregister
 and put routes, addresses and the gate back before it exits.
@@ -35,9 +36,13 @@ from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_ag
 from app.service.helper import Helper, HelperError, gate_policy, load_profile
 from app.service.polkit import Authorizer
 from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
+from app.vpn.charon import DEFAULT_SOCKET as DEFAULT_VICI_SOCKET
+from app.vpn.charon import VpnError
 
 log = logging.getLogger("trustroamd")
 DEFAULT_PROFILES = Path("/etc/trustroam/profiles")
+STARTUP_RESOLVE_TIMEOUT = 2.0
+"""Seconds the start-up gate waits for gateway names (the bus name waits on it)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--links", choices=("auto", "nm", "rtnetlink"), default="auto",
                     help="where link events come from (auto: NetworkManager if it runs)")
     ap.add_argument("--dataplane", choices=("auto", "userspace", "kernel"), default="auto")
+    ap.add_argument("--vici-socket", default=DEFAULT_VICI_SOCKET, metavar="PATH",
+                    help="strongSwan charon's VICI socket, for profiles with a [vpn] table "
+                         "(default %(default)s)")
     ap.add_argument("--agent-timeout", type=float, default=AGENT_TIMEOUT,
                     help="seconds a secret agent has to answer (default %(default)s)")
     ap.add_argument("--shut-gate", action="store_true",
@@ -76,7 +84,8 @@ async def serve(args: argparse.Namespace) -> int:
                            session_check=lambda peer: busio.session_check(bus, peer))
     await watch_names_lost(bus, secrets.forget_name)
     helper = Helper(profiles_dir=args.profiles_dir, extra_profiles=args.profile,
-                    secrets=secrets, backend=backend, links=args.links, bus=bus)
+                    secrets=secrets, backend=backend, links=args.links, bus=bus,
+                    vici_socket=args.vici_socket)
     bus.export(OBJECT_PATH, HelperInterface(helper, Authorizer(bus)))
     reply = await bus.request_name(BUS_NAME)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
@@ -105,7 +114,7 @@ async def serve(args: argparse.Namespace) -> int:
     if first is not None:
         try:
             await helper.connect(first)
-        except (HelperError, SecretError, GateError) as exc:
+        except (HelperError, SecretError, GateError, VpnError) as exc:
             log.error("cannot connect %s: %s", first, exc)
     stop_task = asyncio.create_task(stop.wait())
     bus_gone = asyncio.create_task(bus.wait_for_disconnect())
@@ -137,7 +146,10 @@ async def _gate_first(args: argparse.Namespace, first: str | None) -> bool:
         except (ConfigError, OSError):
             continue
         if prof.name == first and prof.gate:
-            await TrafficGate(gate_policy(prof)).install()
+            # Gateway names resolve within a bound (a left gate may hold DNS): the
+            # connect that follows resolves them again and records any left out.
+            await TrafficGate(await gate_policy(prof, timeout=STARTUP_RESOLVE_TIMEOUT)
+                              ).install()
             return True
     return False
 

@@ -37,6 +37,7 @@ from app.service import bus as busio
 from app.service.helper import Helper, HelperError
 from app.service.polkit import Authorizer
 from app.service.secrets import Agent, AgentFailed, AgentRefused, Peer, SecretError
+from app.vpn.charon import VpnError
 
 log = logging.getLogger("trustroam.service.dbus")
 CALLER: contextvars.ContextVar[Message | None] = contextvars.ContextVar("caller", default=None)
@@ -189,7 +190,7 @@ class HelperInterface(ServiceInterface):
         peer = await self._peer(await self._authorize(ACTION_CONNECT))
         try:
             await self.helper.connect(profile, requester=peer)
-        except (HelperError, SecretError, GateError) as exc:
+        except (HelperError, SecretError, GateError, VpnError) as exc:
             raise self._failed("Connect", exc) from None
         except OSError as exc:  # the gate, routes or sockets: the host said no
             raise self._failed("Connect", OSError(f"cannot set up {profile!r}: "

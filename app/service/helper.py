@@ -10,15 +10,18 @@ nothing owns.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import secrets as _random
+import socket
 import stat
 import time
 import tomllib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
@@ -35,15 +38,100 @@ from app.net.mn_routes import TUNNEL, Backend, MobileNodeRoutes
 from app.net.nm_links import NmLinks, nm_running
 from app.net.rtnl_links import RtnlLinks
 from app.service.secrets import Peer, SecretSource
+from app.vpn import config as vpn_config
+from app.vpn.charon import DEFAULT_SOCKET, Charon
+from app.vpn.config import VpnConfig
 
 log = logging.getLogger("trustroam.helper")
 HISTORY = 1000
 MAX_PROFILE_FILE = 1 << 20
+RESOLVE_TIMEOUT = 5.0
+"""Seconds to resolve the VPN gateways' names at connect (all of them together)."""
+MAX_KEY_FILE = 1 << 16
+
+Unresolved = Callable[[str, str], None]
+"""(gateway as the profile names it, why) for a gateway the gate cannot pass."""
 
 
-def gate_policy(prof: Profile) -> GatePolicy:
-    """What the gate lets through for this profile while undecided."""
-    return GatePolicy(prof.home_agent, prof.home_address, TUNNEL)
+async def gate_policy(prof: Profile, *, on_unresolved: Unresolved | None = None,
+                      timeout: float = RESOLVE_TIMEOUT) -> GatePolicy:
+    """What the gate lets through for this profile while undecided: the direct probe
+    and, with a ``[vpn]`` table, IKE/NAT-T/ESP to the gateways' IPv4 addresses."""
+    gateways = await resolve_gateways(prof.vpn.gateways if prof.vpn else (),
+                                      on_unresolved=on_unresolved, timeout=timeout)
+    return GatePolicy(prof.home_agent, prof.home_address, TUNNEL, gateways=gateways)
+
+
+async def resolve_gateways(names: Sequence[str], *, on_unresolved: Unresolved | None = None,
+                           timeout: float = RESOLVE_TIMEOUT) -> tuple[IPv4Address, ...]:
+    """The gateways' IPv4 addresses, in the profile's order, without duplicates.
+
+    Names are resolved on the loop's resolver (never blocking it), all at once and
+    within ``timeout``; one that does not resolve is reported to ``on_unresolved``
+    (and the log) and left out: the others still work."""
+    loop = asyncio.get_running_loop()
+
+    def report(name: str, why: str) -> None:
+        log.warning("VPN gateway %s left out of the gate: %s", name, why)
+        if on_unresolved is not None:
+            on_unresolved(name, why)
+
+    async def one(name: str) -> list[IPv4Address]:
+        try:
+            literal = ipaddress.ip_address(name)
+        except ValueError:
+            pass
+        else:
+            if isinstance(literal, IPv4Address):
+                return [literal]
+            report(name, "not an IPv4 address (the gate passes IPv4 only)")
+            return []
+        try:
+            async with asyncio.timeout(timeout):
+                infos = await loop.getaddrinfo(name, None, family=socket.AF_INET,
+                                               type=socket.SOCK_DGRAM)
+        except TimeoutError:
+            report(name, f"its name did not resolve within {timeout:g} s")
+            return []
+        except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+            report(name, f"its name does not resolve ({_reason(exc)})")
+            return []
+        found = [IPv4Address(info[4][0]) for info in infos]
+        if not found:
+            report(name, "its name has no IPv4 address")
+        return found
+
+    results = await asyncio.gather(*(one(n) for n in names))
+    return tuple(dict.fromkeys(a for addrs in results for a in addrs))
+
+
+async def vpn_secret_names(vpn: VpnConfig | None) -> tuple[str, ...]:
+    """The secrets a VPN profile's auth method needs; with a private key file that
+    is encrypted, its passphrase too (read off the loop: it is a file of root's)."""
+    if vpn is None:
+        return ()
+    names = vpn.secrets_needed
+    if vpn.key_file is not None:
+        path = vpn.key_file
+        try:
+            head = await asyncio.to_thread(_read_head, path, MAX_KEY_FILE)
+        except OSError:
+            return names  # unreadable: loading it says so, naming vpn.key_file
+        if vpn_config.key_is_encrypted(head):
+            names = (*names, vpn_config.SECRET_KEY_PASSPHRASE)
+    return names
+
+
+def _read_head(path: Path, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        return fh.read(limit)
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 class HelperError(Exception):
@@ -58,17 +146,22 @@ class _LinkSource(Protocol):
 class Helper:
     def __init__(self, *, profiles_dir: Path | None, extra_profiles: list[Path],
                  secrets: SecretSource, backend: Backend, links: str = "auto",
-                 bus: MessageBus | None = None) -> None:
+                 bus: MessageBus | None = None,
+                 vici_socket: str | os.PathLike[str] = DEFAULT_SOCKET) -> None:
         self.profiles_dir = profiles_dir
         self.extra_profiles = extra_profiles
         self.secrets = secrets
         self.backend = backend
         self.links = links
         self.bus = bus
+        self.vici_socket = vici_socket
+        """charon's VICI socket, for profiles with a ``[vpn]`` table."""
         self.snapshot = Snapshot()
         self.history: deque[HistoryEntry] = deque(maxlen=HISTORY)
         self.policy = Policy.AUTO
         self.driver: MobileNodeDriver | None = None
+        self._charon: Charon | None = None
+        """The running driver's VPN adapter: closed when the driver is."""
         self._link_source: _LinkSource | None = None
         self.snapshot_listeners: list[Callable[[Snapshot], None]] = []
         self.event_listeners: list[Callable[[HistoryEntry], None]] = []
@@ -134,13 +227,19 @@ class Helper:
     # -- connection ------------------------------------------------------------------
 
     async def connect(self, name: str, requester: Peer | None = None) -> None:
-        """Connect profile ``name`` with the key of ``requester``'s secret agent (or the
-        secrets file).  The key is fetched before the lock: a slow agent holds only
-        its own user's request, bounded by the agent timeout."""
+        """Connect profile ``name`` with the secrets of ``requester``'s secret agent (or
+        the secrets file): the MN-HA key and, with a ``[vpn]`` table, what its auth
+        method needs, in one request.  Secrets and gateway names are fetched before
+        the lock: a slow agent or resolver holds only its own user's request, bounded
+        by the agent and resolver timeouts."""
         prof = self.profile(name)
-        key = await self.secrets.key(prof.name, requester)  # names the profile, not the key
+        # Errors name the profile and the missing key, never a value.
+        got = await self.secrets.fetch(prof.name, requester, await vpn_secret_names(prof.vpn))
+        policy = await gate_policy(
+            prof, on_unresolved=lambda gw, why: self._event(
+                "vpn-gateway-unresolved", {"profile": prof.name, "gateway": gw, "reason": why}))
         async with self._lock:
-            gate = TrafficGate(gate_policy(prof)) if prof.gate else None
+            gate = TrafficGate(policy) if prof.gate else None
             if gate is not None:
                 # The new profile's gate, shut, replaces the old one in one transaction:
                 # no moment between the two drivers without a gate.
@@ -148,9 +247,13 @@ class Helper:
             await self._disconnect(quiet=True, keep_gate=gate is not None)
             routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
                                       self.backend)
-            self.driver = MobileNodeDriver(prof, key.value, routes, gate,
+            # The driver starts it (and hands it its events); the helper closes it.
+            self._charon = Charon(self.vici_socket) if prof.vpn is not None else None
+            self.driver = MobileNodeDriver(prof, got.key.value, routes, gate,
                                            on_snapshot=self._on_snapshot,
-                                           on_event=self._event_entry)
+                                           on_event=self._event_entry,
+                                           charon=self._charon, vpn_secrets=got.extra,
+                                           policy=self.policy)
             self._event("connect", {"profile": prof.name})
             await self.driver.start()
             self._link_source = await self._start_links(prof, self.driver.link_snapshot)
@@ -170,6 +273,11 @@ class Helper:
             self._event("disconnect", {"profile": driver.profile.name})
         elif not quiet:
             raise HelperError("not connected")
+        if self._charon is not None:
+            # After the driver's stop, which terminates the tunnel through it; also one
+            # whose driver never came to be.
+            charon, self._charon = self._charon, None
+            await charon.close()
         self._on_snapshot(Snapshot())  # _on_snapshot adds the policy
 
     async def reprobe(self, *, quiet: bool = False) -> None:
@@ -188,6 +296,8 @@ class Helper:
             raise HelperError(f"policy must be one of {allowed}, got {_short(value)}"
                               ) from None
         self.policy = policy
+        if self.driver is not None:
+            self.driver.set_policy(policy)  # at once, not at the next link change
         self._event("policy", {"policy": policy.value})
         self._on_snapshot(self.snapshot)
 

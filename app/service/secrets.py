@@ -16,6 +16,11 @@ Two sources, tried in order:
 
        [corp]
        mn_ha_key = "hex:00112233445566778899aabbccddeeff"
+       vpn_psk = "..."          # a profile with [vpn]: what its auth method needs
+
+A Connect asks the agent for every key the profile needs (``mn_ha_key`` and the
+VPN's ``vpn_psk``, ``vpn_password`` or ``vpn_key_passphrase``) in one GetSecrets;
+what the agent lacks comes from the file.
 
 A wrong, malformed or missing answer, or an agent that does not answer within
 the bound, means "try the next source".  Secrets stay in memory, wrapped in
@@ -30,7 +35,7 @@ import logging
 import os
 import stat
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +84,12 @@ def parse_key(text: str, profile: str, source: str) -> Secret:
 
 
 def read_secrets_file(path: Path, profile: str) -> Secret:
-    """The profile's key from a root-only TOML file.
+    """The profile's key from a root-only TOML file (see :func:`read_profile_table`)."""
+    return _file_key(read_profile_table(path, profile), profile)
+
+
+def read_profile_table(path: Path, profile: str) -> dict[str, object]:
+    """The profile's table of a root-only TOML file ({} when it has none).
 
     Opened without following a symlink and without blocking (a FIFO put there
     must not stall the event loop), then accepted only as a regular file of
@@ -114,12 +124,49 @@ def read_secrets_file(path: Path, profile: str) -> Secret:
         # tomllib's message quotes no values, only positions.
         raise SecretError(f"{src} is not valid TOML: {exc}") from None
     table = doc.get(profile)
-    if not isinstance(table, dict) or SECRET_MN_HA_KEY not in table:
+    return dict(table) if isinstance(table, dict) else {}
+
+
+def _file_key(table: dict[str, object], profile: str) -> Secret:
+    src = FILE_SOURCE
+    if SECRET_MN_HA_KEY not in table:
         raise SecretError(f"{src} has no [{profile}] {SECRET_MN_HA_KEY}")
     value = table[SECRET_MN_HA_KEY]
     if not isinstance(value, str):
         raise SecretError(f"{src}: {profile}.{SECRET_MN_HA_KEY} must be a string")
     return parse_key(value, profile, src)
+
+
+def check_text_secret(value: object, name: str, profile: str, source: str) -> str:
+    """A VPN secret (PSK, password, passphrase) as charon takes it: a non-empty
+    string of bounded length.  Messages name the key, never the value."""
+    if not isinstance(value, str):
+        raise SecretError(f"{source}: {profile}.{name} must be a string")
+    if not value:
+        raise SecretError(f"{source}: {profile}.{name} is empty")
+    if len(value) > MAX_ANSWER:
+        raise SecretError(f"{source}: {profile}.{name} is far too long")
+    if "\0" in value:
+        raise SecretError(f"{source}: {profile}.{name} contains a NUL character")
+    return value
+
+
+class TextSecrets(dict[str, str]):
+    """Secrets by key name (``vpn_psk``...): ``repr`` and ``str`` show the names only,
+    so a stray log line or traceback never carries a value."""
+
+    def __repr__(self) -> str:
+        return f"TextSecrets({sorted(self)})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ProfileSecrets:
+    """What one Connect needs: the MN-HA key and the profile's other secrets."""
+
+    key: Secret
+    extra: TextSecrets = field(default_factory=TextSecrets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,26 +238,84 @@ class SecretSource:
     async def key(self, profile: str, requester: Peer | None = None) -> Secret:
         """The profile's key for a Connect from ``requester`` (None: the helper itself,
         at start: the secrets file only)."""
+        return (await self.fetch(profile, requester)).key
+
+    async def fetch(self, profile: str, requester: Peer | None = None,
+                    extra: Sequence[str] = ()) -> ProfileSecrets:
+        """The key and the ``extra`` secrets (``vpn_psk``...) of ``profile`` for a
+        Connect from ``requester``: the requester's agent is asked for all of them in
+        one GetSecrets; whatever it lacks or gets wrong comes from the secrets file.
+        Errors name the profile and the missing key, never a value."""
+        names = list(dict.fromkeys(extra))
         problems: list[str] = []
+        key: Secret | None = None
+        found = TextSecrets()
         agent = self.agents.get(requester.uid) if requester is not None else None
-        if agent is not None and self.agent_call is not None:
+        asked = agent is not None and self.agent_call is not None
+        if asked:
+            assert agent is not None
             try:
-                return await self._ask(agent, profile)
+                answer = await self._ask(agent, profile, [SECRET_MN_HA_KEY, *names])
             except SecretError as exc:
                 log.info("profile %s: %s; trying the next source", profile, exc)
                 problems.append(str(exc))
-        if self.secrets_file is not None:
+            else:
+                key = self._take_key(answer, agent, profile, problems)
+                self._take_extra(answer, names, found, source=str(agent), profile=profile,
+                                 problems=problems)
+        if self.secrets_file is not None and (key is None or len(found) < len(names)):
             try:
-                return read_secrets_file(self.secrets_file, profile)
+                table = read_profile_table(self.secrets_file, profile)
             except SecretError as exc:
                 problems.append(str(exc))
-        if not problems:
+            else:
+                if key is None:
+                    try:
+                        key = _file_key(table, profile)
+                    except SecretError as exc:
+                        problems.append(str(exc))
+                self._take_extra(table, names, found, source=FILE_SOURCE, profile=profile,
+                                 problems=problems)
+        if not asked and self.secrets_file is None:
             who = f"uid {requester.uid}" if requester is not None else "the helper"
             problems.append(f"no secret agent is registered for {who} (start the tray) "
                             "and no secrets file is configured")
-        raise SecretError(f"no key for profile {profile!r}: " + "; ".join(problems))
+        if key is None:
+            raise SecretError(f"no key for profile {profile!r}: " + "; ".join(problems))
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise SecretError(f"no {missing[0]} for profile {profile!r}: "
+                              + "; ".join(problems))
+        return ProfileSecrets(key, found)
 
-    async def _ask(self, agent: Agent, profile: str) -> Secret:
+    @staticmethod
+    def _take_key(answer: dict[str, str], agent: Agent, profile: str,
+                  problems: list[str]) -> Secret | None:
+        text = answer.get(SECRET_MN_HA_KEY)
+        try:
+            if not isinstance(text, str) or not text:
+                raise SecretError(f"{agent} has no {SECRET_MN_HA_KEY} for {profile}")
+            return parse_key(text, profile, str(agent))
+        except SecretError as exc:
+            log.info("profile %s: %s; trying the next source", profile, exc)
+            problems.append(str(exc))
+            return None
+
+    @staticmethod
+    def _take_extra(table: Mapping[str, object], names: list[str], found: TextSecrets, *,
+                    source: str, profile: str, problems: list[str]) -> None:
+        for name in names:
+            if name in found:
+                continue
+            if name not in table or table[name] == "":
+                problems.append(f"{source} has no {name} for {profile}")
+                continue
+            try:
+                found[name] = check_text_secret(table[name], name, profile, source)
+            except SecretError as exc:
+                problems.append(str(exc))
+
+    async def _ask(self, agent: Agent, profile: str, keys: list[str]) -> dict[str, str]:
         assert self.agent_call is not None
         if agent.peer.uid != 0 and self.session_check is not None:
             why = await self.session_check(agent.peer)
@@ -218,7 +323,7 @@ class SecretSource:
                 raise SecretError(f"{agent} not asked: {why}")
         try:
             async with asyncio.timeout(self.agent_timeout):
-                answer = await self.agent_call(agent, profile, [SECRET_MN_HA_KEY])
+                answer = await self.agent_call(agent, profile, keys)
         except TimeoutError:
             raise SecretError(f"{agent} did not answer within {self.agent_timeout:g} s"
                               ) from None
@@ -226,7 +331,6 @@ class SecretSource:
             if exc.gone and self.agents.get(agent.peer.uid) == agent:
                 del self.agents[agent.peer.uid]
             raise SecretError(f"{agent} failed: {exc}") from None
-        text = answer.get(SECRET_MN_HA_KEY) if isinstance(answer, dict) else None
-        if not isinstance(text, str) or not text:
-            raise SecretError(f"{agent} has no {SECRET_MN_HA_KEY} for {profile}")
-        return parse_key(text, profile, str(agent))
+        if not isinstance(answer, dict):
+            raise SecretError(f"{agent} answered with something other than a{{ss}}")
+        return answer

@@ -34,7 +34,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-from app.config import ConfigError, Section
+from app.config import ConfigError, Section, toml_string
 
 CONNECTION = "trustroam"
 """The name of our connection in charon (one VPN profile active at a time)."""
@@ -149,6 +149,32 @@ def parse_table(table: Mapping[str, Any], source: str, home_network: IPv4Network
     return parse(Section(source, "vpn", table), home_network)
 
 
+def dump(cfg: VpnConfig, home_network: IPv4Network) -> list[str]:
+    """The ``[vpn]`` table's lines (without the header), so that ``parse`` of them
+    gives ``cfg`` back.  Defaults are left out: the file says only what was chosen
+    (an intranet equal to the home network follows it if home_network changes)."""
+    def strings(values: Sequence[str]) -> str:
+        return "[" + ", ".join(toml_string(v) for v in values) + "]"
+
+    lines = [f"gateways = {strings(cfg.gateways)}", f"identity = {toml_string(cfg.identity)}"]
+    if cfg.remote_identity is not None:
+        lines.append(f"remote_identity = {toml_string(cfg.remote_identity)}")
+    lines.append(f"auth = {toml_string(cfg.auth.value)}")
+    for name, path in (("ca_file", cfg.ca_file), ("cert_file", cfg.cert_file),
+                       ("key_file", cfg.key_file)):
+        if path is not None:
+            lines.append(f"{name} = {toml_string(str(path))}")
+    lines += [f"keep_alive_inside = {str(cfg.keep_alive_inside).lower()}",
+              f"dpd_delay = {cfg.dpd_delay}"]
+    if cfg.intranet and cfg.intranet != (home_network,):
+        lines.append(f"intranet = {strings([str(n) for n in cfg.intranet])}")
+    if cfg.ike_proposals:
+        lines.append(f"ike_proposals = {strings(cfg.ike_proposals)}")
+    if cfg.esp_proposals:
+        lines.append(f"esp_proposals = {strings(cfg.esp_proposals)}")
+    return lines
+
+
 def _is_host(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -200,6 +226,12 @@ def _proposals(section: Section, name: str) -> list[str]:
             raise ConfigError(section.file, f"{section.key(name)}[{i}]",
                               f"{text!r} is not a proposal like aes128-sha256-x25519")
     return values
+
+
+def key_is_encrypted(pem: bytes) -> bool:
+    """Whether a PEM private key needs ``vpn_key_passphrase`` (PKCS#8
+    "ENCRYPTED PRIVATE KEY", or a legacy key with "Proc-Type: 4,ENCRYPTED")."""
+    return b"ENCRYPTED" in pem
 
 
 # -- VICI messages -----------------------------------------------------------

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from app.lab import charon as lab_charon
 from app.lab.configs import HOME, fa_toml, ha_toml
+from app.lab.world import CHARON_DIR
 from tests.haproc import env
 from tests.lines import Lines
 
@@ -78,6 +80,10 @@ def capture(node: str, iface: str, bpf: str) -> Proc:
     return cap
 
 
+MN_VICI = lab_charon.directory(CHARON_DIR, "tr-mn") / "charon.vici"
+"""The MN's charon (the lab starts it), which trustroamd drives for mode mc."""
+
+
 @contextmanager
 def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
                  fa_advert_interval: float = 1.0, ha_extra: str = "",
@@ -97,7 +103,8 @@ def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
         fa.wait("foreign agent on fa")
         helper = Proc("tr-mn", sys.executable, "-m", "app.service.daemon", "--profiles-dir",
                       str(profiles), "--secrets", str(secrets), "--connect", "corp",
-                      "--links", "rtnetlink", extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
+                      "--links", "rtnetlink", "--vici-socket", str(MN_VICI),
+                      extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
         helper.wait("serving org.trustroam.Helper1")
         monitor = Proc("tr-mn", sys.executable, "-m", "app.ctl", "monitor",
                        extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})

@@ -30,3 +30,37 @@ def test_error_is_said_first():
     lines = render(s, 0.0).splitlines()
     assert lines[0] == "trustroam: error"
     assert lines[1].strip() == "error          denied by home agent: x (131)"
+
+
+def test_status_in_mode_mc_shows_tia_gateway_vpn_probe_and_nat():
+    s = Snapshot(State.UNTRUSTED, Mode.VPN, "corp", "eth0", "10.20.1.10", "10.99.1.1",
+                 "10.99.1.1", Probe(True, 2.0, 990.0), Probe(True, 3.25, 997.0), True,
+                 1000.0 + 300, 850.0, vpn_gateway="vpn1.corp.example")
+    text = render(s, 1000.0)
+    assert text.splitlines()[0] == "trustroam: untrusted, mode mc (Mobile IP inside the VPN)"
+    assert "  TIA            10.99.1.1 (tunnel inner address)" in text
+    assert "  VPN gateway    vpn1.corp.example" in text
+    assert "  VPN probe      reachable, RTT 3.2 ms (answered 3 s ago)" in text
+    assert "  NAT            detected" in text
+
+
+def test_status_shows_a_vpn_being_set_up_and_one_kept_alive_inside():
+    setting_up = Snapshot(State.UNTRUSTED, Mode.NONE, "corp", "eth0", "10.20.1.10",
+                          vpn_gateway="172.16.0.11")
+    text = render(setting_up, 1000.0)
+    assert "TIA            none yet (the VPN is not up)" in text
+    assert "VPN probe      no answer yet" in text
+    # RFC 5266 3.4.2: trusted (mode c) with the IKE SA kept alive inside.
+    inside = Snapshot(State.TRUSTED, Mode.COLOCATED, "corp", "eth0", "10.20.1.10",
+                      "10.30.1.100", "10.99.1.1", Probe(True, 1.0, 999.0),
+                      Probe(False, 4.0, 940.0), vpn_gateway="172.16.0.11")
+    text = render(inside, 1000.0)
+    assert "VPN probe      not answering, RTT 4.0 ms (answered 60 s ago)" in text
+    assert "VPN gateway    172.16.0.11" in text
+
+
+def test_status_without_a_vpn_shows_no_vpn_rows():
+    s = Snapshot(State.TRUSTED, Mode.HOME, "corp", "eth0", "10.20.1.10",
+                 tunnel_inner_address="10.99.1.1")  # a stale TIA is not meaningful
+    text = render(s, 1000.0)
+    assert "TIA" not in text and "VPN" not in text and "10.99.1.1" not in text

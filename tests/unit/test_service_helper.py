@@ -31,6 +31,7 @@ class Live:
     sources: int = 0
     most_drivers: int = 0
     most_sources: int = 0
+    made: list = dataclasses.field(default_factory=list)
 
 
 def fakes(monkeypatch, rnd: random.Random) -> Live:
@@ -44,8 +45,15 @@ def fakes(monkeypatch, rnd: random.Random) -> Live:
             await asyncio.sleep(0)
 
     class Driver:
-        def __init__(self, prof, key, routes, gate, *, on_snapshot, on_event):
-            self.profile, self.routes = prof, routes
+        def __init__(self, prof, key, routes, gate, *, on_snapshot, on_event,
+                     charon=None, vpn_secrets=None, policy=None):
+            self.profile, self.routes, self.gate = prof, routes, gate
+            self.charon, self.vpn_secrets, self.policy = charon, vpn_secrets, policy
+            self.policies: list[object] = []
+            live.made.append(self)
+
+        def set_policy(self, policy):
+            self.policies.append(policy)
 
         async def start(self):
             live.drivers += 1

@@ -174,3 +174,52 @@ def test_secrets_file_messages_name_no_path(tmp_path):
     with pytest.raises(SecretError) as exc:
         read_secrets_file(tmp_path / "missing.toml", "corp")
     assert str(tmp_path) not in str(exc.value) and "secrets file" in str(exc.value)
+
+
+def vpn_secrets_file(tmp_path, body):
+    f = tmp_path / "secrets.toml"
+    f.write_text(f'[corp]\nmn_ha_key = "hex:{FILE_KEY}"\n{body}')
+    f.chmod(0o600)
+    return f
+
+
+async def test_the_key_and_the_vpn_secrets_come_in_one_agent_round_trip(tmp_path):
+    keys_asked = []
+
+    async def call(agent, profile, keys):
+        keys_asked.append(list(keys))
+        return {"mn_ha_key": f"hex:{AGENT_KEY}", "vpn_psk": "agent-psk", "other": "x"}
+
+    src = SecretSource(call, vpn_secrets_file(tmp_path, 'vpn_psk = "file-psk"\n'))
+    src.register_agent(USER, "/agent")
+    got = await src.fetch("corp", USER, ["vpn_psk"])
+    assert keys_asked == [["mn_ha_key", "vpn_psk"]]
+    assert got.key == Secret(bytes.fromhex(AGENT_KEY))
+    assert dict(got.extra) == {"vpn_psk": "agent-psk"}  # only what was asked for
+    assert "agent-psk" not in repr(got) and "agent-psk" not in str(got.extra)
+
+
+async def test_a_vpn_secret_the_agent_lacks_comes_from_the_secrets_file(tmp_path):
+    call, _ = agents({USER.name: {"mn_ha_key": f"hex:{AGENT_KEY}"}})
+    src = SecretSource(call, vpn_secrets_file(tmp_path, 'vpn_password = "file-pw"\n'))
+    src.register_agent(USER, "/agent")
+    got = await src.fetch("corp", USER, ["vpn_password"])
+    assert got.key == Secret(bytes.fromhex(AGENT_KEY))
+    assert dict(got.extra) == {"vpn_password": "file-pw"}
+    # The helper's own start (no requester): the file alone.
+    got = await src.fetch("corp", None, ["vpn_password"])
+    assert got.key == Secret(bytes.fromhex(FILE_KEY)) and got.extra["vpn_password"] == "file-pw"
+
+
+@pytest.mark.parametrize("body", ["", 'vpn_psk = ""\n', "vpn_psk = 7\n",
+                                  'other = "hunter2"\n'])
+async def test_a_missing_vpn_secret_is_one_line_naming_key_and_profile(tmp_path, body):
+    call, _ = agents({USER.name: {"mn_ha_key": f"hex:{AGENT_KEY}", "vpn_psk": ""}})
+    src = SecretSource(call, vpn_secrets_file(tmp_path, body))
+    src.register_agent(USER, "/agent")
+    with pytest.raises(SecretError) as exc:
+        await src.fetch("corp", USER, ["vpn_psk"])
+    text = str(exc.value)
+    assert text.startswith("no vpn_psk for profile 'corp': "), text
+    assert "\n" not in text and "hunter2" not in text and FILE_KEY not in text
+    assert AGENT_KEY not in text
