@@ -58,6 +58,10 @@ ALLOWED = [
          / Raw(b"\xbb" * 64)),
     out(IP(src=LINK, dst=GW) / UDP(sport=4500, dport=4500) / Raw(b"\xff")),
     out(IP(src=LINK, dst=GW) / ESP(spi=0x1234, seq=7) / Raw(b"\xcc" * 48)),
+    # The untrusted network's router cannot reach the home agent: its error about
+    # the probe comes back to the probe's source.
+    back(IP(src=ROUTER, dst=LINK) / ICMP(type=3, code=0)
+         / IP(src=LINK, dst=HA) / UDP(sport=40000, dport=434) / Raw(b"\x01" + b"\0" * 23)),
     # Between two other hosts on the bridge: not the MN's (judged only without a mac).
     Ether(src=OTHER_MAC, dst=ROUTER_MAC) / IP(src="203.0.113.7", dst="198.51.100.9")
     / UDP(sport=1, dport=2),
@@ -107,6 +111,18 @@ FORBIDDEN = {
         out(IP(src=LINK, dst=ROUTER) / ICMP(type=8)), {Rule.ALLOWED}),
     "a solicitation to a unicast address": (
         out(IP(src=LINK, dst=ROUTER) / ICMP(type=10)), {Rule.ALLOWED}),
+    "an ICMP error about traffic that is not the probe": (
+        back(IP(src=ROUTER, dst=LINK) / ICMP(type=3, code=1)
+             / IP(src=LINK, dst=CN) / UDP(sport=40000, dport=9999)),
+        {Rule.ALLOWED}),
+    "an ICMP error about the probe to another address": (
+        back(IP(src=ROUTER, dst="203.0.113.55") / ICMP(type=3, code=1)
+             / IP(src=LINK, dst=HA) / UDP(sport=40000, dport=434)),
+        {Rule.ALLOWED}),
+    "an ICMP error about the probe, sent to the home address": (
+        back(IP(src=ROUTER, dst=HOME) / ICMP(type=3, code=1)
+             / IP(src=HOME, dst=HA) / UDP(sport=40000, dport=434)),
+        {Rule.CLEAR, Rule.ALLOWED}),
     "IPv6 router solicitation": (
         out(IPv6(src="fe80::1", dst="ff02::2") / ICMPv6ND_RS(), dst="33:33:00:00:00:02"),
         {Rule.ALLOWED}),

@@ -12,8 +12,10 @@ it names every frame that breaks one of two rules:
 - ``Rule.ALLOWED`` (nothing but the allowed set): IKE, ESP-in-UDP and NAT-T
   keepalives (UDP 500/4500 on the gateway's side) and ESP to or from a VPN
   gateway, DHCP (UDP 68 <-> 67), the direct probe and its reply, agent
-  solicitations (ICMP type 10 to 224.0.0.2 or 255.255.255.255), ARP not naming
-  the home address; no IPv6, no other EtherType.
+  solicitations (ICMP type 10 to 224.0.0.2 or 255.255.255.255), ICMP errors
+  about the direct probe sent back to its source (the untrusted network's router
+  has no route to the home agent), ARP not naming the home address; no IPv6, no
+  other EtherType.
 
 tshark decodes (the fields below), not this module: a frame's protocols are
 what Wireshark says they are.  With ``mac`` given, only frames from or to that
@@ -26,6 +28,7 @@ import enum
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -40,6 +43,8 @@ SOLICITATION_TO = frozenset({"224.0.0.2", "255.255.255.255"})
 ETH_IPV4, ETH_ARP, ETH_IPV6 = "0x0800", "0x0806", "0x86dd"
 PROTO_ICMP, PROTO_UDP, PROTO_ESP = "1", "17", "50"
 MIP_PORT = "434"
+ICMP_ERRORS = frozenset({"3", "11"})
+"""Destination unreachable, time exceeded."""
 
 
 class Rule(enum.Enum):
@@ -68,9 +73,11 @@ class Policy:
 
 @dataclass(frozen=True)
 class Frame:
-    """One frame as tshark decoded it: field name -> first occurrence ("" if absent)."""
+    """One frame as tshark decoded it: field name -> first (outermost) occurrence, ""
+    if absent; ``inner`` holds the second occurrence (the packet an ICMP error quotes)."""
 
     fields: dict[str, str]
+    inner: dict[str, str] = dataclass_field(default_factory=dict)
 
     def __getitem__(self, name: str) -> str:
         return self.fields.get(name, "")
@@ -91,7 +98,7 @@ class Frame:
             src, dst = self["ipv6.src"], self["ipv6.dst"]
         else:
             src, dst = self["ip.src"] or self["eth.src"], self["ip.dst"] or self["eth.dst"]
-        if self["udp.srcport"]:
+        if self["ip.proto"] == PROTO_UDP:
             src, dst = f"{src}:{self['udp.srcport']}", f"{dst}:{self['udp.dstport']}"
         proto = self["_ws.col.Protocol"] or self["ip.proto"] or self["eth.type"]
         return f"#{self.number} {self.time:.6f} {src} -> {dst} {proto}"
@@ -112,13 +119,20 @@ def read_frames(pcap: Path) -> list[Frame]:
     """Every frame of ``pcap`` as tshark decodes it (outermost occurrence of each field)."""
     if TSHARK is None:
         raise RuntimeError("tshark is not installed (scripts/install-deps installs it)")
-    out = subprocess.run([TSHARK, "-n", "-r", str(pcap), "-T", "fields", "-E", "occurrence=f",
+    out = subprocess.run([TSHARK, "-n", "-r", str(pcap), "-T", "fields", "-E", "occurrence=a",
+                          "-E", "aggregator=|",
                           "-E", "separator=\t", *[a for f in FIELDS for a in ("-e", f)]],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"tshark could not read {pcap}: {out.stderr.strip()}")
-    return [Frame(dict(zip(FIELDS, line.split("\t"), strict=True)))
-            for line in out.stdout.splitlines() if line.strip()]
+    frames = []
+    for line in out.stdout.splitlines():
+        if not line.strip():
+            continue
+        values = [v.split("|") for v in line.split("\t")]
+        frames.append(Frame({k: v[0] for k, v in zip(FIELDS, values, strict=True)},
+                            {k: v[1] for k, v in zip(FIELDS, values, strict=True) if len(v) > 1}))
+    return frames
 
 
 def is_probe(f: Frame, p: Policy) -> bool:
@@ -131,6 +145,15 @@ def is_probe(f: Frame, p: Policy) -> bool:
     if f["ip.src"] == ha and f["udp.srcport"] == MIP_PORT:
         return f["ip.dst"] != str(p.home)
     return False
+
+
+def quotes_probe(f: Frame, p: Policy) -> bool:
+    """An ICMP error (e.g. the untrusted network's router: no route to the home agent)
+    about the direct probe, sent to the address the probe came from."""
+    q = f.inner
+    return (q.get("ip.dst") == str(p.home_agent) and q.get("ip.proto") == PROTO_UDP
+            and f["udp.dstport"] == MIP_PORT  # the quoted UDP header is the only one
+            and q.get("ip.src") == f["ip.dst"] and f["ip.dst"] != str(p.home))
 
 
 def breaks_clear(f: Frame, p: Policy) -> bool:
@@ -161,7 +184,9 @@ def allowed(f: Frame, p: Policy) -> bool:
             return True
         return is_probe(f, p)
     if proto == PROTO_ICMP:
-        return f["icmp.type"] == "10" and dst in SOLICITATION_TO
+        if f["icmp.type"] == "10":
+            return dst in SOLICITATION_TO
+        return f["icmp.type"] in ICMP_ERRORS and quotes_probe(f, p)
     return False
 
 

@@ -12,6 +12,7 @@ flowing; and a capture of all of it shows nothing the untrusted-link rules forbi
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from app.lab.configs import HA
 from app.lab.topology import MN, MN_IFACE
 from app.lab.world import Lab
 from benchmarks.mc_overhead import mac_of_mn, measure
@@ -27,6 +29,13 @@ from tests.lab.leaks import lab_policy, leaks, read_frames
 from tests.lab.vpn_walk import ByHand, bridge_capture, mc_by_hand, ping_stream
 from tests.requirements import require_tshark
 
+PROBE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+s.bind((sys.argv[1], 0))
+s.sendto(b"\\x01" + bytes(23), (sys.argv[2], 434))
+"""
 ESP_HEADER, GCM_IV, GCM_ICV, OUTER_IP, UDP_ENCAP, IPIP = 8, 8, 16, 20, 8, 20
 
 
@@ -65,8 +74,12 @@ def test_rfc5266_3_3_mobike_moves_keep_mc_and_nothing_leaks(mc: ByHand, lab: Lab
             ping_stream() as pings:
         for net, prefix in (("nat", "192.168.50."), ("pub", "203.0.113.")):
             lab.move(net)
-            mn_address(prefix=prefix)
+            link = mn_address(prefix=prefix)
             t = time.time()
+            # The direct probe of RFC 5266 3.4, in clear past the VPN (here only its
+            # shape: UDP from the link address to the HA's port 434).
+            probe = ns_exec(MN, sys.executable, "-c", PROBE, link, HA)
+            assert probe.returncode == 0, probe.stderr
             # Flowing again on the new path: the same TIA, the same binding at the HA.
             pings.wait_reply(after=t, timeout=20)
     result = pings.result
@@ -77,4 +90,6 @@ def test_rfc5266_3_3_mobike_moves_keep_mc_and_nothing_leaks(mc: ByHand, lab: Lab
         assert not bad, f"{net}: " + "\n".join(str(o) for o in bad[:10])
     # The judge saw the traffic it judged: ESP from the MN on both links.
     for net in ("pub", "nat"):
-        assert [f for f in read_frames(d / f"{net}.pcap") if f["esp.spi"]], net
+        frames = read_frames(d / f"{net}.pcap")
+        assert [f for f in frames if f["esp.spi"]], net
+        assert [f for f in frames if f["ip.dst"] == HA and f["udp.dstport"] == "434"], net
