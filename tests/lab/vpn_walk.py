@@ -264,11 +264,12 @@ MIP_TUNNEL = "trmn0"
 def restart_mn_charon(interfaces_ignore: str) -> None:
     """The MN's charon again, as the lab starts it but ignoring ``interfaces_ignore``.
 
-    Without it, a MOBIKE move in mode mc can pick the home address (on the Mobile
-    IP tunnel device, reachable through its mode table's default route) as the new
-    IKE source in the instant the new link has its address but not yet its default
-    route: every path probe then fails ("Network is unreachable") and the IKE SA is
-    destroyed after 10 probes (seen in the lab, charon 5.9.8)."""
+    Without it, a MOBIKE move in mode mc picks the home address (on the Mobile IP
+    tunnel device) as the new IKE source in the instant the new link has its
+    address but not yet its default route: charon finds the default route through
+    the tunnel device in any table, whatever the rules say; every path probe then
+    fails ("Network is unreachable") and the IKE SA is destroyed after 10 probes
+    (seen in the lab, charon 5.9.8)."""
     from app.lab import charon
     from app.lab.topology import MN
     from app.lab.world import CHARON_DIR, Lab, LabState
