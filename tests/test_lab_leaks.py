@@ -62,6 +62,9 @@ ALLOWED = [
     # the probe comes back to the probe's source.
     back(IP(src=ROUTER, dst=LINK) / ICMP(type=3, code=0)
          / IP(src=LINK, dst=HA) / UDP(sport=40000, dport=434) / Raw(b"\x01" + b"\0" * 23)),
+    # The VPN probe: the helper's echo to the gateway (RTT), and its reply.
+    out(IP(src=LINK, dst=GW) / ICMP(type=8, id=0x5452, seq=1)),
+    back(IP(src=GW, dst=LINK) / ICMP(type=0, id=0x5452, seq=1)),
     # Between two other hosts on the bridge: not the MN's (judged only without a mac).
     Ether(src=OTHER_MAC, dst=ROUTER_MAC) / IP(src="203.0.113.7", dst="198.51.100.9")
     / UDP(sport=1, dport=2),
@@ -94,6 +97,10 @@ FORBIDDEN = {
         back(IP(src=HA, dst=HOME) / UDP(sport=434, dport=434) / Raw(b"\x03" + b"\0" * 19)),
         {Rule.CLEAR, Rule.ALLOWED}),
     # rule (ii) only
+    "a ping to a public host (only the gateway is probed)": (
+        out(IP(src=LINK, dst="198.51.100.9") / ICMP(type=8)), {Rule.ALLOWED}),
+    "an echo reply to someone else's ping (not from a gateway)": (
+        out(IP(src=LINK, dst="198.51.100.9") / ICMP(type=0)), {Rule.ALLOWED}),
     "DNS to a public server": (
         out(IP(src=LINK, dst="198.51.100.53") / UDP(sport=5353, dport=53) / Raw(b"q")),
         {Rule.ALLOWED}),

@@ -37,8 +37,18 @@ def directory(state: Path, node: str) -> Path:
     return state / "charon" / node
 
 
-def strongswan_conf(d: Path, interfaces_use: str | None) -> str:
+MIP_TUNNEL = "trmn0"
+"""The mobile node's Mobile IP tunnel: never an IKE source.  Its default route
+(mode c or mc) otherwise makes charon pick the home address for a MOBIKE move
+the instant a new link has its address but no route yet; every path probe then
+fails and the IKE SA dies (charon 5.9.8, seen in the lab)."""
+
+
+def strongswan_conf(d: Path, interfaces_use: str | None,
+                    interfaces_ignore: str | None = None) -> str:
     use = f"  interfaces_use = {interfaces_use}\n" if interfaces_use else ""
+    if interfaces_ignore:
+        use += f"  interfaces_ignore = {interfaces_ignore}\n"
     return f"""charon {{
   load_modular = no
   load = {PLUGINS}
@@ -112,7 +122,8 @@ def prepare(state: Path, node: str, *, gateway: Gateway | None) -> Path:
                 "private", "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12", "conf.d"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     (d / "strongswan.conf").write_text(
-        strongswan_conf(d, "dmz" if gateway is not None else None))
+        strongswan_conf(d, "dmz" if gateway is not None else None,
+                        None if gateway is not None else MIP_TUNNEL))
     (d / "swanctl.conf").write_text(gateway_swanctl(gateway) if gateway else "")
     return d
 

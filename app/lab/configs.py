@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.lab.charon import GATEWAYS, LAB_PSK
+from app.lab.charon import GATEWAYS, INTRANET_TS, LAB_PSK
 
 HOME = "10.20.1.10"
 HA = "10.20.1.1"
@@ -58,8 +58,12 @@ retries = 1
 """
     if vpn_gateways:
         gws = ", ".join(f'"{g}"' for g in vpn_gateways)
+        # The gateways' own selector and proposals (app.lab.charon): the intranet
+        # is 10.0.0.0/8, and their ESP proposal asks for PFS.
         text += (f'[vpn]\ngateways = [{gws}]\nidentity = "{VPN_IDENTITY}"\nauth = "psk"\n'
-                 f"keep_alive_inside = {str(keep_alive_inside).lower()}\n")
+                 f"keep_alive_inside = {str(keep_alive_inside).lower()}\n"
+                 f'intranet = ["{INTRANET_TS}"]\nike_proposals = ["aes128-sha256-x25519"]\n'
+                 'esp_proposals = ["aes128gcm16-x25519"]\n')
     return text
 
 

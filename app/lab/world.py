@@ -233,10 +233,13 @@ class Lab:
         # External networks reach the DMZ (IKE, NAT-T, ESP) and nothing inside:
         # a registration request sent from outside gets no answer.
         rules = """
+table inet tr_fw
+delete table inet tr_fw
 table inet tr_fw {
   chain forward {
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
+    iifname "core" oifname "dmz" ip daddr {pools} accept
     iifname "core" oifname "dmz" {inside_to_dmz}
     iifname "core" accept
     iifname "dmz" accept
@@ -246,8 +249,19 @@ table inet tr_fw {
   }
 }
 """
+        # The VPN's address pools are routed through the gateways: the intranet always
+        # reaches them (the home agent's tunnel to a TIA); only the gateways'
+        # own addresses can be made unreachable from inside (``gw_inside``).
+        pools = ", ".join(g.pool for g in charon.GATEWAYS)
         rules = rules.replace("{inside_to_dmz}", "accept" if self.gw_inside else "drop")
+        rules = rules.replace("{pools}", "{ " + pools + " }")
         await _run("ip", "netns", "exec", "tr-fw", "nft", "-f", "-", stdin=rules)
+
+    def set_gw_inside(self, inside: bool) -> None:
+        """Whether the intranet reaches the VPN gateways (RFC 5266 3.4.2's keep-alive
+        inside needs it); the firewall is replaced in one transaction."""
+        self.gw_inside = inside
+        asyncio.run(self._firewall())
 
     def set_nat(self, *, fully_random: bool, node: str = "tr-nat") -> None:
         """Reload a NAT (``tr-nat`` outside, ``tr-bnat`` the trusted branch):

@@ -378,7 +378,10 @@ class MobileNodeDriver:
             # 3.6.1.1), and its reply comes back to it: the address must be here.
             await self.routes.home_for_probe(a.iface)
         log.debug("link set-up took %.2f ms", (time.perf_counter() - t0) * 1000)
-        self._publish(interface=a.iface, care_of_address=str(a.address.ip))
+        if self.machine.mode is Mode.VPN:  # mc holds: its care-of address is the TIA
+            self._publish(interface=a.iface)
+        else:
+            self._publish(interface=a.iface, care_of_address=str(a.address.ip))
 
     # -- actions -----------------------------------------------------------------
 

@@ -12,7 +12,8 @@ it names every frame that breaks one of two rules:
 - ``Rule.ALLOWED`` (nothing but the allowed set): IKE, ESP-in-UDP and NAT-T
   keepalives (UDP 500/4500 on the gateway's side) and ESP to or from a VPN
   gateway, DHCP (UDP 68 <-> 67), the direct probe and its reply, agent
-  solicitations (ICMP type 10 to 224.0.0.2 or 255.255.255.255), ICMP errors
+  solicitations (ICMP type 10 to 224.0.0.2 or 255.255.255.255), the VPN probe
+  (ICMP echo to a gateway and its reply: the helper's RTT to it), ICMP errors
   about the direct probe sent back to its source (the untrusted network's router
   has no route to the home agent), ARP not naming the home address; no IPv6, no
   other EtherType.
@@ -186,6 +187,9 @@ def allowed(f: Frame, p: Policy) -> bool:
     if proto == PROTO_ICMP:
         if f["icmp.type"] == "10":
             return dst in SOLICITATION_TO
+        if f["icmp.type"] in ("8", "0"):  # the VPN probe: echo to a gateway, its reply
+            return (f["icmp.type"] == "8" and dst in gateways) or (
+                f["icmp.type"] == "0" and src in gateways)
         return f["icmp.type"] in ICMP_ERRORS and quotes_probe(f, p)
     return False
 

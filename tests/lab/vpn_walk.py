@@ -275,7 +275,7 @@ def restart_mn_charon(interfaces_ignore: str) -> None:
     from app.lab.world import CHARON_DIR, Lab, LabState
     Lab().kill_charon(MN)
     d = charon.directory(CHARON_DIR, MN)
-    text = charon.strongswan_conf(d, None)
+    text = charon.strongswan_conf(d, None)  # (the lab's MN already ignores trmn0)
     if "install_routes = yes\n" not in text:
         raise RuntimeError("the lab's strongswan.conf changed: cannot add interfaces_ignore")
     ignore = f"install_routes = yes\n  interfaces_ignore = {interfaces_ignore}\n"

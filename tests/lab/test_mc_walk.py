@@ -1,0 +1,183 @@
+"""Mode mc with the real helper and charon: the walk of issue 12 (RFC 5266 3.3, 3.4, 3.4.2).
+
+The VPN gateways answer only from outside (the lab's firewall drops intranet
+traffic to the DMZ), as in most deployments.  The mobile node walks
+home -> t1 -> pub -> nat -> pub -> fa1 -> nat -> t2 -> home with a TCP session
+from the correspondent node to its home address and a ping stream to it; each
+stop must reach its mode (pub and nat: mc through gw1), pub <-> nat moves must
+be MOBIKE only (the home agent's binding keeps the TIA: no new registration in
+its log), and captures on the untrusted links judged by tshark must show
+nothing in clear from the home address or to the intranet, and nothing but
+IKE/ESP, DHCP, the direct probe and agent solicitation.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from app.lab.configs import write_helper_files
+from app.lab.topology import MN, MN_IFACE
+from app.lab.world import Lab
+from app.mn.access_mode import NEVER_VPN_REASON
+from tests.dbus_client import call, properties, run_as
+from tests.lab.leaks import lab_policy, leaks, read_frames
+from tests.lab.procs import (
+    Proc,
+    carries_data_again,
+    echo_session,
+    helper_world,
+    history,
+    wait_history,
+)
+from tests.lab.vpn_walk import bridge_capture, ping_stream
+from tests.requirements import require_root
+
+GW1 = "172.16.0.11"
+WALK = (("t1", "c"), ("pub", "mc"), ("nat", "mc"), ("pub", "mc"), ("fa1", "f"),
+        ("nat", "mc"), ("t2", "c"), ("home", "h"))
+UNTRUSTED = ("pub", "nat")
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    require_root()
+    world = Lab()
+    world.down()
+    world.up(gw_inside=False)
+    try:
+        yield world
+    finally:
+        world.down()
+
+
+@pytest.fixture(scope="module")
+def world(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    d = tmp_path_factory.mktemp("mc")
+    profiles, secrets = write_helper_files(d, "corp", vpn_gateways=(GW1,))
+    with helper_world(lab.nm_bus(), d, profiles, secrets) as w:
+        yield w
+
+
+def mac_of_mn() -> str:
+    out = subprocess.run(["ip", "-n", MN, "-br", "link", "show", MN_IFACE],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return out[2]
+
+
+def props(world: dict[str, object]) -> dict[str, object]:
+    value = run_as(None, str(world["bus"]), properties)
+    assert isinstance(value, dict), value
+    return value
+
+
+def arrive(world: dict[str, object], lab: Lab, net: str, mode: str,
+           previous: str | None) -> float:
+    """Move and wait until the stop's mode holds; returns when the move began."""
+    t = time.time()
+    lab.move(net)
+    if mode == "mc" and previous == "mc":
+        # Behind the same gateway: MOBIKE moves the IKE SA, no mode change at all.
+        wait_history(world, t, "mobike", timeout=20)
+    else:
+        wait_history(world, t, "mode", {"mode": mode}, timeout=25)
+    return t
+
+
+def ha_registrations(ha: Proc, since: float) -> list[str]:
+    """New or moved bindings the home agent logged at or after ``since`` (renewals are
+    logged at debug level: not here).  Its output may come late: judged by the
+    time each line carries."""
+    out = []
+    for line in ha.out.rest(timeout=0.5):
+        try:
+            stamp, ms = line[:23].split(",")
+            at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+        except ValueError:
+            continue
+        if at >= since and ("new binding" in line or "moved ->" in line):
+            out.append(line)
+    return out
+
+
+def test_rfc5266_3_4_walk_across_the_boundary_with_a_tcp_session_and_nothing_leaks(
+        lab: Lab, world: dict[str, object]) -> None:
+    d = Path(str(world["dir"]))
+    ha = world["ha"]
+    assert isinstance(ha, Proc)
+    wait_history(world, 0, "mode", {"mode": "h"}, timeout=25)
+    mac = mac_of_mn()
+    seen: list[tuple[str, str, dict[str, object]]] = []
+    with ExitStack() as stack:
+        pcaps = {net: stack.enter_context(bridge_capture(d / f"{net}.pcap", net,
+                                                         f"ether host {mac}"))
+                 for net in UNTRUSTED}
+        client = stack.enter_context(echo_session(d))
+        pings = stack.enter_context(ping_stream(drain=2.0))
+        previous = "h"
+        for net, mode in WALK:
+            print(f"-> {net} (expect {mode})", flush=True)
+            t = arrive(world, lab, net, mode, previous)
+            carries_data_again(client)  # the same TCP session, through the new path
+            pings.wait_reply(after=time.time(), timeout=20)
+            p = props(world)
+            seen.append((net, mode, p))
+            assert p["Mode"] == mode, (net, p)
+            if mode == "mc":
+                assert p["State"] == "untrusted" and p["TunnelInnerAddress"], p
+                assert p["VpnGateway"] == GW1, p
+                assert p["CareOfAddress"] == p["TunnelInnerAddress"], p
+            if previous == "mc" and mode == "mc":
+                # RFC 5266 3.3: MOBIKE only; the home agent keeps the TIA as care-of.
+                assert ha_registrations(ha, t) == [], "a new registration on a MOBIKE move"
+                kinds = [k for tm, k, dd in history(world, 80)
+                         if tm >= t and k == "probe-sent" and dd.get("vpn") == "true"]
+                assert kinds == [], "registered through the VPN again on a MOBIKE move"
+            previous = mode
+    result = pings.result
+    assert result is not None
+    print(f"ping stream over the walk: {result.sent} sent, {result.lost} lost, "
+          f"longest run {result.longest_run}")
+    for net in UNTRUSTED:
+        bad = leaks(pcaps[net], lab_policy(mac))
+        assert not bad, f"{net}: " + "\n".join(str(o) for o in bad[:10])
+        frames = read_frames(pcaps[net])
+        assert [f for f in frames if f["esp.spi"]], f"{net}: no ESP seen: judged nothing"
+
+
+def test_policies_always_vpn_on_t1_gives_mc_and_never_vpn_on_pub_shuts(
+        lab: Lab, world: dict[str, object]) -> None:
+    bus = str(world["bus"])
+    # The gateway answers from inside for this one: always-vpn is mc on t1.
+    lab.set_gw_inside(True)
+    try:
+        t = time.time()
+        lab.move("t1")
+        wait_history(world, t, "mode", {"mode": "c"}, timeout=25)
+        ok, value = run_as(None, bus, lambda b: call(b, "SetPolicy", "s", ["always-vpn"]))
+        assert ok, value
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=25)
+        assert props(world)["Policy"] == "always-vpn"
+    finally:
+        lab.set_gw_inside(False)
+    t = time.time()
+    ok, value = run_as(None, bus, lambda b: call(b, "SetPolicy", "s", ["never-vpn"]))
+    assert ok, value
+    # Applied at once: out of mc, and t1 (trusted) goes direct.
+    wait_history(world, t, "mode", {"state": "trusted", "mode": "c"}, timeout=25)
+    t = time.time()
+    lab.move("pub")
+    wait_history(world, t, "mode", {"state": "untrusted", "mode": "none",
+                                    "reason": NEVER_VPN_REASON}, timeout=25)
+    p = props(world)
+    assert p["Mode"] == "none" and p["Error"] == NEVER_VPN_REASON, p
+    assert "vpn-starting" not in [k for tm, k, _ in history(world, 60) if tm >= t]
+    t = time.time()
+    ok, value = run_as(None, bus, lambda b: call(b, "SetPolicy", "s", ["auto"]))
+    assert ok, value
+    wait_history(world, t, "mode", {"mode": "mc"}, timeout=25)
