@@ -179,6 +179,9 @@ class MobileNodeDriver:
         if self.gate is not None:
             await self.gate.install()  # before anything else: undecided until proven
         await self.routes.start()
+        if self.charon is not None and self.gate is not None:
+            for gw in self.gate.policy.gateways:
+                await self.routes.vpn_gateway(gw)
         self._task = asyncio.create_task(self._run(), name="mn-driver")
         if self.charon is not None:
             self.charon.on_event = lambda ev: self._queue.put_nowait(_Vpn(ev))
@@ -538,9 +541,11 @@ class MobileNodeDriver:
             gw = self.charon.gateway if self.charon and self.charon.gateway else str(
                 ev.gateway.host)
             gw_ip = ev.gateway.host if isinstance(ev.gateway.host, IPv4Address) else None
+            if gw_ip is not None:
+                await self.routes.vpn_gateway(gw_ip)
             await self.routes.vpn_source(ev.tia)  # before the registration through it
             self._open_vpn_reg(ev.tia)
-            self._history("vpn-up", {"tia": str(ev.tia), "gateway": gw,
+            self._history("vpn-up", {"tia": str(ev.tia), "gateway": gw, "ike": str(ev.ike_id),
                                      "local": str(ev.local), "remote": str(ev.gateway),
                                      "nat": str(ev.nat_detected).lower()})
             self._vpn_gw = gw_ip

@@ -412,8 +412,10 @@ class RegistrationClient:
             self._renew(prev, now)
 
     def get_timer(self) -> float | None:
+        # A renewal waits while another request is out (handle_timer renews only
+        # then): its time must not be offered meanwhile, or a caller spins on it.
         times = [t for t in (self._attempt.deadline if self._attempt else None,
-                             self._renew_at,
+                             self._renew_at if self._attempt is None else None,
                              self.binding.expires_at if self.binding else None) if t is not None]
         return min(times) if times else None
 

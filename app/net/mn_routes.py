@@ -2,13 +2,17 @@
 
 Policy routing keeps every kind of traffic on its path whatever the mode:
 
+    pref 89   to <VPN gateway> lookup 101                    IKE and ESP: by the link, always
     pref 90   from all lookup main suppress_prefixlength 0   on-link and local routes
     pref 91   from <link address> lookup 101                  the link's own traffic
     pref 100  from all lookup 100                             the mode's default path
 
-Table 101 holds the access link's default route, so the registration socket
-(bound to the link address) and DHCP always leave on the physical link, never
-through a tunnel.  Table 100 holds, per mode:
+Table 101 holds the access link's default route (source: the link address), so
+the registration socket (bound to the link address), DHCP and charon's IKE and
+ESP always leave on the physical link from the link's address, never through a
+tunnel nor from the home address a mode left behind (charon picks its source by
+route lookup: a new IKE SA made while mode f's routes were still in place would
+leave from the home address and get no answer).  Table 100 holds, per mode:
 
 - ``c``: the home address on the tunnel device, default into the tunnel (reverse
   tunnelling), the home agent via the physical next hop (the tunnel's outer path);
@@ -51,6 +55,7 @@ log = logging.getLogger("trustroam.net.routes")
 TUNNEL = "trmn0"
 TABLE_MODE = 100
 TABLE_LINK = 101
+PREF_GATEWAY = 89
 PREF_MAIN = 90
 PREF_LINK = 91
 PREF_VPN = 92
@@ -95,6 +100,7 @@ class MobileNodeRoutes:
         self._tunnel_index: int | None = None
         self._indexes: dict[str, int] = {}
         self._vpn_tia: IPv4Address | None = None
+        self._gateways: set[IPv4Address] = set()
         self._mtu = MTU
         self._routes: dict[str, dict[str, Any]] = {}
         self._stale_home: tuple[int, int] | None = None
@@ -120,7 +126,7 @@ class MobileNodeRoutes:
             self._indexes.clear()
         index = await self._index(link.iface)
         await self.ipr.route("replace", dst="0.0.0.0/0", gateway=str(link.gateway), oif=index,
-                             table=TABLE_LINK)
+                             prefsrc=str(link.address.ip), table=TABLE_LINK)
         old = self.link.address.ip if self.link is not None else None
         if old != link.address.ip:
             if old is not None:
@@ -129,6 +135,14 @@ class MobileNodeRoutes:
             await self.ipr.rule("add", priority=PREF_LINK, table=TABLE_LINK,
                                 src=str(link.address.ip), src_len=32)
         self.link = link
+
+    async def vpn_gateway(self, gateway: IPv4Address) -> None:
+        """IKE and ESP to ``gateway`` take the access link (rule ``pref 89``)."""
+        if gateway in self._gateways:
+            return
+        await self.ipr.rule("add", priority=PREF_GATEWAY, table=TABLE_LINK, dst=str(gateway),
+                            dst_len=32)
+        self._gateways.add(gateway)
 
     async def vpn_source(self, tia: IPv4Address | None) -> None:
         """The TIA's own traffic by charon's table (None: the VPN is gone)."""
@@ -333,7 +347,8 @@ class MobileNodeRoutes:
 
     async def _clear_rules(self) -> None:
         self._vpn_tia = None
-        for pref in (PREF_MAIN, PREF_LINK, PREF_VPN, PREF_MODE):
+        self._gateways.clear()
+        for pref in (PREF_GATEWAY, PREF_MAIN, PREF_LINK, PREF_VPN, PREF_MODE):
             for _ in range(64):  # duplicates left by a crashed helper; bounded regardless
                 if not await self._quiet("rule", "del", priority=pref):
                     break

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from app.lab.configs import write_helper_files
+from app.lab.configs import profile_toml, write_helper_files
 from app.lab.topology import MN, MN_IFACE
 from app.lab.world import Lab
 from app.mn.access_mode import NEVER_VPN_REASON
 from tests.dbus_client import call, properties, run_as
 from tests.lab.leaks import lab_policy, leaks, read_frames
 from tests.lab.procs import (
+    MN_VICI,
     Proc,
     carries_data_again,
     echo_session,
@@ -125,6 +126,7 @@ def test_rfc5266_3_4_walk_across_the_boundary_with_a_tcp_session_and_nothing_lea
             t = arrive(world, lab, net, mode, previous)
             carries_data_again(client)  # the same TCP session, through the new path
             pings.wait_reply(after=time.time(), timeout=20)
+            print(f"   {net}: flowing again {time.time() - t:.3f} s after the move")
             p = props(world)
             seen.append((net, mode, p))
             assert p["Mode"] == mode, (net, p)
@@ -181,3 +183,75 @@ def test_policies_always_vpn_on_t1_gives_mc_and_never_vpn_on_pub_shuts(
     ok, value = run_as(None, bus, lambda b: call(b, "SetPolicy", "s", ["auto"]))
     assert ok, value
     wait_history(world, t, "mode", {"mode": "mc"}, timeout=25)
+
+
+def vpn_ups(world: dict[str, object], since: float) -> list[dict[str, str]]:
+    return [d for tm, k, d in history(world, 200) if tm >= since and k == "vpn-up"]
+
+
+def test_rfc5266_3_4_2_keep_alive_inside_the_ike_sa_survives_trusted_stops(
+        lab: Lab, world: dict[str, object]) -> None:
+    """Gateways reachable from inside, ``keep_alive_inside = true``: the IKE SA made on
+    the first untrusted stop lives through the trusted ones (MOBIKE moves it), and
+    the next untrusted stop needs no new IKE_SA."""
+    bus = str(world["bus"])
+    d = Path(str(world["dir"]))
+    profiles = Path(str(world["profiles"]))
+    (profiles / "corpk.toml").write_text(
+        profile_toml(vpn_gateways=(GW1,), keep_alive_inside=True))
+    secrets = d / "secrets.toml"
+    secrets.write_text(secrets.read_text() + secrets.read_text().replace("[corp]", "[corpk]"))
+    lab.set_gw_inside(True)
+    try:
+        t0 = time.time()
+        lab.move("pub")
+        ok, value = run_as(None, bus, lambda b: call(b, "Connect", "s", ["corpk"]))
+        assert ok, value
+        wait_history(world, t0, "mode", {"mode": "mc"}, timeout=25)
+        first = vpn_ups(world, t0)
+        assert len(first) == 1, first
+        ike = first[0]["ike"]
+        for net, mode in (("t1", "c"), ("nat", "mc"), ("t2", "c"), ("pub", "mc")):
+            t = time.time()
+            lab.move(net)
+            wait_history(world, t, "mode", {"mode": mode}, timeout=25)
+            if mode == "c":
+                # Trusted, and the VPN stays up inside: MOBIKE moved it here.
+                wait_history(world, t, "mobike", timeout=20)
+                assert "vpn-stop" not in [k for tm, k, _ in history(world, 60) if tm >= t]
+        assert vpn_ups(world, t0)[1:] == [], "a new IKE SA after the first"
+        sas = subprocess.run(["swanctl", "--list-sas", "--uri", f"unix://{MN_VICI}"],
+                             capture_output=True, text=True, check=True).stdout
+        assert f"trustroam: #{ike}," in sas, sas
+    finally:
+        lab.set_gw_inside(False)
+        ok, value = run_as(None, bus, lambda b: call(b, "Connect", "s", ["corp"]))
+        assert ok, value
+
+
+def test_charon_killed_in_mc_keeps_the_gate_shut_and_mc_comes_back_by_itself(
+        lab: Lab, world: dict[str, object]) -> None:
+    d = Path(str(world["dir"]))
+    t = time.time()
+    lab.move("pub")
+    wait_history(world, t, "mode", {"mode": "mc"}, timeout=25)
+    mac = mac_of_mn()
+    with bridge_capture(d / "kill.pcap", "pub", f"ether host {mac}") as pcap, \
+            ping_stream(drain=0.5) as pings:
+        t = time.time()
+        lab.kill_charon(MN)
+        wait_history(world, t, "mode", {"state": "untrusted", "mode": "none"}, timeout=20)
+        p = props(world)
+        assert p["Error"] == f"VPN service not reachable at {MN_VICI}", p
+        assert p["Mode"] == "none" and p["TunnelInnerAddress"] == "", p
+        # Traffic for the home address goes on arriving: none of it leaves in clear.
+        pings.wait_reply(after=0, timeout=1)  # (the stream ran before the kill)
+        time.sleep(2)  # two seconds of the CN's pings and the MN's own attempts, shut
+        t = time.time()
+        lab.start_charon(MN)
+        wait_history(world, t, "vpn-service-up", timeout=20)
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=25)
+        pings.wait_reply(after=time.time(), timeout=20)
+    bad = leaks(pcap, lab_policy(mac))
+    assert not bad, "\n".join(str(o) for o in bad[:10])
+    assert props(world)["Error"] == ""

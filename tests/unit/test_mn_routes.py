@@ -69,7 +69,7 @@ async def test_kernel_mode_c_makes_an_ipip_device_and_routes_into_it(routes):
     await r.set_link(T1)
     assert ipr.take() == [
         ("route", "replace", {"dst": "0.0.0.0/0", "gateway": "10.30.1.1", "oif": 2,
-                              "table": TABLE_LINK}),
+                              "prefsrc": "10.30.1.100", "table": TABLE_LINK}),
         ("rule", "add", {"priority": PREF_LINK, "table": TABLE_LINK, "src": "10.30.1.100",
                          "src_len": 32}),
     ]

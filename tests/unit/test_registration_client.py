@@ -234,3 +234,18 @@ def test_deregistration_away_goes_where_the_binding_was_made():
     c2.deregister(T0 + 1, at_home=False)
     [d2] = c2.datagrams_to_send()
     assert d2.destination == (HA, 434) and d2.source == COA
+
+
+def test_a_renewal_due_while_another_request_is_out_is_not_offered_as_a_timer():
+    """A timer that handle_timer cannot act on would make its caller spin: a renewal
+    due while a request (a move's new registration) is out waits for it."""
+    c, ha = client(), HomeAgent(config())
+    c.register(COA, T0)
+    assert isinstance(pump(c, ha, T0)[0], Registered)
+    c.register(A("10.30.2.7"), T0 + 90)  # a move, past the renewal time (75 s)
+    c.datagrams_to_send()  # lost
+    t = c.get_timer()
+    assert t is not None and t > T0 + 90, t
+    c.handle_timer(t)
+    t2 = c.get_timer()
+    assert t2 is not None and t2 > t
