@@ -12,6 +12,7 @@ import ctypes
 import functools
 import gc
 import linecache
+import os
 import sys
 import time
 from typing import Any
@@ -43,6 +44,7 @@ from app.api import HistoryEntry, Mode, Snapshot, State
 from ui import presentation
 
 HISTORY_FETCH = 1000
+REPLOT_MS = 100
 
 
 def path_nodes(snap: Snapshot | None) -> tuple[list[str], list[str], bool]:
@@ -88,6 +90,10 @@ def _pyqtgraph() -> Any:
     - shiboken's check for ``from __feature__`` reads the source of every module
       that imports Qt into ``linecache`` (~6 MB of text nobody reads again).
     """
+    # numpy's OpenBLAS starts a thread (with its buffers) per core at import, for
+    # matrix products the plot never does; one is enough.  Set before the import.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     if "pyqtgraph" not in sys.modules:
         try:
             _import_pyqtgraph_lazily()
@@ -267,6 +273,10 @@ class StatusWindow(QWidget):
         self.countdown = QTimer(self)  # runs only while the window is shown
         self.countdown.setInterval(1000)
         self.countdown.timeout.connect(self._tick)
+        self.replot = QTimer(self)  # single shot, started only by new samples
+        self.replot.setSingleShot(True)
+        self.replot.setInterval(REPLOT_MS)
+        self.replot.timeout.connect(self._plot)
         self.update_snapshot(tray.snapshot)
 
     # -- content --------------------------------------------------------------------------
@@ -312,19 +322,29 @@ class StatusWindow(QWidget):
             except ValueError:
                 return
             samples = self.tray.rtt["ha"]
-            if not samples or samples[-1][0] < e.time:
-                samples.append((e.time, rtt))
-                self._plot()
+            last = samples.last_time()
+            if last is None or last < e.time:
+                samples.append(e.time, rtt)
+                self._plot_later()
 
     def _filter(self) -> None:
         self.proxy.set_filter(self.kind_filter.currentData() or "", self.text_filter.text())
 
+    def _plot_later(self) -> None:
+        """Redraw once for a burst of answers (a reconnect delivers many at once)."""
+        if self.isVisible() and not self.replot.isActive():
+            self.replot.start()
+
     def _plot(self) -> None:
+        self.replot.stop()
         if not self.isVisible():
             return
+        np = sys.modules["numpy"]
         for key, curve in self.curves.items():
-            data = self.tray.rtt[key]
-            curve.setData([t for t, _ in data], [r for _, r in data])
+            series = self.tray.rtt[key]
+            # Copies (one memcpy each): pyqtgraph keeps what it is given, and a view
+            # would pin the arrays' buffers against the next append.
+            curve.setData(np.array(series.times), np.array(series.rtts))
 
     def update_snapshot(self, snap: Snapshot | None) -> None:
         f = self.fields
@@ -343,7 +363,7 @@ class StatusWindow(QWidget):
         self.snap = snap
         self._tick()
         self.diagram.set_snapshot(snap)
-        self._plot()
+        self._plot_later()
 
     def _tick(self) -> None:
         snap = self.snap

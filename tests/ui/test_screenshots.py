@@ -276,7 +276,7 @@ def test_window_screenshots(double: Any, tray: Any, qloop: Any, qtbot: Any,
     w = tray.status_window
     run(qloop, w.reload_history())
     qtbot.waitUntil(lambda: len(tray.rtt["vpn"]) >= 60)
-    w._plot()
+    w._plot()  # now, not after the coalescing timer
     out = tmp_path / "status-window.png"
     assert w.grab().save(str(out))
     save(out, "status-window.png")
