@@ -121,12 +121,58 @@ def _import_pyqtgraph_lazily() -> None:
         sys.modules[shim.__name__] = shim
         real.__dict__["__dir__"] = list  # what _copy_attrs iterates over: nothing
     try:
-        import pyqtgraph
+        pyqtgraph = _exec_package_trimmed()
     finally:
         for real in reals.values():
             real.__dict__.pop("__dir__", None)
     if pyqtgraph.Qt.QtWidgets.QGraphicsView is not QtWidgets.QGraphicsView:
         raise ImportError("pyqtgraph's Qt modules are not the forwarders")
+    missing = [n for n in USED_NAMES if not hasattr(pyqtgraph, n)]
+    if missing:
+        raise ImportError(f"pyqtgraph without {', '.join(missing)}")
+
+
+# The parts of pyqtgraph the window uses, with what they import anyway: the
+# package's __init__ imports only these of its ~85 modules (see _exec_package_trimmed).
+KEPT_MODULES = frozenset({
+    "Qt", "colors", "colormap", "functions", "Point", "GraphicsScene",
+    "widgets.GraphicsView", "widgets.PlotWidget",
+    *(f"graphicsItems.{m}" for m in (
+        "AxisItem", "DateAxisItem", "GraphicsItem", "GraphicsObject", "GraphicsWidget",
+        "InfiniteLine", "LabelItem", "LegendItem", "PlotCurveItem", "PlotDataItem",
+        "PlotItem", "ScatterPlotItem", "TextItem", "ViewBox")),
+})
+# What this module and pyqtgraph's kept parts take from the package itself
+# (GraphicsView imports _connectCleanup; the exit cleanup calls ViewBox.quit).
+USED_NAMES = ("PlotWidget", "DateAxisItem", "mkPen", "setConfigOptions", "getConfigOption",
+              "ViewBox", "_connectCleanup", "cleanup")
+
+
+def _exec_package_trimmed() -> Any:
+    """Run pyqtgraph/__init__.py without its imports of widgets and items the
+    window never uses (image views, ROIs, parameter trees, remote views...): ~7 MB.
+
+    The package's own code (configuration, exit cleanup) runs unchanged; only
+    top-level ``from .module import ...`` statements for modules outside
+    KEPT_MODULES are left out.  Any of those modules is still importable on
+    demand (``import pyqtgraph.imageview``).
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyqtgraph")
+    if spec is None or spec.loader is None or spec.origin is None:
+        raise ImportError("pyqtgraph not found")
+    source = spec.loader.get_source("pyqtgraph")  # type: ignore[attr-defined]
+    tree = ast.parse(source, spec.origin)
+    tree.body = [node for node in tree.body
+                 if not (isinstance(node, ast.ImportFrom) and node.level == 1
+                         and node.module not in KEPT_MODULES)]
+    code = compile(tree, spec.origin, "exec")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pyqtgraph"] = module
+    exec(code, module.__dict__)  # noqa: S102 (pyqtgraph's own source, trimmed)
+    return module
 
 
 class PathDiagram(QWidget):

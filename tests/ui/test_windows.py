@@ -152,3 +152,23 @@ def test_closing_the_status_window_frees_the_plot(double: Any, tray: Any, qloop:
     assert tray.status_window is not None and tray.status_window is not w
     run(qloop, tray.status_window.reloading)
     assert tray.status_window.model.rowCount() > 0
+
+
+def test_status_window_loads_only_the_plotting_part_of_pyqtgraph(double: Any, tray: Any,
+                                                                   qtbot: Any) -> None:
+    """Memory (issue 13's 100 MB with the window open): pyqtgraph's __init__ runs
+    without its imports of widgets the window never uses, and its Qt modules
+    forward to PySide6 (a fallback to the plain import would pass unnoticed)."""
+    import sys
+
+    from PySide6 import QtWidgets
+
+    tray.show_status()
+    qtbot.waitExposed(tray.status_window)
+    pg = sys.modules["pyqtgraph"]
+    unused = [m for m in ("pyqtgraph.imageview", "pyqtgraph.widgets.RemoteGraphicsView",
+                          "pyqtgraph.graphicsItems.ROI") if m in sys.modules]
+    assert not unused
+    assert pg.Qt.QtWidgets.QGraphicsView is QtWidgets.QGraphicsView
+    assert "QGraphicsView" not in vars(pg.Qt.QtWidgets)  # fetched on use, not copied
+    assert pg.getConfigOption("exitCleanup")  # the package's own code ran
