@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from PySide6.QtCore import (
+    QAbstractTableModel,
     QModelIndex,
     QPersistentModelIndex,
     QPointF,
@@ -30,6 +31,7 @@ from PySide6.QtGui import QColor, QPainter, QPen, QStandardItem, QStandardItemMo
 from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
+    QGraphicsView,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -44,6 +46,7 @@ from app.api import HistoryEntry, Mode, Snapshot, State
 from ui import presentation
 
 HISTORY_FETCH = 1000
+HISTORY_ROWS = 5000  # rows the open window keeps (the oldest go first)
 REPLOT_MS = 100
 
 
@@ -120,16 +123,36 @@ def _import_pyqtgraph_lazily() -> None:
         shim.__getattr__ = functools.partial(getattr, real)  # type: ignore[method-assign]
         sys.modules[shim.__name__] = shim
         real.__dict__["__dir__"] = list  # what _copy_attrs iterates over: nothing
+    gl = None
+    if GL_MODULE not in sys.modules:
+        # pyqtgraph imports QtOpenGL (2.3 MB) for drawing with OpenGL, which the
+        # window does not do: it gets a module that imports QtOpenGL on first use.
+        gl = types.ModuleType(GL_MODULE)
+        gl.__getattr__ = functools.partial(_gl_attr, gl)  # type: ignore[method-assign]
+        sys.modules[GL_MODULE] = gl
     try:
         pyqtgraph = _exec_package_trimmed()
     finally:
         for real in reals.values():
             real.__dict__.pop("__dir__", None)
+        if gl is not None and sys.modules.get(GL_MODULE) is gl:
+            del sys.modules[GL_MODULE]  # anyone else importing it gets the real one
     if pyqtgraph.Qt.QtWidgets.QGraphicsView is not QtWidgets.QGraphicsView:
         raise ImportError("pyqtgraph's Qt modules are not the forwarders")
     missing = [n for n in USED_NAMES if not hasattr(pyqtgraph, n)]
     if missing:
         raise ImportError(f"pyqtgraph without {', '.join(missing)}")
+
+
+GL_MODULE = "PySide6.QtOpenGL"
+
+
+def _gl_attr(stand_in: Any, name: str) -> Any:
+    if sys.modules.get(GL_MODULE) is stand_in:
+        del sys.modules[GL_MODULE]
+    import importlib
+
+    return getattr(importlib.import_module(GL_MODULE), name)
 
 
 # The parts of pyqtgraph the window uses, with what they import anyway: the
@@ -216,6 +239,52 @@ class PathDiagram(QWidget):
         p.end()
 
 
+class HistoryModel(QAbstractTableModel):
+    """The history table's rows as plain tuples of text: ~0.2 MB for 1000 rows, where
+    a QStandardItemModel (an item and its Python wrapper per cell) takes 2 MB."""
+
+    HEADERS = ("Time", "Kind", "Details")
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.rows: list[tuple[str, str, str]] = []
+
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else 3
+
+    def data(self, index: QModelIndex | QPersistentModelIndex,
+             role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
+            return None
+        return self.rows[index.row()][index.column()]
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self.HEADERS[section]
+        return None
+
+    def append(self, row: tuple[str, str, str]) -> None:
+        if len(self.rows) >= self.limit:  # the oldest go; GetHistory has them all
+            drop = len(self.rows) - self.limit + 1
+            self.beginRemoveRows(QModelIndex(), 0, drop - 1)
+            del self.rows[:drop]
+            self.endRemoveRows()
+        n = len(self.rows)
+        self.beginInsertRows(QModelIndex(), n, n)
+        self.rows.append(row)
+        self.endInsertRows()
+
+    def clear(self) -> None:
+        self.beginResetModel()
+        self.rows = []
+        self.endResetModel()
+
+
 class HistoryFilter(QSortFilterProxyModel):
     def __init__(self) -> None:
         super().__init__()
@@ -269,6 +338,8 @@ class StatusWindow(QWidget):
         # No context menu (its forms cost memory and offer nothing here); a curve is
         # drawn from at most a few points per pixel of the visible part.
         self.plot = pg.PlotWidget(enableMenu=False, axisItems={"bottom": pg.DateAxisItem()})
+        # The background is one colour: no viewport-sized pixmap (1.2 MB) to cache it.
+        self.plot.setCacheMode(QGraphicsView.CacheModeFlag.CacheNone)
         self.plot.setDownsampling(auto=True, mode="peak")
         self.plot.setClipToView(True)
         self.plot.setLabel("left", "RTT", units="ms")
@@ -291,8 +362,7 @@ class StatusWindow(QWidget):
         bar.addWidget(self.kind_filter)
         bar.addWidget(self.text_filter, 1)
         hl.addLayout(bar)
-        self.model = QStandardItemModel(0, 3)
-        self.model.setHorizontalHeaderLabels(["Time", "Kind", "Details"])
+        self.model = HistoryModel(HISTORY_ROWS)
         self.proxy = HistoryFilter()
         self.proxy.setSourceModel(self.model)
         self.table = QTableView()
@@ -342,7 +412,7 @@ class StatusWindow(QWidget):
                 entries = await helper.history(HISTORY_FETCH)
             except Exception:  # shown as an empty history; the state says why
                 entries = []
-        self.model.removeRows(0, self.model.rowCount())
+        self.model.clear()
         self.handovers.removeRows(0, self.handovers.rowCount())
         # The Event signal carries the time to the millisecond, GetHistory in full.
         seen = {(round(e.time, 3), e.kind) for e in entries}
@@ -353,8 +423,7 @@ class StatusWindow(QWidget):
     def add_event(self, e: HistoryEntry) -> None:
         when = time.strftime("%H:%M:%S", time.localtime(e.time)) if e.time else "?"
         details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()) if k != "time")
-        self.model.appendRow([QStandardItem(when), QStandardItem(e.kind),
-                              QStandardItem(details)])
+        self.model.append((when, sys.intern(e.kind), details))
         if e.kind not in self.kinds:
             self.kinds.add(e.kind)
             self.kind_filter.addItem(e.kind, e.kind)

@@ -169,6 +169,20 @@ def test_status_window_loads_only_the_plotting_part_of_pyqtgraph(double: Any, tr
     unused = [m for m in ("pyqtgraph.imageview", "pyqtgraph.widgets.RemoteGraphicsView",
                           "pyqtgraph.graphicsItems.ROI") if m in sys.modules]
     assert not unused
+    assert "PySide6.QtOpenGL" not in sys.modules  # 2.3 MB for drawing with OpenGL: unused
     assert pg.Qt.QtWidgets.QGraphicsView is QtWidgets.QGraphicsView
     assert "QGraphicsView" not in vars(pg.Qt.QtWidgets)  # fetched on use, not copied
     assert pg.getConfigOption("exitCleanup")  # the package's own code ran
+
+
+def test_history_table_keeps_its_newest_rows() -> None:
+    from PySide6.QtCore import Qt
+
+    from ui.status_window import HistoryModel
+
+    m = HistoryModel(3)
+    for i in range(5):
+        m.append((f"t{i}", "kind", f"n={i}"))
+    assert m.rowCount() == 3
+    assert [m.index(r, 2).data() for r in range(3)] == ["n=2", "n=3", "n=4"]
+    assert m.headerData(1, Qt.Orientation.Horizontal) == "Kind"
