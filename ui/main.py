@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import IO
 
@@ -18,6 +17,8 @@ log = logging.getLogger("trustroam.tray")
 
 
 def version() -> str:
+    from importlib import metadata  # here: with its email and zip parsers it costs 2.6 MB
+
     try:
         return metadata.version("trustroam")
     except metadata.PackageNotFoundError:
