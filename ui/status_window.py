@@ -63,16 +63,28 @@ def path_nodes(snap: Snapshot | None) -> tuple[list[str], list[str], bool]:
     if s is State.TRUSTED and m is Mode.FOREIGN_AGENT:
         return (["This computer", "Foreign agent", "Home agent"],
                 ["link", "tunnel (mode f)"], True)
-    if m is Mode.VPN:
-        return (["This computer", "VPN gateway", "Home agent"],
+    if m is Mode.VPN and s in (State.TRUSTED, State.UNTRUSTED):
+        gateway = "VPN gateway" + (f"\n{snap.vpn_gateway}" if snap.vpn_gateway else "")
+        return (["This computer", gateway, "Home agent"],
                 [f"ESP (TIA {snap.tunnel_inner_address or '?'})", "Mobile IP (mode mc)"], True)
     if s is State.UNTRUSTED:
-        return ["This computer", "Untrusted network"], ["NOT protected"], False
+        return ["This computer", "Untrusted network"], ["NOT protected: blocked"], False
     if s is State.PROBING:
         return ["This computer", "?"], ["checking…"], False
     if s is State.ERROR:
         return ["This computer", "Home agent"], ["error"], False
     return ["This computer"], [], False
+
+
+def path_note(snap: Snapshot | None) -> str:
+    """The line under the diagram: why there is no protected path, when known."""
+    if snap is None:
+        return ""
+    if snap.state is State.UNTRUSTED and snap.mode is not Mode.VPN:
+        return presentation.blocked_reason(snap)
+    if snap.state is State.ERROR:
+        return presentation.friendly_error(snap.error)
+    return ""
 
 
 def _trim() -> None:
@@ -202,7 +214,7 @@ class PathDiagram(QWidget):
     def __init__(self) -> None:
         super().__init__()
         self.setObjectName("path-diagram")
-        self.setMinimumHeight(90)
+        self.setMinimumHeight(110)
         self.snap: Snapshot | None = None
 
     def set_snapshot(self, snap: Snapshot | None) -> None:
@@ -211,13 +223,18 @@ class PathDiagram(QWidget):
 
     def paintEvent(self, _ev: Any) -> None:
         boxes, links, secure = path_nodes(self.snap)
+        note = path_note(self.snap)
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         w, h = self.width(), self.height()
         n = len(boxes)
         bw, bh = min(150.0, (w - 20) / max(1, 2 * n - 1)), 40.0
         gap = (w - 20 - n * bw) / max(1, n - 1) if n > 1 else 0
-        y = (h - bh) / 2
+        y = (h - bh) / 2 - (10 if note else 0)
+        if note:
+            p.setPen(QColor("#c62828"))
+            p.drawText(QRectF(10, y + bh + 6, w - 20, h - y - bh - 6),
+                       Qt.AlignmentFlag.AlignHCenter | Qt.TextFlag.TextWordWrap, note)
         line = QColor("#1e8a3c" if secure else "#c62828")
         for i, label in enumerate(boxes):
             x = 10 + i * (bw + gap)
@@ -470,8 +487,9 @@ class StatusWindow(QWidget):
             f["home"].setText(snap.home_address or "—")
             f["coa"].setText(snap.care_of_address or "—")
             f["tia"].setText(snap.tunnel_inner_address or "—")
-            for key, probe in (("ha", snap.home_agent_probe), ("vpn", snap.vpn_probe)):
-                f[key].setText(presentation._probe("", probe).lstrip(": "))
+            f["ha"].setText(presentation._probe("", snap.home_agent_probe).lstrip(": "))
+            vpn = presentation._probe("", snap.vpn_probe).lstrip(": ")
+            f["vpn"].setText(f"{snap.vpn_gateway}: {vpn}" if snap.vpn_gateway else vpn)
             f["handover"].setText(f"{snap.last_handover_ms:.0f} ms"
                                   if snap.last_handover_ms >= 0 else "—")
             f["policy"].setText(snap.policy.value)

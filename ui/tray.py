@@ -28,8 +28,7 @@ from ui.rtt import RttSeries
 from ui.secrets import SecretAgent, SecretStore
 
 log = logging.getLogger("trustroam.tray")
-POLICY_WORDS = {Policy.AUTO: "Automatic", Policy.ALWAYS_VPN: "Always use VPN",
-                Policy.NEVER_VPN: "Never use VPN"}
+POLICY_WORDS = presentation.POLICY_WORDS
 RTT_SAMPLES = 24 * 3600  # a day of one-per-second probes: 2.8 MB for both series
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from app.api import Policy
 from tests.ui.conftest import run
 
 GOOD = {"name": "corp2", "home_address": "10.20.1.10", "home_network": "10.20.1.0/24",
@@ -102,7 +103,7 @@ def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
         await double.call("Emit", "sa{ss}", ["link-up", {"iface": "eth0"}])
         await double.call("Emit", "sa{ss}", ["handover", {"mode": "c", "ms": "42.0"}])
         await double.set(state="untrusted", mode="mc", tunnel_inner_address="10.99.0.5",
-                         last_handover_ms=42.0)
+                         vpn_gateway="vpn1.corp.example", last_handover_ms=42.0)
         for i in range(5):
             await double.set(home_agent_probe=[True, 2.0 + i, now - 50 + i],
                              vpn_probe=[True, 20.0 + i, now - 50 + i])
@@ -113,9 +114,13 @@ def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
     run(qloop, w.reload_history())
     qtbot.waitUntil(lambda: tray.snapshot is not None and tray.snapshot.vpn_probe.rtt_ms == 24)
     boxes, links, secure = path_nodes(tray.snapshot)
-    assert boxes == ["This computer", "VPN gateway", "Home agent"] and secure
-    assert links[0] == "ESP (TIA 10.99.0.5)"
+    # mc: laptop -> ESP -> the gateway (by name) -> Mobile IP -> home agent.
+    assert boxes == ["This computer", "VPN gateway\nvpn1.corp.example", "Home agent"]
+    assert secure and links == ["ESP (TIA 10.99.0.5)", "Mobile IP (mode mc)"]
     assert w.fields["tia"].text() == "10.99.0.5"
+    assert w.fields["vpn"].text() == "vpn1.corp.example: reachable, last RTT 24.0 ms"
+    assert "VPN gateway vpn1.corp.example: reachable, last RTT 24.0 ms" in tray.tooltip_text()
+    assert tray._icon_name == "trustroam-vpn"
     assert w.fields["handover"].text() == "42 ms"
     # The RTT plot holds every answered probe.
     _xs, ys = w.curves["vpn"].getData()
@@ -133,6 +138,29 @@ def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
     assert w.proxy.rowCount() == 1
     w.text_filter.setText("")
     assert w.handovers.rowCount() == 1 and w.handovers.index(0, 2).data() == "42.0"
+
+
+def test_never_vpn_refusal_shown_blocked_with_the_reason(double: Any, tray: Any,
+                                                        qloop: Any, qtbot: Any) -> None:
+    """Through the D-Bus double: policy never-vpn on an untrusted network."""
+    from ui.status_window import path_nodes, path_note
+
+    reason = "untrusted network and policy never-vpn: traffic blocked"
+    run(qloop, double.set(state="untrusted", mode="none", policy="never-vpn", error=reason))
+    qtbot.waitUntil(lambda: tray.snapshot is not None and tray.snapshot.error == reason)
+    assert tray._icon_name == "trustroam-untrusted"
+    tip = tray.tooltip_text()
+    assert f"NOT protected: {reason}" in tip and "Policy: Never use VPN" in tip
+    assert tray.policy_actions[Policy.NEVER_VPN].isChecked()
+    tray.show_status()
+    w = tray.status_window
+    _boxes, links, secure = path_nodes(tray.snapshot)
+    assert not secure and links == ["NOT protected: blocked"]
+    assert path_note(tray.snapshot) == reason
+    assert w.fields["state"].text().endswith(reason)
+    assert not w.diagram.grab().isNull()  # the note under the boxes paints
+    qtbot.waitUntil(lambda: tray.coalescer.announced is not None
+                    and tray.coalescer.announced[2] == reason, timeout=4000)
 
 
 def test_closing_the_status_window_frees_the_plot(double: Any, tray: Any, qloop: Any,
