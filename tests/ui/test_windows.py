@@ -49,6 +49,56 @@ def test_editor_validates_as_you_type_naming_the_field(double: Any, editor: Any)
     assert not ed.save_button.isEnabled()
 
 
+def test_editor_vpn_fields_checked_by_the_helpers_parser(double: Any, editor: Any,
+                                                         tmp_path: Path) -> None:
+    """The [vpn] table: validated as you type by app/vpn/config.py (messages name the
+    field), only the secret its auth uses is offered, exported without secrets."""
+    ed = editor
+    w = ed.widgets
+    visible = lambda: [k for k, e in ed.secret_edits.items()  # noqa: E731
+                       if ed.secret_forms[k].isRowVisible(e)]
+    assert visible() == ["mn_ha_key"]  # no VPN yet: no VPN secret, no [vpn] table
+    w["vpn.gateways"].setText("vpn1.corp.example, bad_host!")
+    assert ed.message.text() == ("vpn.gateways[1]: 'bad_host!' is not an IP address or "
+                                 "host name")
+    assert not ed.save_button.isEnabled() and "border" in w["vpn.gateways"].styleSheet()
+    w["vpn.gateways"].setText("vpn1.corp.example, 192.0.2.7")
+    assert ed.message.text() == "vpn.identity: is required"
+    assert "border" in w["vpn.identity"].styleSheet()
+    w["vpn.identity"].setText("alice@corp.example")
+    assert ed.message.text() == "" and ed.save_button.isEnabled()
+    assert visible() == ["mn_ha_key", "vpn_psk"]  # auth psk
+    w["vpn.auth"].setCurrentText("eap-mschapv2")
+    assert visible() == ["mn_ha_key", "vpn_password"]
+    w["vpn.auth"].setCurrentText("pubkey")
+    assert ed.message.text() == 'vpn.cert_file: is required with auth = "pubkey"'
+    w["vpn.cert_file"].setText("/etc/trustroam/alice.pem")
+    w["vpn.key_file"].setText("alice.key")
+    assert ed.message.text() == "vpn.key_file: 'alice.key' must be an absolute path"
+    w["vpn.key_file"].setText("/etc/trustroam/alice.key")
+    w["vpn.intranet"].setText("10.0.0.0/8, 10.1.0.1/16")
+    assert ed.message.text() == ("vpn.intranet[1]: '10.1.0.1/16' is not an IPv4 network "
+                                 "like 10.0.0.0/8")
+    w["vpn.intranet"].setText("10.0.0.0/8")
+    w["vpn.dpd_delay"].setText("99999")
+    assert ed.message.text().startswith("vpn.dpd_delay: ")
+    w["vpn.dpd_delay"].setText("30")
+    assert ed.message.text() == "" and visible() == ["mn_ha_key", "vpn_key_passphrase"]
+    ed.secret_edits["vpn_key_passphrase"].setText("not-in-files")
+    out = tmp_path / "roam.toml"
+    assert ed.export_file(out)
+    text = out.read_text()
+    assert "[vpn]" in text and 'gateways = ["vpn1.corp.example", "192.0.2.7"]' in text
+    assert 'key_file = "/etc/trustroam/alice.key"' in text and "not-in-files" not in text
+    ed.load_values({})
+    assert ed.import_file(out) and ed.values()["vpn.auth"] == "pubkey"
+    assert ed.values()["vpn.gateways"] == "vpn1.corp.example, 192.0.2.7"
+    bad = tmp_path / "psk-in-file.toml"
+    bad.write_text(text + 'vpn_psk = "x"\n')
+    assert not ed.import_file(bad)
+    assert ed.message.text().startswith(f"{bad}: vpn.vpn_psk: secrets do not belong")
+
+
 def test_editor_saves_through_save_profile_and_shows_refusal(double: Any, editor: Any,
                                                              tray: Any, qloop: Any) -> None:
     assert run(qloop, editor.save()), editor.message.text()
