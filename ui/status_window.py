@@ -7,11 +7,8 @@ nothing here runs; while shown, a one-second timer counts the binding down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import functools
 import gc
-import linecache
 import os
 import sys
 import time
@@ -43,7 +40,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.api import HistoryEntry, Mode, Snapshot, State
-from ui import presentation
+from ui import memory, presentation
 
 HISTORY_FETCH = 1000
 HISTORY_ROWS = 5000  # rows the open window keeps (the oldest go first)
@@ -87,12 +84,6 @@ def path_note(snap: Snapshot | None) -> str:
     return ""
 
 
-def _trim() -> None:
-    """Give the C heap's free pages back to the system (glibc's malloc_trim)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _pyqtgraph() -> Any:
     """pyqtgraph (and numpy), imported on the window's first use, leaving less behind.
 
@@ -117,9 +108,7 @@ def _pyqtgraph() -> Any:
                 del sys.modules[name]
     import pyqtgraph as pg
 
-    linecache.clearcache()
-    gc.collect()
-    _trim()
+    memory.release_import_leftovers()
     return pg
 
 
@@ -530,4 +519,4 @@ class StatusWindow(QWidget):
 
 def _collect() -> None:
     gc.collect()  # the Python side of the plot holds reference cycles
-    _trim()
+    memory.trim()
