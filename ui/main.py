@@ -116,9 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     _import_asyncio_without_ssl()
     import asyncio
 
-    import qasync
-    from PySide6.QtDBus import QDBusConnection, QDBusMessage
-    from PySide6.QtWidgets import QApplication, QSystemTrayIcon
+    import PySide6.QtCore  # noqa: F401 (installs shiboken's import hook, avoided below)
+
+    from ui import memory
+
+    with memory.plain_imports():
+        import qasync
+        from PySide6.QtDBus import QDBusConnection, QDBusMessage
+        from PySide6.QtWidgets import QApplication, QSystemTrayIcon
+
+        from ui.tray import Tray
 
     app = QApplication(sys.argv[:1])
     app.setApplicationName("trustroam")
@@ -145,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     if not QSystemTrayIcon.isSystemTrayAvailable():
         log.warning("no system tray on this desktop yet; the icon appears when one starts")
-
-    from ui.tray import Tray
 
     TrayService = _service_class()
 

@@ -94,19 +94,21 @@ def _pyqtgraph() -> Any:
       first uses it, and the copy is handed an empty name list.  If pyqtgraph ever
       stops working that way, it is imported plainly.
     - shiboken's check for ``from __feature__`` reads the source of every module
-      that imports Qt into ``linecache`` (~6 MB of text nobody reads again).
+      imported while Qt is loaded (numpy's, pyqtgraph's: 7 MB): imported without
+      it (memory.plain_imports), and whatever is left in ``linecache`` cleared.
     """
     # numpy's OpenBLAS starts a thread (with its buffers) per core at import, for
     # matrix products the plot never does; one is enough.  Set before the import.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    if "pyqtgraph" not in sys.modules:
-        try:
-            _import_pyqtgraph_lazily()
-        except Exception:  # an incompatible pyqtgraph: the plain import below
-            for name in [n for n in sys.modules if n.split(".")[0] == "pyqtgraph"]:
-                del sys.modules[name]
-    import pyqtgraph as pg
+    with memory.plain_imports():
+        if "pyqtgraph" not in sys.modules:
+            try:
+                _import_pyqtgraph_lazily()
+            except Exception:  # an incompatible pyqtgraph: the plain import below
+                for name in [n for n in sys.modules if n.split(".")[0] == "pyqtgraph"]:
+                    del sys.modules[name]
+        import pyqtgraph as pg
 
     memory.release_import_leftovers()
     return pg

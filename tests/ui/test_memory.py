@@ -1,0 +1,47 @@
+"""What the tray does to stay small (issue 13's memory targets; numbers in benchmarks/)."""
+
+from __future__ import annotations
+
+import linecache
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def test_imports_skip_shibokens_source_reading(qapp: Any, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from ui import memory
+
+    for name in ("tr_mem_hooked", "tr_mem_plain"):
+        (tmp_path / f"{name}.py").write_text("X = 1\n" + "# padding\n" * 50)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    linecache.clearcache()
+    table = sys.modules["shibokensupport.feature"].pyside_feature_dict
+    try:
+        # The premise: with PySide6 loaded, an import reads the module's whole source.
+        import tr_mem_hooked  # noqa: F401
+        assert any(k.endswith("tr_mem_hooked.py") for k in linecache.cache)
+        with memory.plain_imports():
+            import tr_mem_plain  # noqa: F401
+        assert not any(k.endswith("tr_mem_plain.py") for k in linecache.cache)
+        assert table["tr_mem_plain"] == -1  # entered as the hook would: not PySide
+        import builtins
+        assert builtins.__import__ is builtins.__feature_import__  # the hook is back
+    finally:
+        for name in ("tr_mem_hooked", "tr_mem_plain"):
+            sys.modules.pop(name, None)
+            table.pop(name, None)
+        linecache.clearcache()
+
+
+def test_rtt_series_keeps_the_newest_compactly() -> None:
+    from ui.rtt import RttSeries
+
+    s = RttSeries(32)
+    for i in range(100):
+        s.append(float(i), i / 10)
+    assert 32 <= len(s) <= 32 + 2 and s.last_time() == 99.0
+    assert s.samples()[-1] == (99.0, 9.9)
+    assert s.times.itemsize == 8  # flat doubles, not Python objects
