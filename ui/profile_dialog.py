@@ -64,6 +64,8 @@ class ProfileDialog(QWidget):
         pages = QTabWidget()
         main_page, vpn_page = QWidget(), QWidget()
         main_form, vpn_form = QFormLayout(main_page), QFormLayout(vpn_page)
+        for page_form in (main_form, vpn_form):
+            page_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         pages.addTab(main_page, "Mobile IP")
         pages.addTab(vpn_page, "VPN (untrusted networks)")
         self.pages = pages

@@ -483,7 +483,7 @@ class StatusWindow(QWidget):
             f["vpn"].setText(f"{snap.vpn_gateway}: {vpn}" if snap.vpn_gateway else vpn)
             f["handover"].setText(f"{snap.last_handover_ms:.0f} ms"
                                   if snap.last_handover_ms >= 0 else "—")
-            f["policy"].setText(snap.policy.value)
+            f["policy"].setText(presentation.POLICY_WORDS[snap.policy])
         self.snap = snap
         self._tick()
         self.diagram.set_snapshot(snap)

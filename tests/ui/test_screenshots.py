@@ -35,7 +35,8 @@ STATES = [
                       "home_address": "10.20.1.10"}),
     ("trusted-colocated", {"state": "trusted", "mode": "c", "care_of_address": "192.168.7.20"}),
     ("trusted-fa", {"state": "trusted", "mode": "f", "care_of_address": "10.30.0.1"}),
-    ("vpn", {"state": "untrusted", "mode": "mc", "tunnel_inner_address": "10.99.0.5"}),
+    ("vpn", {"state": "untrusted", "mode": "mc", "tunnel_inner_address": "10.99.0.5",
+             "vpn_gateway": "vpn1.corp.example", "vpn_probe": [True, 14.2, 1.0]}),
     ("untrusted", {"state": "untrusted", "mode": "none"}),
     ("error", {"state": "error", "mode": "none",
                "error": "denied by home agent: mobile node failed authentication (131)"}),
@@ -265,8 +266,9 @@ def test_window_screenshots(double: Any, tray: Any, qloop: Any, qtbot: Any,
             await double.call("Emit", "sa{ss}", [kind, details])
         await double.set(state="untrusted", mode="mc", profile="corp",
                          home_address="10.20.1.10", care_of_address="203.0.113.9",
-                         tunnel_inner_address="10.99.0.5", binding_expires=now + 420,
-                         last_handover_ms=131.4, nat_detected=True)
+                         tunnel_inner_address="10.99.0.5", vpn_gateway="vpn1.corp.example",
+                         binding_expires=now + 420, last_handover_ms=131.4,
+                         nat_detected=True)
         for i in range(60):
             await double.set(home_agent_probe=[True, 18 + (i % 7) * 0.8, now - 600 + i * 10],
                              vpn_probe=[True, 12 + (i % 5) * 0.6, now - 600 + i * 10])
@@ -295,3 +297,24 @@ def test_window_screenshots(double: Any, tray: Any, qloop: Any, qtbot: Any,
     out = tmp_path / "profile-editor.png"
     assert ed.grab().save(str(out))
     save(out, "profile-editor.png")
+    # The VPN page: the [vpn] table, checked by the helper's parser as you type.
+    ed.widgets["home_agent"].setText("10.20.1.1")
+    for k, v in (("vpn.gateways", "vpn1.corp.example, 192.0.2.x!"),
+                 ("vpn.identity", "alice@corp.example")):
+        ed.widgets[k].setText(v)
+    ed.widgets["vpn.auth"].setCurrentText("eap-mschapv2")
+    ed.pages.setCurrentIndex(1)
+    assert ed.message.text().startswith("vpn.gateways[1]:")
+    out = tmp_path / "profile-editor-vpn.png"
+    assert ed.grab().save(str(out))
+    save(out, "profile-editor-vpn.png")
+
+    # Never use VPN on an untrusted network: blocked, and why.
+    run(qloop, double.set(state="untrusted", mode="none", policy="never-vpn",
+                          tunnel_inner_address="", vpn_gateway="", binding_expires=0.0,
+                          error="untrusted network and policy never-vpn: traffic blocked"))
+    qtbot.waitUntil(lambda: tray.snapshot is not None and tray.snapshot.mode.value == "none")
+    w.tabs.setCurrentIndex(0)
+    out = tmp_path / "status-blocked.png"
+    assert w.grab().save(str(out))
+    save(out, "status-blocked.png")
