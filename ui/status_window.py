@@ -120,6 +120,10 @@ def _import_pyqtgraph_lazily() -> None:
     from PySide6 import QtCore, QtGui, QtWidgets
 
     reals = {"QtCore": QtCore, "QtGui": QtGui, "QtWidgets": QtWidgets}
+    # PySide6's modules have a __dir__ of their own (it lists the types not yet
+    # created): put back exactly what was there.
+    missing = object()
+    own_dirs = {sub: real.__dict__.get("__dir__", missing) for sub, real in reals.items()}
     for sub, real in reals.items():
         shim = types.ModuleType(f"pyqtgraph.Qt.{sub}")
         shim.__path__ = []  # a package, as pyqtgraph's own is
@@ -136,8 +140,11 @@ def _import_pyqtgraph_lazily() -> None:
     try:
         pyqtgraph = _exec_package_trimmed()
     finally:
-        for real in reals.values():
-            real.__dict__.pop("__dir__", None)
+        for sub, real in reals.items():
+            if own_dirs[sub] is missing:
+                real.__dict__.pop("__dir__", None)
+            else:
+                real.__dict__["__dir__"] = own_dirs[sub]
         if gl is not None and sys.modules.get(GL_MODULE) is gl:
             del sys.modules[GL_MODULE]  # anyone else importing it gets the real one
     if pyqtgraph.Qt.QtWidgets.QGraphicsView is not QtWidgets.QGraphicsView:

@@ -45,3 +45,31 @@ def test_rtt_series_keeps_the_newest_compactly() -> None:
     assert 32 <= len(s) <= 32 + 2 and s.last_time() == 99.0
     assert s.samples()[-1] == (99.0, 9.9)
     assert s.times.itemsize == 8  # flat doubles, not Python objects
+
+
+FALLBACK = """
+import sys
+from PySide6.QtWidgets import QApplication
+app = QApplication([])
+import ui.status_window as sw
+sw.USED_NAMES = (*sw.USED_NAMES, "NameNoPyqtgraphHas")  # the trimmed import "fails"
+pg = sw._pyqtgraph()
+assert "pyqtgraph.imageview" in sys.modules  # the plain import, in full
+w = pg.PlotWidget(enableMenu=False, axisItems={"bottom": pg.DateAxisItem()})
+w.plot([1.0, 2.0], [3.0, 4.0])
+w.show()
+app.processEvents()
+print("plotted")
+"""
+
+
+def test_an_incompatible_pyqtgraph_is_imported_plainly() -> None:
+    """Should the trimmed import not fit a pyqtgraph release, the window still plots."""
+    import subprocess
+
+    from tests.ui.procs import ROOT, base_env
+
+    r = subprocess.run([sys.executable, "-c", FALLBACK], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env=base_env(QT_QPA_PLATFORM="offscreen"),
+                       check=False)
+    assert r.returncode == 0 and "plotted" in r.stdout, r.stderr[-2000:]

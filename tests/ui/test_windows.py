@@ -241,8 +241,11 @@ def test_status_window_loads_only_the_plotting_part_of_pyqtgraph(double: Any, tr
 
     from PySide6 import QtWidgets
 
+    own_dir = QtWidgets.__dict__.get("__dir__")
     tray.show_status()
     qtbot.waitExposed(tray.status_window)
+    assert QtWidgets.__dict__.get("__dir__") is own_dir  # PySide6's own, put back
+    assert "QGraphicsPathItem" in dir(QtWidgets)
     pg = sys.modules["pyqtgraph"]
     unused = [m for m in ("pyqtgraph.imageview", "pyqtgraph.widgets.RemoteGraphicsView",
                           "pyqtgraph.graphicsItems.ROI") if m in sys.modules]
