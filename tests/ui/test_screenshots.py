@@ -189,6 +189,51 @@ def test_icon_per_state_and_open_menu_in_an_x_tray(xtray: XTray, tmp_path: Path)
     assert xtray.tray.poll() is None
 
 
+def test_tooltip_in_mc_and_when_blocked_in_an_x_tray(xtray: XTray, tmp_path: Path) -> None:
+    """The untrusted side as the user hovers the icon: mc with the TIA, the gateway by
+    name and its RTT; the never-vpn refusal with its reason."""
+    wait_for(lambda: bool(xtray.windows()), 10, "the tray icon's window")
+    icon_win = xtray.windows()[0]
+    box = xtray.geometry(icon_win)
+    x, y, w, h = box
+
+    def popups() -> list[str]:  # balloons and tooltips: every other visible window
+        return [v for v in xtray.windows() if v != icon_win and xtray.geometry(v)[2]]
+
+    xtray.start_double()
+    now = time.time()
+    for name, changes in (
+            ("mc", {"state": "untrusted", "mode": "mc", "profile": "corp",
+                    "home_address": "10.20.1.10", "care_of_address": "203.0.113.9",
+                    "tunnel_inner_address": "10.99.0.5", "vpn_gateway": "vpn1.corp.example",
+                    "vpn_probe": [True, 14.2, now], "home_agent_probe": [True, 21.7, now],
+                    "binding_expires": now + 600, "nat_detected": True}),
+            ("blocked", {"mode": "none", "tunnel_inner_address": "", "vpn_gateway": "",
+                         "vpn_probe": [False, 14.2, now], "binding_expires": 0.0,
+                         "nat_detected": False, "policy": "never-vpn",
+                         "error": "untrusted network and policy never-vpn: traffic "
+                                  "blocked"})):
+        xtray.set(changes)
+        xtray.wait_log("notify: ")  # the settled change's balloon: clicked away
+        wait_for(lambda: bool(popups()), 10, "the notification")
+        for v in popups():
+            bx, by, bw, bh = xtray.geometry(v)
+            xtray.x("xdotool", "mousemove", str(bx + bw // 2), str(by + bh // 2), "click", "1")
+        xtray.x("xdotool", "mousemove", "5", "500")
+        wait_for(lambda: not popups(), 10, "the popups closed")
+        xtray.x("xdotool", "mousemove", str(x + w // 2), str(y + h // 2))
+        wait_for(lambda: bool(popups()), 10, "the tooltip")
+        tx, ty, tw, th = xtray.geometry(popups()[0])
+        left, right = max(0, min(x, tx) - 8), min(900, max(x + w, tx + tw) + 8)
+        shot = tmp_path / f"tray-tooltip-{name}.png"
+        xtray.capture_stable(shot, (left, 0, right - left, min(560, max(y + h, ty + th) + 8)),
+                             b"")
+        save(shot, f"tray-tooltip-{name}.png")
+        xtray.x("xdotool", "mousemove", "5", "500")
+        wait_for(lambda: not popups(), 10, "the tooltip closed")
+    assert xtray.tray.poll() is None
+
+
 def _mask(name: str, size: int) -> list[bool]:
     from PySide6.QtCore import Qt
     from PySide6.QtGui import QImage, QPainter
