@@ -48,6 +48,9 @@ FIELDS = (
     Field("lifetime", "Lifetime (s)", "600", "int"),
     Field("renew_fraction", "Renew at fraction", "0.75", "float"),
     Field("interface", "Interface (optional)", ""),
+    Field("replay", "Replay protection", "timestamp", "choice", choices=("timestamp", "nonce")),
+    Field("udp_tunnelling", "UDP tunnelling (RFC 3519)", "auto", "choice",
+          choices=("auto", "force", "off")),
     Field("probe.initial_timeout", "Probe timeout (s)", "1.0", "float"),
     Field("probe.retries", "Probe retries", "2", "int"),
     Field("features.foreign_agents", "Use foreign agents", "true", "bool"),
@@ -63,6 +66,8 @@ FIELDS = (
     Field("vpn.keep_alive_inside", "Keep-alives inside the VPN", "false", "bool"),
     Field("vpn.dpd_delay", "VPN dead-peer detection (s, 0 = off)", "10", "int"),
     Field("vpn.intranet", "Intranet networks (optional, comma-separated)", "", "list"),
+    Field("vpn.ike_proposals", "IKE proposals (optional, charon's default)", "", "list"),
+    Field("vpn.esp_proposals", "ESP proposals (optional, charon's default)", "", "list"),
 )
 VPN_TEXT_KEYS = tuple(f.key for f in FIELDS
                       if f.key.startswith("vpn.") and f.kind in ("text", "list"))
@@ -195,8 +200,9 @@ def validate(values: dict[str, str]) -> dict[str, str]:
             continue
         if not flo <= x <= fhi:
             err(key, f"must be between {flo} and {fhi}, got {x}")
-    if values.get("algorithm", "hmac-md5") not in ALGORITHMS:
-        err("algorithm", f"must be one of {', '.join(ALGORITHMS)}")
+    for f in FIELDS:
+        if f.kind == "choice" and values.get(f.key, f.default) not in f.choices:
+            err(f.key, f"must be one of {', '.join(f.choices)}")
     nai = values.get("nai", "")
     if len(nai.encode()) > 255:
         err("nai", "must be 1 to 255 bytes")

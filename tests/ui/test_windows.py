@@ -83,6 +83,9 @@ def test_editor_vpn_fields_checked_by_the_helpers_parser(double: Any, editor: An
     w["vpn.dpd_delay"].setText("99999")
     assert ed.message.text().startswith("vpn.dpd_delay: ")
     w["vpn.dpd_delay"].setText("30")
+    w["vpn.esp_proposals"].setText("aes128gcm16-x25519, AES!")
+    assert ed.message.text().startswith("vpn.esp_proposals[1]: ")
+    w["vpn.esp_proposals"].setText("aes128gcm16-x25519")
     assert ed.message.text() == "" and visible() == ["mn_ha_key", "vpn_key_passphrase"]
     ed.secret_edits["vpn_key_passphrase"].setText("not-in-files")
     out = tmp_path / "roam.toml"
@@ -90,6 +93,7 @@ def test_editor_vpn_fields_checked_by_the_helpers_parser(double: Any, editor: An
     text = out.read_text()
     assert "[vpn]" in text and 'gateways = ["vpn1.corp.example", "192.0.2.7"]' in text
     assert 'key_file = "/etc/trustroam/alice.key"' in text and "not-in-files" not in text
+    assert 'esp_proposals = ["aes128gcm16-x25519"]' in text
     ed.load_values({})
     assert ed.import_file(out) and ed.values()["vpn.auth"] == "pubkey"
     assert ed.values()["vpn.gateways"] == "vpn1.corp.example, 192.0.2.7"
