@@ -17,7 +17,7 @@ MODE_WORDS = {
     Mode.HOME: "at home (mode h)",
     Mode.COLOCATED: "away, own care-of address (mode c)",
     Mode.FOREIGN_AGENT: "away, through a foreign agent (mode f)",
-    Mode.VPN: "untrusted network, through the VPN (mode mc)",
+    Mode.VPN: "through the VPN (mode mc)",
     Mode.NONE: "",
 }
 

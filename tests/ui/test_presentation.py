@@ -18,6 +18,8 @@ def test_icon_never_claims_security_the_snapshot_lacks() -> None:
                                                      and mode is Mode.VPN)), (state, mode)
         if mode is Mode.VPN and secure:
             assert p.icon_name(snap) == "trustroam-vpn"  # mc has its own (secure) shape
+            assert "through the VPN (mode mc)" in p.headline(snap) or (
+                "protected by the VPN (mode mc)" in p.headline(snap))
     assert p.icon_name(None) == "trustroam-not-running"
 
 
