@@ -2,7 +2,8 @@
 
 Runs the real ``trustroam`` command in a private desktop (Xvfb, a session bus
 with a StatusNotifierWatcher, a system bus with the helper double of
-tests/ui/helper_double.py), never the machine's own:
+tests/ui/helper_double.py in mode mc, so both the HA and the VPN curve are drawn),
+never the machine's own:
 
 - start: from exec to the watcher's StatusNotifierItemRegistered (median of --runs);
 - RSS with the status window closed, after the helper answered and an hour of
@@ -110,7 +111,10 @@ def main() -> None:
                        QT_QPA_PLATFORM="xcb", HOME=str(tmp), XDG_CONFIG_HOME=str(tmp / "cfg"))
         procs.python("sni-watcher", "tests.ui.sni_watcher", env)
         procs.python("helper-double", "tests.ui.helper_double", env)
-        asyncio.run(test1(env, "Set", "s", ['{"state": "trusted", "mode": "h"}']))
+        asyncio.run(test1(env, "Set", "s", [
+            '{"state": "untrusted", "mode": "mc", "profile": "corp", '
+            '"home_address": "10.20.1.10", "care_of_address": "203.0.113.9", '
+            '"tunnel_inner_address": "10.99.0.5", "vpn_gateway": "vpn1.corp.example"}']))
         asyncio.run(test1(env, "EventBurst", "u", [1000]))
 
         starts = []
@@ -148,7 +152,12 @@ def main() -> None:
     finally:
         procs.stop()
 
-    print(f"Tray benchmark, {time.strftime('%Y-%m-%d')}, --runs {args.runs} --idle {args.idle:g}")
+    from importlib import metadata
+
+    versions = ", ".join(f"{d} {metadata.version(d)}"
+                         for d in ("PySide6-Essentials", "pyqtgraph", "numpy"))
+    print(f"Tray benchmark, {time.strftime('%Y-%m-%d')}, --runs {args.runs} "
+          f"--idle {args.idle:g} ({versions})")
     print()
     print("| measure | target | result |")
     print("|---|---:|---:|")

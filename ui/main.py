@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import IO
 
@@ -18,10 +17,25 @@ log = logging.getLogger("trustroam.tray")
 
 
 def version() -> str:
+    from importlib import metadata  # here: with its email and zip parsers it costs 2.6 MB
+
     try:
         return metadata.version("trustroam")
     except metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+class _Version(argparse.Action):
+    """--version, reading the installed metadata only when asked (importlib.metadata
+    and the distribution's files cost the running tray 2.6 MB)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"trustroam {version()}")
+        parser.exit()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="TrustRoam's tray: the connection's state at a glance, mode switching, "
                     "profiles, and secrets from the keyring for the TrustRoam service "
                     "(trustroamd).  Quitting the tray leaves the connection as it is.")
-    ap.add_argument("--version", action="version", version=f"trustroam {version()}")
+    ap.add_argument("--version", action=_Version, help="show the version and exit")
     ap.add_argument("--status", action="store_true", help="open the status window at start")
     ap.add_argument("--profiles", action="store_true", help="open the profile editor at start")
     ap.add_argument("--log-level", default="warning",
@@ -74,6 +88,24 @@ def _service_class() -> type:
     return TrayService
 
 
+def _import_asyncio_without_ssl() -> None:
+    """asyncio imports ``ssl`` (OpenSSL: 4 MB resident) for TLS the tray never speaks.
+
+    Imported while ``ssl`` is marked missing, asyncio's modules keep ``ssl = None``
+    (as on a Python built without it); the mark is then taken away, so any later
+    ``import ssl`` elsewhere gets the real module.
+    """
+    if "asyncio" in sys.modules or "ssl" in sys.modules:
+        return  # already paid for (tests, or a plugin imported it)
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        import asyncio.base_events
+        import asyncio.selector_events
+        import asyncio.sslproto  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -81,11 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C ends the tray at once; no Python-side timer is needed to notice it.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+    _import_asyncio_without_ssl()
     import asyncio
 
-    import qasync
-    from PySide6.QtDBus import QDBusConnection, QDBusMessage
-    from PySide6.QtWidgets import QApplication, QSystemTrayIcon
+    import PySide6.QtCore  # noqa: F401 (installs shiboken's import hook, avoided below)
+
+    from ui import memory
+
+    with memory.plain_imports():
+        import qasync
+        from PySide6.QtDBus import QDBusConnection, QDBusMessage
+        from PySide6.QtWidgets import QApplication, QSystemTrayIcon
+
+        from ui.tray import Tray
 
     app = QApplication(sys.argv[:1])
     app.setApplicationName("trustroam")
@@ -112,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     if not QSystemTrayIcon.isSystemTrayAvailable():
         log.warning("no system tray on this desktop yet; the icon appears when one starts")
-
-    from ui.tray import Tray
 
     TrayService = _service_class()
 

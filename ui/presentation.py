@@ -11,30 +11,34 @@ import re
 import time
 from dataclasses import dataclass
 
-from app.api import Mode, Probe, Snapshot, State
+from app.api import Mode, Policy, Probe, Snapshot, State
 
 MODE_WORDS = {
     Mode.HOME: "at home (mode h)",
     Mode.COLOCATED: "away, own care-of address (mode c)",
     Mode.FOREIGN_AGENT: "away, through a foreign agent (mode f)",
-    Mode.VPN: "untrusted network, through the VPN (mode mc)",
+    Mode.VPN: "through the VPN (mode mc)",
     Mode.NONE: "",
 }
 
 NOT_RUNNING = "not-running"
+POLICY_WORDS = {Policy.AUTO: "Automatic", Policy.ALWAYS_VPN: "Always use VPN",
+                Policy.NEVER_VPN: "Never use VPN"}
 
 
 def icon_name(snap: Snapshot | None) -> str:
     """The icon file's stem (resources/icons/<stem>.svg); None means no helper."""
     if snap is None:
         return "trustroam-" + NOT_RUNNING
+    if snap.state in (State.TRUSTED, State.UNTRUSTED) and snap.mode is Mode.VPN:
+        return "trustroam-vpn"
     if snap.state is State.TRUSTED:
         return {Mode.HOME: "trustroam-trusted-home",
                 Mode.FOREIGN_AGENT: "trustroam-trusted-fa"}.get(snap.mode,
                                                                "trustroam-trusted-colocated")
     if snap.state is State.UNTRUSTED:
         # Only a VPN path (mode mc) is secure on an untrusted network.
-        return "trustroam-vpn" if snap.mode is Mode.VPN else "trustroam-untrusted"
+        return "trustroam-untrusted"
     return {State.PROBING: "trustroam-probing", State.ERROR: "trustroam-error"}.get(
         snap.state, "trustroam-offline")
 
@@ -53,7 +57,8 @@ def headline(snap: Snapshot | None) -> str:
     if s is State.UNTRUSTED:
         if snap.mode is Mode.VPN:
             return "Untrusted network, protected by the VPN (mode mc)"
-        return "Untrusted network, NOT protected"
+        reason = blocked_reason(snap)
+        return "Untrusted network, NOT protected" + (f": {reason}" if reason else "")
     if s is State.PROBING:
         return "Checking the network…"
     if s is State.ERROR:
@@ -80,6 +85,16 @@ def friendly_error(error: str) -> str:
     return error.splitlines()[0] if error else ""
 
 
+def blocked_reason(snap: Snapshot) -> str:
+    """Why an untrusted network has no protected path (the gate keeps traffic shut):
+    the helper's Error, else the policy that forbids the VPN; "" when neither says."""
+    if snap.error:
+        return friendly_error(snap.error)
+    if snap.policy is Policy.NEVER_VPN:
+        return "the policy is Never use VPN, so traffic stays blocked"
+    return ""
+
+
 def _probe(label: str, p: Probe) -> str:
     if p.answered_at <= 0:
         return f"{label}: no answer yet"
@@ -98,14 +113,15 @@ def tooltip(snap: Snapshot | None, network: str) -> str:
         lines.append(f"Profile: {snap.profile}")
     if snap.home_address:
         lines.append(f"Home address: {snap.home_address}")
-    if snap.mode is Mode.VPN and snap.tunnel_inner_address:
-        lines.append(f"Tunnel inner address: {snap.tunnel_inner_address}")
-    if snap.care_of_address:
+    if snap.mode is Mode.VPN:
+        # Inside the VPN the home agent knows us by the TIA (our care-of address there).
+        lines.append(f"Tunnel inner address: {snap.tunnel_inner_address or '?'}")
+    elif snap.care_of_address:
         lines.append(f"Care-of address: {snap.care_of_address}")
     if snap.state is not State.OFFLINE or snap.home_agent_probe.answered_at > 0:
         lines.append(_probe("Home agent", snap.home_agent_probe))
-    if snap.mode is Mode.VPN or snap.vpn_probe.answered_at > 0:
-        lines.append(_probe("VPN gateway", snap.vpn_probe))
+    if snap.mode is Mode.VPN or snap.vpn_probe.answered_at > 0 or snap.vpn_gateway:
+        lines.append(_probe(vpn_label(snap), snap.vpn_probe))
     if snap.binding_expires > 0:
         # An absolute time stays true without the tray waking up to count down
         # ("n min left" would go stale between two changes).
@@ -113,7 +129,13 @@ def tooltip(snap: Snapshot | None, network: str) -> str:
         lines.append(f"Binding: until {at}")
     if snap.nat_detected:
         lines.append("NAT detected")
+    if snap.policy is not Policy.AUTO:
+        lines.append(f"Policy: {POLICY_WORDS[snap.policy]}")
     return "\n".join(lines)
+
+
+def vpn_label(snap: Snapshot) -> str:
+    return f"VPN gateway {snap.vpn_gateway}" if snap.vpn_gateway else "VPN gateway"
 
 
 @dataclass(frozen=True)

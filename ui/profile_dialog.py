@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QPushButton,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -59,13 +60,21 @@ class ProfileDialog(QWidget):
         outer.addLayout(left, 1)
 
         right = QVBoxLayout()
-        form = QFormLayout()
+        # Two pages: the Mobile IP side, and the VPN (the [vpn] table, mode mc).
+        pages = QTabWidget()
+        main_page, vpn_page = QWidget(), QWidget()
+        main_form, vpn_form = QFormLayout(main_page), QFormLayout(vpn_page)
+        for page_form in (main_form, vpn_form):
+            page_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        pages.addTab(main_page, "Mobile IP")
+        pages.addTab(vpn_page, "VPN (untrusted networks)")
+        self.pages = pages
         self.widgets: dict[str, QLineEdit | QComboBox | QCheckBox] = {}
         for f in pm.FIELDS:
             w: QLineEdit | QComboBox | QCheckBox
             if f.kind == "choice":
                 w = QComboBox()
-                w.addItems(list(pm.ALGORITHMS))
+                w.addItems(list(f.choices))
                 w.currentTextChanged.connect(self.revalidate)
             elif f.kind == "bool":
                 w = QCheckBox()
@@ -74,22 +83,26 @@ class ProfileDialog(QWidget):
                 w = QLineEdit()
                 w.textChanged.connect(self.revalidate)
             w.setObjectName(f.key)
-            form.addRow(f.label, w)
+            (vpn_form if f.key.startswith("vpn.") else main_form).addRow(f.label, w)
             self.widgets[f.key] = w
         # Secrets: typed here, stored in the keyring on save, never kept in the form.
-        # The VPN ones are asked for by the VPN side (mode mc) when it needs them.
+        # Of the VPN's, only the one its authentication uses is shown (revalidate).
         self.secret_edits: dict[str, QLineEdit] = {}
+        self.secret_forms: dict[str, QFormLayout] = {}
         for key in KNOWN_KEYS:
             e = QLineEdit()
             e.setObjectName(key)
             e.setEchoMode(QLineEdit.EchoMode.Password)
-            e.setPlaceholderText(("hex:… " if key == SECRET_MN_HA_KEY else "")
-                                 + "(empty: keep what the keyring has)")
+            hint = {SECRET_MN_HA_KEY: "hex:… ",
+                    "vpn_key_passphrase": "only if the key file is encrypted; "}.get(key, "")
+            e.setPlaceholderText(hint + "(empty: keep what the keyring has)")
             e.textChanged.connect(self.revalidate)
+            form = main_form if key == SECRET_MN_HA_KEY else vpn_form
             form.addRow(KEY_LABELS[key], e)
+            self.secret_forms[key] = form
             self.secret_edits[key] = e
         self.key_edit = self.secret_edits[SECRET_MN_HA_KEY]
-        right.addLayout(form)
+        right.addWidget(pages)
         self.message = QLabel()
         self.message.setObjectName("message")
         self.message.setWordWrap(True)
@@ -133,10 +146,18 @@ class ProfileDialog(QWidget):
             e.clear()
         self.revalidate()
 
+    def wanted_secrets(self, values: dict[str, str] | None = None) -> list[str]:
+        """The MN-HA key and the VPN secret this profile's authentication uses."""
+        vpn = pm.vpn_secret(self.values() if values is None else values)
+        return [SECRET_MN_HA_KEY, *([vpn] if vpn else [])]
+
     def revalidate(self) -> dict[str, str]:
-        errs = pm.validate(self.values())
+        values = self.values()
+        errs = pm.validate(values)
+        wanted = self.wanted_secrets(values)
         for key, e in self.secret_edits.items():
-            if e.text() and (msg := validate_secret(key, e.text())):
+            self.secret_forms[key].setRowVisible(e, key in wanted)
+            if key in wanted and e.text() and (msg := validate_secret(key, e.text())):
                 errs[key] = msg
         for k, w in [*self.widgets.items(), *self.secret_edits.items()]:
             w.setStyleSheet(ERROR_STYLE if k in errs else "")
@@ -198,7 +219,7 @@ class ProfileDialog(QWidget):
         except OSError as exc:
             self.message.setText(f"{path}: cannot write: {exc.strerror}")
             return False
-        self.message.setText(f"Exported to {path} (without the key)")
+        self.message.setText(f"Exported to {path} (without secrets)")
         return True
 
     def _file_dialog(self, save: bool) -> QFileDialog:
@@ -245,8 +266,9 @@ class ProfileDialog(QWidget):
         except OSError as exc:
             self.message.setText(f"Saved {name}; this computer's copy failed: {exc.strerror}")
         stored = []
+        wanted = self.wanted_secrets()
         for key, e in self.secret_edits.items():
-            if not e.text():
+            if not e.text() or key not in wanted:
                 continue
             try:
                 await off_loop(self.tray.store.set, name, key, e.text())

@@ -1,8 +1,9 @@
 """A profile as the editor holds it: text fields, checked as the user types.
 
-The rules mirror the helper's (app/mn/profile.py), which stays the judge: the
-tray knows only app/api and D-Bus, so this is a friendly first pass and
-SaveProfile's answer is shown as it comes.  No secret ever enters this model:
+The rules mirror the helper's (app/mn/profile.py), which stays the judge: this
+is a friendly first pass and SaveProfile's answer is shown as it comes.  The
+``[vpn]`` table is checked by the helper's own parser (app/vpn/config.py: pure,
+no I/O), so its messages are the helper's, naming the field.  No secret ever enters this model:
 ``to_toml`` has no secret fields to write, ``from_toml`` refuses to read them.
 """
 
@@ -16,7 +17,14 @@ from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueE
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECRET_KEYS = ("key", "key_file", "mn_ha_key", "secret", "password", "psk", "vpn_psk",
                "vpn_password", "vpn_key_passphrase")
+# In [vpn], key_file is the path of the certificate's private key, not a secret.
+VPN_SECRET_KEYS = (*(k for k in SECRET_KEYS if k != "key_file"), "passphrase")
 ALGORITHMS = ("hmac-md5", "keyed-md5")
+VPN_AUTHS = ("psk", "eap-mschapv2", "eap-md5", "pubkey")
+# Which secret the VPN's authentication needs (the key passphrase only when the
+# key file is encrypted: optional).
+VPN_SECRET_FOR_AUTH = {"psk": "vpn_psk", "eap-mschapv2": "vpn_password",
+                       "eap-md5": "vpn_password", "pubkey": "vpn_key_passphrase"}
 
 
 @dataclass(frozen=True)
@@ -24,8 +32,9 @@ class Field:
     key: str  # the TOML key, dotted for sub-tables (probe.retries)
     label: str
     default: str
-    kind: str = "text"  # text, int, float, bool, choice
+    kind: str = "text"  # text, int, float, bool, choice, list (comma-separated)
     required: bool = False
+    choices: tuple[str, ...] = ()
 
 
 FIELDS = (
@@ -34,21 +43,92 @@ FIELDS = (
     Field("home_network", "Home network", "", required=True),
     Field("home_agent", "Home agent", "", required=True),
     Field("spi", "SPI", "256", "int", required=True),
-    Field("algorithm", "Algorithm", "hmac-md5", "choice"),
+    Field("algorithm", "Algorithm", "hmac-md5", "choice", choices=ALGORITHMS),
     Field("nai", "NAI (optional)", ""),
     Field("lifetime", "Lifetime (s)", "600", "int"),
     Field("renew_fraction", "Renew at fraction", "0.75", "float"),
     Field("interface", "Interface (optional)", ""),
+    Field("replay", "Replay protection", "timestamp", "choice", choices=("timestamp", "nonce")),
+    Field("udp_tunnelling", "UDP tunnelling (RFC 3519)", "auto", "choice",
+          choices=("auto", "force", "off")),
     Field("probe.initial_timeout", "Probe timeout (s)", "1.0", "float"),
     Field("probe.retries", "Probe retries", "2", "int"),
     Field("features.foreign_agents", "Use foreign agents", "true", "bool"),
     Field("features.gate", "Block traffic while undecided", "true", "bool"),
+    # [vpn]: the untrusted side (mode mc); left out of the file while no gateway is given.
+    Field("vpn.gateways", "VPN gateways (comma-separated)", "", "list"),
+    Field("vpn.identity", "VPN identity", ""),
+    Field("vpn.remote_identity", "VPN gateway identity (optional)", ""),
+    Field("vpn.auth", "VPN authentication", "psk", "choice", choices=VPN_AUTHS),
+    Field("vpn.ca_file", "VPN CA file", ""),
+    Field("vpn.cert_file", "VPN certificate file (pubkey)", ""),
+    Field("vpn.key_file", "VPN private key file (pubkey)", ""),
+    Field("vpn.keep_alive_inside", "Keep-alives inside the VPN", "false", "bool"),
+    Field("vpn.dpd_delay", "VPN dead-peer detection (s, 0 = off)", "10", "int"),
+    Field("vpn.intranet", "Intranet networks (optional, comma-separated)", "", "list"),
+    Field("vpn.ike_proposals", "IKE proposals (optional, charon's default)", "", "list"),
+    Field("vpn.esp_proposals", "ESP proposals (optional, charon's default)", "", "list"),
 )
+VPN_TEXT_KEYS = tuple(f.key for f in FIELDS
+                      if f.key.startswith("vpn.") and f.kind in ("text", "list"))
 BY_KEY = {f.key: f for f in FIELDS}
 
 
 def defaults() -> dict[str, str]:
     return {f.key: f.default for f in FIELDS}
+
+
+def vpn_active(values: dict[str, str]) -> bool:
+    """Whether the profile has a [vpn] table: any of its text fields filled in."""
+    return any(values.get(k, "").strip() for k in VPN_TEXT_KEYS)
+
+
+def vpn_secret(values: dict[str, str]) -> str | None:
+    """The secret key name the profile's VPN authentication uses, if it has a VPN."""
+    if not vpn_active(values):
+        return None
+    return VPN_SECRET_FOR_AUTH.get(values.get("vpn.auth", "psk").strip() or "psk")
+
+
+def _split(v: str) -> list[str]:
+    return [x.strip() for x in v.split(",") if x.strip()]
+
+
+def _vpn_table(values: dict[str, str]) -> dict[str, object]:
+    table: dict[str, object] = {}
+    for f in FIELDS:
+        if not f.key.startswith("vpn."):
+            continue
+        v = values.get(f.key, f.default).strip()
+        key = f.key.removeprefix("vpn.")
+        if f.kind == "list":
+            if v:
+                table[key] = _split(v)
+        elif f.kind == "bool":
+            table[key] = v.lower() == "true"
+        elif f.kind == "int":
+            try:
+                table[key] = int(v)
+            except ValueError:
+                table[key] = v  # the parser names the field
+        elif v:
+            table[key] = v
+    return table
+
+
+def _validate_vpn(values: dict[str, str], net: IPv4Network | None) -> tuple[str, str] | None:
+    """(field, message) of the first problem the helper's [vpn] parser finds."""
+    from app.config import ConfigError
+    from app.vpn.config import parse_table
+
+    try:
+        parse_table(_vpn_table(values), "profile", net or IPv4Network("0.0.0.0/32"))
+    except ConfigError as exc:
+        field = re.sub(r"\[\d+\]$", "", exc.key)  # vpn.gateways[1] -> vpn.gateways
+        if field not in BY_KEY:
+            field = "vpn.gateways"
+        return field, f"{exc.key or 'vpn'}: {exc.message}"
+    return None
 
 
 def _ipv4(v: str) -> IPv4Address | None:
@@ -120,14 +200,17 @@ def validate(values: dict[str, str]) -> dict[str, str]:
             continue
         if not flo <= x <= fhi:
             err(key, f"must be between {flo} and {fhi}, got {x}")
-    if values.get("algorithm", "hmac-md5") not in ALGORITHMS:
-        err("algorithm", f"must be one of {', '.join(ALGORITHMS)}")
+    for f in FIELDS:
+        if f.kind == "choice" and values.get(f.key, f.default) not in f.choices:
+            err(f.key, f"must be one of {', '.join(f.choices)}")
     nai = values.get("nai", "")
     if len(nai.encode()) > 255:
         err("nai", "must be 1 to 255 bytes")
     iface = values.get("interface", "").strip()
     if iface and len(iface.encode()) >= 16:
         err("interface", f"{iface!r} is not an interface name")
+    if vpn_active(values) and (problem := _validate_vpn(values, net)):
+        errs.setdefault(*problem)
     return errs
 
 
@@ -138,17 +221,24 @@ def _quote(s: str) -> str:
 def to_toml(values: dict[str, str]) -> str:
     """The profile file (what SaveProfile takes and Export writes); never a secret."""
     top: list[str] = []
-    subs: dict[str, list[str]] = {"probe": [], "features": []}
+    subs: dict[str, list[str]] = {"probe": [], "features": [], "vpn": []}
+    has_vpn = vpn_active(values)
     for f in FIELDS:
         v = values.get(f.key, f.default).strip()
         if not v and not f.required:
             continue  # optional and empty: leave it out
-        text = {"int": v, "float": v, "bool": v.lower()}.get(f.kind, _quote(v))
+        if f.key.startswith("vpn.") and not has_vpn:
+            continue  # no gateway, identity...: no [vpn] table at all
+        if f.kind == "list":
+            text = "[" + ", ".join(_quote(x) for x in _split(v)) + "]"
+        else:
+            text = {"int": v, "float": v, "bool": v.lower()}.get(f.kind, _quote(v))
         table, _, key = f.key.rpartition(".")
         (subs[table] if table else top).append(f"{key} = {text}")
     out = top
     for table, lines in subs.items():
-        out += ["", f"[{table}]", *lines]
+        if lines:
+            out += ["", f"[{table}]", *lines]
     return "\n".join(out) + "\n"
 
 
@@ -163,7 +253,7 @@ def from_toml(text: str, source: str) -> dict[str, str]:
         raise ProfileFileError(f"{source}: not valid TOML: {exc}") from None
     tables = [("", doc)] + [(f"{k}.", v) for k, v in doc.items() if isinstance(v, dict)]
     for prefix, table in tables:
-        for k in SECRET_KEYS:
+        for k in VPN_SECRET_KEYS if prefix == "vpn." else SECRET_KEYS:
             if k in table:
                 raise ProfileFileError(f"{source}: {prefix}{k}: secrets do not belong in a "
                                        "profile file; enter the key in the editor (it goes "
@@ -175,9 +265,17 @@ def from_toml(text: str, source: str) -> dict[str, str]:
                 full = f"{key}.{sk}"
                 if full not in BY_KEY:
                     raise ProfileFileError(f"{source}: {full}: is not a known setting")
-                values[full] = str(sv).lower() if isinstance(sv, bool) else str(sv)
+                values[full] = _text(sv)
         elif key in BY_KEY:
-            values[key] = str(val).lower() if isinstance(val, bool) else str(val)
+            values[key] = _text(val)
         else:
             raise ProfileFileError(f"{source}: {key}: is not a known setting")
     return values
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ", ".join(str(x) for x in value)
+    return str(value)

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ui.secrets import KEY_LABELS, validate_secret
+from ui.secrets import KEY_LABELS, OPTIONAL_KEYS, validate_secret
 
 
 class SecretDialog(QDialog):
@@ -36,6 +36,8 @@ class SecretDialog(QDialog):
             e = QLineEdit()
             e.setObjectName(k)
             e.setEchoMode(QLineEdit.EchoMode.Password)
+            if k in OPTIONAL_KEYS:
+                e.setPlaceholderText("leave empty if the key file is not encrypted")
             e.textChanged.connect(self._validate)
             form.addRow(KEY_LABELS.get(k, k), e)
             self.fields[k] = e
@@ -54,7 +56,9 @@ class SecretDialog(QDialog):
         self._validate()
 
     def _validate(self) -> None:
-        problems = [p for k, e in self.fields.items() if (p := validate_secret(k, e.text()))]
+        problems = [p for k, e in self.fields.items()
+                    if (e.text() or k not in OPTIONAL_KEYS)
+                    and (p := validate_secret(k, e.text()))]
         self.message.setText(problems[0] if problems else "")
         ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
         ok.setEnabled(not problems)

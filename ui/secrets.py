@@ -23,8 +23,10 @@ from app.api import SECRET_AGENT_INTERFACE, SECRET_MN_HA_KEY
 log = logging.getLogger("trustroam.tray.secrets")
 T = TypeVar("T")
 SERVICE = "trustroam"
-# The names the helper may ask for (app/service/secrets.py; the VPN side adds the rest).
+# The names the helper may ask for (app/service/secrets.py, app/vpn/config.py).
 KNOWN_KEYS = (SECRET_MN_HA_KEY, "vpn_psk", "vpn_password", "vpn_key_passphrase")
+OPTIONAL_KEYS = frozenset({"vpn_key_passphrase"})
+"""May be left empty in the dialog: an unencrypted private key has no passphrase."""
 KEY_LABELS = {
     SECRET_MN_HA_KEY: "Mobile-Home key (hex:…)",
     "vpn_psk": "VPN pre-shared key",

@@ -7,16 +7,15 @@ nothing here runs; while shown, a one-second timer counts the binding down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import functools
 import gc
-import linecache
+import os
 import sys
 import time
 from typing import Any
 
 from PySide6.QtCore import (
+    QAbstractTableModel,
     QModelIndex,
     QPersistentModelIndex,
     QPointF,
@@ -29,6 +28,7 @@ from PySide6.QtGui import QColor, QPainter, QPen, QStandardItem, QStandardItemMo
 from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
+    QGraphicsView,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -40,9 +40,11 @@ from PySide6.QtWidgets import (
 )
 
 from app.api import HistoryEntry, Mode, Snapshot, State
-from ui import presentation
+from ui import memory, presentation
 
 HISTORY_FETCH = 1000
+HISTORY_ROWS = 5000  # rows the open window keeps (the oldest go first)
+REPLOT_MS = 100
 
 
 def path_nodes(snap: Snapshot | None) -> tuple[list[str], list[str], bool]:
@@ -58,11 +60,12 @@ def path_nodes(snap: Snapshot | None) -> tuple[list[str], list[str], bool]:
     if s is State.TRUSTED and m is Mode.FOREIGN_AGENT:
         return (["This computer", "Foreign agent", "Home agent"],
                 ["link", "tunnel (mode f)"], True)
-    if m is Mode.VPN:
-        return (["This computer", "VPN gateway", "Home agent"],
+    if m is Mode.VPN and s in (State.TRUSTED, State.UNTRUSTED):
+        gateway = "VPN gateway" + (f"\n{snap.vpn_gateway}" if snap.vpn_gateway else "")
+        return (["This computer", gateway, "Home agent"],
                 [f"ESP (TIA {snap.tunnel_inner_address or '?'})", "Mobile IP (mode mc)"], True)
     if s is State.UNTRUSTED:
-        return ["This computer", "Untrusted network"], ["NOT protected"], False
+        return ["This computer", "Untrusted network"], ["NOT protected: blocked"], False
     if s is State.PROBING:
         return ["This computer", "?"], ["checking…"], False
     if s is State.ERROR:
@@ -70,10 +73,15 @@ def path_nodes(snap: Snapshot | None) -> tuple[list[str], list[str], bool]:
     return ["This computer"], [], False
 
 
-def _trim() -> None:
-    """Give the C heap's free pages back to the system (glibc's malloc_trim)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+def path_note(snap: Snapshot | None) -> str:
+    """The line under the diagram: why there is no protected path, when known."""
+    if snap is None:
+        return ""
+    if snap.state is State.UNTRUSTED and snap.mode is not Mode.VPN:
+        return presentation.blocked_reason(snap)
+    if snap.state is State.ERROR:
+        return presentation.friendly_error(snap.error)
+    return ""
 
 
 def _pyqtgraph() -> Any:
@@ -86,19 +94,23 @@ def _pyqtgraph() -> Any:
       first uses it, and the copy is handed an empty name list.  If pyqtgraph ever
       stops working that way, it is imported plainly.
     - shiboken's check for ``from __feature__`` reads the source of every module
-      that imports Qt into ``linecache`` (~6 MB of text nobody reads again).
+      imported while Qt is loaded (numpy's, pyqtgraph's: 7 MB): imported without
+      it (memory.plain_imports), and whatever is left in ``linecache`` cleared.
     """
-    if "pyqtgraph" not in sys.modules:
-        try:
-            _import_pyqtgraph_lazily()
-        except Exception:  # an incompatible pyqtgraph: the plain import below
-            for name in [n for n in sys.modules if n.split(".")[0] == "pyqtgraph"]:
-                del sys.modules[name]
-    import pyqtgraph as pg
+    # numpy's OpenBLAS starts a thread (with its buffers) per core at import, for
+    # matrix products the plot never does; one is enough.  Set before the import.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    with memory.plain_imports():
+        if "pyqtgraph" not in sys.modules:
+            try:
+                _import_pyqtgraph_lazily()
+            except Exception:  # an incompatible pyqtgraph: the plain import below
+                for name in [n for n in sys.modules if n.split(".")[0] == "pyqtgraph"]:
+                    del sys.modules[name]
+        import pyqtgraph as pg
 
-    linecache.clearcache()
-    gc.collect()
-    _trim()
+    memory.release_import_leftovers()
     return pg
 
 
@@ -108,26 +120,99 @@ def _import_pyqtgraph_lazily() -> None:
     from PySide6 import QtCore, QtGui, QtWidgets
 
     reals = {"QtCore": QtCore, "QtGui": QtGui, "QtWidgets": QtWidgets}
+    # PySide6's modules have a __dir__ of their own (it lists the types not yet
+    # created): put back exactly what was there.
+    absent = object()
+    own_dirs = {sub: real.__dict__.get("__dir__", absent) for sub, real in reals.items()}
     for sub, real in reals.items():
         shim = types.ModuleType(f"pyqtgraph.Qt.{sub}")
         shim.__path__ = []  # a package, as pyqtgraph's own is
         shim.__getattr__ = functools.partial(getattr, real)  # type: ignore[method-assign]
         sys.modules[shim.__name__] = shim
         real.__dict__["__dir__"] = list  # what _copy_attrs iterates over: nothing
+    gl = None
+    if GL_MODULE not in sys.modules:
+        # pyqtgraph imports QtOpenGL (2.3 MB) for drawing with OpenGL, which the
+        # window does not do: it gets a module that imports QtOpenGL on first use.
+        gl = types.ModuleType(GL_MODULE)
+        gl.__getattr__ = functools.partial(_gl_attr, gl)  # type: ignore[method-assign]
+        sys.modules[GL_MODULE] = gl
     try:
-        import pyqtgraph
+        pyqtgraph = _exec_package_trimmed()
     finally:
-        for real in reals.values():
-            real.__dict__.pop("__dir__", None)
+        for sub, real in reals.items():
+            if own_dirs[sub] is absent:
+                real.__dict__.pop("__dir__", None)
+            else:
+                real.__dict__["__dir__"] = own_dirs[sub]
+        if gl is not None and sys.modules.get(GL_MODULE) is gl:
+            del sys.modules[GL_MODULE]  # anyone else importing it gets the real one
     if pyqtgraph.Qt.QtWidgets.QGraphicsView is not QtWidgets.QGraphicsView:
         raise ImportError("pyqtgraph's Qt modules are not the forwarders")
+    missing = [n for n in USED_NAMES if not hasattr(pyqtgraph, n)]
+    if missing:
+        raise ImportError(f"pyqtgraph without {', '.join(missing)}")
+
+
+GL_MODULE = "PySide6.QtOpenGL"
+
+
+def _gl_attr(stand_in: Any, name: str) -> Any:
+    if sys.modules.get(GL_MODULE) is stand_in:
+        del sys.modules[GL_MODULE]
+    import importlib
+
+    return getattr(importlib.import_module(GL_MODULE), name)
+
+
+# The parts of pyqtgraph the window uses, with what they import anyway: the
+# package's __init__ imports only these of its ~85 modules (see _exec_package_trimmed).
+KEPT_MODULES = frozenset({
+    "Qt", "colors", "colormap", "functions", "Point", "GraphicsScene",
+    "widgets.GraphicsView", "widgets.PlotWidget",
+    *(f"graphicsItems.{m}" for m in (
+        "AxisItem", "DateAxisItem", "GraphicsItem", "GraphicsObject", "GraphicsWidget",
+        "InfiniteLine", "LabelItem", "LegendItem", "PlotCurveItem", "PlotDataItem",
+        "PlotItem", "ScatterPlotItem", "TextItem", "ViewBox")),
+})
+# What this module and pyqtgraph's kept parts take from the package itself
+# (GraphicsView imports _connectCleanup; the exit cleanup calls ViewBox.quit).
+USED_NAMES = ("PlotWidget", "DateAxisItem", "mkPen", "setConfigOptions", "getConfigOption",
+              "ViewBox", "_connectCleanup", "cleanup")
+
+
+def _exec_package_trimmed() -> Any:
+    """Run pyqtgraph/__init__.py without its imports of widgets and items the
+    window never uses (image views, ROIs, parameter trees, remote views...): 4 MB.
+
+    The package's own code (configuration, exit cleanup) runs unchanged; only
+    top-level ``from .module import ...`` statements for modules outside
+    KEPT_MODULES are left out.  Any of those modules is still importable on
+    demand (``import pyqtgraph.imageview``).
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyqtgraph")
+    if spec is None or spec.loader is None or spec.origin is None:
+        raise ImportError("pyqtgraph not found")
+    source = spec.loader.get_source("pyqtgraph")  # type: ignore[attr-defined]
+    tree = ast.parse(source, spec.origin)
+    tree.body = [node for node in tree.body
+                 if not (isinstance(node, ast.ImportFrom) and node.level == 1
+                         and node.module not in KEPT_MODULES)]
+    code = compile(tree, spec.origin, "exec")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pyqtgraph"] = module
+    exec(code, module.__dict__)  # noqa: S102 (pyqtgraph's own source, trimmed)
+    return module
 
 
 class PathDiagram(QWidget):
     def __init__(self) -> None:
         super().__init__()
         self.setObjectName("path-diagram")
-        self.setMinimumHeight(90)
+        self.setMinimumHeight(110)
         self.snap: Snapshot | None = None
 
     def set_snapshot(self, snap: Snapshot | None) -> None:
@@ -136,13 +221,18 @@ class PathDiagram(QWidget):
 
     def paintEvent(self, _ev: Any) -> None:
         boxes, links, secure = path_nodes(self.snap)
+        note = path_note(self.snap)
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         w, h = self.width(), self.height()
         n = len(boxes)
         bw, bh = min(150.0, (w - 20) / max(1, 2 * n - 1)), 40.0
         gap = (w - 20 - n * bw) / max(1, n - 1) if n > 1 else 0
-        y = (h - bh) / 2
+        y = (h - bh) / 2 - (10 if note else 0)
+        if note:
+            p.setPen(QColor("#c62828"))
+            p.drawText(QRectF(10, y + bh + 6, w - 20, h - y - bh - 6),
+                       Qt.AlignmentFlag.AlignHCenter | Qt.TextFlag.TextWordWrap, note)
         line = QColor("#1e8a3c" if secure else "#c62828")
         for i, label in enumerate(boxes):
             x = 10 + i * (bw + gap)
@@ -162,6 +252,52 @@ class PathDiagram(QWidget):
                 p.setPen(QColor("#222"))
                 p.drawText(QRectF(x0, y - 24, gap, 20), Qt.AlignmentFlag.AlignCenter, links[i])
         p.end()
+
+
+class HistoryModel(QAbstractTableModel):
+    """The history table's rows as plain tuples of text: ~0.2 MB for 1000 rows, where
+    a QStandardItemModel (an item and its Python wrapper per cell) takes 2 MB."""
+
+    HEADERS = ("Time", "Kind", "Details")
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.rows: list[tuple[str, str, str]] = []
+
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else 3
+
+    def data(self, index: QModelIndex | QPersistentModelIndex,
+             role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
+            return None
+        return self.rows[index.row()][index.column()]
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self.HEADERS[section]
+        return None
+
+    def append(self, row: tuple[str, str, str]) -> None:
+        if len(self.rows) >= self.limit:  # the oldest go; GetHistory has them all
+            drop = len(self.rows) - self.limit + 1
+            self.beginRemoveRows(QModelIndex(), 0, drop - 1)
+            del self.rows[:drop]
+            self.endRemoveRows()
+        n = len(self.rows)
+        self.beginInsertRows(QModelIndex(), n, n)
+        self.rows.append(row)
+        self.endInsertRows()
+
+    def clear(self) -> None:
+        self.beginResetModel()
+        self.rows = []
+        self.endResetModel()
 
 
 class HistoryFilter(QSortFilterProxyModel):
@@ -217,6 +353,8 @@ class StatusWindow(QWidget):
         # No context menu (its forms cost memory and offer nothing here); a curve is
         # drawn from at most a few points per pixel of the visible part.
         self.plot = pg.PlotWidget(enableMenu=False, axisItems={"bottom": pg.DateAxisItem()})
+        # The background is one colour: no viewport-sized pixmap (1.2 MB) to cache it.
+        self.plot.setCacheMode(QGraphicsView.CacheModeFlag.CacheNone)
         self.plot.setDownsampling(auto=True, mode="peak")
         self.plot.setClipToView(True)
         self.plot.setLabel("left", "RTT", units="ms")
@@ -239,8 +377,7 @@ class StatusWindow(QWidget):
         bar.addWidget(self.kind_filter)
         bar.addWidget(self.text_filter, 1)
         hl.addLayout(bar)
-        self.model = QStandardItemModel(0, 3)
-        self.model.setHorizontalHeaderLabels(["Time", "Kind", "Details"])
+        self.model = HistoryModel(HISTORY_ROWS)
         self.proxy = HistoryFilter()
         self.proxy.setSourceModel(self.model)
         self.table = QTableView()
@@ -267,6 +404,10 @@ class StatusWindow(QWidget):
         self.countdown = QTimer(self)  # runs only while the window is shown
         self.countdown.setInterval(1000)
         self.countdown.timeout.connect(self._tick)
+        self.replot = QTimer(self)  # single shot, started only by new samples
+        self.replot.setSingleShot(True)
+        self.replot.setInterval(REPLOT_MS)
+        self.replot.timeout.connect(self._plot)
         self.update_snapshot(tray.snapshot)
 
     # -- content --------------------------------------------------------------------------
@@ -286,7 +427,7 @@ class StatusWindow(QWidget):
                 entries = await helper.history(HISTORY_FETCH)
             except Exception:  # shown as an empty history; the state says why
                 entries = []
-        self.model.removeRows(0, self.model.rowCount())
+        self.model.clear()
         self.handovers.removeRows(0, self.handovers.rowCount())
         # The Event signal carries the time to the millisecond, GetHistory in full.
         seen = {(round(e.time, 3), e.kind) for e in entries}
@@ -297,8 +438,7 @@ class StatusWindow(QWidget):
     def add_event(self, e: HistoryEntry) -> None:
         when = time.strftime("%H:%M:%S", time.localtime(e.time)) if e.time else "?"
         details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()) if k != "time")
-        self.model.appendRow([QStandardItem(when), QStandardItem(e.kind),
-                              QStandardItem(details)])
+        self.model.append((when, sys.intern(e.kind), details))
         if e.kind not in self.kinds:
             self.kinds.add(e.kind)
             self.kind_filter.addItem(e.kind, e.kind)
@@ -312,19 +452,29 @@ class StatusWindow(QWidget):
             except ValueError:
                 return
             samples = self.tray.rtt["ha"]
-            if not samples or samples[-1][0] < e.time:
-                samples.append((e.time, rtt))
-                self._plot()
+            last = samples.last_time()
+            if last is None or last < e.time:
+                samples.append(e.time, rtt)
+                self._plot_later()
 
     def _filter(self) -> None:
         self.proxy.set_filter(self.kind_filter.currentData() or "", self.text_filter.text())
 
+    def _plot_later(self) -> None:
+        """Redraw once for a burst of answers (a reconnect delivers many at once)."""
+        if self.isVisible() and not self.replot.isActive():
+            self.replot.start()
+
     def _plot(self) -> None:
+        self.replot.stop()
         if not self.isVisible():
             return
+        np = sys.modules["numpy"]
         for key, curve in self.curves.items():
-            data = self.tray.rtt[key]
-            curve.setData([t for t, _ in data], [r for _, r in data])
+            series = self.tray.rtt[key]
+            # Copies (one memcpy each): pyqtgraph keeps what it is given, and a view
+            # would pin the arrays' buffers against the next append.
+            curve.setData(np.array(series.times), np.array(series.rtts))
 
     def update_snapshot(self, snap: Snapshot | None) -> None:
         f = self.fields
@@ -335,15 +485,16 @@ class StatusWindow(QWidget):
             f["home"].setText(snap.home_address or "—")
             f["coa"].setText(snap.care_of_address or "—")
             f["tia"].setText(snap.tunnel_inner_address or "—")
-            for key, probe in (("ha", snap.home_agent_probe), ("vpn", snap.vpn_probe)):
-                f[key].setText(presentation._probe("", probe).lstrip(": "))
+            f["ha"].setText(presentation._probe("", snap.home_agent_probe).lstrip(": "))
+            vpn = presentation._probe("", snap.vpn_probe).lstrip(": ")
+            f["vpn"].setText(f"{snap.vpn_gateway}: {vpn}" if snap.vpn_gateway else vpn)
             f["handover"].setText(f"{snap.last_handover_ms:.0f} ms"
                                   if snap.last_handover_ms >= 0 else "—")
-            f["policy"].setText(snap.policy.value)
+            f["policy"].setText(presentation.POLICY_WORDS[snap.policy])
         self.snap = snap
         self._tick()
         self.diagram.set_snapshot(snap)
-        self._plot()
+        self._plot_later()
 
     def _tick(self) -> None:
         snap = self.snap
@@ -377,4 +528,4 @@ class StatusWindow(QWidget):
 
 def _collect() -> None:
     gc.collect()  # the Python side of the plot holds reference cycles
-    _trim()
+    memory.trim()

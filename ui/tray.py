@@ -24,12 +24,12 @@ from ui import presentation
 from ui.helper_client import AGENT_PATH, HelperCallError, HelperClient
 from ui.icons import icon
 from ui.nm_client import NetworkName
+from ui.rtt import RttSeries
 from ui.secrets import SecretAgent, SecretStore
 
 log = logging.getLogger("trustroam.tray")
-POLICY_WORDS = {Policy.AUTO: "Automatic", Policy.ALWAYS_VPN: "Always use VPN",
-                Policy.NEVER_VPN: "Never use VPN"}
-RTT_SAMPLES = 24 * 3600  # a day of one-per-second probes, a few MB at most
+POLICY_WORDS = presentation.POLICY_WORDS
+RTT_SAMPLES = 24 * 3600  # a day of one-per-second probes: 2.8 MB for both series
 
 
 class Tray(QObject):
@@ -49,8 +49,7 @@ class Tray(QObject):
         self.status_window: Any = None
         self.profile_dialog: Any = None
         self.history: deque[HistoryEntry] = deque(maxlen=2000)
-        self.rtt: dict[str, deque[tuple[float, float]]] = {
-            "ha": deque(maxlen=RTT_SAMPLES), "vpn": deque(maxlen=RTT_SAMPLES)}
+        self.rtt = {"ha": RttSeries(RTT_SAMPLES), "vpn": RttSeries(RTT_SAMPLES)}
         self._tasks: set[asyncio.Future[Any]] = set()
 
         self.settle_timer = QTimer(self)
@@ -200,7 +199,7 @@ class Tray(QObject):
                                      ("vpn", snap.vpn_probe, old.vpn_probe if old else None)):
                 if probe.answered_at > 0 and probe.rtt_ms >= 0 and (
                         prev is None or prev.answered_at != probe.answered_at):
-                    self.rtt[key].append((probe.answered_at, probe.rtt_ms))
+                    self.rtt[key].append(probe.answered_at, probe.rtt_ms)
         if snap is None:
             self.profiles = []
             self._rebuild_profiles()

@@ -42,6 +42,22 @@ TEST_INTERFACE = "org.trustroam.Test1"
 TEST_PATH = "/org/trustroam/Test"
 
 
+VPN_SECRET_FOR_AUTH = {"psk": "vpn_psk", "eap-mschapv2": "vpn_password",
+                       "eap-md5": "vpn_password", "pubkey": "vpn_key_passphrase"}
+
+
+def vpn_secret_keys(profile_toml):
+    """What the helper asks with the MN-HA key for a profile with a [vpn] table (its
+    auth's secret; app/vpn/config.py)."""
+    try:
+        vpn = tomllib.loads(profile_toml).get("vpn")
+    except tomllib.TOMLDecodeError:
+        return []
+    if not isinstance(vpn, dict):
+        return []
+    return [VPN_SECRET_FOR_AUTH.get(vpn.get("auth", "psk"), "vpn_psk")]
+
+
 class Double(ServiceInterface):
     def __init__(self, bus):
         super().__init__(INTERFACE)
@@ -54,6 +70,7 @@ class Double(ServiceInterface):
         self.agents = []
         self.fail = {}
         self.last_secrets_keys = []
+        self.secrets_asked = []
 
     def apply(self, **changes):
         fields = {}
@@ -99,7 +116,9 @@ class Double(ServiceInterface):
         if profile not in self.profiles:
             raise DBusError(ERROR_FAILED, f"no profile {profile!r}")
         self.apply(profile=profile, state="probing", mode="none")
-        got = await self.ask_agent(profile, [SECRET_MN_HA_KEY])
+        keys = [SECRET_MN_HA_KEY, *vpn_secret_keys(self.profiles[profile])]
+        self.secrets_asked = keys
+        got = await self.ask_agent(profile, keys)
         self.last_secrets_keys = sorted(got)
         if not got.get(SECRET_MN_HA_KEY):
             self.apply(state="error", error=f"no key for profile {profile!r}")
@@ -249,6 +268,15 @@ class Control(ServiceInterface):
     def EventBurst(self, n: "u"):
         for i in range(n):
             self.d.event("probe-answered", {"rtt_ms": f"{2 + (i % 17) * 0.1:.2f}"})
+
+    @method()
+    def SecretsAsked(self) -> "as":
+        return list(self.d.secrets_asked)
+
+    @method()
+    def SecretsGot(self) -> "as":
+        """The key names (never the values) the last Connect got from the agent."""
+        return list(self.d.last_secrets_keys)
 
     @method()
     def Calls(self) -> "as":

@@ -35,7 +35,8 @@ STATES = [
                       "home_address": "10.20.1.10"}),
     ("trusted-colocated", {"state": "trusted", "mode": "c", "care_of_address": "192.168.7.20"}),
     ("trusted-fa", {"state": "trusted", "mode": "f", "care_of_address": "10.30.0.1"}),
-    ("vpn", {"state": "untrusted", "mode": "mc", "tunnel_inner_address": "10.99.0.5"}),
+    ("vpn", {"state": "untrusted", "mode": "mc", "tunnel_inner_address": "10.99.0.5",
+             "vpn_gateway": "vpn1.corp.example", "vpn_probe": [True, 14.2, 1.0]}),
     ("untrusted", {"state": "untrusted", "mode": "none"}),
     ("error", {"state": "error", "mode": "none",
                "error": "denied by home agent: mobile node failed authentication (131)"}),
@@ -188,6 +189,51 @@ def test_icon_per_state_and_open_menu_in_an_x_tray(xtray: XTray, tmp_path: Path)
     assert xtray.tray.poll() is None
 
 
+def test_tooltip_in_mc_and_when_blocked_in_an_x_tray(xtray: XTray, tmp_path: Path) -> None:
+    """The untrusted side as the user hovers the icon: mc with the TIA, the gateway by
+    name and its RTT; the never-vpn refusal with its reason."""
+    wait_for(lambda: bool(xtray.windows()), 10, "the tray icon's window")
+    icon_win = xtray.windows()[0]
+    box = xtray.geometry(icon_win)
+    x, y, w, h = box
+
+    def popups() -> list[str]:  # balloons and tooltips: every other visible window
+        return [v for v in xtray.windows() if v != icon_win and xtray.geometry(v)[2]]
+
+    xtray.start_double()
+    now = time.time()
+    for name, changes in (
+            ("mc", {"state": "untrusted", "mode": "mc", "profile": "corp",
+                    "home_address": "10.20.1.10", "care_of_address": "203.0.113.9",
+                    "tunnel_inner_address": "10.99.0.5", "vpn_gateway": "vpn1.corp.example",
+                    "vpn_probe": [True, 14.2, now], "home_agent_probe": [True, 21.7, now],
+                    "binding_expires": now + 600, "nat_detected": True}),
+            ("blocked", {"mode": "none", "tunnel_inner_address": "", "vpn_gateway": "",
+                         "vpn_probe": [False, 14.2, now], "binding_expires": 0.0,
+                         "nat_detected": False, "policy": "never-vpn",
+                         "error": "untrusted network and policy never-vpn: traffic "
+                                  "blocked"})):
+        xtray.set(changes)
+        xtray.wait_log("notify: ")  # the settled change's balloon: clicked away
+        wait_for(lambda: bool(popups()), 10, "the notification")
+        for v in popups():
+            bx, by, bw, bh = xtray.geometry(v)
+            xtray.x("xdotool", "mousemove", str(bx + bw // 2), str(by + bh // 2), "click", "1")
+        xtray.x("xdotool", "mousemove", "5", "500")
+        wait_for(lambda: not popups(), 10, "the popups closed")
+        xtray.x("xdotool", "mousemove", str(x + w // 2), str(y + h // 2))
+        wait_for(lambda: bool(popups()), 10, "the tooltip")
+        tx, ty, tw, th = xtray.geometry(popups()[0])
+        left, right = max(0, min(x, tx) - 8), min(900, max(x + w, tx + tw) + 8)
+        shot = tmp_path / f"tray-tooltip-{name}.png"
+        xtray.capture_stable(shot, (left, 0, right - left, min(560, max(y + h, ty + th) + 8)),
+                             b"")
+        save(shot, f"tray-tooltip-{name}.png")
+        xtray.x("xdotool", "mousemove", "5", "500")
+        wait_for(lambda: not popups(), 10, "the tooltip closed")
+    assert xtray.tray.poll() is None
+
+
 def _mask(name: str, size: int) -> list[bool]:
     from PySide6.QtCore import Qt
     from PySide6.QtGui import QImage, QPainter
@@ -265,8 +311,9 @@ def test_window_screenshots(double: Any, tray: Any, qloop: Any, qtbot: Any,
             await double.call("Emit", "sa{ss}", [kind, details])
         await double.set(state="untrusted", mode="mc", profile="corp",
                          home_address="10.20.1.10", care_of_address="203.0.113.9",
-                         tunnel_inner_address="10.99.0.5", binding_expires=now + 420,
-                         last_handover_ms=131.4, nat_detected=True)
+                         tunnel_inner_address="10.99.0.5", vpn_gateway="vpn1.corp.example",
+                         binding_expires=now + 420, last_handover_ms=131.4,
+                         nat_detected=True)
         for i in range(60):
             await double.set(home_agent_probe=[True, 18 + (i % 7) * 0.8, now - 600 + i * 10],
                              vpn_probe=[True, 12 + (i % 5) * 0.6, now - 600 + i * 10])
@@ -276,7 +323,7 @@ def test_window_screenshots(double: Any, tray: Any, qloop: Any, qtbot: Any,
     w = tray.status_window
     run(qloop, w.reload_history())
     qtbot.waitUntil(lambda: len(tray.rtt["vpn"]) >= 60)
-    w._plot()
+    w._plot()  # now, not after the coalescing timer
     out = tmp_path / "status-window.png"
     assert w.grab().save(str(out))
     save(out, "status-window.png")
@@ -295,3 +342,24 @@ def test_window_screenshots(double: Any, tray: Any, qloop: Any, qtbot: Any,
     out = tmp_path / "profile-editor.png"
     assert ed.grab().save(str(out))
     save(out, "profile-editor.png")
+    # The VPN page: the [vpn] table, checked by the helper's parser as you type.
+    ed.widgets["home_agent"].setText("10.20.1.1")
+    for k, v in (("vpn.gateways", "vpn1.corp.example, 192.0.2.x!"),
+                 ("vpn.identity", "alice@corp.example")):
+        ed.widgets[k].setText(v)
+    ed.widgets["vpn.auth"].setCurrentText("eap-mschapv2")
+    ed.pages.setCurrentIndex(1)
+    assert ed.message.text().startswith("vpn.gateways[1]:")
+    out = tmp_path / "profile-editor-vpn.png"
+    assert ed.grab().save(str(out))
+    save(out, "profile-editor-vpn.png")
+
+    # Never use VPN on an untrusted network: blocked, and why.
+    run(qloop, double.set(state="untrusted", mode="none", policy="never-vpn",
+                          tunnel_inner_address="", vpn_gateway="", binding_expires=0.0,
+                          error="untrusted network and policy never-vpn: traffic blocked"))
+    qtbot.waitUntil(lambda: tray.snapshot is not None and tray.snapshot.mode.value == "none")
+    w.tabs.setCurrentIndex(0)
+    out = tmp_path / "status-blocked.png"
+    assert w.grab().save(str(out))
+    save(out, "status-blocked.png")

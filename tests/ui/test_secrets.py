@@ -108,6 +108,72 @@ def test_agent_asks_once_and_offers_to_store(double: Any, qloop: Any, qapp: Any,
         t.close()
 
 
+ROAM = """name = "roam"
+home_address = "10.20.1.10"
+home_network = "10.20.1.0/24"
+home_agent = "10.20.1.1"
+spi = 300
+
+[vpn]
+gateways = ["vpn1.corp.example"]
+identity = "alice@corp.example"
+auth = "eap-mschapv2"
+"""
+
+
+def test_vpn_secret_asked_once_with_the_key_and_stored(double: Any, qloop: Any, qapp: Any,
+                                                       dialogs: Any) -> None:
+    """The VPN's password ([vpn] auth eap-mschapv2) is asked with the MN-HA key in one
+    GetSecrets; the keyring has the key, so the dialog asks only for the password,
+    once, and stores it; the next Connect needs no dialog."""
+    from ui.tray import Tray
+
+    t = Tray(ask_secrets=True)
+    run(qloop, t.start())
+    try:
+        assert t.helper is not None
+        assert run(qloop, t.helper.save_profile(ROAM)) == "roam"
+        t.store.set("roam", "mn_ha_key", CANARY)
+        t.store.delete("roam", "vpn_password")
+
+        async def answer_dialog() -> None:
+            await dialogs.appeared.wait()
+            dlg = dialogs[0]
+            assert list(dlg.fields) == ["vpn_password"]
+            ok = dlg.buttons.button(dlg.buttons.StandardButton.Ok)
+            assert not ok.isEnabled() and dlg.message.text() == "VPN password: is empty"
+            dlg.fields["vpn_password"].setText("pw-" + CANARY)
+            dlg.remember.setChecked(True)
+            ok.click()
+
+        async def go() -> None:
+            await asyncio.gather(t._connect("roam"), answer_dialog())
+
+        run(qloop, go())
+        assert run(qloop, double.call("SecretsAsked")) == ["mn_ha_key", "vpn_password"]
+        assert run(qloop, double.call("SecretsGot")) == ["mn_ha_key", "vpn_password"]
+        assert t.store.get("roam", "vpn_password") == "pw-" + CANARY
+        run(qloop, t._connect("roam"))
+        assert len(dialogs) == 1  # the keyring answers both now
+        assert run(qloop, double.call("SecretsGot")) == ["mn_ha_key", "vpn_password"]
+    finally:
+        t.store.delete("roam", "mn_ha_key")
+        t.store.delete("roam", "vpn_password")
+        t.close()
+
+
+def test_key_passphrase_may_stay_empty_other_secrets_not(qapp: Any) -> None:
+    from ui.secret_dialog import SecretDialog
+
+    optional = SecretDialog("p", ["vpn_key_passphrase"], "")
+    assert optional.buttons.button(optional.buttons.StandardButton.Ok).isEnabled()
+    required = SecretDialog("p", ["vpn_psk"], "")
+    assert not required.buttons.button(required.buttons.StandardButton.Ok).isEnabled()
+    assert required.message.text() == "VPN pre-shared key: is empty"
+    for d in (optional, required):
+        d.deleteLater()
+
+
 def test_keyring_locked_or_absent_gives_a_clear_message(double: Any, tray: Any, qloop: Any,
                                                         tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch
@@ -179,10 +245,11 @@ def test_canary_secret_only_in_the_get_secrets_reply(double: Any, tray: Any, qlo
         ed = tray.profile_dialog
         for k, v in (("name", "canary"), ("home_address", "10.20.1.10"),
                      ("home_network", "10.20.1.0/24"), ("home_agent", "10.20.1.1"),
-                     ("spi", "300")):
+                     ("spi", "300"), ("vpn.gateways", "vpn1.corp.example"),
+                     ("vpn.identity", "alice@corp.example")):
             ed.widgets[k].setText(v)
         ed.key_edit.setText(CANARY)
-        ed.secret_edits["vpn_psk"].setText(CANARY + "-psk")
+        ed.secret_edits["vpn_psk"].setText(CANARY + "-psk")  # [vpn] auth = "psk"
         assert run(qloop, ed.save()), ed.message.text()
         assert ed.message.text() == ("Saved canary; in the keyring: Mobile-Home key, "
                                      "VPN pre-shared key")
@@ -224,6 +291,9 @@ def test_canary_secret_only_in_the_get_secrets_reply(double: Any, tray: Any, qlo
                     data = f.read_bytes()
                     assert CANARY.encode() not in data and CANARY_RAW not in data, f
         assert "mn_ha_key" not in exported.read_text()
+        assert "vpn_psk" not in exported.read_text() and "[vpn]" in exported.read_text()
+        # Connect asked for the MN-HA key and the VPN's PSK together, in one request.
+        assert run(qloop, double.call("SecretsAsked")) == ["mn_ha_key", "vpn_psk"]
         assert (config / "trustroam/profiles/canary.toml").is_file()
         # The VPN side asks for its PSK the same way: the agent has it too.  (After the
         # monitors: the double's test-only AskSecrets hands the answer to this test.)

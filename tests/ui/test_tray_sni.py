@@ -66,14 +66,20 @@ STATES = [
     ({"state": "untrusted", "mode": "none", "care_of_address": "203.0.113.9"},
      ["Untrusted network, NOT protected"]),
     ({"state": "untrusted", "mode": "mc", "tunnel_inner_address": "10.99.0.5",
-      "vpn_probe": [True, 23.5, 1700000000.0], "nat_detected": True},
+      "vpn_gateway": "vpn1.corp.example", "vpn_probe": [True, 23.5, 1700000000.0],
+      "nat_detected": True},
      ["protected by the VPN (mode mc)", "Tunnel inner address: 10.99.0.5",
-      "VPN gateway: reachable, last RTT 23.5 ms", "NAT detected"]),
+      "VPN gateway vpn1.corp.example: reachable, last RTT 23.5 ms", "NAT detected"]),
+    # Never use VPN on an untrusted network: the helper refuses, the gate stays shut.
+    ({"state": "untrusted", "mode": "none", "tunnel_inner_address": "", "vpn_gateway": "",
+      "policy": "never-vpn", "error": "untrusted network and policy never-vpn"},
+     ["Untrusted network, NOT protected: untrusted network and policy never-vpn",
+      "Policy: Never use VPN"]),
     ({"state": "error", "mode": "none",
       "error": "denied by home agent: mobile node failed authentication (131)"},
      ["The home agent refused the key (131): check the profile's key"]),
     ({"state": "offline", "mode": "none", "profile": "", "care_of_address": "",
-      "binding_expires": 0.0, "error": ""}, ["Offline"]),
+      "binding_expires": 0.0, "error": "", "policy": "auto"}, ["Offline"]),
 ]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from app.api import Policy
 from tests.ui.conftest import run
 
 GOOD = {"name": "corp2", "home_address": "10.20.1.10", "home_network": "10.20.1.0/24",
@@ -46,6 +47,60 @@ def test_editor_validates_as_you_type_naming_the_field(double: Any, editor: Any)
     ed.widgets["name"].setText("")
     assert ed.message.text() == "name: is required"
     assert not ed.save_button.isEnabled()
+
+
+def test_editor_vpn_fields_checked_by_the_helpers_parser(double: Any, editor: Any,
+                                                         tmp_path: Path) -> None:
+    """The [vpn] table: validated as you type by app/vpn/config.py (messages name the
+    field), only the secret its auth uses is offered, exported without secrets."""
+    ed = editor
+    w = ed.widgets
+    visible = lambda: [k for k, e in ed.secret_edits.items()  # noqa: E731
+                       if ed.secret_forms[k].isRowVisible(e)]
+    assert visible() == ["mn_ha_key"]  # no VPN yet: no VPN secret, no [vpn] table
+    w["vpn.gateways"].setText("vpn1.corp.example, bad_host!")
+    assert ed.message.text() == ("vpn.gateways[1]: 'bad_host!' is not an IP address or "
+                                 "host name")
+    assert not ed.save_button.isEnabled() and "border" in w["vpn.gateways"].styleSheet()
+    w["vpn.gateways"].setText("vpn1.corp.example, 192.0.2.7")
+    assert ed.message.text() == "vpn.identity: is required"
+    assert "border" in w["vpn.identity"].styleSheet()
+    w["vpn.identity"].setText("alice@corp.example")
+    assert ed.message.text() == "" and ed.save_button.isEnabled()
+    assert visible() == ["mn_ha_key", "vpn_psk"]  # auth psk
+    w["vpn.auth"].setCurrentText("eap-mschapv2")
+    assert visible() == ["mn_ha_key", "vpn_password"]
+    w["vpn.auth"].setCurrentText("pubkey")
+    assert ed.message.text() == 'vpn.cert_file: is required with auth = "pubkey"'
+    w["vpn.cert_file"].setText("/etc/trustroam/alice.pem")
+    w["vpn.key_file"].setText("alice.key")
+    assert ed.message.text() == "vpn.key_file: 'alice.key' must be an absolute path"
+    w["vpn.key_file"].setText("/etc/trustroam/alice.key")
+    w["vpn.intranet"].setText("10.0.0.0/8, 10.1.0.1/16")
+    assert ed.message.text() == ("vpn.intranet[1]: '10.1.0.1/16' is not an IPv4 network "
+                                 "like 10.0.0.0/8")
+    w["vpn.intranet"].setText("10.0.0.0/8")
+    w["vpn.dpd_delay"].setText("99999")
+    assert ed.message.text().startswith("vpn.dpd_delay: ")
+    w["vpn.dpd_delay"].setText("30")
+    w["vpn.esp_proposals"].setText("aes128gcm16-x25519, AES!")
+    assert ed.message.text().startswith("vpn.esp_proposals[1]: ")
+    w["vpn.esp_proposals"].setText("aes128gcm16-x25519")
+    assert ed.message.text() == "" and visible() == ["mn_ha_key", "vpn_key_passphrase"]
+    ed.secret_edits["vpn_key_passphrase"].setText("not-in-files")
+    out = tmp_path / "roam.toml"
+    assert ed.export_file(out)
+    text = out.read_text()
+    assert "[vpn]" in text and 'gateways = ["vpn1.corp.example", "192.0.2.7"]' in text
+    assert 'key_file = "/etc/trustroam/alice.key"' in text and "not-in-files" not in text
+    assert 'esp_proposals = ["aes128gcm16-x25519"]' in text
+    ed.load_values({})
+    assert ed.import_file(out) and ed.values()["vpn.auth"] == "pubkey"
+    assert ed.values()["vpn.gateways"] == "vpn1.corp.example, 192.0.2.7"
+    bad = tmp_path / "psk-in-file.toml"
+    bad.write_text(text + 'vpn_psk = "x"\n')
+    assert not ed.import_file(bad)
+    assert ed.message.text().startswith(f"{bad}: vpn.vpn_psk: secrets do not belong")
 
 
 def test_editor_saves_through_save_profile_and_shows_refusal(double: Any, editor: Any,
@@ -102,7 +157,7 @@ def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
         await double.call("Emit", "sa{ss}", ["link-up", {"iface": "eth0"}])
         await double.call("Emit", "sa{ss}", ["handover", {"mode": "c", "ms": "42.0"}])
         await double.set(state="untrusted", mode="mc", tunnel_inner_address="10.99.0.5",
-                         last_handover_ms=42.0)
+                         vpn_gateway="vpn1.corp.example", last_handover_ms=42.0)
         for i in range(5):
             await double.set(home_agent_probe=[True, 2.0 + i, now - 50 + i],
                              vpn_probe=[True, 20.0 + i, now - 50 + i])
@@ -113,9 +168,13 @@ def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
     run(qloop, w.reload_history())
     qtbot.waitUntil(lambda: tray.snapshot is not None and tray.snapshot.vpn_probe.rtt_ms == 24)
     boxes, links, secure = path_nodes(tray.snapshot)
-    assert boxes == ["This computer", "VPN gateway", "Home agent"] and secure
-    assert links[0] == "ESP (TIA 10.99.0.5)"
+    # mc: laptop -> ESP -> the gateway (by name) -> Mobile IP -> home agent.
+    assert boxes == ["This computer", "VPN gateway\nvpn1.corp.example", "Home agent"]
+    assert secure and links == ["ESP (TIA 10.99.0.5)", "Mobile IP (mode mc)"]
     assert w.fields["tia"].text() == "10.99.0.5"
+    assert w.fields["vpn"].text() == "vpn1.corp.example: reachable, last RTT 24.0 ms"
+    assert "VPN gateway vpn1.corp.example: reachable, last RTT 24.0 ms" in tray.tooltip_text()
+    assert tray._icon_name == "trustroam-vpn"
     assert w.fields["handover"].text() == "42 ms"
     # The RTT plot holds every answered probe.
     _xs, ys = w.curves["vpn"].getData()
@@ -135,6 +194,29 @@ def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
     assert w.handovers.rowCount() == 1 and w.handovers.index(0, 2).data() == "42.0"
 
 
+def test_never_vpn_refusal_shown_blocked_with_the_reason(double: Any, tray: Any,
+                                                        qloop: Any, qtbot: Any) -> None:
+    """Through the D-Bus double: policy never-vpn on an untrusted network."""
+    from ui.status_window import path_nodes, path_note
+
+    reason = "untrusted network and policy never-vpn: traffic blocked"
+    run(qloop, double.set(state="untrusted", mode="none", policy="never-vpn", error=reason))
+    qtbot.waitUntil(lambda: tray.snapshot is not None and tray.snapshot.error == reason)
+    assert tray._icon_name == "trustroam-untrusted"
+    tip = tray.tooltip_text()
+    assert f"NOT protected: {reason}" in tip and "Policy: Never use VPN" in tip
+    assert tray.policy_actions[Policy.NEVER_VPN].isChecked()
+    tray.show_status()
+    w = tray.status_window
+    _boxes, links, secure = path_nodes(tray.snapshot)
+    assert not secure and links == ["NOT protected: blocked"]
+    assert path_note(tray.snapshot) == reason
+    assert w.fields["state"].text().endswith(reason)
+    assert not w.diagram.grab().isNull()  # the note under the boxes paints
+    qtbot.waitUntil(lambda: tray.coalescer.announced is not None
+                    and tray.coalescer.announced[2] == reason, timeout=4000)
+
+
 def test_closing_the_status_window_frees_the_plot(double: Any, tray: Any, qloop: Any,
                                                   qtbot: Any) -> None:
     run(qloop, double.call("Emit", "sa{ss}", ["link-up", {"iface": "eth0"}]))
@@ -152,3 +234,40 @@ def test_closing_the_status_window_frees_the_plot(double: Any, tray: Any, qloop:
     assert tray.status_window is not None and tray.status_window is not w
     run(qloop, tray.status_window.reloading)
     assert tray.status_window.model.rowCount() > 0
+
+
+def test_status_window_loads_only_the_plotting_part_of_pyqtgraph(double: Any, tray: Any,
+                                                                   qtbot: Any) -> None:
+    """Memory (issue 13's 100 MB with the window open): pyqtgraph's __init__ runs
+    without its imports of widgets the window never uses, and its Qt modules
+    forward to PySide6 (a fallback to the plain import would pass unnoticed)."""
+    import sys
+
+    from PySide6 import QtWidgets
+
+    own_dir = QtWidgets.__dict__.get("__dir__")
+    tray.show_status()
+    qtbot.waitExposed(tray.status_window)
+    assert QtWidgets.__dict__.get("__dir__") is own_dir  # PySide6's own, put back
+    assert "QGraphicsPathItem" in dir(QtWidgets)
+    pg = sys.modules["pyqtgraph"]
+    unused = [m for m in ("pyqtgraph.imageview", "pyqtgraph.widgets.RemoteGraphicsView",
+                          "pyqtgraph.graphicsItems.ROI") if m in sys.modules]
+    assert not unused
+    assert "PySide6.QtOpenGL" not in sys.modules  # 2.3 MB for drawing with OpenGL: unused
+    assert pg.Qt.QtWidgets.QGraphicsView is QtWidgets.QGraphicsView
+    assert "QGraphicsView" not in vars(pg.Qt.QtWidgets)  # fetched on use, not copied
+    assert pg.getConfigOption("exitCleanup")  # the package's own code ran
+
+
+def test_history_table_keeps_its_newest_rows() -> None:
+    from PySide6.QtCore import Qt
+
+    from ui.status_window import HistoryModel
+
+    m = HistoryModel(3)
+    for i in range(5):
+        m.append((f"t{i}", "kind", f"n={i}"))
+    assert m.rowCount() == 3
+    assert [m.index(r, 2).data() for r in range(3)] == ["n=2", "n=3", "n=4"]
+    assert m.headerData(1, Qt.Orientation.Horizontal) == "Kind"

@@ -1,0 +1,40 @@
+"""Probe round trips kept for the status window's plot, compactly.
+
+Two flat arrays of doubles (16 bytes a sample) instead of a deque of tuples
+(~110 bytes a sample: a tuple and two float objects): a day of one-per-second
+answers for the home agent and the VPN gateway is 2.8 MB instead of 19 MB, and
+the plot copies them into numpy with one memcpy each.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+
+class RttSeries:
+    """(unix time, RTT ms) samples in arrival order: the newest ``maxlen`` are kept
+    (up to maxlen/16 more until the next trim)."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
+        self.times = array("d")
+        self.rtts = array("d")
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def append(self, when: float, rtt_ms: float) -> None:
+        self.times.append(when)
+        self.rtts.append(rtt_ms)
+        # Drop the oldest in chunks: one move per maxlen/16 samples, not one per sample.
+        if len(self.times) > self.maxlen + max(1, self.maxlen // 16):
+            cut = len(self.times) - self.maxlen
+            del self.times[:cut]
+            del self.rtts[:cut]
+
+    def last_time(self) -> float | None:
+        return self.times[-1] if self.times else None
+
+    def samples(self) -> list[tuple[float, float]]:
+        """The kept samples as pairs, oldest first (tests and small callers)."""
+        return list(zip(self.times, self.rtts, strict=True))
