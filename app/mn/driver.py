@@ -526,7 +526,7 @@ class MobileNodeDriver:
     async def _terminate(self) -> None:
         assert self.charon is not None
         try:
-            await self.charon.terminate()
+            await self.charon.terminate(wait=False)
         except VpnError as exc:
             log.info("the VPN was not torn down: %s", exc)
 

@@ -257,16 +257,21 @@ class Charon:
             raise VpnCommandError("no VPN gateway brought the tunnel up (" +
                                   "; ".join(failures) + ")")
 
-    async def terminate(self) -> None:
+    async def terminate(self, *, wait: bool = True) -> None:
         """Tear the tunnel down, or abort a pending ``initiate`` (no error if there is
-        none).  Not queued behind a slow initiate: it has its own VICI session."""
+        none).  Not queued behind a slow initiate: it has its own VICI session.
+        ``wait=False``: the DELETE goes once and the SA is gone at once, answered or
+        not (leaving for a trusted network the gateway may be out of reach: a new
+        VPN must not wait behind the old one's retransmissions)."""
         self._terminating = True
-        await self._terminate(own_session=True)
+        await self._terminate(own_session=True, wait=wait)
 
-    async def _terminate(self, *, own_session: bool = False) -> None:
+    async def _terminate(self, *, own_session: bool = False, wait: bool = True) -> None:
+        patience = self.call_timeout / 2 if wait else 0.0
+
         def stop(s: vici.Session) -> None:
             try:
-                list(s.terminate(msgs.terminate(self.name, self.call_timeout / 2)))
+                list(s.terminate(msgs.terminate(self.name, patience)))
             except vici.exception.CommandException as exc:
                 if "no matching" not in str(exc):
                     raise

@@ -340,7 +340,8 @@ def initiate(name: str = CONNECTION, timeout: float = 10.0) -> dict[str, Any]:
 
 def terminate(name: str = CONNECTION, timeout: float = 3.0) -> dict[str, Any]:
     """``terminate``: every IKE SA of the connection; after ``timeout`` without the
-    gateway's DELETE answer charon drops it anyway (force), so this never hangs."""
+    gateway's DELETE answer charon drops it anyway (force), so this never hangs;
+    ``timeout`` 0: dropped at once, the DELETE sent once and not waited for."""
     return {"ike": name, "timeout": str(int(timeout * 1000)), "force": "yes"}
 
 

@@ -191,3 +191,8 @@ def test_initiate_terminate_and_list_arguments():
 def test_describe_never_shows_values():
     keys = vc.describe({"a": "s3cret", "b": {"c": "s3cret"}})
     assert keys == ["a", "b.c"]
+
+
+def test_terminate_without_patience_drops_the_sa_at_once():
+    # strongSwan's vici: force with no timeout destroys the IKE SA without waiting.
+    assert vc.terminate(timeout=0) == {"ike": "trustroam", "timeout": "0", "force": "yes"}
