@@ -128,8 +128,8 @@ def test_rfc5266_3_4_walk_across_the_boundary_with_a_tcp_session_and_nothing_lea
             pings.wait_reply(after=time.time(), timeout=20)
             t_ping = time.time() - t
             carries_data_again(client)  # the same TCP session, through the new path
-            print(f"   {net}: mode {t_mode:.3f} s, pings {t_ping:.3f} s, TCP {time.time() - t:.3f} s "
-                  "after the move")
+            print(f"   {net}: mode {t_mode:.3f} s, pings {t_ping:.3f} s, "
+                  f"TCP {time.time() - t:.3f} s after the move")
             p = props(world)
             seen.append((net, mode, p))
             assert p["Mode"] == mode, (net, p)
