@@ -403,14 +403,16 @@ class AccessModeMachine:
             self._shut()  # nothing normal leaves while undecided
         # (mode mc stays open: what it lets out is encrypted, and MOBIKE moves it)
         self._withdraw_home()
+        if in_mc:
+            self._open(self._link)  # the same rules, named for the new link
         at_home = ev.address.ip in self.home_network
         if at_home:
+            # RFC 5944 4.6: returning home, ARP for the home address is answered (and
+            # asked with it) before the request -- also with mc still open.
             self.home_probe = ev.iface
             self._actions.append(Gate(self.gate, home_probe=ev.iface))
         self._actions.append(PrepareLink(ev.iface, ev.address, ev.gateway))
-        if in_mc:
-            self._open(self._link)  # the same rules, named for the new link
-        else:
+        if not in_mc:
             self._enter(State.PROBING, Mode.NONE, None)
         if self.policy is Policy.ALWAYS_VPN and self._vpn_configured:
             # No direct probe: whatever answers, the traffic goes through the VPN.

@@ -466,3 +466,23 @@ def test_shutdown_in_mc_deregisters_through_the_vpn():
     w.run(1)
     assert vpn_sends(w, since=t)
     assert w.ha_coa() is None
+
+
+def test_rfc5944_4_6_mc_to_the_home_link_lets_arp_for_the_home_address_out_before_the_request():
+    """Returning home from mc: the deregistration leaves from the home address, so
+    ARP naming it must pass on the home link before the request (RFC 5944 4.6)."""
+    w = World()
+    w.move("pub")
+    w.run(20)
+    w.net = "home"
+    w.epoch += 1
+    actions = w.m.handle(NETS["home"].up, w.now)
+    gates = [i for i, a in enumerate(actions) if isinstance(a, Gate)]
+    send = next(i for i, a in enumerate(actions) if isinstance(a, Send))
+    assert gates and gates[-1] < send
+    last = actions[gates[-1]]
+    assert last.home_probe == "eth0", last
+    w.apply(actions)
+    w.run(5)
+    assert w.m.mode is Mode.HOME and w.stopped
+    w.agrees()
