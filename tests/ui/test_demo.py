@@ -1,14 +1,15 @@
 """``scripts/demo``, the README's main job, as CI runs it: root, no DISPLAY, no stdin.
 
-It must walk the lab home -> t1 -> fa1 -> t2 -> pub -> home with the tray attached
-under its own Xvfb, save a screenshot of the tray (icon + tooltip) per stop, show
-the gate shut on pub, and leave nothing behind.  Builds the lab: run it under the
+It must walk the lab home -> t1 -> fa1 -> t2 -> pub -> nat -> home with the real
+helper on a VPN profile (pub and nat in mode mc, nat reached by MOBIKE) and the tray
+attached under its own Xvfb, save a screenshot of the tray (icon + tooltip) per
+stop and of each settled change's notification, reach the home address from the CN
+at every stop, and leave nothing behind.  Builds the lab: run it under the
 lab's lock (flock /tmp/trustroam-lab.lock python3 -m pytest tests/ui/test_demo.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import re
 import shutil
 import subprocess
@@ -19,7 +20,8 @@ from tests.ui.conftest import require_desktop_tools
 from tests.ui.procs import ROOT, base_env
 
 WALK = [("home", "trusted, mode h"), ("t1", "trusted, mode c"), ("fa1", "trusted, mode f"),
-        ("t2", "trusted, mode c"), ("pub", "untrusted"), ("home", "trusted, mode h")]
+        ("t2", "trusted, mode c"), ("pub", "untrusted, mode mc"), ("nat", "untrusted, mode mc"),
+        ("home", "trusted, mode h")]
 
 
 def test_demo_headless_walks_with_the_tray_and_cleans_up() -> None:
@@ -43,20 +45,24 @@ def test_demo_headless_walks_with_the_tray_and_cleans_up() -> None:
         assert [n for n, _ in stops] == [n for n, _ in WALK], out
         for (net, text), (_n, want) in zip(stops, WALK, strict=True):
             assert f"trustroam: {want}" in text, (net, text)
-            if net == "pub":
-                assert "gate: shut" in text and "100% packet loss" in text, text
-            else:
-                assert " 0% packet loss" in text, (net, text)
+            # Every stop carries the home address, mc through the VPN (RFC 5266 3.3).
+            assert " 0% packet loss" in text, (net, text)
+            if "mode mc" in want:
+                assert "TIA            10.99.1." in text and "VPN gateway    172.16.0.11" \
+                    in text, text
         assert shots_m, out
         shots = Path(shots_m.group(1))
         tips = [shots / f"{i}-{net}.png" for i, (net, _w) in enumerate(WALK)]
-        notices = [shots / f"{i}-{net}-notification.png" for i, (net, _w) in
-                   enumerate(WALK) if i]
+        # A settled change is announced; pub -> nat (mc -> mc, MOBIKE) is none.
+        news = [i for i in range(1, len(WALK)) if WALK[i][1] != WALK[i - 1][1]]
+        assert news == [1, 2, 3, 4, 6]
+        notices = [shots / f"{i}-{WALK[i][0]}-notification.png" for i in news]
+        assert not (shots / "5-nat-notification.png").exists()
         for f in tips + notices:
             assert f.is_file() and f.read_bytes()[:4] == b"\x89PNG", f
-        # Each stop's tooltip differs from the one before (the tray followed the walk).
+        # Each change's tooltip differs from the one before (the tray followed the walk).
         pics = [f.read_bytes() for f in tips]
-        assert all(a != b for a, b in itertools.pairwise(pics))
+        assert all(pics[i] != pics[i - 1] for i in news)
         # Nothing left: the lab is down, the private X server gone.
         assert not Lab().status()["up"]
         assert not Path(f"/tmp/.X11-unix/X{display.group(1)[1:]}").exists()
