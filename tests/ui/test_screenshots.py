@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+# The helper's own words for the never-vpn refusal (the screenshots show what users see).
+from app.mn.access_mode import NEVER_VPN_REASON
 from tests.ui.conftest import OUT, run
 from tests.ui.procs import ROOT, Procs, base_env, wait_for
 
@@ -211,8 +213,7 @@ def test_tooltip_in_mc_and_when_blocked_in_an_x_tray(xtray: XTray, tmp_path: Pat
             ("blocked", {"mode": "none", "tunnel_inner_address": "", "vpn_gateway": "",
                          "vpn_probe": [False, 14.2, now], "binding_expires": 0.0,
                          "nat_detected": False, "policy": "never-vpn",
-                         "error": "untrusted network and policy never-vpn: traffic "
-                                  "blocked"})):
+                         "error": NEVER_VPN_REASON})):
         xtray.set(changes)
         xtray.wait_log("notify: ")  # the settled change's balloon: clicked away
         wait_for(lambda: bool(popups()), 10, "the notification")
@@ -357,7 +358,7 @@ def test_window_screenshots(double: Any, tray: Any, qloop: Any, qtbot: Any,
     # Never use VPN on an untrusted network: blocked, and why.
     run(qloop, double.set(state="untrusted", mode="none", policy="never-vpn",
                           tunnel_inner_address="", vpn_gateway="", binding_expires=0.0,
-                          error="untrusted network and policy never-vpn: traffic blocked"))
+                          error=NEVER_VPN_REASON))
     qtbot.waitUntil(lambda: tray.snapshot is not None and tray.snapshot.mode.value == "none")
     w.tabs.setCurrentIndex(0)
     out = tmp_path / "status-blocked.png"
