@@ -8,10 +8,12 @@ the tray ``trustroam`` attached to that helper: on the current display when
 there is one it can use, else on a private Xvfb with trayer as the X tray host,
 saving a screenshot of the tray icon and its tooltip at every stop to a folder
 it prints.  Then it walks the MN home -> t1 -> fa1 -> t2 -> pub -> nat -> home
-(h, c, f, c, mc, mc through MOBIKE, h), printing what ``trustroamctl status``
-shows after each move (the helper's own state and mode) and a ping from the CN
-to the home address.  ``--stay`` leaves it all running for ``trustroamctl`` and
-``trustroam-lab move`` (Ctrl-C ends); otherwise it cleans up.  It needs no
+(h, c, f, c, mc, mc through MOBIKE, h); on nat it sets the policy to never-vpn
+(untrusted, nothing protected: the gate shuts, the tray says why) and back to
+auto (mc again).  After each step it prints what ``trustroamctl status`` shows
+(the helper's own state and mode) and a ping from the CN to the home address.
+``--stay`` leaves it all running for ``trustroamctl`` and ``trustroam-lab move``
+(Ctrl-C ends); otherwise it cleans up.  It needs no
 stdin and no display.
 """
 
@@ -44,6 +46,15 @@ class Stop:
     mode: str  # its Mode
     icon: str  # the tray's icon (ui/presentation.py's icon_name)
     prefix: str  # the MN's DHCP address on this link starts with this
+    policy: str = ""  # set this policy here instead of moving
+
+    @property
+    def name(self) -> str:
+        return f"{self.net} (policy {self.policy})" if self.policy else self.net
+
+    @property
+    def file(self) -> str:
+        return f"{self.net}-{self.policy}" if self.policy else self.net
 
 
 TOUR = (
@@ -55,6 +66,10 @@ TOUR = (
     Stop("pub", "untrusted", "mc", "trustroam-vpn", "203.0.113."),
     # Behind a NAT, still untrusted: MOBIKE moves the IKE SA, the TIA stays.
     Stop("nat", "untrusted", "mc", "trustroam-vpn", "192.168.50."),
+    # The user forbids the VPN: untrusted with nothing protected, the gate shut, and
+    # the tray says why; back to automatic, the VPN comes back.
+    Stop("nat", "untrusted", "none", "trustroam-untrusted", "192.168.50.", "never-vpn"),
+    Stop("nat", "untrusted", "mc", "trustroam-vpn", "192.168.50.", "auto"),
     Stop("home", "trusted", "h", "trustroam-trusted-home", "10.20.1."),
 )
 GATEWAY = charon.GATEWAYS[0].address  # gw1: the profile's only VPN gateway
@@ -235,7 +250,7 @@ class _Desktop:
             self.tray.wait_for("notify: ", 10)
             balloon = self._until("the notification", lambda: popups() or None)
             assert isinstance(balloon, list)
-            shots.append(self._capture(f"{n}-{stop.net}-notification", box,
+            shots.append(self._capture(f"{n}-{stop.file}-notification", box,
                                        self._geometry(balloon[0])))
         # Close balloons (a click does), and leave the icon: the tooltip is read
         # when the pointer arrives, so it is then the state's tooltip.
@@ -250,7 +265,7 @@ class _Desktop:
         self._x("xdotool", "mousemove", str(x + w // 2), str(y + h // 2))
         tip = self._until("the tooltip", lambda: popups() or None)
         assert isinstance(tip, list)
-        shots.append(self._capture(f"{n}-{stop.net}", box, self._geometry(tip[0])))
+        shots.append(self._capture(f"{n}-{stop.file}", box, self._geometry(tip[0])))
         self._x("xdotool", "mousemove", "5", "390")  # the next notice alone on screen
         return shots
 
@@ -325,15 +340,18 @@ def run(*, stay: bool) -> int:
         started = time.monotonic()
         for n, stop in enumerate(TOUR):
             t = time.monotonic()
-            if n:
+            if stop.policy:
+                print(f"\n$ trustroamctl policy {stop.policy}\n"
+                      f"{_ctl(env, 'policy', stop.policy).rstrip()}", flush=True)
+            elif n:
                 lab.move(stop.net)
                 helper.wait_for(f"link-up interface=eth0 address={stop.prefix}", 20)
             _settle(env, stop, TOUR[n - 1] if n else None, helper)
             took = time.monotonic() - t
             news = not n or (TOUR[n - 1].state, TOUR[n - 1].mode) != (stop.state, stop.mode)
-            print(f"\n== on {stop.net} ==", flush=True)
+            print(f"\n== on {stop.name} ==", flush=True)
             _show(env, stop, took, desktop.screenshots(stop, n, news))
-        print(f"\nwalk: {len(TOUR) - 1} moves in {time.monotonic() - started:.1f} s")
+        print(f"\nwalk: {len(TOUR) - 1} steps in {time.monotonic() - started:.1f} s")
         print(f"\nlogs in {d}")
         if desktop.shots is not None:
             print(f"screenshots in {desktop.shots}")
@@ -362,7 +380,7 @@ def _ctl(env: dict[str, str], *args: str) -> str:
 
 def _settle(env: dict[str, str], stop: Stop, previous: Stop | None, helper: _Proc,
             timeout: float = 30.0) -> None:
-    if previous is not None and previous.mode == stop.mode == "mc":
+    if previous is not None and previous.mode == stop.mode == "mc" and not stop.policy:
         # The status is mc before and after: only the helper's mobike event says the
         # VPN moved to the new link (RFC 5266 3.3).
         helper.wait_for("mobike ", timeout)
@@ -371,7 +389,7 @@ def _settle(env: dict[str, str], stop: Stop, previous: Stop | None, helper: _Pro
     while not all(w in (st := _ctl(env, "status", "--json")) for w in want):
         if time.monotonic() > deadline:
             raise LabError(f"the helper did not reach {stop.state}/{stop.mode} on "
-                           f"{stop.net}: {st.strip()}")
+                           f"{stop.name}: {st.strip()}")
         time.sleep(0.1)  # polling the D-Bus status, as a person would
 
 
@@ -383,7 +401,8 @@ _SEND = ("import socket\n"
 
 def _show(env: dict[str, str], stop: Stop, took: float, shots: list[Path]) -> None:
     print(_ctl(env, "status").rstrip())
-    print(f"  settled {took:.1f} s after the move")
+    print(f"  settled {took:.1f} s after the "
+          f"{'policy change' if stop.policy else 'move'}")
     ping = subprocess.run(["ip", "netns", "exec", "tr-cn", "ping", "-c", "3", "-i", "0.2",
                            "-W", "1", "-q", HOME], capture_output=True, text=True, check=False)
     summary = next((ln for ln in ping.stdout.splitlines() if "packets transmitted" in ln),
