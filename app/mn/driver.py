@@ -149,6 +149,8 @@ class MobileNodeDriver:
         self._vpn_gw: IPv4Address | None = None
         self._echo_at: float | None = None
         self._stopping_vpn: asyncio.Task[None] | None = None
+        self._nat_task: asyncio.Task[None] | None = None
+        self._vpn_nat = False
         self.tracker = LinkTracker(profile.home_address)
         routes.arp.permit = self._arp_permit
         self.snapshot = Snapshot(profile=profile.name, home_address=str(profile.home_address))
@@ -515,6 +517,22 @@ class MobileNodeDriver:
         if self.charon is not None:
             self._stopping_vpn = asyncio.create_task(self._terminate(), name="vpn-terminate")
 
+    async def _refresh_nat(self, ike_id: int) -> None:
+        assert self.charon is not None
+        try:
+            sa = await self.charon.sa()
+        except VpnError:
+            return
+        if sa is not None and sa.ike_id == ike_id and ike_id == self._vpn_ike:
+            self._vpn_nat_is(sa.nat_detected)
+
+    def _vpn_nat_is(self, nat: bool) -> None:
+        if nat != self._vpn_nat:
+            self._history("vpn-nat", {"detected": str(nat).lower()})
+        self._vpn_nat = nat
+        if self.machine.mode is Mode.VPN or not self.snapshot.nat_detected:
+            self._publish(nat_detected=nat)
+
     async def _vpn_gone(self) -> None:
         """The TIA is no longer ours: its socket, its rule and its status go."""
         self._vpn_tia = self._vpn_ike = self._vpn_gw = None
@@ -551,13 +569,15 @@ class MobileNodeDriver:
             self._vpn_gw = gw_ip
             self._publish(tunnel_inner_address=str(ev.tia), vpn_gateway=gw,
                           vpn_probe=replace(self.snapshot.vpn_probe, reachable=True))
-            self._publish(nat_detected=ev.nat_detected)  # charon's NAT-T: the VPN's NAT
+            self._vpn_nat_is(ev.nat_detected)  # charon's NAT-T: the VPN's NAT
             self._send_echo(now)
             await self._execute(self.machine.handle(am.VpnReady(ev.tia, gw), now))
         elif isinstance(ev, MobikeUpdate):
             self._history("mobike", {"local": str(ev.local), "remote": str(ev.remote)})
             local = ev.local.host if isinstance(ev.local.host, IPv4Address) else None
             self._send_echo(now)
+            if self.charon is not None:  # behind a NAT now, or no longer: charon knows
+                self._nat_task = asyncio.create_task(self._refresh_nat(ev.ike_id))
             await self._execute(self.machine.handle(am.VpnMoved(local), now))
         elif isinstance(ev, IkeRekeyed):
             self._history("ike-rekey", {"old": str(ev.old_ike_id), "new": str(ev.new_ike_id)})
@@ -731,7 +751,9 @@ class MobileNodeDriver:
 
     def _keepalive_for(self, a: am.ConfigureDataPlane, udp: socket.socket | None) -> None:
         b = self.client.binding
-        self._publish(nat_detected=udp is not None and b is not None)
+        # In mc the NAT that matters is the VPN's (IPsec NAT-T, charon's detection).
+        self._publish(nat_detected=self._vpn_nat if a.mode is Mode.VPN else (
+            udp is not None and b is not None))
         if udp is None or b is None:
             self._keepalive = None
             return

@@ -137,6 +137,12 @@ def test_rfc5266_3_4_walk_across_the_boundary_with_a_tcp_session_and_nothing_lea
                 assert p["State"] == "untrusted" and p["TunnelInnerAddress"], p
                 assert p["VpnGateway"] == GW1, p
                 assert p["CareOfAddress"] == p["TunnelInnerAddress"], p
+                # RFC 5266 4: IPsec NAT-T's detection (charon's), behind the NAT only.
+                want_nat = net == "nat"
+                if p["NatDetected"] is not want_nat:
+                    wait_history(world, t, "vpn-nat", {"detected": str(want_nat).lower()})
+                    p = props(world)
+                assert p["NatDetected"] is want_nat, (net, p)
             if previous == "mc" and mode == "mc":
                 # RFC 5266 3.3: MOBIKE only; the home agent keeps the TIA as care-of.
                 assert ha_registrations(ha, t) == [], "a new registration on a MOBIKE move"
