@@ -119,7 +119,8 @@ class MobileNodeDriver:
         (``vpn_psk``...), handed to charon over VICI only."""
         self.profile = profile
         self.charon = charon if profile.vpn is not None else None
-        self._vpn_secrets = dict(vpn_secrets or {})
+        # As given, not copied: its repr hides the values.
+        self._vpn_secrets: Mapping[str, str] = vpn_secrets or {}
         self.policy = policy
         self.routes = routes
         self.gate = gate if profile.gate else None
