@@ -38,7 +38,7 @@ from app.mn.link_tracker import LinkTracker
 from app.mn.nat_keepalive import Action as KeepaliveAction
 from app.mn.nat_keepalive import NatKeepalive, echo_request, parse_echo_reply
 from app.mn.profile import Profile
-from app.mn.registration import RegistrationClient
+from app.mn.registration import RegistrationClient, UdpTunnelling
 from app.net.gate import GateError, TrafficGate
 from app.net.gate_rules import HELPER_MARK, ProvenPath
 from app.net.ipip import TUNNEL_DATA_HEADER
@@ -64,6 +64,7 @@ DEFAULT_KEEPALIVE = 110
 """RFC 3519 4.9's K when the home agent's reply names none."""
 ECHO_ID = 0x5452
 """ICMP identifier of the VPN probe's echoes."""
+NO_TIA = "the gateway gave no IPv4 inner address (is a virtual IP pool configured for us?)"
 ECHO_INTERVAL = 30.0
 """Seconds between VPN probes while the VPN is up (charon's DPD says if it lives)."""
 ECHO_FORGET = 10.0
@@ -130,8 +131,11 @@ class MobileNodeDriver:
         self.client = RegistrationClient(profile.registration(key))
         # Mode mc's registrations through the VPN: the same home agent, the same
         # replay state (RFC 5944 5.7), another path.
-        self.tunnel_client = RegistrationClient(profile.registration(key),
-                                                replay=self.client.replay) if (
+        # No RFC 3519 request through the VPN: the TIA reaches the home agent
+        # unNATed in the designs RFC 5266 4 describes (NAT-T handles the NAT outside).
+        self.tunnel_client = RegistrationClient(
+            replace(profile.registration(key), udp_tunnelling=UdpTunnelling.OFF),
+            replay=self.client.replay) if (
             self.charon is not None) else None
         self.machine = am.AccessModeMachine(
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
@@ -508,6 +512,8 @@ class MobileNodeDriver:
         if sa.tia is not None and sa.remote is not None and sa.local is not None:
             self._queue.put_nowait(_Vpn(VpnUp(sa.tia, sa.remote, sa.local, sa.nat_detected,
                                               sa.ike_id)))
+        elif sa.tia is None:
+            self._queue.put_nowait(_Vpn(VpnDown(NO_TIA)))
 
     async def _stop_vpn(self, reason: str) -> None:
         if self._vpn_task is not None and not self._vpn_task.done():
@@ -552,7 +558,9 @@ class MobileNodeDriver:
     async def _vpn_event(self, ev: VpnEvent, now: float) -> None:
         if isinstance(ev, VpnUp):
             if ev.tia is None or not isinstance(ev.tia, IPv4Address):
-                self._history("vpn-error", {"text": "the gateway gave no IPv4 inner address"})
+                # Mode mc needs one: say so, and let the machine retry later.
+                self._history("vpn-error", {"text": NO_TIA})
+                await self._execute(self.machine.handle(am.VpnLost(NO_TIA), now))
                 return
             if self._vpn_ike == ev.ike_id and self._vpn_tia == ev.tia:
                 return  # the same SA reported again (initiate's answer and the event)
