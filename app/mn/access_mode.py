@@ -448,12 +448,18 @@ class AccessModeMachine:
         if policy is self.policy:
             return
         self.policy = policy
+        trusted = self.phase is State.TRUSTED
         if policy is Policy.NEVER_VPN:
             if self.mode is Mode.VPN:
                 self._leave(State.UNTRUSTED, NEVER_VPN_REASON)
             self._stop_vpn("the policy is never-vpn")
-        elif self.mode is Mode.VPN and policy is Policy.AUTO:
-            pass  # the direct probe below may still move us to a trusted mode
+            if trusted:
+                return  # a trusted path needs no VPN: nothing to decide again
+        elif policy is Policy.AUTO and trusted:
+            return  # already what the RFC would choose here
+        elif policy is Policy.ALWAYS_VPN and self.mode is Mode.VPN:
+            self.client.cancel()  # mc stays; no direct probe may take it away
+            return
         self._reprobe(now)
 
     @property

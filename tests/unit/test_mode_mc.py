@@ -606,3 +606,14 @@ def test_rfc5944_3_6_3_a_lost_registration_through_the_vpn_is_retransmitted(repl
     assert all(b - a >= 1.0 for a, b in itertools.pairwise(times)), times
     assert all(s.datagram.data[1] & 0x02 for _, s in w.sent if s.through_vpn), "T on each"
     w.agrees()
+
+
+def test_a_policy_change_that_keeps_the_mode_does_not_shut_the_gate():
+    w = World(policy=Policy.NEVER_VPN)
+    w.move("t1")
+    w.run(5)
+    n = len(w.gates)
+    for policy in (Policy.AUTO, Policy.NEVER_VPN):
+        w.apply(w.m.handle(PolicySet(policy), w.now))
+        w.run(1)
+        assert w.m.mode is Mode.COLOCATED and w.gates[n:] == [], policy
