@@ -25,7 +25,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
@@ -678,13 +678,7 @@ class MobileNodeDriver:
             log.info("VPN probe to %s not sent: %s", gw, exc.strerror)
 
     def _echo_readable(self, s: socket.socket) -> None:
-        while True:
-            try:
-                pkt = s.recv(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
+        for pkt in _packets(s):
             for seq, (sent, gw) in list(self._echo_sent.items()):
                 got = parse_echo_reply(pkt, gw)
                 if got == (ECHO_ID, seq):
@@ -787,13 +781,7 @@ class MobileNodeDriver:
                 await self._execute(self.machine.reregister(now))
 
     def _icmp_readable(self, s: socket.socket, iface: str) -> None:
-        while True:
-            try:
-                pkt = s.recv(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
+        for pkt in _packets(s):
             ihl = (pkt[0] & 0x0F) * 4 if pkt else 0
             if len(pkt) <= ihl or pkt[ihl] != ICMP_ADVERT:
                 continue
@@ -856,3 +844,12 @@ class MobileNodeDriver:
 
     def _history(self, kind: str, details: dict[str, str]) -> None:
         self.on_event(HistoryEntry(self.clock(), kind, details))
+
+
+def _packets(s: socket.socket) -> Iterator[bytes]:
+    """What a non-blocking socket holds now (an error ends it: the next read tells)."""
+    while True:
+        try:
+            yield s.recv(2048)
+        except OSError:  # would block, interrupted, or an ICMP error on the socket
+            return

@@ -26,6 +26,7 @@ from app.lab.topology import MN, MN_IFACE
 from app.lab.world import Lab
 from app.mn.access_mode import NEVER_VPN_REASON
 from tests.dbus_client import call, properties, run_as
+from tests.lab.conftest import a_lab
 from tests.lab.leaks import lab_policy, leaks, read_frames
 from tests.lab.procs import (
     MN_VICI,
@@ -37,7 +38,6 @@ from tests.lab.procs import (
     wait_history,
 )
 from tests.lab.vpn_walk import bridge_capture, ping_stream
-from tests.requirements import require_root
 
 GW1 = "172.16.0.11"
 WALK = (("t1", "c"), ("pub", "mc"), ("nat", "mc"), ("pub", "mc"), ("fa1", "f"),
@@ -47,14 +47,7 @@ UNTRUSTED = ("pub", "nat")
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    require_root()
-    world = Lab()
-    world.down()
-    world.up(gw_inside=False)
-    try:
-        yield world
-    finally:
-        world.down()
+    yield from a_lab(gw_inside=False)  # the gateways answer only from outside
 
 
 @pytest.fixture(scope="module")
