@@ -65,6 +65,8 @@ DEFAULT_KEEPALIVE = 110
 ECHO_ID = 0x5452
 """ICMP identifier of the VPN probe's echoes."""
 NO_TIA = "the gateway gave no IPv4 inner address (is a virtual IP pool configured for us?)"
+MOBIKE_SETTLE = 1.0
+"""Seconds after charon's ike-update to read its NAT detection again (kernel ESP)."""
 ECHO_INTERVAL = 30.0
 """Seconds between VPN probes while the VPN is up (charon's DPD says if it lives)."""
 ECHO_FORGET = 10.0
@@ -524,8 +526,10 @@ class MobileNodeDriver:
         if self.charon is not None:
             self._stopping_vpn = asyncio.create_task(self._terminate(), name="vpn-terminate")
 
-    async def _refresh_nat(self, ike_id: int) -> None:
+    async def _refresh_nat(self, ike_id: int, after: float = 0.0) -> None:
         assert self.charon is not None
+        if after:
+            await asyncio.sleep(after)
         try:
             sa = await self.charon.sa()
         except VpnError:
@@ -585,8 +589,12 @@ class MobileNodeDriver:
             self._history("mobike", {"local": str(ev.local), "remote": str(ev.remote)})
             local = ev.local.host if isinstance(ev.local.host, IPv4Address) else None
             self._send_echo(now)
-            if self.charon is not None:  # behind a NAT now, or no longer: charon knows
-                self._nat_task = asyncio.create_task(self._refresh_nat(ev.ike_id))
+            if self.charon is not None:
+                # With kernel ESP no CHILD rekey follows (below): no event says when
+                # the UPDATE_SA_ADDRESSES exchange (its NAT detection) is done, so ask
+                # again a moment later.
+                self._nat_task = asyncio.create_task(self._refresh_nat(ev.ike_id,
+                                                                       MOBIKE_SETTLE))
             await self._execute(self.machine.handle(am.VpnMoved(local), now))
         elif isinstance(ev, IkeRekeyed):
             self._history("ike-rekey", {"old": str(ev.old_ike_id), "new": str(ev.new_ike_id)})
@@ -594,6 +602,11 @@ class MobileNodeDriver:
                 self._vpn_ike = ev.new_ike_id
         elif isinstance(ev, ChildRekeyed):
             self._history("child-rekey", {"ike": str(ev.ike_id)})
+            if self.charon is not None:
+                # After a MOBIKE move (ike-update comes as the addresses switch, before
+                # the exchange that detects NATs) the CHILD SA is rekeyed: by then charon
+                # knows whether a NAT is in the new path.
+                self._nat_task = asyncio.create_task(self._refresh_nat(ev.ike_id))
         elif isinstance(ev, VpnDown):
             self._history("vpn-down", {"reason": ev.reason})
             if ev.ike_id is not None and self._vpn_ike is not None and (
