@@ -25,9 +25,10 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
+from typing import Any
 
 from app.api import HistoryEntry, Mode, Policy, Probe, Snapshot, State
 from app.mip.errors import DecodeError
@@ -156,7 +157,8 @@ class MobileNodeDriver:
         self._vpn_gw: IPv4Address | None = None
         self._echo_at: float | None = None
         self._stopping_vpn: asyncio.Task[None] | None = None
-        self._nat_task: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        """Short reads of charon's state: kept referenced until done."""
         self._vpn_nat = False
         self.tracker = LinkTracker(profile.home_address)
         routes.arp.permit = self._arp_permit
@@ -228,6 +230,8 @@ class MobileNodeDriver:
         if self._timer is not None:
             self._timer.cancel()
         self._close_sockets()
+        for task in list(self._side_tasks):
+            task.cancel()
         if self.charon is not None:
             if self._vpn_task is not None:
                 self._vpn_task.cancel()
@@ -526,6 +530,11 @@ class MobileNodeDriver:
         if self.charon is not None:
             self._stopping_vpn = asyncio.create_task(self._terminate(), name="vpn-terminate")
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
     async def _refresh_nat(self, ike_id: int, after: float = 0.0) -> None:
         assert self.charon is not None
         if after:
@@ -593,8 +602,7 @@ class MobileNodeDriver:
                 # With kernel ESP no CHILD rekey follows (below): no event says when
                 # the UPDATE_SA_ADDRESSES exchange (its NAT detection) is done, so ask
                 # again a moment later.
-                self._nat_task = asyncio.create_task(self._refresh_nat(ev.ike_id,
-                                                                       MOBIKE_SETTLE))
+                self._spawn(self._refresh_nat(ev.ike_id, MOBIKE_SETTLE))
             await self._execute(self.machine.handle(am.VpnMoved(local), now))
         elif isinstance(ev, IkeRekeyed):
             self._history("ike-rekey", {"old": str(ev.old_ike_id), "new": str(ev.new_ike_id)})
@@ -606,7 +614,7 @@ class MobileNodeDriver:
                 # After a MOBIKE move (ike-update comes as the addresses switch, before
                 # the exchange that detects NATs) the CHILD SA is rekeyed: by then charon
                 # knows whether a NAT is in the new path.
-                self._nat_task = asyncio.create_task(self._refresh_nat(ev.ike_id))
+                self._spawn(self._refresh_nat(ev.ike_id))
         elif isinstance(ev, VpnDown):
             self._history("vpn-down", {"reason": ev.reason})
             if ev.ike_id is not None and self._vpn_ike is not None and (
