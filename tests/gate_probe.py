@@ -70,7 +70,8 @@ async def main() -> None:
         gate.installed = True
     path = None if d is None else ProvenPath(
         d["iface"], IPv4Address(d["address"]), Mode(d["mode"]),
-        IPv4Address(d["fa"]) if d.get("fa") else None)
+        IPv4Address(d["fa"]) if d.get("fa") else None,
+        IPv4Address(d["tia"]) if d.get("tia") else None)
     for iface in spec.get("managed", []):
         await gate.manage(iface)
     gate.path = object()  # type: ignore[assignment]  # force a refill

@@ -146,6 +146,53 @@ def test_rfc5266_3_4_home_address_in_clear_only_in_modes_h_and_f(world):
         ip_batch(MN, [f"addr del {HOME}/32 dev eth0"])
 
 
+TIA = "10.99.1.7"
+GATEWAY = "172.16.0.10"
+
+
+def test_rfc5266_3_4_mode_mc_lets_out_only_mobile_ip_inside_the_vpn(world):
+    """Mode mc: the home address's traffic into the Mobile IP tunnel, its outer packets
+    (TIA -> home agent) into the VPN's device; on the link only what undecided allows
+    (IKE/ESP to the gateways, the helper's echo to them), nothing from the TIA or the
+    home address, nothing to the intranet."""
+    ip_batch(MN, ["link add ipsec0 type veth peer name vpnpeer", "link add trmn0 type veth "
+                  "peer name mippeer", f"addr add {TIA}/32 dev ipsec0", "link set ipsec0 up",
+                  "link set vpnpeer up", f"addr add {HOME}/32 dev trmn0", "link set trmn0 up",
+                  "link set mippeer up", f"route add {HA}/32 dev ipsec0 src {TIA}",
+                  f"route add {INTRANET}/32 dev trmn0 src {HOME}"])
+    try:
+        tries = {
+            "the home address into the Mobile IP tunnel": udp(INTRANET, 9999, src=HOME),
+            "TIA -> home agent into the VPN (the tunnel's outer packets)":
+                udp(HA, 9999, src=TIA),
+            "the registration through the VPN": udp(HA, 434, src=TIA, helper=True),
+            "IKE to the gateway": udp(GATEWAY, 4500, src=LINK),
+            "the helper's echo to the gateway": {"proto": "icmp", "icmp_type": 8,
+                                                 "dst": GATEWAY, "helper": True},
+            # and not:
+            "TIA -> the intranet past Mobile IP": udp(INTRANET, 9999, src=TIA,
+                                                      iface="ipsec0"),
+            "TIA -> home agent out of the link in clear": udp(HA, 9999, src=TIA,
+                                                             iface="eth0"),
+            "the home address out of the link": udp(INTRANET, 9999, src=HOME, iface="eth0"),
+            "the link address to the intranet": udp(INTRANET, 9999, src=LINK, iface="eth0"),
+            "the link address to a public host": udp("203.0.113.7", 9999, src=LINK),
+            "another process's echo to the gateway": {"proto": "icmp", "icmp_type": 8,
+                                                      "dst": GATEWAY},
+        }
+        mc = {"iface": "eth0", "address": LINK, "mode": "mc", "tia": TIA}
+        got = dict(zip(tries, probe(mc, list(tries.values())), strict=True))
+        allowed = list(tries)[:5]
+        assert got == {k: "sent" if k in allowed else "refused" for k in tries}
+        # Undecided, the same tunnel traffic is refused: mc opens only when proven.
+        shut = probe(None, [tries["the home address into the Mobile IP tunnel"],
+                            tries["TIA -> home agent into the VPN (the tunnel's outer packets)"]],
+                     install=False)
+        assert shut == ["refused", "refused"]
+    finally:
+        ip_batch(MN, ["link del ipsec0", "link del trmn0"])
+
+
 def test_rfc5266_3_4_forwarded_traffic_is_gated_like_the_hosts_own(world):
     """A guest behind the mobile node, masqueraded as a desktop's shared connection or
     libvirt's default network is: it leaves only by the proven path, and not after

@@ -335,10 +335,13 @@ class AccessModeMachine:
         elif isinstance(event, Resumed):
             self._reprobe(now)
         elif isinstance(event, Shutdown):
-            if self.mode is Mode.VPN and self.tunnel is not None and self.tunnel.binding:
-                self.tunnel.deregister(now, at_home=False)
-            else:
+            t = self.tunnel
+            if t is not None and t.binding is not None and self.vpn.up:
+                t.deregister(now, at_home=False)  # from the TIA, through the VPN
+            elif self.client.binding is not None:
                 self.client.deregister(now, at_home=self.mode is Mode.HOME)
+            # else nothing of ours can be withdrawn from here: never from the home
+            # address on a link that did not prove trusted.
         elif isinstance(event, PolicySet):
             self._policy(event.policy, now)
         else:
@@ -396,6 +399,12 @@ class AccessModeMachine:
     # -- logic -----------------------------------------------------------------
 
     def _link_up(self, ev: LinkUp, now: float) -> None:
+        old = self._link
+        if old is None or old.address != ev.address or old.iface != ev.iface:
+            # A binding to an address of another link cannot be renewed from this one
+            # (its renewal would leave from the old care-of address, in clear, on a
+            # network not yet proven): the new link's decision makes a new one.
+            self.client.forget_binding()
         self._link = _Link(ev.iface, ev.address, ev.gateway, now)
         self._via_fa = False
         in_mc = self.mode is Mode.VPN and self.gate is not None
@@ -439,13 +448,26 @@ class AccessModeMachine:
         if policy is self.policy:
             return
         self.policy = policy
+        trusted = self.phase is State.TRUSTED
         if policy is Policy.NEVER_VPN:
             if self.mode is Mode.VPN:
                 self._leave(State.UNTRUSTED, NEVER_VPN_REASON)
             self._stop_vpn("the policy is never-vpn")
-        elif self.mode is Mode.VPN and policy is Policy.AUTO:
-            pass  # the direct probe below may still move us to a trusted mode
+            if trusted:
+                return  # a trusted path needs no VPN: nothing to decide again
+        elif policy is Policy.AUTO and trusted:
+            return  # already what the RFC would choose here
+        elif policy is Policy.ALWAYS_VPN and self.mode is Mode.VPN:
+            self.client.cancel()  # mc stays; no direct probe may take it away
+            return
         self._reprobe(now)
+
+    @property
+    def _waiting_for_vpn(self) -> bool:
+        """Untrusted (or always-vpn), no mc yet: what the VPN does is the status."""
+        return self.mode is not Mode.VPN and self.policy is not Policy.NEVER_VPN and (
+            self.phase is State.UNTRUSTED or (
+                self.policy is Policy.ALWAYS_VPN and self.phase is State.PROBING))
 
     @property
     def _vpn_configured(self) -> bool:
@@ -482,16 +504,17 @@ class AccessModeMachine:
         v.retry_at = now + v.retry_delay
         v.retry_delay = min(v.retry_delay * 2, VPN_RETRY_MAX)
 
-    def _register_through_vpn(self, now: float) -> None:
+    def _register_through_vpn(self, now: float, *, again: bool = False) -> None:
+        """``again``: a new TIA or gateway, registered even where mc holds."""
         v = self.vpn
         t = self.tunnel
         trusted = self.phase is State.TRUSTED and self.policy is not Policy.ALWAYS_VPN
         if t is None or v.tia is None or not self._want_vpn or trusted:
             return
         v.register_at = None
-        if t.pending and t.binding is None:
+        if t.pending and t.binding is None and not again:
             return  # one is out already; its own timers resend it
-        if self.mode is Mode.VPN and t.binding is not None and (
+        if not again and self.mode is Mode.VPN and t.binding is not None and (
                 t.binding.care_of_address == v.tia):
             return  # MOBIKE only (RFC 5266 3.3): the home agent keeps its binding
         t.register(v.tia, now)
@@ -501,16 +524,19 @@ class AccessModeMachine:
         v = self.vpn
         if isinstance(ev, VpnReady):
             v.starting, v.retry_delay = False, VPN_RETRY_MIN
-            new_tia = v.tia != ev.tia
+            # RFC 5266 3.3: a new TIA or another gateway is a new registration.
+            new_tia = v.tia != ev.tia or v.gateway != ev.gateway
             v.tia, v.gateway = ev.tia, ev.gateway
+            if self.policy is Policy.NEVER_VPN or self.tunnel is None:
+                self._stop_vpn("the policy is never-vpn")  # came up from an older start
+                return
             if self.phase is State.TRUSTED and self.policy is not Policy.ALWAYS_VPN:
                 if not self.keep_alive_inside:
                     self._stop_vpn("the network is trusted")  # 3.4.2: no longer needed
                 return
             if self.mode is Mode.VPN and not new_tia:
-                self._status()  # the gateway may have changed
-                return
-            self._register_through_vpn(now)
+                return  # the same SA reported again
+            self._register_through_vpn(now, again=new_tia)
             self._status()
         elif isinstance(ev, VpnMoved):
             if v.up and v.register_at is not None:
@@ -523,7 +549,7 @@ class AccessModeMachine:
                 self.tunnel.cancel()
             if self.mode is Mode.VPN:
                 self._leave(State.UNTRUSTED, f"the VPN went down: {ev.reason}")
-            elif self.phase is State.UNTRUSTED and not was_up:
+            elif self._waiting_for_vpn and not was_up:
                 self._enter(State.UNTRUSTED, Mode.NONE, f"the VPN did not come up: {ev.reason}")
             elif was_up:
                 self._status()
@@ -537,11 +563,11 @@ class AccessModeMachine:
                 self.tunnel.cancel()
             if self.mode is Mode.VPN:
                 self._leave(State.UNTRUSTED, ev.message)  # a kill switch: shut, say why
-            elif self.phase is State.UNTRUSTED:
+            elif self._waiting_for_vpn:
                 self._enter(State.UNTRUSTED, Mode.NONE, ev.message)
         elif isinstance(ev, VpnServiceBack):
-            v.service_ok, v.service_error = True, None
-            if self.phase is State.UNTRUSTED and self.error is not None:
+            gone, v.service_ok, v.service_error = v.service_error, True, None
+            if self.phase is State.UNTRUSTED and gone is not None and self.error == gone:
                 self._enter(State.UNTRUSTED, Mode.NONE, None)
             self._start_vpn()
 
@@ -590,9 +616,11 @@ class AccessModeMachine:
         t = self.tunnel
         if t is None or self.policy is Policy.ALWAYS_VPN:
             return False
-        answered = self.client.answered_sent_at
+        answered = self.client.accepted_sent_at
+        # Whatever became of it since (answered, cancelled with the VPN), a request
+        # that left after the answered one may still reach the home agent after it.
         later = t.last_sent_at is not None and answered is not None and (
-            t.last_sent_at >= answered) and (t.pending or t.binding is not None)
+            t.last_sent_at >= answered)
         t.cancel()
         self.vpn.register_at = None
         if not self.keep_alive_inside:
@@ -625,15 +653,15 @@ class AccessModeMachine:
                     self._actions.append(ConfigureDataPlane(mode, link.iface,
                                                             ev.care_of_address, ev.udp_tunnel))
                     self.configured = mode
-                if (mode is Mode.COLOCATED and link.fa is not None
-                        and self.use_foreign_agents and not link.fa_failed):
-                    self._register_via_fa(link, now)
-                elif again:
+                if again:
                     # A request through the VPN may reach the home agent after the one
                     # answered: ours must be the last it sees (mode shown == binding).
                     self._actions.append(Note("direct-again", "registering directly once "
                                                               "more after the VPN's request"))
-                    self.client.reregister(now)
+                    self.client.reregister(now)  # (the FA's turn comes with its advert)
+                elif (mode is Mode.COLOCATED and link.fa is not None
+                        and self.use_foreign_agents and not link.fa_failed):
+                    self._register_via_fa(link, now)
                 self._open(link)
             elif isinstance(ev, Deregistered) and link is not None:
                 if link.address.ip in self.home_network and not link.lost:

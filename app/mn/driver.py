@@ -25,9 +25,10 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
+from typing import Any
 
 from app.api import HistoryEntry, Mode, Policy, Probe, Snapshot, State
 from app.mip.errors import DecodeError
@@ -38,7 +39,7 @@ from app.mn.link_tracker import LinkTracker
 from app.mn.nat_keepalive import Action as KeepaliveAction
 from app.mn.nat_keepalive import NatKeepalive, echo_request, parse_echo_reply
 from app.mn.profile import Profile
-from app.mn.registration import RegistrationClient
+from app.mn.registration import RegistrationClient, UdpTunnelling
 from app.net.gate import GateError, TrafficGate
 from app.net.gate_rules import HELPER_MARK, ProvenPath
 from app.net.ipip import TUNNEL_DATA_HEADER
@@ -64,6 +65,9 @@ DEFAULT_KEEPALIVE = 110
 """RFC 3519 4.9's K when the home agent's reply names none."""
 ECHO_ID = 0x5452
 """ICMP identifier of the VPN probe's echoes."""
+NO_TIA = "the gateway gave no IPv4 inner address (is a virtual IP pool configured for us?)"
+MOBIKE_SETTLE = 1.0
+"""Seconds after charon's ike-update to read its NAT detection again (kernel ESP)."""
 ECHO_INTERVAL = 30.0
 """Seconds between VPN probes while the VPN is up (charon's DPD says if it lives)."""
 ECHO_FORGET = 10.0
@@ -119,7 +123,8 @@ class MobileNodeDriver:
         (``vpn_psk``...), handed to charon over VICI only."""
         self.profile = profile
         self.charon = charon if profile.vpn is not None else None
-        self._vpn_secrets = dict(vpn_secrets or {})
+        # As given, not copied: its repr hides the values.
+        self._vpn_secrets: Mapping[str, str] = vpn_secrets or {}
         self.policy = policy
         self.routes = routes
         self.gate = gate if profile.gate else None
@@ -129,8 +134,11 @@ class MobileNodeDriver:
         self.client = RegistrationClient(profile.registration(key))
         # Mode mc's registrations through the VPN: the same home agent, the same
         # replay state (RFC 5944 5.7), another path.
-        self.tunnel_client = RegistrationClient(profile.registration(key),
-                                                replay=self.client.replay) if (
+        # No RFC 3519 request through the VPN: the TIA reaches the home agent
+        # unNATed in the designs RFC 5266 4 describes (NAT-T handles the NAT outside).
+        self.tunnel_client = RegistrationClient(
+            replace(profile.registration(key), udp_tunnelling=UdpTunnelling.OFF),
+            replay=self.client.replay) if (
             self.charon is not None) else None
         self.machine = am.AccessModeMachine(
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
@@ -149,6 +157,9 @@ class MobileNodeDriver:
         self._vpn_gw: IPv4Address | None = None
         self._echo_at: float | None = None
         self._stopping_vpn: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        """Short reads of charon's state: kept referenced until done."""
+        self._vpn_nat = False
         self.tracker = LinkTracker(profile.home_address)
         routes.arp.permit = self._arp_permit
         self.snapshot = Snapshot(profile=profile.name, home_address=str(profile.home_address))
@@ -219,6 +230,8 @@ class MobileNodeDriver:
         if self._timer is not None:
             self._timer.cancel()
         self._close_sockets()
+        for task in list(self._side_tasks):
+            task.cancel()
         if self.charon is not None:
             if self._vpn_task is not None:
                 self._vpn_task.cancel()
@@ -505,6 +518,8 @@ class MobileNodeDriver:
         if sa.tia is not None and sa.remote is not None and sa.local is not None:
             self._queue.put_nowait(_Vpn(VpnUp(sa.tia, sa.remote, sa.local, sa.nat_detected,
                                               sa.ike_id)))
+        elif sa.tia is None:
+            self._queue.put_nowait(_Vpn(VpnDown(NO_TIA)))
 
     async def _stop_vpn(self, reason: str) -> None:
         if self._vpn_task is not None and not self._vpn_task.done():
@@ -514,6 +529,29 @@ class MobileNodeDriver:
         self._history("vpn-stop", {"reason": reason})
         if self.charon is not None:
             self._stopping_vpn = asyncio.create_task(self._terminate(), name="vpn-terminate")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _refresh_nat(self, ike_id: int, after: float = 0.0) -> None:
+        assert self.charon is not None
+        if after:
+            await asyncio.sleep(after)
+        try:
+            sa = await self.charon.sa()
+        except VpnError:
+            return
+        if sa is not None and sa.ike_id == ike_id and ike_id == self._vpn_ike:
+            self._vpn_nat_is(sa.nat_detected)
+
+    def _vpn_nat_is(self, nat: bool) -> None:
+        if nat != self._vpn_nat:
+            self._history("vpn-nat", {"detected": str(nat).lower()})
+        self._vpn_nat = nat
+        if self.machine.mode is Mode.VPN or not self.snapshot.nat_detected:
+            self._publish(nat_detected=nat)
 
     async def _vpn_gone(self) -> None:
         """The TIA is no longer ours: its socket, its rule and its status go."""
@@ -533,7 +571,9 @@ class MobileNodeDriver:
     async def _vpn_event(self, ev: VpnEvent, now: float) -> None:
         if isinstance(ev, VpnUp):
             if ev.tia is None or not isinstance(ev.tia, IPv4Address):
-                self._history("vpn-error", {"text": "the gateway gave no IPv4 inner address"})
+                # Mode mc needs one: say so, and let the machine retry later.
+                self._history("vpn-error", {"text": NO_TIA})
+                await self._execute(self.machine.handle(am.VpnLost(NO_TIA), now))
                 return
             if self._vpn_ike == ev.ike_id and self._vpn_tia == ev.tia:
                 return  # the same SA reported again (initiate's answer and the event)
@@ -551,13 +591,18 @@ class MobileNodeDriver:
             self._vpn_gw = gw_ip
             self._publish(tunnel_inner_address=str(ev.tia), vpn_gateway=gw,
                           vpn_probe=replace(self.snapshot.vpn_probe, reachable=True))
-            self._publish(nat_detected=ev.nat_detected)  # charon's NAT-T: the VPN's NAT
+            self._vpn_nat_is(ev.nat_detected)  # charon's NAT-T: the VPN's NAT
             self._send_echo(now)
             await self._execute(self.machine.handle(am.VpnReady(ev.tia, gw), now))
         elif isinstance(ev, MobikeUpdate):
             self._history("mobike", {"local": str(ev.local), "remote": str(ev.remote)})
             local = ev.local.host if isinstance(ev.local.host, IPv4Address) else None
             self._send_echo(now)
+            if self.charon is not None:
+                # With kernel ESP no CHILD rekey follows (below): no event says when
+                # the UPDATE_SA_ADDRESSES exchange (its NAT detection) is done, so ask
+                # again a moment later.
+                self._spawn(self._refresh_nat(ev.ike_id, MOBIKE_SETTLE))
             await self._execute(self.machine.handle(am.VpnMoved(local), now))
         elif isinstance(ev, IkeRekeyed):
             self._history("ike-rekey", {"old": str(ev.old_ike_id), "new": str(ev.new_ike_id)})
@@ -565,6 +610,11 @@ class MobileNodeDriver:
                 self._vpn_ike = ev.new_ike_id
         elif isinstance(ev, ChildRekeyed):
             self._history("child-rekey", {"ike": str(ev.ike_id)})
+            if self.charon is not None:
+                # After a MOBIKE move (ike-update comes as the addresses switch, before
+                # the exchange that detects NATs) the CHILD SA is rekeyed: by then charon
+                # knows whether a NAT is in the new path.
+                self._spawn(self._refresh_nat(ev.ike_id))
         elif isinstance(ev, VpnDown):
             self._history("vpn-down", {"reason": ev.reason})
             if ev.ike_id is not None and self._vpn_ike is not None and (
@@ -649,13 +699,7 @@ class MobileNodeDriver:
             log.info("VPN probe to %s not sent: %s", gw, exc.strerror)
 
     def _echo_readable(self, s: socket.socket) -> None:
-        while True:
-            try:
-                pkt = s.recv(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
+        for pkt in _packets(s):
             for seq, (sent, gw) in list(self._echo_sent.items()):
                 got = parse_echo_reply(pkt, gw)
                 if got == (ECHO_ID, seq):
@@ -731,7 +775,9 @@ class MobileNodeDriver:
 
     def _keepalive_for(self, a: am.ConfigureDataPlane, udp: socket.socket | None) -> None:
         b = self.client.binding
-        self._publish(nat_detected=udp is not None and b is not None)
+        # In mc the NAT that matters is the VPN's (IPsec NAT-T, charon's detection).
+        self._publish(nat_detected=self._vpn_nat if a.mode is Mode.VPN else (
+            udp is not None and b is not None))
         if udp is None or b is None:
             self._keepalive = None
             return
@@ -756,13 +802,7 @@ class MobileNodeDriver:
                 await self._execute(self.machine.reregister(now))
 
     def _icmp_readable(self, s: socket.socket, iface: str) -> None:
-        while True:
-            try:
-                pkt = s.recv(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
+        for pkt in _packets(s):
             ihl = (pkt[0] & 0x0F) * 4 if pkt else 0
             if len(pkt) <= ihl or pkt[ihl] != ICMP_ADVERT:
                 continue
@@ -825,3 +865,12 @@ class MobileNodeDriver:
 
     def _history(self, kind: str, details: dict[str, str]) -> None:
         self.on_event(HistoryEntry(self.clock(), kind, details))
+
+
+def _packets(s: socket.socket) -> Iterator[bytes]:
+    """What a non-blocking socket holds now (an error ends it: the next read tells)."""
+    while True:
+        try:
+            yield s.recv(2048)
+        except OSError:  # would block, interrupted, or an ICMP error on the socket
+            return

@@ -215,6 +215,9 @@ class RegistrationClient:
         self._nonce = nonce
         self.last_sent_at: float | None = None
         """When this client last put a request on the wire (any copy)."""
+        self.accepted_sent_at: float | None = None
+        """When the request behind the last accepted reply (a deregistration too)
+        was first sent."""
         self._attempt: _Attempt | None = None
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
@@ -357,6 +360,8 @@ class RegistrationClient:
             return
         self._attempt = None
         self.last_answer = (now - a.first_sent, now)
+        if is_accepted(rep.code):
+            self.accepted_sent_at = a.first_sent
         if not is_accepted(rep.code):
             self._events.append(Denied(rep.code, describe(rep.code), a.via))
             self._after_failure(now)

@@ -63,6 +63,9 @@ PREF_MODE = 100
 TABLE_CHARON = 220
 """strongSwan's routing table (charon.routing_table)."""
 VPN_DEVICE = "ipsec0"
+KERNEL_ESP_MTU = 1420
+"""With kernel ESP (no ``ipsec0``): what a 1500-byte link leaves after ESP in UDP
+(outer IP 20, UDP 8, ESP 8, IV up to 16, padding, ICV up to 16: about 80 bytes)."""
 """kernel-libipsec's TUN device; absent with kernel ESP."""
 MAIN_TABLE = 254
 EEXIST = 17
@@ -187,7 +190,7 @@ class MobileNodeRoutes:
             vpn = await self.ipr.link_lookup(ifname=VPN_DEVICE)
             # Inside the VPN the tunnel's packets must fit charon's TUN whole: an
             # outer packet above its MTU would be fragmented before ESP.
-            await self._tunnel_mtu(tun, min(MTU, _mtu(VPN_DEVICE, MTU + 20) - 20))
+            await self._tunnel_mtu(tun, min(MTU, _mtu(VPN_DEVICE, KERNEL_ESP_MTU) - 20))
             # The Mobile IP tunnel inside the VPN: outer packets from the TIA into
             # charon's TUN (userspace ESP), or by the link where kernel ESP takes them.
             routes[f"{self.home_agent}/32"] = (

@@ -46,26 +46,24 @@ def ns_exec(node: str, *cmd: str, timeout: float = 20) -> subprocess.CompletedPr
                           timeout=timeout, check=False)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def a_lab(**up: bool) -> Iterator[Lab]:
+    """One lab for a module (``up``: ``Lab.up``'s options), torn down whatever happens."""
     require_root()
     world = Lab()
     world.down()  # a crashed earlier run must not block this one
-    world.up()
+    world.up(**up)
     try:
         yield world
     finally:
         world.down()
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    yield from a_lab()
 
 
 @pytest.fixture(scope="module")
 def lab_nm() -> Iterator[Lab]:
     """The lab with the real NetworkManager managing the MN's eth0 (private system bus)."""
-    require_root()
-    world = Lab()
-    world.down()
-    world.up(nm=True)
-    try:
-        yield world
-    finally:
-        world.down()
+    yield from a_lab(nm=True)

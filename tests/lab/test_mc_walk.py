@@ -26,6 +26,7 @@ from app.lab.topology import MN, MN_IFACE
 from app.lab.world import Lab
 from app.mn.access_mode import NEVER_VPN_REASON
 from tests.dbus_client import call, properties, run_as
+from tests.lab.conftest import a_lab
 from tests.lab.leaks import lab_policy, leaks, read_frames
 from tests.lab.procs import (
     MN_VICI,
@@ -37,7 +38,6 @@ from tests.lab.procs import (
     wait_history,
 )
 from tests.lab.vpn_walk import bridge_capture, ping_stream
-from tests.requirements import require_root
 
 GW1 = "172.16.0.11"
 WALK = (("t1", "c"), ("pub", "mc"), ("nat", "mc"), ("pub", "mc"), ("fa1", "f"),
@@ -47,14 +47,7 @@ UNTRUSTED = ("pub", "nat")
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    require_root()
-    world = Lab()
-    world.down()
-    world.up(gw_inside=False)
-    try:
-        yield world
-    finally:
-        world.down()
+    yield from a_lab(gw_inside=False)  # the gateways answer only from outside
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +130,12 @@ def test_rfc5266_3_4_walk_across_the_boundary_with_a_tcp_session_and_nothing_lea
                 assert p["State"] == "untrusted" and p["TunnelInnerAddress"], p
                 assert p["VpnGateway"] == GW1, p
                 assert p["CareOfAddress"] == p["TunnelInnerAddress"], p
+                # RFC 5266 4: IPsec NAT-T's detection (charon's), behind the NAT only.
+                want_nat = net == "nat"
+                if p["NatDetected"] is not want_nat:
+                    wait_history(world, t, "vpn-nat", {"detected": str(want_nat).lower()})
+                    p = props(world)
+                assert p["NatDetected"] is want_nat, (net, p)
             if previous == "mc" and mode == "mc":
                 # RFC 5266 3.3: MOBIKE only; the home agent keeps the TIA as care-of.
                 assert ha_registrations(ha, t) == [], "a new registration on a MOBIKE move"
