@@ -63,6 +63,8 @@ def test_demo_headless_walks_with_the_tray_and_cleans_up() -> None:
             if "mode mc" in want:
                 assert "TIA            10.99.1." in text and "VPN gateway    172.16.0.11" \
                     in text, text
+                # charon's NAT-T detection, after the MOBIKE move too.
+                assert ("NAT            detected" in text) == net.startswith("nat"), text
         assert shots_m, out
         shots = Path(shots_m.group(1))
         tips = [shots / f"{i}-{f}.png" for i, (_n, _w, f) in enumerate(WALK)]

@@ -34,19 +34,14 @@ def mc_world(desktop: dict[str, str], tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[dict[str, Any]]:
     require_root()
     from app.lab.configs import write_helper_files
-    from app.lab.world import Lab
+    from tests.lab.conftest import a_lab
     from tests.lab.procs import helper_world
 
     d = tmp_path_factory.mktemp("tray-mc")
     profiles, secrets = write_helper_files(d, "corp", vpn_gateways=(GW1,))
-    lab = Lab()
-    lab.down()  # a crashed earlier run must not block this one
-    try:
-        lab.up(gw_inside=False)
+    for lab in a_lab(gw_inside=False):  # torn down when this fixture ends
         with helper_world(lab.nm_bus(), d, profiles, secrets) as w:
             yield {**w, "lab": lab}
-    finally:
-        lab.down()
 
 
 @pytest.fixture
