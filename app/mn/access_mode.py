@@ -447,14 +447,18 @@ class AccessModeMachine:
     def _policy(self, policy: Policy, now: float) -> None:
         if policy is self.policy:
             return
-        self.policy = policy
+        before, self.policy = self.policy, policy
         trusted = self.phase is State.TRUSTED
         if policy is Policy.NEVER_VPN:
             if self.mode is Mode.VPN:
                 self._leave(State.UNTRUSTED, NEVER_VPN_REASON)
+            elif self.phase is State.UNTRUSTED:
+                self._enter(State.UNTRUSTED, Mode.NONE, NEVER_VPN_REASON)
             self._stop_vpn("the policy is never-vpn")
-            if trusted:
-                return  # a trusted path needs no VPN: nothing to decide again
+            if trusted or before is not Policy.ALWAYS_VPN:
+                # Trusted needs no VPN; under auto the direct probe has answered or is
+                # still going: nothing to decide again.  Only always-vpn had none.
+                return
         elif policy is Policy.AUTO and trusted:
             return  # already what the RFC would choose here
         elif policy is Policy.ALWAYS_VPN and self.mode is Mode.VPN:

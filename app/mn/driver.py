@@ -281,6 +281,8 @@ class MobileNodeDriver:
                     await self._vpn_event(item.event, now)
                 elif isinstance(item, _Policy):
                     self._history("policy-applied", {"policy": item.policy.value})
+                    # A handover the policy causes counts from now, not the link-up.
+                    self._probe_started, self._handover_via_fa = now, None
                     await self._execute(self.machine.handle(am.PolicySet(item.policy), now))
                 elif isinstance(item, _VpnEcho) and item.gateway == self._vpn_gw:
                     self._publish(vpn_probe=Probe(True, round(item.rtt * 1000, 3), now))

@@ -617,3 +617,25 @@ def test_a_policy_change_that_keeps_the_mode_does_not_shut_the_gate():
         w.apply(w.m.handle(PolicySet(policy), w.now))
         w.run(1)
         assert w.m.mode is Mode.COLOCATED and w.gates[n:] == [], policy
+
+
+def test_never_vpn_in_mc_refuses_at_once_without_probing_again():
+    w = World()
+    w.move("pub")
+    w.run(20)  # mc; the direct probe has timed out: the network is untrusted
+    n, t = len(w.statuses), w.now
+    w.apply(w.m.handle(PolicySet(Policy.NEVER_VPN), w.now))
+    w.run(10)
+    assert [s.phase for s in w.statuses[n:]] == [State.UNTRUSTED]  # one settled change
+    assert (w.m.error, direct_sends(w, since=t)) == (NEVER_VPN_REASON, [])
+
+
+def test_never_vpn_after_always_vpn_probes_directly_again():
+    w = World(policy=Policy.ALWAYS_VPN)
+    w.move("t1gw")
+    w.run(5)
+    assert w.m.mode is Mode.VPN and direct_sends(w) == []
+    w.apply(w.m.handle(PolicySet(Policy.NEVER_VPN), w.now))
+    w.run(5)
+    assert w.m.mode is Mode.COLOCATED and direct_sends(w)
+    w.agrees()
