@@ -528,6 +528,7 @@ class MobileNodeDriver:
             self._vpn_task.cancel()
         self._vpn_task = None
         await self._vpn_gone()
+        self._publish(vpn_probe=Probe())  # stopped on purpose: no VPN to report on
         self._history("vpn-stop", {"reason": reason})
         if self.charon is not None:
             self._stopping_vpn = asyncio.create_task(self._terminate(), name="vpn-terminate")
