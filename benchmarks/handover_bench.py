@@ -72,6 +72,18 @@ while True:
 """
 
 
+def start_stream(d: Path, procs: list[Proc]) -> tuple[Path, Proc, Proc]:
+    """The CN's 1 ms stream to the home address and the MN's timestamping receiver
+    (both added to ``procs``); returns the arrivals file, the receiver, the sender."""
+    arrivals = d / "arrivals.txt"
+    rx = Proc("tr-mn", sys.executable, "-c", RECEIVER, str(arrivals))
+    procs.append(rx)
+    rx.wait("RECEIVING")
+    tx = Proc("tr-cn", sys.executable, "-c", SENDER)
+    procs.append(tx)
+    return arrivals, rx, tx
+
+
 async def history(bus_address: str) -> list[tuple[float, str, dict[str, str]]]:
     os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus_address
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
@@ -138,12 +150,7 @@ def main() -> None:
         rtt_line = next(ln for ln in ping.stdout.splitlines() if "min/avg" in ln)
         rtt_avg = float(rtt_line.split("=")[1].split("/")[1])
 
-        arrivals = d / "arrivals.txt"
-        rx = Proc("tr-mn", sys.executable, "-c", RECEIVER, str(arrivals))
-        procs.append(rx)
-        rx.wait("RECEIVING")
-        tx = Proc("tr-cn", sys.executable, "-c", SENDER)
-        procs.append(tx)
+        arrivals, rx, tx = start_stream(d, procs)
         t_start = time.time()
         for _ in range(args.cycles):
             for net, _kind in MOVES:

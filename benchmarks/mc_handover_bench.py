@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from app.lab.configs import HA, ha_toml, write_helper_files  # noqa: E402
 from app.lab.world import Lab  # noqa: E402
 from app.net.gate_rules import HELPER_MARK  # noqa: E402
-from benchmarks.handover_bench import RECEIVER, SENDER, history  # noqa: E402
+from benchmarks.handover_bench import history, start_stream  # noqa: E402
 from tests.lab.conftest import ns_exec  # noqa: E402
 from tests.lab.procs import MN_VICI, Proc, wait_history  # noqa: E402
 
@@ -90,12 +90,7 @@ def main() -> None:
         lab.move("t1")
         wait_history(world, t, "mode", {"mode": "c"}, timeout=30)
 
-        arrivals = d / "arrivals.txt"
-        rx = Proc("tr-mn", sys.executable, "-c", RECEIVER, str(arrivals))
-        procs.append(rx)
-        rx.wait("RECEIVING")
-        tx = Proc("tr-cn", sys.executable, "-c", SENDER)
-        procs.append(tx)
+        arrivals, rx, tx = start_stream(d, procs)
         t_start = time.time()
         for _ in range(args.cycles):
             for net, kind in MOVES:

@@ -11,37 +11,9 @@ import time
 from app.lab import charon
 from app.lab.world import CHARON_DIR
 from tests.lab.conftest import mn_address, ns_exec
+from tests.lab.vpn_walk import MC_CLIENT
 
-CLIENT = f"""connections {{
-  lab {{
-    version = 2
-    remote_addrs = 172.16.0.11
-    vips = 0.0.0.0
-    mobike = yes
-    dpd_delay = 2s
-    proposals = aes128-sha256-x25519
-    local {{
-      auth = psk
-      id = mn@lab
-    }}
-    remote {{
-      auth = psk
-      id = 172.16.0.11
-    }}
-    children {{
-      intranet {{
-        remote_ts = {charon.INTRANET_TS}
-        esp_proposals = aes128gcm16-x25519
-      }}
-    }}
-  }}
-}}
-secrets {{
-  ike-lab {{
-    secret = {charon.LAB_PSK}
-  }}
-}}
-"""
+CLIENT = MC_CLIENT.format(gateway="172.16.0.11", ts=charon.INTRANET_TS, psk=charon.LAB_PSK)
 
 
 def swanctl(op: str, *args: str) -> subprocess.CompletedProcess[str]:
