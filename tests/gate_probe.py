@@ -75,7 +75,7 @@ async def main() -> None:
     for iface in spec.get("managed", []):
         await gate.manage(iface)
     gate.path = object()  # type: ignore[assignment]  # force a refill
-    await gate.decide(path)
+    await gate.decide(path, spec.get("home_probe"))
     print(json.dumps([try_one(t) for t in spec.get("tries", [])]), flush=True)
 
 

@@ -119,6 +119,25 @@ def test_rfc5266_3_4_only_the_decision_traffic_leaves_while_undecided(world):
     assert got == {k: "sent" if k in allowed else "refused" for k in tries}
 
 
+def test_rfc5266_3_4_no_registration_from_the_home_address_except_probing_the_home_link(
+        world):
+    """The helper's request to the home agent from the home address is the home link's
+    deregistration (RFC 5944 3.6.1.1): off the link being probed as home it would put
+    the home address in clear on a network not proven trusted."""
+    ip_batch(MN, [f"addr add {HOME}/32 dev eth0"])
+    try:
+        tries = [udp(HA, 434, helper=True, src=HOME), udp(HA, 434, helper=True, src=LINK)]
+        assert probe(None, tries) == ["refused", "sent"]
+        out = subprocess.run(["ip", "netns", "exec", MN, sys.executable, "-m",
+                              "tests.gate_probe", json.dumps({"decision": None, "tries": tries,
+                                                              "home_probe": "eth0"})],
+                             capture_output=True, text=True, env=env(), timeout=30, check=False)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == ["sent", "sent"]
+    finally:
+        ip_batch(MN, [f"addr del {HOME}/32 dev eth0"])
+
+
 def test_rfc5266_3_4_a_trusted_decision_opens_only_the_proven_path(world):
     h = {"iface": "eth0", "address": LINK, "mode": "h"}
     tries = [udp(INTRANET, 9999, src=LINK), udp(INTRANET, 9999, src=NEW_LEASE),

@@ -89,7 +89,10 @@ def undecided_rules(policy: GatePolicy) -> list[str]:
         "meta nfproto ipv4 udp sport 68 udp dport 67 accept",  # DHCP, client to server
         # The direct probe and agent solicitation (RFC 5944 2.2): the helper's own
         # sockets only (marked), not any process that picks the same ports.
-        f"{m} ip daddr {policy.home_agent} udp dport {MIP_PORT} accept",
+        # ... never from the home address (in clear on a network not proven trusted:
+        # only the home link's deregistration leaves from it, see proven_rules).
+        f"{m} ip saddr != {policy.home_address} ip daddr {policy.home_agent} "
+        f"udp dport {MIP_PORT} accept",
         f"{m} ip daddr {{ {ALL_ROUTERS}, {LIMITED_BROADCAST} }} icmp type "
         "router-solicitation accept",
     ]
@@ -102,11 +105,17 @@ def undecided_rules(policy: GatePolicy) -> list[str]:
     return rules
 
 
-def proven_rules(policy: GatePolicy, path: ProvenPath | None) -> list[str]:
+def proven_rules(policy: GatePolicy, path: ProvenPath | None,
+                 home_probe: str | None = None) -> list[str]:
     """The rules that open exactly the proven path (local and forwarded traffic alike:
-    the chain runs after source NAT, so a masqueraded guest shows the link address)."""
+    the chain runs after source NAT, so a masqueraded guest shows the link address);
+    ``home_probe``: the link probed as the home link, where the helper's
+    deregistration leaves from the home address (RFC 5944 3.6.1.1)."""
+    probe = [f"oifname {_q(home_probe)} meta mark {HELPER_MARK:#x} ip saddr "
+             f"{policy.home_address} ip daddr {policy.home_agent} udp dport {MIP_PORT} accept"
+             ] if home_probe else []
     if path is None:
-        return []
+        return probe
     i = _q(path.iface)
     if path.mode is Mode.VPN:
         # Mode mc: the Mobile IP tunnel inside the VPN and nothing else.  Into the
@@ -114,7 +123,7 @@ def proven_rules(policy: GatePolicy, path: ProvenPath | None) -> list[str]:
         # with kernel ESP, out of the link only where an IPsec policy encrypts them.
         # Nothing from the link's own address: IKE/ESP to the gateways pass above.
         tia = path.tunnel_inner_address
-        return [f"oifname {_q(policy.tunnel)} accept",
+        return [*probe, f"oifname {_q(policy.tunnel)} accept",
                 f"oifname {_q(policy.vpn_device)} ip saddr {tia} ip daddr {policy.home_agent} "
                 "accept",
                 f"oifname {i} ip saddr {tia} ip daddr {policy.home_agent} rt ipsec exists "
@@ -132,7 +141,7 @@ def proven_rules(policy: GatePolicy, path: ProvenPath | None) -> list[str]:
     # No IPv6 on a managed link, even a proven one: nothing in it is keyed to the
     # decision (link-local addresses and old prefixes survive a move), so its first
     # packets on a new network would leave before the helper shuts the gate.
-    return rules
+    return [*probe, *rules]
 
 
 def arp_rules(policy: GatePolicy, path: ProvenPath | None,
@@ -188,7 +197,7 @@ def render(policy: GatePolicy, path: ProvenPath | None, home_probe: str | None =
         f"  counter {COUNTER} {{ }}\n"
         + _chain("local", local_rules(managed))
         + _chain("undecided", undecided_rules(policy))
-        + _chain("proven", proven_rules(policy, path))
+        + _chain("proven", proven_rules(policy, path, home_probe))
         # After source NAT (srcnat is 100): what leaves, with the address it leaves from.
         + _chain("gate", [f"type filter hook postrouting priority {PRIORITY}; policy accept;",
                           "jump local", "jump undecided", "jump proven",
@@ -207,7 +216,8 @@ def render_decision(policy: GatePolicy, path: ProvenPath | None,
     """Only the decision's chains, refilled in one transaction (the counters keep
     counting).  Fails if the tables are gone: then :func:`render` installs them again."""
     script = [f"flush chain inet {TABLE} proven", f"flush chain arp {TABLE} output"]
-    script += [f"add rule inet {TABLE} proven {r}" for r in proven_rules(policy, path)]
+    script += [f"add rule inet {TABLE} proven {r}"
+               for r in proven_rules(policy, path, home_probe)]
     script += [f"add rule arp {TABLE} output {r}"
                for r in arp_rules(policy, path, home_probe)]
     return "\n".join(script) + "\n"
