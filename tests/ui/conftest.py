@@ -172,3 +172,16 @@ def tray(qloop: asyncio.AbstractEventLoop, qapp: Any) -> Iterator[Any]:
     finally:
         t.close()
         qapp.processEvents()
+
+
+@pytest.fixture
+def shell(desktop: dict[str, str], qloop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+    """A desktop shell's view of the session bus: the StatusNotifierItem and its menu."""
+    from tests.ui.shell import Shell
+
+    s = Shell(desktop["DBUS_SESSION_BUS_ADDRESS"])
+    run(qloop, s.connect())
+    try:
+        yield s
+    finally:
+        s.close()

@@ -66,12 +66,6 @@ def helperd(desktop: dict[str, str], tmp_path: Path) -> Iterator[RealHelper]:
         procs.stop()
 
 
-@pytest.fixture
-def shell(desktop: dict[str, str], qloop: Any) -> Iterator[Shell]:
-    s = Shell(desktop["DBUS_SESSION_BUS_ADDRESS"])
-    run(qloop, s.connect())
-    yield s
-    s.close()
 
 
 def test_tray_with_the_real_helper_policy_profiles_history(

@@ -94,14 +94,6 @@ def lab_tray(lab_world: dict[str, Any], qloop: asyncio.AbstractEventLoop, qapp: 
         t.store.delete(PROFILE, SECRET_MN_HA_KEY)
 
 
-@pytest.fixture
-def shell(desktop: dict[str, str], qloop: Any) -> Iterator[Shell]:
-    s = Shell(desktop["DBUS_SESSION_BUS_ADDRESS"])
-    run(qloop, s.connect())
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _argb_be(name: str, w: int, h: int) -> bytes:

@@ -59,14 +59,6 @@ def mc_tray(mc_world: dict[str, Any], qloop: asyncio.AbstractEventLoop, qapp: An
         qapp.processEvents()
 
 
-@pytest.fixture
-def shell(desktop: dict[str, str], qloop: Any) -> Iterator[Shell]:
-    s = Shell(desktop["DBUS_SESSION_BUS_ADDRESS"])
-    run(qloop, s.connect())
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_rfc5266_3_3_tray_shows_mc_tia_gateway_on_pub_and_never_vpn_blocks_with_the_reason(

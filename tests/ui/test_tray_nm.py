@@ -53,12 +53,6 @@ def nm(desktop: dict[str, str], tmp_path: Path) -> Iterator[NMDouble]:
         procs.stop()
 
 
-@pytest.fixture
-def shell(desktop: dict[str, str], qloop: Any) -> Iterator[Shell]:
-    s = Shell(desktop["DBUS_SESSION_BUS_ADDRESS"])
-    run(qloop, s.connect())
-    yield s
-    s.close()
 
 
 async def _tooltip_has(shell: Shell, text: str, present: bool = True) -> None:

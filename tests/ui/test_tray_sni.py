@@ -8,7 +8,6 @@ and the dbusmenu layout, and clicks entries with Event(id, "clicked").
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,14 +18,6 @@ from tests.ui.shell import Shell
 pytestmark = pytest.mark.usefixtures("desktop")
 
 
-@pytest.fixture
-def shell(desktop: dict[str, str], qloop: Any) -> Iterator[Shell]:
-    s = Shell(desktop["DBUS_SESSION_BUS_ADDRESS"])
-    run(qloop, s.connect())
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 async def _tooltip_has(shell: Shell, *parts: str) -> None:
