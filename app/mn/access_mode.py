@@ -228,8 +228,6 @@ class Status:
     care_of_address: IPv4Address | None
     error: str | None
     handover_ms: float | None
-    tia: IPv4Address | None = None
-    """The VPN's tunnel inner address while the VPN is up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,7 +539,6 @@ class AccessModeMachine:
             if self.mode is Mode.VPN and not new_tia:
                 return  # the same SA reported again
             self._register_through_vpn(now, again=new_tia)
-            self._status()
         elif isinstance(ev, VpnMoved):
             if v.up and v.register_at is not None:
                 self._register_through_vpn(now)
@@ -555,8 +552,6 @@ class AccessModeMachine:
                 self._leave(State.UNTRUSTED, f"the VPN went down: {ev.reason}")
             elif self._waiting_for_vpn and not was_up:
                 self._enter(State.UNTRUSTED, Mode.NONE, f"the VPN did not come up: {ev.reason}")
-            elif was_up:
-                self._status()
             if self._want_vpn and self.phase is not State.TRUSTED:
                 self._retry_vpn_later(now)
         elif isinstance(ev, VpnServiceLost):
@@ -825,7 +820,7 @@ class AccessModeMachine:
         b = t.binding if self.mode is Mode.VPN and t is not None else self.client.binding
         self._actions.append(Status(self.phase, self.mode, link.iface if link else None,
                                     b.care_of_address if b else None, self.error,
-                                    self.last_handover_ms, self.vpn.tia))
+                                    self.last_handover_ms))
 
     def _take(self) -> list[Action]:
         out, self._actions = self._actions, []

@@ -125,7 +125,6 @@ class MobileNodeDriver:
         self.charon = charon if profile.vpn is not None else None
         # As given, not copied: its repr hides the values.
         self._vpn_secrets: Mapping[str, str] = vpn_secrets or {}
-        self.policy = policy
         self.routes = routes
         self.gate = gate if profile.gate else None
         self.on_snapshot = on_snapshot
@@ -206,7 +205,6 @@ class MobileNodeDriver:
 
     def set_policy(self, policy: Policy) -> None:
         """The user's policy (auto, always-vpn, never-vpn), applied at once."""
-        self.policy = policy
         self._queue.put_nowait(_Policy(policy))
 
     def reprobe(self) -> None:
