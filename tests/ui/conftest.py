@@ -43,6 +43,7 @@ def require_desktop_tools() -> None:
 def desktop() -> Iterator[dict[str, str]]:
     require_desktop_tools()
     tmp = Path(tempfile.mkdtemp(prefix="trustroam-ui-"))
+    tmp.chmod(0o711)  # another uid reaches the buses' sockets (attack tests), lists nothing
     procs = Procs(tmp)
     saved = {k: os.environ.get(k) for k in ("DISPLAY", "DBUS_SESSION_BUS_ADDRESS",
                                              "DBUS_SYSTEM_BUS_ADDRESS", "QT_QPA_PLATFORM",
