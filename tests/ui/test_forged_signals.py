@@ -219,26 +219,22 @@ def nm(desktop: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 
 async def _wifi(nm: Any, double: Any, ssid: str) -> str:
     """NetworkManager on a Wi-Fi network named ``ssid``; the access point's path."""
-    from dbus_next.signature import Variant as NextVariant  # dbusmock's double speaks it
-
     nm_name = "org.freedesktop.NetworkManager"
     dev = await nm.mock(double, "AddWiFiDevice", "ssi", ["wifi0", "wlan0", 100])
     ap = await nm.mock(double, "AddAccessPoint", "ssssuuuyu",
                        [dev, "ap1", ssid, "00:11:22:33:44:55", 2, 2437, 5400, 80, 0])
     await nm.mock(double, "AddProperty", "ssv",
                   [nm_name + ".Device.Wireless", "ActiveAccessPoint",
-                   NextVariant("o", ap)], dev)
+                   Variant("o", ap)], dev)
     conn = await nm.mock(double, "AddWiFiConnection", "ssss", [dev, "w", ssid, "wpa-psk"])
     await nm.mock(double, "AddActiveConnection", "assssu", [[dev], conn, ap, "a1", 2])
     return str(ap)
 
 
 async def _set_ssid(nm: Any, double: Any, ap: str, ssid: bytes) -> None:
-    from dbus_next.signature import Variant as NextVariant
-
     await nm.mock(double, "SetProperty", "sssv",
                   [ap, "org.freedesktop.NetworkManager.AccessPoint", "Ssid",
-                   NextVariant("ay", ssid)])
+                   Variant("ay", ssid)])
 
 
 def test_forged_networkmanager_owner_change_is_ignored(nm: Any, double: Any, tray: Any,
