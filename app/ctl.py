@@ -18,17 +18,29 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import BusType, MessageFlag, MessageType
-from dbus_next.errors import DBusError
-from dbus_next.message import Message
-from dbus_next.signature import Variant
-
 from app.api import BUS_NAME, INTERFACE, OBJECT_PATH, Mode, Policy, Probe, Snapshot, State
+from app.client_bus import (
+    NAME_GONE,
+    BusType,
+    DBusError,
+    Message,
+    MessageBus,
+    MessageFlag,
+    MessageType,
+    add_match,
+    finite,
+    get_name_owner,
+    owner_change,
+    owner_rule,
+    shown,
+    unwrap,
+)
 from app.net.gate import GateError, remove_table
 
+PROPS = "org.freedesktop.DBus.Properties"
 MODE_TEXT = {Mode.NONE: "no mode", Mode.HOME: "mode h (at home)",
              Mode.COLOCATED: "mode c (co-located care-of address)",
              Mode.FOREIGN_AGENT: "mode f (foreign agent care-of address)",
@@ -52,16 +64,23 @@ async def call(bus: MessageBus, member: str, signature: str = "", body: list[Any
         raise CtlError("no reply from trustroamd")
     if reply.message_type is MessageType.ERROR:
         text = reply.body[0] if reply.body else reply.error_name
-        if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
-                                "org.freedesktop.DBus.Error.NameHasNoOwner"):
+        if reply.error_name in NAME_GONE:
             text = f"trustroamd is not running ({BUS_NAME} is not on the system bus)"
-        raise CtlError(str(text))
+        raise CtlError(shown(text, 500))
     return reply.body
 
 
 async def properties(bus: MessageBus) -> dict[str, Any]:
-    body = await call(bus, "GetAll", "s", [INTERFACE], "org.freedesktop.DBus.Properties")
-    return {k: (v.value if isinstance(v, Variant) else v) for k, v in body[0].items()}
+    body = await call(bus, "GetAll", "s", [INTERFACE], PROPS)
+    return {str(k): unwrap(v) for k, v in body[0].items()}
+
+
+def snapshot(props: dict[str, Any]) -> Snapshot:
+    try:
+        return Snapshot.from_dbus(props)
+    except (ValueError, TypeError) as exc:
+        raise CtlError(f"trustroamd sent a value this trustroamctl does not know: "
+                       f"{shown(exc)}") from None
 
 
 def _ago(t: float, now: float) -> str:
@@ -87,11 +106,11 @@ def render(snap: Snapshot, now: float) -> str:
         head += f", {MODE_TEXT[snap.mode]}"
     lines = [head]
     if snap.error:
-        lines.append(f"  error          {snap.error}")
+        lines.append(f"  error          {shown(snap.error, 500)}")
 
     def row(label: str, value: str) -> None:
         if value:
-            lines.append(f"  {label:<14} {value}")
+            lines.append(f"  {label:<14} {shown(value)}")
 
     row("profile", snap.profile or "(not connected)")
     row("interface", snap.interface)
@@ -123,10 +142,10 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if args.cmd == "status":
             props = await properties(bus)
-            if args.json:
+            if args.json:  # JSON escapes control characters itself
                 print(json.dumps(props, indent=2, sort_keys=True))
             else:
-                print(render(Snapshot.from_dbus(props), time.time()))
+                print(render(snapshot(props), time.time()))
         elif args.cmd == "connect":
             await call(bus, "Connect", "s", [args.profile])
             print(f"connected {args.profile}")
@@ -140,10 +159,10 @@ async def run(args: argparse.Namespace) -> int:
             print(f"policy {args.policy}")
         elif args.cmd == "history":
             for t, kind, details in (await call(bus, "GetHistory", "u", [args.n]))[0]:
-                print(_event_line(t, kind, details))
+                print(_event_line(finite(t), kind, details))
         elif args.cmd == "profiles":
             for name in (await call(bus, "ListProfiles"))[0]:
-                print(name)
+                print(shown(name))
         elif args.cmd == "monitor":
             await monitor(bus)
     finally:
@@ -151,34 +170,58 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _event_line(t: float, kind: str, details: dict[str, str]) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
-    rest = " ".join(f"{k}={v}" for k, v in details.items() if k != "time")
-    return f"{stamp} {kind:<14} {rest}"
+def _stamp(t: float | None) -> str:
+    if t is not None:
+        try:
+            return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+        except (OverflowError, OSError, ValueError):
+            pass
+    return "--:--:--.---"
+
+
+def _event_line(t: float | None, kind: object, details: dict[str, Any]) -> str:
+    """One event; every text from the bus escaped.  A time that is no time is shown
+    in the details (``time=...``), with dashes for the stamp."""
+    when = _stamp(t)
+    rest = " ".join(f"{shown(k, 40)}={shown(v)}" for k, v in details.items()
+                    if k != "time" or when.startswith("-"))
+    return f"{when} {shown(kind, 40):<14} {rest}"
 
 
 async def monitor(bus: MessageBus) -> None:
-    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                           body=[f"type='signal',path='{OBJECT_PATH}'"]))
-    props = await properties(bus)
-    print(render(Snapshot.from_dbus(props), time.time()), flush=True)
+    """Events and property changes as the helper sends them.  Anyone on the bus may
+    send a signal that looks like the helper's: only those from the unique name that
+    owns the helper's name (as the bus itself says) are printed."""
+    await add_match(bus, owner_rule(BUS_NAME))
+    await add_match(bus, f"type='signal',sender='{BUS_NAME}',path='{OBJECT_PATH}'")
+    owner = await get_name_owner(bus, BUS_NAME)  # after the rules: no change is missed
+    print(render(snapshot(await properties(bus)), time.time()), flush=True)
 
-    def on(msg: Message) -> None:
-        if msg.message_type is not MessageType.SIGNAL or msg.path != OBJECT_PATH:
-            return
-        if msg.member == "Event":
+    def on(msg: Message) -> bool:
+        nonlocal owner
+        new = owner_change(msg, BUS_NAME)
+        if new is not None:
+            owner = new or None
+            print("trustroamd " + ("started again" if owner else "stopped"), flush=True)
+            return False
+        if (msg.message_type is not MessageType.SIGNAL or owner is None
+                or msg.sender != owner or msg.path != OBJECT_PATH):
+            return False
+        if msg.interface == INTERFACE and msg.member == "Event" and msg.signature == "sa{ss}":
             kind, details = msg.body
-            t = float(details.get("time", time.time()))
+            t = finite(details["time"]) if "time" in details else time.time()
             print(_event_line(t, kind, details), flush=True)
-        elif msg.member == "PropertiesChanged":
-            changed = {k: (v.value if isinstance(v, Variant) else v)
-                       for k, v in msg.body[1].items()}
-            print("changed " + " ".join(f"{k}={v}" for k, v in sorted(changed.items())),
-                  flush=True)
+        elif (msg.interface == PROPS and msg.member == "PropertiesChanged"
+              and msg.signature == "sa{sv}as" and msg.body[0] == INTERFACE):
+            changed = {str(k): unwrap(v) for k, v in msg.body[1].items()}
+            print("changed " + " ".join(f"{shown(k, 40)}={shown(v)}"
+                                        for k, v in sorted(changed.items())), flush=True)
+        return False
 
     bus.add_message_handler(on)
-    await bus.wait_for_disconnect()
+    # Typed here: dbus-fast leaves this one method untyped.
+    until_gone: Callable[[], Awaitable[None]] = bus.wait_for_disconnect
+    await until_gone()
 
 
 async def release_gate() -> str:
@@ -191,15 +234,10 @@ async def release_gate() -> str:
         bus = None  # no system bus: no helper either
     if bus is not None:
         try:
-            reply = await bus.call(Message(destination="org.freedesktop.DBus",
-                                           path="/org/freedesktop/DBus",
-                                           interface="org.freedesktop.DBus",
-                                           member="NameHasOwner", signature="s",
-                                           body=[BUS_NAME]))
+            running = await get_name_owner(bus, BUS_NAME) is not None
         finally:
             bus.disconnect()
-        if reply is not None and reply.message_type is MessageType.METHOD_RETURN and (
-                reply.body[0]):
+        if running:
             raise CtlError("trustroamd is running and owns the gate: use "
                            "'trustroamctl disconnect' (or stop the service)")
     try:
@@ -233,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trustroamctl: {exc}", file=sys.stderr)
         return 1
     except DBusError as exc:
-        print(f"trustroamctl: {exc.text}", file=sys.stderr)
+        print(f"trustroamctl: {shown(exc.text, 500)}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as exc:  # no system bus socket, or refused
         print(f"trustroamctl: cannot reach the system bus: {exc}", file=sys.stderr)

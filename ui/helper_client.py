@@ -4,6 +4,11 @@ Signal-driven: one GetAll when the helper's name gets an owner, then
 PropertiesChanged and Event; NameOwnerChanged says when the helper goes away
 or comes back (a restart gets a new unique name, and everything is re-read and
 the secret agent registered again).  No timers, no polling.
+
+Any local user can send signals that look like these, to the tray directly: only
+the bus's own NameOwnerChanged moves the owner, and only the owner's signals count
+(app/client_bus.py).  Event texts are escaped and cut on the way in, so the
+history and its window never hold a control character.
 """
 
 from __future__ import annotations
@@ -13,15 +18,22 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import MessageType
-from dbus_next.message import Message
-from dbus_next.signature import Variant
-
 from app.api import BUS_NAME, INTERFACE, OBJECT_PATH, HistoryEntry, Snapshot
+from app.client_bus import (
+    NAME_GONE,
+    Message,
+    MessageBus,
+    MessageType,
+    add_match,
+    finite,
+    get_name_owner,
+    owner_change,
+    owner_rule,
+    shown,
+    unwrap,
+)
 
 log = logging.getLogger("trustroam.tray.helper")
-DBUS = "org.freedesktop.DBus"
 PROPS = "org.freedesktop.DBus.Properties"
 AGENT_PATH = "/org/trustroam/SecretAgent"
 
@@ -30,14 +42,16 @@ class HelperCallError(Exception):
     """A refused or failed call, with the helper's message (for a person, no secret)."""
 
 
-def unwrap(v: Any) -> Any:
-    if isinstance(v, Variant):
-        return unwrap(v.value)
-    if isinstance(v, list):
-        return [unwrap(x) for x in v]
-    if isinstance(v, dict):
-        return {k: unwrap(x) for k, x in v.items()}
-    return v
+DETAIL_CHARS = 300
+"""An event's text as kept and shown (a line in the history, a tooltip's worth)."""
+
+
+def entry(t: object, kind: object, details: dict[Any, Any]) -> HistoryEntry:
+    """A history entry from the bus, its texts escaped and bounded, its time a time."""
+    when = finite(t)
+    return HistoryEntry(when if when is not None and 0 <= when < 1e11 else 0.0,
+                        shown(kind, 40),
+                        {shown(k, 40): shown(v, DETAIL_CHARS) for k, v in details.items()})
 
 
 class HelperClient:
@@ -59,43 +73,35 @@ class HelperClient:
 
     async def start(self) -> None:
         self.bus.add_message_handler(self._on_message)
-        for rule in (f"type='signal',sender='{DBUS}',interface='{DBUS}',"
-                     f"member='NameOwnerChanged',arg0='{BUS_NAME}'",
+        for rule in (owner_rule(BUS_NAME),
                      f"type='signal',sender='{BUS_NAME}',path='{OBJECT_PATH}',"
                      f"interface='{PROPS}',member='PropertiesChanged'",
                      f"type='signal',sender='{BUS_NAME}',path='{OBJECT_PATH}',"
                      f"interface='{INTERFACE}',member='Event'"):
-            await self._call(DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
-        try:
-            owner = (await self._call(DBUS, "/org/freedesktop/DBus", DBUS, "GetNameOwner",
-                                      "s", [BUS_NAME]))[0]
-        except HelperCallError:
-            owner = None
-        await self._owner_changed(owner)
+            await add_match(self.bus, rule)
+        # After the rules: a change from here on is seen.
+        await self._owner_changed(await get_name_owner(self.bus, BUS_NAME))
 
     # -- incoming --------------------------------------------------------------------
 
     def _on_message(self, msg: Message) -> bool:
         if msg.message_type is not MessageType.SIGNAL:
             return False
-        if msg.interface == DBUS and msg.member == "NameOwnerChanged":
-            if msg.body and msg.body[0] == BUS_NAME:
-                self._pending = asyncio.ensure_future(self._owner_changed(msg.body[2] or None))
+        new = owner_change(msg, BUS_NAME)  # only the bus's own: anyone can send one
+        if new is not None:
+            self._pending = asyncio.ensure_future(self._owner_changed(new or None))
             return False
         if msg.path != OBJECT_PATH or self.owner is None or msg.sender != self.owner:
             return False
-        if msg.interface == PROPS and msg.member == "PropertiesChanged":
+        if (msg.interface == PROPS and msg.member == "PropertiesChanged"
+                and msg.signature == "sa{sv}as"):
             iface, changed, _invalidated = msg.body
             if iface == INTERFACE and self.props:
                 self.props.update(unwrap(changed))
                 self._publish()
-        elif msg.interface == INTERFACE and msg.member == "Event":
+        elif msg.interface == INTERFACE and msg.member == "Event" and msg.signature == "sa{ss}":
             kind, details = msg.body
-            try:
-                t = float(details.get("time", "0"))
-            except ValueError:
-                t = 0.0
-            self.on_event(HistoryEntry(t, str(kind), dict(details)))
+            self.on_event(entry(details.get("time", 0.0), kind, details))
         return False
 
     async def _owner_changed(self, owner: str | None) -> None:
@@ -111,7 +117,7 @@ class HelperClient:
         try:
             body = await self._call(owner, OBJECT_PATH, PROPS, "GetAll", "s", [INTERFACE])
         except HelperCallError as exc:
-            log.warning("cannot read the helper's properties: %s", exc)
+            log.warning("cannot read the helper's properties: %s", exc)  # shown already
             return
         if gen != self._generation:
             return  # the owner changed again while we asked
@@ -129,8 +135,8 @@ class HelperClient:
     def _publish(self) -> None:
         try:
             self.snapshot = Snapshot.from_dbus(self.props)
-        except ValueError as exc:  # an enum value this tray does not know
-            log.warning("helper sent a value this tray does not know: %s", exc)
+        except (ValueError, TypeError) as exc:  # an enum value this tray does not know
+            log.warning("helper sent a value this tray does not know: %s", shown(exc))
             return
         self.on_snapshot(self.snapshot)
 
@@ -143,11 +149,10 @@ class HelperClient:
         if reply is None:
             raise HelperCallError("no reply")
         if reply.message_type is MessageType.ERROR:
-            text = str(reply.body[0]) if reply.body else reply.error_name or "error"
-            if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
-                                    "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            text = reply.body[0] if reply.body else reply.error_name or "error"
+            if reply.error_name in NAME_GONE:
                 text = "TrustRoam service not running"
-            raise HelperCallError(text)
+            raise HelperCallError(shown(text, 300))  # shown to the user as it is
         return list(reply.body)
 
     async def call(self, member: str, sig: str = "", body: list[Any] | None = None) -> list[Any]:
@@ -173,7 +178,7 @@ class HelperClient:
 
     async def history(self, n: int) -> list[HistoryEntry]:
         rows = (await self.call("GetHistory", "u", [n]))[0]
-        return [HistoryEntry(float(t), str(k), dict(d)) for t, k, d in rows]
+        return [entry(t, k, d) for t, k, d in rows]
 
     async def register_secret_agent(self, path: str = AGENT_PATH) -> None:
         self.agent_path = path

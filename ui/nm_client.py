@@ -1,7 +1,10 @@
-"""The network's name from NetworkManager (system bus, dbus-next), signal-driven.
+"""The network's name from NetworkManager (system bus), signal-driven.
 
 The primary connection's id, or for Wi-Fi its SSID.  NetworkManager absent (or
-gone) just means no name; its return is noticed through NameOwnerChanged.
+gone) just means no name; its return is noticed through the bus's own
+NameOwnerChanged (a forged one, from anyone else, is ignored), and only
+NetworkManager's current owner's PropertiesChanged start a new look.  The name is
+escaped and cut on the way in: an SSID is chosen by whoever runs the access point.
 """
 
 from __future__ import annotations
@@ -11,18 +14,24 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import MessageType
-from dbus_next.message import Message
-
-from ui.helper_client import unwrap
+from app.client_bus import (
+    Message,
+    MessageBus,
+    MessageType,
+    add_match,
+    get_name_owner,
+    owner_change,
+    owner_rule,
+    shown,
+    unwrap,
+)
 
 log = logging.getLogger("trustroam.tray.nm")
 NM = "org.freedesktop.NetworkManager"
 NM_PATH = "/org/freedesktop/NetworkManager"
-DBUS = "org.freedesktop.DBus"
 PROPS = "org.freedesktop.DBus.Properties"
 WIFI_TYPE = "802-11-wireless"
+NAME_CHARS = 64
 # Changes that can alter the name; anything else NetworkManager says (signal
 # strength, counters) is ignored without a D-Bus round trip.
 RELEVANT = frozenset({"PrimaryConnection", "ActiveConnections", "Id", "ActiveAccessPoint",
@@ -39,25 +48,21 @@ class NetworkName:
 
     async def start(self) -> None:
         self.bus.add_message_handler(self._on_message)
-        for rule in (f"type='signal',sender='{DBUS}',member='NameOwnerChanged',arg0='{NM}'",
-                     f"type='signal',sender='{NM}',member='PropertiesChanged'"):
-            await self._call(DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
-        try:
-            self.owner = (await self._call(DBUS, "/org/freedesktop/DBus", DBUS, "GetNameOwner",
-                                           "s", [NM]))[0]
-        except LookupError:
-            self.owner = None
+        for rule in (owner_rule(NM), f"type='signal',sender='{NM}',member='PropertiesChanged'"):
+            await add_match(self.bus, rule)
+        self.owner = await get_name_owner(self.bus, NM)
         await self._resolve()
 
     def _on_message(self, msg: Message) -> bool:
         if msg.message_type is not MessageType.SIGNAL:
             return False
-        if msg.member == "NameOwnerChanged" and msg.interface == DBUS:
-            if msg.body and msg.body[0] == NM:
-                self.owner = msg.body[2] or None
-                self._schedule()
-        elif msg.member == "PropertiesChanged" and self.owner and msg.sender == self.owner:
-            changed = msg.body[1] if msg.interface == PROPS else msg.body[0]
+        new = owner_change(msg, NM)
+        if new is not None:
+            self.owner = new or None
+            self._schedule()
+        elif (msg.member == "PropertiesChanged" and self.owner and msg.sender == self.owner
+              and msg.body):
+            changed = msg.body[1 if msg.interface == PROPS and len(msg.body) > 1 else 0]
             if isinstance(changed, dict) and RELEVANT.intersection(changed):
                 self._schedule()
         return False
@@ -101,8 +106,8 @@ class NetworkName:
                 ap = await self._get(dev, NM + ".Device.Wireless", "ActiveAccessPoint")
                 if ap and ap != "/":
                     ssid = bytes(await self._get(ap, NM + ".AccessPoint", "Ssid"))
-                    return f"{ssid.decode('utf-8', 'replace')} (Wi-Fi)"
-        return conn_id
+                    return f"{shown(ssid.decode('utf-8', 'replace'), NAME_CHARS)} (Wi-Fi)"
+        return shown(conn_id, NAME_CHARS)
 
     async def _resolve(self) -> None:
         try:

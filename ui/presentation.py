@@ -2,7 +2,8 @@
 
 Kept apart so the wording, the icon choice and the notification coalescing are
 tested without a display, and so the icon can never claim more security than
-the snapshot carries.
+the snapshot carries.  Every text that came over the bus goes through ``shown``
+(control characters escaped, length bounded).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from app.api import Mode, Policy, Probe, Snapshot, State
+from app.client_bus import shown
 
 MODE_WORDS = {
     Mode.HOME: "at home (mode h)",
@@ -66,6 +68,7 @@ def headline(snap: Snapshot | None) -> str:
     return "Offline"
 
 
+ERROR_CHARS = 200
 _CODE = re.compile(r"\((\d{2,3})\)")
 _CODE_WORDS = {
     131: "The home agent refused the key (131): check the profile's key",
@@ -82,7 +85,7 @@ def friendly_error(error: str) -> str:
     m = _CODE.search(error)
     if m and int(m.group(1)) in _CODE_WORDS:
         return _CODE_WORDS[int(m.group(1))]
-    return error.splitlines()[0] if error else ""
+    return shown(error.splitlines()[0], ERROR_CHARS) if error.strip() else ""
 
 
 def blocked_reason(snap: Snapshot) -> str:
@@ -106,18 +109,18 @@ def tooltip(snap: Snapshot | None, network: str) -> str:
     """Every line a user asks about at a glance, one fact per line."""
     lines = ["TrustRoam: " + headline(snap)]
     if network:
-        lines.append(f"Network: {network}")
+        lines.append(f"Network: {shown(network, 80)}")
     if snap is None:
         return "\n".join(lines)
     if snap.profile:
-        lines.append(f"Profile: {snap.profile}")
+        lines.append(f"Profile: {shown(snap.profile, 60)}")
     if snap.home_address:
-        lines.append(f"Home address: {snap.home_address}")
+        lines.append(f"Home address: {shown(snap.home_address, 60)}")
     if snap.mode is Mode.VPN:
         # Inside the VPN the home agent knows us by the TIA (our care-of address there).
-        lines.append(f"Tunnel inner address: {snap.tunnel_inner_address or '?'}")
+        lines.append(f"Tunnel inner address: {shown(snap.tunnel_inner_address, 60) or '?'}")
     elif snap.care_of_address:
-        lines.append(f"Care-of address: {snap.care_of_address}")
+        lines.append(f"Care-of address: {shown(snap.care_of_address, 60)}")
     if snap.state is not State.OFFLINE or snap.home_agent_probe.answered_at > 0:
         lines.append(_probe("Home agent", snap.home_agent_probe))
     if snap.mode is Mode.VPN or snap.vpn_probe.answered_at > 0 or snap.vpn_gateway:
@@ -135,7 +138,7 @@ def tooltip(snap: Snapshot | None, network: str) -> str:
 
 
 def vpn_label(snap: Snapshot) -> str:
-    return f"VPN gateway {snap.vpn_gateway}" if snap.vpn_gateway else "VPN gateway"
+    return f"VPN gateway {shown(snap.vpn_gateway, 80)}" if snap.vpn_gateway else "VPN gateway"
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ class Coalescer:
         self.announced = key
         text = headline(snap)
         if self.network:
-            text += f" — {self.network}"
+            text += f" — {shown(self.network, 80)}"
         urgent = snap is None or snap.state is State.ERROR or (
             snap.state is State.UNTRUSTED and snap.mode is not Mode.VPN)
         return Notice("TrustRoam", text, urgent)

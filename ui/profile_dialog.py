@@ -104,6 +104,7 @@ class ProfileDialog(QWidget):
         self.key_edit = self.secret_edits[SECRET_MN_HA_KEY]
         right.addWidget(pages)
         self.message = QLabel()
+        self.message.setTextFormat(Qt.TextFormat.PlainText)  # it may quote the helper
         self.message.setObjectName("message")
         self.message.setWordWrap(True)
         right.addWidget(self.message)

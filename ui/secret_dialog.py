@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QDialog,
@@ -15,6 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.client_bus import shown
 from ui.secrets import KEY_LABELS, OPTIONAL_KEYS, validate_secret
 
 
@@ -22,6 +24,7 @@ class SecretDialog(QDialog):
     def __init__(self, profile: str, keys: list[str], why: str,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        profile = shown(profile, 60)  # the helper's word for it, shown as plain text
         self.setWindowTitle(f"TrustRoam: secrets for {profile}")
         self.setObjectName("secret-dialog")
         self.keys = keys
@@ -29,7 +32,9 @@ class SecretDialog(QDialog):
         intro = f"The TrustRoam service needs the secrets of profile “{profile}”."
         if why:
             intro += "\n" + why
-        lay.addWidget(QLabel(intro))
+        label = QLabel(intro)
+        label.setTextFormat(Qt.TextFormat.PlainText)
+        lay.addWidget(label)
         form = QFormLayout()
         self.fields: dict[str, QLineEdit] = {}
         for k in keys:

@@ -1,13 +1,17 @@
-# mypy: disable-error-code="name-defined,valid-type"
-# No `from __future__ import annotations`: dbus-next reads the D-Bus signatures
-# of GetSecrets from its string annotations.
 """Secrets in the system keyring, and the secret agent the helper asks for them.
 
 The keyring (``keyring``, Secret Service: gnome-keyring, KWallet) is the only
 place a secret is kept; nothing here logs, raises or writes one.  ``keyring`` is
 imported when first used (it pulls in secretstorage and cryptography, ~10 MB
 the idle tray does not need).
+
+The agent answers only the helper: the connection that owns the helper's name
+now, running as root (as libnm's agent checks NetworkManager).  The bus policy
+lets only root call it, but a bus configured otherwise, or another root process,
+must not get the user's secrets either.
 """
+
+from __future__ import annotations
 
 import asyncio
 import contextlib
@@ -16,9 +20,17 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from dbus_next.service import ServiceInterface, method
-
-from app.api import SECRET_AGENT_INTERFACE, SECRET_MN_HA_KEY
+from app.api import BUS_NAME, SECRET_AGENT_INTERFACE, SECRET_MN_HA_KEY
+from app.client_bus import (
+    ErrorType,
+    Message,
+    MessageBus,
+    MessageFlag,
+    MessageType,
+    get_name_owner,
+    shown,
+    unix_user,
+)
 
 log = logging.getLogger("trustroam.tray.secrets")
 T = TypeVar("T")
@@ -135,12 +147,16 @@ Asker = Callable[[str, list[str], str], Awaitable[tuple[dict[str, str], bool]]]
 """(profile, missing keys, why) -> (answers, store them in the keyring?)."""
 
 
-class SecretAgent(ServiceInterface):
-    """org.trustroam.SecretAgent1, exported on the tray's system-bus connection."""
+class SecretAgent:
+    """org.trustroam.SecretAgent1 at ``path`` on the tray's system-bus connection
+    (``attach``).  A plain message handler, not an exported interface: the answer
+    depends on who asks, and an exported method is not told."""
 
     def __init__(self, store: SecretStore, asker: Asker | None,
                  on_problem: Callable[[str], None] | None = None) -> None:
-        super().__init__(SECRET_AGENT_INTERFACE)
+        self.bus: MessageBus | None = None
+        self.path = ""
+        self._tasks: set[asyncio.Future[None]] = set()
         self.store = store
         self.asker = asker
         self.on_problem = on_problem
@@ -202,6 +218,46 @@ class SecretAgent(ServiceInterface):
                  len(found), len(wanted))
         return found
 
-    @method()
-    async def GetSecrets(self, profile: "s", keys: "as") -> "a{ss}":
-        return await self.lookup(profile, keys)
+    def attach(self, bus: MessageBus, path: str) -> None:
+        self.bus, self.path = bus, path
+        bus.add_message_handler(self._on_message)
+
+    def _on_message(self, msg: Message) -> bool:
+        if (msg.message_type is not MessageType.METHOD_CALL or msg.path != self.path
+                or msg.member != "GetSecrets"
+                or msg.interface not in (None, SECRET_AGENT_INTERFACE)):
+            return False
+        task = asyncio.ensure_future(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _answer(self, msg: Message) -> None:
+        assert self.bus is not None
+        if msg.signature != "sas":
+            reply = Message.new_error(msg, ErrorType.INVALID_ARGS,
+                                      "GetSecrets takes (profile s, keys as)")
+        elif not await self.from_helper(msg.sender):
+            log.warning("secret request refused: %s is not the TrustRoam helper running "
+                        "as root", shown(msg.sender, 40))
+            reply = Message.new_error(msg, ErrorType.ACCESS_DENIED,
+                                      "only the TrustRoam helper may ask for secrets")
+        else:
+            profile, keys = msg.body
+            try:
+                found = await self.lookup(profile, keys)
+            except Exception as exc:  # no secret in the reply, the log or the error
+                log.warning("secret request failed: %s", type(exc).__name__)
+                found = {}
+            reply = Message.new_method_return(msg, "a{ss}", [found])
+        if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            self.bus.send(reply)
+
+    async def from_helper(self, sender: str | None) -> bool:
+        """Whether ``sender`` is the helper: its name's owner now, and uid 0 (the
+        bus's word for both; a unique name is never reused)."""
+        if not sender or self.bus is None:
+            return False
+        owner, uid = await asyncio.gather(get_name_owner(self.bus, BUS_NAME),
+                                          unix_user(self.bus, sender))
+        return owner == sender and uid == 0

@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.api import HistoryEntry, Mode, Snapshot, State
+from app.client_bus import finite, shown
 from ui import memory, presentation
 
 HISTORY_FETCH = 1000
@@ -56,14 +57,17 @@ def path_nodes(snap: Snapshot | None) -> tuple[list[str], list[str], bool]:
         return ["This computer", "Home network"], ["direct (mode h)"], True
     if s is State.TRUSTED and m is Mode.COLOCATED:
         return (["This computer", "Visited network", "Home agent"],
-                [f"CoA {snap.care_of_address or '?'}", "IP-in-IP tunnel (mode c)"], True)
+                [f"CoA {shown(snap.care_of_address, 40) or '?'}", "IP-in-IP tunnel (mode c)"],
+                True)
     if s is State.TRUSTED and m is Mode.FOREIGN_AGENT:
         return (["This computer", "Foreign agent", "Home agent"],
                 ["link", "tunnel (mode f)"], True)
     if m is Mode.VPN and s in (State.TRUSTED, State.UNTRUSTED):
-        gateway = "VPN gateway" + (f"\n{snap.vpn_gateway}" if snap.vpn_gateway else "")
+        gateway = "VPN gateway" + (f"\n{shown(snap.vpn_gateway, 40)}" if snap.vpn_gateway
+                                   else "")
         return (["This computer", gateway, "Home agent"],
-                [f"ESP (TIA {snap.tunnel_inner_address or '?'})", "Mobile IP (mode mc)"], True)
+                [f"ESP (TIA {shown(snap.tunnel_inner_address, 40) or '?'})",
+                 "Mobile IP (mode mc)"], True)
     if s is State.UNTRUSTED:
         return ["This computer", "Untrusted network"], ["NOT protected: blocked"], False
     if s is State.PROBING:
@@ -338,6 +342,7 @@ class StatusWindow(QWidget):
                            ("vpn", "VPN gateway"), ("binding", "Binding"),
                            ("handover", "Last handover"), ("policy", "Policy")):
             lbl = QLabel()
+            lbl.setTextFormat(Qt.TextFormat.PlainText)  # bus text is never markup
             lbl.setObjectName(key)
             lbl.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             form.addRow(label + ":", lbl)
@@ -447,9 +452,8 @@ class StatusWindow(QWidget):
                                       QStandardItem(e.details.get("mode", "")),
                                       QStandardItem(e.details.get("ms", ""))])
         if e.kind == "probe-answered" and e.time:
-            try:
-                rtt = float(e.details.get("rtt_ms", ""))
-            except ValueError:
+            rtt = finite(e.details.get("rtt_ms", ""))
+            if rtt is None:
                 return
             samples = self.tray.rtt["ha"]
             last = samples.last_time()
@@ -479,15 +483,16 @@ class StatusWindow(QWidget):
     def update_snapshot(self, snap: Snapshot | None) -> None:
         f = self.fields
         f["state"].setText(presentation.headline(snap))
-        f["network"].setText(self.tray.network or "—")
+        f["network"].setText(shown(self.tray.network, 80) or "—")
         if snap is not None:
-            f["profile"].setText(snap.profile or "—")
-            f["home"].setText(snap.home_address or "—")
-            f["coa"].setText(snap.care_of_address or "—")
-            f["tia"].setText(snap.tunnel_inner_address or "—")
+            f["profile"].setText(shown(snap.profile, 60) or "—")
+            f["home"].setText(shown(snap.home_address, 60) or "—")
+            f["coa"].setText(shown(snap.care_of_address, 60) or "—")
+            f["tia"].setText(shown(snap.tunnel_inner_address, 60) or "—")
             f["ha"].setText(presentation._probe("", snap.home_agent_probe).lstrip(": "))
             vpn = presentation._probe("", snap.vpn_probe).lstrip(": ")
-            f["vpn"].setText(f"{snap.vpn_gateway}: {vpn}" if snap.vpn_gateway else vpn)
+            f["vpn"].setText(f"{shown(snap.vpn_gateway, 80)}: {vpn}" if snap.vpn_gateway
+                             else vpn)
             f["handover"].setText(f"{snap.last_handover_ms:.0f} ms"
                                   if snap.last_handover_ms >= 0 else "—")
             f["policy"].setText(presentation.POLICY_WORDS[snap.policy])

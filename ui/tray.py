@@ -13,13 +13,12 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import BusType
 from PySide6.QtCore import QObject, QTimer
 from PySide6.QtGui import QAction, QActionGroup
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
 from app.api import HistoryEntry, Policy, Snapshot, State
+from app.client_bus import BusType, MessageBus, shown
 from ui import presentation
 from ui.helper_client import AGENT_PATH, HelperCallError, HelperClient
 from ui.icons import icon
@@ -30,6 +29,10 @@ from ui.secrets import SecretAgent, SecretStore
 log = logging.getLogger("trustroam.tray")
 POLICY_WORDS = presentation.POLICY_WORDS
 RTT_SAMPLES = 24 * 3600  # a day of one-per-second probes: 2.8 MB for both series
+
+
+def connect_label(profile: str) -> str:
+    return f"Connect “{shown(profile, 60)}”"  # the helper's name for it, escaped
 
 
 class Tray(QObject):
@@ -106,7 +109,7 @@ class Tray(QObject):
         sep = QAction(self.menu)
         sep.setSeparator(True)
         for name in self.profiles:
-            a = QAction(f"Connect “{name}”", self.menu)
+            a = QAction(connect_label(name), self.menu)
             a.setCheckable(True)
             a.setChecked(name == current and self.snapshot is not None
                          and self.snapshot.state is not State.OFFLINE)
@@ -137,7 +140,7 @@ class Tray(QObject):
         for a in self.profile_actions:
             if a.isCheckable():
                 a.setEnabled(present)
-                a.setChecked(present and a.text() == f"Connect “{current}”"
+                a.setChecked(present and a.text() == connect_label(current)
                              and snap is not None and snap.state is not State.OFFLINE)
 
     # -- start -------------------------------------------------------------------------
@@ -152,7 +155,7 @@ class Tray(QObject):
             return
         self.agent = SecretAgent(self.store, self._ask if self.ask_secrets else None,
                                  self.problem)
-        self.bus.export(AGENT_PATH, self.agent)
+        self.agent.attach(self.bus, AGENT_PATH)
         self.helper = HelperClient(self.bus, on_snapshot=self._on_snapshot,
                                    on_event=self._on_event, on_appeared=self._helper_appeared)
         self.helper.agent_path = AGENT_PATH
@@ -235,6 +238,7 @@ class Tray(QObject):
 
     def problem(self, text: str) -> None:
         """Something the user must act on that is not the helper's state (keyring...)."""
+        text = shown(text, 400)  # it may quote the bus (a refusal's message)
         self.last_problem = text
         log.warning("%s", text)
         self.icon.showMessage("TrustRoam", text, QSystemTrayIcon.MessageIcon.Warning, 10000)

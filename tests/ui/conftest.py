@@ -43,6 +43,7 @@ def require_desktop_tools() -> None:
 def desktop() -> Iterator[dict[str, str]]:
     require_desktop_tools()
     tmp = Path(tempfile.mkdtemp(prefix="trustroam-ui-"))
+    tmp.chmod(0o711)  # another uid reaches the buses' sockets (attack tests), lists nothing
     procs = Procs(tmp)
     saved = {k: os.environ.get(k) for k in ("DISPLAY", "DBUS_SESSION_BUS_ADDRESS",
                                              "DBUS_SYSTEM_BUS_ADDRESS", "QT_QPA_PLATFORM",
@@ -119,15 +120,15 @@ class DoubleControl:
 
     async def _bus(self) -> Any:
         if self.bus is None:
-            from dbus_next.aio.message_bus import MessageBus
+            from dbus_fast.aio import MessageBus
 
             self.bus = await MessageBus(bus_address=self.env["DBUS_SYSTEM_BUS_ADDRESS"]
                                         ).connect()
         return self.bus
 
     async def call(self, member: str, sig: str = "", body: list[Any] | None = None) -> Any:
-        from dbus_next.constants import MessageType
-        from dbus_next.message import Message
+        from dbus_fast.constants import MessageType
+        from dbus_fast.message import Message
 
         from app.api import BUS_NAME
 

@@ -150,6 +150,7 @@ class Procs:
         """gnome-keyring's Secret Service, unlocked headless, data under tmp."""
         home = self.tmp / "home"
         (home / ".local/share/keyrings").mkdir(parents=True, exist_ok=True)
+        home.chmod(0o700)
         runtime = self.tmp / "runtime"
         runtime.mkdir(mode=0o700, exist_ok=True)
         env = base_env(DBUS_SESSION_BUS_ADDRESS=session_address, HOME=str(home),

@@ -1,4 +1,4 @@
-"""Reads and clicks a StatusNotifierItem the way a desktop shell does (dbus-next)."""
+"""Reads and clicks a StatusNotifierItem the way a desktop shell does (dbus-fast)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import MessageType
-from dbus_next.message import Message
-from dbus_next.signature import Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import MessageType
+from dbus_fast.message import Message
+from dbus_fast.signature import Variant
 
 SNI = "org.kde.StatusNotifierItem"
 MENU = "com.canonical.dbusmenu"

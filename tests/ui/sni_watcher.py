@@ -1,5 +1,5 @@
 # ruff: noqa: F821, F722
-# No `from __future__ import annotations`: dbus-next reads D-Bus signatures from
+# No `from __future__ import annotations`: dbus-fast reads D-Bus signatures from
 # the string annotations below.
 """What a desktop shell runs on the session bus, reduced to what a tray needs.
 
@@ -13,9 +13,9 @@ Notify so tests can count notifications).  Runs as its own process
 import asyncio
 import sys
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import BusType, PropertyAccess
-from dbus_next.service import ServiceInterface, dbus_property, method, signal
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import BusType, MessageType, PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 
 class Watcher(ServiceInterface):
@@ -99,25 +99,23 @@ class TestShell(ServiceInterface):
         return self.watcher.items
 
 
-class SenderBus(MessageBus):
-    watcher = None
+def record_senders(bus, target):
+    """Sets ``target.sender`` to each method call's sender just before the method runs
+    (a message handler sees the message first; an exported method is not told)."""
 
-    def _make_method_handler(self, interface, meth):
-        inner = super()._make_method_handler(interface, meth)
+    def on(msg):
+        if msg.message_type is MessageType.METHOD_CALL:
+            target.sender = msg.sender
+        return False
 
-        def handler(msg, send_reply):
-            if self.watcher is not None:
-                self.watcher.sender = msg.sender
-            inner(msg, send_reply)
-
-        return handler
+    bus.add_message_handler(on)
 
 
 async def main():
-    bus = await SenderBus(bus_type=BusType.SESSION).connect()
+    bus = await MessageBus(bus_type=BusType.SESSION).connect()
     watcher = Watcher()
     notes = Notifications()
-    bus.watcher = watcher
+    record_senders(bus, watcher)
     bus.export("/StatusNotifierWatcher", watcher)
     bus.export("/org/freedesktop/Notifications", notes)
     bus.export("/TestShell", TestShell(notes, watcher))

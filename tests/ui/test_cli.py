@@ -70,8 +70,8 @@ def test_single_instance_and_quit_never_disconnects(session: tuple[Procs, dict[s
     assert again.returncode == 0 and again.stderr == "", again
 
     async def go() -> list[str]:
-        from dbus_next.aio.message_bus import MessageBus
-        from dbus_next.message import Message
+        from dbus_fast.aio import MessageBus
+        from dbus_fast.message import Message
 
         shell = Shell(env["DBUS_SESSION_BUS_ADDRESS"])
         await shell.connect()

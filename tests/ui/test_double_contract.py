@@ -33,7 +33,7 @@ def members(xml: str) -> set[tuple[str, ...]]:
 
 def test_double_matches_the_contract(double: Any, qloop: Any) -> None:
     async def introspect() -> str:
-        from dbus_next.message import Message
+        from dbus_fast.message import Message
 
         bus = await double._bus()
         reply = await bus.call(Message(destination="org.trustroam.Helper1",

@@ -134,9 +134,9 @@ class HelperWatch:
         self.bus: Any = None
 
     async def start(self) -> None:
-        from dbus_next.aio.message_bus import MessageBus
-        from dbus_next.constants import MessageType
-        from dbus_next.message import Message
+        from dbus_fast.aio import MessageBus
+        from dbus_fast.constants import MessageType
+        from dbus_fast.message import Message
 
         from app.api import BUS_NAME, INTERFACE
 
@@ -169,16 +169,28 @@ class HelperWatch:
             except TimeoutError:
                 continue
 
-    async def prop(self, name: str) -> Any:
-        from tests.dbus_client import properties
+    async def _call(self, member: str, sig: str = "", body: list[Any] | None = None,
+                    interface: str = "org.trustroam.Helper1") -> list[Any]:
+        from dbus_fast.constants import MessageType
+        from dbus_fast.message import Message
 
-        return (await properties(self.bus))[name]
+        from app.api import BUS_NAME, OBJECT_PATH
+
+        reply = await self.bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH,
+                                            interface=interface, member=member,
+                                            signature=sig, body=body or []))
+        assert reply.message_type is MessageType.METHOD_RETURN, (member, reply.body)
+        return list(reply.body)
+
+    async def prop(self, name: str) -> Any:
+        from app.client_bus import unwrap
+
+        body = await self._call("GetAll", "s", ["org.trustroam.Helper1"],
+                                "org.freedesktop.DBus.Properties")
+        return unwrap(body[0])[name]
 
     async def history_kinds(self) -> list[str]:
-        from tests.dbus_client import call
-
-        ok, body = await call(self.bus, "GetHistory", "u", [1000])
-        assert ok, body
+        body = await self._call("GetHistory", "u", [1000])
         return [str(k) for _t, k, _d in body[0]]
 
 

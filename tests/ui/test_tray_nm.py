@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dbus_next.signature import Variant
+from dbus_fast.signature import Variant
 
 from tests.ui.conftest import run
 from tests.ui.procs import ROOT, Procs, _name_has_owner, base_env, wait_for
@@ -34,8 +34,8 @@ class NMDouble:
 
     async def mock(self, double: Any, member: str, sig: str, body: list[Any],
                    path: str = NM_PATH) -> Any:
-        from dbus_next.constants import MessageType
-        from dbus_next.message import Message
+        from dbus_fast.constants import MessageType
+        from dbus_fast.message import Message
 
         bus = await double._bus()
         reply = await bus.call(Message(destination=NM, path=path, interface=MOCK,
