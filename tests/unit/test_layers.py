@@ -19,14 +19,17 @@ ALLOWED: dict[str, set[str]] = {
     "app.mip": {"app.mip"},
     "app.api": set(),
     "app.config": {"app.mip"},
+    "app.client_bus": set(),
     "app.net": {"app.net", "app.api", "app.mip", "app.config"},
     "app.vpn": {"app.vpn", "app.api", "app.config", "app.mip"},
     "app.agents": {"app.agents", "app.mip", "app.net", "app.config", "app.api"},
     "app.mn": {"app.mn", "app.mip", "app.net", "app.vpn", "app.api", "app.config"},
     "app.service": {"app.service", "app.mn", "app.net", "app.vpn", "app.mip", "app.api",
                     "app.config"},
-    "app.ctl": {"app.api", "app.config", "app.mn", "app.vpn", "app.net"},  # release-gate
-    "ui": {"ui", "app.api", "app.config", "app.mn.profile", "app.vpn.config"},
+    "app.ctl": {"app.api", "app.client_bus", "app.config", "app.mn", "app.vpn",
+                "app.net"},  # app.net: release-gate
+    "ui": {"ui", "app.api", "app.client_bus", "app.config", "app.mn.profile",
+           "app.vpn.config"},
 }
 # The sans-I/O cores: no sockets, clocks, event loops or OS adapters.
 SANS_IO = ["app/mn/access_mode.py", "app/mn/registration.py", "app/mn/link_tracker.py",
