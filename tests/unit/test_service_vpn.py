@@ -17,6 +17,7 @@ from app.net.mn_routes import Backend
 from app.service import helper as helper_mod
 from app.service.helper import Helper, gate_policy, resolve_gateways, vpn_secret_names
 from app.service.secrets import SecretError, SecretSource
+from app.vpn.charon import VpnConfigError
 from app.vpn.config import VpnConfig
 from tests.unit.test_service_helper import KEY, PROFILE, fakes
 
@@ -180,6 +181,10 @@ async def test_an_encrypted_private_key_asks_for_its_passphrase(tmp_path):
     plain.write_bytes(b"-----BEGIN PRIVATE KEY-----\nMC4=\n-----END PRIVATE KEY-----\n")
     enc.write_bytes(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMC4=\n"
                     b"-----END ENCRYPTED PRIVATE KEY-----\n")
+    plain.chmod(0o600)
+    enc.chmod(0o600)
+    (tmp_path / "c.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nMA==\n"
+                                     b"-----END CERTIFICATE-----\n")
     from app.vpn.config import AuthMethod
 
     def cfg(key):
@@ -188,7 +193,8 @@ async def test_an_encrypted_private_key_asks_for_its_passphrase(tmp_path):
 
     assert await vpn_secret_names(cfg(plain)) == ()
     assert await vpn_secret_names(cfg(enc)) == ("vpn_key_passphrase",)
-    assert await vpn_secret_names(cfg(tmp_path / "missing.key")) == ()
+    with pytest.raises(VpnConfigError, match=r"^vpn\.key_file: .*missing\.key does not exist"):
+        await vpn_secret_names(cfg(tmp_path / "missing.key"))
     assert await vpn_secret_names(VpnConfig(("192.0.2.7",), "alice",
                                             AuthMethod.EAP_MSCHAPV2)) == ("vpn_password",)
     assert await vpn_secret_names(None) == ()

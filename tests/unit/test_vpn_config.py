@@ -131,7 +131,7 @@ def test_load_conn_gateway_must_be_configured():
         vc.load_conn(lab_cfg(), "192.0.2.1")
 
 
-@pytest.mark.parametrize("auth", [AuthMethod.EAP_MSCHAPV2, AuthMethod.EAP_MD5])
+@pytest.mark.parametrize("auth", [AuthMethod.EAP_MSCHAPV2])
 def test_load_conn_eap_the_gateway_proves_itself_with_a_certificate(auth):
     msg = vc.load_conn(lab_cfg(auth=auth, remote_identity="vpn.corp.example"),
                        "172.16.0.11", Certificates(ca=b"CA-PEM"))["trustroam"]
@@ -173,7 +173,7 @@ def test_load_shared_pubkey_needs_nothing():
 
 
 @pytest.mark.parametrize(("auth", "key"), [(AuthMethod.PSK, "vpn_psk"),
-                                           (AuthMethod.EAP_MD5, "vpn_password")])
+                                           (AuthMethod.EAP_MSCHAPV2, "vpn_password")])
 def test_missing_secret_names_the_key(auth, key):
     with pytest.raises(SecretMissing) as exc:
         vc.load_shared(lab_cfg(auth=auth), {"vpn_psk": "", "other": "x"})
