@@ -182,3 +182,25 @@ async def test_charon_load_refuses_the_file_naming_the_key_and_sends_nothing(
         release(fifo)  # a reader blocked on it (today's code) ends before the loop does
         await a.close()
         fake.close()
+
+
+# -- one way to read a root-owned file (code review 2026-12-07, 2.10) ---------------
+
+def test_configuration_profile_and_key_files_are_read_the_same_way(tmp_path, fifo):
+    """load_toml (ha.toml, fa.toml, --profile), the helper's load_profile and a
+    ``key_file`` of ha.toml refuse a FIFO at once, as the VPN files do."""
+    from app.agents import ha_config
+    from app.config import ConfigError, load_toml
+    from app.service.helper import load_profile
+
+    for read in (lambda: load_toml(fifo), lambda: load_profile(fifo)):
+        got = returns(read)
+        assert isinstance(got, ConfigError) and str(got) == f"{fifo}: is not a regular file"
+    ha = file(tmp_path, "ha.toml",
+              b'[home_agent]\naddress = "10.20.1.1"\nhome_network = "10.20.1.0/24"\n'
+              b'[[mobile_nodes]]\nhome_address = "10.20.1.10"\n'
+              b'spi = 256\nkey_file = "ca.fifo"\n', 0o644)
+    got = returns(lambda: ha_config.load(ha))
+    assert isinstance(got, ConfigError), got
+    assert str(got).endswith(f"mobile_nodes[0].key_file: cannot read {fifo} is not a "
+                             "regular file"), str(got)
