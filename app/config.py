@@ -63,8 +63,6 @@ def read_regular_file(path: Path, limit: int = MAX_CONFIG_FILE, *,
     path = Path(path)
     try:
         pfd = _open_path(path, follow_symlinks)
-    except FileRefused:
-        raise
     except FileNotFoundError:
         raise FileRefused(path, "does not exist") from None
     except OSError as exc:

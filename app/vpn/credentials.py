@@ -51,7 +51,7 @@ def read_certificate(key: str, path: Path) -> bytes:
                                  public=not inside)
     except FileRefused as exc:
         hint = (f" (or put it in {', '.join(map(str, VPN_FILE_DIRS))})"
-                if "readable by everyone" in exc.reason else "")
+                if exc.reason.startswith("is not readable by everyone") else "")
         raise CredentialError(key, f"{exc}{hint}") from None
     if not (_PEM_CERT.search(data) or _is_der(data)):
         raise CredentialError(key, f"{path} is not a certificate (PEM or DER)")
