@@ -6,6 +6,8 @@ never echo a secret value.
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from enum import Enum
@@ -28,20 +30,148 @@ class ConfigError(Exception):
         self.message = message
 
 
-def load_toml(path: Path) -> dict[str, Any]:
+MAX_CONFIG_FILE = 1 << 20
+"""Bytes: no configuration, profile, certificate or key of ours comes near it."""
+
+
+class FileRefused(Exception):
+    """A file that is not read: ``reason`` is a predicate (``is not a regular file``),
+    the message ``<path> <reason>``; neither ever holds the file's content."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def read_regular_file(path: Path, limit: int = MAX_CONFIG_FILE, *,
+                      follow_symlinks: bool = True, root_owned: bool = False,
+                      private: bool = False, public: bool = False) -> bytes:
+    """The one way a file is read for the helper and the agents (often as root).
+
+    The file is first opened with ``O_PATH``: a FIFO, a device or a directory is
+    refused on its ``fstat`` without ever being opened for reading (so nothing
+    blocks, and no driver's open has a side effect), then re-opened through its
+    descriptor, read-only, non-blocking, and read up to ``limit`` bytes.
+
+    ``follow_symlinks=False``: no component of the (absolute) path may be a
+    symbolic link.  ``root_owned``: the file belongs to root (or to this process's
+    user) and neither group nor others may write it.  ``private``: nor read it.
+    ``public``: everyone may read it (reading it as root then tells nobody anything).
+    Raises ``FileRefused``, whose message names the path and never the content.
+    """
+    path = Path(path)
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        pfd = _open_path(path, follow_symlinks)
     except FileNotFoundError:
-        raise ConfigError(str(path), "", "no such file") from None
-    except PermissionError:
-        raise ConfigError(str(path), "", "permission denied") from None
-    except IsADirectoryError:
-        raise ConfigError(str(path), "", "is a directory, not a TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+        raise FileRefused(path, "does not exist") from None
+    except OSError as exc:
+        raise FileRefused(path, f"cannot be opened: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(pfd)
+        _check(path, st, limit, root_owned=root_owned, private=private, public=public)
+        try:
+            fd = os.open(f"/proc/self/fd/{pfd}",
+                         os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise FileRefused(path, f"cannot be read: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "rb") as fh:
+            again = os.fstat(fd)
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                raise FileRefused(path, "changed while it was being opened")
+            try:
+                data = fh.read(limit + 1)
+            except OSError as exc:
+                raise FileRefused(path, f"cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(pfd)
+    if len(data) > limit:
+        raise FileRefused(path, f"is larger than {limit} bytes")
+    return data
+
+
+def _open_path(path: Path, follow_symlinks: bool) -> int:
+    """An ``O_PATH`` descriptor of ``path`` (which nothing can block on)."""
+    flags = os.O_PATH | os.O_CLOEXEC
+    if follow_symlinks:
+        return os.open(path, flags)
+    if not path.is_absolute():
+        raise FileRefused(path, "is not an absolute path")
+    # Walk from / one component at a time, none of them followed if it is a link
+    # (O_NOFOLLOW alone checks the last one only).
+    dfd = os.open("/", flags | os.O_DIRECTORY)
+    try:
+        parts = path.parts[1:]
+        if not parts:
+            raise FileRefused(path, "is a directory")
+        for i, name in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                nfd = os.open(name, flags | os.O_NOFOLLOW | (0 if last else os.O_DIRECTORY),
+                              dir_fd=dfd)
+            except NotADirectoryError:
+                raise FileRefused(path, _not_a_directory(path, parts[:i + 1])) from None
+            os.close(dfd)
+            dfd = nfd
+            if last and stat.S_ISLNK(os.fstat(dfd).st_mode):
+                raise FileRefused(path, "is a symbolic link")
+        fd, dfd = dfd, -1
+        return fd
+    finally:
+        if dfd >= 0:
+            os.close(dfd)
+
+
+def _not_a_directory(path: Path, parts: tuple[str, ...]) -> str:
+    where = Path("/", *parts)
+    try:
+        link = stat.S_ISLNK(os.lstat(where).st_mode)
+    except OSError:
+        link = False
+    return (f"is reached through a symbolic link ({where})" if link
+            else f"is not reachable: {where} is not a directory")
+
+
+def _check(path: Path, st: os.stat_result, limit: int, *, root_owned: bool,
+           private: bool, public: bool) -> None:
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISDIR(st.st_mode):
+        raise FileRefused(path, "is a directory")
+    if stat.S_ISLNK(st.st_mode):
+        raise FileRefused(path, "is a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise FileRefused(path, "is not a regular file")
+    if st.st_size > limit:
+        raise FileRefused(path, f"is larger than {limit} bytes")
+    if root_owned or private:
+        if st.st_uid not in (0, os.geteuid()):
+            raise FileRefused(path, "is not owned by root")
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise FileRefused(path, f"is writable by group or others (mode {mode:04o})")
+    if private and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise FileRefused(path, f"is readable by group or others (mode {mode:04o}); "
+                                "chmod 600 it")
+    if public and not mode & stat.S_IROTH:
+        raise FileRefused(path, f"is not readable by everyone (mode {mode:04o})")
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """A TOML file, read as every configuration file is (``read_regular_file``)."""
+    try:
+        data = read_regular_file(path)
+    except FileRefused as exc:
+        raise ConfigError(str(path), "", exc.reason) from None
+    return parse_toml(data, str(path))
+
+
+def parse_toml(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(data.decode())
     except UnicodeDecodeError:
-        raise ConfigError(str(path), "", "not valid UTF-8 text") from None
+        raise ConfigError(source, "", "not valid UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message quotes no values, only positions.
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
 
 
 class Section:
@@ -203,9 +333,9 @@ def parse_key(section: Section, name: str, file_name: str, *, min_len: int, max_
         if not path.is_absolute():
             path = base / path
         try:
-            text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise section.error(file_name, f"cannot read {path}: {exc.strerror}") from None
+            text = read_regular_file(path, 4096).decode().strip()
+        except FileRefused as exc:
+            raise section.error(file_name, f"cannot read {exc}") from None
         except UnicodeDecodeError:
             raise section.error(file_name, f"{path} is not text (write hex:...)") from None
         where = file_name

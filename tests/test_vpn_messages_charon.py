@@ -2,8 +2,9 @@
 
 A private charon (its own network and mount namespace, not the lab's) loads the
 connection, secrets, key and certificates the adapter builds for psk,
-eap-mschapv2, eap-md5 and pubkey; charon's own view (``get-conns``,
-``get-shared``, ``get-keys``) shows what arrived.
+eap-mschapv2 and pubkey; charon's own view (``get-conns``, ``get-shared``,
+``get-keys``) shows what arrived, and that closing the adapter (Disconnect, the
+helper's stop) leaves none of it behind.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
+import vici
 
 from app.lab import charon as lab_charon
 from app.vpn import config as vc
@@ -68,6 +71,9 @@ def _pki(d: Path) -> tuple[Path, Path, Path]:
         "/CN=mn@lab", "-out", str(csr))
     run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
         "-CAcreateserial", "-days", "2", "-out", str(cert))
+    key.chmod(0o600)  # as the helper reads a private key: root's alone
+    ca.chmod(0o644)
+    cert.chmod(0o644)
     return ca, cert, key
 
 
@@ -116,8 +122,18 @@ async def test_charon_accepts_each_auth_method(private_charon, tmp_path, auth):
         await a.load(cfg, secrets)
         conns = await a._call("get-conns", lambda s: s.get_conns(), 5.0)
         assert conns["conns"] == [b"trustroam"]
-        await a.unload()
-        conns = await a._call("get-conns", lambda s: s.get_conns(), 5.0)
-        assert conns["conns"] == []
+        # Disconnect / stop: the adapter closes, and charon keeps nothing of ours.
+        await a.close()
+        assert _left_in_charon(private_charon) == {"conns": [], "shared": [], "keys": []}
     finally:
         await a.close()
+
+
+def _left_in_charon(sock: Path) -> dict[str, list[bytes]]:
+    """charon's own lists, asked on a session of the test's."""
+    with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)) as raw:
+        raw.connect(str(sock))
+        s = vici.Session(raw)
+        return {"conns": list(s.get_conns().get("conns", [])),
+                "shared": list(s.get_shared().get("keys", [])),
+                "keys": list(s.get_keys().get("keys", []))}

@@ -15,9 +15,7 @@ import logging
 import os
 import secrets as _random
 import socket
-import stat
 import time
-import tomllib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -39,15 +37,14 @@ from app.net.nm_links import NmLinks, nm_running
 from app.net.rtnl_links import RtnlLinks
 from app.service.secrets import Peer, SecretSource
 from app.vpn import config as vpn_config
-from app.vpn.charon import DEFAULT_SOCKET, Charon
+from app.vpn import credentials
+from app.vpn.charon import DEFAULT_SOCKET, Charon, VpnConfigError
 from app.vpn.config import VpnConfig
 
 log = logging.getLogger("trustroam.helper")
 HISTORY = 1000
-MAX_PROFILE_FILE = 1 << 20
 RESOLVE_TIMEOUT = 5.0
 """Seconds to resolve the VPN gateways' names at connect (all of them together)."""
-MAX_KEY_FILE = 1 << 16
 
 Unresolved = Callable[[str, str], None]
 """(gateway as the profile names it, why) for a gateway the gate cannot pass."""
@@ -107,27 +104,19 @@ async def resolve_gateways(names: Sequence[str], *, on_unresolved: Unresolved | 
 
 async def vpn_secret_names(vpn: VpnConfig | None) -> tuple[str, ...]:
     """The secrets a VPN profile's auth method needs; with a private key file that
-    is encrypted, its passphrase too (read off the loop: it is a file of root's)."""
+    is encrypted, its passphrase too.  Every file the profile names is checked here,
+    off the loop and before the helper's lock: a refused one (a FIFO, /dev/zero,
+    /etc/shadow, a symlink...) is the caller's answer at once (``VpnConfigError``)."""
     if vpn is None:
         return ()
     names = vpn.secrets_needed
-    if vpn.key_file is not None:
-        path = vpn.key_file
-        try:
-            head = await asyncio.to_thread(_read_head, path, MAX_KEY_FILE)
-        except OSError:
-            return names  # unreadable: loading it says so, naming vpn.key_file
-        if vpn_config.key_is_encrypted(head):
-            names = (*names, vpn_config.SECRET_KEY_PASSPHRASE)
+    try:
+        encrypted = await asyncio.to_thread(credentials.check, vpn)
+    except credentials.CredentialError as exc:
+        raise VpnConfigError(exc.key, exc.message) from None
+    if encrypted:
+        names = (*names, vpn_config.SECRET_KEY_PASSPHRASE)
     return names
-
-
-def _read_head(path: Path, limit: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return b""
-        return fh.read(limit)
 
 
 def _reason(exc: BaseException) -> str:
@@ -341,23 +330,10 @@ def _short(text: str, limit: int = 64) -> str:
 
 
 def load_profile(path: Path) -> Profile:
-    """``profiles.load`` for a running helper: a FIFO or device put in the profiles
-    directory must not block the event loop, so the file is opened non-blocking
-    and read only if it is a regular file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(str(path), "", "not a regular file")
-        data = fh.read(MAX_PROFILE_FILE + 1)
-    if len(data) > MAX_PROFILE_FILE:
-        raise ConfigError(str(path), "", f"larger than {MAX_PROFILE_FILE} bytes")
-    try:
-        doc = tomllib.loads(data.decode())
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), "", "not valid UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
-    return profiles.parse(doc, str(path), path.stem)
+    """``profiles.load``: read as every root-owned file is (``app.config``'s
+    ``read_regular_file``: a FIFO or device in the profiles directory is refused at
+    once, never blocking the event loop)."""
+    return profiles.load(path)
 
 
 def _write_file(directory: Path, name: str, data: bytes, mode: int) -> None:

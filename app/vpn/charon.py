@@ -26,19 +26,18 @@ import contextlib
 import logging
 import os
 import socket
-import subprocess
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from ipaddress import IPv4Address
-from pathlib import Path
 from typing import Any, TypeVar
 
 import vici
 import vici.exception
 
 from app.vpn import config as msgs
+from app.vpn import credentials
 from app.vpn.config import SECRET_KEY_PASSPHRASE, Certificates, SecretMissing, VpnConfig
 from app.vpn.events import (
     EVENT_NAMES,
@@ -143,6 +142,8 @@ class Charon:
         self._secrets: dict[str, str] = {}
         self._certs = Certificates()
         self._key: bytes | None = None
+        self._key_ids: set[str] = set()
+        """Ids of the private keys loaded into charon (``load-key``'s answer)."""
         self._gateway: str | None = None
         self._loaded_gw: str | None = None
         self._up_ike: int | None = None
@@ -175,6 +176,17 @@ class Charon:
         return self.reachable
 
     async def close(self) -> None:
+        """Unload what we loaded into charon (connection, secrets, key), then stop:
+        after Disconnect or the helper's stop nothing of the profile stays in charon."""
+        if not self._stop.is_set() and (self._cfg is not None or self._key_ids):
+            try:
+                # Bounded: an initiate still holding the command lock is not waited for.
+                async with asyncio.timeout(2 * self.call_timeout):
+                    await self.unload()
+            except (VpnError, TimeoutError) as exc:
+                # Unreachable or refusing: a charon that comes back has lost them.
+                log.warning("could not unload the VPN profile from charon: %s",
+                            exc or "no answer in time")
         self._stop.set()
         if self._reload_task is not None:
             self._reload_task.cancel()
@@ -198,8 +210,13 @@ class Charon:
         except SecretMissing as exc:
             raise VpnConfigError(exc.key, f"missing: auth = {cfg.auth.value!r} needs it"
                                  ) from None
-        certs, key = await asyncio.to_thread(_read_files, cfg,
-                                             secrets.get(SECRET_KEY_PASSPHRASE))
+        try:
+            # Non-blocking opens, bounded reads: a FIFO or a device named here is
+            # refused at once, whatever lock the caller holds.
+            certs, key = await asyncio.to_thread(credentials.read, cfg,
+                                                 secrets.get(SECRET_KEY_PASSPHRASE))
+        except credentials.CredentialError as exc:
+            raise VpnConfigError(exc.key, exc.message) from None
         async with self._op:
             self._cfg, self._certs, self._key = cfg, certs, key
             self._secrets = {k: v for k, v in secrets.items() if k in msgs.SECRET_KEYS and v}
@@ -215,7 +232,12 @@ class Charon:
 
         def push(s: vici.Session) -> None:
             if key is not None:
-                s.load_key(msgs.load_key(key))
+                reply = s.load_key(msgs.load_key(key))
+                key_id = reply.get("id") if isinstance(reply, Mapping) else None
+                if isinstance(key_id, bytes | str) and key_id:
+                    # Its id, to unload it: charon keeps a key until told.
+                    self._key_ids.add(key_id if isinstance(key_id, str)
+                                      else key_id.decode("ascii", "replace"))
             for m in shared:
                 s.load_shared(m)
             s.load_conn(conn)
@@ -278,20 +300,28 @@ class Charon:
         await self._call("terminate", stop, self.call_timeout, own_session=own_session)
 
     async def unload(self) -> None:
-        """Remove our connection and secrets from charon (profile switched off)."""
-        cfg = self._cfg
-        if cfg is None:
+        """Remove our connection, shared secrets and private key from charon (each
+        one not there is no error); ``close`` does it."""
+        cfg, key_ids = self._cfg, sorted(self._key_ids)
+        if cfg is None and not key_ids:
             return
 
         def unload(s: vici.Session) -> None:
-            for m in msgs.unload_shared(cfg, self.name):
+            if cfg is not None:
                 with contextlib.suppress(vici.exception.CommandException):
-                    s.unload_shared(m)
-            with contextlib.suppress(vici.exception.CommandException):
-                s.unload_conn(msgs.unload_conn(self.name))
+                    s.unload_conn(msgs.unload_conn(self.name))
+                for m in msgs.unload_shared(cfg, self.name):
+                    with contextlib.suppress(vici.exception.CommandException):
+                        s.unload_shared(m)
+            for key_id in key_ids:
+                with contextlib.suppress(vici.exception.CommandException):
+                    s.unload_key(msgs.unload_key(key_id))
         async with self._op:
+            # Forgotten here first: even if charon does not answer, nothing of them
+            # is pushed again (a restarted charon has lost them anyway).
+            self._cfg, self._secrets, self._key, self._loaded_gw = None, {}, None, None
+            self._key_ids = set()
             await self._call("unload", unload, self.call_timeout)
-            self._cfg, self._secrets, self._key = None, {}, None
 
     async def sa(self) -> SaInfo | None:
         """Our IKE SA as charon shows it (the established one first), or None."""
@@ -515,49 +545,3 @@ def _reason(exc: BaseException) -> str:
 
 def _command_error(exc: vici.exception.CommandException) -> str:
     return str(exc).removeprefix("Command failed: ") or "failed"
-
-
-def _read_files(cfg: VpnConfig, passphrase: str | None) -> tuple[Certificates, bytes | None]:
-    """Read the profile's public files and private key (root runs this; paths are
-    absolute by validation).  Errors name the profile key, never the passphrase."""
-    def read(key: str, path: Path | None) -> bytes | None:
-        if path is None:
-            return None
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise VpnConfigError(f"vpn.{key}", f"cannot read {path}: {exc.strerror}"
-                                 ) from None
-    ca, cert, key = read("ca_file", cfg.ca_file), read("cert_file", cfg.cert_file), \
-        read("key_file", cfg.key_file)
-    if key is not None and b"ENCRYPTED" in key:
-        if not passphrase:
-            raise VpnConfigError(SECRET_KEY_PASSPHRASE, f"missing: {cfg.key_file} is "
-                                                        "encrypted")
-        key = _decrypt_key(key, passphrase, cfg.key_file)
-    return Certificates(ca=ca, cert=cert), key
-
-
-def _decrypt_key(data: bytes, passphrase: str, path: Path | None) -> bytes:
-    """Decrypt a PEM key in memory with openssl; the passphrase goes through a pipe,
-    never a file or the command line."""
-    r, w = os.pipe()
-    try:
-        os.write(w, passphrase.encode() + b"\n")
-        os.close(w)
-        w = -1
-        # Debian's openssl on PATH, fixed arguments: nothing from input reaches argv.
-        out = subprocess.run(["openssl", "pkey", "-passin", f"fd:{r}"],  # noqa: S603, S607
-                             input=data, capture_output=True, pass_fds=(r,), timeout=10,
-                             check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        raise VpnConfigError("vpn.key_file", f"cannot decrypt {path}: openssl failed"
-                             ) from None
-    finally:
-        os.close(r)
-        if w >= 0:
-            os.close(w)
-    if out.returncode != 0 or b"PRIVATE KEY" not in out.stdout:
-        raise VpnConfigError("vpn.key_file", f"cannot decrypt {path} with "
-                                             f"{SECRET_KEY_PASSPHRASE} (wrong passphrase?)")
-    return out.stdout

@@ -9,7 +9,7 @@ never echo a secret.
     gateways = ["vpn1.corp.example", "192.0.2.7"]   # tried in this order
     identity = "alice@corp.example"                 # our IKE identity (EAP identity too)
     remote_identity = "vpn.corp.example"            # optional: default, each gateway's name
-    auth = "psk"                                    # "eap-mschapv2", "eap-md5" or "pubkey"
+    auth = "psk"                                    # "eap-mschapv2" or "pubkey"
     ca_file = "/etc/trustroam/corp-ca.pem"          # the gateway's CA (EAP, pubkey)
     cert_file = "/etc/trustroam/alice.pem"          # pubkey only
     key_file = "/etc/trustroam/alice.key"           # pubkey only (may be encrypted)
@@ -18,6 +18,11 @@ never echo a secret.
     intranet = ["10.0.0.0/8"]                       # optional: default, the home network
     ike_proposals = ["aes128-sha256-x25519"]        # optional: default, charon's
     esp_proposals = ["aes128gcm16-x25519"]          # optional: default, charon's
+
+Only what is secure is accepted (errors name the key): identities that name one
+peer (no ``%any``, ``*``, address ranges or typed prefixes such as ``fqdn:``),
+proposals from ``ALLOWED`` (no null encryption, MD5, DES/3DES or MODP groups
+below 2048 bits) and no ``eap-md5``.  The files are read by ``app.vpn.credentials``.
 
 Secrets (``vpn_psk``, ``vpn_password``, ``vpn_key_passphrase``) come from the
 secret agent or the root-only secrets file and reach charon over VICI only.
@@ -57,12 +62,42 @@ _PROPOSAL_RE = re.compile(r"^[a-z0-9_]+(-[a-z0-9_]+)*$")
 class AuthMethod(Enum):
     PSK = "psk"
     EAP_MSCHAPV2 = "eap-mschapv2"
-    EAP_MD5 = "eap-md5"
     PUBKEY = "pubkey"
 
     @property
     def is_eap(self) -> bool:
-        return self in (AuthMethod.EAP_MSCHAPV2, AuthMethod.EAP_MD5)
+        return self is AuthMethod.EAP_MSCHAPV2
+
+
+REFUSED_AUTH = {
+    "eap-md5": "it derives no key, so nothing binds it to the IKE SA (RFC 7296 2.16: "
+               "SHOULD NOT), and it lets whoever answers try the password offline; "
+               "use \"eap-mschapv2\" or \"pubkey\"",
+}
+
+# strongSwan's proposal keywords that are secure (RFC 8221, RFC 8247), by role.
+_AES = ("aes128", "aes192", "aes256")
+ENCRYPTION = frozenset({"aes", *_AES, *(a + "ctr" for a in _AES)})
+AEAD = frozenset({"chacha20poly1305",
+                  *(a + m for a in _AES for m in ("gcm16", "gcm128", "ccm16", "ccm128"))})
+INTEGRITY = frozenset({"sha256", "sha384", "sha512", "sha2_256", "sha2_384", "sha2_512",
+                       "sha1", "sha", "aesxcbc", "aescmac"})
+PRF = frozenset({"prfsha256", "prfsha384", "prfsha512", "prfsha1", "prfaesxcbc",
+                 "prfaescmac"})
+KEY_EXCHANGE = frozenset({"modp2048", "modp3072", "modp4096", "modp6144", "modp8192",
+                          "ecp256", "ecp384", "ecp521", "ecp256bp", "ecp384bp", "ecp512bp",
+                          "curve25519", "x25519", "curve448", "x448"})
+ESN = frozenset({"esn", "noesn"})
+_WHY_NOT = (("null", "null encryption"), ("md5", "MD5"), ("des", "DES/3DES"),
+            ("modp", "a MODP group below 2048 bits or with a small subgroup"))
+
+# strongSwan identities that match more than one peer, or carry a type prefix
+# (libstrongswan identification_create_from_string).
+_ANY_IDS = frozenset({"", "%any", "%any6", "0.0.0.0", "*", "::", "0::0"})
+_TYPED_IDS = ("ipv4:", "ipv6:", "ipv4net:", "ipv6net:", "ipv4range:", "ipv6range:",
+              "rfc822:", "email:", "userfqdn:", "fqdn:", "dns:", "asn1dn:", "asn1gn:",
+              "xmppaddr:", "keyid:")
+_NUMERIC_TYPE_RE = re.compile(r"^\{[^}]*\}:")
 
 
 @dataclass(frozen=True)
@@ -109,12 +144,19 @@ def parse(section: Section, home_network: IPv4Network) -> VpnConfig:
         if not _is_host(gw):
             raise ConfigError(section.file, f"{section.key('gateways')}[{i}]",
                               f"{gw!r} is not an IP address or host name")
+        if _is_wildcard_address(gw):
+            # Also the default remote identity: "0.0.0.0" would match any peer.
+            raise ConfigError(section.file, f"{section.key('gateways')}[{i}]",
+                              f"{gw!r} is not one gateway's address")
         if gw in gateways[:i]:
             raise ConfigError(section.file, f"{section.key('gateways')}[{i}]",
                               f"{gw!r} is listed twice")
     identity = _identity(section, "identity", required=True)
     assert identity is not None
     remote_identity = _identity(section, "remote_identity", required=False)
+    if section.has("auth") and section.str_("auth") in REFUSED_AUTH:
+        name = section.str_("auth")
+        raise section.error("auth", f"{name!r} is refused: {REFUSED_AUTH[name]}")
     auth = section.enum("auth", AuthMethod, AuthMethod.PSK)
     ca_file = _abs_path(section, "ca_file")
     cert_file = _abs_path(section, "cert_file")
@@ -175,6 +217,22 @@ def dump(cfg: VpnConfig, home_network: IPv4Network) -> list[str]:
     return lines
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_wildcard_address(text: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return ip.is_unspecified or ip.is_multicast or text == "255.255.255.255"
+
+
 def _is_host(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -195,7 +253,29 @@ def _identity(section: Section, name: str, *, required: bool) -> str | None:
         raise section.error(name, "must be 1 to 255 bytes of text")
     if any(c in value for c in "\0\n\r"):
         raise section.error(name, "must be one line of text")
+    why = identity_problem(value)
+    if why:
+        raise section.error(name, f"{value!r} {why}")
     return value
+
+
+def identity_problem(value: str) -> str:
+    """Why charon would take ``value`` for more than one peer's identity (or for a
+    typed one, which we do not write), or "" when it names one peer."""
+    text = value.strip()
+    low = text.lower()
+    if low in _ANY_IDS or text.startswith("%"):
+        return "matches any peer; name the one identity"
+    if low.startswith(_TYPED_IDS) or _NUMERIC_TYPE_RE.match(text) or text.startswith("@#"):
+        return "has a type prefix; write the identity itself (e.g. vpn.corp.example)"
+    if "*" in text:
+        return "has a wildcard '*'; name the one identity"
+    if "=" not in text and "@" not in text:
+        for sep in "/-":
+            head = text.split(sep, 1)[0]
+            if sep in text and _is_ip(head):
+                return "is an address range; name the one address"
+    return ""
 
 
 def _abs_path(section: Section, name: str) -> Path | None:
@@ -205,6 +285,8 @@ def _abs_path(section: Section, name: str) -> Path | None:
     path = Path(value)
     if not path.is_absolute():
         raise section.error(name, f"{value!r} must be an absolute path")
+    if ".." in path.parts:
+        raise section.error(name, f"{value!r} must not contain '..'")
     return path
 
 
@@ -221,11 +303,37 @@ def _networks(section: Section, name: str) -> list[IPv4Network]:
 
 def _proposals(section: Section, name: str) -> list[str]:
     values = _str_list(section, name)
+    esp = name == "esp_proposals"
     for i, text in enumerate(values):
         if not _PROPOSAL_RE.match(text):
             raise ConfigError(section.file, f"{section.key(name)}[{i}]",
                               f"{text!r} is not a proposal like aes128-sha256-x25519")
+        why = proposal_problem(text, esp=esp)
+        if why:
+            raise ConfigError(section.file, f"{section.key(name)}[{i}]", f"{text!r}: {why}")
     return values
+
+
+def proposal_problem(text: str, *, esp: bool) -> str:
+    """Why a strongSwan proposal is not secure enough, or "" (README: VPN profile)."""
+    allowed = ENCRYPTION | AEAD | INTEGRITY | KEY_EXCHANGE | (ESN if esp else PRF)
+    tokens = text.split("-")
+    for t in tokens:
+        if t not in allowed:
+            weak = next((why for word, why in _WHY_NOT if word in t), None)
+            return (f"{t!r} is {weak}, which is not allowed" if weak else
+                    f"{t!r} is not an allowed algorithm here (see the README's VPN profile)")
+    enc = [t for t in tokens if t in ENCRYPTION]
+    aead = [t for t in tokens if t in AEAD]
+    if enc and aead:
+        return "mixes AEAD and non-AEAD encryption"
+    if not (enc or aead):
+        return "has no encryption algorithm"
+    if enc and not any(t in INTEGRITY for t in tokens):
+        return "has no integrity algorithm"
+    if not esp and not any(t in KEY_EXCHANGE for t in tokens):
+        return "has no key exchange (Diffie-Hellman) group"
+    return ""
 
 
 def key_is_encrypted(pem: bytes) -> bool:
@@ -353,6 +461,11 @@ def list_sas(name: str = CONNECTION) -> dict[str, Any]:
 
 def unload_conn(name: str = CONNECTION) -> dict[str, Any]:
     return {"name": name}
+
+
+def unload_key(key_id: str) -> dict[str, Any]:
+    """``unload-key``: the id ``load-key`` answered (hex of the key's fingerprint)."""
+    return {"id": key_id}
 
 
 def describe(message: Mapping[str, Any]) -> Sequence[str]:

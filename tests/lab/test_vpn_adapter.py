@@ -188,3 +188,47 @@ async def test_vpn_adapter_on_real_charon(lab: Lab, ticker: Ticker) -> None:
         await a.terminate()
     finally:
         await a.close()
+
+
+def charon_holds() -> dict[str, str]:
+    """What the MN's charon holds, asked as an administrator would (swanctl), and the
+    shared-secret ids it holds over VICI (swanctl has no listing of those)."""
+    import socket
+
+    import vici
+    conns = ns_exec(MN, *lab_charon.swanctl(SOCKET.parent, "--list-conns"), timeout=30)
+    sas = ns_exec(MN, *lab_charon.swanctl(SOCKET.parent, "--list-sas"), timeout=30)
+    with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)) as raw:
+        raw.connect(str(SOCKET))
+        s = vici.Session(raw)
+        shared = b" ".join(s.get_shared().get("keys", [])).decode()
+        keys = b" ".join(s.get_keys().get("keys", [])).decode()
+    return {"conns": conns.stdout, "sas": sas.stdout, "shared": shared, "keys": keys}
+
+
+async def test_disconnect_leaves_no_connection_or_secret_in_charon(lab: Lab) -> None:
+    """Security review 2026-12-07, finding 8: the driver's stop (terminate, then close)
+    unloads our connection and the PSK from the real charon."""
+    import tomllib
+    cfg = vc.parse_table(tomllib.loads(PROFILE)["vpn"], "lab.toml",
+                         IPv4Network("10.20.1.0/24"))
+    await asyncio.to_thread(lab.move, "pub")
+    await asyncio.to_thread(mn_address, 10.0, "203.0.113.")
+    events = Events()
+    a = Charon(SOCKET, events, call_timeout=2.0, ike_timeout=10.0)
+    try:
+        assert await a.start() is True
+        await a.load(cfg, {"vpn_psk": lab_charon.LAB_PSK})
+        await a.initiate()
+        await events.next(VpnUp)
+        held = await asyncio.to_thread(charon_holds)
+        assert "trustroam:" in held["conns"] and "trustroam-psk" in held["shared"]
+        # What MobileNodeDriver.stop does on Disconnect or the helper's stop.
+        await a.terminate()
+        await a.close()
+        held = await asyncio.to_thread(charon_holds)
+        assert "trustroam" not in held["conns"], held["conns"]
+        assert "trustroam" not in held["sas"], held["sas"]
+        assert held["shared"] == "" and held["keys"] == "", held
+    finally:
+        await a.close()

@@ -76,7 +76,7 @@ def test_errors_name_the_key(tmp_path, text, key, words):
 def test_syntax_error_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(write(tmp_path, "[home_agent\n"))
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load(tmp_path / "nope.toml")
 
 

@@ -14,6 +14,7 @@ from app.mip.auth import Algorithm
 from app.mn import profile as profiles
 from app.mn.profile import Profile
 from app.mn.registration import ReplayMode, UdpTunnelling
+from app.vpn import config as vc
 from app.vpn.config import AuthMethod, VpnConfig
 
 HOME_NET = IPv4Network("10.20.1.0/24")
@@ -30,7 +31,21 @@ NAI = TEXT.filter(str.isprintable)
 PATH = st.lists(st.from_regex(r"[A-Za-z0-9_. \"\\-]{1,8}", fullmatch=True)
                 .filter(lambda s: s not in (".", "..")), min_size=1, max_size=3
                 ).map(lambda parts: Path("/", *parts))
-PROPOSAL = st.from_regex(r"[a-z0-9_]{1,6}(-[a-z0-9_]{1,6}){0,3}", fullmatch=True)
+# What validation accepts: identities of one peer, proposals of allowed algorithms.
+IDENTITY = TEXT.filter(lambda s: not vc.identity_problem(s))
+
+
+def _one(names: frozenset[str]) -> st.SearchStrategy[str]:
+    return st.sampled_from(sorted(names))
+
+
+IKE_PROPOSAL = st.one_of(
+    st.builds("-".join, st.tuples(_one(vc.ENCRYPTION), _one(vc.INTEGRITY),
+                                  _one(vc.KEY_EXCHANGE))),
+    st.builds("-".join, st.tuples(_one(vc.AEAD), _one(vc.PRF), _one(vc.KEY_EXCHANGE))))
+ESP_PROPOSAL = st.one_of(
+    st.builds("-".join, st.tuples(_one(vc.ENCRYPTION), _one(vc.INTEGRITY))),
+    st.builds("-".join, st.tuples(_one(vc.AEAD), _one(vc.KEY_EXCHANGE), _one(vc.ESN))))
 NETWORK = st.builds(lambda n, plen: IPv4Network((n, plen), strict=False),
                     st.integers(0, 0xFFFF_FFFF), st.integers(8, 30))
 
@@ -42,14 +57,14 @@ def vpn_configs(draw: st.DrawFn) -> VpnConfig:
     maybe_path = st.none() | PATH
     return VpnConfig(
         gateways=tuple(draw(st.lists(GATEWAY, min_size=1, max_size=3, unique=True))),
-        identity=draw(TEXT), auth=auth, remote_identity=draw(st.none() | TEXT),
+        identity=draw(IDENTITY), auth=auth, remote_identity=draw(st.none() | IDENTITY),
         ca_file=draw(maybe_path),
         cert_file=draw(PATH) if pubkey else None, key_file=draw(PATH) if pubkey else None,
         keep_alive_inside=draw(st.booleans()), dpd_delay=draw(st.integers(0, 3600)),
         # parse() fills an absent intranet with the home network: never empty.
         intranet=tuple(draw(st.just([HOME_NET]) | st.lists(NETWORK, min_size=1, max_size=3))),
-        ike_proposals=tuple(draw(st.lists(PROPOSAL, max_size=2))),
-        esp_proposals=tuple(draw(st.lists(PROPOSAL, max_size=2))))
+        ike_proposals=tuple(draw(st.lists(IKE_PROPOSAL, max_size=2))),
+        esp_proposals=tuple(draw(st.lists(ESP_PROPOSAL, max_size=2))))
 
 
 @st.composite

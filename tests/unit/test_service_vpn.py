@@ -5,6 +5,8 @@ closed with it, the user's policy applied at once, and the gateways in the gate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
 import socket
 from ipaddress import IPv4Address
@@ -15,8 +17,15 @@ import pytest
 from app.api import Policy
 from app.net.mn_routes import Backend
 from app.service import helper as helper_mod
-from app.service.helper import Helper, gate_policy, resolve_gateways, vpn_secret_names
+from app.service.helper import (
+    Helper,
+    HelperError,
+    gate_policy,
+    resolve_gateways,
+    vpn_secret_names,
+)
 from app.service.secrets import SecretError, SecretSource
+from app.vpn.charon import VpnConfigError
 from app.vpn.config import VpnConfig
 from tests.unit.test_service_helper import KEY, PROFILE, fakes
 
@@ -180,6 +189,10 @@ async def test_an_encrypted_private_key_asks_for_its_passphrase(tmp_path):
     plain.write_bytes(b"-----BEGIN PRIVATE KEY-----\nMC4=\n-----END PRIVATE KEY-----\n")
     enc.write_bytes(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMC4=\n"
                     b"-----END ENCRYPTED PRIVATE KEY-----\n")
+    plain.chmod(0o600)
+    enc.chmod(0o600)
+    (tmp_path / "c.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nMA==\n"
+                                     b"-----END CERTIFICATE-----\n")
     from app.vpn.config import AuthMethod
 
     def cfg(key):
@@ -188,7 +201,8 @@ async def test_an_encrypted_private_key_asks_for_its_passphrase(tmp_path):
 
     assert await vpn_secret_names(cfg(plain)) == ()
     assert await vpn_secret_names(cfg(enc)) == ("vpn_key_passphrase",)
-    assert await vpn_secret_names(cfg(tmp_path / "missing.key")) == ()
+    with pytest.raises(VpnConfigError, match=r"^vpn\.key_file: .*missing\.key does not exist"):
+        await vpn_secret_names(cfg(tmp_path / "missing.key"))
     assert await vpn_secret_names(VpnConfig(("192.0.2.7",), "alice",
                                             AuthMethod.EAP_MSCHAPV2)) == ("vpn_password",)
     assert await vpn_secret_names(None) == ()
@@ -256,3 +270,33 @@ def test_save_profile_keeps_the_vpn_table(world):
     stored = h.profile("roam")
     assert stored.vpn is not None and stored.vpn.keep_alive_inside
     assert stored.vpn.gateways == ("172.16.0.11", "vpn2.corp.example")
+
+
+async def test_connect_refuses_a_fifo_named_by_the_profile_before_the_lock(world, tmp_path):
+    """Security review 2026-12-07, finding 6: a FIFO as ca_file held the helper's lock
+    (and every later Disconnect) for ever; now Connect answers at once, naming the key."""
+    h, live, _ = world
+    fifo = tmp_path / "ca.fifo"
+    os.mkfifo(fifo, 0o644)
+    (h.profiles_dir / "fifo.toml").write_text(
+        PROFILE + VPN + f'auth = "eap-mschapv2"\nca_file = "{fifo}"\n')
+    try:
+        with pytest.raises(VpnConfigError) as exc:
+            await asyncio.wait_for(h.connect("fifo"), 10)
+        assert str(exc.value) == f"vpn.ca_file: {fifo} is not a regular file"
+        assert not h._lock.locked() and live.made == [] and FakeCharon.made == []
+    finally:
+        with contextlib.suppress(OSError):  # release a reader that did block
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_save_profile_refuses_any_identity_and_weak_proposals_naming_the_key(world):
+    h, _, _ = world
+    for extra, key in (('remote_identity = "%any"\n', "vpn.remote_identity"),
+                       ('esp_proposals = ["null-sha1"]\n', "vpn.esp_proposals[0]"),
+                       ('ike_proposals = ["3des-md5-modp768"]\n', "vpn.ike_proposals[0]"),
+                       ('auth = "eap-md5"\n', "vpn.auth")):
+        with pytest.raises(HelperError) as exc:
+            h.save_profile('name = "weak"\n' + PROFILE + VPN + extra)
+        assert str(exc.value).startswith(f"SaveProfile: {key}: "), str(exc.value)
+    assert not (h.profiles_dir / "weak.toml").exists()

@@ -267,10 +267,64 @@ async def test_pubkey_loads_the_decrypted_key_and_the_certificate(tmp_path):
 
 async def test_unreadable_files_are_named(tmp_path):
     cfg = vc.VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
-                       auth=vc.AuthMethod.EAP_MD5, ca_file=tmp_path / "nope.pem")
+                       auth=vc.AuthMethod.EAP_MSCHAPV2, ca_file=tmp_path / "nope.pem")
     a = adapter(tmp_path / "charon.vici", Events())
     try:
-        with pytest.raises(VpnConfigError, match=r"vpn.ca_file: cannot read .*nope.pem"):
+        with pytest.raises(VpnConfigError, match=r"vpn.ca_file: .*nope.pem does not exist"):
             await a.load(cfg, {"vpn_password": SECRET})
     finally:
         await a.close()
+
+
+# -- Disconnect and stop leave nothing of ours in charon (security review 2026-12-07, 8) --
+
+def _sent(fake: FakeVici, name: str) -> list[dict]:
+    return [m for c, m in fake.commands if c == name]
+
+
+async def test_close_unloads_the_connection_and_the_shared_secret(tmp_path):
+    fake = FakeVici(tmp_path / "charon.vici")
+    a = adapter(fake.path, Events())
+    try:
+        await a.start()
+        await a.load(CFG, {"vpn_psk": SECRET})
+        # The driver's stop: terminate, then close; the helper closes it once more.
+        await a.terminate()
+        await a.close()
+        await a.close()
+        assert _sent(fake, "unload-conn") == [{"name": b"trustroam"}]
+        assert _sent(fake, "unload-shared") == [{"id": b"trustroam-psk"}]
+        assert fake.names()[-2:] == ["unload-conn", "unload-shared"]
+    finally:
+        await a.close()
+        fake.close()
+
+
+async def test_close_unloads_the_private_key_by_the_id_charon_gave(tmp_path):
+    require(shutil.which("openssl") is not None, "openssl is not installed (install-deps)")
+    key, cert = _keypair(tmp_path, None)
+    cfg = vc.VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
+                       auth=vc.AuthMethod.PUBKEY, cert_file=cert, key_file=key)
+    fake = FakeVici(tmp_path / "charon.vici")
+    fake.replies["load-key"] = {"success": "yes", "id": "00aabbcc"}
+    a = adapter(fake.path, Events())
+    try:
+        await a.start()
+        await a.load(cfg, {})
+        await a.close()
+        assert _sent(fake, "unload-key") == [{"id": b"00aabbcc"}]
+        assert _sent(fake, "unload-conn") == [{"name": b"trustroam"}]
+        assert _sent(fake, "unload-shared") == []  # pubkey loads no shared secret
+    finally:
+        await a.close()
+        fake.close()
+
+
+async def test_close_with_charon_gone_still_ends(tmp_path):
+    fake = FakeVici(tmp_path / "charon.vici")
+    a = adapter(fake.path, Events())
+    await a.start()
+    await a.load(CFG, {"vpn_psk": SECRET})
+    fake.close()
+    await a.close()  # the unload fails (not reachable); close ends all the same
+    assert "unload-conn" not in fake.names()

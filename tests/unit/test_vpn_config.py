@@ -131,7 +131,7 @@ def test_load_conn_gateway_must_be_configured():
         vc.load_conn(lab_cfg(), "192.0.2.1")
 
 
-@pytest.mark.parametrize("auth", [AuthMethod.EAP_MSCHAPV2, AuthMethod.EAP_MD5])
+@pytest.mark.parametrize("auth", [AuthMethod.EAP_MSCHAPV2])
 def test_load_conn_eap_the_gateway_proves_itself_with_a_certificate(auth):
     msg = vc.load_conn(lab_cfg(auth=auth, remote_identity="vpn.corp.example"),
                        "172.16.0.11", Certificates(ca=b"CA-PEM"))["trustroam"]
@@ -173,7 +173,7 @@ def test_load_shared_pubkey_needs_nothing():
 
 
 @pytest.mark.parametrize(("auth", "key"), [(AuthMethod.PSK, "vpn_psk"),
-                                           (AuthMethod.EAP_MD5, "vpn_password")])
+                                           (AuthMethod.EAP_MSCHAPV2, "vpn_password")])
 def test_missing_secret_names_the_key(auth, key):
     with pytest.raises(SecretMissing) as exc:
         vc.load_shared(lab_cfg(auth=auth), {"vpn_psk": "", "other": "x"})
@@ -196,3 +196,77 @@ def test_describe_never_shows_values():
 def test_terminate_without_patience_drops_the_sa_at_once():
     # strongSwan's vici: force with no timeout destroys the IKE SA without waiting.
     assert vc.terminate(timeout=0) == {"ike": "trustroam", "timeout": "0", "force": "yes"}
+
+
+# -- what is not secure is refused, naming the key (security review 2026-12-07, 7) --
+
+@pytest.mark.parametrize("key", ["identity", "remote_identity"])
+@pytest.mark.parametrize(("value", "words"), [
+    ("%any", "matches any peer"), ("%any6", "matches any peer"), ("*", "matches any peer"),
+    ("0.0.0.0", "matches any peer"), ("::", "matches any peer"),
+    ("*@corp.example", "wildcard"), ("C=CH, O=Corp, CN=*", "wildcard"),
+    ("fqdn:vpn.corp.example", "type prefix"), ("KEYID:#00ff", "type prefix"),
+    ("{2}:vpn.corp.example", "type prefix"), ("@#00ff", "type prefix"),
+    ("10.0.0.0/8", "address range"), ("10.0.0.1-10.0.0.9", "address range"),
+])
+def test_identities_matching_more_than_one_peer_are_refused(key, value, words):
+    with pytest.raises(ConfigError) as exc:
+        parse(GOOD.replace('identity = "alice@corp.example"', "") +
+              f'identity = "alice@corp.example"\n{key} = "{value}"\n'
+              if key == "remote_identity" else
+              GOOD.replace("alice@corp.example", value))
+    assert exc.value.key == f"vpn.{key}" and words in str(exc.value), str(exc.value)
+
+
+def test_identities_of_one_peer_are_kept():
+    for value in ("alice@corp.example", "vpn-1.corp.example", "192.0.2.7", "2001:db8::1",
+                  "C=CH, O=Corp, CN=vpn.corp.example", "@vpn.corp.example", "@@alice"):
+        assert parse(GOOD + f'remote_identity = "{value}"\n').remote_identity == value
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("esp_proposals", "null-sha256", "'null' is null encryption"),
+    ("esp_proposals", "aes128-md5", "'md5' is MD5"),
+    ("ike_proposals", "3des-md5-modp768", "'3des' is DES/3DES"),
+    ("ike_proposals", "des-sha256-modp2048", "'des' is DES/3DES"),
+    ("ike_proposals", "aes128-sha256-modp1024", "'modp1024' is a MODP group below 2048"),
+    ("ike_proposals", "aes128-sha256-modp1536", "'modp1536' is a MODP group below 2048"),
+    ("ike_proposals", "aes128-sha256-modp2048s256", "MODP group"),
+    ("ike_proposals", "aes256-prfmd5-sha256-x25519", "'prfmd5' is MD5"),
+    ("ike_proposals", "blowfish128-sha256-x25519", "not an allowed algorithm"),
+    ("ike_proposals", "aes128-sha256", "no key exchange"),
+    ("esp_proposals", "aes128", "no integrity"),
+    ("esp_proposals", "sha256", "no encryption"),
+])
+def test_weak_proposals_are_refused_naming_the_key(key, value, words):
+    with pytest.raises(ConfigError) as exc:
+        parse(GOOD + f'{key} = ["aes256gcm16-prfsha384-ecp384", "{value}"]\n'
+              if key == "ike_proposals" else GOOD + f'{key} = ["aes256gcm16", "{value}"]\n')
+    assert exc.value.key == f"vpn.{key}[1]" and words in str(exc.value), str(exc.value)
+
+
+def test_secure_proposals_are_kept():
+    cfg = parse(GOOD + 'ike_proposals = ["aes128-sha256-x25519", "aes256gcm16-prfsha384-'
+                       'ecp384", "chacha20poly1305-prfsha256-curve448", "aes256-sha512-'
+                       'modp4096"]\nesp_proposals = ["aes128gcm16-x25519", "aes256-sha256",'
+                       ' "aes128gcm16-modp3072-esn"]\n')
+    assert len(cfg.ike_proposals) == 4 and len(cfg.esp_proposals) == 3
+
+
+def test_eap_md5_is_refused_and_says_why():
+    with pytest.raises(ConfigError) as exc:
+        parse(GOOD + 'auth = "eap-md5"\n')
+    assert exc.value.key == "vpn.auth" and "RFC 7296 2.16" in str(exc.value)
+    assert "eap-mschapv2" in str(exc.value)
+
+
+@pytest.mark.parametrize(("extra", "key", "words"), [
+    ('gateways = ["0.0.0.0"]', "vpn.gateways[0]", "not one gateway's address"),
+    ('gateways = ["vpn.corp.example"]\nca_file = "/etc/trustroam/../shadow"', "vpn.ca_file",
+     "must not contain '..'"),
+])
+def test_a_wildcard_gateway_and_dotdot_paths_are_refused(extra, key, words):
+    with pytest.raises(ConfigError) as exc:
+        parse(GOOD.replace('gateways = ["172.16.0.11", "vpn2.corp.example"]\n', "") + extra
+              + "\n")
+    assert exc.value.key == key and words in str(exc.value), str(exc.value)
