@@ -20,11 +20,11 @@ SECRET_KEYS = ("key", "key_file", "mn_ha_key", "secret", "password", "psk", "vpn
 # In [vpn], key_file is the path of the certificate's private key, not a secret.
 VPN_SECRET_KEYS = (*(k for k in SECRET_KEYS if k != "key_file"), "passphrase")
 ALGORITHMS = ("hmac-md5", "keyed-md5")
-VPN_AUTHS = ("psk", "eap-mschapv2", "eap-md5", "pubkey")
+VPN_AUTHS = ("psk", "eap-mschapv2", "pubkey")
 # Which secret the VPN's authentication needs (the key passphrase only when the
 # key file is encrypted: optional).
 VPN_SECRET_FOR_AUTH = {"psk": "vpn_psk", "eap-mschapv2": "vpn_password",
-                       "eap-md5": "vpn_password", "pubkey": "vpn_key_passphrase"}
+                       "pubkey": "vpn_key_passphrase"}
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ TEST_PATH = "/org/trustroam/Test"
 
 
 VPN_SECRET_FOR_AUTH = {"psk": "vpn_psk", "eap-mschapv2": "vpn_password",
-                       "eap-md5": "vpn_password", "pubkey": "vpn_key_passphrase"}
+                       "pubkey": "vpn_key_passphrase"}
 
 
 def vpn_secret_keys(profile_toml):

@@ -103,14 +103,14 @@ def test_editor_profile_text_is_what_the_helper_parses() -> None:
               "home_network": "10.20.1.0/24", "home_agent": "10.20.1.1", "spi": "300",
               "replay": "nonce", "udp_tunnelling": "force",
               "vpn.gateways": "vpn1.corp.example, 192.0.2.7", "vpn.identity": "alice",
-              "vpn.auth": "eap-md5", "vpn.dpd_delay": "20", "vpn.intranet": "10.0.0.0/8",
+              "vpn.auth": "eap-mschapv2", "vpn.dpd_delay": "20", "vpn.intranet": "10.0.0.0/8",
               "vpn.keep_alive_inside": "true", "vpn.ike_proposals": "aes128-sha256-x25519"}
     assert pm.validate(values) == {}
     p = profile.loads(pm.to_toml(values))
     assert p.name == "roam" and p.replay.value == "nonce" and p.udp_tunnelling.value == "force"
     assert p.spi == 300
     assert p.vpn is not None and p.vpn.gateways == ("vpn1.corp.example", "192.0.2.7")
-    assert p.vpn.auth.value == "eap-md5" and p.vpn.dpd_delay == 20
+    assert p.vpn.auth.value == "eap-mschapv2" and p.vpn.dpd_delay == 20
     assert p.vpn.keep_alive_inside and str(p.vpn.intranet[0]) == "10.0.0.0/8"
     no_vpn = profile.loads(pm.to_toml({**values, **{k: "" for k in pm.VPN_TEXT_KEYS}}))
     assert no_vpn.vpn is None
