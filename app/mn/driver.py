@@ -39,7 +39,8 @@ from app.mn.link_tracker import LinkTracker
 from app.mn.nat_keepalive import Action as KeepaliveAction
 from app.mn.nat_keepalive import NatKeepalive, echo_request, parse_echo_reply
 from app.mn.profile import Profile
-from app.mn.registration import RegistrationClient, UdpTunnelling
+from app.mn.registration import UdpTunnelling
+from app.mn.reply_path import Path, PathClient
 from app.net.gate import GateError, TrafficGate
 from app.net.gate_rules import HELPER_MARK, ProvenPath
 from app.net.ipip import TUNNEL_DATA_HEADER
@@ -78,6 +79,8 @@ SHUTDOWN_WAIT = 1.5
 @dataclass(frozen=True, slots=True)
 class _Datagram:
     data: bytes
+    path: Path = Path.LINK
+    """The socket it came in on: the link's, or the TIA's (through the VPN)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,14 +134,16 @@ class MobileNodeDriver:
         self.on_snapshot = on_snapshot
         self.on_event = on_event
         self.clock = clock
-        self.client = RegistrationClient(profile.registration(key))
+        self._arrival: Path | None = None
+        """The path of the datagram being handled: each client takes its own only."""
+        self.client = PathClient(profile.registration(key), Path.LINK, self._arrived_by)
         # Mode mc's registrations through the VPN: the same home agent, the same
         # replay state (RFC 5944 5.7), another path.
         # No RFC 3519 request through the VPN: the TIA reaches the home agent
         # unNATed in the designs RFC 5266 4 describes (NAT-T handles the NAT outside).
-        self.tunnel_client = RegistrationClient(
+        self.tunnel_client = PathClient(
             replace(profile.registration(key), udp_tunnelling=UdpTunnelling.OFF),
-            replay=self.client.replay) if (
+            Path.VPN, self._arrived_by, replay=self.client.replay) if (
             self.charon is not None) else None
         self.machine = am.AccessModeMachine(
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
@@ -243,6 +248,9 @@ class MobileNodeDriver:
         self._publish(state=State.OFFLINE, mode=Mode.NONE, interface="", care_of_address="",
                       binding_expires=0.0)
 
+    def _arrived_by(self) -> Path | None:
+        return self._arrival
+
     # -- the one consumer ---------------------------------------------------------
 
     async def _run(self) -> None:
@@ -258,7 +266,12 @@ class MobileNodeDriver:
                     for ev in self.tracker.observe(item, now):
                         await self._link_event(ev, now)
                 elif isinstance(item, _Datagram):
-                    await self._execute(self.machine.receive(item.data, now))
+                    self._arrival = item.path
+                    try:
+                        actions = self.machine.receive(item.data, now)
+                    finally:
+                        self._arrival = None
+                    await self._execute(actions)
                 elif isinstance(item, am.AgentAdvert | am.Resumed):
                     if isinstance(item, am.Resumed):
                         self._history("reprobe", {})
@@ -756,7 +769,8 @@ class MobileNodeDriver:
                 if peer == ha and data[:4] == TUNNEL_DATA_HEADER:
                     self._tunnel_data(data[4:])
                 continue
-            self._queue.put_nowait(_Datagram(data))
+            self._queue.put_nowait(_Datagram(data, Path.VPN if s is self._vpn_reg
+                                             else Path.LINK))
 
     def _tunnel_data(self, inner: bytes) -> None:
         k = self._keepalive
