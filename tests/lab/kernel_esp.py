@@ -28,6 +28,7 @@ the TIA: RFC 5266 3.4's direct request must never be one.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,3 +85,9 @@ def requests_from_tia() -> int:
         if "counter packets" in line:
             return int(line.split("counter packets")[1].split()[0])
     raise AssertionError(f"no counter in {out}")
+
+
+def link_addresses() -> list[str]:
+    """``eth0``'s IPv4 addresses (address/length), in the kernel's order."""
+    data = json.loads(_mn("ip", "-j", "-4", "addr", "show", "dev", MN_IFACE))
+    return [f"{a['local']}/{a['prefixlen']}" for link in data for a in link["addr_info"]]

@@ -22,7 +22,7 @@ from app.lab.configs import write_helper_files
 from app.lab.world import Lab
 from tests.dbus_client import properties, run_as
 from tests.lab.conftest import a_lab
-from tests.lab.kernel_esp import kernel_esp_layout, requests_from_tia
+from tests.lab.kernel_esp import kernel_esp_layout, link_addresses, requests_from_tia
 from tests.lab.procs import Proc, helper_world, history, wait_history
 from tests.lab.vpn_walk import ping_stream
 
@@ -72,12 +72,20 @@ def test_rfc5266_3_4_kernel_esp_layout_a_move_in_mc_stays_untrusted(
     wait_history(world, t, "mode", {"mode": "mc"}, timeout=25)
     tia = str(props(world)["TunnelInnerAddress"])
     assert tia, props(world)
+    check_the_move_stays_untrusted(lab, world, tia, "nat")
+
+
+def check_the_move_stays_untrusted(lab: Lab, world: dict[str, object], tia: str,
+                                   net: str) -> None:
+    """In mc with ``tia``: the kernel-ESP layout, a MOBIKE move to ``net``, judged."""
     with kernel_esp_layout(tia), ping_stream(drain=0.5) as pings:
         t = time.time()
-        lab.move("nat")
+        lab.move(net)
         kind, details = decided_on_the_new_link(world, t)
         entries = [(k, d) for tm, k, d in history(world, 120) if tm >= t]
         print("history since the move:", *entries, sep="\n  ")
+        layout = link_addresses()
+        assert layout[0] == f"{tia}/32" and len(layout) == 2, layout  # TIA first, lease
         ups = [d for k, d in entries if k == "link-up"]
         assert ups and all(not d["address"].startswith(f"{tia}/") for d in ups), ups
         assert requests_from_tia() == 0, "a direct request left the link from the TIA"
