@@ -390,16 +390,18 @@ table ip tr_nat {{
         script = STATE_DIR / "dhclient-script"
         script.write_text("""#!/bin/sh
 # The lab's DHCP client script: address and default route only, no resolv.conf.
+# Only the interface's own addresses (label = its name) are flushed, as Debian's
+# script does: another label (the kernel-ESP emulation's virtual IP) stays.
 case "$reason" in
 BOUND|RENEW|REBIND|REBOOT)
   if [ "$old_ip_address" != "$new_ip_address" ]; then
-    ip addr flush dev "$interface" scope global
+    ip addr flush dev "$interface" label "$interface" scope global
   fi
   ip addr replace "$new_ip_address/$new_subnet_mask" dev "$interface"
   for r in $new_routers; do ip route replace default via "$r" dev "$interface"; break; done
   ;;
 EXPIRE|FAIL|RELEASE|STOP)
-  ip addr flush dev "$interface" scope global
+  ip addr flush dev "$interface" label "$interface" scope global
   ;;
 esac
 exit 0
@@ -453,7 +455,10 @@ exit 0
         await _ip_batch([f"link set {MN_PORT} down", f"link set {MN_PORT} nomaster"], SWITCH)
         await self._mn_carrier(up=False)
         if flush:
-            await _ip_batch([f"addr flush dev {MN_IFACE} scope global"], MN)
+            # The interface's own addresses: one under another label stays, as
+            # charon's virtual IP stays through a DHCP change with kernel ESP
+            # (tests/lab/kernel_esp.py puts it there).
+            await _ip_batch([f"addr flush dev {MN_IFACE} label {MN_IFACE} scope global"], MN)
         await _ip_batch([f"link set {MN_PORT} master {bridge(self.topo.access[net].link)}",
                          f"link set {MN_PORT} up"], SWITCH)
         await self._links_ready()

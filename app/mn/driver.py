@@ -39,10 +39,12 @@ from app.mn.link_tracker import LinkTracker
 from app.mn.nat_keepalive import Action as KeepaliveAction
 from app.mn.nat_keepalive import NatKeepalive, echo_request, parse_echo_reply
 from app.mn.profile import Profile
-from app.mn.registration import RegistrationClient, UdpTunnelling
+from app.mn.registration import UdpTunnelling
+from app.mn.reply_path import Path, PathClient
 from app.net.gate import GateError, TrafficGate
 from app.net.gate_rules import HELPER_MARK, ProvenPath
 from app.net.ipip import TUNNEL_DATA_HEADER
+from app.net.ipsec_bypass import bypass_ipsec
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import VPN_DEVICE, LinkInfo, MobileNodeRoutes
 from app.vpn.charon import Charon, VpnConfigError, VpnError, VpnUnreachableError
@@ -77,6 +79,8 @@ SHUTDOWN_WAIT = 1.5
 @dataclass(frozen=True, slots=True)
 class _Datagram:
     data: bytes
+    path: Path = Path.LINK
+    """The socket it came in on: the link's, or the TIA's (through the VPN)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +134,16 @@ class MobileNodeDriver:
         self.on_snapshot = on_snapshot
         self.on_event = on_event
         self.clock = clock
-        self.client = RegistrationClient(profile.registration(key))
+        self._arrival: Path | None = None
+        """The path of the datagram being handled: each client takes its own only."""
+        self.client = PathClient(profile.registration(key), Path.LINK, self._arrived_by)
         # Mode mc's registrations through the VPN: the same home agent, the same
         # replay state (RFC 5944 5.7), another path.
         # No RFC 3519 request through the VPN: the TIA reaches the home agent
         # unNATed in the designs RFC 5266 4 describes (NAT-T handles the NAT outside).
-        self.tunnel_client = RegistrationClient(
+        self.tunnel_client = PathClient(
             replace(profile.registration(key), udp_tunnelling=UdpTunnelling.OFF),
-            replay=self.client.replay) if (
+            Path.VPN, self._arrived_by, replay=self.client.replay) if (
             self.charon is not None) else None
         self.machine = am.AccessModeMachine(
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
@@ -242,6 +248,9 @@ class MobileNodeDriver:
         self._publish(state=State.OFFLINE, mode=Mode.NONE, interface="", care_of_address="",
                       binding_expires=0.0)
 
+    def _arrived_by(self) -> Path | None:
+        return self._arrival
+
     # -- the one consumer ---------------------------------------------------------
 
     async def _run(self) -> None:
@@ -257,7 +266,12 @@ class MobileNodeDriver:
                     for ev in self.tracker.observe(item, now):
                         await self._link_event(ev, now)
                 elif isinstance(item, _Datagram):
-                    await self._execute(self.machine.receive(item.data, now))
+                    self._arrival = item.path
+                    try:
+                        actions = self.machine.receive(item.data, now)
+                    finally:
+                        self._arrival = None
+                    await self._execute(actions)
                 elif isinstance(item, am.AgentAdvert | am.Resumed):
                     if isinstance(item, am.Resumed):
                         self._history("reprobe", {})
@@ -556,6 +570,8 @@ class MobileNodeDriver:
 
     async def _vpn_gone(self) -> None:
         """The TIA is no longer ours: its socket, its rule and its status go."""
+        if self._vpn_tia is not None:
+            self.tracker.vpn_address_gone(self._vpn_tia)
         self._vpn_tia = self._vpn_ike = self._vpn_gw = None
         self._close_vpn_reg()
         await self.routes.vpn_source(None)
@@ -579,6 +595,8 @@ class MobileNodeDriver:
             if self._vpn_ike == ev.ike_id and self._vpn_tia == ev.tia:
                 return  # the same SA reported again (initiate's answer and the event)
             self._vpn_ike, self._vpn_tia = ev.ike_id, ev.tia
+            for link_ev in self.tracker.vpn_address(ev.tia, now):  # never the link's
+                await self._link_event(link_ev, now)
             gw = self.charon.gateway if self.charon and self.charon.gateway else str(
                 ev.gateway.host)
             gw_ip = ev.gateway.host if isinstance(ev.gateway.host, IPv4Address) else None
@@ -713,11 +731,7 @@ class MobileNodeDriver:
     def _open_sockets(self, ev: am.PrepareLink) -> None:
         assert self._loop is not None
         self._close_reg()
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ev.iface.encode())
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)  # the gate knows us
-        s.bind((str(ev.address.ip), 0))
-        s.setblocking(False)
+        s = direct_socket(ev.iface, ev.address.ip)
         self._loop.add_reader(s.fileno(), self._readable, s)
         self._reg, self._reg_source = s, ev.address.ip
         if self.profile.foreign_agents and self._icmp_iface != ev.iface:
@@ -735,16 +749,7 @@ class MobileNodeDriver:
         assert self._loop is not None and source is not None
         s = self._by_source.get(source)
         if s is None:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)
-                s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-                s.bind((str(source), 0))
-            except OSError:
-                s.close()
-                raise
-            s.setblocking(False)
+            s = direct_socket(iface, source, freebind=True)
             self._loop.add_reader(s.fileno(), self._readable, s)
             self._by_source[source] = s
         return s
@@ -764,7 +769,8 @@ class MobileNodeDriver:
                 if peer == ha and data[:4] == TUNNEL_DATA_HEADER:
                     self._tunnel_data(data[4:])
                 continue
-            self._queue.put_nowait(_Datagram(data))
+            self._queue.put_nowait(_Datagram(data, Path.VPN if s is self._vpn_reg
+                                             else Path.LINK))
 
     def _tunnel_data(self, inner: bytes) -> None:
         k = self._keepalive
@@ -866,6 +872,28 @@ class MobileNodeDriver:
 
     def _history(self, kind: str, details: dict[str, str]) -> None:
         self.on_event(HistoryEntry(self.clock(), kind, details))
+
+
+def direct_socket(iface: str, address: IPv4Address, *, freebind: bool = False
+                  ) -> socket.socket:
+    """A socket for RFC 5266 3.4's direct registration ("without any VPN
+    encapsulation"): bound to the link's own address and interface, marked for
+    the gate and the link's routing rules, and out of every IPsec policy both
+    ways (``app.net.ipsec_bypass``: charon's, with kernel ESP, would take a request
+    whose addresses it matches, and a reply decrypted by it must not count)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)  # the gate knows us
+        bypass_ipsec(s)
+        if freebind:
+            s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        s.bind((str(address), 0))
+    except OSError:
+        s.close()
+        raise
+    s.setblocking(False)
+    return s
 
 
 def _packets(s: socket.socket) -> Iterator[bytes]:

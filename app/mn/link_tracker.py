@@ -5,9 +5,12 @@ of the managed interface and hand it to a :class:`LinkTracker`, which decides,
 sans-I/O, when that is a ``LinkUp`` or a ``LinkDown`` for the access-mode
 machine:
 
-- a usable link (carrier, an IPv4 address other than the home address, a
-  default gateway) with a new address or gateway is reported at once: a real
-  move never waits;
+- a usable link (carrier, an IPv4 address of its own, a default gateway) with a
+  new address or gateway is reported at once: a real move never waits.  The
+  link's own address is never the home address nor an address charon installed
+  (its virtual IP, known from its SAs through :meth:`LinkTracker.vpn_address` or
+  from its routing table in the snapshot): a link that holds only charon's is
+  not up;
 - the same link coming back after it was lost (carrier flap, resume) is also
   reported at once, because a binding that may be stale must be re-probed;
 - losing the link is reported at once as ``LinkLost`` (the gate shuts: the
@@ -37,9 +40,32 @@ class LinkTracker:
         self._last_up_at = float("-inf")
         self._pending_up: LinkUp | None = None
         self._pending_at: float | None = None
+        self._vpn: set[IPv4Address] = set()
+        """charon's virtual IPs (the TIAs its SAs gave us)."""
+        self._vpn_gone: set[IPv4Address] = set()
+        """... of SAs that are gone: still not ours while the link holds them."""
+        self._last: LinkSnapshot | None = None
+
+    def vpn_address(self, tia: IPv4Address, now: float) -> list[LinkUp | LinkDown | LinkLost]:
+        """charon has this virtual IP: never the link's address (the last snapshot is
+        judged again, in case it was taken before charon said so)."""
+        self._vpn.add(tia)
+        self._vpn_gone.discard(tia)
+        return self.observe(self._last, now) if self._last is not None else []
+
+    def vpn_address_gone(self, tia: IPv4Address) -> None:
+        """Its SA is gone; charon removes the address after: excluded until then."""
+        if tia in self._vpn:
+            self._vpn_gone.add(tia)
 
     def observe(self, snap: LinkSnapshot, now: float) -> list[LinkUp | LinkDown | LinkLost]:
-        addr = pick_address(snap.addresses, self.home_address)
+        self._last = snap
+        held = {a.ip for a in snap.addresses}
+        for tia in [t for t in self._vpn_gone if t not in held]:
+            self._vpn_gone.discard(tia)
+            self._vpn.discard(tia)
+        addr = pick_address(snap.addresses, self.home_address,
+                            not_ours=self._vpn | snap.installed, leased=snap.leased)
         usable = snap.carrier and addr is not None and snap.gateway is not None
         out: list[LinkUp | LinkDown | LinkLost] = []
         if not usable:
@@ -88,6 +114,7 @@ class LinkTracker:
         self._lost_at = None
         self._pending_up = None
         self._pending_at = None
+        self._last = None
 
     def _emit_up(self, ev: LinkUp, now: float, out: list[LinkUp | LinkDown | LinkLost]
                  ) -> None:

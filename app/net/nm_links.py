@@ -1,7 +1,9 @@
 """Link snapshots from NetworkManager over D-Bus (dbus-next).
 
 The managed device's ``State`` (activated or not), its ``Ip4Config``'s
-``AddressData`` and ``Gateway`` make a :class:`LinkSnapshot`.  Any signal from
+``AddressData`` and ``Gateway`` make a :class:`LinkSnapshot`; its ``Dhcp4Config``'s
+``ip_address`` is the one address known to be leased (what charon puts on the
+interface, its virtual IP, never is).  Any signal from
 NetworkManager (device state, IP4Config properties, active connections)
 triggers one coalesced re-read, so what is reported is always NM's current
 view rather than a reconstruction from deltas.
@@ -29,6 +31,7 @@ NM = "org.freedesktop.NetworkManager"
 NM_PATH = "/org/freedesktop/NetworkManager"
 DEVICE = "org.freedesktop.NetworkManager.Device"
 IP4CONFIG = "org.freedesktop.NetworkManager.IP4Config"
+DHCP4CONFIG = "org.freedesktop.NetworkManager.DHCP4Config"
 ACTIVE = "org.freedesktop.NetworkManager.Connection.Active"
 PROPS = "org.freedesktop.DBus.Properties"
 STATE_ACTIVATED = 100
@@ -122,7 +125,21 @@ class NmLinks:
                           for d in data if "address" in d and "prefix" in d)
             gw = await self._get(ip4, IP4CONFIG, "Gateway")
             gateway = IPv4Address(gw) if gw else None
-        self._report(LinkSnapshot(name, state == STATE_ACTIVATED, addrs, gateway))
+        self._report(LinkSnapshot(name, state == STATE_ACTIVATED, addrs, gateway,
+                                  leased=await self._leased(path)))
+
+    async def _leased(self, device: str) -> frozenset[IPv4Address]:
+        """The address of the device's DHCP lease, if it has one."""
+        dhcp = await self._get(device, DEVICE, "Dhcp4Config")
+        if not isinstance(dhcp, str) or dhcp == "/":
+            return frozenset()
+        options = await self._get(dhcp, DHCP4CONFIG, "Options") or {}
+        ip = options.get("ip_address")
+        value = getattr(ip, "value", ip)
+        try:
+            return frozenset({IPv4Address(str(value))}) if value else frozenset()
+        except ValueError:
+            return frozenset()
 
     async def _device(self) -> tuple[str, str] | None:
         if self.iface is not None:

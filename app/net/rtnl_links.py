@@ -4,6 +4,10 @@ Reads the managed interface's carrier, addresses and main-table default
 gateway once, then follows link, IPv4 address and IPv4 route notifications
 and reports a :class:`LinkSnapshot` after each batch that changed it.  Without a configured
 interface it manages the one that holds the main table's default route.
+
+Also in the snapshot: which addresses have a lease (a finite lifetime: DHCP's),
+and which charon installed (the source of its routes in table 220): with kernel
+ESP its virtual IP sits on the physical interface, and is never the link's.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ log = logging.getLogger("trustroam.net.links")
 IFF_LOWER_UP = 0x10000
 AF_INET = 2
 MAIN_TABLE = 254
+CHARON_TABLE = 220
+"""strongSwan's routing table (charon.routing_table): its routes' source is its virtual IP."""
+IFA_F_PERMANENT = 0x80
+"""An address without a lifetime: configured by hand or by charon, never leased."""
 OWN_PREFIXES = ("trmn", "ipsec", "lo")
 """Interfaces the helper or charon create, never an access link."""
 
@@ -44,6 +52,8 @@ class RtnlLinks:
         self._index: int | None = None
         self._snap: LinkSnapshot | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._charon_routes: dict[tuple[str, int, int], IPv4Address] = {}
+        """charon's routes (destination, length, priority) -> their source address."""
 
     async def start(self) -> None:
         self._mon = AsyncIPRoute()
@@ -63,7 +73,8 @@ class RtnlLinks:
         """Only what can change the snapshot: the helper's own tables and tunnel are not."""
         event = msg["event"]
         if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
-            return bool(msg.get("table") == MAIN_TABLE and msg["dst_len"] == 0)
+            return bool((msg.get("table") == MAIN_TABLE and msg["dst_len"] == 0)
+                        or msg.get("table") == CHARON_TABLE)
         if event in ("RTM_NEWLINK", "RTM_DELLINK"):
             name = msg.get("ifname") or ""
             return not name.startswith(OWN_PREFIXES) and (
@@ -119,8 +130,19 @@ class RtnlLinks:
                 return False
             addr = IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}")
             rest = tuple(a for a in snap.addresses if a != addr)
+            leased = snap.leased - {addr.ip}
+            if event == "RTM_NEWADDR" and _leased(msg):
+                leased |= {addr.ip}
             self._snap = replace(snap, addresses=(*rest, addr) if event == "RTM_NEWADDR"
-                                 else rest)
+                                 else rest, leased=leased)
+        elif event in ("RTM_NEWROUTE", "RTM_DELROUTE") and msg.get("table") == CHARON_TABLE:
+            key = _route_key(msg)
+            src = msg.get("prefsrc")
+            if event == "RTM_NEWROUTE" and src:
+                self._charon_routes[key] = IPv4Address(src)
+            else:
+                self._charon_routes.pop(key, None)
+            self._snap = replace(snap, installed=frozenset(self._charon_routes.values()))
         elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
             gw = msg.get("gateway")
             if msg.get("oif") != self._index or not gw:
@@ -156,6 +178,11 @@ class RtnlLinks:
     async def refresh(self) -> None:
         links = {m["index"]: m for m in [x async for x in await self._query.link("dump")]}
         routes = [r async for r in await self._query.route("dump", table=MAIN_TABLE)]
+        self._charon_routes = {
+            _route_key(r): IPv4Address(r.get("prefsrc"))
+            async for r in await self._query.route("dump", table=CHARON_TABLE)
+            if r.get("table") == CHARON_TABLE and r.get("prefsrc")}
+        installed = frozenset(self._charon_routes.values())
         defaults = [r for r in routes if r["dst_len"] == 0 and r.get("table") == MAIN_TABLE
                     and r.get("gateway")]
         iface = self.iface
@@ -170,14 +197,25 @@ class RtnlLinks:
         index = next((i for i, m in links.items() if m.get("ifname") == iface), None)
         self._index = index
         if index is None:
-            self._snap = LinkSnapshot(iface, False, (), None)
+            self._snap = LinkSnapshot(iface, False, (), None, installed=installed)
             self.on_snapshot(self._snap)
             return
-        addrs = tuple([IPv4Interface(f"{a.get('address')}/{a['prefixlen']}")
-                       async for a in await self._query.addr("dump", index=index)
-                       if a.get("address") and a["family"] == 2])
+        found = [a async for a in await self._query.addr("dump", index=index)
+                 if a.get("address") and a["family"] == AF_INET]
+        addrs = tuple(IPv4Interface(f"{a.get('address')}/{a['prefixlen']}") for a in found)
+        leased = frozenset(IPv4Address(a.get("address")) for a in found if _leased(a))
         gateway = next((IPv4Address(r.get("gateway")) for r in defaults
                         if r.get("oif") == index), None)
         carrier = bool(links[index]["flags"] & IFF_LOWER_UP)
-        self._snap = LinkSnapshot(iface, carrier, addrs, gateway)
+        self._snap = LinkSnapshot(iface, carrier, addrs, gateway, leased, installed)
         self.on_snapshot(self._snap)
+
+
+def _leased(msg: Any) -> bool:
+    """An address with a lifetime (the kernel marks the others permanent)."""
+    flags = msg.get("flags")
+    return not int(flags if flags is not None else msg["flags"]) & IFA_F_PERMANENT
+
+
+def _route_key(msg: Any) -> tuple[str, int, int]:
+    return (str(msg.get("dst") or "0.0.0.0"), int(msg["dst_len"]), int(msg.get("priority") or 0))
