@@ -343,13 +343,19 @@ class AccessModeMachine:
             link = self._link
             if link is not None and event.iface == link.iface and not link.lost:
                 link.lost = True
+                if link.claimed:  # its deregistration from the home address ends here
+                    self.client.cancel()
                 if self.mode is not Mode.VPN:  # mc carries only ESP: it waits for MOBIKE
                     self._shut()  # at once: the cable may be in another network already
                     self._withdraw_home()
                     if self.phase is not State.OFFLINE:
                         self._enter(State.PROBING, Mode.NONE, None)
+                elif link.claimed:
+                    self._unclaim_home(link)
         elif isinstance(event, LinkDown):
             if self._link is not None and event.iface == self._link.iface:
+                if self._link.claimed:
+                    self.client.cancel()  # no deregistration from the home address elsewhere
                 self._link = None
                 self.vpn.register_at = None
                 self._leave(State.OFFLINE, None)
@@ -830,6 +836,8 @@ class AccessModeMachine:
                     t.register(v.tia, now)
             elif isinstance(ev, Denied):
                 self._leave(State.ERROR, f"{ev.text} (registering through the VPN)")
+            elif isinstance(ev, Deregistered) and self.mode is Mode.VPN:
+                self._leave(State.OFFLINE, None)  # shutting down: mc's binding is gone
             elif isinstance(ev, BindingLost):
                 if self.mode is Mode.VPN:
                     self._leave(State.UNTRUSTED, BINDING_RAN_OUT)
@@ -841,7 +849,9 @@ class AccessModeMachine:
     def _open(self, link: _Link) -> None:
         """Open the gate on the path just configured (after ConfigureDataPlane)."""
         if self.mode is Mode.VPN:
-            path = ProvenPath(link.iface, link.address.ip, Mode.VPN, None, self.vpn.tia)
+            # The TIA the data plane was configured with (and the home agent bound): a
+            # new one from charon opens nothing until it is registered too.
+            path = ProvenPath(link.iface, link.address.ip, Mode.VPN, None, self.configured_tia)
         else:
             fa = link.fa.address if (
                 link.fa is not None and self.use_foreign_agents and not link.fa_failed) else (
@@ -878,6 +888,12 @@ class AccessModeMachine:
         if self.configured is not Mode.NONE or self.home_claimed is not None:
             self.configured, self.configured_tia, self.home_claimed = Mode.NONE, None, None
             self._actions.append(ConfigureDataPlane(Mode.NONE, None, None))
+        link = self._link
+        if phase is State.UNTRUSTED and link is not None and link.claimed and not link.lost:
+            # mc ended (the VPN lost, never-vpn) while the home link, already proven,
+            # is being claimed: the claim and its deregistration go on.
+            self.home_probe = self.home_claimed = link.iface
+            self._actions += [Gate(None, home_probe=link.iface), ClaimHome(link.iface)]
 
     def _enter(self, phase: State, mode: Mode, error: str | None) -> None:
         changed = (phase, mode, error) != (self.phase, self.mode, self.error)
