@@ -30,7 +30,7 @@ def _names_home(f: dict[str, str]) -> bool:
 def _first(frames: list[dict[str, str]], match: Callable[[dict[str, str]], bool],
            what: str) -> int:
     found = [i for i, f in enumerate(frames) if match(f)]
-    assert found, f"no {what} on the home link"
+    assert found, f"not on the home link: {what}"
     return found[0]
 
 
