@@ -5,8 +5,15 @@ straight to the home agent from the new address (co-located care-of
 address), while the link is solicited for foreign agents.  A valid reply
 means trusted: mode ``c``, or ``f`` when an FA advertised on this link (a
 second registration, through the FA: only ever on a trusted network), or
-``h`` on the home link (deregistration, home address on the interface).  No
-reply within the configured retries means untrusted.
+``h`` on the home link.  A link in the home prefix is no proof of it (RFC 5266
+3.1.1): it is probed from its own address too (lifetime 0 for that address
+alone), and only the home agent's authenticated answer claims it: ARP for the
+home address allowed there, ``ClaimHome`` (the address on the link, its
+gratuitous ARP), then the deregistration from the home address, in RFC 5944
+4.6's order; its reply is mode ``h``.  No reply within the configured retries
+means untrusted.  A reply without a valid Mobile-Home authenticator is silently
+discarded (RFC 5944 3.6.2.1 b): it changes nothing, whatever its code and the
+state; a timeout is a timeout (the count is only a history note).
 
 The untrusted side (RFC 5266 3.4, 3.4.2): with a VPN in the profile the IKE side
 starts at the same moment as the direct probe (``StartVpn``; an IKE SA that
@@ -178,8 +185,9 @@ class Gate:
 
     path: ProvenPath | None
     home_probe: str | None = None
-    """Undecided, probing this interface as the home link: ARP for the home address
-    is answered there (RFC 5944 4.6: before the request when returning home)."""
+    """The home link, proven by the home agent's answer and being claimed: ARP for
+    the home address is answered there and the deregistration may leave from it
+    (RFC 5944 4.6: before the request when returning home)."""
 
 
 @dataclass(frozen=True, slots=True)
