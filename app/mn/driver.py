@@ -340,6 +340,8 @@ class MobileNodeDriver:
                 self._status(a)
             elif isinstance(a, am.Note):
                 self._history(a.kind, {"text": a.text})
+            elif isinstance(a, am.ClaimHome):
+                self._history("home-claim", {"interface": a.iface})
             elif isinstance(a, am.Gate):
                 self._history("gate", {"blocked": str(a.path is None).lower(),
                                        "at": f"{self._gate_at:.6f}",
