@@ -4,7 +4,7 @@ The direct request crosses the untrusted network in clear (RFC 5266 section 5),
 so anyone there can echo its identification.  Each scenario runs twice on a fake
 clock, once as is and once with an attacker who answers every request the
 moment it leaves (direct and through the VPN) with every reply code, without an
-authenticator, with one under another key, and with a short one.  What the
+authenticator, with one under another key, with a short one and with two.  What the
 machine shows, opens, configures and sends, and what the home agent binds, must
 be the same in both runs; the discarded replies only earn a history line (and,
 with nothing else to say, a hint on an untrusted outcome's message).
@@ -30,7 +30,7 @@ WRONG_KEY = b"\x42" * 16
 
 def forgeries(request: bytes, *, via_fa: bool = False) -> list[bytes]:
     """What an on-path attacker can send back: each code, echoing the identification,
-    with no Mobile-Home authenticator, one under another key, and a short one.
+    with no Mobile-Home authenticator, one under another key, a short one, and two.
     Through an FA, codes 64-127 without an authenticator are the FA's own denial,
     which RFC 5944 3.6.2.1 a lets a mobile node that shares no key with it take:
     those are left out there."""
@@ -44,6 +44,8 @@ def forgeries(request: bytes, *, via_fa: bool = False) -> list[bytes]:
         out.append(append_authenticator(head, ExtType.MOBILE_HOME_AUTH, 256, WRONG_KEY,
                                         Algorithm.HMAC_MD5))
         out.append(head + AuthExtension(ExtType.MOBILE_HOME_AUTH, 256, b"\x00" * 8).encode())
+        out.append(append_authenticator(out[-2], ExtType.MOBILE_HOME_AUTH, 256, WRONG_KEY,
+                                        Algorithm.HMAC_MD5))  # two of them
     return out
 
 
