@@ -5,8 +5,15 @@ straight to the home agent from the new address (co-located care-of
 address), while the link is solicited for foreign agents.  A valid reply
 means trusted: mode ``c``, or ``f`` when an FA advertised on this link (a
 second registration, through the FA: only ever on a trusted network), or
-``h`` on the home link (deregistration, home address on the interface).  No
-reply within the configured retries means untrusted.
+``h`` on the home link.  A link in the home prefix is no proof of it (RFC 5266
+3.1.1): it is probed from its own address too (lifetime 0 for that address
+alone), and only the home agent's authenticated answer claims it: ARP for the
+home address allowed there, ``ClaimHome`` (the address on the link, its
+gratuitous ARP), then the deregistration from the home address, in RFC 5944
+4.6's order; its reply is mode ``h``.  No reply within the configured retries
+means untrusted.  A reply without a valid Mobile-Home authenticator is silently
+discarded (RFC 5944 3.6.2.1 b): it changes nothing, whatever its code and the
+state; a timeout is a timeout (the count is only a history note).
 
 The untrusted side (RFC 5266 3.4, 3.4.2): with a VPN in the profile the IKE side
 starts at the same moment as the direct probe (``StartVpn``; an IKE SA that
@@ -42,7 +49,6 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from app.api import Mode, Policy, State
-from app.mip.codes import describe
 from app.mn.registration import (
     BindingLost,
     Datagram,
@@ -63,6 +69,14 @@ it before registering through it anyway."""
 NEVER_VPN_REASON = "untrusted network: the policy is never-vpn, so nothing leaves"
 BINDING_RAN_OUT = ("the home agent stopped answering: the binding ran out with no renewal "
                    "accepted")
+
+def _discarded_hint(n: int) -> str:
+    if n == 0:
+        return ""
+    return (f"{n} {'reply' if n == 1 else 'replies'} without a valid Mobile-Home "
+            f"authenticator {'was' if n == 1 else 'were'} discarded (RFC 5944 3.6.2.1): "
+            "forged, or this profile's key is not the home agent's")
+
 
 # -- events -------------------------------------------------------------------
 
@@ -171,8 +185,18 @@ class Gate:
 
     path: ProvenPath | None
     home_probe: str | None = None
-    """Undecided, probing this interface as the home link: ARP for the home address
-    is answered there (RFC 5944 4.6: before the request when returning home)."""
+    """The home link, proven by the home agent's answer and being claimed: ARP for
+    the home address is answered there and the deregistration may leave from it
+    (RFC 5944 4.6: before the request when returning home)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimHome:
+    """The link answered as the home link: put the home address on ``iface`` and send
+    the gratuitous ARP for it now, before the deregistration that follows (RFC 5944
+    4.6 when returning home).  Never before the home agent's authenticated answer."""
+
+    iface: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,8 +262,8 @@ class Note:
     text: str
 
 
-Action = (Gate | PrepareLink | Send | Solicit | ConfigureDataPlane | Status | Note | StartVpn
-          | StopVpn)
+Action = (Gate | PrepareLink | ClaimHome | Send | Solicit | ConfigureDataPlane | Status | Note
+          | StartVpn | StopVpn)
 
 
 @dataclass
@@ -253,6 +277,13 @@ class _Link:
     """The FA on this link refused or did not answer: stay in mode c here."""
     lost: bool = False
     """Carrier or address gone: no reply opens the gate until the link is back."""
+    home_prefix: bool = False
+    """The address is in the home prefix: a candidate home link, not yet proof."""
+    claimed: bool = False
+    """The home agent answered the probe from this link: the home address is
+    claimed here and the deregistration from it is out."""
+    home_failed: bool = False
+    """The deregistration from the home address went unanswered: mode c here."""
 
 
 @dataclass
@@ -298,6 +329,8 @@ class AccessModeMachine:
     """What the last Gate action opened (None: shut)."""
     home_probe: str | None = None
     """The interface the last Gate action let answer ARP for the home address."""
+    home_claimed: str | None = None
+    """Where a ClaimHome put the home address that no mode h has taken over yet."""
     configured: Mode = Mode.NONE
     """What the last ConfigureDataPlane action set up."""
     configured_tia: IPv4Address | None = None
@@ -318,13 +351,19 @@ class AccessModeMachine:
             link = self._link
             if link is not None and event.iface == link.iface and not link.lost:
                 link.lost = True
+                if link.claimed:  # its deregistration from the home address ends here
+                    self.client.cancel()
                 if self.mode is not Mode.VPN:  # mc carries only ESP: it waits for MOBIKE
                     self._shut()  # at once: the cable may be in another network already
                     self._withdraw_home()
                     if self.phase is not State.OFFLINE:
                         self._enter(State.PROBING, Mode.NONE, None)
+                elif link.claimed:
+                    self._unclaim_home(link)
         elif isinstance(event, LinkDown):
             if self._link is not None and event.iface == self._link.iface:
+                if self._link.claimed:
+                    self.client.cancel()  # no deregistration from the home address elsewhere
                 self._link = None
                 self.vpn.register_at = None
                 self._leave(State.OFFLINE, None)
@@ -403,30 +442,34 @@ class AccessModeMachine:
             # (its renewal would leave from the old care-of address, in clear, on a
             # network not yet proven): the new link's decision makes a new one.
             self.client.forget_binding()
-        self._link = _Link(ev.iface, ev.address, ev.gateway, now)
+        at_home = ev.address.ip in self.home_network
+        self._link = _Link(ev.iface, ev.address, ev.gateway, now, home_prefix=at_home)
         self._via_fa = False
         in_mc = self.mode is Mode.VPN and self.gate is not None
         if not in_mc:
             self._shut()  # nothing normal leaves while undecided
         # (mode mc stays open: what it lets out is encrypted, and MOBIKE moves it)
-        self._withdraw_home()
+        back_to_tunnel = self._withdraw_home()
         if in_mc:
             self._open(self._link)  # the same rules, named for the new link
-        at_home = ev.address.ip in self.home_network
-        if at_home:
-            # RFC 5944 4.6: returning home, ARP for the home address is answered (and
-            # asked with it) before the request -- also with mc still open.
-            self.home_probe = ev.iface
-            self._actions.append(Gate(self.gate, home_probe=ev.iface))
+            if self.home_probe is not None:  # ARP for the home address: proven home only
+                self.home_probe = None
+                self._actions.append(Gate(self.gate))
         self._actions.append(PrepareLink(ev.iface, ev.address, ev.gateway))
+        if back_to_tunnel:  # a claim of the old link moved mc's home address: back
+            self._actions.append(ConfigureDataPlane(Mode.VPN, ev.iface, self.configured_tia))
         if not in_mc:
             self._enter(State.PROBING, Mode.NONE, None)
         if self.policy is Policy.ALWAYS_VPN and self._vpn_configured:
             # No direct probe: whatever answers, the traffic goes through the VPN.
             self.client.cancel()
         elif at_home:
-            # The home link: deregister so the home agent stops proxying us.
-            self.client.deregister(now, at_home=True)
+            # RFC 5266 3.1.1: the prefix alone is no proof of the home link (any
+            # network may reuse a private prefix), and away from home the home address
+            # must not be answered for nor sent from (RFC 5944 4.6).  The probe leaves
+            # from this link's own address like any other; only the home agent's
+            # authenticated answer makes it home (_claim_home).
+            self.client.deregister_care_of(ev.address.ip, now)
         else:
             self.client.register(ev.address.ip, now)
             if self.use_foreign_agents:
@@ -663,7 +706,10 @@ class AccessModeMachine:
                     self._register_via_fa(link, now)
                 self._open(link)
             elif isinstance(ev, Deregistered) and link is not None:
-                if link.address.ip in self.home_network and not link.lost:
+                if link.home_prefix and not link.lost and not link.claimed and (
+                        not link.home_failed):
+                    self._claim_home(link, now)  # the probe answered: the home link
+                elif link.claimed and not link.lost:
                     if self._direct_won(now):
                         self._actions.append(Note("direct-again", "deregistering once more "
                                                                   "after the VPN's request"))
@@ -671,19 +717,27 @@ class AccessModeMachine:
                     self.last_handover_ms = (now - link.since) * 1000
                     self._enter(State.TRUSTED, Mode.HOME, None)
                     self._actions.append(ConfigureDataPlane(Mode.HOME, link.iface, None))
-                    self.configured = Mode.HOME
+                    self.configured, self.home_claimed = Mode.HOME, None
                     self._open(link)
                 elif not link.lost:
                     self._leave(State.OFFLINE, None)
-            elif isinstance(ev, TimedOut) and ev.unverified_code is not None and (
-                    not self._via_fa):
-                # Not "untrusted": something answered for the home agent but the
-                # replies do not authenticate.  Never trust them; say what to check.
-                self._leave(State.ERROR,
-                            f"the home agent's replies do not authenticate "
-                            f"({describe(ev.unverified_code)}): is this profile's key right?")
             elif isinstance(ev, TimedOut):
-                if self._via_fa and self.phase is State.TRUSTED and link is not None:
+                # Replies that did not authenticate were discarded (RFC 5944 3.6.2.1 b):
+                # they change nothing, this is the outcome of any timeout.  Anyone who
+                # saw the request in clear can echo it, so they only earn a history line.
+                hint = _discarded_hint(ev.discarded)
+                if hint:
+                    self._actions.append(Note("replies-discarded", hint))
+                if link is not None and link.claimed and not link.lost:
+                    # Trusted (the probe was answered) but the home agent did not answer
+                    # from the home address: not its home link after all (a network
+                    # reusing the prefix).  A co-located registration from here: mode c.
+                    self._unclaim_home(link)
+                    self._actions.append(Note("home-timeout", "no reply to the deregistration "
+                                                              "from the home address; "
+                                                              "registering from this link"))
+                    self.client.register(link.address.ip, now)
+                elif self._via_fa and self.phase is State.TRUSTED and link is not None:
                     # The FA failed us: back to a direct registration (mode c) while
                     # the binding through the FA still stands.
                     self._via_fa = False
@@ -705,7 +759,10 @@ class AccessModeMachine:
                     self._actions.append(Note("direct-timeout", "no direct reply: the network "
                                                                 "is untrusted, staying in mc"))
                 elif link is not None and self.phase is not State.UNTRUSTED:
-                    self._leave(State.UNTRUSTED, self._untrusted_reason())
+                    reason = self._untrusted_reason()
+                    if reason is None and self.tunnel is None:
+                        reason = hint or None  # nothing else to say: the history's hint
+                    self._leave(State.UNTRUSTED, reason)
             elif isinstance(ev, Denied) and self._via_fa and self.phase is State.TRUSTED and (
                     link is not None):
                 # The FA path was refused but the co-located binding still stands:
@@ -719,6 +776,26 @@ class AccessModeMachine:
             elif isinstance(ev, BindingLost):
                 self._leave(State.UNTRUSTED, BINDING_RAN_OUT)
         return seen
+
+    def _claim_home(self, link: _Link, now: float) -> None:
+        """RFC 5944 4.6, returning home, in its order: ARP for the home address is
+        answered again, the gratuitous ARP, then the deregistration (2.4.3).  Only
+        after the home agent's authenticated answer from this home-prefix link."""
+        link.claimed = True
+        self.home_probe = self.home_claimed = link.iface
+        self._actions.append(Gate(self.gate, home_probe=link.iface))
+        self._actions.append(ClaimHome(link.iface))
+        self.client.deregister(now, at_home=True)
+
+    def _unclaim_home(self, link: _Link) -> None:
+        """The claim failed on a link still up: ARP for the home address shut again,
+        the address off the link (mc's back on its tunnel device)."""
+        link.claimed, link.home_failed = False, True
+        if self.home_probe is not None:
+            self.home_probe = None
+            self._actions.append(Gate(self.gate))
+        if self._withdraw_home():
+            self._actions.append(ConfigureDataPlane(Mode.VPN, link.iface, self.configured_tia))
 
     def _untrusted_reason(self) -> str | None:
         if self.tunnel is None:
@@ -753,6 +830,8 @@ class AccessModeMachine:
                     self.configured, self.configured_tia = Mode.VPN, v.tia
                 self._open(link)
             elif isinstance(ev, TimedOut):
+                if hint := _discarded_hint(ev.discarded):  # through the VPN: no effect either
+                    self._actions.append(Note("replies-discarded", hint + " (through the VPN)"))
                 if self.mode is Mode.VPN and t.binding is not None:
                     self._actions.append(Note("renewal-timeout",
                                               "the home agent did not answer the renewal "
@@ -765,6 +844,8 @@ class AccessModeMachine:
                     t.register(v.tia, now)
             elif isinstance(ev, Denied):
                 self._leave(State.ERROR, f"{ev.text} (registering through the VPN)")
+            elif isinstance(ev, Deregistered) and self.mode is Mode.VPN:
+                self._leave(State.OFFLINE, None)  # shutting down: mc's binding is gone
             elif isinstance(ev, BindingLost):
                 if self.mode is Mode.VPN:
                     self._leave(State.UNTRUSTED, BINDING_RAN_OUT)
@@ -776,7 +857,9 @@ class AccessModeMachine:
     def _open(self, link: _Link) -> None:
         """Open the gate on the path just configured (after ConfigureDataPlane)."""
         if self.mode is Mode.VPN:
-            path = ProvenPath(link.iface, link.address.ip, Mode.VPN, None, self.vpn.tia)
+            # The TIA the data plane was configured with (and the home agent bound): a
+            # new one from charon opens nothing until it is registered too.
+            path = ProvenPath(link.iface, link.address.ip, Mode.VPN, None, self.configured_tia)
         else:
             fa = link.fa.address if (
                 link.fa is not None and self.use_foreign_agents and not link.fa_failed) else (
@@ -791,22 +874,34 @@ class AccessModeMachine:
             self.gate = self.home_probe = None
             self._actions.append(Gate(None))
 
-    def _withdraw_home(self) -> None:
+    def _withdraw_home(self) -> bool:
         """Mode h's paths go as soon as the home link may be gone (the gate is shut
         already): its on-link home prefix would send the next probe for the home
-        agent to the new link's ARP, and its address would be answered for there."""
-        if self.configured is Mode.HOME:
+        agent to the new link's ARP, and its address would be answered for there.
+        So does the home address a claim put on a link.  True when mc holds and a
+        claim had moved its home address off the tunnel device: the caller puts it
+        back (ConfigureDataPlane(VPN))."""
+        claimed, self.home_claimed = self.home_claimed, None
+        if self.configured is Mode.HOME or (claimed is not None
+                                            and self.configured is Mode.NONE):
             self.configured = Mode.NONE
             self._actions.append(ConfigureDataPlane(Mode.NONE, None, None))
+        return claimed is not None and self.configured is Mode.VPN
 
     def _leave(self, phase: State, error: str | None) -> None:
         """Into untrusted, error or offline: shut first, then withdraw the paths."""
         self._shut()
         self._via_fa = False
         self._enter(phase, Mode.NONE, error)
-        if self.configured is not Mode.NONE:
-            self.configured, self.configured_tia = Mode.NONE, None
+        if self.configured is not Mode.NONE or self.home_claimed is not None:
+            self.configured, self.configured_tia, self.home_claimed = Mode.NONE, None, None
             self._actions.append(ConfigureDataPlane(Mode.NONE, None, None))
+        link = self._link
+        if phase is State.UNTRUSTED and link is not None and link.claimed and not link.lost:
+            # mc ended (the VPN lost, never-vpn) while the home link, already proven,
+            # is being claimed: the claim and its deregistration go on.
+            self.home_probe = self.home_claimed = link.iface
+            self._actions += [Gate(None, home_probe=link.iface), ClaimHome(link.iface)]
 
     def _enter(self, phase: State, mode: Mode, error: str | None) -> None:
         changed = (phase, mode, error) != (self.phase, self.mode, self.error)

@@ -329,6 +329,11 @@ class MobileNodeDriver:
                 await self._gate(a.path, a.home_probe)
             elif isinstance(a, am.PrepareLink):
                 await self._prepare_link(a)
+            elif isinstance(a, am.ClaimHome):
+                # RFC 5944 4.6: the home address here and its gratuitous ARP, before the
+                # deregistration (the next action); its reply comes back to it.
+                await self.routes.home_for_probe(a.iface)
+                self.routes.announce_home(a.iface)
             elif isinstance(a, am.Send):
                 self._send(a)
             elif isinstance(a, am.Solicit):
@@ -349,6 +354,8 @@ class MobileNodeDriver:
                 self._status(a)
             elif isinstance(a, am.Note):
                 self._history(a.kind, {"text": a.text})
+            elif isinstance(a, am.ClaimHome):
+                self._history("home-claim", {"interface": a.iface})
             elif isinstance(a, am.Gate):
                 self._history("gate", {"blocked": str(a.path is None).lower(),
                                        "at": f"{self._gate_at:.6f}",
@@ -396,17 +403,14 @@ class MobileNodeDriver:
     def _arp_permit(self, iface: str) -> bool:
         """May a frame naming the home address leave ``iface`` (RFC 5944 4.6)?"""
         p = self.machine.gate
-        return p is not None and p.iface == iface and p.mode is Mode.HOME
+        return (p is not None and p.iface == iface and p.mode is Mode.HOME) or (
+            self.machine.home_claimed == iface)  # proven home, deregistering (ClaimHome)
 
     async def _prepare_link(self, a: am.PrepareLink) -> None:
         t0 = time.perf_counter()
         self._open_sockets(a)
         if a.gateway is not None:
             await self.routes.set_link(LinkInfo(a.iface, a.address, a.gateway))
-        if a.address.ip in self.profile.home_network:
-            # At home the deregistration leaves from the home address (RFC 5944
-            # 3.6.1.1), and its reply comes back to it: the address must be here.
-            await self.routes.home_for_probe(a.iface)
         log.debug("link set-up took %.2f ms", (time.perf_counter() - t0) * 1000)
         if self.machine.mode is Mode.VPN:  # mc holds: its care-of address is the TIA
             self._publish(interface=a.iface)

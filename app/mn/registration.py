@@ -27,6 +27,7 @@ unreachable after 1 + 2 + 4 = 7 s; see README "How long a decision takes".
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -47,6 +48,8 @@ from app.mip.extensions import (
     UdpTunnelRequest,
 )
 from app.mip.messages import MIP_PORT, RegFlags, RegistrationReply, RegistrationRequest
+
+log = logging.getLogger("trustroam.mn.registration")
 
 MIN_RETRANSMIT_INTERVAL = 1.0
 """RFC 5944 3.6.3: "The minimum time between Registration Requests MUST NOT be
@@ -146,9 +149,10 @@ class TimedOut:
 
     attempts: int
     waited: float
-    unverified_code: int | None = None
-    """Set when replies matching our requests came back but did not authenticate:
-    the home agent may be there and our key wrong (or someone forges replies)."""
+    discarded: int = 0
+    """Replies that echoed our requests but did not authenticate, silently discarded
+    (RFC 5944 3.6.2.1 b): forged, or our key is not the home agent's.  A count for
+    the history only: the outcome is that of any timeout."""
     via: IPv4Address | None = None
     """The foreign agent the requests went to (None: straight to the home agent)."""
 
@@ -186,8 +190,8 @@ class _Attempt:
     timeout: float = 0.0
     deadline: float = 0.0
     repairs: int = 0
-    unverified_code: int | None = None
-    """Code of a matching reply whose authenticator did not verify (wrong key?)."""
+    discarded: int = 0
+    """Matching replies whose authenticator was missing or did not verify."""
 
 
 @dataclass(slots=True)
@@ -231,6 +235,8 @@ class RegistrationClient:
         """The attempt that made the binding: renewals repeat it."""
         self._fa_lifetime: dict[IPv4Address, int] = {}
         """Lifetime caps foreign agents stated in a 69 (RFC 5944 3.6.2.3)."""
+        self.discarded = 0
+        """Replies discarded for a missing or invalid Mobile-Home authenticator."""
 
     @property
     def clock_offset(self) -> float:
@@ -283,6 +289,15 @@ class RegistrationClient:
         # binding, from the co-located care-of address otherwise.
         source = coa if b is not None and via is None else self.config.home_address
         self._start(_Attempt(coa, 0, RegFlags(0), via, (), source), now)
+
+    def deregister_care_of(self, care_of: IPv4Address, now: float) -> None:
+        """Lifetime 0 for ``care_of`` alone, sent from it (RFC 5944 3.6.1.2, 3.8.2.2:
+        only a binding to that address goes, and there is none).  On a link in the
+        home prefix it is the direct probe: its authenticated reply proves the home
+        agent answered from here, and asks nothing of it (no binding, no proxy ARP)."""
+        self.state = State.DEREGISTERING
+        self._renew_at = None
+        self._start(_Attempt(care_of, 0, RegFlags(0), None, (), care_of), now)
 
     def reregister(self, now: float) -> bool:
         """Renew the current binding now, e.g. when the NAT mapping may have changed
@@ -340,7 +355,13 @@ class RegistrationClient:
             self._fa_denied(a, rep, now)
             return
         if len(mhaes) != 1 or not self._verifies(mhaes[0]):
-            a.unverified_code = rep.code  # a forged or mis-keyed reply cannot end it
+            # 3.6.2.1 b: silently discarded, whatever its code: it changes nothing here
+            # (anyone on the path saw the request in clear and can echo it).
+            if a.discarded == 0:  # a security exception (SHOULD log), once per request
+                log.warning("discarded a registration reply (code %d) whose Mobile-Home "
+                            "authenticator is missing or invalid", rep.code)
+            a.discarded += 1
+            self.discarded += 1
             return
         mhae = mhaes[0]
         self._rtt = now - a.first_sent
@@ -399,8 +420,7 @@ class RegistrationClient:
         if a is not None and now >= a.deadline:
             if a.copies > self.config.retries:
                 self._attempt = None
-                self._events.append(TimedOut(a.copies, now - a.started, a.unverified_code,
-                                             a.via))
+                self._events.append(TimedOut(a.copies, now - a.started, a.discarded, a.via))
                 self.state = State.REGISTERED if self._binding_valid(now) else State.IDLE
             else:
                 a.timeout = min(a.timeout * 2, self._max_timeout(a))

@@ -230,21 +230,25 @@ class MobileNodeRoutes:
             self.arp.cancel(self.home)
         self.mode = mode
 
-    def announce_home(self) -> None:
+    def announce_home(self, iface: str | None = None) -> None:
         """Gratuitous ARP for the home address on the home link (RFC 5944 4.6).
 
-        Called once the gate is open in mode h: the announcer asks the gate's
-        decision before every frame, so none leaves on any other link.
+        Called with ``iface`` when the home agent's answer proved the link home,
+        before the deregistration, and again once the gate is open in mode h: the
+        announcer asks the gate's decision before every frame, so none leaves on
+        any other link.
         """
         link = self.link
-        if link is None or self.mode is not Mode.HOME:
-            return
+        if iface is None:
+            if link is None or self.mode is not Mode.HOME:
+                return
+            iface = link.iface
         try:
-            mac = bytes.fromhex(Path(f"/sys/class/net/{link.iface}/address").read_text()
+            mac = bytes.fromhex(Path(f"/sys/class/net/{iface}/address").read_text()
                                 .strip().replace(":", ""))
-            self.arp.announce(link.iface, mac, self.home)
+            self.arp.announce(iface, mac, self.home)
         except OSError as exc:
-            log.warning("cannot announce the home address on %s: %s", link.iface, exc)
+            log.warning("cannot announce the home address on %s: %s", iface, exc)
 
     async def home_for_probe(self, iface: str) -> None:
         """The home address on ``iface`` (/32) while the home link is probed."""

@@ -197,7 +197,10 @@ def test_fa_denial_keeps_mode_c_and_is_not_retried_on_every_advert():
     assert not [a for a in again if isinstance(a, Send)]
 
 
-def test_replies_that_do_not_authenticate_are_an_error_not_untrusted():
+def test_rfc5944_3_6_2_1_b_a_wrong_key_is_a_timeout_with_a_hint_not_an_outcome():
+    """A mis-keyed profile: the home agent's 131 does not authenticate, so it is
+    discarded like a forgery; the outcome is a timeout's (untrusted), and the
+    count only adds a hint to that outcome's message and the history."""
     cfg = RegistrationConfig(ALICE, HA, 256, Algorithm.HMAC_MD5, b"\x42" * 16,
                              lifetime=300, initial_timeout=0.5, retries=1)
     m = AccessModeMachine(IPv4Network("10.20.1.0/24"), RegistrationClient(cfg))
@@ -207,9 +210,10 @@ def test_replies_that_do_not_authenticate_are_an_error_not_untrusted():
     while (t := m.get_timer()) is not None and now < T0 + 10:
         now = t
         acts += net.run(m, m.handle_timer(now), now, T1.address.ip)
-    assert m.phase is State.ERROR, statuses(acts)
-    assert "do not authenticate" in (m.error or "") and "(131)" in (m.error or "")
-    assert not opened(acts)
+    assert statuses(acts)[-1] == (State.UNTRUSTED, Mode.NONE)
+    assert "2 replies without a valid Mobile-Home authenticator" in (m.error or "")
+    assert any(isinstance(a, Note) and a.kind == "replies-discarded" for a in acts)
+    assert m.client.discarded == 2 and not opened(acts)
 
 
 def test_rfc5944_3_6_1_1_requests_through_an_fa_go_to_the_advertisements_source():

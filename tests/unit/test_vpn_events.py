@@ -31,8 +31,9 @@ def test_ike_up_alone_is_not_vpn_up():
     assert translate(*ev.IKE_UP) == []
 
 
-def test_rfc5266_4_nat_detected_only_for_a_nat_on_our_side():
-    """kernel-libipsec fakes nat-remote on every SA; nat-local is the real NAT (RFC 5266 4)."""
+def test_nat_flag_shows_only_a_nat_on_our_side():
+    """The status's NAT flag (display only): kernel-libipsec fakes nat-remote on every
+    SA; nat-local is a NAT in front of us.  No RFC 5266 section 4 rule is held here."""
     name, msg = copy.deepcopy(ev.CHILD_UP)
     msg["trustroam"]["nat-local"] = b"yes"
     (up,) = translate(name, msg)
