@@ -235,7 +235,8 @@ def proven_in_rules(policy: GatePolicy, path: ProvenPath | None,
         rules = [f"iifname {_q(policy.tunnel)} accept",
                  f"iifname {i} ip saddr {ha} ip daddr {path.link_address} accept"]
     else:
-        rules = [f"iifname {i} accept"]  # h and f: the proven link is the path
+        # h and f: the proven link is the path (IPv4: nothing IPv6 is decided on).
+        rules = [f"iifname {i} meta nfproto ipv4 accept"]
     if path.foreign_agent is not None and not forward:
         # The FA relays its reply to the home address on the link (RFC 5944 3.7.3).
         rules.append(f"iifname {i} ip saddr {path.foreign_agent} udp sport {MIP_PORT} "
