@@ -480,3 +480,42 @@ def test_rfc5266_3_4_in_mode_c_the_home_address_comes_only_out_of_the_tunnel(vpn
         assert seen_before(r, "tunnelled") == ["tunnelled"]
     finally:
         r.stop()
+
+
+GUEST = "192.168.123.2"
+
+
+def test_rfc5266_3_4_nothing_is_forwarded_to_the_guests_but_by_the_proven_path(world):
+    """A guest on a local bridge (libvirt's virbr*): the gate lets everything out to
+    it, so what the machine would forward to it from the access link is judged by
+    where it came from: nothing while undecided or in mc, the proven link in h."""
+    ip_batch(None, [f"link add virbr9 netns {MN} type veth peer name eth1 netns {VM}"])
+    ip_batch(MN, ["addr add 192.168.123.1/24 dev virbr9", "link set virbr9 up"])
+    ip_batch(VM, [f"addr add {GUEST}/24 dev eth1", "link set eth1 up"])
+    ip_batch(NET, [f"route add {GUEST}/32 via {LINK}"])
+    listener = Proc(VM, sys.executable, "-u", "-c",
+                    "import socket\n"
+                    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                    f"s.bind(('{GUEST}', 9999)); print('LISTENING')\n"
+                    "while True:\n"
+                    "    print('GOT', s.recv(100).decode())\n")
+    send = (f"import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.sendto(sys.argv[1].encode(), ('{GUEST}', 9999))")
+
+    def from_the_link(text: str) -> None:
+        subprocess.run(["ip", "netns", "exec", NET, sys.executable, "-c", send, text],
+                       check=True)
+    try:
+        listener.wait("LISTENING")
+        probe(None, [])
+        from_the_link("while-undecided")
+        probe({"iface": "eth0", "address": LINK, "mode": "mc", "tia": TIA}, [], install=False)
+        from_the_link("in-mc-in-clear")
+        probe({"iface": "eth0", "address": LINK, "mode": "h"}, [], install=False)
+        from_the_link("at-home")
+        # One path, in order: a datagram let through earlier would have come first.
+        assert listener.wait("GOT")[-1].split()[1] == "at-home"
+    finally:
+        listener.stop()
+        ip_batch(NET, [f"route del {GUEST}/32"])
+        ip_batch(MN, ["link del virbr9"])
