@@ -3,8 +3,9 @@
     python -m tests.gate_probe '{"decision": null | {...}, "tries": [...]}'
 
 Each try is ``{"src": addr|null, "sport": n|null, "dst": addr, "dport": n,
-"proto": "udp"|"icmp", "icmp_type": n, "iface": name|null, "helper": bool}``
-(``helper``: the socket carries the helper's mark).  Prints one JSON
+"proto": "udp"|"icmp"|"esp", "icmp_type": n, "iface": name|null, "helper": bool,
+"charon": bool, "uid": n}`` (``helper``, ``charon``: the socket carries the
+helper's or charon's mark; ``uid``: sent by a process of that uid, unmarked).  Prints one JSON
 list: for each try "sent" or "refused" (a netfilter drop of a local packet is
 EPERM for the sender: the kernel's own verdict, not ours).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 import socket
 import struct
 import sys
@@ -22,7 +24,7 @@ from typing import Any
 
 from app.api import Mode
 from app.net.gate import TrafficGate
-from app.net.gate_rules import HELPER_MARK, GatePolicy, ProvenPath
+from app.net.gate_rules import CHARON_MARK, HELPER_MARK, GatePolicy, ProvenPath
 
 POLICY = GatePolicy(IPv4Address("10.20.1.1"), IPv4Address("10.20.1.10"), "trmn0",
                     (IPv4Address("172.16.0.10"),))
@@ -35,7 +37,29 @@ def _checksum(data: bytes) -> int:
 
 
 def try_one(t: dict[str, Any]) -> str:
-    if t["proto"] == "udp":
+    uid = t.get("uid")
+    if uid is None:
+        return _try(t)
+    # Another user's process: the verdict comes back as the child's exit status.
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            code = {"sent": 0, "refused": 3}.get(_try(t), 4)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return {0: "sent", 3: "refused"}.get(os.waitstatus_to_exitcode(status), "error")
+
+
+def _try(t: dict[str, Any]) -> str:
+    if t["proto"] == "esp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ESP)
+        payload = bytes(16)  # an SPI, a sequence number, something encrypted
+    elif t["proto"] == "udp":
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         payload = b"normal traffic"
@@ -45,6 +69,8 @@ def try_one(t: dict[str, Any]) -> str:
         payload = struct.pack("!BBHI", t["icmp_type"], 0, _checksum(head), 0)
     if t.get("helper"):  # the helper's own sockets carry its mark
         s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)
+    if t.get("charon"):  # charon's, with socket-default.fwmark (or XFRM's set_mark_out)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, CHARON_MARK)
     if t.get("iface"):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, t["iface"].encode())
     if t.get("src") or t.get("sport"):

@@ -10,6 +10,7 @@ and a forwarded one never reaches the listener on the network side.
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -97,8 +98,8 @@ def test_rfc5266_3_4_only_the_decision_traffic_leaves_while_undecided(world):
         "registration to the home agent": udp(HA, 434, helper=True),
         "agent solicitation": {"proto": "icmp", "icmp_type": 10, "dst": "224.0.0.2",
                                "helper": True},
-        "IKE to a configured gateway": udp("172.16.0.10", 500),
-        "NAT-T to a configured gateway": udp("172.16.0.10", 4500),
+        "IKE to a configured gateway": udp("172.16.0.10", 500, charon=True),
+        "NAT-T to a configured gateway": udp("172.16.0.10", 4500, charon=True),
         # What the old gate let through, and must not:
         "source port 68 to an arbitrary host": udp("203.0.113.7", 53, sport=68),
         "source port 434 to an arbitrary host": udp("203.0.113.7", 53, sport=434),
@@ -117,6 +118,48 @@ def test_rfc5266_3_4_only_the_decision_traffic_leaves_while_undecided(world):
                "agent solicitation", "IKE to a configured gateway",
                "NAT-T to a configured gateway"}
     assert got == {k: "sent" if k in allowed else "refused" for k in tries}
+
+
+NOBODY_UID = 65534
+GW = "172.16.0.10"
+
+
+def test_rfc5266_3_4_the_gateways_are_reached_only_by_charons_marked_packets(world):
+    """IKE, NAT-T and ESP to a configured gateway leave while undecided only from
+    charon (its sockets' mark, socket-default.fwmark; kernel ESP's set_mark_out):
+    not from another user's process, not from root's without the mark, and not from
+    the home address even with it (MOBIKE could pick it where h or f left it)."""
+    ip_batch(MN, [f"addr add {HOME}/32 dev eth0"])
+    try:
+        tries = {
+            "charon's IKE": udp(GW, 500, charon=True),
+            "charon's NAT-T": udp(GW, 4500, charon=True, sport=4500),
+            "charon's ESP (kernel ESP: set_mark_out)": {"proto": "esp", "dst": GW,
+                                                         "charon": True},
+            # and not:
+            "nobody's datagram to port 500": udp(GW, 500, uid=NOBODY_UID),
+            "nobody's datagram to port 4500": udp(GW, 4500, uid=NOBODY_UID),
+            "root's unmarked datagram to port 500": udp(GW, 500),
+            "root's unmarked datagram to port 4500 from port 4500": udp(GW, 4500, sport=4500),
+            "root's unmarked ESP": {"proto": "esp", "dst": GW},
+            "the helper's mark is not charon's": udp(GW, 4500, helper=True),
+            "charon's mark from the home address": udp(GW, 4500, charon=True, src=HOME),
+            "charon's ESP from the home address": {"proto": "esp", "dst": GW, "src": HOME,
+                                                   "charon": True},
+        }
+        got = dict(zip(tries, probe(None, list(tries.values())), strict=True))
+        allowed = list(tries)[:3]
+        assert got == {k: "sent" if k in allowed else "refused" for k in tries}
+    finally:
+        ip_batch(MN, [f"addr del {HOME}/32 dev eth0"])
+
+
+def test_dhcp_leaves_only_by_the_limited_broadcast_while_undecided(world):
+    """Port 68 to port 67 is DHCP only to the limited broadcast (the link's server is
+    not known to the helper): not a way out to any host for whatever binds port 68."""
+    tries = [udp("255.255.255.255", 67, sport=68), udp("203.0.113.7", 67, sport=68),
+             udp("10.30.1.1", 67, sport=68)]
+    assert probe(None, tries) == ["sent", "refused", "refused"]
 
 
 def test_rfc5266_3_4_no_registration_from_the_home_address_except_probing_the_home_link(
@@ -185,7 +228,7 @@ def test_rfc5266_3_4_mode_mc_lets_out_only_mobile_ip_inside_the_vpn(world):
             "TIA -> home agent into the VPN (the tunnel's outer packets)":
                 udp(HA, 9999, src=TIA),
             "the registration through the VPN": udp(HA, 434, src=TIA, helper=True),
-            "IKE to the gateway": udp(GATEWAY, 4500, src=LINK),
+            "charon's IKE to the gateway": udp(GATEWAY, 4500, src=LINK, charon=True),
             "the helper's echo to the gateway": {"proto": "icmp", "icmp_type": 8,
                                                  "dst": GATEWAY, "helper": True},
             # and not:
@@ -306,3 +349,173 @@ def test_removing_the_gate_restores_the_host(world):
     s = subprocess.run(["ip", "netns", "exec", MN, "nft", "list", "tables"],
                        capture_output=True, text=True, check=True)
     assert "trustroam_gate" not in s.stdout
+
+
+def _ip4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0,
+                       IPv4Address(src).packed, IPv4Address(dst).packed)
+    s = sum(struct.unpack("!10H", head))
+    s = (s >> 16) + (s & 0xFFFF)
+    return head[:10] + struct.pack("!H", ~(s + (s >> 16)) & 0xFFFF) + head[12:] + payload
+
+
+def _udp_packet(src: str, dst: str, text: str) -> bytes:
+    data = text.encode()
+    return _ip4(src, dst, 17, struct.pack("!HHHH", 40000, 9999, 8 + len(data), 0) + data)
+
+
+FORGE = f"""
+import socket, sys
+kind, dst, data = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
+if kind == "udp":  # from an intranet address, as a host on the link can claim
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("{INTRANET}", 40000))
+    s.sendto(data, (dst, 9999))
+else:  # IP-in-IP with the home agent's address as outer source
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
+    s.bind(("{HA}", 0))
+    s.sendto(data, (dst, 0))
+"""
+
+INJECT = """
+import socket, sys
+# A frame arriving on ipsec0 from its peer: what charon's TUN hands the kernel.
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("vpnpeer", 0))
+mac = open("/sys/class/net/ipsec0/address").read().strip().replace(":", "")
+s.send(bytes.fromhex(mac) + bytes(6) + b"\\x08\\x00" + bytes.fromhex(sys.argv[1]))
+"""
+
+
+def forge(kind: str, dst: str, packet: bytes) -> None:
+    """From the link's other end (the network namespace), to the mobile node."""
+    subprocess.run(["ip", "netns", "exec", NET, sys.executable, "-c", FORGE, kind, dst,
+                    packet.hex()], check=True, timeout=30)
+
+
+@pytest.fixture
+def vpn_link(world: None) -> Iterator[None]:
+    """charon's TUN as kernel-libipsec has it (a veth here, its peer the "inside"),
+    the mobile node's loose rp_filter as on Debian, and the network side able to
+    address the home address and the TIA to the mobile node's link."""
+    ip_batch(MN, ["link add ipsec0 type veth peer name vpnpeer", f"addr add {TIA}/32 dev ipsec0",
+                  "link set ipsec0 up", "link set vpnpeer up"])
+    ip_batch(NET, [f"route add {HOME}/32 via {LINK}", f"route add {TIA}/32 via {LINK}"])
+    subprocess.run(["ip", "netns", "exec", MN, "sysctl", "-qw",
+                    "net.ipv4.conf.all.rp_filter=2"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["ip", "netns", "exec", MN, "sysctl", "-qw",
+                        "net.ipv4.conf.all.rp_filter=0"], check=True)
+        ip_batch(NET, [f"route del {HOME}/32", f"route del {TIA}/32"])
+        ip_batch(MN, ["link del ipsec0"])
+
+
+def receiver(mode: str, gate: bool) -> Proc:
+    r = Proc(MN, sys.executable, "-u", "-m", "tests.gate_receiver",
+             json.dumps({"mode": mode, "gate": gate, "tia": TIA}))
+    r.wait("READY")
+    return r
+
+
+def through_the_vpn(text: str) -> None:
+    """What the home agent tunnels to the TIA, as charon's TUN delivers it."""
+    packet = _ip4(HA, TIA, 4, _udp_packet(INTRANET, HOME, text))
+    subprocess.run(["ip", "netns", "exec", MN, sys.executable, "-c", INJECT, packet.hex()],
+                   check=True, timeout=30)
+
+
+def forgeries() -> list[str]:
+    """Sent on the link in clear: to the home address from an intranet host, and
+    IP-in-IP from the home agent's address to the TIA and to the link address."""
+    forge("udp", HOME, b"forged-clear")
+    forge("ipip", TIA, _udp_packet(INTRANET, HOME, "forged-ipip-tia"))
+    forge("ipip", LINK, _udp_packet(INTRANET, HOME, "forged-ipip-link"))
+    return ["forged-clear", "forged-ipip-tia", "forged-ipip-link"]
+
+
+def seen_before(r: Proc, marker: str) -> list[str]:
+    """What the receiver got, up to and including ``marker`` (sent last: one path in
+    order, so anything let through earlier arrives before it)."""
+    r.wait(f"GOT {marker}")
+    return [ln.split(" ", 1)[1].strip() for ln in r.out.seen if ln.startswith("GOT ")]
+
+
+def test_rfc5266_3_4_in_mc_nothing_reaches_the_home_address_in_clear_on_the_link(vpn_link):
+    """Mode mc with the helper's data plane and gate, rp_filter loose: packets to the
+    home address forged on the untrusted link (clear, or IP-in-IP claiming the home
+    agent) are not delivered; what the home agent tunnels through the VPN is."""
+    r = receiver("mc", gate=True)
+    try:
+        forgeries()
+        through_the_vpn("through-the-vpn")
+        assert seen_before(r, "through-the-vpn") == ["through-the-vpn"]
+    finally:
+        r.stop()
+
+
+def test_rfc5266_3_4_in_mc_the_tunnel_socket_takes_only_what_ipsec_delivers(vpn_link):
+    """Without any gate: the userspace tunnel's raw socket is bound to the TIA on
+    charon's TUN, so IP-in-IP claiming the home agent on the link is not
+    decapsulated.  (The clear packet does arrive: the weak host model and loose
+    rp_filter take it, which is why the gate filters what comes in; it also shows
+    the forged packets reach the mobile node.)"""
+    r = receiver("mc", gate=False)
+    try:
+        forgeries()
+        through_the_vpn("through-the-vpn")
+        assert seen_before(r, "through-the-vpn") == ["forged-clear", "through-the-vpn"]
+    finally:
+        r.stop()
+
+
+def test_rfc5266_3_4_in_mode_c_the_home_address_comes_only_out_of_the_tunnel(vpn_link):
+    """Mode c: the home agent's IP-in-IP to the care-of address is decapsulated; a
+    clear packet to the home address on the link is not delivered."""
+    r = receiver("c", gate=True)
+    try:
+        forge("udp", HOME, b"forged-clear")
+        forge("ipip", LINK, _udp_packet(INTRANET, HOME, "tunnelled"))
+        assert seen_before(r, "tunnelled") == ["tunnelled"]
+    finally:
+        r.stop()
+
+
+GUEST = "192.168.123.2"
+
+
+def test_rfc5266_3_4_nothing_is_forwarded_to_the_guests_but_by_the_proven_path(world):
+    """A guest on a local bridge (libvirt's virbr*): the gate lets everything out to
+    it, so what the machine would forward to it from the access link is judged by
+    where it came from: nothing while undecided or in mc, the proven link in h."""
+    ip_batch(None, [f"link add virbr9 netns {MN} type veth peer name eth1 netns {VM}"])
+    ip_batch(MN, ["addr add 192.168.123.1/24 dev virbr9", "link set virbr9 up"])
+    ip_batch(VM, [f"addr add {GUEST}/24 dev eth1", "link set eth1 up"])
+    ip_batch(NET, [f"route add {GUEST}/32 via {LINK}"])
+    listener = Proc(VM, sys.executable, "-u", "-c",
+                    "import socket\n"
+                    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                    f"s.bind(('{GUEST}', 9999)); print('LISTENING')\n"
+                    "while True:\n"
+                    "    print('GOT', s.recv(100).decode())\n")
+    send = (f"import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.sendto(sys.argv[1].encode(), ('{GUEST}', 9999))")
+
+    def from_the_link(text: str) -> None:
+        subprocess.run(["ip", "netns", "exec", NET, sys.executable, "-c", send, text],
+                       check=True)
+    try:
+        listener.wait("LISTENING")
+        probe(None, [])
+        from_the_link("while-undecided")
+        probe({"iface": "eth0", "address": LINK, "mode": "mc", "tia": TIA}, [], install=False)
+        from_the_link("in-mc-in-clear")
+        probe({"iface": "eth0", "address": LINK, "mode": "h"}, [], install=False)
+        from_the_link("at-home")
+        # One path, in order: a datagram let through earlier would have come first.
+        assert listener.wait("GOT")[-1].split()[1] == "at-home"
+    finally:
+        listener.stop()
+        ip_batch(NET, [f"route del {GUEST}/32"])
+        ip_batch(MN, ["link del virbr9"])

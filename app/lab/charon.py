@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.net.gate_rules import CHARON_MARK
+
 CHARON = "/usr/lib/ipsec/charon"
 PLUGINS = ("random nonce openssl pem pkcs1 x509 pubkey revocation constraints aes sha1 sha2 "
            "hmac gmp curve25519 kdf md5 kernel-libipsec kernel-netlink socket-default vici "
@@ -46,6 +48,8 @@ fails and the IKE SA dies (charon 5.9.8, seen in the lab)."""
 
 def strongswan_conf(d: Path, interfaces_use: str | None,
                     interfaces_ignore: str | None = None) -> str:
+    """Every lab charon marks its IKE sockets as a desktop's must (the MN's gate lets
+    only that mark reach the gateways; on the gateways the mark is inert)."""
     use = f"  interfaces_use = {interfaces_use}\n" if interfaces_use else ""
     if interfaces_ignore:
         use += f"  interfaces_ignore = {interfaces_ignore}\n"
@@ -57,6 +61,9 @@ def strongswan_conf(d: Path, interfaces_use: str | None,
   retransmit_timeout = 1.0
   retransmit_base = 1.4
 {use}  plugins {{
+    socket-default {{
+      fwmark = {CHARON_MARK:#x}
+    }}
     vici {{
       socket = unix://{d / "charon.vici"}
     }}

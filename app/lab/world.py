@@ -84,6 +84,11 @@ async def _ip_batch(lines: list[str], netns: str | None = None) -> None:
 
 
 def _sysctl_writes(node: str, router: bool) -> list[str]:
+    if node == MN:
+        # As a Debian desktop is (systemd's 50-default.conf): loose reverse-path
+        # filtering, which accepts a packet to the home address on any link that
+        # has some route back.  The gate, not rp_filter, must keep them out.
+        return ["net.ipv4.conf.all.rp_filter=2", "net.ipv4.conf.default.rp_filter=2"]
     settings = ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"]
     if router:
         settings.append("net.ipv4.ip_forward=1")

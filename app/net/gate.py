@@ -1,14 +1,14 @@
 """The traffic gate: an nftables table of the helper's own, keyed to the decision.
 
 The rules are :mod:`app.net.gate_rules`' (pure): while undecided only DHCP, the
-direct registration request, agent solicitation and IKE to the gateways leave;
-a trusted decision opens exactly the proven path (interface, care-of address,
-the mode's tunnel).  The table is ``inet trustroam_gate``; it is installed
-before the helper does anything else, every decision refills its ``proven``
-chains in one transaction, and removing the table is all it takes to put the
-host back (no other program's rules are touched).  If the helper dies, the
-table stays and keeps blocking: ``trustroamctl release-gate`` removes it
-deliberately.
+direct registration request, agent solicitation and charon's IKE to the gateways
+leave, and only their replies come in; a trusted decision opens exactly the
+proven path (interface, care-of address, the mode's tunnel), both ways.  The
+table is ``inet trustroam_gate``; it is installed before the helper does
+anything else, every decision refills its ``proven`` chains in one transaction,
+and removing the table is all it takes to put the host back (no other program's
+rules are touched).  If the helper dies, the table stays and keeps blocking:
+``trustroamctl release-gate`` removes it deliberately.
 
 Changes go through libnftables in-process (ctypes, well under a millisecond:
 the gate opens on the handover's critical path); where the library is missing,
@@ -18,6 +18,7 @@ through the ``nft`` program (~15 ms per change on a small VM).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -172,4 +173,8 @@ async def shut_left_gate() -> bool:
                       shutil.which("nft") or "nft")
     except GateError:
         return False  # no table: nothing was left
+    with contextlib.suppress(GateError):  # what comes in by that path too (a table
+        # from before the inbound half has no such chains)
+        await run_nft(f"flush chain inet {TABLE} proven_in\nflush chain inet {TABLE} "
+                      "proven_fwd\n", _libnftables(), shutil.which("nft") or "nft")
     return True

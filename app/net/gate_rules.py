@@ -8,13 +8,24 @@ matches none of them and is blocked from its first packet, whatever the helper
 has or has not read yet.
 
 While undecided (probing, untrusted, error, offline) only this leaves any
-interface but loopback: DHCP from the client port to the server port, the
-registration request to the configured home agent's port 434, agent
-solicitation to all-routers or the limited broadcast, and IKE/NAT-T/ESP to
-the configured VPN gateways.  IPv6 never leaves a managed link: RFC 5266 is an
-IPv4 design, and an IPv6 path would bypass both Mobile IP and the VPN.
-Forwarded traffic (containers, virtual machines, a shared connection) leaves
-only by a proven path.
+interface but loopback: DHCP from the client port to the server port of the
+limited broadcast, the helper's registration request to the configured home
+agent's port 434 and its agent solicitation (both from sockets with the
+helper's mark), and IKE/NAT-T/ESP to the configured VPN gateways from charon
+(its sockets' mark, ``charon.plugins.socket-default.fwmark``; kernel ESP's
+output carries the CHILD SA's ``set_mark_out``).  IPv6 never leaves a managed
+link: RFC 5266 is an IPv4 design, and an IPv6 path would bypass both Mobile IP
+and the VPN.  Forwarded traffic (containers, virtual machines, a shared
+connection) leaves only by a proven path.
+
+What comes in is keyed to the same decision (``input`` and ``forward``): the
+home address only from the proven path (the tunnel device in modes c and mc,
+the link in h and f), the tunnel's outer packets only from the home agent (in
+mc only through IPsec), and, whatever the decision, only the replies the
+undecided state needs: DHCP, registration replies to the helper's sockets,
+agent advertisements, IKE/NAT-T/ESP from the gateways to charon's sockets, the
+gateways' echo replies and ICMP errors about flows that were let out.  So
+rp_filter (loose on Debian) and the weak host model do not matter.
 
 Rendered as one ``inet`` table that :mod:`app.net.gate` replaces whole in one
 nftables transaction, so there is never a moment with half a rule set.
@@ -29,10 +40,17 @@ from app.api import Mode
 
 TABLE = "trustroam_gate"
 COUNTER = "blocked"
+COUNTER_IN = "blocked_in"
+"""Packets refused on the way in (a counter of their own: ``blocked`` counts what
+the machine tried to send)."""
 PRIORITY = 110
 """The gate's postrouting priority: after source NAT (100)."""
 HELPER_MARK = 0x5452
 """SO_MARK of the helper's own registration and solicitation sockets."""
+CHARON_MARK = 0x5453
+"""charon's mark: ``charon.plugins.socket-default.fwmark`` on its IKE sockets (which
+also carry kernel-libipsec's ESP, always UDP-encapsulated), and the CHILD SA's
+``set_mark_out`` on what kernel ESP sends.  Only these reach the gateways."""
 MIP_PORT = 434
 ALL_ROUTERS = IPv4Address("224.0.0.2")
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
@@ -86,7 +104,11 @@ def _q(name: str) -> str:
 def undecided_rules(policy: GatePolicy) -> list[str]:
     m = f"meta mark {HELPER_MARK:#x}"
     rules = [
-        "meta nfproto ipv4 udp sport 68 udp dport 67 accept",  # DHCP, client to server
+        # DHCP, client to server, by the limited broadcast only: the link's server
+        # is not known here, and "port 67 of any host" is a way out for anything
+        # bound to port 68.  A unicast renewal (RFC 2131 4.4.5) is refused where the
+        # proven path does not cover it; the client rebinds by broadcast at T2.
+        f"meta nfproto ipv4 udp sport 68 ip daddr {LIMITED_BROADCAST} udp dport 67 accept",
         # The direct probe and agent solicitation (RFC 5944 2.2): the helper's own
         # sockets only (marked), not any process that picks the same ports.
         # ... never from the home address (in clear on a network not proven trusted:
@@ -98,8 +120,11 @@ def undecided_rules(policy: GatePolicy) -> list[str]:
     ]
     if policy.gateways:
         gws = ", ".join(str(g) for g in policy.gateways)
-        rules += [f"ip daddr {{ {gws} }} udp dport {{ 500, 4500 }} accept",
-                  f"ip daddr {{ {gws} }} ip protocol esp accept",
+        # charon's packets only (its mark), never from the home address (MOBIKE
+        # could pick it while mode h or f left it on the link).
+        c = f"meta mark {CHARON_MARK:#x} ip saddr != {policy.home_address} ip daddr {{ {gws} }}"
+        rules += [f"{c} udp dport {{ 500, 4500 }} accept",
+                  f"{c} ip protocol esp accept",
                   # The VPN probe: the helper's echo to the gateway (RTT, liveness).
                   f"{m} ip daddr {{ {gws} }} icmp type echo-request accept"]
     return rules
@@ -162,24 +187,96 @@ def arp_rules(policy: GatePolicy, path: ProvenPath | None,
     return [*rules, f"{home} counter name {COUNTER} drop"]
 
 
-def local_rules(managed: frozenset[str] = frozenset()) -> list[str]:
+def undecided_in_rules(policy: GatePolicy) -> list[str]:
+    """What may come in whatever the decision: the replies the undecided state needs.
+    Never anything to the home address (that is the proven path's, or nobody's)."""
+    rules = [
+        f"ip daddr {policy.home_address} return",
+        "meta nfproto ipv4 udp sport 67 udp dport 68 accept",  # DHCP, server to client
+        # Registration replies, to the helper's own sockets only (nft's socket lookup).
+        f"ip saddr {policy.home_agent} udp sport {MIP_PORT} socket mark {HELPER_MARK:#x} "
+        "accept",
+        "icmp type router-advertisement accept",  # agent advertisements (RFC 5944 2.1)
+    ]
+    if policy.gateways:
+        gws = ", ".join(str(g) for g in policy.gateways)
+        rules += [f"ip saddr {{ {gws} }} udp sport {{ 500, 4500 }} socket mark "
+                  f"{CHARON_MARK:#x} accept",
+                  f"ip saddr {{ {gws} }} ip protocol esp accept",
+                  f"ip saddr {{ {gws} }} icmp type echo-reply accept"]  # the VPN probe
+    # ICMP errors about flows that were let out (e.g. fragmentation needed for IKE).
+    return [*rules, "meta l4proto icmp ct state related accept"]
+
+
+def proven_in_rules(policy: GatePolicy, path: ProvenPath | None,
+                    home_probe: str | None = None, forward: bool = False) -> list[str]:
+    """What the proven path lets in: the home address only by the mode's own way, the
+    tunnel's outer packets only from the home agent.  ``forward``: what it lets the
+    machine forward (to its guests): the same but the replies to the helper's
+    sockets (the kernel has no socket lookup there)."""
+    probe = [f"iifname {_q(home_probe)} ip saddr {policy.home_agent} ip daddr "
+             f"{policy.home_address} udp sport {MIP_PORT} socket mark {HELPER_MARK:#x} accept"
+             ] if home_probe and not forward else []
+    if path is None:
+        return probe
+    i = _q(path.iface)
+    ha = policy.home_agent
+    if path.mode is Mode.VPN:
+        # Mode mc: what the tunnel device delivers, and its outer packets only from
+        # the home agent to the TIA through IPsec: out of charon's TUN, or decrypted
+        # by kernel ESP (a secpath).  Nothing in clear on the link.
+        tia = path.tunnel_inner_address
+        return [*probe, f"iifname {_q(policy.tunnel)} accept",
+                f"iifname {_q(policy.vpn_device)} ip saddr {ha} ip daddr {tia} accept",
+                f"iifname {i} meta ipsec exists ip saddr {ha} ip daddr {tia} accept"]
+    if path.mode is Mode.COLOCATED:
+        # The tunnel device, and on the link only the home agent to the care-of
+        # address (IP-in-IP, RFC 3519 UDP, registration replies).
+        rules = [f"iifname {_q(policy.tunnel)} accept",
+                 f"iifname {i} ip saddr {ha} ip daddr {path.link_address} accept"]
+    else:
+        # h and f: the proven link is the path (IPv4: nothing IPv6 is decided on).
+        rules = [f"iifname {i} meta nfproto ipv4 accept"]
+    if path.foreign_agent is not None and not forward:
+        # The FA relays its reply to the home address on the link (RFC 5944 3.7.3).
+        rules.append(f"iifname {i} ip saddr {path.foreign_agent} udp sport {MIP_PORT} "
+                     f"socket mark {HELPER_MARK:#x} accept")
+    return [*probe, *rules]
+
+
+def local_rules(managed: frozenset[str] = frozenset(), way: str = "oifname",
+                verdict: str = "accept") -> list[str]:
     """Loopback and the container/VM bridges pass, unless one of them is an interface
     the helper manages (a bridge named like Docker's carrying the uplink): that one
-    is judged like any access link."""
+    is judged like any access link.  ``way``: ``iifname`` for what comes in."""
     rules = []
     for n in LOCAL_INTERFACES:
-        rule = f"oifname {_q(n)}"
+        rule = f"{way} {_q(n)}"
         if managed and n != "lo":
-            rule += " oifname != { " + ", ".join(_q(m) for m in sorted(managed)) + " }"
-        rules.append(rule + " accept")
+            rule += f" {way} != {{ " + ", ".join(_q(m) for m in sorted(managed)) + " }"
+        rules.append(f"{rule} {verdict}")
     return rules
 
 
+_TO_GUESTS = f"counter name {COUNTER_IN} drop"
+
+
+def _local_chains(managed: frozenset[str]) -> dict[str, list[str]]:
+    """The chains that name the local interfaces: what leaves to them and what comes
+    from them passes; what the machine would forward to them (its guests) from
+    anywhere else is judged here, by where it came from (the gate at postrouting
+    lets everything to a local interface pass)."""
+    return {"local": local_rules(managed), "local_in": local_rules(managed, "iifname"),
+            "to_guests": local_rules(managed, verdict=_TO_GUESTS)}
+
+
 def render_local(managed: frozenset[str]) -> str:
-    """The local chain again, in one transaction, when the helper manages a new link."""
-    return "\n".join([f"flush chain inet {TABLE} local",
-                      *(f"add rule inet {TABLE} local {r}" for r in local_rules(managed))]
-                     ) + "\n"
+    """The local chains again, in one transaction, when the helper manages a new link."""
+    script = []
+    for chain, rules in _local_chains(managed).items():
+        script.append(f"flush chain inet {TABLE} {chain}")
+        script += [f"add rule inet {TABLE} {chain} {r}" for r in rules]
+    return "\n".join(script) + "\n"
 
 
 def _chain(name: str, rules: list[str]) -> str:
@@ -195,13 +292,24 @@ def render(policy: GatePolicy, path: ProvenPath | None, home_probe: str | None =
         removal()
         + f"table inet {TABLE} {{\n"
         f"  counter {COUNTER} {{ }}\n"
-        + _chain("local", local_rules(managed))
+        f"  counter {COUNTER_IN} {{ }}\n"
+        + "".join(_chain(c, rules) for c, rules in _local_chains(managed).items())
         + _chain("undecided", undecided_rules(policy))
         + _chain("proven", proven_rules(policy, path, home_probe))
         # After source NAT (srcnat is 100): what leaves, with the address it leaves from.
         + _chain("gate", [f"type filter hook postrouting priority {PRIORITY}; policy accept;",
                           "jump local", "jump undecided", "jump proven",
                           f"counter name {COUNTER} drop"])
+        + _chain("undecided_in", undecided_in_rules(policy))
+        + _chain("proven_in", proven_in_rules(policy, path, home_probe))
+        # What comes in for the machine itself, and what it would forward (to guests).
+        + _chain("input", ["type filter hook input priority 0; policy accept;",
+                           "jump local_in", "jump proven_in", "jump undecided_in",
+                           f"counter name {COUNTER_IN} drop"])
+        + _chain("proven_fwd", proven_in_rules(policy, path, home_probe, forward=True))
+        # Forwarded to the guests: from a local interface or by the proven path only.
+        + _chain("forward", ["type filter hook forward priority 0; policy accept;",
+                             "jump local_in", "jump proven_fwd", "jump to_guests"])
         + "}\n"
         + f"table arp {TABLE} {{\n"
         f"  counter {COUNTER} {{ }}\n"
@@ -215,9 +323,14 @@ def render_decision(policy: GatePolicy, path: ProvenPath | None,
                     home_probe: str | None = None) -> str:
     """Only the decision's chains, refilled in one transaction (the counters keep
     counting).  Fails if the tables are gone: then :func:`render` installs them again."""
-    script = [f"flush chain inet {TABLE} proven", f"flush chain arp {TABLE} output"]
+    script = [f"flush chain inet {TABLE} {c}" for c in ("proven", "proven_in", "proven_fwd")]
+    script.append(f"flush chain arp {TABLE} output")
     script += [f"add rule inet {TABLE} proven {r}"
                for r in proven_rules(policy, path, home_probe)]
+    script += [f"add rule inet {TABLE} proven_in {r}"
+               for r in proven_in_rules(policy, path, home_probe)]
+    script += [f"add rule inet {TABLE} proven_fwd {r}"
+               for r in proven_in_rules(policy, path, home_probe, forward=True)]
     script += [f"add rule arp {TABLE} output {r}"
                for r in arp_rules(policy, path, home_probe)]
     return "\n".join(script) + "\n"

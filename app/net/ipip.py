@@ -270,6 +270,7 @@ def _raw_socket(proto: int, local_address: str | None) -> socket.socket:
     return sock
 
 
+IP_FREEBIND = 15
 SOCKET_BUFFER = 2 << 20
 """Bytes: a TSO aggregate from the peer arrives as a burst of up to 45 segments,
 and the default 208 KiB receive buffer dropped 5 % of a TCP stream's segments."""
@@ -363,6 +364,19 @@ class UserspaceTunnel:
         self.raw.close()
         if self.gre is not None:
             self.gre.close()
+
+    def bind(self, address: str, device: str) -> None:
+        """Receive only tunnels addressed to ``address`` that arrived on ``device``
+        (a mobile node's care-of address and its link, or in mode mc the TIA and
+        charon's TUN), and send from that address: a packet with a forged outer
+        source reaching another address or interface is not decapsulated.  Again
+        on every move (a raw socket may be bound any number of times)."""
+        for sock in (self.raw, self.gre):
+            if sock is None:
+                continue
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # the TIA may come later
+            sock.bind((address, 0))
 
     def attach_udp(self, udp_socket: socket.socket) -> None:
         """RFC 3519 tunnel data leaves from this socket (a home agent's port 434)."""

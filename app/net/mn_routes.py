@@ -177,7 +177,7 @@ class MobileNodeRoutes:
         index = await self._index(link.iface)
         routes: dict[str, dict[str, Any]] = {}
         if mode is Mode.COLOCATED:
-            tun = await self._tunnel_device(link.address.ip, udp)
+            tun = await self._tunnel_device(link.address.ip, udp, link.iface)
             await self._tunnel_mtu(tun, MTU)
             home_at = (tun, 32)
             routes[f"{self.home_agent}/32"] = {"gateway": str(link.gateway), "oif": index,
@@ -185,9 +185,11 @@ class MobileNodeRoutes:
             routes["0.0.0.0/0"] = {"oif": tun, "prefsrc": str(self.home)}
         elif mode is Mode.VPN:
             assert tia is not None
-            tun = await self._tunnel_device(tia)
-            home_at = (tun, 32)
             vpn = await self.ipr.link_lookup(ifname=VPN_DEVICE)
+            # Tunnelled packets come out of charon's TUN (kernel-libipsec), or, with
+            # kernel ESP, decrypted on the link.
+            tun = await self._tunnel_device(tia, device=VPN_DEVICE if vpn else link.iface)
+            home_at = (tun, 32)
             # Inside the VPN the tunnel's packets must fit charon's TUN whole: an
             # outer packet above its MTU would be fragmented before ESP.
             await self._tunnel_mtu(tun, min(MTU, _mtu(VPN_DEVICE, KERNEL_ESP_MTU) - 20))
@@ -312,8 +314,10 @@ class MobileNodeRoutes:
                             prefixlen=prefixlen)
         self._home_on = (index, prefixlen)
 
-    async def _tunnel_device(self, local: IPv4Address, udp: socket.socket | None = None
-                             ) -> int:
+    async def _tunnel_device(self, local: IPv4Address, udp: socket.socket | None = None,
+                             device: str | None = None) -> int:
+        """The tunnel from ``local`` (the care-of address) to the home agent; the
+        userspace one receives only what reaches ``local`` by ``device``."""
         if udp is not None and self.backend is Backend.KERNEL:
             raise OSError(EOPNOTSUPP, "RFC 3519 UDP tunnelling needs the userspace data "
                           "plane (trustroamd --dataplane userspace)")
@@ -338,6 +342,12 @@ class MobileNodeRoutes:
             self._tunnel_index = await self._index(TUNNEL)
             await self.ipr.link("set", index=self._tunnel_index, state="up", mtu=MTU)
         if self._tunnel is not None:
+            if device is not None:
+                try:
+                    self._tunnel.bind(str(local), device)
+                except OSError as exc:  # the gate's input chain still holds
+                    log.warning("%s: cannot bind the tunnel socket to %s on %s: %s", TUNNEL,
+                                local, device, exc.strerror)
             # RFC 3519: through a NAT the tunnel is UDP from the registration's own
             # socket (the NAT mapping the home agent bound); else plain IP-in-IP.
             if udp is not None:

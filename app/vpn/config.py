@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import ConfigError, Section, toml_string
+from app.net.gate_rules import CHARON_MARK
 
 CONNECTION = "trustroam"
 """The name of our connection in charon (one VPN profile active at a time)."""
@@ -389,6 +390,10 @@ def load_conn(cfg: VpnConfig, gateway: str, certs: Certificates = Certificates()
         "start_action": "none",
         "dpd_action": "clear",
         "close_action": "none",
+        # What kernel ESP sends for this SA carries charon's mark: the gate lets
+        # only that reach the gateways (kernel-libipsec's ESP leaves from charon's
+        # marked socket anyway).
+        "set_mark_out": f"{CHARON_MARK:#x}",
     }
     if cfg.esp_proposals:
         child["esp_proposals"] = list(cfg.esp_proposals)

@@ -122,6 +122,7 @@ def test_rfc5266_3_3_load_conn_asks_for_mobike_and_a_tia():
         "remote": {"id": "172.16.0.12", "auth": "psk"},
         "children": {"intranet": {"remote_ts": ["10.0.0.0/8"], "start_action": "none",
                                   "dpd_action": "clear", "close_action": "none",
+                                  "set_mark_out": "0x5453",
                                   "esp_proposals": ["aes128gcm16-x25519"]}},
     }}
 
