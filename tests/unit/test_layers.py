@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "app.config": {"app.mip"},
     "app.client_bus": set(),
     "app.net": {"app.net", "app.api", "app.mip", "app.config"},
-    "app.vpn": {"app.vpn", "app.api", "app.config", "app.mip"},
+    "app.vpn": {"app.vpn", "app.api", "app.config", "app.mip", "app.net.gate_rules"},
     "app.agents": {"app.agents", "app.mip", "app.net", "app.config", "app.api"},
     "app.mn": {"app.mn", "app.mip", "app.net", "app.vpn", "app.api", "app.config"},
     "app.service": {"app.service", "app.mn", "app.net", "app.vpn", "app.mip", "app.api",
