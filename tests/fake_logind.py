@@ -6,9 +6,7 @@ while a flag file exists.  The lab has no logind (no systemd in it)."""
 
 from pathlib import Path
 
-from dbus_next.constants import PropertyAccess
-from dbus_next.errors import DBusError
-from dbus_next.service import ServiceInterface, dbus_property, method
+from app.service.bus import DBusError, PropertyAccess, ServiceInterface, dbus_property, method
 
 NAME = "org.freedesktop.login1"
 SESSION_PATH = "/org/freedesktop/login1/session/lab1"

@@ -5,9 +5,8 @@ that never answers."""
 
 import asyncio
 
-from dbus_next.service import ServiceInterface, method
-
 from app.api import SECRET_AGENT_INTERFACE
+from app.service.bus import ServiceInterface, method
 
 
 class SecretAgent(ServiceInterface):

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dbus_next.message import Message
 
 from app.api import SECRET_AGENT_INTERFACE
 from app.lab.configs import HA, HOME, PROFILE_TOML, write_helper_files
 from app.lab.world import CHARON_DIR, STATE_DIR, LabState
+from app.service.bus import Message
 from tests.dbus_client import NOBODY, call, introspect, properties, run_as
 from tests.haproc import env
 from tests.lab.conftest import mn_address, ns_exec

@@ -15,15 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dbus_next.constants import MessageType, RequestNameReply
-from dbus_next.message import Message
-from dbus_next.signature import Variant
 
 from app.api import ERROR_INVALID, ERROR_NOT_AUTHORIZED, OBJECT_PATH
 from app.lab import polkit
 from app.lab.configs import MN_HA_KEY, PROFILE_TOML, ha_toml, write_helper_files
 from app.lab.world import CHARON_DIR
 from app.mn import profile as profiles
+from app.service.bus import Message, MessageBus, MessageType, RequestNameReply, Variant
 from tests import fake_logind
 from tests.dbus_client import NOBODY, call, hold_as, properties, run_as
 from tests.lab.conftest import ns_exec
@@ -223,7 +221,6 @@ def test_a_thousand_short_lived_registrations_leave_memory_flat(world):
         async def go(bus_unused):
             results = []
             address = os.environ["DBUS_SYSTEM_BUS_ADDRESS"]
-            from dbus_next.aio.message_bus import MessageBus
             for i in range(n):
                 bus = await MessageBus(bus_address=address).connect()
                 try:
@@ -362,7 +359,6 @@ def test_overlapping_connect_disconnect_reprobe_leave_one_driver_and_one_source(
     clean = helper_sockets(helper.p.pid)
 
     async def storm(bus_unused):
-        from dbus_next.aio.message_bus import MessageBus
         address = os.environ["DBUS_SYSTEM_BUS_ADDRESS"]
         buses = [await MessageBus(bus_address=address).connect() for _ in range(4)]
         ops = [("Connect", "s", ["corp"]), ("Disconnect", "", []), ("Reprobe", "", []),
