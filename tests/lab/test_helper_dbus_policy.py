@@ -303,7 +303,7 @@ def test_no_call_returns_a_traceback_or_a_file_path(world):
     assert listed and all(sorted(b[0]) == ["agentonly", "corp"] for b in listed), listed
 
 
-def test_refused_calls_log_one_line_each(world):
+def test_refused_calls_log_at_most_one_line_each(world):
     helper = world["helper"]
     assert isinstance(helper, Proc)
     as_root(world, lambda bus: call(bus, "SetPolicy", "s", ["never-vpn"]))
@@ -317,10 +317,14 @@ def test_refused_calls_log_one_line_each(world):
     assert all(not ok and ERROR_NOT_AUTHORIZED in text for ok, text in results), results
     as_root(world, lambda bus: call(bus, "SetPolicy", "s", ["auto"]))
     lines = helper.wait("policy policy=auto")[:-1]
-    # Lines the helper's own events write (probes, renewals) may interleave.
-    theirs = [ln for ln in lines if " trustroam.helper INFO " not in ln]
-    assert len(theirs) == 5, "".join(lines)
-    assert all(" INFO refused " in ln for ln in theirs), "".join(lines)
+    # Lines the helper's own events write (probes, renewals, the gate) may interleave.
+    theirs = [ln for ln in lines if " trustroam.service" in ln or "Traceback" in ln
+              or not ln.startswith("20")]
+    # At most one line per refusal, and fewer once refusals come in bursts (the log
+    # is rate-limited: earlier tests here have used its budget).
+    assert len(theirs) <= 5, "".join(lines)
+    assert all(" INFO refused " in ln or "more such lines left out" in ln
+               for ln in theirs), "".join(lines)
 
 
 def helper_sockets(pid: int) -> dict[str, int]:
