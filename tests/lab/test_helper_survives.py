@@ -99,11 +99,15 @@ FLOODS = [
     ("Introspect", "org.freedesktop.DBus.Introspectable", "", b"", 1000),
     ("GetHistory", "org.trustroam.Helper1", "u", uint_body(1000), 300),
     ("Connect", "org.trustroam.Helper1", "s", string_body("corp"), 1000),
+    # dbus-fast 5.2.0's own writer survives the bursts above here, but not this one
+    # (seen: NoReply, then ServiceUnknown): it drops the connection on EAGAIN too.
+    ("GetAll", "org.freedesktop.DBus.Properties", "s", string_body("org.trustroam.Helper1"),
+     8000),
 ]
 
 
 @pytest.mark.parametrize(("member", "interface", "sig", "body", "count"), FLOODS,
-                         ids=[f[0] for f in FLOODS])
+                         ids=[f"{f[0]}-{f[4]}" for f in FLOODS])
 def test_a_flood_of_calls_from_nobody_leaves_the_helper_serving_and_the_gate_in_place(
         world, member, interface, sig, body, count):
     before = settled(world)
@@ -126,8 +130,9 @@ def test_a_flood_of_calls_from_nobody_leaves_the_helper_serving_and_the_gate_in_
         lines = helper_of(world).wait("policy policy=auto")
         refusals = [ln for ln in lines if "refused" in ln]
         assert len(refusals) <= 20, "".join(refusals[-5:])
-    else:
-        assert answers["ok"] == count, answers
+    else:  # the bus daemon may refuse some itself (nobody's pending-call quota)
+        assert set(answers) <= {"ok", "org.freedesktop.DBus.Error.LimitsExceeded"}, answers
+        assert answers["ok"] >= min(count, 1000), answers
 
 
 def test_forged_prepare_for_sleep_from_nobody_does_not_reprobe(world):
