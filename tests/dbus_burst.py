@@ -14,6 +14,8 @@ from collections import Counter
 
 from app.api import BUS_NAME, INTERFACE, OBJECT_PATH
 
+NO_REPLY_EXPECTED = 1
+
 
 def _pad(b: bytes, n: int) -> bytes:
     return b + b"\0" * (-len(b) % n)
@@ -115,11 +117,16 @@ def burst(address: str, member: str, count: int, *, interface: str = INTERFACE,
     _read_answers(sk, 1)
     blob = b"".join(_call(i + 2, BUS_NAME, OBJECT_PATH, interface, member, sig, body, flags)
                     for i in range(count))
+    # Then a Ping, answered after the burst: with NO_REPLY_EXPECTED (flags 1) it is
+    # the only answer, and says the burst has been read.
+    blob += _call(count + 2, BUS_NAME, OBJECT_PATH, "org.freedesktop.DBus.Peer", "Ping")
     sk.sendall(blob)
     try:
-        return _read_answers(sk, count)
+        got = _read_answers(sk, (0 if flags & NO_REPLY_EXPECTED else count) + 1)
     finally:
         sk.close()
+    got["ok"] -= 1  # the Ping
+    return +got  # without zero counts
 
 
 def burst_as(uid: int, address: str, member: str, count: int, **kw: object) -> Counter[str]:

@@ -95,6 +95,17 @@ class SenderAwareBus(MessageBus):
 
         return handler
 
+    def _future_exception_no_reply(self, fut: Any) -> None:
+        # A call sent with NO_REPLY_EXPECTED that failed: dbus-fast would log its
+        # traceback, one per call, for any caller to repeat.
+        self._pending_futures.discard(fut)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None and not isinstance(exc, DBusError):
+            QUIET(logging.ERROR, "internal error in a call without reply: %s: %s",
+                  type(exc).__name__, " ".join(str(exc).split())[:200])
+
 
 class _OneLineReply:
     """What the library's method handlers call to answer ``msg`` (its SendReply's

@@ -21,7 +21,7 @@ from app.lab import nm as lab_nm
 from app.lab.configs import ha_toml, write_helper_files
 from app.service.bus import Message, MessageFlag, Variant
 from app.service.limits import CHECKS_PER_NAME
-from tests.dbus_burst import burst_as, string_body, uint_body
+from tests.dbus_burst import NO_REPLY_EXPECTED, burst_as, string_body, uint_body
 from tests.dbus_client import NOBODY, call, hold_as, properties, run_as
 from tests.lab.conftest import ns_exec
 from tests.lab.procs import Proc
@@ -133,6 +133,20 @@ def test_a_flood_of_calls_from_nobody_leaves_the_helper_serving_and_the_gate_in_
     else:  # the bus daemon may refuse some itself (nobody's pending-call quota)
         assert set(answers) <= {"ok", "org.freedesktop.DBus.Error.LimitsExceeded"}, answers
         assert answers["ok"] >= min(count, 1000), answers
+
+
+def test_calls_without_reply_from_nobody_leave_no_traceback_in_the_log(world):
+    """Refused calls sent with NO_REPLY_EXPECTED: dbus-fast would log a traceback
+    for each (about 15 lines)."""
+    answers = burst_as(NOBODY, str(world["bus"]), "Connect", 300, sig="s",
+                       body=string_body("corp"), flags=NO_REPLY_EXPECTED)
+    assert sum(answers.values()) == 0, answers  # none asked for, none sent
+    ok, text = as_root(world, lambda bus: call(bus, "SetPolicy", "s", ["auto"]))
+    assert ok, text
+    lines = helper_of(world).wait("policy policy=auto")
+    assert not [ln for ln in lines if "Traceback" in ln or "unexpected exception" in ln], \
+        "".join(lines[-30:])
+    assert helper_of(world).p.poll() is None
 
 
 def test_forged_prepare_for_sleep_from_nobody_does_not_reprobe(world):
