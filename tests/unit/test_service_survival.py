@@ -269,3 +269,22 @@ async def test_the_clean_stop_under_lockdown_leaves_the_gate_shut(tmp_path):
 def test_the_policy_and_profile_come_back_from_the_state(tmp_path):
     helper, _ = a_helper(tmp_path, initial=HelperState(Policy.ALWAYS_VPN, "corp"))
     assert helper.policy is Policy.ALWAYS_VPN and helper.last_profile == "corp"
+
+
+async def test_an_agents_name_is_forgotten_only_on_the_bus_daemons_name_owner_changed():
+    """daemon.watch_names_lost: a NameOwnerChanged forged by a client (any uid can
+    send one, unicast to the helper) must not drop another user's agent."""
+    from app.service.daemon import watch_names_lost
+    bus = LogindBus(None)
+    lost: list[str] = []
+    await watch_names_lost(bus, lost.append)  # type: ignore[arg-type]
+    [rule] = [m.body[0] for m in bus.calls if m.member == "AddMatch"]
+    assert "sender='org.freedesktop.DBus'" in rule
+    forged = signal(":1.66", "NameOwnerChanged", [":1.7", ":1.7", ""],
+                    "/org/freedesktop/DBus", "org.freedesktop.DBus", "sss")
+    bus.deliver(forged)
+    assert lost == []
+    real = signal("org.freedesktop.DBus", "NameOwnerChanged", [":1.7", ":1.7", ""],
+                  "/org/freedesktop/DBus", "org.freedesktop.DBus", "sss")
+    bus.deliver(real)
+    assert lost == [":1.7"]
