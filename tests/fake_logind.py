@@ -35,9 +35,14 @@ class Manager(ServiceInterface):
 
 
 class Session(ServiceInterface):
-    def __init__(self, active_flag: Path) -> None:
+    def __init__(self, active_flag: Path, uid: int) -> None:
         super().__init__("org.freedesktop.login1.Session")
         self.active_flag = active_flag
+        self.uid = uid
+
+    @dbus_property(access=PropertyAccess.READ)
+    def User(self) -> "(uo)":  # noqa: F821
+        return [self.uid, f"/org/freedesktop/login1/user/_{self.uid}"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Active(self) -> "b":  # noqa: F821

@@ -191,3 +191,37 @@ async def session_check(bus: MessageBus, peer: Peer) -> str | None:
     if isinstance(value, Variant) and value.value is True:
         return None
     return "its login session is not the active one"
+
+
+async def session_owner_check(bus: MessageBus, peer: Peer) -> str | None:
+    """None if ``peer`` may register a secret agent: no logind runs (the uid rule
+    alone applies), or its process is in a login session of its own uid, active or
+    not; else why not.  The table of agents is shared by all uids: without this a
+    user with a range of subordinate uids (or any uid with no session) could fill
+    it (security review 2026-12-07, finding 10)."""
+    if peer.pid is None:
+        return "its process is unknown"
+    try:
+        reply = await call(bus, Message(
+            destination=LOGIND, path="/org/freedesktop/login1",
+            interface="org.freedesktop.login1.Manager", member="GetSessionByPID",
+            signature="u", body=[peer.pid]), BUS_TIMEOUT, "logind")
+    except PeerError as exc:
+        if exc.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
+                              "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            return None
+        if exc.error_name == "org.freedesktop.login1.NoSessionForPID":
+            return "it is in no login session"
+        return str(exc)
+    try:
+        user = await call(bus, Message(
+            destination=LOGIND, path=str(reply.body[0]),
+            interface="org.freedesktop.DBus.Properties", member="Get", signature="ss",
+            body=["org.freedesktop.login1.Session", "User"]), BUS_TIMEOUT, "logind")
+    except PeerError as exc:
+        return str(exc)
+    value = user.body[0]
+    owner = value.value[0] if isinstance(value, Variant) and value.value else None
+    if owner != peer.uid:
+        return f"its login session belongs to uid {owner}"
+    return None

@@ -332,6 +332,12 @@ class HelperInterface(ServiceInterface):
             raise DBusError(ERROR_INVALID, "path: too long")
         async with self._admitted():
             peer = await self._peer(msg.sender)
+            if peer.uid != 0:
+                why = await busio.session_owner_check(self.authorizer.bus, peer)
+                if why is not None:
+                    raise self._failed("RegisterSecretAgent", AgentRefused(
+                        f"a secret agent must run in a login session of its own uid: {why}"),
+                        ERROR_INVALID)
         try:
             self.helper.secrets.register_agent(peer, path)
         except AgentRefused as exc:

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from app.api import ERROR_INVALID
 from app.lab import nm as lab_nm
 from app.lab.configs import ha_toml, write_helper_files
-from app.service.bus import Message, MessageFlag, Variant
+from app.service.bus import Message, MessageFlag, RequestNameReply, Variant
 from app.service.limits import CHECKS_PER_NAME
+from tests import fake_logind
 from tests.dbus_burst import NO_REPLY_EXPECTED, burst_as, string_body, uint_body
 from tests.dbus_client import NOBODY, call, hold_as, properties, run_as
 from tests.lab.conftest import ns_exec
@@ -298,3 +300,35 @@ def test_the_bus_daemon_killed_under_the_helper_exits_non_zero_keeps_the_gate_an
     assert (props["Profile"], props["Policy"]) == ("corp", "never-vpn"), props
     ok, body = as_root(world, lambda bus: call(bus, "SetPolicy", "s", ["auto"]))
     assert ok, body
+
+
+USER = 1  # "daemon": a local user with a (stand-in) login session
+
+
+def test_where_logind_runs_only_a_process_in_a_session_of_its_own_uid_registers_an_agent(
+        world, tmp_path):
+    """Review finding 10: the table of secret agents is shared by all uids, and any
+    uid (nobody, or each uid of a subordinate range) could take a place in it.
+    With logind (tests/fake_logind.py: a session for uid 1 only) nobody's agent is
+    refused and the user's is taken."""
+    active = tmp_path / "active"
+    active.touch()
+    tmp_path.chmod(0o755)
+
+    async def logind(bus):
+        bus.export("/org/freedesktop/login1", fake_logind.Manager(USER))
+        bus.export(fake_logind.SESSION_PATH, fake_logind.Session(active, USER))
+        assert await bus.request_name(fake_logind.NAME) == RequestNameReply.PRIMARY_OWNER
+        return lambda: None
+
+    async def register(bus):
+        return await call(bus, "RegisterSecretAgent", "o", [AGENT_PATH])
+    login = hold_as(None, str(world["bus"]), logind)
+    try:
+        nobody = run_as(NOBODY, str(world["bus"]), register)
+        user = run_as(USER, str(world["bus"]), register)
+    finally:
+        login.stop()
+    assert not nobody[0] and ERROR_INVALID in nobody[1], nobody
+    assert "login session" in nobody[1], nobody
+    assert user == (True, []), user

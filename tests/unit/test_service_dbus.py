@@ -226,3 +226,17 @@ async def test_polkit_limits_exceeded_is_a_refusal_logged_rate_limited(caplog):
     results = [await auth.check(":1.5", "org.trustroam.connect", uid=1001) for _ in range(100)]
     assert all(not ok and "polkit is busy" in why for ok, why in results)
     assert len(caplog.records) <= polkit_mod.QUIET.burst
+
+
+@pytest.mark.parametrize(("script", "why"), [
+    ([("org.freedesktop.DBus.Error.ServiceUnknown", "", [])], None),  # no logind
+    ([("org.freedesktop.login1.NoSessionForPID", "", [])], "in no login session"),
+    ([(None, "o", ["/s/1"]), (None, "v", [Variant("(uo)", [1000, "/u/1000"])])], None),
+    # uid 1000's process inside uid 7's session (a subordinate uid of uid 7's range)
+    ([(None, "o", ["/s/1"]), (None, "v", [Variant("(uo)", [7, "/u/7"])])],
+     "belongs to uid 7"),
+])
+async def test_an_agent_registers_only_from_a_session_of_its_own_uid(monkeypatch, script, why):
+    monkeypatch.setattr(busio, "BUS_TIMEOUT", 0.05)
+    got = await busio.session_owner_check(ScriptedBus(*script), Peer(":1.7", 1000, 4242))
+    assert got == why if why is None else why in got
