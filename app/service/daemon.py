@@ -38,7 +38,7 @@ from app.net.sleep import ResumeWatcher
 from app.service import bus as busio
 from app.service.bus import BusType, Message, MessageBus, MessageType, RequestNameReply
 from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_agent
-from app.service.helper import Helper, HelperError, gate_policy, load_profile
+from app.service.helper import Helper, HelperError, LeftGate, gate_policy, load_profile
 from app.service.polkit import Authorizer
 from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
 from app.service.state import DEFAULT_DIR as DEFAULT_STATE_DIR
@@ -92,7 +92,8 @@ async def serve(args: argparse.Namespace) -> int:
         p = profiles.load(path)
         first = first or p.name
     first = first or kept.profile  # the profile connected when the last helper ended
-    if await shut_left_gate():
+    left = await shut_left_gate()
+    if left:
         log.info("a gate left by an earlier helper: its proven path is shut")
     installed = await _gate_first(args, first)
     backend = await default_backend() if args.dataplane == "auto" else Backend(args.dataplane)
@@ -104,6 +105,10 @@ async def serve(args: argparse.Namespace) -> int:
                     secrets=secrets, backend=backend, links=args.links, bus=bus,
                     vici_socket=args.vici_socket, state_dir=args.state_dir,
                     lockdown=args.lockdown, initial=kept)
+    if left and not installed:
+        # Nothing to connect: the gate left behind stays shut until a Connect
+        # replaces it or configure lifts it (SetPolicy auto or never-vpn).
+        helper.held_gate = LeftGate()
     face = HelperInterface(helper, Authorizer(bus))
 
     def lost(name: str) -> None:

@@ -29,7 +29,7 @@ from app.config import ConfigError
 from app.mn import profile as profiles
 from app.mn.driver import MobileNodeDriver
 from app.mn.profile import Profile
-from app.net.gate import GatePolicy, TrafficGate
+from app.net.gate import GatePolicy, TrafficGate, remove_table
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import TUNNEL, Backend, MobileNodeRoutes
 from app.net.nm_links import NmLinks, nm_running
@@ -138,6 +138,17 @@ class HelperError(Exception):
     """A request the helper cannot carry out; the message is for the user."""
 
 
+class HeldGate(Protocol):
+    async def remove(self) -> None: ...
+
+
+class LeftGate:
+    """A gate an earlier helper left (shut at start): held like a Disconnect's."""
+
+    async def remove(self) -> None:
+        await remove_table()
+
+
 class _LinkSource(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -166,7 +177,7 @@ class Helper:
         """An administrator's kill switch: a user's Disconnect leaves the gate shut."""
         self.policy = initial.policy if initial is not None else Policy.AUTO
         self.last_profile = initial.profile if initial is not None else None
-        self.held_gate: TrafficGate | None = None
+        self.held_gate: HeldGate | None = None
         """The shut gate a user's Disconnect left (always-vpn or lockdown): lifted only
         by a SetPolicy (org.trustroam.configure) to auto or never-vpn, or by root."""
         self.driver: MobileNodeDriver | None = None

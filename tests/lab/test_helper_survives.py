@@ -19,7 +19,9 @@ import pytest
 
 from app.api import ERROR_INVALID
 from app.lab import nm as lab_nm
+from app.lab import polkit as lab_polkit
 from app.lab.configs import ha_toml, write_helper_files
+from app.lab.world import CHARON_DIR
 from app.service.bus import Message, MessageFlag, RequestNameReply, Variant
 from app.service.limits import CHECKS_PER_NAME
 from tests import fake_logind
@@ -30,6 +32,7 @@ from tests.lab.procs import Proc
 from tests.secret_agent import SilentPolkitAgent
 
 AGENT_PATH = "/org/trustroam/test/polkitagent"
+USER = 1  # "daemon": a local user other than root and nobody
 
 
 def start_helper(bus: str, d: Path, *extra: str) -> Proc:
@@ -234,26 +237,58 @@ def test_polkit_checks_are_bounded_per_caller_with_an_agent_that_never_answers(w
     assert seen["answered"] >= calls - CHECKS_PER_NAME, seen
 
 
-def test_disconnect_under_always_vpn_leaves_the_gate_shut_until_configure_lifts_it(world):
-    """Review finding 3: an ordinary user's Disconnect removed the gate that an
-    administrator's always-vpn keeps."""
-    settled(world)
-
-    async def go(bus):
-        steps = [await call(bus, "SetPolicy", "s", ["always-vpn"]),
-                 await call(bus, "Disconnect")]
-        return steps
-    steps = as_root(world, go)
-    assert all(ok for ok, _ in steps), steps
+@pytest.mark.parametrize("lockdown", [False, True], ids=["always-vpn", "lockdown"])
+def test_a_users_disconnect_under_always_vpn_or_lockdown_leaves_the_gate_shut(
+        world, lockdown):
+    """Review finding 3: an ordinary user's Disconnect (org.trustroam.connect)
+    removed the gate that an administrator's always-vpn keeps; with the helper's
+    lockdown it must stay too.  Lifting it needs org.trustroam.configure.  The user
+    is uid 1 ("daemon"), granted only org.trustroam.connect by a polkit rule, as
+    an active local user is."""
+    rules = lab_polkit.rules_dir(CHARON_DIR / "nm") / "50-trustroam-lab-user.rules"
+    rules.write_text('polkit.addRule(function(action, subject) {\n'
+                     '  if (action.id == "org.trustroam.connect" && subject.user == "daemon")\n'
+                     '    return polkit.Result.YES;\n});\n')
+    rules.chmod(0o644)
+    d = Path(str(world["dir"]))
     try:
+        if lockdown:
+            helper_of(world).stop()
+            world["helper"] = None
+            world["helper"] = start_helper(str(world["bus"]), d, "--connect", "corp",
+                                           "--lockdown")
+        else:
+            ok, body = as_root(world, lambda bus: call(bus, "SetPolicy", "s", ["always-vpn"]))
+            assert ok, body
+        settled(world)
+
+        async def user_disconnects(bus):
+            async with asyncio.timeout(10):  # polkitd reloads its rules on its own
+                while True:
+                    ok, text = await call(bus, "Disconnect")
+                    if ok or "NotAuthorized" not in text:
+                        break
+                    await asyncio.sleep(0.1)
+            return (ok, text), await call(bus, "SetPolicy", "s", ["auto"])
+        (ok, text), lift = run_as(USER, str(world["bus"]), user_disconnects)
+        assert ok, text
         assert "inet trustroam_gate" in gate_tables()
         assert proven_rules() == []  # shut: only what the undecided state allows
-    finally:
+        assert not lift[0] and "NotAuthorized" in lift[1], lift  # not the user's to lift
+        assert "inet trustroam_gate" in gate_tables()
         ok, body = as_root(world, lambda bus: call(bus, "SetPolicy", "s", ["auto"]))
-    assert ok, body
-    assert "trustroam_gate" not in gate_tables()  # configure lifted it
-    ok, body = as_root(world, lambda bus: call(bus, "Connect", "s", ["corp"]))
-    assert ok, body
+        assert ok, body
+        assert "trustroam_gate" not in gate_tables()  # configure lifted it
+    finally:
+        rules.unlink()
+        if lockdown:
+            helper = world["helper"]
+            if isinstance(helper, Proc):
+                helper.stop()
+            world["helper"] = start_helper(str(world["bus"]), d, "--connect", "corp")
+        else:
+            as_root(world, lambda bus: call(bus, "SetPolicy", "s", ["auto"]))
+            as_root(world, lambda bus: call(bus, "Connect", "s", ["corp"]))
 
 
 def test_the_bus_daemon_killed_under_the_helper_exits_non_zero_keeps_the_gate_and_a_restart_adopts_it(  # noqa: E501
@@ -301,8 +336,6 @@ def test_the_bus_daemon_killed_under_the_helper_exits_non_zero_keeps_the_gate_an
     ok, body = as_root(world, lambda bus: call(bus, "SetPolicy", "s", ["auto"]))
     assert ok, body
 
-
-USER = 1  # "daemon": a local user with a (stand-in) login session
 
 
 def test_where_logind_runs_only_a_process_in_a_session_of_its_own_uid_registers_an_agent(
