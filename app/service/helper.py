@@ -291,6 +291,8 @@ class Helper:
         async with self._lock:
             hold = self.policy is Policy.ALWAYS_VPN or self.lockdown
             gate = self.driver.gate if self.driver is not None else None
+            if hold and gate is not None:
+                await gate.decide(None)  # shut before the routes go, and after
             await self._disconnect(quiet=quiet, keep_gate=hold and gate is not None)
             if hold and gate is not None:
                 await gate.decide(None)
@@ -305,6 +307,8 @@ class Helper:
         lockdown, where the gate stays installed and shut."""
         async with self._lock:
             gate = self.driver.gate if self.driver is not None else None
+            if self.lockdown and gate is not None:
+                await gate.decide(None)  # shut before the routes go, and after
             await self._disconnect(quiet=True, keep_gate=self.lockdown)
             if self.lockdown and gate is not None:
                 await gate.decide(None)

@@ -243,7 +243,7 @@ async def test_a_users_disconnect_under_always_vpn_or_lockdown_leaves_the_gate_s
     helper, gate = a_helper(tmp_path, lockdown=lockdown)
     helper.set_policy(policy)
     await helper.disconnect()
-    assert not gate.removed and gate.decisions == [None]  # installed, shut
+    assert not gate.removed and gate.decisions == [None, None]  # shut before and after
     assert helper.held_gate is gate
     assert state.load(tmp_path / "state") == HelperState(Policy(policy), None)
     helper.set_policy("always-vpn")  # configure, but still always-vpn: stays
@@ -263,7 +263,7 @@ async def test_a_disconnect_under_auto_removes_the_gate(tmp_path):
 async def test_the_clean_stop_under_lockdown_leaves_the_gate_shut(tmp_path):
     helper, gate = a_helper(tmp_path, lockdown=True)
     await helper.stop()
-    assert not gate.removed and gate.decisions == [None]
+    assert not gate.removed and gate.decisions == [None, None]
 
 
 def test_the_policy_and_profile_come_back_from_the_state(tmp_path):
