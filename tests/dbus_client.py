@@ -9,12 +9,8 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import BusType, MessageType
-from dbus_next.message import Message
-from dbus_next.signature import Variant
-
 from app.api import BUS_NAME, INTERFACE, OBJECT_PATH
+from app.service.bus import BusType, Message, MessageBus, MessageType, Variant
 
 NOBODY = 65534
 

@@ -6,9 +6,7 @@ while a flag file exists.  The lab has no logind (no systemd in it)."""
 
 from pathlib import Path
 
-from dbus_next.constants import PropertyAccess
-from dbus_next.errors import DBusError
-from dbus_next.service import ServiceInterface, dbus_property, method
+from app.service.bus import DBusError, PropertyAccess, ServiceInterface, dbus_property, method
 
 NAME = "org.freedesktop.login1"
 SESSION_PATH = "/org/freedesktop/login1/session/lab1"
@@ -37,9 +35,14 @@ class Manager(ServiceInterface):
 
 
 class Session(ServiceInterface):
-    def __init__(self, active_flag: Path) -> None:
+    def __init__(self, active_flag: Path, uid: int) -> None:
         super().__init__("org.freedesktop.login1.Session")
         self.active_flag = active_flag
+        self.uid = uid
+
+    @dbus_property(access=PropertyAccess.READ)
+    def User(self) -> "(uo)":  # noqa: F821
+        return [self.uid, f"/org/freedesktop/login1/user/_{self.uid}"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Active(self) -> "b":  # noqa: F821

@@ -5,9 +5,8 @@ that never answers."""
 
 import asyncio
 
-from dbus_next.service import ServiceInterface, method
-
 from app.api import SECRET_AGENT_INTERFACE
+from app.service.bus import ServiceInterface, method
 
 
 class SecretAgent(ServiceInterface):
@@ -35,3 +34,23 @@ class SilentAgent(ServiceInterface):
         self.asked.append(profile)
         await asyncio.Event().wait()
         return {}
+
+
+class SilentPolkitAgent(ServiceInterface):
+    """A polkit authentication agent that never answers (any uid may register one
+    for its own process)."""
+
+    def __init__(self) -> None:
+        super().__init__("org.freedesktop.PolicyKit1.AuthenticationAgent")
+        self.begun = 0
+
+    @method()
+    async def BeginAuthentication(self, action_id: "s", message: "s", icon_name: "s",  # noqa: F821
+                                  details: "a{ss}", cookie: "s",  # noqa: F722, F821
+                                  identities: "a(sa{sv})") -> None:  # noqa: F722
+        self.begun += 1
+        await asyncio.Event().wait()
+
+    @method()
+    def CancelAuthentication(self, cookie: "s") -> None:  # noqa: F821
+        pass

@@ -1,4 +1,4 @@
-"""Link snapshots from NetworkManager over D-Bus (dbus-next).
+"""Link snapshots from NetworkManager over D-Bus.
 
 The managed device's ``State`` (activated or not), its ``Ip4Config``'s
 ``AddressData`` and ``Gateway`` make a :class:`LinkSnapshot`; its ``Dhcp4Config``'s
@@ -19,12 +19,9 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import MessageType
-from dbus_next.message import Message
-
 from app.net.carrier import CarrierWatch
 from app.net.links import LinkSnapshot
+from app.service.bus import Message, MessageBus, MessageType
 
 log = logging.getLogger("trustroam.net.nm")
 NM = "org.freedesktop.NetworkManager"

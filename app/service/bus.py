@@ -1,21 +1,112 @@
-"""Outgoing D-Bus calls of the helper, each bounded in time and naming its peer.
+"""The helper's D-Bus library, in one place, and its outgoing calls.
 
-The helper waits on other programs (polkitd, logind, the users' secret agents);
-none of them may hold a request forever, and when one does not answer the
-message says which.
+Every helper-side module takes the library's names from here (``Message``,
+``MessageBus``, ``Variant``...): a later swap of the library changes this file.
+The library is dbus-fast (the maintained fork of dbus-next, same API).
+
+:class:`MessageBus` survives a flood.  dbus-fast 5.2.0, like dbus-next 0.2.3
+(altdesktop/python-dbus-next#153), treats EAGAIN on its socket as fatal: its
+writer calls ``sock.send`` and hands any exception, ``BlockingIOError``
+included, to ``_finalize``, which drops the connection.  A burst of calls whose
+replies the bus daemon cannot take at once then ended the helper.  Here a full
+socket buffer means "wait until it is writable", as it should.
+
+Outgoing calls are each bounded in time and name their peer: the helper waits
+on other programs (polkitd, logind, the users' secret agents); none of them may
+hold a request forever, and when one does not answer the message says which.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import socket
 from typing import Any
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import MessageType
-from dbus_next.message import Message
-from dbus_next.signature import Variant
+from dbus_fast import (
+    BusType,
+    DBusError,
+    MessageFlag,
+    MessageType,
+    PropertyAccess,
+    RequestNameReply,
+    Variant,
+)
+from dbus_fast.aio import message_bus as _aio
+from dbus_fast.message import Message
+from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from app.service.secrets import Peer
+
+__all__ = [
+    "BusType", "DBusError", "Message", "MessageBus", "MessageFlag", "MessageType",
+    "PropertyAccess", "RequestNameReply", "ServiceInterface", "Variant", "dbus_property",
+    "method", "signal",
+]
+
+
+class _PatientWriter(_aio._MessageWriter):
+    """dbus-fast's writer, except that a full socket buffer (EAGAIN) or an
+    interrupted send waits for the socket to be writable instead of ending the
+    connection.  The rest is the library's loop, unchanged."""
+
+    def write_callback(self, remove_writer: bool = True) -> None:
+        sock, fd = self.sock, self.fd
+        assert sock is not None and fd is not None  # made by connect(), with both
+        try:
+            while True:
+                if self.buf is None:
+                    if not self.messages:
+                        if remove_writer:
+                            self.loop.remove_writer(fd)
+                        return
+                    buf, unix_fds, fut = self.messages.popleft()
+                    self.unix_fds = unix_fds
+                    self.buf = memoryview(buf)
+                    self.offset = 0
+                    self.fut = fut
+                if self.unix_fds and self.negotiate_unix_fd:
+                    ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                array.array("i", self.unix_fds))]
+                    self.offset += sock.sendmsg([self.buf[self.offset:]], ancdata)
+                    self.unix_fds = None
+                else:
+                    self.offset += sock.send(self.buf[self.offset:])
+                if self.offset < len(self.buf):
+                    self._wait_writable()
+                    return
+                self.buf = None
+                if self.fut is not None:
+                    _aio._future_set_result(self.fut, None)
+        except (BlockingIOError, InterruptedError):
+            self._wait_writable()  # the bus daemon reads it later: not an error
+        except Exception as exc:
+            if self.fut is not None:
+                if self.bus._user_disconnect:
+                    _aio._future_set_result(self.fut, None)
+                else:
+                    _aio._future_set_exception(self.fut, exc)
+            self.bus._finalize(exc)
+
+    def _wait_writable(self) -> None:
+        if self.fd is not None:
+            self.loop.add_writer(self.fd, self.write_callback)
+
+
+class MessageBus(_aio.MessageBus):
+    """dbus-fast's asyncio bus with :class:`_PatientWriter` (see the module's text)."""
+
+    async def connect(self) -> MessageBus:
+        await super().connect()
+        return self
+
+    async def _authenticate(self) -> None:
+        # connect() makes the writer just before authenticating, and nothing is
+        # written through it before: the class is swapped for ours here.
+        writer = self._writer
+        if writer is not None and type(writer) is _aio._MessageWriter:
+            writer.__class__ = _PatientWriter
+        await super()._authenticate()
 
 BUS_DAEMON = "org.freedesktop.DBus"
 BUS_TIMEOUT = 5.0
@@ -100,3 +191,37 @@ async def session_check(bus: MessageBus, peer: Peer) -> str | None:
     if isinstance(value, Variant) and value.value is True:
         return None
     return "its login session is not the active one"
+
+
+async def session_owner_check(bus: MessageBus, peer: Peer) -> str | None:
+    """None if ``peer`` may register a secret agent: no logind runs (the uid rule
+    alone applies), or its process is in a login session of its own uid, active or
+    not; else why not.  The table of agents is shared by all uids: without this a
+    user with a range of subordinate uids (or any uid with no session) could fill
+    it (security review 2026-12-07, finding 10)."""
+    if peer.pid is None:
+        return "its process is unknown"
+    try:
+        reply = await call(bus, Message(
+            destination=LOGIND, path="/org/freedesktop/login1",
+            interface="org.freedesktop.login1.Manager", member="GetSessionByPID",
+            signature="u", body=[peer.pid]), BUS_TIMEOUT, "logind")
+    except PeerError as exc:
+        if exc.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
+                              "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            return None
+        if exc.error_name == "org.freedesktop.login1.NoSessionForPID":
+            return "it is in no login session"
+        return str(exc)
+    try:
+        user = await call(bus, Message(
+            destination=LOGIND, path=str(reply.body[0]),
+            interface="org.freedesktop.DBus.Properties", member="Get", signature="ss",
+            body=["org.freedesktop.login1.Session", "User"]), BUS_TIMEOUT, "logind")
+    except PeerError as exc:
+        return str(exc)
+    value = user.body[0]
+    owner = value.value[0] if isinstance(value, Variant) and value.value else None
+    if owner != peer.uid:
+        return f"its login session belongs to uid {owner}"
+    return None

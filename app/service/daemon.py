@@ -5,7 +5,15 @@
     trustroamd ... --vici-socket /run/charon.vici  charon's VICI socket (mode mc)
 
 Owns ``org.trustroam.Helper1`` on the system bus; SIGTERM or SIGINT deregister
-and put routes, addresses and the gate back before it exits.
+and put routes, addresses and the gate back before it exits (under
+``--lockdown`` the gate stays, shut).
+
+Any other end (the bus connection lost, an error) never opens anything: the
+gate, routes and VPN are left exactly as they are and the helper exits
+non-zero, so that systemd (Restart=on-failure) starts it again; the next start
+replaces the gate left behind by its own start-up gate in one nftables
+transaction and reconnects the last connected profile with the last policy,
+both kept in ``--state-dir``.
 """
 
 from __future__ import annotations
@@ -20,10 +28,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import BusType, MessageType, RequestNameReply
-from dbus_next.message import Message
-
 from app.api import BUS_NAME, OBJECT_PATH
 from app.config import ConfigError
 from app.mn import profile as profiles
@@ -32,10 +36,14 @@ from app.net.ipip import compiled_engine_available
 from app.net.mn_routes import Backend, default_backend
 from app.net.sleep import ResumeWatcher
 from app.service import bus as busio
+from app.service.bus import BusType, Message, MessageBus, MessageType, RequestNameReply
 from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_agent
-from app.service.helper import Helper, HelperError, gate_policy, load_profile
+from app.service.helper import Helper, HelperError, LeftGate, gate_policy, load_profile
 from app.service.polkit import Authorizer
 from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
+from app.service.state import DEFAULT_DIR as DEFAULT_STATE_DIR
+from app.service.state import HelperState, StateError
+from app.service.state import load as load_state
 from app.vpn.charon import DEFAULT_SOCKET as DEFAULT_VICI_SOCKET
 from app.vpn.charon import VpnError
 
@@ -43,6 +51,8 @@ log = logging.getLogger("trustroamd")
 DEFAULT_PROFILES = Path("/etc/trustroam/profiles")
 STARTUP_RESOLVE_TIMEOUT = 2.0
 """Seconds the start-up gate waits for gateway names (the bus name waits on it)."""
+EXIT_BUS_LOST = 3
+"""The bus connection ended under the helper: a failure, so systemd restarts it."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,6 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "(default %(default)s)")
     ap.add_argument("--agent-timeout", type=float, default=AGENT_TIMEOUT,
                     help="seconds a secret agent has to answer (default %(default)s)")
+    ap.add_argument("--state-dir", type=Path, default=None,
+                    help="where the policy and the last profile are kept across restarts "
+                         f"(the unit gives {DEFAULT_STATE_DIR}; without it, nowhere)")
+    ap.add_argument("--lockdown", action="store_true",
+                    help="an administrator's kill switch: a user's Disconnect (and the "
+                         "helper's stop) leave the gate installed and shut")
     ap.add_argument("--shut-gate", action="store_true",
                     help="shut the proven path of a gate a stopped helper left, and exit "
                          "(the unit's ExecStopPost)")
@@ -70,11 +86,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    kept = load_state(args.state_dir) if args.state_dir is not None else HelperState()
     first: str | None = args.connect
     for path in args.profile:  # check at start: a bad profile is the user's first error
         p = profiles.load(path)
         first = first or p.name
-    if await shut_left_gate():
+    first = first or kept.profile  # the profile connected when the last helper ended
+    left = await shut_left_gate()
+    if left:
         log.info("a gate left by an earlier helper: its proven path is shut")
     installed = await _gate_first(args, first)
     backend = await default_backend() if args.dataplane == "auto" else Backend(args.dataplane)
@@ -82,11 +101,22 @@ async def serve(args: argparse.Namespace) -> int:
     secrets = SecretSource(lambda *a: call_secret_agent(bus, *a), args.secrets,
                            agent_timeout=args.agent_timeout,
                            session_check=lambda peer: busio.session_check(bus, peer))
-    await watch_names_lost(bus, secrets.forget_name)
     helper = Helper(profiles_dir=args.profiles_dir, extra_profiles=args.profile,
                     secrets=secrets, backend=backend, links=args.links, bus=bus,
-                    vici_socket=args.vici_socket)
-    bus.export(OBJECT_PATH, HelperInterface(helper, Authorizer(bus)))
+                    vici_socket=args.vici_socket, state_dir=args.state_dir,
+                    lockdown=args.lockdown, initial=kept)
+    if left and not installed:
+        # Nothing to connect: the gate left behind stays shut until a Connect
+        # replaces it or configure lifts it (SetPolicy auto or never-vpn).
+        helper.held_gate = LeftGate()
+    face = HelperInterface(helper, Authorizer(bus))
+
+    def lost(name: str) -> None:
+        secrets.forget_name(name)
+        face.forget_name(name)
+
+    await watch_names_lost(bus, lost)
+    bus.export(OBJECT_PATH, face)
     reply = await bus.request_name(BUS_NAME)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
         print(f"trustroamd: {BUS_NAME} is already owned (another trustroamd runs?)",
@@ -119,10 +149,20 @@ async def serve(args: argparse.Namespace) -> int:
     stop_task = asyncio.create_task(stop.wait())
     bus_gone = asyncio.create_task(bus.wait_for_disconnect())
     await asyncio.wait({stop_task, bus_gone}, return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set():
+        # Not a stop anybody asked for: nothing is opened.  The gate, routes and VPN
+        # stay as they are; systemd restarts the helper, which adopts them.
+        why = "ended" if bus_gone.done() and bus_gone.exception() is None else (
+            f"lost: {bus_gone.exception()}" if bus_gone.done() else "lost")
+        log.error("the system bus connection %s; leaving the gate as it is and exiting "
+                  "for a restart", why)
+        print(f"trustroamd: the system bus connection {why}; exiting (the gate stays)",
+              file=sys.stderr, flush=True)
+        os._exit(EXIT_BUS_LOST)  # no clean-up of any kind: none may open the gate
     log.info("stopping: deregistering and putting the host back")
     with contextlib.suppress(HelperError):
-        await helper.disconnect(quiet=True)
-    if installed:
+        await helper.stop()
+    if installed and not args.lockdown and helper.held_gate is None:
         # The start-up gate of a profile that never connected (no secret yet, say):
         # Disconnect had nothing to remove, but the host goes back all the same.
         await remove_table()
@@ -191,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                                     else "no gate was left behind"))
             return 0
         return asyncio.run(serve(args))
-    except ConfigError as exc:
+    except (ConfigError, StateError) as exc:
         print(f"trustroamd: {exc}", file=sys.stderr)
         return 2
     except (OSError, GateError) as exc:

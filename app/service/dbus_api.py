@@ -9,16 +9,12 @@ checked on the message's real sender.  The introspection this produces is
 held to ``resources/dbus/org.trustroam.Helper1.xml`` by a test.
 """
 
+import contextlib
 import contextvars
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
-
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import MessageFlag, PropertyAccess
-from dbus_next.errors import DBusError
-from dbus_next.message import Message
-from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
 from app.api import (
     ACTION_CONFIGURE,
@@ -34,7 +30,19 @@ from app.api import (
 from app.config import ConfigError
 from app.net.gate import GateError
 from app.service import bus as busio
+from app.service.bus import (
+    DBusError,
+    Message,
+    MessageBus,
+    MessageFlag,
+    PropertyAccess,
+    ServiceInterface,
+    dbus_property,
+    method,
+    signal,
+)
 from app.service.helper import Helper, HelperError
+from app.service.limits import CALLS_PER_NAME, CALLS_PER_UID, CallerLimits, QuietLog
 from app.service.polkit import Authorizer
 from app.service.secrets import Agent, AgentFailed, AgentRefused, Peer, SecretError
 from app.vpn.charon import VpnError
@@ -47,6 +55,11 @@ MAX_PROFILE_TEXT = 64 * 1024
 MAX_MESSAGE = 300
 """Characters of an error message sent to a caller."""
 _PATH = re.compile(r"(?<![\w.])/[^\s,;:'\"()]*")
+ERROR_LIMITS = "org.freedesktop.DBus.Error.LimitsExceeded"
+"""The answer to a caller with too many calls in flight (the D-Bus standard error)."""
+QUIET = QuietLog(log)
+"""Lines a caller can cause (refusals, failures): rate-limited."""
+UID_CACHE = 4096
 
 
 def caller_text(text: str) -> str:
@@ -58,56 +71,74 @@ def caller_text(text: str) -> str:
 class SenderAwareBus(MessageBus):
     """The helper's bus connection.
 
-    dbus-next does not hand a method its message: the message (sender, flags) is
-    kept in a context variable.  And dbus-next answers an exception that is not a
-    DBusError with its traceback (file paths included), then re-raises every
-    exception, DBusError or not, in its reply context, where asyncio logs it with
-    ~15 lines: a caller could flood the journal.  Here every failure becomes one
-    documented error with a one-line message, and nothing is re-raised.
+    The library does not hand a method its message: the message (sender, flags)
+    is kept in a context variable, set by the handler made here (dbus-fast's
+    compiled bus still looks ``_make_method_handler`` up on the instance, so
+    this override is honoured).  And every failure becomes one documented error
+    with a one-line message: dbus-fast would answer an exception that is not a
+    DBusError with a generic error and log its traceback (~15 lines), which a
+    caller could repeat to flood the journal.
     """
 
     def _make_method_handler(self, interface: Any, meth: Any) -> Any:
         inner = super()._make_method_handler(interface, meth)
+        bus = self
 
         def handler(msg: Message, send_reply: Any) -> None:
-            token = CALLER.set(msg)
+            token = CALLER.set(msg)  # the coroutine's task copies the context
+            reply = _OneLineReply(bus, msg)
             try:
-                inner(msg, send_reply)
+                with reply:
+                    inner(msg, reply)
             finally:
                 CALLER.reset(token)
 
         return handler
 
-    def _send_reply(self, msg: Message) -> Any:
-        bus = self
+    def _future_exception_no_reply(self, fut: Any) -> None:
+        # A call sent with NO_REPLY_EXPECTED that failed: dbus-fast would log its
+        # traceback, one per call, for any caller to repeat.
+        self._pending_futures.discard(fut)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None and not isinstance(exc, DBusError):
+            QUIET(logging.ERROR, "internal error in a call without reply: %s: %s",
+                  type(exc).__name__, " ".join(str(exc).split())[:200])
 
-        class SendReply:
-            def __enter__(self) -> "SendReply":
-                return self
 
-            def __call__(self, reply: Message) -> None:
-                if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
-                    return
-                bus.send(reply)
+class _OneLineReply:
+    """What the library's method handlers call to answer ``msg`` (its SendReply's
+    interface), answering every exception with a one-line error."""
 
-            def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-                if exc is None:
-                    return False
-                if isinstance(exc, DBusError):
-                    self(Message.new_error(msg, exc.type, caller_text(exc.text or "")))
-                elif isinstance(exc, Exception):
-                    log.error("internal error in %s from %s: %s: %s", msg.member, msg.sender,
-                              type(exc).__name__, " ".join(str(exc).split())[:200])
-                    self(Message.new_error(msg, ERROR_FAILED, "internal error in trustroamd "
-                                           "(its log says more)"))
-                else:
-                    return False  # KeyboardInterrupt, SystemExit: not ours to swallow
-                return True
+    def __init__(self, bus: MessageBus, msg: Message) -> None:
+        self.bus, self.msg = bus, msg
 
-            def send_error(self, exc: BaseException) -> None:
-                self.__exit__(type(exc), exc, exc.__traceback__)
+    def __enter__(self) -> "_OneLineReply":
+        return self
 
-        return SendReply()
+    def __call__(self, reply: Message) -> None:
+        if self.msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            return
+        self.bus.send(reply)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc is None:
+            return False
+        msg = self.msg
+        if isinstance(exc, DBusError):
+            self(Message.new_error(msg, exc.type, caller_text(exc.text or "")))
+        elif isinstance(exc, Exception):
+            QUIET(logging.ERROR, "internal error in %s from %s: %s: %s", msg.member,
+                  msg.sender, type(exc).__name__, " ".join(str(exc).split())[:200])
+            self(Message.new_error(msg, ERROR_FAILED, "internal error in trustroamd "
+                                   "(its log says more)"))
+        else:
+            return False  # KeyboardInterrupt, SystemExit: not ours to swallow
+        return True
+
+    def send_error(self, exc: BaseException) -> None:
+        self.__exit__(type(exc), exc, exc.__traceback__)
 
 
 async def call_secret_agent(bus: MessageBus, agent: Agent, profile: str,
@@ -132,6 +163,9 @@ class HelperInterface(ServiceInterface):
         super().__init__(INTERFACE)
         self.helper = helper
         self.authorizer = authorizer
+        self.calls = CallerLimits(CALLS_PER_NAME, CALLS_PER_UID)
+        self._uids: dict[str, int] = {}
+        """uid of each unique name seen (unique names are never reused)."""
         self._last = helper.snapshot.to_dbus()
         helper.snapshot_listeners.append(self._snapshot_changed)
         helper.event_listeners.append(self._event)
@@ -157,14 +191,57 @@ class HelperInterface(ServiceInterface):
             raise DBusError(ERROR_FAILED, "the call has no sender")
         return msg
 
-    async def _authorize(self, action: str) -> str:
+    def forget_name(self, name: str) -> None:
+        """A connection went away (the bus daemon's NameOwnerChanged)."""
+        self._uids.pop(name, None)
+
+    async def _uid(self, name: str) -> int:
+        uid = self._uids.get(name)
+        if uid is None:
+            try:
+                uid = await self.authorizer.uid_of(name)
+            except busio.PeerError as exc:
+                raise DBusError(ERROR_FAILED, f"cannot identify the caller: {exc}") from None
+            if len(self._uids) >= UID_CACHE:
+                self._uids.clear()  # many callers at once; asking again is cheap
+            self._uids[name] = uid
+        return uid
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[int]:
+        """A slot for the caller's call (yielded: its uid): a handful in flight per
+        unique name and per uid; beyond that the call is refused at once."""
+        msg = self._message()
+        name = str(msg.sender)
+        if not self.calls.names.enter(name):
+            raise self._busy(msg, "this connection")
+        try:
+            uid = await self._uid(name)
+            if not self.calls.uids.enter(uid):
+                raise self._busy(msg, f"uid {uid}")
+            try:
+                yield uid
+            finally:
+                self.calls.uids.leave(uid)
+        finally:
+            self.calls.names.leave(name)
+
+    @staticmethod
+    def _busy(msg: Message, who: str) -> DBusError:
+        QUIET(logging.INFO, "refused %s to %s: too many calls in flight from %s",
+              msg.member, msg.sender, who)
+        return DBusError(ERROR_LIMITS, f"too many calls in flight from {who}; "
+                         "try again when they are answered")
+
+    async def _authorize(self, action: str, uid: int) -> str:
         """Ask polkit about the caller (returned: its unique name); refusals are
-        logged as one line at info level."""
+        logged (rate-limited)."""
         msg = self._message()
         interactive = bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
-        allowed, why = await self.authorizer.check(msg.sender, action, interactive=interactive)
+        allowed, why = await self.authorizer.check(msg.sender, action, interactive=interactive,
+                                                   uid=uid)
         if not allowed:
-            log.info("refused %s to %s: %s", msg.member, msg.sender, why)
+            QUIET(logging.INFO, "refused %s to %s: %s", msg.member, msg.sender, why)
             raise DBusError(ERROR_NOT_AUTHORIZED, why)
         return str(msg.sender)
 
@@ -180,49 +257,64 @@ class HelperInterface(ServiceInterface):
 
     @staticmethod
     def _failed(member: str, exc: Exception, error: str = ERROR_FAILED) -> DBusError:
-        log.info("%s failed: %s", member, " ".join(str(exc).split())[:MAX_MESSAGE])
+        QUIET(logging.INFO, "%s failed: %s", member, " ".join(str(exc).split())[:MAX_MESSAGE])
         return DBusError(error, str(exc))
 
     # -- methods -----------------------------------------------------------------------
 
     @method()
     async def Connect(self, profile: "s") -> None:
-        peer = await self._peer(await self._authorize(ACTION_CONNECT))
-        try:
-            await self.helper.connect(profile, requester=peer)
-        except (HelperError, SecretError, GateError, VpnError) as exc:
-            raise self._failed("Connect", exc) from None
-        except OSError as exc:  # the gate, routes or sockets: the host said no
-            raise self._failed("Connect", OSError(f"cannot set up {profile!r}: "
-                                                   f"{exc.strerror or exc}")) from None
+        async with self._admitted() as uid:
+            peer = await self._peer(await self._authorize(ACTION_CONNECT, uid))
+            try:
+                await self.helper.connect(profile, requester=peer)
+            except (HelperError, SecretError, GateError, VpnError) as exc:
+                raise self._failed("Connect", exc) from None
+            except OSError as exc:  # the gate, routes or sockets: the host said no
+                raise self._failed("Connect", OSError(f"cannot set up {profile!r}: "
+                                                       f"{exc.strerror or exc}")) from None
 
     @method()
     async def Disconnect(self) -> None:
-        await self._authorize(ACTION_CONNECT)
-        try:
-            await self.helper.disconnect()
-        except HelperError as exc:
-            raise self._failed("Disconnect", exc) from None
+        async with self._admitted() as uid:
+            await self._authorize(ACTION_CONNECT, uid)
+            try:
+                await self.helper.disconnect()
+            except (HelperError, GateError) as exc:
+                raise self._failed("Disconnect", exc) from None
 
     @method()
     async def Reprobe(self) -> None:
-        await self._authorize(ACTION_CONNECT)
-        try:
-            await self.helper.reprobe()
-        except HelperError as exc:
-            raise self._failed("Reprobe", exc) from None
+        async with self._admitted() as uid:
+            await self._authorize(ACTION_CONNECT, uid)
+            try:
+                await self.helper.reprobe()
+            except HelperError as exc:
+                raise self._failed("Reprobe", exc) from None
 
     @method()
     async def SetPolicy(self, policy: "s") -> None:
-        await self._authorize(ACTION_CONFIGURE)
+        async with self._admitted() as uid:
+            await self._authorize(ACTION_CONFIGURE, uid)
+            await self._set_policy(policy)
+
+    async def _set_policy(self, policy: str) -> None:
         try:
             self.helper.set_policy(policy)
         except HelperError as exc:
             raise self._failed("SetPolicy", exc, ERROR_INVALID) from None
+        try:
+            await self.helper.release_held_gate()
+        except (GateError, OSError) as exc:
+            raise self._failed("SetPolicy", exc) from None
 
     @method()
     async def SaveProfile(self, toml: "s") -> "s":
-        await self._authorize(ACTION_CONFIGURE)
+        async with self._admitted() as uid:
+            await self._authorize(ACTION_CONFIGURE, uid)
+            return self._save_profile(toml)
+
+    def _save_profile(self, toml: str) -> str:
         if len(toml.encode()) > MAX_PROFILE_TEXT:
             raise self._failed("SaveProfile", ValueError(
                 f"toml: longer than {MAX_PROFILE_TEXT} bytes"), ERROR_INVALID)
@@ -238,7 +330,14 @@ class HelperInterface(ServiceInterface):
         msg = self._message()
         if len(path) > 4 * 255:  # refuse a huge path before asking the bus anything
             raise DBusError(ERROR_INVALID, "path: too long")
-        peer = await self._peer(msg.sender)
+        async with self._admitted():
+            peer = await self._peer(msg.sender)
+            if peer.uid != 0:
+                why = await busio.session_owner_check(self.authorizer.bus, peer)
+                if why is not None:
+                    raise self._failed("RegisterSecretAgent", AgentRefused(
+                        f"a secret agent must run in a login session of its own uid: {why}"),
+                        ERROR_INVALID)
         try:
             self.helper.secrets.register_agent(peer, path)
         except AgentRefused as exc:

@@ -13,7 +13,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import secrets as _random
 import socket
 import time
 from collections import deque
@@ -23,19 +22,20 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
-from dbus_next.aio.message_bus import MessageBus
-
 from app.api import HistoryEntry, Policy, Snapshot
 from app.config import ConfigError
 from app.mn import profile as profiles
 from app.mn.driver import MobileNodeDriver
 from app.mn.profile import Profile
-from app.net.gate import GatePolicy, TrafficGate
+from app.net.gate import GatePolicy, TrafficGate, remove_table
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import TUNNEL, Backend, MobileNodeRoutes
 from app.net.nm_links import NmLinks, nm_running
 from app.net.rtnl_links import RtnlLinks
+from app.service import state as saved
+from app.service.bus import MessageBus
 from app.service.secrets import Peer, SecretSource
+from app.service.state import HelperState, write_file
 from app.vpn import config as vpn_config
 from app.vpn import credentials
 from app.vpn.charon import DEFAULT_SOCKET, Charon, VpnConfigError
@@ -127,6 +127,17 @@ class HelperError(Exception):
     """A request the helper cannot carry out; the message is for the user."""
 
 
+class HeldGate(Protocol):
+    async def remove(self) -> None: ...
+
+
+class LeftGate:
+    """A gate an earlier helper left (shut at start): held like a Disconnect's."""
+
+    async def remove(self) -> None:
+        await remove_table()
+
+
 class _LinkSource(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -136,7 +147,9 @@ class Helper:
     def __init__(self, *, profiles_dir: Path | None, extra_profiles: list[Path],
                  secrets: SecretSource, backend: Backend, links: str = "auto",
                  bus: MessageBus | None = None,
-                 vici_socket: str | os.PathLike[str] = DEFAULT_SOCKET) -> None:
+                 vici_socket: str | os.PathLike[str] = DEFAULT_SOCKET,
+                 state_dir: Path | None = None, lockdown: bool = False,
+                 initial: HelperState | None = None) -> None:
         self.profiles_dir = profiles_dir
         self.extra_profiles = extra_profiles
         self.secrets = secrets
@@ -147,7 +160,15 @@ class Helper:
         """charon's VICI socket, for profiles with a ``[vpn]`` table."""
         self.snapshot = Snapshot()
         self.history: deque[HistoryEntry] = deque(maxlen=HISTORY)
-        self.policy = Policy.AUTO
+        self.state_dir = state_dir
+        """Where the policy and the last profile are kept (None: nowhere)."""
+        self.lockdown = lockdown
+        """An administrator's kill switch: a user's Disconnect leaves the gate shut."""
+        self.policy = initial.policy if initial is not None else Policy.AUTO
+        self.last_profile = initial.profile if initial is not None else None
+        self.held_gate: HeldGate | None = None
+        """The shut gate a user's Disconnect left (always-vpn or lockdown): lifted only
+        by a SetPolicy (org.trustroam.configure) to auto or never-vpn, or by root."""
         self.driver: MobileNodeDriver | None = None
         self._charon: Charon | None = None
         """The running driver's VPN adapter: closed when the driver is."""
@@ -205,7 +226,7 @@ class Helper:
         if profiles.loads(data.decode(), "SaveProfile") != p:  # what reloads is what was sent
             raise HelperError("SaveProfile: the profile does not survive a round trip")
         try:
-            _write_file(self.profiles_dir, f"{p.name}.toml", data, 0o644)
+            write_file(self.profiles_dir, f"{p.name}.toml", data, 0o644)
         except OSError as exc:
             log.error("cannot store profile %s in %s: %s", p.name, self.profiles_dir, exc)
             raise HelperError(f"cannot store profile {p.name}: "
@@ -233,6 +254,8 @@ class Helper:
                 # The new profile's gate, shut, replaces the old one in one transaction:
                 # no moment between the two drivers without a gate.
                 await gate.install()
+            elif self.held_gate is not None:
+                await self.held_gate.remove()  # an administrator's gateless profile
             await self._disconnect(quiet=True, keep_gate=gate is not None)
             routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
                                       self.backend)
@@ -244,12 +267,40 @@ class Helper:
                                            charon=self._charon, vpn_secrets=got.extra,
                                            policy=self.policy)
             self._event("connect", {"profile": prof.name})
+            self.held_gate = None  # replaced by this profile's gate (or lifted)
+            self.last_profile = prof.name
+            self._persist()
             await self.driver.start()
             self._link_source = await self._start_links(prof, self.driver.link_snapshot)
 
     async def disconnect(self, *, quiet: bool = False) -> None:
+        """A user's Disconnect.  Under always-vpn or lockdown the gate stays
+        installed and shut (its proven path flushed, as ``--shut-gate`` does): an
+        ordinary user may not lift what an administrator set."""
         async with self._lock:
-            await self._disconnect(quiet=quiet)
+            hold = self.policy is Policy.ALWAYS_VPN or self.lockdown
+            gate = self.driver.gate if self.driver is not None else None
+            if hold and gate is not None:
+                await gate.decide(None)  # shut before the routes go, and after
+            await self._disconnect(quiet=quiet, keep_gate=hold and gate is not None)
+            if hold and gate is not None:
+                await gate.decide(None)
+                self.held_gate = gate
+                self._event("gate-held", {"reason": "lockdown" if self.lockdown
+                                          else "always-vpn"})
+            self.last_profile = None
+            self._persist()
+
+    async def stop(self) -> None:
+        """The helper's clean stop (SIGTERM): the host goes back, except under
+        lockdown, where the gate stays installed and shut."""
+        async with self._lock:
+            gate = self.driver.gate if self.driver is not None else None
+            if self.lockdown and gate is not None:
+                await gate.decide(None)  # shut before the routes go, and after
+            await self._disconnect(quiet=True, keep_gate=self.lockdown)
+            if self.lockdown and gate is not None:
+                await gate.decide(None)
 
     async def _disconnect(self, *, quiet: bool, keep_gate: bool = False) -> None:
         if self._link_source is not None:
@@ -288,7 +339,28 @@ class Helper:
         if self.driver is not None:
             self.driver.set_policy(policy)  # at once, not at the next link change
         self._event("policy", {"policy": policy.value})
+        self._persist()
         self._on_snapshot(self.snapshot)
+
+    async def release_held_gate(self) -> None:
+        """After a SetPolicy (configure) to auto or never-vpn: lift the shut gate a
+        user's Disconnect left."""
+        async with self._lock:
+            if (self.held_gate is None or self.driver is not None
+                    or self.policy is Policy.ALWAYS_VPN):
+                return
+            gate, self.held_gate = self.held_gate, None
+            await gate.remove()
+            self._event("gate-released", {"policy": self.policy.value})
+
+    def _persist(self) -> None:
+        if self.state_dir is None:
+            return
+        try:
+            saved.save(self.state_dir, HelperState(self.policy, self.last_profile))
+        except OSError as exc:
+            log.error("cannot keep the helper's state in %s: %s", self.state_dir,
+                      exc.strerror or exc)
 
     async def _start_links(self, prof: Profile, sink: Callable[[LinkSnapshot], None]
                            ) -> _LinkSource:
@@ -335,32 +407,3 @@ def load_profile(path: Path) -> Profile:
     once, never blocking the event loop)."""
     return profiles.load(path)
 
-
-def _write_file(directory: Path, name: str, data: bytes, mode: int) -> None:
-    """Atomically replace ``directory/name`` without following any symlink."""
-    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        for _ in range(16):
-            tmp = f".{name}.{_random.token_hex(8)}.tmp"
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                             mode, dir_fd=dfd)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise FileExistsError("no free temporary name")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                os.fchmod(fh.fileno(), mode)  # whatever the umask says
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            os.unlink(tmp, dir_fd=dfd)
-            raise
-        os.fsync(dfd)  # the rename itself survives a power loss
-    finally:
-        os.close(dfd)

@@ -6,6 +6,13 @@ Interaction (a password dialog) is allowed only when the caller's message
 carries ALLOW_INTERACTIVE_AUTHORIZATION, as D-Bus specifies.  Every check is
 bounded in time; if polkit cannot be asked or does not answer, only root is
 allowed: fail closed.
+
+Checks in flight are bounded per caller (unique name and uid): a caller whose
+polkit authentication agent never answers (any uid may register one for its
+own process) holds at most a few of them, never the helper's whole quota of
+pending replies at the bus daemon, and the rest of its checks are refused at
+once.  polkit's own LimitsExceeded is a refusal like any other, and such
+refusals are not logged one line each.
 """
 
 from __future__ import annotations
@@ -14,14 +21,20 @@ import itertools
 import logging
 import os
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import MessageFlag
-from dbus_next.message import Message
-from dbus_next.signature import Variant
-
-from app.service.bus import BUS_DAEMON, BUS_TIMEOUT, PeerError, call
+from app.service.bus import (
+    BUS_DAEMON,
+    BUS_TIMEOUT,
+    Message,
+    MessageBus,
+    MessageFlag,
+    PeerError,
+    Variant,
+    call,
+)
+from app.service.limits import CHECKS_PER_NAME, CHECKS_PER_UID, CallerLimits, QuietLog
 
 log = logging.getLogger("trustroam.service.polkit")
+QUIET = QuietLog(log)
 AUTHORITY = "org.freedesktop.PolicyKit1"
 AUTHORITY_PATH = "/org/freedesktop/PolicyKit1/Authority"
 AUTHORITY_INTERFACE = "org.freedesktop.PolicyKit1.Authority"
@@ -39,10 +52,26 @@ class Authorizer:
         self.check_timeout = check_timeout
         self.interactive_timeout = interactive_timeout
         self._ids = itertools.count(1)
+        self.checks = CallerLimits(CHECKS_PER_NAME, CHECKS_PER_UID)
 
-    async def check(self, sender: str, action: str, *, interactive: bool = False
-                    ) -> tuple[bool, str]:
-        """(allowed, why not) for ``sender`` doing ``action``."""
+    async def check(self, sender: str, action: str, *, interactive: bool = False,
+                    uid: int | None = None) -> tuple[bool, str]:
+        """(allowed, why not) for ``sender`` (of ``uid``, if known) doing ``action``."""
+        if uid is None:
+            try:
+                uid = await self.uid_of(sender)
+            except PeerError as exc:
+                return False, f"cannot authorise {action}: {exc}"
+        if not self.checks.enter(sender, uid):
+            return False, (f"cannot authorise {action}: too many authorisation checks "
+                           "in flight from this caller")
+        try:
+            return await self._check(sender, action, interactive, uid)
+        finally:
+            self.checks.leave(sender, uid)
+
+    async def _check(self, sender: str, action: str, interactive: bool, uid: int
+                     ) -> tuple[bool, str]:
         cancel_id = f"trustroamd-{os.getpid()}-{next(self._ids)}"
         timeout = self.interactive_timeout if interactive else self.check_timeout
         try:
@@ -55,7 +84,7 @@ class Authorizer:
         except PeerError as exc:
             if not exc.error_name:  # no answer in time: withdraw the question
                 await self._cancel(cancel_id)
-            return await self._without_polkit(sender, action, str(exc))
+            return self._without_polkit(uid, action, exc)
         authorized, challenge, _details = reply.body[0]
         if authorized:
             return True, ""
@@ -65,14 +94,15 @@ class Authorizer:
                               " (the call did not allow interactive authorisation)"))
         return False, f"not authorised for {action}"
 
-    async def _without_polkit(self, sender: str, action: str, why: str) -> tuple[bool, str]:
-        try:
-            uid = await self.uid_of(sender)
-        except PeerError:
-            uid = None
-        log.warning("cannot ask polkit (%s); allowing %s only if root", why, action)
+    def _without_polkit(self, uid: int, action: str, exc: PeerError) -> tuple[bool, str]:
         if uid == 0:
+            QUIET(logging.WARNING, "cannot ask polkit (%s); allowing %s to root", exc, action)
             return True, ""
+        if exc.error_name == "org.freedesktop.DBus.Error.LimitsExceeded":
+            why = "polkit is busy (too many checks in flight)"
+        else:
+            why = str(exc)
+        QUIET(logging.WARNING, "cannot ask polkit (%s); refusing %s to uid %d", why, action, uid)
         return False, f"cannot authorise {action}: {why}"
 
     async def _cancel(self, cancel_id: str) -> None:

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dbus_next.message import Message
 
 from app.api import SECRET_AGENT_INTERFACE
 from app.lab.configs import HA, HOME, PROFILE_TOML, write_helper_files
 from app.lab.world import CHARON_DIR, STATE_DIR, LabState
+from app.service.bus import Message, RequestNameReply
+from tests import fake_logind
 from tests.dbus_client import NOBODY, call, introspect, properties, run_as
 from tests.haproc import env
 from tests.lab.conftest import mn_address, ns_exec
@@ -268,8 +269,11 @@ def test_bad_secret_is_refused_with_a_message_that_names_the_profile(world):
 
 
 def test_resume_from_suspend_reprobes_at_once(world):
-    """logind's PrepareForSleep(false) on the system bus: the helper probes again."""
+    """logind's PrepareForSleep(false) on the system bus: the helper probes again.
+    logind here is tests/fake_logind.py owning org.freedesktop.login1: the helper
+    believes the signal only from that name's current owner."""
     async def go(bus):
+        assert await bus.request_name(fake_logind.NAME) == RequestNameReply.PRIMARY_OWNER
         before = len((await call(bus, "GetHistory", "u", [1000]))[1][0])
         await bus.send(Message.new_signal("/org/freedesktop/login1",
                                           "org.freedesktop.login1.Manager",

@@ -1,7 +1,8 @@
 """The helper's D-Bus plumbing without a bus (issue 11): every failure is one
 documented error with a one-line message and no traceback or path, nothing is
-re-raised into dbus-next (which logs ~15 lines per refusal); polkit is asked with
-interaction only when the caller's message allows it, and never waited on forever."""
+re-raised into the library (which logs ~15 lines per refusal); polkit is asked with
+interaction only when the caller's message allows it, never waited on forever, and
+never by one caller more than a few times at once."""
 
 from __future__ import annotations
 
@@ -9,17 +10,15 @@ import asyncio
 import logging
 
 import pytest
-from dbus_next.constants import MessageFlag, MessageType
-from dbus_next.errors import DBusError
-from dbus_next.message import Message
-from dbus_next.signature import Variant
 
 from app.api import ERROR_FAILED, ERROR_NOT_AUTHORIZED
 from app.net.mn_routes import Backend
 from app.service import bus as busio
 from app.service import polkit as polkit_mod
-from app.service.dbus_api import CALLER, HelperInterface, SenderAwareBus, caller_text
+from app.service.bus import DBusError, Message, MessageFlag, MessageType, Variant
+from app.service.dbus_api import CALLER, HelperInterface, _OneLineReply, caller_text
 from app.service.helper import Helper
+from app.service.limits import CHECKS_PER_NAME, CHECKS_PER_UID
 from app.service.polkit import Authorizer
 from app.service.secrets import Peer, SecretSource
 
@@ -31,17 +30,25 @@ def call_msg(member="ListProfiles", flags=MessageFlag.NONE):
     return msg
 
 
+class SendingBus:
+    """No connection: only the replies are seen."""
+
+    def __init__(self):
+        self.sent: list[Message] = []
+
+    def send(self, msg):
+        self.sent.append(msg)
+
+
 def sending_bus():
-    bus = SenderAwareBus.__new__(SenderAwareBus)  # no connection: only replies are seen
-    sent: list[Message] = []
-    bus.send = sent.append  # type: ignore[method-assign]
-    return bus, sent
+    bus = SendingBus()
+    return bus, bus.sent
 
 
 def test_an_unexpected_exception_is_one_line_without_traceback_or_path(caplog):
     bus, sent = sending_bus()
     caplog.set_level(logging.DEBUG)
-    with bus._send_reply(call_msg()):  # must not re-raise
+    with _OneLineReply(bus, call_msg()):  # must not re-raise
         raise OSError(40, "Too many levels of symbolic links",
                       "/etc/trustroam/profiles/loop.toml")
     [reply] = sent
@@ -55,7 +62,7 @@ def test_an_unexpected_exception_is_one_line_without_traceback_or_path(caplog):
 def test_a_dbus_error_is_answered_once_and_not_logged(caplog):
     bus, sent = sending_bus()
     caplog.set_level(logging.DEBUG)
-    with bus._send_reply(call_msg("Connect")):
+    with _OneLineReply(bus, call_msg("Connect")):
         raise DBusError(ERROR_NOT_AUTHORIZED, "not authorised for org.trustroam.connect")
     [reply] = sent
     assert reply.error_name == ERROR_NOT_AUTHORIZED
@@ -94,10 +101,10 @@ class FakeBus:
 async def test_polkit_interaction_only_when_the_caller_allows_it():
     bus = FakeBus([False, True, {}])
     auth = Authorizer(bus)  # type: ignore[arg-type]
-    allowed, why = await auth.check(":1.5", "org.trustroam.configure")
+    allowed, why = await auth.check(":1.5", "org.trustroam.configure", uid=1000)
     assert not allowed and "authentication is required" in why
     assert bus.calls[-1].body[3] == 0  # no AllowUserInteraction
-    await auth.check(":1.5", "org.trustroam.configure", interactive=True)
+    await auth.check(":1.5", "org.trustroam.configure", interactive=True, uid=1000)
     assert bus.calls[-1].body[3] == 1
 
 
@@ -107,7 +114,7 @@ async def test_the_message_flag_decides_interaction():
     class Recorder:
         bus = None
 
-        async def check(self, sender, action, *, interactive=False):
+        async def check(self, sender, action, *, interactive=False, uid=None):
             seen.append(interactive)
             return False, "no"
 
@@ -118,7 +125,7 @@ async def test_the_message_flag_decides_interaction():
         token = CALLER.set(call_msg("Connect", flags))
         try:
             with pytest.raises(DBusError):
-                await iface._authorize("org.trustroam.connect")
+                await iface._authorize("org.trustroam.connect", 1000)
         finally:
             CALLER.reset(token)
     assert seen == [False, True]
@@ -129,7 +136,7 @@ async def test_polkit_that_never_answers_is_bounded_and_named(monkeypatch):
     bus = FakeBus(None)
     auth = Authorizer(bus, check_timeout=0.05)  # type: ignore[arg-type]
     async with asyncio.timeout(5):
-        allowed, why = await auth.check(":1.5", "org.trustroam.connect")
+        allowed, why = await auth.check(":1.5", "org.trustroam.connect", uid=1000)
     assert not allowed and "polkit did not answer within 0.05 s" in why
     assert [m.member for m in bus.sent] == ["CancelCheckAuthorization"]
     assert bus._method_return_handlers == {}
@@ -178,4 +185,58 @@ async def test_an_unanswered_call_leaves_no_reply_handler_behind():
 async def test_an_agents_session_must_be_active_where_logind_runs(monkeypatch, script, why):
     monkeypatch.setattr(busio, "BUS_TIMEOUT", 0.05)
     got = await busio.session_check(ScriptedBus(*script), Peer(":1.7", 1000, 4242))
+    assert got == why if why is None else why in got
+
+
+async def test_polkit_checks_in_flight_are_bounded_per_caller_and_the_rest_refused_at_once():
+    """A caller whose polkit agent never answers (security review 2026-12-07,
+    finding 4): its checks beyond a handful are refused without asking polkit,
+    and another caller is still asked."""
+    bus = FakeBus(None)  # polkit holds every check (an agent that never answers)
+    auth = Authorizer(bus)  # type: ignore[arg-type]
+    held = [asyncio.create_task(auth.check(f":1.{5 + i % 2}", "org.trustroam.configure",
+                                           interactive=True, uid=1001))
+            for i in range(50)]
+    await asyncio.sleep(0)  # every task runs to its first wait
+    await asyncio.sleep(0)
+    done = [t for t in held if t.done()]
+    assert len(bus.calls) == min(CHECKS_PER_UID, 2 * CHECKS_PER_NAME)
+    assert len(done) == 50 - len(bus.calls)
+    assert all(not t.result()[0] and "too many authorisation checks" in t.result()[1]
+               for t in done)
+    other = asyncio.create_task(auth.check(":1.9", "org.trustroam.connect", uid=1002))
+    await asyncio.sleep(0)
+    assert bus.calls[-1].body[0][1]["name"].value == ":1.9"  # still asked
+    for t in [*held, other]:
+        t.cancel()
+    await asyncio.gather(*held, other, return_exceptions=True)
+    assert len(auth.checks.names) == 0 and len(auth.checks.uids) == 0  # slots given back
+
+
+async def test_polkit_limits_exceeded_is_a_refusal_logged_rate_limited(caplog):
+    class Busy(FakeBus):
+        async def call(self, msg):
+            self.calls.append(msg)
+            return Message(message_type=MessageType.ERROR, reply_serial=1,
+                           error_name="org.freedesktop.DBus.Error.LimitsExceeded",
+                           signature="s", body=["busy"])
+    caplog.set_level(logging.DEBUG)
+    polkit_mod.QUIET._start = -1e9  # a fresh window for this test
+    auth = Authorizer(Busy())  # type: ignore[arg-type]
+    results = [await auth.check(":1.5", "org.trustroam.connect", uid=1001) for _ in range(100)]
+    assert all(not ok and "polkit is busy" in why for ok, why in results)
+    assert len(caplog.records) <= polkit_mod.QUIET.burst
+
+
+@pytest.mark.parametrize(("script", "why"), [
+    ([("org.freedesktop.DBus.Error.ServiceUnknown", "", [])], None),  # no logind
+    ([("org.freedesktop.login1.NoSessionForPID", "", [])], "in no login session"),
+    ([(None, "o", ["/s/1"]), (None, "v", [Variant("(uo)", [1000, "/u/1000"])])], None),
+    # uid 1000's process inside uid 7's session (a subordinate uid of uid 7's range)
+    ([(None, "o", ["/s/1"]), (None, "v", [Variant("(uo)", [7, "/u/7"])])],
+     "belongs to uid 7"),
+])
+async def test_an_agent_registers_only_from_a_session_of_its_own_uid(monkeypatch, script, why):
+    monkeypatch.setattr(busio, "BUS_TIMEOUT", 0.05)
+    got = await busio.session_owner_check(ScriptedBus(*script), Peer(":1.7", 1000, 4242))
     assert got == why if why is None else why in got
