@@ -1,7 +1,8 @@
 """The clients' side of the system bus (``trustroamctl`` and the tray), on dbus-fast.
 
-The only module of the clients that imports the D-Bus library, so a change of
-library stays here.  It also holds the two rules every client follows:
+The clients take the D-Bus library's names from here (the library itself is
+:mod:`app.dbus`, shared with the helper: its bus survives a full socket buffer).
+It also holds the two rules every client follows:
 
 - Anyone on the bus may send any signal, to anyone (the system policy allows it),
   with any path, interface and member.  Only the sender name cannot be forged: the
@@ -18,8 +19,16 @@ import math
 import unicodedata
 from typing import Any
 
-from dbus_fast import BusType, DBusError, ErrorType, Message, MessageFlag, MessageType, Variant
-from dbus_fast.aio import MessageBus
+from app.dbus import (
+    BusType,
+    DBusError,
+    ErrorType,
+    Message,
+    MessageBus,
+    MessageFlag,
+    MessageType,
+    Variant,
+)
 
 __all__ = ["BUS_DRIVER", "NAME_GONE", "BusType", "DBusError", "ErrorType", "Message", "MessageBus",
            "MessageFlag", "MessageType", "Variant", "add_match", "finite", "get_name_owner",

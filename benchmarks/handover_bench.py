@@ -29,9 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dbus_next.aio.message_bus import MessageBus  # noqa: E402
-from dbus_next.constants import BusType  # noqa: E402
-
+from app.dbus import BusType, MessageBus  # noqa: E402
 from app.lab.configs import HA, HOME, fa_toml, ha_toml, write_helper_files  # noqa: E402
 from app.lab.world import Lab  # noqa: E402
 from tests.dbus_client import call  # noqa: E402

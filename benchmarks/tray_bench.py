@@ -29,9 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dbus_next.aio.message_bus import MessageBus  # noqa: E402
-from dbus_next.message import Message  # noqa: E402
-
+from app.dbus import Message, MessageBus  # noqa: E402
 from tests.ui.procs import Procs, _name_has_owner, base_env, wait_for  # noqa: E402
 
 HOUR = 3600

@@ -1,4 +1,4 @@
-# No `from __future__ import annotations`: dbus-next reads D-Bus signatures from
+# No `from __future__ import annotations`: dbus-fast reads D-Bus signatures from
 # the string annotations below.
 """A stand-in for systemd-logind on the lab's private bus: the parts the helper
 asks (GetSessionByPID, Session.Active), for one user whose session is active

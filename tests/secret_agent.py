@@ -1,4 +1,4 @@
-# No `from __future__ import annotations`: dbus-next reads D-Bus signatures from
+# No `from __future__ import annotations`: dbus-fast reads D-Bus signatures from
 # the string annotations below.
 """Secret agents as the tray exports them (org.trustroam.SecretAgent1), and one
 that never answers."""

@@ -19,9 +19,9 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
+from app.dbus import Message, MessageBus, MessageType
 from app.net.carrier import CarrierWatch
 from app.net.links import LinkSnapshot
-from app.service.bus import Message, MessageBus, MessageType
 
 log = logging.getLogger("trustroam.net.nm")
 NM = "org.freedesktop.NetworkManager"

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from app.service.bus import (
+from app.dbus import (
     BUS_DAEMON,
     BUS_TIMEOUT,
     LOGIND,

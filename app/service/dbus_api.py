@@ -1,5 +1,5 @@
 # mypy: disable-error-code="name-defined,no-any-return,misc,valid-type,no-untyped-def"
-# dbus-next reads D-Bus signatures from string annotations ("s", "a{ss}"), which
+# dbus-fast reads D-Bus signatures from string annotations ("s", "a{ss}"), which
 # mypy and ruff take for undefined names; hence no __future__ annotations here.
 """The helper's D-Bus face: ``org.trustroam.Helper1`` (DESIGN.md section 3).
 
