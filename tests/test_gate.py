@@ -19,6 +19,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from app.net.gate_rules import GatePolicy, render
+from tests.gate_receiver import REG_PORT
 from tests.haproc import env
 from tests.lab.procs import Proc
 from tests.requirements import require_root
@@ -371,6 +372,10 @@ if kind == "udp":  # from an intranet address, as a host on the link can claim
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("{INTRANET}", 40000))
     s.sendto(data, (dst, 9999))
+elif kind == "mip":  # from the home agent's registration port, as RFC 3519 data comes
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("{HA}", 434))
+    s.sendto(data, (dst, int(sys.argv[4])))
 else:  # IP-in-IP with the home agent's address as outer source
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
     s.bind(("{HA}", 0))
@@ -387,10 +392,10 @@ s.send(bytes.fromhex(mac) + bytes(6) + b"\\x08\\x00" + bytes.fromhex(sys.argv[1]
 """
 
 
-def forge(kind: str, dst: str, packet: bytes) -> None:
+def forge(kind: str, dst: str, packet: bytes, port: int = 9999) -> None:
     """From the link's other end (the network namespace), to the mobile node."""
     subprocess.run(["ip", "netns", "exec", NET, sys.executable, "-c", FORGE, kind, dst,
-                    packet.hex()], check=True, timeout=30)
+                    packet.hex(), str(port)], check=True, timeout=30)
 
 
 @pytest.fixture
@@ -451,6 +456,22 @@ def test_rfc5266_3_4_in_mc_nothing_reaches_the_home_address_in_clear_on_the_link
         forgeries()
         through_the_vpn("through-the-vpn")
         assert seen_before(r, "through-the-vpn") == ["through-the-vpn"]
+    finally:
+        r.stop()
+
+
+def test_rfc3519_4_7_in_mc_no_udp_tunnel_data_reaches_the_direct_registration_socket(
+        vpn_link):
+    """RFC 3519 4.7: UDP tunnelling only for a binding that was granted it.  In mc the
+    direct probe's socket is visible on the untrusted link; datagrams from the home
+    agent's address and port 434 to it pass only as registration replies (type 3),
+    never as tunnel data (type 4) that the helper would write into its tunnel."""
+    r = receiver("mc", gate=True)
+    try:
+        forge("mip", LINK, bytes([4, 4, 0, 0]) + b"forged-tunnel-data", REG_PORT)
+        forge("mip", LINK, bytes([3]) + b"a-reply", REG_PORT)
+        r.wait("REG 3 a-reply")
+        assert [ln for ln in r.out.seen if ln.startswith("REG ")] == ["REG 3 a-reply"]
     finally:
         r.stop()
 

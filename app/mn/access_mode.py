@@ -442,7 +442,11 @@ class AccessModeMachine:
             # (its renewal would leave from the old care-of address, in clear, on a
             # network not yet proven): the new link's decision makes a new one.
             self.client.forget_binding()
-        at_home = ev.address.ip in self.home_network
+        # A home-prefix link may be the home link only if the home agent is on its own
+        # subnet: an authenticated answer then came from the home agent on this link (a
+        # network that merely reuses the prefix has no home agent there to answer).
+        at_home = (ev.address.ip in self.home_network
+                   and self.client.config.home_agent in ev.address.network)
         self._link = _Link(ev.iface, ev.address, ev.gateway, now, home_prefix=at_home)
         self._via_fa = False
         in_mc = self.mode is Mode.VPN and self.gate is not None

@@ -332,7 +332,11 @@ class MobileNodeDriver:
             elif isinstance(a, am.ClaimHome):
                 # RFC 5944 4.6: the home address here and its gratuitous ARP, before the
                 # deregistration (the next action); its reply comes back to it.
-                await self.routes.home_for_probe(a.iface)
+                try:
+                    await self.routes.home_for_probe(a.iface)
+                except OSError as exc:  # the ARP and the deregistration still go, in order
+                    log.warning("%s: cannot put the home address on it: %s", a.iface,
+                                exc.strerror or exc)
                 self.routes.announce_home(a.iface)
             elif isinstance(a, am.Send):
                 self._send(a)
@@ -768,9 +772,12 @@ class MobileNodeDriver:
             except OSError:  # e.g. ICMP port unreachable reported on the socket
                 return
             if data[:1] == TUNNEL_DATA_HEADER[:1] and s is self._reg:
-                # RFC 3519 tunnel data on the registration's port: only from the
-                # home agent's address and port; keepalive answers are ours.
-                if peer == ha and data[:4] == TUNNEL_DATA_HEADER:
+                # RFC 3519 4.7 tunnel data on the registration's port: only from the home
+                # agent's address and port, and only while this binding has a UDP tunnel
+                # (the keepalive runs exactly then): in mc the direct probe's socket is
+                # visible on the untrusted link, and what it got must not reach trmn0.
+                if (peer == ha and data[:4] == TUNNEL_DATA_HEADER
+                        and self._keepalive is not None):
                     self._tunnel_data(data[4:])
                 continue
             self._queue.put_nowait(_Datagram(data, Path.VPN if s is self._vpn_reg

@@ -79,6 +79,11 @@ class UdpTunnelling(Enum):
     """Never ask (IP-in-IP only; through a NAT the home agent refuses)."""
 
 
+MIN_FA_LIFETIME = 4
+"""Seconds: the least an FA's code 69 may cap the lifetime to (renewed at 0.75 of it,
+3 s, so requests stay at least 1 s apart, RFC 5944 3.6.3)."""
+
+
 @dataclass(frozen=True)
 class RegistrationConfig:
     home_address: IPv4Address
@@ -465,7 +470,9 @@ class RegistrationClient:
         if rep.code == ReplyCode.FA_LIFETIME_TOO_LONG and rep.lifetime > 0 and a.via:
             # 3.6.2.3: the reply's lifetime is the most this FA accepts; every later
             # request through it asks no more (the caller decides when to retry).
-            self._fa_lifetime[a.via] = rep.lifetime
+            # Unauthenticated (3.6.2.1 a), so anyone on the link could send it: never
+            # below a lifetime whose renewals stay 1 s apart (3.6.3).
+            self._fa_lifetime[a.via] = max(rep.lifetime, MIN_FA_LIFETIME)
         self._attempt = None
         self.last_answer = (now - a.first_sent, now)
         self._events.append(Denied(rep.code, describe(rep.code), a.via))

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from app.api import Mode
+from app.mip.messages import TYPE_REPLY
 
 TABLE = "trustroam_gate"
 COUNTER = "blocked"
@@ -187,15 +188,21 @@ def arp_rules(policy: GatePolicy, path: ProvenPath | None,
     return [*rules, f"{home} counter name {COUNTER} drop"]
 
 
+REPLY_PAYLOAD = f"@th,64,8 {TYPE_REPLY}"
+"""The first byte of the UDP payload (after the 8-byte header) is a Registration Reply."""
+
+
 def undecided_in_rules(policy: GatePolicy) -> list[str]:
     """What may come in whatever the decision: the replies the undecided state needs.
     Never anything to the home address (that is the proven path's, or nobody's)."""
     rules = [
         f"ip daddr {policy.home_address} return",
         "meta nfproto ipv4 udp sport 67 udp dport 68 accept",  # DHCP, server to client
-        # Registration replies, to the helper's own sockets only (nft's socket lookup).
-        f"ip saddr {policy.home_agent} udp sport {MIP_PORT} socket mark {HELPER_MARK:#x} "
-        "accept",
+        # Registration replies (type 3), to the helper's own sockets only (nft's socket
+        # lookup).  Not RFC 3519 tunnel data (type 4) from the same port: that comes in
+        # only by a proven mode-c path, whose rule names the care-of address.
+        f"ip saddr {policy.home_agent} udp sport {MIP_PORT} {REPLY_PAYLOAD} "
+        f"socket mark {HELPER_MARK:#x} accept",
         "icmp type router-advertisement accept",  # agent advertisements (RFC 5944 2.1)
     ]
     if policy.gateways:
@@ -215,8 +222,8 @@ def proven_in_rules(policy: GatePolicy, path: ProvenPath | None,
     machine forward (to its guests): the same but the replies to the helper's
     sockets (the kernel has no socket lookup there)."""
     probe = [f"iifname {_q(home_probe)} ip saddr {policy.home_agent} ip daddr "
-             f"{policy.home_address} udp sport {MIP_PORT} socket mark {HELPER_MARK:#x} accept"
-             ] if home_probe and not forward else []
+             f"{policy.home_address} udp sport {MIP_PORT} {REPLY_PAYLOAD} "
+             f"socket mark {HELPER_MARK:#x} accept"] if home_probe and not forward else []
     if path is None:
         return probe
     i = _q(path.iface)

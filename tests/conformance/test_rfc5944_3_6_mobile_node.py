@@ -230,6 +230,21 @@ def test_rfc5944_3_6_2_3_after_69_no_more_than_the_replys_lifetime():
     assert RegistrationRequest.decode(c.datagrams_to_send()[0].data).lifetime <= 45
 
 
+def test_rfc5944_3_6_3_an_unauthenticated_69_cannot_push_renewals_under_1_s_apart():
+    """A code 69 carries no authenticator (3.6.2.1 a: no MN-FA key), so anyone on the
+    link can send one; its lifetime caps later requests through that FA, but never
+    below what keeps renewals at least 1 s apart (3.6.3)."""
+    c = alice(lifetime=600)
+    c.register(FA, T0, via=FA, lifetime=300)
+    i = RegistrationRequest.decode(c.datagrams_to_send()[0].data).identification
+    c.receive(RegistrationReply(ReplyCode.FA_LIFETIME_TOO_LONG, 1, ALICE, HA, i).encode(),
+              T0 + 0.01)
+    assert isinstance(c.next_event(), Denied)
+    c.register(FA, T0 + 1, via=FA, lifetime=300)
+    life = RegistrationRequest.decode(c.datagrams_to_send()[0].data).lifetime
+    assert life * c.config.renew_fraction >= 1
+
+
 # -- 3.6.1.1 IP Fields / 3.6.1.2 Request Fields -----------------------------------
 
 def test_rfc5944_3_6_1_1_through_an_fa_to_the_advertisements_ip_source_from_home_address():

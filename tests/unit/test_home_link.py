@@ -12,14 +12,15 @@ address: no ARP permission, no request from it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
 from app.api import Mode, State
 from app.mip.messages import RegistrationRequest
-from app.mn.access_mode import ClaimHome, ConfigureDataPlane, Gate, Note, Send
+from app.mn.access_mode import ClaimHome, ConfigureDataPlane, Gate, LinkUp, Note, Send
 from tests.unit import test_access_mode as tam
-from tests.unit.test_mode_mc import EVIL, NETS, World
+from tests.unit.test_mode_mc import EVIL, NETS, Net, World
 
 HOME_LINK = NETS["home"].up.address.ip
 
@@ -156,3 +157,22 @@ def test_rfc5944_4_6_leaving_home_while_claiming_takes_the_home_address_off_the_
     assert ConfigureDataPlane(Mode.NONE, None, None) in acts
     assert w.m.home_probe is None and w.m.home_claimed is None
     assert not [a for a in acts if isinstance(a, Gate) and a.home_probe]
+
+
+def test_rfc5266_3_1_1_a_home_prefix_subnet_without_the_home_agent_on_it_is_never_claimed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trusted subnet that reuses part of the home prefix (10.20.1.128/25) but has
+    no home agent on it: the home agent's answer came through a router, so it proves
+    trust, not the home link.  A co-located registration from the link's address,
+    as on any trusted network; the home address never shows on it."""
+    branch = Net(LinkUp("eth0", IPv4Interface("10.20.1.200/25"), IPv4Address("10.20.1.129")),
+                 True, False)
+    monkeypatch.setitem(NETS, "branch", branch)
+    w = World()
+    w.move("branch")
+    w.run(5)
+    assert (w.m.phase, w.m.mode) == (State.TRUSTED, Mode.COLOCATED)
+    assert _exposed(w) == []
+    first = _req(next(a for _, a in w.actions if isinstance(a, Send)))
+    assert first.lifetime > 0 and first.care_of_address == branch.up.address.ip
+    w.agrees()
