@@ -164,7 +164,11 @@ print('GOT', json.dumps(got), flush=True)
 """
 
 
-def udp_sink(port: int, count: int, timeout: float = 3) -> Proc:
+def udp_sink(port: int, count: int, timeout: float = 20) -> Proc:
+    """Receives until ``count`` datagrams came (it exits at once then) or ``timeout``
+    seconds passed since it bound: the bound must cover the senders' start-up (a
+    Python with scapy per send, two sends in a test; on a loaded 2-core machine that
+    took over 3 s, and the genuine packet came after the sink had given up)."""
     p = Proc(NS[1], sys.executable, "-c",
              UDP_SINK.format(ip=INNER[1], port=port, count=count, timeout=timeout))
     p.wait("BOUND")
@@ -301,7 +305,8 @@ def test_rfc2784_gre_packets_are_checked(tunnel: Tunnel, what: str) -> None:
     verified (a right one delivered, a wrong one dropped).  RFC 3024 4.3.2: a packet in
     an encapsulation not registered (GRE to an IP-in-IP binding, or the reverse) is
     discarded.  Each refusal is counted.  Both ends have both raw sockets open."""
-    sink = udp_sink(9004, 2, timeout=10)  # the senders below start Python and scapy
+    # Up to two datagrams: where one is refused the sink waits out its bound.
+    sink = udp_sink(9004, 2, timeout=10)
     before = tunnel.stats(1)
     inner = f"IP(src='{INNER[0]}', dst='{INNER[1]}')/UDP(sport=1, dport=9004)/Raw(b'%s')"
     want = [b"after"]
