@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from app.agents.bindings import Binding, BindingChange, ChangeKind, ReplayState
+from app.agents.bindings import Binding, BindingChange, ChangeKind, HaReplayState
 from app.agents.ha_config import ForeignAgentSA, HomeAgentConfig, MobileNodeConfig, ReplayStyle
 from app.mip import ident
 from app.mip.auth import AUTHENTICATOR_LEN, append_authenticator, verify
@@ -58,7 +58,7 @@ class Outcome:
     log_format: str
     """printf-style, formatted only if the line is logged (the accept path is hot)."""
     changes: tuple[BindingChange, ...] = ()
-    replay: tuple[IPv4Address, ReplayState] | None = None
+    replay: tuple[IPv4Address, HaReplayState] | None = None
     """Replay state to persist with the changes."""
     log_args: tuple[object, ...] = ()
     home_link: bool = False
@@ -88,7 +88,7 @@ class _Request:
     the reply then carries one for that foreign agent."""
 
 
-_NO_STATE = ReplayState()
+_NO_STATE = HaReplayState()
 
 
 def _what(previous: Binding | None, binding: Binding) -> str:
@@ -101,7 +101,7 @@ class HomeAgent:
     """Binding cache plus the RFC 5944 request checks, in RFC order."""
 
     def __init__(self, config: HomeAgentConfig, bindings: Iterable[Binding] = (),
-                 replay: Mapping[IPv4Address, ReplayState] | None = None,
+                 replay: Mapping[IPv4Address, HaReplayState] | None = None,
                  nonce: Callable[[], int] = lambda: secrets.randbits(32)) -> None:
         self.config = config
         # Keyed by the address as an int: IPv4Address hashes via hex(), which
@@ -110,7 +110,7 @@ class HomeAgent:
         self._by_nai = config.by_nai()
         self._fas = {int(f.care_of_address): f for f in config.foreign_agents}
         self._bindings: dict[int, Binding] = {}
-        self._replay: dict[int, ReplayState] = {int(k): v for k, v in (replay or {}).items()}
+        self._replay: dict[int, HaReplayState] = {int(k): v for k, v in (replay or {}).items()}
         self._expiry: list[tuple[float, int]] = []
         self._nonce = nonce
         self._ha_int = int(config.address)
@@ -125,7 +125,7 @@ class HomeAgent:
     def bindings(self) -> Mapping[IPv4Address, Binding]:
         return {b.home_address: b for b in self._bindings.values()}
 
-    def replay_state(self, home_address: IPv4Address) -> ReplayState:
+    def replay_state(self, home_address: IPv4Address) -> HaReplayState:
         return self._replay.get(int(home_address), _NO_STATE)
 
     def next_expiry(self) -> float | None:
@@ -250,7 +250,7 @@ class HomeAgent:
                             "off the home agent's clock")
                 return self._deny(r, ReplyCode.HA_IDENTIFICATION_MISMATCH, now, why,
                                   identification=reply_id)
-            new_state = ReplayState(last_identification=req.identification)
+            new_state = HaReplayState(last_identification=req.identification)
             reply_id = req.identification
         else:
             if state.ha_nonce is None or ident.high(req.identification) != state.ha_nonce:
@@ -258,14 +258,14 @@ class HomeAgent:
                 # again: a delayed copy of a request (3.6.3 resends it unchanged) must
                 # not void the nonce the node is about to use.
                 fresh = self._nonce() if state.ha_nonce is None else state.ha_nonce
-                new_state = ReplayState(ha_nonce=fresh)
+                new_state = HaReplayState(ha_nonce=fresh)
                 self._replay[key] = new_state
                 return self._deny(r, ReplyCode.HA_IDENTIFICATION_MISMATCH, now,
                                   "nonce does not match the home agent's",
                                   identification=ident.join(fresh, ident.low(req.identification)),
                                   replay=new_state)
             fresh = self._nonce()
-            new_state = ReplayState(ha_nonce=fresh)
+            new_state = HaReplayState(ha_nonce=fresh)
             reply_id = ident.join(fresh, ident.low(req.identification))
 
         # 3.8.2.1c/d: the foreign agent's authenticator, required for registrations
@@ -404,7 +404,7 @@ class HomeAgent:
         # A request from the home address itself can only come from the home link.
         return r.source[0] == r.home_address
 
-    def _deregister(self, r: _Request, now: float, reply_id: int, state: ReplayState
+    def _deregister(self, r: _Request, now: float, reply_id: int, state: HaReplayState
                     ) -> Outcome:
         # 3.8.2.2: care-of address = home address removes every binding; any other
         # removes only the binding to that care-of address.
@@ -427,7 +427,7 @@ class HomeAgent:
                        (r.home_address, state), home_link=self._at_home(r))
 
     def _deny(self, r: _Request, code: ReplyCode, now: float, why: str, *,
-              identification: int | None = None, replay: ReplayState | None = None
+              identification: int | None = None, replay: HaReplayState | None = None
               ) -> Outcome:
         ident_out = r.req.identification if identification is None else identification
         reply = self._reply(r, code, 0, ident_out, [])
