@@ -232,7 +232,7 @@ def test_tshark_reads_what_the_agents_now_put_on_the_wire(tmp_path):
     from app.agents.ha_config import ForeignAgentSA
     from app.agents.ha_core import HomeAgent
     from app.mn.registration import RegistrationClient, RegistrationConfig, UdpTunnelling
-    from tests.unit.test_ha_core import ALICE, HA, T0, config
+    from tests.support.identities import ALICE, HA, T0, config
 
     fa_key = bytes(range(32, 48))
     coa = A("10.40.1.1")

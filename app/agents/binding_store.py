@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from app.agents.bindings import Binding, BindingChange, ChangeKind, ReplayState
+from app.agents.bindings import Binding, BindingChange, ChangeKind, HaReplayState
 from app.mip.messages import RegFlags
 
 DB_NAME = "bindings.sqlite3"
@@ -59,7 +59,7 @@ class StoreError(Exception):
 @dataclass(frozen=True)
 class StoredState:
     bindings: list[Binding]
-    replay: dict[IPv4Address, ReplayState]
+    replay: dict[IPv4Address, HaReplayState]
 
 
 def _row(b: Binding) -> tuple[object, ...]:
@@ -69,7 +69,7 @@ def _row(b: Binding) -> tuple[object, ...]:
             int(b.udp_tunnel), b.keepalive_interval, int(b.nat_detected), b.nai)
 
 
-def _replay_row(st: ReplayState) -> tuple[object, object]:
+def _replay_row(st: HaReplayState) -> tuple[object, object]:
     # Identification uses all 64 bits; SQLite integers are signed: store text.
     last = None if st.last_identification is None else str(st.last_identification)
     return (last, st.ha_nonce)
@@ -127,17 +127,17 @@ class BindingStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read binding cache {self.path}: {exc}") from None
         bindings: list[Binding] = []
-        replay: dict[IPv4Address, ReplayState] = {}
+        replay: dict[IPv4Address, HaReplayState] = {}
         for hoa, last, nonce, *cols in rows:
             if last is not None or nonce is not None:
-                replay[IPv4Address(hoa)] = ReplayState(None if last is None else int(last),
+                replay[IPv4Address(hoa)] = HaReplayState(None if last is None else int(last),
                                                        nonce)
             if cols[0] is not None:
                 bindings.append(_binding((hoa, *cols)))
         return StoredState(bindings, replay)
 
     def apply(self, changes: Iterable[BindingChange],
-              replay: Iterable[tuple[IPv4Address, ReplayState]] = ()) -> None:
+              replay: Iterable[tuple[IPv4Address, HaReplayState]] = ()) -> None:
         """Write a batch of changes in one transaction (one fsync for the batch)."""
         # Only the last change of each home address counts: a batch may hold a
         # registration and the deregistration that followed it.

@@ -46,7 +46,7 @@ class Binding:
 
 
 @dataclass(frozen=True, slots=True)
-class ReplayState:
+class HaReplayState:
     """What the home agent remembers to refuse replayed requests."""
 
     last_identification: int | None = None

@@ -11,8 +11,10 @@ their randomised schedule.  The caller does the I/O.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import ClassVar
 
 from app.agents.fa_config import ForeignAgentConfig
 from app.mip.auth import AUTHENTICATOR_LEN, append_authenticator, verify
@@ -31,6 +33,7 @@ MIN_ADVERT_GAP = 0.1
 """RFC 5944 2.3: the rate of multicast advertisements is limited, solicited or not."""
 MIN_ADVERT_FRACTION = 0.75
 """RFC 1256: intervals uniform in [0.75 x MaxAdvertisementInterval, Max]."""
+_UNSPECIFIED = IPv4Address(0)
 
 
 def _mhae_end(exts: tuple[Extension, ...]) -> int | None:
@@ -86,6 +89,16 @@ class _Pending:
     deadline: float
     signed: bool = False
     """We added a Foreign-Home authenticator: the reply must carry one too."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Denial:
+    """Why a request is denied: the reply's code, the log's reason, and the lifetime
+    the reply carries when it is not the request's (RFC 5944 3.7.2.3)."""
+
+    code: ReplyCode
+    why: str
+    lifetime: int | None = None
 
 
 @dataclass
@@ -152,46 +165,107 @@ class ForeignAgent:
                 return res
             return self._deny(res, head, source, ReplyCode.FA_POORLY_FORMED_REQUEST,
                               f"malformed: {exc}", now=now)
+        for check in self._CHECKS:
+            denial = check(self, req, ttl)
+            if denial is not None:
+                return self._deny(res, req, source, denial.code, denial.why, now=now,
+                                  lifetime=denial.lifetime)
+        return self._relay(res, data, req, source, now)
+
+    def _check_authenticated(self, req: RegistrationRequest, ttl: int | None
+                             ) -> _Denial | None:
+        """RFC 5944 3.7.2.1, 3.6.1.3: a request without the Mobile-Home authenticator gets 70."""
         if req.mobile_home_auth is None:
-            return self._deny(res, req, source, ReplyCode.FA_POORLY_FORMED_REQUEST,
-                              "no mobile-home authentication extension", now=now)
-        if req.home_agent == IPv4Address(0) or req.home_address == IPv4Address(0):
-            code = (ReplyCode.FA_MISSING_HOME_AGENT if req.home_agent == IPv4Address(0)
+            return _Denial(ReplyCode.FA_POORLY_FORMED_REQUEST,
+                           "no mobile-home authentication extension")
+        return None
+
+    def _check_addresses(self, req: RegistrationRequest, ttl: int | None) -> _Denial | None:
+        """RFC 2794 3, RFC 5944 3.7.1: a home agent (98) and a home address (99) are needed."""
+        if _UNSPECIFIED in (req.home_agent, req.home_address):
+            code = (ReplyCode.FA_MISSING_HOME_AGENT if req.home_agent == _UNSPECIFIED
                     else ReplyCode.FA_MISSING_HOME_ADDRESS)
-            return self._deny(res, req, source, code, "home agent or home address missing", now=now)
-        flags = req.flags.value
-        if (not flags & RegFlags.D.value and req.lifetime != 0
+            return _Denial(code, "home agent or home address missing")
+        return None
+
+    def _check_care_of_address(self, req: RegistrationRequest, ttl: int | None
+                               ) -> _Denial | None:
+        """RFC 5944 3.7.2.1: D clear and lifetime != 0 need our care-of address (77)."""
+        if (not req.flags.value & RegFlags.D.value and req.lifetime != 0
                 and req.care_of_address != self.config.care_of_address):
-            return self._deny(res, req, source, ReplyCode.FA_INVALID_COA,
-                              f"care-of address {req.care_of_address} is not this agent's "
-                              f"{self.config.care_of_address}", now=now)
+            return _Denial(ReplyCode.FA_INVALID_COA,
+                           f"care-of address {req.care_of_address} is not this agent's "
+                           f"{self.config.care_of_address}")
+        return None
+
+    def _check_lifetime(self, req: RegistrationRequest, ttl: int | None) -> _Denial | None:
+        """RFC 5944 3.7.2.3: a lifetime above our maximum gets 69, carrying that maximum."""
         if req.lifetime > self.config.max_lifetime and not req.is_deregistration:
-            return self._deny(res, req, source, ReplyCode.FA_LIFETIME_TOO_LONG,
-                              f"lifetime {req.lifetime} above {self.config.max_lifetime}",
-                              now=now, lifetime=self.config.max_lifetime)
-        # RFC 3024 4.2.1, in its order: 72, 75, 76, and 74 last.
-        # RFC 5944 4.1: IP-in-IP always, GRE when configured, minimal never (72).
+            return _Denial(ReplyCode.FA_LIFETIME_TOO_LONG,
+                           f"lifetime {req.lifetime} above {self.config.max_lifetime}",
+                           self.config.max_lifetime)
+        return None
+
+    def _check_encapsulation(self, req: RegistrationRequest, ttl: int | None
+                             ) -> _Denial | None:
+        """RFC 3024 4.2.1, RFC 5944 4.1: IP-in-IP always, GRE if configured, minimal never (72)."""
+        flags = req.flags.value
         if flags & RegFlags.M.value:
-            return self._deny(res, req, source, ReplyCode.FA_ENCAPSULATION_UNAVAILABLE,
-                              "minimal encapsulation (M) is not offered", now=now)
+            return _Denial(ReplyCode.FA_ENCAPSULATION_UNAVAILABLE,
+                           "minimal encapsulation (M) is not offered")
         if flags & RegFlags.G.value and not self.config.gre:
-            return self._deny(res, req, source, ReplyCode.FA_ENCAPSULATION_UNAVAILABLE,
-                              "GRE encapsulation (G) is turned off (foreign_agent.gre)",
-                              now=now)
-        if self.config.reverse_tunnel_required and not flags & RegFlags.T.value:
-            return self._deny(res, req, source, ReplyCode.FA_REVERSE_TUNNEL_MANDATORY,
-                              "reverse tunnelling is required here", now=now)
-        if (flags & RegFlags.T.value and ttl is not None and ttl != REQUEST_TTL
+            return _Denial(ReplyCode.FA_ENCAPSULATION_UNAVAILABLE,
+                           "GRE encapsulation (G) is turned off (foreign_agent.gre)")
+        return None
+
+    def _check_reverse_tunnel_mandatory(self, req: RegistrationRequest, ttl: int | None
+                                        ) -> _Denial | None:
+        """RFC 3024 4.2.1: where a reverse tunnel is mandatory, a request without T gets 75."""
+        if self.config.reverse_tunnel_required and not req.flags.value & RegFlags.T.value:
+            return _Denial(ReplyCode.FA_REVERSE_TUNNEL_MANDATORY,
+                           "reverse tunnelling is required here")
+        return None
+
+    def _check_ttl(self, req: RegistrationRequest, ttl: int | None) -> _Denial | None:
+        """RFC 3024 4.2.1: a request for a reverse tunnel arrives with IP TTL 255, else 76."""
+        if (req.flags.value & RegFlags.T.value and ttl is not None and ttl != REQUEST_TTL
                 and self.config.require_ttl_255):
-            return self._deny(res, req, source, ReplyCode.FA_MN_TOO_DISTANT,
-                              f"reverse tunnel requested with IP TTL {ttl}, not 255", now=now)
-        if flags & RegFlags.T.value and not self.config.reverse_tunnelling:
-            return self._deny(res, req, source, ReplyCode.FA_REVERSE_TUNNEL_UNAVAILABLE,
-                              "reverse tunnelling is off", now=now)
+            return _Denial(ReplyCode.FA_MN_TOO_DISTANT,
+                           f"reverse tunnel requested with IP TTL {ttl}, not 255")
+        return None
+
+    def _check_reverse_tunnel(self, req: RegistrationRequest, ttl: int | None
+                              ) -> _Denial | None:
+        """RFC 3024 4.2.1: as the last tunnel check, a reverse tunnel we do not offer gets 74."""
+        if req.flags.value & RegFlags.T.value and not self.config.reverse_tunnelling:
+            return _Denial(ReplyCode.FA_REVERSE_TUNNEL_UNAVAILABLE, "reverse tunnelling is off")
+        return None
+
+    def _check_room(self, req: RegistrationRequest, ttl: int | None) -> _Denial | None:
+        """RFC 5944 3.7.1, 2.1.1: a new visitor when the visitor list is full gets 66."""
         if (req.home_address not in self.visitors
                 and len(self.visitors) >= self.config.max_visitors):
-            return self._deny(res, req, source, ReplyCode.FA_INSUFFICIENT_RESOURCES,
-                              "visitor list full", now=now)
+            return _Denial(ReplyCode.FA_INSUFFICIENT_RESOURCES, "visitor list full")
+        return None
+
+    # The request checks in order (RFC 3024 4.2.1's own: 72, 75, 76, and 74 last);
+    # each returns the denial or None to go on.
+    _CHECKS: ClassVar[tuple[Callable[[ForeignAgent, RegistrationRequest, int | None],
+                                     _Denial | None], ...]] = (
+        _check_authenticated,             # RFC 5944 3.7.2.1 (70)
+        _check_addresses,                 # RFC 2794 3 (98, 99)
+        _check_care_of_address,           # RFC 5944 3.7.2.1 (77)
+        _check_lifetime,                  # RFC 5944 3.7.2.3 (69)
+        _check_encapsulation,             # RFC 3024 4.2.1, RFC 5944 4.1 (72)
+        _check_reverse_tunnel_mandatory,  # RFC 3024 4.2.1 (75)
+        _check_ttl,                       # RFC 3024 4.2.1 (76)
+        _check_reverse_tunnel,            # RFC 3024 4.2.1 (74)
+        _check_room,                      # RFC 5944 3.7.1 (66)
+    )
+
+    def _relay(self, res: Result, data: bytes, req: RegistrationRequest,
+               source: tuple[IPv4Address, int], now: float) -> Result:
+        """RFC 5944 3.7.2.2, 3.7.1: relay up to the MHAE, signed for the HA; keep it pending."""
         # 3.7.1: kept 7 s (the configured timeout is at least that), or for the
         # requested lifetime if shorter (3.7.2.2).
         wait = self.config.registration_timeout
@@ -218,43 +292,26 @@ class ForeignAgent:
 
     def from_home_agent(self, data: bytes, source: tuple[IPv4Address, int], now: float
                         ) -> Result:
+        """A reply from a home agent, for a pending request: checked, then relayed."""
         res = Result()
         try:
             rep = RegistrationReply.decode(data)
         except DecodeError as exc:
             res.log.append(f"from home agent {source[0]}: malformed reply dropped: {exc}")
             return res
+        # 3.7.3.1: a reply that matches no pending request is silently discarded.
         pending = self._pending.pop((rep.home_address, low(rep.identification)), None)
         if pending is None:
             res.log.append(f"{rep.home_address}: reply from {source[0]} matches no pending "
                            "request; dropped")
             return res
         req = pending.request
-        sa = self._has.get(req.home_agent)
-        # 3.7.1: the reply's Foreign-Home authenticator is required when it grants a
-        # lifetime, and whenever we signed the request (the HA then signs back).
-        if sa is not None and (rep.lifetime != 0 or pending.signed):
-            fhaes = [e for e in rep.extensions if isinstance(e, AuthExtension)
-                     and e.ext_type == ExtType.FOREIGN_HOME_AUTH]
-            if len(fhaes) != 1 or fhaes[0].spi != sa.spi or len(
-                    fhaes[0].authenticator) != AUTHENTICATOR_LEN or not verify(
-                    sa.algorithm, sa.key, fhaes[0].covered, fhaes[0].authenticator):
-                return self._deny(res, req, pending.source, ReplyCode.FA_HA_AUTH_FAILED,
-                                  f"reply from {source[0]} lacks a valid foreign-home "
-                                  "authenticator", now=now)
+        if not self._reply_authentic(pending, rep):
+            return self._deny(res, req, pending.source, ReplyCode.FA_HA_AUTH_FAILED,
+                              f"reply from {source[0]} lacks a valid foreign-home "
+                              "authenticator", now=now)
         if is_accepted(rep.code):
-            if req.is_deregistration or rep.lifetime == 0:
-                gone = self.visitors.pop(req.home_address, None)
-                if gone is not None:
-                    res.actions.append(VisitorDown(gone))
-            else:
-                # 3.7.3.2: the lesser of what the HA granted and our own maximum,
-                # counted from now (when the reply is forwarded).
-                life = min(rep.lifetime, self.config.max_lifetime)
-                v = Visitor(req.home_address, req.home_agent, pending.source, now + life,
-                            bool(req.flags & RegFlags.T), bool(req.flags & RegFlags.G))
-                self.visitors[req.home_address] = v
-                res.actions.append(VisitorUp(v))
+            self._update_visitor(res, pending, rep, now)
         # 3.7.3.2: extensions not covered by the Mobile-Home authenticator (ours,
         # the Foreign-Home one) are removed before the mobile node sees the reply.
         end = _mhae_end(rep.extensions)
@@ -263,6 +320,36 @@ class ForeignAgent:
         res.actions.append(ToMobileNode(out, *pending.source))
         res.log.append(f"{req.home_address}: {describe(rep.code)} (relayed to the mobile node)")
         return res
+
+    def _reply_authentic(self, pending: _Pending, rep: RegistrationReply) -> bool:
+        """RFC 5944 3.7.3.1: exactly one valid Foreign-Home authenticator where one is due."""
+        sa = self._has.get(pending.request.home_agent)
+        # Due when the reply grants a lifetime, and whenever we signed the request
+        # (the HA then signs back).
+        if sa is None or (rep.lifetime == 0 and not pending.signed):
+            return True
+        fhaes = [e for e in rep.extensions if isinstance(e, AuthExtension)
+                 and e.ext_type == ExtType.FOREIGN_HOME_AUTH]
+        return len(fhaes) == 1 and fhaes[0].spi == sa.spi and len(
+            fhaes[0].authenticator) == AUTHENTICATOR_LEN and verify(
+            sa.algorithm, sa.key, fhaes[0].covered, fhaes[0].authenticator)
+
+    def _update_visitor(self, res: Result, pending: _Pending, rep: RegistrationReply,
+                        now: float) -> None:
+        """RFC 5944 3.7.3.2: an accepted registration adds the visitor; lifetime 0 drops it."""
+        req = pending.request
+        if req.is_deregistration or rep.lifetime == 0:
+            gone = self.visitors.pop(req.home_address, None)
+            if gone is not None:
+                res.actions.append(VisitorDown(gone))
+            return
+        # The lesser of what the HA granted and our own maximum, counted from now
+        # (when the reply is forwarded).
+        life = min(rep.lifetime, self.config.max_lifetime)
+        v = Visitor(req.home_address, req.home_agent, pending.source, now + life,
+                    bool(req.flags & RegFlags.T), bool(req.flags & RegFlags.G))
+        self.visitors[req.home_address] = v
+        res.actions.append(VisitorUp(v))
 
     # -- time ------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from app.agents.binding_store import BindingStore, StoreError
-from app.agents.bindings import Binding, BindingChange, ChangeKind, ReplayState
+from app.agents.bindings import Binding, BindingChange, ChangeKind, HaReplayState
 from app.agents.dataplane import HomeAgentDataPlane
 from app.agents.ha_core import HomeAgent, Outcome
 
@@ -38,7 +38,7 @@ class _Batch:
 
     outcomes: list[tuple[Outcome, tuple[str, int]]] = field(default_factory=list)
     changes: list[BindingChange] = field(default_factory=list)
-    replay: list[tuple[IPv4Address, ReplayState]] = field(default_factory=list)
+    replay: list[tuple[IPv4Address, HaReplayState]] = field(default_factory=list)
 
     def add(self, outcome: Outcome, addr: tuple[str, int]) -> None:
         self.outcomes.append((outcome, addr))

@@ -12,7 +12,7 @@ from app.agents.fa_server import ForeignAgentServer
 from app.mip.messages import RegFlags, RegistrationReply
 from tests.mipclient import KEY_A, Mn
 from tests.requirements import require_root
-from tests.unit.test_ha_core import ALICE, HA
+from tests.support.identities import ALICE, HA
 
 LOOP = IPv4Address("127.0.0.1")
 

@@ -18,7 +18,7 @@ from app.mip.extensions import ExtType, UdpTunnelReply, UdpTunnelRequest
 from app.mip.messages import RegFlags, RegistrationReply, RegistrationRequest
 from app.mn.registration import Registered, RegistrationClient, RegistrationConfig
 from tests.mipclient import KEY_A, Mn
-from tests.unit.test_ha_core import ALICE, HA, T0, config
+from tests.support.identities import ALICE, HA, T0, config
 
 A = IPv4Address
 COA = "10.30.0.5"

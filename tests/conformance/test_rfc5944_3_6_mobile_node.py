@@ -27,7 +27,7 @@ from app.mn.registration import (
 )
 from tests.conformance.sim import Link
 from tests.mipclient import KEY_A, KEY_B
-from tests.unit.test_ha_core import ALICE, BOB, HA, T0, config
+from tests.support.identities import ALICE, BOB, HA, T0, config
 
 A = IPv4Address
 COA = A("10.30.1.50")

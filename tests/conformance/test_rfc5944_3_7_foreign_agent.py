@@ -17,7 +17,7 @@ from app.mip.extensions import NaiExtension, SkippedExtension
 from app.mip.icmp import AgentAdvertisement, AgentFlags, _with_checksum
 from app.mip.messages import RegFlags, RegistrationReply, RegistrationRequest
 from tests.mipclient import KEY_A, Mn
-from tests.unit.test_ha_core import ALICE, HA, T0, config
+from tests.support.identities import ALICE, HA, T0, config
 
 A = IPv4Address
 FA = A("10.40.1.1")
@@ -310,7 +310,7 @@ def test_rfc5944_3_7_3_1_resync_through_an_fa_sharing_keys_with_the_ha(replay):
         ReplayMode,
     )
     from tests.mipclient import KEY_B
-    from tests.unit.test_ha_core import BOB
+    from tests.support.identities import BOB
 
     f = fa_with_sa()
     ha = HomeAgent(config(foreign_agents=(ForeignAgentSA(FA, 900, Algorithm.HMAC_MD5,

@@ -12,7 +12,7 @@ from app.mip import ident
 from app.mip.auth import Algorithm, append_authenticator
 from app.mip.messages import RegFlags, RegistrationReply
 from tests.mipclient import KEY_A, KEY_B, Mn
-from tests.unit.test_ha_core import ALICE, BOB, HA, T0, config
+from tests.support.identities import ALICE, BOB, HA, T0, config
 
 A = IPv4Address
 COA = "10.30.0.5"

@@ -26,7 +26,7 @@ from app.mn.access_mode import (
 from app.mn.registration import RegistrationClient, RegistrationConfig
 from app.net.gate_rules import ProvenPath
 from tests.mipclient import KEY_A
-from tests.unit.test_ha_core import ALICE, HA, T0, config
+from tests.support.identities import ALICE, HA, T0, config
 
 A = IPv4Address
 FA = A("10.40.1.1")

@@ -7,7 +7,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from app.agents.binding_store import BindingStore, StoreError
-from app.agents.bindings import Binding, BindingChange, ChangeKind, ReplayState
+from app.agents.bindings import Binding, BindingChange, ChangeKind, HaReplayState
 from app.mip.messages import RegFlags
 
 A = IPv4Address
@@ -22,13 +22,13 @@ def test_round_trip_and_permissions(tmp_path):
     store = BindingStore(tmp_path / "st")
     b = binding("10.20.1.10")
     big = (1 << 64) - 1  # identification uses all 64 bits; SQLite integers are signed
-    store.apply([BindingChange(ChangeKind.ADDED, b)], [(b.home_address, ReplayState(big))])
+    store.apply([BindingChange(ChangeKind.ADDED, b)], [(b.home_address, HaReplayState(big))])
     store.close()
     assert stat.S_IMODE(os.stat(tmp_path / "st").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(tmp_path / "st" / "bindings.sqlite3").st_mode) == 0o600
     state = BindingStore(tmp_path / "st", read_only=True).load()
     assert state.bindings == [b]
-    assert state.replay == {b.home_address: ReplayState(big, None)}
+    assert state.replay == {b.home_address: HaReplayState(big, None)}
 
 
 def test_last_change_of_a_batch_wins(tmp_path):
@@ -58,12 +58,13 @@ def test_read_only_without_database(tmp_path):
 def test_replay_survives_deregistration_and_expiry(tmp_path):
     store = BindingStore(tmp_path)
     b = binding("10.20.1.10")
-    store.apply([BindingChange(ChangeKind.ADDED, b)], [(b.home_address, ReplayState(5))])
-    store.apply([BindingChange(ChangeKind.REMOVED, b)], [(b.home_address, ReplayState(6))])
-    store.apply([], [(A("10.20.1.11"), ReplayState(None, 77))])
+    store.apply([BindingChange(ChangeKind.ADDED, b)], [(b.home_address, HaReplayState(5))])
+    store.apply([BindingChange(ChangeKind.REMOVED, b)], [(b.home_address, HaReplayState(6))])
+    store.apply([], [(A("10.20.1.11"), HaReplayState(None, 77))])
     state = store.load()
     assert state.bindings == []
-    assert state.replay == {b.home_address: ReplayState(6), A("10.20.1.11"): ReplayState(None, 77)}
+    assert state.replay == {b.home_address: HaReplayState(6),
+                            A("10.20.1.11"): HaReplayState(None, 77)}
     store.apply([BindingChange(ChangeKind.ADDED, b)])  # binding only: replay kept
-    assert store.load().replay[b.home_address] == ReplayState(6)
+    assert store.load().replay[b.home_address] == HaReplayState(6)
     assert store.load().bindings == [b]

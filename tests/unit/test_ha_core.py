@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
+from ipaddress import IPv4Address
 
 import pytest
 
 from app.agents.bindings import ChangeKind
-from app.agents.ha_config import HomeAgentConfig, MobileNodeConfig, ReplayStyle
 from app.agents.ha_core import HomeAgent
 from app.mip import ident
 from app.mip.auth import Algorithm
 from app.mip.extensions import NaiExtension, SkippedExtension, UdpTunnelRequest
 from app.mip.messages import RegFlags, RegistrationReply
 from tests.mipclient import KEY_A, KEY_B, Mn
+from tests.support.identities import ALICE, BOB, HA, T0, config
 
 A = IPv4Address
-HA = A("10.20.1.1")
-ALICE = A("10.20.1.10")
-BOB = A("10.20.1.11")
 COA = "10.30.0.5"
 SRC = (A(COA), 434)
-T0 = 1_800_000_000.0
 
 
 class Clock:
@@ -32,16 +26,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def config(**kw) -> HomeAgentConfig:
-    nodes = (
-        MobileNodeConfig(ALICE, 256, Algorithm.HMAC_MD5, KEY_A, "alice@corp.example"),
-        MobileNodeConfig(BOB, 257, Algorithm.KEYED_MD5, KEY_B, "bob@corp.example",
-                         ReplayStyle.NONCE),
-    )
-    base = HomeAgentConfig(HA, IPv4Network("10.20.1.0/24"), nodes, state_dir=Path("/nonexist"))
-    return replace(base, **kw)
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ from app.mn.access_mode import (
 )
 from app.mn.registration import RegistrationClient, RegistrationConfig, ReplayMode
 from tests.mipclient import KEY_A, KEY_B
-from tests.unit.test_ha_core import ALICE, BOB, HA, T0, config
+from tests.support.identities import ALICE, BOB, HA, T0, config
 
 A = IPv4Address
 HOME_NET = IPv4Network("10.20.1.0/24")

@@ -18,7 +18,7 @@ from app.mn.access_mode import AccessModeMachine, LinkUp, Send, VpnReady
 from app.mn.registration import RegistrationConfig, ReplayMode
 from app.mn.reply_path import Path, PathClient
 from tests.mipclient import KEY_A
-from tests.unit.test_ha_core import ALICE, HA, T0, config
+from tests.support.identities import ALICE, HA, T0, config
 
 NAT = LinkUp("eth0", IPv4Interface("192.168.50.120/24"), IPv4Address("192.168.50.1"))
 TIA = IPv4Address("10.99.1.7")

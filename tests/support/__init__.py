@@ -1,0 +1,1 @@
+"""Shared test fixtures that are not tests themselves."""
