@@ -387,5 +387,5 @@ class StatusWindow(QWidget):
 
 
 def _collect() -> None:
-    gc.collect()  # the window's Python wrappers and their slots hold reference cycles
+    gc.collect()  # whatever cycles the window's Python side left, then the freed heap back
     memory.trim()
