@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
-import linecache
 from collections.abc import Iterator
 
 
@@ -16,25 +14,14 @@ def trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def release_import_leftovers() -> None:
-    """After pyqtgraph's import: shiboken's check for ``from __feature__`` reads the
-    source of every module that imports Qt into ``linecache`` (6 MB of text with
-    pyqtgraph's) that nobody reads again; then the garbage and the freed heap go
-    back.  (After the tray's own start it frees 1.4 MB of text but no resident
-    page: the lines are small objects in arenas that stay partly used.)"""
-    linecache.clearcache()
-    gc.collect()
-    trim()
-
-
 @contextlib.contextmanager
-def plain_imports(uses_qt: tuple[str, ...] = ("ui", "pyqtgraph")) -> Iterator[None]:
+def plain_imports(uses_qt: tuple[str, ...] = ("ui",)) -> Iterator[None]:
     """Import without shiboken's ``__feature__`` hook.
 
     Once PySide6 is loaded, every import goes through shiboken's hook, which reads the
     whole source of each new module (into ``linecache``) to see whether it mentions
-    PySide6 and so may select ``from __feature__`` options (snake_case...).  numpy's
-    and pyqtgraph's sources leave 7 MB behind that way.  Nothing in the tray selects
+    PySide6 and so may select ``from __feature__`` options (snake_case...), and keeps
+    it in memory.  Nothing in the tray selects
     a feature, so the modules imported here are entered in shiboken's table as the
     hook would have: "uses PySide, no feature" (0) for ``uses_qt`` packages, "not
     PySide" (-1) for the rest.  Without the hook (another PySide6), a plain import.

@@ -2,18 +2,22 @@
 
 Two flat arrays of doubles (16 bytes a sample) instead of a deque of tuples
 (~110 bytes a sample: a tuple and two float objects): a day of one-per-second
-answers for the home agent and the VPN gateway is 2.8 MB instead of 19 MB, and
-the plot copies them into numpy with one memcpy each.
+answers for the home agent and the VPN gateway is 2.8 MB instead of 19 MB.
+A probe that stops answering is kept as a NaN round trip: the plot leaves a gap
+there instead of drawing a line across the time nothing answered.
 """
 
 from __future__ import annotations
 
+import math
 from array import array
+
+from app.api import Probe
 
 
 class RttSeries:
-    """(unix time, RTT ms) samples in arrival order: the newest ``maxlen`` are kept
-    (up to maxlen/16 more until the next trim)."""
+    """(unix time, RTT ms) samples in arrival order, NaN where the probe failed:
+    the newest ``maxlen`` are kept (up to maxlen/16 more until the next trim)."""
 
     def __init__(self, maxlen: int) -> None:
         self.maxlen = maxlen
@@ -31,6 +35,16 @@ class RttSeries:
             cut = len(self.times) - self.maxlen
             del self.times[:cut]
             del self.rtts[:cut]
+
+    def observe(self, probe: Probe, prev: Probe | None, now: float) -> None:
+        """The helper's probe property changed: a new answer is a sample; a probe that
+        was reachable and is no longer (unanswered, or stopped) a gap, from ``now``."""
+        if probe.answered_at > 0 and probe.rtt_ms >= 0 and (
+                prev is None or prev.answered_at != probe.answered_at):
+            self.append(probe.answered_at, probe.rtt_ms)
+        elif (prev is not None and prev.reachable and not probe.reachable
+              and self.rtts and not math.isnan(self.rtts[-1])):
+            self.append(max(now, self.times[-1]), math.nan)
 
     def last_time(self) -> float | None:
         return self.times[-1] if self.times else None

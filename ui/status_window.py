@@ -1,15 +1,13 @@
 """The status window: state and addresses, the traffic's path, probe RTTs, history.
 
-Created on first use (pyqtgraph and numpy load only then).  While it is hidden
-nothing here runs; while shown, a one-second timer counts the binding down.
+Created on first use.  While it is hidden nothing here runs; while shown, a
+one-second timer counts the binding down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
-import os
 import sys
 import time
 from typing import Any
@@ -28,7 +26,6 @@ from PySide6.QtGui import QColor, QPainter, QPen, QStandardItem, QStandardItemMo
 from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
-    QGraphicsView,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -42,6 +39,7 @@ from PySide6.QtWidgets import (
 from app.api import HistoryEntry, Mode, Snapshot, State
 from app.client_bus import finite, shown
 from ui import memory, presentation
+from ui.rtt_plot import RttPlot
 
 HISTORY_FETCH = 1000
 HISTORY_ROWS = 5000  # rows the open window keeps (the oldest go first)
@@ -86,130 +84,6 @@ def path_note(snap: Snapshot | None) -> str:
     if snap.state is State.ERROR:
         return presentation.friendly_error(snap.error)
     return ""
-
-
-def _pyqtgraph() -> Any:
-    """pyqtgraph (and numpy), imported on the window's first use, leaving less behind.
-
-    - pyqtgraph.Qt copies every name of QtCore, QtGui and QtWidgets into its own
-      modules; PySide6 creates its Python types on first access, so that copy
-      creates all of them (~6 MB here), most never used.  Its (empty) modules are
-      given beforehand as forwarders that fetch a name from PySide6 when pyqtgraph
-      first uses it, and the copy is handed an empty name list.  If pyqtgraph ever
-      stops working that way, it is imported plainly.
-    - shiboken's check for ``from __feature__`` reads the source of every module
-      imported while Qt is loaded (numpy's, pyqtgraph's: 7 MB): imported without
-      it (memory.plain_imports), and whatever is left in ``linecache`` cleared.
-    """
-    # numpy's OpenBLAS starts a thread (with its buffers) per core at import, for
-    # matrix products the plot never does; one is enough.  Set before the import.
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    with memory.plain_imports():
-        if "pyqtgraph" not in sys.modules:
-            try:
-                _import_pyqtgraph_lazily()
-            except Exception:  # an incompatible pyqtgraph: the plain import below
-                for name in [n for n in sys.modules if n.split(".")[0] == "pyqtgraph"]:
-                    del sys.modules[name]
-        import pyqtgraph as pg
-
-    memory.release_import_leftovers()
-    return pg
-
-
-def _import_pyqtgraph_lazily() -> None:
-    import types
-
-    from PySide6 import QtCore, QtGui, QtWidgets
-
-    reals = {"QtCore": QtCore, "QtGui": QtGui, "QtWidgets": QtWidgets}
-    # PySide6's modules have a __dir__ of their own (it lists the types not yet
-    # created): put back exactly what was there.
-    absent = object()
-    own_dirs = {sub: real.__dict__.get("__dir__", absent) for sub, real in reals.items()}
-    for sub, real in reals.items():
-        shim = types.ModuleType(f"pyqtgraph.Qt.{sub}")
-        shim.__path__ = []  # a package, as pyqtgraph's own is
-        shim.__getattr__ = functools.partial(getattr, real)  # type: ignore[method-assign]
-        sys.modules[shim.__name__] = shim
-        real.__dict__["__dir__"] = list  # what _copy_attrs iterates over: nothing
-    gl = None
-    if GL_MODULE not in sys.modules:
-        # pyqtgraph imports QtOpenGL (2.3 MB) for drawing with OpenGL, which the
-        # window does not do: it gets a module that imports QtOpenGL on first use.
-        gl = types.ModuleType(GL_MODULE)
-        gl.__getattr__ = functools.partial(_gl_attr, gl)  # type: ignore[method-assign]
-        sys.modules[GL_MODULE] = gl
-    try:
-        pyqtgraph = _exec_package_trimmed()
-    finally:
-        for sub, real in reals.items():
-            if own_dirs[sub] is absent:
-                real.__dict__.pop("__dir__", None)
-            else:
-                real.__dict__["__dir__"] = own_dirs[sub]
-        if gl is not None and sys.modules.get(GL_MODULE) is gl:
-            del sys.modules[GL_MODULE]  # anyone else importing it gets the real one
-    if pyqtgraph.Qt.QtWidgets.QGraphicsView is not QtWidgets.QGraphicsView:
-        raise ImportError("pyqtgraph's Qt modules are not the forwarders")
-    missing = [n for n in USED_NAMES if not hasattr(pyqtgraph, n)]
-    if missing:
-        raise ImportError(f"pyqtgraph without {', '.join(missing)}")
-
-
-GL_MODULE = "PySide6.QtOpenGL"
-
-
-def _gl_attr(stand_in: Any, name: str) -> Any:
-    if sys.modules.get(GL_MODULE) is stand_in:
-        del sys.modules[GL_MODULE]
-    import importlib
-
-    return getattr(importlib.import_module(GL_MODULE), name)
-
-
-# The parts of pyqtgraph the window uses, with what they import anyway: the
-# package's __init__ imports only these of its ~85 modules (see _exec_package_trimmed).
-KEPT_MODULES = frozenset({
-    "Qt", "colors", "colormap", "functions", "Point", "GraphicsScene",
-    "widgets.GraphicsView", "widgets.PlotWidget",
-    *(f"graphicsItems.{m}" for m in (
-        "AxisItem", "DateAxisItem", "GraphicsItem", "GraphicsObject", "GraphicsWidget",
-        "InfiniteLine", "LabelItem", "LegendItem", "PlotCurveItem", "PlotDataItem",
-        "PlotItem", "ScatterPlotItem", "TextItem", "ViewBox")),
-})
-# What this module and pyqtgraph's kept parts take from the package itself
-# (GraphicsView imports _connectCleanup; the exit cleanup calls ViewBox.quit).
-USED_NAMES = ("PlotWidget", "DateAxisItem", "mkPen", "setConfigOptions", "getConfigOption",
-              "ViewBox", "_connectCleanup", "cleanup")
-
-
-def _exec_package_trimmed() -> Any:
-    """Run pyqtgraph/__init__.py without its imports of widgets and items the
-    window never uses (image views, ROIs, parameter trees, remote views...): 4 MB.
-
-    The package's own code (configuration, exit cleanup) runs unchanged; only
-    top-level ``from .module import ...`` statements for modules outside
-    KEPT_MODULES are left out.  Any of those modules is still importable on
-    demand (``import pyqtgraph.imageview``).
-    """
-    import ast
-    import importlib.util
-
-    spec = importlib.util.find_spec("pyqtgraph")
-    if spec is None or spec.loader is None or spec.origin is None:
-        raise ImportError("pyqtgraph not found")
-    source = spec.loader.get_source("pyqtgraph")  # type: ignore[attr-defined]
-    tree = ast.parse(source, spec.origin)
-    tree.body = [node for node in tree.body
-                 if not (isinstance(node, ast.ImportFrom) and node.level == 1
-                         and node.module not in KEPT_MODULES)]
-    code = compile(tree, spec.origin, "exec")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pyqtgraph"] = module
-    exec(code, module.__dict__)  # noqa: S102 (pyqtgraph's own source, trimmed)
-    return module
 
 
 class PathDiagram(QWidget):
@@ -353,21 +227,7 @@ class StatusWindow(QWidget):
 
         self.tabs = QTabWidget()
         lay.addWidget(self.tabs, 1)
-        pg = _pyqtgraph()
-        pg.setConfigOptions(antialias=True, background="w", foreground="k")
-        # No context menu (its forms cost memory and offer nothing here); a curve is
-        # drawn from at most a few points per pixel of the visible part.
-        self.plot = pg.PlotWidget(enableMenu=False, axisItems={"bottom": pg.DateAxisItem()})
-        # The background is one colour: no viewport-sized pixmap (1.2 MB) to cache it.
-        self.plot.setCacheMode(QGraphicsView.CacheModeFlag.CacheNone)
-        self.plot.setDownsampling(auto=True, mode="peak")
-        self.plot.setClipToView(True)
-        self.plot.setLabel("left", "RTT", units="ms")
-        self.plot.addLegend()
-        self.curves = {"ha": self.plot.plot([], [], pen=pg.mkPen("#1e8a3c", width=2),
-                                            name="home agent"),
-                       "vpn": self.plot.plot([], [], pen=pg.mkPen("#1f5fbf", width=2),
-                                             name="VPN gateway")}
+        self.plot = RttPlot(tray.rtt)
         self.tabs.addTab(self.plot, "Probe RTT")
 
         hist = QWidget()
@@ -473,12 +333,7 @@ class StatusWindow(QWidget):
         self.replot.stop()
         if not self.isVisible():
             return
-        np = sys.modules["numpy"]
-        for key, curve in self.curves.items():
-            series = self.tray.rtt[key]
-            # Copies (one memcpy each): pyqtgraph keeps what it is given, and a view
-            # would pin the arrays' buffers against the next append.
-            curve.setData(np.array(series.times), np.array(series.rtts))
+        self.plot.update()
 
     def update_snapshot(self, snap: Snapshot | None) -> None:
         f = self.fields
@@ -520,7 +375,7 @@ class StatusWindow(QWidget):
         super().hideEvent(ev)
 
     def closeEvent(self, ev: Any) -> None:
-        # Closed, not just hidden: the plot, its curves and the history table go
+        # Closed, not just hidden: the widgets and the history table go
         # (the next "Status…" builds them again from the tray's samples and GetHistory).
         super().closeEvent(ev)
         self.countdown.stop()
@@ -532,5 +387,5 @@ class StatusWindow(QWidget):
 
 
 def _collect() -> None:
-    gc.collect()  # the Python side of the plot holds reference cycles
+    gc.collect()  # whatever cycles the window's Python side left, then the freed heap back
     memory.trim()

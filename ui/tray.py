@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any
@@ -200,9 +201,7 @@ class Tray(QObject):
             for key, probe, prev in (("ha", snap.home_agent_probe,
                                       old.home_agent_probe if old else None),
                                      ("vpn", snap.vpn_probe, old.vpn_probe if old else None)):
-                if probe.answered_at > 0 and probe.rtt_ms >= 0 and (
-                        prev is None or prev.answered_at != probe.answered_at):
-                    self.rtt[key].append(probe.answered_at, probe.rtt_ms)
+                self.rtt[key].observe(probe, prev, time.time())
         if snap is None:
             self.profiles = []
             self._rebuild_profiles()
