@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "app.ctl": {"app.api", "app.client_bus", "app.config", "app.mn", "app.vpn",
                 "app.net"},  # app.net: release-gate
     "ui": {"ui", "app.api", "app.client_bus", "app.config", "app.mn.profile",
-           "app.vpn.config"},
+           "app.vpn.profile"},
 }
 # The sans-I/O cores: no sockets, clocks, event loops or OS adapters.
 SANS_IO = ["app/mn/access_mode.py", "app/mn/registration.py", "app/mn/link_tracker.py",
