@@ -9,7 +9,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PYTHONPATH", str(ROOT))
 
-# The whole pyroute2 package, before any test imports app.net.pyroute: that module
+# The whole pyroute2 package, before any test imports app.net.netlink: that module
 # puts a bare stand-in package in its place when pyroute2 is not imported yet (the
 # helper's memory), and tests that use pyroute2's full API would then not find it.
 import pyroute2  # noqa: E402, F401

@@ -24,9 +24,8 @@ import pytest
 import vici
 
 from app.lab import charon as lab_charon
-from app.vpn import config as vc
 from app.vpn.charon import Charon
-from app.vpn.config import AuthMethod
+from app.vpn.profile import AuthMethod, VpnConfig
 from tests.requirements import require, require_root
 
 SECRET = "correct-horse-battery"
@@ -81,12 +80,12 @@ def _pki(d: Path) -> tuple[Path, Path, Path]:
 async def test_charon_accepts_each_auth_method(private_charon, tmp_path, auth):
     ca, cert, key = _pki(tmp_path)
     pubkey = auth is AuthMethod.PUBKEY
-    cfg = vc.VpnConfig(gateways=("172.16.0.11", "vpn2.example"), identity="mn@lab",
-                       auth=auth, ca_file=None if auth is AuthMethod.PSK else ca,
-                       cert_file=cert if pubkey else None, key_file=key if pubkey else None,
-                       intranet=(IPv4Network("10.0.0.0/8"),), dpd_delay=5,
-                       ike_proposals=("aes128-sha256-x25519",),
-                       esp_proposals=("aes128gcm16-x25519",))
+    cfg = VpnConfig(gateways=("172.16.0.11", "vpn2.example"), identity="mn@lab",
+                    auth=auth, ca_file=None if auth is AuthMethod.PSK else ca,
+                    cert_file=cert if pubkey else None, key_file=key if pubkey else None,
+                    intranet=(IPv4Network("10.0.0.0/8"),), dpd_delay=5,
+                    ike_proposals=("aes128-sha256-x25519",),
+                    esp_proposals=("aes128gcm16-x25519",))
     secrets = {"vpn_psk": SECRET, "vpn_password": SECRET, "vpn_key_passphrase": SECRET}
     a = Charon(private_charon, call_timeout=5.0)
     try:

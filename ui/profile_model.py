@@ -2,7 +2,7 @@
 
 The rules mirror the helper's (app/mn/profile.py), which stays the judge: this
 is a friendly first pass and SaveProfile's answer is shown as it comes.  The
-``[vpn]`` table is checked by the helper's own parser (app/vpn/config.py: pure,
+``[vpn]`` table is checked by the helper's own parser (app/vpn/profile.py: pure,
 no I/O), so its messages are the helper's, naming the field.  No secret ever enters this model:
 ``to_toml`` has no secret fields to write, ``from_toml`` refuses to read them.
 """
@@ -119,7 +119,7 @@ def _vpn_table(values: dict[str, str]) -> dict[str, object]:
 def _validate_vpn(values: dict[str, str], net: IPv4Network | None) -> tuple[str, str] | None:
     """(field, message) of the first problem the helper's [vpn] parser finds."""
     from app.config import ConfigError
-    from app.vpn.config import parse_table
+    from app.vpn.profile import parse_table
 
     try:
         parse_table(_vpn_table(values), "profile", net or IPv4Network("0.0.0.0/32"))

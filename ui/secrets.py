@@ -35,7 +35,7 @@ from app.client_bus import (
 log = logging.getLogger("trustroam.tray.secrets")
 T = TypeVar("T")
 SERVICE = "trustroam"
-# The names the helper may ask for (app/service/secrets.py, app/vpn/config.py).
+# The names the helper may ask for (app/service/secrets.py, app/vpn/profile.py).
 KNOWN_KEYS = (SECRET_MN_HA_KEY, "vpn_psk", "vpn_password", "vpn_key_passphrase")
 OPTIONAL_KEYS = frozenset({"vpn_key_passphrase"})
 """May be left empty in the dialog: an unencrypted private key has no passphrase."""

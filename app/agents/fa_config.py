@@ -8,6 +8,7 @@ from pathlib import Path
 
 from app.config import Section, load_toml, parse_security_association
 from app.mip.auth import Algorithm
+from app.mip.messages import MIP_PORT
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class ForeignAgentConfig:
     """The FA's address on the visitor link: the CoA it advertises and relays from."""
     interface: str
     """The visitor link."""
-    port: int = 434
+    port: int = MIP_PORT
     max_lifetime: int = 600
     advert_interval: float = 1.0
     """MaxAdvertisementInterval: each gap is drawn from [0.75, 1] times it."""

@@ -21,15 +21,16 @@ from app.agents.fa_core import (
 )
 from app.agents.fa_userspace import UserspaceForeignAgentPlane
 from app.mip.errors import DecodeError
-from app.mip.icmp import ICMP_ROUTER_SOLICITATION, AgentSolicitation
+from app.mip.icmp import (
+    ALL_ROUTERS,
+    ALL_SYSTEMS,
+    ICMP_ROUTER_SOLICITATION,
+    MOBILE_AGENTS,
+    AgentSolicitation,
+)
 from app.mip.messages import TYPE_REPLY, TYPE_REQUEST
 
 log = logging.getLogger("trustroam.fa")
-ALL_SYSTEMS = "224.0.0.1"
-ALL_ROUTERS = "224.0.0.2"
-"""Where RFC 1256 hosts (and our helper) send Router Solicitations."""
-MOBILE_AGENTS = "224.0.0.11"
-"""RFC 5944 2.3: every mobility agent processes what is sent to this group."""
 IP_RECVTTL = 12  # linux/in.h; the socket module exports neither
 IP_PKTINFO = 8
 _TTL_SPACE = socket.CMSG_SPACE(4)
@@ -67,8 +68,7 @@ class ForeignAgentServer:
         # mobile-agents group or to the limited broadcast (which needs no join).
         ifindex = socket.if_nametoindex(cfg.interface)
         for group in (ALL_ROUTERS, MOBILE_AGENTS):
-            mreqn = socket.inet_aton(group) + cfg.care_of_address.packed + struct.pack(
-                "=i", ifindex)
+            mreqn = group.packed + cfg.care_of_address.packed + struct.pack("=i", ifindex)
             try:
                 icmp.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
             except OSError as exc:
@@ -108,7 +108,7 @@ class ForeignAgentServer:
     def _send_advert(self) -> None:
         assert self._icmp is not None
         try:
-            self._icmp.sendto(self.core.advertisement(), (ALL_SYSTEMS, 0))
+            self._icmp.sendto(self.core.advertisement(), (str(ALL_SYSTEMS), 0))
         except OSError as exc:
             log.warning("cannot send agent advertisement on %s: %s",
                         self.core.config.interface, exc.strerror)

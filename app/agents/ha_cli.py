@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -77,7 +78,7 @@ async def _run(config: HomeAgentConfig) -> int:
         server.start(str(config.listen), config.port)
     except OSError as exc:
         hint = ""
-        if config.port < 1024 and exc.errno == 13:
+        if config.port < 1024 and exc.errno == errno.EACCES:
             hint = (f" (port {config.port} needs root or CAP_NET_BIND_SERVICE; "
                     "set home_agent.port for an unprivileged run)")
         print(f"{PROG}: cannot listen on {config.listen}:{config.port}: {exc.strerror}{hint}",

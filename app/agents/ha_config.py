@@ -10,6 +10,7 @@ from pathlib import Path
 from app.config import ConfigError, Section, load_toml, parse_security_association
 from app.mip.auth import Algorithm
 from app.mip.ident import DEFAULT_REPLAY_WINDOW
+from app.mip.messages import MIP_PORT
 
 ANY_ADDRESS = IPv4Address("0.0.0.0")  # listen on every interface, as an HA usually does
 
@@ -59,7 +60,7 @@ class HomeAgentConfig:
     home_network: IPv4Network
     mobile_nodes: tuple[MobileNodeConfig, ...]
     listen: IPv4Address = ANY_ADDRESS
-    port: int = 434
+    port: int = MIP_PORT
     max_lifetime: int = 600
     state_dir: Path = Path("/var/lib/trustroam-ha")
     dataplane: DataPlaneKind = DataPlaneKind.AUTO

@@ -16,6 +16,12 @@ from app.mip.errors import DecodeError, UnknownExtensionError
 
 ICMP_ROUTER_ADVERTISEMENT = 9
 ICMP_ROUTER_SOLICITATION = 10
+ALL_SYSTEMS = IPv4Address("224.0.0.1")
+"""Where agents multicast their advertisements (RFC 5944 2.1, RFC 1256)."""
+ALL_ROUTERS = IPv4Address("224.0.0.2")
+"""Where RFC 1256 hosts (and our helper) send Router Solicitations."""
+MOBILE_AGENTS = IPv4Address("224.0.0.11")
+"""RFC 5944 2.3: every mobility agent processes what is sent to this group."""
 CODE_ROUTES_COMMON_TRAFFIC = 0
 CODE_MOBILITY_ONLY = 16  # "does not route common traffic"
 EXT_PAD = 0

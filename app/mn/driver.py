@@ -32,7 +32,13 @@ from typing import Any
 
 from app.api import HistoryEntry, Mode, Policy, Probe, Snapshot, State
 from app.mip.errors import DecodeError
-from app.mip.icmp import AgentAdvertisement, AgentFlags, AgentSolicitation
+from app.mip.icmp import (
+    ALL_ROUTERS,
+    ICMP_ROUTER_ADVERTISEMENT,
+    AgentAdvertisement,
+    AgentFlags,
+    AgentSolicitation,
+)
 from app.mip.messages import MIP_PORT
 from app.mn import access_mode as am
 from app.mn.link_tracker import LinkTracker
@@ -60,8 +66,6 @@ from app.vpn.events import (
 )
 
 log = logging.getLogger("trustroam.mn")
-ALL_ROUTERS = "224.0.0.2"
-ICMP_ADVERT = 9
 IP_FREEBIND = 15
 DEFAULT_KEEPALIVE = 110
 """RFC 3519 4.9's K when the home agent's reply names none."""
@@ -447,7 +451,7 @@ class MobileNodeDriver:
         if self._icmp is None:
             return
         try:
-            self._icmp.sendto(AgentSolicitation().encode(), (ALL_ROUTERS, 0))
+            self._icmp.sendto(AgentSolicitation().encode(), (str(ALL_ROUTERS), 0))
         except OSError as exc:
             log.warning("cannot solicit agents on %s: %s", iface, exc.strerror)
 
@@ -822,7 +826,7 @@ class MobileNodeDriver:
     def _icmp_readable(self, s: socket.socket, iface: str) -> None:
         for pkt in _packets(s):
             ihl = (pkt[0] & 0x0F) * 4 if pkt else 0
-            if len(pkt) <= ihl or pkt[ihl] != ICMP_ADVERT:
+            if len(pkt) <= ihl or pkt[ihl] != ICMP_ROUTER_ADVERTISEMENT:
                 continue
             try:
                 adv = AgentAdvertisement.decode(pkt[ihl:])

@@ -25,7 +25,7 @@ agent, or from the root-only secrets file).  Errors name the file and key.
     foreign_agents = true          # mode f where an FA advertises (trusted links only)
     gate = true                    # block normal traffic while undecided
 
-    [vpn]                          # optional: the untrusted side (mode mc), see app.vpn.config
+    [vpn]                          # optional: the untrusted side (mode mc), see app.vpn.profile
     gateways = ["vpn.corp.example"]
     identity = "alice@corp.example"
 """
@@ -46,8 +46,8 @@ from app.mn.registration import (
     ReplayMode,
     UdpTunnelling,
 )
-from app.vpn import config as vpn_config
-from app.vpn.config import VpnConfig
+from app.vpn import profile as vpn_profile
+from app.vpn.profile import VpnConfig
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Matched with fullmatch: ``$`` would let a trailing newline through."""
@@ -139,7 +139,7 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
             raise top.error("interface", f"{_short(iface)} is not an interface name: {why}")
     probe = top.sub("probe")
     features = top.sub("features")
-    vpn = vpn_config.parse(top.sub("vpn"), network) if top.has("vpn") else None
+    vpn = vpn_profile.parse(top.sub("vpn"), network) if top.has("vpn") else None
     initial_timeout = probe.float_("initial_timeout", 1.0, lo=0.0, hi=30.0)
     if initial_timeout < MIN_RETRANSMIT_INTERVAL:
         raise probe.error("initial_timeout", f"must be at least {MIN_RETRANSMIT_INTERVAL:g} s "
@@ -202,7 +202,7 @@ def dumps(p: Profile) -> str:
               f"foreign_agents = {str(p.foreign_agents).lower()}",
               f"gate = {str(p.gate).lower()}", ""]
     if p.vpn is not None:
-        lines += ["[vpn]", *vpn_config.dump(p.vpn, p.home_network), ""]
+        lines += ["[vpn]", *vpn_profile.dump(p.vpn, p.home_network), ""]
     return "\n".join(lines)
 
 

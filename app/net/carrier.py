@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from app.net.pyroute import RTMGRP_LINK, AsyncIPRoute
+from app.net.netlink import RTMGRP_LINK, AsyncIPRoute
 
 log = logging.getLogger("trustroam.net.carrier")
 IFF_LOWER_UP = 0x10000

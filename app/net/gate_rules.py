@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from app.api import Mode
-from app.mip.messages import TYPE_REPLY
+from app.mip.icmp import ALL_ROUTERS
+from app.mip.messages import MIP_PORT, TYPE_REPLY
 
 TABLE = "trustroam_gate"
 COUNTER = "blocked"
@@ -52,8 +53,6 @@ CHARON_MARK = 0x5453
 """charon's mark: ``charon.plugins.socket-default.fwmark`` on its IKE sockets (which
 also carry kernel-libipsec's ESP, always UDP-encapsulated), and the CHILD SA's
 ``set_mark_out`` on what kernel ESP sends.  Only these reach the gateways."""
-MIP_PORT = 434
-ALL_ROUTERS = IPv4Address("224.0.0.2")
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
 LOCAL_INTERFACES = ("lo", "docker*", "br-*", "virbr*", "lxcbr*", "podman*", "cni*")
 """Interfaces that never leave the machine: loopback and the usual container and

@@ -9,6 +9,7 @@ RFC 3519 UDP tunnelling has no kernel implementation and stays in userspace.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -16,12 +17,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from app.net.netlink import Netlink
+from app.net.netlink import Netlink, NetlinkError
 
 log = logging.getLogger("trustroam.net.kernel")
 NTF_PROXY = 0x08
-EOPNOTSUPP = 95
-EEXIST = 17
 PROBE_NAME = "mipprobe0"
 GRE_PROBE_NAME = "mipgprobe0"
 
@@ -35,8 +34,8 @@ def tunnel_name(care_of: IPv4Address, gre: bool = False) -> str:
 def _probe(nl: Netlink, kind: str, name: str) -> bool:
     try:
         nl.call("link", "add", ifname=name, kind=kind)
-    except Exception as exc:  # pyroute2's NetlinkError: EEXIST still means supported;
-        return getattr(exc, "code", None) == EEXIST  # EOPNOTSUPP, EPERM...: not usable
+    except NetlinkError as exc:  # EEXIST still means supported;
+        return bool(exc.code == errno.EEXIST)  # EOPNOTSUPP, EPERM...: not usable
     nl.call("link", "del", ifname=name)
     return True
 

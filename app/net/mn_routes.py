@@ -36,6 +36,7 @@ helper stops.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -49,7 +50,7 @@ from app.api import Mode
 from app.mip.messages import MIP_PORT
 from app.net.arp import ArpAnnouncer
 from app.net.ipip import MTU, Endpoint, Key, UserspaceTunnel
-from app.net.pyroute import AsyncIPRoute
+from app.net.netlink import AsyncIPRoute, NetlinkError
 
 log = logging.getLogger("trustroam.net.routes")
 TUNNEL = "trmn0"
@@ -68,10 +69,6 @@ KERNEL_ESP_MTU = 1420
 (outer IP 20, UDP 8, ESP 8, IV up to 16, padding, ICV up to 16: about 80 bytes)."""
 """kernel-libipsec's TUN device; absent with kernel ESP."""
 MAIN_TABLE = 254
-EEXIST = 17
-ENOENT = 2
-ESRCH = 3
-EADDRNOTAVAIL = 99
 
 
 class Backend(Enum):
@@ -319,7 +316,7 @@ class MobileNodeRoutes:
         """The tunnel from ``local`` (the care-of address) to the home agent; the
         userspace one receives only what reaches ``local`` by ``device``."""
         if udp is not None and self.backend is Backend.KERNEL:
-            raise OSError(EOPNOTSUPP, "RFC 3519 UDP tunnelling needs the userspace data "
+            raise OSError(errno.EOPNOTSUPP, "RFC 3519 UDP tunnelling needs the userspace data "
                           "plane (trustroamd --dataplane userspace)")
         if self.backend is Backend.KERNEL:
             if self._tunnel_index is None:
@@ -375,7 +372,7 @@ class MobileNodeRoutes:
             return self._indexes[iface]
         found = await self.ipr.link_lookup(ifname=iface)
         if not found:
-            raise OSError(ENOENT, f"no interface {iface}")
+            raise OSError(errno.ENOENT, f"no interface {iface}")
         self._indexes[iface] = int(found[0])
         return self._indexes[iface]
 
@@ -383,15 +380,14 @@ class MobileNodeRoutes:
         """A removal that may find nothing to remove; True if it did something."""
         try:
             await getattr(self.ipr, method)(*args, **kwargs)
-        except Exception as exc:  # pyroute2 NetlinkError: ENOENT/ESRCH/EADDRNOTAVAIL
-            if getattr(exc, "code", None) in (ENOENT, ESRCH, EADDRNOTAVAIL):
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL):
                 return False
             raise
         return True
 
 
 PROBE_NAME = "trmnprobe0"
-EOPNOTSUPP = 95
 
 
 def _mtu(iface: str, default: int) -> int:
@@ -406,8 +402,8 @@ async def default_backend() -> Backend:
     ipr = AsyncIPRoute()
     try:
         await ipr.link("add", ifname=PROBE_NAME, kind="ipip")
-    except Exception as exc:  # NetlinkError: EOPNOTSUPP (no ipip module), EPERM...
-        supported = getattr(exc, "code", None) == EEXIST
+    except NetlinkError as exc:  # EOPNOTSUPP (no ipip module), EPERM...: not usable
+        supported = exc.code == errno.EEXIST  # a leftover probe: ipip is there
     else:
         supported = True
         await ipr.link("del", ifname=PROBE_NAME)

@@ -20,7 +20,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
 from app.net.links import LinkSnapshot
-from app.net.pyroute import (
+from app.net.netlink import (
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
     RTMGRP_LINK,

@@ -36,10 +36,9 @@ from app.service import state as saved
 from app.service.bus import MessageBus
 from app.service.secrets import Peer, SecretSource
 from app.service.state import HelperState, write_file
-from app.vpn import config as vpn_config
 from app.vpn import credentials
 from app.vpn.charon import DEFAULT_SOCKET, Charon, VpnConfigError
-from app.vpn.config import VpnConfig
+from app.vpn.profile import SECRET_KEY_PASSPHRASE, VpnConfig
 
 log = logging.getLogger("trustroam.helper")
 HISTORY = 1000
@@ -115,7 +114,7 @@ async def vpn_secret_names(vpn: VpnConfig | None) -> tuple[str, ...]:
     except credentials.CredentialError as exc:
         raise VpnConfigError(exc.key, exc.message) from None
     if encrypted:
-        names = (*names, vpn_config.SECRET_KEY_PASSPHRASE)
+        names = (*names, SECRET_KEY_PASSPHRASE)
     return names
 
 

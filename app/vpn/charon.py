@@ -36,9 +36,7 @@ from typing import Any, TypeVar
 import vici
 import vici.exception
 
-from app.vpn import config as msgs
-from app.vpn import credentials
-from app.vpn.config import SECRET_KEY_PASSPHRASE, Certificates, SecretMissing, VpnConfig
+from app.vpn import credentials, vici_messages
 from app.vpn.events import (
     EVENT_NAMES,
     SaInfo,
@@ -50,6 +48,8 @@ from app.vpn.events import (
     sa_infos,
     translate,
 )
+from app.vpn.profile import SECRET_KEY_PASSPHRASE, SECRET_KEYS, VpnConfig
+from app.vpn.vici_messages import Certificates, SecretMissing
 
 log = logging.getLogger("trustroam.vpn")
 
@@ -118,7 +118,7 @@ class Charon:
                  on_event: Callable[[VpnEvent], None] | None = None, *,
                  call_timeout: float = 5.0, ike_timeout: float = 10.0,
                  backoff_min: float = 0.2, backoff_max: float = 5.0,
-                 name: str = msgs.CONNECTION) -> None:
+                 name: str = vici_messages.CONNECTION) -> None:
         self.path = str(socket_path)
         self.on_event = on_event
         self.call_timeout = call_timeout
@@ -206,7 +206,7 @@ class Charon:
     async def load(self, cfg: VpnConfig, secrets: Mapping[str, str]) -> None:
         """Load the profile's connection (first gateway) and credentials into charon."""
         try:
-            msgs.load_shared(cfg, secrets, self.name)  # every needed secret is there
+            vici_messages.load_shared(cfg, secrets, self.name)  # every needed secret is there
         except SecretMissing as exc:
             raise VpnConfigError(exc.key, f"missing: auth = {cfg.auth.value!r} needs it"
                                  ) from None
@@ -219,20 +219,20 @@ class Charon:
             raise VpnConfigError(exc.key, exc.message) from None
         async with self._op:
             self._cfg, self._certs, self._key = cfg, certs, key
-            self._secrets = {k: v for k, v in secrets.items() if k in msgs.SECRET_KEYS and v}
+            self._secrets = {k: v for k, v in secrets.items() if k in SECRET_KEYS and v}
             await self._push(cfg.gateways[0])
 
     async def _push(self, gateway: str) -> None:
         """Send connection and credentials (idempotent: charon replaces by name/id)."""
         cfg = self._cfg
         assert cfg is not None
-        conn = msgs.load_conn(cfg, gateway, self._certs, self.name)
-        shared = msgs.load_shared(cfg, self._secrets, self.name)
+        conn = vici_messages.load_conn(cfg, gateway, self._certs, self.name)
+        shared = vici_messages.load_shared(cfg, self._secrets, self.name)
         key = self._key
 
         def push(s: vici.Session) -> None:
             if key is not None:
-                reply = s.load_key(msgs.load_key(key))
+                reply = s.load_key(vici_messages.load_key(key))
                 key_id = reply.get("id") if isinstance(reply, Mapping) else None
                 if isinstance(key_id, bytes | str) and key_id:
                     # Its id, to unload it: charon keeps a key until told.
@@ -245,7 +245,7 @@ class Charon:
         await self._call("load", push, self.call_timeout)
         self._loaded_gw = gateway
         log.info("loaded connection %s to %s (%s)", self.name, gateway,
-                 ", ".join(msgs.describe(conn[self.name])))
+                 ", ".join(vici_messages.describe(conn[self.name])))
 
     async def initiate(self) -> SaInfo:
         """Bring the tunnel up, trying the gateways in the profile's order; an
@@ -263,7 +263,7 @@ class Charon:
                     await self._push(gw)
                 try:
                     await self._call("initiate", lambda s: list(s.initiate(
-                        msgs.initiate(self.name, self.ike_timeout))),
+                        vici_messages.initiate(self.name, self.ike_timeout))),
                         self.ike_timeout + self.call_timeout)
                 except VpnCommandError as exc:
                     if self._terminating:
@@ -293,7 +293,7 @@ class Charon:
 
         def stop(s: vici.Session) -> None:
             try:
-                list(s.terminate(msgs.terminate(self.name, patience)))
+                list(s.terminate(vici_messages.terminate(self.name, patience)))
             except vici.exception.CommandException as exc:
                 if "no matching" not in str(exc):
                     raise
@@ -309,13 +309,13 @@ class Charon:
         def unload(s: vici.Session) -> None:
             if cfg is not None:
                 with contextlib.suppress(vici.exception.CommandException):
-                    s.unload_conn(msgs.unload_conn(self.name))
-                for m in msgs.unload_shared(cfg, self.name):
+                    s.unload_conn(vici_messages.unload_conn(self.name))
+                for m in vici_messages.unload_shared(cfg, self.name):
                     with contextlib.suppress(vici.exception.CommandException):
                         s.unload_shared(m)
             for key_id in key_ids:
                 with contextlib.suppress(vici.exception.CommandException):
-                    s.unload_key(msgs.unload_key(key_id))
+                    s.unload_key(vici_messages.unload_key(key_id))
         async with self._op:
             # Forgotten here first: even if charon does not answer, nothing of them
             # is pushed again (a restarted charon has lost them anyway).
@@ -337,7 +337,7 @@ class Charon:
     async def _sas(self) -> list[SaInfo]:
         # Its own session: status reads never wait behind a slow initiate.
         listing = await self._call("list-sas",
-                                   lambda s: list(s.list_sas(msgs.list_sas(self.name))),
+                                   lambda s: list(s.list_sas(vici_messages.list_sas(self.name))),
                                    self.call_timeout, own_session=True)
         return sa_infos(listing, self.name)
 

@@ -23,7 +23,8 @@ import subprocess
 from pathlib import Path
 
 from app.config import FileRefused, read_regular_file
-from app.vpn.config import SECRET_KEY_PASSPHRASE, Certificates, VpnConfig, key_is_encrypted
+from app.vpn.profile import SECRET_KEY_PASSPHRASE, VpnConfig
+from app.vpn.vici_messages import Certificates
 
 VPN_FILE_DIRS = (Path("/etc/trustroam"), Path("/etc/swanctl"), Path("/etc/ipsec.d"))
 """Where certificates that are not world-readable may live (root's own directories)."""
@@ -90,9 +91,15 @@ def read(cfg: VpnConfig, passphrase: str | None) -> tuple[Certificates, bytes | 
     return Certificates(ca=ca, cert=cert), key
 
 
+def key_is_encrypted(pem: bytes) -> bool:
+    """Whether a PEM private key needs ``vpn_key_passphrase`` (PKCS#8
+    "ENCRYPTED PRIVATE KEY", or a legacy key with "Proc-Type: 4,ENCRYPTED")."""
+    return b"ENCRYPTED" in pem
+
+
 def _inside_vpn_dirs(path: Path) -> bool:
     # Lexical: the reader refuses any symbolic link in the path, and the profile
-    # any '..' (app.vpn.config), so this is where the file really is.
+    # any '..' (app.vpn.profile), so this is where the file really is.
     normal = Path(os.path.normpath(path))
     return any(normal.is_relative_to(d) for d in VPN_FILE_DIRS)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from app.vpn.config import CHILD, CONNECTION
+from app.vpn.vici_messages import CHILD, CONNECTION
 
 EVENT_NAMES = ("ike-updown", "child-updown", "ike-update", "ike-rekey", "child-rekey")
 

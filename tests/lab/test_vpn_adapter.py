@@ -18,7 +18,6 @@ import pytest
 from app.lab import charon as lab_charon
 from app.lab.topology import MN
 from app.lab.world import CHARON_DIR, Lab
-from app.vpn import config as vc
 from app.vpn.charon import Charon, VpnUnreachableError
 from app.vpn.events import (
     ChildRekeyed,
@@ -29,6 +28,7 @@ from app.vpn.events import (
     VpnUnreachable,
     VpnUp,
 )
+from app.vpn.profile import parse_table
 from tests.lab.conftest import mn_address, ns_exec
 
 SOCKET = lab_charon.directory(CHARON_DIR, MN) / "charon.vici"
@@ -97,8 +97,8 @@ def ping_intranet(tia: IPv4Address) -> bool:
 
 async def test_vpn_adapter_on_real_charon(lab: Lab, ticker: Ticker) -> None:
     import tomllib
-    cfg = vc.parse_table(tomllib.loads(PROFILE)["vpn"], "lab.toml",
-                         IPv4Network("10.20.1.0/24"))
+    cfg = parse_table(tomllib.loads(PROFILE)["vpn"], "lab.toml",
+                      IPv4Network("10.20.1.0/24"))
     await asyncio.to_thread(lab.move, "pub")
     await asyncio.to_thread(mn_address, 10.0, "203.0.113.")
     events = Events()
@@ -210,8 +210,8 @@ async def test_disconnect_leaves_no_connection_or_secret_in_charon(lab: Lab) -> 
     """Security review 2026-12-07, finding 8: the driver's stop (terminate, then close)
     unloads our connection and the PSK from the real charon."""
     import tomllib
-    cfg = vc.parse_table(tomllib.loads(PROFILE)["vpn"], "lab.toml",
-                         IPv4Network("10.20.1.0/24"))
+    cfg = parse_table(tomllib.loads(PROFILE)["vpn"], "lab.toml",
+                      IPv4Network("10.20.1.0/24"))
     await asyncio.to_thread(lab.move, "pub")
     await asyncio.to_thread(mn_address, 10.0, "203.0.113.")
     events = Events()

@@ -48,7 +48,7 @@ VPN_SECRET_FOR_AUTH = {"psk": "vpn_psk", "eap-mschapv2": "vpn_password",
 
 def vpn_secret_keys(profile_toml):
     """What the helper asks with the MN-HA key for a profile with a [vpn] table (its
-    auth's secret; app/vpn/config.py)."""
+    auth's secret; app/vpn/profile.py)."""
     try:
         vpn = tomllib.loads(profile_toml).get("vpn")
     except tomllib.TOMLDecodeError:

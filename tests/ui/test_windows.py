@@ -51,7 +51,7 @@ def test_editor_validates_as_you_type_naming_the_field(double: Any, editor: Any)
 
 def test_editor_vpn_fields_checked_by_the_helpers_parser(double: Any, editor: Any,
                                                          tmp_path: Path) -> None:
-    """The [vpn] table: validated as you type by app/vpn/config.py (messages name the
+    """The [vpn] table: validated as you type by app/vpn/profile.py (messages name the
     field), only the secret its auth uses is offered, exported without secrets."""
     ed = editor
     w = ed.widgets

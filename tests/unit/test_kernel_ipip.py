@@ -6,6 +6,7 @@ checked here; tests/lab/test_kernel_probe.py shows the real kernel's answer.
 
 from __future__ import annotations
 
+import errno
 from ipaddress import IPv4Address
 
 import pytest
@@ -17,15 +18,9 @@ from app.net.kernel_ipip import (
     ipip_supported,
     tunnel_name,
 )
-from app.net.netlink import Netlink
+from app.net.netlink import Netlink, NetlinkError
 
 A = IPv4Address
-
-
-class NetlinkError(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
 
 
 class FakeIPRoute:
@@ -106,8 +101,8 @@ def test_shared_care_of_and_move_and_down(nl, fake):
     assert set(k.tunnels) == {(A("10.30.2.9"), False)}
 
 
-@pytest.mark.parametrize(("code", "supported"), [(None, True), (95, False), (17, True),
-                                                 (1, False)])
+@pytest.mark.parametrize(("code", "supported"), [(None, True), (errno.EOPNOTSUPP, False),
+                                                 (errno.EEXIST, True), (errno.EPERM, False)])
 def test_probe(code, supported):
     fake = FakeIPRoute(fail_add=code)
     n = Netlink(lambda: fake)
@@ -118,7 +113,7 @@ def test_probe(code, supported):
 
 
 def test_errors_are_reported_not_raised(nl, fake):
-    fake.fail_add = 95
+    fake.fail_add = errno.EOPNOTSUPP
     seen: list[str] = []
     k = KernelIpipTunnels(nl, A("10.20.1.1"), home_ifindex=7, on_error=seen.append)
     k.up(A("10.20.1.10"), A("10.30.1.5"))
@@ -158,8 +153,8 @@ def test_gre_and_ipip_to_one_care_of_address_are_two_devices(nl, fake):
     assert tunnel_name(A("255.255.255.255"), gre=True) == "mipgffffffff"
 
 
-@pytest.mark.parametrize(("code", "supported"), [(None, True), (95, False), (17, True),
-                                                 (1, False)])
+@pytest.mark.parametrize(("code", "supported"), [(None, True), (errno.EOPNOTSUPP, False),
+                                                 (errno.EEXIST, True), (errno.EPERM, False)])
 def test_gre_probe(code, supported):
     fake = FakeIPRoute(fail_add=code)
     n = Netlink(lambda: fake)
@@ -195,7 +190,7 @@ def test_gre_binding_in_the_kernel_where_it_has_gre_else_in_userspace(kernel_has
     from app.agents.ha_kernel import KernelHomeAgentPlane
     from app.mip.messages import RegFlags
 
-    fake = FakeIPRoute(fail_add=None if kernel_has_gre else 95)
+    fake = FakeIPRoute(fail_add=None if kernel_has_gre else errno.EOPNOTSUPP)
     n = Netlink(lambda: fake)
     user = _FakeUserspace(gre=True)
     try:

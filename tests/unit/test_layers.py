@@ -30,12 +30,13 @@ ALLOWED: dict[str, set[str]] = {
     "app.ctl": {"app.api", "app.client_bus", "app.config", "app.mn", "app.vpn",
                 "app.net"},  # app.net: release-gate
     "ui": {"ui", "app.api", "app.client_bus", "app.config", "app.mn.profile",
-           "app.vpn.config"},
+           "app.vpn.profile"},
 }
 # The sans-I/O cores: no sockets, clocks, event loops or OS adapters.
 SANS_IO = ["app/mn/access_mode.py", "app/mn/registration.py", "app/mn/link_tracker.py",
            "app/mn/nat_keepalive.py", "app/mn/reply_path.py", "app/agents/ha_core.py",
-           "app/agents/fa_core.py", "app/net/gate_rules.py", "app/vpn/events.py"]
+           "app/agents/fa_core.py", "app/net/gate_rules.py", "app/vpn/events.py",
+           "app/vpn/profile.py", "app/vpn/vici_messages.py"]
 IO_MODULES = {"asyncio", "socket", "subprocess", "time", "select", "selectors", "threading",
               "pyroute2", "dbus_next", "dbus_fast", "vici"}
 PURE_NET = {"app.net.gate_rules", "app.net.links"}

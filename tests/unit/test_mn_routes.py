@@ -3,6 +3,7 @@ stands in for pyroute2's AsyncIPRoute; the lab tests run the real thing)."""
 
 from __future__ import annotations
 
+import errno
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
@@ -17,14 +18,11 @@ from app.net.mn_routes import (
     LinkInfo,
     MobileNodeRoutes,
 )
+from app.net.netlink import NetlinkError
 
 HOME, HA = IPv4Address("10.20.1.10"), IPv4Address("10.20.1.1")
 T1 = LinkInfo("eth0", IPv4Interface("10.30.1.100/24"), IPv4Address("10.30.1.1"))
 T2 = LinkInfo("eth0", IPv4Interface("10.30.2.100/24"), IPv4Address("10.30.2.1"))
-
-
-class NoSuchRule(Exception):
-    code = 2  # ENOENT, as pyroute2's NetlinkError carries it
 
 
 class FakeIPRoute:
@@ -40,7 +38,7 @@ class FakeIPRoute:
         elif kwargs["priority"] in self.rules:
             self.rules.remove(kwargs["priority"])
         else:
-            raise NoSuchRule()
+            raise NetlinkError(errno.ENOENT)
 
     async def link_lookup(self, ifname):
         return [self.indexes[ifname]] if ifname in self.indexes else []

@@ -14,8 +14,17 @@ from app.mip.auth import Algorithm
 from app.mn import profile as profiles
 from app.mn.profile import Profile
 from app.mn.registration import ReplayMode, UdpTunnelling
-from app.vpn import config as vc
-from app.vpn.config import AuthMethod, VpnConfig
+from app.vpn.profile import (
+    AEAD,
+    ENCRYPTION,
+    ESN,
+    INTEGRITY,
+    KEY_EXCHANGE,
+    PRF,
+    AuthMethod,
+    VpnConfig,
+    identity_problem,
+)
 
 HOME_NET = IPv4Network("10.20.1.0/24")
 LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
@@ -32,7 +41,7 @@ PATH = st.lists(st.from_regex(r"[A-Za-z0-9_. \"\\-]{1,8}", fullmatch=True)
                 .filter(lambda s: s not in (".", "..")), min_size=1, max_size=3
                 ).map(lambda parts: Path("/", *parts))
 # What validation accepts: identities of one peer, proposals of allowed algorithms.
-IDENTITY = TEXT.filter(lambda s: not vc.identity_problem(s))
+IDENTITY = TEXT.filter(lambda s: not identity_problem(s))
 
 
 def _one(names: frozenset[str]) -> st.SearchStrategy[str]:
@@ -40,12 +49,12 @@ def _one(names: frozenset[str]) -> st.SearchStrategy[str]:
 
 
 IKE_PROPOSAL = st.one_of(
-    st.builds("-".join, st.tuples(_one(vc.ENCRYPTION), _one(vc.INTEGRITY),
-                                  _one(vc.KEY_EXCHANGE))),
-    st.builds("-".join, st.tuples(_one(vc.AEAD), _one(vc.PRF), _one(vc.KEY_EXCHANGE))))
+    st.builds("-".join, st.tuples(_one(ENCRYPTION), _one(INTEGRITY),
+                                  _one(KEY_EXCHANGE))),
+    st.builds("-".join, st.tuples(_one(AEAD), _one(PRF), _one(KEY_EXCHANGE))))
 ESP_PROPOSAL = st.one_of(
-    st.builds("-".join, st.tuples(_one(vc.ENCRYPTION), _one(vc.INTEGRITY))),
-    st.builds("-".join, st.tuples(_one(vc.AEAD), _one(vc.KEY_EXCHANGE), _one(vc.ESN))))
+    st.builds("-".join, st.tuples(_one(ENCRYPTION), _one(INTEGRITY))),
+    st.builds("-".join, st.tuples(_one(AEAD), _one(KEY_EXCHANGE), _one(ESN))))
 NETWORK = st.builds(lambda n, plen: IPv4Network((n, plen), strict=False),
                     st.integers(0, 0xFFFF_FFFF), st.integers(8, 30))
 

@@ -26,7 +26,7 @@ from app.service.helper import (
 )
 from app.service.secrets import SecretError, SecretSource
 from app.vpn.charon import VpnConfigError
-from app.vpn.config import VpnConfig
+from app.vpn.profile import VpnConfig
 from tests.unit.test_service_helper import KEY, PROFILE, fakes
 
 PSK = "corp-psk-value"
@@ -193,7 +193,7 @@ async def test_an_encrypted_private_key_asks_for_its_passphrase(tmp_path):
     enc.chmod(0o600)
     (tmp_path / "c.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nMA==\n"
                                      b"-----END CERTIFICATE-----\n")
-    from app.vpn.config import AuthMethod
+    from app.vpn.profile import AuthMethod
 
     def cfg(key):
         return VpnConfig(("192.0.2.7",), "alice", AuthMethod.PUBKEY,

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from app.vpn import config as vc
 from app.vpn.charon import Charon, VpnCommandError, VpnConfigError, VpnUnreachableError
 from app.vpn.events import VpnEvent, VpnServiceUp, VpnUnreachable, VpnUp
+from app.vpn.profile import AuthMethod, VpnConfig
 from tests.fake_vici import FakeVici
 from tests.requirements import require
 from tests.unit import vici_events as ev
 
-CFG = vc.VpnConfig(gateways=("172.16.0.11", "172.16.0.12"), identity="mn@lab",
-                   intranet=(IPv4Network("10.0.0.0/8"),))
+CFG = VpnConfig(gateways=("172.16.0.11", "172.16.0.12"), identity="mn@lab",
+                intranet=(IPv4Network("10.0.0.0/8"),))
 SECRET = "correct-horse-battery"
 
 
@@ -241,8 +241,8 @@ async def test_pubkey_loads_the_decrypted_key_and_the_certificate(tmp_path):
     require(shutil.which("openssl") is not None, "openssl is not installed (install-deps)")
     key, cert = _keypair(tmp_path, SECRET)
     assert b"ENCRYPTED" in key.read_bytes()
-    cfg = vc.VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
-                       auth=vc.AuthMethod.PUBKEY, cert_file=cert, key_file=key, ca_file=cert)
+    cfg = VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
+                    auth=AuthMethod.PUBKEY, cert_file=cert, key_file=key, ca_file=cert)
     fake = FakeVici(tmp_path / "charon.vici")
     a = adapter(fake.path, Events())
     try:
@@ -266,8 +266,8 @@ async def test_pubkey_loads_the_decrypted_key_and_the_certificate(tmp_path):
 
 
 async def test_unreadable_files_are_named(tmp_path):
-    cfg = vc.VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
-                       auth=vc.AuthMethod.EAP_MSCHAPV2, ca_file=tmp_path / "nope.pem")
+    cfg = VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
+                    auth=AuthMethod.EAP_MSCHAPV2, ca_file=tmp_path / "nope.pem")
     a = adapter(tmp_path / "charon.vici", Events())
     try:
         with pytest.raises(VpnConfigError, match=r"vpn.ca_file: .*nope.pem does not exist"):
@@ -303,8 +303,8 @@ async def test_close_unloads_the_connection_and_the_shared_secret(tmp_path):
 async def test_close_unloads_the_private_key_by_the_id_charon_gave(tmp_path):
     require(shutil.which("openssl") is not None, "openssl is not installed (install-deps)")
     key, cert = _keypair(tmp_path, None)
-    cfg = vc.VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
-                       auth=vc.AuthMethod.PUBKEY, cert_file=cert, key_file=key)
+    cfg = VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
+                    auth=AuthMethod.PUBKEY, cert_file=cert, key_file=key)
     fake = FakeVici(tmp_path / "charon.vici")
     fake.replies["load-key"] = {"success": "yes", "id": "00aabbcc"}
     a = adapter(fake.path, Events())

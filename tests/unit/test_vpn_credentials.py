@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from app.config import FileRefused, read_regular_file
-from app.vpn import config as vc
 from app.vpn import credentials
 from app.vpn.charon import Charon, VpnConfigError
+from app.vpn.profile import AuthMethod, VpnConfig
 from tests.fake_vici import FakeVici
 from tests.requirements import require_root
 
@@ -168,8 +168,8 @@ async def test_charon_load_refuses_the_file_naming_the_key_and_sends_nothing(
         tmp_path, fifo, case):
     require_root("root reads these files")
     path, words = bad_paths(tmp_path, fifo)[case]
-    cfg = vc.VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
-                       auth=vc.AuthMethod.EAP_MSCHAPV2, ca_file=path)
+    cfg = VpnConfig(gateways=("172.16.0.11",), identity="mn@lab",
+                    auth=AuthMethod.EAP_MSCHAPV2, ca_file=path)
     fake = FakeVici(tmp_path / "charon.vici")
     a = Charon(str(fake.path), call_timeout=2.0)
     try:

@@ -1,9 +1,9 @@
-"""The profile's ``[vpn]`` table and the exact VICI messages that load it into charon.
+"""The profile's ``[vpn]`` table: its schema, parser and writer, pure.
 
-Pure: no file, socket or clock.  File contents (certificates) and secrets come
-in as arguments; the adapter (``app.vpn.charon``) reads, sends and receives.
-Errors name the file and the key (``corp.toml: vpn.gateways[1]: ...``) and
-never echo a secret.
+No file, socket or clock.  Errors name the file and the key
+(``corp.toml: vpn.gateways[1]: ...``) and never echo a secret.  The VICI
+messages that load a profile into charon are ``app.vpn.vici_messages``; the
+files it names are read by ``app.vpn.credentials``.
 
     [vpn]
     gateways = ["vpn1.corp.example", "192.0.2.7"]   # tried in this order
@@ -22,7 +22,7 @@ never echo a secret.
 Only what is secure is accepted (errors name the key): identities that name one
 peer (no ``%any``, ``*``, address ranges or typed prefixes such as ``fqdn:``),
 proposals from ``ALLOWED`` (no null encryption, MD5, DES/3DES or MODP groups
-below 2048 bits) and no ``eap-md5``.  The files are read by ``app.vpn.credentials``.
+below 2048 bits) and no ``eap-md5``.
 
 Secrets (``vpn_psk``, ``vpn_password``, ``vpn_key_passphrase``) come from the
 secret agent or the root-only secrets file and reach charon over VICI only.
@@ -40,11 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from app.config import ConfigError, Section, toml_string
-from app.net.gate_rules import CHARON_MARK
-
-CONNECTION = "trustroam"
-"""The name of our connection in charon (one VPN profile active at a time)."""
-CHILD = "intranet"
 
 # Names of secrets (keys of the secrets file / agent), not secrets.
 SECRET_PSK = "vpn_psk"  # noqa: S105
@@ -335,150 +330,3 @@ def proposal_problem(text: str, *, esp: bool) -> str:
     if not esp and not any(t in KEY_EXCHANGE for t in tokens):
         return "has no key exchange (Diffie-Hellman) group"
     return ""
-
-
-def key_is_encrypted(pem: bytes) -> bool:
-    """Whether a PEM private key needs ``vpn_key_passphrase`` (PKCS#8
-    "ENCRYPTED PRIVATE KEY", or a legacy key with "Proc-Type: 4,ENCRYPTED")."""
-    return b"ENCRYPTED" in pem
-
-
-# -- VICI messages -----------------------------------------------------------
-
-class SecretMissing(Exception):
-    """A secret the profile's auth method needs was not supplied (names the key only)."""
-
-    def __init__(self, key: str, auth: AuthMethod) -> None:
-        super().__init__(f"{key} is missing: auth = {auth.value!r} needs it")
-        self.key = key
-
-
-@dataclass(frozen=True)
-class Certificates:
-    """PEM/DER contents of the profile's public files, read by the adapter."""
-
-    ca: bytes | None = None
-    cert: bytes | None = None
-
-
-def load_conn(cfg: VpnConfig, gateway: str, certs: Certificates = Certificates(),
-              name: str = CONNECTION) -> dict[str, Any]:
-    """``load-conn`` for one gateway (charon initiates only to the first remote address,
-    so the adapter loads the next gateway when one fails)."""
-    if gateway not in cfg.gateways:
-        raise ValueError(f"{gateway!r} is not one of the profile's gateways")
-    local: dict[str, Any] = {"id": cfg.identity}
-    remote: dict[str, Any] = {"id": cfg.remote_id(gateway)}
-    if cfg.auth is AuthMethod.PSK:
-        local["auth"] = "psk"
-        remote["auth"] = "psk"
-    elif cfg.auth.is_eap:
-        # EAP authenticates us only; the gateway proves itself with a certificate.
-        local["auth"] = cfg.auth.value
-        local["eap_id"] = cfg.identity
-        remote["auth"] = "pubkey"
-    else:
-        local["auth"] = "pubkey"
-        remote["auth"] = "pubkey"
-        if certs.cert is not None:
-            local["certs"] = [certs.cert]
-    if remote["auth"] == "pubkey" and certs.ca is not None:
-        remote["cacerts"] = [certs.ca]
-    child: dict[str, Any] = {
-        "remote_ts": [str(n) for n in cfg.intranet],
-        # The access-mode machine decides when to bring the tunnel up.
-        "start_action": "none",
-        "dpd_action": "clear",
-        "close_action": "none",
-        # What kernel ESP sends for this SA carries charon's mark: the gate lets
-        # only that reach the gateways (kernel-libipsec's ESP leaves from charon's
-        # marked socket anyway).
-        "set_mark_out": f"{CHARON_MARK:#x}",
-    }
-    if cfg.esp_proposals:
-        child["esp_proposals"] = list(cfg.esp_proposals)
-    conn: dict[str, Any] = {
-        "version": "2",
-        "remote_addrs": [gateway],
-        "vips": ["0.0.0.0"],  # ask for a tunnel inner address (RFC 5266's TIA)
-        "mobike": "yes",
-        "dpd_delay": f"{cfg.dpd_delay}s",
-        "keyingtries": "1",  # the adapter moves on to the next gateway itself
-        "local": local,
-        "remote": remote,
-        "children": {CHILD: child},
-    }
-    if cfg.ike_proposals:
-        conn["proposals"] = list(cfg.ike_proposals)
-    return {name: conn}
-
-
-def load_shared(cfg: VpnConfig, secrets: Mapping[str, str], name: str = CONNECTION
-                ) -> list[dict[str, Any]]:
-    """``load-shared`` messages for the profile's auth method (none for pubkey).
-
-    Each carries a unique ``id`` so loading again replaces rather than adds.
-    """
-    needed = cfg.secrets_needed
-    for key in needed:
-        if not secrets.get(key):
-            raise SecretMissing(key, cfg.auth)
-    if cfg.auth is AuthMethod.PSK:
-        owners = [cfg.identity, *(cfg.remote_id(gw) for gw in cfg.gateways)]
-        return [{"id": f"{name}-psk", "type": "IKE", "data": secrets[SECRET_PSK],
-                 "owners": list(dict.fromkeys(owners))}]
-    if cfg.auth.is_eap:
-        return [{"id": f"{name}-eap", "type": "EAP", "data": secrets[SECRET_PASSWORD],
-                 "owners": [cfg.identity]}]
-    return []
-
-
-def unload_shared(cfg: VpnConfig, name: str = CONNECTION) -> list[dict[str, Any]]:
-    if cfg.auth is AuthMethod.PSK:
-        return [{"id": f"{name}-psk"}]
-    if cfg.auth.is_eap:
-        return [{"id": f"{name}-eap"}]
-    return []
-
-
-def load_key(key_pem: bytes) -> dict[str, Any]:
-    """``load-key`` for the (already decrypted) private key of auth = pubkey."""
-    return {"type": "any", "data": key_pem}
-
-
-def initiate(name: str = CONNECTION, timeout: float = 10.0) -> dict[str, Any]:
-    """``initiate``: charon answers within ``timeout`` (ms on the wire)."""
-    return {"ike": name, "child": CHILD, "timeout": str(int(timeout * 1000))}
-
-
-def terminate(name: str = CONNECTION, timeout: float = 3.0) -> dict[str, Any]:
-    """``terminate``: every IKE SA of the connection; after ``timeout`` without the
-    gateway's DELETE answer charon drops it anyway (force), so this never hangs;
-    ``timeout`` 0: dropped at once, the DELETE sent once and not waited for."""
-    return {"ike": name, "timeout": str(int(timeout * 1000)), "force": "yes"}
-
-
-def list_sas(name: str = CONNECTION) -> dict[str, Any]:
-    # Not "noblock": it skips an IKE SA that is busy (e.g. rekeying CHILD SAs right
-    # after a MOBIKE move) and the tunnel would look gone.  The call has a timeout.
-    return {"ike": name}
-
-
-def unload_conn(name: str = CONNECTION) -> dict[str, Any]:
-    return {"name": name}
-
-
-def unload_key(key_id: str) -> dict[str, Any]:
-    """``unload-key``: the id ``load-key`` answered (hex of the key's fingerprint)."""
-    return {"id": key_id}
-
-
-def describe(message: Mapping[str, Any]) -> Sequence[str]:
-    """Key paths of a message, for logs: never the values (they may be secrets)."""
-    out: list[str] = []
-    for k, v in message.items():
-        if isinstance(v, Mapping):
-            out += [f"{k}.{sub}" for sub in describe(v)]
-        else:
-            out.append(k)
-    return out

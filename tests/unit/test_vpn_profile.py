@@ -1,4 +1,4 @@
-"""The profile's [vpn] table and the VICI messages built from it (issue 12)."""
+"""The profile's [vpn] table: parsed, checked, refused naming the key (issue 12)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.config import ConfigError
-from app.vpn import config as vc
-from app.vpn.config import AuthMethod, Certificates, SecretMissing
+from app.vpn.profile import AuthMethod, VpnConfig, parse_table
 
 HOME = IPv4Network("10.20.1.0/24")
 GOOD = """
@@ -20,8 +19,8 @@ identity = "alice@corp.example"
 """
 
 
-def parse(text: str) -> vc.VpnConfig:
-    return vc.parse_table(tomllib.loads(text)["vpn"], "corp.toml", HOME)
+def parse(text: str) -> VpnConfig:
+    return parse_table(tomllib.loads(text)["vpn"], "corp.toml", HOME)
 
 
 def test_defaults():
@@ -96,110 +95,6 @@ def test_required_keys(missing):
     with pytest.raises(ConfigError, match=f"vpn.{missing}: is required"):
         parse(text)
 
-
-def lab_cfg(**kw: object) -> vc.VpnConfig:
-    base: dict[str, object] = {"gateways": ("172.16.0.11", "172.16.0.12"),
-                               "identity": "mn@lab", "intranet": (IPv4Network("10.0.0.0/8"),),
-                               "dpd_delay": 2}
-    base.update(kw)
-    return vc.VpnConfig(**base)  # type: ignore[arg-type]
-
-
-def test_rfc5266_3_3_load_conn_asks_for_mobike_and_a_tia():
-    """lab-recipes.md's client: remote_addrs, vips 0.0.0.0, mobike, dpd_delay, child
-    remote_ts = intranet, and nothing started by charon on its own."""
-    msg = vc.load_conn(lab_cfg(ike_proposals=("aes128-sha256-x25519",),
-                               esp_proposals=("aes128gcm16-x25519",)), "172.16.0.12")
-    assert msg == {"trustroam": {
-        "version": "2",
-        "remote_addrs": ["172.16.0.12"],
-        "vips": ["0.0.0.0"],
-        "mobike": "yes",
-        "dpd_delay": "2s",
-        "keyingtries": "1",
-        "proposals": ["aes128-sha256-x25519"],
-        "local": {"id": "mn@lab", "auth": "psk"},
-        "remote": {"id": "172.16.0.12", "auth": "psk"},
-        "children": {"intranet": {"remote_ts": ["10.0.0.0/8"], "start_action": "none",
-                                  "dpd_action": "clear", "close_action": "none",
-                                  "set_mark_out": "0x5453",
-                                  "esp_proposals": ["aes128gcm16-x25519"]}},
-    }}
-
-
-def test_load_conn_gateway_must_be_configured():
-    with pytest.raises(ValueError, match="not one of"):
-        vc.load_conn(lab_cfg(), "192.0.2.1")
-
-
-@pytest.mark.parametrize("auth", [AuthMethod.EAP_MSCHAPV2])
-def test_load_conn_eap_the_gateway_proves_itself_with_a_certificate(auth):
-    msg = vc.load_conn(lab_cfg(auth=auth, remote_identity="vpn.corp.example"),
-                       "172.16.0.11", Certificates(ca=b"CA-PEM"))["trustroam"]
-    assert msg["local"] == {"id": "mn@lab", "auth": auth.value, "eap_id": "mn@lab"}
-    assert msg["remote"] == {"id": "vpn.corp.example", "auth": "pubkey",
-                             "cacerts": [b"CA-PEM"]}
-
-
-def test_load_conn_pubkey_sends_certificate_contents():
-    msg = vc.load_conn(lab_cfg(auth=AuthMethod.PUBKEY, cert_file=Path("/c"),
-                               key_file=Path("/k")), "172.16.0.11",
-                       Certificates(ca=b"CA", cert=b"CERT"))["trustroam"]
-    assert msg["local"] == {"id": "mn@lab", "auth": "pubkey", "certs": [b"CERT"]}
-    assert msg["remote"]["auth"] == "pubkey" and msg["remote"]["cacerts"] == [b"CA"]
-
-
-def test_load_conn_psk_sends_no_ca():
-    msg = vc.load_conn(lab_cfg(), "172.16.0.11", Certificates(ca=b"CA"))["trustroam"]
-    assert "cacerts" not in msg["remote"]
-
-
-def test_load_shared_psk_owned_by_us_and_the_gateways():
-    (msg,) = vc.load_shared(lab_cfg(), {"vpn_psk": "s3cret", "vpn_password": "unused"})
-    assert msg == {"id": "trustroam-psk", "type": "IKE", "data": "s3cret",
-                   "owners": ["mn@lab", "172.16.0.11", "172.16.0.12"]}
-    assert vc.unload_shared(lab_cfg()) == [{"id": "trustroam-psk"}]
-
-
-def test_load_shared_eap_password():
-    cfg = lab_cfg(auth=AuthMethod.EAP_MSCHAPV2)
-    (msg,) = vc.load_shared(cfg, {"vpn_password": "pw"})
-    assert msg == {"id": "trustroam-eap", "type": "EAP", "data": "pw", "owners": ["mn@lab"]}
-
-
-def test_load_shared_pubkey_needs_nothing():
-    cfg = lab_cfg(auth=AuthMethod.PUBKEY, cert_file=Path("/c"), key_file=Path("/k"))
-    assert vc.load_shared(cfg, {}) == []
-    assert vc.load_key(b"KEY") == {"type": "any", "data": b"KEY"}
-
-
-@pytest.mark.parametrize(("auth", "key"), [(AuthMethod.PSK, "vpn_psk"),
-                                           (AuthMethod.EAP_MSCHAPV2, "vpn_password")])
-def test_missing_secret_names_the_key(auth, key):
-    with pytest.raises(SecretMissing) as exc:
-        vc.load_shared(lab_cfg(auth=auth), {"vpn_psk": "", "other": "x"})
-    assert exc.value.key == key and key in str(exc.value)
-
-
-def test_initiate_terminate_and_list_arguments():
-    assert vc.initiate(timeout=7.5) == {"ike": "trustroam", "child": "intranet",
-                                        "timeout": "7500"}
-    assert vc.terminate(timeout=2) == {"ike": "trustroam", "timeout": "2000", "force": "yes"}
-    assert vc.list_sas() == {"ike": "trustroam"}
-    assert vc.unload_conn() == {"name": "trustroam"}
-
-
-def test_describe_never_shows_values():
-    keys = vc.describe({"a": "s3cret", "b": {"c": "s3cret"}})
-    assert keys == ["a", "b.c"]
-
-
-def test_terminate_without_patience_drops_the_sa_at_once():
-    # strongSwan's vici: force with no timeout destroys the IKE SA without waiting.
-    assert vc.terminate(timeout=0) == {"ike": "trustroam", "timeout": "0", "force": "yes"}
-
-
-# -- what is not secure is refused, naming the key (security review 2026-12-07, 7) --
 
 @pytest.mark.parametrize("key", ["identity", "remote_identity"])
 @pytest.mark.parametrize(("value", "words"), [
