@@ -471,7 +471,7 @@ def test_rfc3519_4_7_in_mc_no_udp_tunnel_data_reaches_the_direct_registration_so
         forge("mip", LINK, bytes([4, 4, 0, 0]) + b"forged-tunnel-data", REG_PORT)
         forge("mip", LINK, bytes([3]) + b"a-reply", REG_PORT)
         r.wait("REG 3 a-reply")
-        assert [ln for ln in r.out.seen if ln.startswith("REG ")] == ["REG 3 a-reply"]
+        assert [ln.strip() for ln in r.out.seen if ln.startswith("REG ")] == ["REG 3 a-reply"]
     finally:
         r.stop()
 
