@@ -235,13 +235,29 @@ class Helper:
 
     # -- connection ------------------------------------------------------------------
 
-    async def connect(self, name: str, requester: Peer | None = None) -> None:
+    def locked_down(self) -> bool:
+        """An administrator's block is in force: always-vpn, lockdown, or a gate a
+        Disconnect held.  A gateless profile would lift it (see :meth:`connect`)."""
+        return (self.policy is Policy.ALWAYS_VPN or self.lockdown
+                or self.held_gate is not None)
+
+    def lifts_block(self, name: str) -> bool:
+        """Connecting ``name`` would lift an administrator's block: a profile without
+        a gate (``[features] gate = false``) while :meth:`locked_down`."""
+        return self.locked_down() and not self.profile(name).gate
+
+    async def connect(self, name: str, requester: Peer | None = None, *,
+                      administrator: bool = False) -> None:
         """Connect profile ``name`` with the secrets of ``requester``'s secret agent (or
         the secrets file): the MN-HA key and, with a ``[vpn]`` table, what its auth
         method needs, in one request.  Secrets and gateway names are fetched before
         the lock: a slow agent or resolver holds only its own user's request, bounded
-        by the agent and resolver timeouts."""
+        by the agent and resolver timeouts.  A gateless profile under an
+        administrator's block needs ``administrator`` (org.trustroam.configure)."""
         prof = self.profile(name)
+        if not prof.gate and self.locked_down() and not administrator:
+            raise HelperError(f"profile {_short(prof.name)} has no gate: under always-vpn "
+                              "or lockdown only an administrator may connect it")
         # Errors name the profile and the missing key, never a value.
         got = await self.secrets.fetch(prof.name, requester, await vpn_secret_names(prof.vpn))
         policy = await gate_policy(

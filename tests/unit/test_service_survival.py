@@ -288,3 +288,25 @@ async def test_an_agents_name_is_forgotten_only_on_the_bus_daemons_name_owner_ch
                   "/org/freedesktop/DBus", "org.freedesktop.DBus", "sss")
     bus.deliver(real)
     assert lost == [":1.7"]
+
+
+@pytest.mark.parametrize(("policy", "lockdown"), [("always-vpn", False), ("auto", True)])
+async def test_a_gateless_profile_cannot_lift_an_administrators_block_for_a_user(
+        tmp_path, policy, lockdown):
+    """A user's Connect (org.trustroam.connect) of a profile with `gate = false` would
+    remove the gate a Disconnect held under always-vpn or lockdown: refused, naming
+    the profile; an administrator (configure) may."""
+    from types import SimpleNamespace
+
+    from app.service.helper import HelperError
+    helper, gate = a_helper(tmp_path, lockdown=lockdown)
+    helper.set_policy(policy)
+    await helper.disconnect()
+    assert helper.held_gate is gate
+    helper.profile = lambda name: SimpleNamespace(name=name, gate=False)  # type: ignore
+    assert helper.lifts_block("guest")
+    with pytest.raises(HelperError, match=r"'guest' has no gate.*administrator"):
+        await helper.connect("guest")
+    assert not gate.removed and helper.held_gate is gate
+    helper.profile = lambda name: SimpleNamespace(name=name, gate=True)  # type: ignore
+    assert not helper.lifts_block("corp")  # a gated profile replaces the gate: a user may
