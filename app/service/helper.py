@@ -165,6 +165,7 @@ class Helper:
         """An administrator's kill switch: a user's Disconnect leaves the gate shut."""
         self.policy = initial.policy if initial is not None else Policy.AUTO
         self.last_profile = initial.profile if initial is not None else None
+        self._profiles_cache: tuple[tuple[object, ...], dict[str, Profile]] | None = None
         self.held_gate: HeldGate | None = None
         """The shut gate a user's Disconnect left (always-vpn or lockdown): lifted only
         by a SetPolicy (org.trustroam.configure) to auto or never-vpn, or by root."""
@@ -188,6 +189,11 @@ class Helper:
         except OSError as exc:
             log.error("profiles directory %s unreadable: %s", self.profiles_dir, exc)
             raise HelperError("the profiles directory cannot be read") from None
+        # Parsed again only when a file changed: ListProfiles is open to every uid, and
+        # a flood of it must cost a stat per file, not a parse (nor a log line) per file.
+        key = tuple(_file_key(path) for path in [*paths, *self.extra_profiles])
+        if self._profiles_cache is not None and self._profiles_cache[0] == key:
+            return dict(self._profiles_cache[1])
         for path in [*paths, *self.extra_profiles]:
             try:
                 p = load_profile(path)
@@ -198,6 +204,7 @@ class Helper:
                 log.error("profile skipped: %s: %s", path, getattr(exc, "strerror", exc))
                 continue
             found[p.name] = p
+        self._profiles_cache = (key, dict(found))
         return found
 
     def profile(self, name: str) -> Profile:
@@ -414,6 +421,15 @@ class Helper:
 def _short(text: str, limit: int = 64) -> str:
     """``repr`` of a caller's string, cut short: messages stay one short line."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _file_key(path: Path) -> object:
+    """What changes when a profile file does (its stat, or the error reading it)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return (str(path), exc.errno)
+    return (str(path), st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode)
 
 
 def load_profile(path: Path) -> Profile:

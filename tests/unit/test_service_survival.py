@@ -310,3 +310,33 @@ async def test_a_gateless_profile_cannot_lift_an_administrators_block_for_a_user
     assert not gate.removed and helper.held_gate is gate
     helper.profile = lambda name: SimpleNamespace(name=name, gate=True)  # type: ignore
     assert not helper.lifts_block("corp")  # a gated profile replaces the gate: a user may
+
+
+def test_list_profiles_parses_a_file_again_only_when_it_changed(tmp_path, monkeypatch, caplog):
+    """ListProfiles is open to every uid: a flood of it costs a stat per file, not a
+    parse and a log line per file per call (the security review's event-loop stall)."""
+    import os
+
+    from app.lab.configs import PROFILE_TOML
+    from app.net.mn_routes import Backend
+    from app.service import helper as helper_mod
+    from app.service.helper import Helper
+    from app.service.secrets import SecretSource
+    d = tmp_path / "profiles"
+    d.mkdir()
+    (d / "corp.toml").write_text(PROFILE_TOML)
+    (d / "bad.toml").write_text("home_address = 'nope'\n")
+    parsed: list[str] = []
+    real = helper_mod.load_profile
+    monkeypatch.setattr(helper_mod, "load_profile",
+                        lambda p: (parsed.append(p.name), real(p))[1])
+    h = Helper(profiles_dir=d, extra_profiles=[], secrets=SecretSource(None, None),
+               backend=Backend.USERSPACE)
+    for _ in range(50):
+        assert sorted(h.load_profiles()) == ["corp"]
+    assert sorted(parsed) == ["bad.toml", "corp.toml"]
+    assert sum("profile skipped" in r.message for r in caplog.records) == 1
+    st = os.stat(d / "corp.toml")
+    os.utime(d / "corp.toml", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert sorted(h.load_profiles()) == ["corp"]
+    assert sorted(parsed) == ["bad.toml", "bad.toml", "corp.toml", "corp.toml"]
