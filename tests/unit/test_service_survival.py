@@ -340,3 +340,13 @@ def test_list_profiles_parses_a_file_again_only_when_it_changed(tmp_path, monkey
     os.utime(d / "corp.toml", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert sorted(h.load_profiles()) == ["corp"]
     assert sorted(parsed) == ["bad.toml", "bad.toml", "corp.toml", "corp.toml"]
+
+
+def test_a_state_file_nested_too_deep_is_refused_with_a_message(tmp_path):
+    d = tmp_path / "state"
+    d.mkdir(mode=0o700)
+    f = d / "state.json"
+    f.write_text("[" * 4000)
+    f.chmod(0o600)
+    with pytest.raises(state.StateError, match="nested too deep"):
+        state.load(d)
