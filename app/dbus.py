@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import logging
 import socket
 from typing import Any
 
@@ -44,6 +45,9 @@ __all__ = [
     "RequestNameReply", "ServiceInterface", "Variant", "call", "dbus_property", "method",
     "signal",
 ]
+
+
+log = logging.getLogger("trustroam.dbus")
 
 
 class _PatientWriter(_aio._MessageWriter):
@@ -107,6 +111,9 @@ class MessageBus(_aio.MessageBus):
         writer = self._writer
         if writer is not None and type(writer) is _aio._MessageWriter:
             writer.__class__ = _PatientWriter
+        elif type(writer) is not _PatientWriter:  # a dbus-fast that builds it otherwise
+            log.warning("dbus-fast's writer is %s: a full socket may drop the bus "
+                        "connection (app/dbus.py cannot replace it)", type(writer).__name__)
         await super()._authenticate()
 
 

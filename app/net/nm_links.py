@@ -33,6 +33,9 @@ ACTIVE = "org.freedesktop.NetworkManager.Connection.Active"
 PROPS = "org.freedesktop.DBus.Properties"
 STATE_ACTIVATED = 100
 MATCH = f"type='signal',sender='{NM}'"
+BUS = "org.freedesktop.DBus"
+OWNER_MATCH = (f"type='signal',sender='{BUS}',interface='{BUS}',member='NameOwnerChanged',"
+               f"path='/org/freedesktop/DBus',arg0='{NM}'")
 CALL_TIMEOUT = 5.0
 """Seconds NetworkManager (or the bus) has to answer one call."""
 
@@ -65,12 +68,21 @@ class NmLinks:
         self._last: LinkSnapshot | None = None
         """NetworkManager's view, before the kernel's carrier is folded in."""
         self._carrier = CarrierWatch(iface, self._carrier_changed)
+        self.owner: str | None = None
+        """NetworkManager's unique name, as the bus daemon last said: any uid may send
+        a signal with NM's path, only NM's own connection has this sender."""
 
     async def start(self) -> None:
         await self._carrier.start()
-        await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                         "AddMatch", "s", [MATCH])
+        # The handler first: an owner change between the calls is not missed.
         self.bus.add_message_handler(self._on_message)
+        for rule in (OWNER_MATCH, MATCH):
+            await self._call(BUS, "/org/freedesktop/DBus", BUS, "AddMatch", "s", [rule])
+        try:
+            self.owner = str(await self._call(BUS, "/org/freedesktop/DBus", BUS,
+                                              "GetNameOwner", "s", [NM]))
+        except NmError:
+            self.owner = None  # not running (yet): its signals count once it owns NM
         await self.refresh()
 
     def _carrier_changed(self, iface: str, up: bool) -> None:
@@ -89,13 +101,18 @@ class NmLinks:
         self._closed = True
         self.bus.remove_message_handler(self._on_message)
         with contextlib.suppress(NmError):
-            await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus",
-                             "org.freedesktop.DBus", "RemoveMatch", "s", [MATCH])
+            for rule in (MATCH, OWNER_MATCH):
+                await self._call(BUS, "/org/freedesktop/DBus", BUS, "RemoveMatch", "s", [rule])
 
     def _on_message(self, msg: Message) -> None:
-        if msg.message_type is not MessageType.SIGNAL or self._pending or self._closed:
+        if msg.message_type is not MessageType.SIGNAL or self._closed:
             return
-        if msg.sender != NM and not (msg.path or "").startswith(NM_PATH):
+        if (msg.member == "NameOwnerChanged" and msg.sender == BUS and msg.interface == BUS
+                and msg.signature == "sss" and msg.body[0] == NM):
+            self.owner = str(msg.body[2]) or None  # NM restarted (or gone): re-read
+        elif self.owner is None or msg.sender != self.owner:
+            return  # a signal NetworkManager did not send
+        if self._pending:
             return
         self._pending = True
         asyncio.get_running_loop().create_task(self._refresh_soon())

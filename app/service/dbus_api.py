@@ -267,7 +267,11 @@ class HelperInterface(ServiceInterface):
         async with self._admitted() as uid:
             peer = await self._peer(await self._authorize(ACTION_CONNECT, uid))
             try:
-                await self.helper.connect(profile, requester=peer)
+                # A gateless profile would lift an administrator's block: its bar.
+                admin = self.helper.lifts_block(profile)
+                if admin:
+                    await self._authorize(ACTION_CONFIGURE, uid)
+                await self.helper.connect(profile, requester=peer, administrator=admin)
             except (HelperError, SecretError, GateError, VpnError) as exc:
                 raise self._failed("Connect", exc) from None
             except OSError as exc:  # the gate, routes or sockets: the host said no

@@ -165,6 +165,7 @@ class Helper:
         """An administrator's kill switch: a user's Disconnect leaves the gate shut."""
         self.policy = initial.policy if initial is not None else Policy.AUTO
         self.last_profile = initial.profile if initial is not None else None
+        self._profiles_cache: tuple[tuple[object, ...], dict[str, Profile]] | None = None
         self.held_gate: HeldGate | None = None
         """The shut gate a user's Disconnect left (always-vpn or lockdown): lifted only
         by a SetPolicy (org.trustroam.configure) to auto or never-vpn, or by root."""
@@ -188,6 +189,11 @@ class Helper:
         except OSError as exc:
             log.error("profiles directory %s unreadable: %s", self.profiles_dir, exc)
             raise HelperError("the profiles directory cannot be read") from None
+        # Parsed again only when a file changed: ListProfiles is open to every uid, and
+        # a flood of it must cost a stat per file, not a parse (nor a log line) per file.
+        key = tuple(_file_key(path) for path in [*paths, *self.extra_profiles])
+        if self._profiles_cache is not None and self._profiles_cache[0] == key:
+            return dict(self._profiles_cache[1])
         for path in [*paths, *self.extra_profiles]:
             try:
                 p = load_profile(path)
@@ -198,6 +204,7 @@ class Helper:
                 log.error("profile skipped: %s: %s", path, getattr(exc, "strerror", exc))
                 continue
             found[p.name] = p
+        self._profiles_cache = (key, dict(found))
         return found
 
     def profile(self, name: str) -> Profile:
@@ -235,13 +242,29 @@ class Helper:
 
     # -- connection ------------------------------------------------------------------
 
-    async def connect(self, name: str, requester: Peer | None = None) -> None:
+    def locked_down(self) -> bool:
+        """An administrator's block is in force: always-vpn, lockdown, or a gate a
+        Disconnect held.  A gateless profile would lift it (see :meth:`connect`)."""
+        return (self.policy is Policy.ALWAYS_VPN or self.lockdown
+                or self.held_gate is not None)
+
+    def lifts_block(self, name: str) -> bool:
+        """Connecting ``name`` would lift an administrator's block: a profile without
+        a gate (``[features] gate = false``) while :meth:`locked_down`."""
+        return self.locked_down() and not self.profile(name).gate
+
+    async def connect(self, name: str, requester: Peer | None = None, *,
+                      administrator: bool = False) -> None:
         """Connect profile ``name`` with the secrets of ``requester``'s secret agent (or
         the secrets file): the MN-HA key and, with a ``[vpn]`` table, what its auth
         method needs, in one request.  Secrets and gateway names are fetched before
         the lock: a slow agent or resolver holds only its own user's request, bounded
-        by the agent and resolver timeouts."""
+        by the agent and resolver timeouts.  A gateless profile under an
+        administrator's block needs ``administrator`` (org.trustroam.configure)."""
         prof = self.profile(name)
+        if not prof.gate and self.locked_down() and not administrator:
+            raise HelperError(f"profile {_short(prof.name)} has no gate: under always-vpn "
+                              "or lockdown only an administrator may connect it")
         # Errors name the profile and the missing key, never a value.
         got = await self.secrets.fetch(prof.name, requester, await vpn_secret_names(prof.vpn))
         policy = await gate_policy(
@@ -398,6 +421,15 @@ class Helper:
 def _short(text: str, limit: int = 64) -> str:
     """``repr`` of a caller's string, cut short: messages stay one short line."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _file_key(path: Path) -> object:
+    """What changes when a profile file does (its stat, or the error reading it)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return (str(path), exc.errno)
+    return (str(path), st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode)
 
 
 def load_profile(path: Path) -> Profile:

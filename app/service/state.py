@@ -67,6 +67,8 @@ def load(directory: Path) -> HelperState:
         doc = json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StateError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:  # nested a few thousand deep: no state of ours
+        raise StateError(f"{path}: not valid JSON (nested too deep)") from None
     return parse(doc, str(path))
 
 

@@ -288,3 +288,65 @@ async def test_an_agents_name_is_forgotten_only_on_the_bus_daemons_name_owner_ch
                   "/org/freedesktop/DBus", "org.freedesktop.DBus", "sss")
     bus.deliver(real)
     assert lost == [":1.7"]
+
+
+@pytest.mark.parametrize(("policy", "lockdown"), [("always-vpn", False), ("auto", True)])
+async def test_a_gateless_profile_cannot_lift_an_administrators_block_for_a_user(
+        tmp_path, policy, lockdown):
+    """A user's Connect (org.trustroam.connect) of a profile with `gate = false` would
+    remove the gate a Disconnect held under always-vpn or lockdown: refused, naming
+    the profile; an administrator (configure) may."""
+    from types import SimpleNamespace
+
+    from app.service.helper import HelperError
+    helper, gate = a_helper(tmp_path, lockdown=lockdown)
+    helper.set_policy(policy)
+    await helper.disconnect()
+    assert helper.held_gate is gate
+    helper.profile = lambda name: SimpleNamespace(name=name, gate=False)  # type: ignore
+    assert helper.lifts_block("guest")
+    with pytest.raises(HelperError, match=r"'guest' has no gate.*administrator"):
+        await helper.connect("guest")
+    assert not gate.removed and helper.held_gate is gate
+    helper.profile = lambda name: SimpleNamespace(name=name, gate=True)  # type: ignore
+    assert not helper.lifts_block("corp")  # a gated profile replaces the gate: a user may
+
+
+def test_list_profiles_parses_a_file_again_only_when_it_changed(tmp_path, monkeypatch, caplog):
+    """ListProfiles is open to every uid: a flood of it costs a stat per file, not a
+    parse and a log line per file per call (the security review's event-loop stall)."""
+    import os
+
+    from app.lab.configs import PROFILE_TOML
+    from app.net.mn_routes import Backend
+    from app.service import helper as helper_mod
+    from app.service.helper import Helper
+    from app.service.secrets import SecretSource
+    d = tmp_path / "profiles"
+    d.mkdir()
+    (d / "corp.toml").write_text(PROFILE_TOML)
+    (d / "bad.toml").write_text("home_address = 'nope'\n")
+    parsed: list[str] = []
+    real = helper_mod.load_profile
+    monkeypatch.setattr(helper_mod, "load_profile",
+                        lambda p: (parsed.append(p.name), real(p))[1])
+    h = Helper(profiles_dir=d, extra_profiles=[], secrets=SecretSource(None, None),
+               backend=Backend.USERSPACE)
+    for _ in range(50):
+        assert sorted(h.load_profiles()) == ["corp"]
+    assert sorted(parsed) == ["bad.toml", "corp.toml"]
+    assert sum("profile skipped" in r.message for r in caplog.records) == 1
+    st = os.stat(d / "corp.toml")
+    os.utime(d / "corp.toml", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert sorted(h.load_profiles()) == ["corp"]
+    assert sorted(parsed) == ["bad.toml", "bad.toml", "corp.toml", "corp.toml"]
+
+
+def test_a_state_file_nested_too_deep_is_refused_with_a_message(tmp_path):
+    d = tmp_path / "state"
+    d.mkdir(mode=0o700)
+    f = d / "state.json"
+    f.write_text("[" * 4000)
+    f.chmod(0o600)
+    with pytest.raises(state.StateError, match="nested too deep"):
+        state.load(d)
