@@ -52,10 +52,12 @@ async def credentials(bus: MessageBus, name: str) -> Peer:
     return Peer(name, int(uid.value), int(pid.value) if isinstance(pid, Variant) else None)
 
 
-async def session_check(bus: MessageBus, peer: Peer) -> str | None:
-    """None if ``peer`` may be asked for secrets: its logind session is active, or no
-    logind runs (then the uid rule alone applies); else why not (as NetworkManager
-    asks only agents of active sessions)."""
+class _NoLogind(Exception):
+    """No logind on this bus: a headless or container system (the uid rule alone)."""
+
+
+async def _session_property(bus: MessageBus, peer: Peer, prop: str) -> object:
+    """``prop`` of the logind session ``peer``'s process is in; a str is why not."""
     if peer.pid is None:
         return "its process is unknown"
     try:
@@ -66,22 +68,32 @@ async def session_check(bus: MessageBus, peer: Peer) -> str | None:
     except PeerError as exc:
         if exc.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
                               "org.freedesktop.DBus.Error.NameHasNoOwner"):
-            return None  # no logind on this bus: a headless or container system
+            raise _NoLogind from None
         if exc.error_name == "org.freedesktop.login1.NoSessionForPID":
             return "it is in no login session"
         return str(exc)
-    session = str(reply.body[0])
     try:
-        active = await call(bus, Message(
-            destination=LOGIND, path=session, interface="org.freedesktop.DBus.Properties",
-            member="Get", signature="ss", body=["org.freedesktop.login1.Session", "Active"]),
-            BUS_TIMEOUT, "logind")
+        got = await call(bus, Message(
+            destination=LOGIND, path=str(reply.body[0]),
+            interface="org.freedesktop.DBus.Properties", member="Get", signature="ss",
+            body=["org.freedesktop.login1.Session", prop]), BUS_TIMEOUT, "logind")
     except PeerError as exc:
         return str(exc)
-    value = active.body[0]
-    if isinstance(value, Variant) and value.value is True:
+    value = got.body[0]
+    return value.value if isinstance(value, Variant) else None
+
+
+async def session_check(bus: MessageBus, peer: Peer) -> str | None:
+    """None if ``peer`` may be asked for secrets: its logind session is active, or no
+    logind runs (then the uid rule alone applies); else why not (as NetworkManager
+    asks only agents of active sessions)."""
+    try:
+        active = await _session_property(bus, peer, "Active")
+    except _NoLogind:
         return None
-    return "its login session is not the active one"
+    if isinstance(active, str):
+        return active
+    return None if active is True else "its login session is not the active one"
 
 
 async def session_owner_check(bus: MessageBus, peer: Peer) -> str | None:
@@ -90,29 +102,13 @@ async def session_owner_check(bus: MessageBus, peer: Peer) -> str | None:
     not; else why not.  The table of agents is shared by all uids: without this a
     user with a range of subordinate uids (or any uid with no session) could fill
     it (security review 2026-12-07, finding 10)."""
-    if peer.pid is None:
-        return "its process is unknown"
     try:
-        reply = await call(bus, Message(
-            destination=LOGIND, path="/org/freedesktop/login1",
-            interface="org.freedesktop.login1.Manager", member="GetSessionByPID",
-            signature="u", body=[peer.pid]), BUS_TIMEOUT, "logind")
-    except PeerError as exc:
-        if exc.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
-                              "org.freedesktop.DBus.Error.NameHasNoOwner"):
-            return None
-        if exc.error_name == "org.freedesktop.login1.NoSessionForPID":
-            return "it is in no login session"
-        return str(exc)
-    try:
-        user = await call(bus, Message(
-            destination=LOGIND, path=str(reply.body[0]),
-            interface="org.freedesktop.DBus.Properties", member="Get", signature="ss",
-            body=["org.freedesktop.login1.Session", "User"]), BUS_TIMEOUT, "logind")
-    except PeerError as exc:
-        return str(exc)
-    value = user.body[0]
-    owner = value.value[0] if isinstance(value, Variant) and value.value else None
+        user = await _session_property(bus, peer, "User")
+    except _NoLogind:
+        return None
+    if isinstance(user, str):
+        return user
+    owner = user[0] if isinstance(user, list | tuple) and user else None
     if owner != peer.uid:
         return f"its login session belongs to uid {owner}"
     return None
