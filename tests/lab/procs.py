@@ -11,8 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.lab import charon as lab_charon
-from app.lab.configs import HOME, fa_toml, ha_toml
-from app.lab.world import CHARON_DIR
+from app.lab.configs import HOME, fa_toml, ha_toml, write_helper_files
+from app.lab.topology import MN, MN_IFACE
+from app.lab.world import CHARON_DIR, Lab
 from tests.haproc import env
 from tests.lines import Lines
 
@@ -114,6 +115,25 @@ def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
         for p in (monitor, helper, fa, ha):
             if p is not None:
                 p.stop()
+
+
+GW1 = "172.16.0.11"
+"""The lab's first VPN gateway (the mc profiles' only one)."""
+
+
+def vpn_helper_world(lab: Lab, d: Path) -> Iterator[dict[str, object]]:
+    """:func:`helper_world` with profile ``corp`` going through gw1 (mode mc): the
+    module fixture of the lab tests in mc."""
+    profiles, secrets = write_helper_files(d, "corp", vpn_gateways=(GW1,))
+    with helper_world(lab.nm_bus(), d, profiles, secrets) as w:
+        yield w
+
+
+def mac_of_mn() -> str:
+    """The mobile node's link-layer address (forged frames are sent to it)."""
+    out = subprocess.run(["ip", "-n", MN, "-br", "link", "show", MN_IFACE],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return out[2]
 
 
 def history(world: dict[str, object], n: int = 200) -> list[tuple[float, str, dict[str, str]]]:

@@ -18,14 +18,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.lab.configs import CN, HA, HOME, write_helper_files
-from app.lab.topology import MN, MN_IFACE
+from app.lab.configs import CN, HA, HOME
+from app.lab.topology import MN
 from app.lab.world import Lab
 from tests.dbus_client import properties, run_as
 from tests.lab.conftest import a_lab, mn_address, ns_exec
-from tests.lab.procs import Proc, helper_world, wait_history
+from tests.lab.procs import Proc, mac_of_mn, vpn_helper_world, wait_history
 
-GW1 = "172.16.0.11"
 PORT = 9998
 ATTACKER, ATTACKER_IFACE = "tr-er", "pub"  # the pub link's router: any host there can
 CN_NODE = "tr-cn"
@@ -71,16 +70,7 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def world(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    d = tmp_path_factory.mktemp("inbound")
-    profiles, secrets = write_helper_files(d, "corp", vpn_gateways=(GW1,))
-    with helper_world(lab.nm_bus(), d, profiles, secrets) as w:
-        yield w
-
-
-def mac_of_mn() -> str:
-    out = subprocess.run(["ip", "-n", MN, "-br", "link", "show", MN_IFACE],
-                         capture_output=True, text=True, check=True).stdout.split()
-    return out[2]
+    yield from vpn_helper_world(lab, tmp_path_factory.mktemp("inbound"))
 
 
 def blocked_in() -> int:

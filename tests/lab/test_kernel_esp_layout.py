@@ -18,15 +18,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.lab.configs import write_helper_files
 from app.lab.world import Lab
 from tests.dbus_client import properties, run_as
 from tests.lab.conftest import a_lab
 from tests.lab.kernel_esp import kernel_esp_layout, link_addresses, requests_from_tia
-from tests.lab.procs import Proc, helper_world, history, wait_history
+from tests.lab.procs import Proc, history, vpn_helper_world, wait_history
 from tests.lab.vpn_walk import ping_stream
-
-GW1 = "172.16.0.11"
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +33,7 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def world(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    d = tmp_path_factory.mktemp("kesp")
-    profiles, secrets = write_helper_files(d, "corp", vpn_gateways=(GW1,))
-    with helper_world(lab.nm_bus(), d, profiles, secrets) as w:
-        yield w
+    yield from vpn_helper_world(lab, tmp_path_factory.mktemp("kesp"))
 
 
 def props(world: dict[str, object]) -> dict[str, object]:

@@ -21,25 +21,26 @@ from pathlib import Path
 
 import pytest
 
-from app.lab.configs import profile_toml, write_helper_files
-from app.lab.topology import MN, MN_IFACE
+from app.lab.configs import profile_toml
+from app.lab.topology import MN
 from app.lab.world import Lab
 from app.mn.access_mode import NEVER_VPN_REASON
 from tests.dbus_client import call, properties, run_as
 from tests.lab.conftest import a_lab
 from tests.lab.leaks import lab_policy, leaks, read_frames
 from tests.lab.procs import (
+    GW1,
     MN_VICI,
     Proc,
     carries_data_again,
     echo_session,
-    helper_world,
     history,
+    mac_of_mn,
+    vpn_helper_world,
     wait_history,
 )
 from tests.lab.vpn_walk import bridge_capture, ping_stream
 
-GW1 = "172.16.0.11"
 WALK = (("t1", "c"), ("pub", "mc"), ("nat", "mc"), ("pub", "mc"), ("fa1", "f"),
         ("nat", "mc"), ("t2", "c"), ("home", "h"))
 UNTRUSTED = ("pub", "nat")
@@ -52,16 +53,7 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def world(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    d = tmp_path_factory.mktemp("mc")
-    profiles, secrets = write_helper_files(d, "corp", vpn_gateways=(GW1,))
-    with helper_world(lab.nm_bus(), d, profiles, secrets) as w:
-        yield w
-
-
-def mac_of_mn() -> str:
-    out = subprocess.run(["ip", "-n", MN, "-br", "link", "show", MN_IFACE],
-                         capture_output=True, text=True, check=True).stdout.split()
-    return out[2]
+    yield from vpn_helper_world(lab, tmp_path_factory.mktemp("mc"))
 
 
 def props(world: dict[str, object]) -> dict[str, object]:
