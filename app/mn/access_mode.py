@@ -312,7 +312,7 @@ class AccessModeMachine:
     home_network: IPv4Network
     client: RegistrationClient
     use_foreign_agents: bool = True
-    tunnel: RegistrationClient | None = None
+    vpn_client: RegistrationClient | None = None
     """Registrations through the VPN (mode mc): None without a VPN in the profile.
     It must share ``client``'s replay state (the same home agent)."""
     policy: Policy = Policy.AUTO
@@ -325,7 +325,7 @@ class AccessModeMachine:
     last_handover_ms: float | None = None
     _link: _Link | None = None
     _via_fa: bool = False
-    gate: ProvenPath | None = None
+    open_path: ProvenPath | None = None
     """What the last Gate action opened (None: shut)."""
     home_probe: str | None = None
     """The interface the last Gate action let answer ARP for the home address."""
@@ -338,7 +338,7 @@ class AccessModeMachine:
     _actions: list[Action] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.tunnel is not None and self.tunnel.replay is not self.client.replay:
+        if self.vpn_client is not None and self.vpn_client.replay is not self.client.replay:
             raise ValueError("the VPN's registration client must share the direct one's "
                              "replay state")
 
@@ -372,7 +372,7 @@ class AccessModeMachine:
         elif isinstance(event, Resumed):
             self._reprobe(now)
         elif isinstance(event, Shutdown):
-            t = self.tunnel
+            t = self.vpn_client
             if t is not None and t.binding is not None and self.vpn.up:
                 t.deregister(now, at_home=False)  # from the TIA, through the VPN
             elif self.client.binding is not None:
@@ -388,8 +388,8 @@ class AccessModeMachine:
 
     def receive(self, data: bytes, now: float) -> list[Action]:
         self.client.receive(data, now)
-        if self.tunnel is not None:
-            self.tunnel.receive(data, now)
+        if self.vpn_client is not None:
+            self.vpn_client.receive(data, now)
         self._drain(now)
         return self._take()
 
@@ -404,8 +404,8 @@ class AccessModeMachine:
 
     def handle_timer(self, now: float) -> list[Action]:
         self.client.handle_timer(now)
-        if self.tunnel is not None:
-            self.tunnel.handle_timer(now)
+        if self.vpn_client is not None:
+            self.vpn_client.handle_timer(now)
         v = self.vpn
         if v.retry_at is not None and now >= v.retry_at:
             v.retry_at = None
@@ -418,7 +418,7 @@ class AccessModeMachine:
 
     def get_timer(self) -> float | None:
         times = [self.client.get_timer(), self.vpn.retry_at, self.vpn.register_at,
-                 self.tunnel.get_timer() if self.tunnel is not None else None]
+                 self.vpn_client.get_timer() if self.vpn_client is not None else None]
         known = [t for t in times if t is not None]
         return min(known) if known else None
 
@@ -431,7 +431,7 @@ class AccessModeMachine:
     def bound(self) -> bool:
         """Some registration of ours stands at the home agent."""
         return self.client.binding is not None or (
-            self.tunnel is not None and self.tunnel.binding is not None)
+            self.vpn_client is not None and self.vpn_client.binding is not None)
 
     # -- logic -----------------------------------------------------------------
 
@@ -449,7 +449,7 @@ class AccessModeMachine:
                    and self.client.config.home_agent in ev.address.network)
         self._link = _Link(ev.iface, ev.address, ev.gateway, now, home_prefix=at_home)
         self._via_fa = False
-        in_mc = self.mode is Mode.VPN and self.gate is not None
+        in_mc = self.mode is Mode.VPN and self.open_path is not None
         if not in_mc:
             self._shut()  # nothing normal leaves while undecided
         # (mode mc stays open: what it lets out is encrypted, and MOBIKE moves it)
@@ -458,7 +458,7 @@ class AccessModeMachine:
             self._open(self._link)  # the same rules, named for the new link
             if self.home_probe is not None:  # ARP for the home address: proven home only
                 self.home_probe = None
-                self._actions.append(Gate(self.gate))
+                self._actions.append(Gate(self.open_path))
         self._actions.append(PrepareLink(ev.iface, ev.address, ev.gateway))
         if back_to_tunnel:  # a claim of the old link moved mc's home address: back
             self._actions.append(ConfigureDataPlane(Mode.VPN, ev.iface, self.configured_tia))
@@ -520,11 +520,11 @@ class AccessModeMachine:
 
     @property
     def _vpn_configured(self) -> bool:
-        return self.tunnel is not None
+        return self.vpn_client is not None
 
     @property
     def _want_vpn(self) -> bool:
-        return (self.tunnel is not None and self.policy is not Policy.NEVER_VPN
+        return (self.vpn_client is not None and self.policy is not Policy.NEVER_VPN
                 and self.vpn.service_ok and self._link is not None)
 
     def _start_vpn(self) -> None:
@@ -541,8 +541,8 @@ class AccessModeMachine:
 
     def _stop_vpn(self, reason: str) -> None:
         v = self.vpn
-        if self.tunnel is not None:
-            self.tunnel.cancel()
+        if self.vpn_client is not None:
+            self.vpn_client.cancel()
         v.register_at = v.retry_at = None
         if v.starting or v.up:
             v.starting, v.tia, v.gateway = False, None, ""
@@ -556,7 +556,7 @@ class AccessModeMachine:
     def _register_through_vpn(self, now: float, *, again: bool = False) -> None:
         """``again``: a new TIA or gateway, registered even where mc holds."""
         v = self.vpn
-        t = self.tunnel
+        t = self.vpn_client
         trusted = self.phase is State.TRUSTED and self.policy is not Policy.ALWAYS_VPN
         if t is None or v.tia is None or not self._want_vpn or trusted:
             return
@@ -576,7 +576,7 @@ class AccessModeMachine:
             # RFC 5266 3.3: a new TIA or another gateway is a new registration.
             new_tia = v.tia != ev.tia or v.gateway != ev.gateway
             v.tia, v.gateway = ev.tia, ev.gateway
-            if self.policy is Policy.NEVER_VPN or self.tunnel is None:
+            if self.policy is Policy.NEVER_VPN or self.vpn_client is None:
                 self._stop_vpn("the policy is never-vpn")  # came up from an older start
                 return
             if self.phase is State.TRUSTED and self.policy is not Policy.ALWAYS_VPN:
@@ -593,8 +593,8 @@ class AccessModeMachine:
             was_up = v.up
             v.starting, v.tia, v.gateway = False, None, ""
             v.register_at = None
-            if self.tunnel is not None:
-                self.tunnel.cancel()
+            if self.vpn_client is not None:
+                self.vpn_client.cancel()
             if self.mode is Mode.VPN:
                 self._leave(State.UNTRUSTED, f"the VPN went down: {ev.reason}")
             elif self._waiting_for_vpn and not was_up:
@@ -605,8 +605,8 @@ class AccessModeMachine:
             v.service_ok, v.service_error = False, ev.message
             v.starting, v.tia, v.gateway = False, None, ""
             v.register_at = v.retry_at = None
-            if self.tunnel is not None:
-                self.tunnel.cancel()
+            if self.vpn_client is not None:
+                self.vpn_client.cancel()
             if self.mode is Mode.VPN:
                 self._leave(State.UNTRUSTED, ev.message)  # a kill switch: shut, say why
             elif self._waiting_for_vpn:
@@ -645,13 +645,13 @@ class AccessModeMachine:
             sent = list(self.client.datagrams_to_send())
             for d in sent:
                 self._actions.append(Send(iface, d))
-            if self.tunnel is not None:
-                through = self.tunnel.datagrams_to_send()
+            if self.vpn_client is not None:
+                through = self.vpn_client.datagrams_to_send()
                 for d in through:
                     self._actions.append(Send(iface, d, through_vpn=True))
                 sent += through
             seen = self._events(now)
-            seen = self._tunnel_events(now) or seen
+            seen = self._vpn_client_events(now) or seen
             if not seen and not sent:
                 return
 
@@ -659,7 +659,7 @@ class AccessModeMachine:
         """A direct reply makes the network trusted: the path through the VPN ends.
         True if a request through the VPN left after the one answered, so the home
         agent may bind the TIA after this: then register directly once more."""
-        t = self.tunnel
+        t = self.vpn_client
         if t is None or self.policy is Policy.ALWAYS_VPN:
             return False
         answered = self.client.accepted_sent_at
@@ -764,7 +764,7 @@ class AccessModeMachine:
                                                                 "is untrusted, staying in mc"))
                 elif link is not None and self.phase is not State.UNTRUSTED:
                     reason = self._untrusted_reason()
-                    if reason is None and self.tunnel is None:
+                    if reason is None and self.vpn_client is None:
                         reason = hint or None  # nothing else to say: the history's hint
                     self._leave(State.UNTRUSTED, reason)
             elif isinstance(ev, Denied) and self._via_fa and self.phase is State.TRUSTED and (
@@ -787,7 +787,7 @@ class AccessModeMachine:
         after the home agent's authenticated answer from this home-prefix link."""
         link.claimed = True
         self.home_probe = self.home_claimed = link.iface
-        self._actions.append(Gate(self.gate, home_probe=link.iface))
+        self._actions.append(Gate(self.open_path, home_probe=link.iface))
         self._actions.append(ClaimHome(link.iface))
         self.client.deregister(now, at_home=True)
 
@@ -797,19 +797,19 @@ class AccessModeMachine:
         link.claimed, link.home_failed = False, True
         if self.home_probe is not None:
             self.home_probe = None
-            self._actions.append(Gate(self.gate))
+            self._actions.append(Gate(self.open_path))
         if self._withdraw_home():
             self._actions.append(ConfigureDataPlane(Mode.VPN, link.iface, self.configured_tia))
 
     def _untrusted_reason(self) -> str | None:
-        if self.tunnel is None:
+        if self.vpn_client is None:
             return None  # no VPN in the profile: untrusted says it all
         if self.policy is Policy.NEVER_VPN:
             return NEVER_VPN_REASON
         return self.vpn.service_error
 
-    def _tunnel_events(self, now: float) -> bool:
-        t = self.tunnel
+    def _vpn_client_events(self, now: float) -> bool:
+        t = self.vpn_client
         if t is None:
             return False
         seen = False
@@ -869,13 +869,13 @@ class AccessModeMachine:
                 link.fa is not None and self.use_foreign_agents and not link.fa_failed) else (
                 None)
             path = ProvenPath(link.iface, link.address.ip, self.mode, fa)
-        if path != self.gate:
-            self.gate, self.home_probe = path, None
+        if path != self.open_path:
+            self.open_path, self.home_probe = path, None
             self._actions.append(Gate(path))
 
     def _shut(self) -> None:
-        if self.gate is not None or self.home_probe is not None:
-            self.gate = self.home_probe = None
+        if self.open_path is not None or self.home_probe is not None:
+            self.open_path = self.home_probe = None
             self._actions.append(Gate(None))
 
     def _withdraw_home(self) -> bool:
@@ -915,7 +915,7 @@ class AccessModeMachine:
 
     def _status(self) -> None:
         link = self._link
-        t = self.tunnel
+        t = self.vpn_client
         b = t.binding if self.mode is Mode.VPN and t is not None else self.client.binding
         self._actions.append(Status(self.phase, self.mode, link.iface if link else None,
                                     b.care_of_address if b else None, self.error,

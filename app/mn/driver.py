@@ -98,7 +98,7 @@ class _Stop:
 
 
 @dataclass(frozen=True, slots=True)
-class _Vpn:
+class _VpnInput:
     event: VpnEvent
 
 
@@ -113,7 +113,7 @@ class _VpnEcho:
     rtt: float
 
 
-_Input = (LinkSnapshot | _Datagram | am.AgentAdvert | am.Resumed | _Tick | _Stop | _Vpn
+_Input = (LinkSnapshot | _Datagram | am.AgentAdvert | am.Resumed | _Tick | _Stop | _VpnInput
           | _Policy | _VpnEcho)
 
 
@@ -134,7 +134,7 @@ class MobileNodeDriver:
         # As given, not copied: its repr hides the values.
         self._vpn_secrets: Mapping[str, str] = vpn_secrets or {}
         self.routes = routes
-        self.gate = gate if profile.gate else None
+        self.gate = gate if profile.gate_enabled else None
         self.on_snapshot = on_snapshot
         self.on_event = on_event
         self.clock = clock
@@ -145,13 +145,13 @@ class MobileNodeDriver:
         # replay state (RFC 5944 5.7), another path.
         # No RFC 3519 request through the VPN: the TIA reaches the home agent
         # unNATed in the designs RFC 5266 4 describes (NAT-T handles the NAT outside).
-        self.tunnel_client = PathClient(
+        self.vpn_client = PathClient(
             replace(profile.registration(key), udp_tunnelling=UdpTunnelling.OFF),
             Path.VPN, self._arrived_by, replay=self.client.replay) if (
             self.charon is not None) else None
         self.machine = am.AccessModeMachine(
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
-            tunnel=self.tunnel_client, policy=policy,
+            vpn_client=self.vpn_client, policy=policy,
             keep_alive_inside=profile.vpn.keep_alive_inside if profile.vpn else False)
         self._vpn_reg: socket.socket | None = None
         """Registrations from the TIA, through the VPN."""
@@ -204,9 +204,9 @@ class MobileNodeDriver:
                 await self.routes.vpn_gateway(gw)
         self._task = asyncio.create_task(self._run(), name="mn-driver")
         if self.charon is not None:
-            self.charon.on_event = lambda ev: self._queue.put_nowait(_Vpn(ev))
+            self.charon.on_event = lambda ev: self._queue.put_nowait(_VpnInput(ev))
             if not await self.charon.start():
-                self._queue.put_nowait(_Vpn(VpnUnreachable(self.charon.unreachable_message)))
+                self._queue.put_nowait(_VpnInput(VpnUnreachable(self.charon.unreachable_message)))
             else:
                 await self._load_vpn()
 
@@ -293,7 +293,7 @@ class MobileNodeDriver:
                     if self.machine.bound and (self._reg is not None
                                                or self._vpn_reg is not None):
                         await self._execute(self.machine.handle(am.Shutdown(), now))
-                elif isinstance(item, _Vpn):
+                elif isinstance(item, _VpnInput):
                     await self._vpn_event(item.event, now)
                 elif isinstance(item, _Policy):
                     self._history("policy-applied", {"policy": item.policy.value})
@@ -410,7 +410,7 @@ class MobileNodeDriver:
 
     def _arp_permit(self, iface: str) -> bool:
         """May a frame naming the home address leave ``iface`` (RFC 5944 4.6)?"""
-        p = self.machine.gate
+        p = self.machine.open_path
         return (p is not None and p.iface == iface and p.mode is Mode.HOME) or (
             self.machine.home_claimed == iface)  # proven home, deregistering (ClaimHome)
 
@@ -478,7 +478,7 @@ class MobileNodeDriver:
             self._answer_seen = answer
             self._publish(home_agent_probe=Probe(True, round(answer[0] * 1000, 3), answer[1]))
             self._history("probe-answered", {"rtt_ms": f"{answer[0] * 1000:.2f}"})
-        t = self.tunnel_client
+        t = self.vpn_client
         b = t.binding if t is not None and self.machine.mode is Mode.VPN else (
             self.client.binding)
         if b is self._binding_seen:
@@ -505,7 +505,7 @@ class MobileNodeDriver:
             self._vpn_error(f"the VPN cannot be set up: {exc}")
             return False
         except VpnUnreachableError as exc:
-            self._queue.put_nowait(_Vpn(VpnUnreachable(str(exc))))
+            self._queue.put_nowait(_VpnInput(VpnUnreachable(str(exc))))
             return False
         except VpnError as exc:
             self._vpn_error(f"charon refused the VPN's configuration: {exc}")
@@ -516,7 +516,7 @@ class MobileNodeDriver:
     def _vpn_error(self, text: str) -> None:
         log.error("%s", text)
         self._history("vpn-error", {"text": text})
-        self._queue.put_nowait(_Vpn(VpnUnreachable(text)))
+        self._queue.put_nowait(_VpnInput(VpnUnreachable(text)))
 
     def _start_vpn(self) -> None:
         if self.charon is None or (self._vpn_task is not None and not self._vpn_task.done()):
@@ -536,16 +536,16 @@ class MobileNodeDriver:
         try:
             sa = await self.charon.initiate()
         except VpnUnreachableError as exc:
-            self._queue.put_nowait(_Vpn(VpnUnreachable(str(exc))))
+            self._queue.put_nowait(_VpnInput(VpnUnreachable(str(exc))))
             return
         except VpnError as exc:
-            self._queue.put_nowait(_Vpn(VpnDown(str(exc))))
+            self._queue.put_nowait(_VpnInput(VpnDown(str(exc))))
             return
         if sa.tia is not None and sa.remote is not None and sa.local is not None:
-            self._queue.put_nowait(_Vpn(VpnUp(sa.tia, sa.remote, sa.local, sa.nat_detected,
+            self._queue.put_nowait(_VpnInput(VpnUp(sa.tia, sa.remote, sa.local, sa.nat_detected,
                                               sa.ike_id)))
         elif sa.tia is None:
-            self._queue.put_nowait(_Vpn(VpnDown(NO_TIA)))
+            self._queue.put_nowait(_VpnInput(VpnDown(NO_TIA)))
 
     async def _stop_vpn(self, reason: str) -> None:
         if self._vpn_task is not None and not self._vpn_task.done():

@@ -72,7 +72,8 @@ class Profile:
     replay: ReplayMode = ReplayMode.TIMESTAMP
     udp_tunnelling: UdpTunnelling = UdpTunnelling.AUTO
     foreign_agents: bool = True
-    gate: bool = True
+    gate_enabled: bool = True
+    """``[features] gate``: shut traffic while undecided (off only for debugging)."""
     vpn: VpnConfig | None = None
     """The ``[vpn]`` table: without one an untrusted network stays shut (no mode mc)."""
     source: str = "<built-in>"
@@ -156,7 +157,7 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
         replay=top.enum("replay", ReplayMode, ReplayMode.TIMESTAMP),
         udp_tunnelling=top.enum("udp_tunnelling", UdpTunnelling, UdpTunnelling.AUTO),
         foreign_agents=features.bool_("foreign_agents", True),
-        gate=features.bool_("gate", True),
+        gate_enabled=features.bool_("gate", True),
         vpn=vpn,
         source=source,
     )
@@ -200,7 +201,7 @@ def dumps(p: Profile) -> str:
     lines += ["", "[probe]", f"initial_timeout = {p.initial_timeout!r}",
               f"retries = {p.retries}", "", "[features]",
               f"foreign_agents = {str(p.foreign_agents).lower()}",
-              f"gate = {str(p.gate).lower()}", ""]
+              f"gate = {str(p.gate_enabled).lower()}", ""]
     if p.vpn is not None:
         lines += ["[vpn]", *vpn_profile.dump(p.vpn, p.home_network), ""]
     return "\n".join(lines)

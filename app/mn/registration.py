@@ -103,7 +103,7 @@ class RegistrationConfig:
     udp_tunnelling: UdpTunnelling = UdpTunnelling.OFF
 
 
-class State(Enum):
+class ClientState(Enum):
     IDLE = "idle"
     REGISTERING = "registering"
     REGISTERED = "registered"
@@ -219,7 +219,7 @@ class RegistrationClient:
                  nonce: Callable[[], int] = lambda: secrets.randbits(32),
                  replay: ReplayState | None = None) -> None:
         self.config = config
-        self.state = State.IDLE
+        self.state = ClientState.IDLE
         self.replay = replay if replay is not None else ReplayState()
         self._nonce = nonce
         self.last_sent_at: float | None = None
@@ -276,7 +276,7 @@ class RegistrationClient:
         if via is None and mode is not UdpTunnelling.OFF:
             exts.append(UdpTunnelRequest(force=mode is UdpTunnelling.FORCE))
         renewal = self.binding is not None and self.binding.care_of_address == care_of
-        self.state = State.RENEWING if renewal else State.REGISTERING
+        self.state = ClientState.RENEWING if renewal else ClientState.REGISTERING
         life = self.config.lifetime if lifetime is None else min(lifetime, self.config.lifetime)
         if via is not None:
             life = min(life, self._fa_lifetime.get(via, life))
@@ -288,7 +288,7 @@ class RegistrationClient:
         b = None if at_home else self.binding
         coa = self.config.home_address if b is None else b.care_of_address
         via = None if b is None else b.via
-        self.state = State.DEREGISTERING
+        self.state = ClientState.DEREGISTERING
         self._renew_at = None
         # 3.6.1.1: from the home address at home or through the FA that holds the
         # binding, from the co-located care-of address otherwise.
@@ -300,7 +300,7 @@ class RegistrationClient:
         only a binding to that address goes, and there is none).  On a link in the
         home prefix it is the direct probe: its authenticated reply proves the home
         agent answered from here, and asks nothing of it (no binding, no proxy ARP)."""
-        self.state = State.DEREGISTERING
+        self.state = ClientState.DEREGISTERING
         self._renew_at = None
         self._start(_Attempt(care_of, 0, RegFlags(0), None, (), care_of), now)
 
@@ -320,7 +320,7 @@ class RegistrationClient:
         self.binding = None
         self._renew_at = None
         self._renewal = None
-        self.state = State.IDLE
+        self.state = ClientState.IDLE
 
     def forget_binding(self) -> None:
         """The binding this client made is no longer ours to renew (another path
@@ -329,7 +329,7 @@ class RegistrationClient:
         self._renew_at = None
         self._renewal = None
         if self._attempt is None:
-            self.state = State.IDLE
+            self.state = ClientState.IDLE
 
     @property
     def pending(self) -> bool:
@@ -399,7 +399,7 @@ class RegistrationClient:
             self.binding = None
             self._renew_at = None
             self._renewal = None
-            self.state = State.IDLE
+            self.state = ClientState.IDLE
             self._events.append(Deregistered())
             return
         protected = rep.extensions[:rep.extensions.index(mhae)]
@@ -407,7 +407,7 @@ class RegistrationClient:
         asked = any(isinstance(e, UdpTunnelRequest) for e in a.extensions)
         utr = next((e for e in protected if isinstance(e, UdpTunnelReply)), None) if asked else (
             None)
-        renewal = self.state is State.RENEWING
+        renewal = self.state is ClientState.RENEWING
         # 3.6.2.2: the timer runs from when the request was sent, for what was
         # granted; a home agent must not grant more than asked, so never believe more.
         granted = min(rep.lifetime, a.lifetime)
@@ -416,7 +416,7 @@ class RegistrationClient:
                                   renewal, utr is not None and utr.code < 64,
                                   utr.keepalive_interval if utr else 0, a.via)
         self._renew_at = start + granted * self.config.renew_fraction
-        self.state = State.REGISTERED
+        self.state = ClientState.REGISTERED
         self._events.append(self.binding)
         self._renewal = a
 
@@ -426,7 +426,8 @@ class RegistrationClient:
             if a.copies > self.config.retries:
                 self._attempt = None
                 self._events.append(TimedOut(a.copies, now - a.started, a.discarded, a.via))
-                self.state = State.REGISTERED if self._binding_valid(now) else State.IDLE
+                self.state = (ClientState.REGISTERED if self._binding_valid(now)
+                              else ClientState.IDLE)
             else:
                 a.timeout = min(a.timeout * 2, self._max_timeout(a))
                 self._retransmit(a, now)
@@ -435,7 +436,7 @@ class RegistrationClient:
             self._renew_at = None
             self._events.append(BindingLost())
             if self._attempt is None:
-                self.state = State.IDLE
+                self.state = ClientState.IDLE
         prev = self._renewal
         if (self._renew_at is not None and now >= self._renew_at and self._attempt is None
                 and self.binding is not None and prev is not None):
@@ -479,8 +480,8 @@ class RegistrationClient:
         self._after_failure(now)
 
     def _after_failure(self, now: float) -> None:
-        self.state = State.REGISTERED if self.binding and self._binding_valid(now) else (
-            State.IDLE)
+        self.state = ClientState.REGISTERED if self.binding and self._binding_valid(now) else (
+            ClientState.IDLE)
 
     def _binding_valid(self, now: float) -> bool:
         return self.binding is not None and now < self.binding.expires_at
@@ -493,7 +494,7 @@ class RegistrationClient:
 
     def _renew(self, prev: _Attempt, now: float) -> None:
         self._renew_at = None
-        self.state = State.RENEWING
+        self.state = ClientState.RENEWING
         self._start(_Attempt(prev.care_of, prev.lifetime, prev.flags, prev.via,
                              prev.extensions, prev.source), now)
 

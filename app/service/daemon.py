@@ -185,7 +185,7 @@ async def _gate_first(args: argparse.Namespace, first: str | None) -> bool:
             prof = load_profile(path)  # non-blocking: a FIFO must not hold the start
         except (ConfigError, OSError):
             continue
-        if prof.name == first and prof.gate:
+        if prof.name == first and prof.gate_enabled:
             # Gateway names resolve within a bound (a left gate may hold DNS): the
             # connect that follows resolves them again and records any left out.
             await TrafficGate(await gate_policy(prof, timeout=STARTUP_RESOLVE_TIMEOUT)

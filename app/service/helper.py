@@ -251,7 +251,7 @@ class Helper:
     def lifts_block(self, name: str) -> bool:
         """Connecting ``name`` would lift an administrator's block: a profile without
         a gate (``[features] gate = false``) while :meth:`locked_down`."""
-        return self.locked_down() and not self.profile(name).gate
+        return self.locked_down() and not self.profile(name).gate_enabled
 
     async def connect(self, name: str, requester: Peer | None = None, *,
                       administrator: bool = False) -> None:
@@ -262,7 +262,7 @@ class Helper:
         by the agent and resolver timeouts.  A gateless profile under an
         administrator's block needs ``administrator`` (org.trustroam.configure)."""
         prof = self.profile(name)
-        if not prof.gate and self.locked_down() and not administrator:
+        if not prof.gate_enabled and self.locked_down() and not administrator:
             raise HelperError(f"profile {_short(prof.name)} has no gate: under always-vpn "
                               "or lockdown only an administrator may connect it")
         # Errors name the profile and the missing key, never a value.
@@ -271,7 +271,7 @@ class Helper:
             prof, on_unresolved=lambda gw, why: self._event(
                 "vpn-gateway-unresolved", {"profile": prof.name, "gateway": gw, "reason": why}))
         async with self._lock:
-            gate = TrafficGate(policy) if prof.gate else None
+            gate = TrafficGate(policy) if prof.gate_enabled else None
             if gate is not None:
                 # The new profile's gate, shut, replaces the old one in one transaction:
                 # no moment between the two drivers without a gate.

@@ -92,7 +92,7 @@ def statuses(actions):
 def test_trusted_dhcp_link_is_mode_c_gate_opens_only_after_the_reply():
     m, net = machine(), Net()
     acts = m.handle(T1, T0)
-    assert m.gate is None  # shut from the start (the driver installs it shut)
+    assert m.open_path is None  # shut from the start (the driver installs it shut)
     assert isinstance(acts[0], PrepareLink)
     assert any(isinstance(a, Solicit) for a in acts)
     sends = [a for a in acts if isinstance(a, Send)]

@@ -88,7 +88,7 @@ def trajectory(w: World) -> dict[str, object]:
                   RegistrationRequest.decode(s.datagram.data).lifetime) for t, s in w.sent],
         "vpn": (w.started, w.stopped),
         "binding": w.ha_coa(),
-        "end": (w.m.phase, w.m.mode, w.m.gate, w.m.home_probe, w.configured),
+        "end": (w.m.phase, w.m.mode, w.m.open_path, w.m.home_probe, w.configured),
     }
 
 
@@ -179,7 +179,7 @@ def _run_fa(forging: bool) -> tuple[list[object], int]:
     seen = [(type(a).__name__, a) for a in acts if not isinstance(a, Send | Note)]
     seen += [("send", a.datagram.source, a.datagram.destination) for a in acts
              if isinstance(a, Send)]
-    seen.append(("end", m.phase, m.mode, m.gate, net.ha.bindings[tam.ALICE].care_of_address))
+    seen.append(("end", m.phase, m.mode, m.open_path, net.ha.bindings[tam.ALICE].care_of_address))
     return seen, count
 
 

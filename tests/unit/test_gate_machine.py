@@ -84,7 +84,7 @@ class GateMachine(RuleBasedStateMachine):
                                  initial_timeout=0.5, retries=2)
         direct = RegistrationClient(cfg)
         self.m = AccessModeMachine(HOME_NET, direct,
-                                   tunnel=RegistrationClient(cfg, replay=direct.replay))
+                                   vpn_client=RegistrationClient(cfg, replay=direct.replay))
         self.ha = HomeAgent(config())
         self.fa = ForeignAgent(ForeignAgentConfig(FA, "fa", max_lifetime=600))
         self.now = T0
@@ -199,7 +199,7 @@ class GateMachine(RuleBasedStateMachine):
     @rule()
     def binding_runs_out(self) -> None:
         """The home agent goes quiet and every timer up to the binding's end fires."""
-        t = self.m.tunnel
+        t = self.m.vpn_client
         bindings = [b for b in (self.m.client.binding, t.binding if t else None) if b]
         if not bindings:
             return
@@ -349,7 +349,7 @@ class GateMachine(RuleBasedStateMachine):
     @invariant()
     def blocked_unless_a_registered_path(self) -> None:
         g = self.gate
-        assert g == self.m.gate
+        assert g == self.m.open_path
         if g is None:
             return
         assert self.at is not None, "gate open with no link"
@@ -366,7 +366,7 @@ class GateMachine(RuleBasedStateMachine):
             assert self.m.policy is not Policy.NEVER_VPN
             assert self.tia is not None, "mc open with no VPN"
             assert g.tunnel_inner_address is not None and g.foreign_agent is None
-            t = self.m.tunnel
+            t = self.m.vpn_client
             assert t is not None and t.binding is not None, "mc without a binding"
             assert t.binding.care_of_address == g.tunnel_inner_address, (t.binding, g)
             assert self.now < t.binding.expires_at, "mc open on a binding that ran out"

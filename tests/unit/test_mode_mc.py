@@ -121,7 +121,7 @@ class World:
         self.home = home
         direct = RegistrationClient(cfg)
         self.m = AccessModeMachine(HOME_NET, direct, use_foreign_agents=False,
-                                   tunnel=RegistrationClient(cfg, replay=direct.replay),
+                                   vpn_client=RegistrationClient(cfg, replay=direct.replay),
                                    policy=self.policy,
                                    keep_alive_inside=self.keep_alive_inside)
         self.ha = HomeAgent(config())

@@ -89,7 +89,7 @@ def profiles_(draw: st.DrawFn) -> Profile:
         initial_timeout=draw(st.floats(1.0, 30.0)), retries=draw(st.integers(0, 20)),
         replay=draw(st.sampled_from(ReplayMode)),
         udp_tunnelling=draw(st.sampled_from(UdpTunnelling)),
-        foreign_agents=draw(st.booleans()), gate=draw(st.booleans()),
+        foreign_agents=draw(st.booleans()), gate_enabled=draw(st.booleans()),
         vpn=draw(st.none() | vpn_configs()), source="profile")
 
 

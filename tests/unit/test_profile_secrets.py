@@ -30,7 +30,7 @@ def test_a_good_profile(tmp_path):
     (tmp_path / "corp.toml").write_text(GOOD)
     p = profile.load(tmp_path / "corp.toml")
     assert p.name == "corp" and p.home_address == IPv4Address("10.20.1.10")
-    assert p.retries == 3 and not p.foreign_agents and p.gate
+    assert p.retries == 3 and not p.foreign_agents and p.gate_enabled
     assert profile.loads(profile.dumps(p)) == profile.loads(profile.dumps(p))
     again = profile.loads(profile.dumps(p))
     assert again.home_agent == p.home_agent and again.name == "corp"

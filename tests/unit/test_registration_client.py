@@ -11,13 +11,13 @@ from app.agents.ha_core import HomeAgent
 from app.mip.auth import Algorithm
 from app.mn.registration import (
     BindingLost,
+    ClientState,
     Denied,
     Deregistered,
     Registered,
     RegistrationClient,
     RegistrationConfig,
     ReplayMode,
-    State,
     TimedOut,
 )
 from tests.mipclient import KEY_A, KEY_B
@@ -48,7 +48,7 @@ def pump(c: RegistrationClient, ha: HomeAgent | None, now: float, src=COA):
 def test_register_reports_binding_and_rtt():
     c, ha = client(), HomeAgent(config())
     c.register(COA, T0)
-    assert c.state is State.REGISTERING
+    assert c.state is ClientState.REGISTERING
     sent = c.datagrams_to_send()
     assert len(sent) == 1 and sent[0].destination == (HA, 434)
     out = ha.handle_request(sent[0].data, (COA, 434), T0 + 0.004)
@@ -56,7 +56,7 @@ def test_register_reports_binding_and_rtt():
     ev = c.next_event()
     assert isinstance(ev, Registered) and ev.care_of_address == COA and ev.lifetime == 100
     assert ev.rtt == pytest.approx(0.004, abs=1e-6) and not ev.renewal
-    assert c.state is State.REGISTERED and c.get_timer() == pytest.approx(T0 + 0.004 + 75)
+    assert c.state is ClientState.REGISTERED and c.get_timer() == pytest.approx(T0 + 0.004 + 75)
 
 
 def test_retransmit_backoff_then_timeout():
@@ -76,7 +76,7 @@ def test_retransmit_backoff_then_timeout():
         times.append(now)
     assert [round(t - T0, 3) for t in times] == [0, 1, 3, 7]
     assert isinstance(ev, TimedOut) and ev.attempts == 4 and ev.waited == pytest.approx(15)
-    assert c.state is State.IDLE
+    assert c.state is ClientState.IDLE
 
 
 def test_each_copy_has_a_new_identification_and_only_the_latest_is_answered():
@@ -99,7 +99,7 @@ def test_renewal_and_binding_lost():
     c.register(COA, T0)
     pump(c, ha, T0)
     c.handle_timer(T0 + 75)
-    assert c.state is State.RENEWING
+    assert c.state is ClientState.RENEWING
     [ev] = pump(c, ha, T0 + 75)
     assert isinstance(ev, Registered) and ev.renewal and ev.expires_at == T0 + 175
     # Now the HA goes silent: renewals time out, then the binding is lost at expiry.
@@ -141,7 +141,7 @@ def test_denial_reported_with_code_and_meaning():
     c.register(COA, T0)
     [ev] = pump(c, ha, T0)
     assert ev == Denied(137, "denied by home agent: requested reverse tunnel unavailable (137)")
-    assert c.state is State.IDLE
+    assert c.state is ClientState.IDLE
 
 
 def test_forged_and_unmatched_replies_are_ignored():
@@ -168,7 +168,7 @@ def test_deregistration_at_home():
     out = ha.handle_request(req.data, (ALICE, 434), T0 + 1)
     c.receive(out.reply, T0 + 1)
     assert isinstance(c.next_event(), Deregistered)
-    assert c.binding is None and c.state is State.IDLE and ALICE not in ha.bindings
+    assert c.binding is None and c.state is ClientState.IDLE and ALICE not in ha.bindings
 
 
 def test_through_a_foreign_agent_no_d_bit():
@@ -206,7 +206,7 @@ def test_reregister_renews_now_and_timeout_through_fa_names_it():
     assert not c.reregister(T0)
     c.register(COA, T0)
     pump(c, ha, T0)
-    assert c.reregister(T0 + 5) and c.state is State.RENEWING
+    assert c.reregister(T0 + 5) and c.state is ClientState.RENEWING
     [ev] = pump(c, ha, T0 + 5)
     assert isinstance(ev, Registered) and ev.renewal and ev.expires_at == T0 + 105
     fa = A("10.40.1.1")
@@ -215,7 +215,7 @@ def test_reregister_renews_now_and_timeout_through_fa_names_it():
     while not (evs := pump(c, None, c.get_timer())):
         c.handle_timer(c.get_timer())
     assert isinstance(evs[-1], TimedOut) and evs[-1].via == fa
-    assert c.state is State.REGISTERED  # the direct binding still stands: fall back to it
+    assert c.state is ClientState.REGISTERED  # the direct binding still stands: fall back to it
 
 
 def test_deregistration_away_goes_where_the_binding_was_made():

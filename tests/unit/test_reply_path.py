@@ -31,7 +31,7 @@ def world() -> tuple[AccessModeMachine, HomeAgent, list[Path | None]]:
     direct = PathClient(cfg, Path.LINK, lambda: arrival[0])
     tunnel = PathClient(cfg, Path.VPN, lambda: arrival[0], replay=direct.replay)
     m = AccessModeMachine(IPv4Network("10.20.1.0/24"), direct, use_foreign_agents=False,
-                          tunnel=tunnel)
+                          vpn_client=tunnel)
     return m, HomeAgent(config()), arrival
 
 

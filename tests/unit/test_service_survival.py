@@ -303,12 +303,12 @@ async def test_a_gateless_profile_cannot_lift_an_administrators_block_for_a_user
     helper.set_policy(policy)
     await helper.disconnect()
     assert helper.held_gate is gate
-    helper.profile = lambda name: SimpleNamespace(name=name, gate=False)  # type: ignore
+    helper.profile = lambda name: SimpleNamespace(name=name, gate_enabled=False)  # type: ignore
     assert helper.lifts_block("guest")
     with pytest.raises(HelperError, match=r"'guest' has no gate.*administrator"):
         await helper.connect("guest")
     assert not gate.removed and helper.held_gate is gate
-    helper.profile = lambda name: SimpleNamespace(name=name, gate=True)  # type: ignore
+    helper.profile = lambda name: SimpleNamespace(name=name, gate_enabled=True)  # type: ignore
     assert not helper.lifts_block("corp")  # a gated profile replaces the gate: a user may
 
 
