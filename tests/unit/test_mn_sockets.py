@@ -72,6 +72,8 @@ def ha() -> Iterator[tuple[IPv4Address, socket.socket]]:
 async def mn(ha: tuple[IPv4Address, socket.socket]
              ) -> AsyncIterator[tuple[MobileNodeSockets, Sinks]]:
     sinks = Sinks()
+    errors: list[dict[str, object]] = []  # a callback that raised: asyncio only logs it
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
     socks = MobileNodeSockets(
         ha[0], on_datagram=lambda d, p: sinks.datagrams.put_nowait((d, p)),
         on_tunnel_data=sinks.tunnel.append, udp_tunnel=lambda: sinks.udp_tunnel,
@@ -79,6 +81,7 @@ async def mn(ha: tuple[IPv4Address, socket.socket]
         on_history=lambda k, d: sinks.history.append((k, d)))
     yield socks, sinks
     socks.close()
+    assert errors == []
 
 
 async def _next(q: asyncio.Queue[object] | asyncio.Queue[tuple[bytes, Path]]) -> object:
@@ -166,6 +169,7 @@ def _advert_packet(source: IPv4Address, adv: AgentAdvertisement, ihl: int = 5) -
 
 FA = IPv4Address("10.30.0.1")
 ADV = AgentAdvertisement(3, 600, AgentFlags.F | AgentFlags.B, (IPv4Address("10.30.0.2"),))
+HA_ONLY = AgentAdvertisement(4, 600, AgentFlags.H)
 
 
 def test_rfc5944_2_1_an_advertisement_is_read_out_of_its_ip_packet_past_the_options() -> None:
@@ -185,7 +189,7 @@ def test_other_icmp_messages_are_not_advertisements() -> None:
     (_advert_packet(FA, ADV)[:9] + b"\x11" + _advert_packet(FA, ADV)[10:], "protocol 17"),
     (b"\x4f" + _advert_packet(FA, ADV)[1:20], "leaves no ICMP message"),
     (_advert_packet(FA, ADV)[:-2], "checksum"),
-])
+], ids=["short", "version", "ihl", "protocol", "ihl-past-end", "icmp-checksum"])
 def test_a_malformed_advertisement_packet_says_what_is_wrong(packet: bytes, says: str) -> None:
     with pytest.raises(DecodeError, match=says):
         advertisement_in_ip(packet)
@@ -199,6 +203,7 @@ async def test_rfc5944_2_1_an_advertisement_heard_on_the_link_reaches_on_advert(
     with raw:
         raw.bind((str(agent), 0))
         raw.sendto(b"\x0a" + bytes(7), (str(agent), 0))  # not an advertisement: ignored
+        raw.sendto(HA_ONLY.encode(), (str(agent), 0))  # no care-of address: not an FA
         raw.sendto(ADV.encode(), (str(agent), 0))
         got = await _next(sinks.adverts)
     assert got == am.AgentAdvert("lo", IPv4Address("10.30.0.2"), 600, agent=agent, busy=True)
