@@ -293,3 +293,16 @@ async def test_a_link_going_down_closes_its_sockets_but_not_the_tias(mn, ha) -> 
     socks.open_vpn(_addr())
     socks.close_link()
     assert len(_fds() - before) == 1 and socks.can_register and socks.registration is None
+
+
+async def test_probe_sent_only_for_a_datagram_that_left(mn, ha) -> None:
+    socks, sinks = mn
+    request = Datagram(b"\x01", (ha[0], 434))
+    socks.send(am.Send("lo", request))  # no link socket yet
+    socks.send(am.Send("lo", request, through_vpn=True))  # no TIA yet
+    socks.open_link("lo", _addr(), hear_agents=False)
+    socks.open_vpn(_addr())
+    refused = Datagram(b"\x01", (ha[0], 0))  # port 0: the kernel refuses it
+    socks.send(am.Send("lo", refused))
+    socks.send(am.Send("lo", refused, through_vpn=True))
+    assert sinks.history == []
