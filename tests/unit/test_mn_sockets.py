@@ -17,6 +17,7 @@ import struct
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
@@ -84,7 +85,7 @@ async def mn(ha: tuple[IPv4Address, socket.socket]
     assert errors == []
 
 
-async def _next(q: asyncio.Queue[object] | asyncio.Queue[tuple[bytes, Path]]) -> object:
+async def _next(q: asyncio.Queue[Any]) -> Any:
     return await asyncio.wait_for(q.get(), WAIT)
 
 
@@ -264,7 +265,7 @@ async def test_the_vpn_probe_goes_from_the_link_and_its_reply_gives_the_rtt(mn) 
     socks, sinks = mn
     gw = _addr()
     socks.send_echo(gw, "lo", _addr())  # the kernel answers on lo
-    got_gw, rtt = await _next(sinks.echoes)  # type: ignore[misc]
+    got_gw, rtt = await _next(sinks.echoes)
     assert got_gw == gw and 0 <= rtt < WAIT
 
 
