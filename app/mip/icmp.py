@@ -2,7 +2,8 @@
 
 An Agent Advertisement is an ICMP Router Advertisement (type 9) carrying a
 Mobility Agent Advertisement extension (16) and optionally Prefix-Lengths
-(19).  These functions work on the ICMP message (no IP header).
+(19).  The classes work on the ICMP message (no IP header); ``icmp_in_ip`` and
+``advertisement_in_ip`` take the IPv4 packet a raw ICMP socket hands over.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from ipaddress import IPv4Address
 
 from app.mip.errors import DecodeError, UnknownExtensionError
 
+IPPROTO_ICMP = 1
+IPV4_HEADER = 20
+"""Bytes of an IPv4 header without options (IHL 5)."""
 ICMP_ROUTER_ADVERTISEMENT = 9
 ICMP_ROUTER_SOLICITATION = 10
 ALL_SYSTEMS = IPv4Address("224.0.0.1")
@@ -183,3 +187,32 @@ class AgentSolicitation:
         if checksum(data) != 0:
             raise DecodeError("ICMP checksum mismatch", 2)
         return cls()
+
+
+def icmp_in_ip(packet: bytes) -> tuple[IPv4Address, bytes]:
+    """(IP source, ICMP message) of an IPv4 packet carrying ICMP, its header options
+    skipped by the IHL; DecodeError naming the field that is wrong otherwise."""
+    if len(packet) < IPV4_HEADER:
+        raise DecodeError(f"IP packet is {len(packet)} bytes, shorter than an IPv4 header "
+                          f"({IPV4_HEADER})", len(packet))
+    version, ihl = packet[0] >> 4, (packet[0] & 0x0F) * 4
+    if version != 4:
+        raise DecodeError(f"IP version {version} is not 4", 0)
+    if ihl < IPV4_HEADER:
+        raise DecodeError(f"IP header length (IHL) {ihl} bytes is below {IPV4_HEADER}", 0)
+    if packet[9] != IPPROTO_ICMP:
+        raise DecodeError(f"IP protocol {packet[9]} is not ICMP ({IPPROTO_ICMP})", 9)
+    if len(packet) <= ihl:
+        raise DecodeError(f"IP header length (IHL) {ihl} bytes leaves no ICMP message in "
+                          f"the packet's {len(packet)} bytes", 0)
+    return IPv4Address(packet[12:16]), packet[ihl:]
+
+
+def advertisement_in_ip(packet: bytes) -> tuple[IPv4Address, AgentAdvertisement] | None:
+    """The agent advertisement in an IPv4 packet, with the packet's source (the agent
+    registrations go to, RFC 5944 3.6.1.1); None for any other ICMP message (a raw
+    socket hears echoes and solicitations too).  DecodeError if malformed."""
+    source, icmp = icmp_in_ip(packet)
+    if icmp[0] != ICMP_ROUTER_ADVERTISEMENT:
+        return None
+    return source, AgentAdvertisement.decode(icmp)

@@ -7,9 +7,8 @@ in the order the machine gives them (it shuts the gate before it withdraws a
 path and configures a path before it opens the gate on it); only publishing
 (status, history) waits until the step's other actions are done.
 
-The driver owns the registration socket (bound to the link address and the
-physical interface, so a probe never takes a tunnel), the ICMP socket that hears
-agent advertisements, the routes (``app.net.mn_routes``) and the gate
+The driver owns the sockets (``app.mn.sockets``: registration, agent discovery,
+the VPN probe), the routes (``app.net.mn_routes``) and the gate
 (``app.net.gate``); it reports a :class:`~app.api.Snapshot` and history entries.
 
 With a VPN in the profile it also drives charon through ``app.vpn.charon``
@@ -25,20 +24,12 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Any
 
 from app.api import HistoryEntry, Mode, Policy, Probe, Snapshot, State
-from app.mip.errors import DecodeError
-from app.mip.icmp import (
-    ALL_ROUTERS,
-    ICMP_ROUTER_ADVERTISEMENT,
-    AgentAdvertisement,
-    AgentFlags,
-    AgentSolicitation,
-)
 from app.mip.messages import MIP_PORT
 from app.mn import access_mode as am
 from app.mn.link_tracker import LinkTracker
@@ -47,12 +38,12 @@ from app.mn.nat_keepalive import NatKeepalive, echo_request, parse_echo_reply
 from app.mn.profile import Profile
 from app.mn.registration import UdpTunnelling
 from app.mn.reply_path import Path, PathClient
+from app.mn.sockets import MobileNodeSockets
 from app.net.gate import GateError, TrafficGate
-from app.net.gate_rules import HELPER_MARK, ProvenPath
+from app.net.gate_rules import ProvenPath
 from app.net.ipip import TUNNEL_DATA_HEADER
-from app.net.ipsec_bypass import bypass_ipsec
 from app.net.links import LinkSnapshot
-from app.net.mn_routes import VPN_DEVICE, LinkInfo, MobileNodeRoutes
+from app.net.mn_routes import LinkInfo, MobileNodeRoutes
 from app.vpn.charon import Charon, VpnConfigError, VpnError, VpnUnreachableError
 from app.vpn.events import (
     ChildRekeyed,
@@ -66,17 +57,13 @@ from app.vpn.events import (
 )
 
 log = logging.getLogger("trustroam.mn")
-IP_FREEBIND = 15
 DEFAULT_KEEPALIVE = 110
 """RFC 3519 4.9's K when the home agent's reply names none."""
-ECHO_ID = 0x5452
-"""ICMP identifier of the VPN probe's echoes."""
 NO_TIA = "the gateway gave no IPv4 inner address (is a virtual IP pool configured for us?)"
 MOBIKE_SETTLE = 1.0
 """Seconds after charon's ike-update to read its NAT detection again (kernel ESP)."""
 ECHO_INTERVAL = 30.0
 """Seconds between VPN probes while the VPN is up (charon's DPD says if it lives)."""
-ECHO_FORGET = 10.0
 SHUTDOWN_WAIT = 1.5
 """Seconds to wait for the home agent to confirm a deregistration at shutdown."""
 
@@ -153,16 +140,11 @@ class MobileNodeDriver:
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
             vpn_client=self.vpn_client, policy=policy,
             keep_alive_inside=profile.vpn.keep_alive_inside if profile.vpn else False)
-        self._vpn_reg: socket.socket | None = None
-        """Registrations from the TIA, through the VPN."""
         self._vpn_tia: IPv4Address | None = None
         self._vpn_ike: int | None = None
         """The IKE SA in use: events of older ones (rekeyed away) are history only."""
         self._vpn_loaded = False
         self._vpn_task: asyncio.Task[None] | None = None
-        self._echo: socket.socket | None = None
-        self._echo_sent: dict[int, tuple[float, IPv4Address]] = {}
-        self._echo_seq = 0
         self._vpn_gw: IPv4Address | None = None
         self._echo_at: float | None = None
         self._stopping_vpn: asyncio.Task[None] | None = None
@@ -175,14 +157,16 @@ class MobileNodeDriver:
         self._queue: asyncio.Queue[_Input] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._reg: socket.socket | None = None
         self._keepalive: NatKeepalive | None = None
         """RFC 3519 keepalives while the binding is UDP-tunnelled."""
-        self._reg_source: IPv4Address | None = None
-        self._by_source: dict[IPv4Address, socket.socket] = {}
-        """Registration sockets bound to another source (the home address)."""
-        self._icmp: socket.socket | None = None
-        self._icmp_iface: str | None = None
+        self.sockets = MobileNodeSockets(
+            profile.home_agent,
+            on_datagram=lambda data, path: self._queue.put_nowait(_Datagram(data, path)),
+            on_tunnel_data=self._tunnel_data,
+            udp_tunnel=lambda: self._keepalive is not None,  # it runs exactly then
+            on_advert=self._queue.put_nowait,
+            on_echo=lambda gw, rtt: self._queue.put_nowait(_VpnEcho(gw, rtt)),
+            on_history=self._history)
         self._binding_seen: object = None
         self._answer_seen: object = None
         self._probe_started: float | None = None
@@ -237,7 +221,7 @@ class MobileNodeDriver:
         self._task = None
         if self._timer is not None:
             self._timer.cancel()
-        self._close_sockets()
+        self.sockets.close()
         for task in list(self._side_tasks):
             task.cancel()
         if self.charon is not None:
@@ -290,8 +274,7 @@ class MobileNodeDriver:
                         self._send_echo(now)
                 elif isinstance(item, _Stop):
                     stopping = item
-                    if self.machine.bound and (self._reg is not None
-                                               or self._vpn_reg is not None):
+                    if self.machine.bound and self.sockets.can_register:
                         await self._execute(self.machine.handle(am.Shutdown(), now))
                 elif isinstance(item, _VpnInput):
                     await self._vpn_event(item.event, now)
@@ -322,8 +305,7 @@ class MobileNodeDriver:
             self._history("link-lost", {"interface": ev.iface})
         else:
             self._history("link-down", {"interface": ev.iface})
-            self._close_reg()  # the link's own sockets; the VPN's TIA may outlive it
-            self._close_icmp()
+            self.sockets.close_link()  # the VPN's TIA may outlive the link
         await self._execute(self.machine.handle(ev, now))
 
     async def _execute(self, actions: list[am.Action]) -> None:
@@ -343,12 +325,13 @@ class MobileNodeDriver:
                                 exc.strerror or exc)
                 self.routes.announce_home(a.iface)
             elif isinstance(a, am.Send):
-                self._send(a)
+                self.sockets.send(a)
             elif isinstance(a, am.Solicit):
-                self._solicit(a.iface)
+                self.sockets.solicit(a.iface)
             elif isinstance(a, am.ConfigureDataPlane):
                 fa = a.care_of_address if a.mode is Mode.FOREIGN_AGENT else None
-                udp = self._reg if a.udp_tunnel and a.mode is Mode.COLOCATED else None
+                udp = self.sockets.registration if (
+                    a.udp_tunnel and a.mode is Mode.COLOCATED) else None
                 tia = a.care_of_address if a.mode is Mode.VPN else None
                 await self.routes.configure(a.mode, foreign_agent=fa, udp=udp, tia=tia)
                 self._keepalive_for(a, udp)
@@ -416,7 +399,7 @@ class MobileNodeDriver:
 
     async def _prepare_link(self, a: am.PrepareLink) -> None:
         t0 = time.perf_counter()
-        self._open_sockets(a)
+        self.sockets.open_link(a.iface, a.address.ip, hear_agents=self.profile.foreign_agents)
         if a.gateway is not None:
             await self.routes.set_link(LinkInfo(a.iface, a.address, a.gateway))
         log.debug("link set-up took %.2f ms", (time.perf_counter() - t0) * 1000)
@@ -424,36 +407,6 @@ class MobileNodeDriver:
             self._publish(interface=a.iface)
         else:
             self._publish(interface=a.iface, care_of_address=str(a.address.ip))
-
-    # -- actions -----------------------------------------------------------------
-
-    def _send(self, a: am.Send) -> None:
-        if a.through_vpn:
-            self._send_through_vpn(a)
-            return
-        if self._reg is None:
-            return
-        d = a.datagram
-        dst = (str(d.destination[0]), d.destination[1])
-        try:
-            # RFC 5944 3.6.1.1: from the care-of address when co-located, else from
-            # the home address; TTL 255 where RFC 3024 4.1.1 asks for it.
-            sock = self._reg if d.source in (None, self._reg_source) else (
-                self._source_socket(a.iface, d.source))
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, d.ttl or -1)
-            sock.sendto(d.data, dst)
-        except OSError as exc:
-            log.warning("cannot send the registration request to %s: %s", dst[0], exc.strerror)
-            return
-        self._history("probe-sent", {"to": dst[0], "interface": a.iface})
-
-    def _solicit(self, iface: str) -> None:
-        if self._icmp is None:
-            return
-        try:
-            self._icmp.sendto(AgentSolicitation().encode(), (str(ALL_ROUTERS), 0))
-        except OSError as exc:
-            log.warning("cannot solicit agents on %s: %s", iface, exc.strerror)
 
     def _status(self, s: am.Status) -> None:
         state, mode = s.phase, s.mode
@@ -585,7 +538,7 @@ class MobileNodeDriver:
         if self._vpn_tia is not None:
             self.tracker.vpn_address_gone(self._vpn_tia)
         self._vpn_tia = self._vpn_ike = self._vpn_gw = None
-        self._close_vpn_reg()
+        self.sockets.close_vpn()
         await self.routes.vpn_source(None)
         self._publish(tunnel_inner_address="", vpn_gateway="",
                       vpn_probe=replace(self.snapshot.vpn_probe, reachable=False))
@@ -615,7 +568,7 @@ class MobileNodeDriver:
             if gw_ip is not None:
                 await self.routes.vpn_gateway(gw_ip)
             await self.routes.vpn_source(ev.tia)  # before the registration through it
-            self._open_vpn_reg(ev.tia)
+            self.sockets.open_vpn(ev.tia)
             self._history("vpn-up", {"tia": str(ev.tia), "gateway": gw, "ike": str(ev.ike_id),
                                      "local": str(ev.local), "remote": str(ev.gateway),
                                      "nat": str(ev.nat_detected).lower()})
@@ -662,130 +615,15 @@ class MobileNodeDriver:
             self._vpn_loaded = self._vpn_loaded and self.charon is not None
             await self._execute(self.machine.handle(am.VpnServiceBack(), now))
 
-    def _open_vpn_reg(self, tia: IPv4Address) -> None:
-        assert self._loop is not None
-        self._close_vpn_reg()
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)
-            with contextlib.suppress(OSError):  # kernel ESP: no device, the rule routes
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, VPN_DEVICE.encode())
-            s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-            s.bind((str(tia), 0))
-        except OSError as exc:
-            s.close()
-            log.warning("cannot open the registration socket on the TIA %s: %s", tia,
-                        exc.strerror)
-            return
-        s.setblocking(False)
-        self._loop.add_reader(s.fileno(), self._readable, s)
-        self._vpn_reg = s
-
-    def _close_vpn_reg(self) -> None:
-        if self._vpn_reg is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._vpn_reg.fileno())
-            self._vpn_reg.close()
-            self._vpn_reg = None
-
-    def _send_through_vpn(self, a: am.Send) -> None:
-        s = self._vpn_reg
-        if s is None:
-            return
-        d = a.datagram
-        dst = (str(d.destination[0]), d.destination[1])
-        try:
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, d.ttl or -1)
-            s.sendto(d.data, dst)
-        except OSError as exc:
-            log.info("registration through the VPN not sent to %s: %s", dst[0], exc.strerror)
-            return
-        self._history("probe-sent", {"to": dst[0], "interface": VPN_DEVICE, "vpn": "true"})
-
     def _send_echo(self, now: float) -> None:
-        """The VPN probe: one ICMP echo to the gateway from the physical link (the
-        gate lets the helper's marked echo to a gateway through)."""
+        """The VPN probe (``app.mn.sockets``), every ECHO_INTERVAL while the VPN is up."""
         gw = self._vpn_gw
         link = self.routes.link
         self._echo_at = None
-        if gw is None or link is None or self._loop is None:
+        if gw is None or link is None:
             return
         self._echo_at = now + ECHO_INTERVAL
-        try:
-            if self._echo is None:
-                e = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-                e.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)
-                e.setblocking(False)
-                self._loop.add_reader(e.fileno(), self._echo_readable, e)
-                self._echo = e
-            self._echo_seq = (self._echo_seq + 1) & 0xFFFF
-            packet = echo_request(link.address.ip, gw, ECHO_ID, self._echo_seq)[20:]
-            self._echo.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
-                                  link.iface.encode())
-            self._echo.sendto(packet, (str(gw), 0))
-            self._echo_sent = {k: v for k, v in self._echo_sent.items()
-                               if time.monotonic() - v[0] < ECHO_FORGET}
-            self._echo_sent[self._echo_seq] = (time.monotonic(), gw)
-        except OSError as exc:
-            log.info("VPN probe to %s not sent: %s", gw, exc.strerror)
-
-    def _echo_readable(self, s: socket.socket) -> None:
-        for pkt in _packets(s):
-            for seq, (sent, gw) in list(self._echo_sent.items()):
-                got = parse_echo_reply(pkt, gw)
-                if got == (ECHO_ID, seq):
-                    del self._echo_sent[seq]
-                    self._queue.put_nowait(_VpnEcho(gw, time.monotonic() - sent))
-                    return
-
-    # -- sockets -----------------------------------------------------------------
-
-    def _open_sockets(self, ev: am.PrepareLink) -> None:
-        assert self._loop is not None
-        self._close_reg()
-        s = direct_socket(ev.iface, ev.address.ip)
-        self._loop.add_reader(s.fileno(), self._readable, s)
-        self._reg, self._reg_source = s, ev.address.ip
-        if self.profile.foreign_agents and self._icmp_iface != ev.iface:
-            self._close_icmp()
-            i = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-            i.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ev.iface.encode())
-            i.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)
-            i.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-            i.setblocking(False)
-            self._loop.add_reader(i.fileno(), self._icmp_readable, i, ev.iface)
-            self._icmp, self._icmp_iface = i, ev.iface
-
-    def _source_socket(self, iface: str, source: IPv4Address | None) -> socket.socket:
-        """A registration socket bound to ``source`` on ``iface`` (kept per source)."""
-        assert self._loop is not None and source is not None
-        s = self._by_source.get(source)
-        if s is None:
-            s = direct_socket(iface, source, freebind=True)
-            self._loop.add_reader(s.fileno(), self._readable, s)
-            self._by_source[source] = s
-        return s
-
-    def _readable(self, s: socket.socket) -> None:
-        ha = (str(self.profile.home_agent), MIP_PORT)
-        while True:
-            try:
-                data, peer = s.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # e.g. ICMP port unreachable reported on the socket
-                return
-            if data[:1] == TUNNEL_DATA_HEADER[:1] and s is self._reg:
-                # RFC 3519 4.7 tunnel data on the registration's port: only from the home
-                # agent's address and port, and only while this binding has a UDP tunnel
-                # (the keepalive runs exactly then): in mc the direct probe's socket is
-                # visible on the untrusted link, and what it got must not reach trmn0.
-                if (peer == ha and data[:4] == TUNNEL_DATA_HEADER
-                        and self._keepalive is not None):
-                    self._tunnel_data(data[4:])
-                continue
-            self._queue.put_nowait(_Datagram(data, Path.VPN if s is self._vpn_reg
-                                             else Path.LINK))
+        self.sockets.send_echo(gw, link.iface, link.address.ip)
 
     def _tunnel_data(self, inner: bytes) -> None:
         k = self._keepalive
@@ -808,62 +646,20 @@ class MobileNodeDriver:
         self._history("udp-tunnel", {"keepalive_s": str(interval)})
 
     async def _keepalive_tick(self, now: float) -> None:
-        k = self._keepalive
-        if k is None or self._reg is None:
+        k, reg = self._keepalive, self.sockets.registration
+        if k is None or reg is None:
             return
         for action in k.handle_timer(now):
             if action is KeepaliveAction.SEND_ECHO:
                 packet = echo_request(self.profile.home_address, self.profile.home_agent,
                                       k.identifier, k.sequence)
                 try:
-                    self._reg.sendto(TUNNEL_DATA_HEADER + packet,
-                                     (str(self.profile.home_agent), MIP_PORT))
+                    reg.sendto(TUNNEL_DATA_HEADER + packet,
+                               (str(self.profile.home_agent), MIP_PORT))
                 except OSError as exc:
                     log.info("keepalive to the home agent not sent: %s", exc.strerror)
             else:
                 await self._execute(self.machine.reregister(now))
-
-    def _icmp_readable(self, s: socket.socket, iface: str) -> None:
-        for pkt in _packets(s):
-            ihl = (pkt[0] & 0x0F) * 4 if pkt else 0
-            if len(pkt) <= ihl or pkt[ihl] != ICMP_ROUTER_ADVERTISEMENT:
-                continue
-            try:
-                adv = AgentAdvertisement.decode(pkt[ihl:])
-            except DecodeError as exc:
-                log.info("ignored a malformed agent advertisement on %s: %s", iface, exc)
-                continue
-            if not adv.care_of_addresses:
-                continue  # a plain router advertisement, or a home agent only
-            self._queue.put_nowait(am.AgentAdvert(
-                iface, IPv4Address(adv.care_of_addresses[0]), adv.registration_lifetime,
-                agent=IPv4Address(pkt[12:16]), busy=bool(adv.flags & AgentFlags.B)))
-
-    def _close_reg(self) -> None:
-        for sock in [self._reg, *self._by_source.values()]:
-            if sock is not None:
-                if self._loop is not None:
-                    self._loop.remove_reader(sock.fileno())
-                sock.close()
-        self._reg, self._reg_source = None, None
-        self._by_source.clear()
-
-    def _close_icmp(self) -> None:
-        if self._icmp is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._icmp.fileno())
-            self._icmp.close()
-            self._icmp, self._icmp_iface = None, None
-
-    def _close_sockets(self) -> None:
-        self._close_reg()
-        self._close_icmp()
-        self._close_vpn_reg()
-        if self._echo is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._echo.fileno())
-            self._echo.close()
-            self._echo = None
 
     # -- timer, publishing -------------------------------------------------------
 
@@ -888,33 +684,3 @@ class MobileNodeDriver:
     def _history(self, kind: str, details: dict[str, str]) -> None:
         self.on_event(HistoryEntry(self.clock(), kind, details))
 
-
-def direct_socket(iface: str, address: IPv4Address, *, freebind: bool = False
-                  ) -> socket.socket:
-    """A socket for RFC 5266 3.4's direct registration ("without any VPN
-    encapsulation"): bound to the link's own address and interface, marked for
-    the gate and the link's routing rules, and out of every IPsec policy both
-    ways (``app.net.ipsec_bypass``: charon's, with kernel ESP, would take a request
-    whose addresses it matches, and a reply decrypted by it must not count)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HELPER_MARK)  # the gate knows us
-        bypass_ipsec(s)
-        if freebind:
-            s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-        s.bind((str(address), 0))
-    except OSError:
-        s.close()
-        raise
-    s.setblocking(False)
-    return s
-
-
-def _packets(s: socket.socket) -> Iterator[bytes]:
-    """What a non-blocking socket holds now (an error ends it: the next read tells)."""
-    while True:
-        try:
-            yield s.recv(2048)
-        except OSError:  # would block, interrupted, or an ICMP error on the socket
-            return

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = r"""
 import socket, subprocess, sys
 from ipaddress import IPv4Address
-from app.mn.driver import direct_socket
+from app.mn.sockets import direct_socket
 
 direction, kind = sys.argv[1], sys.argv[2]
 A, B, OTHER = "10.9.0.1", "10.9.0.2", "10.9.0.3"
