@@ -170,8 +170,6 @@ class World:
     fa_down: bool = False
     drop: Callable[[bytes], bool] = lambda _data: False
     """Requests lost on the way out."""
-    source: IPv4Address | None = None
-    """The direct source the agents see (a NAT's address); default the datagram's."""
     auto_vpn: bool = True
     """The gateway acts on its own (set-up time, failure, MOBIKE after a move);
     False: the test says when charon reports what."""
@@ -312,7 +310,7 @@ class World:
         if self.net is None:
             return
         n, dst = NETS[self.net], a.datagram.destination[0]
-        src = self.source or a.datagram.source
+        src = a.datagram.source
         if dst == HA and n.trusted:
             self.at(self.direct, "ha", (data, src, False, self.epoch))
         elif dst in n.agents and not self.fa_down:
