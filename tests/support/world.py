@@ -178,8 +178,9 @@ class World:
     ``carry``."""
     stale_replies: bool = False
     """Direct replies to an earlier link still arrive after a move."""
-    check_sources: bool = True
-    """Assert where each direct request leaves from (``_check_source``)."""
+    fa_source_defect: bool = False
+    """Tolerate today's known defect (test_access_mode's xfail): mode f's binding
+    renewed straight to the home agent from the FA's address.  Remove when fixed."""
     check: Callable[[object], None] | None = None
     """A suite's own assertion on each action, before it is applied."""
     now: float = T0
@@ -281,10 +282,14 @@ class World:
         on the home link once claimed or to this link's foreign agent: never an old
         link's care-of address, never the home address in clear on a network not
         proven trusted (RFC 5944 4.6, RFC 5266 3.4)."""
-        if a.through_vpn or self.net is None or not self.check_sources:
+        if a.through_vpn:
             return
-        n, src, dst = NETS[self.net], a.datagram.source, a.datagram.destination[0]
-        if src == n.up.address.ip:
+        src, dst = a.datagram.source, a.datagram.destination[0]
+        if self.net is None:  # (a renewal through the FA of a link that is gone: nowhere)
+            assert src != self.home or dst != HA, "the home address in clear with no link"
+            return
+        n = NETS[self.net]
+        if src == n.up.address.ip or (self.fa_source_defect and src in n.agents):
             return
         assert src == self.home, (self.net, src)
         assert n.trusted, f"the home address in clear on {self.net}"
