@@ -81,6 +81,7 @@ class Net:
 def _up(iface: str, address: str, gateway: str) -> LinkUp:
     return LinkUp(iface, IPv4Interface(address), A(gateway))
 
+
 NETS = {
     "t1": Net(_up("eth0", "10.30.1.50/24", "10.30.1.1"), True, False),
     # the same network, another lease; the gateway answers from here
@@ -149,6 +150,11 @@ class ClientOnly:
 
 @dataclass
 class World:
+    """The node on one of ``NETS`` (``net``), the agents, the VPN gateway and the clock.
+
+    Subclasses may override ``_carry`` (what the wire does with a request) and
+    ``_deliver`` (an event coming due); the machine's actions go through ``apply``."""
+
     replay: ReplayMode = ReplayMode.TIMESTAMP
     direct: float = 0.005
     """One-way delay of the direct path (node to home agent or foreign agent)."""
