@@ -1,6 +1,7 @@
 """RFC 5944 section 3.6 (and 5.7): the mobile node's registration, one test per rule.
 
-The peer is the real home agent core; time is a fake clock (``sim.Link``).
+The peer is the real home agent core; time is a fake clock (the shared world,
+``tests/support/world.py``, with a registration client alone in it).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from app.mn.registration import (
     ReplayMode,
     TimedOut,
 )
-from tests.conformance.sim import Link
 from tests.mipclient import KEY_A, KEY_B
 from tests.support.identities import ALICE, BOB, HA, T0, config
+from tests.support.world import client_world
 
 A = IPv4Address
 COA = A("10.30.1.50")
@@ -48,9 +49,9 @@ def bob(**kw: object) -> RegistrationClient:
 
 def silent_send_times(c: RegistrationClient) -> list[float]:
     """When each request leaves while nothing answers."""
-    link = Link(c, HomeAgent(config()), drop=lambda _d: True)
+    link = client_world(c, HomeAgent(config()), drop=lambda _d: True)
     c.register(COA, T0)
-    link.run(T0, T0 + 120)
+    link.run_from(T0, T0 + 120)
     return [t - T0 for t, _ in link.sent]
 
 
@@ -78,19 +79,19 @@ def test_rfc5944_3_6_3_timeout_no_greater_than_requested_lifetime():
 
 def test_rfc5944_3_6_3_nonce_mode_retransmits_the_unchanged_request():
     c = bob()
-    link = Link(c, HomeAgent(config()), drop=lambda _d: True)
+    link = client_world(c, HomeAgent(config()), drop=lambda _d: True)
     c.register(COA, T0)
-    link.run(T0, T0 + 20)
+    link.run_from(T0, T0 + 20)
     assert len(link.sent) >= 3
-    assert len({d.data for _, d in link.sent}) == 1
+    assert len({s.datagram.data for _, s in link.sent}) == 1
 
 
 def test_rfc5944_3_6_3_timestamp_mode_retransmission_is_a_new_identification():
     c = alice()
-    link = Link(c, HomeAgent(config()), drop=lambda _d: True)
+    link = client_world(c, HomeAgent(config()), drop=lambda _d: True)
     c.register(COA, T0)
-    link.run(T0, T0 + 20)
-    ids = [RegistrationRequest.decode(d.data).identification for _, d in link.sent]
+    link.run_from(T0, T0 + 20)
+    ids = [RegistrationRequest.decode(s.datagram.data).identification for _, s in link.sent]
     assert len(ids) >= 3 and ids == sorted(set(ids))
 
 
@@ -99,14 +100,14 @@ def test_rfc5944_3_6_3_timestamp_mode_retransmission_is_a_new_identification():
 def test_rfc5944_3_6_3_distant_home_agent_registers(mode, rtt):
     c = alice() if mode == "timestamp" else bob()
     ha = HomeAgent(config(), nonce=iter(range(1000, 10**6)).__next__)
-    link = Link(c, ha, one_way=rtt / 2)
+    link = client_world(c, ha, one_way=rtt / 2)
     c.register(COA, T0)
-    link.run(T0, T0 + 30)
-    got = link.first(Registered)
-    assert got is not None, [e for _, e in link.events]
-    assert not any(isinstance(e, Denied | TimedOut) for _, e in link.events)
+    link.run_from(T0, T0 + 30)
+    got = link.m.first(Registered)
+    assert got is not None, [e for _, e in link.m.events]
+    assert not any(isinstance(e, Denied | TimedOut) for _, e in link.m.events)
     # and the renewals keep working at that distance
-    link.run(got[0], T0 + 300)
+    link.run_from(got[0], T0 + 300)
     assert c.binding is not None and c.binding.expires_at > T0 + 300
 
 
@@ -160,10 +161,10 @@ def test_rfc5944_3_6_2_1_b_exactly_one_mobile_home_authenticator():
 
 def test_rfc5944_3_6_2_2_binding_timer_starts_when_the_request_was_sent():
     c, ha = alice(), HomeAgent(config())
-    link = Link(c, ha, one_way=0.6)
+    link = client_world(c, ha, one_way=0.6)
     c.register(COA, T0)
-    link.run(T0, T0 + 5)
-    _t, ev = link.first(Registered)
+    link.run_from(T0, T0 + 5)
+    _t, ev = link.m.first(Registered)
     sent_at = link.sent[-1][0]
     assert isinstance(ev, Registered) and ev.expires_at == pytest.approx(sent_at + 100)
     assert ev.expires_at <= ha.bindings[ALICE].expires_at
@@ -187,11 +188,11 @@ def test_rfc5944_3_6_2_2_granted_lifetime_never_above_requested():
 def test_rfc5944_3_6_2_3_registers_at_the_next_attempt_after_133(ahead):
     c, ha = alice(), HomeAgent(config())
     c.clock_offset = ahead  # the node's clock is off by this much
-    link = Link(c, ha)
+    link = client_world(c, ha)
     c.register(COA, T0)
-    link.run(T0, T0 + 0.5)
+    link.run_from(T0, T0 + 0.5)
     assert [code for _, code in link.replies] == [133, 1]
-    assert isinstance(link.events[-1][1], Registered)
+    assert isinstance(link.m.events[-1][1], Registered)
 
 
 def test_rfc5944_3_6_2_3_identification_floor_is_the_last_accepted_one():
@@ -199,23 +200,23 @@ def test_rfc5944_3_6_2_3_identification_floor_is_the_last_accepted_one():
     # that the clock is far ahead: the next request must be accepted at once.
     c, ha = alice(), HomeAgent(config())
     c.clock_offset = 5.0
-    link = Link(c, ha)
+    link = client_world(c, ha)
     c.register(COA, T0)
-    link.run(T0, T0 + 0.1)
+    link.run_from(T0, T0 + 0.1)
     assert [code for _, code in link.replies] == [1]
     c.clock_offset = 3600.0
     c.register(COA, T0 + 10)
-    link.run(T0 + 10, T0 + 10.5)
+    link.run_from(T0 + 10, T0 + 10.5)
     assert [code for _, code in link.replies] == [1, 133, 1]
 
 
 def test_rfc5944_3_6_2_3_nonce_resync_uses_the_home_agents_nonce():
     c, ha = bob(), HomeAgent(config(), nonce=iter(range(500, 600)).__next__)
-    link = Link(c, ha)
+    link = client_world(c, ha)
     c.register(COA, T0)
-    link.run(T0, T0 + 0.1)
+    link.run_from(T0, T0 + 0.1)
     assert [code for _, code in link.replies] == [133, 1]
-    second = RegistrationRequest.decode(link.sent[1][1].data)
+    second = RegistrationRequest.decode(link.sent[1][1].datagram.data)
     assert ident.high(second.identification) == 500
 
 
@@ -301,8 +302,8 @@ def test_rfc5944_5_7_2_profile_replay_nonce_registers_with_a_nonce_home_agent():
                       'algorithm = "keyed-md5"\nreplay = "nonce"\n')
     c = RegistrationClient(p.registration(KEY_B), nonce=iter(range(9, 99)).__next__)
     ha = HomeAgent(config(), nonce=iter(range(1000, 10**6)).__next__)
-    link = Link(c, ha, one_way=0.2)
+    link = client_world(c, ha, one_way=0.2)
     for k in range(5):  # registration and several renewals, each answered
         c.register(COA, T0 + 100 * k)
-        link.run(T0 + 100 * k, T0 + 100 * k + 10)
-    assert [type(e) for _, e in link.events] == [Registered] * 5
+        link.run_from(T0 + 100 * k, T0 + 100 * k + 10)
+    assert [type(e) for _, e in link.m.events] == [Registered] * 5

@@ -22,8 +22,8 @@ from app.mip.codes import ReplyCode
 from app.mip.extensions import AuthExtension, ExtType
 from app.mip.messages import RegistrationReply, RegistrationRequest
 from app.mn.access_mode import AgentAdvert, Note, Send
-from tests.unit import test_access_mode as tam
-from tests.unit.test_mode_mc import EVIL, World
+from tests.support.identities import ALICE, HA, T0
+from tests.support.world import EVIL, FA, NETS, World, trusted_world
 
 WRONG_KEY = b"\x42" * 16
 
@@ -55,8 +55,6 @@ class Attacked(World):
 
     forging: bool = False
     forged: int = 0
-    ha_silent: bool = False
-    """The home agent stops answering (renewals time out while a binding stands)."""
 
     def _carry(self, a: Send) -> None:
         super()._carry(a)
@@ -64,8 +62,6 @@ class Attacked(World):
             self.at(0.0005, "forged", a.datagram.data)  # closer than the home agent
 
     def _deliver(self, kind: str, p: object) -> None:
-        if kind == "ha" and self.ha_silent:
-            return
         if kind == "forged":
             assert isinstance(p, bytes)
             for data in forgeries(p):
@@ -116,8 +112,8 @@ def test_rfc5944_3_6_2_1_b_unauthenticated_replies_are_silently_discarded_in_eve
     for forging in (False, True):
         w = Attacked(forging=forging)
         for step, seconds in SCENARIOS[name]:
-            if step == "ha-silent":
-                w.ha_silent = True
+            if step == "ha-silent":  # renewals time out while a binding stands
+                w.ha_down = True
             else:
                 w.move(step)
             w.run(seconds)
@@ -153,7 +149,10 @@ def test_rfc5944_3_6_2_1_b_one_forged_reply_does_not_take_mc_down():
 
 def _run_fa(forging: bool) -> tuple[list[object], int]:
     """Mode f with no VPN: c on the FA link, f through the FA, renewals through it."""
-    m, net = tam.machine(), tam.Net()
+    # (the renewal after the FA and the home agent went quiet leaves from the FA's
+    # address: test_access_mode's xfail)
+    net = trusted_world(fa_source_defect=True)
+    m = net.m
     seen: list[object] = []
     count = 0
 
@@ -162,24 +161,24 @@ def _run_fa(forging: bool) -> tuple[list[object], int]:
         out = list(actions)
         if forging:
             for a in [x for x in actions if isinstance(x, Send)]:
-                via = a.datagram.destination[0] != tam.HA
+                via = a.datagram.destination[0] != HA
                 for data in forgeries(a.datagram.data, via_fa=via):
                     count += 1
                     out += m.receive(data, now)
-        return net.run(m, out, now, tam.FA1.address.ip)
+        return net.roundtrip(out, now)
 
-    acts = go(m.handle(tam.FA1, tam.T0), tam.T0)
-    acts += go(m.handle(AgentAdvert("eth0", tam.FA, 600), tam.T0 + 0.01), tam.T0 + 0.01)
-    now = tam.T0 + 0.01
-    while (t := m.get_timer()) is not None and t < tam.T0 + 700:
+    acts = go(m.handle(NETS["fa1"].up, T0), T0)
+    acts += go(m.handle(AgentAdvert("eth0", FA, 600), T0 + 0.01), T0 + 0.01)
+    now = T0 + 0.01
+    while (t := m.get_timer()) is not None and t < T0 + 700:
         now = t
-        if now > tam.T0 + 500:  # the FA and then the home agent go quiet
-            net.fa_down, net.ha_reachable = True, now < tam.T0 + 600
+        if now > T0 + 500:  # the FA and then the home agent go quiet
+            net.fa_down, net.ha_down = True, now >= T0 + 600
         acts += go(m.handle_timer(now), now)
     seen = [(type(a).__name__, a) for a in acts if not isinstance(a, Send | Note)]
     seen += [("send", a.datagram.source, a.datagram.destination) for a in acts
              if isinstance(a, Send)]
-    seen.append(("end", m.phase, m.mode, m.open_path, net.ha.bindings[tam.ALICE].care_of_address))
+    seen.append(("end", m.phase, m.mode, m.open_path, net.ha.bindings[ALICE].care_of_address))
     return seen, count
 
 

@@ -19,8 +19,8 @@ import pytest
 from app.api import Mode, State
 from app.mip.messages import RegistrationRequest
 from app.mn.access_mode import ClaimHome, ConfigureDataPlane, Gate, LinkUp, Note, Send
-from tests.unit import test_access_mode as tam
-from tests.unit.test_mode_mc import EVIL, NETS, Net, World
+from tests.support.identities import T0
+from tests.support.world import EVIL, NETS, Net, World, statuses, trusted_world
 
 HOME_LINK = NETS["home"].up.address.ip
 
@@ -58,17 +58,19 @@ def test_rfc5944_4_6_an_untrusted_network_in_the_home_prefix_is_not_taken_for_ho
 
 
 def test_rfc5944_4_6_no_vpn_an_untrusted_network_in_the_home_prefix_stays_shut():
-    m, net = tam.machine(), tam.Net(ha_reachable=False)
-    acts = net.run(m, m.handle(tam.HOME, tam.T0), tam.T0, tam.HOME.address.ip)
-    now = tam.T0
-    while (t := m.get_timer()) is not None and now < tam.T0 + 10:
+    home = NETS["home-at-home"].up  # its own address is the home address
+    net = trusted_world(ha_down=True)
+    m = net.m
+    acts = net.roundtrip(m.handle(home, T0), T0)
+    now = T0
+    while (t := m.get_timer()) is not None and now < T0 + 10:
         now = t
-        acts += net.run(m, m.handle_timer(now), now, tam.HOME.address.ip)
-    assert tam.statuses(acts)[-1] == (State.UNTRUSTED, Mode.NONE)
+        acts += net.roundtrip(m.handle_timer(now), now)
+    assert statuses(acts)[-1] == (State.UNTRUSTED, Mode.NONE)
     assert not [a for a in acts if isinstance(a, ClaimHome)
                 or (isinstance(a, Gate) and (a.home_probe or a.path))]
     sends = [a for a in acts if isinstance(a, Send)]
-    assert len(sends) == 3 and {s.datagram.source for s in sends} == {tam.HOME.address.ip}
+    assert len(sends) == 3 and {s.datagram.source for s in sends} == {home.address.ip}
 
 
 def test_rfc5266_3_1_1_the_home_link_is_probed_from_its_own_address_first():
