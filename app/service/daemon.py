@@ -38,8 +38,9 @@ from app.net.sleep import ResumeWatcher
 from app.service import bus as busio
 from app.service.bus import BusType, Message, MessageBus, MessageType, RequestNameReply
 from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_agent
-from app.service.helper import Helper, HelperError, LeftGate, gate_policy, load_profile
+from app.service.helper import Helper, HelperError, LeftGate
 from app.service.polkit import Authorizer
+from app.service.profiles import gate_policy, load_profile
 from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
 from app.service.state import DEFAULT_DIR as DEFAULT_STATE_DIR
 from app.service.state import HelperState, StateError

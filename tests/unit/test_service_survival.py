@@ -216,14 +216,9 @@ class FakeDriver:
     def __init__(self, gate):
         self.gate = gate
         self.profile = type("P", (), {"name": "corp"})()
-        self.routes = type("R", (), {"close": lambda self: None})()
 
     def set_policy(self, policy):
         pass
-
-    async def stop(self, *, keep_gate=False):
-        if not keep_gate:
-            await self.gate.remove()
 
 
 def a_helper(tmp_path, **kw):
@@ -234,6 +229,7 @@ def a_helper(tmp_path, **kw):
                     backend=Backend.USERSPACE, state_dir=tmp_path / "state", **kw)
     gate = FakeGate()
     helper.driver = FakeDriver(gate)  # type: ignore[assignment]
+    helper.gate = gate  # type: ignore[assignment]  # the helper owns it, not the driver
     return helper, gate
 
 
@@ -319,7 +315,7 @@ def test_list_profiles_parses_a_file_again_only_when_it_changed(tmp_path, monkey
 
     from app.lab.configs import PROFILE_TOML
     from app.net.mn_routes import Backend
-    from app.service import helper as helper_mod
+    from app.service import profiles as profiles_mod
     from app.service.helper import Helper
     from app.service.secrets import SecretSource
     d = tmp_path / "profiles"
@@ -327,8 +323,8 @@ def test_list_profiles_parses_a_file_again_only_when_it_changed(tmp_path, monkey
     (d / "corp.toml").write_text(PROFILE_TOML)
     (d / "bad.toml").write_text("home_address = 'nope'\n")
     parsed: list[str] = []
-    real = helper_mod.load_profile
-    monkeypatch.setattr(helper_mod, "load_profile",
+    real = profiles_mod.load_profile
+    monkeypatch.setattr(profiles_mod, "load_profile",
                         lambda p: (parsed.append(p.name), real(p))[1])
     h = Helper(profiles_dir=d, extra_profiles=[], secrets=SecretSource(None, None),
                backend=Backend.USERSPACE)
