@@ -15,12 +15,13 @@ from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueE
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.errors import UserFacingError
 from app.mip.auth import Algorithm
 
 E = TypeVar("E", bound=Enum)
 
 
-class ConfigError(Exception):
+class ConfigError(UserFacingError):
     """A configuration problem, phrased for the person who wrote the file."""
 
     def __init__(self, file: str, key: str, message: str) -> None:

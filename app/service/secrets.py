@@ -189,7 +189,7 @@ class Agent:
         return f"secret agent {self.peer}"
 
 
-class AgentRefused(Exception):
+class AgentRefused(UserFacingError):
     """RegisterSecretAgent refused; the message names the argument."""
 
 

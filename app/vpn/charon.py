@@ -36,6 +36,8 @@ from typing import Any, TypeVar
 import vici
 import vici.exception
 
+from app.errors import UserFacingError
+from app.errors import reason as _reason
 from app.vpn import credentials, vici_messages
 from app.vpn.events import (
     EVENT_NAMES,
@@ -60,7 +62,7 @@ _PROTOCOL_ERRORS = (OSError, vici.exception.SessionException,
                     vici.exception.DeserializationException, ValueError)
 
 
-class VpnError(Exception):
+class VpnError(UserFacingError):
     """A VPN operation failed; the message is one line for the user, secret-free."""
 
 
@@ -536,12 +538,6 @@ class Charon:
             self._on_event(ev)
         except Exception:
             log.exception("VPN event handler failed on %s", type(ev).__name__)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def _command_error(exc: vici.exception.CommandException) -> str:
