@@ -30,7 +30,6 @@ from pathlib import Path
 
 from app.api import BUS_NAME, OBJECT_PATH
 from app.config import ConfigError
-from app.mn import profile as profiles
 from app.net.gate import GateError, TrafficGate, remove_table, shut_left_gate
 from app.net.ipip import compiled_engine_available
 from app.net.mn_routes import Backend, default_backend
@@ -90,7 +89,7 @@ async def serve(args: argparse.Namespace) -> int:
     kept = load_state(args.state_dir) if args.state_dir is not None else HelperState()
     first: str | None = args.connect
     for path in args.profile:  # check at start: a bad profile is the user's first error
-        p = profiles.load(path)
+        p = load_profile(path)
         first = first or p.name
     first = first or kept.profile  # the profile connected when the last helper ended
     left = await shut_left_gate()

@@ -185,16 +185,12 @@ class Helper:
             self.held_gate = None  # replaced by this profile's gate (or lifted)
             self.last_profile = prof.name
             self._persist()
-            # Owned before each is started: a start that fails half-way is still
-            # closed by the next Disconnect (or the next connect).
+            # Each is owned from its creation: one whose start fails half-way (or never
+            # comes) is still closed by the next Disconnect or connect.
             self._connection = stack = contextlib.AsyncExitStack()
             routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
                                       self.backend)
             stack.push_async_callback(_close_routes, routes)
-            await routes.start()
-            if prof.vpn is not None and gate is not None:
-                for gw in policy.gateways:  # IKE to the gateways by the link, not a tunnel
-                    await routes.vpn_gateway(gw)
             charon = None
             if prof.vpn is not None:
                 charon = Charon(self.vici_socket, self._vpn_event)
@@ -204,9 +200,13 @@ class Helper:
                                            on_event=self._event_entry,
                                            charon=charon, vpn_secrets=got.extra,
                                            policy=self.policy)
+            stack.push_async_callback(self.driver.stop)
+            await routes.start()
+            if charon is not None and gate is not None:
+                for gw in policy.gateways:  # IKE to the gateways by the link, not a tunnel
+                    await routes.vpn_gateway(gw)
             if charon is not None:
                 await charon.start()  # its events reach the driver's queue from here on
-            stack.push_async_callback(self.driver.stop)
             await self.driver.start()
             await self._start_links(prof, self.driver.link_snapshot, stack)
 

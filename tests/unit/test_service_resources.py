@@ -146,3 +146,21 @@ async def test_a_reconnect_closes_the_old_charon_once_and_keeps_the_gate(tmp_pat
         "gate.install", *CLOSED[:-1], "gate.install", *STARTED[1:]]
     await h.disconnect()
     assert calls.count("charon.close") == 2 and calls.count("gate.remove") == 1
+
+
+async def test_a_connect_that_fails_half_way_is_closed_whole_by_the_next_disconnect(
+        tmp_path, calls, monkeypatch):
+    """Each resource is owned from its creation: the routes' start fails (netlink said
+    no), and the Disconnect still takes back the routes, charon and the gate."""
+    async def refused(self):
+        calls.append("routes.start")
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(helper_mod.MobileNodeRoutes, "start", refused)
+    h = helper(tmp_path)
+    with pytest.raises(OSError):
+        await h.connect("corp")
+    await h.disconnect()
+    assert [c for c in calls if c in LIFE] == [
+        "gate.install", "routes.start", "driver.stop", "charon.close", "routes.clear",
+        "routes.close", "gate.remove"]
