@@ -15,12 +15,13 @@ from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueE
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.errors import UserFacingError
 from app.mip.auth import Algorithm
 
 E = TypeVar("E", bound=Enum)
 
 
-class ConfigError(Exception):
+class ConfigError(UserFacingError):
     """A configuration problem, phrased for the person who wrote the file."""
 
     def __init__(self, file: str, key: str, message: str) -> None:
@@ -44,6 +45,13 @@ class FileRefused(Exception):
         self.reason = reason
 
 
+class FileMissing(FileRefused):
+    """The file does not exist (for callers to whom that is not an error)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "does not exist")
+
+
 def read_regular_file(path: Path, limit: int = MAX_CONFIG_FILE, *,
                       follow_symlinks: bool = True, root_owned: bool = False,
                       private: bool = False, public: bool = False) -> bytes:
@@ -64,7 +72,7 @@ def read_regular_file(path: Path, limit: int = MAX_CONFIG_FILE, *,
     try:
         pfd = _open_path(path, follow_symlinks)
     except FileNotFoundError:
-        raise FileRefused(path, "does not exist") from None
+        raise FileMissing(path) from None
     except OSError as exc:
         raise FileRefused(path, f"cannot be opened: {exc.strerror or exc}") from None
     try:

@@ -18,6 +18,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from app.agents.bindings import Binding, BindingChange, ChangeKind, HaReplayState
+from app.errors import UserFacingError
 from app.mip.messages import RegFlags
 
 DB_NAME = "bindings.sqlite3"
@@ -52,7 +53,7 @@ _REPLAY_ONLY = (
 _NO_BINDING: tuple[object, ...] = (None,) * len(_BINDING_COLUMNS)
 
 
-class StoreError(Exception):
+class StoreError(UserFacingError):
     """The binding cache cannot be opened or written; the message names the file."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.agents.bindings import Binding
+from app.errors import UserFacingError
 from app.net.arp import ArpAnnouncer
 from app.net.ipip import GRE_MTU, MTU, Endpoint, Key, UserspaceTunnel
 from app.net.kernel_ipip import NTF_PROXY
@@ -26,7 +27,7 @@ log = logging.getLogger("trustroam.ha.dataplane")
 TUN_NAME = "trha0"
 
 
-class DataPlaneError(Exception):
+class DataPlaneError(UserFacingError):
     """The data plane cannot be set up; the message says what is missing."""
 
 

@@ -8,8 +8,9 @@ path and configures a path before it opens the gate on it); only publishing
 (status, history) waits until the step's other actions are done.
 
 The driver owns the sockets (``app.mn.sockets``: registration, agent discovery,
-the VPN probe), the routes (``app.net.mn_routes``) and the gate
-(``app.net.gate``); it reports a :class:`~app.api.Snapshot` and history entries.
+the VPN probe); it drives the routes (``app.net.mn_routes``) and the gate
+(``app.net.gate``), which its owner starts and closes; it reports a
+:class:`~app.api.Snapshot` and history entries.
 
 With a VPN in the profile it also drives charon through ``app.vpn.charon``
 (commands as tasks, so a slow charon never holds the queue; its events come
@@ -113,9 +114,11 @@ class MobileNodeDriver:
                  charon: Charon | None = None,
                  vpn_secrets: Mapping[str, str] | None = None,
                  policy: Policy = Policy.AUTO) -> None:
-        """``charon``: the VPN adapter (its socket set by the caller), used when the
-        profile has a ``[vpn]`` table; ``vpn_secrets``: its secrets by key name
-        (``vpn_psk``...), handed to charon over VICI only."""
+        """``routes``, ``gate`` and ``charon`` (the VPN adapter, used when the profile
+        has a ``[vpn]`` table) come started from their owner (the helper), who also
+        closes them: the driver only uses them, and routes charon's events to
+        :meth:`vpn_event`.  ``vpn_secrets``: charon's secrets by key name
+        (``vpn_psk``...), handed to it over VICI only."""
         self.profile = profile
         self.charon = charon if profile.vpn is not None else None
         # As given, not copied: its repr hides the values.
@@ -179,20 +182,18 @@ class MobileNodeDriver:
     # -- inputs (any thread-free caller on the loop) -------------------------------
 
     async def start(self) -> None:
+        """Run on the started gate, routes and charon the owner handed over."""
         self._loop = asyncio.get_running_loop()
-        if self.gate is not None:
-            await self.gate.install()  # before anything else: undecided until proven
-        await self.routes.start()
-        if self.charon is not None and self.gate is not None:
-            for gw in self.gate.policy.gateways:
-                await self.routes.vpn_gateway(gw)
         self._task = asyncio.create_task(self._run(), name="mn-driver")
         if self.charon is not None:
-            self.charon.on_event = lambda ev: self._queue.put_nowait(_VpnInput(ev))
-            if not await self.charon.start():
+            if not self.charon.reachable:
                 self._queue.put_nowait(_VpnInput(VpnUnreachable(self.charon.unreachable_message)))
             else:
                 await self._load_vpn()
+
+    def vpn_event(self, event: VpnEvent) -> None:
+        """One of charon's events (its owner routes them here)."""
+        self._queue.put_nowait(_VpnInput(event))
 
     def link_snapshot(self, snap: LinkSnapshot) -> None:
         self._queue.put_nowait(snap)
@@ -205,9 +206,10 @@ class MobileNodeDriver:
         """Resume from suspend, or the user asked: probe the current link again."""
         self._queue.put_nowait(am.Resumed())
 
-    async def stop(self, *, keep_gate: bool = False) -> None:
-        """Deregister (briefly waiting for the answer), then put the host back;
-        ``keep_gate``: another profile's driver takes over the gate (already shut)."""
+    async def stop(self) -> None:
+        """Deregister (briefly waiting for the answer), end the tunnel through charon,
+        close the driver's own sockets and tasks.  The gate, routes and charon stay
+        as they are: their owner closes them."""
         if self._task is None:
             return
         assert self._loop is not None
@@ -229,10 +231,6 @@ class MobileNodeDriver:
                 self._vpn_task.cancel()
             with contextlib.suppress(VpnError):
                 await self.charon.terminate()
-            await self.charon.close()
-        await self.routes.clear()
-        if self.gate is not None and not keep_gate:
-            await self.gate.remove()
         self._publish(state=State.OFFLINE, mode=Mode.NONE, interface="", care_of_address="",
                       binding_expires=0.0)
 

@@ -25,6 +25,7 @@ import functools
 import logging
 import shutil
 
+from app.errors import UserFacingError
 from app.net.gate_rules import (
     TABLE,
     GatePolicy,
@@ -39,8 +40,8 @@ log = logging.getLogger("trustroam.net.gate")
 __all__ = ["TABLE", "GateError", "GatePolicy", "ProvenPath", "TrafficGate", "remove_table"]
 
 
-class GateError(Exception):
-    pass
+class GateError(UserFacingError):
+    """The gate cannot be installed, changed or removed; one line, for the user."""
 
 
 class _LibNftables:

@@ -273,6 +273,8 @@ class MobileNodeRoutes:
 
     async def clear(self) -> None:
         """Remove every address, route, rule and tunnel this class made."""
+        if self.ipr is None:
+            return  # never started: it made nothing
         await self._withdraw_mode()
         await self._quiet("flush_routes", table=TABLE_LINK)
         await self._clear_rules()

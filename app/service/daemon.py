@@ -30,7 +30,6 @@ from pathlib import Path
 
 from app.api import BUS_NAME, OBJECT_PATH
 from app.config import ConfigError
-from app.mn import profile as profiles
 from app.net.gate import GateError, TrafficGate, remove_table, shut_left_gate
 from app.net.ipip import compiled_engine_available
 from app.net.mn_routes import Backend, default_backend
@@ -38,8 +37,9 @@ from app.net.sleep import ResumeWatcher
 from app.service import bus as busio
 from app.service.bus import BusType, Message, MessageBus, MessageType, RequestNameReply
 from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_agent
-from app.service.helper import Helper, HelperError, LeftGate, gate_policy, load_profile
+from app.service.helper import Helper, HelperError, LeftGate
 from app.service.polkit import Authorizer
+from app.service.profiles import gate_policy, load_profile
 from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
 from app.service.state import DEFAULT_DIR as DEFAULT_STATE_DIR
 from app.service.state import HelperState, StateError
@@ -89,7 +89,7 @@ async def serve(args: argparse.Namespace) -> int:
     kept = load_state(args.state_dir) if args.state_dir is not None else HelperState()
     first: str | None = args.connect
     for path in args.profile:  # check at start: a bad profile is the user's first error
-        p = profiles.load(path)
+        p = load_profile(path)
         first = first or p.name
     first = first or kept.profile  # the profile connected when the last helper ended
     left = await shut_left_gate()

@@ -27,8 +27,7 @@ from app.api import (
     HistoryEntry,
     Snapshot,
 )
-from app.config import ConfigError
-from app.net.gate import GateError
+from app.errors import UserFacingError
 from app.service import bus as busio
 from app.service.bus import (
     DBusError,
@@ -41,11 +40,10 @@ from app.service.bus import (
     method,
     signal,
 )
-from app.service.helper import Helper, HelperError
+from app.service.helper import Helper
 from app.service.limits import CALLS_PER_NAME, CALLS_PER_UID, CallerLimits, QuietLog
 from app.service.polkit import Authorizer
-from app.service.secrets import Agent, AgentFailed, AgentRefused, Peer, SecretError
-from app.vpn.charon import VpnError
+from app.service.secrets import Agent, AgentFailed, AgentRefused, Peer
 
 log = logging.getLogger("trustroam.service.dbus")
 CALLER: contextvars.ContextVar[Message | None] = contextvars.ContextVar("caller", default=None)
@@ -272,7 +270,7 @@ class HelperInterface(ServiceInterface):
                 if admin:
                     await self._authorize(ACTION_CONFIGURE, uid)
                 await self.helper.connect(profile, requester=peer, administrator=admin)
-            except (HelperError, SecretError, GateError, VpnError) as exc:
+            except UserFacingError as exc:
                 raise self._failed("Connect", exc) from None
             except OSError as exc:  # the gate, routes or sockets: the host said no
                 raise self._failed("Connect", OSError(f"cannot set up {profile!r}: "
@@ -284,7 +282,7 @@ class HelperInterface(ServiceInterface):
             await self._authorize(ACTION_CONNECT, uid)
             try:
                 await self.helper.disconnect()
-            except (HelperError, GateError) as exc:
+            except UserFacingError as exc:
                 raise self._failed("Disconnect", exc) from None
 
     @method()
@@ -293,7 +291,7 @@ class HelperInterface(ServiceInterface):
             await self._authorize(ACTION_CONNECT, uid)
             try:
                 await self.helper.reprobe()
-            except HelperError as exc:
+            except UserFacingError as exc:
                 raise self._failed("Reprobe", exc) from None
 
     @method()
@@ -305,11 +303,11 @@ class HelperInterface(ServiceInterface):
     async def _set_policy(self, policy: str) -> None:
         try:
             self.helper.set_policy(policy)
-        except HelperError as exc:
+        except UserFacingError as exc:
             raise self._failed("SetPolicy", exc, ERROR_INVALID) from None
         try:
             await self.helper.release_held_gate()
-        except (GateError, OSError) as exc:
+        except (UserFacingError, OSError) as exc:
             raise self._failed("SetPolicy", exc) from None
 
     @method()
@@ -324,7 +322,7 @@ class HelperInterface(ServiceInterface):
                 f"toml: longer than {MAX_PROFILE_TEXT} bytes"), ERROR_INVALID)
         try:
             return self.helper.save_profile(toml)
-        except (HelperError, ConfigError) as exc:
+        except UserFacingError as exc:
             raise self._failed("SaveProfile", exc, ERROR_INVALID) from None
 
     @method()
@@ -344,7 +342,7 @@ class HelperInterface(ServiceInterface):
                         ERROR_INVALID)
         try:
             self.helper.secrets.register_agent(peer, path)
-        except AgentRefused as exc:
+        except UserFacingError as exc:
             raise self._failed("RegisterSecretAgent", exc, ERROR_INVALID) from None
         log.debug("secret agent %s at %s", peer, path)
 
@@ -357,7 +355,7 @@ class HelperInterface(ServiceInterface):
     def ListProfiles(self) -> "as":
         try:
             return sorted(self.helper.load_profiles())
-        except HelperError as exc:
+        except UserFacingError as exc:
             raise self._failed("ListProfiles", exc) from None
 
     # -- signals -----------------------------------------------------------------------

@@ -10,119 +10,39 @@ nothing owns.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import contextlib
 import logging
 import os
-import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
 from app.api import HistoryEntry, Policy, Snapshot
 from app.config import ConfigError
-from app.mn import profile as profiles
+from app.errors import UserFacingError
 from app.mn.driver import MobileNodeDriver
 from app.mn.profile import Profile
-from app.net.gate import GatePolicy, TrafficGate, remove_table
+from app.net.gate import TrafficGate, remove_table
 from app.net.links import LinkSnapshot
-from app.net.mn_routes import TUNNEL, Backend, MobileNodeRoutes
+from app.net.mn_routes import Backend, MobileNodeRoutes
 from app.net.nm_links import NmLinks, nm_running
 from app.net.rtnl_links import RtnlLinks
 from app.service import state as saved
 from app.service.bus import MessageBus
+from app.service.profiles import ProfileDirectory, ProfileError, gate_policy, vpn_secret_names
 from app.service.secrets import Peer, SecretSource
-from app.service.state import HelperState, write_file
-from app.vpn import credentials
-from app.vpn.charon import DEFAULT_SOCKET, Charon, VpnConfigError
-from app.vpn.profile import SECRET_KEY_PASSPHRASE, VpnConfig
+from app.service.state import HelperState
+from app.vpn.charon import DEFAULT_SOCKET, Charon
+from app.vpn.events import VpnEvent
 
 log = logging.getLogger("trustroam.helper")
 HISTORY = 1000
-RESOLVE_TIMEOUT = 5.0
-"""Seconds to resolve the VPN gateways' names at connect (all of them together)."""
-
-Unresolved = Callable[[str, str], None]
-"""(gateway as the profile names it, why) for a gateway the gate cannot pass."""
 
 
-async def gate_policy(prof: Profile, *, on_unresolved: Unresolved | None = None,
-                      timeout: float = RESOLVE_TIMEOUT) -> GatePolicy:
-    """What the gate lets through for this profile while undecided: the direct probe
-    and, with a ``[vpn]`` table, IKE/NAT-T/ESP to the gateways' IPv4 addresses."""
-    gateways = await resolve_gateways(prof.vpn.gateways if prof.vpn else (),
-                                      on_unresolved=on_unresolved, timeout=timeout)
-    return GatePolicy(prof.home_agent, prof.home_address, TUNNEL, gateways=gateways)
-
-
-async def resolve_gateways(names: Sequence[str], *, on_unresolved: Unresolved | None = None,
-                           timeout: float = RESOLVE_TIMEOUT) -> tuple[IPv4Address, ...]:
-    """The gateways' IPv4 addresses, in the profile's order, without duplicates.
-
-    Names are resolved on the loop's resolver (never blocking it), all at once and
-    within ``timeout``; one that does not resolve is reported to ``on_unresolved``
-    (and the log) and left out: the others still work."""
-    loop = asyncio.get_running_loop()
-
-    def report(name: str, why: str) -> None:
-        log.warning("VPN gateway %s left out of the gate: %s", name, why)
-        if on_unresolved is not None:
-            on_unresolved(name, why)
-
-    async def one(name: str) -> list[IPv4Address]:
-        try:
-            literal = ipaddress.ip_address(name)
-        except ValueError:
-            pass
-        else:
-            if isinstance(literal, IPv4Address):
-                return [literal]
-            report(name, "not an IPv4 address (the gate passes IPv4 only)")
-            return []
-        try:
-            async with asyncio.timeout(timeout):
-                infos = await loop.getaddrinfo(name, None, family=socket.AF_INET,
-                                               type=socket.SOCK_DGRAM)
-        except TimeoutError:
-            report(name, f"its name did not resolve within {timeout:g} s")
-            return []
-        except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
-            report(name, f"its name does not resolve ({_reason(exc)})")
-            return []
-        found = [IPv4Address(info[4][0]) for info in infos]
-        if not found:
-            report(name, "its name has no IPv4 address")
-        return found
-
-    results = await asyncio.gather(*(one(n) for n in names))
-    return tuple(dict.fromkeys(a for addrs in results for a in addrs))
-
-
-async def vpn_secret_names(vpn: VpnConfig | None) -> tuple[str, ...]:
-    """The secrets a VPN profile's auth method needs; with a private key file that
-    is encrypted, its passphrase too.  Every file the profile names is checked here,
-    off the loop and before the helper's lock: a refused one (a FIFO, /dev/zero,
-    /etc/shadow, a symlink...) is the caller's answer at once (``VpnConfigError``)."""
-    if vpn is None:
-        return ()
-    names = vpn.secrets_needed
-    try:
-        encrypted = await asyncio.to_thread(credentials.check, vpn)
-    except credentials.CredentialError as exc:
-        raise VpnConfigError(exc.key, exc.message) from None
-    if encrypted:
-        names = (*names, SECRET_KEY_PASSPHRASE)
-    return names
-
-
-def _reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-
-
-class HelperError(Exception):
+class HelperError(UserFacingError):
     """A request the helper cannot carry out; the message is for the user."""
 
 
@@ -149,8 +69,7 @@ class Helper:
                  vici_socket: str | os.PathLike[str] = DEFAULT_SOCKET,
                  state_dir: Path | None = None, lockdown: bool = False,
                  initial: HelperState | None = None) -> None:
-        self.profiles_dir = profiles_dir
-        self.extra_profiles = extra_profiles
+        self.profiles = ProfileDirectory(profiles_dir, extra_profiles)
         self.secrets = secrets
         self.backend = backend
         self.links = links
@@ -165,14 +84,15 @@ class Helper:
         """An administrator's kill switch: a user's Disconnect leaves the gate shut."""
         self.policy = initial.policy if initial is not None else Policy.AUTO
         self.last_profile = initial.profile if initial is not None else None
-        self._profiles_cache: tuple[tuple[object, ...], dict[str, Profile]] | None = None
         self.held_gate: HeldGate | None = None
         """The shut gate a user's Disconnect left (always-vpn or lockdown): lifted only
         by a SetPolicy (org.trustroam.configure) to auto or never-vpn, or by root."""
+        self.gate: TrafficGate | None = None
+        """The connected profile's gate: installed first, removed last (unless kept)."""
         self.driver: MobileNodeDriver | None = None
-        self._charon: Charon | None = None
-        """The running driver's VPN adapter: closed when the driver is."""
-        self._link_source: _LinkSource | None = None
+        self._connection: contextlib.AsyncExitStack | None = None
+        """What a connect started after the gate (routes, charon, the driver, the link
+        source): closed by :meth:`_disconnect`, once, in reverse order."""
         self.snapshot_listeners: list[Callable[[Snapshot], None]] = []
         self.event_listeners: list[Callable[[HistoryEntry], None]] = []
         self._lock = asyncio.Lock()
@@ -180,32 +100,20 @@ class Helper:
 
     # -- profiles ------------------------------------------------------------------
 
+    @property
+    def profiles_dir(self) -> Path | None:
+        return self.profiles.directory
+
+    @profiles_dir.setter
+    def profiles_dir(self, directory: Path | None) -> None:
+        self.profiles.directory = directory
+
     def load_profiles(self) -> dict[str, Profile]:
         """Every valid profile; invalid ones are logged with their file and key."""
-        found: dict[str, Profile] = {}
         try:
-            paths = sorted(self.profiles_dir.glob("*.toml")) if (
-                self.profiles_dir and self.profiles_dir.is_dir()) else []
-        except OSError as exc:
-            log.error("profiles directory %s unreadable: %s", self.profiles_dir, exc)
-            raise HelperError("the profiles directory cannot be read") from None
-        # Parsed again only when a file changed: ListProfiles is open to every uid, and
-        # a flood of it must cost a stat per file, not a parse (nor a log line) per file.
-        key = tuple(_file_key(path) for path in [*paths, *self.extra_profiles])
-        if self._profiles_cache is not None and self._profiles_cache[0] == key:
-            return dict(self._profiles_cache[1])
-        for path in [*paths, *self.extra_profiles]:
-            try:
-                p = load_profile(path)
-            except ConfigError as exc:
-                log.error("profile skipped: %s", exc)
-                continue
-            except (OSError, RecursionError) as exc:  # a symlink loop, a FIFO, EIO...
-                log.error("profile skipped: %s: %s", path, getattr(exc, "strerror", exc))
-                continue
-            found[p.name] = p
-        self._profiles_cache = (key, dict(found))
-        return found
+            return self.profiles.load()
+        except ProfileError as exc:
+            raise HelperError(str(exc)) from None
 
     def profile(self, name: str) -> Profile:
         found = self.load_profiles()
@@ -215,30 +123,14 @@ class Helper:
         return found[name]
 
     def save_profile(self, text: str) -> str:
-        """Validate ``text`` and store it as ``<name>.toml`` in the profiles directory.
-
-        Written to a fresh temporary file in that directory (O_EXCL, never through a
-        symlink), fsynced, then renamed over the target: a reader sees the old or
-        the new profile, and a symlink planted at either name is not followed (a
-        rename replaces the link itself).
-        """
-        if self.profiles_dir is None:
-            raise HelperError("this helper has no profiles directory (--profiles-dir)")
+        """Validate ``text`` and store it as ``<name>.toml`` in the profiles directory
+        (atomically, never through a symlink: ``ProfileDirectory.save``)."""
         try:
-            p = profiles.loads(text, "SaveProfile")
-        except ConfigError as exc:
+            name = self.profiles.save(text)
+        except (ConfigError, ProfileError) as exc:
             raise HelperError(str(exc)) from None
-        data = profiles.dumps(p).encode()
-        if profiles.loads(data.decode(), "SaveProfile") != p:  # what reloads is what was sent
-            raise HelperError("SaveProfile: the profile does not survive a round trip")
-        try:
-            write_file(self.profiles_dir, f"{p.name}.toml", data, 0o644)
-        except OSError as exc:
-            log.error("cannot store profile %s in %s: %s", p.name, self.profiles_dir, exc)
-            raise HelperError(f"cannot store profile {p.name}: "
-                              f"{exc.strerror or type(exc).__name__}") from None
-        self._event("profile-saved", {"profile": p.name})
-        return p.name
+        self._event("profile-saved", {"profile": name})
+        return name
 
     # -- connection ------------------------------------------------------------------
 
@@ -260,7 +152,11 @@ class Helper:
         method needs, in one request.  Secrets and gateway names are fetched before
         the lock: a slow agent or resolver holds only its own user's request, bounded
         by the agent and resolver timeouts.  A gateless profile under an
-        administrator's block needs ``administrator`` (org.trustroam.configure)."""
+        administrator's block needs ``administrator`` (org.trustroam.configure).
+
+        The helper owns what it creates: the gate (installed first), the routes,
+        charon, the driver and the link source, each started here and handed to the
+        driver started; :meth:`_disconnect` closes them once, in reverse order."""
         prof = self.profile(name)
         if not prof.gate_enabled and self.locked_down() and not administrator:
             raise HelperError(f"profile {_short(prof.name)} has no gate: under always-vpn "
@@ -278,22 +174,41 @@ class Helper:
                 await gate.install()
             elif self.held_gate is not None:
                 await self.held_gate.remove()  # an administrator's gateless profile
+            handed_over = self.driver is not None
             await self._disconnect(quiet=True, keep_gate=gate is not None)
-            routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
-                                      self.backend)
-            # The driver starts it (and hands it its events); the helper closes it.
-            self._charon = Charon(self.vici_socket) if prof.vpn is not None else None
-            self.driver = MobileNodeDriver(prof, got.key.value, routes, gate,
-                                           on_snapshot=self._on_snapshot,
-                                           on_event=self._event_entry,
-                                           charon=self._charon, vpn_secrets=got.extra,
-                                           policy=self.policy)
+            self.gate = gate
+            if gate is not None and handed_over:
+                # Once more, whole: the old driver's deregistration may have opened its
+                # home probe in the table it no longer owns.
+                await gate.install()
             self._event("connect", {"profile": prof.name})
             self.held_gate = None  # replaced by this profile's gate (or lifted)
             self.last_profile = prof.name
             self._persist()
+            # Each is owned from its creation: one whose start fails half-way (or never
+            # comes) is still closed by the next Disconnect or connect.
+            self._connection = stack = contextlib.AsyncExitStack()
+            routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
+                                      self.backend)
+            stack.push_async_callback(_close_routes, routes)
+            charon = None
+            if prof.vpn is not None:
+                charon = Charon(self.vici_socket, self._vpn_event)
+                stack.push_async_callback(charon.close)
+            self.driver = MobileNodeDriver(prof, got.key.value, routes, gate,
+                                           on_snapshot=self._on_snapshot,
+                                           on_event=self._event_entry,
+                                           charon=charon, vpn_secrets=got.extra,
+                                           policy=self.policy)
+            stack.push_async_callback(self.driver.stop)
+            await routes.start()
+            if charon is not None and gate is not None:
+                for gw in policy.gateways:  # IKE to the gateways by the link, not a tunnel
+                    await routes.vpn_gateway(gw)
+            if charon is not None:
+                await charon.start()  # its events reach the driver's queue from here on
             await self.driver.start()
-            self._link_source = await self._start_links(prof, self.driver.link_snapshot)
+            await self._start_links(prof, self.driver.link_snapshot, stack)
 
     async def disconnect(self, *, quiet: bool = False) -> None:
         """A user's Disconnect.  Under always-vpn or lockdown the gate stays
@@ -301,7 +216,7 @@ class Helper:
         ordinary user may not lift what an administrator set."""
         async with self._lock:
             hold = self.policy is Policy.ALWAYS_VPN or self.lockdown
-            gate = self.driver.gate if self.driver is not None else None
+            gate = self.gate
             if hold and gate is not None:
                 await gate.decide(None)  # shut before the routes go, and after
             await self._disconnect(quiet=quiet, keep_gate=hold and gate is not None)
@@ -317,7 +232,7 @@ class Helper:
         """The helper's clean stop (SIGTERM): the host goes back, except under
         lockdown, where the gate stays installed and shut."""
         async with self._lock:
-            gate = self.driver.gate if self.driver is not None else None
+            gate = self.gate
             if self.lockdown and gate is not None:
                 await gate.decide(None)  # shut before the routes go, and after
             await self._disconnect(quiet=True, keep_gate=self.lockdown)
@@ -325,22 +240,28 @@ class Helper:
                 await gate.decide(None)
 
     async def _disconnect(self, *, quiet: bool, keep_gate: bool = False) -> None:
-        if self._link_source is not None:
-            source, self._link_source = self._link_source, None
-            await source.close()
-        if self.driver is not None:
-            driver, self.driver = self.driver, None
-            await driver.stop(keep_gate=keep_gate)
-            driver.routes.close()
+        """Close what the last connect started, in reverse order (the link source,
+        the driver, which deregisters, charon, the routes), then the gate, unless
+        ``keep_gate``: held shut, or already replaced by the next profile's."""
+        connection, self._connection = self._connection, None
+        driver, self.driver = self.driver, None
+        gate, self.gate = self.gate, None
+        try:
+            if connection is not None:
+                await connection.aclose()
+        finally:
+            if gate is not None and not keep_gate:
+                await gate.remove()
+        if driver is not None:
             self._event("disconnect", {"profile": driver.profile.name})
         elif not quiet:
             raise HelperError("not connected")
-        if self._charon is not None:
-            # After the driver's stop, which terminates the tunnel through it; also one
-            # whose driver never came to be.
-            charon, self._charon = self._charon, None
-            await charon.close()
         self._on_snapshot(Snapshot())  # _on_snapshot adds the policy
+
+    def _vpn_event(self, event: VpnEvent) -> None:
+        """charon's events (on the loop's thread), to the driver it was started for."""
+        if self.driver is not None:
+            self.driver.vpn_event(event)
 
     async def reprobe(self, *, quiet: bool = False) -> None:
         async with self._lock:
@@ -384,8 +305,8 @@ class Helper:
             log.error("cannot keep the helper's state in %s: %s", self.state_dir,
                       exc.strerror or exc)
 
-    async def _start_links(self, prof: Profile, sink: Callable[[LinkSnapshot], None]
-                           ) -> _LinkSource:
+    async def _start_links(self, prof: Profile, sink: Callable[[LinkSnapshot], None],
+                           stack: contextlib.AsyncExitStack) -> None:
         use_nm = self.links == "nm"
         if self.links == "auto" and self.bus is not None:
             use_nm = await nm_running(self.bus)
@@ -398,8 +319,8 @@ class Helper:
         else:
             source = RtnlLinks(prof.interface, sink, ignore_address=str(prof.home_address))
             self._event("links", {"source": "rtnetlink"})
+        stack.push_async_callback(source.close)
         await source.start()
-        return source
 
     # -- publishing ------------------------------------------------------------------
 
@@ -418,23 +339,14 @@ class Helper:
             f(entry)
 
 
+async def _close_routes(routes: MobileNodeRoutes) -> None:
+    """Everything the routes put in the kernel, then their sockets."""
+    try:
+        await routes.clear()
+    finally:
+        routes.close()
+
+
 def _short(text: str, limit: int = 64) -> str:
     """``repr`` of a caller's string, cut short: messages stay one short line."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _file_key(path: Path) -> object:
-    """What changes when a profile file does (its stat, or the error reading it)."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return (str(path), exc.errno)
-    return (str(path), st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode)
-
-
-def load_profile(path: Path) -> Profile:
-    """``profiles.load``: read as every root-owned file is (``app.config``'s
-    ``read_regular_file``: a FIFO or device in the profiles directory is refused at
-    once, never blocking the event loop)."""
-    return profiles.load(path)
-

@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import stat
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.api import SECRET_MN_HA_KEY
+from app.config import FileMissing, FileRefused, read_regular_file
+from app.errors import UserFacingError
 
 log = logging.getLogger("trustroam.service.secrets")
 AGENT_TIMEOUT = 20.0
@@ -54,7 +54,7 @@ MAX_ANSWER = 4096
 FILE_SOURCE = "the secrets file"
 
 
-class SecretError(Exception):
+class SecretError(UserFacingError):
     """No usable secret; the message names the profile and the source, never a value."""
 
 
@@ -98,24 +98,14 @@ def read_profile_table(path: Path, profile: str) -> dict[str, object]:
     """
     src = FILE_SOURCE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
-    except FileNotFoundError:
+        # Root's (or this process's user's), nobody else may read it, no symlink
+        # anywhere on the way; the reason names no path.
+        data = read_regular_file(Path(path).absolute(), MAX_SECRETS_FILE,
+                                 follow_symlinks=False, private=True)
+    except FileMissing:
         raise SecretError(f"{src} does not exist") from None
-    except OSError as exc:
-        raise SecretError(f"cannot open {src}: {exc.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise SecretError(f"refused: {src} is not a regular file")
-    with os.fdopen(fd, "rb") as fh:
-        if st.st_uid != 0 and st.st_uid != os.geteuid():
-            raise SecretError(f"refused: {src} must belong to root")
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SecretError(f"refused: {src} is readable by others "
-                              f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
-        data = fh.read(MAX_SECRETS_FILE + 1)
-    if len(data) > MAX_SECRETS_FILE:
-        raise SecretError(f"refused: {src} is larger than {MAX_SECRETS_FILE} bytes")
+    except FileRefused as exc:
+        raise SecretError(f"refused: {src} {_without_path(exc.reason)}") from None
     try:
         doc = tomllib.loads(data.decode())
     except UnicodeDecodeError:
@@ -125,6 +115,14 @@ def read_profile_table(path: Path, profile: str) -> dict[str, object]:
         raise SecretError(f"{src} is not valid TOML: {exc}") from None
     table = doc.get(profile)
     return dict(table) if isinstance(table, dict) else {}
+
+
+def _without_path(reason: str) -> str:
+    """A refusal's predicate with the directory it may name left out."""
+    if "/" not in reason:
+        return reason
+    return ("is reached through a symbolic link" if "symbolic link" in reason
+            else "is not reachable")
 
 
 def _file_key(table: dict[str, object], profile: str) -> Secret:
@@ -191,7 +189,7 @@ class Agent:
         return f"secret agent {self.peer}"
 
 
-class AgentRefused(Exception):
+class AgentRefused(UserFacingError):
     """RegisterSecretAgent refused; the message names the argument."""
 
 

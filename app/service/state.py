@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import os
 import secrets as _random
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.api import Policy
+from app.config import FileMissing, FileRefused, read_regular_file
+from app.errors import UserFacingError
 from app.mn.profile import NAME_RE
 
 DEFAULT_DIR = Path("/var/lib/trustroam")
@@ -31,7 +32,7 @@ MAX_FILE = 4096
 VERSION = 1
 
 
-class StateError(Exception):
+class StateError(UserFacingError):
     """The state file cannot be believed; the message names the file and the field."""
 
 
@@ -44,25 +45,14 @@ class HelperState:
 
 def load(directory: Path) -> HelperState:
     """The state kept in ``directory`` (the defaults if there is none)."""
-    path = directory / FILE
+    path = directory.absolute() / FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
-    except FileNotFoundError:
+        # Root's, nobody else may write it, no symlink anywhere on the way.
+        data = read_regular_file(path, MAX_FILE, follow_symlinks=False, root_owned=True)
+    except FileMissing:
         return HelperState()
-    except OSError as exc:
-        raise StateError(f"{path}: cannot open: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StateError(f"{path}: not a regular file")
-        if st.st_uid != os.geteuid():
-            raise StateError(f"{path}: must belong to uid {os.geteuid()}, not {st.st_uid}")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise StateError(f"{path}: writable by others (mode "
-                             f"{stat.S_IMODE(st.st_mode):04o})")
-        data = fh.read(MAX_FILE + 1)
-    if len(data) > MAX_FILE:
-        raise StateError(f"{path}: larger than {MAX_FILE} bytes")
+    except FileRefused as exc:
+        raise StateError(f"{path}: {exc.reason}") from None
     try:
         doc = json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -36,6 +36,8 @@ from typing import Any, TypeVar
 import vici
 import vici.exception
 
+from app.errors import UserFacingError
+from app.errors import reason as _reason
 from app.vpn import credentials, vici_messages
 from app.vpn.events import (
     EVENT_NAMES,
@@ -60,7 +62,7 @@ _PROTOCOL_ERRORS = (OSError, vici.exception.SessionException,
                     vici.exception.DeserializationException, ValueError)
 
 
-class VpnError(Exception):
+class VpnError(UserFacingError):
     """A VPN operation failed; the message is one line for the user, secret-free."""
 
 
@@ -112,7 +114,8 @@ class _Session:
 class Charon:
     """The adapter.  Create it on the event loop's thread, ``await start()``, then
     ``load``/``initiate``/``terminate``/``sa``/``tia``; ``await close()`` at the end.
-    ``on_event`` is called on the loop's thread with each ``VpnEvent``."""
+    ``on_event`` (given here, once: nobody rewires it later) is called on the loop's
+    thread with each ``VpnEvent``."""
 
     def __init__(self, socket_path: str | os.PathLike[str] = DEFAULT_SOCKET,
                  on_event: Callable[[VpnEvent], None] | None = None, *,
@@ -120,7 +123,7 @@ class Charon:
                  backoff_min: float = 0.2, backoff_max: float = 5.0,
                  name: str = vici_messages.CONNECTION) -> None:
         self.path = str(socket_path)
-        self.on_event = on_event
+        self._on_event = on_event
         self.call_timeout = call_timeout
         self.ike_timeout = ike_timeout
         self.backoff_min = backoff_min
@@ -529,18 +532,12 @@ class Charon:
 
     def _emit(self, ev: VpnEvent) -> None:
         log.debug("vpn event %s", type(ev).__name__)
-        if self.on_event is None:
+        if self._on_event is None:
             return
         try:
-            self.on_event(ev)
+            self._on_event(ev)
         except Exception:
             log.exception("VPN event handler failed on %s", type(ev).__name__)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def _command_error(exc: vici.exception.CommandException) -> str:

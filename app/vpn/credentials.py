@@ -23,6 +23,7 @@ import subprocess
 from pathlib import Path
 
 from app.config import FileRefused, read_regular_file
+from app.errors import UserFacingError
 from app.vpn.profile import SECRET_KEY_PASSPHRASE, VpnConfig
 from app.vpn.vici_messages import Certificates
 
@@ -35,7 +36,7 @@ _PEM_CERT = re.compile(rb"-----BEGIN (X509 |TRUSTED )?CERTIFICATE-----")
 _PEM_KEY = re.compile(rb"-----BEGIN (ENCRYPTED |RSA |EC )?PRIVATE KEY-----")
 
 
-class CredentialError(Exception):
+class CredentialError(UserFacingError):
     """A file the profile names cannot be used; ``key`` is the profile key."""
 
     def __init__(self, key: str, message: str) -> None:

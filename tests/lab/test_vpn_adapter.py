@@ -223,7 +223,7 @@ async def test_disconnect_leaves_no_connection_or_secret_in_charon(lab: Lab) -> 
         await events.next(VpnUp)
         held = await asyncio.to_thread(charon_holds)
         assert "trustroam:" in held["conns"] and "trustroam-psk" in held["shared"]
-        # What MobileNodeDriver.stop does on Disconnect or the helper's stop.
+        # What Disconnect or the helper's stop does: the driver terminates, the helper closes.
         await a.terminate()
         await a.close()
         held = await asyncio.to_thread(charon_holds)

@@ -78,7 +78,7 @@ def test_secrets_file(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "mode", "words"), [
-    (f'[corp]\nmn_ha_key = "hex:{KEY}"\n', 0o644, "readable by others"),
+    (f'[corp]\nmn_ha_key = "hex:{KEY}"\n', 0o644, "readable by group or others"),
     ('[corp]\nmn_ha_key = "hex:zz11"\n', 0o600, "not hex digits"),
     ('[corp]\nmn_ha_key = "hex:0011"\n', 0o600, "2 bytes"),
     ('[other]\nmn_ha_key = "x"\n', 0o600, "no [corp] mn_ha_key"),
@@ -97,7 +97,7 @@ def test_secrets_file_owned_by_someone_else_is_refused(tmp_path):
     require_root("giving the file to another owner needs root")
     f = secrets_file(tmp_path, f'[corp]\nmn_ha_key = "hex:{KEY}"\n')
     os.chown(f, 65534, 65534)
-    with pytest.raises(SecretError, match="must belong to root"):
+    with pytest.raises(SecretError, match="is not owned by root"):
         read_secrets_file(f, "corp")
 
 

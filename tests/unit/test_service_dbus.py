@@ -240,3 +240,31 @@ async def test_an_agent_registers_only_from_a_session_of_its_own_uid(monkeypatch
     monkeypatch.setattr(busio, "BUS_TIMEOUT", 0.05)
     got = await busio.session_owner_check(ScriptedBus(*script), Peer(":1.7", 1000, 4242))
     assert got == why if why is None else why in got
+
+
+def test_every_error_told_to_a_caller_has_the_one_user_facing_base():
+    """Review R9: one base with the one-line, secret-free contract, so the D-Bus face
+    catches one type and a new error class cannot be forgotten in a tuple there."""
+    import ast
+    import inspect
+
+    from app.agents.binding_store import StoreError
+    from app.agents.ha_userspace import DataPlaneError
+    from app.config import ConfigError
+    from app.errors import UserFacingError
+    from app.net.gate import GateError
+    from app.service import dbus_api
+    from app.service.helper import HelperError
+    from app.service.profiles import ProfileError
+    from app.service.secrets import AgentRefused, SecretError
+    from app.service.state import StateError
+    from app.vpn.charon import VpnError
+    from app.vpn.credentials import CredentialError
+
+    told = (HelperError, GateError, ConfigError, SecretError, VpnError, StateError,
+            CredentialError, ProfileError, AgentRefused, StoreError, DataPlaneError)
+    assert [c.__name__ for c in told if not issubclass(c, UserFacingError)] == []
+    caught = {ast.unparse(h.type) for h in ast.walk(ast.parse(inspect.getsource(dbus_api)))
+              if isinstance(h, ast.ExceptHandler) and h.type is not None}
+    named = {c.__name__ for c in told} & {n.strip("() ") for t in caught for n in t.split(",")}
+    assert named == set(), f"dbus_api catches {sorted(named)}: catch UserFacingError"

@@ -162,11 +162,11 @@ def test_a_symlink_or_directory_as_secrets_file_is_refused(tmp_path):
     real = secrets_file(tmp_path)
     link = tmp_path / "link.toml"
     link.symlink_to(real)
-    with pytest.raises(SecretError, match="cannot open"):
+    with pytest.raises(SecretError, match="is a symbolic link"):
         read_secrets_file(link, "corp")
     d = tmp_path / "dir"
     d.mkdir(mode=0o700)
-    with pytest.raises(SecretError, match="not a regular file"):
+    with pytest.raises(SecretError, match="is a directory"):
         read_secrets_file(d, "corp")
 
 
@@ -223,3 +223,14 @@ async def test_a_missing_vpn_secret_is_one_line_naming_key_and_profile(tmp_path,
     assert text.startswith("no vpn_psk for profile 'corp': "), text
     assert "\n" not in text and "hunter2" not in text and FILE_KEY not in text
     assert AGENT_KEY not in text
+
+
+def test_a_secrets_file_reached_through_a_symlinked_directory_is_refused(tmp_path):
+    """No symlink anywhere on the way (app.config.read_regular_file), not only the
+    last component; the message still names no path."""
+    (tmp_path / "real").mkdir()
+    secrets_file(tmp_path / "real")
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    with pytest.raises(SecretError) as exc:
+        read_secrets_file(tmp_path / "linked" / "secrets.toml", "corp")
+    assert str(exc.value) == "refused: the secrets file is reached through a symbolic link"

@@ -82,11 +82,11 @@ def test_a_state_file_others_may_write_or_a_symlink_is_refused(tmp_path):
     (tmp_path / "real").write_text('{"version": 1, "policy": "never-vpn"}')
     (tmp_path / "real").chmod(0o666)
     os.symlink(tmp_path / "real", tmp_path / state.FILE)
-    with pytest.raises(StateError, match="cannot open"):
+    with pytest.raises(StateError, match="is a symbolic link"):
         state.load(tmp_path)
     (tmp_path / state.FILE).unlink()
     (tmp_path / "real").rename(tmp_path / state.FILE)
-    with pytest.raises(StateError, match="writable by others"):
+    with pytest.raises(StateError, match="writable by group or others"):
         state.load(tmp_path)
     (tmp_path / state.FILE).chmod(0o600)
     assert state.load(tmp_path).policy is Policy.NEVER_VPN
@@ -216,14 +216,9 @@ class FakeDriver:
     def __init__(self, gate):
         self.gate = gate
         self.profile = type("P", (), {"name": "corp"})()
-        self.routes = type("R", (), {"close": lambda self: None})()
 
     def set_policy(self, policy):
         pass
-
-    async def stop(self, *, keep_gate=False):
-        if not keep_gate:
-            await self.gate.remove()
 
 
 def a_helper(tmp_path, **kw):
@@ -234,6 +229,7 @@ def a_helper(tmp_path, **kw):
                     backend=Backend.USERSPACE, state_dir=tmp_path / "state", **kw)
     gate = FakeGate()
     helper.driver = FakeDriver(gate)  # type: ignore[assignment]
+    helper.gate = gate  # type: ignore[assignment]  # the helper owns it, not the driver
     return helper, gate
 
 
@@ -319,7 +315,7 @@ def test_list_profiles_parses_a_file_again_only_when_it_changed(tmp_path, monkey
 
     from app.lab.configs import PROFILE_TOML
     from app.net.mn_routes import Backend
-    from app.service import helper as helper_mod
+    from app.service import profiles as profiles_mod
     from app.service.helper import Helper
     from app.service.secrets import SecretSource
     d = tmp_path / "profiles"
@@ -327,8 +323,8 @@ def test_list_profiles_parses_a_file_again_only_when_it_changed(tmp_path, monkey
     (d / "corp.toml").write_text(PROFILE_TOML)
     (d / "bad.toml").write_text("home_address = 'nope'\n")
     parsed: list[str] = []
-    real = helper_mod.load_profile
-    monkeypatch.setattr(helper_mod, "load_profile",
+    real = profiles_mod.load_profile
+    monkeypatch.setattr(profiles_mod, "load_profile",
                         lambda p: (parsed.append(p.name), real(p))[1])
     h = Helper(profiles_dir=d, extra_profiles=[], secrets=SecretSource(None, None),
                backend=Backend.USERSPACE)
@@ -340,6 +336,16 @@ def test_list_profiles_parses_a_file_again_only_when_it_changed(tmp_path, monkey
     os.utime(d / "corp.toml", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert sorted(h.load_profiles()) == ["corp"]
     assert sorted(parsed) == ["bad.toml", "bad.toml", "corp.toml", "corp.toml"]
+
+
+def test_a_state_file_reached_through_a_symlinked_directory_is_refused(tmp_path):
+    """Read as every root-owned file is (app.config.read_regular_file): no symlink
+    anywhere on the way, not only the last component."""
+    state.save(tmp_path / "real", HelperState(Policy.NEVER_VPN, None))
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    with pytest.raises(StateError, match="through a symbolic link") as err:
+        state.load(tmp_path / "linked")
+    assert str(tmp_path / "linked" / state.FILE) in str(err.value)
 
 
 def test_a_state_file_nested_too_deep_is_refused_with_a_message(tmp_path):

@@ -17,13 +17,8 @@ import pytest
 from app.api import Policy
 from app.net.mn_routes import Backend
 from app.service import helper as helper_mod
-from app.service.helper import (
-    Helper,
-    HelperError,
-    gate_policy,
-    resolve_gateways,
-    vpn_secret_names,
-)
+from app.service.helper import Helper, HelperError
+from app.service.profiles import gate_policy, resolve_gateways, vpn_secret_names
 from app.service.secrets import SecretError, SecretSource
 from app.vpn.charon import VpnConfigError
 from app.vpn.profile import VpnConfig
@@ -40,9 +35,15 @@ identity = "alice@corp.example"
 class FakeCharon:
     made: ClassVar[list[FakeCharon]] = []
 
+    reachable = False
+    unreachable_message = "VPN service not reachable"
+
     def __init__(self, socket_path, on_event=None, **kw):
         self.path, self.closed = str(socket_path), 0
         FakeCharon.made.append(self)
+
+    async def start(self):
+        return self.reachable
 
     async def close(self):
         self.closed += 1
@@ -55,6 +56,9 @@ class Gate:
         Gate.policies.append(policy)
 
     async def install(self):
+        pass
+
+    async def remove(self):
         pass
 
 

@@ -191,7 +191,7 @@ def test_configuration_profile_and_key_files_are_read_the_same_way(tmp_path, fif
     ``key_file`` of ha.toml refuse a FIFO at once, as the VPN files do."""
     from app.agents import ha_config
     from app.config import ConfigError, load_toml
-    from app.service.helper import load_profile
+    from app.service.profiles import load_profile
 
     for read in (lambda: load_toml(fifo), lambda: load_profile(fifo)):
         got = returns(read)
