@@ -37,6 +37,38 @@ def test_imports_skip_shibokens_source_reading(qapp: Any, tmp_path: Path,
         linecache.clearcache()
 
 
+LEAN_START = """
+import sys
+from ui import memory
+memory.lean_imports()
+import PySide6.QtWidgets
+with memory.plain_imports():
+    import qasync
+    from ui.tray import Tray
+maps = open("/proc/self/maps").read()
+print("libssl" in maps, "libcrypto" in maps, "ssl" in sys.modules, "_hashlib" in sys.modules)
+from dbus_fast.introspection import Node
+Node.parse("<node><interface name='a.b'><method name='M'/></interface></node>")
+import hashlib, ssl
+print(hashlib.sha256 is sys.modules["_hashlib"].openssl_sha256, ssl.OPENSSL_VERSION[:7])
+"""
+
+
+def test_tray_starts_without_openssl_and_leaves_ssl_and_hashlib_whole() -> None:
+    """The tray speaks no TLS: asyncio and dbus-fast are imported without OpenSSL
+    (libssl, libcrypto: 4.7 MB of the closed tray, benchmarks/README.md); whoever
+    imports ``ssl`` or ``hashlib`` afterwards (the keyring) gets the real ones."""
+    import subprocess
+
+    from tests.ui.procs import ROOT, base_env
+
+    r = subprocess.run([sys.executable, "-c", LEAN_START], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, check=False,
+                       env=base_env(QT_QPA_PLATFORM="offscreen"))
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+    assert r.stdout.split("\n")[:2] == ["False False False False", "True OpenSSL"]
+
+
 def test_rtt_series_keeps_the_newest_compactly() -> None:
     from ui.rtt import RttSeries
 
