@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
 from app.api import HistoryEntry, Policy, Snapshot, State
 from app.client_bus import BusType, MessageBus, shown
-from ui import presentation
+from ui import memory, presentation
 from ui.helper_client import AGENT_PATH, HelperCallError, HelperClient
 from ui.icons import icon
 from ui.nm_client import NetworkName
@@ -308,9 +308,10 @@ class Tray(QObject):
 
     def show_status(self) -> None:
         if self.status_window is None:
-            from ui.status_window import StatusWindow
+            with memory.plain_imports():  # its imports, and Qt's lazy ones while building
+                from ui.status_window import StatusWindow
 
-            self.status_window = StatusWindow(self)
+                self.status_window = StatusWindow(self)
         self.status_window.present()
         log.info("status window shown")
 
@@ -320,9 +321,10 @@ class Tray(QObject):
 
     def show_profiles(self) -> None:
         if self.profile_dialog is None:
-            from ui.profile_dialog import ProfileDialog
+            with memory.plain_imports():
+                from ui.profile_dialog import ProfileDialog
 
-            self.profile_dialog = ProfileDialog(self)
+                self.profile_dialog = ProfileDialog(self)
         self.profile_dialog.present()
 
     def close(self) -> None:

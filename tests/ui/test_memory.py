@@ -69,6 +69,36 @@ def test_tray_starts_without_openssl_and_leaves_ssl_and_hashlib_whole() -> None:
     assert r.stdout.split("\n")[:2] == ["False False False False", "True OpenSSL"]
 
 
+WINDOWS_READ = """
+import linecache
+from ui import memory
+import PySide6.QtCore
+with memory.plain_imports():  # as ui/main.py starts the tray
+    from PySide6.QtWidgets import QApplication
+    from ui.tray import Tray
+app = QApplication([])
+tray = Tray()
+tray.show_status()
+tray.show_profiles()
+print(sorted(k.rsplit("/", 1)[-1] for k in linecache.cache if "/ui/" in k))
+"""
+
+
+def test_windows_are_imported_and_built_without_shibokens_source_reading() -> None:
+    """The status window and the profile editor, imported when first opened, come in
+    through ``memory.plain_imports`` as the start-up modules do: their source (and that
+    of what they import) is not read into ``linecache`` for the session."""
+    import subprocess
+
+    from tests.ui.procs import ROOT, base_env
+
+    r = subprocess.run([sys.executable, "-c", WINDOWS_READ], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, check=False,
+                       env=base_env(QT_QPA_PLATFORM="offscreen"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
+
+
 def test_rtt_series_keeps_the_newest_compactly() -> None:
     from ui.rtt import RttSeries
 
