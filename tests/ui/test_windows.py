@@ -296,6 +296,32 @@ def test_status_window_builds_its_tables_when_their_tab_is_first_shown(
     assert handovers is not None and handovers.model().index(0, 2).data() == "42.0"
 
 
+def test_status_fields_selectable_once_the_pointer_is_over_them(tray: Any, qtbot: Any) -> None:
+    """Memory: a field gets its text-selection machinery (a QTextDocument each) when
+    the pointer first enters it, not when the window opens; then the mouse selects."""
+    from PySide6.QtCore import QPoint, QPointF, Qt
+    from PySide6.QtGui import QEnterEvent, QTextDocument
+    from PySide6.QtWidgets import QApplication
+
+    tray.show_status()
+    w = tray.status_window
+    field = w.fields["home"]
+    field.setText("10.20.1.10")
+    assert w.findChildren(QTextDocument) == []
+    select = Qt.TextInteractionFlag.TextSelectableByMouse
+    assert not any(f.textInteractionFlags() & select for f in w.fields.values())
+    before = field.grab().toImage()
+    at = QPointF(2, field.height() / 2)
+    QApplication.sendEvent(field, QEnterEvent(at, at, QPointF(field.mapToGlobal(at))))
+    assert field.textInteractionFlags() == select
+    assert field.grab().toImage() == before  # painted the same
+    y = field.height() // 2
+    qtbot.mousePress(field, Qt.MouseButton.LeftButton, pos=QPoint(1, y))
+    qtbot.mouseMove(field, QPoint(field.width() - 1, y))
+    qtbot.mouseRelease(field, Qt.MouseButton.LeftButton, pos=QPoint(field.width() - 1, y))
+    assert field.selectedText() == "10.20.1.10"
+
+
 def test_history_table_keeps_its_newest_rows() -> None:
     from PySide6.QtCore import Qt
 
