@@ -331,7 +331,14 @@ class StatusWindow(QWidget):
         self.raise_()
         self.activateWindow()
         if self.reloading is None or self.reloading.done():
-            self.reloading = asyncio.ensure_future(self.reload_history())
+            self.refresh_history()
+
+    def refresh_history(self) -> None:
+        """Fetch the helper's history again (the window opened, or the helper appeared:
+        a window opened at start, before the helper answered, would stay empty)."""
+        if self.reloading is not None:
+            self.reloading.cancel()
+        self.reloading = asyncio.ensure_future(self.reload_history())
 
     async def reload_history(self) -> None:
         helper = self.tray.helper

@@ -188,6 +188,8 @@ class Tray(QObject):
 
     def _helper_appeared(self) -> None:
         self.spawn(self._load_profiles())
+        if self.status_window is not None:
+            self.status_window.refresh_history()
 
     async def _load_profiles(self) -> None:
         if self.helper is None:

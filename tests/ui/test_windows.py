@@ -221,6 +221,25 @@ def test_never_vpn_refusal_shown_blocked_with_the_reason(double: Any, tray: Any,
                     and tray.coalescer.announced[2] == reason, timeout=4000)
 
 
+def test_status_window_opened_before_the_helper_answered_gets_the_history(
+        double: Any, qloop: Any, qapp: Any, qtbot: Any) -> None:
+    """``trustroam --status`` opens the window before the tray has reached the helper:
+    the history is fetched when the helper appears, not left empty."""
+    from ui.tray import Tray
+
+    run(qloop, double.call("Emit", "sa{ss}", ["link-up", {"iface": "eth0"}]))
+    t = Tray(ask_secrets=False)
+    try:
+        t.show_status()  # as ui/main.py does, before the loop runs Tray.start
+        w = t.status_window
+        run(qloop, t.start())
+        qtbot.waitUntil(lambda: w.model.rowCount() > 0)
+        assert w.model.index(0, 1).data() == "link-up"
+    finally:
+        t.close()
+        qapp.processEvents()
+
+
 def test_closing_the_status_window_frees_the_plot(double: Any, tray: Any, qloop: Any,
                                                   qtbot: Any) -> None:
     run(qloop, double.call("Emit", "sa{ss}", ["link-up", {"iface": "eth0"}]))
