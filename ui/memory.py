@@ -29,7 +29,7 @@ def lean_imports() -> None:
     - asyncio imports ``ssl`` (libssl, libcrypto: 4 MB resident): imported while ``ssl``
       is marked missing, its modules keep ``ssl = None``;
     - dbus-fast's introspection imports ``hashlib`` for SHA-256 cache keys, and
-      ``hashlib`` loads OpenSSL's libcrypto (3.4 MB resident, 4.7 MB with its module):
+      ``hashlib`` loads OpenSSL's libcrypto (the closed tray 3.5 MB larger):
       imported while ``_hashlib`` is marked missing, it gets Python's own SHA-256.
       That ``hashlib`` is then taken out of ``sys.modules``, so whoever imports it
       later (the keyring, on a secret request) gets the whole OpenSSL one.

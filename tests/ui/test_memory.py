@@ -56,7 +56,7 @@ print(hashlib.sha256 is sys.modules["_hashlib"].openssl_sha256, ssl.OPENSSL_VERS
 
 def test_tray_starts_without_openssl_and_leaves_ssl_and_hashlib_whole() -> None:
     """The tray speaks no TLS: asyncio and dbus-fast are imported without OpenSSL
-    (libssl, libcrypto: 4.7 MB of the closed tray, benchmarks/README.md); whoever
+    (libssl and libcrypto: 4.7 MB of the closed tray, benchmarks/README.md); whoever
     imports ``ssl`` or ``hashlib`` afterwards (the keyring) gets the real ones."""
     import subprocess
 
