@@ -88,24 +88,6 @@ def _service_class() -> type:
     return TrayService
 
 
-def _import_asyncio_without_ssl() -> None:
-    """asyncio imports ``ssl`` (OpenSSL: 4 MB resident) for TLS the tray never speaks.
-
-    Imported while ``ssl`` is marked missing, asyncio's modules keep ``ssl = None``
-    (as on a Python built without it); the mark is then taken away, so any later
-    ``import ssl`` elsewhere gets the real module.
-    """
-    if "asyncio" in sys.modules or "ssl" in sys.modules:
-        return  # already paid for (tests, or a plugin imported it)
-    sys.modules["ssl"] = None  # type: ignore[assignment]
-    try:
-        import asyncio.base_events
-        import asyncio.selector_events
-        import asyncio.sslproto  # noqa: F401
-    finally:
-        del sys.modules["ssl"]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -113,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C ends the tray at once; no Python-side timer is needed to notice it.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    _import_asyncio_without_ssl()
+    from ui import memory
+
+    memory.lean_imports()
     import asyncio
 
     import PySide6.QtCore  # noqa: F401 (installs shiboken's import hook, avoided below)
-
-    from ui import memory
 
     with memory.plain_imports():
         import qasync

@@ -98,11 +98,12 @@ def blocked_reason(snap: Snapshot) -> str:
     return ""
 
 
-def _probe(label: str, p: Probe) -> str:
+def probe_text(p: Probe) -> str:
+    """A probe's last result in words: "reachable, last RTT 2.0 ms", "no answer yet"."""
     if p.answered_at <= 0:
-        return f"{label}: no answer yet"
+        return "no answer yet"
     rtt = f"{p.rtt_ms:.1f} ms" if p.rtt_ms >= 0 else "?"
-    return f"{label}: {'reachable' if p.reachable else 'NOT reachable'}, last RTT {rtt}"
+    return f"{'reachable' if p.reachable else 'NOT reachable'}, last RTT {rtt}"
 
 
 def tooltip(snap: Snapshot | None, network: str) -> str:
@@ -122,9 +123,9 @@ def tooltip(snap: Snapshot | None, network: str) -> str:
     elif snap.care_of_address:
         lines.append(f"Care-of address: {shown(snap.care_of_address, 60)}")
     if snap.state is not State.OFFLINE or snap.home_agent_probe.answered_at > 0:
-        lines.append(_probe("Home agent", snap.home_agent_probe))
+        lines.append(f"Home agent: {probe_text(snap.home_agent_probe)}")
     if snap.mode is Mode.VPN or snap.vpn_probe.answered_at > 0 or snap.vpn_gateway:
-        lines.append(_probe(vpn_label(snap), snap.vpn_probe))
+        lines.append(f"{vpn_label(snap)}: {probe_text(snap.vpn_probe)}")
     if snap.binding_expires > 0:
         # An absolute time stays true without the tray waking up to count down
         # ("n min left" would go stale between two changes).

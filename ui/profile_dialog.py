@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -32,6 +31,7 @@ from app.api import SECRET_MN_HA_KEY
 from ui import profile_model as pm
 from ui.helper_client import HelperCallError
 from ui.secrets import KEY_LABELS, KNOWN_KEYS, KeyringUnavailable, off_loop, validate_secret
+from ui.tray_view import TrayView
 
 ERROR_STYLE = "border: 2px solid #c62828;"
 
@@ -42,7 +42,7 @@ def local_dir() -> Path:
 
 
 class ProfileDialog(QWidget):
-    def __init__(self, tray: Any) -> None:
+    def __init__(self, tray: TrayView) -> None:
         super().__init__()
         self.tray = tray
         self.setWindowTitle("TrustRoam profiles")
@@ -114,7 +114,7 @@ class ProfileDialog(QWidget):
         self.export_button = QPushButton("Export…")
         self.export_button.clicked.connect(self._export_dialog)
         self.save_button = QPushButton("Save")
-        self.save_button.clicked.connect(lambda: self.tray._spawn(self.save()))
+        self.save_button.clicked.connect(lambda: self.tray.spawn(self.save()))
         for b in (self.import_button, self.export_button, self.save_button):
             buttons.addWidget(b)
         right.addLayout(buttons)

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import (
@@ -40,6 +41,7 @@ from app.api import HistoryEntry, Mode, Snapshot, State
 from app.client_bus import finite, shown
 from ui import memory, presentation
 from ui.rtt_plot import RttPlot
+from ui.tray_view import TrayView
 
 HISTORY_FETCH = 1000
 HISTORY_ROWS = 5000  # rows the open window keeps (the oldest go first)
@@ -87,6 +89,9 @@ def path_note(snap: Snapshot | None) -> str:
 
 
 class PathDiagram(QWidget):
+    """The boxes and links of the path the traffic takes (``path_nodes``), green when
+    protected, red and dashed when not, with the reason under it (``path_note``)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.setObjectName("path-diagram")
@@ -130,6 +135,23 @@ class PathDiagram(QWidget):
                 p.setPen(QColor("#222"))
                 p.drawText(QRectF(x0, y - 24, gap, 20), Qt.AlignmentFlag.AlignCenter, links[i])
         p.end()
+
+
+class Field(QLabel):
+    """A field's value: plain text (bus text is never markup), selectable with the mouse.
+
+    Selection is switched on when the pointer first enters the field: a selectable
+    QLabel keeps a QTextDocument and its editing control from the start (the window's
+    eleven: 0.5 MB, benchmarks/README.md); it paints the text the same either way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTextFormat(Qt.TextFormat.PlainText)
+
+    def enterEvent(self, ev: Any) -> None:
+        if self.textInteractionFlags() != Qt.TextInteractionFlag.TextSelectableByMouse:
+            self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        super().enterEvent(ev)
 
 
 class HistoryModel(QAbstractTableModel):
@@ -179,6 +201,8 @@ class HistoryModel(QAbstractTableModel):
 
 
 class HistoryFilter(QSortFilterProxyModel):
+    """The history rows of one kind (or all) whose text contains the filter text."""
+
     def __init__(self) -> None:
         super().__init__()
         self.kind = ""
@@ -201,7 +225,13 @@ class HistoryFilter(QSortFilterProxyModel):
 
 
 class StatusWindow(QWidget):
-    def __init__(self, tray: Any) -> None:
+    """The status window: the helper's state field by field, the path diagram, and
+    three tabs (probe RTTs, history, handovers).  The History and Handovers pages are
+    built when their tab is first shown (their data is kept from the start): a window
+    opened on the plot does without the two tables and filters (1.5-2 MB, see
+    benchmarks/README.md).  Closed, the whole window is deleted."""
+
+    def __init__(self, tray: TrayView) -> None:
         super().__init__()
         self.tray = tray
         self.setWindowTitle("TrustRoam status")
@@ -215,56 +245,37 @@ class StatusWindow(QWidget):
                            ("tia", "Tunnel inner address"), ("ha", "Home agent"),
                            ("vpn", "VPN gateway"), ("binding", "Binding"),
                            ("handover", "Last handover"), ("policy", "Policy")):
-            lbl = QLabel()
-            lbl.setTextFormat(Qt.TextFormat.PlainText)  # bus text is never markup
+            lbl = Field()
             lbl.setObjectName(key)
-            lbl.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             form.addRow(label + ":", lbl)
             self.fields[key] = lbl
         lay.addLayout(form)
         self.diagram = PathDiagram()
         lay.addWidget(self.diagram)
 
+        # The tabs' data, kept whether or not their page has been built.
+        self.model = HistoryModel(HISTORY_ROWS)
+        self.proxy = HistoryFilter()
+        self.proxy.setSourceModel(self.model)
+        self.kinds: dict[str, None] = {}  # the kinds seen, in order (the filter's entries)
+        self.handovers = QStandardItemModel(0, 3)
+        self.handovers.setHorizontalHeaderLabels(["Time", "Mode", "Handover (ms)"])
+        self.kind_filter: QComboBox | None = None
+        self.text_filter: QLineEdit | None = None
+
         self.tabs = QTabWidget()
         lay.addWidget(self.tabs, 1)
         self.plot = RttPlot(tray.rtt)
         self.tabs.addTab(self.plot, "Probe RTT")
+        self._unbuilt: dict[QWidget, Callable[[QWidget], None]] = {}
+        for title, build in (("History", self._build_history),
+                             ("Handovers", self._build_handovers)):
+            page = QWidget()
+            page.setObjectName(f"{title.lower()}-page")
+            self._unbuilt[page] = build
+            self.tabs.addTab(page, title)
+        self.tabs.currentChanged.connect(self._build_page)
 
-        hist = QWidget()
-        hl = QVBoxLayout(hist)
-        bar = QHBoxLayout()
-        self.kind_filter = QComboBox()
-        self.kind_filter.setObjectName("kind-filter")
-        self.kind_filter.addItem("all kinds", "")
-        self.text_filter = QLineEdit()
-        self.text_filter.setObjectName("text-filter")
-        self.text_filter.setPlaceholderText("filter…")
-        bar.addWidget(self.kind_filter)
-        bar.addWidget(self.text_filter, 1)
-        hl.addLayout(bar)
-        self.model = HistoryModel(HISTORY_ROWS)
-        self.proxy = HistoryFilter()
-        self.proxy.setSourceModel(self.model)
-        self.table = QTableView()
-        self.table.setObjectName("history")
-        self.table.setModel(self.proxy)
-        self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
-        self.table.verticalHeader().hide()
-        hl.addWidget(self.table)
-        self.kind_filter.currentIndexChanged.connect(self._filter)
-        self.text_filter.textChanged.connect(self._filter)
-        self.tabs.addTab(hist, "History")
-
-        self.handovers = QStandardItemModel(0, 3)
-        self.handovers.setHorizontalHeaderLabels(["Time", "Mode", "Handover (ms)"])
-        ht = QTableView()
-        ht.setObjectName("handovers")
-        ht.setModel(self.handovers)
-        ht.verticalHeader().hide()
-        ht.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
-        self.tabs.addTab(ht, "Handovers")
-
-        self.kinds: set[str] = set()
         self.reloading: asyncio.Future[None] | None = None
         self.countdown = QTimer(self)  # runs only while the window is shown
         self.countdown.setInterval(1000)
@@ -275,6 +286,44 @@ class StatusWindow(QWidget):
         self.replot.timeout.connect(self._plot)
         self.update_snapshot(tray.snapshot)
 
+    def _build_page(self, index: int) -> None:
+        page = self.tabs.widget(index)
+        build = self._unbuilt.pop(page, None) if page is not None else None
+        if page is not None and build is not None:
+            build(page)
+
+    def _build_history(self, page: QWidget) -> None:
+        hl = QVBoxLayout(page)
+        bar = QHBoxLayout()
+        self.kind_filter = QComboBox()
+        self.kind_filter.setObjectName("kind-filter")
+        self.kind_filter.addItem("all kinds", "")
+        for kind in self.kinds:
+            self.kind_filter.addItem(kind, kind)
+        self.text_filter = QLineEdit()
+        self.text_filter.setObjectName("text-filter")
+        self.text_filter.setPlaceholderText("filter…")
+        bar.addWidget(self.kind_filter)
+        bar.addWidget(self.text_filter, 1)
+        hl.addLayout(bar)
+        table = QTableView()
+        table.setObjectName("history")
+        table.setModel(self.proxy)
+        table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        table.verticalHeader().hide()
+        hl.addWidget(table)
+        self.kind_filter.currentIndexChanged.connect(self._filter)
+        self.text_filter.textChanged.connect(self._filter)
+
+    def _build_handovers(self, page: QWidget) -> None:
+        hl = QVBoxLayout(page)
+        ht = QTableView()
+        ht.setObjectName("handovers")
+        ht.setModel(self.handovers)
+        ht.verticalHeader().hide()
+        ht.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        hl.addWidget(ht)
+
     # -- content --------------------------------------------------------------------------
 
     def present(self) -> None:
@@ -282,7 +331,14 @@ class StatusWindow(QWidget):
         self.raise_()
         self.activateWindow()
         if self.reloading is None or self.reloading.done():
-            self.reloading = asyncio.ensure_future(self.reload_history())
+            self.refresh_history()
+
+    def refresh_history(self) -> None:
+        """Fetch the helper's history again (the window opened, or the helper appeared:
+        a window opened at start, before the helper answered, would stay empty)."""
+        if self.reloading is not None:
+            self.reloading.cancel()
+        self.reloading = asyncio.ensure_future(self.reload_history())
 
     async def reload_history(self) -> None:
         helper = self.tray.helper
@@ -305,8 +361,9 @@ class StatusWindow(QWidget):
         details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()) if k != "time")
         self.model.append((when, sys.intern(e.kind), details))
         if e.kind not in self.kinds:
-            self.kinds.add(e.kind)
-            self.kind_filter.addItem(e.kind, e.kind)
+            self.kinds[e.kind] = None
+            if self.kind_filter is not None:
+                self.kind_filter.addItem(e.kind, e.kind)
         if e.kind == "handover":
             self.handovers.appendRow([QStandardItem(when),
                                       QStandardItem(e.details.get("mode", "")),
@@ -322,6 +379,7 @@ class StatusWindow(QWidget):
                 self._plot_later()
 
     def _filter(self) -> None:
+        assert self.kind_filter is not None and self.text_filter is not None  # built
         self.proxy.set_filter(self.kind_filter.currentData() or "", self.text_filter.text())
 
     def _plot_later(self) -> None:
@@ -344,8 +402,8 @@ class StatusWindow(QWidget):
             f["home"].setText(shown(snap.home_address, 60) or "—")
             f["coa"].setText(shown(snap.care_of_address, 60) or "—")
             f["tia"].setText(shown(snap.tunnel_inner_address, 60) or "—")
-            f["ha"].setText(presentation._probe("", snap.home_agent_probe).lstrip(": "))
-            vpn = presentation._probe("", snap.vpn_probe).lstrip(": ")
+            f["ha"].setText(presentation.probe_text(snap.home_agent_probe))
+            vpn = presentation.probe_text(snap.vpn_probe)
             f["vpn"].setText(f"{shown(snap.vpn_gateway, 80)}: {vpn}" if snap.vpn_gateway
                              else vpn)
             f["handover"].setText(f"{snap.last_handover_ms:.0f} ms"

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer
 from PySide6.QtGui import QAction, QActionGroup
@@ -20,12 +20,16 @@ from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
 from app.api import HistoryEntry, Policy, Snapshot, State
 from app.client_bus import BusType, MessageBus, shown
-from ui import presentation
+from ui import memory, presentation
 from ui.helper_client import AGENT_PATH, HelperCallError, HelperClient
 from ui.icons import icon
 from ui.nm_client import NetworkName
 from ui.rtt import RttSeries
 from ui.secrets import SecretAgent, SecretStore
+
+if TYPE_CHECKING:  # imported when first opened (memory: see ui/status_window.py)
+    from ui.profile_dialog import ProfileDialog
+    from ui.status_window import StatusWindow
 
 log = logging.getLogger("trustroam.tray")
 POLICY_WORDS = presentation.POLICY_WORDS
@@ -37,6 +41,10 @@ def connect_label(profile: str) -> str:
 
 
 class Tray(QObject):
+    """The tray icon and its menu, following the helper (and NetworkManager for the
+    network's name) over the system bus; it opens the status window and the profile
+    editor on demand and answers the helper's secret requests from the keyring."""
+
     def __init__(self, *, ask_secrets: bool = True) -> None:
         super().__init__()
         self.snapshot: Snapshot | None = None
@@ -50,8 +58,8 @@ class Tray(QObject):
         self.ask_secrets = ask_secrets
         self.coalescer = presentation.Coalescer()
         self.last_problem = ""
-        self.status_window: Any = None
-        self.profile_dialog: Any = None
+        self.status_window: StatusWindow | None = None
+        self.profile_dialog: ProfileDialog | None = None
         self.history: deque[HistoryEntry] = deque(maxlen=2000)
         self.rtt = {"ha": RttSeries(RTT_SAMPLES), "vpn": RttSeries(RTT_SAMPLES)}
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -76,7 +84,7 @@ class Tray(QObject):
         self.header.setEnabled(False)
         m.addSeparator()
         self.disconnect_action = m.addAction("Disconnect")
-        self.disconnect_action.triggered.connect(lambda: self._spawn(self._disconnect()))
+        self.disconnect_action.triggered.connect(lambda: self.spawn(self._disconnect()))
         self.profiles_menu_anchor = m.addSeparator()
         self.profile_actions: list[QAction] = []
         self.policy_group = QActionGroup(self)
@@ -87,11 +95,11 @@ class Tray(QObject):
             a.setCheckable(True)
             a.setData(p.value)
             self.policy_group.addAction(a)
-            a.triggered.connect(lambda _c=False, p=p: self._spawn(self._set_policy(p)))
+            a.triggered.connect(lambda _c=False, p=p: self.spawn(self._set_policy(p)))
             self.policy_actions[p] = a
         m.addSeparator()
         self.reprobe_action = m.addAction("Check network again")
-        self.reprobe_action.triggered.connect(lambda: self._spawn(self._reprobe()))
+        self.reprobe_action.triggered.connect(lambda: self.spawn(self._reprobe()))
         self.status_action = m.addAction("Status…")
         self.status_action.triggered.connect(self.show_status)
         self.editor_action = m.addAction("Profiles…")
@@ -114,7 +122,7 @@ class Tray(QObject):
             a.setCheckable(True)
             a.setChecked(name == current and self.snapshot is not None
                          and self.snapshot.state is not State.OFFLINE)
-            a.triggered.connect(lambda _c=False, n=name: self._spawn(self._connect(n)))
+            a.triggered.connect(lambda _c=False, n=name: self.spawn(self._connect(n)))
             self.menu.insertAction(anchor, a)
             self.profile_actions.append(a)
         if not self.profiles:
@@ -179,7 +187,9 @@ class Tray(QObject):
         return await ask(profile, keys, why)
 
     def _helper_appeared(self) -> None:
-        self._spawn(self._load_profiles())
+        self.spawn(self._load_profiles())
+        if self.status_window is not None:
+            self.status_window.refresh_history()
 
     async def _load_profiles(self) -> None:
         if self.helper is None:
@@ -215,7 +225,7 @@ class Tray(QObject):
     def _on_event(self, entry: HistoryEntry) -> None:
         self.history.append(entry)
         if entry.kind == "profile-saved":
-            self._spawn(self._load_profiles())
+            self.spawn(self._load_profiles())
         if self.status_window is not None:
             self.status_window.add_event(entry)
 
@@ -260,7 +270,8 @@ class Tray(QObject):
 
     # -- actions -------------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` on the loop, keeping a reference until it is done."""
         t = asyncio.ensure_future(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
@@ -299,21 +310,23 @@ class Tray(QObject):
 
     def show_status(self) -> None:
         if self.status_window is None:
-            from ui.status_window import StatusWindow
+            with memory.plain_imports():  # its imports, and Qt's lazy ones while building
+                from ui.status_window import StatusWindow
 
-            self.status_window = StatusWindow(self)
+                self.status_window = StatusWindow(self)
         self.status_window.present()
         log.info("status window shown")
 
-    def status_window_closed(self, window: Any) -> None:
+    def status_window_closed(self, window: object) -> None:
         if self.status_window is window:
             self.status_window = None
 
     def show_profiles(self) -> None:
         if self.profile_dialog is None:
-            from ui.profile_dialog import ProfileDialog
+            with memory.plain_imports():
+                from ui.profile_dialog import ProfileDialog
 
-            self.profile_dialog = ProfileDialog(self)
+                self.profile_dialog = ProfileDialog(self)
         self.profile_dialog.present()
 
     def close(self) -> None:

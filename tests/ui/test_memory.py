@@ -37,6 +37,68 @@ def test_imports_skip_shibokens_source_reading(qapp: Any, tmp_path: Path,
         linecache.clearcache()
 
 
+LEAN_START = """
+import sys
+from ui import memory
+memory.lean_imports()
+import PySide6.QtWidgets
+with memory.plain_imports():
+    import qasync
+    from ui.tray import Tray
+maps = open("/proc/self/maps").read()
+print("libssl" in maps, "libcrypto" in maps, "ssl" in sys.modules, "_hashlib" in sys.modules)
+from dbus_fast.introspection import Node
+Node.parse("<node><interface name='a.b'><method name='M'/></interface></node>")
+import hashlib, ssl
+print(hashlib.sha256 is sys.modules["_hashlib"].openssl_sha256, ssl.OPENSSL_VERSION[:7])
+"""
+
+
+def test_tray_starts_without_openssl_and_leaves_ssl_and_hashlib_whole() -> None:
+    """The tray speaks no TLS: asyncio and dbus-fast are imported without OpenSSL
+    (libssl and libcrypto: 4.7 MB of the closed tray, benchmarks/README.md); whoever
+    imports ``ssl`` or ``hashlib`` afterwards (the keyring) gets the real ones."""
+    import subprocess
+
+    from tests.ui.procs import ROOT, base_env
+
+    r = subprocess.run([sys.executable, "-c", LEAN_START], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, check=False,
+                       env=base_env(QT_QPA_PLATFORM="offscreen"))
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+    assert r.stdout.split("\n")[:2] == ["False False False False", "True OpenSSL"]
+
+
+WINDOWS_READ = """
+import linecache
+from ui import memory
+import PySide6.QtCore
+with memory.plain_imports():  # as ui/main.py starts the tray
+    from PySide6.QtWidgets import QApplication
+    from ui.tray import Tray
+app = QApplication([])
+tray = Tray()
+tray.show_status()
+tray.show_profiles()
+print(sorted(k.rsplit("/", 1)[-1] for k in linecache.cache if "/ui/" in k))
+"""
+
+
+def test_windows_are_imported_and_built_without_shibokens_source_reading() -> None:
+    """The status window and the profile editor, imported when first opened, come in
+    through ``memory.plain_imports`` as the start-up modules do: their source (and that
+    of what they import) is not read into ``linecache`` for the session."""
+    import subprocess
+
+    from tests.ui.procs import ROOT, base_env
+
+    r = subprocess.run([sys.executable, "-c", WINDOWS_READ], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, check=False,
+                       env=base_env(QT_QPA_PLATFORM="offscreen"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
+
+
 def test_rtt_series_keeps_the_newest_compactly() -> None:
     from ui.rtt import RttSeries
 

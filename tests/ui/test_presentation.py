@@ -65,6 +65,13 @@ def test_never_vpn_on_an_untrusted_network_is_blocked_with_the_reason() -> None:
     assert p.headline(Snapshot(state=State.UNTRUSTED)) == "Untrusted network, NOT protected"
 
 
+def test_probe_in_words_without_a_label() -> None:
+    """The status window's Home agent / VPN gateway fields (the tooltip adds the name)."""
+    assert p.probe_text(Probe()) == "no answer yet"
+    assert p.probe_text(Probe(True, 2.04, 100.0)) == "reachable, last RTT 2.0 ms"
+    assert p.probe_text(Probe(False, -1.0, 100.0)) == "NOT reachable, last RTT ?"
+
+
 def test_errors_in_words() -> None:
     assert p.friendly_error("denied by home agent: mobile node failed authentication (131)") \
         == "The home agent refused the key (131): check the profile's key"

@@ -149,6 +149,8 @@ def test_editor_import_export_without_secrets(double: Any, editor: Any, tmp_path
 
 def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
                                                          qloop: Any, qtbot: Any) -> None:
+    from PySide6.QtWidgets import QWidget
+
     from ui.status_window import path_nodes
 
     now = time.time()
@@ -184,7 +186,9 @@ def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
     assert kinds[:2] == ["link-up", "handover"]
     run(qloop, double.call("Emit", "sa{ss}", ["error", {"reason": "fa-timeout"}]))
     qtbot.waitUntil(lambda: w.model.rowCount() == len(kinds) + 1)
-    # Filtering by kind and by text.
+    # Filtering by kind and by text (the History tab's page is built when first shown).
+    w.tabs.setCurrentIndex(w.tabs.indexOf(w.findChild(QWidget, "history-page")))
+    assert w.kind_filter is not None and w.text_filter is not None
     w.kind_filter.setCurrentIndex(w.kind_filter.findData("handover"))
     assert w.proxy.rowCount() == 1
     w.kind_filter.setCurrentIndex(0)
@@ -215,6 +219,25 @@ def test_never_vpn_refusal_shown_blocked_with_the_reason(double: Any, tray: Any,
     assert not w.diagram.grab().isNull()  # the note under the boxes paints
     qtbot.waitUntil(lambda: tray.coalescer.announced is not None
                     and tray.coalescer.announced[2] == reason, timeout=4000)
+
+
+def test_status_window_opened_before_the_helper_answered_gets_the_history(
+        double: Any, qloop: Any, qapp: Any, qtbot: Any) -> None:
+    """``trustroam --status`` opens the window before the tray has reached the helper:
+    the history is fetched when the helper appears, not left empty."""
+    from ui.tray import Tray
+
+    run(qloop, double.call("Emit", "sa{ss}", ["link-up", {"iface": "eth0"}]))
+    t = Tray(ask_secrets=False)
+    try:
+        t.show_status()  # as ui/main.py does, before the loop runs Tray.start
+        w = t.status_window
+        run(qloop, t.start())
+        qtbot.waitUntil(lambda: w.model.rowCount() > 0)
+        assert w.model.index(0, 1).data() == "link-up"
+    finally:
+        t.close()
+        qapp.processEvents()
 
 
 def test_closing_the_status_window_frees_the_plot(double: Any, tray: Any, qloop: Any,
@@ -260,6 +283,62 @@ def test_status_window_needs_no_plotting_library() -> None:
                        capture_output=True, text=True, timeout=60, check=False,
                        env=base_env(QT_QPA_PLATFORM="offscreen"))
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr[-2000:])
+
+
+def test_status_window_builds_its_tables_when_their_tab_is_first_shown(
+        double: Any, tray: Any, qloop: Any, qtbot: Any) -> None:
+    """Memory (issue 18: the window open within 70 MB): opened on the plot, the window
+    has no table nor filter yet; their data is kept from the start, so the History
+    tab, when shown, lists every row and offers every kind seen before it was built."""
+    from PySide6.QtWidgets import QComboBox, QLineEdit, QTableView
+
+    run(qloop, double.call("Emit", "sa{ss}", ["link-up", {"iface": "eth0"}]))
+    run(qloop, double.call("Emit", "sa{ss}", ["handover", {"mode": "c", "ms": "42.0"}]))
+    tray.show_status()
+    w = tray.status_window
+    run(qloop, w.reloading)
+    w.grab()  # painted, as on the screen
+    assert w.tabs.currentIndex() == 0
+    assert w.findChildren(QTableView) == [] and w.findChildren(QComboBox) == []
+    assert w.findChildren(QLineEdit) == []
+    rows = w.model.rowCount()
+    assert rows >= 2 and w.handovers.rowCount() == 1
+    w.tabs.setCurrentIndex(1)
+    history = w.findChild(QTableView, "history")
+    assert history is not None and history.model().rowCount() == rows
+    kinds = [w.kind_filter.itemData(i) for i in range(w.kind_filter.count())]
+    assert kinds[0] == "" and {"link-up", "handover"} <= set(kinds[1:])
+    run(qloop, double.call("Emit", "sa{ss}", ["error", {"reason": "fa-timeout"}]))
+    qtbot.waitUntil(lambda: w.kind_filter.findData("error") > 0)  # live, once built
+    w.tabs.setCurrentIndex(2)
+    handovers = w.findChild(QTableView, "handovers")
+    assert handovers is not None and handovers.model().index(0, 2).data() == "42.0"
+
+
+def test_status_fields_selectable_once_the_pointer_is_over_them(tray: Any, qtbot: Any) -> None:
+    """Memory: a field gets its text-selection machinery (a QTextDocument each) when
+    the pointer first enters it, not when the window opens; then the mouse selects."""
+    from PySide6.QtCore import QPoint, QPointF, Qt
+    from PySide6.QtGui import QEnterEvent, QTextDocument
+    from PySide6.QtWidgets import QApplication
+
+    tray.show_status()
+    w = tray.status_window
+    field = w.fields["home"]
+    field.setText("10.20.1.10")
+    assert w.findChildren(QTextDocument) == []
+    select = Qt.TextInteractionFlag.TextSelectableByMouse
+    assert not any(f.textInteractionFlags() & select for f in w.fields.values())
+    before = field.grab().toImage()
+    at = QPointF(2, field.height() / 2)
+    QApplication.sendEvent(field, QEnterEvent(at, at, QPointF(field.mapToGlobal(at))))
+    assert field.textInteractionFlags() == select
+    assert field.grab().toImage() == before  # painted the same
+    y = field.height() // 2
+    qtbot.mousePress(field, Qt.MouseButton.LeftButton, pos=QPoint(1, y))
+    qtbot.mouseMove(field, QPoint(field.width() - 1, y))
+    qtbot.mouseRelease(field, Qt.MouseButton.LeftButton, pos=QPoint(field.width() - 1, y))
+    assert field.selectedText() == "10.20.1.10"
 
 
 def test_history_table_keeps_its_newest_rows() -> None:
