@@ -45,13 +45,41 @@ Like the registration client, it takes events with a time and returns actions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from app.api import Mode, Policy, State
+from app.mn.mode_events import (
+    Action,
+    AgentAdvert,
+    ClaimHome,
+    ConfigureDataPlane,
+    DropTia,
+    Event,
+    Gate,
+    LinkDown,
+    LinkLost,
+    LinkUp,
+    Note,
+    PolicySet,
+    PrepareLink,
+    Resumed,
+    Send,
+    Shutdown,
+    Solicit,
+    StartVpn,
+    Status,
+    StopVpn,
+    UseTia,
+    VpnLost,
+    VpnMoved,
+    VpnReady,
+    VpnRekeyed,
+    VpnServiceBack,
+    VpnServiceLost,
+)
 from app.mn.registration import (
     BindingLost,
-    Datagram,
     Denied,
     Deregistered,
     Registered,
@@ -60,15 +88,65 @@ from app.mn.registration import (
 )
 from app.net.gate_rules import ProvenPath
 
+# The machine, and its vocabulary (app.mn.mode_events) re-exported: callers say ``am.LinkUp``.
+__all__ = [
+    "BINDING_RAN_OUT",
+    "DEFAULT_KEEPALIVE",
+    "MOBIKE_WAIT",
+    "NEVER_VPN_REASON",
+    "OUTCOME_LEAVES_TO",
+    "VPN_RETRY_MAX",
+    "VPN_RETRY_MIN",
+    "AccessModeMachine",
+    "Action",
+    "AgentAdvert",
+    "ClaimHome",
+    "ConfigureDataPlane",
+    "DropTia",
+    "Event",
+    "Gate",
+    "LinkDown",
+    "LinkLost",
+    "LinkUp",
+    "Note",
+    "PolicySet",
+    "PrepareLink",
+    "Resumed",
+    "Send",
+    "Shutdown",
+    "Solicit",
+    "StartVpn",
+    "Status",
+    "StopVpn",
+    "UseTia",
+    "VpnLost",
+    "VpnMoved",
+    "VpnReady",
+    "VpnRekeyed",
+    "VpnServiceBack",
+    "VpnServiceLost",
+]
+
 VPN_RETRY_MIN = 2.0
 VPN_RETRY_MAX = 30.0
 """Seconds before bringing a failed VPN up again, doubling between the two."""
+DEFAULT_KEEPALIVE = 110
+"""RFC 3519 4.9's K when the home agent's reply names none."""
 MOBIKE_WAIT = 1.0
 """With an IKE SA kept from an earlier link, how long to wait for MOBIKE to move
 it before registering through it anyway."""
 NEVER_VPN_REASON = "untrusted network: the policy is never-vpn, so nothing leaves"
 BINDING_RAN_OUT = ("the home agent stopped answering: the binding ran out with no renewal "
                    "accepted")
+
+OUTCOME_LEAVES_TO = {
+    Deregistered: State.OFFLINE,   # no binding left: shutting down
+    Denied: State.ERROR,           # RFC 5944 3.6.2.3: refused; the error says why
+    BindingLost: State.UNTRUSTED,  # RFC 5944 3.6.2.2: the lifetime ran out unrenewed
+}
+"""Where a registration's outcome leaves the path, when it ends it (an h11-style
+table: the next phase, with mode none and the gate shut, ``_leave``)."""
+
 
 def _discarded_hint(n: int) -> str:
     if n == 0:
@@ -78,200 +156,11 @@ def _discarded_hint(n: int) -> str:
             "forged, or this profile's key is not the home agent's")
 
 
-# -- events -------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class LinkUp:
-    """An interface has an address (from DHCP, or NetworkManager's IP4Config)."""
-
-    iface: str
-    address: IPv4Interface
-    gateway: IPv4Address | None
-
-
-@dataclass(frozen=True, slots=True)
-class LinkDown:
-    """The link stayed lost for the flap hold: it is gone."""
-
-    iface: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkLost:
-    """Carrier or address gone this instant (it may come back: a flap)."""
-
-    iface: str
-
-
-@dataclass(frozen=True, slots=True)
-class AgentAdvert:
-    """A foreign agent advertised on ``iface`` (already decoded and checked)."""
-
-    iface: str
-    care_of_address: IPv4Address
-    registration_lifetime: int
-    agent: IPv4Address | None = None
-    """The advertisement's IP source: where registrations go (RFC 5944 3.6.1.1);
-    None means the care-of address."""
-    busy: bool = False
-    """The B bit: the agent takes no new registrations now (RFC 5944 2.1.1)."""
-
-    @property
-    def address(self) -> IPv4Address:
-        return self.agent or self.care_of_address
-
-
-@dataclass(frozen=True, slots=True)
-class Resumed:
-    """The machine woke from suspend: whatever binding exists may be stale."""
-
-
-@dataclass(frozen=True, slots=True)
-class Shutdown:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class VpnReady:
-    """The VPN's CHILD SA is up: traffic to the intranet can flow from ``tia``."""
-
-    tia: IPv4Address
-    gateway: str
-
-
-@dataclass(frozen=True, slots=True)
-class VpnMoved:
-    """MOBIKE moved the IKE SA to ``local`` (the TIA stays)."""
-
-    local: IPv4Address | None
-
-
-@dataclass(frozen=True, slots=True)
-class VpnLost:
-    """The VPN went down (the SA was deleted, DPD gave up, the gateway refused)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class VpnServiceLost:
-    """charon cannot be talked to: the sentence says where it was looked for."""
-
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class VpnServiceBack:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class PolicySet:
-    policy: Policy
-
-
-Event = (LinkUp | LinkDown | LinkLost | AgentAdvert | Resumed | Shutdown | VpnReady | VpnMoved
-         | VpnLost | VpnServiceLost | VpnServiceBack | PolicySet)
-
-
-# -- actions ------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Gate:
-    """Open exactly ``path`` to normal traffic; None: undecided, nothing normal leaves.
-
-    Registration, DHCP and solicitation always pass (``app.net.gate_rules``).
-    """
-
-    path: ProvenPath | None
-    home_probe: str | None = None
-    """The home link, proven by the home agent's answer and being claimed: ARP for
-    the home address is answered there and the deregistration may leave from it
-    (RFC 5944 4.6: before the request when returning home)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimHome:
-    """The link answered as the home link: put the home address on ``iface`` and send
-    the gratuitous ARP for it now, before the deregistration that follows (RFC 5944
-    4.6 when returning home).  Never before the home agent's authenticated answer."""
-
-    iface: str
-
-
-@dataclass(frozen=True, slots=True)
-class PrepareLink:
-    """Bind the registration and ICMP sockets to this link and route its own traffic."""
-
-    iface: str
-    address: IPv4Interface
-    gateway: IPv4Address | None
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """A registration message to send: bound to the physical interface (the direct
-    probe, never the VPN), or from the TIA through the VPN (``through_vpn``)."""
-
-    iface: str
-    datagram: Datagram
-    through_vpn: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StartVpn:
-    """Bring the VPN up from this link (an IKE SA that exists moves by MOBIKE)."""
-
-    iface: str
-
-
-@dataclass(frozen=True, slots=True)
-class StopVpn:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Solicit:
-    iface: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigureDataPlane:
-    mode: Mode
-    iface: str | None
-    care_of_address: IPv4Address | None
-    """In mode mc, the TIA: the tunnel's outer source, through the VPN."""
-    udp_tunnel: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    phase: State
-    mode: Mode
-    iface: str | None
-    care_of_address: IPv4Address | None
-    error: str | None
-    handover_ms: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """Something for the event history that changes neither phase nor mode."""
-
-    kind: str
-    text: str
-
-
-Action = (Gate | PrepareLink | ClaimHome | Send | Solicit | ConfigureDataPlane | Status | Note
-          | StartVpn | StopVpn)
-
-
 @dataclass
 class _Link:
     iface: str
     address: IPv4Interface
     gateway: IPv4Address | None
-    since: float
     fa: AgentAdvert | None = None
     fa_failed: bool = False
     """The FA on this link refused or did not answer: stay in mode c here."""
@@ -294,6 +183,8 @@ class _Vpn:
     tia: IPv4Address | None = None
     """Set while the CHILD SA is up."""
     gateway: str = ""
+    ike_id: int | None = None
+    """The IKE SA in use (its rekeyed id after a rekey); None: not known."""
     retry_at: float | None = None
     retry_delay: float = VPN_RETRY_MIN
     service_ok: bool = True
@@ -309,6 +200,19 @@ class _Vpn:
 
 @dataclass
 class AccessModeMachine:
+    """RFC 5266's access modes for one profile, sans-I/O (see the module docstring).
+
+    Events in (:meth:`handle`, :meth:`receive`, :meth:`handle_timer`,
+    :meth:`reregister`) with a monotonic ``now``; each returns the actions to
+    execute in order (the gate's safety is that order).  :meth:`get_timer` says
+    when to call :meth:`handle_timer` next.  Transitions: :meth:`handle` dispatches
+    on the event's type to one ``_on_*`` handler; the registrations' outcomes go to
+    ``_on_registered``, ``_on_deregistered``, ``_on_timed_out``, ``_on_denied`` and
+    ``_on_binding_lost`` (the VPN's to ``_on_vpn_*``), each branching on (phase,
+    mode, via FA) with its RFC case; ``OUTCOME_LEAVES_TO`` is where an outcome that
+    ends the path leaves it.
+    """
+
     home_network: IPv4Network
     client: RegistrationClient
     use_foreign_agents: bool = True
@@ -319,23 +223,31 @@ class AccessModeMachine:
     keep_alive_inside: bool = False
     """RFC 5266 3.4.2's MAY: keep the IKE SA on trusted networks where the gateway
     answers, so the next untrusted network needs only MOBIKE."""
-    phase: State = State.OFFLINE
-    mode: Mode = Mode.NONE
-    error: str | None = None
-    last_handover_ms: float | None = None
-    _link: _Link | None = None
-    _via_fa: bool = False
-    open_path: ProvenPath | None = None
+    # -- state: the machine's own, never given --------------------------------------
+    phase: State = field(init=False, default=State.OFFLINE)
+    mode: Mode = field(init=False, default=Mode.NONE)
+    error: str | None = field(init=False, default=None)
+    last_handover_ms: float | None = field(init=False, default=None)
+    _handover_from: float | None = field(init=False, default=None)
+    """When the handover under way began (link-up, re-probe, policy change)."""
+    _handover_via_fa: float | None = field(init=False, default=None)
+    """Mode c reached on an FA link while the registration through it is out: its
+    time is the handover's if the FA fails us."""
+    _reached: bool = field(init=False, default=False)
+    """A trusted (or mc) Status went out since the last handover ended."""
+    _link: _Link | None = field(init=False, default=None)
+    _via_fa: bool = field(init=False, default=False)
+    open_path: ProvenPath | None = field(init=False, default=None)
     """What the last Gate action opened (None: shut)."""
-    home_probe: str | None = None
+    home_probe: str | None = field(init=False, default=None)
     """The interface the last Gate action let answer ARP for the home address."""
-    home_claimed: str | None = None
+    home_claimed: str | None = field(init=False, default=None)
     """Where a ClaimHome put the home address that no mode h has taken over yet."""
-    configured: Mode = Mode.NONE
+    configured: Mode = field(init=False, default=Mode.NONE)
     """What the last ConfigureDataPlane action set up."""
-    configured_tia: IPv4Address | None = None
-    vpn: _Vpn = field(default_factory=_Vpn)
-    _actions: list[Action] = field(default_factory=list)
+    configured_tia: IPv4Address | None = field(init=False, default=None)
+    vpn: _Vpn = field(init=False, default_factory=_Vpn)
+    _actions: list[Action] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         if self.vpn_client is not None and self.vpn_client.replay is not self.client.replay:
@@ -345,53 +257,47 @@ class AccessModeMachine:
     # -- events in -------------------------------------------------------------
 
     def handle(self, event: Event, now: float) -> list[Action]:
-        if isinstance(event, LinkUp):
-            self._link_up(event, now)
-        elif isinstance(event, LinkLost):
-            link = self._link
-            if link is not None and event.iface == link.iface and not link.lost:
-                link.lost = True
-                if link.claimed:  # its deregistration from the home address ends here
-                    self.client.cancel()
-                if self.mode is not Mode.VPN:  # mc carries only ESP: it waits for MOBIKE
-                    self._shut()  # at once: the cable may be in another network already
-                    self._withdraw_home()
-                    if self.phase is not State.OFFLINE:
-                        self._enter(State.PROBING, Mode.NONE, None)
-                elif link.claimed:
-                    self._unclaim_home(link)
-        elif isinstance(event, LinkDown):
-            if self._link is not None and event.iface == self._link.iface:
-                if self._link.claimed:
-                    self.client.cancel()  # no deregistration from the home address elsewhere
-                self._link = None
-                self.vpn.register_at = None
-                self._leave(State.OFFLINE, None)
-        elif isinstance(event, AgentAdvert):
-            self._advert(event, now)
-        elif isinstance(event, Resumed):
-            self._reprobe(now)
-        elif isinstance(event, Shutdown):
-            t = self.vpn_client
-            if t is not None and t.binding is not None and self.vpn.up:
-                t.deregister(now, at_home=False)  # from the TIA, through the VPN
-            elif self.client.binding is not None:
-                self.client.deregister(now, at_home=self.mode is Mode.HOME)
-            # else nothing of ours can be withdrawn from here: never from the home
-            # address on a link that did not prove trusted.
-        elif isinstance(event, PolicySet):
-            self._policy(event.policy, now)
-        else:
-            self._vpn_event(event, now)
+        """One event in at ``now`` (monotonic seconds); the actions to execute, in order."""
+        match event:
+            case LinkUp():
+                self._handover_starts(now)
+                self._link_up(event, now)
+            case LinkLost():
+                self._on_link_lost(event)
+            case LinkDown():
+                self._on_link_down(event)
+            case AgentAdvert():
+                self._advert(event, now)
+            case Resumed():
+                self._handover_starts(now)
+                self._reprobe(now)
+            case Shutdown():
+                self._on_shutdown(now)
+            case PolicySet():
+                self._handover_starts(now)  # a policy's handover counts from now
+                self._policy(event.policy, now)
+            case VpnReady():
+                self._on_vpn_ready(event, now)
+            case VpnMoved():
+                self._on_vpn_moved(now)
+            case VpnRekeyed():
+                self._on_vpn_rekeyed(event)
+            case VpnLost():
+                self._on_vpn_lost(event, now)
+            case VpnServiceLost():
+                self._on_vpn_service_lost(event)
+            case VpnServiceBack():
+                self._on_vpn_service_back()
         self._drain(now)
-        return self._take()
+        return self._take(now)
 
     def receive(self, data: bytes, now: float) -> list[Action]:
+        """A datagram from the home agent or an FA (each client takes its own)."""
         self.client.receive(data, now)
         if self.vpn_client is not None:
             self.vpn_client.receive(data, now)
         self._drain(now)
-        return self._take()
+        return self._take(now)
 
     def reregister(self, now: float) -> list[Action]:
         """Register the current binding again now (RFC 3519 4.10: the NAT mapping may
@@ -400,9 +306,10 @@ class AccessModeMachine:
             self._actions.append(Note("nat-rebind", "keepalives went unanswered: "
                                                     "registering again"))
         self._drain(now)
-        return self._take()
+        return self._take(now)
 
     def handle_timer(self, now: float) -> list[Action]:
+        """The time from :meth:`get_timer` came: retransmissions, renewals, VPN retries."""
         self.client.handle_timer(now)
         if self.vpn_client is not None:
             self.vpn_client.handle_timer(now)
@@ -414,9 +321,10 @@ class AccessModeMachine:
             v.register_at = None
             self._register_through_vpn(now)
         self._drain(now)
-        return self._take()
+        return self._take(now)
 
     def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` is due next (monotonic seconds); None: never."""
         times = [self.client.get_timer(), self.vpn.retry_at, self.vpn.register_at,
                  self.vpn_client.get_timer() if self.vpn_client is not None else None]
         known = [t for t in times if t is not None]
@@ -435,6 +343,40 @@ class AccessModeMachine:
 
     # -- logic -----------------------------------------------------------------
 
+    def _on_link_lost(self, ev: LinkLost) -> None:
+        link = self._link
+        if link is None or ev.iface != link.iface or link.lost:
+            return
+        link.lost = True
+        if link.claimed:  # its deregistration from the home address ends here
+            self.client.cancel()
+        if self.mode is not Mode.VPN:  # mc carries only ESP: it waits for MOBIKE
+            self._shut()  # at once: the cable may be in another network already
+            self._withdraw_home()
+            if self.phase is not State.OFFLINE:
+                self._enter(State.PROBING, Mode.NONE, None)
+        elif link.claimed:
+            self._unclaim_home(link)
+
+    def _on_link_down(self, ev: LinkDown) -> None:
+        link = self._link
+        if link is None or ev.iface != link.iface:
+            return
+        if link.claimed:
+            self.client.cancel()  # no deregistration from the home address elsewhere
+        self._link = None
+        self.vpn.register_at = None
+        self._leave(State.OFFLINE, None)
+
+    def _on_shutdown(self, now: float) -> None:
+        t = self.vpn_client
+        if t is not None and t.binding is not None and self.vpn.up:
+            t.deregister(now, at_home=False)  # from the TIA, through the VPN
+        elif self.client.binding is not None:
+            self.client.deregister(now, at_home=self.mode is Mode.HOME)
+        # else nothing of ours can be withdrawn from here: never from the home
+        # address on a link that did not prove trusted.
+
     def _link_up(self, ev: LinkUp, now: float) -> None:
         old = self._link
         if old is None or old.address != ev.address or old.iface != ev.iface:
@@ -447,7 +389,7 @@ class AccessModeMachine:
         # network that merely reuses the prefix has no home agent there to answer).
         at_home = (ev.address.ip in self.home_network
                    and self.client.config.home_agent in ev.address.network)
-        self._link = _Link(ev.iface, ev.address, ev.gateway, now, home_prefix=at_home)
+        self._link = _Link(ev.iface, ev.address, ev.gateway, home_prefix=at_home)
         self._via_fa = False
         in_mc = self.mode is Mode.VPN and self.open_path is not None
         if not in_mc:
@@ -459,9 +401,9 @@ class AccessModeMachine:
             if self.home_probe is not None:  # ARP for the home address: proven home only
                 self.home_probe = None
                 self._actions.append(Gate(self.open_path))
-        self._actions.append(PrepareLink(ev.iface, ev.address, ev.gateway))
+        self._actions.append(PrepareLink(ev.iface, ev.address, ev.gateway, mc_holds=in_mc))
         if back_to_tunnel:  # a claim of the old link moved mc's home address: back
-            self._actions.append(ConfigureDataPlane(Mode.VPN, ev.iface, self.configured_tia))
+            self._actions.append(ConfigureDataPlane(Mode.VPN, ev.iface, tia=self.configured_tia))
         if not in_mc:
             self._enter(State.PROBING, Mode.NONE, None)
         if self.policy is Policy.ALWAYS_VPN and self._vpn_configured:
@@ -545,8 +487,13 @@ class AccessModeMachine:
             self.vpn_client.cancel()
         v.register_at = v.retry_at = None
         if v.starting or v.up:
-            v.starting, v.tia, v.gateway = False, None, ""
+            self._drop_tia()
             self._actions.append(StopVpn(reason))
+
+    def _drop_tia(self) -> None:
+        v = self.vpn
+        self._actions.append(DropTia(v.tia))
+        v.starting, v.tia, v.gateway, v.ike_id = False, None, "", None
 
     def _retry_vpn_later(self, now: float) -> None:
         v = self.vpn
@@ -568,54 +515,70 @@ class AccessModeMachine:
             return  # MOBIKE only (RFC 5266 3.3): the home agent keeps its binding
         t.register(v.tia, now)
 
-    def _vpn_event(self, ev: VpnReady | VpnMoved | VpnLost | VpnServiceLost | VpnServiceBack,
-                   now: float) -> None:
+    # -- the VPN's events (charon's, through the driver) ---------------------------
+
+    def _on_vpn_ready(self, ev: VpnReady, now: float) -> None:
         v = self.vpn
-        if isinstance(ev, VpnReady):
-            v.starting, v.retry_delay = False, VPN_RETRY_MIN
-            # RFC 5266 3.3: a new TIA or another gateway is a new registration.
-            new_tia = v.tia != ev.tia or v.gateway != ev.gateway
-            v.tia, v.gateway = ev.tia, ev.gateway
-            if self.policy is Policy.NEVER_VPN or self.vpn_client is None:
-                self._stop_vpn("the policy is never-vpn")  # came up from an older start
-                return
-            if self.phase is State.TRUSTED and self.policy is not Policy.ALWAYS_VPN:
-                if not self.keep_alive_inside:
-                    self._stop_vpn("the network is trusted")  # 3.4.2: no longer needed
-                return
-            if self.mode is Mode.VPN and not new_tia:
-                return  # the same SA reported again
+        if ev.ike_id is not None and v.up and (ev.ike_id, ev.tia) == (v.ike_id, v.tia):
+            return  # the same SA reported again (initiate's answer and the event)
+        v.ike_id = ev.ike_id
+        self._actions.append(UseTia(ev.tia, ev.gateway, ev.gateway_address, ev.ike_id,
+                                    ev.nat_detected, ev.local, ev.remote))
+        v.starting, v.retry_delay = False, VPN_RETRY_MIN
+        # RFC 5266 3.3: a new TIA or another gateway is a new registration.
+        new_tia = v.tia != ev.tia or v.gateway != ev.gateway
+        v.tia, v.gateway = ev.tia, ev.gateway
+        if self.policy is Policy.NEVER_VPN or self.vpn_client is None:
+            self._stop_vpn("the policy is never-vpn")  # came up from an older start
+        elif self.phase is State.TRUSTED and self.policy is not Policy.ALWAYS_VPN:
+            if not self.keep_alive_inside:  # RFC 5266 3.4.2: no longer needed
+                self._stop_vpn("the network is trusted")
+        elif self.mode is not Mode.VPN or new_tia:  # (else: MOBIKE kept mc's SA)
             self._register_through_vpn(now, again=new_tia)
-        elif isinstance(ev, VpnMoved):
-            if v.up and v.register_at is not None:
-                self._register_through_vpn(now)
-        elif isinstance(ev, VpnLost):
-            was_up = v.up
-            v.starting, v.tia, v.gateway = False, None, ""
-            v.register_at = None
-            if self.vpn_client is not None:
-                self.vpn_client.cancel()
-            if self.mode is Mode.VPN:
-                self._leave(State.UNTRUSTED, f"the VPN went down: {ev.reason}")
-            elif self._waiting_for_vpn and not was_up:
-                self._enter(State.UNTRUSTED, Mode.NONE, f"the VPN did not come up: {ev.reason}")
-            if self._want_vpn and self.phase is not State.TRUSTED:
-                self._retry_vpn_later(now)
-        elif isinstance(ev, VpnServiceLost):
-            v.service_ok, v.service_error = False, ev.message
-            v.starting, v.tia, v.gateway = False, None, ""
-            v.register_at = v.retry_at = None
-            if self.vpn_client is not None:
-                self.vpn_client.cancel()
-            if self.mode is Mode.VPN:
-                self._leave(State.UNTRUSTED, ev.message)  # a kill switch: shut, say why
-            elif self._waiting_for_vpn:
-                self._enter(State.UNTRUSTED, Mode.NONE, ev.message)
-        elif isinstance(ev, VpnServiceBack):
-            gone, v.service_ok, v.service_error = v.service_error, True, None
-            if self.phase is State.UNTRUSTED and gone is not None and self.error == gone:
-                self._enter(State.UNTRUSTED, Mode.NONE, None)
-            self._start_vpn()
+
+    def _on_vpn_moved(self, now: float) -> None:
+        if self.vpn.up and self.vpn.register_at is not None:
+            self._register_through_vpn(now)  # RFC 5266 3.3: the SA kept, now moved
+
+    def _on_vpn_rekeyed(self, ev: VpnRekeyed) -> None:
+        v = self.vpn
+        if v.ike_id is not None and v.ike_id == ev.old_ike_id:
+            v.ike_id = ev.new_ike_id
+
+    def _on_vpn_lost(self, ev: VpnLost, now: float) -> None:
+        v = self.vpn
+        if ev.ike_id is not None and v.ike_id is not None and ev.ike_id != v.ike_id:
+            return  # an SA we no longer use (rekeyed, or an older attempt)
+        was_up = v.up
+        self._drop_tia()
+        v.register_at = None
+        if self.vpn_client is not None:
+            self.vpn_client.cancel()
+        if self.mode is Mode.VPN:  # a kill switch: shut, say why
+            self._leave(State.UNTRUSTED, f"the VPN went down: {ev.reason}")
+        elif self._waiting_for_vpn and not was_up:
+            self._enter(State.UNTRUSTED, Mode.NONE, f"the VPN did not come up: {ev.reason}")
+        if self._want_vpn and self.phase is not State.TRUSTED:
+            self._retry_vpn_later(now)
+
+    def _on_vpn_service_lost(self, ev: VpnServiceLost) -> None:
+        v = self.vpn
+        v.service_ok, v.service_error = False, ev.message
+        self._drop_tia()
+        v.register_at = v.retry_at = None
+        if self.vpn_client is not None:
+            self.vpn_client.cancel()
+        if self.mode is Mode.VPN:
+            self._leave(State.UNTRUSTED, ev.message)  # a kill switch: shut, say why
+        elif self._waiting_for_vpn:
+            self._enter(State.UNTRUSTED, Mode.NONE, ev.message)
+
+    def _on_vpn_service_back(self) -> None:
+        v = self.vpn
+        gone, v.service_ok, v.service_error = v.service_error, True, None
+        if self.phase is State.UNTRUSTED and gone is not None and self.error == gone:
+            self._enter(State.UNTRUSTED, Mode.NONE, None)
+        self._start_vpn()
 
     def _advert(self, ev: AgentAdvert, now: float) -> None:
         link = self._link
@@ -673,113 +636,146 @@ class AccessModeMachine:
             self._stop_vpn("the network is trusted")
         return later
 
+    # -- the registrations' outcomes: one handler per event ----------------------------
+
     def _events(self, now: float) -> bool:
-        link = self._link
+        """The direct client's outcomes, in order; True if there were any."""
         seen = False
         while (ev := self.client.next_event()) is not None:
             seen = True
-            if isinstance(ev, Registered) and link is not None and not link.lost:
-                # The mode is what the home agent bound, not what we meant to ask:
-                # a late renewal of an older binding must not open this link.
-                if ev.care_of_address == link.address.ip:
-                    mode = Mode.COLOCATED
-                elif link.fa is not None and ev.care_of_address == link.fa.care_of_address:
-                    mode = Mode.FOREIGN_AGENT
-                else:
-                    self._actions.append(Note("stale-binding",
-                                              f"the home agent bound {ev.care_of_address}, "
-                                              "not an address of this link"))
-                    continue
-                first = self.phase is not State.TRUSTED or self.mode is not mode
-                again = self._direct_won(now)
-                self.last_handover_ms = (now - link.since) * 1000 if first else (
-                    self.last_handover_ms)
-                self._enter(State.TRUSTED, mode, None)
-                if first:
-                    self._actions.append(ConfigureDataPlane(mode, link.iface,
-                                                            ev.care_of_address, ev.udp_tunnel))
-                    self.configured = mode
-                if again:
-                    # A request through the VPN may reach the home agent after the one
-                    # answered: ours must be the last it sees (mode shown == binding).
-                    self._actions.append(Note("direct-again", "registering directly once "
-                                                              "more after the VPN's request"))
-                    self.client.reregister(now)  # (the FA's turn comes with its advert)
-                elif (mode is Mode.COLOCATED and link.fa is not None
-                        and self.use_foreign_agents and not link.fa_failed):
-                    self._register_via_fa(link, now)
-                self._open(link)
-            elif isinstance(ev, Deregistered) and link is not None:
-                if link.home_prefix and not link.lost and not link.claimed and (
-                        not link.home_failed):
-                    self._claim_home(link, now)  # the probe answered: the home link
-                elif link.claimed and not link.lost:
-                    if self._direct_won(now):
-                        self._actions.append(Note("direct-again", "deregistering once more "
-                                                                  "after the VPN's request"))
-                        self.client.deregister(now, at_home=True)
-                    self.last_handover_ms = (now - link.since) * 1000
-                    self._enter(State.TRUSTED, Mode.HOME, None)
-                    self._actions.append(ConfigureDataPlane(Mode.HOME, link.iface, None))
-                    self.configured, self.home_claimed = Mode.HOME, None
-                    self._open(link)
-                elif not link.lost:
-                    self._leave(State.OFFLINE, None)
-            elif isinstance(ev, TimedOut):
-                # Replies that did not authenticate were discarded (RFC 5944 3.6.2.1 b):
-                # they change nothing, this is the outcome of any timeout.  Anyone who
-                # saw the request in clear can echo it, so they only earn a history line.
-                hint = _discarded_hint(ev.discarded)
-                if hint:
-                    self._actions.append(Note("replies-discarded", hint))
-                if link is not None and link.claimed and not link.lost:
-                    # Trusted (the probe was answered) but the home agent did not answer
-                    # from the home address: not its home link after all (a network
-                    # reusing the prefix).  A co-located registration from here: mode c.
-                    self._unclaim_home(link)
-                    self._actions.append(Note("home-timeout", "no reply to the deregistration "
-                                                              "from the home address; "
-                                                              "registering from this link"))
-                    self.client.register(link.address.ip, now)
-                elif self._via_fa and self.phase is State.TRUSTED and link is not None:
-                    # The FA failed us: back to a direct registration (mode c) while
-                    # the binding through the FA still stands.
-                    self._via_fa = False
-                    link.fa_failed = True
-                    self._actions.append(Note("fa-timeout", "no reply through the foreign "
-                                                            "agent; registering directly"))
-                    self.client.register(link.address.ip, now)
-                elif (self.phase is State.TRUSTED and link is not None and not link.lost
-                      and self.client.binding is not None):
-                    # A renewal went unanswered but the binding still stands: keep the
-                    # path and keep asking until it runs out (then BindingLost).
-                    self._actions.append(Note("renewal-timeout",
-                                              "the home agent did not answer the renewal; "
-                                              "trying again until the binding runs out"))
-                    self.client.register(self.client.binding.care_of_address, now)
-                elif self.phase is State.TRUSTED and link is not None and not link.lost:
-                    self._leave(State.UNTRUSTED, BINDING_RAN_OUT)  # ran out this same step
-                elif self.mode is Mode.VPN:
-                    self._actions.append(Note("direct-timeout", "no direct reply: the network "
-                                                                "is untrusted, staying in mc"))
-                elif link is not None and self.phase is not State.UNTRUSTED:
-                    reason = self._untrusted_reason()
-                    if reason is None and self.vpn_client is None:
-                        reason = hint or None  # nothing else to say: the history's hint
-                    self._leave(State.UNTRUSTED, reason)
-            elif isinstance(ev, Denied) and self._via_fa and self.phase is State.TRUSTED and (
-                    link is not None):
-                # The FA path was refused but the co-located binding still stands:
-                # stay in mode c (renewed directly) rather than cut the user off.
-                self._via_fa = False
-                link.fa_failed = True
-                self._actions.append(Note("fa-denied", ev.text + "; staying in mode c"))
-                self.client.register(link.address.ip, now)
-            elif isinstance(ev, Denied):
-                self._leave(State.ERROR, ev.text)
-            elif isinstance(ev, BindingLost):
-                self._leave(State.UNTRUSTED, BINDING_RAN_OUT)
+            match ev:
+                case Registered():
+                    self._on_registered(ev, now)
+                case Deregistered():
+                    self._on_deregistered(now)
+                case TimedOut():
+                    self._on_timed_out(ev, now)
+                case Denied():
+                    self._on_denied(ev, now)
+                case BindingLost():
+                    self._on_binding_lost()
         return seen
+
+    def _on_registered(self, ev: Registered, now: float) -> None:
+        link = self._link
+        if link is None or link.lost:
+            return  # no link to open (RFC 5266 3.4: only the link that was answered)
+        # The mode is what the home agent bound, not what we meant to ask: a late
+        # renewal of an older binding must not open this link.
+        if ev.care_of_address == link.address.ip:
+            mode = Mode.COLOCATED  # RFC 5266 3.1.2: trusted, co-located care-of address
+        elif link.fa is not None and ev.care_of_address == link.fa.care_of_address:
+            mode = Mode.FOREIGN_AGENT  # RFC 5266 3.1.3: trusted, through the FA
+        else:
+            self._actions.append(Note("stale-binding",
+                                      f"the home agent bound {ev.care_of_address}, "
+                                      "not an address of this link"))
+            return
+        first = self.phase is not State.TRUSTED or self.mode is not mode
+        again = self._direct_won(now)  # RFC 5266 3.4: a direct answer means trusted
+        self._enter(State.TRUSTED, mode, None)
+        if first:
+            fa = ev.care_of_address if mode is Mode.FOREIGN_AGENT else None
+            udp = ev.udp_tunnel and mode is Mode.COLOCATED  # RFC 3519: mode c only
+            self._actions.append(ConfigureDataPlane(
+                mode, link.iface, foreign_agent=fa, udp_tunnel=udp,
+                keepalive_s=(ev.keepalive_interval or DEFAULT_KEEPALIVE) if udp else 0))
+            self.configured = mode
+        if again:
+            # A request through the VPN may reach the home agent after the one
+            # answered: ours must be the last it sees (mode shown == binding).
+            self._actions.append(Note("direct-again", "registering directly once "
+                                                      "more after the VPN's request"))
+            self.client.reregister(now)  # (the FA's turn comes with its advert)
+        elif (mode is Mode.COLOCATED and link.fa is not None
+                and self.use_foreign_agents and not link.fa_failed):
+            self._register_via_fa(link, now)  # RFC 5266 3.1.3: c, then f through the FA
+        self._open(link)
+
+    def _on_deregistered(self, now: float) -> None:
+        link = self._link
+        if link is None or link.lost:
+            return
+        if link.home_prefix and not link.claimed and not link.home_failed:
+            # RFC 5266 3.1.1: the probe from this home-prefix link was answered: the
+            # home link; RFC 5944 4.6's claim, then the deregistration from home.
+            self._claim_home(link, now)
+        elif link.claimed:
+            # RFC 5944 2.4.3: the deregistration from the home address answered: mode h.
+            if self._direct_won(now):
+                self._actions.append(Note("direct-again", "deregistering once more "
+                                                          "after the VPN's request"))
+                self.client.deregister(now, at_home=True)
+            self._enter(State.TRUSTED, Mode.HOME, None)
+            self._actions.append(ConfigureDataPlane(Mode.HOME, link.iface))
+            self.configured, self.home_claimed = Mode.HOME, None
+            self._open(link)
+        else:
+            self._leave(OUTCOME_LEAVES_TO[Deregistered], None)  # shutting down
+
+    def _on_timed_out(self, ev: TimedOut, now: float) -> None:
+        # Replies that did not authenticate were discarded (RFC 5944 3.6.2.1 b): they
+        # change nothing, this is the outcome of any timeout.  Anyone who saw the
+        # request in clear can echo it, so they only earn a history line.
+        hint = _discarded_hint(ev.discarded)
+        if hint:
+            self._actions.append(Note("replies-discarded", hint))
+        link = self._link
+        here = link is not None and not link.lost
+        trusted = self.phase is State.TRUSTED
+        if link is not None and here and link.claimed:
+            # RFC 5266 3.1.1: trusted (the probe was answered) but the home agent did
+            # not answer from the home address: not its home link after all (a network
+            # reusing the prefix).  A co-located registration from here: mode c.
+            self._unclaim_home(link)
+            self._actions.append(Note("home-timeout", "no reply to the deregistration "
+                                                      "from the home address; "
+                                                      "registering from this link"))
+            self.client.register(link.address.ip, now)
+        elif link is not None and trusted and self._via_fa:
+            # RFC 5944 3.6.3: the FA failed us: back to a direct registration (mode c)
+            # while the binding through the FA still stands.
+            self._via_fa = False
+            link.fa_failed = True
+            self._actions.append(Note("fa-timeout", "no reply through the foreign "
+                                                    "agent; registering directly"))
+            self.client.register(link.address.ip, now)
+        elif here and trusted and (b := self.client.binding) is not None:
+            # RFC 5944 3.6.3: a renewal went unanswered but the binding still stands:
+            # keep the path and keep asking until it runs out (then BindingLost).
+            self._actions.append(Note("renewal-timeout",
+                                      "the home agent did not answer the renewal; "
+                                      "trying again until the binding runs out"))
+            self.client.register(b.care_of_address, now)
+        elif here and trusted:
+            self._leave(State.UNTRUSTED, BINDING_RAN_OUT)  # ran out this same step
+        elif self.mode is Mode.VPN:
+            # RFC 5266 3.4: no direct answer: untrusted, and mc carries on.
+            self._actions.append(Note("direct-timeout", "no direct reply: the network "
+                                                        "is untrusted, staying in mc"))
+        elif link is not None and self.phase is not State.UNTRUSTED:
+            # RFC 5266 3.4: no direct answer: untrusted; the gate stays shut.
+            reason = self._untrusted_reason()
+            if reason is None and self.vpn_client is None:
+                reason = hint or None  # nothing else to say: the history's hint
+            self._leave(State.UNTRUSTED, reason)
+
+    def _on_denied(self, ev: Denied, now: float) -> None:
+        link = self._link
+        if link is not None and self._via_fa and self.phase is State.TRUSTED:
+            # RFC 5944 3.6.2.3: the FA path was refused but the co-located binding still
+            # stands: stay in mode c (renewed directly) rather than cut the user off.
+            self._via_fa = False
+            link.fa_failed = True
+            self._actions.append(Note("fa-denied", ev.text + "; staying in mode c"))
+            self.client.register(link.address.ip, now)
+        else:
+            # RFC 5944 3.6.2.3: the home agent refused: an error that says why.
+            self._leave(OUTCOME_LEAVES_TO[Denied], ev.text)
+
+    def _on_binding_lost(self) -> None:
+        # RFC 5944 3.6.2.2: the lifetime ran out with no renewal accepted.
+        self._leave(OUTCOME_LEAVES_TO[BindingLost], BINDING_RAN_OUT)
 
     def _claim_home(self, link: _Link, now: float) -> None:
         """RFC 5944 4.6, returning home, in its order: ARP for the home address is
@@ -799,7 +795,7 @@ class AccessModeMachine:
             self.home_probe = None
             self._actions.append(Gate(self.open_path))
         if self._withdraw_home():
-            self._actions.append(ConfigureDataPlane(Mode.VPN, link.iface, self.configured_tia))
+            self._actions.append(ConfigureDataPlane(Mode.VPN, link.iface, tia=self.configured_tia))
 
     def _untrusted_reason(self) -> str | None:
         if self.vpn_client is None:
@@ -809,52 +805,62 @@ class AccessModeMachine:
         return self.vpn.service_error
 
     def _vpn_client_events(self, now: float) -> bool:
+        """The outcomes of the registrations through the VPN (mode mc)."""
         t = self.vpn_client
         if t is None:
             return False
         seen = False
-        v = self.vpn
         while (ev := t.next_event()) is not None:
             seen = True
-            if isinstance(ev, Registered):
-                link = self._link
-                if ev.care_of_address != v.tia or link is None:
-                    self._actions.append(Note("stale-binding",
-                                              f"the home agent bound {ev.care_of_address} "
-                                              "through the VPN, not its current address"))
-                    continue
-                if self.mode is not Mode.VPN:
-                    self.last_handover_ms = (now - link.since) * 1000
-                    # The binding through the VPN replaced the direct one: renewing
-                    # that would take the home agent away from the tunnel.
-                    self.client.forget_binding()
-                self._enter(State.UNTRUSTED, Mode.VPN, None)
-                if self.configured is not Mode.VPN or self.configured_tia != v.tia:
-                    self._actions.append(ConfigureDataPlane(Mode.VPN, link.iface, v.tia))
-                    self.configured, self.configured_tia = Mode.VPN, v.tia
-                self._open(link)
-            elif isinstance(ev, TimedOut):
-                if hint := _discarded_hint(ev.discarded):  # through the VPN: no effect either
-                    self._actions.append(Note("replies-discarded", hint + " (through the VPN)"))
-                if self.mode is Mode.VPN and t.binding is not None:
-                    self._actions.append(Note("renewal-timeout",
-                                              "the home agent did not answer the renewal "
-                                              "through the VPN; trying again"))
-                    t.register(t.binding.care_of_address, now)
-                elif v.tia is not None and self._want_vpn:
-                    self._actions.append(Note("vpn-registration-timeout",
-                                              "no reply through the VPN from the home "
-                                              "agent; trying again"))
-                    t.register(v.tia, now)
-            elif isinstance(ev, Denied):
-                self._leave(State.ERROR, f"{ev.text} (registering through the VPN)")
-            elif isinstance(ev, Deregistered) and self.mode is Mode.VPN:
-                self._leave(State.OFFLINE, None)  # shutting down: mc's binding is gone
-            elif isinstance(ev, BindingLost):
-                if self.mode is Mode.VPN:
-                    self._leave(State.UNTRUSTED, BINDING_RAN_OUT)
-                self._register_through_vpn(now)
+            match ev:
+                case Registered():
+                    self._on_vpn_registered(ev)
+                case TimedOut():
+                    self._on_vpn_timed_out(t, ev, now)
+                case Denied():
+                    self._leave(OUTCOME_LEAVES_TO[Denied],
+                                f"{ev.text} (registering through the VPN)")
+                case Deregistered():
+                    if self.mode is Mode.VPN:  # shutting down: mc's binding is gone
+                        self._leave(OUTCOME_LEAVES_TO[Deregistered], None)
+                case BindingLost():
+                    if self.mode is Mode.VPN:
+                        self._leave(OUTCOME_LEAVES_TO[BindingLost], BINDING_RAN_OUT)
+                    self._register_through_vpn(now)
         return seen
+
+    def _on_vpn_registered(self, ev: Registered) -> None:
+        v = self.vpn
+        link = self._link
+        if ev.care_of_address != v.tia or link is None:
+            self._actions.append(Note("stale-binding",
+                                      f"the home agent bound {ev.care_of_address} "
+                                      "through the VPN, not its current address"))
+            return
+        # RFC 5266 3.4: the TIA registered through the VPN: mode mc.
+        if self.mode is not Mode.VPN:
+            # The binding through the VPN replaced the direct one: renewing that
+            # would take the home agent away from the tunnel.
+            self.client.forget_binding()
+        self._enter(State.UNTRUSTED, Mode.VPN, None)
+        if self.configured is not Mode.VPN or self.configured_tia != v.tia:
+            self._actions.append(ConfigureDataPlane(Mode.VPN, link.iface, tia=v.tia))
+            self.configured, self.configured_tia = Mode.VPN, v.tia
+        self._open(link)
+
+    def _on_vpn_timed_out(self, t: RegistrationClient, ev: TimedOut, now: float) -> None:
+        if hint := _discarded_hint(ev.discarded):  # through the VPN: no effect either
+            self._actions.append(Note("replies-discarded", hint + " (through the VPN)"))
+        if self.mode is Mode.VPN and t.binding is not None:
+            self._actions.append(Note("renewal-timeout",
+                                      "the home agent did not answer the renewal "
+                                      "through the VPN; trying again"))
+            t.register(t.binding.care_of_address, now)
+        elif self.vpn.tia is not None and self._want_vpn:
+            self._actions.append(Note("vpn-registration-timeout",
+                                      "no reply through the VPN from the home "
+                                      "agent; trying again"))
+            t.register(self.vpn.tia, now)
 
     # -- the gate and the paths --------------------------------------------------
 
@@ -889,7 +895,7 @@ class AccessModeMachine:
         if self.configured is Mode.HOME or (claimed is not None
                                             and self.configured is Mode.NONE):
             self.configured = Mode.NONE
-            self._actions.append(ConfigureDataPlane(Mode.NONE, None, None))
+            self._actions.append(ConfigureDataPlane(Mode.NONE, None))
         return claimed is not None and self.configured is Mode.VPN
 
     def _leave(self, phase: State, error: str | None) -> None:
@@ -899,7 +905,7 @@ class AccessModeMachine:
         self._enter(phase, Mode.NONE, error)
         if self.configured is not Mode.NONE or self.home_claimed is not None:
             self.configured, self.configured_tia, self.home_claimed = Mode.NONE, None, None
-            self._actions.append(ConfigureDataPlane(Mode.NONE, None, None))
+            self._actions.append(ConfigureDataPlane(Mode.NONE, None))
         link = self._link
         if phase is State.UNTRUSTED and link is not None and link.claimed and not link.lost:
             # mc ended (the VPN lost, never-vpn) while the home link, already proven,
@@ -917,10 +923,43 @@ class AccessModeMachine:
         link = self._link
         t = self.vpn_client
         b = t.binding if self.mode is Mode.VPN and t is not None else self.client.binding
+        self._reached = self.phase is State.TRUSTED or self.mode is Mode.VPN
         self._actions.append(Status(self.phase, self.mode, link.iface if link else None,
                                     b.care_of_address if b else None, self.error,
                                     self.last_handover_ms))
 
-    def _take(self) -> list[Action]:
+    def _handover_starts(self, now: float) -> None:
+        self._handover_from, self._handover_via_fa = now, None
+
+    def _handover(self, now: float) -> None:
+        """At the end of a step: did the handover under way end in it?"""
+        if self._reached and self._handover_from is not None:
+            ms = round((now - self._handover_from) * 1000, 2)
+            self._reached = False
+            if self.registering_via_fa:
+                self._handover_via_fa = ms  # mode f may follow: that is its end
+            else:
+                self._handover_ended(ms)
+        elif self._handover_via_fa is not None and not self.registering_via_fa:
+            self._handover_ended(self._handover_via_fa)  # the FA failed us: mode c
+
+    def _handover_ended(self, ms: float) -> None:
+        self._handover_from = self._handover_via_fa = None
+        self.last_handover_ms = ms
+        # The step's last Status (the mode reached) carries it; if the mode did not
+        # change in this step (mode c kept after the FA failed), a Status of its own.
+        for i in range(len(self._actions) - 1, -1, -1):
+            a = self._actions[i]
+            if isinstance(a, Status):
+                self._actions[i] = replace(a, handover_ms=ms, handover=True)
+                return
+        self._status()
+        self._reached = False
+        last = self._actions[-1]
+        assert isinstance(last, Status)
+        self._actions[-1] = replace(last, handover=True)
+
+    def _take(self, now: float) -> list[Action]:
+        self._handover(now)
         out, self._actions = self._actions, []
         return out

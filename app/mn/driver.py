@@ -8,14 +8,13 @@ path and configures a path before it opens the gate on it); only publishing
 (status, history) waits until the step's other actions are done.
 
 The driver owns the sockets (``app.mn.sockets``: registration, agent discovery,
-the VPN probe); it drives the routes (``app.net.mn_routes``) and the gate
-(``app.net.gate``), which its owner starts and closes; it reports a
+the TIA's registrations, the VPN probe); it drives the routes (``app.net.mn_routes``)
+and the gate (``app.net.gate``), which its owner starts and closes; it reports a
 :class:`~app.api.Snapshot` and history entries.
 
-With a VPN in the profile it also drives charon through ``app.vpn.charon``
-(commands as tasks, so a slow charon never holds the queue; its events come
-back through the same queue), the socket that registers the TIA through the
-VPN, and the VPN probe (an ICMP echo to the gateway from the physical link).
+With a VPN in the profile, ``app.mn.vpn_link`` drives charon (commands as tasks, so
+a slow charon never holds the queue); charon's events come back through the same
+queue and are translated into the machine's.
 """
 
 from __future__ import annotations
@@ -25,10 +24,9 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
-from typing import Any
 
 from app.api import HistoryEntry, Mode, Policy, Probe, Snapshot, State
 from app.mip.messages import MIP_PORT
@@ -40,29 +38,20 @@ from app.mn.profile import Profile
 from app.mn.registration import UdpTunnelling
 from app.mn.reply_path import Path, PathClient
 from app.mn.sockets import MobileNodeSockets
+from app.mn.vpn_link import NatSeen, VpnLink
 from app.net.gate import GateError, TrafficGate
 from app.net.gate_rules import ProvenPath
 from app.net.ipip import TUNNEL_DATA_HEADER
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import LinkInfo, MobileNodeRoutes
-from app.vpn.charon import Charon, VpnConfigError, VpnError, VpnUnreachableError
+from app.vpn.charon import Charon
 from app.vpn.events import (
-    ChildRekeyed,
-    IkeRekeyed,
     MobikeUpdate,
-    VpnDown,
     VpnEvent,
-    VpnServiceUp,
     VpnUnreachable,
-    VpnUp,
 )
 
 log = logging.getLogger("trustroam.mn")
-DEFAULT_KEEPALIVE = 110
-"""RFC 3519 4.9's K when the home agent's reply names none."""
-NO_TIA = "the gateway gave no IPv4 inner address (is a virtual IP pool configured for us?)"
-MOBIKE_SETTLE = 1.0
-"""Seconds after charon's ike-update to read its NAT detection again (kernel ESP)."""
 ECHO_INTERVAL = 30.0
 """Seconds between VPN probes while the VPN is up (charon's DPD says if it lives)."""
 SHUTDOWN_WAIT = 1.5
@@ -87,7 +76,7 @@ class _Stop:
 
 @dataclass(frozen=True, slots=True)
 class _VpnInput:
-    event: VpnEvent
+    event: VpnEvent | NatSeen
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,57 +94,84 @@ _Input = (LinkSnapshot | _Datagram | am.AgentAdvert | am.Resumed | _Tick | _Stop
           | _Policy | _VpnEcho)
 
 
+class HomeArpPermit:
+    """May a frame naming the home address leave a link (RFC 5944 4.6)?  As the
+    machine's actions said: the link of mode h's open path (``Gate``), or a proven
+    home link being claimed (``ClaimHome``) until a ``ConfigureDataPlane`` of another
+    mode takes the home address off it."""
+
+    def __init__(self) -> None:
+        self.home_path: str | None = None
+        self.claimed: str | None = None
+
+    def note(self, a: am.Action) -> None:
+        if isinstance(a, am.Gate):
+            p = a.path
+            self.home_path = p.iface if p is not None and p.mode is Mode.HOME else None
+        elif isinstance(a, am.ClaimHome):
+            self.claimed = a.iface
+        elif isinstance(a, am.ConfigureDataPlane) and a.mode is not Mode.HOME:
+            self.claimed = None
+
+    def __call__(self, iface: str) -> bool:
+        return iface in (self.home_path, self.claimed)
+
+
 class MobileNodeDriver:
     def __init__(self, profile: Profile, key: bytes, routes: MobileNodeRoutes,
                  gate: TrafficGate | None, *,
                  on_snapshot: Callable[[Snapshot], None] = lambda s: None,
                  on_event: Callable[[HistoryEntry], None] = lambda e: None,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
                  charon: Charon | None = None,
                  vpn_secrets: Mapping[str, str] | None = None,
                  policy: Policy = Policy.AUTO) -> None:
         """``routes``, ``gate`` and ``charon`` (the VPN adapter, used when the profile
         has a ``[vpn]`` table) come started from their owner (the helper), who also
-        closes them: the driver only uses them, and routes charon's events to
-        :meth:`vpn_event`.  ``vpn_secrets``: charon's secrets by key name
-        (``vpn_psk``...), handed to it over VICI only."""
+        closes them: the driver only uses them, and the owner routes charon's events
+        to :meth:`vpn_event`.  ``vpn_secrets``: charon's secrets by key name
+        (``vpn_psk``...), handed to it over VICI only.  ``clock``: the
+        machines' and the timers' (monotonic: a wall clock that steps moves no
+        deadline; the loop's own is monotonic too); ``wall``: Unix time, for the
+        identification (RFC 5944 5.7) and what is published (history, expiry)."""
         self.profile = profile
         self.charon = charon if profile.vpn is not None else None
         # As given, not copied: its repr hides the values.
         self._vpn_secrets: Mapping[str, str] = vpn_secrets or {}
+        self.vpn_link = VpnLink(
+            self.charon, profile.vpn, self._vpn_secrets,
+            events=lambda ev: self._queue.put_nowait(_VpnInput(ev)),
+            history=self._history) if self.charon is not None and profile.vpn else None
         self.routes = routes
         self.gate = gate if profile.gate_enabled else None
         self.on_snapshot = on_snapshot
         self.on_event = on_event
         self.clock = clock
+        self.wall = wall
         self._arrival: Path | None = None
         """The path of the datagram being handled: each client takes its own only."""
-        self.client = PathClient(profile.registration(key), Path.LINK, self._arrived_by)
+        self.client = PathClient(profile.registration(key), Path.LINK, self._arrived_by,
+                                 wall=self._to_wall)
         # Mode mc's registrations through the VPN: the same home agent, the same
         # replay state (RFC 5944 5.7), another path.
         # No RFC 3519 request through the VPN: the TIA reaches the home agent
         # unNATed in the designs RFC 5266 4 describes (NAT-T handles the NAT outside).
         self.vpn_client = PathClient(
             replace(profile.registration(key), udp_tunnelling=UdpTunnelling.OFF),
-            Path.VPN, self._arrived_by, replay=self.client.replay) if (
+            Path.VPN, self._arrived_by, replay=self.client.replay, wall=self._to_wall) if (
             self.charon is not None) else None
         self.machine = am.AccessModeMachine(
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
             vpn_client=self.vpn_client, policy=policy,
             keep_alive_inside=profile.vpn.keep_alive_inside if profile.vpn else False)
-        self._vpn_tia: IPv4Address | None = None
-        self._vpn_ike: int | None = None
-        """The IKE SA in use: events of older ones (rekeyed away) are history only."""
-        self._vpn_loaded = False
-        self._vpn_task: asyncio.Task[None] | None = None
         self._vpn_gw: IPv4Address | None = None
+        """The gateway of the TIA in use (UseTia): the VPN probe's target."""
         self._echo_at: float | None = None
-        self._stopping_vpn: asyncio.Task[None] | None = None
-        self._side_tasks: set[asyncio.Task[None]] = set()
-        """Short reads of charon's state: kept referenced until done."""
         self._vpn_nat = False
         self.tracker = LinkTracker(profile.home_address)
-        routes.arp.permit = self._arp_permit
+        self.home_arp = HomeArpPermit()
+        routes.arp.permit = self.home_arp
         self.snapshot = Snapshot(profile=profile.name, home_address=str(profile.home_address))
         self._queue: asyncio.Queue[_Input] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -172,10 +188,6 @@ class MobileNodeDriver:
             on_history=self._history)
         self._binding_seen: object = None
         self._answer_seen: object = None
-        self._probe_started: float | None = None
-        self._trusted_now = False
-        self._handover_via_fa: float | None = None
-        """Mode c reached on an FA link while the registration through it is out."""
         self._gate_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -188,8 +200,8 @@ class MobileNodeDriver:
         if self.charon is not None:
             if not self.charon.reachable:
                 self._queue.put_nowait(_VpnInput(VpnUnreachable(self.charon.unreachable_message)))
-            else:
-                await self._load_vpn()
+            elif self.vpn_link is not None:
+                await self.vpn_link.load()
 
     def vpn_event(self, event: VpnEvent) -> None:
         """One of charon's events (its owner routes them here)."""
@@ -224,13 +236,8 @@ class MobileNodeDriver:
         if self._timer is not None:
             self._timer.cancel()
         self.sockets.close()
-        for task in list(self._side_tasks):
-            task.cancel()
-        if self.charon is not None:
-            if self._vpn_task is not None:
-                self._vpn_task.cancel()
-            with contextlib.suppress(VpnError):
-                await self.charon.terminate()
+        if self.vpn_link is not None:
+            await self.vpn_link.close()
         self._publish(state=State.OFFLINE, mode=Mode.NONE, interface="", care_of_address="",
                       binding_expires=0.0)
 
@@ -257,32 +264,30 @@ class MobileNodeDriver:
                         actions = self.machine.receive(item.data, now)
                     finally:
                         self._arrival = None
-                    await self._execute(actions)
+                    await self._execute(actions, now)
                 elif isinstance(item, am.AgentAdvert | am.Resumed):
                     if isinstance(item, am.Resumed):
                         self._history("reprobe", {})
-                        self._probe_started, self._handover_via_fa = now, None
-                    await self._execute(self.machine.handle(item, now))
+                    await self._execute(self.machine.handle(item, now), now)
                 elif isinstance(item, _Tick):
                     for ev in self.tracker.handle_timer(now):
                         await self._link_event(ev, now)
-                    await self._execute(self.machine.handle_timer(now))
+                    await self._execute(self.machine.handle_timer(now), now)
                     await self._keepalive_tick(now)
                     if self._echo_at is not None and now >= self._echo_at:
                         self._send_echo(now)
                 elif isinstance(item, _Stop):
                     stopping = item
                     if self.machine.bound and self.sockets.can_register:
-                        await self._execute(self.machine.handle(am.Shutdown(), now))
+                        await self._execute(self.machine.handle(am.Shutdown(), now), now)
                 elif isinstance(item, _VpnInput):
                     await self._vpn_event(item.event, now)
                 elif isinstance(item, _Policy):
                     self._history("policy-applied", {"policy": item.policy.value})
-                    # A handover the policy causes counts from now, not the link-up.
-                    self._probe_started, self._handover_via_fa = now, None
-                    await self._execute(self.machine.handle(am.PolicySet(item.policy), now))
+                    await self._execute(self.machine.handle(am.PolicySet(item.policy), now), now)
                 elif isinstance(item, _VpnEcho) and item.gateway == self._vpn_gw:
-                    self._publish(vpn_probe=Probe(True, round(item.rtt * 1000, 3), now))
+                    self._publish(vpn_probe=Probe(True, round(item.rtt * 1000, 3),
+                                                  self._to_wall(now)))
             except Exception:  # one bad step must not kill the helper: log, go on
                 log.exception("mobile-node driver step failed")
             self._update_binding()
@@ -296,7 +301,6 @@ class MobileNodeDriver:
         if isinstance(ev, am.LinkUp):
             if self.gate is not None:  # before anything: its name may look local
                 await self.gate.manage(ev.iface)
-            self._probe_started, self._handover_via_fa = now, None
             self._history("link-up", {"interface": ev.iface, "address": str(ev.address),
                                       "gateway": str(ev.gateway)})
         elif isinstance(ev, am.LinkLost):
@@ -304,11 +308,12 @@ class MobileNodeDriver:
         else:
             self._history("link-down", {"interface": ev.iface})
             self.sockets.close_link()  # the VPN's TIA may outlive the link
-        await self._execute(self.machine.handle(ev, now))
+        await self._execute(self.machine.handle(ev, now), now)
 
-    async def _execute(self, actions: list[am.Action]) -> None:
+    async def _execute(self, actions: list[am.Action], now: float) -> None:
         for a in actions:  # in the machine's order: it is the gate's safety
             t0 = time.perf_counter()
+            self.home_arp.note(a)
             if isinstance(a, am.Gate):
                 await self._gate(a.path, a.home_probe)
             elif isinstance(a, am.PrepareLink):
@@ -327,16 +332,19 @@ class MobileNodeDriver:
             elif isinstance(a, am.Solicit):
                 self.sockets.solicit(a.iface)
             elif isinstance(a, am.ConfigureDataPlane):
-                fa = a.care_of_address if a.mode is Mode.FOREIGN_AGENT else None
-                udp = self.sockets.registration if (
-                    a.udp_tunnel and a.mode is Mode.COLOCATED) else None
-                tia = a.care_of_address if a.mode is Mode.VPN else None
-                await self.routes.configure(a.mode, foreign_agent=fa, udp=udp, tia=tia)
+                udp = self.sockets.registration if a.udp_tunnel else None
+                await self.routes.configure(a.mode, foreign_agent=a.foreign_agent, udp=udp,
+                                            tia=a.tia)
                 self._keepalive_for(a, udp)
             elif isinstance(a, am.StartVpn):
-                self._start_vpn()
+                if self.vpn_link is not None:
+                    self.vpn_link.start()
             elif isinstance(a, am.StopVpn):
-                await self._stop_vpn(a.reason)
+                self._stop_vpn(a.reason)
+            elif isinstance(a, am.UseTia):
+                await self._use_tia(a, now)
+            elif isinstance(a, am.DropTia):
+                await self._vpn_gone(a.tia)
             log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
         for a in actions:  # publishing is off the critical path
             if isinstance(a, am.Status):
@@ -352,28 +360,14 @@ class MobileNodeDriver:
                                            "address": str(a.path.link_address),
                                            "mode": a.path.mode.value}
                                           if a.path else {})})
-        if self._trusted_now and self._probe_started is not None:
-            # Handover: link up (or re-probe) until the new path is configured and open;
-            # on an FA link, until mode f (mode c on the way there is not the handover).
-            ms = round((self.clock() - self._probe_started) * 1000, 2)
-            self._trusted_now = False
-            if self.machine.registering_via_fa:
-                self._handover_via_fa = ms  # reported if the FA fails us
-            else:
-                self._report_handover(ms)
-        elif self._handover_via_fa is not None and not self.machine.registering_via_fa:
-            self._report_handover(self._handover_via_fa)  # stayed in mode c
+        for a in actions:  # the machine's handover time: the number the user sees
+            if isinstance(a, am.Status) and a.handover and a.handover_ms is not None:
+                self._history("handover", {"mode": a.mode.value, "ms": f"{a.handover_ms:.1f}"})
         if any(isinstance(a, am.ConfigureDataPlane) for a in actions):
             await self.routes.finish()
 
-    def _report_handover(self, ms: float) -> None:
-        self._probe_started = None
-        self._handover_via_fa = None
-        self._publish(last_handover_ms=ms)
-        self._history("handover", {"mode": self.snapshot.mode.value, "ms": f"{ms:.1f}"})
-
     async def _gate(self, path: ProvenPath | None, home_probe: str | None = None) -> None:
-        self._gate_at = self.clock()  # just before the rules change (history, tests)
+        self._gate_at = self.wall()  # just before the rules change (history, tests)
         if self.gate is not None:
             try:
                 await self.gate.decide(path, home_probe)
@@ -389,27 +383,25 @@ class MobileNodeDriver:
         elif path.mode is Mode.HOME:
             self.routes.announce_home()  # only now: the announcer asks the decision
 
-    def _arp_permit(self, iface: str) -> bool:
-        """May a frame naming the home address leave ``iface`` (RFC 5944 4.6)?"""
-        p = self.machine.open_path
-        return (p is not None and p.iface == iface and p.mode is Mode.HOME) or (
-            self.machine.home_claimed == iface)  # proven home, deregistering (ClaimHome)
-
     async def _prepare_link(self, a: am.PrepareLink) -> None:
         t0 = time.perf_counter()
         self.sockets.open_link(a.iface, a.address.ip, hear_agents=self.profile.foreign_agents)
         if a.gateway is not None:
             await self.routes.set_link(LinkInfo(a.iface, a.address, a.gateway))
         log.debug("link set-up took %.2f ms", (time.perf_counter() - t0) * 1000)
-        if self.machine.mode is Mode.VPN:  # mc holds: its care-of address is the TIA
+        if a.mc_holds:  # its care-of address is the TIA
             self._publish(interface=a.iface)
         else:
             self._publish(interface=a.iface, care_of_address=str(a.address.ip))
 
+    # -- actions -----------------------------------------------------------------
+
     def _status(self, s: am.Status) -> None:
         state, mode = s.phase, s.mode
+        was = (self.snapshot.state, self.snapshot.mode, self.snapshot.error)
         changes: dict[str, object] = {"state": state, "mode": mode, "error": s.error or ""}
-        self._trusted_now = state is State.TRUSTED or mode is Mode.VPN
+        if s.handover_ms is not None:
+            changes["last_handover_ms"] = s.handover_ms
         if mode is Mode.HOME:
             changes["care_of_address"] = ""  # at home there is no care-of address
         elif s.care_of_address is not None and mode is not Mode.NONE:
@@ -418,19 +410,21 @@ class MobileNodeDriver:
             changes["home_agent_probe"] = replace(self.snapshot.home_agent_probe,
                                                   reachable=False)
         self._publish(**changes)
-        details = {"state": state.value, "mode": mode.value}
-        if s.error:
-            details["reason"] = s.error
-        self._history("error" if state is State.ERROR else "mode", details)
+        if was != (state, mode, s.error or ""):  # (a Status may only end a handover)
+            details = {"state": state.value, "mode": mode.value}
+            if s.error:
+                details["reason"] = s.error
+            self._history("error" if state is State.ERROR else "mode", details)
 
     def _update_binding(self) -> None:
         answer = self.client.last_answer
         if answer is not None and answer is not self._answer_seen:
             self._answer_seen = answer
-            self._publish(home_agent_probe=Probe(True, round(answer[0] * 1000, 3), answer[1]))
+            self._publish(home_agent_probe=Probe(True, round(answer[0] * 1000, 3),
+                                                 self._to_wall(answer[1])))
             self._history("probe-answered", {"rtt_ms": f"{answer[0] * 1000:.2f}"})
         t = self.vpn_client
-        b = t.binding if t is not None and self.machine.mode is Mode.VPN else (
+        b = t.binding if t is not None and self.snapshot.mode is Mode.VPN else (
             self.client.binding)
         if b is self._binding_seen:
             return
@@ -438,7 +432,7 @@ class MobileNodeDriver:
         if b is None:
             self._publish(binding_expires=0.0)
             return
-        self._publish(binding_expires=b.expires_at)
+        self._publish(binding_expires=self._to_wall(b.expires_at))
         self._history("registered", {"care_of": str(b.care_of_address),
                                      "lifetime": str(b.lifetime),
                                      "rtt_ms": f"{b.rtt * 1000:.2f}",
@@ -446,172 +440,60 @@ class MobileNodeDriver:
 
     # -- the VPN (mode mc) ---------------------------------------------------------
 
-    async def _load_vpn(self) -> bool:
-        """The profile's connection and secrets into charon (again after a restart
-        the adapter did not see loaded); a refusal is said once, never raised."""
-        assert self.charon is not None and self.profile.vpn is not None
-        try:
-            await self.charon.load(self.profile.vpn, self._vpn_secrets)
-        except VpnConfigError as exc:
-            self._vpn_error(f"the VPN cannot be set up: {exc}")
-            return False
-        except VpnUnreachableError as exc:
-            self._queue.put_nowait(_VpnInput(VpnUnreachable(str(exc))))
-            return False
-        except VpnError as exc:
-            self._vpn_error(f"charon refused the VPN's configuration: {exc}")
-            return False
-        self._vpn_loaded = True
-        return True
-
-    def _vpn_error(self, text: str) -> None:
-        log.error("%s", text)
-        self._history("vpn-error", {"text": text})
-        self._queue.put_nowait(_VpnInput(VpnUnreachable(text)))
-
-    def _start_vpn(self) -> None:
-        if self.charon is None or (self._vpn_task is not None and not self._vpn_task.done()):
-            return
-        self._vpn_task = asyncio.create_task(self._initiate(), name="vpn-initiate")
-
-    async def _initiate(self) -> None:
-        """charon brings the tunnel up (or finds it up: MOBIKE kept it); the outcome
-        comes back as events, in the queue's order."""
-        assert self.charon is not None
-        if self._stopping_vpn is not None:  # a teardown still going must not cut this one
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._stopping_vpn)
-        if not self._vpn_loaded and not await self._load_vpn():
-            return
-        self._history("vpn-starting", {})
-        try:
-            sa = await self.charon.initiate()
-        except VpnUnreachableError as exc:
-            self._queue.put_nowait(_VpnInput(VpnUnreachable(str(exc))))
-            return
-        except VpnError as exc:
-            self._queue.put_nowait(_VpnInput(VpnDown(str(exc))))
-            return
-        if sa.tia is not None and sa.remote is not None and sa.local is not None:
-            self._queue.put_nowait(_VpnInput(VpnUp(sa.tia, sa.remote, sa.local, sa.nat_detected,
-                                              sa.ike_id)))
-        elif sa.tia is None:
-            self._queue.put_nowait(_VpnInput(VpnDown(NO_TIA)))
-
-    async def _stop_vpn(self, reason: str) -> None:
-        if self._vpn_task is not None and not self._vpn_task.done():
-            self._vpn_task.cancel()
-        self._vpn_task = None
-        await self._vpn_gone()
+    def _stop_vpn(self, reason: str) -> None:
         self._publish(vpn_probe=Probe())  # stopped on purpose: no VPN to report on
-        self._history("vpn-stop", {"reason": reason})
-        if self.charon is not None:
-            self._stopping_vpn = asyncio.create_task(self._terminate(), name="vpn-terminate")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
-
-    async def _refresh_nat(self, ike_id: int, after: float = 0.0) -> None:
-        assert self.charon is not None
-        if after:
-            await asyncio.sleep(after)
-        try:
-            sa = await self.charon.sa()
-        except VpnError:
-            return
-        if sa is not None and sa.ike_id == ike_id and ike_id == self._vpn_ike:
-            self._vpn_nat_is(sa.nat_detected)
+        if self.vpn_link is not None:
+            self.vpn_link.stop(reason)
 
     def _vpn_nat_is(self, nat: bool) -> None:
         if nat != self._vpn_nat:
             self._history("vpn-nat", {"detected": str(nat).lower()})
         self._vpn_nat = nat
-        if self.machine.mode is Mode.VPN or not self.snapshot.nat_detected:
+        if self.snapshot.mode is Mode.VPN or not self.snapshot.nat_detected:
             self._publish(nat_detected=nat)
 
-    async def _vpn_gone(self) -> None:
+    async def _use_tia(self, a: am.UseTia, now: float) -> None:
+        """The machine's new SA or TIA: the link's address is never it, registrations
+        leave from it (before the machine's Send through the VPN), the gateway's route
+        stays on the link; published."""
+        for link_ev in self.tracker.vpn_address(a.tia, now):  # never the link's
+            await self._link_event(link_ev, now)
+        if a.gateway_address is not None:
+            await self.routes.vpn_gateway(a.gateway_address)
+        await self.routes.vpn_source(a.tia)  # before the registration through it
+        self.sockets.open_vpn(a.tia)
+        self._history("vpn-up", {"tia": str(a.tia), "gateway": a.gateway,
+                                 "ike": str(a.ike_id), "local": a.local, "remote": a.remote,
+                                 "nat": str(a.nat_detected).lower()})
+        self._vpn_gw = a.gateway_address
+        self._publish(tunnel_inner_address=str(a.tia), vpn_gateway=a.gateway,
+                      vpn_probe=replace(self.snapshot.vpn_probe, reachable=True))
+        self._vpn_nat_is(a.nat_detected)  # charon's NAT-T: the VPN's NAT
+        self._send_echo(now)
+
+    async def _vpn_gone(self, tia: IPv4Address | None) -> None:
         """The TIA is no longer ours: its socket, its rule and its status go."""
-        if self._vpn_tia is not None:
-            self.tracker.vpn_address_gone(self._vpn_tia)
-        self._vpn_tia = self._vpn_ike = self._vpn_gw = None
+        if tia is not None:
+            self.tracker.vpn_address_gone(tia)
+        self._vpn_gw = None
         self.sockets.close_vpn()
         await self.routes.vpn_source(None)
         self._publish(tunnel_inner_address="", vpn_gateway="",
                       vpn_probe=replace(self.snapshot.vpn_probe, reachable=False))
 
-    async def _terminate(self) -> None:
-        assert self.charon is not None
-        try:
-            await self.charon.terminate(wait=False)
-        except VpnError as exc:
-            log.info("the VPN was not torn down: %s", exc)
-
-    async def _vpn_event(self, ev: VpnEvent, now: float) -> None:
-        if isinstance(ev, VpnUp):
-            if ev.tia is None or not isinstance(ev.tia, IPv4Address):
-                # Mode mc needs one: say so, and let the machine retry later.
-                self._history("vpn-error", {"text": NO_TIA})
-                await self._execute(self.machine.handle(am.VpnLost(NO_TIA), now))
-                return
-            if self._vpn_ike == ev.ike_id and self._vpn_tia == ev.tia:
-                return  # the same SA reported again (initiate's answer and the event)
-            self._vpn_ike, self._vpn_tia = ev.ike_id, ev.tia
-            for link_ev in self.tracker.vpn_address(ev.tia, now):  # never the link's
-                await self._link_event(link_ev, now)
-            gw = self.charon.gateway if self.charon and self.charon.gateway else str(
-                ev.gateway.host)
-            gw_ip = ev.gateway.host if isinstance(ev.gateway.host, IPv4Address) else None
-            if gw_ip is not None:
-                await self.routes.vpn_gateway(gw_ip)
-            await self.routes.vpn_source(ev.tia)  # before the registration through it
-            self.sockets.open_vpn(ev.tia)
-            self._history("vpn-up", {"tia": str(ev.tia), "gateway": gw, "ike": str(ev.ike_id),
-                                     "local": str(ev.local), "remote": str(ev.gateway),
-                                     "nat": str(ev.nat_detected).lower()})
-            self._vpn_gw = gw_ip
-            self._publish(tunnel_inner_address=str(ev.tia), vpn_gateway=gw,
-                          vpn_probe=replace(self.snapshot.vpn_probe, reachable=True))
-            self._vpn_nat_is(ev.nat_detected)  # charon's NAT-T: the VPN's NAT
-            self._send_echo(now)
-            await self._execute(self.machine.handle(am.VpnReady(ev.tia, gw), now))
-        elif isinstance(ev, MobikeUpdate):
-            self._history("mobike", {"local": str(ev.local), "remote": str(ev.remote)})
-            local = ev.local.host if isinstance(ev.local.host, IPv4Address) else None
-            self._send_echo(now)
-            if self.charon is not None:
-                # With kernel ESP no CHILD rekey follows (below): no event says when
-                # the UPDATE_SA_ADDRESSES exchange (its NAT detection) is done, so ask
-                # again a moment later.
-                self._spawn(self._refresh_nat(ev.ike_id, MOBIKE_SETTLE))
-            await self._execute(self.machine.handle(am.VpnMoved(local), now))
-        elif isinstance(ev, IkeRekeyed):
-            self._history("ike-rekey", {"old": str(ev.old_ike_id), "new": str(ev.new_ike_id)})
-            if self._vpn_ike == ev.old_ike_id:
-                self._vpn_ike = ev.new_ike_id
-        elif isinstance(ev, ChildRekeyed):
-            self._history("child-rekey", {"ike": str(ev.ike_id)})
-            if self.charon is not None:
-                # After a MOBIKE move (ike-update comes as the addresses switch, before
-                # the exchange that detects NATs) the CHILD SA is rekeyed: by then charon
-                # knows whether a NAT is in the new path.
-                self._spawn(self._refresh_nat(ev.ike_id))
-        elif isinstance(ev, VpnDown):
-            self._history("vpn-down", {"reason": ev.reason})
-            if ev.ike_id is not None and self._vpn_ike is not None and (
-                    ev.ike_id != self._vpn_ike):
-                return  # an SA we no longer use (rekeyed, or an older attempt)
-            await self._vpn_gone()
-            await self._execute(self.machine.handle(am.VpnLost(ev.reason), now))
-        elif isinstance(ev, VpnUnreachable):
-            self._history("vpn-unreachable", {"text": ev.message})
-            await self._vpn_gone()
-            await self._execute(self.machine.handle(am.VpnServiceLost(ev.message), now))
-        elif isinstance(ev, VpnServiceUp):
-            self._history("vpn-service-up", {"socket": ev.socket})
-            self._vpn_loaded = self._vpn_loaded and self.charon is not None
-            await self._execute(self.machine.handle(am.VpnServiceBack(), now))
+    async def _vpn_event(self, ev: VpnEvent | NatSeen, now: float) -> None:
+        """charon's event (or what the VPN link read of it): to the machine."""
+        if self.vpn_link is None:
+            return
+        if isinstance(ev, NatSeen):  # of the SA in use only
+            if ev.ike_id == self.machine.vpn.ike_id:
+                self._vpn_nat_is(ev.nat_detected)
+            return
+        events = self.vpn_link.translate(ev)
+        if isinstance(ev, MobikeUpdate):
+            self._send_echo(now)  # the VPN probe from the new path
+        for mev in events:
+            await self._execute(self.machine.handle(mev, now), now)
 
     def _send_echo(self, now: float) -> None:
         """The VPN probe (``app.mn.sockets``), every ECHO_INTERVAL while the VPN is up."""
@@ -632,16 +514,14 @@ class MobileNodeDriver:
         self.routes.tunnel_write(inner)
 
     def _keepalive_for(self, a: am.ConfigureDataPlane, udp: socket.socket | None) -> None:
-        b = self.client.binding
         # In mc the NAT that matters is the VPN's (IPsec NAT-T, charon's detection).
         self._publish(nat_detected=self._vpn_nat if a.mode is Mode.VPN else (
-            udp is not None and b is not None))
-        if udp is None or b is None:
+            udp is not None))
+        if udp is None:
             self._keepalive = None
             return
-        interval = b.keepalive_interval or DEFAULT_KEEPALIVE
-        self._keepalive = NatKeepalive.start(interval, self.clock())
-        self._history("udp-tunnel", {"keepalive_s": str(interval)})
+        self._keepalive = NatKeepalive.start(a.keepalive_s, self.clock())
+        self._history("udp-tunnel", {"keepalive_s": str(a.keepalive_s)})
 
     async def _keepalive_tick(self, now: float) -> None:
         k, reg = self._keepalive, self.sockets.registration
@@ -657,7 +537,7 @@ class MobileNodeDriver:
                 except OSError as exc:
                     log.info("keepalive to the home agent not sent: %s", exc.strerror)
             else:
-                await self._execute(self.machine.reregister(now))
+                await self._execute(self.machine.reregister(now), now)
 
     # -- timer, publishing -------------------------------------------------------
 
@@ -680,5 +560,9 @@ class MobileNodeDriver:
             self.on_snapshot(new)
 
     def _history(self, kind: str, details: dict[str, str]) -> None:
-        self.on_event(HistoryEntry(self.clock(), kind, details))
+        self.on_event(HistoryEntry(self.wall(), kind, details))
+
+    def _to_wall(self, t: float) -> float:
+        """A time of ``clock`` as Unix time (as the wall clock reads now)."""
+        return t + (self.wall() - self.clock())
 

@@ -215,10 +215,25 @@ class ReplayState:
 
 
 class RegistrationClient:
+    """One mobile node's registrations with its home agent (RFC 5944 3.6), sans-I/O.
+
+    Requests in (:meth:`register`, :meth:`deregister`, :meth:`deregister_care_of`,
+    :meth:`reregister`, :meth:`cancel`); input at ``now`` (:meth:`receive`,
+    :meth:`handle_timer`); output drained (:meth:`datagrams_to_send`,
+    :meth:`next_event`); :meth:`get_timer` says when to call :meth:`handle_timer`.
+    ``binding`` is the registration that stands.
+    """
+
     def __init__(self, config: RegistrationConfig,
                  nonce: Callable[[], int] = lambda: secrets.randbits(32),
-                 replay: ReplayState | None = None) -> None:
+                 replay: ReplayState | None = None,
+                 wall: Callable[[float], float] = lambda now: now) -> None:
+        """``now`` everywhere is monotonic seconds (timers, the binding's lifetime);
+        ``wall`` maps it to Unix time for the timestamp identification alone (RFC
+        5944 5.7.1), so a wall clock that steps moves no deadline.  The default
+        takes ``now`` for wall time (a fake clock's tests)."""
         self.config = config
+        self._wall = wall
         self.state = ClientState.IDLE
         self.replay = replay if replay is not None else ReplayState()
         self._nonce = nonce
@@ -343,6 +358,7 @@ class RegistrationClient:
         return None if b is None else b.expires_at - b.lifetime
 
     def receive(self, data: bytes, now: float) -> None:
+        """A datagram that may be the reply to the request out (else dropped)."""
         a = self._attempt
         if a is None:
             return
@@ -378,7 +394,8 @@ class RegistrationClient:
                 # The HA stamped its seconds about half a round trip after we sent.
                 # Truncated to the second: add half of one on average.
                 ha_time = ident.unix_from_ntp(ident.join(ident.high(rep.identification), 0))
-                self.replay.clock_offset = ha_time + 0.5 - (a.last_sent + now) / 2
+                self.replay.clock_offset = ha_time + 0.5 - (
+                    self._wall(a.last_sent) + self._wall(now)) / 2
                 # 3.6.2.3: adjust before any new request; what we sent ahead of the
                 # HA's clock no longer bounds us, what it accepted still does.
                 self.replay.floor = self.replay.last_accepted_ident
@@ -421,6 +438,7 @@ class RegistrationClient:
         self._renewal = a
 
     def handle_timer(self, now: float) -> None:
+        """Retransmit, give up (TimedOut), renew or lose the binding, as due at ``now``."""
         a = self._attempt
         if a is not None and now >= a.deadline:
             if a.copies > self.config.retries:
@@ -443,6 +461,7 @@ class RegistrationClient:
             self._renew(prev, now)
 
     def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` is due next; None: nothing to wait for."""
         # A renewal waits while another request is out (handle_timer renews only
         # then): its time must not be offered meanwhile, or a caller spins on it.
         times = [t for t in (self._attempt.deadline if self._attempt else None,
@@ -451,10 +470,12 @@ class RegistrationClient:
         return min(times) if times else None
 
     def datagrams_to_send(self) -> Sequence[Datagram]:
+        """The requests to put on the wire now, in order."""
         out, self._out = self._out, []
         return out
 
     def next_event(self) -> Event | None:
+        """The next outcome (Registered, Denied, TimedOut, ...); None when there is none."""
         return self._events.popleft() if self._events else None
 
     # -- internals -------------------------------------------------------------
@@ -538,7 +559,7 @@ class RegistrationClient:
                 low ^= 1
             i = ident.nonce_ident(r.ha_nonce, low)
         else:
-            i = ident.ntp_from_unix(now + r.clock_offset) | (
+            i = ident.ntp_from_unix(self._wall(now) + r.clock_offset) | (
                 self._nonce() & _TIMESTAMP_RANDOM_BITS)
             # 5.7.1: greater than any earlier request (the HA's sequence number),
             # even if the clock steps back or two requests share a tick.

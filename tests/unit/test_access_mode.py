@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 import pytest
 
 from app.agents.fa_config import ForeignAgentConfig
@@ -20,6 +22,7 @@ from app.mn.access_mode import (
     Send,
     Solicit,
 )
+from app.mn.registration import UdpTunnelling
 from app.net.gate_rules import ProvenPath
 from tests.support.identities import ALICE, HA, T0, config
 from tests.support.world import (
@@ -56,7 +59,7 @@ def test_trusted_dhcp_link_is_mode_c_gate_opens_only_after_the_reply():
     assert not opened(acts)
     acts = net.roundtrip(acts, T0 + 0.003)
     assert (State.TRUSTED, Mode.COLOCATED) in statuses(acts)
-    assert ConfigureDataPlane(Mode.COLOCATED, "eth0", T1.address.ip) in acts
+    assert ConfigureDataPlane(Mode.COLOCATED, "eth0") in acts
     gate = opened(acts)[0]
     assert gate.path == ProvenPath("eth0", T1.address.ip, Mode.COLOCATED)
     assert acts.index(gate) > max(i for i, a in enumerate(acts)
@@ -71,7 +74,7 @@ def test_fa_link_becomes_mode_f_only_after_trust():
     # The advertisement answers the solicitation; the probe already proved trust (c).
     acts += net.roundtrip(m.handle(AgentAdvert("eth0", FA, 600), T0 + 0.01), T0 + 0.01)
     assert statuses(acts)[-1] == (State.TRUSTED, Mode.FOREIGN_AGENT)
-    assert ConfigureDataPlane(Mode.FOREIGN_AGENT, "eth0", FA) in acts
+    assert ConfigureDataPlane(Mode.FOREIGN_AGENT, "eth0", foreign_agent=FA) in acts
     assert net.ha.bindings[ALICE].care_of_address == FA
 
 
@@ -106,7 +109,7 @@ def test_home_link_is_mode_h():
     net.roundtrip(m.handle(T1, T0), T0)
     acts = net.roundtrip(m.handle(HOME, T0 + 5), T0 + 5)
     assert statuses(acts)[-1] == (State.TRUSTED, Mode.HOME)
-    assert ConfigureDataPlane(Mode.HOME, "eth0", None) in acts
+    assert ConfigureDataPlane(Mode.HOME, "eth0") in acts
     assert ALICE not in net.ha.bindings
 
 
@@ -125,7 +128,7 @@ def test_link_down_and_resume():
     net.roundtrip(m.handle(T1, T0), T0)
     acts = m.handle(LinkDown("eth0"), T0 + 1)
     assert shut(acts) and m.phase is State.OFFLINE
-    assert acts.index(Gate(None)) < acts.index(ConfigureDataPlane(Mode.NONE, None, None))
+    assert acts.index(Gate(None)) < acts.index(ConfigureDataPlane(Mode.NONE, None))
     net.roundtrip(m.handle(T1, T0 + 2), T0 + 2)
     assert m.phase is State.TRUSTED
     acts = m.handle(Resumed(), T0 + 100)
@@ -234,3 +237,15 @@ def test_rfc5944_3_6_1_1_a_renewal_after_the_fa_went_quiet_never_leaves_from_the
     while (t := m.get_timer()) is not None and t < m.client.binding.expires_at:
         now = t
         net.roundtrip(m.handle_timer(now), now)  # _check_source asserts every source
+def test_rfc3519_4_9_mode_c_over_udp_carries_its_keepalive_interval():
+    """A reply that granted UDP tunnelling (the home agent saw another source: a NAT)
+    configures mode c over UDP with the keepalive interval the machine decided (the
+    reply's, or RFC 3519 4.9's default K)."""
+    m = machine(registration(lifetime=300, udp_tunnelling=UdpTunnelling.AUTO))
+    ha = HomeAgent(config())
+    send = next(a for a in m.handle(T1, T0) if isinstance(a, Send))
+    behind_a_nat = IPv4Address("198.51.100.7")  # the source the home agent sees
+    out = ha.handle_request(send.datagram.data, (behind_a_nat, 434), T0 + 0.001)
+    assert out.reply is not None
+    acts = m.receive(out.reply, T0 + 0.003)
+    assert ConfigureDataPlane(Mode.COLOCATED, "eth0", udp_tunnel=True, keepalive_s=110) in acts

@@ -137,10 +137,10 @@ def test_rfc5266_3_1_1_a_home_prefix_link_whose_deregistration_goes_unanswered_i
     claim = next(i for i, a in enumerate(acts) if isinstance(a, ClaimHome))
     # The home address comes off the link (and its ARP shut) before mode c.
     withdrawn = next(i for i, a in enumerate(acts) if i > claim
-                     and a == ConfigureDataPlane(Mode.NONE, None, None))
+                     and a == ConfigureDataPlane(Mode.NONE, None))
     reshut = next(i for i, a in enumerate(acts) if i > claim and isinstance(a, Gate)
                   and a.home_probe is None)
-    c = acts.index(ConfigureDataPlane(Mode.COLOCATED, "eth0", HOME_LINK))
+    c = acts.index(ConfigureDataPlane(Mode.COLOCATED, "eth0"))
     assert claim < reshut < c and claim < withdrawn < c
     assert any(isinstance(a, Note) and a.kind == "home-timeout" for a in acts)
     w.agrees()
@@ -156,7 +156,7 @@ def test_rfc5944_4_6_leaving_home_while_claiming_takes_the_home_address_off_the_
     n = len(w.actions)
     w.move(EVIL)
     acts = [a for _, a in w.actions[n:]]
-    assert ConfigureDataPlane(Mode.NONE, None, None) in acts
+    assert ConfigureDataPlane(Mode.NONE, None) in acts
     assert w.m.home_probe is None and w.m.home_claimed is None
     assert not [a for a in acts if isinstance(a, Gate) and a.home_probe]
 

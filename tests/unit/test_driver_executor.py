@@ -1,0 +1,147 @@
+"""The driver as an executor: actions passed through, the machine's numbers published.
+
+No namespaces: the driver is built with stand-in routes and no gate, and its
+executor and publishing are called directly.  Times: the machines run on the
+monotonic ``clock``; what is published (history, binding expiry, probe answers)
+is wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from app.api import HistoryEntry, Mode, State
+from app.mip import ident
+from app.mip.messages import RegistrationRequest
+from app.mn import access_mode as am
+from app.mn.driver import MobileNodeDriver
+from app.mn.profile import Profile
+from app.mn.registration import Registered
+from app.net.arp import ArpAnnouncer
+from tests.support.identities import T0
+
+A = IPv4Address
+MONO = 100.0
+COA = A("10.30.1.50")
+FA = A("10.40.1.1")
+
+
+class Routes:
+    def __init__(self) -> None:
+        self.arp = ArpAnnouncer()
+        self.configured: list[tuple[Any, ...]] = []
+        self.finished = 0
+
+    async def configure(self, mode: Mode, **kw: Any) -> None:
+        self.configured.append((mode, kw))
+
+    async def finish(self) -> None:
+        self.finished += 1
+
+
+def driver() -> tuple[MobileNodeDriver, list[HistoryEntry]]:
+    profile = Profile("corp", A("10.20.1.10"), IPv4Network("10.20.1.0/24"), A("10.20.1.1"),
+                      256, gate_enabled=False)
+    history: list[HistoryEntry] = []
+    d = MobileNodeDriver(profile, b"k" * 16, Routes(), None,  # type: ignore[arg-type]
+                         on_event=history.append, clock=lambda: MONO, wall=lambda: T0)
+    return d, history
+
+
+def test_configure_data_plane_is_a_pass_through():
+    d, _ = driver()
+    asyncio.run(d._execute([am.ConfigureDataPlane(Mode.FOREIGN_AGENT, "eth0",
+                                                  foreign_agent=FA)], MONO))
+    assert d.routes.configured == [(Mode.FOREIGN_AGENT,  # type: ignore[attr-defined]
+                                    {"foreign_agent": FA, "udp": None, "tia": None})]
+    assert d.routes.finished == 1  # type: ignore[attr-defined]
+
+
+def test_the_handover_published_is_the_machines():
+    d, history = driver()
+    s = am.Status(State.TRUSTED, Mode.COLOCATED, "eth0", COA, None, 12.5, handover=True)
+    asyncio.run(d._execute([s], MONO))
+    assert d.snapshot.last_handover_ms == 12.5
+    assert [(e.kind, e.details) for e in history] == [
+        ("mode", {"state": "trusted", "mode": "c"}),
+        ("handover", {"mode": "c", "ms": "12.5"})]
+    # A Status that only ends a handover (mode c kept after the FA failed) is no new mode.
+    history.clear()
+    asyncio.run(d._execute([s], MONO))
+    assert [e.kind for e in history] == ["handover"]
+
+
+def test_published_times_are_wall_time_the_machines_run_on_the_monotonic_clock():
+    d, history = driver()
+    d.client.binding = Registered(COA, 600, MONO + 600, 0.01, False, False, 0)
+    d._update_binding()
+    assert d.snapshot.binding_expires == T0 + 600
+    assert history and all(e.time == T0 for e in history)
+    d.client.register(COA, MONO)
+    data = d.client.datagrams_to_send()[0].data
+    sent = ident.unix_from_ntp(RegistrationRequest.decode(data).identification)
+    assert abs(sent - T0) < 1  # RFC 5944 5.7.1: the identification is wall time
+
+
+class VpnRoutes(Routes):
+    def __init__(self) -> None:
+        super().__init__()
+        self.link = None
+        self.sources: list[IPv4Address | None] = []
+        self.gateways: list[IPv4Address] = []
+
+    async def vpn_source(self, tia: IPv4Address | None) -> None:
+        self.sources.append(tia)
+
+    async def vpn_gateway(self, gw: IPv4Address) -> None:
+        self.gateways.append(gw)
+
+
+async def test_a_repeated_vpn_up_does_nothing_as_the_machine_decides():
+    from types import SimpleNamespace
+
+    from app.vpn.events import Endpoint, VpnDown, VpnUp
+    from app.vpn.profile import VpnConfig
+
+    profile = Profile("corp", A("10.20.1.10"), IPv4Network("10.20.1.0/24"), A("10.20.1.1"),
+                      256, gate_enabled=False,
+                      vpn=VpnConfig(("172.16.0.11",), "mn@lab",
+                                    intranet=(IPv4Network("10.0.0.0/8"),)))
+    history: list[HistoryEntry] = []
+    routes = VpnRoutes()
+    d = MobileNodeDriver(profile, b"k" * 16, routes, None,  # type: ignore[arg-type]
+                         on_event=history.append, clock=lambda: MONO, wall=lambda: T0,
+                         charon=SimpleNamespace(gateway=None))  # type: ignore[arg-type]
+    d._loop = asyncio.get_running_loop()
+    tia, gw = A("10.99.1.1"), Endpoint(A("172.16.0.11"), 4500)
+    up = VpnUp(tia, gw, Endpoint(A("203.0.113.5"), 4500), False, 1)
+    try:
+        await d._vpn_event(up, MONO)
+        await d._vpn_event(up, MONO + 0.1)  # initiate's answer and charon's event
+        assert [e.kind for e in history].count("vpn-up") == 1
+        assert routes.sources == [tia] and routes.gateways == [A("172.16.0.11")]
+        assert d.snapshot.tunnel_inner_address == "10.99.1.1"
+        await d._vpn_event(VpnDown("rekeyed away", 7), MONO + 0.2)  # not the SA in use
+        assert routes.sources == [tia] and d.snapshot.tunnel_inner_address == "10.99.1.1"
+        await d._vpn_event(VpnDown("DPD", 1), MONO + 0.3)
+        assert routes.sources == [tia, None] and d.snapshot.tunnel_inner_address == ""
+    finally:
+        d._close_sockets()
+
+
+def test_rfc3519_4_9_the_keepalive_runs_at_the_interval_the_action_carries():
+    import socket
+
+    d, history = driver()
+    d._reg = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the link's, unbound here
+    try:
+        asyncio.run(d._execute([am.ConfigureDataPlane(Mode.COLOCATED, "eth0", udp_tunnel=True,
+                                                      keepalive_s=20)], MONO))
+        assert d.routes.configured[0][1]["udp"] is d._reg  # type: ignore[attr-defined]
+        assert d._keepalive is not None and d._keepalive.get_timer() == MONO + 20
+        assert ("udp-tunnel", {"keepalive_s": "20"}) in [(e.kind, e.details) for e in history]
+        assert d.snapshot.nat_detected
+    finally:
+        d._reg.close()
