@@ -362,8 +362,11 @@ class AccessModeMachine:
         link = self._link
         if link is None or ev.iface != link.iface:
             return
-        if link.claimed:
-            self.client.cancel()  # no deregistration from the home address elsewhere
+        # Nothing more from this link's addresses (on the home link its own address
+        # may be the home address): no deregistration from the home address elsewhere,
+        # no probe retransmitted with no link.  The binding is not renewable from the
+        # next link anyway (_on_link_up forgets it).
+        self.client.cancel()
         self._link = None
         self.vpn.register_at = None
         self._leave(State.OFFLINE, None)

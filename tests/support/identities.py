@@ -28,3 +28,13 @@ def config(**kw: Any) -> HomeAgentConfig:
     )
     base = HomeAgentConfig(HA, IPv4Network("10.20.1.0/24"), nodes, state_dir=Path("/nonexist"))
     return replace(base, **kw)
+
+
+ALICE_KEY_HEX = "00112233445566778899aabbccddeeff"
+"""A key as a helper's profile/secrets files hold it (hex)."""
+ALICE_PROFILE = """home_address = "10.20.1.10"
+home_network = "10.20.1.0/24"
+home_agent = "10.20.1.1"
+spi = 256
+"""
+"""Alice's profile file, the least a helper accepts."""

@@ -120,6 +120,31 @@ def machine(cfg: RegistrationConfig, *, vpn: bool = False, **kw: Any) -> AccessM
     return AccessModeMachine(HOME_NET, direct, vpn_client=t, **kw)
 
 
+# -- a registration client alone, pumped by hand ------------------------------------
+
+COA = A("10.30.1.50")
+
+
+def client(**kw: Any) -> RegistrationClient:
+    """Alice's registration client (lifetime 100 s), ``kw`` replacing its fields."""
+    cfg = RegistrationConfig(ALICE, HA, 256, Algorithm.HMAC_MD5, KEY_A, lifetime=100)
+    return RegistrationClient(replace(cfg, **kw))
+
+
+def pump(c: RegistrationClient, ha: HomeAgent | None, now: float,
+         src: IPv4Address = COA) -> list[Any]:
+    """Deliver what the client sent to the HA and the HA's answers back; return events."""
+    for d in c.datagrams_to_send():
+        if ha is not None:
+            out = ha.handle_request(d.data, (src, 434), now)
+            if out.reply:
+                c.receive(out.reply, now)
+    events = []
+    while (e := c.next_event()) is not None:
+        events.append(e)
+    return events
+
+
 class ClientOnly:
     """A registration client alone, driven as the world drives a machine: its
     datagrams go out as Sends, its events are recorded."""
@@ -490,6 +515,17 @@ class World:
             assert coa is None, (m, coa)
         else:
             assert self.gate is None
+
+
+@dataclass
+class Branch(World):
+    """A trusted network in the home prefix that is not the home link: the home
+    agent answers the link's address (through a NAT, say), never the home address."""
+
+    def _carry(self, a: Send) -> None:
+        if not a.through_vpn and a.datagram.source == self.home:
+            return
+        super()._carry(a)
 
 
 def trusted_world(**kw: Any) -> World:

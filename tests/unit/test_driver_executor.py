@@ -128,20 +128,21 @@ async def test_a_repeated_vpn_up_does_nothing_as_the_machine_decides():
         await d._vpn_event(VpnDown("DPD", 1), MONO + 0.3)
         assert routes.sources == [tia, None] and d.snapshot.tunnel_inner_address == ""
     finally:
-        d._close_sockets()
+        d.sockets.close()
 
 
 def test_rfc3519_4_9_the_keepalive_runs_at_the_interval_the_action_carries():
     import socket
 
     d, history = driver()
-    d._reg = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the link's, unbound here
+    reg = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the link's, unbound here
+    d.sockets._reg = reg
     try:
         asyncio.run(d._execute([am.ConfigureDataPlane(Mode.COLOCATED, "eth0", udp_tunnel=True,
                                                       keepalive_s=20)], MONO))
-        assert d.routes.configured[0][1]["udp"] is d._reg  # type: ignore[attr-defined]
+        assert d.routes.configured[0][1]["udp"] is reg  # type: ignore[attr-defined]
         assert d._keepalive is not None and d._keepalive.get_timer() == MONO + 20
         assert ("udp-tunnel", {"keepalive_s": "20"}) in [(e.kind, e.details) for e in history]
         assert d.snapshot.nat_detected
     finally:
-        d._reg.close()
+        reg.close()

@@ -14,8 +14,7 @@ import pytest
 from app.api import Mode, Policy, State
 from app.mn.access_mode import AgentAdvert, PolicySet, Resumed, Status
 from tests.support.identities import T0
-from tests.unit.test_access_mode import FA, FA1, HOME, T1, Net, machine
-from tests.unit.test_mode_mc import World
+from tests.support.world import FA, World, machine, registration
 
 
 def handovers(statuses):
@@ -24,62 +23,62 @@ def handovers(statuses):
             if isinstance(s, Status) and getattr(s, "handover", False)]
 
 
-def run_timers(m, net, until, src):
-    acts, now = [], None
-    while (t := m.get_timer()) is not None and t <= until:
-        now = t
-        acts += net.run(m, m.handle_timer(now), now, src)
-    return acts
+def world(one_way: float) -> World:
+    """The trusted side with ``one_way`` seconds each way to the agents."""
+    return World(direct=one_way, through=0.0,
+                 m=machine(registration(lifetime=300, initial_timeout=0.5, retries=2)))
 
 
 def test_mode_c_handover_is_link_up_to_the_open_path():
-    m, net = machine(), Net()
-    acts = net.run(m, m.handle(T1, T0), T0 + 0.003, T1.address.ip)
-    assert handovers(acts) == [(Mode.COLOCATED, pytest.approx(3.0))]
-    assert m.last_handover_ms == pytest.approx(3.0)
+    w = world(0.0015)
+    w.move("t1")
+    w.run_until(T0 + 0.01)
+    assert handovers(w.statuses) == [(Mode.COLOCATED, pytest.approx(3.0))]
+    assert w.m.last_handover_ms == pytest.approx(3.0)
 
 
 def test_mode_h_handover_ends_at_mode_h_not_at_the_claim():
-    m, net = machine(), Net()
-    net.run(m, m.handle(T1, T0), T0 + 0.003, T1.address.ip)
-    acts = m.handle(HOME, T0 + 5)
-    assert handovers(acts) == []
-    acts = net.run(m, acts, T0 + 5.004, HOME.address.ip)
-    assert statuses_of(acts)[-1] == (State.TRUSTED, Mode.HOME)
-    assert handovers(acts) == [(Mode.HOME, pytest.approx(4.0))]
-
-
-def statuses_of(acts):
-    return [(s.phase, s.mode) for s in acts if isinstance(s, Status)]
+    w = world(0.001)
+    w.move("t1")
+    w.run_until(T0 + 5)
+    n = len(w.statuses)
+    w.move("home-at-home")  # the probe, the claim, the deregistration: two round trips
+    assert handovers(w.statuses[n:]) == []
+    w.run_until(T0 + 5.01)
+    assert (w.m.phase, w.m.mode) == (State.TRUSTED, Mode.HOME)
+    assert handovers(w.statuses[n:]) == [(Mode.HOME, pytest.approx(4.0))]
 
 
 def test_fa_link_handover_ends_at_mode_f_and_mode_c_on_the_way_is_not_it():
-    m, net = machine(), Net()
-    net.fa_down = True  # the FA's first answer is lost: c and f in separate steps
-    acts = m.handle(FA1, T0)
-    acts += m.handle(AgentAdvert("eth0", FA, 600), T0 + 0.001)
-    acts = net.run(m, acts, T0 + 0.003, FA1.address.ip)
-    c = [s for s in acts if isinstance(s, Status) and s.mode is Mode.COLOCATED]
+    w = world(0.0015)
+    w.fa_down = True  # the FA's first answer is lost: c and f in separate steps
+    w.move("fa1")
+    w.now = T0 + 0.001
+    w.apply(w.m.handle(AgentAdvert("eth0", FA, 600), w.now))
+    w.run_until(T0 + 0.01)
+    c = [s for s in w.statuses if s.mode is Mode.COLOCATED]
     assert c and c[-1].handover_ms is None, "mode c on the way to f is no handover"
-    assert handovers(acts) == []
-    net.fa_down = False
-    t = m.get_timer()
-    acts = net.run(m, m.handle_timer(t), t, FA1.address.ip)
-    assert m.mode is Mode.FOREIGN_AGENT
-    assert handovers(acts) == [(Mode.FOREIGN_AGENT, pytest.approx((t - T0) * 1000))]
+    assert handovers(w.statuses) == []
+    w.fa_down = False
+    t = w.m.get_timer()  # the request through the FA, sent again
+    w.run_until(t + 0.01)
+    assert w.m.mode is Mode.FOREIGN_AGENT
+    assert handovers(w.statuses) == [(Mode.FOREIGN_AGENT,
+                                      pytest.approx((t + 0.003 - T0) * 1000))]
 
 
 def test_a_failing_fa_reports_the_time_to_mode_c():
-    m, net = machine(), Net()
-    net.fa_down = True
-    acts = m.handle(FA1, T0)
-    acts += m.handle(AgentAdvert("eth0", FA, 600), T0 + 0.001)
-    acts = net.run(m, acts, T0 + 0.003, FA1.address.ip)
-    assert handovers(acts) == []
-    acts = run_timers(m, net, T0 + 10, FA1.address.ip)
-    assert (m.phase, m.mode) == (State.TRUSTED, Mode.COLOCATED)
-    assert handovers(acts) == [(Mode.COLOCATED, pytest.approx(3.0))]
-    assert m.last_handover_ms == pytest.approx(3.0)
+    w = world(0.0015)
+    w.fa_down = True
+    w.move("fa1")
+    w.now = T0 + 0.001
+    w.apply(w.m.handle(AgentAdvert("eth0", FA, 600), w.now))
+    w.run_until(T0 + 0.01)
+    assert handovers(w.statuses) == []
+    w.run_until(T0 + 10)
+    assert (w.m.phase, w.m.mode) == (State.TRUSTED, Mode.COLOCATED)
+    assert handovers(w.statuses) == [(Mode.COLOCATED, pytest.approx(3.0))]
+    assert w.m.last_handover_ms == pytest.approx(3.0)
 
 
 def test_mode_mc_handover_is_link_up_to_the_open_path_through_the_vpn():
@@ -91,10 +90,13 @@ def test_mode_mc_handover_is_link_up_to_the_open_path_through_the_vpn():
 
 
 def test_a_reprobe_starts_a_new_handover():
-    m, net = machine(), Net()
-    net.run(m, m.handle(T1, T0), T0 + 0.003, T1.address.ip)
-    acts = net.run(m, m.handle(Resumed(), T0 + 100), T0 + 100.002, T1.address.ip)
-    assert handovers(acts) == [(Mode.COLOCATED, pytest.approx(2.0))]
+    w = world(0.001)
+    w.move("t1")
+    w.run_until(T0 + 100)
+    n = len(w.statuses)
+    w.apply(w.m.handle(Resumed(), w.now))
+    w.run_until(T0 + 100.01)
+    assert handovers(w.statuses[n:]) == [(Mode.COLOCATED, pytest.approx(2.0))]
 
 
 def test_a_policy_change_starts_a_new_handover():

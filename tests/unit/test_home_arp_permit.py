@@ -10,8 +10,7 @@ import pytest
 
 from app.api import Mode
 from app.mn.driver import HomeArpPermit
-from tests.unit.test_home_link import Branch
-from tests.unit.test_mode_mc import World
+from tests.support.world import Branch, World
 
 IFACES = ("eth0", "eth1")
 

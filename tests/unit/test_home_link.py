@@ -11,16 +11,15 @@ address: no ARP permission, no request from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
 from app.api import Mode, State
 from app.mip.messages import RegistrationRequest
-from app.mn.access_mode import ClaimHome, ConfigureDataPlane, Gate, LinkUp, Note, Send
+from app.mn.access_mode import ClaimHome, ConfigureDataPlane, Gate, LinkDown, LinkUp, Note, Send
 from tests.support.identities import T0
-from tests.support.world import EVIL, NETS, Net, World, statuses, trusted_world
+from tests.support.world import EVIL, NETS, Branch, Net, World, statuses, trusted_world
 
 HOME_LINK = NETS["home"].up.address.ip
 
@@ -116,17 +115,6 @@ def test_rfc5944_4_6_returning_home_the_gratuitous_arp_goes_before_the_deregistr
     w.agrees()
 
 
-@dataclass
-class Branch(World):
-    """A trusted network in the home prefix that is not the home link: the home
-    agent answers the link's address (through a NAT, say), never the home address."""
-
-    def _carry(self, a: Send) -> None:
-        if not a.through_vpn and a.datagram.source == self.home:
-            return
-        super()._carry(a)
-
-
 def test_rfc5266_3_1_1_a_home_prefix_link_whose_deregistration_goes_unanswered_is_mode_c():
     w = Branch()
     w.move("home")
@@ -178,3 +166,16 @@ def test_rfc5266_3_1_1_a_home_prefix_subnet_without_the_home_agent_on_it_is_neve
     first = _req(next(a for _, a in w.actions if isinstance(a, Send)))
     assert first.lifetime > 0 and first.care_of_address == branch.up.address.ip
     w.agrees()
+
+
+def test_rfc5944_4_6_no_request_from_the_home_address_once_its_link_is_down():
+    """On the home link the node's own address may be the home address; once that link
+    is down its probe is not retransmitted from it (found by the gate machine)."""
+    w = World(direct=0.0, through=0.0, auto_vpn=False, ha_down=True)
+    w.move("home-at-home")
+    iface = NETS["home-at-home"].up.iface
+    w.apply(w.m.handle(LinkDown(iface), w.now))
+    w.net = None
+    n = len(w.sent)
+    w.run(30)  # every retransmission timer the probe had
+    assert w.sent[n:] == []

@@ -13,7 +13,7 @@ from app.mip import ident
 from app.mip.messages import RegistrationRequest
 from app.mn.registration import Registered, RegistrationClient, RegistrationConfig
 from tests.support.identities import T0, config
-from tests.unit.test_registration_client import COA, client, pump
+from tests.support.world import COA, client, pump
 
 MONO = 5_000.0
 """A monotonic clock's reading: nothing like the Unix time."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from ipaddress import IPv4Address
 
 import pytest
@@ -22,27 +21,9 @@ from app.mn.registration import (
 )
 from tests.mipclient import KEY_A, KEY_B
 from tests.support.identities import ALICE, BOB, HA, T0, config
+from tests.support.world import COA, client, pump
 
 A = IPv4Address
-COA = A("10.30.1.50")
-
-
-def client(**kw):
-    cfg = RegistrationConfig(ALICE, HA, 256, Algorithm.HMAC_MD5, KEY_A, lifetime=100)
-    return RegistrationClient(replace(cfg, **kw))
-
-
-def pump(c: RegistrationClient, ha: HomeAgent | None, now: float, src=COA):
-    """Deliver what the client sent to the HA and the HA's answers back; return events."""
-    for d in c.datagrams_to_send():
-        if ha is not None:
-            out = ha.handle_request(d.data, (src, 434), now)
-            if out.reply:
-                c.receive(out.reply, now)
-    events = []
-    while (e := c.next_event()) is not None:
-        events.append(e)
-    return events
 
 
 def test_register_reports_binding_and_rtt():

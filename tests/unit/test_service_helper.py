@@ -16,13 +16,9 @@ from app.net.mn_routes import Backend
 from app.service import helper as helper_mod
 from app.service.helper import Helper, HelperError
 from app.service.secrets import SecretSource
+from tests.support.identities import ALICE_KEY_HEX, ALICE_PROFILE
 
-KEY = "00112233445566778899aabbccddeeff"
-PROFILE = """home_address = "10.20.1.10"
-home_network = "10.20.1.0/24"
-home_agent = "10.20.1.1"
-spi = 256
-"""
+KEY, PROFILE = ALICE_KEY_HEX, ALICE_PROFILE
 
 
 @dataclasses.dataclass

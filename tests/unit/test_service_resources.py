@@ -14,7 +14,8 @@ from app.net.mn_routes import Backend
 from app.service import helper as helper_mod
 from app.service.helper import Helper
 from app.service.secrets import SecretSource
-from tests.unit.test_service_helper import KEY, PROFILE
+from tests.support.identities import ALICE_KEY_HEX as KEY
+from tests.support.identities import ALICE_PROFILE as PROFILE
 
 VPN = '\n[vpn]\ngateways = ["172.16.0.11"]\nidentity = "alice@corp.example"\n'
 

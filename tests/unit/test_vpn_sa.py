@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 
 from app.api import Mode, Policy
 from app.mn import access_mode as am
-from tests.unit.test_mode_mc import TIA, TIA2, World
+from tests.support.world import TIA, TIA2, World
 
 GW_IP = IPv4Address("192.0.2.1")
 
