@@ -519,6 +519,7 @@ class Charon:
             out = ev
             if isinstance(ev, VpnUp):
                 self._up_ike = ev.ike_id
+                self._child_closed_in = None  # a CHILD SA set up whole, both ways
             elif isinstance(ev, VpnDown):
                 if self._up_ike == ev.ike_id:
                     self._up_ike = None

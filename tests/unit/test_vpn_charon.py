@@ -358,7 +358,7 @@ def _listed_installed() -> list[dict[str, object]]:
     return [{"trustroam": ike}]
 
 
-async def test_rfc5266_4_after_a_child_sa_closed_the_one_still_listed_is_rekeyed(tmp_path):
+async def test_after_a_child_sa_closed_the_one_charon_still_lists_is_rekeyed(tmp_path):
     """A rekey collision after a MOBIKE move (both ends rekey with kernel-libipsec)
     where charon takes the peer's DELETE of the old CHILD SA as a plain close: it
     reports child-updown (down) and never installs the outbound SA of the peer's
