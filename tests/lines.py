@@ -14,11 +14,15 @@ class Lines:
     def __init__(self, stream: IO[str]) -> None:
         self._q: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
+        """The lines ``wait``/``rest`` have taken so far (not those still queued)."""
+        self.printed: list[str] = []
+        """Every line the process printed so far, taken or not (failure dumps)."""
         self.closed = False
         threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
 
     def _pump(self, stream: IO[str]) -> None:
         for line in stream:
+            self.printed.append(line)
             self._q.put(line)
         self._q.put(None)
 

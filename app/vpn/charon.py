@@ -40,6 +40,7 @@ from app.errors import UserFacingError
 from app.errors import reason as _reason
 from app.vpn import credentials, vici_messages
 from app.vpn.events import (
+    CHILD_CLOSED,
     EVENT_NAMES,
     SaInfo,
     VpnDown,
@@ -152,6 +153,9 @@ class Charon:
         self._up_ike: int | None = None
         self._terminating = False
         self._reload_task: asyncio.Task[None] | None = None
+        self._child_closed_in: int | None = None
+        """The IKE SA whose CHILD SA charon reported closed (the IKE SA staying):
+        ``initiate`` rekeys what it still lists there before using it."""
 
     # -- state -----------------------------------------------------------------
 
@@ -259,7 +263,10 @@ class Charon:
             self._terminating = False
             current = await self._sas()
             if any(sa.up for sa in current):
-                return next(sa for sa in current if sa.up)
+                sa = next(sa for sa in current if sa.up)
+                if sa.ike_id == self._child_closed_in:
+                    await self._rekey_child(sa.ike_id)
+                return sa
             failures: list[str] = []
             for gw in cfg.gateways:
                 if gw != self._loaded_gw:
@@ -281,6 +288,23 @@ class Charon:
                 failures.append(f"{gw}: no tunnel after initiation")
             raise VpnCommandError("no VPN gateway brought the tunnel up (" +
                                   "; ".join(failures) + ")")
+
+    async def _rekey_child(self, ike_id: int) -> None:
+        """A CHILD SA of this IKE SA was reported closed while charon still lists
+        one installed: after a rekey collision (both ends rekey on a MOBIKE move,
+        kernel-libipsec) a DELETE of the old SA taken as a plain close leaves the
+        peer's replacement with its inbound SA only (charon installs the outbound
+        one on the rekeyed path alone) -- listed INSTALLED, carrying nothing out.
+        Our own rekey installs a fresh pair both ways."""
+        self._child_closed_in = None
+        try:
+            await self._call("rekey", lambda s: s.rekey(vici_messages.rekey_child(ike_id)),
+                             self.call_timeout)
+        except VpnCommandError as exc:
+            log.info("rekeying the CHILD SA of IKE SA %d failed: %s", ike_id, exc)
+        else:
+            log.info("rekeyed the CHILD SA of IKE SA %d (one of its CHILD SAs was "
+                     "closed while the IKE SA stayed)", ike_id)
 
     async def terminate(self, *, wait: bool = True) -> None:
         """Tear the tunnel down, or abort a pending ``initiate`` (no error if there is
@@ -495,9 +519,12 @@ class Charon:
             out = ev
             if isinstance(ev, VpnUp):
                 self._up_ike = ev.ike_id
+                self._child_closed_in = None  # a CHILD SA set up whole, both ways
             elif isinstance(ev, VpnDown):
                 if self._up_ike == ev.ike_id:
                     self._up_ike = None
+                if ev.reason == CHILD_CLOSED:
+                    self._child_closed_in = ev.ike_id
                 if self._terminating:
                     out = replace(ev, reason="terminated")
             self._emit(out)

@@ -25,6 +25,9 @@ EVENT_NAMES = ("ike-updown", "child-updown", "ike-update", "ike-rekey", "child-r
 
 Address = IPv4Address | IPv6Address
 
+CHILD_CLOSED = "CHILD SA closed, IKE SA remains"
+"""VpnDown's reason when one CHILD SA of ours went while its IKE SA stays."""
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -175,7 +178,7 @@ def translate(name: str | bytes, event: Mapping[str, Any], conn: str = CONNECTIO
             elif _text(ike.get("state")) == "ESTABLISHED":
                 # The IKE SA stays: only the tunnel went.  When the IKE SA is going
                 # too (terminate, DPD), its own ike-updown reports it once.
-                out.append(VpnDown("CHILD SA closed, IKE SA remains", ike_id))
+                out.append(VpnDown(CHILD_CLOSED, ike_id))
         elif kind == "ike-update":
             local, remote = _endpoint(event, "local"), _endpoint(event, "remote")
             if local is not None and remote is not None:

@@ -133,6 +133,11 @@ def terminate(name: str = CONNECTION, timeout: float = 3.0) -> dict[str, Any]:
     return {"ike": name, "timeout": str(int(timeout * 1000)), "force": "yes"}
 
 
+def rekey_child(ike_id: int, child: str = CHILD) -> dict[str, Any]:
+    """``rekey``: our CHILD SA(s) of IKE SA ``ike_id`` (a fresh pair of SAs)."""
+    return {"child": child, "ike-id": str(ike_id)}
+
+
 def list_sas(name: str = CONNECTION) -> dict[str, Any]:
     # Not "noblock": it skips an IKE SA that is busy (e.g. rekeying CHILD SAs right
     # after a MOBIKE move) and the tunnel would look gone.  The call has a timeout.

@@ -94,8 +94,11 @@ def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
     ``trustroamctl monitor`` whose lines are the helper's property changes."""
     (d / "ha.toml").write_text(ha_toml(d / "ha-state", ha_extra, replay))
     (d / "fa.toml").write_text(fa_toml("fa1", advert_interval=fa_advert_interval))
+    # DEBUG: renewals (a registration to the same care-of address, e.g. the same
+    # TIA after the CHILD SA came back) are logged only at DEBUG; a failure dump
+    # must show whether the home agent received and answered them.
     ha = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config",
-              str(d / "ha.toml"), extra_env=ha_env)
+              str(d / "ha.toml"), "--log-level", "debug", extra_env=ha_env)
     fa = Proc("tr-fa1", sys.executable, "-m", "app.agents.fa_cli", "--config",
               str(d / "fa.toml"))
     helper = monitor = None
@@ -109,9 +112,11 @@ def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
         helper.wait("serving org.trustroam.Helper1")
         monitor = Proc("tr-mn", sys.executable, "-m", "app.ctl", "monitor",
                        extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
+        world_procs.update(helper=helper, ha=ha, fa=fa)
         yield {"bus": bus, "helper": helper, "monitor": monitor, "dir": d,
                "profiles": profiles, "ha": ha, "fa": fa}
     finally:
+        world_procs.clear()
         for p in (monitor, helper, fa, ha):
             if p is not None:
                 p.stop()
@@ -144,6 +149,35 @@ def history(world: dict[str, object], n: int = 200) -> list[tuple[float, str, di
     return [(float(t), str(k), dict(v)) for t, k, v in value[0]]
 
 
+world_procs: dict[str, Proc] = {}
+"""The current :func:`helper_world`'s processes, for :func:`dump_world`."""
+
+
+def dump_world(why: str) -> None:
+    """Print (pytest shows it on failure) what the next failure needs to tell its
+    cause: the helper's, HA's and FA's last log lines, and the MN's addresses,
+    table 220, rules, sockets and SAs as the kernel and charon see them now."""
+    print(f"===== world at failure: {why}", flush=True)
+    for name, n in (("helper", 120), ("ha", 60), ("fa", 20)):
+        p = world_procs.get(name)
+        if p is not None:
+            print(f"----- {name} log (last {n} lines)\n" + "".join(p.out.printed[-n:]))
+    for cmd in (["ip", "-n", MN, "-4", "addr"], ["ip", "-n", MN, "route", "show", "table", "220"],
+                ["ip", "-n", MN, "rule"], ["ip", "netns", "exec", MN, "ss", "-uanp"],
+                ["ip", "-n", MN, "xfrm", "policy"], ["ip", "-n", MN, "xfrm", "state"],
+                ["swanctl", "--list-sas", "--uri", f"unix://{MN_VICI}"],
+                ["swanctl", "--list-sas", "--uri",
+                 f"unix://{lab_charon.directory(CHARON_DIR, 'tr-gw1') / 'charon.vici'}"],
+                ["ip", "-n", "tr-ha", "route", "get", "10.99.1.1"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+        print(f"----- {' '.join(cmd)}\n{r.stdout}{r.stderr}", flush=True)
+    for node in (MN, "tr-gw1"):
+        log_file = lab_charon.directory(CHARON_DIR, node) / "charon.log"
+        with contextlib.suppress(OSError):
+            lines = log_file.read_text(errors="replace").splitlines()[-150:]
+            print(f"----- {log_file} (last 150 lines)\n" + "\n".join(lines), flush=True)
+
+
 def wait_history(world: dict[str, object], since: float, kind: str,
                  match: dict[str, str] | None = None, timeout: float = 15
                  ) -> dict[str, str]:
@@ -158,7 +192,8 @@ def wait_history(world: dict[str, object], since: float, kind: str,
                 return d
         with contextlib.suppress(TimeoutError):
             monitor.wait("", timeout=max(0.05, min(1.0, deadline - time.monotonic())))
-    raise AssertionError(f"no {kind} {match or ''} since {since}: {history(world, 30)}")
+    dump_world(f"no {kind} {match or ''} since {since}")
+    raise AssertionError(f"no {kind} {match or ''} since {since}: {history(world, 60)}")
 
 
 @contextmanager

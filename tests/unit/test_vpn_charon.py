@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from app.vpn.charon import Charon, VpnCommandError, VpnConfigError, VpnUnreachableError
-from app.vpn.events import VpnEvent, VpnServiceUp, VpnUnreachable, VpnUp
+from app.vpn.events import (
+    CHILD_CLOSED,
+    VpnDown,
+    VpnEvent,
+    VpnServiceUp,
+    VpnUnreachable,
+    VpnUp,
+)
 from app.vpn.profile import AuthMethod, VpnConfig
 from tests.fake_vici import FakeVici
 from tests.requirements import require
@@ -328,3 +335,55 @@ async def test_close_with_charon_gone_still_ends(tmp_path):
     fake.close()
     await a.close()  # the unload fails (not reachable); close ends all the same
     assert "unload-conn" not in fake.names()
+
+
+def _child_closed(child_id: int) -> dict[str, object]:
+    """child-updown (down) of CHILD SA ``child_id`` while IKE SA 1 stays ESTABLISHED."""
+    ike = dict(ev.CHILD_DOWN[1]["trustroam"])  # type: ignore[arg-type]
+    ike.update({"state": b"ESTABLISHED", "tasks-active": [b"CHILD_DELETE"],
+                "child-sas": {f"intranet-{child_id}": {
+                    "name": b"intranet", "uniqueid": str(child_id).encode(),
+                    "state": b"DELETING", "local-ts": [b"10.99.1.1/32"],
+                    "remote-ts": [b"10.0.0.0/8"]}}})
+    return {"trustroam": ike}
+
+
+def _listed_installed() -> list[dict[str, object]]:
+    """list-sas: IKE SA 1 ESTABLISHED with CHILD SA 3 INSTALLED."""
+    ike = dict(ev.CHILD_UP[1]["trustroam"])  # type: ignore[arg-type]
+    ike["state"] = b"ESTABLISHED"
+    ike["child-sas"] = {"intranet-3": {
+        "name": b"intranet", "uniqueid": b"3", "state": b"INSTALLED",
+        "local-ts": [b"10.99.1.1/32"], "remote-ts": [b"10.0.0.0/8"]}}
+    return [{"trustroam": ike}]
+
+
+async def test_after_a_child_sa_closed_the_one_charon_still_lists_is_rekeyed(tmp_path):
+    """A rekey collision after a MOBIKE move (both ends rekey with kernel-libipsec)
+    where charon takes the peer's DELETE of the old CHILD SA as a plain close: it
+    reports child-updown (down) and never installs the outbound SA of the peer's
+    replacement, which it still lists INSTALLED (the lab's mc flake: registrations
+    through it went unanswered).  The next initiate rekeys it (a fresh pair both
+    ways) before using it; an initiate without such a close does not."""
+    fake = FakeVici(tmp_path / "charon.vici")
+    fake.streams["list-sas"] = _listed_installed()
+    events = Events()
+    a = adapter(fake.path, events)
+    try:
+        await a.start()
+        await a.load(CFG, {"vpn_psk": SECRET})
+        await a.initiate()  # the tunnel is up: used as is
+        assert "rekey" not in fake.names()
+        fake.push("child-updown", ev.CHILD_UP[1])
+        await events.next(VpnUp)
+        fake.push("child-updown", _child_closed(2))
+        assert await events.next(VpnDown) == VpnDown(CHILD_CLOSED, 1)
+        sa = await a.initiate()
+        assert sa.ike_id == 1 and sa.up
+        rekeys = [m for c, m in fake.commands if c == "rekey"]
+        assert rekeys == [{"child": b"intranet", "ike-id": b"1"}], fake.commands
+        await a.initiate()  # once
+        assert fake.names().count("rekey") == 1
+    finally:
+        await a.close()
+        fake.close()
