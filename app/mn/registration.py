@@ -31,12 +31,11 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from app.mip import ident
-from app.mip.auth import AUTHENTICATOR_LEN, Algorithm, append_authenticator, verify
+from app.mip.auth import AUTHENTICATOR_LEN, append_authenticator, verify
 from app.mip.codes import ReplyCode, describe, is_accepted
 from app.mip.errors import DecodeError
 from app.mip.extensions import (
@@ -48,135 +47,45 @@ from app.mip.extensions import (
     UdpTunnelRequest,
 )
 from app.mip.messages import MIP_PORT, RegFlags, RegistrationReply, RegistrationRequest
+from app.mn.registration_types import (
+    MIN_RETRANSMIT_INTERVAL,
+    BindingLost,
+    ClientState,
+    Datagram,
+    Denied,
+    Deregistered,
+    Event,
+    Registered,
+    RegistrationConfig,
+    ReplayMode,
+    TimedOut,
+    UdpTunnelling,
+)
+from app.mn.replay_protection import MAX_RESYNCS, ReplayProtection, ReplayState
+
+# The vocabulary lives in app.mn.registration_types and the replay protection in
+# app.mn.replay_protection; callers import both from here.
+__all__ = [
+    "MIN_FA_LIFETIME", "MIN_RETRANSMIT_INTERVAL", "REVERSE_TUNNEL_TTL", "BindingLost",
+    "ClientState", "Datagram", "Denied", "Deregistered", "Event", "Registered",
+    "RegistrationClient", "RegistrationConfig", "ReplayMode", "ReplayState", "TimedOut",
+    "UdpTunnelling",
+]
 
 log = logging.getLogger("trustroam.mn.registration")
 
-MIN_RETRANSMIT_INTERVAL = 1.0
-"""RFC 5944 3.6.3: "The minimum time between Registration Requests MUST NOT be
-less than 1 second"."""
-MAX_RESYNCS = 3
-"""133 repairs per attempt: a delayed duplicate can earn a second 133 from a
-home agent that issues a new nonce each time, but a loop must end."""
 REVERSE_TUNNEL_TTL = 255
 """RFC 3024 2 and 4.1.1: requests asking for a reverse tunnel carry TTL 255."""
-_TIMESTAMP_RANDOM_BITS = 0xFFF
-"""Fraction bits below a microsecond clock's resolution: random (RFC 5944 5.7.1)."""
-
-
-class ReplayMode(Enum):
-    TIMESTAMP = "timestamp"
-    NONCE = "nonce"
-
-
-class UdpTunnelling(Enum):
-    """Whether co-located registrations carry an RFC 3519 UDP Tunnel Request."""
-
-    AUTO = "auto"
-    """Ask without F: the home agent tunnels over UDP only if it sees a NAT."""
-    FORCE = "force"
-    """Ask with F: UDP tunnelling whatever the home agent sees."""
-    OFF = "off"
-    """Never ask (IP-in-IP only; through a NAT the home agent refuses)."""
-
 
 MIN_FA_LIFETIME = 4
 """Seconds: the least an FA's code 69 may cap the lifetime to (renewed at 0.75 of it,
 3 s, so requests stay at least 1 s apart, RFC 5944 3.6.3)."""
 
 
-@dataclass(frozen=True)
-class RegistrationConfig:
-    home_address: IPv4Address
-    home_agent: IPv4Address
-    spi: int
-    algorithm: Algorithm
-    key: bytes = field(repr=False)
-    nai: str | None = None
-    lifetime: int = 600
-    replay: ReplayMode = ReplayMode.TIMESTAMP
-    initial_timeout: float = MIN_RETRANSMIT_INTERVAL
-    """Seconds before the first retransmission (never below 1 s); doubled after each."""
-    retries: int = 2
-    """Retransmissions after the first request before giving up."""
-    max_timeout: float = 8.0
-    renew_fraction: float = 0.75
-    udp_tunnelling: UdpTunnelling = UdpTunnelling.OFF
-
-
-class ClientState(Enum):
-    IDLE = "idle"
-    REGISTERING = "registering"
-    REGISTERED = "registered"
-    RENEWING = "renewing"
-    DEREGISTERING = "deregistering"
-
-
-@dataclass(frozen=True, slots=True)
-class Datagram:
-    data: bytes
-    destination: tuple[IPv4Address, int]
-    source: IPv4Address | None = None
-    """The IP source the request must leave with (RFC 5944 3.6.1.1): the care-of
-    address when co-located, the home address through a foreign agent or at home."""
-    ttl: int | None = None
-    """IP TTL to set, or None for the system default: 255 through a foreign
-    agent (RFC 3024 4.1.1; the agent answers 76 otherwise)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Registered:
-    """The home agent accepted: ``care_of_address`` is bound until ``expires_at``."""
-
-    care_of_address: IPv4Address
-    lifetime: int
-    expires_at: float
-    """When the request that was answered was sent, plus the granted lifetime."""
-    rtt: float
-    """Seconds from the request that was answered (its first copy) to its reply."""
-    renewal: bool
-    udp_tunnel: bool
-    keepalive_interval: int
-    via: IPv4Address | None = None
-    """The foreign agent the request went through, None when co-located."""
-
-
-@dataclass(frozen=True, slots=True)
-class Denied:
-    code: int
-    text: str
-    """e.g. "denied by home agent: identification mismatch (133)"."""
-    via: IPv4Address | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TimedOut:
-    """No valid reply after every retransmission: the agent is not reachable."""
-
-    attempts: int
-    waited: float
-    discarded: int = 0
-    """Replies that echoed our requests but did not authenticate, silently discarded
-    (RFC 5944 3.6.2.1 b): forged, or our key is not the home agent's.  A count for
-    the history only: the outcome is that of any timeout."""
-    via: IPv4Address | None = None
-    """The foreign agent the requests went to (None: straight to the home agent)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BindingLost:
-    """Renewals failed and the granted lifetime ran out."""
-
-
-@dataclass(frozen=True, slots=True)
-class Deregistered:
-    pass
-
-
-Event = Registered | Denied | TimedOut | BindingLost | Deregistered
-
-
 @dataclass(slots=True)
 class _Attempt:
+    """One request and its copies, from the first send to its answer or timeout."""
+
     care_of: IPv4Address
     lifetime: int
     flags: RegFlags
@@ -199,21 +108,6 @@ class _Attempt:
     """Matching replies whose authenticator was missing or did not verify."""
 
 
-@dataclass(slots=True)
-class ReplayState:
-    """What replay protection (RFC 5944 5.7) knows of the home agent, shared by
-    every client that registers this home address with it: in mode mc the direct
-    probe and the registration through the VPN go to the same home agent, and
-    each one's reply moves the other's identification on."""
-
-    clock_offset: float = 0.0
-    ha_nonce: int = 0
-    last_sent_ident: int = 0
-    last_accepted_ident: int = 0
-    floor: int = 0
-    """Timestamp mode: the next identification must exceed this (5.7.1)."""
-
-
 class RegistrationClient:
     """One mobile node's registrations with its home agent (RFC 5944 3.6), sans-I/O.
 
@@ -233,10 +127,10 @@ class RegistrationClient:
         5944 5.7.1), so a wall clock that steps moves no deadline.  The default
         takes ``now`` for wall time (a fake clock's tests)."""
         self.config = config
-        self._wall = wall
         self.state = ClientState.IDLE
         self.replay = replay if replay is not None else ReplayState()
-        self._nonce = nonce
+        """Shared with the other clients of this home agent (mode mc)."""
+        self._ids = ReplayProtection(config.replay, self.replay, nonce, wall)
         self.last_sent_at: float | None = None
         """When this client last put a request on the wire (any copy)."""
         self.accepted_sent_at: float | None = None
@@ -386,19 +280,9 @@ class RegistrationClient:
             return
         mhae = mhaes[0]
         self._rtt = now - a.first_sent
-        if self.config.replay is ReplayMode.NONCE:
-            # 5.7.2: every authenticated reply carries the nonce for our next request.
-            self.replay.ha_nonce = ident.high(rep.identification)
+        self._ids.authenticated(rep.identification)
         if rep.code == ReplyCode.HA_IDENTIFICATION_MISMATCH and a.repairs < MAX_RESYNCS:
-            if self.config.replay is ReplayMode.TIMESTAMP:
-                # The HA stamped its seconds about half a round trip after we sent.
-                # Truncated to the second: add half of one on average.
-                ha_time = ident.unix_from_ntp(ident.join(ident.high(rep.identification), 0))
-                self.replay.clock_offset = ha_time + 0.5 - (
-                    self._wall(a.last_sent) + self._wall(now)) / 2
-                # 3.6.2.3: adjust before any new request; what we sent ahead of the
-                # HA's clock no longer bounds us, what it accepted still does.
-                self.replay.floor = self.replay.last_accepted_ident
+            self._ids.resync(rep.identification, a.last_sent, now)
             self._repair(a, now)
             return
         self._attempt = None
@@ -409,9 +293,7 @@ class RegistrationClient:
             self._events.append(Denied(rep.code, describe(rep.code), a.via))
             self._after_failure(now)
             return
-        if self.config.replay is ReplayMode.TIMESTAMP:
-            self.replay.last_accepted_ident = max(self.replay.last_accepted_ident,
-                                                  a.identification)
+        self._ids.accepted(a.identification)
         if a.lifetime == 0 or rep.lifetime == 0:
             self.binding = None
             self._renew_at = None
@@ -551,25 +433,8 @@ class RegistrationClient:
         else:
             self._send_new(a, now)  # a new identification: a new registration
 
-    def _identification(self, now: float) -> int:
-        r = self.replay
-        if self.config.replay is ReplayMode.NONCE:
-            low = self._nonce() & 0xFFFF_FFFF
-            if low == ident.low(r.last_sent_ident):  # 5.7: never the same twice running
-                low ^= 1
-            i = ident.nonce_ident(r.ha_nonce, low)
-        else:
-            i = ident.ntp_from_unix(self._wall(now) + r.clock_offset) | (
-                self._nonce() & _TIMESTAMP_RANDOM_BITS)
-            # 5.7.1: greater than any earlier request (the HA's sequence number),
-            # even if the clock steps back or two requests share a tick.
-            i = max(i, r.floor + 1)
-            r.floor = i
-        r.last_sent_ident = i
-        return i
-
     def _send_new(self, a: _Attempt, now: float) -> None:
-        a.identification = self._identification(now)
+        a.identification = self._ids.identification(now)
         req = RegistrationRequest(a.flags, a.lifetime, self.config.home_address,
                                   self.config.home_agent, a.care_of, a.identification,
                                   a.extensions)
