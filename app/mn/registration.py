@@ -31,22 +31,21 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from app.mip import ident
-from app.mip.auth import AUTHENTICATOR_LEN, append_authenticator, verify
+from app.mip.auth import AUTHENTICATOR_LEN, verify
 from app.mip.codes import ReplyCode, describe, is_accepted
 from app.mip.errors import DecodeError
-from app.mip.extensions import (
-    AuthExtension,
-    Extension,
-    ExtType,
-    NaiExtension,
-    UdpTunnelReply,
-    UdpTunnelRequest,
+from app.mip.extensions import AuthExtension, ExtType, UdpTunnelReply, UdpTunnelRequest
+from app.mip.messages import RegFlags, RegistrationReply
+from app.mn.registration_request import (
+    REVERSE_TUNNEL_TTL,
+    Attempt,
+    datagram,
+    encode,
+    flags_and_extensions,
 )
-from app.mip.messages import MIP_PORT, RegFlags, RegistrationReply, RegistrationRequest
 from app.mn.registration_types import (
     MIN_RETRANSMIT_INTERVAL,
     BindingLost,
@@ -63,8 +62,9 @@ from app.mn.registration_types import (
 )
 from app.mn.replay_protection import MAX_RESYNCS, ReplayProtection, ReplayState
 
-# The vocabulary lives in app.mn.registration_types and the replay protection in
-# app.mn.replay_protection; callers import both from here.
+# The vocabulary lives in app.mn.registration_types, the request's contents in
+# app.mn.registration_request, the replay protection in app.mn.replay_protection;
+# callers import their names from here.
 __all__ = [
     "MIN_FA_LIFETIME", "MIN_RETRANSMIT_INTERVAL", "REVERSE_TUNNEL_TTL", "BindingLost",
     "ClientState", "Datagram", "Denied", "Deregistered", "Event", "Registered",
@@ -74,38 +74,9 @@ __all__ = [
 
 log = logging.getLogger("trustroam.mn.registration")
 
-REVERSE_TUNNEL_TTL = 255
-"""RFC 3024 2 and 4.1.1: requests asking for a reverse tunnel carry TTL 255."""
-
 MIN_FA_LIFETIME = 4
 """Seconds: the least an FA's code 69 may cap the lifetime to (renewed at 0.75 of it,
 3 s, so requests stay at least 1 s apart, RFC 5944 3.6.3)."""
-
-
-@dataclass(slots=True)
-class _Attempt:
-    """One request and its copies, from the first send to its answer or timeout."""
-
-    care_of: IPv4Address
-    lifetime: int
-    flags: RegFlags
-    via: IPv4Address | None
-    extensions: tuple[Extension, ...]
-    source: IPv4Address
-    data: bytes = b""
-    """The most recent request (nonce mode resends it unchanged)."""
-    identification: int = 0
-    """... and its identification: only replies echoing its low 32 bits count."""
-    first_sent: float = 0.0
-    """When a request with this identification first left (the binding timer's start)."""
-    last_sent: float = 0.0
-    started: float = 0.0
-    copies: int = 0
-    timeout: float = 0.0
-    deadline: float = 0.0
-    repairs: int = 0
-    discarded: int = 0
-    """Matching replies whose authenticator was missing or did not verify."""
 
 
 class RegistrationClient:
@@ -136,7 +107,7 @@ class RegistrationClient:
         self.accepted_sent_at: float | None = None
         """When the request behind the last accepted reply (a deregistration too)
         was first sent."""
-        self._attempt: _Attempt | None = None
+        self._attempt: Attempt | None = None
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
         self.binding: Registered | None = None
@@ -145,7 +116,7 @@ class RegistrationClient:
         self._rtt: float | None = None
         """The last round trip measured: timeouts are at least twice it (3.6.3)."""
         self._renew_at: float | None = None
-        self._renewal: _Attempt | None = None
+        self._renewal: Attempt | None = None
         """The attempt that made the binding: renewals repeat it."""
         self._fa_lifetime: dict[IPv4Address, int] = {}
         """Lifetime caps foreign agents stated in a 69 (RFC 5944 3.6.2.3)."""
@@ -174,23 +145,14 @@ class RegistrationClient:
         Registration Lifetime (3.6.1.2; above it the FA answers 69).
         ``udp_tunnel`` forces an RFC 3519 request whatever the profile says.
         """
-        flags = RegFlags.T if reverse_tunnel else RegFlags(0)
-        if via is None:
-            flags |= RegFlags.D
-        exts: list[Extension] = []
-        if self.config.nai:
-            exts.append(NaiExtension(self.config.nai))
-        mode = UdpTunnelling.FORCE if udp_tunnel else self.config.udp_tunnelling
-        # RFC 3519 4.4: only with a co-located care-of address, placed before the MHAE.
-        if via is None and mode is not UdpTunnelling.OFF:
-            exts.append(UdpTunnelRequest(force=mode is UdpTunnelling.FORCE))
+        flags, exts = flags_and_extensions(self.config, via, reverse_tunnel, udp_tunnel)
         renewal = self.binding is not None and self.binding.care_of_address == care_of
         self.state = ClientState.RENEWING if renewal else ClientState.REGISTERING
         life = self.config.lifetime if lifetime is None else min(lifetime, self.config.lifetime)
         if via is not None:
             life = min(life, self._fa_lifetime.get(via, life))
         source = care_of if via is None else self.config.home_address
-        self._start(_Attempt(care_of, life, flags, via, tuple(exts), source), now)
+        self._start(Attempt(care_of, life, flags, via, exts, source), now)
 
     def deregister(self, now: float, *, at_home: bool = True) -> None:
         """Lifetime 0; at home the care-of address is the home address (RFC 5944 3.6.1.2)."""
@@ -202,7 +164,7 @@ class RegistrationClient:
         # 3.6.1.1: from the home address at home or through the FA that holds the
         # binding, from the co-located care-of address otherwise.
         source = coa if b is not None and via is None else self.config.home_address
-        self._start(_Attempt(coa, 0, RegFlags(0), via, (), source), now)
+        self._start(Attempt(coa, 0, RegFlags(0), via, (), source), now)
 
     def deregister_care_of(self, care_of: IPv4Address, now: float) -> None:
         """Lifetime 0 for ``care_of`` alone, sent from it (RFC 5944 3.6.1.2, 3.8.2.2:
@@ -211,7 +173,7 @@ class RegistrationClient:
         agent answered from here, and asks nothing of it (no binding, no proxy ARP)."""
         self.state = ClientState.DEREGISTERING
         self._renew_at = None
-        self._start(_Attempt(care_of, 0, RegFlags(0), None, (), care_of), now)
+        self._start(Attempt(care_of, 0, RegFlags(0), None, (), care_of), now)
 
     def reregister(self, now: float) -> bool:
         """Renew the current binding now, e.g. when the NAT mapping may have changed
@@ -367,7 +329,7 @@ class RegistrationClient:
             AUTHENTICATOR_LEN) and verify(self.config.algorithm, self.config.key,
                                           auth.covered, auth.authenticator)
 
-    def _fa_denied(self, a: _Attempt, rep: RegistrationReply, now: float) -> None:
+    def _fa_denied(self, a: Attempt, rep: RegistrationReply, now: float) -> None:
         """The foreign agent refused to relay (RFC 5944 3.7.3): it shares no key
         with us, so its denial carries no Mobile-Home authenticator.  Taking it
         (matched by identification) only ends the attempt through the FA."""
@@ -389,25 +351,25 @@ class RegistrationClient:
     def _binding_valid(self, now: float) -> bool:
         return self.binding is not None and now < self.binding.expires_at
 
-    def _max_timeout(self, a: _Attempt) -> float:
+    def _max_timeout(self, a: Attempt) -> float:
         # 3.6.3: the longest wait SHOULD not exceed the requested lifetime.
         cap = self.config.max_timeout if a.lifetime == 0 else min(self.config.max_timeout,
                                                                    float(a.lifetime))
         return max(MIN_RETRANSMIT_INTERVAL, cap)
 
-    def _renew(self, prev: _Attempt, now: float) -> None:
+    def _renew(self, prev: Attempt, now: float) -> None:
         self._renew_at = None
         self.state = ClientState.RENEWING
-        self._start(_Attempt(prev.care_of, prev.lifetime, prev.flags, prev.via,
+        self._start(Attempt(prev.care_of, prev.lifetime, prev.flags, prev.via,
                              prev.extensions, prev.source), now)
 
-    def _start(self, a: _Attempt, now: float) -> None:
+    def _start(self, a: Attempt, now: float) -> None:
         a.started = now
         a.timeout = self._first_timeout(a)
         self._attempt = a
         self._send_new(a, now)
 
-    def _first_timeout(self, a: _Attempt) -> float:
+    def _first_timeout(self, a: Attempt) -> float:
         # 3.6.3: at least 1 s, and at least twice the round trip plus 100 ms of
         # processing once a reply has told us what the round trip is.
         t = max(MIN_RETRANSMIT_INTERVAL, self.config.initial_timeout)
@@ -415,7 +377,7 @@ class RegistrationClient:
             t = max(t, 2 * self._rtt + 0.1)
         return min(t, self._max_timeout(a))
 
-    def _repair(self, a: _Attempt, now: float) -> None:
+    def _repair(self, a: Attempt, now: float) -> None:
         """A new request at once after a 133 told us how to fix it: the agent is
         there, so this is a new registration, not a retransmission."""
         a.repairs += 1
@@ -423,7 +385,7 @@ class RegistrationClient:
         a.timeout = max(a.timeout, self._first_timeout(a))
         self._send_new(a, now)
 
-    def _retransmit(self, a: _Attempt, now: float) -> None:
+    def _retransmit(self, a: Attempt, now: float) -> None:
         if self.config.replay is ReplayMode.NONCE:
             # 3.6.3: unchanged, so a lost request does not cost the HA a new nonce.
             a.copies += 1
@@ -433,20 +395,14 @@ class RegistrationClient:
         else:
             self._send_new(a, now)  # a new identification: a new registration
 
-    def _send_new(self, a: _Attempt, now: float) -> None:
+    def _send_new(self, a: Attempt, now: float) -> None:
         a.identification = self._ids.identification(now)
-        req = RegistrationRequest(a.flags, a.lifetime, self.config.home_address,
-                                  self.config.home_agent, a.care_of, a.identification,
-                                  a.extensions)
-        a.data = append_authenticator(req.encode(), ExtType.MOBILE_HOME_AUTH, self.config.spi,
-                                      self.config.key, self.config.algorithm)
+        a.data = encode(self.config, a)
         a.first_sent = a.last_sent = now
         a.copies += 1
         a.deadline = now + a.timeout
         self._emit(a)
 
-    def _emit(self, a: _Attempt) -> None:
+    def _emit(self, a: Attempt) -> None:
         self.last_sent_at = a.last_sent
-        dest = a.via or self.config.home_agent
-        ttl = REVERSE_TUNNEL_TTL if a.via is not None or a.flags & RegFlags.T else None
-        self._out.append(Datagram(a.data, (dest, MIP_PORT), a.source, ttl))
+        self._out.append(datagram(self.config, a))
