@@ -7,7 +7,9 @@ from ipaddress import IPv4Address
 import pytest
 
 from app.agents.ha_core import HomeAgent
+from app.mip import ident
 from app.mip.auth import Algorithm
+from app.mip.messages import RegistrationRequest
 from app.mn.registration import (
     BindingLost,
     ClientState,
@@ -230,3 +232,51 @@ def test_a_renewal_due_while_another_request_is_out_is_not_offered_as_a_timer():
     c.handle_timer(t)
     t2 = c.get_timer()
     assert t2 is not None and t2 > t
+
+
+# -- RFC 5944 5.7: the identification ------------------------------------------------
+
+def _sent_ident(c: RegistrationClient) -> int:
+    return RegistrationRequest.decode(c.datagrams_to_send()[-1].data).identification
+
+
+def test_rfc5944_5_7_1_each_identification_exceeds_the_last_even_if_the_clock_steps_back():
+    # The home agent takes it as a sequence number: a wall clock stepped back an
+    # hour (NTP after a resume), or two requests in one tick with the same random
+    # bits, must still give a greater identification.
+    step = [0.0]
+    cfg = client().config
+    c = RegistrationClient(cfg, nonce=lambda: 0, wall=lambda now: now + step[0])
+    c.register(COA, T0)
+    first = _sent_ident(c)
+    c.register(COA, T0)  # same tick, same random bits
+    second = _sent_ident(c)
+    step[0] = -3600.0
+    c.register(COA, T0 + 1)
+    third = _sent_ident(c)
+    assert first < second < third
+
+
+def test_rfc5944_5_7_1_after_133_the_identification_stays_above_the_last_accepted():
+    # Accepted 5 s ahead (inside the 7 s window), then an hour ahead: the 133
+    # brings the clock back to the home agent's, below what it accepted; the next
+    # request must still be greater than that one, or it earns 133 after 133.
+    c, ha = client(), HomeAgent(config())
+    c.clock_offset = 5.0
+    c.register(COA, T0)
+    assert isinstance(pump(c, ha, T0)[0], Registered)
+    c.clock_offset = 3600.0
+    c.register(COA, T0 + 1)
+    assert pump(c, ha, T0 + 1) == []  # 133, resynchronised
+    [ev] = pump(c, ha, T0 + 1)
+    assert isinstance(ev, Registered)
+
+
+def test_rfc5944_5_7_2_the_low_order_nonce_differs_from_the_previous_one():
+    cfg = RegistrationConfig(BOB, HA, 257, Algorithm.KEYED_MD5, KEY_B, lifetime=100,
+                             replay=ReplayMode.NONCE)
+    c = RegistrationClient(cfg, nonce=lambda: 42)  # a random source that repeats itself
+    c.register(COA, T0)
+    first = _sent_ident(c)
+    c.register(COA, T0 + 1)
+    assert ident.low(_sent_ident(c)) != ident.low(first)
