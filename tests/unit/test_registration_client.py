@@ -8,8 +8,9 @@ import pytest
 
 from app.agents.ha_core import HomeAgent
 from app.mip import ident
-from app.mip.auth import Algorithm
-from app.mip.messages import RegistrationRequest
+from app.mip.auth import Algorithm, append_authenticator
+from app.mip.extensions import ExtType
+from app.mip.messages import RegistrationReply, RegistrationRequest
 from app.mn.registration import (
     BindingLost,
     ClientState,
@@ -21,6 +22,7 @@ from app.mn.registration import (
     ReplayMode,
     TimedOut,
 )
+from app.mn.replay_protection import MAX_RESYNCS
 from tests.mipclient import KEY_A, KEY_B
 from tests.support.identities import ALICE, BOB, HA, T0, config
 from tests.support.world import COA, client, pump
@@ -280,3 +282,22 @@ def test_rfc5944_5_7_2_the_low_order_nonce_differs_from_the_previous_one():
     first = _sent_ident(c)
     c.register(COA, T0 + 1)
     assert ident.low(_sent_ident(c)) != ident.low(first)
+
+
+def test_133_resynchronisations_per_request_are_bounded():
+    # A home agent (or a replayed reply) answering every resynchronised request with
+    # an authenticated 133 must not keep the client sending at once for ever.
+    c = client()
+    c.register(COA, T0)
+    sent = 0
+    while out := c.datagrams_to_send():
+        assert sent < 10, "the 133 loop did not end"
+        sent += len(out)
+        low = ident.low(RegistrationRequest.decode(out[-1].data).identification)
+        rep = RegistrationReply(133, 0, ALICE, HA, ident.join(ident.high(
+            ident.ntp_from_unix(T0 + 3600)), low)).encode()
+        c.receive(append_authenticator(rep, ExtType.MOBILE_HOME_AUTH, 256, KEY_A,
+                                       Algorithm.HMAC_MD5), T0)
+    assert sent == 1 + MAX_RESYNCS
+    ev = c.next_event()
+    assert isinstance(ev, Denied) and ev.code == 133
