@@ -31,187 +31,52 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
 from ipaddress import IPv4Address
 
 from app.mip import ident
-from app.mip.auth import AUTHENTICATOR_LEN, Algorithm, append_authenticator, verify
+from app.mip.auth import AUTHENTICATOR_LEN, verify
 from app.mip.codes import ReplyCode, describe, is_accepted
 from app.mip.errors import DecodeError
-from app.mip.extensions import (
-    AuthExtension,
-    Extension,
-    ExtType,
-    NaiExtension,
-    UdpTunnelReply,
-    UdpTunnelRequest,
+from app.mip.extensions import AuthExtension, ExtType, UdpTunnelReply, UdpTunnelRequest
+from app.mip.messages import RegFlags, RegistrationReply
+from app.mn.registration_request import (
+    REVERSE_TUNNEL_TTL,
+    Attempt,
+    datagram,
+    encode,
+    flags_and_extensions,
 )
-from app.mip.messages import MIP_PORT, RegFlags, RegistrationReply, RegistrationRequest
+from app.mn.registration_types import (
+    MIN_RETRANSMIT_INTERVAL,
+    BindingLost,
+    ClientState,
+    Datagram,
+    Denied,
+    Deregistered,
+    Event,
+    Registered,
+    RegistrationConfig,
+    ReplayMode,
+    TimedOut,
+    UdpTunnelling,
+)
+from app.mn.replay_protection import MAX_RESYNCS, ReplayProtection, ReplayState
+
+# The vocabulary lives in app.mn.registration_types, the request's contents in
+# app.mn.registration_request, the replay protection in app.mn.replay_protection;
+# callers import their names from here.
+__all__ = [
+    "MIN_FA_LIFETIME", "MIN_RETRANSMIT_INTERVAL", "REVERSE_TUNNEL_TTL", "BindingLost",
+    "ClientState", "Datagram", "Denied", "Deregistered", "Event", "Registered",
+    "RegistrationClient", "RegistrationConfig", "ReplayMode", "ReplayState", "TimedOut",
+    "UdpTunnelling",
+]
 
 log = logging.getLogger("trustroam.mn.registration")
-
-MIN_RETRANSMIT_INTERVAL = 1.0
-"""RFC 5944 3.6.3: "The minimum time between Registration Requests MUST NOT be
-less than 1 second"."""
-MAX_RESYNCS = 3
-"""133 repairs per attempt: a delayed duplicate can earn a second 133 from a
-home agent that issues a new nonce each time, but a loop must end."""
-REVERSE_TUNNEL_TTL = 255
-"""RFC 3024 2 and 4.1.1: requests asking for a reverse tunnel carry TTL 255."""
-_TIMESTAMP_RANDOM_BITS = 0xFFF
-"""Fraction bits below a microsecond clock's resolution: random (RFC 5944 5.7.1)."""
-
-
-class ReplayMode(Enum):
-    TIMESTAMP = "timestamp"
-    NONCE = "nonce"
-
-
-class UdpTunnelling(Enum):
-    """Whether co-located registrations carry an RFC 3519 UDP Tunnel Request."""
-
-    AUTO = "auto"
-    """Ask without F: the home agent tunnels over UDP only if it sees a NAT."""
-    FORCE = "force"
-    """Ask with F: UDP tunnelling whatever the home agent sees."""
-    OFF = "off"
-    """Never ask (IP-in-IP only; through a NAT the home agent refuses)."""
-
 
 MIN_FA_LIFETIME = 4
 """Seconds: the least an FA's code 69 may cap the lifetime to (renewed at 0.75 of it,
 3 s, so requests stay at least 1 s apart, RFC 5944 3.6.3)."""
-
-
-@dataclass(frozen=True)
-class RegistrationConfig:
-    home_address: IPv4Address
-    home_agent: IPv4Address
-    spi: int
-    algorithm: Algorithm
-    key: bytes = field(repr=False)
-    nai: str | None = None
-    lifetime: int = 600
-    replay: ReplayMode = ReplayMode.TIMESTAMP
-    initial_timeout: float = MIN_RETRANSMIT_INTERVAL
-    """Seconds before the first retransmission (never below 1 s); doubled after each."""
-    retries: int = 2
-    """Retransmissions after the first request before giving up."""
-    max_timeout: float = 8.0
-    renew_fraction: float = 0.75
-    udp_tunnelling: UdpTunnelling = UdpTunnelling.OFF
-
-
-class ClientState(Enum):
-    IDLE = "idle"
-    REGISTERING = "registering"
-    REGISTERED = "registered"
-    RENEWING = "renewing"
-    DEREGISTERING = "deregistering"
-
-
-@dataclass(frozen=True, slots=True)
-class Datagram:
-    data: bytes
-    destination: tuple[IPv4Address, int]
-    source: IPv4Address | None = None
-    """The IP source the request must leave with (RFC 5944 3.6.1.1): the care-of
-    address when co-located, the home address through a foreign agent or at home."""
-    ttl: int | None = None
-    """IP TTL to set, or None for the system default: 255 through a foreign
-    agent (RFC 3024 4.1.1; the agent answers 76 otherwise)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Registered:
-    """The home agent accepted: ``care_of_address`` is bound until ``expires_at``."""
-
-    care_of_address: IPv4Address
-    lifetime: int
-    expires_at: float
-    """When the request that was answered was sent, plus the granted lifetime."""
-    rtt: float
-    """Seconds from the request that was answered (its first copy) to its reply."""
-    renewal: bool
-    udp_tunnel: bool
-    keepalive_interval: int
-    via: IPv4Address | None = None
-    """The foreign agent the request went through, None when co-located."""
-
-
-@dataclass(frozen=True, slots=True)
-class Denied:
-    code: int
-    text: str
-    """e.g. "denied by home agent: identification mismatch (133)"."""
-    via: IPv4Address | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TimedOut:
-    """No valid reply after every retransmission: the agent is not reachable."""
-
-    attempts: int
-    waited: float
-    discarded: int = 0
-    """Replies that echoed our requests but did not authenticate, silently discarded
-    (RFC 5944 3.6.2.1 b): forged, or our key is not the home agent's.  A count for
-    the history only: the outcome is that of any timeout."""
-    via: IPv4Address | None = None
-    """The foreign agent the requests went to (None: straight to the home agent)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BindingLost:
-    """Renewals failed and the granted lifetime ran out."""
-
-
-@dataclass(frozen=True, slots=True)
-class Deregistered:
-    pass
-
-
-Event = Registered | Denied | TimedOut | BindingLost | Deregistered
-
-
-@dataclass(slots=True)
-class _Attempt:
-    care_of: IPv4Address
-    lifetime: int
-    flags: RegFlags
-    via: IPv4Address | None
-    extensions: tuple[Extension, ...]
-    source: IPv4Address
-    data: bytes = b""
-    """The most recent request (nonce mode resends it unchanged)."""
-    identification: int = 0
-    """... and its identification: only replies echoing its low 32 bits count."""
-    first_sent: float = 0.0
-    """When a request with this identification first left (the binding timer's start)."""
-    last_sent: float = 0.0
-    started: float = 0.0
-    copies: int = 0
-    timeout: float = 0.0
-    deadline: float = 0.0
-    repairs: int = 0
-    discarded: int = 0
-    """Matching replies whose authenticator was missing or did not verify."""
-
-
-@dataclass(slots=True)
-class ReplayState:
-    """What replay protection (RFC 5944 5.7) knows of the home agent, shared by
-    every client that registers this home address with it: in mode mc the direct
-    probe and the registration through the VPN go to the same home agent, and
-    each one's reply moves the other's identification on."""
-
-    clock_offset: float = 0.0
-    ha_nonce: int = 0
-    last_sent_ident: int = 0
-    last_accepted_ident: int = 0
-    floor: int = 0
-    """Timestamp mode: the next identification must exceed this (5.7.1)."""
 
 
 class RegistrationClient:
@@ -233,16 +98,16 @@ class RegistrationClient:
         5944 5.7.1), so a wall clock that steps moves no deadline.  The default
         takes ``now`` for wall time (a fake clock's tests)."""
         self.config = config
-        self._wall = wall
         self.state = ClientState.IDLE
         self.replay = replay if replay is not None else ReplayState()
-        self._nonce = nonce
+        """Shared with the other clients of this home agent (mode mc)."""
+        self._ids = ReplayProtection(config.replay, self.replay, nonce, wall)
         self.last_sent_at: float | None = None
         """When this client last put a request on the wire (any copy)."""
         self.accepted_sent_at: float | None = None
         """When the request behind the last accepted reply (a deregistration too)
         was first sent."""
-        self._attempt: _Attempt | None = None
+        self._attempt: Attempt | None = None
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
         self.binding: Registered | None = None
@@ -251,7 +116,7 @@ class RegistrationClient:
         self._rtt: float | None = None
         """The last round trip measured: timeouts are at least twice it (3.6.3)."""
         self._renew_at: float | None = None
-        self._renewal: _Attempt | None = None
+        self._renewal: Attempt | None = None
         """The attempt that made the binding: renewals repeat it."""
         self._fa_lifetime: dict[IPv4Address, int] = {}
         """Lifetime caps foreign agents stated in a 69 (RFC 5944 3.6.2.3)."""
@@ -280,23 +145,14 @@ class RegistrationClient:
         Registration Lifetime (3.6.1.2; above it the FA answers 69).
         ``udp_tunnel`` forces an RFC 3519 request whatever the profile says.
         """
-        flags = RegFlags.T if reverse_tunnel else RegFlags(0)
-        if via is None:
-            flags |= RegFlags.D
-        exts: list[Extension] = []
-        if self.config.nai:
-            exts.append(NaiExtension(self.config.nai))
-        mode = UdpTunnelling.FORCE if udp_tunnel else self.config.udp_tunnelling
-        # RFC 3519 4.4: only with a co-located care-of address, placed before the MHAE.
-        if via is None and mode is not UdpTunnelling.OFF:
-            exts.append(UdpTunnelRequest(force=mode is UdpTunnelling.FORCE))
+        flags, exts = flags_and_extensions(self.config, via, reverse_tunnel, udp_tunnel)
         renewal = self.binding is not None and self.binding.care_of_address == care_of
         self.state = ClientState.RENEWING if renewal else ClientState.REGISTERING
         life = self.config.lifetime if lifetime is None else min(lifetime, self.config.lifetime)
         if via is not None:
             life = min(life, self._fa_lifetime.get(via, life))
         source = care_of if via is None else self.config.home_address
-        self._start(_Attempt(care_of, life, flags, via, tuple(exts), source), now)
+        self._start(Attempt(care_of, life, flags, via, exts, source), now)
 
     def deregister(self, now: float, *, at_home: bool = True) -> None:
         """Lifetime 0; at home the care-of address is the home address (RFC 5944 3.6.1.2)."""
@@ -308,7 +164,7 @@ class RegistrationClient:
         # 3.6.1.1: from the home address at home or through the FA that holds the
         # binding, from the co-located care-of address otherwise.
         source = coa if b is not None and via is None else self.config.home_address
-        self._start(_Attempt(coa, 0, RegFlags(0), via, (), source), now)
+        self._start(Attempt(coa, 0, RegFlags(0), via, (), source), now)
 
     def deregister_care_of(self, care_of: IPv4Address, now: float) -> None:
         """Lifetime 0 for ``care_of`` alone, sent from it (RFC 5944 3.6.1.2, 3.8.2.2:
@@ -317,7 +173,7 @@ class RegistrationClient:
         agent answered from here, and asks nothing of it (no binding, no proxy ARP)."""
         self.state = ClientState.DEREGISTERING
         self._renew_at = None
-        self._start(_Attempt(care_of, 0, RegFlags(0), None, (), care_of), now)
+        self._start(Attempt(care_of, 0, RegFlags(0), None, (), care_of), now)
 
     def reregister(self, now: float) -> bool:
         """Renew the current binding now, e.g. when the NAT mapping may have changed
@@ -386,19 +242,9 @@ class RegistrationClient:
             return
         mhae = mhaes[0]
         self._rtt = now - a.first_sent
-        if self.config.replay is ReplayMode.NONCE:
-            # 5.7.2: every authenticated reply carries the nonce for our next request.
-            self.replay.ha_nonce = ident.high(rep.identification)
+        self._ids.authenticated(rep.identification)
         if rep.code == ReplyCode.HA_IDENTIFICATION_MISMATCH and a.repairs < MAX_RESYNCS:
-            if self.config.replay is ReplayMode.TIMESTAMP:
-                # The HA stamped its seconds about half a round trip after we sent.
-                # Truncated to the second: add half of one on average.
-                ha_time = ident.unix_from_ntp(ident.join(ident.high(rep.identification), 0))
-                self.replay.clock_offset = ha_time + 0.5 - (
-                    self._wall(a.last_sent) + self._wall(now)) / 2
-                # 3.6.2.3: adjust before any new request; what we sent ahead of the
-                # HA's clock no longer bounds us, what it accepted still does.
-                self.replay.floor = self.replay.last_accepted_ident
+            self._ids.resync(rep.identification, a.last_sent, now)
             self._repair(a, now)
             return
         self._attempt = None
@@ -409,9 +255,7 @@ class RegistrationClient:
             self._events.append(Denied(rep.code, describe(rep.code), a.via))
             self._after_failure(now)
             return
-        if self.config.replay is ReplayMode.TIMESTAMP:
-            self.replay.last_accepted_ident = max(self.replay.last_accepted_ident,
-                                                  a.identification)
+        self._ids.accepted(a.identification)
         if a.lifetime == 0 or rep.lifetime == 0:
             self.binding = None
             self._renew_at = None
@@ -485,7 +329,7 @@ class RegistrationClient:
             AUTHENTICATOR_LEN) and verify(self.config.algorithm, self.config.key,
                                           auth.covered, auth.authenticator)
 
-    def _fa_denied(self, a: _Attempt, rep: RegistrationReply, now: float) -> None:
+    def _fa_denied(self, a: Attempt, rep: RegistrationReply, now: float) -> None:
         """The foreign agent refused to relay (RFC 5944 3.7.3): it shares no key
         with us, so its denial carries no Mobile-Home authenticator.  Taking it
         (matched by identification) only ends the attempt through the FA."""
@@ -507,25 +351,25 @@ class RegistrationClient:
     def _binding_valid(self, now: float) -> bool:
         return self.binding is not None and now < self.binding.expires_at
 
-    def _max_timeout(self, a: _Attempt) -> float:
+    def _max_timeout(self, a: Attempt) -> float:
         # 3.6.3: the longest wait SHOULD not exceed the requested lifetime.
         cap = self.config.max_timeout if a.lifetime == 0 else min(self.config.max_timeout,
                                                                    float(a.lifetime))
         return max(MIN_RETRANSMIT_INTERVAL, cap)
 
-    def _renew(self, prev: _Attempt, now: float) -> None:
+    def _renew(self, prev: Attempt, now: float) -> None:
         self._renew_at = None
         self.state = ClientState.RENEWING
-        self._start(_Attempt(prev.care_of, prev.lifetime, prev.flags, prev.via,
+        self._start(Attempt(prev.care_of, prev.lifetime, prev.flags, prev.via,
                              prev.extensions, prev.source), now)
 
-    def _start(self, a: _Attempt, now: float) -> None:
+    def _start(self, a: Attempt, now: float) -> None:
         a.started = now
         a.timeout = self._first_timeout(a)
         self._attempt = a
         self._send_new(a, now)
 
-    def _first_timeout(self, a: _Attempt) -> float:
+    def _first_timeout(self, a: Attempt) -> float:
         # 3.6.3: at least 1 s, and at least twice the round trip plus 100 ms of
         # processing once a reply has told us what the round trip is.
         t = max(MIN_RETRANSMIT_INTERVAL, self.config.initial_timeout)
@@ -533,7 +377,7 @@ class RegistrationClient:
             t = max(t, 2 * self._rtt + 0.1)
         return min(t, self._max_timeout(a))
 
-    def _repair(self, a: _Attempt, now: float) -> None:
+    def _repair(self, a: Attempt, now: float) -> None:
         """A new request at once after a 133 told us how to fix it: the agent is
         there, so this is a new registration, not a retransmission."""
         a.repairs += 1
@@ -541,7 +385,7 @@ class RegistrationClient:
         a.timeout = max(a.timeout, self._first_timeout(a))
         self._send_new(a, now)
 
-    def _retransmit(self, a: _Attempt, now: float) -> None:
+    def _retransmit(self, a: Attempt, now: float) -> None:
         if self.config.replay is ReplayMode.NONCE:
             # 3.6.3: unchanged, so a lost request does not cost the HA a new nonce.
             a.copies += 1
@@ -551,37 +395,14 @@ class RegistrationClient:
         else:
             self._send_new(a, now)  # a new identification: a new registration
 
-    def _identification(self, now: float) -> int:
-        r = self.replay
-        if self.config.replay is ReplayMode.NONCE:
-            low = self._nonce() & 0xFFFF_FFFF
-            if low == ident.low(r.last_sent_ident):  # 5.7: never the same twice running
-                low ^= 1
-            i = ident.nonce_ident(r.ha_nonce, low)
-        else:
-            i = ident.ntp_from_unix(self._wall(now) + r.clock_offset) | (
-                self._nonce() & _TIMESTAMP_RANDOM_BITS)
-            # 5.7.1: greater than any earlier request (the HA's sequence number),
-            # even if the clock steps back or two requests share a tick.
-            i = max(i, r.floor + 1)
-            r.floor = i
-        r.last_sent_ident = i
-        return i
-
-    def _send_new(self, a: _Attempt, now: float) -> None:
-        a.identification = self._identification(now)
-        req = RegistrationRequest(a.flags, a.lifetime, self.config.home_address,
-                                  self.config.home_agent, a.care_of, a.identification,
-                                  a.extensions)
-        a.data = append_authenticator(req.encode(), ExtType.MOBILE_HOME_AUTH, self.config.spi,
-                                      self.config.key, self.config.algorithm)
+    def _send_new(self, a: Attempt, now: float) -> None:
+        a.identification = self._ids.identification(now)
+        a.data = encode(self.config, a)
         a.first_sent = a.last_sent = now
         a.copies += 1
         a.deadline = now + a.timeout
         self._emit(a)
 
-    def _emit(self, a: _Attempt) -> None:
+    def _emit(self, a: Attempt) -> None:
         self.last_sent_at = a.last_sent
-        dest = a.via or self.config.home_agent
-        ttl = REVERSE_TUNNEL_TTL if a.via is not None or a.flags & RegFlags.T else None
-        self._out.append(Datagram(a.data, (dest, MIP_PORT), a.source, ttl))
+        self._out.append(datagram(self.config, a))

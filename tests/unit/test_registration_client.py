@@ -7,7 +7,10 @@ from ipaddress import IPv4Address
 import pytest
 
 from app.agents.ha_core import HomeAgent
-from app.mip.auth import Algorithm
+from app.mip import ident
+from app.mip.auth import Algorithm, append_authenticator
+from app.mip.extensions import ExtType
+from app.mip.messages import RegistrationReply, RegistrationRequest
 from app.mn.registration import (
     BindingLost,
     ClientState,
@@ -19,6 +22,7 @@ from app.mn.registration import (
     ReplayMode,
     TimedOut,
 )
+from app.mn.replay_protection import MAX_RESYNCS
 from tests.mipclient import KEY_A, KEY_B
 from tests.support.identities import ALICE, BOB, HA, T0, config
 from tests.support.world import COA, client, pump
@@ -230,3 +234,70 @@ def test_a_renewal_due_while_another_request_is_out_is_not_offered_as_a_timer():
     c.handle_timer(t)
     t2 = c.get_timer()
     assert t2 is not None and t2 > t
+
+
+# -- RFC 5944 5.7: the identification ------------------------------------------------
+
+def _sent_ident(c: RegistrationClient) -> int:
+    return RegistrationRequest.decode(c.datagrams_to_send()[-1].data).identification
+
+
+def test_rfc5944_5_7_1_each_identification_exceeds_the_last_even_if_the_clock_steps_back():
+    # The home agent takes it as a sequence number: a wall clock stepped back an
+    # hour (NTP after a resume), or two requests in one tick with the same random
+    # bits, must still give a greater identification.
+    step = [0.0]
+    cfg = client().config
+    c = RegistrationClient(cfg, nonce=lambda: 0, wall=lambda now: now + step[0])
+    c.register(COA, T0)
+    first = _sent_ident(c)
+    c.register(COA, T0)  # same tick, same random bits
+    second = _sent_ident(c)
+    step[0] = -3600.0
+    c.register(COA, T0 + 1)
+    third = _sent_ident(c)
+    assert first < second < third
+
+
+def test_rfc5944_5_7_1_after_133_the_identification_stays_above_the_last_accepted():
+    # Accepted 5 s ahead (inside the 7 s window), then an hour ahead: the 133
+    # brings the clock back to the home agent's, below what it accepted; the next
+    # request must still be greater than that one, or it earns 133 after 133.
+    c, ha = client(), HomeAgent(config())
+    c.clock_offset = 5.0
+    c.register(COA, T0)
+    assert isinstance(pump(c, ha, T0)[0], Registered)
+    c.clock_offset = 3600.0
+    c.register(COA, T0 + 1)
+    assert pump(c, ha, T0 + 1) == []  # 133, resynchronised
+    [ev] = pump(c, ha, T0 + 1)
+    assert isinstance(ev, Registered)
+
+
+def test_rfc5944_5_7_2_the_low_order_nonce_differs_from_the_previous_one():
+    cfg = RegistrationConfig(BOB, HA, 257, Algorithm.KEYED_MD5, KEY_B, lifetime=100,
+                             replay=ReplayMode.NONCE)
+    c = RegistrationClient(cfg, nonce=lambda: 42)  # a random source that repeats itself
+    c.register(COA, T0)
+    first = _sent_ident(c)
+    c.register(COA, T0 + 1)
+    assert ident.low(_sent_ident(c)) != ident.low(first)
+
+
+def test_133_resynchronisations_per_request_are_bounded():
+    # A home agent (or a replayed reply) answering every resynchronised request with
+    # an authenticated 133 must not keep the client sending at once for ever.
+    c = client()
+    c.register(COA, T0)
+    sent = 0
+    while out := c.datagrams_to_send():
+        assert sent < 10, "the 133 loop did not end"
+        sent += len(out)
+        low = ident.low(RegistrationRequest.decode(out[-1].data).identification)
+        rep = RegistrationReply(133, 0, ALICE, HA, ident.join(ident.high(
+            ident.ntp_from_unix(T0 + 3600)), low)).encode()
+        c.receive(append_authenticator(rep, ExtType.MOBILE_HOME_AUTH, 256, KEY_A,
+                                       Algorithm.HMAC_MD5), T0)
+    assert sent == 1 + MAX_RESYNCS
+    ev = c.next_event()
+    assert isinstance(ev, Denied) and ev.code == 133
