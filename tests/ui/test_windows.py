@@ -373,7 +373,7 @@ def test_history_table_keeps_its_newest_rows() -> None:
 
     m = HistoryModel(3)
     for i in range(5):
-        m.append((f"t{i}", "kind", f"n={i}"))
+        m.append(1e9 + i, "kind", f"n={i}")
     assert m.rowCount() == 3
     assert [m.index(r, 2).data() for r in range(3)] == ["n=2", "n=3", "n=4"]
     assert m.headerData(1, Qt.Orientation.Horizontal) == "Kind"
