@@ -10,6 +10,7 @@ import asyncio
 import gc
 import sys
 import time
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -155,7 +156,11 @@ class Field(QLabel):
 
 
 class HistoryModel(QAbstractTableModel):
-    """The history table's rows as plain tuples of text: ~0.2 MB for 1000 rows, where
+    """The history table's rows in a few flat buffers, their display text made when Qt
+    asks: the times in an ``array('d')``, the kinds as indexes into their (few, interned)
+    names, the details as UTF-8 in one ``bytearray`` with offsets.  1000 rows are a few
+    large blocks (no small Python object per row or cell, which would keep Python's
+    allocator arenas of the fetch's temporaries from being given back: benchmarks/README.md);
     a QStandardItemModel (an item and its Python wrapper per cell) takes 2 MB."""
 
     HEADERS = ("Time", "Kind", "Details")
@@ -163,19 +168,38 @@ class HistoryModel(QAbstractTableModel):
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
-        self.rows: list[tuple[str, str, str]] = []
+        self._clear()
+
+    def _clear(self) -> None:
+        self.times = array("d")
+        self.kinds = array("H")  # index into kind_names
+        self.kind_names: list[str] = []
+        self._kind_index: dict[str, int] = {}
+        self.text = bytearray()  # the details, UTF-8, one after the other
+        self.ends = array("Q")  # where each row's details end in text, plus `dropped`
+        self.dropped = 0  # bytes of details deleted from the front of text
 
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.rows)
+        return 0 if parent.isValid() else len(self.times)
 
     def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else 3
+
+    def cell(self, row: int, column: int) -> str:
+        """The text shown in (row, column)."""
+        if column == 0:
+            t = self.times[row]
+            return time.strftime("%H:%M:%S", time.localtime(t)) if t else "?"
+        if column == 1:
+            return self.kind_names[self.kinds[row]]
+        start = (self.ends[row - 1] if row else self.dropped) - self.dropped
+        return self.text[start:self.ends[row] - self.dropped].decode()
 
     def data(self, index: QModelIndex | QPersistentModelIndex,
              role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
             return None
-        return self.rows[index.row()][index.column()]
+        return self.cell(index.row(), index.column())
 
     def headerData(self, section: int, orientation: Qt.Orientation,
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -183,20 +207,30 @@ class HistoryModel(QAbstractTableModel):
             return self.HEADERS[section]
         return None
 
-    def append(self, row: tuple[str, str, str]) -> None:
-        if len(self.rows) >= self.limit:  # the oldest go; GetHistory has them all
-            drop = len(self.rows) - self.limit + 1
+    def append(self, when: float, kind: str, details: str) -> None:
+        if len(self.times) >= self.limit:  # the oldest go; GetHistory has them all
+            drop = len(self.times) - self.limit + 1
             self.beginRemoveRows(QModelIndex(), 0, drop - 1)
-            del self.rows[:drop]
+            cut = self.ends[drop - 1]
+            del self.text[:cut - self.dropped]  # cheap: a bytearray drops its front in place
+            self.dropped = cut
+            del self.times[:drop], self.kinds[:drop], self.ends[:drop]
             self.endRemoveRows()
-        n = len(self.rows)
+        k = self._kind_index.get(kind)
+        if k is None:
+            k = self._kind_index[kind] = len(self.kind_names)
+            self.kind_names.append(sys.intern(kind))
+        n = len(self.times)
         self.beginInsertRows(QModelIndex(), n, n)
-        self.rows.append(row)
+        self.times.append(when)
+        self.kinds.append(k)
+        self.text += details.encode()
+        self.ends.append(self.dropped + len(self.text))
         self.endInsertRows()
 
     def clear(self) -> None:
         self.beginResetModel()
-        self.rows = []
+        self._clear()
         self.endResetModel()
 
 
@@ -215,11 +249,11 @@ class HistoryFilter(QSortFilterProxyModel):
     def filterAcceptsRow(self, row: int,
                          parent: QModelIndex | QPersistentModelIndex) -> bool:
         m = self.sourceModel()
-        kind = m.index(row, 1, parent).data()
-        if self.kind and kind != self.kind:
+        assert isinstance(m, HistoryModel)
+        if self.kind and m.cell(row, 1) != self.kind:
             return False
         if self.text:
-            hay = " ".join(str(m.index(row, c, parent).data()) for c in range(3)).lower()
+            hay = " ".join(m.cell(row, c) for c in range(3)).lower()
             return self.text in hay
         return True
 
@@ -277,6 +311,7 @@ class StatusWindow(QWidget):
         self.tabs.currentChanged.connect(self._build_page)
 
         self.reloading: asyncio.Future[None] | None = None
+        self.history_from: str | None = None  # the helper (unique name) last asked
         self.countdown = QTimer(self)  # runs only while the window is shown
         self.countdown.setInterval(1000)
         self.countdown.timeout.connect(self._tick)
@@ -340,14 +375,29 @@ class StatusWindow(QWidget):
             self.reloading.cancel()
         self.reloading = asyncio.ensure_future(self.reload_history())
 
+    def helper_appeared(self) -> None:
+        """The helper (re)appeared: fetch its history, unless this same helper's is
+        loaded or on its way.  At start the window's GetHistory and the GetAll answer
+        that announces the helper cross: a second 1000-row reply decoded at the same
+        time cost the open window ~2 MB (benchmarks/README.md)."""
+        helper = self.tray.helper
+        owner = helper.owner if helper is not None else None
+        if (owner is not None and owner == self.history_from and self.reloading is not None
+                and not self.reloading.cancelled()):
+            return
+        self.refresh_history()
+
     async def reload_history(self) -> None:
         helper = self.tray.helper
         entries: list[HistoryEntry] = []
+        self.history_from = None
         if helper is not None and helper.owner is not None:
+            self.history_from = helper.owner
             try:
                 entries = await helper.history(HISTORY_FETCH)
             except Exception:  # shown as an empty history; the state says why
                 entries = []
+                self.history_from = None  # the helper's next appearance asks again
         self.model.clear()
         self.handovers.removeRows(0, self.handovers.rowCount())
         # The Event signal carries the time to the millisecond, GetHistory in full.
@@ -357,14 +407,14 @@ class StatusWindow(QWidget):
             self.add_event(e)
 
     def add_event(self, e: HistoryEntry) -> None:
-        when = time.strftime("%H:%M:%S", time.localtime(e.time)) if e.time else "?"
         details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()) if k != "time")
-        self.model.append((when, sys.intern(e.kind), details))
+        self.model.append(e.time, e.kind, details)
         if e.kind not in self.kinds:
             self.kinds[e.kind] = None
             if self.kind_filter is not None:
                 self.kind_filter.addItem(e.kind, e.kind)
         if e.kind == "handover":
+            when = time.strftime("%H:%M:%S", time.localtime(e.time)) if e.time else "?"
             self.handovers.appendRow([QStandardItem(when),
                                       QStandardItem(e.details.get("mode", "")),
                                       QStandardItem(e.details.get("ms", ""))])

@@ -189,7 +189,7 @@ class Tray(QObject):
     def _helper_appeared(self) -> None:
         self.spawn(self._load_profiles())
         if self.status_window is not None:
-            self.status_window.refresh_history()
+            self.status_window.helper_appeared()
 
     async def _load_profiles(self) -> None:
         if self.helper is None:

@@ -240,6 +240,31 @@ def test_status_window_opened_before_the_helper_answered_gets_the_history(
         qapp.processEvents()
 
 
+def test_status_window_asks_the_history_once_when_the_helper_appears_meanwhile(
+        double: Any, tray: Any, qloop: Any, qtbot: Any) -> None:
+    """``trustroam --status``: the window's GetHistory may be on its way when the
+    helper's GetAll answer announces that same helper: its history is not asked a
+    second time (two 1000-row replies at once cost the open window ~2 MB,
+    benchmarks/README.md)."""
+    run(qloop, double.call("Emit", "sa{ss}", ["link-up", {"iface": "eth0"}]))
+    helper = tray.helper
+    asked: list[int] = []
+    real = helper.history
+
+    async def counting(n: int) -> Any:
+        asked.append(n)
+        return await real(n)
+
+    helper.history = counting
+    tray.show_status()
+    w = tray.status_window
+    qtbot.waitUntil(lambda: bool(asked))  # GetHistory on its way
+    tray._helper_appeared()  # as the GetAll answer does at start
+    run(qloop, w.reloading)
+    assert len(asked) == 1
+    assert w.model.index(0, 1).data() == "link-up"
+
+
 def test_closing_the_status_window_frees_the_plot(double: Any, tray: Any, qloop: Any,
                                                   qtbot: Any) -> None:
     run(qloop, double.call("Emit", "sa{ss}", ["link-up", {"iface": "eth0"}]))
@@ -348,7 +373,7 @@ def test_history_table_keeps_its_newest_rows() -> None:
 
     m = HistoryModel(3)
     for i in range(5):
-        m.append((f"t{i}", "kind", f"n={i}"))
+        m.append(1e9 + i, "kind", f"n={i}")
     assert m.rowCount() == 3
     assert [m.index(r, 2).data() for r in range(3)] == ["n=2", "n=3", "n=4"]
     assert m.headerData(1, Qt.Orientation.Horizontal) == "Kind"
