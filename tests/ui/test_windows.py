@@ -366,6 +366,29 @@ def test_status_fields_selectable_once_the_pointer_is_over_them(tray: Any, qtbot
     assert field.selectedText() == "10.20.1.10"
 
 
+def test_history_rows_keep_no_python_object_per_row(tray: Any) -> None:
+    """The history's rows live in a few flat buffers: 1000 rows add no small Python
+    objects (which would pin the allocator arenas of the fetch's temporaries: the open
+    window's memory, benchmarks/README.md)."""
+    import gc
+    import sys
+
+    from app.api import HistoryEntry
+
+    tray.show_status()
+    w = tray.status_window
+    entries = [HistoryEntry(1e9 + i, "link-up", {"iface": f"eth{i}"}) for i in range(1000)]
+    w.add_event(entries[0])  # the kind's first row may keep its name
+    gc.collect()
+    before = sys.getallocatedblocks()
+    for e in entries[1:]:
+        w.add_event(e)
+    gc.collect()
+    assert w.model.rowCount() >= 1000
+    assert sys.getallocatedblocks() - before < 100
+    assert w.model.index(w.model.rowCount() - 1, 2).data() == "iface=eth999"
+
+
 def test_history_table_keeps_its_newest_rows() -> None:
     from PySide6.QtCore import Qt
 
