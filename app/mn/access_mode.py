@@ -373,7 +373,8 @@ class AccessModeMachine:
 
     def _on_shutdown(self, now: float) -> None:
         t = self.vpn_client
-        if t is not None and t.binding is not None and self.vpn.up:
+        if t is not None and t.binding is not None and (
+                t.binding.care_of_address == self.vpn.tia):
             t.deregister(now, at_home=False)  # from the TIA, through the VPN
         elif self.client.binding is not None:
             self.client.deregister(now, at_home=self.mode is Mode.HOME)
@@ -614,7 +615,12 @@ class AccessModeMachine:
             if self.vpn_client is not None:
                 through = self.vpn_client.datagrams_to_send()
                 for d in through:
-                    self._actions.append(Send(iface, d, through_vpn=True))
+                    # RFC 5266 3.3: from the TIA charon has now.  After a new TIA the
+                    # client may renew the old one's binding on its own when the new
+                    # one's request times out (the step that registers the new TIA
+                    # again replaces it): that request never leaves.
+                    if d.source == self.vpn.tia:
+                        self._actions.append(Send(iface, d, through_vpn=True))
                 sent += through
             seen = self._events(now)
             seen = self._vpn_client_events(now) or seen
@@ -743,13 +749,16 @@ class AccessModeMachine:
             self._actions.append(Note("fa-timeout", "no reply through the foreign "
                                                     "agent; registering directly"))
             self.client.register(link.address.ip, now)
-        elif here and trusted and (b := self.client.binding) is not None:
+        elif link is not None and here and trusted and self.client.binding is not None:
             # RFC 5944 3.6.3: a renewal went unanswered but the binding still stands:
             # keep the path and keep asking until it runs out (then BindingLost).
+            # Always co-located, from the link's own address: the only direct request
+            # whose source is ours (3.6.1.1).  An FA care-of address is asked for only
+            # through its FA (3.7), which has failed us by now (the branch above).
             self._actions.append(Note("renewal-timeout",
                                       "the home agent did not answer the renewal; "
                                       "trying again until the binding runs out"))
-            self.client.register(b.care_of_address, now)
+            self.client.register(link.address.ip, now)
         elif here and trusted:
             self._leave(State.UNTRUSTED, BINDING_RAN_OUT)  # ran out this same step
         elif self.mode is Mode.VPN:
@@ -854,16 +863,22 @@ class AccessModeMachine:
     def _on_vpn_timed_out(self, t: RegistrationClient, ev: TimedOut, now: float) -> None:
         if hint := _discarded_hint(ev.discarded):  # through the VPN: no effect either
             self._actions.append(Note("replies-discarded", hint + " (through the VPN)"))
-        if self.mode is Mode.VPN and t.binding is not None:
+        tia = self.vpn.tia
+        if tia is None:
+            return  # the VPN is down: its loss cancelled this client, or will
+        if self.mode is Mode.VPN and t.binding is not None and t.binding.care_of_address == tia:
             self._actions.append(Note("renewal-timeout",
                                       "the home agent did not answer the renewal "
                                       "through the VPN; trying again"))
-            t.register(t.binding.care_of_address, now)
-        elif self.vpn.tia is not None and self._want_vpn:
+            t.register(tia, now)
+        elif self._want_vpn or self.mode is Mode.VPN:
+            # RFC 5266 3.3: after a new TIA every request through the VPN leaves from
+            # it (the old one is no longer charon's); mc's old binding stands until
+            # the new one replaces it or runs out (BindingLost).
             self._actions.append(Note("vpn-registration-timeout",
                                       "no reply through the VPN from the home "
                                       "agent; trying again"))
-            t.register(self.vpn.tia, now)
+            t.register(tia, now)
 
     # -- the gate and the paths --------------------------------------------------
 
