@@ -37,6 +37,7 @@ BOTTOM = {"app.errors"}
 """Below every layer (the one base of user-facing errors): any module may import it."""
 # The sans-I/O cores: no sockets, clocks, event loops or OS adapters.
 SANS_IO = ["app/mn/access_mode.py", "app/mn/mode_events.py", "app/mn/registration.py",
+           "app/mn/mode_state.py", "app/mn/mode_direct.py", "app/mn/mode_vpn.py",
            "app/mn/link_tracker.py",
            "app/mn/nat_keepalive.py", "app/mn/reply_path.py", "app/agents/ha_core.py",
            "app/agents/fa_core.py", "app/net/gate_rules.py", "app/vpn/events.py",
