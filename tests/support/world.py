@@ -209,9 +209,6 @@ class World:
     ``carry``."""
     stale_replies: bool = False
     """Direct replies to an earlier link still arrive after a move."""
-    fa_source_defect: bool = False
-    """Tolerate today's known defect (test_access_mode's xfail): mode f's binding
-    renewed straight to the home agent from the FA's address.  Remove when fixed."""
     check: Callable[[object], None] | None = None
     """A suite's own assertion on each action, before it is applied."""
     now: float = T0
@@ -320,7 +317,7 @@ class World:
             assert src != self.home or dst != HA, "the home address in clear with no link"
             return
         n = NETS[self.net]
-        if src == n.up.address.ip or (self.fa_source_defect and src in n.agents):
+        if src == n.up.address.ip:
             return
         assert src == self.home, (self.net, src)
         assert n.trusted, f"the home address in clear on {self.net}"

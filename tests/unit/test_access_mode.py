@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-import pytest
-
 from app.agents.fa_config import ForeignAgentConfig
 from app.agents.fa_core import ForeignAgent
 from app.agents.ha_core import HomeAgent
@@ -221,8 +219,6 @@ def test_a_renewal_through_a_dead_fa_falls_back_to_mode_c_before_the_binding_run
     assert any(isinstance(a, Note) and a.kind == "fa-timeout" for a in acts)
 
 
-@pytest.mark.xfail(strict=True, reason="access_mode.py renews mode f's binding directly, "
-                   "from the FA's care-of address, once the FA and the home agent are quiet")
 def test_rfc5944_3_6_1_1_a_renewal_after_the_fa_went_quiet_never_leaves_from_the_fas_address():
     """Found by the shared world's source check: after the FA stopped answering and
     the direct registration timed out too, the binding of mode f is renewed straight

@@ -149,9 +149,7 @@ def test_rfc5944_3_6_2_1_b_one_forged_reply_does_not_take_mc_down():
 
 def _run_fa(forging: bool) -> tuple[list[object], int]:
     """Mode f with no VPN: c on the FA link, f through the FA, renewals through it."""
-    # (the renewal after the FA and the home agent went quiet leaves from the FA's
-    # address: test_access_mode's xfail)
-    net = trusted_world(fa_source_defect=True)
+    net = trusted_world()
     m = net.m
     seen: list[object] = []
     count = 0

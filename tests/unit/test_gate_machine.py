@@ -75,7 +75,7 @@ class GateMachine(RuleBasedStateMachine):
         # Replies wait for the rules below (late, lost, reordered, after a move);
         # charon reports what the rules say, when they say it.
         self.w = World(m=m, direct=0.0, through=0.0, hold=True, stale_replies=True,
-                       auto_vpn=False, check=self.check, fa_source_defect=True)
+                       auto_vpn=False, check=self.check)
         self.lost = False
         self.up_at = float("-inf")
         """When the current link came up (or was re-probed)."""
@@ -98,13 +98,9 @@ class GateMachine(RuleBasedStateMachine):
             assert answer is not None and answer[1] >= self.up_at, "claimed unproven"
         elif isinstance(a, Send) and a.through_vpn:
             # mc's registration only through a VPN charon has up, never under
-            # never-vpn; from its TIA, or renewing the binding that stands (today the
-            # machine renews an old TIA's binding when the new TIA's registration
-            # times out: test_mode_mc's xfail; drop ``standing`` once fixed).
+            # never-vpn, and from its current TIA (RFC 5266 3.3).
             assert self.m.policy is not Policy.NEVER_VPN, "through the VPN under never-vpn"
-            t = self.m.vpn_client
-            standing = t.binding.care_of_address if t and t.binding else None
-            assert w.vpn_tia is not None and a.datagram.source in (w.vpn_tia, standing), (
+            assert w.vpn_tia is not None and a.datagram.source == w.vpn_tia, (
                 a.datagram.source, w.vpn_tia)
         elif isinstance(a, Gate) and a.path is not None and a.path.mode is Mode.VPN:
             # mc opens only on a TIA registered at the home agent through the VPN

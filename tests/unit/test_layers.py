@@ -39,6 +39,7 @@ BOTTOM = {"app.errors"}
 SANS_IO = ["app/mn/access_mode.py", "app/mn/mode_events.py", "app/mn/registration.py",
            "app/mn/registration_types.py", "app/mn/registration_request.py",
            "app/mn/replay_protection.py",
+           "app/mn/mode_state.py", "app/mn/mode_direct.py", "app/mn/mode_vpn.py",
            "app/mn/link_tracker.py",
            "app/mn/nat_keepalive.py", "app/mn/reply_path.py", "app/agents/ha_core.py",
            "app/agents/fa_core.py", "app/net/gate_rules.py", "app/vpn/events.py",

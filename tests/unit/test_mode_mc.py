@@ -437,8 +437,6 @@ def test_never_vpn_after_always_vpn_probes_directly_again():
     w.agrees()
 
 
-@pytest.mark.xfail(strict=True, reason="access_mode.py renews the old TIA's binding, from "
-                   "the old TIA, when the new TIA's registration times out")
 def test_rfc5266_3_3_after_a_new_tia_every_request_through_the_vpn_leaves_from_it():
     """Found by the gate machine's VPN rules: charon hands out a new TIA while mc holds
     the old one and the home agent stops answering; the retries go through the VPN
