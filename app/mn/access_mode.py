@@ -60,6 +60,7 @@ from app.mn.mode_events import (
     LinkDown,
     LinkLost,
     LinkUp,
+    NatDetected,
     Note,
     PolicySet,
     PrepareLink,
@@ -69,10 +70,12 @@ from app.mn.mode_events import (
     Solicit,
     StartVpn,
     Status,
+    Stopped,
     StopVpn,
     UseTia,
     VpnLost,
     VpnMoved,
+    VpnNat,
     VpnReady,
     VpnRekeyed,
     VpnServiceBack,
@@ -248,6 +251,7 @@ class AccessModeMachine:
     configured_tia: IPv4Address | None = field(init=False, default=None)
     vpn: _Vpn = field(init=False, default_factory=_Vpn)
     _actions: list[Action] = field(init=False, default_factory=list)
+    _stopping: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if self.vpn_client is not None and self.vpn_client.replay is not self.client.replay:
@@ -272,7 +276,12 @@ class AccessModeMachine:
                 self._handover_starts(now)
                 self._reprobe(now)
             case Shutdown():
-                self._on_shutdown(now)
+                self._stopping = True
+                if event.can_send:
+                    self._on_shutdown(now)
+            case VpnNat():
+                if event.ike_id == self.vpn.ike_id:  # of the SA in use only
+                    self._actions.append(NatDetected(event.nat_detected))
             case PolicySet():
                 self._handover_starts(now)  # a policy's handover counts from now
                 self._policy(event.policy, now)
@@ -964,5 +973,8 @@ class AccessModeMachine:
 
     def _take(self, now: float) -> list[Action]:
         self._handover(now)
+        if self._stopping and not self.bound:
+            self._stopping = False
+            self._actions.append(Stopped())
         out, self._actions = self._actions, []
         return out

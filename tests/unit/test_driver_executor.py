@@ -141,7 +141,7 @@ def test_rfc3519_4_9_the_keepalive_runs_at_the_interval_the_action_carries():
         asyncio.run(d._execute([am.ConfigureDataPlane(Mode.COLOCATED, "eth0", udp_tunnel=True,
                                                       keepalive_s=20)], MONO))
         assert d.routes.configured[0][1]["udp"] is reg  # type: ignore[attr-defined]
-        assert d._keepalive is not None and d._keepalive.get_timer() == MONO + 20
+        assert d.keepalive.get_timer() == MONO + 20
         assert ("udp-tunnel", {"keepalive_s": "20"}) in [(e.kind, e.details) for e in history]
         assert d.snapshot.nat_detected
     finally:
