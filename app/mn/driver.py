@@ -144,7 +144,7 @@ class MobileNodeDriver:
         self._vpn_gw: IPv4Address | None = None
         """The gateway of the TIA in use (UseTia): the VPN probe's target."""
         self._echo_at: float | None = None
-        self._vpn_nat = False
+        self._nat_view = status_view.VpnNatView()
         self.tracker = LinkTracker(profile.home_address)
         self.home_arp = HomeArpPermit()
         routes.arp.permit = self.home_arp
@@ -322,7 +322,7 @@ class MobileNodeDriver:
             elif isinstance(a, am.DropTia):
                 await self._vpn_gone(a.tia)
             elif isinstance(a, NatDetected):
-                self._vpn_nat_is(a.nat_detected)
+                self._show(*self._nat_view.vpn(self.snapshot, a.nat_detected))
             elif isinstance(a, Stopped):
                 self._stopped = True
             log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
@@ -374,13 +374,6 @@ class MobileNodeDriver:
         if self.vpn_link is not None:
             self.vpn_link.stop(reason)
 
-    def _vpn_nat_is(self, nat: bool) -> None:
-        if nat != self._vpn_nat:
-            self._history("vpn-nat", {"detected": str(nat).lower()})
-        self._vpn_nat = nat
-        if self.snapshot.mode is Mode.VPN or not self.snapshot.nat_detected:
-            self._publish(replace(self.snapshot, nat_detected=nat))
-
     async def _use_tia(self, a: am.UseTia, now: float) -> None:
         """The machine's new SA or TIA: the link's address is never it, registrations
         leave from it (before the machine's Send through the VPN), the gateway's route
@@ -391,14 +384,9 @@ class MobileNodeDriver:
             await self.routes.vpn_gateway(a.gateway_address)
         await self.routes.vpn_source(a.tia)  # before the registration through it
         self.sockets.open_vpn(a.tia)
-        self._history("vpn-up", {"tia": str(a.tia), "gateway": a.gateway,
-                                 "ike": str(a.ike_id), "local": a.local, "remote": a.remote,
-                                 "nat": str(a.nat_detected).lower()})
+        self._show(*status_view.vpn_up(self.snapshot, a))
         self._vpn_gw = a.gateway_address
-        self._publish(replace(self.snapshot, tunnel_inner_address=str(a.tia),
-                              vpn_gateway=a.gateway,
-                              vpn_probe=replace(self.snapshot.vpn_probe, reachable=True)))
-        self._vpn_nat_is(a.nat_detected)  # charon's NAT-T: the VPN's NAT
+        self._show(*self._nat_view.vpn(self.snapshot, a.nat_detected))  # charon's NAT-T
         self._send_echo(now)
 
     async def _vpn_gone(self, tia: IPv4Address | None) -> None:
@@ -408,8 +396,7 @@ class MobileNodeDriver:
         self._vpn_gw = None
         self.sockets.close_vpn()
         await self.routes.vpn_source(None)
-        self._publish(replace(self.snapshot, tunnel_inner_address="", vpn_gateway="",
-                              vpn_probe=replace(self.snapshot.vpn_probe, reachable=False)))
+        self._publish(status_view.vpn_gone(self.snapshot))
 
     async def _vpn_event(self, ev: VpnEvent | NatSeen, now: float) -> None:
         """charon's event (or what the VPN link read of it): to the machine."""
@@ -442,9 +429,7 @@ class MobileNodeDriver:
             self.routes.tunnel_write(inner)
 
     def _keepalive_for(self, a: am.ConfigureDataPlane, udp: bool) -> None:
-        # In mc the NAT that matters is the VPN's (IPsec NAT-T, charon's detection).
-        self._publish(replace(self.snapshot,
-                              nat_detected=self._vpn_nat if a.mode is Mode.VPN else udp))
+        self._publish(self._nat_view.configured(self.snapshot, a.mode, udp))
         if not udp:
             self.keepalive.stop()
             return

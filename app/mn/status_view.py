@@ -70,6 +70,43 @@ def published(snap: Snapshot, actions: list[ev.Action],
     return snap, entries
 
 
+def vpn_up(snap: Snapshot, a: ev.UseTia) -> tuple[Snapshot, list[Entry]]:
+    """The machine's new SA or TIA, in use."""
+    return replace(snap, tunnel_inner_address=str(a.tia), vpn_gateway=a.gateway,
+                   vpn_probe=replace(snap.vpn_probe, reachable=True)), [
+        ("vpn-up", {"tia": str(a.tia), "gateway": a.gateway, "ike": str(a.ike_id),
+                    "local": a.local, "remote": a.remote,
+                    "nat": str(a.nat_detected).lower()})]
+
+
+def vpn_gone(snap: Snapshot) -> Snapshot:
+    """The TIA is no longer ours."""
+    return replace(snap, tunnel_inner_address="", vpn_gateway="",
+                   vpn_probe=replace(snap.vpn_probe, reachable=False))
+
+
+class VpnNatView:
+    """The VPN's NAT (charon's NAT-T detection) and the NAT the snapshot shows: the
+    VPN's in mode mc, the registration's (RFC 3519) otherwise."""
+
+    def __init__(self) -> None:
+        self.vpn_nat = False
+
+    def vpn(self, snap: Snapshot, nat: bool) -> tuple[Snapshot, list[Entry]]:
+        """charon said (again) whether the SA in use crosses a NAT."""
+        entries: list[Entry] = []
+        if nat != self.vpn_nat:
+            entries.append(("vpn-nat", {"detected": str(nat).lower()}))
+        self.vpn_nat = nat
+        if snap.mode is Mode.VPN or not snap.nat_detected:
+            snap = replace(snap, nat_detected=nat)
+        return snap, entries
+
+    def configured(self, snap: Snapshot, mode: Mode, udp_tunnel: bool) -> Snapshot:
+        """A data plane configured: mc shows the VPN's NAT, the others their own."""
+        return replace(snap, nat_detected=self.vpn_nat if mode is Mode.VPN else udp_tunnel)
+
+
 Answer = tuple[float, float]
 """A registration client's last answer: (RTT s, when it came on the machines' clock)."""
 

@@ -3,6 +3,7 @@ actions and the clients' answers in, a new Snapshot and history entries out."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 
 from app.api import Mode, Probe, Snapshot, State
@@ -82,3 +83,29 @@ def test_each_binding_and_each_answer_is_published_once():
     assert [k for k, _ in view.update(snap, answer, again, lambda t: t)[1]] == ["registered"]
     gone, entries = view.update(snap, answer, None, lambda t: t)
     assert gone.binding_expires == 0.0 and entries == []
+
+
+def test_rfc5266_4_a_tia_in_use_is_published_and_gone_again():
+    snap, entries = status_view.vpn_up(BASE, ev.UseTia(A("10.99.1.1"), "vpn.corp", ike_id=3,
+                                                       nat_detected=True, local="a",
+                                                       remote="b"))
+    assert (snap.tunnel_inner_address, snap.vpn_gateway, snap.vpn_probe.reachable) == (
+        "10.99.1.1", "vpn.corp", True)
+    assert entries == [("vpn-up", {"tia": "10.99.1.1", "gateway": "vpn.corp", "ike": "3",
+                                   "local": "a", "remote": "b", "nat": "true"})]
+    gone = status_view.vpn_gone(snap)
+    assert (gone.tunnel_inner_address, gone.vpn_gateway, gone.vpn_probe.reachable) == (
+        "", "", False)
+
+
+def test_the_nat_shown_is_the_vpns_in_mc_and_the_registrations_otherwise():
+    view = status_view.VpnNatView()
+    snap, entries = view.vpn(BASE, True)
+    assert snap.nat_detected and entries == [("vpn-nat", {"detected": "true"})]
+    assert view.vpn(snap, True)[1] == []  # the same again: no entry
+    assert view.configured(BASE, Mode.VPN, udp_tunnel=False).nat_detected
+    assert not view.configured(snap, Mode.COLOCATED, udp_tunnel=False).nat_detected
+    # Outside mc a NAT the registration found is not hidden by a VPN without one.
+    direct = replace(BASE, mode=Mode.COLOCATED, nat_detected=True)
+    assert view.vpn(direct, False)[0].nat_detected
+    assert not view.vpn(replace(direct, mode=Mode.VPN), False)[0].nat_detected
