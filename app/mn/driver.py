@@ -245,7 +245,7 @@ class MobileNodeDriver:
                 elif isinstance(item, am.AgentAdvert | am.Resumed):
                     if isinstance(item, am.Resumed):
                         self._history("reprobe", {})
-                    await self._execute(self.machine.handle(item, now), now)
+                    await self._feed(item, now)
                 elif isinstance(item, _Tick):
                     for ev in self.tracker.handle_timer(now):
                         await self._link_event(ev, now)
@@ -255,13 +255,12 @@ class MobileNodeDriver:
                         self._send_echo(now)
                 elif isinstance(item, _Stop):
                     stopping = item
-                    await self._execute(self.machine.handle(
-                        am.Shutdown(can_send=self.sockets.can_register), now), now)
+                    await self._feed(am.Shutdown(can_send=self.sockets.can_register), now)
                 elif isinstance(item, _VpnInput):
                     await self._vpn_event(item.event, now)
                 elif isinstance(item, _Policy):
                     self._history("policy-applied", {"policy": item.policy.value})
-                    await self._execute(self.machine.handle(am.PolicySet(item.policy), now), now)
+                    await self._feed(am.PolicySet(item.policy), now)
                 elif isinstance(item, _VpnEcho) and item.gateway == self._vpn_gw:
                     self._publish(replace(self.snapshot, vpn_probe=Probe(
                         True, round(item.rtt * 1000, 3), self._to_wall(now))))
@@ -284,6 +283,9 @@ class MobileNodeDriver:
         else:
             self._history("link-down", {"interface": ev.iface})
             self.sockets.close_link()  # the VPN's TIA may outlive the link
+        await self._feed(ev, now)
+
+    async def _feed(self, ev: am.Event, now: float) -> None:
         await self._execute(self.machine.handle(ev, now), now)
 
     async def _execute(self, actions: list[am.Action], now: float) -> None:
@@ -403,14 +405,13 @@ class MobileNodeDriver:
         if self.vpn_link is None:
             return
         if isinstance(ev, NatSeen):  # the machine says if it is the SA in use
-            await self._execute(self.machine.handle(VpnNat(ev.ike_id, ev.nat_detected), now),
-                                now)
+            await self._feed(VpnNat(ev.ike_id, ev.nat_detected), now)
             return
         events = self.vpn_link.translate(ev)
         if isinstance(ev, MobikeUpdate):
             self._send_echo(now)  # the VPN probe from the new path
         for mev in events:
-            await self._execute(self.machine.handle(mev, now), now)
+            await self._feed(mev, now)
 
     def _send_echo(self, now: float) -> None:
         """The VPN probe (``app.mn.sockets``), every ECHO_INTERVAL while the VPN is up."""
@@ -447,9 +448,7 @@ class MobileNodeDriver:
             self._timer.cancel()
             self._timer = None
         times = [t for t in (self.machine.get_timer(), self.tracker.get_timer(),
-                             self.keepalive.get_timer(),
-                             self._echo_at)
-                 if t is not None]
+                             self.keepalive.get_timer(), self._echo_at) if t is not None]
         if times and self._loop is not None:
             delay = max(0.0, min(times) - self.clock())
             self._timer = self._loop.call_later(delay, self._queue.put_nowait, _Tick())
