@@ -62,6 +62,7 @@ from app.mn.mode_events import (
     LinkDown,
     LinkLost,
     LinkUp,
+    NatDetected,
     Note,
     PolicySet,
     PrepareLink,
@@ -71,10 +72,12 @@ from app.mn.mode_events import (
     Solicit,
     StartVpn,
     Status,
+    Stopped,
     StopVpn,
     UseTia,
     VpnLost,
     VpnMoved,
+    VpnNat,
     VpnReady,
     VpnRekeyed,
     VpnServiceBack,
@@ -111,6 +114,7 @@ __all__ = [
     "LinkDown",
     "LinkLost",
     "LinkUp",
+    "NatDetected",
     "Note",
     "PolicySet",
     "PrepareLink",
@@ -121,9 +125,11 @@ __all__ = [
     "StartVpn",
     "Status",
     "StopVpn",
+    "Stopped",
     "UseTia",
     "VpnLost",
     "VpnMoved",
+    "VpnNat",
     "VpnReady",
     "VpnRekeyed",
     "VpnServiceBack",
@@ -162,6 +168,8 @@ class AccessModeMachine:
         self._s = ModeState(client, vpn_client, use_foreign_agents, policy, keep_alive_inside)
         self._vpn = VpnSide(self._s)
         self._direct = DirectSide(self._s, self._vpn)
+        self._stopping = False
+        """A Shutdown came: ``Stopped`` once nothing of ours stands at the home agent."""
 
     # -- what callers read (the state is the parts' shared ModeState) ------------------
 
@@ -260,7 +268,12 @@ class AccessModeMachine:
                 s.handover_starts(now)
                 self._reprobe(now)
             case Shutdown():
-                self._on_shutdown(now)
+                self._stopping = True
+                if event.can_send:  # else nothing of ours can be withdrawn from here
+                    self._on_shutdown(now)
+            case VpnNat():
+                if event.ike_id == self.vpn.ike_id:  # of the SA in use only
+                    s.actions.append(NatDetected(event.nat_detected))
             case PolicySet():
                 s.handover_starts(now)  # a policy's handover counts from now
                 self._policy(event.policy, now)
@@ -277,7 +290,7 @@ class AccessModeMachine:
             case VpnServiceBack():
                 vpn.on_service_back()
         self._drain(now)
-        return s.take(now)
+        return self._take(now)
 
     def receive(self, data: bytes, now: float) -> list[Action]:
         """A datagram from the home agent or an FA (each client takes its own)."""
@@ -285,7 +298,7 @@ class AccessModeMachine:
         if self.vpn_client is not None:
             self.vpn_client.receive(data, now)
         self._drain(now)
-        return self._s.take(now)
+        return self._take(now)
 
     def reregister(self, now: float) -> list[Action]:
         """Register the current binding again now (RFC 3519 4.10: the NAT mapping may
@@ -294,14 +307,14 @@ class AccessModeMachine:
             self._s.actions.append(Note("nat-rebind", "keepalives went unanswered: "
                                                       "registering again"))
         self._drain(now)
-        return self._s.take(now)
+        return self._take(now)
 
     def handle_timer(self, now: float) -> list[Action]:
         """The time from :meth:`get_timer` came: retransmissions, renewals, VPN retries."""
         self.client.handle_timer(now)
         self._vpn.handle_timer(now)
         self._drain(now)
-        return self._s.take(now)
+        return self._take(now)
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` is due next (monotonic seconds); None: never."""
@@ -422,6 +435,12 @@ class AccessModeMachine:
             self.client.cancel()  # mc stays; no direct probe may take it away
             return
         self._reprobe(now)
+
+    def _take(self, now: float) -> list[Action]:
+        if self._stopping and not self.bound:
+            self._stopping = False
+            self._s.actions.append(Stopped())
+        return self._s.take(now)
 
     def _drain(self, now: float) -> None:
         # Events can start new registrations (c -> f): drain until quiet.

@@ -22,26 +22,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from app.api import HistoryEntry, Mode, Policy, Probe, Snapshot, State
-from app.mip.messages import MIP_PORT
 from app.mn import access_mode as am
+from app.mn import status_view
+from app.mn.home_arp import HomeArpPermit
 from app.mn.link_tracker import LinkTracker
-from app.mn.nat_keepalive import Action as KeepaliveAction
-from app.mn.nat_keepalive import NatKeepalive, echo_request, parse_echo_reply
+from app.mn.mode_events import NatDetected, Stopped, VpnNat
 from app.mn.profile import Profile
 from app.mn.registration import UdpTunnelling
 from app.mn.reply_path import Path, PathClient
 from app.mn.sockets import MobileNodeSockets
+from app.mn.tunnel_keepalive import TunnelKeepalive
 from app.mn.vpn_link import NatSeen, VpnLink
 from app.net.gate import GateError, TrafficGate
 from app.net.gate_rules import ProvenPath
-from app.net.ipip import TUNNEL_DATA_HEADER
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import LinkInfo, MobileNodeRoutes
 from app.vpn.charon import Charon
@@ -92,29 +91,6 @@ class _VpnEcho:
 
 _Input = (LinkSnapshot | _Datagram | am.AgentAdvert | am.Resumed | _Tick | _Stop | _VpnInput
           | _Policy | _VpnEcho)
-
-
-class HomeArpPermit:
-    """May a frame naming the home address leave a link (RFC 5944 4.6)?  As the
-    machine's actions said: the link of mode h's open path (``Gate``), or a proven
-    home link being claimed (``ClaimHome``) until a ``ConfigureDataPlane`` of another
-    mode takes the home address off it."""
-
-    def __init__(self) -> None:
-        self.home_path: str | None = None
-        self.claimed: str | None = None
-
-    def note(self, a: am.Action) -> None:
-        if isinstance(a, am.Gate):
-            p = a.path
-            self.home_path = p.iface if p is not None and p.mode is Mode.HOME else None
-        elif isinstance(a, am.ClaimHome):
-            self.claimed = a.iface
-        elif isinstance(a, am.ConfigureDataPlane) and a.mode is not Mode.HOME:
-            self.claimed = None
-
-    def __call__(self, iface: str) -> bool:
-        return iface in (self.home_path, self.claimed)
 
 
 class MobileNodeDriver:
@@ -168,7 +144,7 @@ class MobileNodeDriver:
         self._vpn_gw: IPv4Address | None = None
         """The gateway of the TIA in use (UseTia): the VPN probe's target."""
         self._echo_at: float | None = None
-        self._vpn_nat = False
+        self._nat_view = status_view.VpnNatView()
         self.tracker = LinkTracker(profile.home_address)
         self.home_arp = HomeArpPermit()
         routes.arp.permit = self.home_arp
@@ -176,19 +152,20 @@ class MobileNodeDriver:
         self._queue: asyncio.Queue[_Input] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._keepalive: NatKeepalive | None = None
+        self.keepalive = TunnelKeepalive(profile.home_address, profile.home_agent)
         """RFC 3519 keepalives while the binding is UDP-tunnelled."""
         self.sockets = MobileNodeSockets(
             profile.home_agent,
             on_datagram=lambda data, path: self._queue.put_nowait(_Datagram(data, path)),
             on_tunnel_data=self._tunnel_data,
-            udp_tunnel=lambda: self._keepalive is not None,  # it runs exactly then
+            udp_tunnel=lambda: self.keepalive.running,  # it runs exactly then
             on_advert=self._queue.put_nowait,
             on_echo=lambda gw, rtt: self._queue.put_nowait(_VpnEcho(gw, rtt)),
             on_history=self._history)
-        self._binding_seen: object = None
-        self._answer_seen: object = None
+        self._binding_view = status_view.BindingView()
         self._gate_at = 0.0
+        self._stopped = False
+        """The machine said ``Stopped``: no binding of ours stands."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- inputs (any thread-free caller on the loop) -------------------------------
@@ -238,8 +215,8 @@ class MobileNodeDriver:
         self.sockets.close()
         if self.vpn_link is not None:
             await self.vpn_link.close()
-        self._publish(state=State.OFFLINE, mode=Mode.NONE, interface="", care_of_address="",
-                      binding_expires=0.0)
+        self._publish(replace(self.snapshot, state=State.OFFLINE, mode=Mode.NONE, interface="",
+                              care_of_address="", binding_expires=0.0))
 
     def _arrived_by(self) -> Path | None:
         return self._arrival
@@ -268,7 +245,7 @@ class MobileNodeDriver:
                 elif isinstance(item, am.AgentAdvert | am.Resumed):
                     if isinstance(item, am.Resumed):
                         self._history("reprobe", {})
-                    await self._execute(self.machine.handle(item, now), now)
+                    await self._feed(item, now)
                 elif isinstance(item, _Tick):
                     for ev in self.tracker.handle_timer(now):
                         await self._link_event(ev, now)
@@ -278,26 +255,24 @@ class MobileNodeDriver:
                         self._send_echo(now)
                 elif isinstance(item, _Stop):
                     stopping = item
-                    if self.machine.bound and self.sockets.can_register:
-                        await self._execute(self.machine.handle(am.Shutdown(), now), now)
+                    await self._feed(am.Shutdown(can_send=self.sockets.can_register), now)
                 elif isinstance(item, _VpnInput):
                     await self._vpn_event(item.event, now)
                 elif isinstance(item, _Policy):
                     self._history("policy-applied", {"policy": item.policy.value})
-                    await self._execute(self.machine.handle(am.PolicySet(item.policy), now), now)
+                    await self._feed(am.PolicySet(item.policy), now)
                 elif isinstance(item, _VpnEcho) and item.gateway == self._vpn_gw:
-                    self._publish(vpn_probe=Probe(True, round(item.rtt * 1000, 3),
-                                                  self._to_wall(now)))
+                    self._publish(replace(self.snapshot, vpn_probe=Probe(
+                        True, round(item.rtt * 1000, 3), self._to_wall(now))))
             except Exception:  # one bad step must not kill the helper: log, go on
                 log.exception("mobile-node driver step failed")
             self._update_binding()
-            if stopping is not None and not self.machine.bound and (
-                    not stopping.done.done()):
+            if stopping is not None and self._stopped and not stopping.done.done():
                 stopping.done.set_result(None)
             self._arm_timer()
 
     async def _link_event(self, ev: am.LinkUp | am.LinkDown | am.LinkLost, now: float) -> None:
-        self._keepalive = None  # a mapping through another link is no mapping here
+        self.keepalive.stop()  # a mapping through another link is no mapping here
         if isinstance(ev, am.LinkUp):
             if self.gate is not None:  # before anything: its name may look local
                 await self.gate.manage(ev.iface)
@@ -308,6 +283,9 @@ class MobileNodeDriver:
         else:
             self._history("link-down", {"interface": ev.iface})
             self.sockets.close_link()  # the VPN's TIA may outlive the link
+        await self._feed(ev, now)
+
+    async def _feed(self, ev: am.Event, now: float) -> None:
         await self._execute(self.machine.handle(ev, now), now)
 
     async def _execute(self, actions: list[am.Action], now: float) -> None:
@@ -335,7 +313,7 @@ class MobileNodeDriver:
                 udp = self.sockets.registration if a.udp_tunnel else None
                 await self.routes.configure(a.mode, foreign_agent=a.foreign_agent, udp=udp,
                                             tia=a.tia)
-                self._keepalive_for(a, udp)
+                self._keepalive_for(a, udp is not None)
             elif isinstance(a, am.StartVpn):
                 if self.vpn_link is not None:
                     self.vpn_link.start()
@@ -345,24 +323,13 @@ class MobileNodeDriver:
                 await self._use_tia(a, now)
             elif isinstance(a, am.DropTia):
                 await self._vpn_gone(a.tia)
+            elif isinstance(a, NatDetected):
+                self._show(*self._nat_view.vpn(self.snapshot, a.nat_detected))
+            elif isinstance(a, Stopped):
+                self._stopped = True
             log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
-        for a in actions:  # publishing is off the critical path
-            if isinstance(a, am.Status):
-                self._status(a)
-            elif isinstance(a, am.Note):
-                self._history(a.kind, {"text": a.text})
-            elif isinstance(a, am.ClaimHome):
-                self._history("home-claim", {"interface": a.iface})
-            elif isinstance(a, am.Gate):
-                self._history("gate", {"blocked": str(a.path is None).lower(),
-                                       "at": f"{self._gate_at:.6f}",
-                                       **({"interface": a.path.iface,
-                                           "address": str(a.path.link_address),
-                                           "mode": a.path.mode.value}
-                                          if a.path else {})})
-        for a in actions:  # the machine's handover time: the number the user sees
-            if isinstance(a, am.Status) and a.handover and a.handover_ms is not None:
-                self._history("handover", {"mode": a.mode.value, "ms": f"{a.handover_ms:.1f}"})
+        # Publishing is off the critical path: after the step's other actions.
+        self._show(*status_view.published(self.snapshot, actions, self._gate_at))
         if any(isinstance(a, am.ConfigureDataPlane) for a in actions):
             await self.routes.finish()
 
@@ -389,68 +356,25 @@ class MobileNodeDriver:
         if a.gateway is not None:
             await self.routes.set_link(LinkInfo(a.iface, a.address, a.gateway))
         log.debug("link set-up took %.2f ms", (time.perf_counter() - t0) * 1000)
-        if a.mc_holds:  # its care-of address is the TIA
-            self._publish(interface=a.iface)
-        else:
-            self._publish(interface=a.iface, care_of_address=str(a.address.ip))
+        self._publish(replace(self.snapshot, interface=a.iface) if a.mc_holds else (  # the TIA
+            replace(self.snapshot, interface=a.iface, care_of_address=str(a.address.ip))))
 
     # -- actions -----------------------------------------------------------------
 
-    def _status(self, s: am.Status) -> None:
-        state, mode = s.phase, s.mode
-        was = (self.snapshot.state, self.snapshot.mode, self.snapshot.error)
-        changes: dict[str, object] = {"state": state, "mode": mode, "error": s.error or ""}
-        if s.handover_ms is not None:
-            changes["last_handover_ms"] = s.handover_ms
-        if mode is Mode.HOME:
-            changes["care_of_address"] = ""  # at home there is no care-of address
-        elif s.care_of_address is not None and mode is not Mode.NONE:
-            changes["care_of_address"] = str(s.care_of_address)
-        if state is State.UNTRUSTED:
-            changes["home_agent_probe"] = replace(self.snapshot.home_agent_probe,
-                                                  reachable=False)
-        self._publish(**changes)
-        if was != (state, mode, s.error or ""):  # (a Status may only end a handover)
-            details = {"state": state.value, "mode": mode.value}
-            if s.error:
-                details["reason"] = s.error
-            self._history("error" if state is State.ERROR else "mode", details)
-
     def _update_binding(self) -> None:
-        answer = self.client.last_answer
-        if answer is not None and answer is not self._answer_seen:
-            self._answer_seen = answer
-            self._publish(home_agent_probe=Probe(True, round(answer[0] * 1000, 3),
-                                                 self._to_wall(answer[1])))
-            self._history("probe-answered", {"rtt_ms": f"{answer[0] * 1000:.2f}"})
         t = self.vpn_client
         b = t.binding if t is not None and self.snapshot.mode is Mode.VPN else (
             self.client.binding)
-        if b is self._binding_seen:
-            return
-        self._binding_seen = b
-        if b is None:
-            self._publish(binding_expires=0.0)
-            return
-        self._publish(binding_expires=self._to_wall(b.expires_at))
-        self._history("registered", {"care_of": str(b.care_of_address),
-                                     "lifetime": str(b.lifetime),
-                                     "rtt_ms": f"{b.rtt * 1000:.2f}",
-                                     "renewal": str(b.renewal).lower()})
+        self._show(*self._binding_view.update(self.snapshot, self.client.last_answer, b,
+                                              self._to_wall))
 
     # -- the VPN (mode mc) ---------------------------------------------------------
 
     def _stop_vpn(self, reason: str) -> None:
-        self._publish(vpn_probe=Probe())  # stopped on purpose: no VPN to report on
+        # Stopped on purpose: no VPN to report on.
+        self._publish(replace(self.snapshot, vpn_probe=Probe()))
         if self.vpn_link is not None:
             self.vpn_link.stop(reason)
-
-    def _vpn_nat_is(self, nat: bool) -> None:
-        if nat != self._vpn_nat:
-            self._history("vpn-nat", {"detected": str(nat).lower()})
-        self._vpn_nat = nat
-        if self.snapshot.mode is Mode.VPN or not self.snapshot.nat_detected:
-            self._publish(nat_detected=nat)
 
     async def _use_tia(self, a: am.UseTia, now: float) -> None:
         """The machine's new SA or TIA: the link's address is never it, registrations
@@ -462,13 +386,9 @@ class MobileNodeDriver:
             await self.routes.vpn_gateway(a.gateway_address)
         await self.routes.vpn_source(a.tia)  # before the registration through it
         self.sockets.open_vpn(a.tia)
-        self._history("vpn-up", {"tia": str(a.tia), "gateway": a.gateway,
-                                 "ike": str(a.ike_id), "local": a.local, "remote": a.remote,
-                                 "nat": str(a.nat_detected).lower()})
+        self._show(*status_view.vpn_up(self.snapshot, a))
         self._vpn_gw = a.gateway_address
-        self._publish(tunnel_inner_address=str(a.tia), vpn_gateway=a.gateway,
-                      vpn_probe=replace(self.snapshot.vpn_probe, reachable=True))
-        self._vpn_nat_is(a.nat_detected)  # charon's NAT-T: the VPN's NAT
+        self._show(*self._nat_view.vpn(self.snapshot, a.nat_detected))  # charon's NAT-T
         self._send_echo(now)
 
     async def _vpn_gone(self, tia: IPv4Address | None) -> None:
@@ -478,22 +398,20 @@ class MobileNodeDriver:
         self._vpn_gw = None
         self.sockets.close_vpn()
         await self.routes.vpn_source(None)
-        self._publish(tunnel_inner_address="", vpn_gateway="",
-                      vpn_probe=replace(self.snapshot.vpn_probe, reachable=False))
+        self._publish(status_view.vpn_gone(self.snapshot))
 
     async def _vpn_event(self, ev: VpnEvent | NatSeen, now: float) -> None:
         """charon's event (or what the VPN link read of it): to the machine."""
         if self.vpn_link is None:
             return
-        if isinstance(ev, NatSeen):  # of the SA in use only
-            if ev.ike_id == self.machine.vpn.ike_id:
-                self._vpn_nat_is(ev.nat_detected)
+        if isinstance(ev, NatSeen):  # the machine says if it is the SA in use
+            await self._feed(VpnNat(ev.ike_id, ev.nat_detected), now)
             return
         events = self.vpn_link.translate(ev)
         if isinstance(ev, MobikeUpdate):
             self._send_echo(now)  # the VPN probe from the new path
         for mev in events:
-            await self._execute(self.machine.handle(mev, now), now)
+            await self._feed(mev, now)
 
     def _send_echo(self, now: float) -> None:
         """The VPN probe (``app.mn.sockets``), every ECHO_INTERVAL while the VPN is up."""
@@ -506,38 +424,22 @@ class MobileNodeDriver:
         self.sockets.send_echo(gw, link.iface, link.address.ip)
 
     def _tunnel_data(self, inner: bytes) -> None:
-        k = self._keepalive
-        echo = parse_echo_reply(inner, self.profile.home_agent) if k is not None else None
-        if k is not None and echo is not None and k.echo_reply(*echo, self.clock()):
+        if self.keepalive.reply(inner, self.clock()):
             self._arm_timer()
-            return
-        self.routes.tunnel_write(inner)
+        else:
+            self.routes.tunnel_write(inner)
 
-    def _keepalive_for(self, a: am.ConfigureDataPlane, udp: socket.socket | None) -> None:
-        # In mc the NAT that matters is the VPN's (IPsec NAT-T, charon's detection).
-        self._publish(nat_detected=self._vpn_nat if a.mode is Mode.VPN else (
-            udp is not None))
-        if udp is None:
-            self._keepalive = None
+    def _keepalive_for(self, a: am.ConfigureDataPlane, udp: bool) -> None:
+        self._publish(self._nat_view.configured(self.snapshot, a.mode, udp))
+        if not udp:
+            self.keepalive.stop()
             return
-        self._keepalive = NatKeepalive.start(a.keepalive_s, self.clock())
+        self.keepalive.start(a.keepalive_s, self.clock())
         self._history("udp-tunnel", {"keepalive_s": str(a.keepalive_s)})
 
     async def _keepalive_tick(self, now: float) -> None:
-        k, reg = self._keepalive, self.sockets.registration
-        if k is None or reg is None:
-            return
-        for action in k.handle_timer(now):
-            if action is KeepaliveAction.SEND_ECHO:
-                packet = echo_request(self.profile.home_address, self.profile.home_agent,
-                                      k.identifier, k.sequence)
-                try:
-                    reg.sendto(TUNNEL_DATA_HEADER + packet,
-                               (str(self.profile.home_agent), MIP_PORT))
-                except OSError as exc:
-                    log.info("keepalive to the home agent not sent: %s", exc.strerror)
-            else:
-                await self._execute(self.machine.reregister(now), now)
+        if self.keepalive.tick(now, self.sockets.registration):
+            await self._execute(self.machine.reregister(now), now)
 
     # -- timer, publishing -------------------------------------------------------
 
@@ -546,18 +448,20 @@ class MobileNodeDriver:
             self._timer.cancel()
             self._timer = None
         times = [t for t in (self.machine.get_timer(), self.tracker.get_timer(),
-                             self._keepalive.get_timer() if self._keepalive else None,
-                             self._echo_at)
-                 if t is not None]
+                             self.keepalive.get_timer(), self._echo_at) if t is not None]
         if times and self._loop is not None:
             delay = max(0.0, min(times) - self.clock())
             self._timer = self._loop.call_later(delay, self._queue.put_nowait, _Tick())
 
-    def _publish(self, **changes: object) -> None:
-        new = replace(self.snapshot, **changes)  # type: ignore[arg-type]
+    def _publish(self, new: Snapshot) -> None:
         if new != self.snapshot:
             self.snapshot = new
             self.on_snapshot(new)
+
+    def _show(self, snap: Snapshot, entries: list[status_view.Entry]) -> None:
+        self._publish(snap)
+        for kind, details in entries:
+            self._history(kind, details)
 
     def _history(self, kind: str, details: dict[str, str]) -> None:
         self.on_event(HistoryEntry(self.wall(), kind, details))

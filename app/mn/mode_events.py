@@ -63,7 +63,19 @@ class Resumed:
 
 @dataclass(frozen=True, slots=True)
 class Shutdown:
-    pass
+    """The node stops: withdraw the binding of ours that stands (if ``can_send``: a
+    socket on the link or the TIA), then say ``Stopped`` once none stands."""
+
+    can_send: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class VpnNat:
+    """charon's NAT detection for IKE SA ``ike_id`` (read again after a move): the
+    machine says whether it is the SA in use (``NatDetected``)."""
+
+    ike_id: int
+    nat_detected: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +141,7 @@ class PolicySet:
 
 
 Event = (LinkUp | LinkDown | LinkLost | AgentAdvert | Resumed | Shutdown | VpnReady | VpnMoved
-         | VpnRekeyed | VpnLost | VpnServiceLost | VpnServiceBack | PolicySet)
+         | VpnRekeyed | VpnLost | VpnServiceLost | VpnServiceBack | PolicySet | VpnNat)
 
 
 # -- actions ------------------------------------------------------------------
@@ -266,5 +278,17 @@ class Note:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class NatDetected:
+    """The VPN's NAT (IPsec NAT-T) as charon detected it for the SA in use."""
+
+    nat_detected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """After ``Shutdown``: no binding of ours stands any more (once)."""
+
+
 Action = (Gate | PrepareLink | ClaimHome | Send | Solicit | ConfigureDataPlane | Status | Note
-          | StartVpn | StopVpn | UseTia | DropTia)
+          | StartVpn | StopVpn | UseTia | DropTia | NatDetected | Stopped)

@@ -141,8 +141,38 @@ def test_rfc3519_4_9_the_keepalive_runs_at_the_interval_the_action_carries():
         asyncio.run(d._execute([am.ConfigureDataPlane(Mode.COLOCATED, "eth0", udp_tunnel=True,
                                                       keepalive_s=20)], MONO))
         assert d.routes.configured[0][1]["udp"] is reg  # type: ignore[attr-defined]
-        assert d._keepalive is not None and d._keepalive.get_timer() == MONO + 20
+        assert d.keepalive.get_timer() == MONO + 20
         assert ("udp-tunnel", {"keepalive_s": "20"}) in [(e.kind, e.details) for e in history]
         assert d.snapshot.nat_detected
     finally:
         reg.close()
+
+
+async def test_rfc5266_4_the_vpns_nat_is_the_sa_in_uses_as_the_machine_says():
+    from types import SimpleNamespace
+
+    from app.mn.vpn_link import NatSeen
+    from app.vpn.events import Endpoint, VpnUp
+    from app.vpn.profile import VpnConfig
+
+    profile = Profile("corp", A("10.20.1.10"), IPv4Network("10.20.1.0/24"), A("10.20.1.1"),
+                      256, gate_enabled=False,
+                      vpn=VpnConfig(("172.16.0.11",), "mn@lab",
+                                    intranet=(IPv4Network("10.0.0.0/8"),)))
+    history: list[HistoryEntry] = []
+    d = MobileNodeDriver(profile, b"k" * 16, VpnRoutes(), None,  # type: ignore[arg-type]
+                         on_event=history.append, clock=lambda: MONO, wall=lambda: T0,
+                         charon=SimpleNamespace(gateway=None))  # type: ignore[arg-type]
+    d._loop = asyncio.get_running_loop()
+    up = VpnUp(A("10.99.1.1"), Endpoint(A("172.16.0.11"), 4500),
+               Endpoint(A("203.0.113.5"), 4500), False, 1)
+    try:
+        await d._vpn_event(up, MONO)
+        assert not d.snapshot.nat_detected
+        await d._vpn_event(NatSeen(7, True), MONO)  # another SA's (a rekeyed-away one)
+        assert not d.snapshot.nat_detected and "vpn-nat" not in [e.kind for e in history]
+        await d._vpn_event(NatSeen(1, True), MONO)
+        assert d.snapshot.nat_detected
+        assert ("vpn-nat", {"detected": "true"}) in [(e.kind, e.details) for e in history]
+    finally:
+        d.sockets.close()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from app.api import Mode
-from app.mn.driver import HomeArpPermit
+from app.mn.home_arp import HomeArpPermit
 from tests.support.world import Branch, World
 
 IFACES = ("eth0", "eth1")
