@@ -24,11 +24,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 from app.api import HistoryEntry, Mode, Policy, Probe, Snapshot, State
 from app.mn import access_mode as am
+from app.mn import driver_inputs as inputs
 from app.mn import status_view
 from app.mn.home_arp import HomeArpPermit
 from app.mn.link_tracker import LinkTracker
@@ -56,43 +57,6 @@ ECHO_INTERVAL = 30.0
 SHUTDOWN_WAIT = 1.5
 """Seconds to wait for the home agent to confirm a deregistration at shutdown."""
 
-@dataclass(frozen=True, slots=True)
-class _Datagram:
-    data: bytes
-    path: Path = Path.LINK
-    """The socket it came in on: the link's, or the TIA's (through the VPN)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Tick:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Stop:
-    done: asyncio.Future[None]
-
-
-@dataclass(frozen=True, slots=True)
-class _VpnInput:
-    event: VpnEvent | NatSeen
-
-
-@dataclass(frozen=True, slots=True)
-class _Policy:
-    policy: Policy
-
-
-@dataclass(frozen=True, slots=True)
-class _VpnEcho:
-    gateway: IPv4Address
-    rtt: float
-
-
-_Input = (LinkSnapshot | _Datagram | am.AgentAdvert | am.Resumed | _Tick | _Stop | _VpnInput
-          | _Policy | _VpnEcho)
-
-
 class MobileNodeDriver:
     def __init__(self, profile: Profile, key: bytes, routes: MobileNodeRoutes,
                  gate: TrafficGate | None, *,
@@ -117,7 +81,7 @@ class MobileNodeDriver:
         self._vpn_secrets: Mapping[str, str] = vpn_secrets or {}
         self.vpn_link = VpnLink(
             self.charon, profile.vpn, self._vpn_secrets,
-            events=lambda ev: self._queue.put_nowait(_VpnInput(ev)),
+            events=lambda ev: self._queue.put_nowait(inputs.VpnInput(ev)),
             history=self._history) if self.charon is not None and profile.vpn else None
         self.routes = routes
         self.gate = gate if profile.gate_enabled else None
@@ -149,18 +113,18 @@ class MobileNodeDriver:
         self.home_arp = HomeArpPermit()
         routes.arp.permit = self.home_arp
         self.snapshot = Snapshot(profile=profile.name, home_address=str(profile.home_address))
-        self._queue: asyncio.Queue[_Input] = asyncio.Queue()
+        self._queue: asyncio.Queue[inputs.Input] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.keepalive = TunnelKeepalive(profile.home_address, profile.home_agent)
         """RFC 3519 keepalives while the binding is UDP-tunnelled."""
         self.sockets = MobileNodeSockets(
             profile.home_agent,
-            on_datagram=lambda data, path: self._queue.put_nowait(_Datagram(data, path)),
+            on_datagram=lambda data, path: self._queue.put_nowait(inputs.Datagram(data, path)),
             on_tunnel_data=self._tunnel_data,
             udp_tunnel=lambda: self.keepalive.running,  # it runs exactly then
             on_advert=self._queue.put_nowait,
-            on_echo=lambda gw, rtt: self._queue.put_nowait(_VpnEcho(gw, rtt)),
+            on_echo=lambda gw, rtt: self._queue.put_nowait(inputs.VpnEcho(gw, rtt)),
             on_history=self._history)
         self._binding_view = status_view.BindingView()
         self._gate_at = 0.0
@@ -176,20 +140,20 @@ class MobileNodeDriver:
         self._task = asyncio.create_task(self._run(), name="mn-driver")
         if self.charon is not None:
             if not self.charon.reachable:
-                self._queue.put_nowait(_VpnInput(VpnUnreachable(self.charon.unreachable_message)))
+                self._queue.put_nowait(inputs.VpnInput(VpnUnreachable(self.charon.unreachable_message)))
             elif self.vpn_link is not None:
                 await self.vpn_link.load()
 
     def vpn_event(self, event: VpnEvent) -> None:
         """One of charon's events (its owner routes them here)."""
-        self._queue.put_nowait(_VpnInput(event))
+        self._queue.put_nowait(inputs.VpnInput(event))
 
     def link_snapshot(self, snap: LinkSnapshot) -> None:
         self._queue.put_nowait(snap)
 
     def set_policy(self, policy: Policy) -> None:
         """The user's policy (auto, always-vpn, never-vpn), applied at once."""
-        self._queue.put_nowait(_Policy(policy))
+        self._queue.put_nowait(inputs.PolicyInput(policy))
 
     def reprobe(self) -> None:
         """Resume from suspend, or the user asked: probe the current link again."""
@@ -203,7 +167,7 @@ class MobileNodeDriver:
             return
         assert self._loop is not None
         done: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put_nowait(_Stop(done))
+        self._queue.put_nowait(inputs.Stop(done))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(done), SHUTDOWN_WAIT)
         self._task.cancel()
@@ -224,7 +188,7 @@ class MobileNodeDriver:
     # -- the one consumer ---------------------------------------------------------
 
     async def _run(self) -> None:
-        stopping: _Stop | None = None
+        stopping: inputs.Stop | None = None
         while True:
             item = await self._queue.get()
             now = self.clock()
@@ -235,7 +199,7 @@ class MobileNodeDriver:
                     self.routes.arp.cancel_all()
                     for ev in self.tracker.observe(item, now):
                         await self._link_event(ev, now)
-                elif isinstance(item, _Datagram):
+                elif isinstance(item, inputs.Datagram):
                     self._arrival = item.path
                     try:
                         actions = self.machine.receive(item.data, now)
@@ -246,22 +210,22 @@ class MobileNodeDriver:
                     if isinstance(item, am.Resumed):
                         self._history("reprobe", {})
                     await self._feed(item, now)
-                elif isinstance(item, _Tick):
+                elif isinstance(item, inputs.Tick):
                     for ev in self.tracker.handle_timer(now):
                         await self._link_event(ev, now)
                     await self._execute(self.machine.handle_timer(now), now)
                     await self._keepalive_tick(now)
                     if self._echo_at is not None and now >= self._echo_at:
                         self._send_echo(now)
-                elif isinstance(item, _Stop):
+                elif isinstance(item, inputs.Stop):
                     stopping = item
                     await self._feed(am.Shutdown(can_send=self.sockets.can_register), now)
-                elif isinstance(item, _VpnInput):
+                elif isinstance(item, inputs.VpnInput):
                     await self._vpn_event(item.event, now)
-                elif isinstance(item, _Policy):
+                elif isinstance(item, inputs.PolicyInput):
                     self._history("policy-applied", {"policy": item.policy.value})
                     await self._feed(am.PolicySet(item.policy), now)
-                elif isinstance(item, _VpnEcho) and item.gateway == self._vpn_gw:
+                elif isinstance(item, inputs.VpnEcho) and item.gateway == self._vpn_gw:
                     self._publish(replace(self.snapshot, vpn_probe=Probe(
                         True, round(item.rtt * 1000, 3), self._to_wall(now))))
             except Exception:  # one bad step must not kill the helper: log, go on
@@ -451,7 +415,7 @@ class MobileNodeDriver:
                              self.keepalive.get_timer(), self._echo_at) if t is not None]
         if times and self._loop is not None:
             delay = max(0.0, min(times) - self.clock())
-            self._timer = self._loop.call_later(delay, self._queue.put_nowait, _Tick())
+            self._timer = self._loop.call_later(delay, self._queue.put_nowait, inputs.Tick())
 
     def _publish(self, new: Snapshot) -> None:
         if new != self.snapshot:
