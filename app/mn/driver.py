@@ -57,12 +57,19 @@ ECHO_INTERVAL = 30.0
 SHUTDOWN_WAIT = 1.5
 """Seconds to wait for the home agent to confirm a deregistration at shutdown."""
 
+def boottime() -> float:
+    """Monotonic seconds that also count suspend (CLOCK_BOOTTIME): a wall clock that
+    steps moves no deadline, and after a resume the binding's lifetime has run on
+    as it has at the home agent (RFC 5944 3.6.2.2)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class MobileNodeDriver:
     def __init__(self, profile: Profile, key: bytes, routes: MobileNodeRoutes,
                  gate: TrafficGate | None, *,
                  on_snapshot: Callable[[Snapshot], None] = lambda s: None,
                  on_event: Callable[[HistoryEntry], None] = lambda e: None,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = boottime,
                  wall: Callable[[], float] = time.time,
                  charon: Charon | None = None,
                  vpn_secrets: Mapping[str, str] | None = None,
@@ -293,7 +300,9 @@ class MobileNodeDriver:
                 self._stopped = True
             log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
         # Publishing is off the critical path: after the step's other actions.
-        self._show(*status_view.published(self.snapshot, actions, self._gate_at))
+        # The handover ends when the path is open: after this step's actions ran.
+        self._show(*status_view.published(self.snapshot, actions, self._gate_at,
+                                          (self.clock() - now) * 1000))
         if any(isinstance(a, am.ConfigureDataPlane) for a in actions):
             await self.routes.finish()
 

@@ -203,11 +203,13 @@ class VpnSide:
         t.register(v.tia, now)
 
     def shutdown(self, now: float) -> bool:
-        """Deregister mc's binding from its TIA, through the VPN; False: none here."""
+        """Deregister mc's binding through the VPN, from the TIA charon has now (a new
+        TIA's registration may still be out: the binding then names the old one, which
+        is no longer ours to send from, RFC 5266 3.3); False: none here."""
         t = self.s.vpn_client
-        if t is None or t.binding is None or t.binding.care_of_address != self.vpn.tia:
+        if t is None or t.binding is None or self.vpn.tia is None:
             return False
-        t.deregister(now, at_home=False)
+        t.deregister(now, at_home=False, source=self.vpn.tia)
         return True
 
     def direct_won(self, now: float) -> bool:

@@ -154,8 +154,11 @@ class RegistrationClient:
         source = care_of if via is None else self.config.home_address
         self._start(Attempt(care_of, life, flags, via, exts, source), now)
 
-    def deregister(self, now: float, *, at_home: bool = True) -> None:
-        """Lifetime 0; at home the care-of address is the home address (RFC 5944 3.6.1.2)."""
+    def deregister(self, now: float, *, at_home: bool = True,
+                   source: IPv4Address | None = None) -> None:
+        """Lifetime 0; at home the care-of address is the home address (RFC 5944 3.6.1.2).
+        ``source``: where it leaves from when the binding's co-located address is no
+        longer ours (mode mc after charon gave another TIA: from the one it has)."""
         b = None if at_home else self.binding
         coa = self.config.home_address if b is None else b.care_of_address
         via = None if b is None else b.via
@@ -163,7 +166,8 @@ class RegistrationClient:
         self._renew_at = None
         # 3.6.1.1: from the home address at home or through the FA that holds the
         # binding, from the co-located care-of address otherwise.
-        source = coa if b is not None and via is None else self.config.home_address
+        if source is None:
+            source = coa if b is not None and via is None else self.config.home_address
         self._start(Attempt(coa, 0, RegFlags(0), via, (), source), now)
 
     def deregister_care_of(self, care_of: IPv4Address, now: float) -> None:

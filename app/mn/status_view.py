@@ -19,11 +19,14 @@ Entry = tuple[str, dict[str, str]]
 """A history entry without its time: (kind, details)."""
 
 
-def status(snap: Snapshot, s: ev.Status) -> tuple[Snapshot, list[Entry]]:
-    """The machine's phase, mode, care-of address, error and handover time."""
+def status(snap: Snapshot, s: ev.Status, executed_ms: float = 0.0
+           ) -> tuple[Snapshot, list[Entry]]:
+    """The machine's phase, mode, care-of address, error and handover time (the
+    machine's, to the step that opens the path, plus ``executed_ms``: that step's
+    actions carried out, so the path is open when the time is taken)."""
     new = replace(snap, state=s.phase, mode=s.mode, error=s.error or "")
     if s.handover_ms is not None:
-        new = replace(new, last_handover_ms=s.handover_ms)
+        new = replace(new, last_handover_ms=handover_ms(s.handover_ms, executed_ms))
     if s.mode is Mode.HOME:
         new = replace(new, care_of_address="")  # at home there is no care-of address
     elif s.care_of_address is not None and s.mode is not Mode.NONE:
@@ -48,15 +51,21 @@ def gate(a: ev.Gate, at: float) -> Entry:
                         "mode": p.mode.value} if p else {})}
 
 
-def published(snap: Snapshot, actions: list[ev.Action],
-              gate_at: float) -> tuple[Snapshot, list[Entry]]:
-    """One step's publishing, after its other actions were executed: statuses,
-    notes, home claims and gate decisions in order, then the handover time the
-    machine measured (the number the user sees)."""
+def handover_ms(machine_ms: float, executed_ms: float) -> float:
+    """Link up -> path open: the machine's time to the deciding step, and the time
+    that step's actions (routes, gate) took to carry out."""
+    return round(machine_ms + executed_ms, 2)
+
+
+def published(snap: Snapshot, actions: list[ev.Action], gate_at: float,
+              executed_ms: float = 0.0) -> tuple[Snapshot, list[Entry]]:
+    """One step's publishing, after its other actions were executed (they took
+    ``executed_ms``): statuses, notes, home claims and gate decisions in order, then
+    the handover time (the number the user sees)."""
     entries: list[Entry] = []
     for a in actions:
         if isinstance(a, ev.Status):
-            snap, more = status(snap, a)
+            snap, more = status(snap, a, executed_ms)
             entries += more
         elif isinstance(a, ev.Note):
             entries.append((a.kind, {"text": a.text}))
@@ -66,7 +75,8 @@ def published(snap: Snapshot, actions: list[ev.Action],
             entries.append(gate(a, gate_at))
     for a in actions:
         if isinstance(a, ev.Status) and a.handover and a.handover_ms is not None:
-            entries.append(("handover", {"mode": a.mode.value, "ms": f"{a.handover_ms:.1f}"}))
+            ms = handover_ms(a.handover_ms, executed_ms)
+            entries.append(("handover", {"mode": a.mode.value, "ms": f"{ms:.1f}"}))
     return snap, entries
 
 

@@ -73,6 +73,40 @@ def test_the_handover_published_is_the_machines():
     assert [e.kind for e in history] == ["handover"]
 
 
+def test_the_handover_shown_ends_when_the_path_is_open_after_the_steps_actions():
+    """Found by review: the machine stamps the step that decides; the routes and the
+    gate of that step take time too, and the path is open only after them."""
+    clock = [MONO]
+
+    class SlowRoutes(Routes):
+        async def configure(self, mode: Mode, **kw: Any) -> None:
+            clock[0] += 0.05  # the routes take 50 ms
+            await super().configure(mode, **kw)
+
+    profile = Profile("corp", A("10.20.1.10"), IPv4Network("10.20.1.0/24"), A("10.20.1.1"),
+                      256, gate_enabled=False)
+    history: list[HistoryEntry] = []
+    d = MobileNodeDriver(profile, b"k" * 16, SlowRoutes(), None,  # type: ignore[arg-type]
+                         on_event=history.append, clock=lambda: clock[0], wall=lambda: T0)
+    s = am.Status(State.TRUSTED, Mode.COLOCATED, "eth0", COA, None, 12.5, handover=True)
+    asyncio.run(d._execute([am.ConfigureDataPlane(Mode.COLOCATED, "eth0"), s], MONO))
+    assert d.snapshot.last_handover_ms == 62.5
+    assert ("handover", {"mode": "c", "ms": "62.5"}) in [(e.kind, e.details) for e in history]
+
+
+def test_the_driver_clock_counts_suspend():
+    """Timers on CLOCK_BOOTTIME: a wall-clock step moves no deadline, and after a
+    suspend the binding's lifetime has run on as it has at the home agent."""
+    import inspect
+    import time
+
+    from app.mn import driver as drv
+
+    default = inspect.signature(drv.MobileNodeDriver.__init__).parameters["clock"].default
+    assert default is drv.boottime
+    assert abs(drv.boottime() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 1.0
+
+
 def test_published_times_are_wall_time_the_machines_run_on_the_monotonic_clock():
     d, history = driver()
     d.client.binding = Registered(COA, 600, MONO + 600, 0.01, False, False, 0)

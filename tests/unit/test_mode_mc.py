@@ -28,6 +28,7 @@ from app.mn.access_mode import (
     PolicySet,
     Send,
     Shutdown,
+    Stopped,
 )
 from app.mn.registration import ReplayMode
 from tests.support.identities import HA, T0
@@ -450,3 +451,25 @@ def test_rfc5266_3_3_after_a_new_tia_every_request_through_the_vpn_leaves_from_i
     w.vpn_ready(TIA2, "gw1")
     w.run(30)
     assert {s.datagram.source for tm, s in w.sent if s.through_vpn and tm >= t} == {TIA2}
+
+
+def test_rfc5266_3_3_a_stop_while_a_new_tia_registers_deregisters_from_the_new_tia():
+    """Found by review: stopping while charon's new TIA is being registered (the home
+    agent's binding still names the old TIA, no longer ours) sent nothing and never
+    finished; the deregistration leaves through the VPN from the TIA charon has now."""
+    w = World()
+    w.move("pub")
+    w.run(20)
+    assert w.ha_coa() == TIA
+    w.ha_down = True
+    w.tia = TIA2
+    w.vpn_ready(TIA2, "gw1")
+    w.run(0.5)
+    w.ha_down = False
+    t = w.now
+    w.apply(w.m.handle(Shutdown(), w.now))
+    w.run(5)
+    dereg = [s for tm, s in w.sent if s.through_vpn and tm >= t]
+    assert dereg and {s.datagram.source for s in dereg} == {TIA2}
+    assert w.ha_coa() is None
+    assert any(isinstance(a, Stopped) for _, a in w.actions)
