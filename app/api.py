@@ -1,4 +1,4 @@
-"""Names and types shared by the helper, the tray and trustroamctl (DESIGN.md section 3).
+"""Names and types shared by the helper, the tray and trustroamctl (docs/ARCHITECTURE.md section 5).
 
 Nothing here does I/O: the D-Bus names, the enums the properties carry as
 strings, and the status snapshot with its conversion to and from the D-Bus

@@ -85,7 +85,7 @@ class Tray(QObject):
         m.addSeparator()
         self.disconnect_action = m.addAction("Disconnect")
         self.disconnect_action.triggered.connect(lambda: self.spawn(self._disconnect()))
-        self.profiles_menu_anchor = m.addSeparator()
+        m.addSeparator()
         self.profile_actions: list[QAction] = []
         self.policy_group = QActionGroup(self)
         self.policy_group.setExclusive(True)

@@ -152,7 +152,7 @@ class _Desktop:
         return r.returncode == 0
 
     def _private_desktop(self) -> None:
-        # Xvfb tells its display number on a pipe; read to the newline (lab-recipes).
+        # Xvfb tells its display number on a pipe; read to the newline.
         r, w = os.pipe()
         xvfb = _Proc(["Xvfb", "-displayfd", str(w), "-screen", "0", "640x400x24",
                       "-nolisten", "tcp", "-noreset"], self.d / "xvfb.log", dict(os.environ),

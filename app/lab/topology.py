@@ -1,4 +1,4 @@
-"""The lab's world as data: namespaces, links, addresses, routes (DESIGN.md section 5).
+"""The lab's world as data: namespaces, links, addresses, routes (docs/ARCHITECTURE.md section 7).
 
 Pure: nothing here runs a command.  ``app.lab.world`` turns it into namespaces.
 Every name the lab creates starts with ``tr-`` (namespaces) or lives inside one.

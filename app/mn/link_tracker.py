@@ -108,12 +108,6 @@ class LinkTracker:
                              self._pending_at) if t is not None]
         return min(times) if times else None
 
-    def forget(self) -> None:
-        """Start over (a new profile): the next usable snapshot is a LinkUp."""
-        self._up = None
-        self._lost_at = None
-        self._pending_up = None
-        self._pending_at = None
         self._last = None
 
     def _emit_up(self, ev: LinkUp, now: float, out: list[LinkUp | LinkDown | LinkLost]

@@ -211,12 +211,6 @@ class RegistrationClient:
         """A request is out and not yet answered or given up."""
         return self._attempt is not None
 
-    @property
-    def answered_sent_at(self) -> float | None:
-        """When the request behind the current binding was sent."""
-        b = self.binding
-        return None if b is None else b.expires_at - b.lifetime
-
     def receive(self, data: bytes, now: float) -> None:
         """A datagram that may be the reply to the request out (else dropped)."""
         a = self._attempt

@@ -1,6 +1,6 @@
 """The traffic gate's rules as data and as nftables text: pure, no I/O.
 
-The gate is keyed to the decision, not a switch (DESIGN.md section 2): its
+The gate is keyed to the decision, not a switch (docs/ARCHITECTURE.md section 4): its
 allow rules name what was proven -- the interface, the care-of address the
 decision was made on, the mode's tunnel, the home agent and the foreign
 agent -- so a new address, a new link or an interface nobody decided on

@@ -1,7 +1,7 @@
 # mypy: disable-error-code="name-defined,no-any-return,misc,valid-type,no-untyped-def"
 # dbus-fast reads D-Bus signatures from string annotations ("s", "a{ss}"), which
 # mypy and ruff take for undefined names; hence no __future__ annotations here.
-"""The helper's D-Bus face: ``org.trustroam.Helper1`` (DESIGN.md section 3).
+"""The helper's D-Bus face: ``org.trustroam.Helper1`` (docs/ARCHITECTURE.md section 5).
 
 Properties are read by anyone; Connect, Disconnect and Reprobe need polkit's
 ``org.trustroam.connect``, SetPolicy and SaveProfile ``org.trustroam.configure``,

@@ -1,7 +1,7 @@
 """Typed VPN events and the pure translation of charon's VICI events into them.
 
 VICI event messages are dicts whose values are ``bytes`` (lists of bytes, nested
-dicts).  Facts observed against charon 5.9.8 (lab-recipes.md):
+dicts).  Facts observed against charon 5.9.8 in the lab:
 
 * ``ike-updown`` / ``child-updown`` carry ``up = yes`` when up; in down events
   ``up`` is ABSENT (not ``no``).  The other top-level keys are connection names,

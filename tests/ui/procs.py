@@ -109,7 +109,7 @@ class Procs:
             stdin=subprocess.DEVNULL, text=True))
         os.close(w)
         # Xvfb writes the number and the newline in two writes: read to the newline
-        # before closing, or Xvfb may die of SIGPIPE (lab-recipes).
+        # before closing, or Xvfb may die of SIGPIPE.
         buf = b""
         deadline = time.monotonic() + 20
         while not buf.endswith(b"\n"):

@@ -32,7 +32,7 @@ def lab_cfg(**kw: object) -> VpnConfig:
 
 
 def test_rfc5266_3_3_load_conn_asks_for_mobike_and_a_tia():
-    """lab-recipes.md's client: remote_addrs, vips 0.0.0.0, mobike, dpd_delay, child
+    """The lab's tried client: remote_addrs, vips 0.0.0.0, mobike, dpd_delay, child
     remote_ts = intranet, and nothing started by charon on its own."""
     msg = load_conn(lab_cfg(ike_proposals=("aes128-sha256-x25519",),
                             esp_proposals=("aes128gcm16-x25519",)), "172.16.0.12")
