@@ -116,6 +116,16 @@ class XTray:
         g = dict(line.split("=") for line in out.split())
         return int(g["X"]), int(g["Y"]), int(g["WIDTH"]), int(g["HEIGHT"])
 
+    def width(self, win: str) -> int:
+        """A listed window's width; 0 if it is gone meanwhile (a tooltip that closed
+        between the search and this question: X answers BadWindow)."""
+        r = subprocess.run(["xdotool", "getwindowgeometry", "--shell", win], env=self.env,
+                           capture_output=True, text=True, check=False)
+        if r.returncode != 0 and "BadWindow" in r.stderr:
+            return 0
+        r.check_returncode()
+        return int(dict(line.split("=") for line in r.stdout.split())["WIDTH"])
+
     def capture(self, path: Path, box: tuple[int, int, int, int]) -> bytes:
         x, y, w, h = box
         self.x("import", "-window", "root", "-crop", f"{w}x{h}+{x}+{y}", "+repage", str(path))
@@ -200,7 +210,7 @@ def test_tooltip_in_mc_and_when_blocked_in_an_x_tray(xtray: XTray, tmp_path: Pat
     x, y, w, h = box
 
     def popups() -> list[str]:  # balloons and tooltips: every other visible window
-        return [v for v in xtray.windows() if v != icon_win and xtray.geometry(v)[2]]
+        return [v for v in xtray.windows() if v != icon_win and xtray.width(v)]
 
     xtray.start_double()
     now = time.time()
