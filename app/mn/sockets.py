@@ -33,12 +33,11 @@ from app.mn.nat_keepalive import echo_request, parse_echo_reply
 from app.mn.registration import Datagram
 from app.mn.reply_path import Path
 from app.net.gate_rules import HELPER_MARK
-from app.net.ipip import TUNNEL_DATA_HEADER
+from app.net.ipip import IP_FREEBIND, TUNNEL_DATA_HEADER
 from app.net.ipsec_bypass import bypass_ipsec
 from app.net.mn_routes import VPN_DEVICE
 
 log = logging.getLogger("trustroam.mn")
-IP_FREEBIND = 15
 ECHO_ID = 0x5452
 """ICMP identifier of the VPN probe's echoes."""
 ECHO_FORGET = 10.0

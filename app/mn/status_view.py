@@ -25,7 +25,7 @@ def status(snap: Snapshot, s: ev.Status, executed_ms: float = 0.0
     machine's, to the step that opens the path, plus ``executed_ms``: that step's
     actions carried out, so the path is open when the time is taken)."""
     new = replace(snap, state=s.phase, mode=s.mode, error=s.error or "")
-    if s.handover_ms is not None:
+    if s.handover and s.handover_ms is not None:  # only the Status that ends one
         new = replace(new, last_handover_ms=handover_ms(s.handover_ms, executed_ms))
     if s.mode is Mode.HOME:
         new = replace(new, care_of_address="")  # at home there is no care-of address

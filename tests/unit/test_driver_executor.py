@@ -210,3 +210,25 @@ async def test_rfc5266_4_the_vpns_nat_is_the_sa_in_uses_as_the_machine_says():
         assert ("vpn-nat", {"detected": "true"}) in [(e.kind, e.details) for e in history]
     finally:
         d.sockets.close()
+
+
+def test_a_status_that_ends_no_handover_leaves_the_handover_shown():
+    """Found by review: a later Status (untrusted, say) carries the machine's last
+    handover time; only the Status that ends a handover may set the one shown (a later
+    step's routes must not be added to it)."""
+    clock = [MONO]
+
+    class SlowRoutes(Routes):
+        async def configure(self, mode: Mode, **kw: Any) -> None:
+            clock[0] += 0.05
+            await super().configure(mode, **kw)
+
+    profile = Profile("corp", A("10.20.1.10"), IPv4Network("10.20.1.0/24"), A("10.20.1.1"),
+                      256, gate_enabled=False)
+    d = MobileNodeDriver(profile, b"k" * 16, SlowRoutes(), None,  # type: ignore[arg-type]
+                         clock=lambda: clock[0], wall=lambda: T0)
+    end = am.Status(State.TRUSTED, Mode.COLOCATED, "eth0", COA, None, 12.5, handover=True)
+    asyncio.run(d._execute([end], clock[0]))
+    later = am.Status(State.UNTRUSTED, Mode.NONE, "eth0", None, None, 12.5)
+    asyncio.run(d._execute([am.ConfigureDataPlane(Mode.NONE, None), later], clock[0]))
+    assert d.snapshot.last_handover_ms == 12.5
