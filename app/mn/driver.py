@@ -12,9 +12,11 @@ the TIA's registrations, the VPN probe); it drives the routes (``app.net.mn_rout
 and the gate (``app.net.gate``), which its owner starts and closes; it reports a
 :class:`~app.api.Snapshot` and history entries.
 
-With a VPN in the profile, ``app.mn.vpn_link`` drives charon (commands as tasks, so
-a slow charon never holds the queue); charon's events come back through the same
-queue and are translated into the machine's.
+The VPN side (mode mc) is ``app.mn.vpn_executor``: it executes the machine's VPN
+actions and turns charon's events (they come back through the same queue) into
+the machine's; ``app.mn.vpn_link`` drives charon (commands as tasks, so a slow
+charon never holds the queue).  What is shown goes through
+``app.mn.status_board``.
 """
 
 from __future__ import annotations
@@ -25,37 +27,33 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from ipaddress import IPv4Address
 
-from app.api import HistoryEntry, Mode, Policy, Probe, Snapshot, State
+from app.api import HistoryEntry, Mode, Policy, Snapshot, State
 from app.mn import access_mode as am
 from app.mn import driver_inputs as inputs
 from app.mn import status_view
 from app.mn.home_arp import HomeArpPermit
 from app.mn.link_tracker import LinkTracker
-from app.mn.mode_events import NatDetected, Stopped, VpnNat
+from app.mn.mode_events import NatDetected, Stopped
 from app.mn.profile import Profile
 from app.mn.registration import UdpTunnelling
 from app.mn.reply_path import Path, PathClient
 from app.mn.sockets import MobileNodeSockets
+from app.mn.status_board import StatusBoard
 from app.mn.tunnel_keepalive import TunnelKeepalive
-from app.mn.vpn_link import NatSeen, VpnLink
+from app.mn.vpn_executor import VpnExecutor
+from app.mn.vpn_link import VpnLink
 from app.net.gate import GateError, TrafficGate
 from app.net.gate_rules import ProvenPath
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import LinkInfo, MobileNodeRoutes
 from app.vpn.charon import Charon
-from app.vpn.events import (
-    MobikeUpdate,
-    VpnEvent,
-    VpnUnreachable,
-)
+from app.vpn.events import VpnEvent
 
 log = logging.getLogger("trustroam.mn")
-ECHO_INTERVAL = 30.0
-"""Seconds between VPN probes while the VPN is up (charon's DPD says if it lives)."""
 SHUTDOWN_WAIT = 1.5
 """Seconds to wait for the home agent to confirm a deregistration at shutdown."""
+
 
 def boottime() -> float:
     """Monotonic seconds that also count suspend (CLOCK_BOOTTIME): a wall clock that
@@ -84,42 +82,33 @@ class MobileNodeDriver:
         identification (RFC 5944 5.7) and what is published (history, expiry)."""
         self.profile = profile
         self.charon = charon if profile.vpn is not None else None
-        # As given, not copied: its repr hides the values.
-        self._vpn_secrets: Mapping[str, str] = vpn_secrets or {}
-        self.vpn_link = VpnLink(
-            self.charon, profile.vpn, self._vpn_secrets,
-            events=lambda ev: self._queue.put_nowait(inputs.VpnInput(ev)),
-            history=self._history) if self.charon is not None and profile.vpn else None
+        self.board = StatusBoard(
+            Snapshot(profile=profile.name, home_address=str(profile.home_address)),
+            on_snapshot=on_snapshot, on_event=on_event, clock=clock, wall=wall)
         self.routes = routes
         self.gate = gate if profile.gate_enabled else None
-        self.on_snapshot = on_snapshot
-        self.on_event = on_event
         self.clock = clock
         self.wall = wall
         self._arrival: Path | None = None
         """The path of the datagram being handled: each client takes its own only."""
+        to_wall = self.board.to_wall
         self.client = PathClient(profile.registration(key), Path.LINK, self._arrived_by,
-                                 wall=self._to_wall)
+                                 wall=to_wall)
         # Mode mc's registrations through the VPN: the same home agent, the same
         # replay state (RFC 5944 5.7), another path.
         # No RFC 3519 request through the VPN: the TIA reaches the home agent
         # unNATed in the designs RFC 5266 4 describes (NAT-T handles the NAT outside).
         self.vpn_client = PathClient(
             replace(profile.registration(key), udp_tunnelling=UdpTunnelling.OFF),
-            Path.VPN, self._arrived_by, replay=self.client.replay, wall=self._to_wall) if (
+            Path.VPN, self._arrived_by, replay=self.client.replay, wall=to_wall) if (
             self.charon is not None) else None
         self.machine = am.AccessModeMachine(
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
             vpn_client=self.vpn_client, policy=policy,
             keep_alive_inside=profile.vpn.keep_alive_inside if profile.vpn else False)
-        self._vpn_gw: IPv4Address | None = None
-        """The gateway of the TIA in use (UseTia): the VPN probe's target."""
-        self._echo_at: float | None = None
-        self._nat_view = status_view.VpnNatView()
         self.tracker = LinkTracker(profile.home_address)
         self.home_arp = HomeArpPermit()
         routes.arp.permit = self.home_arp
-        self.snapshot = Snapshot(profile=profile.name, home_address=str(profile.home_address))
         self._queue: asyncio.Queue[inputs.Input] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -127,17 +116,27 @@ class MobileNodeDriver:
         """RFC 3519 keepalives while the binding is UDP-tunnelled."""
         self.sockets = MobileNodeSockets(
             profile.home_agent,
-            on_datagram=lambda data, path: self._queue.put_nowait(inputs.Datagram(data, path)),
+            on_datagram=lambda data, path: self._queue.put_nowait(inputs.Received(data, path)),
             on_tunnel_data=self._tunnel_data,
             udp_tunnel=lambda: self.keepalive.running,  # it runs exactly then
             on_advert=self._queue.put_nowait,
             on_echo=lambda gw, rtt: self._queue.put_nowait(inputs.VpnEcho(gw, rtt)),
-            on_history=self._history)
+            on_history=self.board.history)
+        # ``vpn_secrets`` as given, not copied: its repr hides the values.
+        link = VpnLink(self.charon, profile.vpn, vpn_secrets or {},
+                       events=lambda ev: self._queue.put_nowait(inputs.VpnInput(ev)),
+                       history=self.board.history) if self.charon and profile.vpn else None
+        self.vpn = VpnExecutor(link, routes, self.sockets, self.board)
         self._binding_view = status_view.BindingView()
         self._gate_at = 0.0
         self._stopped = False
         """The machine said ``Stopped``: no binding of ours stands."""
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """What is published now."""
+        return self.board.snapshot
 
     # -- inputs (any thread-free caller on the loop) -------------------------------
 
@@ -145,11 +144,8 @@ class MobileNodeDriver:
         """Run on the started gate, routes and charon the owner handed over."""
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="mn-driver")
-        if self.charon is not None:
-            if not self.charon.reachable:
-                self._queue.put_nowait(inputs.VpnInput(VpnUnreachable(self.charon.unreachable_message)))
-            elif self.vpn_link is not None:
-                await self.vpn_link.load()
+        if self.vpn.link is not None:
+            await self.vpn.link.begin()
 
     def vpn_event(self, event: VpnEvent) -> None:
         """One of charon's events (its owner routes them here)."""
@@ -184,9 +180,8 @@ class MobileNodeDriver:
         if self._timer is not None:
             self._timer.cancel()
         self.sockets.close()
-        if self.vpn_link is not None:
-            await self.vpn_link.close()
-        self._publish(replace(self.snapshot, state=State.OFFLINE, mode=Mode.NONE, interface="",
+        await self.vpn.close()
+        self.board.publish(replace(self.snapshot, state=State.OFFLINE, mode=Mode.NONE, interface="",
                               care_of_address="", binding_expires=0.0))
 
     def _arrived_by(self) -> Path | None:
@@ -206,7 +201,7 @@ class MobileNodeDriver:
                     self.routes.arp.cancel_all()
                     for ev in self.tracker.observe(item, now):
                         await self._link_event(ev, now)
-                elif isinstance(item, inputs.Datagram):
+                elif isinstance(item, inputs.Received):
                     self._arrival = item.path
                     try:
                         actions = self.machine.receive(item.data, now)
@@ -215,26 +210,26 @@ class MobileNodeDriver:
                     await self._execute(actions, now)
                 elif isinstance(item, am.AgentAdvert | am.Resumed):
                     if isinstance(item, am.Resumed):
-                        self._history("reprobe", {})
+                        self.board.history("reprobe", {})
                     await self._feed(item, now)
                 elif isinstance(item, inputs.Tick):
                     for ev in self.tracker.handle_timer(now):
                         await self._link_event(ev, now)
                     await self._execute(self.machine.handle_timer(now), now)
-                    await self._keepalive_tick(now)
-                    if self._echo_at is not None and now >= self._echo_at:
-                        self._send_echo(now)
+                    if self.keepalive.tick(now, self.sockets.registration):  # RFC 3519 4.10
+                        await self._execute(self.machine.reregister(now), now)
+                    self.vpn.tick(now)
                 elif isinstance(item, inputs.Stop):
                     stopping = item
                     await self._feed(am.Shutdown(can_send=self.sockets.can_register), now)
                 elif isinstance(item, inputs.VpnInput):
-                    await self._vpn_event(item.event, now)
+                    for mev in self.vpn.events(item.event, now):
+                        await self._feed(mev, now)
                 elif isinstance(item, inputs.PolicyInput):
-                    self._history("policy-applied", {"policy": item.policy.value})
+                    self.board.history("policy-applied", {"policy": item.policy.value})
                     await self._feed(am.PolicySet(item.policy), now)
-                elif isinstance(item, inputs.VpnEcho) and item.gateway == self._vpn_gw:
-                    self._publish(replace(self.snapshot, vpn_probe=Probe(
-                        True, round(item.rtt * 1000, 3), self._to_wall(now))))
+                elif isinstance(item, inputs.VpnEcho):
+                    self.vpn.echo_answered(item.gateway, item.rtt, now)
             except Exception:  # one bad step must not kill the helper: log, go on
                 log.exception("mobile-node driver step failed")
             self._update_binding()
@@ -247,12 +242,12 @@ class MobileNodeDriver:
         if isinstance(ev, am.LinkUp):
             if self.gate is not None:  # before anything: its name may look local
                 await self.gate.manage(ev.iface)
-            self._history("link-up", {"interface": ev.iface, "address": str(ev.address),
-                                      "gateway": str(ev.gateway)})
+            self.board.history("link-up", {"interface": ev.iface, "address": str(ev.address),
+                                           "gateway": str(ev.gateway)})
         elif isinstance(ev, am.LinkLost):
-            self._history("link-lost", {"interface": ev.iface})
+            self.board.history("link-lost", {"interface": ev.iface})
         else:
-            self._history("link-down", {"interface": ev.iface})
+            self.board.history("link-down", {"interface": ev.iface})
             self.sockets.close_link()  # the VPN's TIA may outlive the link
         await self._feed(ev, now)
 
@@ -284,25 +279,31 @@ class MobileNodeDriver:
                 udp = self.sockets.registration if a.udp_tunnel else None
                 await self.routes.configure(a.mode, foreign_agent=a.foreign_agent, udp=udp,
                                             tia=a.tia)
-                self._keepalive_for(a, udp is not None)
+                self.vpn.configured(a.mode, udp is not None)  # the NAT shown
+                for entry in self.keepalive.configure(udp is not None, a.keepalive_s,
+                                                      self.clock()):
+                    self.board.history(*entry)
             elif isinstance(a, am.StartVpn):
-                if self.vpn_link is not None:
-                    self.vpn_link.start()
+                self.vpn.start()
             elif isinstance(a, am.StopVpn):
-                self._stop_vpn(a.reason)
+                self.vpn.stop(a.reason)
             elif isinstance(a, am.UseTia):
-                await self._use_tia(a, now)
+                for link_ev in self.tracker.vpn_address(a.tia, now):  # never the link's
+                    await self._link_event(link_ev, now)
+                await self.vpn.use_tia(a, now)
             elif isinstance(a, am.DropTia):
-                await self._vpn_gone(a.tia)
+                if a.tia is not None:
+                    self.tracker.vpn_address_gone(a.tia)
+                await self.vpn.drop_tia()
             elif isinstance(a, NatDetected):
-                self._show(*self._nat_view.vpn(self.snapshot, a.nat_detected))
+                self.vpn.nat_detected(a.nat_detected)
             elif isinstance(a, Stopped):
                 self._stopped = True
             log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
         # Publishing is off the critical path: after the step's other actions.
         # The handover ends when the path is open: after this step's actions ran.
-        self._show(*status_view.published(self.snapshot, actions, self._gate_at,
-                                          (self.clock() - now) * 1000))
+        self.board.show(*status_view.published(self.snapshot, actions, self._gate_at,
+                                               (self.clock() - now) * 1000))
         if any(isinstance(a, am.ConfigureDataPlane) for a in actions):
             await self.routes.finish()
 
@@ -316,7 +317,7 @@ class MobileNodeDriver:
                 # did not happen is the one thing we cannot fix here: say so loudly.
                 log.error("the gate did not change (%s); traffic stays %s", exc,
                           "blocked" if path is not None else "as it was")
-                self._history("gate-error", {"text": str(exc)})
+                self.board.history("gate-error", {"text": str(exc)})
                 return
         if path is None:
             self.routes.arp.cancel_all()
@@ -329,72 +330,19 @@ class MobileNodeDriver:
         if a.gateway is not None:
             await self.routes.set_link(LinkInfo(a.iface, a.address, a.gateway))
         log.debug("link set-up took %.2f ms", (time.perf_counter() - t0) * 1000)
-        self._publish(replace(self.snapshot, interface=a.iface) if a.mc_holds else (  # the TIA
+        self.board.publish(replace(self.snapshot, interface=a.iface) if a.mc_holds else (  # TIA
             replace(self.snapshot, interface=a.iface, care_of_address=str(a.address.ip))))
 
-    # -- actions -----------------------------------------------------------------
+    # -- publishing ---------------------------------------------------------------
 
     def _update_binding(self) -> None:
         t = self.vpn_client
         b = t.binding if t is not None and self.snapshot.mode is Mode.VPN else (
             self.client.binding)
-        self._show(*self._binding_view.update(self.snapshot, self.client.last_answer, b,
-                                              self._to_wall))
+        self.board.show(*self._binding_view.update(self.snapshot, self.client.last_answer, b,
+                                                   self.board.to_wall))
 
-    # -- the VPN (mode mc) ---------------------------------------------------------
-
-    def _stop_vpn(self, reason: str) -> None:
-        # Stopped on purpose: no VPN to report on.
-        self._publish(replace(self.snapshot, vpn_probe=Probe()))
-        if self.vpn_link is not None:
-            self.vpn_link.stop(reason)
-
-    async def _use_tia(self, a: am.UseTia, now: float) -> None:
-        """The machine's new SA or TIA: the link's address is never it, registrations
-        leave from it (before the machine's Send through the VPN), the gateway's route
-        stays on the link; published."""
-        for link_ev in self.tracker.vpn_address(a.tia, now):  # never the link's
-            await self._link_event(link_ev, now)
-        if a.gateway_address is not None:
-            await self.routes.vpn_gateway(a.gateway_address)
-        await self.routes.vpn_source(a.tia)  # before the registration through it
-        self.sockets.open_vpn(a.tia)
-        self._show(*status_view.vpn_up(self.snapshot, a))
-        self._vpn_gw = a.gateway_address
-        self._show(*self._nat_view.vpn(self.snapshot, a.nat_detected))  # charon's NAT-T
-        self._send_echo(now)
-
-    async def _vpn_gone(self, tia: IPv4Address | None) -> None:
-        """The TIA is no longer ours: its socket, its rule and its status go."""
-        if tia is not None:
-            self.tracker.vpn_address_gone(tia)
-        self._vpn_gw = None
-        self.sockets.close_vpn()
-        await self.routes.vpn_source(None)
-        self._publish(status_view.vpn_gone(self.snapshot))
-
-    async def _vpn_event(self, ev: VpnEvent | NatSeen, now: float) -> None:
-        """charon's event (or what the VPN link read of it): to the machine."""
-        if self.vpn_link is None:
-            return
-        if isinstance(ev, NatSeen):  # the machine says if it is the SA in use
-            await self._feed(VpnNat(ev.ike_id, ev.nat_detected), now)
-            return
-        events = self.vpn_link.translate(ev)
-        if isinstance(ev, MobikeUpdate):
-            self._send_echo(now)  # the VPN probe from the new path
-        for mev in events:
-            await self._feed(mev, now)
-
-    def _send_echo(self, now: float) -> None:
-        """The VPN probe (``app.mn.sockets``), every ECHO_INTERVAL while the VPN is up."""
-        gw = self._vpn_gw
-        link = self.routes.link
-        self._echo_at = None
-        if gw is None or link is None:
-            return
-        self._echo_at = now + ECHO_INTERVAL
-        self.sockets.send_echo(gw, link.iface, link.address.ip)
+    # -- tunnel data, the timer -------------------------------------------------
 
     def _tunnel_data(self, inner: bytes) -> None:
         if self.keepalive.reply(inner, self.clock()):
@@ -402,44 +350,12 @@ class MobileNodeDriver:
         else:
             self.routes.tunnel_write(inner)
 
-    def _keepalive_for(self, a: am.ConfigureDataPlane, udp: bool) -> None:
-        self._publish(self._nat_view.configured(self.snapshot, a.mode, udp))
-        if not udp:
-            self.keepalive.stop()
-            return
-        self.keepalive.start(a.keepalive_s, self.clock())
-        self._history("udp-tunnel", {"keepalive_s": str(a.keepalive_s)})
-
-    async def _keepalive_tick(self, now: float) -> None:
-        if self.keepalive.tick(now, self.sockets.registration):
-            await self._execute(self.machine.reregister(now), now)
-
-    # -- timer, publishing -------------------------------------------------------
-
     def _arm_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         times = [t for t in (self.machine.get_timer(), self.tracker.get_timer(),
-                             self.keepalive.get_timer(), self._echo_at) if t is not None]
+                             self.keepalive.get_timer(), self.vpn.get_timer()) if t is not None]
         if times and self._loop is not None:
             delay = max(0.0, min(times) - self.clock())
             self._timer = self._loop.call_later(delay, self._queue.put_nowait, inputs.Tick())
-
-    def _publish(self, new: Snapshot) -> None:
-        if new != self.snapshot:
-            self.snapshot = new
-            self.on_snapshot(new)
-
-    def _show(self, snap: Snapshot, entries: list[status_view.Entry]) -> None:
-        self._publish(snap)
-        for kind, details in entries:
-            self._history(kind, details)
-
-    def _history(self, kind: str, details: dict[str, str]) -> None:
-        self.on_event(HistoryEntry(self.wall(), kind, details))
-
-    def _to_wall(self, t: float) -> float:
-        """A time of ``clock`` as Unix time (as the wall clock reads now)."""
-        return t + (self.wall() - self.clock())
-

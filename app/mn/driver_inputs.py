@@ -9,14 +9,14 @@ from ipaddress import IPv4Address
 
 from app.api import Policy
 from app.mn import access_mode as am
+from app.mn.mode_events import VpnNat
 from app.mn.reply_path import Path
-from app.mn.vpn_link import NatSeen
 from app.net.links import LinkSnapshot
 from app.vpn.events import VpnEvent
 
 
 @dataclass(frozen=True, slots=True)
-class Datagram:
+class Received:
     """A registration reply (or anything else) read on one of the registration sockets."""
 
     data: bytes
@@ -40,7 +40,7 @@ class Stop:
 class VpnInput:
     """charon's event, or what the VPN link read of it."""
 
-    event: VpnEvent | NatSeen
+    event: VpnEvent | VpnNat
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,5 +58,5 @@ class VpnEcho:
     rtt: float
 
 
-Input = (LinkSnapshot | Datagram | am.AgentAdvert | am.Resumed | Tick | Stop | VpnInput
+Input = (LinkSnapshot | Received | am.AgentAdvert | am.Resumed | Tick | Stop | VpnInput
           | PolicyInput | VpnEcho)

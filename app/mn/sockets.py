@@ -30,7 +30,6 @@ from app.mip.icmp import ALL_ROUTERS, AgentFlags, AgentSolicitation, advertiseme
 from app.mip.messages import MIP_PORT
 from app.mn import access_mode as am
 from app.mn.nat_keepalive import echo_request, parse_echo_reply
-from app.mn.registration import Datagram
 from app.mn.reply_path import Path
 from app.net.gate_rules import HELPER_MARK
 from app.net.ipip import IP_FREEBIND, TUNNEL_DATA_HEADER
@@ -200,37 +199,28 @@ class MobileNodeSockets:
 
     def send(self, a: am.Send) -> None:
         """A registration message: from the link (its source's socket) or the TIA."""
-        if a.through_vpn:
-            self._send_through_vpn(a.datagram)
-            return
-        if self._reg is None:
+        vpn = a.through_vpn
+        sock = self._vpn_reg if vpn else self._reg
+        if sock is None:
             return
         d = a.datagram
         dst = (str(d.destination[0]), d.destination[1])
         try:
             # RFC 5944 3.6.1.1: from the care-of address when co-located, else from
             # the home address; TTL 255 where RFC 3024 4.1.1 asks for it.
-            sock = self._reg if d.source is None or d.source == self._reg_source else (
-                self._source_socket(a.iface, d.source))
+            if not vpn and d.source is not None and d.source != self._reg_source:
+                sock = self._source_socket(a.iface, d.source)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, d.ttl or -1)
             sock.sendto(d.data, dst)
         except OSError as exc:
-            log.warning("cannot send the registration request to %s: %s", dst[0], exc.strerror)
+            if vpn:
+                log.info("registration through the VPN not sent to %s: %s", dst[0], exc.strerror)
+            else:
+                log.warning("cannot send the registration request to %s: %s", dst[0],
+                            exc.strerror)
             return
-        self.on_history("probe-sent", {"to": dst[0], "interface": a.iface})
-
-    def _send_through_vpn(self, d: Datagram) -> None:
-        s = self._vpn_reg
-        if s is None:
-            return
-        dst = (str(d.destination[0]), d.destination[1])
-        try:
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, d.ttl or -1)
-            s.sendto(d.data, dst)
-        except OSError as exc:
-            log.info("registration through the VPN not sent to %s: %s", dst[0], exc.strerror)
-            return
-        self.on_history("probe-sent", {"to": dst[0], "interface": VPN_DEVICE, "vpn": "true"})
+        self.on_history("probe-sent", {"to": dst[0], "interface": VPN_DEVICE, "vpn": "true"}
+                        if vpn else {"to": dst[0], "interface": a.iface})
 
     def solicit(self, iface: str) -> None:
         """An agent solicitation on the link's ICMP socket (RFC 5944 2.2: TTL 1)."""

@@ -33,6 +33,16 @@ class TunnelKeepalive:
     def start(self, interval: float, now: float) -> None:
         self.keepalive = NatKeepalive.start(interval, now)
 
+    def configure(self, udp_tunnel: bool, interval: int, now: float
+                  ) -> list[tuple[str, dict[str, str]]]:
+        """A data plane configured: keepalives at ``interval`` (RFC 3519 4.9) while it
+        is UDP-tunnelled, none otherwise; the history entries to say so."""
+        if not udp_tunnel:
+            self.stop()
+            return []
+        self.start(interval, now)
+        return [("udp-tunnel", {"keepalive_s": str(interval)})]
+
     def stop(self) -> None:
         """Not UDP-tunnelled (any more), or another link: its mapping is no mapping here."""
         self.keepalive = None

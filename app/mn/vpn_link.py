@@ -5,7 +5,7 @@ loading the connection and its secrets, bringing the tunnel up (a task: a slow
 charon never holds the driver's queue), tearing it down, and reading charon's NAT
 detection again after a MOBIKE move.  It never calls back into its owner: what
 its tasks learn goes into the ``events`` sink it is given (charon's own events,
-as the driver's queue takes them, and :class:`NatSeen`), and what the history
+as the driver's queue takes them, and the machine's ``VpnNat``), and what the history
 should say into the ``history`` sink.  :meth:`VpnLink.translate` turns one
 charon event into the machine's events (``VpnUp`` -> ``VpnReady`` ...).
 """
@@ -16,11 +16,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
 from app.mn import access_mode as am
+from app.mn.mode_events import VpnNat
 from app.vpn.charon import Charon, VpnConfigError, VpnError, VpnUnreachableError
 from app.vpn.events import (
     ChildRekeyed,
@@ -40,28 +40,20 @@ MOBIKE_SETTLE = 1.0
 """Seconds after charon's ike-update to read its NAT detection again (kernel ESP)."""
 
 
-@dataclass(frozen=True, slots=True)
-class NatSeen:
-    """charon's NAT detection for IKE SA ``ike_id``, read again after a move."""
-
-    ike_id: int
-    nat_detected: bool
-
-
 History = Callable[[str, dict[str, str]], None]
 
 
 class VpnLink:
     """One profile's VPN through charon, for the driver.
 
-    :meth:`load` the connection (at start); :meth:`start` and :meth:`stop` it as the
+    :meth:`begin` (the connection loaded, at start); :meth:`start` and :meth:`stop` it as the
     machine's ``StartVpn``/``StopVpn`` say; :meth:`translate` each charon event into
     the machine's events; :meth:`close` at the end (tasks cancelled, the tunnel
     torn down; charon's session is closed by its owner).
     """
 
     def __init__(self, charon: Charon, cfg: VpnConfig, secrets: Mapping[str, str], *,
-                 events: Callable[[VpnEvent | NatSeen], None], history: History) -> None:
+                 events: Callable[[VpnEvent | VpnNat], None], history: History) -> None:
         self.charon = charon
         self._cfg = cfg
         self._secrets = secrets  # as given, not copied: its repr hides the values
@@ -73,6 +65,13 @@ class VpnLink:
         self._stopping: asyncio.Task[None] | None = None
         self._side: set[asyncio.Task[None]] = set()
         """Short reads of charon's state: kept referenced until done."""
+
+    async def begin(self) -> None:
+        """At start: load the connection, or say charon cannot be reached (an event)."""
+        if not self.charon.reachable:
+            self._events(VpnUnreachable(self.charon.unreachable_message))
+        else:
+            await self.load()
 
     async def load(self) -> bool:
         """The profile's connection and secrets into charon (again after a restart
@@ -200,4 +199,4 @@ class VpnLink:
         except VpnError:
             return
         if sa is not None and sa.ike_id == ike_id:
-            self._events(NatSeen(ike_id, sa.nat_detected))
+            self._events(VpnNat(ike_id, sa.nat_detected))

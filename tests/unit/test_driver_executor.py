@@ -119,6 +119,12 @@ def test_published_times_are_wall_time_the_machines_run_on_the_monotonic_clock()
     assert abs(sent - T0) < 1  # RFC 5944 5.7.1: the identification is wall time
 
 
+async def vpn_event(d: MobileNodeDriver, ev: Any, now: float) -> None:
+    """charon's event as the driver's loop takes it: the machine's events, fed."""
+    for mev in d.vpn.events(ev, now):
+        await d._feed(mev, now)
+
+
 class VpnRoutes(Routes):
     def __init__(self) -> None:
         super().__init__()
@@ -152,14 +158,14 @@ async def test_a_repeated_vpn_up_does_nothing_as_the_machine_decides():
     tia, gw = A("10.99.1.1"), Endpoint(A("172.16.0.11"), 4500)
     up = VpnUp(tia, gw, Endpoint(A("203.0.113.5"), 4500), False, 1)
     try:
-        await d._vpn_event(up, MONO)
-        await d._vpn_event(up, MONO + 0.1)  # initiate's answer and charon's event
+        await vpn_event(d, up, MONO)
+        await vpn_event(d, up, MONO + 0.1)  # initiate's answer and charon's event
         assert [e.kind for e in history].count("vpn-up") == 1
         assert routes.sources == [tia] and routes.gateways == [A("172.16.0.11")]
         assert d.snapshot.tunnel_inner_address == "10.99.1.1"
-        await d._vpn_event(VpnDown("rekeyed away", 7), MONO + 0.2)  # not the SA in use
+        await vpn_event(d, VpnDown("rekeyed away", 7), MONO + 0.2)  # not the SA in use
         assert routes.sources == [tia] and d.snapshot.tunnel_inner_address == "10.99.1.1"
-        await d._vpn_event(VpnDown("DPD", 1), MONO + 0.3)
+        await vpn_event(d, VpnDown("DPD", 1), MONO + 0.3)
         assert routes.sources == [tia, None] and d.snapshot.tunnel_inner_address == ""
     finally:
         d.sockets.close()
@@ -185,7 +191,7 @@ def test_rfc3519_4_9_the_keepalive_runs_at_the_interval_the_action_carries():
 async def test_rfc5266_4_the_vpns_nat_is_the_sa_in_uses_as_the_machine_says():
     from types import SimpleNamespace
 
-    from app.mn.vpn_link import NatSeen
+    from app.mn.mode_events import VpnNat
     from app.vpn.events import Endpoint, VpnUp
     from app.vpn.profile import VpnConfig
 
@@ -201,11 +207,11 @@ async def test_rfc5266_4_the_vpns_nat_is_the_sa_in_uses_as_the_machine_says():
     up = VpnUp(A("10.99.1.1"), Endpoint(A("172.16.0.11"), 4500),
                Endpoint(A("203.0.113.5"), 4500), False, 1)
     try:
-        await d._vpn_event(up, MONO)
+        await vpn_event(d, up, MONO)
         assert not d.snapshot.nat_detected
-        await d._vpn_event(NatSeen(7, True), MONO)  # another SA's (a rekeyed-away one)
+        await vpn_event(d, VpnNat(7, True), MONO)  # another SA's (a rekeyed-away one)
         assert not d.snapshot.nat_detected and "vpn-nat" not in [e.kind for e in history]
-        await d._vpn_event(NatSeen(1, True), MONO)
+        await vpn_event(d, VpnNat(1, True), MONO)
         assert d.snapshot.nat_detected
         assert ("vpn-nat", {"detected": "true"}) in [(e.kind, e.details) for e in history]
     finally:

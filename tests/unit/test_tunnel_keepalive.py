@@ -86,3 +86,11 @@ def test_a_keepalive_that_cannot_leave_is_logged_not_raised(caplog):
         assert "keepalive to the home agent not sent" in caplog.text
     finally:
         s.close()
+
+
+def test_rfc3519_4_9_keepalives_run_exactly_while_the_data_plane_is_udp_tunnelled():
+    k = TunnelKeepalive(HOME, HA)
+    assert k.configure(True, 20, now=100.0) == [("udp-tunnel", {"keepalive_s": "20"})]
+    assert k.running and k.get_timer() == 120.0
+    assert k.configure(False, 0, now=101.0) == []  # another mode: its mapping is none
+    assert not k.running and k.get_timer() is None

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from app.mn import access_mode as am
-from app.mn.vpn_link import NO_TIA, NatSeen, VpnLink
+from app.mn.mode_events import VpnNat
+from app.mn.vpn_link import NO_TIA, VpnLink
 from app.vpn.charon import Charon
 from app.vpn.events import (
     ChildRekeyed,
@@ -116,7 +117,7 @@ async def test_after_a_child_rekey_the_nat_is_read_again_into_the_sink(tmp_path)
         await v.load()
         assert v.translate(ChildRekeyed(1, "intranet")) == []
         seen = await s.next()
-        assert isinstance(seen, NatSeen) and seen.ike_id == 1
+        assert isinstance(seen, VpnNat) and seen.ike_id == 1
         assert s.history == [("child-rekey", {"ike": "1"})]
     finally:
         await v.close()
@@ -154,4 +155,23 @@ async def test_a_refused_initiate_arrives_as_vpn_down(tmp_path):
         assert v.translate(down) == [am.VpnLost(down.reason)]
     finally:
         await v.close()
+        fake.close()
+
+
+async def test_at_start_the_connection_is_loaded_or_charon_is_said_unreachable(tmp_path):
+    from types import SimpleNamespace
+
+    got: list[object] = []
+    down = SimpleNamespace(reachable=False, unreachable_message="no charon at /x")
+    await VpnLink(down, CFG, {}, events=got.append,  # type: ignore[arg-type]
+                  history=lambda k, d: None).begin()
+    assert got == [VpnUnreachable("no charon at /x")]
+    fake = FakeVici(tmp_path / "charon.vici")
+    v, s = await link(tmp_path, fake)
+    try:
+        await v.begin()
+        assert "load-conn" in fake.names() and s.events.empty()
+    finally:
+        await v.close()
+        await v.charon.close()
         fake.close()
