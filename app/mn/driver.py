@@ -123,9 +123,10 @@ class MobileNodeDriver:
             on_echo=lambda gw, rtt: self._queue.put_nowait(inputs.VpnEcho(gw, rtt)),
             on_history=self.board.history)
         # ``vpn_secrets`` as given, not copied: its repr hides the values.
-        link = VpnLink(self.charon, profile.vpn, vpn_secrets or {},
-                       events=lambda ev: self._queue.put_nowait(inputs.VpnInput(ev)),
-                       history=self.board.history) if self.charon and profile.vpn else None
+        link = VpnLink(
+            self.charon, profile.vpn, vpn_secrets or {},
+            events=lambda ev: self._queue.put_nowait(inputs.VpnInput(ev)),
+            history=self.board.history) if self.charon is not None and profile.vpn else None
         self.vpn = VpnExecutor(link, routes, self.sockets, self.board)
         self._binding_view = status_view.BindingView()
         self._gate_at = 0.0
