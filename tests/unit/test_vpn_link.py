@@ -8,6 +8,7 @@ history lines in the history sink.
 from __future__ import annotations
 
 import asyncio
+import logging
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -16,12 +17,13 @@ import pytest
 from app.mn import access_mode as am
 from app.mn.mode_events import VpnNat
 from app.mn.vpn_link import NO_TIA, VpnLink
-from app.vpn.charon import Charon
+from app.vpn.charon import Charon, VpnError, VpnUnreachableError
 from app.vpn.events import (
     ChildRekeyed,
     Endpoint,
     IkeRekeyed,
     MobikeUpdate,
+    SaInfo,
     VpnDown,
     VpnServiceUp,
     VpnUnreachable,
@@ -175,3 +177,83 @@ async def test_at_start_the_connection_is_loaded_or_charon_is_said_unreachable(t
         await v.close()
         await v.charon.close()
         fake.close()
+
+
+class StubCharon:
+    """charon's adapter answering as told: each call raises or returns what it was given."""
+
+    reachable = True
+    gateway = None
+
+    def __init__(self, **answers: Any) -> None:
+        self.answers = answers
+        self.called: list[str] = []
+
+    async def _answer(self, name: str) -> Any:
+        self.called.append(name)
+        got = self.answers.get(name)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    async def load(self, cfg: Any, secrets: Any) -> None:
+        await self._answer("load")
+
+    async def initiate(self) -> Any:
+        return await self._answer("initiate")
+
+    async def terminate(self, *, wait: bool = True) -> None:
+        await self._answer("terminate")
+
+    async def sa(self) -> Any:
+        return await self._answer("sa")
+
+
+def _stub_link(charon: StubCharon) -> tuple[VpnLink, Sinks]:
+    s = Sinks()
+    return VpnLink(charon, CFG, {}, events=s.events.put_nowait,  # type: ignore[arg-type]
+                   history=lambda k, d: s.history.append((k, d))), s
+
+
+@pytest.mark.parametrize(("answers", "expected", "kinds"), [
+    ({"load": VpnUnreachableError("no charon at /x", "refused")},
+     VpnUnreachable("no charon at /x (refused)"), []),
+    ({"load": VpnError("busy")}, None, ["vpn-error"]),
+    ({"initiate": VpnUnreachableError("no charon at /x", "timeout")},
+     VpnUnreachable("no charon at /x (timeout)"), ["vpn-starting"]),
+    ({"initiate": SaInfo(1, "ESTABLISHED", None, None, None, False, True)}, VpnDown(NO_TIA),
+     ["vpn-starting"]),
+])
+async def test_charons_refusals_arrive_as_events_never_raised(answers, expected, kinds):
+    v, s = _stub_link(StubCharon(**answers))
+    try:
+        v.start()  # loads first
+        got = await s.next()
+        if expected is None:  # said once, as unreachable, with charon's words
+            assert isinstance(got, VpnUnreachable) and "busy" in got.message
+        else:
+            assert got == expected
+        assert [k for k, _ in s.history] == kinds
+    finally:
+        await v.close()
+
+
+async def test_a_start_after_a_stop_waits_for_its_teardown_a_failed_one_logged(caplog):
+    sa = SaInfo(1, "ESTABLISHED", A("10.99.1.1"), LOCAL, GW, False, True)
+    c = StubCharon(terminate=VpnError("no such SA"), initiate=sa, sa=VpnError("gone"))
+    v, s = _stub_link(c)
+    try:
+        with caplog.at_level(logging.INFO, "trustroam.mn"):
+            assert await v.load()
+            v.start()
+            v.stop("trusted")  # the attempt not yet under way is cancelled
+            v.start()  # waits for the teardown: it must not cut this one
+            up = await s.next()
+            assert isinstance(up, VpnUp) and up.tia == A("10.99.1.1")
+            assert c.called == ["load", "terminate", "initiate"]
+            assert v.translate(ChildRekeyed(1, "intranet")) == []
+            await asyncio.gather(*v._side)  # the NAT read again failed: nothing said
+        assert s.events.empty()
+        assert "the VPN was not torn down: no such SA" in caplog.text
+    finally:
+        await v.close()
