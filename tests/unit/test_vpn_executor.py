@@ -90,9 +90,16 @@ async def side() -> AsyncIterator[Side]:
 
 async def test_rfc5266_3_4_use_tia_keeps_the_gateway_on_the_link_then_registers_from_the_tia(
         side: Side):
+    open_vpn = side.sockets.open_vpn
+
+    def opened(tia: IPv4Address) -> None:
+        side.routes.calls.append(("open_vpn", tia))
+        open_vpn(tia)
+
+    side.sockets.open_vpn = opened  # type: ignore[method-assign]
     await side.vpn.use_tia(USE, MONO)
     # The gateway's route stays on the link, the TIA's source rule before its socket.
-    assert side.routes.calls == [("vpn_gateway", GW), ("vpn_source", TIA)]
+    assert side.routes.calls == [("vpn_gateway", GW), ("vpn_source", TIA), ("open_vpn", TIA)]
     assert side.sockets._vpn_reg is not None  # the registration through the VPN can leave
     assert side.sockets.can_register
     snap = side.board.snapshot
