@@ -87,8 +87,8 @@ class MobileNodeDriver:
             on_snapshot=on_snapshot, on_event=on_event, clock=clock, wall=wall)
         self.routes = routes
         self.gate = gate if profile.gate_enabled else None
-        self.clock = clock
-        self.wall = wall
+        self.clock = self.board.clock  # one time base for the driver and what it publishes
+        self.wall = self.board.wall
         self._arrival: Path | None = None
         """The path of the datagram being handled: each client takes its own only."""
         to_wall = self.board.to_wall
@@ -182,8 +182,8 @@ class MobileNodeDriver:
             self._timer.cancel()
         self.sockets.close()
         await self.vpn.close()
-        self.board.publish(replace(self.snapshot, state=State.OFFLINE, mode=Mode.NONE, interface="",
-                              care_of_address="", binding_expires=0.0))
+        self.board.publish(replace(self.snapshot, state=State.OFFLINE, mode=Mode.NONE,
+                                   interface="", care_of_address="", binding_expires=0.0))
 
     def _arrived_by(self) -> Path | None:
         return self._arrival
@@ -214,12 +214,7 @@ class MobileNodeDriver:
                         self.board.history("reprobe", {})
                     await self._feed(item, now)
                 elif isinstance(item, inputs.Tick):
-                    for ev in self.tracker.handle_timer(now):
-                        await self._link_event(ev, now)
-                    await self._execute(self.machine.handle_timer(now), now)
-                    if self.keepalive.tick(now, self.sockets.registration):  # RFC 3519 4.10
-                        await self._execute(self.machine.reregister(now), now)
-                    self.vpn.tick(now)
+                    await self._tick(now)
                 elif isinstance(item, inputs.Stop):
                     stopping = item
                     await self._feed(am.Shutdown(can_send=self.sockets.can_register), now)
@@ -350,6 +345,15 @@ class MobileNodeDriver:
             self._arm_timer()
         else:
             self.routes.tunnel_write(inner)
+
+    async def _tick(self, now: float) -> None:
+        """The one timer fired: every part whose deadline it was runs."""
+        for ev in self.tracker.handle_timer(now):
+            await self._link_event(ev, now)
+        await self._execute(self.machine.handle_timer(now), now)
+        if self.keepalive.tick(now, self.sockets.registration):  # RFC 3519 4.10
+            await self._execute(self.machine.reregister(now), now)
+        self.vpn.tick(now)
 
     def _arm_timer(self) -> None:
         if self._timer is not None:

@@ -238,3 +238,60 @@ def test_a_status_that_ends_no_handover_leaves_the_handover_shown():
     later = am.Status(State.UNTRUSTED, Mode.NONE, "eth0", None, None, 12.5)
     asyncio.run(d._execute([am.ConfigureDataPlane(Mode.NONE, None), later], clock[0]))
     assert d.snapshot.last_handover_ms == 12.5
+
+
+async def test_the_vpn_probes_deadline_reaches_the_one_timer_and_its_tick_probes_again():
+    """The executor computes the probe's deadline; the driver must arm its one timer
+    on it and, when it fires, let the executor probe again (review: no test held it)."""
+    from types import SimpleNamespace
+
+    from app.vpn.events import Endpoint, VpnUp
+    from app.vpn.profile import VpnConfig
+
+    profile = Profile("corp", A("10.20.1.10"), IPv4Network("10.20.1.0/24"), A("10.20.1.1"),
+                      256, gate_enabled=False,
+                      vpn=VpnConfig(("172.16.0.11",), "mn@lab",
+                                    intranet=(IPv4Network("10.0.0.0/8"),)))
+    routes = VpnRoutes()
+    routes.link = SimpleNamespace(iface="wlan0",  # type: ignore[assignment]
+                                  address=SimpleNamespace(ip=A("192.0.2.7")))
+    d = MobileNodeDriver(profile, b"k" * 16, routes, None,  # type: ignore[arg-type]
+                         on_event=lambda e: None, clock=lambda: MONO, wall=lambda: T0,
+                         charon=SimpleNamespace(gateway=None))  # type: ignore[arg-type]
+    loop = d._loop = asyncio.get_running_loop()
+    probes: list[tuple[Any, ...]] = []
+    d.sockets.send_echo = lambda *a: probes.append(a)  # type: ignore[method-assign]
+    up = VpnUp(A("10.99.1.1"), Endpoint(A("172.16.0.11"), 4500),
+               Endpoint(A("203.0.113.5"), 4500), False, 1)
+    try:
+        await vpn_event(d, up, MONO)
+        assert probes == [(A("172.16.0.11"), "wlan0", A("192.0.2.7"))]
+        d._arm_timer()
+        assert d._timer is not None
+        assert abs(d._timer.when() - (loop.time() + 30.0)) < 1.0
+        await d._tick(MONO + 30.0)
+        assert len(probes) == 2
+    finally:
+        if d._timer is not None:
+            d._timer.cancel()
+        d.sockets.close()
+
+
+async def test_rfc3519_4_10_the_keepalives_deadline_reaches_the_one_timer():
+    import socket
+
+    d, _ = driver()
+    loop = d._loop = asyncio.get_running_loop()
+    reg = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    d.sockets._reg = reg
+    try:
+        await d._execute([am.ConfigureDataPlane(Mode.COLOCATED, "eth0", udp_tunnel=True,
+                                                keepalive_s=20)], MONO)
+        d._arm_timer()
+        assert d._timer is not None
+        assert d.machine.get_timer() is None or d.machine.get_timer() > MONO + 20
+        assert abs(d._timer.when() - (loop.time() + 20.0)) < 1.0
+    finally:
+        if d._timer is not None:
+            d._timer.cancel()
+        reg.close()

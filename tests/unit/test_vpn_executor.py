@@ -107,6 +107,8 @@ async def test_rfc5266_3_4_use_tia_keeps_the_gateway_on_the_link_then_registers_
     assert snap.nat_detected  # charon's NAT-T, shown in mode mc
     assert side.kinds() == ["vpn-up", "vpn-nat"]
     assert side.vpn.get_timer() == MONO + ECHO_INTERVAL  # probed now, again then
+    gw, _ = await asyncio.wait_for(side.echoes.get(), 5)  # and the probe really left
+    assert gw == GW
 
 
 async def test_the_vpn_probes_answer_is_shown_only_from_the_gateway_in_use(side: Side):
@@ -169,8 +171,9 @@ def test_without_a_vpn_in_the_profile_charons_events_are_ignored():
     assert vpn.events(VpnDown("DPD", 1), MONO) == []
     assert vpn.events(VpnNat(1, True), MONO) == []
     vpn.start()  # nothing to start
+    vpn.board.publish(Snapshot(profile="corp", vpn_probe=Probe(True, 24.0, T0)))
     vpn.stop("trusted")
-    assert vpn.board.snapshot.vpn_probe == Probe()
+    assert vpn.board.snapshot.vpn_probe == Probe()  # a stale answer is not left shown
 
 
 async def test_stop_shows_no_probe_and_tears_the_tunnel_down(tmp_path):
@@ -184,8 +187,10 @@ async def test_stop_shows_no_probe_and_tears_the_tunnel_down(tmp_path):
         s.vpn.stop("the network is trusted")
         assert s.board.snapshot.vpn_probe == Probe()  # stopped on purpose: nothing to say
         assert s.kinds() == ["vpn-stop"]
-        await s.vpn.close()
+        assert v._stopping is not None
+        await asyncio.wait_for(v._stopping, 5)  # stop itself tears down, not close
         assert "terminate" in fake.names()
+        await s.vpn.close()
     finally:
         await charon.close()
         fake.close()
