@@ -1,0 +1,193 @@
+"""The profile's resolvers on systemd-resolved, per mode (issue 19): the calls
+``LinkDns`` makes, against a fake resolved that keeps each link's settings (the lab
+test runs the real one)."""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from types import SimpleNamespace
+
+from app.api import Mode
+from app.dbus import MessageType, Variant
+from app.net.mn_routes import Backend, LinkInfo, MobileNodeRoutes
+from app.net.resolver import NO_SUCH_LINK, LinkDns
+from tests.unit.test_mn_routes import HA, HOME, T1, FakeIPRoute
+
+TUN, ETH = 7, 2
+CORP = [IPv4Address("10.0.0.1")]
+VISITED = ((socket.AF_INET, bytes([10, 40, 1, 1])),)
+EMPTY = ((), (), False)
+
+
+class FakeResolved:
+    """resolved's per-link settings as its Manager methods change them."""
+
+    def __init__(self, links=(TUN, ETH), running=True):
+        self.links = {i: EMPTY for i in links}
+        self.late: dict[int, int] = {}
+        """ifindex -> how many more calls answer NoSuchLink (learnt late)."""
+        self.running = running
+        self.calls = []
+
+    async def call(self, msg):
+        if not self.running:
+            return _error("org.freedesktop.DBus.Error.ServiceUnknown")
+        self.calls.append((msg.member, *msg.body))
+        if msg.member == "Get":
+            index = int(msg.path.rsplit("_", 1)[1])
+            dns, domains, default = self.links[index]
+            value = {"DNS": Variant("a(iay)", [list(d) for d in dns]),
+                     "Domains": Variant("a(sb)", [list(d) for d in domains]),
+                     "DefaultRoute": Variant("b", default)}[msg.body[1]]
+            return _ok([value])
+        index = msg.body[0]
+        if index not in self.links or self.late.get(index, 0) > 0:
+            self.late[index] = self.late.get(index, 0) - 1
+            return _error(NO_SUCH_LINK)
+        dns, domains, default = self.links[index]
+        if msg.member == "SetLinkDNS":
+            self.links[index] = (tuple((f, bytes(a)) for f, a in msg.body[1]), domains, default)
+        elif msg.member == "SetLinkDomains":
+            self.links[index] = (dns, tuple((d, r) for d, r in msg.body[1]), default)
+        elif msg.member == "SetLinkDefaultRoute":
+            self.links[index] = (dns, domains, msg.body[1])
+        elif msg.member == "RevertLink":
+            self.links[index] = EMPTY
+        elif msg.member == "GetLink":
+            return _ok([f"/org/freedesktop/resolve1/link/_{index}"])
+        return _ok([])
+
+
+def _ok(body):
+    return SimpleNamespace(message_type=MessageType.METHOD_RETURN, body=body, error_name=None)
+
+
+def _error(name):
+    return SimpleNamespace(message_type=MessageType.ERROR, body=[], error_name=name)
+
+
+def ours(index=TUN):
+    return ((socket.AF_INET, bytes([10, 0, 0, 1])),), (("corp.example", False), (".", True)), True
+
+
+def dns(resolved, **kw):
+    return LinkDns(CORP, ["corp.example"], tunnel="trmn0", bus=resolved,
+                   index_of=kw.get("index_of", lambda name: TUN))
+
+
+async def test_issue19_mode_c_sends_every_name_to_the_intranet_resolvers_on_the_tunnel():
+    r = FakeResolved()
+    d = dns(r)
+    await d.apply(Mode.COLOCATED, TUN)
+    # "~." (routing-only root) and DefaultRoute: every query goes to these servers.
+    assert r.links[TUN] == ours()
+    assert r.links[ETH] == EMPTY
+
+
+async def test_issue19_every_way_out_of_a_tunnel_mode_reverts_the_tunnel_link():
+    r = FakeResolved()
+    d = dns(r)
+    await d.apply(Mode.VPN, TUN)
+    await d.apply(Mode.NONE, None)  # link lost, undecided
+    assert r.links[TUN] == EMPTY
+    await d.apply(Mode.COLOCATED, TUN)
+    await d.apply(Mode.HOME, ETH)  # mode change: home link (no DHCP resolver there)
+    assert r.links[TUN] == EMPTY
+    await d.close()  # stop
+    assert r.links[ETH] == EMPTY
+
+
+async def test_issue19_a_move_within_the_tunnel_modes_changes_nothing():
+    r = FakeResolved()
+    d = dns(r)
+    await d.apply(Mode.COLOCATED, TUN)
+    r.calls.clear()
+    await d.apply(Mode.VPN, TUN)
+    assert r.calls == []
+
+
+async def test_issue19_mode_f_puts_back_what_the_visited_link_had():
+    r = FakeResolved()
+    r.links[ETH] = (VISITED, (("fa1.example", False),), True)
+    d = dns(r)
+    await d.apply(Mode.FOREIGN_AGENT, ETH)
+    assert r.links[ETH] == ours()
+    await d.apply(Mode.NONE, None)
+    assert r.links[ETH] == (VISITED, (("fa1.example", False),), True)
+
+
+async def test_issue19_home_link_with_resolvers_from_its_dhcp_is_left_alone():
+    r = FakeResolved()
+    r.links[ETH] = (VISITED, (), True)
+    d = dns(r)
+    await d.apply(Mode.HOME, ETH)
+    assert r.links[ETH] == (VISITED, (), True)
+    r.links[ETH] = EMPTY
+    d = dns(r)
+    await d.apply(Mode.HOME, ETH)
+    assert r.links[ETH] == ours()
+
+
+async def test_issue19_start_reverts_what_a_crashed_helper_left_on_the_tunnel():
+    r = FakeResolved()
+    r.links[TUN] = ours()
+    await dns(r).start()
+    assert r.links[TUN] == EMPTY
+
+
+async def test_issue19_a_link_resolved_has_not_learnt_yet_is_asked_again():
+    r = FakeResolved()
+    r.late[TUN] = 3
+    await dns(r).apply(Mode.COLOCATED, TUN)
+    assert r.links[TUN] == ours()
+
+
+async def test_issue19_without_resolved_the_modes_still_work(caplog):
+    r = FakeResolved(running=False)
+    d = dns(r)
+    await d.start()
+    await d.apply(Mode.COLOCATED, TUN)
+    await d.close()
+    assert "systemd-resolved does not run" in caplog.text
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    async def start(self):
+        self.calls.append("start")
+
+    async def apply(self, mode, index):
+        self.calls.append((mode, index))
+
+    async def close(self):
+        self.calls.append("close")
+
+
+async def test_issue19_data_plane_puts_resolvers_where_the_home_address_is():
+    rec = Recorder()
+    ipr = FakeIPRoute()
+    routes = MobileNodeRoutes(HOME, IPv4Network("10.20.1.0/24"), HA, Backend.KERNEL, ipr=ipr,
+                              dns=rec)  # type: ignore[arg-type]
+    await routes.start()
+    await routes.set_link(T1)
+    await routes.configure(Mode.COLOCATED)
+    await routes.finish()
+    await routes.configure(Mode.FOREIGN_AGENT, foreign_agent=IPv4Address("10.30.1.1"))
+    await routes.finish()
+    await routes.set_link(LinkInfo("eth0", IPv4Interface("10.20.1.200/24"),
+                                   IPv4Address("10.20.1.254")))
+    await routes.configure(Mode.HOME)
+    await routes.finish()
+    await routes.configure(Mode.NONE)
+    await routes.clear()
+    tun = ipr.indexes["trmn0"]
+    assert rec.calls[0] == "start"
+    assert (Mode.COLOCATED, tun) in rec.calls
+    assert (Mode.FOREIGN_AGENT, ETH) in rec.calls
+    assert (Mode.HOME, ETH) in rec.calls
+    after_home = rec.calls[rec.calls.index((Mode.HOME, ETH)) + 1:]
+    assert after_home[0] == (Mode.NONE, None)
+    assert rec.calls[-1] == "close"
