@@ -51,7 +51,7 @@ from app.mip.messages import MIP_PORT
 from app.net.arp import ArpAnnouncer
 from app.net.ipip import MTU, Endpoint, Key, UserspaceTunnel
 from app.net.netlink import AsyncIPRoute, NetlinkError
-from app.net.resolver import LinkDns
+from app.net.resolver import Resolvers
 
 log = logging.getLogger("trustroam.net.routes")
 TUNNEL = "trmn0"
@@ -88,7 +88,7 @@ class MobileNodeRoutes:
     def __init__(self, home: IPv4Address, home_network: IPv4Network, home_agent: IPv4Address,
                  backend: Backend = Backend.USERSPACE, ipr: Any = None, *,
                  arp_permit: Callable[[str], bool] = lambda ifname: True,
-                 dns: LinkDns | None = None) -> None:
+                 dns: Resolvers | None = None) -> None:
         self.home = home
         self.home_network = home_network
         self.home_agent = home_agent

@@ -3,7 +3,9 @@
 One job: put the profile's DNS servers and search domains on the link that
 carries the home address, as the resolver of every name, through
 systemd-resolved's D-Bus API (``org.freedesktop.resolve1.Manager``), and take
-them off again on every way out of the mode.
+them off again on every way out of the mode.  Where resolved neither runs nor
+can be activated, NetworkManager's global DNS does it (``app.net.resolver_nm``);
+:class:`DesktopResolver` picks one at start.
 
 - c and mc: the tunnel device (``trmn0``).  ``~.`` (the root as routing domain)
   and ``DefaultRoute`` make resolved send every query there and no longer to the
@@ -29,11 +31,12 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, Protocol
 
 from app.api import Mode
 from app.dbus import BusType, Message, MessageBus, PeerError, Variant, call
 from app.net.dns_profile import DnsConfig
+from app.net.resolver_nm import NM, NmGlobalDns
 
 log = logging.getLogger("trustroam.net.resolver")
 
@@ -48,6 +51,17 @@ TIMEOUT = 2.0
 LINK_WAIT = 1.0
 """Seconds to wait for resolved to learn a link the kernel just made."""
 TUNNEL_MODES = (Mode.COLOCATED, Mode.VPN)
+BUS = "org.freedesktop.DBus"
+
+
+class Resolvers(Protocol):
+    """What the data plane asks of a resolver adapter (app.net.mn_routes)."""
+
+    async def start(self) -> None: ...
+
+    async def apply(self, mode: Mode, ifindex: int | None) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -195,9 +209,75 @@ class LinkDns:
             log.warning("cannot %s: no system bus (%s)", what, exc.strerror or exc)
 
 
+class DesktopResolver:
+    """systemd-resolved where it runs or can be started by the bus (D-Bus
+    activation, as on Debian), else NetworkManager, else nothing (said once)."""
+
+    def __init__(self, servers: Sequence[IPv4Address], domains: Sequence[str], *,
+                 tunnel: str, bus: MessageBus | None = None) -> None:
+        self.servers = tuple(servers)
+        self.domains = tuple(domains)
+        self.tunnel = tunnel
+        self._bus = bus
+        self._own_bus = bus is None
+        self.backend: LinkDns | NmGlobalDns | None = None
+
+    async def start(self) -> None:
+        try:
+            if self._bus is None:
+                self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+            bus = self._bus
+            if await _available(bus, RESOLVE1):
+                self.backend = LinkDns(self.servers, self.domains, tunnel=self.tunnel,
+                                       bus=bus)
+            elif await _available(bus, NM):
+                self.backend = NmGlobalDns(self.servers, self.domains, bus=bus)
+            else:
+                log.warning("neither systemd-resolved nor NetworkManager runs: the "
+                            "profile's [dns] servers are not installed")
+                return
+        except (OSError, PeerError) as exc:
+            log.warning("cannot reach the system bus for the profile's [dns] servers: %s",
+                        exc)
+            return
+        await self._guard("start", self.backend.start())
+
+    async def apply(self, mode: Mode, ifindex: int | None) -> None:
+        if self.backend is not None:
+            await self._guard("install or remove", self.backend.apply(mode, ifindex))
+
+    async def close(self) -> None:
+        if self.backend is not None:
+            await self._guard("remove", self.backend.close())
+        if self._own_bus and self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
+
+    @staticmethod
+    async def _guard(what: str, step: Any) -> None:
+        """Names failing must not take the data plane with them: logged, not raised."""
+        try:
+            await step
+        except (OSError, PeerError) as exc:
+            log.warning("the profile's [dns] servers: cannot %s them: %s", what, exc)
+
+
+async def _available(bus: MessageBus, name: str) -> bool:
+    """``name`` has an owner, or the bus can start one (D-Bus activation)."""
+    reply = await call(bus, Message(destination=BUS, path="/org/freedesktop/DBus",
+                                    interface=BUS, member="NameHasOwner", signature="s",
+                                    body=[name]), TIMEOUT, "the bus daemon")
+    if reply.body[0]:
+        return True
+    reply = await call(bus, Message(destination=BUS, path="/org/freedesktop/DBus",
+                                    interface=BUS, member="ListActivatableNames"),
+                       TIMEOUT, "the bus daemon")
+    return name in reply.body[0]
+
+
 def for_profile(cfg: DnsConfig | None, tunnel: str, bus: MessageBus | None = None
-                ) -> LinkDns | None:
+                ) -> DesktopResolver | None:
     """The adapter for a profile's ``[dns]`` table; None without servers."""
     if cfg is None or not cfg.servers:
         return None
-    return LinkDns(cfg.servers, cfg.domains, tunnel=tunnel, bus=bus)
+    return DesktopResolver(cfg.servers, cfg.domains, tunnel=tunnel, bus=bus)

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 from app.api import Mode
 from app.dbus import MessageType, Variant
 from app.net.mn_routes import Backend, LinkInfo, MobileNodeRoutes
-from app.net.resolver import NO_SUCH_LINK, LinkDns
+from app.net.resolver import NO_SUCH_LINK, DesktopResolver, LinkDns
+from app.net.resolver_nm import NmGlobalDns
 from tests.unit.test_mn_routes import HA, HOME, T1, FakeIPRoute
 
 TUN, ETH = 7, 2
@@ -170,7 +171,7 @@ async def test_issue19_data_plane_puts_resolvers_where_the_home_address_is():
     rec = Recorder()
     ipr = FakeIPRoute()
     routes = MobileNodeRoutes(HOME, IPv4Network("10.20.1.0/24"), HA, Backend.KERNEL, ipr=ipr,
-                              dns=rec)  # type: ignore[arg-type]
+                              dns=rec)
     await routes.start()
     await routes.set_link(T1)
     await routes.configure(Mode.COLOCATED)
@@ -191,3 +192,113 @@ async def test_issue19_data_plane_puts_resolvers_where_the_home_address_is():
     after_home = rec.calls[rec.calls.index((Mode.HOME, ETH)) + 1:]
     assert after_home[0] == (Mode.NONE, None)
     assert rec.calls[-1] == "close"
+
+
+class FakeBusDaemon(FakeResolved):
+    """The bus daemon and NetworkManager (its global DNS, devices), with or without
+    resolved behind the same connection."""
+
+    def __init__(self, *, resolved=False, activatable=False, nm=True, nameservers=()):
+        super().__init__()
+        self.resolved, self.activatable, self.nm = resolved, activatable, nm
+        self.global_dns: dict = {}
+        self.sets: list[dict] = []
+        self.nameservers = list(nameservers)
+
+    async def call(self, msg):
+        if msg.interface == "org.freedesktop.DBus":
+            if msg.member == "NameHasOwner":
+                return _ok([{"org.freedesktop.resolve1": self.resolved,
+                             "org.freedesktop.NetworkManager": self.nm}[msg.body[0]]])
+            return _ok([["org.freedesktop.resolve1"] if self.activatable else []])
+        if msg.destination == "org.freedesktop.resolve1":
+            return await super().call(msg)
+        if msg.member == "GetDevices":
+            return _ok([["/org/freedesktop/NetworkManager/Devices/2"]])
+        if msg.member == "Set":
+            self.global_dns = _plain(msg.body[2])
+            self.sets.append(self.global_dns)
+            return _ok([])
+        name = msg.body[1]
+        value = {"GlobalDnsConfiguration": Variant("a{sv}", {}) if not self.global_dns
+                 else _variant(self.global_dns),
+                 "Ifindex": Variant("i", ETH),
+                 "Ip4Config": Variant("o", "/org/freedesktop/NetworkManager/IP4Config/5"),
+                 "Nameservers": Variant("au", self.nameservers)}[name]
+        return _ok([value])
+
+
+def _plain(v):
+    while isinstance(v, Variant):
+        v = v.value
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _variant(d):
+    return Variant("a{sv}", {
+        "searches": Variant("as", d["searches"]),
+        "domains": Variant("a{sv}", {"*": Variant("a{sv}", {
+            "servers": Variant("as", d["domains"]["*"]["servers"])})})})
+
+
+CORP_GLOBAL = {"searches": ["corp.example"], "domains": {"*": {"servers": ["10.0.0.1"]}}}
+
+
+def desktop(bus):
+    return DesktopResolver(CORP, ["corp.example"], tunnel="trmn0", bus=bus)
+
+
+async def test_issue19_resolved_is_used_where_it_runs_or_the_bus_can_start_it():
+    for running, activatable in ((True, False), (False, True)):
+        d = desktop(FakeBusDaemon(resolved=running, activatable=activatable))
+        await d.start()
+        assert isinstance(d.backend, LinkDns)
+    d = desktop(FakeBusDaemon())
+    await d.start()
+    assert isinstance(d.backend, NmGlobalDns)
+
+
+async def test_issue19_without_resolved_networkmanager_global_dns_holds_them_while_a_mode_is_open():
+    bus = FakeBusDaemon()
+    d = desktop(bus)
+    await d.start()
+    await d.apply(Mode.COLOCATED, TUN)
+    assert bus.global_dns == CORP_GLOBAL
+    await d.apply(Mode.VPN, TUN)
+    await d.apply(Mode.FOREIGN_AGENT, ETH)
+    assert len(bus.sets) == 1  # one system-wide setting: nothing to move
+    await d.apply(Mode.NONE, None)
+    assert bus.global_dns == {}
+    await d.apply(Mode.VPN, TUN)
+    await d.close()
+    assert bus.global_dns == {}
+
+
+async def test_issue19_networkmanager_home_link_with_dhcp_resolvers_is_left_alone():
+    bus = FakeBusDaemon(nameservers=[0x0100000A])
+    d = desktop(bus)
+    await d.start()
+    await d.apply(Mode.HOME, ETH)
+    assert bus.sets == []
+    bus = FakeBusDaemon()
+    d = desktop(bus)
+    await d.start()
+    await d.apply(Mode.HOME, ETH)
+    assert bus.global_dns == CORP_GLOBAL
+
+
+async def test_issue19_networkmanager_global_dns_a_crash_left_is_cleared_an_administrators_kept():
+    bus = FakeBusDaemon()
+    bus.global_dns = dict(CORP_GLOBAL)
+    await desktop(bus).start()
+    assert bus.global_dns == {}
+    admin = {"searches": [], "domains": {"*": {"servers": ["192.0.2.53"]}}}
+    bus = FakeBusDaemon()
+    bus.global_dns = dict(admin)
+    d = desktop(bus)
+    await d.start()
+    await d.apply(Mode.VPN, TUN)
+    await d.close()
+    assert bus.global_dns == admin
