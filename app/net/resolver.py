@@ -14,7 +14,9 @@ can be activated, NetworkManager's global DNS does it (``app.net.resolver_nm``);
   through the tunnel from the home address.  Leaving: ``RevertLink``.
 - f: the physical link (the home address is on it, the foreign agent routes).
   What was there (the visited network's resolver, set by NetworkManager) is read
-  first and put back when the mode ends.
+  first and put back when the mode ends, unless NetworkManager has set the link
+  since (the next network's DHCP, pushed while the machine was still probing:
+  the mode is left only when the next one is decided), which then stays.
 - h: the home link, only if its own DHCP gave it no resolver.
 - None (undecided, stopped): nothing of ours anywhere.
 
@@ -89,6 +91,8 @@ class LinkDns:
         """The ifindex our settings are on, or None."""
         self._saved: LinkSettings | None = None
         """What was on ``_at`` before (a physical link's), put back on leaving."""
+        self._ours = LinkSettings(tuple((socket.AF_INET, s.packed) for s in self.servers),
+                                  (*((d, False) for d in self.domains), (".", True)), True)
         self._missing = False
 
     async def start(self) -> None:
@@ -128,9 +132,7 @@ class LinkDns:
                 return
         # Ours from the first call: a failure half-way is still taken off on leaving.
         self._at, self._saved = ifindex, saved
-        await self._set(ifindex, LinkSettings(
-            tuple((socket.AF_INET, s.packed) for s in self.servers),
-            (*((d, False) for d in self.domains), (".", True)), True))
+        await self._set(ifindex, self._ours)
         log.info("resolvers %s on link %d for every name (mode %s)",
                  ", ".join(map(str, self.servers)), ifindex, mode.value)
 
@@ -141,8 +143,15 @@ class LinkDns:
             return
         if saved is None:
             await self._call("RevertLink", "i", [at], missing_ok=True)
-        else:  # a physical link: what NetworkManager (or DHCP) had put there
-            await self._set(at, saved, missing_ok=True)
+        else:  # a physical link: what NetworkManager had put there, if it has not since
+            try:
+                now = await self._read(at)
+            except PeerError as exc:
+                if exc.error_name == NO_SUCH_LINK:
+                    return  # the link is gone, and our settings with it
+                raise
+            if now == self._ours:
+                await self._set(at, saved, missing_ok=True)
 
     async def _set(self, ifindex: int, s: LinkSettings, *, missing_ok: bool = False) -> None:
         await self._call("SetLinkDNS", "ia(iay)", [ifindex, [list(d) for d in s.dns]],

@@ -77,6 +77,33 @@ def resolver_state(lab: Lab) -> str:
     return r.stdout + r.stderr
 
 
+def link_servers(lab: Lab, link: str, want: str, present: bool, timeout: float = 10) -> str:
+    """``resolvectl dns link`` until ``want`` is (or is not) among its servers."""
+    deadline = time.monotonic() + timeout
+    out = ""
+    while time.monotonic() < deadline:
+        r = subprocess.run(["ip", "netns", "exec", MN, "resolvectl", "dns", link],
+                           env={"DBUS_SYSTEM_BUS_ADDRESS": lab.nm_bus(),
+                                "PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True, timeout=10, check=False)
+        out = r.stdout + r.stderr
+        if (want in out.split()) is present:
+            break
+        time.sleep(0.1)  # resolved signals nothing a test could await
+    return out
+
+
+def resolved_calls() -> str:
+    """The MN's resolved's log of the link settings it was sent (failure messages)."""
+    from app.lab.world import CHARON_DIR
+    try:
+        text = (CHARON_DIR / "nm" / "resolved.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n" + "\n".join(line for line in text.splitlines()
+                             if "member=SetLink" in line or "member=RevertLink" in line)
+
+
 def dns_frames(pcap: Path) -> list[str]:
     """Every DNS (or LLMNR, mDNS) frame tshark finds in ``pcap``, in any port."""
     assert TSHARK is not None
@@ -118,6 +145,16 @@ def test_issue19_names_resolve_by_the_intranet_at_every_stop_and_no_dns_in_clear
             assert intranet.split()[:1] == [lab_dns.CORP_NAMES[INTRANET_NAME]], (net, state)
             # The intranet's answer, not the visited resolver's: the lookup went home.
             assert public.split()[:1] == [lab_dns.PUBLIC_BY_INTRANET], (net, state)
+            if net == "pub":
+                # The visited network's resolver is still on the link (NetworkManager put
+                # it there from DHCP) and unused: "~." on the tunnel takes every name.
+                visited = lab_dns.resolver_of(lab.topo, lab.topo.access["pub"])
+                out = link_servers(lab, "eth0", visited, True)
+                assert visited in out.split(), out + resolved_calls()
+        # Back home (its DHCP gives the intranet's resolver): nothing of ours is left
+        # on the tunnel device.
+        out = link_servers(lab, "trmn0", lab_dns.INTRANET_RESOLVER, False)
+        assert lab_dns.INTRANET_RESOLVER not in out.split(), out
     for net in UNTRUSTED:
         clear = dns_frames(pcaps[net])
         assert not clear, f"{net}: DNS in clear:\n" + "\n".join(clear[:10])

@@ -118,6 +118,18 @@ async def test_issue19_mode_f_puts_back_what_the_visited_link_had():
     assert r.links[ETH] == (VISITED, (("fa1.example", False),), True)
 
 
+async def test_issue19_leaving_f_keeps_what_networkmanager_set_since():
+    r = FakeResolved()
+    r.links[ETH] = (VISITED, (), True)
+    d = dns(r)
+    await d.apply(Mode.FOREIGN_AGENT, ETH)
+    pub = (((socket.AF_INET, bytes([203, 0, 113, 1])),), (), True)
+    r.links[ETH] = pub  # the next network's DHCP, while still probing
+    await d.apply(Mode.VPN, TUN)
+    assert r.links[ETH] == pub
+    assert r.links[TUN] == ours()
+
+
 async def test_issue19_home_link_with_resolvers_from_its_dhcp_is_left_alone():
     r = FakeResolved()
     r.links[ETH] = (VISITED, (), True)
