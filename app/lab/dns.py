@@ -26,6 +26,9 @@ INTRANET_RESOLVER = "10.0.0.1"
 """tr-ir's backbone address: reached from the home link and through the home agent."""
 CORP_DOMAIN = "corp.example"
 CORP_NAMES = {"cn.corp.example": "10.20.1.99", "ha.corp.example": "10.20.1.1"}
+PROBE_ZONE = "probe.corp.example"
+"""Every name under it answers (the correspondent's address): a benchmark asks a new
+name each time, so no lookup waits on another's transaction in resolved."""
 PUBLIC_NAME = "www.example.net"
 PUBLIC_BY_INTRANET = "198.51.100.80"
 """What the intranet's resolver answers for PUBLIC_NAME."""
@@ -58,6 +61,7 @@ def dnsmasq_conf(listen: str, log: Path, *, intranet: bool) -> str:
     if intranet:
         lines += [f"host-record={n},{a}\n" for n, a in CORP_NAMES.items()]
         lines.append(f"host-record={PUBLIC_NAME},{PUBLIC_BY_INTRANET}\n")
+        lines.append(f"address=/{PROBE_ZONE}/{CORP_NAMES['cn.corp.example']}\n")
         lines.append(f"local=/{CORP_DOMAIN}/\n")
     else:
         lines.append(f"host-record={PUBLIC_NAME},{PUBLIC_BY_VISITED}\n")
