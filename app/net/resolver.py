@@ -80,12 +80,13 @@ class LinkDns:
 
     def __init__(self, servers: Sequence[IPv4Address], domains: Sequence[str], *,
                  tunnel: str, bus: MessageBus | None = None,
-                 index_of: Callable[[str], int] = socket.if_nametoindex) -> None:
+                 interfaces: Callable[[], list[tuple[int, str]]] = socket.if_nameindex
+                 ) -> None:
         self.servers = tuple(servers)
         self.domains = tuple(domains)
         self.tunnel = tunnel
         self._bus = bus
-        self._index_of = index_of
+        self._interfaces = interfaces
         self._own_bus = bus is None
         self._at: int | None = None
         """The ifindex our settings are on, or None."""
@@ -96,12 +97,24 @@ class LinkDns:
         self._missing = False
 
     async def start(self) -> None:
-        """Clean what a crashed helper left on the tunnel device."""
-        try:
-            index = self._index_of(self.tunnel)
-        except OSError:
-            return  # no tunnel device: nothing can be on it
-        await self._try("clean the tunnel's resolvers", self._call("RevertLink", "i", [index]))
+        """Clean what a crashed helper left: the tunnel device's settings, and a
+        physical link that still holds exactly ours (mode f; NetworkManager's were
+        overwritten then, and it sets them again at its next change of that link)."""
+        await self._try("clean the resolvers a previous helper left", self._clean())
+
+    async def _clean(self) -> None:
+        for index, name in self._interfaces():
+            if name == "lo":
+                continue
+            if name != self.tunnel:
+                try:
+                    if await self._read(index, wait=False) != self._ours:
+                        continue
+                except PeerError as exc:
+                    if exc.error_name == NO_SUCH_LINK:
+                        continue
+                    raise
+            await self._call("RevertLink", "i", [index], missing_ok=True)
 
     async def apply(self, mode: Mode, ifindex: int | None) -> None:
         """The servers on ``ifindex`` (the home address's link in ``mode``), or
@@ -145,7 +158,7 @@ class LinkDns:
             await self._call("RevertLink", "i", [at], missing_ok=True)
         else:  # a physical link: what NetworkManager had put there, if it has not since
             try:
-                now = await self._read(at)
+                now = await self._read(at, wait=False)
             except PeerError as exc:
                 if exc.error_name == NO_SUCH_LINK:
                     return  # the link is gone, and our settings with it
@@ -161,8 +174,10 @@ class LinkDns:
         await self._call("SetLinkDefaultRoute", "ib", [ifindex, s.default_route],
                          missing_ok=missing_ok)
 
-    async def _read(self, ifindex: int) -> LinkSettings:
-        reply = await self._call("GetLink", "i", [ifindex])
+    async def _read(self, ifindex: int, *, wait: bool = True) -> LinkSettings:
+        """``wait``: a link resolved does not know yet is asked again (one the kernel
+        just made); else NoSuchLink is raised at once (one that is gone)."""
+        reply = await self._call("GetLink", "i", [ifindex], wait=wait)
         path = str(reply.body[0])
         values: dict[str, Any] = {}
         for name in ("DNS", "Domains", "DefaultRoute"):
@@ -176,7 +191,7 @@ class LinkDns:
                             bool(values["DefaultRoute"]))
 
     async def _call(self, member: str, signature: str, body: list[Any], *,
-                    missing_ok: bool = False) -> Message:
+                    missing_ok: bool = False, wait: bool = True) -> Message:
         msg = Message(destination=RESOLVE1, path=RESOLVE1_PATH, interface=MANAGER,
                       member=member, signature=signature, body=body)
         loop = asyncio.get_running_loop()
@@ -189,7 +204,7 @@ class LinkDns:
                     raise
                 if missing_ok:  # the link is gone, and our settings with it
                     return msg
-                if loop.time() > deadline:
+                if not wait or loop.time() > deadline:
                     raise
             # resolved learns a new link from rtnetlink a moment after the kernel
             # made it, and signals nothing when it has: asked again shortly.

@@ -74,7 +74,7 @@ def ours(index=TUN):
 
 def dns(resolved, **kw):
     return LinkDns(CORP, ["corp.example"], tunnel="trmn0", bus=resolved,
-                   index_of=kw.get("index_of", lambda name: TUN))
+                   interfaces=lambda: [(1, "lo"), (ETH, "eth0"), (TUN, "trmn0")])
 
 
 async def test_issue19_mode_c_sends_every_name_to_the_intranet_resolvers_on_the_tunnel():
@@ -147,6 +147,16 @@ async def test_issue19_start_reverts_what_a_crashed_helper_left_on_the_tunnel():
     r.links[TUN] = ours()
     await dns(r).start()
     assert r.links[TUN] == EMPTY
+
+
+async def test_issue19_start_reverts_a_physical_link_a_crash_in_f_left_and_only_that():
+    r = FakeResolved()
+    r.links[ETH] = ours()
+    await dns(r).start()
+    assert r.links[ETH] == EMPTY
+    r.links[ETH] = (VISITED, (), True)  # NetworkManager's: not ours
+    await dns(r).start()
+    assert r.links[ETH] == (VISITED, (), True)
 
 
 async def test_issue19_a_link_resolved_has_not_learnt_yet_is_asked_again():
