@@ -108,11 +108,11 @@ class MobileNodeRoutes:
         self._stale_home: tuple[int, int] | None = None
         """Table 100 as this class last set it: destination -> attributes."""
         self.arp = ArpAnnouncer(arp_permit)
+        """Interface indexes by name (an interface that is re-created is looked up again
+        after a failure)."""
         self.dns = dns
         """The profile's resolvers, put where the home address is (finish())."""
         self._dns_at: tuple[Mode, int] | None = None
-        """Interface indexes by name (an interface that is re-created is looked up again
-        after a failure)."""
 
     async def start(self) -> None:
         if self.ipr is None:
