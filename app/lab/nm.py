@@ -14,6 +14,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from app.lab import dns as lab_dns
+
 SYSTEM_CONF = Path("/usr/share/dbus-1/system.conf")
 OUR_POLICY = (Path(__file__).resolve().parents[2] / "packaging" / "dbus"
               / "org.trustroam.Helper1.conf")
@@ -54,7 +56,7 @@ def bus_conf(socket: Path) -> str:
 
 NM_CONF = """[main]
 plugins=keyfile
-dns=none
+dns={dns}
 rc-manager=unmanaged
 no-auto-default=*
 auth-polkit=false
@@ -95,7 +97,10 @@ def prepare(base: Path, iface: str) -> tuple[Path, Path, Path]:
     sock = d / "system_bus_socket"
     (d / "bus.conf").write_text(bus_conf(sock))
     nm_conf = d / "nm.conf"
-    nm_conf.write_text(NM_CONF.format(conns=conns, iface=iface))
+    # Where the MN runs systemd-resolved (app.lab.dns), NetworkManager hands it each
+    # link's DHCP resolvers, as on Debian's desktop; it never writes resolv.conf.
+    dns = "systemd-resolved" if lab_dns.available() else "none"
+    nm_conf.write_text(NM_CONF.format(conns=conns, iface=iface, dns=dns))
     profile = conns / f"lab-{iface}.nmconnection"
     profile.write_text(CONNECTION.format(iface=iface))
     profile.chmod(0o600)  # NetworkManager ignores keyfiles others can read

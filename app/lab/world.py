@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.lab import charon, nm, polkit
+from app.lab import dns as lab_dns
 from app.lab.topology import (
     MN,
     MN_IFACE,
@@ -158,6 +159,8 @@ class Lab:
         for n in t.nodes:
             (NETNS_ETC / n).mkdir(parents=True, exist_ok=True)
             (NETNS_ETC / n / "resolv.conf").write_text("# trustroam lab\n")
+        if lab_dns.available():  # the MN's names go to its systemd-resolved, as on Debian
+            (NETNS_ETC / MN / "resolv.conf").write_text(lab_dns.STUB_RESOLV_CONF)
         cables = [f"link add {switch_port(p)} netns {SWITCH} type veth peer name {p.iface} "
                   f"netns {p.node}" for p in t.ports]
         cables.append(f"link add {MN_PORT} netns {SWITCH} type veth peer name {MN_IFACE} "
@@ -188,8 +191,11 @@ class Lab:
         await asyncio.gather(self._firewall(), self._nat(), self._links_ready())
         for net in t.access.values():
             state.pids[f"dnsmasq-{net.name}"] = self._start_dnsmasq(net)
+        self._start_resolvers(state)
         state.mn_net = at
         await self._start_bus(state)
+        if lab_dns.available():
+            self._start_resolved(state)
         if state.nm:
             await self._start_nm(state)
         else:
@@ -302,6 +308,7 @@ table ip tr_nat {{
             f"port=0\ninterface={port.iface}\nbind-interfaces\n"
             f"dhcp-range={net.pool[0]},{net.pool[1]},{net.router.netmask},1h\n"
             f"dhcp-option=option:router,{net.router.ip}\n"
+            f"dhcp-option=option:dns-server,{lab_dns.resolver_of(self.topo, net)}\n"
             f"dhcp-leasefile={STATE_DIR / f'dnsmasq-{net.name}.leases'}\n"
             "dhcp-authoritative\nno-ping\nuser=root\nno-resolv\nno-hosts\n")
         proc = subprocess.Popen(
@@ -310,6 +317,36 @@ table ip tr_nat {{
             stdout=subprocess.DEVNULL, stderr=(STATE_DIR / f"dnsmasq-{net.name}.log").open("w"),
             start_new_session=True)
         return proc.pid
+
+    def _start_resolvers(self, state: LabState) -> None:
+        """The intranet's resolver and each visited network's own (app.lab.dns)."""
+        servers = [("intranet", lab_dns.INTRANET_NODE, lab_dns.INTRANET_RESOLVER, True)]
+        for net in self.topo.access.values():
+            if not net.home:
+                servers.append((net.name, net.dhcp_server,
+                                lab_dns.resolver_of(self.topo, net), False))
+        for name, node, address, intranet in servers:
+            conf = STATE_DIR / f"dns-{name}.conf"
+            conf.write_text(lab_dns.dnsmasq_conf(address, STATE_DIR / f"dns-{name}.log",
+                                                 intranet=intranet))
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", node, "dnsmasq", "--keep-in-foreground",
+                 f"--conf-file={conf}", f"--pid-file={STATE_DIR / f'dns-{name}.pid'}"],
+                stdout=subprocess.DEVNULL, stderr=(STATE_DIR / f"dns-{name}.err").open("w"),
+                start_new_session=True)
+            state.pids[f"dns-{name}"] = proc.pid
+
+    def _start_resolved(self, state: LabState) -> None:
+        """The MN's systemd-resolved on its private system bus (app.lab.dns)."""
+        d = CHARON_DIR / "nm"
+        conf = d / "resolved.conf"
+        conf.write_text(lab_dns.RESOLVED_CONF)
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=nm.bus_address(d / "system_bus_socket"),
+                   SYSTEMD_LOG_LEVEL="debug", SYSTEMD_LOG_TARGET="console")
+        proc = subprocess.Popen(["ip", "netns", "exec", MN, *lab_dns.resolved_command(conf)],
+                                env=env, stdout=subprocess.DEVNULL,
+                                stderr=(d / "resolved.log").open("w"), start_new_session=True)
+        state.pids["resolved"] = proc.pid
 
     async def _start_bus(self, state: LabState) -> None:
         """The MN's private system bus (for the helper, NetworkManager and polkitd)."""

@@ -28,6 +28,10 @@ agent, or from the root-only secrets file).  Errors name the file and key.
     [vpn]                          # optional: the untrusted side (mode mc), see app.vpn.profile
     gateways = ["vpn.corp.example"]
     identity = "alice@corp.example"
+
+    [dns]                          # optional: the intranet's resolvers, see app.net.dns_profile
+    servers = ["10.20.0.53"]
+    domains = ["corp.example"]
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from app.mn.registration import (
     ReplayMode,
     UdpTunnelling,
 )
+from app.net import dns_profile
+from app.net.dns_profile import DnsConfig
 from app.vpn import profile as vpn_profile
 from app.vpn.profile import VpnConfig
 
@@ -76,6 +82,8 @@ class Profile:
     """``[features] gate``: shut traffic while undecided (off only for debugging)."""
     vpn: VpnConfig | None = None
     """The ``[vpn]`` table: without one an untrusted network stays shut (no mode mc)."""
+    dns: DnsConfig | None = None
+    """The ``[dns]`` table: resolvers put on the home address's link (app.net.resolver)."""
     source: str = "<built-in>"
 
     def registration(self, key: bytes) -> RegistrationConfig:
@@ -141,6 +149,7 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
     probe = top.sub("probe")
     features = top.sub("features")
     vpn = vpn_profile.parse(top.sub("vpn"), network) if top.has("vpn") else None
+    dns = dns_profile.parse(top.sub("dns")) if top.has("dns") else None
     initial_timeout = probe.float_("initial_timeout", 1.0, lo=0.0, hi=30.0)
     if initial_timeout < MIN_RETRANSMIT_INTERVAL:
         raise probe.error("initial_timeout", f"must be at least {MIN_RETRANSMIT_INTERVAL:g} s "
@@ -159,6 +168,7 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
         foreign_agents=features.bool_("foreign_agents", True),
         gate_enabled=features.bool_("gate", True),
         vpn=vpn,
+        dns=dns,
         source=source,
     )
     probe.done()
@@ -204,6 +214,8 @@ def dumps(p: Profile) -> str:
               f"gate = {str(p.gate_enabled).lower()}", ""]
     if p.vpn is not None:
         lines += ["[vpn]", *vpn_profile.dump(p.vpn, p.home_network), ""]
+    if p.dns is not None:
+        lines += ["[dns]", *dns_profile.dump(p.dns), ""]
     return "\n".join(lines)
 
 

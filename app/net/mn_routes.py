@@ -51,6 +51,7 @@ from app.mip.messages import MIP_PORT
 from app.net.arp import ArpAnnouncer
 from app.net.ipip import MTU, Endpoint, Key, UserspaceTunnel
 from app.net.netlink import AsyncIPRoute, NetlinkError
+from app.net.resolver import Resolvers
 
 log = logging.getLogger("trustroam.net.routes")
 TUNNEL = "trmn0"
@@ -86,7 +87,8 @@ class LinkInfo:
 class MobileNodeRoutes:
     def __init__(self, home: IPv4Address, home_network: IPv4Network, home_agent: IPv4Address,
                  backend: Backend = Backend.USERSPACE, ipr: Any = None, *,
-                 arp_permit: Callable[[str], bool] = lambda ifname: True) -> None:
+                 arp_permit: Callable[[str], bool] = lambda ifname: True,
+                 dns: Resolvers | None = None) -> None:
         self.home = home
         self.home_network = home_network
         self.home_agent = home_agent
@@ -108,6 +110,9 @@ class MobileNodeRoutes:
         self.arp = ArpAnnouncer(arp_permit)
         """Interface indexes by name (an interface that is re-created is looked up again
         after a failure)."""
+        self.dns = dns
+        """The profile's resolvers, put where the home address is (finish())."""
+        self._dns_at: tuple[Mode, int] | None = None
 
     async def start(self) -> None:
         if self.ipr is None:
@@ -115,6 +120,8 @@ class MobileNodeRoutes:
         await self._clear_rules()
         await self.ipr.rule("add", priority=PREF_MAIN, table=MAIN_TABLE, suppress_prefixlen=0)
         await self.ipr.rule("add", priority=PREF_MODE, table=TABLE_MODE)
+        if self.dns is not None:
+            await self.dns.start()
 
     async def set_link(self, link: LinkInfo) -> None:
         """A new access link: its own traffic leaves through it from now on.
@@ -228,6 +235,7 @@ class MobileNodeRoutes:
         if mode is not Mode.HOME:
             self.arp.cancel(self.home)
         self.mode = mode
+        self._dns_at = (mode, home_at[0])
 
     def announce_home(self, iface: str | None = None) -> None:
         """Gratuitous ARP for the home address on the home link (RFC 5944 4.6).
@@ -265,17 +273,23 @@ class MobileNodeRoutes:
             self._tunnel.write(inner)
 
     async def finish(self) -> None:
-        """Clean-up left out of the critical path by :meth:`configure`."""
+        """Clean-up left out of the critical path by :meth:`configure`, and the
+        resolvers of the mode (after the gate opened: they need the new path)."""
         stale, self._stale_home = self._stale_home, None
         if stale is not None and stale != self._home_on:
             await self._quiet("addr", "del", index=stale[0], address=str(self.home),
                               prefixlen=stale[1])
+        if self.dns is not None:
+            mode, index = self._dns_at or (Mode.NONE, None)
+            await self.dns.apply(mode, index)
 
     async def clear(self) -> None:
         """Remove every address, route, rule and tunnel this class made."""
         if self.ipr is None:
             return  # never started: it made nothing
         await self._withdraw_mode()
+        if self.dns is not None:
+            await self.dns.close()
         await self._quiet("flush_routes", table=TABLE_LINK)
         await self._clear_rules()
         if self._tunnel is not None:
@@ -294,6 +308,7 @@ class MobileNodeRoutes:
     # -- pieces ------------------------------------------------------------------
 
     async def _withdraw_mode(self) -> None:
+        self._dns_at = None
         await self.finish()
         self.arp.cancel(self.home)
         await self._quiet("flush_routes", table=TABLE_MODE)

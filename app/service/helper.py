@@ -25,9 +25,10 @@ from app.config import ConfigError
 from app.errors import UserFacingError
 from app.mn.driver import MobileNodeDriver
 from app.mn.profile import Profile
+from app.net import resolver
 from app.net.gate import TrafficGate, remove_table
 from app.net.links import LinkSnapshot
-from app.net.mn_routes import Backend, MobileNodeRoutes
+from app.net.mn_routes import TUNNEL, Backend, MobileNodeRoutes
 from app.net.nm_links import NmLinks, nm_running
 from app.net.rtnl_links import RtnlLinks
 from app.service import state as saved
@@ -189,7 +190,8 @@ class Helper:
             # comes) is still closed by the next Disconnect or connect.
             self._connection = stack = contextlib.AsyncExitStack()
             routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
-                                      self.backend)
+                                      self.backend,
+                                      dns=resolver.for_profile(prof.dns, TUNNEL, self.bus))
             stack.push_async_callback(_close_routes, routes)
             charon = None
             if prof.vpn is not None:

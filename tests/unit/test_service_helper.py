@@ -67,7 +67,7 @@ def fakes(monkeypatch, rnd: random.Random) -> Live:
             pass
 
     class Routes:
-        def __init__(self, *a):
+        def __init__(self, *a, **kw):
             pass
 
         async def start(self):

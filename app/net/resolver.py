@@ -1,0 +1,307 @@
+"""The intranet's resolvers on the desktop's own resolver, per mode (issue 19).
+
+One job: put the profile's DNS servers and search domains on the link that
+carries the home address, as the resolver of every name, through
+systemd-resolved's D-Bus API (``org.freedesktop.resolve1.Manager``), and take
+them off again on every way out of the mode.  Where resolved neither runs nor
+can be activated, NetworkManager's global DNS does it (``app.net.resolver_nm``);
+:class:`DesktopResolver` picks one at start.
+
+- c and mc: the tunnel device (``trmn0``).  ``~.`` (the root as routing domain)
+  and ``DefaultRoute`` make resolved send every query there and no longer to the
+  visited network's resolver, which NetworkManager or DHCP put on the physical
+  link; resolved binds each query to the link (``IP_UNICAST_IF``), so it leaves
+  through the tunnel from the home address.  Leaving: ``RevertLink``.
+- f: the physical link (the home address is on it, the foreign agent routes).
+  What was there (the visited network's resolver, set by NetworkManager) is read
+  first and put back when the mode ends, unless NetworkManager has set the link
+  since (the next network's DHCP, pushed while the machine was still probing:
+  the mode is left only when the next one is decided), which then stays.
+- h: the home link, only if its own DHCP gave it no resolver.
+- None (undecided, stopped): nothing of ours anywhere.
+
+At start, ``RevertLink`` on the tunnel device: a helper that crashed in c or mc
+left its servers there.  Failures are logged, never raised: names failing must
+not take the data plane down with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any, Protocol
+
+from app.api import Mode
+from app.dbus import BusType, Message, MessageBus, PeerError, Variant, call
+from app.net.dns_profile import DnsConfig
+from app.net.resolver_nm import NM, NmGlobalDns
+
+log = logging.getLogger("trustroam.net.resolver")
+
+RESOLVE1 = "org.freedesktop.resolve1"
+RESOLVE1_PATH = "/org/freedesktop/resolve1"
+MANAGER = "org.freedesktop.resolve1.Manager"
+LINK = "org.freedesktop.resolve1.Link"
+NO_SUCH_LINK = "org.freedesktop.resolve1.NoSuchLink"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+TIMEOUT = 2.0
+"""Seconds for one call to resolved (it answers at once unless stuck)."""
+LINK_WAIT = 1.0
+"""Seconds to wait for resolved to learn a link the kernel just made."""
+TUNNEL_MODES = (Mode.COLOCATED, Mode.VPN)
+BUS = "org.freedesktop.DBus"
+
+
+class Resolvers(Protocol):
+    """What the data plane asks of a resolver adapter (app.net.mn_routes)."""
+
+    async def start(self) -> None: ...
+
+    async def apply(self, mode: Mode, ifindex: int | None) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """What resolved holds for one link, as the three calls set it."""
+
+    dns: tuple[tuple[int, bytes], ...]
+    domains: tuple[tuple[str, bool], ...]
+    default_route: bool
+
+
+class LinkDns:
+    """The profile's resolvers on the home address's link (see the module's text)."""
+
+    def __init__(self, servers: Sequence[IPv4Address], domains: Sequence[str], *,
+                 tunnel: str, bus: MessageBus | None = None,
+                 interfaces: Callable[[], list[tuple[int, str]]] = socket.if_nameindex
+                 ) -> None:
+        self.servers = tuple(servers)
+        self.domains = tuple(domains)
+        self.tunnel = tunnel
+        self._bus = bus
+        self._interfaces = interfaces
+        self._own_bus = bus is None
+        self._at: int | None = None
+        """The ifindex our settings are on, or None."""
+        self._saved: LinkSettings | None = None
+        """What was on ``_at`` before (a physical link's), put back on leaving."""
+        self._ours = LinkSettings(tuple((socket.AF_INET, s.packed) for s in self.servers),
+                                  (*((d, False) for d in self.domains), (".", True)), True)
+        self._missing = False
+
+    async def start(self) -> None:
+        """Clean what a crashed helper left: the tunnel device's settings, and a
+        physical link that still holds exactly ours (mode f; NetworkManager's were
+        overwritten then, and it sets them again at its next change of that link)."""
+        await self._try("clean the resolvers a previous helper left", self._clean())
+
+    async def _clean(self) -> None:
+        for index, name in self._interfaces():
+            if name == "lo":
+                continue
+            if name != self.tunnel:
+                try:
+                    if await self._read(index, wait=False) != self._ours:
+                        continue
+                except PeerError as exc:
+                    if exc.error_name == NO_SUCH_LINK:
+                        continue
+                    raise
+            await self._call("RevertLink", "i", [index], missing_ok=True)
+
+    async def apply(self, mode: Mode, ifindex: int | None) -> None:
+        """The servers on ``ifindex`` (the home address's link in ``mode``), or
+        nowhere (``ifindex`` None or mode NONE)."""
+        if not self.servers or self._missing:
+            return
+        want = ifindex if mode is not Mode.NONE else None
+        if want == self._at:
+            return
+        await self._try("remove the intranet's resolvers", self._leave())
+        if want is not None:
+            await self._try("install the intranet's resolvers", self._enter(mode, want))
+
+    async def close(self) -> None:
+        await self._try("remove the intranet's resolvers", self._leave())
+        if self._own_bus and self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
+
+    # -- pieces ------------------------------------------------------------------
+
+    async def _enter(self, mode: Mode, ifindex: int) -> None:
+        saved: LinkSettings | None = None
+        if mode not in TUNNEL_MODES:
+            saved = await self._read(ifindex)
+            if mode is Mode.HOME and saved.dns:
+                log.info("the home link's DHCP gave resolvers: the profile's are not added")
+                return
+        # Ours from the first call: a failure half-way is still taken off on leaving.
+        self._at, self._saved = ifindex, saved
+        await self._set(ifindex, self._ours)
+        log.info("resolvers %s on link %d for every name (mode %s)",
+                 ", ".join(map(str, self.servers)), ifindex, mode.value)
+
+    async def _leave(self) -> None:
+        at, saved = self._at, self._saved
+        self._at = self._saved = None
+        if at is None:
+            return
+        if saved is None:
+            await self._call("RevertLink", "i", [at], missing_ok=True)
+        else:  # a physical link: what NetworkManager had put there, if it has not since
+            try:
+                now = await self._read(at, wait=False)
+            except PeerError as exc:
+                if exc.error_name == NO_SUCH_LINK:
+                    return  # the link is gone, and our settings with it
+                raise
+            if now == self._ours:
+                await self._set(at, saved, missing_ok=True)
+
+    async def _set(self, ifindex: int, s: LinkSettings, *, missing_ok: bool = False) -> None:
+        await self._call("SetLinkDNS", "ia(iay)", [ifindex, [list(d) for d in s.dns]],
+                         missing_ok=missing_ok)
+        await self._call("SetLinkDomains", "ia(sb)", [ifindex, [list(d) for d in s.domains]],
+                         missing_ok=missing_ok)
+        await self._call("SetLinkDefaultRoute", "ib", [ifindex, s.default_route],
+                         missing_ok=missing_ok)
+
+    async def _read(self, ifindex: int, *, wait: bool = True) -> LinkSettings:
+        """``wait``: a link resolved does not know yet is asked again (one the kernel
+        just made); else NoSuchLink is raised at once (one that is gone)."""
+        reply = await self._call("GetLink", "i", [ifindex], wait=wait)
+        path = str(reply.body[0])
+        values: dict[str, Any] = {}
+        for name in ("DNS", "Domains", "DefaultRoute"):
+            got = await self._request(Message(destination=RESOLVE1, path=path,
+                                              interface=PROPERTIES, member="Get",
+                                              signature="ss", body=[LINK, name]))
+            value = got.body[0]
+            values[name] = value.value if isinstance(value, Variant) else value
+        return LinkSettings(tuple((int(f), bytes(a)) for f, a in values["DNS"]),
+                            tuple((str(d), bool(r)) for d, r in values["Domains"]),
+                            bool(values["DefaultRoute"]))
+
+    async def _call(self, member: str, signature: str, body: list[Any], *,
+                    missing_ok: bool = False, wait: bool = True) -> Message:
+        msg = Message(destination=RESOLVE1, path=RESOLVE1_PATH, interface=MANAGER,
+                      member=member, signature=signature, body=body)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINK_WAIT
+        while True:
+            try:
+                return await self._request(msg)
+            except PeerError as exc:
+                if exc.error_name != NO_SUCH_LINK:
+                    raise
+                if missing_ok:  # the link is gone, and our settings with it
+                    return msg
+                if not wait or loop.time() > deadline:
+                    raise
+            # resolved learns a new link from rtnetlink a moment after the kernel
+            # made it, and signals nothing when it has: asked again shortly.
+            await asyncio.sleep(0.01)
+            msg = Message(destination=RESOLVE1, path=RESOLVE1_PATH, interface=MANAGER,
+                          member=member, signature=signature, body=body)
+
+    async def _request(self, msg: Message) -> Message:
+        if self._bus is None:
+            self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        return await call(self._bus, msg, TIMEOUT, "systemd-resolved")
+
+    async def _try(self, what: str, step: Any) -> None:
+        try:
+            await step
+        except PeerError as exc:
+            if exc.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
+                                  "org.freedesktop.DBus.Error.NameHasNoOwner"):
+                # No resolved on this system: nothing to configure, said once.
+                self._missing = True
+                log.warning("systemd-resolved does not run: the profile's [dns] servers "
+                            "are not installed (names use the system's resolver)")
+                return
+            log.warning("cannot %s: %s", what, exc)
+        except OSError as exc:
+            log.warning("cannot %s: no system bus (%s)", what, exc.strerror or exc)
+
+
+class DesktopResolver:
+    """systemd-resolved where it runs or can be started by the bus (D-Bus
+    activation, as on Debian), else NetworkManager, else nothing (said once)."""
+
+    def __init__(self, servers: Sequence[IPv4Address], domains: Sequence[str], *,
+                 tunnel: str, bus: MessageBus | None = None) -> None:
+        self.servers = tuple(servers)
+        self.domains = tuple(domains)
+        self.tunnel = tunnel
+        self._bus = bus
+        self._own_bus = bus is None
+        self.backend: LinkDns | NmGlobalDns | None = None
+
+    async def start(self) -> None:
+        try:
+            if self._bus is None:
+                self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+            bus = self._bus
+            if await _available(bus, RESOLVE1):
+                self.backend = LinkDns(self.servers, self.domains, tunnel=self.tunnel,
+                                       bus=bus)
+            elif await _available(bus, NM):
+                self.backend = NmGlobalDns(self.servers, self.domains, bus=bus)
+            else:
+                log.warning("neither systemd-resolved nor NetworkManager runs: the "
+                            "profile's [dns] servers are not installed")
+                return
+        except (OSError, PeerError) as exc:
+            log.warning("cannot reach the system bus for the profile's [dns] servers: %s",
+                        exc)
+            return
+        await self._guard("start", self.backend.start())
+
+    async def apply(self, mode: Mode, ifindex: int | None) -> None:
+        if self.backend is not None:
+            await self._guard("install or remove", self.backend.apply(mode, ifindex))
+
+    async def close(self) -> None:
+        if self.backend is not None:
+            await self._guard("remove", self.backend.close())
+        if self._own_bus and self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
+
+    @staticmethod
+    async def _guard(what: str, step: Any) -> None:
+        """Names failing must not take the data plane with them: logged, not raised."""
+        try:
+            await step
+        except (OSError, PeerError) as exc:
+            log.warning("the profile's [dns] servers: cannot %s them: %s", what, exc)
+
+
+async def _available(bus: MessageBus, name: str) -> bool:
+    """``name`` has an owner, or the bus can start one (D-Bus activation)."""
+    reply = await call(bus, Message(destination=BUS, path="/org/freedesktop/DBus",
+                                    interface=BUS, member="NameHasOwner", signature="s",
+                                    body=[name]), TIMEOUT, "the bus daemon")
+    if reply.body[0]:
+        return True
+    reply = await call(bus, Message(destination=BUS, path="/org/freedesktop/DBus",
+                                    interface=BUS, member="ListActivatableNames"),
+                       TIMEOUT, "the bus daemon")
+    return name in reply.body[0]
+
+
+def for_profile(cfg: DnsConfig | None, tunnel: str, bus: MessageBus | None = None
+                ) -> DesktopResolver | None:
+    """The adapter for a profile's ``[dns]`` table; None without servers."""
+    if cfg is None or not cfg.servers:
+        return None
+    return DesktopResolver(cfg.servers, cfg.domains, tunnel=tunnel, bus=bus)
