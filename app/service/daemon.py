@@ -259,6 +259,25 @@ async def watch_names_lost(bus: MessageBus, lost: Callable[[str], None]) -> None
     bus.add_message_handler(on)
 
 
+def _lockdown_only(args: argparse.Namespace) -> int:
+    """The boot unit's command.  A configuration that cannot be read is taken as
+    lockdown (fail closed: it may say so); the error is printed all the same."""
+    failed = 0
+    try:
+        lockdown = args.lockdown or load_config(args.config).lockdown
+    except ConfigError as exc:
+        print(f"trustroamd: {exc}; installing the lockdown gate all the same",
+              file=sys.stderr)
+        lockdown, failed = True, 2
+    if not lockdown:
+        print("trustroamd: not under lockdown: no gate installed")
+        return 0
+    done = asyncio.run(install_lockdown_gate())
+    print("trustroamd: " + ("lockdown: the gate is installed and shut" if done
+                            else "lockdown: a gate is installed already"))
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -268,20 +287,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        args.lockdown = args.lockdown or load_config(args.config).lockdown
-        if args.lockdown_only:
-            if not args.lockdown:
-                print("trustroamd: not under lockdown: no gate installed")
-                return 0
-            done = asyncio.run(install_lockdown_gate())
-            print("trustroamd: " + ("lockdown: the gate is installed and shut" if done
-                                    else "lockdown: a gate is installed already"))
-            return 0
-        if args.shut_gate:
+        if args.shut_gate:  # first, whatever the configuration says: every stop shuts
             shut = asyncio.run(shut_left_gate())
             print("trustroamd: " + ("the gate left behind is shut" if shut
                                     else "no gate was left behind"))
             return 0
+        if args.lockdown_only:
+            return _lockdown_only(args)
+        args.lockdown = args.lockdown or load_config(args.config).lockdown
         return asyncio.run(serve(args))
     except (ConfigError, StateError) as exc:
         print(f"trustroamd: {exc}", file=sys.stderr)

@@ -197,9 +197,15 @@ def test_lockdown_keeps_the_gate_shut_across_a_restart_with_no_profile_until_the
     ns_exec("tr-mn", sys.executable, "-m", "app.ctl", "release-gate")
     assert not gate_installed() and something_leaves()  # the probe can see a way out
     (d / "state" / "state.json").unlink(missing_ok=True)
-    conf.write_text("lockdown = true\n")
+    conf.write_text("lockdwon = true\n")  # an administrator's typo: fail closed
     conf.chmod(0o644)
     try:
+        boot = ns_exec("tr-mn", sys.executable, "-m", "app.service.daemon", "--config",
+                       str(conf), "--lockdown-only")
+        assert boot.returncode == 2 and "lockdwon: is not a known setting" in boot.stderr, boot
+        assert gate_installed() and not something_leaves()
+        ns_exec("tr-mn", sys.executable, "-m", "app.ctl", "release-gate")
+        conf.write_text("lockdown = true\n")
         # At boot: the oneshot unit's command, before any network and without D-Bus.
         boot = ns_exec("tr-mn", sys.executable, "-m", "app.service.daemon", "--config",
                        str(conf), "--lockdown-only")
