@@ -175,3 +175,16 @@ async def test_the_starts_connect_waits_for_the_first_agent_of_a_user_allowed_to
     await face._connect_pending(peer)  # once only
     assert len(connected) == 1
     await asyncio.sleep(0)
+
+
+def test_the_profile_editor_writes_and_imports_autoconnect():
+    """The tray's editor knows the key: a profile that says it imports (not "not a
+    known setting"), and what the editor writes is what the helper parses."""
+    from ui import profile_model as pm
+
+    values = pm.from_toml(PROFILE + "autoconnect = true\n", "corp.toml")
+    assert values["autoconnect"] == "true"
+    values["name"] = "corp"
+    assert pm.validate(values) == {}
+    assert schema.loads(pm.to_toml(values)).autoconnect
+    assert not schema.loads(pm.to_toml({**values, "autoconnect": "false"})).autoconnect
