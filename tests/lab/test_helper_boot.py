@@ -225,9 +225,17 @@ def test_lockdown_keeps_the_gate_shut_across_a_restart_with_no_profile_until_the
         assert policy[0], policy  # the user may choose the policy...
         assert not release[0] and ERROR_NOT_AUTHORIZED in release[1], release
         assert gate_installed() and not something_leaves()  # ...not lift lockdown
-        ok, text = as_root(world, lambda bus: call(bus, "ReleaseGate"))
-        assert ok, text
+        released = ns_exec("tr-mn", "env", f"DBUS_SYSTEM_BUS_ADDRESS={world['bus']}",
+                           sys.executable, "-m", "app.ctl", "release")  # root: the admin
+        assert released.returncode == 0 and "gate released" in released.stdout, released
         assert not gate_installed() and something_leaves()
+        # Lockdown again at the next start; a profile connecting replaces its gate.
+        restart(world)
+        assert gate_installed() and not something_leaves()
+        ok, text = as_user(world, lambda bus: user_call(bus, "Connect", "s", ["corp"]))
+        assert ok, text
+        props = as_root(world, lambda bus: until(bus, lambda p: p["State"] == "trusted"))
+        assert props["Profile"] == "corp" and something_leaves(), props  # its proven path
     finally:
         conf.unlink(missing_ok=True)
         helper = world.get("helper")
