@@ -188,3 +188,17 @@ def test_the_profile_editor_writes_and_imports_autoconnect():
     assert pm.validate(values) == {}
     assert schema.loads(pm.to_toml(values)).autoconnect
     assert not schema.loads(pm.to_toml({**values, "autoconnect": "false"})).autoconnect
+
+
+def test_the_start_connects_the_first_autoconnect_profile_by_name(tmp_path, caplog):
+    from app.service.daemon import _autoconnect, parse_args
+
+    for name, auto in (("b", True), ("a", False), ("c", True)):
+        (tmp_path / f"{name}.toml").write_text(
+            PROFILE.replace('name = "corp"\n', "") + ("autoconnect = true\n" if auto else ""))
+    args = parse_args(["--profiles-dir", str(tmp_path)])
+    assert _autoconnect(args) == "b"
+    assert "several profiles say autoconnect = true (b, c): connecting b" in caplog.text
+    (tmp_path / "b.toml").unlink()
+    (tmp_path / "c.toml").unlink()
+    assert _autoconnect(args) is None
