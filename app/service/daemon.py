@@ -170,6 +170,7 @@ async def serve(args: argparse.Namespace) -> int:
             helper.pending_start = first
             log.error("cannot connect %s yet: %s; waiting for a user's secret agent",
                       first, exc)
+            await face.connect_pending_with_registered()
         except (HelperError, GateError, VpnError) as exc:
             log.error("cannot connect %s: %s", first, exc)
         if args.lockdown and installed and helper.driver is None and helper.held_gate is None:

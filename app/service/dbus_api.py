@@ -366,6 +366,15 @@ class HelperInterface(ServiceInterface):
         if self.helper.pending_start is not None and self.helper.driver is None:
             self._spawn(self._connect_pending(peer))
 
+    async def connect_pending_with_registered(self) -> None:
+        """At start, right after the connect that lacked a secret: agents that
+        registered while it ran (a tray re-registers as soon as the helper's name
+        appears) are tried in turn, until one's user is allowed."""
+        for agent in list(self.helper.secrets.agents.values()):
+            if self.helper.pending_start is None or self.helper.driver is not None:
+                return
+            await self._connect_pending(agent.peer)
+
     async def _connect_pending(self, peer: Peer) -> None:
         """The start's connect that lacked a secret, with this agent's: only if its
         user may connect (polkit, without a prompt: nobody asked for it)."""

@@ -202,3 +202,24 @@ def test_the_start_connects_the_first_autoconnect_profile_by_name(tmp_path, capl
     (tmp_path / "b.toml").unlink()
     (tmp_path / "c.toml").unlink()
     assert _autoconnect(args) is None
+
+
+async def test_an_agent_registered_while_the_starts_connect_ran_is_tried_after_it():
+    """A tray registers its agent as soon as the helper's name appears, while the
+    start's connect is still asking the secrets file: that agent is not missed."""
+    face, auth = a_face()
+    connected: list[str] = []
+
+    async def connect(name: str, requester: Peer | None = None) -> None:
+        connected.append(f"{name} {requester.uid if requester else None}")
+
+    async def yes_for_1000(sender: str, action: str, **kw: Any) -> tuple[bool, str]:
+        return kw.get("uid") == 1000, "not this one"
+
+    face.helper.connect = connect  # type: ignore[method-assign]
+    auth.check = yes_for_1000  # type: ignore[method-assign]
+    face.helper.secrets.register_agent(Peer(":1.7", 1001, 7), "/a")
+    face.helper.secrets.register_agent(Peer(":1.8", 1000, 8), "/a")
+    face.helper.pending_start = "corp"
+    await face.connect_pending_with_registered()
+    assert connected == ["corp 1000"] and face.helper.pending_start is None
