@@ -16,9 +16,10 @@ INTERFACE = "org.trustroam.Helper1"
 SECRET_AGENT_INTERFACE = "org.trustroam.SecretAgent1"  # noqa: S105 (a name, not a secret)
 
 ACTION_CONNECT = "org.trustroam.connect"
-"""Connect, Disconnect, Reprobe: allowed for the active local user."""
+"""Connect, Disconnect, Reprobe, SetPolicy: allowed for the active local user (every
+policy keeps traffic protected, so choosing one is a user's action)."""
 ACTION_CONFIGURE = "org.trustroam.configure"
-"""SetPolicy, SaveProfile: administrator, remembered for a while."""
+"""SaveProfile, ReleaseGate: administrator, remembered for a while."""
 
 ERROR_NOT_AUTHORIZED = "org.trustroam.Error.NotAuthorized"
 ERROR_INVALID = "org.trustroam.Error.InvalidArgument"

@@ -4,7 +4,8 @@
                                      with a VPN: TIA, gateway, its probe, NAT
     trustroamctl connect PROFILE     (polkit: org.trustroam.connect)
     trustroamctl disconnect | reprobe
-    trustroamctl policy auto|always-vpn|never-vpn   (polkit: org.trustroam.configure)
+    trustroamctl policy auto|always-vpn|never-vpn   (polkit: org.trustroam.connect)
+    trustroamctl release             lift lockdown's shut gate (org.trustroam.configure)
     trustroamctl monitor             events and changes as they happen (Ctrl-C ends)
     trustroamctl history [N] | profiles
     trustroamctl release-gate        (root) remove the traffic gate a dead helper left
@@ -157,6 +158,9 @@ async def run(args: argparse.Namespace) -> int:
         elif args.cmd == "policy":
             await call(bus, "SetPolicy", "s", [args.policy])
             print(f"policy {args.policy}")
+        elif args.cmd == "release":
+            await call(bus, "ReleaseGate")
+            print("gate released: traffic is no longer blocked by TrustRoam")
         elif args.cmd == "history":
             for t, kind, details in (await call(bus, "GetHistory", "u", [args.n]))[0]:
                 print(_event_line(finite(t), kind, details))
@@ -259,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("profiles")
     sub.add_parser("history").add_argument("n", nargs="?", type=int, default=50)
     sub.add_parser("policy").add_argument("policy", choices=[p.value for p in Policy])
+    sub.add_parser("release", help="(administrator) lift the shut gate lockdown holds "
+                                   "while no profile is connected")
     sub.add_parser("release-gate", help="(root) remove the gate a stopped helper left "
                                         "blocking")
     args = ap.parse_args(argv)

@@ -23,6 +23,7 @@ from app.client_bus import (
     NAME_GONE,
     Message,
     MessageBus,
+    MessageFlag,
     MessageType,
     add_match,
     finite,
@@ -36,6 +37,11 @@ from app.client_bus import (
 log = logging.getLogger("trustroam.tray.helper")
 PROPS = "org.freedesktop.DBus.Properties"
 AGENT_PATH = "/org/trustroam/SecretAgent"
+ASKS_POLKIT = frozenset({"Connect", "Disconnect", "Reprobe", "SetPolicy", "SaveProfile",
+                         "ReleaseGate"})
+"""The helper's methods polkit decides: sent with ALLOW_INTERACTIVE_AUTHORIZATION, so
+that the desktop's polkit agent may prompt (the administrator's password for
+SaveProfile); without the flag polkit may only answer "authentication is required"."""
 
 
 class HelperCallError(Exception):
@@ -144,8 +150,11 @@ class HelperClient:
 
     async def _call(self, dest: str, path: str, iface: str, member: str, sig: str = "",  # noqa: PLR0917
                     body: list[Any] | None = None) -> list[Any]:
+        flags = (MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
+                 if iface == INTERFACE and member in ASKS_POLKIT else MessageFlag.NONE)
         reply = await self.bus.call(Message(destination=dest, path=path, interface=iface,
-                                            member=member, signature=sig, body=body or []))
+                                            member=member, signature=sig, body=body or [],
+                                            flags=flags))
         if reply is None:
             raise HelperCallError("no reply")
         if reply.message_type is MessageType.ERROR:

@@ -51,6 +51,7 @@ FIELDS = (
     Field("replay", "Replay protection", "timestamp", "choice", choices=("timestamp", "nonce")),
     Field("udp_tunnelling", "UDP tunnelling (RFC 3519)", "auto", "choice",
           choices=("auto", "force", "off")),
+    Field("autoconnect", "Connect when the computer starts", "false", "bool"),
     Field("probe.initial_timeout", "Probe timeout (s)", "1.0", "float"),
     Field("probe.retries", "Probe retries", "2", "int"),
     Field("features.foreign_agents", "Use foreign agents", "true", "bool"),

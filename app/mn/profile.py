@@ -16,6 +16,7 @@ agent, or from the root-only secrets file).  Errors name the file and key.
     interface = "eth0"             # optional: the link to manage (default: any)
     replay = "timestamp"           # or "nonce": as the home agent's [[mobile_nodes]] says
     udp_tunnelling = "auto"        # RFC 3519: "auto" (HA decides), "force" or "off"
+    autoconnect = false            # true: the helper connects it at its start (boot)
 
     [probe]
     initial_timeout = 1.0          # seconds before the first retransmission (>= 1, doubles)
@@ -85,6 +86,8 @@ class Profile:
     dns: DnsConfig | None = None
     """The ``[dns]`` table: resolvers put on the home address's link (app.net.resolver)."""
     source: str = "<built-in>"
+    autoconnect: bool = False
+    """``autoconnect = true``: the helper connects this profile at its start (boot)."""
 
     def registration(self, key: bytes) -> RegistrationConfig:
         return RegistrationConfig(self.home_address, self.home_agent, self.spi, self.algorithm,
@@ -170,6 +173,7 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
         vpn=vpn,
         dns=dns,
         source=source,
+        autoconnect=top.bool_("autoconnect", False),
     )
     probe.done()
     features.done()
@@ -208,6 +212,8 @@ def dumps(p: Profile) -> str:
         lines.append(f"interface = {_quote(p.interface)}")
     lines += [f"replay = {_quote(p.replay.value)}",
               f"udp_tunnelling = {_quote(p.udp_tunnelling.value)}"]
+    if p.autoconnect:
+        lines.append("autoconnect = true")
     lines += ["", "[probe]", f"initial_timeout = {p.initial_timeout!r}",
               f"retries = {p.retries}", "", "[features]",
               f"foreign_agents = {str(p.foreign_agents).lower()}",

@@ -3,6 +3,12 @@
     trustroamd --profile corp.toml                 connect this profile at start
     trustroamd --profiles-dir /etc/trustroam/profiles [--secrets FILE]
     trustroamd ... --vici-socket /run/charon.vici  charon's VICI socket (mode mc)
+    trustroamd --lockdown-only                     under lockdown: the shut gate, at boot
+
+At start it connects, in this order: --connect or the first --profile, the
+profile connected when the last helper ended (``--state-dir``), or the profile
+that says ``autoconnect = true``; with secrets from ``--secrets`` or, if that has
+none, from the first secret agent that registers whose user may connect.
 
 Owns ``org.trustroam.Helper1`` on the system bus; SIGTERM or SIGINT deregister
 and put routes, addresses and the gate back before it exits (under
@@ -38,8 +44,9 @@ from app.service import bus as busio
 from app.service.bus import BusType, Message, MessageBus, MessageType, RequestNameReply
 from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_agent
 from app.service.helper import Helper, HelperError, LeftGate
+from app.service.lockdown import DEFAULT_CONFIG, install_lockdown_gate, load_config
 from app.service.polkit import Authorizer
-from app.service.profiles import gate_policy, load_profile
+from app.service.profiles import ProfileDirectory, ProfileError, gate_policy, load_profile
 from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
 from app.service.state import DEFAULT_DIR as DEFAULT_STATE_DIR
 from app.service.state import HelperState, StateError
@@ -76,7 +83,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          f"(the unit gives {DEFAULT_STATE_DIR}; without it, nowhere)")
     ap.add_argument("--lockdown", action="store_true",
                     help="an administrator's kill switch: a user's Disconnect (and the "
-                         "helper's stop) leave the gate installed and shut")
+                         "helper's stop) leave the gate installed and shut "
+                         "(as lockdown = true in --config)")
+    ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                    help="the helper's configuration (default %(default)s; optional)")
+    ap.add_argument("--lockdown-only", action="store_true",
+                    help="under lockdown, install the shut gate if none is, and exit "
+                         "(trustroam-lockdown.service, before network-pre.target)")
     ap.add_argument("--shut-gate", action="store_true",
                     help="shut the proven path of a gate a stopped helper left, and exit "
                          "(the unit's ExecStopPost)")
@@ -92,10 +105,17 @@ async def serve(args: argparse.Namespace) -> int:
         p = load_profile(path)
         first = first or p.name
     first = first or kept.profile  # the profile connected when the last helper ended
+    first = first or _autoconnect(args)
     left = await shut_left_gate()
     if left:
         log.info("a gate left by an earlier helper: its proven path is shut")
     installed = await _gate_first(args, first)
+    if args.lockdown and not installed and not left:
+        # Lockdown with nothing to connect (or a profile without a gate): shut
+        # before the bus, polkit or anything else; held like a Disconnect's.
+        left = await install_lockdown_gate()
+        log.info("lockdown: the gate is installed and shut until a profile connects "
+                 "or an administrator releases it")
     backend = await default_backend() if args.dataplane == "auto" else Backend(args.dataplane)
     bus = await SenderAwareBus(bus_type=BusType.SYSTEM).connect()
     secrets = SecretSource(lambda *a: call_secret_agent(bus, *a), args.secrets,
@@ -144,8 +164,17 @@ async def serve(args: argparse.Namespace) -> int:
     if first is not None:
         try:
             await helper.connect(first)
-        except (HelperError, SecretError, GateError, VpnError) as exc:
+        except SecretError as exc:
+            # No secret in the file: the first agent of a user allowed to connect
+            # gives it (dbus_api's RegisterSecretAgent); until then the gate holds.
+            helper.pending_start = first
+            log.error("cannot connect %s yet: %s; waiting for a user's secret agent",
+                      first, exc)
+            await face.connect_pending_with_registered()
+        except (HelperError, GateError, VpnError) as exc:
             log.error("cannot connect %s: %s", first, exc)
+        if args.lockdown and installed and helper.driver is None and helper.held_gate is None:
+            helper.held_gate = LeftGate()  # the start-up gate: ReleaseGate may lift it
     stop_task = asyncio.create_task(stop.wait())
     bus_gone = asyncio.create_task(bus.wait_for_disconnect())
     await asyncio.wait({stop_task, bus_gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -169,6 +198,21 @@ async def serve(args: argparse.Namespace) -> int:
     resume.close()
     bus.disconnect()
     return 0
+
+
+def _autoconnect(args: argparse.Namespace) -> str | None:
+    """The profile that says ``autoconnect = true`` (the first by name if several
+    do; the others are named in the log)."""
+    try:
+        found = ProfileDirectory(args.profiles_dir, args.profile).load()
+    except ProfileError as exc:
+        log.error("no autoconnect: %s", exc)
+        return None
+    auto = sorted(name for name, p in found.items() if p.autoconnect)
+    if len(auto) > 1:
+        log.warning("several profiles say autoconnect = true (%s): connecting %s",
+                    ", ".join(auto), auto[0])
+    return auto[0] if auto else None
 
 
 async def _gate_first(args: argparse.Namespace, first: str | None) -> bool:
@@ -216,6 +260,25 @@ async def watch_names_lost(bus: MessageBus, lost: Callable[[str], None]) -> None
     bus.add_message_handler(on)
 
 
+def _lockdown_only(args: argparse.Namespace) -> int:
+    """The boot unit's command.  A configuration that cannot be read is taken as
+    lockdown (fail closed: it may say so); the error is printed all the same."""
+    failed = 0
+    try:
+        lockdown = args.lockdown or load_config(args.config).lockdown
+    except ConfigError as exc:
+        print(f"trustroamd: {exc}; installing the lockdown gate all the same",
+              file=sys.stderr)
+        lockdown, failed = True, 2
+    if not lockdown:
+        print("trustroamd: not under lockdown: no gate installed")
+        return 0
+    done = asyncio.run(install_lockdown_gate())
+    print("trustroamd: " + ("lockdown: the gate is installed and shut" if done
+                            else "lockdown: a gate is installed already"))
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -225,11 +288,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        if args.shut_gate:
+        if args.shut_gate:  # first, whatever the configuration says: every stop shuts
             shut = asyncio.run(shut_left_gate())
             print("trustroamd: " + ("the gate left behind is shut" if shut
                                     else "no gate was left behind"))
             return 0
+        if args.lockdown_only:
+            return _lockdown_only(args)
+        args.lockdown = args.lockdown or load_config(args.config).lockdown
         return asyncio.run(serve(args))
     except (ConfigError, StateError) as exc:
         print(f"trustroamd: {exc}", file=sys.stderr)

@@ -3,12 +3,16 @@
 # mypy and ruff take for undefined names; hence no __future__ annotations here.
 """The helper's D-Bus face: ``org.trustroam.Helper1`` (docs/ARCHITECTURE.md section 5).
 
-Properties are read by anyone; Connect, Disconnect and Reprobe need polkit's
-``org.trustroam.connect``, SetPolicy and SaveProfile ``org.trustroam.configure``,
-checked on the message's real sender.  The introspection this produces is
+Properties are read by anyone; Connect, Disconnect, Reprobe and SetPolicy need
+polkit's ``org.trustroam.connect`` (every policy keeps traffic protected: choosing
+one is a user's action, as NetworkManager's network-control), SaveProfile and
+ReleaseGate ``org.trustroam.configure`` (the administrator), checked on the
+message's real sender; polkit may prompt only when the message carries
+ALLOW_INTERACTIVE_AUTHORIZATION.  The introspection this produces is
 held to ``resources/dbus/org.trustroam.Helper1.xml`` by a test.
 """
 
+import asyncio
 import contextlib
 import contextvars
 import logging
@@ -163,6 +167,7 @@ class HelperInterface(ServiceInterface):
         self.authorizer = authorizer
         self.calls = CallerLimits(CALLS_PER_NAME, CALLS_PER_UID)
         self._uids: dict[str, int] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
         """uid of each unique name seen (unique names are never reused)."""
         self._last = helper.snapshot.to_dbus()
         helper.snapshot_listeners.append(self._snapshot_changed)
@@ -297,7 +302,7 @@ class HelperInterface(ServiceInterface):
     @method()
     async def SetPolicy(self, policy: "s") -> None:
         async with self._admitted() as uid:
-            await self._authorize(ACTION_CONFIGURE, uid)
+            await self._authorize(ACTION_CONNECT, uid)
             await self._set_policy(policy)
 
     async def _set_policy(self, policy: str) -> None:
@@ -309,6 +314,19 @@ class HelperInterface(ServiceInterface):
             await self.helper.release_held_gate()
         except (UserFacingError, OSError) as exc:
             raise self._failed("SetPolicy", exc) from None
+
+    @method()
+    async def ReleaseGate(self) -> None:
+        """The administrator lifts the shut gate lockdown (or a Disconnect) left."""
+        async with self._admitted() as uid:
+            await self._authorize(ACTION_CONFIGURE, uid)
+            try:
+                await self.helper.release_gate()
+            except UserFacingError as exc:
+                raise self._failed("ReleaseGate", exc) from None
+            except OSError as exc:
+                raise self._failed("ReleaseGate", OSError(
+                    f"cannot remove the gate: {exc.strerror or exc}")) from None
 
     @method()
     async def SaveProfile(self, toml: "s") -> "s":
@@ -345,6 +363,36 @@ class HelperInterface(ServiceInterface):
         except UserFacingError as exc:
             raise self._failed("RegisterSecretAgent", exc, ERROR_INVALID) from None
         log.debug("secret agent %s at %s", peer, path)
+        if self.helper.pending_start is not None and self.helper.driver is None:
+            self._spawn(self._connect_pending(peer))
+
+    async def connect_pending_with_registered(self) -> None:
+        """At start, right after the connect that lacked a secret: agents that
+        registered while it ran (a tray re-registers as soon as the helper's name
+        appears) are tried in turn, until one's user is allowed."""
+        for agent in list(self.helper.secrets.agents.values()):
+            if self.helper.pending_start is None or self.helper.driver is not None:
+                return
+            await self._connect_pending(agent.peer)
+
+    async def _connect_pending(self, peer: Peer) -> None:
+        """The start's connect that lacked a secret, with this agent's: only if its
+        user may connect (polkit, without a prompt: nobody asked for it)."""
+        allowed, why = await self.authorizer.check(peer.name, ACTION_CONNECT, uid=peer.uid)
+        if not allowed:
+            log.info("not connecting %s with the agent of uid %d: %s",
+                     self.helper.pending_start, peer.uid, why)
+            return
+        try:
+            await self.helper.connect_pending(peer)
+        except (UserFacingError, OSError) as exc:
+            QUIET(logging.ERROR, "cannot connect at start with the agent of uid %d: %s",
+                  peer.uid, " ".join(str(exc).split())[:MAX_MESSAGE])
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @method()
     def GetHistory(self, n: "u") -> "a(dsa{ss})":

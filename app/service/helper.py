@@ -85,9 +85,13 @@ class Helper:
         """An administrator's kill switch: a user's Disconnect leaves the gate shut."""
         self.policy = initial.policy if initial is not None else Policy.AUTO
         self.last_profile = initial.profile if initial is not None else None
+        self.pending_start: str | None = None
+        """The profile the start could not connect for want of a secret (the secrets
+        file has none): connected with the first user agent that registers."""
         self.held_gate: HeldGate | None = None
         """The shut gate a user's Disconnect left (always-vpn or lockdown): lifted only
-        by a SetPolicy (org.trustroam.configure) to auto or never-vpn, or by root."""
+        by ReleaseGate (org.trustroam.configure), by a user's SetPolicy to auto or
+        never-vpn unless under lockdown, or by root with the helper stopped."""
         self.gate: TrafficGate | None = None
         """The connected profile's gate: installed first, removed last (unless kept)."""
         self.driver: MobileNodeDriver | None = None
@@ -184,6 +188,7 @@ class Helper:
                 await gate.install()
             self._event("connect", {"profile": prof.name})
             self.held_gate = None  # replaced by this profile's gate (or lifted)
+            self.pending_start = None  # a user's choice wins over the start's
             self.last_profile = prof.name
             self._persist()
             # Each is owned from its creation: one whose start fails half-way (or never
@@ -228,6 +233,7 @@ class Helper:
                 self._event("gate-held", {"reason": "lockdown" if self.lockdown
                                           else "always-vpn"})
             self.last_profile = None
+            self.pending_start = None
             self._persist()
 
     async def stop(self) -> None:
@@ -288,15 +294,39 @@ class Helper:
         self._on_snapshot(self.snapshot)
 
     async def release_held_gate(self) -> None:
-        """After a SetPolicy (configure) to auto or never-vpn: lift the shut gate a
-        user's Disconnect left."""
+        """After a SetPolicy (a user's) to auto or never-vpn: lift the shut gate a
+        user's Disconnect under always-vpn left.  Never lockdown's: that is the
+        administrator's (:meth:`release_gate`)."""
         async with self._lock:
-            if (self.held_gate is None or self.driver is not None
+            if (self.held_gate is None or self.driver is not None or self.lockdown
                     or self.policy is Policy.ALWAYS_VPN):
                 return
             gate, self.held_gate = self.held_gate, None
             await gate.remove()
             self._event("gate-released", {"policy": self.policy.value})
+
+    async def release_gate(self) -> None:
+        """ReleaseGate (org.trustroam.configure): the administrator lifts the shut
+        gate that lockdown, or a Disconnect under always-vpn, holds."""
+        async with self._lock:
+            if self.driver is not None:
+                raise HelperError("a profile is connected: its gate is its own "
+                                  "(Disconnect first)")
+            if self.held_gate is None:
+                raise HelperError("no gate is held")
+            gate, self.held_gate = self.held_gate, None
+            await gate.remove()
+            self._event("gate-released", {"by": "administrator"})
+
+    async def connect_pending(self, requester: Peer) -> None:
+        """The start's connect that lacked a secret, with the first registered
+        agent's secrets (its user is allowed org.trustroam.connect): see
+        ``pending_start``.  Once: a later failure waits for a user's Connect."""
+        name, self.pending_start = self.pending_start, None
+        if name is None or self.driver is not None:
+            return
+        self._event("autoconnect", {"profile": name, "secrets": "agent"})
+        await self.connect(name, requester)
 
     def _persist(self) -> None:
         if self.state_dir is None:

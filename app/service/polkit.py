@@ -89,8 +89,10 @@ class Authorizer:
         if authorized:
             return True, ""
         if challenge:
+            # Interactive and still a challenge: polkit found no agent to ask.
             return False, (f"authentication is required for {action}"
-                           + ("" if interactive else
+                           + (" (no polkit authentication agent answered for this session)"
+                              if interactive else
                               " (the call did not allow interactive authorisation)"))
         return False, f"not authorised for {action}"
 

@@ -241,10 +241,12 @@ def test_polkit_checks_are_bounded_per_caller_with_an_agent_that_never_answers(w
 def test_a_users_disconnect_under_always_vpn_or_lockdown_leaves_the_gate_shut(
         world, lockdown):
     """Review finding 3: an ordinary user's Disconnect (org.trustroam.connect)
-    removed the gate that an administrator's always-vpn keeps; with the helper's
-    lockdown it must stay too.  Lifting it needs org.trustroam.configure.  The user
-    is uid 1 ("daemon"), granted only org.trustroam.connect by a polkit rule, as
-    an active local user is."""
+    removed the gate that always-vpn keeps; with the helper's lockdown it must stay
+    too.  Since issue 19 the policy is the user's (SetPolicy is
+    org.trustroam.connect): the user's SetPolicy auto lifts always-vpn's shut gate,
+    never lockdown's, which only ReleaseGate (org.trustroam.configure) lifts.  The
+    user is uid 1 ("daemon"), granted only org.trustroam.connect by a polkit rule,
+    as an active local user is."""
     rules = lab_polkit.rules_dir(CHARON_DIR / "nm") / "50-trustroam-lab-user.rules"
     rules.write_text('polkit.addRule(function(action, subject) {\n'
                      '  if (action.id == "org.trustroam.connect" && subject.user == "daemon")\n'
@@ -269,16 +271,22 @@ def test_a_users_disconnect_under_always_vpn_or_lockdown_leaves_the_gate_shut(
                     if ok or "NotAuthorized" not in text:
                         break
                     await asyncio.sleep(0.1)
-            return (ok, text), await call(bus, "SetPolicy", "s", ["auto"])
-        (ok, text), lift = run_as(USER, str(world["bus"]), user_disconnects)
+            return ok, text
+        ok, text = run_as(USER, str(world["bus"]), user_disconnects)
         assert ok, text
         assert "inet trustroam_gate" in gate_tables()
         assert proven_rules() == []  # shut: only what the undecided state allows
-        assert not lift[0] and "NotAuthorized" in lift[1], lift  # not the user's to lift
-        assert "inet trustroam_gate" in gate_tables()
-        ok, body = as_root(world, lambda bus: call(bus, "SetPolicy", "s", ["auto"]))
-        assert ok, body
-        assert "trustroam_gate" not in gate_tables()  # configure lifted it
+        lift = run_as(USER, str(world["bus"]), lambda bus: call(bus, "SetPolicy", "s", ["auto"]))
+        assert lift[0], lift  # choosing the policy is the user's
+        if lockdown:
+            assert "inet trustroam_gate" in gate_tables()
+            assert proven_rules() == []
+            release = run_as(USER, str(world["bus"]), lambda bus: call(bus, "ReleaseGate"))
+            assert not release[0] and "NotAuthorized" in release[1], release
+            assert "inet trustroam_gate" in gate_tables()  # not the user's to lift
+            ok, body = as_root(world, lambda bus: call(bus, "ReleaseGate"))
+            assert ok, body
+        assert "trustroam_gate" not in gate_tables()  # lifted (lockdown: by configure)
     finally:
         rules.unlink()
         if lockdown:

@@ -147,6 +147,11 @@ class Double(ServiceInterface):
         self.event("policy", {"policy": policy})
 
     @method()
+    def ReleaseGate(self):
+        self._check("ReleaseGate")
+        self.event("gate-released", {"by": "administrator"})
+
+    @method()
     def GetHistory(self, n: "u") -> "a(dsa{ss})":
         return [[t, k, d] for t, k, d in self.history[-n:]] if n else []
 

@@ -4,6 +4,10 @@ Only what needs no network: properties, the policy radio through the real SetPol
 and polkit (python-dbusmock's polkitd template), SaveProfile with the helper's own
 validation, the profile list and the history.  Connect changes routes, so it stays
 with the lab tests (tests/lab), which the lead engineer wires to the tray.
+
+The tray here is root's and polkit a double: what a desktop user meets as
+installed (the policy from the menu with no password, SaveProfile through a
+real polkit agent's administrator prompt) is tests/ui/test_tray_as_user.py.
 """
 
 from __future__ import annotations

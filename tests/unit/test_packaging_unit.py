@@ -40,3 +40,21 @@ def test_a_failure_restarts_the_helper_and_every_stop_shuts_the_gate():
     assert s["Restart"] == "on-failure"  # the helper's unexpected ends exit non-zero
     assert s["ExecStopPost"].endswith("trustroamd --shut-gate")
     assert s["PrivateTmp"] == "yes"
+
+
+def test_lockdown_shuts_the_gate_before_any_network_is_configured():
+    """Issue 19: with lockdown = true the gate is loaded at boot before
+    network-pre.target (NetworkManager, networkd and ifupdown come after it),
+    without waiting for D-Bus, and trustroamd starts after it (and adopts it)."""
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read_string((UNIT.parent / "trustroam-lockdown.service").read_text())
+    unit, svc = cp["Unit"], cp["Service"]
+    assert "network-pre.target" in unit["Before"].split()
+    assert "network-pre.target" in unit["Wants"].split()
+    assert unit["DefaultDependencies"] == "no" and "dbus" not in unit.get("After", "")
+    assert svc["Type"] == "oneshot" and svc["ExecStart"].endswith("trustroamd --lockdown-only")
+    assert cp["Install"]["WantedBy"] == "sysinit.target"
+    main = configparser.ConfigParser(strict=False, interpolation=None)
+    main.read_string(UNIT.read_text())
+    assert "trustroam-lockdown.service" in main["Unit"]["After"].split()

@@ -242,12 +242,28 @@ async def test_a_users_disconnect_under_always_vpn_or_lockdown_leaves_the_gate_s
     assert not gate.removed and gate.decisions == [None, None]  # shut before and after
     assert helper.held_gate is gate
     assert state.load(tmp_path / "state") == HelperState(Policy(policy), None)
-    helper.set_policy("always-vpn")  # configure, but still always-vpn: stays
+    helper.set_policy("always-vpn")  # still always-vpn: stays
     await helper.release_held_gate()
     assert not gate.removed
-    helper.set_policy("auto")  # configure lifts it
+    helper.set_policy("auto")  # a user's SetPolicy lifts always-vpn's, never lockdown's
     await helper.release_held_gate()
-    assert gate.removed and helper.held_gate is None
+    assert gate.removed is not lockdown
+    if lockdown:
+        await helper.release_gate()  # ReleaseGate: the administrator's
+        assert gate.removed
+    assert helper.held_gate is None
+
+
+async def test_release_gate_needs_a_held_gate_and_no_connected_profile(tmp_path):
+    from app.service.helper import HelperError
+    helper, gate = a_helper(tmp_path, lockdown=True)
+    with pytest.raises(HelperError, match="a profile is connected"):
+        await helper.release_gate()
+    await helper.disconnect()
+    await helper.release_gate()
+    assert gate.removed
+    with pytest.raises(HelperError, match="no gate is held"):
+        await helper.release_gate()
 
 
 async def test_a_disconnect_under_auto_removes_the_gate(tmp_path):
