@@ -47,7 +47,7 @@ def calls(monkeypatch) -> list[str]:
             pass
 
     class Routes:
-        def __init__(self, *a):
+        def __init__(self, *a, **kw):
             self.arp = Arp()
 
         async def start(self):
