@@ -4,7 +4,8 @@
 """The helper's D-Bus face: ``org.trustroam.Helper1`` (docs/ARCHITECTURE.md section 5).
 
 Properties are read by anyone; Connect, Disconnect and Reprobe need polkit's
-``org.trustroam.connect``, SetPolicy and SaveProfile ``org.trustroam.configure``,
+``org.trustroam.connect``, SetPolicy, SaveProfile and DeleteProfile
+``org.trustroam.configure``,
 checked on the message's real sender.  The introspection this produces is
 held to ``resources/dbus/org.trustroam.Helper1.xml`` by a test.
 """
@@ -324,6 +325,25 @@ class HelperInterface(ServiceInterface):
             return self.helper.save_profile(toml)
         except UserFacingError as exc:
             raise self._failed("SaveProfile", exc, ERROR_INVALID) from None
+
+    @method()
+    async def GetProfile(self, name: "s") -> "s":
+        # Open to every uid, as ListProfiles and the files themselves (0644): a
+        # profile never holds a secret.
+        async with self._admitted():
+            try:
+                return self.helper.profile_text(name)
+            except UserFacingError as exc:
+                raise self._failed("GetProfile", exc, ERROR_INVALID) from None
+
+    @method()
+    async def DeleteProfile(self, name: "s") -> None:
+        async with self._admitted() as uid:
+            await self._authorize(ACTION_CONFIGURE, uid)
+            try:
+                self.helper.delete_profile(name)
+            except UserFacingError as exc:
+                raise self._failed("DeleteProfile", exc, ERROR_INVALID) from None
 
     @method()
     async def RegisterSecretAgent(self, path: "o") -> None:
