@@ -132,7 +132,12 @@ def render(snap: Snapshot, now: float) -> str:
     row("home address", snap.home_address)
     row("care-of", snap.care_of_address)
     ha = snap.home_agent_probe
-    if ha.answered_at:
+    if snap.mode is Mode.VPN:
+        # The direct probe is expected to fail in mc; the registration through the
+        # VPN is the proof (RFC 5266 3.1.4, 3.4.1): "not answering" would mislead.
+        row("home agent", "reached through the VPN (registered through it)"
+            if snap.binding_expires else "through the VPN, not registered yet")
+    elif ha.answered_at:
         row("home agent", _probe(ha, now))
     elif snap.profile:
         row("home agent", "no answer yet")
