@@ -259,7 +259,9 @@ async def profile_command(bus: MessageBus, args: argparse.Namespace) -> None:
             print(f"{shown(args.name)}: unchanged")
             return
         name = (await call(bus, "SaveProfile", "s", [edited]))[0]
-        print(f"saved {shown(name)}")
+        print(f"saved {shown(name)}" + ("" if name == args.name else
+              f" ({shown(args.name)} is still there: trustroamctl profile delete "
+              f"{shown(args.name)})"))
     elif args.action == "delete":
         await call(bus, "DeleteProfile", "s", [args.name])
         print(f"deleted {shown(args.name)}")

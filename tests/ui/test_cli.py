@@ -250,6 +250,13 @@ def test_ctl_profile_edit_checks_the_editors_result_before_saving(
     saves = len([c for c in double_call(env, "Calls") if c == "SaveProfile"])
     one_line_error(ctl({**env, "EDITOR": str(bad)}, "profile", "edit", "road"), "spi",
                    "reserved")
+    rename = tmp_path / "rename-editor"
+    rename.write_text("#!/bin/sh\nsed -i 's/^name = .*$/name = \"trip\"/' \"$1\"\n")
+    rename.chmod(0o755)
+    r = ctl({**env, "EDITOR": str(rename)}, "profile", "edit", "road")
+    assert r.returncode == 0 and r.stdout == (
+        "saved trip (road is still there: trustroamctl profile delete road)\n"), r
+    saves += 1
     r = ctl({**env, "EDITOR": "true"}, "profile", "edit", "road")
     assert r.returncode == 0 and r.stdout == "road: unchanged\n", r
     assert len([c for c in double_call(env, "Calls") if c == "SaveProfile"]) == saves
