@@ -141,7 +141,7 @@ class Helper:
 
     def delete_profile(self, name: str) -> None:
         """Remove a stored profile; not the one in use (disconnect it first)."""
-        if name == self.snapshot.profile:
+        if name and name == self.snapshot.profile:
             raise HelperError(f"profile {_short(name)} is connected: disconnect it first")
         try:
             self.profiles.delete(name)

@@ -44,6 +44,8 @@ def test_delete_profile_removes_its_file_only(tmp_path):
         h.delete_profile("lab")
     with pytest.raises(HelperError, match=r"no profile '\.\./corp'"):
         h.delete_profile("../corp")
+    with pytest.raises(HelperError, match="no profile ''"):  # disconnected: Profile is ""
+        h.delete_profile("")
 
 
 def test_the_connected_profile_and_a_command_line_profile_stay(tmp_path):
