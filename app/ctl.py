@@ -51,6 +51,7 @@ from app.client_bus import (
 )
 from app.config import ConfigError
 from app.ctl_ask import AGENT_PATH, TerminalAgent
+from app.ctl_polkit import tty_agent
 from app.mn import profile as schema
 from app.net.gate import GateError, remove_table
 from app.profile_edit import EditError, apply, dumps
@@ -60,6 +61,11 @@ MODE_TEXT = {Mode.NONE: "no mode", Mode.HOME: "mode h (at home)",
              Mode.COLOCATED: "mode c (co-located care-of address)",
              Mode.FOREIGN_AGENT: "mode f (foreign agent care-of address)",
              Mode.VPN: "mode mc (Mobile IP inside the VPN)"}
+
+
+AUTHORIZED = frozenset({"Connect", "Disconnect", "Reprobe", "SetPolicy", "SaveProfile",
+                        "DeleteProfile"})
+"""The calls polkit may ask about."""
 
 
 class CtlError(Exception):
@@ -72,9 +78,13 @@ async def call(bus: MessageBus, member: str, signature: str = "", body: list[Any
     # ALLOW_INTERACTIVE_AUTHORIZATION; the helper allows interaction only with it).
     flags = (MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if sys.stdin.isatty()
              else MessageFlag.NONE)
-    reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH, interface=interface,
-                                   member=member, signature=signature, body=body or [],
-                                   flags=flags))
+    msg = Message(destination=BUS_NAME, path=OBJECT_PATH, interface=interface, member=member,
+                  signature=signature, body=body or [], flags=flags)
+    if member in AUTHORIZED and interface == INTERFACE:
+        with tty_agent():  # no desktop agent (console, ssh): polkit asks on this terminal
+            reply = await bus.call(msg)
+    else:
+        reply = await bus.call(msg)
     if reply is None:
         raise CtlError("no reply from trustroamd")
     if reply.message_type is MessageType.ERROR:

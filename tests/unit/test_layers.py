@@ -30,8 +30,10 @@ ALLOWED: dict[str, set[str]] = {
                     "app.config", "app.dbus"},
     "app.profile_edit": {"app.config"},
     "app.ctl_ask": {"app.api", "app.client_bus"},
+    "app.ctl_polkit": set(),
     "app.ctl": {"app.api", "app.client_bus", "app.config", "app.mn", "app.vpn",
-                "app.net", "app.profile_edit", "app.ctl_ask"},  # app.net: release-gate
+                "app.net",  # app.net: release-gate
+                "app.profile_edit", "app.ctl_ask", "app.ctl_polkit"},
     "ui": {"ui", "app.api", "app.client_bus", "app.config", "app.mn.profile",
            "app.vpn.profile"},
 }
