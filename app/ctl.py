@@ -2,12 +2,19 @@
 
     trustroamctl status [--json]     state, mode, addresses, probes, binding, handover;
                                      with a VPN: TIA, gateway, its probe, NAT
-    trustroamctl connect PROFILE     (polkit: org.trustroam.connect)
+    trustroamctl connect PROFILE [--ask]   (polkit: org.trustroam.connect); --ask: a
+                                     secret no agent has is asked for on the terminal
     trustroamctl disconnect | reprobe
     trustroamctl policy auto|always-vpn|never-vpn   (polkit: org.trustroam.connect)
     trustroamctl release             lift lockdown's shut gate (org.trustroam.configure)
     trustroamctl monitor             events and changes as they happen (Ctrl-C ends)
     trustroamctl history [N] | profiles
+    trustroamctl profile list | show NAME
+    trustroamctl profile import FILE            (polkit: org.trustroam.configure)
+    trustroamctl profile set NAME KEY=VALUE...  (a dotted KEY for a table: probe.retries;
+                                                 an empty VALUE removes the key)
+    trustroamctl profile edit NAME              ($VISUAL or $EDITOR, checked before saving)
+    trustroamctl profile delete NAME
     trustroamctl release-gate        (root) remove the traffic gate a dead helper left
 """
 
@@ -17,8 +24,12 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
+import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,13 +50,23 @@ from app.client_bus import (
     shown,
     unwrap,
 )
+from app.config import ConfigError
+from app.ctl_ask import AGENT_PATH, TerminalAgent
+from app.ctl_polkit import tty_agent
+from app.mn import profile as schema
 from app.net.gate import GateError, remove_table
+from app.profile_edit import EditError, apply, dumps
 
 PROPS = "org.freedesktop.DBus.Properties"
 MODE_TEXT = {Mode.NONE: "no mode", Mode.HOME: "mode h (at home)",
              Mode.COLOCATED: "mode c (co-located care-of address)",
              Mode.FOREIGN_AGENT: "mode f (foreign agent care-of address)",
              Mode.VPN: "mode mc (Mobile IP inside the VPN)"}
+
+
+AUTHORIZED = frozenset({"Connect", "Disconnect", "Reprobe", "SetPolicy", "SaveProfile",
+                        "DeleteProfile", "ReleaseGate"})
+"""The calls polkit may ask about."""
 
 
 class CtlError(Exception):
@@ -58,9 +79,13 @@ async def call(bus: MessageBus, member: str, signature: str = "", body: list[Any
     # ALLOW_INTERACTIVE_AUTHORIZATION; the helper allows interaction only with it).
     flags = (MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if sys.stdin.isatty()
              else MessageFlag.NONE)
-    reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH, interface=interface,
-                                   member=member, signature=signature, body=body or [],
-                                   flags=flags))
+    msg = Message(destination=BUS_NAME, path=OBJECT_PATH, interface=interface, member=member,
+                  signature=signature, body=body or [], flags=flags)
+    if member in AUTHORIZED and interface == INTERFACE:
+        with tty_agent():  # no desktop agent (console, ssh): polkit asks on this terminal
+            reply = await bus.call(msg)
+    else:
+        reply = await bus.call(msg)
     if reply is None:
         raise CtlError("no reply from trustroamd")
     if reply.message_type is MessageType.ERROR:
@@ -118,7 +143,12 @@ def render(snap: Snapshot, now: float) -> str:
     row("home address", snap.home_address)
     row("care-of", snap.care_of_address)
     ha = snap.home_agent_probe
-    if ha.answered_at:
+    if snap.mode is Mode.VPN:
+        # The direct probe is expected to fail in mc; the registration through the
+        # VPN is the proof (RFC 5266 3.1.4, 3.4.1): "not answering" would mislead.
+        row("home agent", "reached through the VPN (registered through it)"
+            if snap.binding_expires else "through the VPN, not registered yet")
+    elif ha.answered_at:
         row("home agent", _probe(ha, now))
     elif snap.profile:
         row("home agent", "no answer yet")
@@ -148,8 +178,11 @@ async def run(args: argparse.Namespace) -> int:
             else:
                 print(render(snapshot(props), time.time()))
         elif args.cmd == "connect":
+            agent = TerminalAgent(bus) if args.ask else None
+            if agent is not None:
+                await call(bus, "RegisterSecretAgent", "o", [AGENT_PATH])
             await call(bus, "Connect", "s", [args.profile])
-            print(f"connected {args.profile}")
+            print(f"connected {shown(args.profile)}")
         elif args.cmd == "disconnect":
             await call(bus, "Disconnect")
             print("disconnected")
@@ -164,14 +197,124 @@ async def run(args: argparse.Namespace) -> int:
         elif args.cmd == "history":
             for t, kind, details in (await call(bus, "GetHistory", "u", [args.n]))[0]:
                 print(_event_line(finite(t), kind, details))
-        elif args.cmd == "profiles":
+        elif args.cmd == "profiles" or (args.cmd == "profile" and args.action == "list"):
             for name in (await call(bus, "ListProfiles"))[0]:
                 print(shown(name))
+        elif args.cmd == "profile":
+            await profile_command(bus, args)
         elif args.cmd == "monitor":
             await monitor(bus)
     finally:
         bus.disconnect()
     return 0
+
+
+MAX_PROFILE_FILE = 64 * 1024
+"""Bytes of a profile file to import (the helper takes no more; a real one is ~400)."""
+
+
+def checked(text: str, source: str) -> str:
+    """``text`` if the profile parser takes it; else the parser's one line, which
+    names the key (the helper judges again: a newer one may know more)."""
+    try:
+        schema.loads(text, source)
+    except ConfigError as exc:
+        raise CtlError(str(exc)) from None
+    return text
+
+
+def read_profile_file(path: str) -> str:
+    """A profile file to import ("-": standard input); without a ``name``, the
+    file's stem is its name."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_PROFILE_FILE + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_PROFILE_FILE + 1)
+    except OSError as exc:
+        raise CtlError(f"{path}: cannot read: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > MAX_PROFILE_FILE:
+        raise CtlError(f"{path}: longer than {MAX_PROFILE_FILE} bytes: not a profile")
+    try:
+        text = data.decode()
+        doc = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise CtlError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CtlError(f"{path}: not valid TOML: {exc}") from None
+    if "name" not in doc and path != "-":
+        doc = {"name": os.path.basename(path).removesuffix(".toml"), **doc}
+        text = dumps(doc)
+    return checked(text, path)
+
+
+async def profile_command(bus: MessageBus, args: argparse.Namespace) -> None:
+    if args.action == "show":
+        print((await call(bus, "GetProfile", "s", [args.name]))[0], end="")
+    elif args.action == "import":
+        name = (await call(bus, "SaveProfile", "s", [read_profile_file(args.file)]))[0]
+        print(f"saved {shown(name)}")
+    elif args.action == "set":
+        text = (await call(bus, "GetProfile", "s", [args.name]))[0]
+        try:
+            new = apply(text, args.assignments)
+        except EditError as exc:
+            raise CtlError(f"profile {shown(args.name, 64)}: {exc}") from None
+        if tomllib.loads(new).get("name") != args.name:
+            raise CtlError("name: a profile is renamed by importing it under the new name "
+                           "(profile show, then profile import) and deleting the old")
+        await call(bus, "SaveProfile", "s", [checked(new, f"profile {args.name}")])
+        print(f"saved {shown(args.name)}")
+    elif args.action == "edit":
+        text = (await call(bus, "GetProfile", "s", [args.name]))[0]
+        edited = edit_in_editor(text, args.name)
+        if edited is None:
+            print(f"{shown(args.name)}: unchanged")
+            return
+        name = (await call(bus, "SaveProfile", "s", [edited]))[0]
+        print(f"saved {shown(name)}" + ("" if name == args.name else
+              f" ({shown(args.name)} is still there: trustroamctl profile delete "
+              f"{shown(args.name)})"))
+    elif args.action == "delete":
+        await call(bus, "DeleteProfile", "s", [args.name])
+        print(f"deleted {shown(args.name)}")
+
+
+def edit_in_editor(text: str, name: str) -> str | None:
+    """``text`` after $VISUAL or $EDITOR (vi) changed it, checked by the profile
+    parser; on a terminal a bad result is offered again (as ``crontab -e`` does).
+    None when nothing changed."""
+    editor = shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
+    with tempfile.TemporaryDirectory(prefix="trustroamctl-") as d:
+        path = os.path.join(d, f"{name}.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        while True:
+            try:
+                done = subprocess.run([*editor, path], check=False)  # noqa: S603 (their editor)
+            except OSError as exc:
+                raise CtlError(f"cannot start the editor {editor[0]!r}: "
+                               f"{exc.strerror or type(exc).__name__}") from None
+            if done.returncode != 0:
+                raise CtlError(f"the editor exited with status {done.returncode}: "
+                               "nothing saved")
+            try:
+                with open(path, encoding="utf-8") as f:
+                    new = f.read(MAX_PROFILE_FILE + 1)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CtlError(f"cannot read the edited profile: {exc}") from None
+            if new == text:
+                return None
+            try:
+                return checked(new, f"profile {name}")
+            except CtlError as exc:
+                if not sys.stdin.isatty():
+                    raise
+                print(f"trustroamctl: {exc}", file=sys.stderr)
+                again = input("Edit again? [Y/n] ").strip().lower()
+                if again not in ("", "y", "yes"):
+                    raise CtlError("nothing saved") from None
 
 
 def _stamp(t: float | None) -> str:
@@ -256,11 +399,23 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("status")
     st.add_argument("--json", action="store_true")
-    sub.add_parser("connect").add_argument("profile")
+    conn = sub.add_parser("connect")
+    conn.add_argument("profile")
+    conn.add_argument("--ask", action="store_true",
+                      help="ask on the terminal for a secret no secret agent has")
     sub.add_parser("disconnect")
     sub.add_parser("reprobe")
     sub.add_parser("monitor")
     sub.add_parser("profiles")
+    prof = sub.add_parser("profile").add_subparsers(dest="action", required=True)
+    prof.add_parser("list")
+    prof.add_parser("show").add_argument("name")
+    prof.add_parser("import").add_argument("file", help='a TOML profile ("-": stdin)')
+    pset = prof.add_parser("set")
+    pset.add_argument("name")
+    pset.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    prof.add_parser("edit").add_argument("name")
+    prof.add_parser("delete").add_argument("name")
     sub.add_parser("history").add_argument("n", nargs="?", type=int, default=50)
     sub.add_parser("policy").add_argument("policy", choices=[p.value for p in Policy])
     sub.add_parser("release", help="(administrator) lift the shut gate lockdown holds "

@@ -106,6 +106,17 @@ def probe_text(p: Probe) -> str:
     return f"{'reachable' if p.reachable else 'NOT reachable'}, last RTT {rtt}"
 
 
+def home_agent_text(snap: Snapshot) -> str:
+    """The home agent in words.  In mc the direct probe is expected to fail (that is
+    why the VPN is up) and the registration through the VPN is the proof the home
+    agent is reached (RFC 5266 3.1.4, 3.4.1): "NOT reachable" there would alarm for
+    nothing."""
+    if snap.mode is Mode.VPN:
+        return ("reached through the VPN (registered through it)" if snap.binding_expires > 0
+                else "through the VPN, not registered yet")
+    return probe_text(snap.home_agent_probe)
+
+
 def tooltip(snap: Snapshot | None, network: str) -> str:
     """Every line a user asks about at a glance, one fact per line."""
     lines = ["TrustRoam: " + headline(snap)]
@@ -123,7 +134,7 @@ def tooltip(snap: Snapshot | None, network: str) -> str:
     elif snap.care_of_address:
         lines.append(f"Care-of address: {shown(snap.care_of_address, 60)}")
     if snap.state is not State.OFFLINE or snap.home_agent_probe.answered_at > 0:
-        lines.append(f"Home agent: {probe_text(snap.home_agent_probe)}")
+        lines.append(f"Home agent: {home_agent_text(snap)}")
     if snap.mode is Mode.VPN or snap.vpn_probe.answered_at > 0 or snap.vpn_gateway:
         lines.append(f"{vpn_label(snap)}: {probe_text(snap.vpn_probe)}")
     if snap.binding_expires > 0:

@@ -31,6 +31,8 @@ def status(snap: Snapshot, s: ev.Status, executed_ms: float = 0.0
         new = replace(new, care_of_address="")  # at home there is no care-of address
     elif s.care_of_address is not None and s.mode is not Mode.NONE:
         new = replace(new, care_of_address=str(s.care_of_address))
+    if s.mode is Mode.NONE:  # the link left: its binding is not the one in use
+        new = replace(new, binding_expires=0.0)
     if s.phase is State.UNTRUSTED:
         new = replace(new, home_agent_probe=replace(snap.home_agent_probe, reachable=False))
     entries: list[Entry] = []

@@ -5,9 +5,9 @@
 
 Properties are read by anyone; Connect, Disconnect, Reprobe and SetPolicy need
 polkit's ``org.trustroam.connect`` (every policy keeps traffic protected: choosing
-one is a user's action, as NetworkManager's network-control), SaveProfile and
-ReleaseGate ``org.trustroam.configure`` (the administrator), checked on the
-message's real sender; polkit may prompt only when the message carries
+one is a user's action, as NetworkManager's network-control), SaveProfile,
+DeleteProfile and ReleaseGate ``org.trustroam.configure`` (the administrator),
+checked on the message's real sender; polkit may prompt only when the message carries
 ALLOW_INTERACTIVE_AUTHORIZATION.  The introspection this produces is
 held to ``resources/dbus/org.trustroam.Helper1.xml`` by a test.
 """
@@ -344,6 +344,25 @@ class HelperInterface(ServiceInterface):
             raise self._failed("SaveProfile", exc, ERROR_INVALID) from None
 
     @method()
+    async def GetProfile(self, name: "s") -> "s":
+        # Open to every uid, as ListProfiles and the files themselves (0644): a
+        # profile never holds a secret.
+        async with self._admitted():
+            try:
+                return self.helper.profile_text(name)
+            except UserFacingError as exc:
+                raise self._failed("GetProfile", exc, ERROR_INVALID) from None
+
+    @method()
+    async def DeleteProfile(self, name: "s") -> None:
+        async with self._admitted() as uid:
+            await self._authorize(ACTION_CONFIGURE, uid)
+            try:
+                self.helper.delete_profile(name)
+            except UserFacingError as exc:
+                raise self._failed("DeleteProfile", exc, ERROR_INVALID) from None
+
+    @method()
     async def RegisterSecretAgent(self, path: "o") -> None:
         # Anyone may offer secrets, but only for themselves: the agent is asked
         # only for a Connect from its own uid (see app.service.secrets).
@@ -370,7 +389,7 @@ class HelperInterface(ServiceInterface):
         """At start, right after the connect that lacked a secret: agents that
         registered while it ran (a tray re-registers as soon as the helper's name
         appears) are tried in turn, until one's user is allowed."""
-        for agent in list(self.helper.secrets.agents.values()):
+        for agent in [a for mine in list(self.helper.secrets.agents.values()) for a in mine]:
             if self.helper.pending_start is None or self.helper.driver is not None:
                 return
             await self._connect_pending(agent.peer)

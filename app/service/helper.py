@@ -137,6 +137,23 @@ class Helper:
         self._event("profile-saved", {"profile": name})
         return name
 
+    def profile_text(self, name: str) -> str:
+        """The stored profile as TOML (trustroamctl edits it and saves it again)."""
+        try:
+            return self.profiles.text(name)
+        except ProfileError as exc:
+            raise HelperError(str(exc)) from None
+
+    def delete_profile(self, name: str) -> None:
+        """Remove a stored profile; not the one in use (disconnect it first)."""
+        if name and name == self.snapshot.profile:
+            raise HelperError(f"profile {_short(name)} is connected: disconnect it first")
+        try:
+            self.profiles.delete(name)
+        except ProfileError as exc:
+            raise HelperError(str(exc)) from None
+        self._event("profile-deleted", {"profile": name})
+
     # -- connection ------------------------------------------------------------------
 
     def locked_down(self) -> bool:

@@ -58,6 +58,8 @@ class ProfileDirectory:
         self.directory = directory
         self.extra = list(extra)
         self._cache: tuple[tuple[object, ...], dict[str, Profile]] | None = None
+        self._paths: dict[str, Path] = {}
+        """name -> the file it was read from, as of the last load."""
 
     def load(self) -> dict[str, Profile]:
         """Every valid profile; invalid ones are logged with their file and key."""
@@ -72,6 +74,7 @@ class ProfileDirectory:
         if self._cache is not None and self._cache[0] == key:
             return dict(self._cache[1])
         found: dict[str, Profile] = {}
+        self._paths = {}
         for path in paths:
             try:
                 p = load_profile(path)
@@ -82,6 +85,7 @@ class ProfileDirectory:
                 log.error("profile skipped: %s: %s", path, reason(exc))
                 continue
             found[p.name] = p
+            self._paths[p.name] = path
         self._cache = (key, dict(found))
         return found
 
@@ -106,6 +110,48 @@ class ProfileDirectory:
             raise ProfileError(f"cannot store profile {p.name}: "
                                f"{exc.strerror or type(exc).__name__}") from None
         return p.name
+
+
+    def text(self, name: str) -> str:
+        """The stored profile ``name`` as TOML (the form SaveProfile stores: no
+        secret is ever in a profile).  Raises ``ProfileError`` naming it."""
+        found = self.load()
+        if name not in found:
+            raise ProfileError(f"no profile {_quoted(name)} (known: "
+                               f"{', '.join(sorted(found)) or 'none'})")
+        return schema.dumps(found[name])
+
+    def delete(self, name: str) -> None:
+        """Remove the file profile ``name`` was read from.  Only a file in the profiles
+        directory: a profile given on the helper's command line stays.  The link
+        itself is removed, never what a symlink points at."""
+        found = self.load()
+        path = self._paths.get(name) if name in found else None
+        if path is None:
+            raise ProfileError(f"no profile {_quoted(name)} (known: "
+                               f"{', '.join(sorted(found)) or 'none'})")
+        if self.directory is None or path.parent != self.directory:
+            raise ProfileError(f"profile {name} is given on trustroamd's command line, "
+                               "not stored in its profiles directory: it cannot be deleted")
+        try:
+            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                os.unlink(path.name, dir_fd=dfd)
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except FileNotFoundError:
+            pass  # gone already: what was asked for
+        except OSError as exc:
+            log.error("cannot delete profile %s from %s: %s", name, self.directory, exc)
+            raise ProfileError(f"cannot delete profile {name}: "
+                               f"{exc.strerror or type(exc).__name__}") from None
+        self._cache = None
+
+
+def _quoted(name: str) -> str:
+    """A name a caller sent, short and quoted (it may be anything)."""
+    return repr(name if len(name) <= 64 else name[:61] + "...")
 
 
 def _file_key(path: Path) -> object:

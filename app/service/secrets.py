@@ -5,9 +5,11 @@ Two sources, tried in order:
 1. the secret agent of the user who asked to connect: the tray exports an
    object with ``org.trustroam.SecretAgent1.GetSecrets(profile, keys) -> a{ss}``
    on its own bus connection and registers it with ``RegisterSecretAgent(path)``.
-   One agent per uid (a new registration replaces the old one); it is asked only
-   for a ``Connect`` from the same uid (as NetworkManager does), and where logind
-   runs, only while the agent's session is active.  An agent of another user is
+   A user may have a few agents (the tray's, and ``trustroamctl connect --ask``'s
+   for the length of one call); they are asked in the order they registered, each
+   for what the ones before lacked, only for a ``Connect`` from the same uid (as
+   NetworkManager does), and where logind runs, only while the agent's session is
+   active.  An agent of another user is
    never asked, so nobody can choose the key for someone else's connection (a
    chosen key would let someone on the path forge an "authenticated" reply);
 2. a headless secrets file (``--secrets /etc/trustroam/secrets.toml``), one
@@ -45,7 +47,10 @@ log = logging.getLogger("trustroam.service.secrets")
 AGENT_TIMEOUT = 20.0
 """Seconds an agent has to answer GetSecrets (it may unlock a keyring first)."""
 MAX_AGENTS = 256
-"""One agent per uid; this bounds the table even if many uids register."""
+"""Users with agents; this bounds the table even if many uids register."""
+MAX_AGENTS_PER_UID = 4
+"""A user's agents (the tray's, a ``trustroamctl connect --ask``'s...); a fifth
+registration drops that user's oldest."""
 MAX_AGENT_PATH = 255
 """Bytes of an agent's object path (the tray's is about 30)."""
 MAX_SECRETS_FILE = 1 << 20
@@ -216,8 +221,9 @@ class SecretSource:
         self.secrets_file = secrets_file
         self.agent_timeout = agent_timeout
         self.session_check = session_check
-        self.agents: dict[int, Agent] = {}
-        """uid -> that user's agent (one per user: a new one replaces the old)."""
+        self.agents: dict[int, list[Agent]] = {}
+        """uid -> that user's agents, oldest first (a connection has one: registering
+        again replaces its own)."""
 
     def register_agent(self, peer: Peer, path: str) -> None:
         if not path.startswith("/") or len(path.encode()) > MAX_AGENT_PATH:
@@ -225,13 +231,24 @@ class SecretSource:
                                "bytes")
         if peer.uid not in self.agents and len(self.agents) >= MAX_AGENTS:
             raise AgentRefused(f"too many secret agents ({MAX_AGENTS} users have one)")
-        self.agents[peer.uid] = Agent(peer, path)
+        mine = [a for a in self.agents.get(peer.uid, []) if a.peer.name != peer.name]
+        mine.append(Agent(peer, path))
+        self.agents[peer.uid] = mine[-MAX_AGENTS_PER_UID:]
 
     def forget_name(self, name: str) -> None:
         """The bus name ``name`` went away (NameOwnerChanged): drop its agent."""
-        for uid, agent in list(self.agents.items()):
-            if agent.peer.name == name:
-                del self.agents[uid]
+        for uid, mine in list(self.agents.items()):
+            left = [a for a in mine if a.peer.name != name]
+            if len(left) != len(mine):
+                if left:
+                    self.agents[uid] = left
+                else:
+                    del self.agents[uid]
+
+    def _drop(self, agent: Agent) -> None:
+        mine = self.agents.get(agent.peer.uid, [])
+        if agent in mine:
+            self.forget_name(agent.peer.name)
 
     async def key(self, profile: str, requester: Peer | None = None) -> Secret:
         """The profile's key for a Connect from ``requester`` (None: the helper itself,
@@ -241,26 +258,31 @@ class SecretSource:
     async def fetch(self, profile: str, requester: Peer | None = None,
                     extra: Sequence[str] = ()) -> ProfileSecrets:
         """The key and the ``extra`` secrets (``vpn_psk``...) of ``profile`` for a
-        Connect from ``requester``: the requester's agent is asked for all of them in
-        one GetSecrets; whatever it lacks or gets wrong comes from the secrets file.
+        Connect from ``requester``: the requester's uid's agents are asked in turn,
+        the first for all of them in one GetSecrets, each next one only for what is
+        still missing; whatever they lack or get wrong comes from the secrets file.
         Errors name the profile and the missing key, never a value."""
         names = list(dict.fromkeys(extra))
         problems: list[str] = []
         key: Secret | None = None
         found = TextSecrets()
-        agent = self.agents.get(requester.uid) if requester is not None else None
-        asked = agent is not None and self.agent_call is not None
-        if asked:
-            assert agent is not None
+        mine = list(self.agents.get(requester.uid, [])) if requester is not None else []
+        asked = bool(mine) and self.agent_call is not None
+        for agent in mine if asked else []:
+            missing = [n for n in names if n not in found]
+            if key is not None and not missing:
+                break
             try:
-                answer = await self._ask(agent, profile, [SECRET_MN_HA_KEY, *names])
+                answer = await self._ask(agent, profile,
+                                         [SECRET_MN_HA_KEY] * (key is None) + missing)
             except SecretError as exc:
                 log.info("profile %s: %s; trying the next source", profile, exc)
                 problems.append(str(exc))
-            else:
+                continue
+            if key is None:
                 key = self._take_key(answer, agent, profile, problems)
-                self._take_extra(answer, names, found, source=str(agent), profile=profile,
-                                 problems=problems)
+            self._take_extra(answer, missing, found, source=str(agent), profile=profile,
+                             problems=problems)
         if self.secrets_file is not None and (key is None or len(found) < len(names)):
             try:
                 table = read_profile_table(self.secrets_file, profile)
@@ -326,8 +348,8 @@ class SecretSource:
             raise SecretError(f"{agent} did not answer within {self.agent_timeout:g} s"
                               ) from None
         except AgentFailed as exc:
-            if exc.gone and self.agents.get(agent.peer.uid) == agent:
-                del self.agents[agent.peer.uid]
+            if exc.gone:
+                self._drop(agent)
             raise SecretError(f"{agent} failed: {exc}") from None
         if not isinstance(answer, dict):
             raise SecretError(f"{agent} answered with something other than a{{ss}}")

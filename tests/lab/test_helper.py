@@ -178,7 +178,8 @@ async def _unprivileged(bus):
     results["history"] = await call(bus, "GetHistory", "u", [5])
     for name, sig, body in (("Connect", "s", ["corp"]), ("Disconnect", "", []),
                             ("Reprobe", "", []), ("SetPolicy", "s", ["never-vpn"]),
-                            ("SaveProfile", "s", ['name = "evil"']), ("ReleaseGate", "", [])):
+                            ("SaveProfile", "s", ['name = "evil"']), ("ReleaseGate", "", []),
+                            ("DeleteProfile", "s", ["canary"])):
         results[name] = await call(bus, name, sig, body)
     return results
 
@@ -188,12 +189,14 @@ def test_unauthorised_caller_reads_but_cannot_change_anything(world):
     results = run_as(NOBODY, str(world["bus"]), _unprivileged)
     assert results["read"]["State"] == before["State"]
     assert results["history"][0]
-    for name in ("Connect", "Disconnect", "Reprobe", "SetPolicy", "SaveProfile", "ReleaseGate"):
+    for name in ("Connect", "Disconnect", "Reprobe", "SetPolicy", "SaveProfile", "ReleaseGate",
+                 "DeleteProfile"):
         ok, text = results[name]
         assert not ok, (name, text)
         assert "org.trustroam.Error.NotAuthorized" in text, (name, text)
     assert status(world)["Policy"] == "auto"
     assert not (Path(str(world["profiles"])) / "evil.toml").exists()
+    assert (Path(str(world["profiles"])) / "canary.toml").exists()
     # The same calls from root (polkit allows it) do work.
     assert ctl(world, "policy", "never-vpn").returncode == 0
     assert status(world)["Policy"] == "never-vpn"
@@ -306,6 +309,63 @@ def test_a_wrong_profile_value_is_named(world):
     out = ctl(world, "connect", "nope")
     assert out.returncode == 1 and "no profile 'nope'" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_trustroamctl_imports_edits_and_deletes_profiles_through_the_helper(world, tmp_path):
+    """trustroamctl profile import/set/show/delete on the real helper: SaveProfile,
+    GetProfile and DeleteProfile (issue 19), with polkit; mistakes in one line."""
+    d = Path(str(world["profiles"]))
+    f = tmp_path / "road.toml"
+    f.write_text(PROFILE_TOML)
+    out = ctl(world, "profile", "import", str(f))
+    assert out.returncode == 0 and out.stdout == "saved road\n", out
+    out = ctl(world, "profile", "set", "road", "lifetime=900", "probe.retries=3")
+    assert out.returncode == 0, out
+    stored = (d / "road.toml").read_text()
+    assert "lifetime = 900" in stored.splitlines() and "retries = 3" in stored.splitlines()
+    assert (d / "road.toml").stat().st_mode & 0o777 == 0o644
+    assert ctl(world, "profile", "show", "road").stdout == stored  # what the helper stored
+    out = ctl(world, "profile", "set", "road", "home_agent=10.9.9.9")
+    assert out.returncode == 1 and "home_agent" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    connected = status(world)["Profile"]
+    out = ctl(world, "profile", "delete", str(connected))
+    assert out.returncode == 1 and "is connected: disconnect it first" in out.stderr, out
+    out = ctl(world, "profile", "delete", "road")
+    assert out.returncode == 0 and not (d / "road.toml").exists(), out
+    assert "road" not in ctl(world, "profile", "list").stdout.split()
+    history = ctl(world, "history", "50").stdout
+    assert " profile-saved " in history and " profile-deleted " in history, history
+
+
+def test_connect_ask_answers_the_real_helper_from_the_terminal(world):
+    """No agent and no secrets-file entry for canary: trustroamctl connect --ask is
+    asked on its terminal (no echo); the canary key reaches the helper (the HA does
+    not know it: untrusted, with the authenticator hint) and is seen nowhere."""
+    from tests.ui.test_cli import Terminal
+
+    term = Terminal({**env(), "DBUS_SYSTEM_BUS_ADDRESS": str(world["bus"])},
+                    "connect", "canary", "--ask")
+    term.until("Mobile-Home key (hex:...) for profile canary: ")
+    term.type(CANARY)
+    rc, screen = term.finish()
+    assert rc == 0 and "connected canary" in screen, screen
+    assert CANARY not in screen
+    monitor = world["monitor"]
+    assert isinstance(monitor, Proc)
+    lines = monitor.wait("Profile=canary", timeout=30)
+    if "Mobile-Home authenticator" not in lines[-1]:  # the HA's 131 is discarded
+        monitor.wait("Mobile-Home authenticator", timeout=30)
+    out = ctl(world, "connect", "corp")  # the file's key again: trusted
+    assert out.returncode == 0, out.stderr
+    wait_mode(world, mode_here())
+    helper = world["helper"]
+    assert isinstance(helper, Proc)
+    seen = {"helper output": "".join(helper.out.seen),
+            "signals (monitor)": "".join(monitor.out.seen),
+            "history": ctl(world, "history", "1000").stdout}
+    for where, text in seen.items():
+        assert CANARY.lower() not in text.lower(), f"canary secret leaked into {where}"
 
 
 def test_stop_puts_the_host_back(world):

@@ -520,3 +520,89 @@ def test_the_trays_path_works_for_the_active_session_user(world, tmp_path):
     assert asked == ["agentonly"]  # asked once: while its session was active
     # logind was asked at the registration (a session of its own uid?) and at each Connect.
     assert len(sessions) == 3, sessions
+
+
+def _ctl_on_a_terminal(uid: int, bus: str, args: list[str]) -> tuple[int, int]:
+    """trustroamctl ``args`` as ``uid`` with a pseudo-terminal as its controlling
+    terminal (a forked child: uid nobody cannot start this interpreter itself)."""
+    import pty
+
+    pid, master = pty.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 99
+        try:
+            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus
+            # pytest's capture objects are still sys.std*: the terminal is fds 0-2.
+            sys.stdin = open(0, closefd=False)  # noqa: SIM115
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            from app.ctl import main
+
+            code = main(args)
+        finally:
+            os._exit(code)
+    return pid, master
+
+
+def _screen(master: int, until: bytes, timeout: float = 30) -> bytes:
+    """What the terminal shows until ``until`` (or the program closed it)."""
+    import select
+    import time
+
+    seen = b""
+    end = time.monotonic() + timeout
+    while until not in seen and time.monotonic() < end:
+        if select.select([master], [], [], 1)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the program closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def test_trustroamctl_on_a_terminal_lets_polkit_ask_there(world):
+    """No polkit agent (a console, ssh, no session): trustroamctl starts pkttyagent
+    for the call, so polkit's administrator prompt for DeleteProfile appears on its
+    terminal; a cancelled prompt is a one-line refusal and the profile stays.  (The
+    container's sudo group is empty: a rule names root the administrator.)"""
+    import time
+
+    admin = polkit.rules_dir(CHARON_DIR / "nm") / "49-trustroam-lab-admin.rules"
+    admin.write_text('polkit.addAdminRule(function(action, subject) {\n'
+                     '    return ["unix-user:root"];\n});\n')
+    pid = master = 0
+    try:
+        end = time.monotonic() + 15
+        while True:  # polkitd reloads rules when the directory changes
+            pid, master = _ctl_on_a_terminal(NOBODY, str(world["bus"]),
+                                             ["profile", "delete", "agentonly"])
+            seen = _screen(master, b"Password:")
+            if b"Password:" in seen or time.monotonic() > end:
+                break
+            os.close(master)
+            os.waitpid(pid, 0)
+            time.sleep(0.2)
+        text = seen.decode(errors="replace")
+        assert "AUTHENTICATING FOR org.trustroam.configure" in text, text
+        os.write(master, b"\x04")  # end of input: the prompt is cancelled
+        seen += _screen(master, b"\0")
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+    finally:
+        admin.unlink()
+        if pid:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        if master:
+            os.close(master)
+    text = seen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 1, text
+    said = [line for line in text.splitlines() if line.startswith("trustroamctl:")]
+    assert len(said) == 1 and "Traceback" not in text, text
+    assert (Path(str(world["profiles"])) / "agentonly.toml").exists()

@@ -13,7 +13,9 @@ IKE/ESP, DHCP, the direct probe and agent solicitation.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -249,3 +251,30 @@ def test_charon_killed_in_mc_keeps_the_gate_shut_and_mc_comes_back_by_itself(
     bad = leaks(pcap, lab_policy(mac))
     assert not bad, "\n".join(str(o) for o in bad[:10])
     assert props(world)["Error"] == ""
+
+
+def test_rfc5266_3_4_1_mc_says_the_home_agent_is_reached_through_the_vpn_and_a_link_left_clears_the_binding(  # noqa: E501
+        lab: Lab, world: dict[str, object]) -> None:
+    """Issue 19: in mc `trustroamctl status` says the home agent is reached through
+    the VPN (the registration through it is the proof), not the direct probe's
+    failure; and the PropertiesChanged of a link left (Mode none) clears
+    BindingExpires in the same signal."""
+    monitor = world["monitor"]
+    assert isinstance(monitor, Proc)
+    t = time.time()
+    lab.move("t1")
+    wait_history(world, t, "mode", {"mode": "c"}, timeout=25)
+    assert float(str(props(world)["BindingExpires"])) > time.time()  # the direct binding
+    before = len(monitor.out.printed)
+    t = time.time()
+    lab.move("pub")
+    wait_history(world, t, "mode", {"mode": "mc"}, timeout=25)
+    out = subprocess.run([sys.executable, "-m", "app.ctl", "status"], capture_output=True,
+                         text=True, timeout=30, check=False,
+                         env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": str(world["bus"])})
+    assert out.returncode == 0, out
+    assert "home agent     reached through the VPN (registered through it)" in out.stdout, out
+    assert "not answering" not in out.stdout.split("TIA")[0], out.stdout
+    left = [line for line in monitor.out.printed[before:] if "Mode=none" in line.split()]
+    assert left, monitor.out.printed[before:]
+    assert "BindingExpires=0.0" in left[0].split(), left[0]

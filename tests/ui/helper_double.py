@@ -39,6 +39,8 @@ from app.api import (
 )
 
 TEST_INTERFACE = "org.trustroam.Test1"
+NAME_GONE = ("org.freedesktop.DBus.Error.ServiceUnknown",
+             "org.freedesktop.DBus.Error.NameHasNoOwner")
 TEST_PATH = "/org/trustroam/Test"
 
 
@@ -99,16 +101,23 @@ class Double(ServiceInterface):
             raise DBusError(ERROR_FAILED, msg)
 
     async def ask_agent(self, profile, keys):
-        if not self.agents:
-            return {}
-        sender, path = self.agents[-1]
-        reply = await self.bus.call(Message(destination=sender, path=path,
-                                            interface=SECRET_AGENT_INTERFACE,
-                                            member="GetSecrets", signature="sas",
-                                            body=[profile, keys]))
-        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
-            return {}
-        return dict(reply.body[0])
+        """As the helper does: the agents in the order they registered, each for
+        the keys the earlier ones did not give."""
+        got = {}
+        for sender, path in list(self.agents):
+            missing = [k for k in keys if not got.get(k)]
+            if not missing:
+                break
+            reply = await self.bus.call(Message(destination=sender, path=path,
+                                                interface=SECRET_AGENT_INTERFACE,
+                                                member="GetSecrets", signature="sas",
+                                                body=[profile, missing]))
+            if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+                if reply is not None and reply.error_name in NAME_GONE:  # as the helper
+                    self.agents = [a for a in self.agents if a[0] != sender]
+                continue
+            got.update({k: v for k, v in reply.body[0].items() if k in missing and v})
+        return got
 
     @method()
     async def Connect(self, profile: "s"):
@@ -175,8 +184,28 @@ class Double(ServiceInterface):
         return name
 
     @method()
+    def GetProfile(self, name: "s") -> "s":
+        self._check(f"GetProfile {name}")
+        if name not in self.profiles:
+            raise DBusError(ERROR_INVALID, f"no profile {name!r}")
+        return self.profiles[name]
+
+    @method()
+    def DeleteProfile(self, name: "s"):
+        self._check(f"DeleteProfile {name}")
+        if name not in self.profiles:
+            raise DBusError(ERROR_INVALID, f"no profile {name!r}")
+        if name == self.snap.profile:
+            raise DBusError(ERROR_INVALID, f"profile {name!r} is connected: disconnect it "
+                            "first")
+        del self.profiles[name]
+        self.event("profile-deleted", {"profile": name})
+
+    @method()
     def RegisterSecretAgent(self, path: "o"):
         self.calls.append(f"RegisterSecretAgent {path}")
+        # One per connection (registering again replaces it), as the helper keeps them.
+        self.agents = [(s, p) for s, p in self.agents if s != self._sender]
         self.agents.append((self._sender, path))
 
     @signal()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import replace
 
 from app.api import Mode, Policy, Probe, Snapshot, State
 from ui import presentation as p
@@ -32,7 +33,7 @@ def test_tooltip_names_addresses_probes_and_binding() -> None:
     tip = p.tooltip(snap, "Cafe (Wi-Fi)")
     for part in ("protected by the VPN (mode mc)", "Network: Cafe (Wi-Fi)",
                  "Home address: 10.20.1.10", "Tunnel inner address: 10.99.0.7",
-                 "Home agent: reachable, last RTT 3.5 ms",
+                 "Home agent: reached through the VPN (registered through it)",
                  "VPN gateway vpn1.corp.example: NOT reachable, last RTT 40.0 ms",
                  "Binding: until " + time.strftime("%H:%M:%S", time.localtime(1300.0))):
         assert part in tip, (part, tip)
@@ -43,6 +44,20 @@ def test_tooltip_names_addresses_probes_and_binding() -> None:
                            care_of_address="192.168.7.20"), "")
     assert "Care-of address: 192.168.7.20" in c and "Tunnel inner" not in c
     assert p.tooltip(None, "") == "TrustRoam: TrustRoam service not running"
+
+
+def test_rfc5266_3_4_1_in_mc_the_tooltip_says_the_ha_is_reached_through_the_vpn() -> None:
+    """The helper marks the direct probe unreachable on an untrusted network (it is
+    expected to fail there); in mc the registration through the VPN is the proof."""
+    mc = Snapshot(state=State.UNTRUSTED, mode=Mode.VPN, profile="corp",
+                  home_agent_probe=Probe(False, 3.0, 100.0), binding_expires=1300.0)
+    tip = p.tooltip(mc, "")
+    assert "Home agent: reached through the VPN (registered through it)" in tip, tip
+    assert "NOT reachable" not in tip, tip
+    waiting = p.tooltip(replace(mc, binding_expires=0.0), "")
+    assert "Home agent: through the VPN, not registered yet" in waiting, waiting
+    direct = p.tooltip(replace(mc, mode=Mode.NONE, binding_expires=0.0), "")
+    assert "Home agent: NOT reachable, last RTT 3.0 ms" in direct, direct
 
 
 def test_never_vpn_on_an_untrusted_network_is_blocked_with_the_reason() -> None:

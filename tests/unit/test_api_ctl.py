@@ -64,3 +64,21 @@ def test_status_without_a_vpn_shows_no_vpn_rows():
                  tunnel_inner_address="10.99.1.1")  # a stale TIA is not meaningful
     text = render(s, 1000.0)
     assert "TIA" not in text and "VPN" not in text and "10.99.1.1" not in text
+
+
+def test_rfc5266_3_4_1_in_mc_the_home_agent_is_reached_through_the_vpn():
+    """In mc the direct probe is expected to fail (that is why the VPN is up): the
+    registration through the VPN is the proof the home agent is reached."""
+    registered = Snapshot(state=State.UNTRUSTED, mode=Mode.VPN, profile="corp",
+                          tunnel_inner_address="10.99.0.7", vpn_gateway="vpn1",
+                          home_agent_probe=Probe(False, 3.0, 990.0), binding_expires=1300.0)
+    text = render(registered, 1000.0)
+    assert "home agent     reached through the VPN (registered through it)" in text, text
+    assert "not answering" not in text.split("VPN probe")[0], text
+    waiting = render(Snapshot(state=State.UNTRUSTED, mode=Mode.VPN, profile="corp",
+                              home_agent_probe=Probe(False, 3.0, 990.0)), 1000.0)
+    assert "home agent     through the VPN, not registered yet" in waiting, waiting
+    # Outside mc the direct probe is the word.
+    direct = render(Snapshot(state=State.UNTRUSTED, mode=Mode.NONE, profile="corp",
+                             home_agent_probe=Probe(False, 3.0, 990.0)), 1000.0)
+    assert "home agent     not answering" in direct, direct

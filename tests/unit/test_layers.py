@@ -28,8 +28,12 @@ ALLOWED: dict[str, set[str]] = {
     "app.mn": {"app.mn", "app.mip", "app.net", "app.vpn", "app.api", "app.config"},
     "app.service": {"app.service", "app.mn", "app.net", "app.vpn", "app.mip", "app.api",
                     "app.config", "app.dbus"},
+    "app.profile_edit": {"app.config"},
+    "app.ctl_ask": {"app.api", "app.client_bus"},
+    "app.ctl_polkit": set(),
     "app.ctl": {"app.api", "app.client_bus", "app.config", "app.mn", "app.vpn",
-                "app.net"},  # app.net: release-gate
+                "app.net",  # app.net: release-gate
+                "app.profile_edit", "app.ctl_ask", "app.ctl_polkit"},
     "ui": {"ui", "app.api", "app.client_bus", "app.config", "app.mn.profile",
            "app.vpn.profile"},
 }

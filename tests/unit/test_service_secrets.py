@@ -13,6 +13,7 @@ import pytest
 from app.service.secrets import (
     MAX_AGENT_PATH,
     MAX_AGENTS,
+    MAX_AGENTS_PER_UID,
     AgentFailed,
     AgentRefused,
     Peer,
@@ -101,15 +102,42 @@ async def test_an_agent_that_never_answers_is_bounded_and_named(tmp_path):
         assert await src.key("corp", ROOT) == Secret(bytes.fromhex(FILE_KEY))
 
 
-async def test_one_agent_per_user_dropped_when_its_name_goes():
+async def test_a_users_agents_are_bounded_and_dropped_when_their_names_go():
     src = SecretSource(None, None)
     for i in range(1000):
         src.register_agent(Peer(f":1.{i}", 65534, i), "/a")
-    assert len(src.agents) == 1 and src.agents[65534].peer.name == ":1.999"
-    src.forget_name(":1.998")  # an older connection of the same user: nothing to drop
-    assert len(src.agents) == 1
-    src.forget_name(":1.999")
+    names = [a.peer.name for a in src.agents[65534]]
+    assert names == [f":1.{i}" for i in range(1000 - MAX_AGENTS_PER_UID, 1000)]
+    src.forget_name(":1.5")  # an older connection already dropped: nothing to do
+    assert len(src.agents[65534]) == MAX_AGENTS_PER_UID
+    for name in names:
+        src.forget_name(name)
     assert src.agents == {}
+
+
+async def test_a_secret_the_users_agent_lacks_is_asked_of_their_next_agent():
+    """trustroamctl connect --ask: the tray (registered first) is asked first; the
+    terminal's agent only for what the tray did not have, and when the terminal's
+    connection goes the tray's agent stays."""
+    tray, cli = Peer(":1.tray", 1000, 20), Peer(":1.cli", 1000, 21)
+    keys_asked = []
+
+    async def call(agent, profile, keys):
+        keys_asked.append((agent.peer.name, list(keys)))
+        if agent.peer == tray:
+            return {"mn_ha_key": f"hex:{AGENT_KEY}"}
+        return {"vpn_psk": "typed-psk", "mn_ha_key": f"hex:{FILE_KEY}"}
+
+    src = SecretSource(call, None)
+    src.register_agent(tray, "/tray")
+    src.register_agent(cli, "/cli")
+    src.register_agent(cli, "/cli2")  # again from the same connection: replaces its own
+    got = await src.fetch("corp", USER, ["vpn_psk"])
+    assert keys_asked == [(":1.tray", ["mn_ha_key", "vpn_psk"]), (":1.cli", ["vpn_psk"])]
+    assert got.key == Secret(bytes.fromhex(AGENT_KEY))  # the first agent's key stays
+    assert dict(got.extra) == {"vpn_psk": "typed-psk"}
+    src.forget_name(":1.cli")
+    assert [a.path for a in src.agents[1000]] == ["/tray"]
 
 
 async def test_an_agent_whose_connection_is_gone_is_forgotten(tmp_path):

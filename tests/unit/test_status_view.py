@@ -109,3 +109,20 @@ def test_the_nat_shown_is_the_vpns_in_mc_and_the_registrations_otherwise():
     direct = replace(BASE, mode=Mode.COLOCATED, nat_detected=True)
     assert view.vpn(direct, False)[0].nat_detected
     assert not view.vpn(replace(direct, mode=Mode.VPN), False)[0].nat_detected
+
+
+def test_binding_expires_is_cleared_when_the_link_is_left():
+    """A link left (the machine back to no mode: probing a new link, or offline):
+    the binding shown was the old link's, so BindingExpires goes to 0 until the next
+    registration publishes its own; the same binding object does not come back."""
+    view = status_view.BindingView()
+    b = Registered(COA, 600, 1300.0, 0.002, False, False, 0)
+    snap, _ = view.update(BASE, None, b, lambda t: t)
+    snap, _ = status_view.status(snap, ev.Status(State.TRUSTED, Mode.COLOCATED, "eth0", COA,
+                                                 None, None))
+    assert snap.binding_expires == 1300.0
+    for phase in (State.PROBING, State.OFFLINE):
+        left, _ = status_view.status(snap, ev.Status(phase, Mode.NONE, None, None, None, None))
+        assert left.binding_expires == 0.0, phase
+        again, entries = view.update(left, (0.002, 5.0), b, lambda t: t)
+        assert again.binding_expires == 0.0 and "registered" not in [k for k, _ in entries]

@@ -1,0 +1,126 @@
+"""``trustroamctl connect NAME --ask``: a secret agent on the terminal, for one call.
+
+Registered on trustroamctl's own bus connection just before its Connect and gone
+with that connection.  The helper asks a user's agents in the order they
+registered, so the tray (if it runs) is asked first and this one only for what
+the tray lacked, as ``nmcli --ask`` fills in what no other agent had.
+
+It answers only the helper (its name's owner now, running as root: the bus's
+word for both).  A secret is read from the terminal without echo, travels only
+in the D-Bus reply, and is never printed, logged, put in an exception or in the
+environment; a failure is reported by its type alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+from collections.abc import Callable
+
+from app.api import BUS_NAME, SECRET_AGENT_INTERFACE, SECRET_MN_HA_KEY
+from app.client_bus import (
+    ErrorType,
+    Message,
+    MessageBus,
+    MessageFlag,
+    MessageType,
+    get_name_owner,
+    shown,
+    unix_user,
+)
+
+AGENT_PATH = "/org/trustroam/ctl/agent"
+LABELS = {SECRET_MN_HA_KEY: "Mobile-Home key (hex:...)", "vpn_psk": "VPN pre-shared key",
+          "vpn_password": "VPN password",
+          "vpn_key_passphrase": "VPN private key passphrase (empty: none)"}
+TRIES = 3
+
+Prompt = Callable[[str], str]
+"""Reads one line without echo (``getpass.getpass``)."""
+
+
+def key_problem(key: str, value: str) -> str | None:
+    """Why ``value`` cannot be ``key`` (naming the key, never quoting the value)."""
+    if key != SECRET_MN_HA_KEY:
+        return None if value or key == "vpn_key_passphrase" else f"{LABELS[key]}: is empty"
+    if not value.startswith("hex:"):
+        return f"{LABELS[key]}: must be 'hex:' followed by hex digits"
+    try:
+        raw = bytes.fromhex(value[4:])
+    except ValueError:
+        return f"{LABELS[key]}: has characters that are not hex digits"
+    if not 16 <= len(raw) <= 64:
+        return f"{LABELS[key]}: is {len(raw)} bytes; it must be 16 to 64"
+    return None
+
+
+def ask(profile: str, keys: list[str], prompt: Prompt = getpass.getpass) -> dict[str, str]:
+    """The known ``keys`` read from the terminal (a bad one asked again, up to
+    ``TRIES`` times; one left empty is not answered)."""
+    found: dict[str, str] = {}
+    for key in dict.fromkeys(keys):
+        if key not in LABELS:
+            continue
+        for _ in range(TRIES):
+            value = prompt(f"{LABELS[key]} for profile {shown(profile, 64)}: ")
+            if key == SECRET_MN_HA_KEY and value and not value.startswith("hex:"):
+                value = "hex:" + value  # bare hex digits are what a person pastes
+            problem = key_problem(key, value)
+            if problem is None:
+                if value:
+                    found[key] = value
+                break
+            print(f"trustroamctl: {problem}", file=sys.stderr, flush=True)
+    return found
+
+
+class TerminalAgent:
+    """org.trustroam.SecretAgent1 at ``AGENT_PATH`` on trustroamctl's connection: a
+    message handler (the answer depends on who asks; an exported method is not told)."""
+
+    def __init__(self, bus: MessageBus, prompt: Prompt = getpass.getpass) -> None:
+        self.bus = bus
+        self.prompt = prompt
+        self.asked = 0
+        self._tasks: set[asyncio.Future[None]] = set()
+        bus.add_message_handler(self._on_message)
+
+    def _on_message(self, msg: Message) -> bool:
+        if (msg.message_type is not MessageType.METHOD_CALL or msg.path != AGENT_PATH
+                or msg.member != "GetSecrets"
+                or msg.interface not in (None, SECRET_AGENT_INTERFACE)):
+            return False
+        task = asyncio.ensure_future(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _answer(self, msg: Message) -> None:
+        if msg.signature != "sas":
+            reply = Message.new_error(msg, ErrorType.INVALID_ARGS,
+                                      "GetSecrets takes (profile s, keys as)")
+        elif not await self._from_helper(msg.sender):
+            reply = Message.new_error(msg, ErrorType.ACCESS_DENIED,
+                                      "only the TrustRoam helper may ask for secrets")
+        else:
+            profile, keys = msg.body
+            self.asked += 1
+            try:
+                # In the loop, not a thread: the helper waits for this answer anyway,
+                # and Ctrl-C must reach getpass (which puts the echo back).
+                found = ask(str(profile), [str(k) for k in keys], self.prompt)
+            except (EOFError, OSError) as exc:  # no terminal: answer nothing
+                print(f"trustroamctl: cannot ask on the terminal ({type(exc).__name__})",
+                      file=sys.stderr, flush=True)
+                found = {}
+            reply = Message.new_method_return(msg, "a{ss}", [found])
+        if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            self.bus.send(reply)
+
+    async def _from_helper(self, sender: str | None) -> bool:
+        if not sender:
+            return False
+        owner, uid = await asyncio.gather(get_name_owner(self.bus, BUS_NAME),
+                                          unix_user(self.bus, sender))
+        return owner == sender and uid == 0
