@@ -117,5 +117,5 @@ def test_profile_allow_lan_defaults_off_is_validated_and_round_trips():
     assert mn_profile.loads(BASE).allow_lan is False
     on = mn_profile.loads(BASE + "[features]\nallow_lan = true\n")
     assert on.allow_lan is True and mn_profile.loads(mn_profile.dumps(on)) == on
-    with pytest.raises(ConfigError, match="features.allow_lan: must be true or false"):
+    with pytest.raises(ConfigError, match=r"features\.allow_lan: must be true or false"):
         mn_profile.loads(BASE + '[features]\nallow_lan = "yes"\n')
