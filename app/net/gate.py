@@ -43,7 +43,8 @@ from app.net.gate_rules import (
 )
 
 log = logging.getLogger("trustroam.net.gate")
-__all__ = ["TABLE", "GateError", "GatePolicy", "ProvenPath", "TrafficGate", "remove_table"]
+__all__ = ["TABLE", "GateError", "GatePolicy", "ProvenPath", "TrafficGate", "lan_answer",
+           "remove_table"]
 
 
 class GateError(UserFacingError):
@@ -113,6 +114,8 @@ class TrafficGate:
         """The user's per-network choice (the helper sets it): is the local network of
         this link (interface, address/prefix) wanted without the profile's allow_lan?"""
         self._lan_refused: tuple[str, str] | None = None
+        self._mutex = asyncio.Lock()
+        """One decision at a time (the nft program's path awaits a subprocess)."""
 
     async def install(self) -> None:
         """The whole table, undecided: the first thing the helper does."""
@@ -123,6 +126,10 @@ class TrafficGate:
     async def decide(self, path: ProvenPath | None, home_probe: str | None = None) -> None:
         """Open exactly ``path`` (None: undecided, nothing normal leaves);
         ``home_probe``: undecided, probing that interface as the home link."""
+        async with self._mutex:
+            await self._decide(path, home_probe)
+
+    async def _decide(self, path: ProvenPath | None, home_probe: str | None) -> None:
         if not self.installed:
             await self.install()
         lan = self._lan(path)
@@ -142,9 +149,11 @@ class TrafficGate:
                      path.mode.value, f", and its local network {lan}" if lan else "")
 
     async def reconsider_lan(self) -> None:
-        """The user's choice for this network changed: the same decision again."""
-        if self.installed:
-            await self.decide(self.path, self.home_probe)
+        """The user's choice for this network changed: the same decision again (read
+        under the lock: a decision the driver makes meanwhile is never undone)."""
+        async with self._mutex:
+            if self.installed:
+                await self._decide(self.path, self.home_probe)
 
     def _lan(self, path: ProvenPath | None) -> IPv4Network | None:
         """The local network to open with ``path``: only in c and mc, only where the
@@ -184,6 +193,20 @@ class TrafficGate:
 
     async def _run(self, script: str) -> None:
         await run_nft(script, self.lib, self.nft)
+
+
+def lan_answer(gate: TrafficGate | None) -> tuple[bool, str]:
+    """``AllowLan``'s answer: (the local network is open, which one or why not)."""
+    path = gate.path if gate is not None else None
+    if gate is None or path is None or path.mode not in LAN_MODES:
+        return False, "only in modes c and mc"
+    if gate.lan is not None:
+        return True, f"{gate.lan} on {path.iface}"
+    link = link_interface(path.iface, path.link_address)
+    if link is not None and (gate.policy.allow_lan or (
+            gate.lan_wanted is not None and gate.lan_wanted(path.iface, link))):
+        return False, lan_subnet(link, gate.policy).refusal
+    return False, "not allowed on this network"
 
 
 async def run_nft(script: str, lib: _LibNftables | None, nft: str) -> None:

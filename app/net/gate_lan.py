@@ -13,6 +13,7 @@ import ctypes.util
 import functools
 import socket
 from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
 
 
 class _SockaddrIn(ctypes.Structure):
@@ -67,3 +68,40 @@ def link_interface(iface: str, address: IPv4Address) -> IPv4Interface | None:
         if name == iface and ifc.ip == address:
             return ifc
     return None
+
+
+def _router(iface: str, routes: str) -> IPv4Address | None:
+    """The default route's gateway on ``iface`` in ``/proc/net/route`` text (the main
+    table: where DHCP clients and NetworkManager put it)."""
+    for line in routes.splitlines()[1:]:
+        f = line.split()
+        if len(f) >= 4 and f[0] == iface and f[1] == "00000000" and f[2] != "00000000":
+            return IPv4Address(int(f[2], 16).to_bytes(4, "little"))
+    return None
+
+
+def _mac(address: IPv4Address, iface: str, arp: str) -> str | None:
+    """``address``'s link-layer address on ``iface`` in ``/proc/net/arp`` text."""
+    for line in arp.splitlines()[1:]:
+        f = line.split()
+        if len(f) >= 6 and f[0] == str(address) and f[5] == iface and f[2] != "0x0":
+            return f[3].lower()
+    return None
+
+
+def network_identity(iface: str, link: IPv4Interface, *, routes: str | None = None,
+                     arp: str | None = None) -> str | None:
+    """How the user's per-network choice recognises a network: its on-link subnet and
+    its router's link-layer address (``192.168.1.0/24 router 02:00:5e:..``); None
+    when the router is not known yet.  Not a proof: a hostile network can copy both
+    (README: the trade-off of allow_lan)."""
+    try:
+        routes = routes if routes is not None else Path("/proc/net/route").read_text()
+        arp = arp if arp is not None else Path("/proc/net/arp").read_text()
+    except OSError:
+        return None
+    router = _router(iface, routes)
+    if router is None or router not in link.network:
+        return None
+    mac = _mac(router, iface, arp)
+    return f"{link.network} router {mac}" if mac else None

@@ -178,7 +178,8 @@ async def _unprivileged(bus):
     results["history"] = await call(bus, "GetHistory", "u", [5])
     for name, sig, body in (("Connect", "s", ["corp"]), ("Disconnect", "", []),
                             ("Reprobe", "", []), ("SetPolicy", "s", ["never-vpn"]),
-                            ("SaveProfile", "s", ['name = "evil"'])):
+                            ("SaveProfile", "s", ['name = "evil"']),
+                            ("SetAllowLan", "b", [True])):
         results[name] = await call(bus, name, sig, body)
     return results
 
@@ -188,7 +189,8 @@ def test_unauthorised_caller_reads_but_cannot_change_anything(world):
     results = run_as(NOBODY, str(world["bus"]), _unprivileged)
     assert results["read"]["State"] == before["State"]
     assert results["history"][0]
-    for name in ("Connect", "Disconnect", "Reprobe", "SetPolicy", "SaveProfile"):
+    for name in ("Connect", "Disconnect", "Reprobe", "SetPolicy", "SaveProfile",
+                 "SetAllowLan"):
         ok, text = results[name]
         assert not ok, (name, text)
         assert "org.trustroam.Error.NotAuthorized" in text, (name, text)

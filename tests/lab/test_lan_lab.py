@@ -28,6 +28,7 @@ from app.lab.charon import LAB_PSK
 from app.lab.configs import CN, MN_HA_KEY, profile_toml, write_helper_files
 from app.lab.topology import MN, SWITCH
 from app.lab.world import Lab
+from tests.dbus_client import call, run_as
 from tests.haproc import env
 from tests.lab.conftest import ns_exec
 from tests.lab.procs import GW1, Proc, helper_world, mac_of_mn, wait_history
@@ -173,3 +174,36 @@ def test_dns_to_the_links_resolver_is_refused_at_once_while_the_gate_is_shut(lab
     lines = cap.out.rest()
     assert [x for x in lines if ".434:" in x or ".67:" in x], lines
     assert not [x for x in lines if ".53:" in x], lines
+
+
+def allow_lan(world: dict[str, object], allow: bool | None = None) -> tuple[bool, str]:
+    """GetAllowLan, or SetAllowLan(allow), as root (polkit's active local user)."""
+    ok, value = run_as(None, str(world["bus"]), lambda bus: (
+        call(bus, "GetAllowLan") if allow is None else call(bus, "SetAllowLan", "b", [allow])))
+    assert ok, value
+    is_open, why = value[0]
+    return bool(is_open), str(why)
+
+
+def test_the_users_choice_opens_one_network_and_is_remembered_for_it(lab, world):
+    """Without allow_lan in the profile, SetAllowLan(true) on nat opens its local
+    network now, on nat only (not on t1), and again when the node comes back to nat;
+    SetAllowLan(false) shuts it."""
+    connect(world, lab, "corp", "nat", "mc")
+    assert allow_lan(world) == (False, "not allowed on this network")
+    assert udp_send(NAT_ROUTER) == "REFUSED"
+    assert allow_lan(world, True) == (True, "192.168.50.0/24 on eth0")
+    assert udp_send(NAT_ROUTER) == "SENT"
+    assert ping(NAT_ROUTER).returncode == 0
+    t = time.time()
+    lab.move("t1")
+    wait_history(world, t, "mode", {"state": "trusted", "mode": "c"}, timeout=40)
+    assert allow_lan(world) == (False, "not allowed on this network")
+    assert udp_send("10.30.1.1") == "REFUSED"
+    t = time.time()
+    lab.move("nat")
+    wait_history(world, t, "mode", {"state": "untrusted", "mode": "mc"}, timeout=40)
+    assert allow_lan(world) == (True, "192.168.50.0/24 on eth0")
+    assert udp_send(NAT_ROUTER) == "SENT"
+    assert allow_lan(world, False) == (False, "not allowed on this network")
+    assert udp_send(NAT_ROUTER) == "REFUSED"
