@@ -159,13 +159,15 @@ def lan_rules(path: ProvenPath | None, lan: IPv4Network | None) -> list[str]:
     return [f"oifname {_q(path.iface)} ip saddr {path.link_address} ip daddr {lan} accept"]
 
 
-def lan_in_rules(path: ProvenPath | None, lan: IPv4Network | None) -> list[str]:
+def lan_in_rules(path: ProvenPath | None, lan: IPv4Network | None,
+                 forward: bool = False) -> list[str]:
     """In: only what answers the machine's own flows to that subnet (its services
-    stay closed to the local network)."""
+    stay closed to the local network); ``forward``: answers to its guests' flows
+    (they left masqueraded as the link address; here they are de-NATed already)."""
     if path is None or lan is None or path.mode not in LAN_MODES:
         return []
-    return [f"iifname {_q(path.iface)} ip saddr {lan} ip daddr {path.link_address} "
-            "ct state established,related accept"]
+    to = "" if forward else f" ip daddr {path.link_address}"
+    return [f"iifname {_q(path.iface)} ip saddr {lan}{to} ct state established,related accept"]
 
 
 DNS_PORT = 53
@@ -313,7 +315,7 @@ def proven_in_rules(policy: GatePolicy, path: ProvenPath | None,
         # the home agent to the TIA through IPsec: out of charon's TUN, or decrypted
         # by kernel ESP (a secpath).  Nothing in clear on the link.
         tia = path.tunnel_inner_address
-        return [*probe, *([] if forward else lan_in_rules(path, lan)),
+        return [*probe, *lan_in_rules(path, lan, forward),
                 f"iifname {_q(policy.tunnel)} accept",
                 f"iifname {_q(policy.vpn_device)} ip saddr {ha} ip daddr {tia} accept",
                 f"iifname {i} meta ipsec exists ip saddr {ha} ip daddr {tia} accept"]
@@ -322,7 +324,7 @@ def proven_in_rules(policy: GatePolicy, path: ProvenPath | None,
         # address (IP-in-IP, RFC 3519 UDP, registration replies).
         rules = [f"iifname {_q(policy.tunnel)} accept",
                  f"iifname {i} ip saddr {ha} ip daddr {path.link_address} accept",
-                 *([] if forward else lan_in_rules(path, lan))]
+                 *lan_in_rules(path, lan, forward)]
     else:
         # h and f: the proven link is the path (IPv4: nothing IPv6 is decided on).
         rules = [f"iifname {i} meta nfproto ipv4 accept"]
@@ -400,7 +402,8 @@ def render(policy: GatePolicy, path: ProvenPath | None, home_probe: str | None =
         + _chain("input", ["type filter hook input priority 0; policy accept;",
                            "jump local_in", "jump proven_in", "jump undecided_in",
                            f"counter name {COUNTER_IN} drop"])
-        + _chain("proven_fwd", proven_in_rules(policy, path, home_probe, forward=True))
+        + _chain("proven_fwd", proven_in_rules(policy, path, home_probe, forward=True,
+                                               lan=lan))
         # Forwarded to the guests: from a local interface or by the proven path only.
         + _chain("forward", ["type filter hook forward priority 0; policy accept;",
                              "jump local_in", "jump proven_fwd", "jump to_guests"])
@@ -426,7 +429,7 @@ def render_decision(policy: GatePolicy, path: ProvenPath | None,
     script += [f"add rule inet {TABLE} proven_in {r}"
                for r in proven_in_rules(policy, path, home_probe, lan=lan)]
     script += [f"add rule inet {TABLE} proven_fwd {r}"
-               for r in proven_in_rules(policy, path, home_probe, forward=True)]
+               for r in proven_in_rules(policy, path, home_probe, forward=True, lan=lan)]
     script += [f"add rule inet {TABLE} dns_refuse {r}" for r in dns_refusal_rules(path)]
     script += [f"add rule arp {TABLE} output {r}"
                for r in arp_rules(policy, path, home_probe)]
