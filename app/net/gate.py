@@ -200,8 +200,9 @@ def lan_answer(gate: TrafficGate | None) -> tuple[bool, str]:
     path = gate.path if gate is not None else None
     if gate is None or path is None or path.mode not in LAN_MODES:
         return False, "only in modes c and mc"
-    if gate.lan is not None:
-        return True, f"{gate.lan} on {path.iface}"
+    if gate.lan is not None:  # the profile's allow_lan wins over the user's "off"
+        return True, f"{gate.lan} on {path.iface}" + (
+            " (the profile's allow_lan)" if gate.policy.allow_lan else "")
     link = link_interface(path.iface, path.link_address)
     if link is not None and (gate.policy.allow_lan or (
             gate.lan_wanted is not None and gate.lan_wanted(path.iface, link))):

@@ -111,6 +111,8 @@ def route_dev(dst: str) -> str:
 def test_allow_lan_reaches_the_private_link_subnet_in_clear_and_the_rest_by_the_tunnel(
         lab, world, net, state, mode, router, bridge):
     connect(world, lab, "lan", net, mode, state)
+    subnet = router.rsplit(".", 1)[0] + ".0/24"
+    assert allow_lan(world) == (True, f"{subnet} on eth0 (the profile's allow_lan)")
     # Routes: the on-link subnet by the physical link (the main table's on-link route,
     # rule pref 90), the intranet by the tunnel.
     assert route_dev(router) == "eth0"
