@@ -4,15 +4,19 @@
 
 Each try is ``{"src": addr|null, "sport": n|null, "dst": addr, "dport": n,
 "proto": "udp"|"icmp"|"esp", "icmp_type": n, "iface": name|null, "helper": bool,
-"charon": bool, "uid": n}`` (``helper``, ``charon``: the socket carries the
+"charon": bool, "uid": n, "answer": bool}`` (``helper``, ``charon``: the socket carries the
 helper's or charon's mark; ``uid``: sent by a process of that uid, unmarked).  Prints one JSON
 list: for each try "sent" or "refused" (a netfilter drop of a local packet is
-EPERM for the sender: the kernel's own verdict, not ours).
+EPERM for the sender: the kernel's own verdict, not ours).  With ``answer``, a
+connected socket waits for what comes back: "icmp 3/3" (the ICMP error read from
+the socket's error queue), "reset" (TCP), "timeout" (nothing), "answered".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -55,7 +59,54 @@ def try_one(t: dict[str, Any]) -> str:
     return {0: "sent", 3: "refused"}.get(os.waitstatus_to_exitcode(status), "error")
 
 
+ANSWER_WAIT = 10.0
+"""Seconds a refused query waits for its ICMP error or reset: a bound for a broken
+gate (a drop never answers), not a measure of speed."""
+IP_RECVERR = 11
+
+
+def _answer(t: dict[str, Any]) -> str:
+    """A DNS-like query on a connected socket, and what comes back to it."""
+    if t["proto"] == "tcp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(ANSWER_WAIT)
+        try:
+            s.connect((t["dst"], t["dport"]))
+        except ConnectionRefusedError:
+            return "reset"
+        except (TimeoutError, PermissionError):
+            return "timeout"  # a dropped SYN: connect waits (EPERM only on a local drop)
+        finally:
+            s.close()
+        return "answered"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    s.settimeout(ANSWER_WAIT)
+    try:
+        s.connect((t["dst"], t["dport"]))
+        with contextlib.suppress(PermissionError):  # the local drop that follows
+            s.send(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00")
+        try:
+            s.recv(512)
+        except ConnectionRefusedError:
+            _, anc, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+            for level, kind, data in anc:
+                if level == socket.IPPROTO_IP and kind == IP_RECVERR:
+                    # struct sock_extended_err: errno u32, origin, type, code u8
+                    _, origin, icmp_type, code = struct.unpack_from("=IBBB", data)
+                    if origin == 2:  # SO_EE_ORIGIN_ICMP
+                        return f"icmp {icmp_type}/{code}"
+            return "refused"
+        except TimeoutError:
+            return "timeout"
+        return "answered"
+    finally:
+        s.close()
+
+
 def _try(t: dict[str, Any]) -> str:
+    if t.get("answer"):
+        return _answer(t)
     if t["proto"] == "esp":
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ESP)
         payload = bytes(16)  # an SPI, a sequence number, something encrypted
@@ -88,7 +139,8 @@ def _try(t: dict[str, Any]) -> str:
 
 async def main() -> None:
     spec = json.loads(sys.argv[1])
-    gate = TrafficGate(POLICY)
+    gate = TrafficGate(dataclasses.replace(POLICY, allow_lan=True) if spec.get("allow_lan")
+                       else POLICY)
     d = spec.get("decision")
     if spec.get("install", True):
         await gate.install()

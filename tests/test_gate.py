@@ -72,10 +72,12 @@ def world() -> Iterator[None]:
 
 
 def probe(decision: dict[str, str] | None, tries: list[dict[str, object]],
-          install: bool = True, managed: tuple[str, ...] = ()) -> list[str]:
+          install: bool = True, managed: tuple[str, ...] = (), allow_lan: bool = False
+          ) -> list[str]:
     out = subprocess.run(["ip", "netns", "exec", MN, sys.executable, "-m", "tests.gate_probe",
                           json.dumps({"decision": decision, "tries": tries,
-                                      "install": install, "managed": list(managed)})],
+                                      "install": install, "managed": list(managed),
+                                      "allow_lan": allow_lan})],
                          capture_output=True, text=True, env=env(), timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     return list(json.loads(out.stdout))
@@ -207,6 +209,32 @@ def test_rfc5266_3_4_home_address_in_clear_only_in_modes_h_and_f(world):
         assert probe(None, home_src) == ["refused"]
     finally:
         ip_batch(MN, [f"addr del {HOME}/32 dev eth0"])
+
+
+def test_allow_lan_opens_the_links_own_subnet_in_clear_in_modes_c_and_mc_only(world):
+    """issue 19: with allow_lan the link's on-link subnet (10.30.1.0/24 here) is
+    reached from the link address in c and mc; the intranet and public hosts still
+    only through the tunnel; without it, the subnet is refused too."""
+    tries = [udp("10.30.1.1", 9999, src=LINK), udp(INTRANET, 9999, src=LINK),
+             udp("203.0.113.7", 9999, src=LINK)]
+    c = {"iface": "eth0", "address": LINK, "mode": "c"}
+    mc = {**c, "mode": "mc", "tia": "10.99.1.7"}
+    for d in (c, mc):
+        assert probe(d, tries, allow_lan=True) == ["sent", "refused", "refused"], d
+        assert probe(d, tries) == ["refused", "refused", "refused"], d
+    # Undecided, it opens nothing.
+    assert probe(None, tries, allow_lan=True) == ["refused", "refused", "refused"]
+
+
+def test_dns_is_refused_at_once_while_undecided(world):
+    """issue 19: a lookup to the link's resolver gets an ICMP port unreachable (UDP)
+    or a reset (TCP) back at once, not a silent drop; what the gate lets through
+    undecided is unchanged (a UDP query to another port still just refused)."""
+    dns = [{"proto": "udp", "dst": "10.30.1.1", "dport": 53, "answer": True},
+           {"proto": "tcp", "dst": "10.30.1.1", "dport": 53, "answer": True}]
+    assert probe(None, dns) == ["icmp 3/3", "reset"]
+    assert probe(None, [udp("10.30.1.1", 53), udp("10.30.1.1", 9999)]) == ["refused",
+                                                                           "refused"]
 
 
 TIA = "10.99.1.7"

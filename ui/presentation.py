@@ -146,7 +146,19 @@ def tooltip(snap: Snapshot | None, network: str) -> str:
         lines.append("NAT detected")
     if snap.policy is not Policy.AUTO:
         lines.append(f"Policy: {POLICY_WORDS[snap.policy]}")
+    if gate_shut(snap):
+        lines.append(NAMES_REFUSED)
     return "\n".join(lines)
+
+
+NAMES_REFUSED = "Names: refused until the network is decided"
+
+
+def gate_shut(snap: Snapshot) -> bool:
+    """The helper's gate holds normal traffic (and refuses DNS at once): probing, an
+    error, or an untrusted network without the VPN."""
+    return snap.state in (State.PROBING, State.ERROR) or (
+        snap.state is State.UNTRUSTED and snap.mode is not Mode.VPN)
 
 
 def vpn_label(snap: Snapshot) -> str:

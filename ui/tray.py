@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, QTimer
 from PySide6.QtGui import QAction, QActionGroup
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
-from app.api import HistoryEntry, Policy, Snapshot, State
+from app.api import HistoryEntry, Mode, Policy, Snapshot, State
 from app.client_bus import BusType, MessageBus, shown
 from ui import memory, presentation
 from ui.helper_client import AGENT_PATH, HelperCallError, HelperClient
@@ -100,6 +100,13 @@ class Tray(QObject):
         m.addSeparator()
         self.reprobe_action = m.addAction("Check network again")
         self.reprobe_action.triggered.connect(lambda: self.spawn(self._reprobe()))
+        # Per network (the helper keeps the choice by the network's subnet and router):
+        # off unless the user turns it on here; shown as the helper answers.
+        self.lan_action = m.addAction("Allow local network")
+        self.lan_action.setCheckable(True)
+        self.lan_action.setEnabled(False)
+        self.lan_action.triggered.connect(
+            lambda checked=False: self.spawn(self._allow_lan(bool(checked))))
         self.status_action = m.addAction("Status…")
         self.status_action.triggered.connect(self.show_status)
         self.editor_action = m.addAction("Profiles…")
@@ -215,6 +222,9 @@ class Tray(QObject):
         if snap is None:
             self.profiles = []
             self._rebuild_profiles()
+        if snap is None or old is None or (snap.mode, snap.care_of_address) != (
+                old.mode, old.care_of_address):
+            self.spawn(self._allow_lan(None))  # another network: ask the helper again
         self._refresh()
         delay = self.coalescer.observe(snap, self.network)
         if delay is not None:
@@ -303,6 +313,28 @@ class Tray(QObject):
     async def _set_policy(self, p: Policy) -> None:
         if self.helper is not None:
             await self._guard("Change policy", self.helper.set_policy(p.value))
+
+    async def _allow_lan(self, allow: bool | None) -> None:
+        """Ask the helper whether the local network is open here (None), or set it
+        for this network; the item shows the helper's answer and says why."""
+        a = self.lan_action
+        snap = self.snapshot
+        if self.helper is None or snap is None or snap.mode not in (Mode.COLOCATED, Mode.VPN):
+            a.setChecked(False)
+            a.setEnabled(False)
+            return
+        a.setEnabled(True)
+        try:
+            body = await (self.helper.call("GetAllowLan") if allow is None else
+                          self.helper.call("SetAllowLan", "b", [allow]))
+            is_open, why = body[0]
+        except HelperCallError as exc:
+            if allow is not None:
+                self.problem(f"Allow local network: {exc}")
+            is_open, why = False, str(exc)
+        a.setChecked(bool(is_open))
+        a.setToolTip(shown(str(why), 120))
+        a.setStatusTip(a.toolTip())
 
     def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
         if reason == QSystemTrayIcon.ActivationReason.Trigger:

@@ -25,6 +25,7 @@ agent, or from the root-only secrets file).  Errors name the file and key.
     [features]
     foreign_agents = true          # mode f where an FA advertises (trusted links only)
     gate = true                    # block normal traffic while undecided
+    allow_lan = false              # c and mc: the link's own private subnet in clear
 
     [vpn]                          # optional: the untrusted side (mode mc), see app.vpn.profile
     gateways = ["vpn.corp.example"]
@@ -81,6 +82,9 @@ class Profile:
     foreign_agents: bool = True
     gate_enabled: bool = True
     """``[features] gate``: shut traffic while undecided (off only for debugging)."""
+    allow_lan: bool = False
+    """``[features] allow_lan``: in c and mc the access link's own private subnet is
+    reached directly, in clear (app.net.gate_rules.lan_subnet says which)."""
     vpn: VpnConfig | None = None
     """The ``[vpn]`` table: without one an untrusted network stays shut (no mode mc)."""
     dns: DnsConfig | None = None
@@ -170,6 +174,7 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
         udp_tunnelling=top.enum("udp_tunnelling", UdpTunnelling, UdpTunnelling.AUTO),
         foreign_agents=features.bool_("foreign_agents", True),
         gate_enabled=features.bool_("gate", True),
+        allow_lan=features.bool_("allow_lan", False),
         vpn=vpn,
         dns=dns,
         source=source,
@@ -217,7 +222,8 @@ def dumps(p: Profile) -> str:
     lines += ["", "[probe]", f"initial_timeout = {p.initial_timeout!r}",
               f"retries = {p.retries}", "", "[features]",
               f"foreign_agents = {str(p.foreign_agents).lower()}",
-              f"gate = {str(p.gate_enabled).lower()}", ""]
+              f"gate = {str(p.gate_enabled).lower()}",
+              f"allow_lan = {str(p.allow_lan).lower()}", ""]
     if p.vpn is not None:
         lines += ["[vpn]", *vpn_profile.dump(p.vpn, p.home_network), ""]
     if p.dns is not None:

@@ -50,7 +50,11 @@ def gate(a: ev.Gate, at: float) -> Entry:
     p = a.path
     return "gate", {"blocked": str(p is None).lower(), "at": f"{at:.6f}",
                     **({"interface": p.iface, "address": str(p.link_address),
-                        "mode": p.mode.value} if p else {})}
+                        "mode": p.mode.value} if p else {"names": NAMES_REFUSED})}
+
+
+NAMES_REFUSED = "refused until the network is decided"
+"""Why lookups fail at once while the gate is shut (app.net.gate_rules.dns_refusal_rules)."""
 
 
 def handover_ms(machine_ms: float, executed_ms: float) -> float:

@@ -24,12 +24,18 @@ import ctypes.util
 import functools
 import logging
 import shutil
+from collections.abc import Callable
+from ipaddress import IPv4Interface, IPv4Network
 
 from app.errors import UserFacingError
+from app.net.gate_lan import link_interface
 from app.net.gate_rules import (
+    LAN_MODES,
     TABLE,
     GatePolicy,
     ProvenPath,
+    dns_refusal_rules,
+    lan_subnet,
     removal,
     render,
     render_decision,
@@ -37,7 +43,8 @@ from app.net.gate_rules import (
 )
 
 log = logging.getLogger("trustroam.net.gate")
-__all__ = ["TABLE", "GateError", "GatePolicy", "ProvenPath", "TrafficGate", "remove_table"]
+__all__ = ["TABLE", "GateError", "GatePolicy", "ProvenPath", "TrafficGate", "lan_answer",
+           "remove_table"]
 
 
 class GateError(UserFacingError):
@@ -100,6 +107,15 @@ class TrafficGate:
         """The proven path the rules open now; None while undecided."""
         self.managed: frozenset[str] = frozenset()
         """Interfaces the helper has managed: never waved through as local bridges."""
+        self.home_probe: str | None = None
+        self.lan: IPv4Network | None = None
+        """The local network open with the path (``allow_lan``); None: none."""
+        self.lan_wanted: Callable[[str, IPv4Interface], bool] | None = None
+        """The user's per-network choice (the helper sets it): is the local network of
+        this link (interface, address/prefix) wanted without the profile's allow_lan?"""
+        self._lan_refused: tuple[str, str] | None = None
+        self._mutex = asyncio.Lock()
+        """One decision at a time (the nft program's path awaits a subprocess)."""
 
     async def install(self) -> None:
         """The whole table, undecided: the first thing the helper does."""
@@ -110,21 +126,57 @@ class TrafficGate:
     async def decide(self, path: ProvenPath | None, home_probe: str | None = None) -> None:
         """Open exactly ``path`` (None: undecided, nothing normal leaves);
         ``home_probe``: undecided, probing that interface as the home link."""
+        async with self._mutex:
+            await self._decide(path, home_probe)
+
+    async def _decide(self, path: ProvenPath | None, home_probe: str | None) -> None:
         if not self.installed:
             await self.install()
+        lan = self._lan(path)
         try:
-            await self._run(render_decision(self.policy, path, home_probe))
+            await self._run(render_decision(self.policy, path, home_probe, lan))
         except GateError as exc:
             # Someone removed the tables (an nftables reload, `nft flush ruleset`):
             # install them again, with this decision, in one transaction.
             log.warning("gate tables were gone (%s): installing them again", exc)
-            await self._run(render(self.policy, path, home_probe, self.managed))
-        self.path = path
+            await self._run(render(self.policy, path, home_probe, self.managed, lan))
+        self.path, self.home_probe, self.lan = path, home_probe, lan
         if path is None:
-            log.info("gate shut: only DHCP, registration, solicitation and IKE leave")
+            log.info("gate shut: only DHCP, registration, solicitation and IKE leave; "
+                     "DNS is refused until the network is decided")
         else:
-            log.info("gate open on %s from %s (mode %s)", path.iface, path.link_address,
-                     path.mode.value)
+            log.info("gate open on %s from %s (mode %s)%s", path.iface, path.link_address,
+                     path.mode.value, f", and its local network {lan}" if lan else "")
+
+    async def reconsider_lan(self) -> None:
+        """The user's choice for this network changed: the same decision again (read
+        under the lock: a decision the driver makes meanwhile is never undone)."""
+        async with self._mutex:
+            if self.installed:
+                await self._decide(self.path, self.home_probe)
+
+    def _lan(self, path: ProvenPath | None) -> IPv4Network | None:
+        """The local network to open with ``path``: only in c and mc, only where the
+        profile or the user asks, only a private on-link subnet (else a log line)."""
+        if path is None or path.mode not in LAN_MODES or (
+                not self.policy.allow_lan and self.lan_wanted is None):
+            return None
+        link = link_interface(path.iface, path.link_address)
+        if link is None:
+            if self.policy.allow_lan:
+                log.warning("allow_lan: %s has no address %s any more: its local network "
+                            "stays shut", path.iface, path.link_address)
+            return None
+        if not (self.policy.allow_lan or (
+                self.lan_wanted is not None and self.lan_wanted(path.iface, link))):
+            return None
+        decision = lan_subnet(link, self.policy)
+        if decision.subnet is None:
+            if self._lan_refused != (path.iface, str(link)):  # once per link, not per move
+                log.warning("allow_lan: the local network of %s stays shut: %s", path.iface,
+                            decision.refusal)
+            self._lan_refused = (path.iface, str(link))
+        return decision.subnet
 
     async def manage(self, iface: str) -> None:
         """A link the helper manages: judged by the decision even if its name looks
@@ -141,6 +193,21 @@ class TrafficGate:
 
     async def _run(self, script: str) -> None:
         await run_nft(script, self.lib, self.nft)
+
+
+def lan_answer(gate: TrafficGate | None) -> tuple[bool, str]:
+    """``AllowLan``'s answer: (the local network is open, which one or why not)."""
+    path = gate.path if gate is not None else None
+    if gate is None or path is None or path.mode not in LAN_MODES:
+        return False, "only in modes c and mc"
+    if gate.lan is not None:  # the profile's allow_lan wins over the user's "off"
+        return True, f"{gate.lan} on {path.iface}" + (
+            " (the profile's allow_lan)" if gate.policy.allow_lan else "")
+    link = link_interface(path.iface, path.link_address)
+    if link is not None and (gate.policy.allow_lan or (
+            gate.lan_wanted is not None and gate.lan_wanted(path.iface, link))):
+        return False, lan_subnet(link, gate.policy).refusal
+    return False, "not allowed on this network"
 
 
 async def run_nft(script: str, lib: _LibNftables | None, nft: str) -> None:
@@ -178,4 +245,9 @@ async def shut_left_gate() -> bool:
         # from before the inbound half has no such chains)
         await run_nft(f"flush chain inet {TABLE} proven_in\nflush chain inet {TABLE} "
                       "proven_fwd\n", _libnftables(), shutil.which("nft") or "nft")
+    with contextlib.suppress(GateError):  # undecided again: DNS is refused (a table from
+        # before the refusal has no such chain)
+        await run_nft(f"flush chain inet {TABLE} dns_refuse\n" + "".join(
+            f"add rule inet {TABLE} dns_refuse {r}\n" for r in dns_refusal_rules(None)),
+            _libnftables(), shutil.which("nft") or "nft")
     return True

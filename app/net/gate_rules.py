@@ -27,6 +27,13 @@ agent advertisements, IKE/NAT-T/ESP from the gateways to charon's sockets, the
 gateways' echo replies and ICMP errors about flows that were let out.  So
 rp_filter (loose on Debian) and the weak host model do not matter.
 
+On request (the profile's ``allow_lan``, or the user for one network), modes c
+and mc also open the access link's own on-link subnet in clear, from the link
+address (:func:`lan_subnet` decides which, and refuses a public or routed one).
+While undecided, a DNS query that would be dropped is refused instead (ICMP port
+unreachable, TCP reset, in the ``output`` hook where ``reject`` is allowed), so a
+desktop resolver gives up at once rather than after its timeout; nothing leaves.
+
 Rendered as one ``inet`` table that :mod:`app.net.gate` replaces whole in one
 nftables transaction, so there is never a moment with half a rule set.
 """
@@ -34,7 +41,7 @@ nftables transaction, so there is never a moment with half a rule set.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from app.api import Mode
 from app.mip.icmp import ALL_ROUTERS
@@ -72,6 +79,10 @@ class GatePolicy:
     """VPN gateways: IKE, NAT-T and ESP to them pass while undecided (RFC 5266 3.4)."""
     vpn_device: str = "ipsec0"
     """kernel-libipsec's TUN: what enters it leaves the machine encrypted."""
+    allow_lan: bool = False
+    """The profile's ``allow_lan``: the link's own private subnet in clear in c and mc."""
+    home_network: IPv4Network | None = None
+    """The home prefix: never opened as a local network (it goes through the tunnel)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +110,77 @@ def _q(name: str) -> str:
     if '"' in name or "\\" in name or not name:
         raise ValueError(f"interface name {name!r} cannot be put in a rule")
     return f'"{name}"'
+
+
+LAN_NETWORKS = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"),
+                IPv4Network("192.168.0.0/16"), IPv4Network("169.254.0.0/16"))
+"""What ``allow_lan`` may open: private (RFC 1918) and link-local (RFC 3927) space."""
+LAN_MODES = (Mode.COLOCATED, Mode.VPN)
+"""The modes whose path is a tunnel: only there is the local network otherwise shut
+(h and f send everything on the link already)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LanDecision:
+    """Which local network ``allow_lan`` opens on a link: ``subnet``, or None and why."""
+
+    subnet: IPv4Network | None
+    refusal: str = ""
+
+
+def lan_subnet(link: IPv4Interface, policy: GatePolicy) -> LanDecision:
+    """The access link's own on-link subnet (its address and prefix: never a routed
+    prefix), if it is private or link-local space and holds nothing that belongs to
+    the tunnel (the home network, the home agent, a VPN gateway)."""
+    net = link.network
+    if net.prefixlen > 30:
+        return LanDecision(None, f"{link} has no local network (a /{net.prefixlen} "
+                                 "holds no other host)")
+    if not any(net.subnet_of(p) for p in LAN_NETWORKS):
+        return LanDecision(None, f"{net} is not private (RFC 1918) or link-local "
+                                 "address space: a public or routed network stays shut")
+    home = policy.home_network
+    if home is not None and net.overlaps(home):
+        return LanDecision(None, f"{net} overlaps the home network {home}: that goes "
+                                 "through the tunnel")
+    for what, addr in (("the home agent", policy.home_agent),
+                       ("the home address", policy.home_address),
+                       *(("the VPN gateway", g) for g in policy.gateways)):
+        if addr in net:
+            return LanDecision(None, f"{net} holds {what} {addr}: that goes through "
+                                     "the tunnel")
+    return LanDecision(net)
+
+
+def lan_rules(path: ProvenPath | None, lan: IPv4Network | None) -> list[str]:
+    """Out: the link address to its own subnet, in modes c and mc only."""
+    if path is None or lan is None or path.mode not in LAN_MODES:
+        return []
+    return [f"oifname {_q(path.iface)} ip saddr {path.link_address} ip daddr {lan} accept"]
+
+
+def lan_in_rules(path: ProvenPath | None, lan: IPv4Network | None,
+                 forward: bool = False) -> list[str]:
+    """In: only what answers the machine's own flows to that subnet (its services
+    stay closed to the local network); ``forward``: answers to its guests' flows
+    (they left masqueraded as the link address; here they are de-NATed already)."""
+    if path is None or lan is None or path.mode not in LAN_MODES:
+        return []
+    to = "" if forward else f" ip daddr {path.link_address}"
+    return [f"iifname {_q(path.iface)} ip saddr {lan}{to} ct state established,related accept"]
+
+
+DNS_PORT = 53
+
+
+def dns_refusal_rules(path: ProvenPath | None) -> list[str]:
+    """While undecided, DNS out of any non-local interface is refused at once: an
+    ICMP port unreachable (UDP) or a TCP reset goes back to the sender (on
+    loopback) and nothing leaves.  Everything else is still dropped silently."""
+    if path is not None:
+        return []
+    return [f"udp dport {DNS_PORT} reject",
+            f"tcp dport {DNS_PORT} reject with tcp reset"]
 
 
 def undecided_rules(policy: GatePolicy) -> list[str]:
@@ -131,7 +213,7 @@ def undecided_rules(policy: GatePolicy) -> list[str]:
 
 
 def proven_rules(policy: GatePolicy, path: ProvenPath | None,
-                 home_probe: str | None = None) -> list[str]:
+                 home_probe: str | None = None, lan: IPv4Network | None = None) -> list[str]:
     """The rules that open exactly the proven path (local and forwarded traffic alike:
     the chain runs after source NAT, so a masqueraded guest shows the link address);
     ``home_probe``: the link probed as the home link, where the helper's
@@ -148,7 +230,7 @@ def proven_rules(policy: GatePolicy, path: ProvenPath | None,
         # with kernel ESP, out of the link only where an IPsec policy encrypts them.
         # Nothing from the link's own address: IKE/ESP to the gateways pass above.
         tia = path.tunnel_inner_address
-        return [*probe, f"oifname {_q(policy.tunnel)} accept",
+        return [*probe, *lan_rules(path, lan), f"oifname {_q(policy.tunnel)} accept",
                 f"oifname {_q(policy.vpn_device)} ip saddr {tia} ip daddr {policy.home_agent} "
                 "accept",
                 f"oifname {i} ip saddr {tia} ip daddr {policy.home_agent} rt ipsec exists "
@@ -157,7 +239,7 @@ def proven_rules(policy: GatePolicy, path: ProvenPath | None,
         # The care-of address carries only the tunnel's outer packets (and, below,
         # registrations to the link's FA); everything else goes into the tunnel.
         rules = [f"oifname {i} ip saddr {path.link_address} ip daddr {policy.home_agent} "
-                 "accept", f"oifname {_q(policy.tunnel)} accept"]
+                 "accept", f"oifname {_q(policy.tunnel)} accept", *lan_rules(path, lan)]
     else:
         rules = [f"oifname {i} ip saddr {{ {path.link_address}, {policy.home_address} }} "
                  "accept"]
@@ -215,7 +297,8 @@ def undecided_in_rules(policy: GatePolicy) -> list[str]:
 
 
 def proven_in_rules(policy: GatePolicy, path: ProvenPath | None,
-                    home_probe: str | None = None, forward: bool = False) -> list[str]:
+                    home_probe: str | None = None, forward: bool = False,
+                    lan: IPv4Network | None = None) -> list[str]:
     """What the proven path lets in: the home address only by the mode's own way, the
     tunnel's outer packets only from the home agent.  ``forward``: what it lets the
     machine forward (to its guests): the same but the replies to the helper's
@@ -232,14 +315,16 @@ def proven_in_rules(policy: GatePolicy, path: ProvenPath | None,
         # the home agent to the TIA through IPsec: out of charon's TUN, or decrypted
         # by kernel ESP (a secpath).  Nothing in clear on the link.
         tia = path.tunnel_inner_address
-        return [*probe, f"iifname {_q(policy.tunnel)} accept",
+        return [*probe, *lan_in_rules(path, lan, forward),
+                f"iifname {_q(policy.tunnel)} accept",
                 f"iifname {_q(policy.vpn_device)} ip saddr {ha} ip daddr {tia} accept",
                 f"iifname {i} meta ipsec exists ip saddr {ha} ip daddr {tia} accept"]
     if path.mode is Mode.COLOCATED:
         # The tunnel device, and on the link only the home agent to the care-of
         # address (IP-in-IP, RFC 3519 UDP, registration replies).
         rules = [f"iifname {_q(policy.tunnel)} accept",
-                 f"iifname {i} ip saddr {ha} ip daddr {path.link_address} accept"]
+                 f"iifname {i} ip saddr {ha} ip daddr {path.link_address} accept",
+                 *lan_in_rules(path, lan, forward)]
     else:
         # h and f: the proven link is the path (IPv4: nothing IPv6 is decided on).
         rules = [f"iifname {i} meta nfproto ipv4 accept"]
@@ -291,9 +376,10 @@ def _chain(name: str, rules: list[str]) -> str:
 
 
 def render(policy: GatePolicy, path: ProvenPath | None, home_probe: str | None = None,
-           managed: frozenset[str] = frozenset()) -> str:
+           managed: frozenset[str] = frozenset(), lan: IPv4Network | None = None) -> str:
     """Both tables for one decision (None: undecided), replacing older ones, in one
-    transaction."""
+    transaction; ``lan``: the local network opened with the path (see
+    :func:`lan_subnet`)."""
     return (
         removal()
         + f"table inet {TABLE} {{\n"
@@ -301,18 +387,23 @@ def render(policy: GatePolicy, path: ProvenPath | None, home_probe: str | None =
         f"  counter {COUNTER_IN} {{ }}\n"
         + "".join(_chain(c, rules) for c, rules in _local_chains(managed).items())
         + _chain("undecided", undecided_rules(policy))
-        + _chain("proven", proven_rules(policy, path, home_probe))
+        + _chain("proven", proven_rules(policy, path, home_probe, lan))
         # After source NAT (srcnat is 100): what leaves, with the address it leaves from.
         + _chain("gate", [f"type filter hook postrouting priority {PRIORITY}; policy accept;",
                           "jump local", "jump undecided", "jump proven",
                           f"counter name {COUNTER} drop"])
+        + _chain("dns_refuse", dns_refusal_rules(path))
+        # reject is not allowed at postrouting: DNS is refused where it is sent.
+        + _chain("refuse", [f"type filter hook output priority {PRIORITY}; policy accept;",
+                            "jump local", "jump dns_refuse"])
         + _chain("undecided_in", undecided_in_rules(policy))
-        + _chain("proven_in", proven_in_rules(policy, path, home_probe))
+        + _chain("proven_in", proven_in_rules(policy, path, home_probe, lan=lan))
         # What comes in for the machine itself, and what it would forward (to guests).
         + _chain("input", ["type filter hook input priority 0; policy accept;",
                            "jump local_in", "jump proven_in", "jump undecided_in",
                            f"counter name {COUNTER_IN} drop"])
-        + _chain("proven_fwd", proven_in_rules(policy, path, home_probe, forward=True))
+        + _chain("proven_fwd", proven_in_rules(policy, path, home_probe, forward=True,
+                                               lan=lan))
         # Forwarded to the guests: from a local interface or by the proven path only.
         + _chain("forward", ["type filter hook forward priority 0; policy accept;",
                              "jump local_in", "jump proven_fwd", "jump to_guests"])
@@ -326,17 +417,20 @@ def render(policy: GatePolicy, path: ProvenPath | None, home_probe: str | None =
 
 
 def render_decision(policy: GatePolicy, path: ProvenPath | None,
-                    home_probe: str | None = None) -> str:
+                    home_probe: str | None = None, lan: IPv4Network | None = None) -> str:
     """Only the decision's chains, refilled in one transaction (the counters keep
-    counting).  Fails if the tables are gone: then :func:`render` installs them again."""
-    script = [f"flush chain inet {TABLE} {c}" for c in ("proven", "proven_in", "proven_fwd")]
+    counting).  Fails if the tables are gone (or predate a chain): then
+    :func:`render` installs them again."""
+    script = [f"flush chain inet {TABLE} {c}"
+              for c in ("proven", "proven_in", "proven_fwd", "dns_refuse")]
     script.append(f"flush chain arp {TABLE} output")
     script += [f"add rule inet {TABLE} proven {r}"
-               for r in proven_rules(policy, path, home_probe)]
+               for r in proven_rules(policy, path, home_probe, lan)]
     script += [f"add rule inet {TABLE} proven_in {r}"
-               for r in proven_in_rules(policy, path, home_probe)]
+               for r in proven_in_rules(policy, path, home_probe, lan=lan)]
     script += [f"add rule inet {TABLE} proven_fwd {r}"
-               for r in proven_in_rules(policy, path, home_probe, forward=True)]
+               for r in proven_in_rules(policy, path, home_probe, forward=True, lan=lan)]
+    script += [f"add rule inet {TABLE} dns_refuse {r}" for r in dns_refusal_rules(path)]
     script += [f"add rule arp {TABLE} output {r}"
                for r in arp_rules(policy, path, home_probe)]
     return "\n".join(script) + "\n"

@@ -329,6 +329,23 @@ class HelperInterface(ServiceInterface):
                     f"cannot remove the gate: {exc.strerror or exc}")) from None
 
     @method()
+    def GetAllowLan(self) -> "(bs)":
+        return list(self.helper.allow_lan())
+
+    @method()
+    async def SetAllowLan(self, allow: "b") -> "(bs)":
+        # Like Connect: the active local user's (a per-network choice, issue 19).
+        async with self._admitted() as uid:
+            await self._authorize(ACTION_CONNECT, uid)
+            try:
+                return list(await self.helper.set_allow_lan(bool(allow)))
+            except UserFacingError as exc:
+                raise self._failed("SetAllowLan", exc) from None
+            except OSError as exc:
+                raise self._failed("SetAllowLan", OSError(
+                    f"cannot change the gate: {exc.strerror or exc}")) from None
+
+    @method()
     async def SaveProfile(self, toml: "s") -> "s":
         async with self._admitted() as uid:
             await self._authorize(ACTION_CONFIGURE, uid)

@@ -26,13 +26,16 @@ from app.errors import UserFacingError
 from app.mn.driver import MobileNodeDriver
 from app.mn.profile import Profile
 from app.net import resolver
-from app.net.gate import TrafficGate, remove_table
+from app.net.gate import TrafficGate, lan_answer, remove_table
+from app.net.gate_lan import link_interface
+from app.net.gate_rules import LAN_MODES
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import TUNNEL, Backend, MobileNodeRoutes
 from app.net.nm_links import NmLinks, nm_running
 from app.net.rtnl_links import RtnlLinks
 from app.service import state as saved
 from app.service.bus import MessageBus
+from app.service.lan import LanChoices
 from app.service.profiles import ProfileDirectory, ProfileError, gate_policy, vpn_secret_names
 from app.service.secrets import Peer, SecretSource
 from app.service.state import HelperState
@@ -94,6 +97,8 @@ class Helper:
         never-vpn unless under lockdown, or by root with the helper stopped."""
         self.gate: TrafficGate | None = None
         """The connected profile's gate: installed first, removed last (unless kept)."""
+        self.lan = LanChoices(state_dir)
+        """The user's per-network "Allow local network" choices (app.service.lan)."""
         self.driver: MobileNodeDriver | None = None
         self._connection: contextlib.AsyncExitStack | None = None
         """What a connect started after the gate (routes, charon, the driver, the link
@@ -191,6 +196,7 @@ class Helper:
         async with self._lock:
             gate = TrafficGate(policy) if prof.gate_enabled else None
             if gate is not None:
+                gate.lan_wanted = self.lan.wanted
                 # The new profile's gate, shut, replaces the old one in one transaction:
                 # no moment between the two drivers without a gate.
                 await gate.install()
@@ -344,6 +350,27 @@ class Helper:
             return
         self._event("autoconnect", {"profile": name, "secrets": "agent"})
         await self.connect(name, requester)
+
+    def allow_lan(self) -> tuple[bool, str]:
+        """Is the local network open now, and why (or why not)."""
+        return lan_answer(self.gate)
+
+    async def set_allow_lan(self, allow: bool) -> tuple[bool, str]:
+        """The user's choice for the current network (kept across restarts)."""
+        gate = self.gate
+        path = gate.path if gate is not None else None
+        if gate is None or path is None or path.mode not in LAN_MODES:
+            raise HelperError("the local network is a choice in modes c and mc only")
+        link = link_interface(path.iface, path.link_address)
+        if link is None:
+            raise HelperError(f"{path.iface} no longer has {path.link_address}")
+        try:
+            ident = self.lan.choose(path.iface, link, allow)
+        except ValueError as exc:
+            raise HelperError(str(exc)) from None
+        await gate.reconsider_lan()
+        self._event("allow-lan", {"network": ident, "allow": str(allow).lower()})
+        return lan_answer(gate)
 
     def _persist(self) -> None:
         if self.state_dir is None:

@@ -169,7 +169,8 @@ async def gate_policy(prof: Profile, *, on_unresolved: Unresolved | None = None,
     and, with a ``[vpn]`` table, IKE/NAT-T/ESP to the gateways' IPv4 addresses."""
     gateways = await resolve_gateways(prof.vpn.gateways if prof.vpn else (),
                                       on_unresolved=on_unresolved, timeout=timeout)
-    return GatePolicy(prof.home_agent, prof.home_address, TUNNEL, gateways=gateways)
+    return GatePolicy(prof.home_agent, prof.home_address, TUNNEL, gateways=gateways,
+                      allow_lan=prof.allow_lan, home_network=prof.home_network)
 
 
 async def resolve_gateways(names: Sequence[str], *, on_unresolved: Unresolved | None = None,

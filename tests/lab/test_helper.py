@@ -179,7 +179,7 @@ async def _unprivileged(bus):
     for name, sig, body in (("Connect", "s", ["corp"]), ("Disconnect", "", []),
                             ("Reprobe", "", []), ("SetPolicy", "s", ["never-vpn"]),
                             ("SaveProfile", "s", ['name = "evil"']), ("ReleaseGate", "", []),
-                            ("DeleteProfile", "s", ["canary"])):
+                            ("DeleteProfile", "s", ["canary"]), ("SetAllowLan", "b", [True])):
         results[name] = await call(bus, name, sig, body)
     return results
 
@@ -190,7 +190,7 @@ def test_unauthorised_caller_reads_but_cannot_change_anything(world):
     assert results["read"]["State"] == before["State"]
     assert results["history"][0]
     for name in ("Connect", "Disconnect", "Reprobe", "SetPolicy", "SaveProfile", "ReleaseGate",
-                 "DeleteProfile"):
+                 "DeleteProfile", "SetAllowLan"):
         ok, text = results[name]
         assert not ok, (name, text)
         assert "org.trustroam.Error.NotAuthorized" in text, (name, text)

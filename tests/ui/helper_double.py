@@ -73,6 +73,7 @@ class Double(ServiceInterface):
         self.fail = {}
         self.last_secrets_keys = []
         self.secrets_asked = []
+        self.allow_lan = False
 
     def apply(self, **changes):
         fields = {}
@@ -145,6 +146,20 @@ class Double(ServiceInterface):
     def Reprobe(self):
         self._check("Reprobe")
         self.event("reprobe", {})
+
+    def _lan(self):
+        return [self.allow_lan, "192.168.1.0/24 on eth0" if self.allow_lan else
+                "not allowed on this network"]
+
+    @method()
+    def GetAllowLan(self) -> "(bs)":
+        return self._lan()
+
+    @method()
+    def SetAllowLan(self, allow: "b") -> "(bs)":
+        self._check(f"SetAllowLan {allow}")
+        self.allow_lan = bool(allow)
+        return self._lan()
 
     @method()
     def SetPolicy(self, policy: "s"):

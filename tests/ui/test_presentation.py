@@ -80,6 +80,16 @@ def test_never_vpn_on_an_untrusted_network_is_blocked_with_the_reason() -> None:
     assert p.headline(Snapshot(state=State.UNTRUSTED)) == "Untrusted network, NOT protected"
 
 
+def test_while_the_gate_is_shut_the_tooltip_says_names_are_refused() -> None:
+    """issue 19: lookups fail at once while undecided; the tooltip says why."""
+    for shut in (Snapshot(state=State.PROBING), Snapshot(state=State.UNTRUSTED),
+                 Snapshot(state=State.ERROR, error="denied 129")):
+        assert "Names: refused until the network is decided" in p.tooltip(shut, ""), shut
+    for open_ in (Snapshot(state=State.UNTRUSTED, mode=Mode.VPN),
+                  Snapshot(state=State.TRUSTED, mode=Mode.COLOCATED), Snapshot()):
+        assert "Names:" not in p.tooltip(open_, ""), open_
+
+
 def test_probe_in_words_without_a_label() -> None:
     """The status window's Home agent / VPN gateway fields (the tooltip adds the name)."""
     assert p.probe_text(Probe()) == "no answer yet"

@@ -58,7 +58,9 @@ def test_a_steps_entries_in_order_then_the_machines_handover_time():
     snap, entries = status_view.published(BASE, actions, gate_at=7.25)
     assert snap.last_handover_ms == 12.5
     assert entries == [
-        ("gate", {"blocked": "true", "at": "7.250000"}),
+        # While shut, lookups are refused at once (issue 19): the entry says so.
+        ("gate", {"blocked": "true", "at": "7.250000",
+                  "names": "refused until the network is decided"}),
         ("home-claim", {"interface": "eth1"}),
         ("nat-rebind", {"text": "again"}),
         ("mode", {"state": "trusted", "mode": "c"}),

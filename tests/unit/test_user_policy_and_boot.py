@@ -223,3 +223,22 @@ async def test_an_agent_registered_while_the_starts_connect_ran_is_tried_after_i
     face.helper.pending_start = "corp"
     await face.connect_pending_with_registered()
     assert connected == ["corp 1000"] and face.helper.pending_start is None
+
+
+def test_every_method_polkit_decides_is_sent_interactive_by_the_tray_and_trustroamctl():
+    """A method added to the helper with a polkit check and forgotten in the callers'
+    lists would answer a desktop user "authentication is required" with no prompt."""
+    import inspect
+    import re
+
+    from app import ctl
+    from app.service.dbus_api import HelperInterface
+    from ui.helper_client import ASKS_POLKIT
+
+    # The D-Bus methods (decorated, so read from the source): each one's own body.
+    bodies = re.split(r"\n    @method\(\)\n", inspect.getsource(HelperInterface))[1:]
+    decided = {re.search(r"def (\w+)\(", b).group(1) for b in bodies  # type: ignore[union-attr]
+               if "_authorize(" in b.split("\n    def ", 1)[0].split("\n    async def ", 1)[0]}
+    assert {"Connect", "SaveProfile", "SetAllowLan"} <= decided  # the scan sees them
+    assert decided <= ASKS_POLKIT, decided - ASKS_POLKIT
+    assert decided - {"SetAllowLan"} <= ctl.AUTHORIZED, decided - ctl.AUTHORIZED
