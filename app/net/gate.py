@@ -135,6 +135,12 @@ class TrafficGate:
         if self.installed:
             await self._run(render_local(self.managed))
 
+    async def portal(self, script: str) -> None:
+        """Refill the captive-portal chains (``app.net.portal_gate.render``)."""
+        if not self.installed:
+            raise GateError("the gate is not installed")
+        await self._run(script)
+
     async def remove(self) -> None:
         await self._run(removal())
         self.installed, self.path = False, None
