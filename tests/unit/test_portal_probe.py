@@ -199,3 +199,91 @@ async def test_no_signin_without_a_portal():
     w = PortalWatch(TARGET)
     with pytest.raises(Exception, match="no captive portal"):
         await w.open_signin(1)
+
+
+# -- the sign-in hole's life -------------------------------------------------------------
+
+MOUNTINFO_HYBRID = (
+    "30 23 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n"
+    "31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n"
+    "32 30 0:28 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n")
+
+
+def test_the_cgroup2_mount_is_found_at_or_below_sys_fs_cgroup_only():
+    from app.net.signin_cgroup import cgroup2_mount
+
+    assert str(cgroup2_mount(MOUNTINFO_HYBRID)) == "/sys/fs/cgroup/unified"
+    assert str(cgroup2_mount("1 0 0:1 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+               ) == "/sys/fs/cgroup"
+    assert cgroup2_mount("1 0 0:1 / /mnt/cg rw - cgroup2 cgroup2 rw\n") is None
+
+
+@pytest.fixture
+def watch_with_portal(monkeypatch, tmp_path):
+    """A watch that found a portal on eth0, with the cgroup made in a temporary dir."""
+    from app.net import signin_cgroup
+
+    made = []
+
+    def create(pid):
+        d = tmp_path / f"cg{len(made)}"
+        d.mkdir()
+        cg = signin_cgroup.SignInCgroup(d, f"unified/{d.name}")
+        made.append((pid, cg))
+        return cg
+
+    monkeypatch.setattr(signin_cgroup, "create", create)
+    events: list[tuple[str, dict[str, str]]] = []
+
+    async def fake(target, iface):
+        return Verdict(PORTAL, "http://203.0.113.1/portal/login")
+
+    async def make(seconds=300.0):
+        changed = asyncio.Event()
+        w = PortalWatch(TARGET, run_probe=fake, changed=changed.set, signin_seconds=seconds,
+                        event=lambda k, d: events.append((k, d)))
+        gate = _Gate()
+        w.seen(FAILED, gate)
+        await asyncio.wait_for(changed.wait(), 5)
+        return w, gate
+    return make, made, events
+
+
+async def _closed(events, timeout=5.0):
+    for _ in range(int(timeout / 0.01)):
+        found = [d for k, d in events if k == "signin-closed"]
+        if found:
+            return found[0]["reason"]
+        await asyncio.sleep(0.01)  # the close runs in the watch's task
+    raise AssertionError(f"the sign-in never closed: {events}")
+
+
+async def test_the_signin_hole_opens_for_the_callers_cgroup_and_closes_when_the_time_is_up(
+        watch_with_portal):
+    make, made, events = watch_with_portal
+    w, gate = await make(seconds=0.05)
+    assert await w.open_signin(4242) == ("http://203.0.113.1/portal/login", 0.05)
+    assert made[0][0] == 4242
+    assert f'"unified/{made[0][1].directory.name}"' in gate.scripts[-1]
+    assert await _closed(events) == "the time is up"
+    assert "add rule" not in gate.scripts[-1] and w.hole is None
+
+
+async def test_the_signin_hole_closes_when_the_vpn_comes_up(watch_with_portal):
+    make, _, events = watch_with_portal
+    w, gate = await make()
+    await w.open_signin(4242)
+    w.seen(Snapshot(state=State.UNTRUSTED, mode=Mode.VPN, interface="eth0",
+                    care_of_address="203.0.113.150", home_address=str(HOME)), gate)
+    assert await _closed(events) == "the VPN came up"
+    assert "add rule" not in gate.scripts[-1] and w.address == ""
+
+
+async def test_the_signin_hole_closes_when_the_network_changes(watch_with_portal):
+    make, _, events = watch_with_portal
+    w, gate = await make()
+    await w.open_signin(4242)
+    w.seen(Snapshot(state=State.PROBING, interface="eth0", care_of_address="10.30.1.100",
+                    home_address=str(HOME)), gate)
+    assert await _closed(events) == "the network changed"
+    assert "add rule" not in gate.scripts[-1]
