@@ -27,7 +27,8 @@ PAGE = f"http://{ADDRESS}/portal/login"
 """The sign-in page every HTTP request from an unsigned client is sent to."""
 SIGNED_PAGE_TEXT = "You are signed in"
 FORM_ID = "accept"
-"""The id of the form's submit button (tests click it through the sign-in window)."""
+"""The id of the form's submit button; it fills the page, so a click anywhere on the
+page (the tests' click through the sign-in window) posts the form."""
 TABLE = "tr_portal"
 
 RULES = f"""
@@ -54,7 +55,8 @@ PAGE_HTML = f"""<!doctype html>
 <body><h1>Welcome to the Lab Hotel</h1>
 <form method="post" action="/portal/login">
 <input type="hidden" name="terms" value="accepted">
-<button id="{FORM_ID}" type="submit">Accept and connect</button>
+<button id="{FORM_ID}" type="submit" style="position:fixed;left:0;top:0;width:100%;
+ height:100%;font-size:32px">Accept and connect</button>
 </form></body></html>
 """
 
