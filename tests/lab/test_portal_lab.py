@@ -15,6 +15,7 @@ import pytest
 from app.lab import portal
 from app.lab.configs import write_helper_files
 from app.lab.world import Lab
+from tests.dbus_client import NOBODY, call, run_as
 from tests.lab.conftest import a_lab, mn_address
 from tests.lab.procs import GW1, Proc, capture, dump_world, helper_world, history
 from tests.lab.test_helper import status
@@ -67,6 +68,17 @@ def test_the_vpn_failing_behind_a_portal_is_reported_as_captive_portal(world, po
     kinds = [k for _, k, _ in history(world)]
     assert "portal-probe" in kinds and "portal-portal" in kinds
     assert portal_lab.portal_signed() == []
+
+
+def test_an_unauthorised_caller_cannot_open_a_signin(world):
+    async def go(bus):
+        return await call(bus, "OpenSignIn")
+
+    _wait_portal(world)
+    ok, why = run_as(NOBODY, str(world["bus"]), go)
+    assert not ok and "NotAuthorized" in why, why
+    kinds = [k for _, k, _ in history(world)]
+    assert "signin-open" not in kinds
 
 
 def test_only_the_signin_process_gets_out_and_the_vpn_comes_up_after_the_form(
