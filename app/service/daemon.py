@@ -93,9 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    portal_probe = validate_probe_url(args.portal_probe_url, "--portal-probe-url")
+    portal_probe = validate_probe_url(args.portal_probe_url, "--portal-probe-url",
+                                      "command line")
     if not 0 < args.signin_seconds <= MAX_SIGNIN_SECONDS:
-        raise ConfigError("trustroamd", "--signin-seconds",
+        raise ConfigError("command line", "--signin-seconds",
                           f"must be more than 0 and at most {MAX_SIGNIN_SECONDS:g}")
     kept = load_state(args.state_dir) if args.state_dir is not None else HelperState()
     first: str | None = args.connect
