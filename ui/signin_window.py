@@ -25,8 +25,7 @@ import sys
 import time
 
 from app.api import BUS_NAME, INTERFACE, OBJECT_PATH
-from app.client_bus import BusType, Message, MessageBus, MessageType, shown
-from app.dbus import MessageFlag
+from app.client_bus import BusType, Message, MessageBus, MessageFlag, MessageType, shown
 
 TITLE = "Sign in to this network"
 
