@@ -287,3 +287,21 @@ async def test_the_signin_hole_closes_when_the_network_changes(watch_with_portal
                     home_address=str(HOME)), gate)
     assert await _closed(events) == "the network changed"
     assert "add rule" not in gate.scripts[-1]
+
+
+# -- what the user sees ------------------------------------------------------------------
+
+def test_captive_portal_travels_on_the_bus_and_is_shown_by_trustroamctl_and_the_tray():
+    from app.ctl import render
+    from ui.presentation import tooltip
+
+    snap = Snapshot(state=State.UNTRUSTED, profile="corp",
+                    captive_portal="http://203.0.113.1/portal/login\x1b[2J")
+    assert Snapshot.from_dbus(snap.to_dbus()).captive_portal == snap.captive_portal
+    text = render(snap, 0.0)
+    assert "CaptivePortal  sign in at http://203.0.113.1/portal/login" in text
+    assert "\x1b" not in text  # a hostile network's address is escaped
+    tip = tooltip(snap, "")
+    assert "Captive portal: sign in at http://203.0.113.1/portal/login" in tip
+    assert "\x1b" not in tip
+    assert "CaptivePortal" not in render(Snapshot(state=State.UNTRUSTED), 0.0)
