@@ -23,6 +23,8 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from app.api import BUS_NAME, INTERFACE, OBJECT_PATH
 from app.client_bus import BusType, Message, MessageBus, MessageFlag, MessageType, shown
@@ -63,13 +65,25 @@ def main(argv: list[str] | None = None) -> int:
         print("CLOSED", flush=True)
 
 
-def _window(portal: str, seconds: float, t0: float) -> int:
+@dataclass
+class Parts:
+    """The window's parts (tests read them: one page, off the record, read-only)."""
+
+    app: Any
+    win: Any
+    address: Any
+    left: Any
+    view: Any
+    page: Any
+    profile: Any
+
+
+def build(portal: str) -> Parts:
+    """The window for ``portal``, not shown, nothing loaded."""
     if os.geteuid() == 0:
         # Chromium refuses its sandbox as root (the lab and its tests run as root).
         os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
     # Loaded here, in this process only, after the hole is keyed to it.
-    import shiboken6
-    from PySide6.QtCore import QTimer, QUrl
     from PySide6.QtWebEngineCore import QWebEnginePage, QWebEngineProfile
     from PySide6.QtWebEngineWidgets import QWebEngineView
     from PySide6.QtWidgets import QApplication, QLabel, QLineEdit, QVBoxLayout, QWidget
@@ -96,38 +110,46 @@ def _window(portal: str, seconds: float, t0: float) -> int:
     layout.addWidget(address)
     layout.addWidget(view, 1)
     layout.addWidget(left)
+    page.urlChanged.connect(lambda url: address.setText(url.toString()))
+    win.resize(900, 700)
+    return Parts(app, win, address, left, view, page, profile)
+
+
+def _window(portal: str, seconds: float, t0: float) -> int:
+    import shiboken6
+    from PySide6.QtCore import QTimer, QUrl
+
+    w = build(portal)
     deadline = t0 + seconds
 
     def tick() -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            win.close()
+            w.win.close()
             return
-        left.setText(f"Only this window can reach the network, for {int(remaining) // 60}:"
-                     f"{int(remaining) % 60:02d} more; everything else waits for the VPN.")
+        w.left.setText(f"Only this window can reach the network, for "
+                       f"{int(remaining) // 60}:{int(remaining) % 60:02d} more; "
+                       "everything else waits for the VPN.")
 
     def loaded(ok: bool) -> None:
-        print(f"LOADED {ok} {page.url().toString()} "
+        print(f"LOADED {ok} {w.page.url().toString()} "
               f"{(time.monotonic() - t0) * 1000:.0f}ms", flush=True)
 
-    page.urlChanged.connect(lambda url: address.setText(url.toString()))
-    page.loadFinished.connect(loaded)
-    timer = QTimer(win)
+    w.page.loadFinished.connect(loaded)
+    timer = QTimer(w.win)
     timer.timeout.connect(tick)
     timer.start(1000)
     # SIGTERM (the tray quitting) closes the window the normal way: CloseSignIn runs.
     # The one-second timer lets Python see the signal while Qt's loop runs.
-    signal.signal(signal.SIGTERM, lambda *_: app.quit())
+    signal.signal(signal.SIGTERM, lambda *_: w.app.quit())
     tick()
-    win.resize(900, 700)
-    win.show()
-    view.load(QUrl(portal))
-    app.exec()
+    w.win.show()
+    w.view.load(QUrl(portal))
+    w.app.exec()
     # The page before its profile (QtWebEngine warns of trouble otherwise).
-    shiboken6.delete(view)
-    shiboken6.delete(page)
+    shiboken6.delete(w.view)
+    shiboken6.delete(w.page)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
