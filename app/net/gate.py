@@ -184,4 +184,9 @@ async def shut_left_gate() -> bool:
         # from before the inbound half has no such chains)
         await run_nft(f"flush chain inet {TABLE} proven_in\nflush chain inet {TABLE} "
                       "proven_fwd\n", _libnftables(), shutil.which("nft") or "nft")
+    with contextlib.suppress(GateError):  # a captive-portal probe or sign-in left open
+        # (a table from before them has no such chains)
+        await run_nft("".join(f"flush chain inet {TABLE} {c}\n" for c in
+                              ("portal", "portal_in", "portal_out")),
+                      _libnftables(), shutil.which("nft") or "nft")
     return True
