@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -117,7 +118,7 @@ def build(portal: str) -> Parts:
 
 def _window(portal: str, seconds: float, t0: float) -> int:
     import shiboken6
-    from PySide6.QtCore import QTimer, QUrl
+    from PySide6.QtCore import QSocketNotifier, QTimer, QUrl
 
     w = build(portal)
     deadline = t0 + seconds
@@ -140,8 +141,14 @@ def _window(portal: str, seconds: float, t0: float) -> int:
     timer.timeout.connect(tick)
     timer.start(1000)
     # SIGTERM (the tray quitting) closes the window the normal way: CloseSignIn runs.
-    # The one-second timer lets Python see the signal while Qt's loop runs.
+    # Qt's loop runs no Python until something wakes it: the signal's wake-up byte.
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno())
     signal.signal(signal.SIGTERM, lambda *_: w.app.quit())
+    notifier = QSocketNotifier(wake_r.fileno(), QSocketNotifier.Type.Read, w.win)
+    notifier.activated.connect(lambda *_: wake_r.recv(64))
     tick()
     w.win.show()
     w.view.load(QUrl(portal))

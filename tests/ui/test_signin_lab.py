@@ -13,6 +13,7 @@ Run it under the lab's lock:
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -131,6 +132,7 @@ def test_sign_in_through_the_window_then_the_vpn_comes_up(
             posted = time.monotonic()
             await asyncio.to_thread(_click_in_window, desktop["DISPLAY"], TITLE)
             await asyncio.to_thread(lines.wait, f"LOADED True {portal.PAGE}", 30)
+            timings["post_to_signed_page_ms"] = (time.monotonic() - posted) * 1000
             assert lab.portal_signed() != []
             stop.touch()
             other.wait("SENT")
@@ -144,13 +146,14 @@ def test_sign_in_through_the_window_then_the_vpn_comes_up(
                    for x in cap.out.printed), cap.out.printed
         # The user closes the window (as the tray's Quit does): the sign-in closes
         # and the VPN is tried again at once: mode mc, and no portal any more.
+        closed = time.monotonic()
         portal_tray.signin.close()
         await asyncio.to_thread(lines.wait, "CLOSED", 30)
 
         async def mc() -> bool:
             return (await watch.prop("Mode")) == "mc"
         await shell.until(mc, timeout=60, what="mode mc after signing in")
-        timings["posted_to_mc_ms"] = (time.monotonic() - posted) * 1000
+        timings["window_closed_to_mc_ms"] = (time.monotonic() - closed) * 1000
         assert await watch.prop("CaptivePortal") == ""
         await shell.until(lambda: item_shown(False), what="the sign-in item hidden")
         kinds = await watch.history_kinds()
@@ -158,4 +161,4 @@ def test_sign_in_through_the_window_then_the_vpn_comes_up(
         watch.bus.disconnect()
 
     run(qloop, go(), timeout=300)
-    print(f"captive portal timings: {timings}")
+    print(f"captive portal timings: {json.dumps(timings)}")  # benchmarks/portal_bench.py
