@@ -328,3 +328,6 @@ async def probe(target: ProbeTarget, iface: str, *, timeout: float = PROBE_TIMEO
         return classify(target, parse_response(data))
     except ValueError as exc:
         return Verdict(UNKNOWN, "", str(exc))
+
+
+DEFAULT_TARGET = validate_probe_url(DEFAULT_PROBE_URL)

@@ -84,7 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "(the unit's ExecStopPost)")
     ap.add_argument("--portal-probe-url", default=DEFAULT_PROBE_URL, metavar="URL",
                     help="captive-portal probe: an http:// URL whose answer is "
-                         f"{DEFAULT_EXPECTED!r} where the network lets us out")
+                         f"{DEFAULT_EXPECTED!r} where the network lets us out; "
+                         '"" never probes')
     ap.add_argument("--signin-seconds", type=float, default=DEFAULT_SIGNIN_SECONDS,
                     help="how long a captive-portal sign-in window may send in clear")
     ap.add_argument("--log-level", default="info",
@@ -94,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> int:
     portal_probe = validate_probe_url(args.portal_probe_url, "--portal-probe-url",
-                                      "command line")
+                                      "command line") if args.portal_probe_url else None
     if not 0 < args.signin_seconds <= MAX_SIGNIN_SECONDS:
         raise ConfigError("command line", "--signin-seconds",
                           f"must be more than 0 and at most {MAX_SIGNIN_SECONDS:g}")

@@ -29,7 +29,7 @@ from app.net.gate import TrafficGate, remove_table
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import Backend, MobileNodeRoutes
 from app.net.nm_links import NmLinks, nm_running
-from app.net.portal_probe import DEFAULT_PROBE_URL, ProbeTarget, validate_probe_url
+from app.net.portal_probe import DEFAULT_TARGET, ProbeTarget
 from app.net.rtnl_links import RtnlLinks
 from app.service import state as saved
 from app.service.bus import MessageBus
@@ -70,7 +70,8 @@ class Helper:
                  bus: MessageBus | None = None,
                  vici_socket: str | os.PathLike[str] = DEFAULT_SOCKET,
                  state_dir: Path | None = None, lockdown: bool = False,
-                 initial: HelperState | None = None, portal_probe: ProbeTarget | None = None,
+                 initial: HelperState | None = None,
+                 portal_probe: ProbeTarget | None = DEFAULT_TARGET,
                  signin_seconds: float = DEFAULT_SIGNIN_SECONDS) -> None:
         self.profiles = ProfileDirectory(profiles_dir, extra_profiles)
         self.secrets = secrets
@@ -102,7 +103,7 @@ class Helper:
         """Held by connect, disconnect and reprobe while they change the driver."""
         self._published = Snapshot()
         """The driver's last status, before the helper's own fields are added."""
-        self.portal = PortalWatch(portal_probe or validate_probe_url(DEFAULT_PROBE_URL),
+        self.portal = PortalWatch(portal_probe,
                                   signin_seconds=signin_seconds,
                                   changed=lambda: self._on_snapshot(self._published),
                                   event=self._event)

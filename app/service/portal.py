@@ -70,12 +70,14 @@ class _Hole:
 
 
 class PortalWatch:
-    def __init__(self, target: ProbeTarget, *, signin_seconds: float = DEFAULT_SIGNIN_SECONDS,
+    def __init__(self, target: ProbeTarget | None, *,
+                 signin_seconds: float = DEFAULT_SIGNIN_SECONDS,
                  changed: Callable[[], None] = lambda: None,
                  event: Callable[[str, dict[str, str]], None] = lambda k, d: None,
                  run_probe: Callable[[ProbeTarget, str], Awaitable[Verdict]] | None = None
                  ) -> None:
         self.target = target
+        """The probe URL; None: never probe (``--portal-probe-url ""``)."""
         self.signin_seconds = signin_seconds
         self.changed = changed
         """Called when :attr:`address` changes (the helper publishes again)."""
@@ -108,9 +110,10 @@ class PortalWatch:
             self._spawn(self.close_signin("the VPN came up" if snap.mode is Mode.VPN
                                           else "the network changed"))
         want = probe_key(snap)
-        if want is not None and self.probed != want and gate is not None:
+        if want is not None and self.probed != want and gate is not None \
+                and self.target is not None:
             self.probed = want
-            self._spawn(self._probe(want))
+            self._spawn(self._probe(want, self.target))
 
     def _spawn(self, coro: Awaitable[object]) -> None:
         async def run() -> None:
@@ -121,12 +124,12 @@ class PortalWatch:
         task = asyncio.ensure_future(run())
         self._task = task
 
-    async def _probe(self, key: tuple[str, str]) -> None:
+    async def _probe(self, key: tuple[str, str], target: ProbeTarget) -> None:
         iface = key[0]
-        self.event("portal-probe", {"interface": iface, "url": self.target.url})
-        await self._rules(probe=(iface, self.target.port))
+        self.event("portal-probe", {"interface": iface, "url": target.url})
+        await self._rules(probe=(iface, target.port))
         try:
-            verdict = await self.run_probe(self.target, iface)
+            verdict = await self.run_probe(target, iface)
         finally:
             await self._rules(probe=None)
         self.event("portal-" + verdict.kind, {"interface": iface, "portal": verdict.portal_url,

@@ -305,3 +305,17 @@ def test_captive_portal_travels_on_the_bus_and_is_shown_by_trustroamctl_and_the_
     assert "Captive portal: sign in at http://203.0.113.1/portal/login" in tip
     assert "\x1b" not in tip
     assert "CaptivePortal" not in render(Snapshot(state=State.UNTRUSTED), 0.0)
+
+
+async def test_an_empty_probe_url_never_probes():
+    probes: list[str] = []
+
+    async def fake(target, iface):
+        probes.append(iface)
+        return Verdict(PORTAL, "http://203.0.113.1/")
+
+    gate = _Gate()
+    w = PortalWatch(None, run_probe=fake)
+    w.seen(FAILED, gate)
+    await asyncio.sleep(0)  # a probe task would have started by now
+    assert probes == [] and gate.scripts == [] and w.address == "" and w.probed is None
