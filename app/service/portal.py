@@ -28,7 +28,7 @@ from typing import Protocol
 from app.api import Mode, Snapshot, State
 from app.errors import UserFacingError
 from app.net import portal_gate, signin_cgroup
-from app.net.portal_probe import ONLINE, PORTAL, ProbeTarget, Verdict, link_resolvers, probe
+from app.net.portal_probe import PORTAL, ProbeTarget, Verdict, link_resolvers, probe
 
 log = logging.getLogger("trustroam.portal")
 DEFAULT_SIGNIN_SECONDS = 300.0
@@ -67,6 +67,9 @@ class _Hole:
     key: tuple[str, str]
     cgroup: signin_cgroup.SignInCgroup
     timer: asyncio.TimerHandle
+    gate: PortalGate
+    """The gate it was opened in: closed there, even once the helper let go of it
+    (a Disconnect under always-vpn keeps that gate, shut)."""
 
 
 class PortalWatch:
@@ -92,6 +95,8 @@ class PortalWatch:
         self.gate: PortalGate | None = None
         self.home_address: IPv4Address | None = None
         self.hole: _Hole | None = None
+        self._probing: tuple[str, int, PortalGate] | None = None
+        """A probe running: its link, port and the gate its rules are in."""
         self._task: asyncio.Task[None] | None = None
 
     def seen(self, snap: Snapshot, gate: PortalGate | None) -> None:
@@ -125,41 +130,47 @@ class PortalWatch:
         self._task = task
 
     async def _probe(self, key: tuple[str, str], target: ProbeTarget) -> None:
-        iface = key[0]
+        iface, gate = key[0], self.gate
+        if gate is None:
+            return
         self.event("portal-probe", {"interface": iface, "url": target.url})
-        await self._rules(probe=(iface, target.port))
+        self._probing = (iface, target.port, gate)
         try:
+            await self._write(gate)
             verdict = await self.run_probe(target, iface)
         finally:
-            await self._rules(probe=None)
+            self._probing = None
+            await self._write(gate)
         self.event("portal-" + verdict.kind, {"interface": iface, "portal": verdict.portal_url,
                                               "detail": verdict.detail})
         if self.probed != key:
             return  # the link changed while probing
         new = verdict.portal_url if verdict.kind == PORTAL else ""
-        if verdict.kind == ONLINE:
-            new = ""
         self.at = key if new else None
         if new != self.address:
             self.address = new
             self.changed()
 
-    async def _rules(self, probe: tuple[str, int] | None) -> None:
-        if self.gate is None or self.home_address is None:
+    async def _write(self, gate: PortalGate) -> None:
+        """``gate``'s portal chains: what is open in it now (a running probe, a hole)."""
+        if self.home_address is None:
             return
-        hole = None
-        if self.hole is not None:
+        probe = hole = None
+        if self._probing is not None and self._probing[2] is gate:
+            probe = self._probing[:2]
+        if self.hole is not None and self.hole.gate is gate:
             hole = portal_gate.SignInHole(self.hole.key[0], self.hole.cgroup.nft_path,
                                           self.hole.cgroup.level,
                                           tuple(link_resolvers()))
-        await self.gate.portal(portal_gate.render(self.home_address, probe, hole))
+        await gate.portal(portal_gate.render(self.home_address, probe, hole))
 
     async def open_signin(self, pid: int) -> tuple[str, float]:
         """Open the hole for process ``pid``: (the portal's address, seconds open)."""
         at = self.at
         if not self.address or at is None:
             raise SignInError("no captive portal was found on this network")
-        if self.gate is None:
+        gate = self.gate
+        if gate is None:
             raise SignInError("the gate is not installed: nothing to open")
         if self.hole is not None:
             await self.close_signin("another sign-in replaced it")
@@ -167,9 +178,9 @@ class PortalWatch:
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self.signin_seconds,
                                 lambda: self._spawn(self.close_signin("the time is up")))
-        self.hole = _Hole(at, cg, timer)
+        self.hole = _Hole(at, cg, timer, gate)
         try:
-            await self._rules(probe=None)
+            await self._write(gate)
         except BaseException:
             timer.cancel()
             self.hole = None
@@ -186,7 +197,7 @@ class PortalWatch:
             return False
         hole.timer.cancel()
         try:
-            await self._rules(probe=None)
+            await self._write(hole.gate)
         finally:
             signin_cgroup.remove(hole.cgroup)
             # A new VPN failure on this link probes again (the portal may be gone).

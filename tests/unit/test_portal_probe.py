@@ -319,3 +319,15 @@ async def test_an_empty_probe_url_never_probes():
     w.seen(FAILED, gate)
     await asyncio.sleep(0)  # a probe task would have started by now
     assert probes == [] and gate.scripts == [] and w.address == "" and w.probed is None
+
+
+async def test_a_disconnect_closes_the_hole_in_the_gate_it_was_opened_in(watch_with_portal):
+    # Under always-vpn a Disconnect keeps that gate, shut, after the helper let go of
+    # it: the hole must not stay open in it.
+    make, _, events = watch_with_portal
+    w, gate = await make()
+    await w.open_signin(4242)
+    assert "cgroupv2" in gate.scripts[-1]
+    w.seen(Snapshot(), None)  # disconnected: the helper holds no gate any more
+    assert await _closed(events) == "the network changed"
+    assert "add rule" not in gate.scripts[-1]
