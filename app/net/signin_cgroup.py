@@ -57,6 +57,9 @@ def create(pid: int, mountinfo: str | None = None) -> SignInCgroup:
     if mount is None:
         raise CgroupError("the sign-in window needs cgroup v2 mounted under "
                           f"{CGROUP_ROOT} (nftables keys its hole to the window's cgroup)")
+    for old in mount.glob(f"{NAME}-*"):  # earlier sign-ins' whose windows have gone
+        with contextlib.suppress(OSError):
+            old.rmdir()
     name = f"{NAME}-{os.getpid()}-{next(_serial)}"
     directory = mount / name
     try:

@@ -15,6 +15,7 @@ import pytest
 from app.lab import portal
 from app.lab.configs import write_helper_files
 from app.lab.world import Lab
+from app.net import signin_cgroup
 from tests.dbus_client import NOBODY, call, run_as
 from tests.lab.conftest import a_lab, mn_address
 from tests.lab.procs import GW1, Proc, capture, dump_world, helper_world, history
@@ -85,6 +86,11 @@ def test_only_the_signin_process_gets_out_and_the_vpn_comes_up_after_the_form(
         world, portal_lab, tmp_path: Path):
     mn = mn_address(prefix="203.0.113.")
     _wait_portal(world)
+    # An earlier sign-in's cgroup, its window gone: swept by the next sign-in.
+    mount = signin_cgroup.cgroup2_mount(Path("/proc/self/mountinfo").read_text())
+    assert mount is not None
+    earlier = mount / f"{signin_cgroup.NAME}-0-0"
+    earlier.mkdir(exist_ok=True)
     stop, go = tmp_path / "stop", tmp_path / "go"
     cap = capture("tr-er", "pub", f"src host {mn} and not arp")
     other = Proc("tr-mn", sys.executable, "-m", "tests.lab.other_app", str(stop))
@@ -95,6 +101,7 @@ def test_only_the_signin_process_gets_out_and_the_vpn_comes_up_after_the_form(
                       extra_env={"DBUS_SYSTEM_BUS_ADDRESS": str(world["bus"])})
         opened = signin.wait("OPEN")[-1]
         assert "OPEN True" in opened and portal.PAGE in opened, signin.out.printed
+        assert not earlier.exists()
         signin.wait("PAGE 200 3")  # the sign-in window's page loads, again and again
         go.touch()
         posted = signin.wait("POSTED")[-1]
