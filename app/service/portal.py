@@ -97,7 +97,8 @@ class PortalWatch:
         self.hole: _Hole | None = None
         self._probing: tuple[str, int, PortalGate] | None = None
         """A probe running: its link, port and the gate its rules are in."""
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Running probes and closes (the loop keeps only weak references)."""
 
     def seen(self, snap: Snapshot, gate: PortalGate | None) -> None:
         """Every published status (synchronous: the work runs in a task)."""
@@ -127,7 +128,8 @@ class PortalWatch:
             except (UserFacingError, OSError) as exc:
                 log.warning("captive portal: %s", exc)
         task = asyncio.ensure_future(run())
-        self._task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _probe(self, key: tuple[str, str], target: ProbeTarget) -> None:
         iface, gate = key[0], self.gate
