@@ -91,6 +91,8 @@ class Snapshot:
     policy: Policy = Policy.AUTO
     vpn_gateway: str = ""
     """The VPN gateway in use, as the profile names it; "" without a VPN."""
+    captive_portal: str = ""
+    """A captive portal found on the link (its sign-in address); "" for none."""
 
     def to_dbus(self) -> dict[str, object]:
         """Property name -> plain value in its D-Bus signature's Python form."""
@@ -103,7 +105,7 @@ class Snapshot:
             "VpnProbe": list(self.vpn_probe.to_dbus()), "VpnGateway": self.vpn_gateway,
             "NatDetected": self.nat_detected, "BindingExpires": self.binding_expires,
             "LastHandoverMs": self.last_handover_ms, "Error": self.error,
-            "Policy": self.policy.value,
+            "Policy": self.policy.value, "CaptivePortal": self.captive_portal,
         }
 
     @classmethod
@@ -124,7 +126,7 @@ class Snapshot:
                    s("TunnelInnerAddress"), probe("HomeAgentProbe"), probe("VpnProbe"),
                    bool(props.get("NatDetected", False)),
                    f("BindingExpires", 0.0), f("LastHandoverMs", -1.0), s("Error"),
-                   Policy(s("Policy") or "auto"), s("VpnGateway"))
+                   Policy(s("Policy") or "auto"), s("VpnGateway"), s("CaptivePortal"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,9 @@ def render(snap: Snapshot, now: float) -> str:
     lines = [head]
     if snap.error:
         lines.append(f"  error          {shown(snap.error, 500)}")
+    if snap.captive_portal:
+        lines.append(f"  CaptivePortal  sign in at {shown(snap.captive_portal, 500)} "
+                     "(the tray's \"Sign in to this network...\")")
 
     def row(label: str, value: str) -> None:
         if value:

@@ -38,7 +38,8 @@ log = logging.getLogger("trustroam.tray.helper")
 PROPS = "org.freedesktop.DBus.Properties"
 AGENT_PATH = "/org/trustroam/SecretAgent"
 ASKS_POLKIT = frozenset({"Connect", "Disconnect", "Reprobe", "SetPolicy", "SaveProfile",
-                         "DeleteProfile", "ReleaseGate", "SetAllowLan"})
+                         "DeleteProfile", "ReleaseGate", "SetAllowLan", "OpenSignIn",
+                         "CloseSignIn"})
 """The helper's methods polkit decides: sent with ALLOW_INTERACTIVE_AUTHORIZATION, so
 that the desktop's polkit agent may prompt (the administrator's password for
 SaveProfile); without the flag polkit may only answer "authentication is required"."""

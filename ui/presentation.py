@@ -126,6 +126,10 @@ def tooltip(snap: Snapshot | None, network: str) -> str:
         return "\n".join(lines)
     if snap.profile:
         lines.append(f"Profile: {shown(snap.profile, 60)}")
+    if snap.captive_portal:
+        # Why the VPN cannot come up, and what to do about it (the menu's item).
+        lines.append(f"Captive portal: sign in at {shown(snap.captive_portal, 80)} "
+                     "(Sign in to this network…)")
     if snap.home_address:
         lines.append(f"Home address: {shown(snap.home_address, 60)}")
     if snap.mode is Mode.VPN:

@@ -26,6 +26,7 @@ from ui.icons import icon
 from ui.nm_client import NetworkName
 from ui.rtt import RttSeries
 from ui.secrets import SecretAgent, SecretStore
+from ui.signin_launch import SignInLauncher
 
 if TYPE_CHECKING:  # imported when first opened (memory: see ui/status_window.py)
     from ui.profile_dialog import ProfileDialog
@@ -80,6 +81,7 @@ class Tray(QObject):
 
     def _build_menu(self) -> None:
         m = self.menu
+        self.signin = SignInLauncher()
         self.header = m.addAction("TrustRoam")
         self.header.setEnabled(False)
         m.addSeparator()
@@ -107,6 +109,10 @@ class Tray(QObject):
         self.lan_action.setEnabled(False)
         self.lan_action.triggered.connect(
             lambda checked=False: self.spawn(self._allow_lan(bool(checked))))
+        # Shown only while the helper reports a captive portal (issue 19).
+        self.signin_action = m.addAction("Sign in to this network…")
+        self.signin_action.triggered.connect(self.signin.open)
+        self.signin_action.setVisible(False)
         self.status_action = m.addAction("Status…")
         self.status_action.triggered.connect(self.show_status)
         self.editor_action = m.addAction("Profiles…")
@@ -146,6 +152,7 @@ class Tray(QObject):
         self.header.setText(presentation.headline(snap))
         self.disconnect_action.setEnabled(present and bool(snap and snap.profile))
         self.reprobe_action.setEnabled(present)
+        self.signin_action.setVisible(bool(snap is not None and snap.captive_portal))
         self.editor_action.setEnabled(True)
         for p, a in self.policy_actions.items():
             a.setEnabled(present)
@@ -364,6 +371,7 @@ class Tray(QObject):
     def close(self) -> None:
         """Let go of the icon and the buses (the connection itself stays up)."""
         self.settle_timer.stop()
+        self.signin.close()
         for w in (self.status_window, self.profile_dialog):
             if w is not None:
                 w.close()

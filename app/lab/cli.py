@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the NAT picks a random port for every new mapping")
     up.add_argument("--gw-outside-only", action="store_true",
                     help="the VPN gateways are unreachable from the intranet")
+    up.add_argument("--portal", action="store_true",
+                    help="pub's router is a captive portal (sign-in page, no IKE until "
+                         "a form is posted)")
     sub.add_parser("down", help="remove everything the lab created, even after a crash")
     mv = sub.add_parser("move", help="re-plug the mobile node into another access network")
     mv.add_argument("net", help=nets)
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab()
     try:
         if args.command == "up":
-            took = lab.up(at=args.at, nm=args.nm, gw_inside=not args.gw_outside_only)
+            took = lab.up(at=args.at, nm=args.nm, gw_inside=not args.gw_outside_only,
+                          portal=args.portal)
             if args.nat_fully_random:
                 lab.set_nat(fully_random=True)
             print(f"lab up in {took:.2f} s; mobile node on {args.at!r}")

@@ -16,12 +16,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.lab import charon, nm, polkit
 from app.lab import dns as lab_dns
+from app.lab import portal as lab_portal
 from app.lab.topology import (
     MN,
     MN_IFACE,
@@ -126,12 +128,17 @@ class Lab:
     def __init__(self, topo: Topology | None = None) -> None:
         self.topo = topo or default()
         self.gw_inside = True
+        self.portal = False
+        """A captive portal on pub (:mod:`app.lab.portal`): ``up(portal=True)``."""
 
     # -- up --------------------------------------------------------------------
 
-    def up(self, *, at: str = "home", nm: bool = False, gw_inside: bool = True) -> float:
-        """``gw_inside=False``: the VPN gateways are reachable only from outside."""
+    def up(self, *, at: str = "home", nm: bool = False, gw_inside: bool = True,
+           portal: bool = False) -> float:
+        """``gw_inside=False``: the VPN gateways are reachable only from outside;
+        ``portal``: pub's router is a captive portal (:mod:`app.lab.portal`)."""
         self.gw_inside = gw_inside
+        self.portal = portal
         return self._up_timed(at=at, nm=nm)
 
     def _up_timed(self, *, at: str, nm: bool) -> float:
@@ -192,6 +199,8 @@ class Lab:
         for net in t.access.values():
             state.pids[f"dnsmasq-{net.name}"] = self._start_dnsmasq(net)
         self._start_resolvers(state)
+        if self.portal:
+            state.pids["portal"] = await self._start_portal()
         state.mn_net = at
         await self._start_bus(state)
         if lab_dns.available():
@@ -300,6 +309,41 @@ table ip tr_nat {{
 }}
 """
         await _run("ip", "netns", "exec", node, "nft", "-f", "-", stdin=rules)
+
+    async def _start_portal(self) -> int:
+        """pub's captive portal: its rules on the router, then its HTTP server."""
+        await _run("ip", "netns", "exec", lab_portal.NODE, "nft", "-f", "-",
+                   stdin=lab_portal.RULES)
+        log = self.portal_log()
+        log.write_text("")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab_portal.NODE, sys.executable, "-m", "app.lab.portal",
+             "serve", str(log)], stdout=subprocess.PIPE,
+            stderr=(STATE_DIR / "portal.err").open("w"), start_new_session=True, text=True)
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)  # its readiness line
+        if "portal serving" not in line:
+            raise LabError(f"the captive portal did not start (see {STATE_DIR / 'portal.err'})")
+        return proc.pid
+
+    @staticmethod
+    def portal_log() -> Path:
+        """One line per HTTP request the portal received: ``client method host path``."""
+        return STATE_DIR / "portal.log"
+
+    @staticmethod
+    def portal_signed() -> list[str]:
+        """The link-layer addresses that have signed in at pub's portal."""
+        out = subprocess.run(["ip", "netns", "exec", lab_portal.NODE, "nft", "-j", "list",
+                              "set", "inet", lab_portal.TABLE, "signed"],
+                             capture_output=True, text=True, check=False)
+        try:
+            for item in json.loads(out.stdout)["nftables"]:
+                if "set" in item:
+                    return [str(e) for e in item["set"].get("elem", [])]
+        except (ValueError, KeyError):
+            pass
+        return []
 
     def _start_dnsmasq(self, net: AccessNet) -> int:
         port = self.topo.port(net.dhcp_server, net.link)

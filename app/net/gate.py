@@ -187,6 +187,12 @@ class TrafficGate:
         if self.installed:
             await self._run(render_local(self.managed))
 
+    async def portal(self, script: str) -> None:
+        """Refill the captive-portal chains (``app.net.portal_gate.render``)."""
+        if not self.installed:
+            raise GateError("the gate is not installed")
+        await self._run(script)
+
     async def remove(self) -> None:
         await self._run(removal())
         self.installed, self.path = False, None
@@ -250,4 +256,9 @@ async def shut_left_gate() -> bool:
         await run_nft(f"flush chain inet {TABLE} dns_refuse\n" + "".join(
             f"add rule inet {TABLE} dns_refuse {r}\n" for r in dns_refusal_rules(None)),
             _libnftables(), shutil.which("nft") or "nft")
+    with contextlib.suppress(GateError):  # a captive-portal probe or sign-in left open
+        # (a table from before them has no such chains)
+        await run_nft("".join(f"flush chain inet {TABLE} {c}\n" for c in
+                              ("portal", "portal_in", "portal_out")),
+                      _libnftables(), shutil.which("nft") or "nft")
     return True

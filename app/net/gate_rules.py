@@ -388,9 +388,13 @@ def render(policy: GatePolicy, path: ProvenPath | None, home_probe: str | None =
         + "".join(_chain(c, rules) for c, rules in _local_chains(managed).items())
         + _chain("undecided", undecided_rules(policy))
         + _chain("proven", proven_rules(policy, path, home_probe, lan))
+        # The captive-portal chains (app.net.portal_gate fills them): empty until the
+        # helper probes for a portal or opens a sign-in.
+        + _chain("portal", []) + _chain("portal_in", [])
+        + _chain("portal_out", ["type filter hook output priority 0; policy accept;"])
         # After source NAT (srcnat is 100): what leaves, with the address it leaves from.
         + _chain("gate", [f"type filter hook postrouting priority {PRIORITY}; policy accept;",
-                          "jump local", "jump undecided", "jump proven",
+                          "jump local", "jump undecided", "jump proven", "jump portal",
                           f"counter name {COUNTER} drop"])
         + _chain("dns_refuse", dns_refusal_rules(path))
         # reject is not allowed at postrouting: DNS is refused where it is sent.
@@ -401,7 +405,7 @@ def render(policy: GatePolicy, path: ProvenPath | None, home_probe: str | None =
         # What comes in for the machine itself, and what it would forward (to guests).
         + _chain("input", ["type filter hook input priority 0; policy accept;",
                            "jump local_in", "jump proven_in", "jump undecided_in",
-                           f"counter name {COUNTER_IN} drop"])
+                           "jump portal_in", f"counter name {COUNTER_IN} drop"])
         + _chain("proven_fwd", proven_in_rules(policy, path, home_probe, forward=True,
                                                lan=lan))
         # Forwarded to the guests: from a local interface or by the proven path only.

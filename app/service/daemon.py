@@ -39,6 +39,7 @@ from app.config import ConfigError
 from app.net.gate import GateError, TrafficGate, remove_table, shut_left_gate
 from app.net.ipip import compiled_engine_available
 from app.net.mn_routes import Backend, default_backend
+from app.net.portal_probe import DEFAULT_EXPECTED, DEFAULT_PROBE_URL, validate_probe_url
 from app.net.sleep import ResumeWatcher
 from app.service import bus as busio
 from app.service.bus import BusType, Message, MessageBus, MessageType, RequestNameReply
@@ -46,6 +47,7 @@ from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_ag
 from app.service.helper import Helper, HelperError, LeftGate
 from app.service.lockdown import DEFAULT_CONFIG, install_lockdown_gate, load_config
 from app.service.polkit import Authorizer
+from app.service.portal import DEFAULT_SIGNIN_SECONDS, MAX_SIGNIN_SECONDS
 from app.service.profiles import ProfileDirectory, ProfileError, gate_policy, load_profile
 from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
 from app.service.state import DEFAULT_DIR as DEFAULT_STATE_DIR
@@ -93,12 +95,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--shut-gate", action="store_true",
                     help="shut the proven path of a gate a stopped helper left, and exit "
                          "(the unit's ExecStopPost)")
+    ap.add_argument("--portal-probe-url", default=DEFAULT_PROBE_URL, metavar="URL",
+                    help="captive-portal probe: an http:// URL whose answer is "
+                         f"{DEFAULT_EXPECTED!r} where the network lets us out; "
+                         '"" never probes')
+    ap.add_argument("--signin-seconds", type=float, default=DEFAULT_SIGNIN_SECONDS,
+                    help="how long a captive-portal sign-in window may send in clear")
     ap.add_argument("--log-level", default="info",
                     choices=("debug", "info", "warning", "error"))
     return ap.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> int:
+    portal_probe = validate_probe_url(args.portal_probe_url, "--portal-probe-url",
+                                      "command line") if args.portal_probe_url else None
+    if not 0 < args.signin_seconds <= MAX_SIGNIN_SECONDS:
+        raise ConfigError("command line", "--signin-seconds",
+                          f"must be more than 0 and at most {MAX_SIGNIN_SECONDS:g}")
     kept = load_state(args.state_dir) if args.state_dir is not None else HelperState()
     first: str | None = args.connect
     for path in args.profile:  # check at start: a bad profile is the user's first error
@@ -124,7 +137,8 @@ async def serve(args: argparse.Namespace) -> int:
     helper = Helper(profiles_dir=args.profiles_dir, extra_profiles=args.profile,
                     secrets=secrets, backend=backend, links=args.links, bus=bus,
                     vici_socket=args.vici_socket, state_dir=args.state_dir,
-                    lockdown=args.lockdown, initial=kept)
+                    lockdown=args.lockdown, initial=kept,
+                    portal_probe=portal_probe, signin_seconds=args.signin_seconds)
     if left and not installed:
         # Nothing to connect: the gate left behind stays shut until a Connect
         # replaces it or configure lifts it (SetPolicy auto or never-vpn).

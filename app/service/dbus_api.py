@@ -431,6 +431,34 @@ class HelperInterface(ServiceInterface):
         task.add_done_callback(self._tasks.discard)
 
     @method()
+    async def OpenSignIn(self) -> "sd":
+        # The caller itself (its pid as the bus daemon knows it) goes into the sign-in
+        # cgroup: a process can open the hole only for itself.
+        async with self._admitted() as uid:
+            peer = await self._peer(await self._authorize(ACTION_CONNECT, uid))
+            if peer.pid is None:
+                raise self._failed("OpenSignIn", ValueError(
+                    "the bus daemon does not know the caller's process"))
+            try:
+                address, seconds = await self.helper.portal.open_signin(peer.pid)
+            except UserFacingError as exc:
+                raise self._failed("OpenSignIn", exc) from None
+            except OSError as exc:
+                raise self._failed("OpenSignIn", OSError(
+                    f"cannot open the sign-in: {exc.strerror or exc}")) from None
+            return [address, seconds]
+
+    @method()
+    async def CloseSignIn(self) -> None:
+        async with self._admitted() as uid:
+            await self._authorize(ACTION_CONNECT, uid)
+            try:
+                if await self.helper.portal.close_signin("the sign-in window closed"):
+                    await self.helper.reprobe(quiet=True)  # try the VPN again at once
+            except (UserFacingError, OSError) as exc:
+                raise self._failed("CloseSignIn", exc) from None
+
+    @method()
     def GetHistory(self, n: "u") -> "a(dsa{ss})":
         entries = list(self.helper.history)[-min(n, MAX_HISTORY):] if n else []
         return [[e.time, e.kind, dict(e.details)] for e in entries]
@@ -512,3 +540,7 @@ class HelperInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Policy(self) -> "s":
         return self._p("Policy")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CaptivePortal(self) -> "s":
+        return self._p("CaptivePortal")

@@ -32,10 +32,12 @@ from app.net.gate_rules import LAN_MODES
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import TUNNEL, Backend, MobileNodeRoutes
 from app.net.nm_links import NmLinks, nm_running
+from app.net.portal_probe import DEFAULT_TARGET, ProbeTarget
 from app.net.rtnl_links import RtnlLinks
 from app.service import state as saved
 from app.service.bus import MessageBus
 from app.service.lan import LanChoices
+from app.service.portal import DEFAULT_SIGNIN_SECONDS, PortalWatch
 from app.service.profiles import ProfileDirectory, ProfileError, gate_policy, vpn_secret_names
 from app.service.secrets import Peer, SecretSource
 from app.service.state import HelperState
@@ -72,7 +74,9 @@ class Helper:
                  bus: MessageBus | None = None,
                  vici_socket: str | os.PathLike[str] = DEFAULT_SOCKET,
                  state_dir: Path | None = None, lockdown: bool = False,
-                 initial: HelperState | None = None) -> None:
+                 initial: HelperState | None = None,
+                 portal_probe: ProbeTarget | None = DEFAULT_TARGET,
+                 signin_seconds: float = DEFAULT_SIGNIN_SECONDS) -> None:
         self.profiles = ProfileDirectory(profiles_dir, extra_profiles)
         self.secrets = secrets
         self.backend = backend
@@ -107,6 +111,13 @@ class Helper:
         self.event_listeners: list[Callable[[HistoryEntry], None]] = []
         self._lock = asyncio.Lock()
         """Held by connect, disconnect and reprobe while they change the driver."""
+        self._published = Snapshot()
+        """The driver's last status, before the helper's own fields are added."""
+        self.portal = PortalWatch(portal_probe,
+                                  signin_seconds=signin_seconds,
+                                  changed=lambda: self._on_snapshot(self._published),
+                                  event=self._event)
+        """Captive portals: probed when the VPN cannot come up (app.service.portal)."""
 
     # -- profiles ------------------------------------------------------------------
 
@@ -401,7 +412,9 @@ class Helper:
     # -- publishing ------------------------------------------------------------------
 
     def _on_snapshot(self, snap: Snapshot) -> None:
-        self.snapshot = replace(snap, policy=self.policy)
+        self._published = snap
+        self.portal.seen(snap, self.gate)
+        self.snapshot = replace(snap, policy=self.policy, captive_portal=self.portal.address)
         for f in self.snapshot_listeners:
             f(self.snapshot)
 

@@ -88,10 +88,12 @@ MN_VICI = lab_charon.directory(CHARON_DIR, "tr-mn") / "charon.vici"
 @contextmanager
 def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
                  fa_advert_interval: float = 1.0, ha_extra: str = "",
-                 ha_env: dict[str, str] | None = None, replay: str = "timestamp"
+                 ha_env: dict[str, str] | None = None, replay: str = "timestamp",
+                 helper_prefix: tuple[str, ...] = (), helper_args: tuple[str, ...] = ()
                  ) -> Iterator[dict[str, object]]:
     """The HA, the FA on fa1 and trustroamd (profile ``corp`` connected), and a
-    ``trustroamctl monitor`` whose lines are the helper's property changes."""
+    ``trustroamctl monitor`` whose lines are the helper's property changes.
+    ``helper_prefix``, ``helper_args``: what wraps and extends trustroamd's command."""
     (d / "ha.toml").write_text(ha_toml(d / "ha-state", ha_extra, replay))
     (d / "fa.toml").write_text(fa_toml("fa1", advert_interval=fa_advert_interval))
     # DEBUG: renewals (a registration to the same care-of address, e.g. the same
@@ -105,10 +107,10 @@ def helper_world(bus: str, d: Path, profiles: Path, secrets: Path, *,
     try:
         ha.wait("serving registrations")
         fa.wait("foreign agent on fa")
-        helper = Proc("tr-mn", sys.executable, "-m", "app.service.daemon", "--profiles-dir",
-                      str(profiles), "--secrets", str(secrets), "--connect", "corp",
-                      "--links", "rtnetlink", "--vici-socket", str(MN_VICI),
-                      extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
+        helper = Proc("tr-mn", *helper_prefix, sys.executable, "-m", "app.service.daemon",
+                      "--profiles-dir", str(profiles), "--secrets", str(secrets), "--connect",
+                      "corp", "--links", "rtnetlink", "--vici-socket", str(MN_VICI),
+                      *helper_args, extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
         helper.wait("serving org.trustroam.Helper1")
         monitor = Proc("tr-mn", sys.executable, "-m", "app.ctl", "monitor",
                        extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus})

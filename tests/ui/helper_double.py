@@ -217,6 +217,15 @@ class Double(ServiceInterface):
         self.event("profile-deleted", {"profile": name})
 
     @method()
+    def OpenSignIn(self) -> "sd":
+        self._check("OpenSignIn")
+        return [self.snap.captive_portal, 300.0]
+
+    @method()
+    def CloseSignIn(self):
+        self._check("CloseSignIn")
+
+    @method()
     def RegisterSecretAgent(self, path: "o"):
         self.calls.append(f"RegisterSecretAgent {path}")
         # One per connection (registering again replaces it), as the helper keeps them.
@@ -289,6 +298,10 @@ class Double(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Policy(self) -> "s":
         return self._p("Policy")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CaptivePortal(self) -> "s":
+        return self._p("CaptivePortal")
 
 
 class Control(ServiceInterface):

@@ -1,0 +1,208 @@
+"""Captive portals in the helper: when to probe, what is reported, the sign-in hole.
+
+The helper calls :meth:`PortalWatch.seen` with every status it publishes.  When
+the VPN cannot come up on an untrusted network (the state is untrusted, no mode,
+with an error: ``the VPN did not come up``, ``the VPN went down``...), one probe
+runs per link and address (:mod:`app.net.portal_probe`), through the gate's
+``portal`` chain opened for the probe alone; a portal found is reported as the
+``CaptivePortal`` property (its sign-in address) until the link, its address or
+the decision changes.
+
+:meth:`PortalWatch.open_signin` opens the sign-in hole for one process (its own
+cgroup, :mod:`app.net.signin_cgroup`): HTTP, HTTPS and DNS to the link's
+resolvers, out of the link only, for at most ``signin_seconds``; it closes when
+asked, when the time is up, when the VPN comes up (mode mc) or the state leaves
+untrusted, and when the helper disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Protocol
+
+from app.api import Mode, Snapshot, State
+from app.errors import UserFacingError
+from app.net import portal_gate, signin_cgroup
+from app.net.portal_probe import PORTAL, ProbeTarget, Verdict, link_resolvers, probe
+
+log = logging.getLogger("trustroam.portal")
+DEFAULT_SIGNIN_SECONDS = 300.0
+"""Issue 19: at most 5 minutes by default."""
+MAX_SIGNIN_SECONDS = 3600.0
+
+
+class SignInError(UserFacingError):
+    """A sign-in cannot be opened; the message is for the user."""
+
+
+class PortalGate(Protocol):
+    """What the watch needs of the gate (``app.net.gate.TrafficGate.portal``)."""
+
+    async def portal(self, script: str) -> None: ...
+
+
+def probe_key(snap: Snapshot) -> tuple[str, str] | None:
+    """The link and address to probe on, if this status is a VPN that could not come
+    up on an untrusted network; None otherwise."""
+    if (snap.state is State.UNTRUSTED and snap.mode is Mode.NONE and snap.error
+            and snap.interface and snap.care_of_address):
+        return (snap.interface, snap.care_of_address)
+    return None
+
+
+def keeps_portal(snap: Snapshot, key: tuple[str, str]) -> bool:
+    """A reported portal (or an open hole) stays while the link, its address and the
+    untrusted, VPN-less state do."""
+    return (snap.state is State.UNTRUSTED and snap.mode is not Mode.VPN
+            and (snap.interface, snap.care_of_address) == key)
+
+
+@dataclass
+class _Hole:
+    key: tuple[str, str]
+    cgroup: signin_cgroup.SignInCgroup
+    timer: asyncio.TimerHandle
+    gate: PortalGate
+    """The gate it was opened in: closed there, even once the helper let go of it
+    (a Disconnect under always-vpn keeps that gate, shut)."""
+
+
+class PortalWatch:
+    def __init__(self, target: ProbeTarget | None, *,
+                 signin_seconds: float = DEFAULT_SIGNIN_SECONDS,
+                 changed: Callable[[], None] = lambda: None,
+                 event: Callable[[str, dict[str, str]], None] = lambda k, d: None,
+                 run_probe: Callable[[ProbeTarget, str], Awaitable[Verdict]] | None = None
+                 ) -> None:
+        self.target = target
+        """The probe URL; None: never probe (``--portal-probe-url ""``)."""
+        self.signin_seconds = signin_seconds
+        self.changed = changed
+        """Called when :attr:`address` changes (the helper publishes again)."""
+        self.event = event
+        self.run_probe = run_probe or probe
+        self.address = ""
+        """The portal's sign-in address on the current link; "" for none."""
+        self.probed: tuple[str, str] | None = None
+        """The link and address probed last (one probe each)."""
+        self.at: tuple[str, str] | None = None
+        """The link and address :attr:`address` was found on."""
+        self.gate: PortalGate | None = None
+        self.home_address: IPv4Address | None = None
+        self.hole: _Hole | None = None
+        self._probing: tuple[str, int, PortalGate] | None = None
+        """A probe running: its link, port and the gate its rules are in."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Running probes and closes (the loop keeps only weak references)."""
+
+    def seen(self, snap: Snapshot, gate: PortalGate | None) -> None:
+        """Every published status (synchronous: the work runs in a task)."""
+        self.gate = gate
+        with contextlib.suppress(ValueError):
+            self.home_address = IPv4Address(snap.home_address)
+        if self.at is not None and not keeps_portal(snap, self.at):
+            self.at = None
+            if self.address:
+                self.address = ""
+                self.changed()
+        if self.probed is not None and not keeps_portal(snap, self.probed):
+            self.probed = None
+        if self.hole is not None and not keeps_portal(snap, self.hole.key):
+            self._spawn(self.close_signin("the VPN came up" if snap.mode is Mode.VPN
+                                          else "the network changed"))
+        want = probe_key(snap)
+        if want is not None and self.probed != want and gate is not None \
+                and self.target is not None:
+            self.probed = want
+            self._spawn(self._probe(want, self.target))
+
+    def _spawn(self, coro: Awaitable[object]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except (UserFacingError, OSError) as exc:
+                log.warning("captive portal: %s", exc)
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _probe(self, key: tuple[str, str], target: ProbeTarget) -> None:
+        iface, gate = key[0], self.gate
+        if gate is None:
+            return
+        self.event("portal-probe", {"interface": iface, "url": target.url})
+        self._probing = (iface, target.port, gate)
+        try:
+            await self._write(gate)
+            verdict = await self.run_probe(target, iface)
+        finally:
+            self._probing = None
+            await self._write(gate)
+        self.event("portal-" + verdict.kind, {"interface": iface, "portal": verdict.portal_url,
+                                              "detail": verdict.detail})
+        if self.probed != key:
+            return  # the link changed while probing
+        new = verdict.portal_url if verdict.kind == PORTAL else ""
+        self.at = key if new else None
+        if new != self.address:
+            self.address = new
+            self.changed()
+
+    async def _write(self, gate: PortalGate) -> None:
+        """``gate``'s portal chains: what is open in it now (a running probe, a hole)."""
+        if self.home_address is None:
+            return
+        probe = hole = None
+        if self._probing is not None and self._probing[2] is gate:
+            probe = self._probing[:2]
+        if self.hole is not None and self.hole.gate is gate:
+            hole = portal_gate.SignInHole(self.hole.key[0], self.hole.cgroup.nft_path,
+                                          self.hole.cgroup.level,
+                                          tuple(link_resolvers()))
+        await gate.portal(portal_gate.render(self.home_address, probe, hole))
+
+    async def open_signin(self, pid: int) -> tuple[str, float]:
+        """Open the hole for process ``pid``: (the portal's address, seconds open)."""
+        at = self.at
+        if not self.address or at is None:
+            raise SignInError("no captive portal was found on this network")
+        gate = self.gate
+        if gate is None:
+            raise SignInError("the gate is not installed: nothing to open")
+        if self.hole is not None:
+            await self.close_signin("another sign-in replaced it")
+        cg = signin_cgroup.create(pid)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.signin_seconds,
+                                lambda: self._spawn(self.close_signin("the time is up")))
+        self.hole = _Hole(at, cg, timer, gate)
+        try:
+            await self._write(gate)
+        except BaseException:
+            timer.cancel()
+            self.hole = None
+            signin_cgroup.remove(cg)
+            raise
+        self.event("signin-open", {"interface": at[0], "pid": str(pid),
+                                   "seconds": f"{self.signin_seconds:g}"})
+        return self.address, self.signin_seconds
+
+    async def close_signin(self, why: str) -> bool:
+        """Close the hole (True if one was open)."""
+        hole, self.hole = self.hole, None
+        if hole is None:
+            return False
+        hole.timer.cancel()
+        try:
+            await self._write(hole.gate)
+        finally:
+            signin_cgroup.remove(hole.cgroup)
+            # A new VPN failure on this link probes again (the portal may be gone).
+            self.probed = None
+            self.event("signin-closed", {"reason": why})
+        return True
