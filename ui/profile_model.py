@@ -56,6 +56,10 @@ FIELDS = (
     Field("probe.retries", "Probe retries", "2", "int"),
     Field("features.foreign_agents", "Use foreign agents", "true", "bool"),
     Field("features.gate", "Block traffic while undecided", "true", "bool"),
+    Field("features.allow_lan", "Allow the local network in clear (modes c, mc)", "false",
+          "bool"),
+    Field("dns.servers", "Intranet DNS servers (optional, comma-separated)", "", "list"),
+    Field("dns.domains", "DNS search domains (optional, comma-separated)", "", "list"),
     # [vpn]: the untrusted side (mode mc); left out of the file while no gateway is given.
     Field("vpn.gateways", "VPN gateways (comma-separated)", "", "list"),
     Field("vpn.identity", "VPN identity", ""),
@@ -222,7 +226,7 @@ def _quote(s: str) -> str:
 def to_toml(values: dict[str, str]) -> str:
     """The profile file (what SaveProfile takes and Export writes); never a secret."""
     top: list[str] = []
-    subs: dict[str, list[str]] = {"probe": [], "features": [], "vpn": []}
+    subs: dict[str, list[str]] = {"probe": [], "features": [], "dns": [], "vpn": []}
     has_vpn = vpn_active(values)
     for f in FIELDS:
         v = values.get(f.key, f.default).strip()

@@ -244,3 +244,24 @@ def test_every_method_polkit_decides_is_sent_interactive_by_the_tray_and_trustro
     # trustroamctl has no "allow LAN" nor sign-in (the window sets the flag itself).
     assert decided - {"SetAllowLan", "OpenSignIn", "CloseSignIn"} <= ctl.AUTHORIZED, (
         decided - ctl.AUTHORIZED)
+
+
+def test_the_profile_editor_writes_and_imports_dns_and_allow_lan():
+    """A profile with ``[dns]`` and ``allow_lan`` imports into the tray's editor (not
+    "not a known setting") and what the editor writes is what the helper parses."""
+    from ipaddress import IPv4Address
+
+    from ui import profile_model as pm
+
+    text = PROFILE + "[features]\nallow_lan = true\n"
+    text += '[dns]\nservers = ["10.0.0.1", "10.0.0.2"]\ndomains = ["corp.example"]\n'
+    assert schema.loads(text).allow_lan  # the text itself is a valid profile
+    values = pm.from_toml(text, "corp.toml")
+    values["name"] = "corp"
+    assert pm.validate(values) == {}
+    p = schema.loads(pm.to_toml(values))
+    assert p.allow_lan
+    assert p.dns.servers == (IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"))
+    assert p.dns.domains == ("corp.example",)
+    emptied = {**values, "dns.servers": "", "dns.domains": ""}
+    assert schema.loads(pm.to_toml(emptied)).dns is None  # no [dns] table at all
