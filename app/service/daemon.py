@@ -44,6 +44,7 @@ from app.net.sleep import ResumeWatcher
 from app.service import bus as busio
 from app.service.bus import BusType, Message, MessageBus, MessageType, RequestNameReply
 from app.service.dbus_api import HelperInterface, SenderAwareBus, call_secret_agent
+from app.service.gateway_cache import GatewayCache
 from app.service.helper import Helper, HelperError, LeftGate
 from app.service.lockdown import DEFAULT_CONFIG, install_lockdown_gate, load_config
 from app.service.polkit import Authorizer
@@ -246,8 +247,9 @@ async def _gate_first(args: argparse.Namespace, first: str | None) -> bool:
         if prof.name == first and prof.gate_enabled:
             # Gateway names resolve within a bound (a left gate may hold DNS): the
             # connect that follows resolves them again and records any left out.
-            await TrafficGate(await gate_policy(prof, timeout=STARTUP_RESOLVE_TIMEOUT)
-                              ).install()
+            await TrafficGate(await gate_policy(
+                prof, timeout=STARTUP_RESOLVE_TIMEOUT,
+                cache=GatewayCache(args.state_dir))).install()
             return True
     return False
 

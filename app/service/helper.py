@@ -36,6 +36,7 @@ from app.net.portal_probe import DEFAULT_TARGET, ProbeTarget
 from app.net.rtnl_links import RtnlLinks
 from app.service import state as saved
 from app.service.bus import MessageBus
+from app.service.gateway_cache import GatewayCache
 from app.service.lan import LanChoices
 from app.service.portal import DEFAULT_SIGNIN_SECONDS, PortalWatch
 from app.service.profiles import ProfileDirectory, ProfileError, gate_policy, vpn_secret_names
@@ -102,6 +103,8 @@ class Helper:
         self.gate: TrafficGate | None = None
         """The connected profile's gate: installed first, removed last (unless kept)."""
         self.lan = LanChoices(state_dir)
+        self.gateway_cache = GatewayCache(state_dir)
+        """The VPN gateways' last addresses, for when their names do not resolve."""
         """The user's per-network "Allow local network" choices (app.service.lan)."""
         self.driver: MobileNodeDriver | None = None
         self._connection: contextlib.AsyncExitStack | None = None
@@ -202,7 +205,7 @@ class Helper:
         # Errors name the profile and the missing key, never a value.
         got = await self.secrets.fetch(prof.name, requester, await vpn_secret_names(prof.vpn))
         policy = await gate_policy(
-            prof, on_unresolved=lambda gw, why: self._event(
+            prof, cache=self.gateway_cache, on_unresolved=lambda gw, why: self._event(
                 "vpn-gateway-unresolved", {"profile": prof.name, "gateway": gw, "reason": why}))
         async with self._lock:
             gate = TrafficGate(policy) if prof.gate_enabled else None

@@ -25,6 +25,7 @@ from app.mn import profile as schema
 from app.mn.profile import Profile
 from app.net.gate import GatePolicy
 from app.net.mn_routes import TUNNEL
+from app.service.gateway_cache import GatewayCache
 from app.service.state import write_file
 from app.vpn import credentials
 from app.vpn.charon import VpnConfigError
@@ -164,28 +165,38 @@ def _file_key(path: Path) -> object:
 
 
 async def gate_policy(prof: Profile, *, on_unresolved: Unresolved | None = None,
-                      timeout: float = RESOLVE_TIMEOUT) -> GatePolicy:
+                      timeout: float = RESOLVE_TIMEOUT,
+                      cache: GatewayCache | None = None) -> GatePolicy:
     """What the gate lets through for this profile while undecided: the direct probe
     and, with a ``[vpn]`` table, IKE/NAT-T/ESP to the gateways' IPv4 addresses."""
     gateways = await resolve_gateways(prof.vpn.gateways if prof.vpn else (),
-                                      on_unresolved=on_unresolved, timeout=timeout)
+                                      on_unresolved=on_unresolved, timeout=timeout,
+                                      cache=cache)
     return GatePolicy(prof.home_agent, prof.home_address, TUNNEL, gateways=gateways,
                       allow_lan=prof.allow_lan, home_network=prof.home_network)
 
 
 async def resolve_gateways(names: Sequence[str], *, on_unresolved: Unresolved | None = None,
-                           timeout: float = RESOLVE_TIMEOUT) -> tuple[IPv4Address, ...]:
+                           timeout: float = RESOLVE_TIMEOUT,
+                           cache: GatewayCache | None = None) -> tuple[IPv4Address, ...]:
     """The gateways' IPv4 addresses, in the profile's order, without duplicates.
 
     Names are resolved on the loop's resolver (never blocking it), all at once and
-    within ``timeout``; one that does not resolve is reported to ``on_unresolved``
-    (and the log) and left out: the others still work."""
+    within ``timeout``; one that does not resolve takes the addresses it last
+    resolved to from ``cache`` (reported, with them), or is reported to
+    ``on_unresolved`` (and the log) and left out: the others still work."""
     loop = asyncio.get_running_loop()
 
-    def report(name: str, why: str) -> None:
-        log.warning("VPN gateway %s left out of the gate: %s", name, why)
+    def report(name: str, why: str) -> list[IPv4Address]:
+        last = cache.get(name) if cache is not None else ()
+        if last:
+            why += "; its last addresses used: " + ", ".join(map(str, last))
+            log.warning("VPN gateway %s: %s", name, why)
+        else:
+            log.warning("VPN gateway %s left out of the gate: %s", name, why)
         if on_unresolved is not None:
             on_unresolved(name, why)
+        return list(last)
 
     async def one(name: str) -> list[IPv4Address]:
         try:
@@ -202,14 +213,14 @@ async def resolve_gateways(names: Sequence[str], *, on_unresolved: Unresolved | 
                 infos = await loop.getaddrinfo(name, None, family=socket.AF_INET,
                                                type=socket.SOCK_DGRAM)
         except TimeoutError:
-            report(name, f"its name did not resolve within {timeout:g} s")
-            return []
+            return report(name, f"its name did not resolve within {timeout:g} s")
         except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
-            report(name, f"its name does not resolve ({reason(exc)})")
-            return []
-        found = [IPv4Address(info[4][0]) for info in infos]
+            return report(name, f"its name does not resolve ({reason(exc)})")
+        found = list(dict.fromkeys(IPv4Address(info[4][0]) for info in infos))
         if not found:
-            report(name, "its name has no IPv4 address")
+            return report(name, "its name has no IPv4 address")
+        if cache is not None:
+            cache.put(name, tuple(found))
         return found
 
     results = await asyncio.gather(*(one(n) for n in names))
