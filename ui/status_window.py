@@ -446,15 +446,20 @@ class StatusWindow(QWidget):
         # signal carries the time to the millisecond, GetHistoryPage in full).
         meanwhile = {(round(e.time, 3), e.kind) for e in self.tray.history}
         seen = set()
+        oldest: float | None = None
         while pages:
             # (bytes marshalled above from our own entries, never from outside)
             for when, kind, details in marshal.loads(pages.pop()):  # noqa: S302
                 e = HistoryEntry(when, kind, details)
+                oldest = e.time if oldest is None else oldest
                 if (key := (round(e.time, 3), e.kind)) in meanwhile:
                     seen.add(key)
                 self.add_event(e)
+        # Not the tray's events older than the rows read: those are not "meanwhile",
+        # and would come after the newest, out of order.
         for e in list(self.tray.history):
-            if (round(e.time, 3), e.kind) not in seen:
+            if (round(e.time, 3), e.kind) not in seen and (oldest is None
+                                                          or e.time >= oldest):
                 self.add_event(e)
 
     def add_event(self, e: HistoryEntry) -> None:

@@ -442,3 +442,28 @@ def test_history_fetch_decodes_a_page_at_a_time_and_never_holds_every_row_twice(
     assert w.model.index(0, 2).data() == "iface=eth0, reason=" + "carrier " * 4
     assert w.model.index(999, 2).data() == "iface=eth999, reason=" + "carrier " * 4
     assert peak < 250_000, peak  # the code before: 350 KB (the whole reply decoded)
+
+
+def test_status_window_reads_the_newest_1000_history_rows_in_pages_of_100(
+        double: Any, tray: Any, qloop: Any) -> None:
+    """Over D-Bus, from the helper double's GetHistoryPage: all 1000 rows shown (as
+    GetHistory gave them), newest last, asked as ten pages of 100, newest first."""
+    run(qloop, double.call("EventBurst", "u", [1050]))
+    helper = tray.helper
+    asked: list[list[int]] = []
+    real = helper.call
+
+    async def counting(member: str, *args: Any) -> Any:
+        if member == "GetHistoryPage":
+            asked.append(list(args[1]))
+        return await real(member, *args)
+
+    helper.call = counting
+    tray.show_status()
+    w = tray.status_window
+    run(qloop, w.reloading)
+    assert asked == [[100 * i, 100] for i in range(10)]
+    assert w.model.rowCount() == 1000
+    assert {w.model.index(r, 1).data() for r in (0, 999)} == {"probe-answered"}
+    times = [w.model.times[r] for r in range(1000)]
+    assert times == sorted(times)
