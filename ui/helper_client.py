@@ -190,6 +190,11 @@ class HelperClient:
         rows = (await self.call("GetHistory", "u", [n]))[0]
         return [entry(t, k, d) for t, k, d in rows]
 
+    async def history_page(self, offset: int, n: int) -> tuple[int, list[Any]]:
+        """GetHistoryPage: (entries recorded so far, the page's rows as decoded)."""
+        recorded, rows = await self.call("GetHistoryPage", "uu", [offset, n])
+        return int(recorded), rows
+
     async def register_secret_agent(self, path: str = AGENT_PATH) -> None:
         self.agent_path = path
         if self.owner is not None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import marshal
 import sys
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from PySide6.QtCore import (
@@ -41,12 +42,44 @@ from PySide6.QtWidgets import (
 from app.api import HistoryEntry, Mode, Snapshot, State
 from app.client_bus import finite, shown
 from ui import memory, presentation
+from ui.helper_client import entry
 from ui.rtt_plot import RttPlot
 from ui.tray_view import TrayView
 
 HISTORY_FETCH = 1000
+HISTORY_PAGE = 100  # rows a GetHistoryPage asks: the decoding's peak is a page's
 HISTORY_ROWS = 5000  # rows the open window keeps (the oldest go first)
 REPLOT_MS = 100
+
+
+async def history_pages(fetch: Callable[[int, int], Awaitable[tuple[int, list[Any]]]],
+                        total: int, page: int = HISTORY_PAGE) -> AsyncIterator[list[Any]]:
+    """The newest ``total`` history rows, GetHistoryPage's pages newest first (each
+    page's rows oldest first), every row once.
+
+    Offsets count back from the newest, so k events arriving between two pages move
+    k rows the last page had into the next one: the reply's count of entries
+    recorded numbers its rows, those k are dropped, and the next offset reaches back
+    from the oldest row got (no gap).  The events themselves come as Event signals.
+    """
+    oldest: int | None = None  # number (count recorded before it) of the oldest row got
+    recorded = got = 0
+    for _ in range(4 * (total // page + 1)):  # bounded, even under a flood of events
+        offset = 0 if oldest is None else recorded - oldest
+        if got >= total or offset > total:  # done, or the rest is older than asked
+            return
+        n = min(page, total - got)
+        recorded, rows = await fetch(offset, n)
+        short = len(rows) < n  # the helper's oldest kept is in this page
+        first = recorded - offset - len(rows)
+        if oldest is not None:
+            del rows[max(0, oldest - first):]  # the rows the last page had
+        if rows:
+            oldest = first
+            got += len(rows)
+            yield rows
+        if short:
+            return
 
 
 def path_nodes(snap: Snapshot | None) -> tuple[list[str], list[str], bool]:
@@ -388,23 +421,46 @@ class StatusWindow(QWidget):
         self.refresh_history()
 
     async def reload_history(self) -> None:
+        """The helper's history, GetHistoryPage's pages of 100 in turn: each page's rows
+        kept as one marshalled block, then put in the table oldest first, one at a
+        time, each dropped once shown.  The small objects of decoding 1000 rows at
+        once stayed in Python's allocator (the open window 0.4 MB larger after a
+        list of entries beside the reply, more for the reply itself,
+        benchmarks/README.md); a page's are a tenth."""
         helper = self.tray.helper
-        entries: list[HistoryEntry] = []
+        pages: list[bytes] = []  # newest page first
         self.history_from = None
         if helper is not None and helper.owner is not None:
             self.history_from = helper.owner
             try:
-                entries = await helper.history(HISTORY_FETCH)
+                async for rows in history_pages(helper.history_page, HISTORY_FETCH):
+                    pages.append(marshal.dumps([(e.time, e.kind, e.details)
+                                                for e in (entry(*r) for r in rows)]))
+                    del rows
             except Exception:  # shown as an empty history; the state says why
-                entries = []
+                pages = []
                 self.history_from = None  # the helper's next appearance asks again
         self.model.clear()
         self.handovers.removeRows(0, self.handovers.rowCount())
-        # The Event signal carries the time to the millisecond, GetHistory in full.
-        seen = {(round(e.time, 3), e.kind) for e in entries}
-        for e in entries + [e for e in self.tray.history
-                            if (round(e.time, 3), e.kind) not in seen]:
-            self.add_event(e)
+        # Events the tray got meanwhile, unless the pages have them too (the Event
+        # signal carries the time to the millisecond, GetHistoryPage in full).
+        meanwhile = {(round(e.time, 3), e.kind) for e in self.tray.history}
+        seen = set()
+        oldest: float | None = None
+        while pages:
+            # (bytes marshalled above from our own entries, never from outside)
+            for when, kind, details in marshal.loads(pages.pop()):  # noqa: S302
+                e = HistoryEntry(when, kind, details)
+                oldest = e.time if oldest is None else oldest
+                if (key := (round(e.time, 3), e.kind)) in meanwhile:
+                    seen.add(key)
+                self.add_event(e)
+        # Not the tray's events older than the rows read: those are not "meanwhile",
+        # and would come after the newest, out of order.
+        for e in list(self.tray.history):
+            if (round(e.time, 3), e.kind) not in seen and (oldest is None
+                                                          or e.time >= oldest):
+                self.add_event(e)
 
     def add_event(self, e: HistoryEntry) -> None:
         details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()) if k != "time")

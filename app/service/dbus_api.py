@@ -44,7 +44,7 @@ from app.service.bus import (
     method,
     signal,
 )
-from app.service.helper import Helper
+from app.service.helper import HISTORY, Helper
 from app.service.limits import CALLS_PER_NAME, CALLS_PER_UID, CallerLimits, QuietLog
 from app.service.polkit import Authorizer
 from app.service.secrets import Agent, AgentFailed, AgentRefused, Peer
@@ -160,6 +160,18 @@ async def call_secret_agent(bus: MessageBus, agent: Agent, profile: str,
     return {str(k): str(v) for k, v in reply.body[0].items()}
 
 
+def history_page(history: list[HistoryEntry], offset: int, n: int) -> list[HistoryEntry]:
+    """GetHistoryPage's rows: up to n entries (at most MAX_HISTORY) before the
+    newest ``offset`` ones, oldest first; none past the oldest kept."""
+    if n == 0:
+        raise DBusError(ERROR_INVALID, "n: a page holds at least 1 entry")
+    if offset > HISTORY:
+        raise DBusError(ERROR_INVALID, f"offset: {offset} is past the "
+                        f"{HISTORY} entries the helper keeps")
+    end = len(history) - offset
+    return history[max(0, end - min(n, MAX_HISTORY)):end] if end > 0 else []
+
+
 class HelperInterface(ServiceInterface):
     def __init__(self, helper: Helper, authorizer: Authorizer) -> None:
         super().__init__(INTERFACE)
@@ -170,6 +182,8 @@ class HelperInterface(ServiceInterface):
         self._tasks: set[asyncio.Future[None]] = set()
         """uid of each unique name seen (unique names are never reused)."""
         self._last = helper.snapshot.to_dbus()
+        self._recorded = len(helper.history)
+        """History entries recorded so far: GetHistoryPage's count (its newest + 1)."""
         helper.snapshot_listeners.append(self._snapshot_changed)
         helper.event_listeners.append(self._event)
 
@@ -183,6 +197,7 @@ class HelperInterface(ServiceInterface):
             self.emit_properties_changed(changed)
 
     def _event(self, entry: HistoryEntry) -> None:
+        self._recorded += 1  # the helper appended it to its history just before
         self.Event(entry.kind, {"time": f"{entry.time:.3f}", **entry.details})
 
     # -- callers -----------------------------------------------------------------------
@@ -462,6 +477,14 @@ class HelperInterface(ServiceInterface):
     def GetHistory(self, n: "u") -> "a(dsa{ss})":
         entries = list(self.helper.history)[-min(n, MAX_HISTORY):] if n else []
         return [[e.time, e.kind, dict(e.details)] for e in entries]
+
+    @method()
+    def GetHistoryPage(self, offset: "u", n: "u") -> "ta(dsa{ss})":
+        # A client reads its history a page at a time (its decoding's peak is a
+        # page's, not 1000 rows'); `recorded` lets it drop the rows that moved
+        # into this page from the last one as new events arrived.
+        rows = history_page(list(self.helper.history), offset, n)
+        return [self._recorded, [[e.time, e.kind, dict(e.details)] for e in rows]]
 
     @method()
     def ListProfiles(self) -> "as":

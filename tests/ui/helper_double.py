@@ -180,6 +180,19 @@ class Double(ServiceInterface):
         return [[t, k, d] for t, k, d in self.history[-n:]] if n else []
 
     @method()
+    def GetHistoryPage(self, offset: "u", n: "u") -> "ta(dsa{ss})":
+        # The helper's rules (app/service/dbus_api.py history_page); the double
+        # keeps every entry, so the count recorded is its history's length.
+        if n == 0:
+            raise DBusError(ERROR_INVALID, "n: a page holds at least 1 entry")
+        if offset > 1000:
+            raise DBusError(ERROR_INVALID, f"offset: {offset} is past the 1000 entries "
+                            "the helper keeps")
+        end = len(self.history) - offset
+        rows = self.history[max(0, end - min(n, 1000)):end] if end > 0 else []
+        return [len(self.history), [[t, k, d] for t, k, d in rows]]
+
+    @method()
     def ListProfiles(self) -> "as":
         return sorted(self.profiles)
 

@@ -131,7 +131,7 @@ def test_tray_with_the_real_helper_policy_profiles_history(
     assert not run(qloop, ed.save())
     assert ed.message.text().startswith("Not saved: "), ed.message.text()
 
-    # The history window reads the real GetHistory.
+    # The history window reads the real GetHistoryPage.
     tray.show_status()
     w = tray.status_window
     run(qloop, w.reload_history())

@@ -268,3 +268,43 @@ def test_every_error_told_to_a_caller_has_the_one_user_facing_base():
               if isinstance(h, ast.ExceptHandler) and h.type is not None}
     named = {c.__name__ for c in told} & {n.strip("() ") for t in caught for n in t.split(",")}
     assert named == set(), f"dbus_api catches {sorted(named)}: catch UserFacingError"
+
+
+def test_history_page_counts_back_from_the_newest_and_refuses_bad_arguments():
+    from app.api import ERROR_INVALID, HistoryEntry
+    from app.service.dbus_api import HISTORY, MAX_HISTORY, history_page
+
+    history = [HistoryEntry(float(i), "link-up", {}) for i in range(1000)]
+
+    def times(offset, n):
+        return [int(e.time) for e in history_page(history, offset, n)]
+
+    assert times(0, 3) == [997, 998, 999]
+    assert times(3, 2) == [995, 996]
+    assert times(998, 5) == [0, 1]  # the oldest page is short
+    assert times(1000, 5) == [] and times(999, 1) == [0]
+    assert times(0, 2**32 - 1) == list(range(1000 - MAX_HISTORY, 1000))  # n capped
+    assert history_page([], 0, 100) == []
+    for offset, n, field in ((0, 0, "n:"), (HISTORY + 1, 1, "offset:"),
+                             (2**32 - 1, 100, "offset:")):
+        with pytest.raises(DBusError) as err:
+            history_page(history, offset, n)
+        assert err.value.type == ERROR_INVALID
+        assert err.value.text.startswith(field), err.value.text
+
+
+def test_history_page_reply_counts_every_entry_recorded_past_the_history_kept():
+    """GetHistoryPage's ``recorded`` is the newest entry's number + 1, counting on when
+    the helper's history (1000 kept) drops its oldest: what a reader of pages uses to
+    drop the rows that moved from one page into the next."""
+    helper = Helper(profiles_dir=None, extra_profiles=[], secrets=SecretSource(None, None),
+                    backend=Backend.USERSPACE)
+    helper._event("link-up", {"iface": "eth0"})
+    iface = HelperInterface(helper, None)  # type: ignore[arg-type]
+    page = HelperInterface.GetHistoryPage.__wrapped__  # the method itself, its reply
+    assert page(iface, 0, 5)[0] == 1  # the one before the interface, counted
+    for i in range(1200):
+        helper._event("probe-sent", {"n": str(i)})
+    recorded, rows = page(iface, 1, 2)
+    assert recorded == 1201
+    assert [r[2]["n"] for r in rows] == ["1197", "1198"]
