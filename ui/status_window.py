@@ -508,7 +508,7 @@ class StatusWindow(QWidget):
             f["home"].setText(shown(snap.home_address, 60) or "—")
             f["coa"].setText(shown(snap.care_of_address, 60) or "—")
             f["tia"].setText(shown(snap.tunnel_inner_address, 60) or "—")
-            f["ha"].setText(presentation.probe_text(snap.home_agent_probe))
+            f["ha"].setText(presentation.home_agent_text(snap))
             vpn = presentation.probe_text(snap.vpn_probe)
             f["vpn"].setText(f"{shown(snap.vpn_gateway, 80)}: {vpn}" if snap.vpn_gateway
                              else vpn)

@@ -178,6 +178,9 @@ def test_status_window_path_history_filter_rtt_handovers(double: Any, tray: Any,
     assert "VPN gateway vpn1.corp.example: reachable, last RTT 24.0 ms" in tray.tooltip_text()
     assert tray._icon_name == "trustroam-vpn"
     assert w.fields["handover"].text() == "42 ms"
+    # In mc the registration through the VPN is the proof: the window says so, as the
+    # tooltip does, instead of the direct probe's result (issue 19's words).
+    assert w.fields["ha"].text() == "through the VPN, not registered yet"
     # The RTT plot holds every answered probe.
     ys = [v for _t, v in w.plot.series["vpn"].samples()]
     assert ys == [20.0, 21.0, 22.0, 23.0, 24.0]
