@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,8 @@ from app.dbus import Message, MessageBus  # noqa: E402
 from tests.ui.procs import Procs, _name_has_owner, base_env, wait_for  # noqa: E402
 
 HOUR = 3600
+PYTHON = [sys.executable]
+"""How the tray is started (``--no-pth`` adds ``-S``: no site-packages .pth hooks)."""
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -68,7 +71,7 @@ async def time_to_registered(env: dict[str, str], extra: list[str]
                            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
                            body=["type='signal',member='StatusNotifierItemRegistered'"]))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "ui.main", *extra], env=env, cwd=ROOT,
+    proc = subprocess.Popen([*PYTHON, "-m", "ui.main", *extra], env=env, cwd=ROOT,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     await asyncio.wait_for(registered.wait(), 30)
@@ -100,6 +103,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--idle", type=float, default=60.0)
+    ap.add_argument("--no-pth", action="store_true",
+                    help="start the tray without the .pth start-up hooks of this machine's "
+                         "site-packages (python -S, the repository and site-packages on "
+                         "PYTHONPATH), as a packaged tray starts: here a sandbox hook "
+                         "imports certifi into every Python process")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tray-bench-"))
     procs = Procs(tmp)
@@ -107,6 +115,11 @@ def main() -> None:
         env = base_env(DBUS_SYSTEM_BUS_ADDRESS=procs.dbus("system"),
                        DBUS_SESSION_BUS_ADDRESS=procs.dbus("session"), DISPLAY=procs.xvfb(),
                        QT_QPA_PLATFORM="xcb", HOME=str(tmp), XDG_CONFIG_HOME=str(tmp / "cfg"))
+        if args.no_pth:
+            import sysconfig
+            PYTHON.append("-S")
+            env["PYTHONPATH"] = os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"],
+                                                 sysconfig.get_paths()["platlib"]])
         procs.python("sni-watcher", "tests.ui.sni_watcher", env)
         procs.python("helper-double", "tests.ui.helper_double", env)
         asyncio.run(test1(env, "Set", "s", [
@@ -154,7 +167,7 @@ def main() -> None:
 
     versions = f"PySide6-Essentials {metadata.version('PySide6-Essentials')}"
     print(f"Tray benchmark, {time.strftime('%Y-%m-%d')}, --runs {args.runs} "
-          f"--idle {args.idle:g} ({versions})")
+          f"--idle {args.idle:g}{' --no-pth' if args.no_pth else ''} ({versions})")
     print()
     print("| measure | target | result |")
     print("|---|---:|---:|")
