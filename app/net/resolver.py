@@ -94,6 +94,9 @@ class LinkDns:
         """What was on ``_at`` before (a physical link's), put back on leaving."""
         self._ours = LinkSettings(tuple((socket.AF_INET, s.packed) for s in self.servers),
                                   (*((d, False) for d in self.domains), (".", True)), True)
+        self._muted: dict[int, tuple[LinkSettings, LinkSettings]] = {}
+        """In c and mc, the other links whose domains and default route were taken:
+        ifindex -> (what they had, what we left there)."""
         self._missing = False
 
     async def start(self) -> None:
@@ -123,6 +126,9 @@ class LinkDns:
             return
         want = ifindex if mode is not Mode.NONE else None
         if want == self._at:
+            if want is not None and mode in TUNNEL_MODES:
+                # A link that came up since (a roam within c or mc) has its DHCP's domains.
+                await self._try("take the visited network's search domains", self._mute())
             return
         await self._try("remove the intranet's resolvers", self._leave())
         if want is not None:
@@ -148,10 +154,54 @@ class LinkDns:
         await self._set(ifindex, self._ours)
         log.info("resolvers %s on link %d for every name (mode %s)",
                  ", ".join(map(str, self.servers)), ifindex, mode.value)
+        if mode in TUNNEL_MODES:
+            await self._mute()
+
+    async def _mute(self) -> None:
+        """Every other link's search domains and default route off (servers kept).
+        resolved treats a link's search domains as routing domains: a name under one
+        (or an intranet name under a longer announced suffix, ``com``) goes to that
+        link's resolver only; ``~.`` loses to any longer match."""
+        for index, name in self._interfaces():
+            if name in ("lo", self.tunnel):
+                continue
+            try:
+                now = await self._read(index, wait=False)
+            except PeerError as exc:
+                if exc.error_name == NO_SUCH_LINK:
+                    continue
+                raise
+            if not now.domains and not now.default_route:
+                continue
+            muted = LinkSettings(now.dns, (), False)
+            self._muted[index] = (now, muted)
+            await self._call("SetLinkDomains", "ia(sb)", [index, []])
+            await self._call("SetLinkDefaultRoute", "ib", [index, False])
+            log.info("link %d: its search domains %s and default route taken while the "
+                     "tunnel carries every name", index,
+                     ", ".join(d for d, _ in now.domains) or "(none)")
+
+    async def _unmute(self) -> None:
+        """Put back what :meth:`_mute` took, where nothing has set the link since."""
+        muted, self._muted = self._muted, {}
+        for index, (before, ours) in muted.items():
+            try:
+                now = await self._read(index, wait=False)
+            except PeerError as exc:
+                if exc.error_name == NO_SUCH_LINK:
+                    continue  # gone, and our settings with it
+                raise
+            if now == ours:
+                await self._call("SetLinkDomains", "ia(sb)",
+                                 [index, [list(d) for d in before.domains]], missing_ok=True)
+                await self._call("SetLinkDefaultRoute", "ib", [index, before.default_route],
+                                 missing_ok=True)
 
     async def _leave(self) -> None:
         at, saved = self._at, self._saved
         self._at = self._saved = None
+        if self._muted:
+            await self._unmute()
         if at is None:
             return
         if saved is None:
