@@ -188,8 +188,7 @@ async def serve(args: argparse.Namespace) -> int:
             await face.connect_pending_with_registered()
         except (HelperError, GateError, VpnError) as exc:
             log.error("cannot connect %s: %s", first, exc)
-        if args.lockdown and installed and helper.driver is None and helper.held_gate is None:
-            helper.held_gate = LeftGate()  # the start-up gate: ReleaseGate may lift it
+        hold_startup_gate(helper, installed)
     stop_task = asyncio.create_task(stop.wait())
     bus_gone = asyncio.create_task(bus.wait_for_disconnect())
     await asyncio.wait({stop_task, bus_gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -206,13 +205,22 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("stopping: deregistering and putting the host back")
     with contextlib.suppress(HelperError):
         await helper.stop()
-    if installed and not args.lockdown and helper.held_gate is None:
+    if installed and not args.lockdown and isinstance(helper.held_gate, (LeftGate, type(None))):
         # The start-up gate of a profile that never connected (no secret yet, say):
         # Disconnect had nothing to remove, but the host goes back all the same.
         await remove_table()
     resume.close()
     bus.disconnect()
     return 0
+
+
+def hold_startup_gate(helper: Helper, installed: bool) -> None:
+    """The start-up gate of a profile whose connect failed (no secret yet, an agent
+    without the key, a helper error), lockdown or not: held like a Disconnect's, so
+    that Disconnect, SetPolicy auto/never-vpn, ReleaseGate or a later Connect can
+    lift or replace it (else it stays shut with nothing owning it)."""
+    if installed and helper.driver is None and helper.held_gate is None:
+        helper.held_gate = LeftGate()
 
 
 def _autoconnect(args: argparse.Namespace) -> str | None:

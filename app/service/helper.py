@@ -261,6 +261,15 @@ class Helper:
         async with self._lock:
             hold = self.policy is Policy.ALWAYS_VPN or self.lockdown
             gate = self.gate
+            if not hold and self.driver is None and self.held_gate is not None:
+                # A start whose connect failed left its gate shut: the user's
+                # Disconnect puts the host back (nothing else is connected).
+                held, self.held_gate = self.held_gate, None
+                await held.remove()
+                self._event("gate-released", {"by": "disconnect"})
+                self.last_profile = self.pending_start = None
+                self._persist()
+                return
             if hold and gate is not None:
                 await gate.decide(None)  # shut before the routes go, and after
             await self._disconnect(quiet=quiet, keep_gate=hold and gate is not None)

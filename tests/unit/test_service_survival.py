@@ -372,3 +372,31 @@ def test_a_state_file_nested_too_deep_is_refused_with_a_message(tmp_path):
     f.chmod(0o600)
     with pytest.raises(state.StateError, match="nested too deep"):
         state.load(d)
+
+
+@pytest.mark.parametrize("lift", ["disconnect", "set-policy", "release-gate"])
+async def test_a_start_up_gate_whose_connect_failed_is_held_and_can_be_lifted_without_lockdown(
+        tmp_path, monkeypatch, lift):
+    """Review finding 3: the start's connect failed (no agent with the key, a helper
+    error) and no lockdown: the profile's start-up gate must not stay shut with
+    nothing owning it."""
+    from app.service import daemon
+    from app.service import helper as helper_mod
+    removed = []
+
+    async def remove_table():
+        removed.append(True)
+
+    monkeypatch.setattr(helper_mod, "remove_table", remove_table)
+    h, _ = a_helper(tmp_path)
+    h.driver = h.gate = None
+    daemon.hold_startup_gate(h, installed=True)
+    assert h.held_gate is not None
+    if lift == "disconnect":
+        await h.disconnect()  # a user's Disconnect under auto: the host goes back
+    elif lift == "set-policy":
+        h.set_policy("auto")
+        await h.release_held_gate()
+    else:
+        await h.release_gate()
+    assert removed and h.held_gate is None
