@@ -33,6 +33,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any, Protocol
 
 from app.api import Mode
@@ -54,6 +55,21 @@ LINK_WAIT = 1.0
 """Seconds to wait for resolved to learn a link the kernel just made."""
 TUNNEL_MODES = (Mode.COLOCATED, Mode.VPN)
 BUS = "org.freedesktop.DBus"
+RESOLV_CONF = Path("/etc/resolv.conf")
+STUB_ADDRESSES = ("127.0.0.53", "127.0.0.54")
+"""resolved's stub listeners: a resolv.conf naming one sends every lookup to it."""
+MISSING = ("org.freedesktop.DBus.Error.ServiceUnknown",
+           "org.freedesktop.DBus.Error.NameHasNoOwner",
+           "org.freedesktop.systemd1.NoSuchUnit",
+           "org.freedesktop.systemd1.UnitMasked",
+           "org.freedesktop.DBus.Error.Spawn.")
+"""Errors meaning no resolved answers (not running, disabled, masked, failed to
+start): a prefix ends with a dot."""
+
+
+def _is_missing(name: str | None) -> bool:
+    return bool(name) and any(name == m or (m.endswith(".") and name.startswith(m))
+                              for m in MISSING if name is not None)
 
 
 class Resolvers(Protocol):
@@ -271,8 +287,7 @@ class LinkDns:
         try:
             await step
         except PeerError as exc:
-            if exc.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
-                                  "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            if _is_missing(exc.error_name):
                 # No resolved on this system: nothing to configure, said once.
                 self._missing = True
                 log.warning("systemd-resolved does not run: the profile's [dns] servers "
@@ -284,16 +299,20 @@ class LinkDns:
 
 
 class DesktopResolver:
-    """systemd-resolved where it runs or can be started by the bus (D-Bus
-    activation, as on Debian), else NetworkManager, else nothing (said once)."""
+    """systemd-resolved where it runs and the system's resolv.conf asks its stub
+    (or, without NetworkManager, where the bus can start it and the stub is asked),
+    else NetworkManager, else nothing (said once).  A resolved nobody asks (resolv.conf
+    written by NetworkManager itself) or one installed but disabled is not used."""
 
     def __init__(self, servers: Sequence[IPv4Address], domains: Sequence[str], *,
-                 tunnel: str, bus: MessageBus | None = None) -> None:
+                 tunnel: str, bus: MessageBus | None = None,
+                 resolv_conf: Path = RESOLV_CONF) -> None:
         self.servers = tuple(servers)
         self.domains = tuple(domains)
         self.tunnel = tunnel
         self._bus = bus
         self._own_bus = bus is None
+        self._resolv_conf = resolv_conf
         self.backend: LinkDns | NmGlobalDns | None = None
 
     async def start(self) -> None:
@@ -301,14 +320,19 @@ class DesktopResolver:
             if self._bus is None:
                 self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
             bus = self._bus
-            if await _available(bus, RESOLVE1):
+            stub = _asks_stub(self._resolv_conf)
+            if stub and await _has_owner(bus, RESOLVE1):
                 self.backend = LinkDns(self.servers, self.domains, tunnel=self.tunnel,
                                        bus=bus)
             elif await _available(bus, NM):
                 self.backend = NmGlobalDns(self.servers, self.domains, bus=bus)
+            elif stub and await _available(bus, RESOLVE1):
+                self.backend = LinkDns(self.servers, self.domains, tunnel=self.tunnel,
+                                       bus=bus)
             else:
-                log.warning("neither systemd-resolved nor NetworkManager runs: the "
-                            "profile's [dns] servers are not installed")
+                log.warning("neither systemd-resolved (asked by %s) nor NetworkManager "
+                            "runs: the profile's [dns] servers are not installed",
+                            self._resolv_conf)
                 return
         except (OSError, PeerError) as exc:
             log.warning("cannot reach the system bus for the profile's [dns] servers: %s",
@@ -336,12 +360,29 @@ class DesktopResolver:
             log.warning("the profile's [dns] servers: cannot %s them: %s", what, exc)
 
 
-async def _available(bus: MessageBus, name: str) -> bool:
-    """``name`` has an owner, or the bus can start one (D-Bus activation)."""
+def _asks_stub(path: Path) -> bool:
+    """``path`` (resolv.conf) sends lookups to resolved's stub listener."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver" and words[1] in STUB_ADDRESSES:
+            return True
+    return False
+
+
+async def _has_owner(bus: MessageBus, name: str) -> bool:
     reply = await call(bus, Message(destination=BUS, path="/org/freedesktop/DBus",
                                     interface=BUS, member="NameHasOwner", signature="s",
                                     body=[name]), TIMEOUT, "the bus daemon")
-    if reply.body[0]:
+    return bool(reply.body[0])
+
+
+async def _available(bus: MessageBus, name: str) -> bool:
+    """``name`` has an owner, or the bus can start one (D-Bus activation)."""
+    if await _has_owner(bus, name):
         return True
     reply = await call(bus, Message(destination=BUS, path="/org/freedesktop/DBus",
                                     interface=BUS, member="ListActivatableNames"),
