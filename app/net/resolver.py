@@ -145,6 +145,8 @@ class LinkDns:
             if want is not None and mode in TUNNEL_MODES:
                 # A link that came up since (a roam within c or mc) has its DHCP's domains.
                 await self._try("take the visited network's search domains", self._mute())
+            elif want is not None:
+                await self._try("put the intranet's resolvers back", self._reassert(want))
             return
         await self._try("remove the intranet's resolvers", self._leave())
         if want is not None:
@@ -172,6 +174,23 @@ class LinkDns:
                  ", ".join(map(str, self.servers)), ifindex, mode.value)
         if mode in TUNNEL_MODES:
             await self._mute()
+
+    async def _reassert(self, ifindex: int) -> None:
+        """f (or h): NetworkManager may have pushed the link's DHCP resolvers over ours
+        since (a renewal, resolved restarted); the gate lets the home address's
+        lookups out there, so they would go to the visited resolver in clear.  Ours
+        again, and NetworkManager's latest is what leaving puts back."""
+        try:
+            now = await self._read(ifindex, wait=False)
+        except PeerError as exc:
+            if exc.error_name == NO_SUCH_LINK:
+                return
+            raise
+        if now != self._ours:
+            self._saved = now
+            await self._set(ifindex, self._ours)
+            log.info("link %d: the intranet's resolvers set again over what "
+                     "NetworkManager pushed", ifindex)
 
     async def _mute(self) -> None:
         """Every other link's search domains and default route off (servers kept).

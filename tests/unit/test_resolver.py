@@ -391,3 +391,19 @@ async def test_issue19_leaving_c_keeps_the_domains_networkmanager_set_since():
     r.links[ETH] = nxt  # the next network's DHCP
     await d.apply(Mode.NONE, None)
     assert r.links[ETH] == nxt
+
+
+async def test_issue19_f_puts_the_profiles_servers_back_when_networkmanager_pushed_its_own():
+    """Review finding 2: NetworkManager re-pushes the link's DHCP resolvers (a renewal,
+    resolved restarted) while the mode stays f: the next apply sets ours again, and the
+    latest of NetworkManager's is what leaving puts back."""
+    r = FakeResolved()
+    r.links[ETH] = (VISITED, (), True)
+    d = dns(r)
+    await d.apply(Mode.FOREIGN_AGENT, ETH)
+    renewed = (((socket.AF_INET, bytes([10, 40, 1, 2])),), (("fa1.example", False),), True)
+    r.links[ETH] = renewed
+    await d.apply(Mode.FOREIGN_AGENT, ETH)
+    assert r.links[ETH] == ours()
+    await d.apply(Mode.NONE, None)
+    assert r.links[ETH] == renewed
