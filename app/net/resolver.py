@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.api import Mode
-from app.dbus import BusType, Message, MessageBus, PeerError, Variant, call
+from app.dbus import BusType, Message, MessageBus, MessageType, PeerError, Variant, call
 from app.net.dns_profile import DnsConfig
 from app.net.resolver_nm import NM, NmGlobalDns
 
@@ -55,6 +55,13 @@ LINK_WAIT = 1.0
 """Seconds to wait for resolved to learn a link the kernel just made."""
 TUNNEL_MODES = (Mode.COLOCATED, Mode.VPN)
 BUS = "org.freedesktop.DBus"
+NM_DNS_MANAGER = "/org/freedesktop/NetworkManager/DnsManager"
+NM_DNS_RULE = ("type='signal',sender='org.freedesktop.NetworkManager',"
+               "interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',"
+               f"path='{NM_DNS_MANAGER}'")
+"""NetworkManager's DNS manager changed its configuration: it has just pushed the
+links' DHCP resolvers and domains to resolved again (resolved itself signals
+nothing when a link's settings change)."""
 RESOLV_CONF = Path("/etc/resolv.conf")
 STUB_ADDRESSES = ("127.0.0.53", "127.0.0.54")
 """resolved's stub listeners: a resolv.conf naming one sends every lookup to it."""
@@ -114,6 +121,12 @@ class LinkDns:
         """In c and mc, the other links whose domains and default route were taken:
         ifindex -> (what they had, what we left there)."""
         self._missing = False
+        self._mode = Mode.NONE
+        self._lock = asyncio.Lock()
+        """One change of resolved's settings at a time (apply, a re-check)."""
+        self._watching = False
+        self._recheck: asyncio.Task[None] | None = None
+        self._again = False
 
     async def start(self) -> None:
         """Clean what a crashed helper left: the tunnel device's settings, and a
@@ -138,22 +151,74 @@ class LinkDns:
     async def apply(self, mode: Mode, ifindex: int | None) -> None:
         """The servers on ``ifindex`` (the home address's link in ``mode``), or
         nowhere (``ifindex`` None or mode NONE)."""
-        if not self.servers or self._missing:
+        if not self.servers:
             return
+        async with self._lock:
+            await self._apply(mode, ifindex)
+
+    async def _apply(self, mode: Mode, ifindex: int | None) -> None:
         want = ifindex if mode is not Mode.NONE else None
+        if self._missing and want is not None:
+            return  # nothing to install; a removal is still tried (resolved may be back)
+        if want is not None:
+            await self._try("watch NetworkManager's DNS", self._watch())
         if want == self._at:
-            if want is not None and mode in TUNNEL_MODES:
-                # A link that came up since (a roam within c or mc) has its DHCP's domains.
-                await self._try("take the visited network's search domains", self._mute())
-            elif want is not None:
-                await self._try("put the intranet's resolvers back", self._reassert(want))
+            self._mode = mode
+            await self._check()
             return
         await self._try("remove the intranet's resolvers", self._leave())
+        self._mode = mode
         if want is not None:
             await self._try("install the intranet's resolvers", self._enter(mode, want))
 
+    async def _check(self) -> None:
+        """What NetworkManager may have pushed since over ours: taken again."""
+        if self._at is None:
+            return
+        if self._mode in TUNNEL_MODES:
+            # A link that came up since (a roam within c or mc) has its DHCP's domains.
+            await self._try("take the visited network's search domains", self._mute())
+        else:
+            await self._try("put the intranet's resolvers back", self._reassert(self._at))
+
+    async def settled(self) -> None:
+        """Until the re-check a signal started is done (tests, close)."""
+        while self._recheck is not None and not self._recheck.done():
+            await asyncio.shield(self._recheck)
+
+    async def _watch(self) -> None:
+        add = getattr(self._bus, "add_message_handler", None)
+        if self._watching or self._bus is None:
+            return
+        self._watching = True
+        await call(self._bus, Message(destination=BUS, path="/org/freedesktop/DBus",
+                                      interface=BUS, member="AddMatch", signature="s",
+                                      body=[NM_DNS_RULE]), TIMEOUT, "the bus daemon")
+        if add is not None:
+            add(self._on_signal)
+
+    def _on_signal(self, msg: Message) -> bool:
+        if (msg.message_type is MessageType.SIGNAL and msg.path == NM_DNS_MANAGER
+                and msg.member == "PropertiesChanged" and self._at is not None):
+            if self._recheck is not None and not self._recheck.done():
+                self._again = True  # once more after the running one: its reads may be old
+            else:
+                self._recheck = asyncio.get_running_loop().create_task(self._rechecks())
+        return False  # others may want it too
+
+    async def _rechecks(self) -> None:
+        again = True
+        while again:
+            self._again = False
+            async with self._lock:
+                await self._check()
+            again = self._again
+
     async def close(self) -> None:
-        await self._try("remove the intranet's resolvers", self._leave())
+        if self._recheck is not None:
+            self._recheck.cancel()
+        async with self._lock:
+            await self._try("remove the intranet's resolvers", self._leave())
         if self._own_bus and self._bus is not None:
             self._bus.disconnect()
             self._bus = None
@@ -308,6 +373,8 @@ class LinkDns:
         except PeerError as exc:
             if _is_missing(exc.error_name):
                 # No resolved on this system: nothing to configure, said once.
+                if self._missing:
+                    return
                 self._missing = True
                 log.warning("systemd-resolved does not run: the profile's [dns] servers "
                             "are not installed (names use the system's resolver)")

@@ -35,6 +35,8 @@ class FakeResolved:
         if not self.running:
             return _error("org.freedesktop.DBus.Error.ServiceUnknown")
         self.calls.append((msg.member, *msg.body))
+        if msg.member == "AddMatch":
+            return _ok([])
         if msg.member == "Get":
             index = int(msg.path.rsplit("_", 1)[1])
             dns, domains, default = self.links[index]
@@ -407,3 +409,45 @@ async def test_issue19_f_puts_the_profiles_servers_back_when_networkmanager_push
     assert r.links[ETH] == ours()
     await d.apply(Mode.NONE, None)
     assert r.links[ETH] == renewed
+
+
+class WatchedResolved(FakeResolved):
+    """Also a bus that delivers signals to the adapter's message handler."""
+
+    def __init__(self):
+        super().__init__()
+        self.handlers = []
+
+    def add_message_handler(self, handler):
+        self.handlers.append(handler)
+
+    def nm_dns_changed(self):
+        msg = SimpleNamespace(message_type=MessageType.SIGNAL, member="PropertiesChanged",
+                              interface="org.freedesktop.DBus.Properties",
+                              path="/org/freedesktop/NetworkManager/DnsManager",
+                              sender=":1.7", body=[])
+        for h in self.handlers:
+            h(msg)
+
+
+async def test_issue19_networkmanager_pushing_a_links_dns_again_is_undone_in_c_and_f():
+    """Review findings 1 and 2: NetworkManager pushes a link's DHCP domains and
+    resolvers to resolved again (a renewal, the next network's lease after the mode
+    was decided); its DNS manager's PropertiesChanged makes the adapter take them
+    again (c, mc) or put the profile's back (f)."""
+    r = WatchedResolved()
+    r.links[ETH] = (VISITED, HOTEL, True)
+    d = dns(r)
+    await d.apply(Mode.COLOCATED, TUN)
+    r.links[ETH] = (VISITED, HOTEL, True)  # NetworkManager, after the mode
+    r.nm_dns_changed()
+    await d.settled()
+    assert r.links[ETH] == (VISITED, (), False)
+    await d.apply(Mode.FOREIGN_AGENT, ETH)
+    assert r.links[ETH] == ours()
+    r.links[ETH] = (VISITED, HOTEL, True)
+    r.nm_dns_changed()
+    await d.settled()
+    assert r.links[ETH] == ours()
+    await d.apply(Mode.NONE, None)
+    assert r.links[ETH] == (VISITED, HOTEL, True)
