@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from app.api import BUS_NAME, OBJECT_PATH
+from app.api import BUS_NAME, OBJECT_PATH, Policy
 from app.config import ConfigError
 from app.net.gate import GateError, TrafficGate, remove_table, shut_left_gate
 from app.net.ipip import compiled_engine_available
@@ -52,6 +52,7 @@ from app.service.portal import DEFAULT_SIGNIN_SECONDS, MAX_SIGNIN_SECONDS
 from app.service.profiles import ProfileDirectory, ProfileError, gate_policy, load_profile
 from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
 from app.service.state import DEFAULT_DIR as DEFAULT_STATE_DIR
+from app.service.state import FILE as STATE_FILE
 from app.service.state import HelperState, StateError
 from app.service.state import load as load_state
 from app.vpn.charon import DEFAULT_SOCKET as DEFAULT_VICI_SOCKET
@@ -113,7 +114,7 @@ async def serve(args: argparse.Namespace) -> int:
     if not 0 < args.signin_seconds <= MAX_SIGNIN_SECONDS:
         raise ConfigError("command line", "--signin-seconds",
                           f"must be more than 0 and at most {MAX_SIGNIN_SECONDS:g}")
-    kept = load_state(args.state_dir) if args.state_dir is not None else HelperState()
+    kept = kept_state(args.state_dir, lockdown=args.lockdown)
     first: str | None = args.connect
     for path in args.profile:  # check at start: a bad profile is the user's first error
         p = load_profile(path)
@@ -212,6 +213,21 @@ async def serve(args: argparse.Namespace) -> int:
     resume.close()
     bus.disconnect()
     return 0
+
+
+def kept_state(directory: Path | None, *, lockdown: bool) -> HelperState:
+    """The state the last helper kept; a file that cannot be believed is ignored
+    with a warning naming it (exiting would only restart into the same error), and
+    under lockdown the fallback is always-vpn: closed, but a user can connect."""
+    if directory is None:
+        return HelperState()
+    try:
+        return load_state(directory)
+    except StateError as exc:
+        fallback = HelperState(Policy.ALWAYS_VPN if lockdown else Policy.AUTO, None)
+        log.warning("%s; the state file %s is ignored (policy %s, no profile to connect)",
+                    exc, directory / STATE_FILE, fallback.policy.value)
+        return fallback
 
 
 def hold_startup_gate(helper: Helper, installed: bool) -> None:
