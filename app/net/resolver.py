@@ -140,13 +140,17 @@ class LinkDns:
                 continue
             if name != self.tunnel:
                 try:
-                    if await self._read(index, wait=False) != self._ours:
+                    if not self._left_by_us(await self._read(index, wait=False)):
                         continue
                 except PeerError as exc:
                     if exc.error_name == NO_SUCH_LINK:
                         continue
                     raise
             await self._call("RevertLink", "i", [index], missing_ok=True)
+
+    def _left_by_us(self, s: LinkSettings) -> bool:
+        """Our servers and ``~.`` (the profile's domains may have been edited since)."""
+        return s.dns == self._ours.dns and (".", True) in s.domains
 
     async def apply(self, mode: Mode, ifindex: int | None) -> None:
         """The servers on ``ifindex`` (the home address's link in ``mode``), or

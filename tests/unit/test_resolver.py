@@ -451,3 +451,16 @@ async def test_issue19_networkmanager_pushing_a_links_dns_again_is_undone_in_c_a
     assert r.links[ETH] == ours()
     await d.apply(Mode.NONE, None)
     assert r.links[ETH] == (VISITED, HOTEL, True)
+
+
+async def test_issue19_what_a_crash_left_is_recognised_by_its_servers_after_the_domains_were_edited():
+    """Review finding 6: the profile's [dns] domains edited since the crash: the old
+    setting is still ours (same servers), cleared, not taken for an administrator's."""
+    bus = FakeBusDaemon()
+    bus.global_dns = {"searches": ["old.example"], "domains": {"*": {"servers": ["10.0.0.1"]}}}
+    await desktop(bus).start()
+    assert bus.global_dns == {}
+    r = FakeResolved()
+    r.links[ETH] = (ours()[0], (("old.example", False), (".", True)), True)
+    await dns(r).start()
+    assert r.links[ETH] == EMPTY
