@@ -404,6 +404,8 @@ class DesktopResolver:
         self._own_bus = bus is None
         self._resolv_conf = resolv_conf
         self.backend: LinkDns | NmGlobalDns | None = None
+        self._target: tuple[Mode, int | None] | None = None
+        self._worker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:
@@ -431,10 +433,28 @@ class DesktopResolver:
         await self._guard("start", self.backend.start())
 
     async def apply(self, mode: Mode, ifindex: int | None) -> None:
-        if self.backend is not None:
+        """Returns at once: the data plane's step must not wait on resolved or
+        NetworkManager (seconds when stuck).  One change runs at a time, in the
+        background; targets given meanwhile collapse to the latest."""
+        if self.backend is None:
+            return
+        self._target = (mode, ifindex)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        while self._target is not None and self.backend is not None:
+            (mode, ifindex), self._target = self._target, None
             await self._guard("install or remove", self.backend.apply(mode, ifindex))
 
+    async def settled(self) -> None:
+        """Until the changes given so far are made (close, tests)."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._worker)
+
     async def close(self) -> None:
+        self._target = None  # what is running finishes; close then removes it all
+        await self.settled()
         if self.backend is not None:
             await self._guard("remove", self.backend.close())
         if self._own_bus and self._bus is not None:

@@ -326,13 +326,18 @@ async def test_issue19_without_resolved_networkmanager_global_dns_holds_them_whi
     d = desktop(bus)
     await d.start()
     await d.apply(Mode.COLOCATED, TUN)
+    await d.settled()
     assert bus.global_dns == CORP_GLOBAL
     await d.apply(Mode.VPN, TUN)
+    await d.settled()
     await d.apply(Mode.FOREIGN_AGENT, ETH)
+    await d.settled()
     assert len(bus.sets) == 1  # one system-wide setting: nothing to move
     await d.apply(Mode.NONE, None)
+    await d.settled()
     assert bus.global_dns == {}
     await d.apply(Mode.VPN, TUN)
+    await d.settled()
     await d.close()
     assert bus.global_dns == {}
 
@@ -342,11 +347,13 @@ async def test_issue19_networkmanager_home_link_with_dhcp_resolvers_is_left_alon
     d = desktop(bus)
     await d.start()
     await d.apply(Mode.HOME, ETH)
+    await d.settled()
     assert bus.sets == []
     bus = FakeBusDaemon()
     d = desktop(bus)
     await d.start()
     await d.apply(Mode.HOME, ETH)
+    await d.settled()
     assert bus.global_dns == CORP_GLOBAL
 
 
@@ -453,7 +460,7 @@ async def test_issue19_networkmanager_pushing_a_links_dns_again_is_undone_in_c_a
     assert r.links[ETH] == (VISITED, HOTEL, True)
 
 
-async def test_issue19_what_a_crash_left_is_recognised_by_its_servers_after_the_domains_were_edited():
+async def test_issue19_a_crashs_leftover_is_known_by_its_servers_after_the_domains_were_edited():
     """Review finding 6: the profile's [dns] domains edited since the crash: the old
     setting is still ours (same servers), cleared, not taken for an administrator's."""
     bus = FakeBusDaemon()
@@ -464,3 +471,33 @@ async def test_issue19_what_a_crash_left_is_recognised_by_its_servers_after_the_
     r.links[ETH] = (ours()[0], (("old.example", False), (".", True)), True)
     await dns(r).start()
     assert r.links[ETH] == EMPTY
+
+
+async def test_issue19_a_slow_resolver_never_holds_up_the_data_plane_and_the_latest_target_wins():
+    """Review finding 7: the driver awaits apply() in its step; a stuck resolved or
+    NetworkManager (seconds) must not delay the next event.  apply() returns at once;
+    one change runs at a time; targets given meanwhile collapse to the latest."""
+    import asyncio
+
+    release = asyncio.Event()
+    done = []
+
+    class Slow:
+        async def apply(self, mode, index):
+            await release.wait()
+            done.append((mode, index))
+
+        async def close(self):
+            done.append("close")
+
+    d = desktop(FakeBusDaemon())
+    d.backend = Slow()
+    await asyncio.wait_for(d.apply(Mode.COLOCATED, TUN), 1)  # not held by the backend
+    await asyncio.sleep(0)  # the background change starts
+    await d.apply(Mode.NONE, None)
+    await d.apply(Mode.FOREIGN_AGENT, ETH)
+    release.set()
+    await d.settled()
+    assert done == [(Mode.COLOCATED, TUN), (Mode.FOREIGN_AGENT, ETH)]  # NONE: superseded
+    await d.close()
+    assert done[-1] == "close"
