@@ -302,7 +302,7 @@ async def test_an_agents_name_is_forgotten_only_on_the_bus_daemons_name_owner_ch
     assert lost == [":1.7"]
 
 
-@pytest.mark.parametrize(("policy", "lockdown"), [("always-vpn", False), ("auto", True)])
+@pytest.mark.parametrize(("policy", "lockdown"), [("always-vpn", True), ("auto", True)])
 async def test_a_gateless_profile_cannot_lift_an_administrators_block_for_a_user(
         tmp_path, policy, lockdown):
     """A user's Connect (org.trustroam.connect) of a profile with `gate = false` would
@@ -400,3 +400,17 @@ async def test_a_start_up_gate_whose_connect_failed_is_held_and_can_be_lifted_wi
     else:
         await h.release_gate()
     assert removed and h.held_gate is None
+
+
+async def test_always_vpn_is_a_users_choice_a_gateless_profile_needs_configure_only_under_lockdown(
+        tmp_path):
+    """Review finding 11, one model: always-vpn is the user's (SetPolicy is
+    org.trustroam.connect), so its held gate is the user's to replace, with a
+    gateless profile too; only lockdown is the administrator's block."""
+    from types import SimpleNamespace
+    helper, gate = a_helper(tmp_path)
+    helper.set_policy("always-vpn")
+    await helper.disconnect()
+    assert helper.held_gate is gate
+    helper.profile = lambda name: SimpleNamespace(name=name, gate_enabled=False)  # type: ignore
+    assert not helper.locked_down() and not helper.lifts_block("guest")
