@@ -28,7 +28,10 @@ not take the data plane down with them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,6 +65,10 @@ NM_DNS_RULE = ("type='signal',sender='org.freedesktop.NetworkManager',"
 """NetworkManager's DNS manager changed its configuration: it has just pushed the
 links' DHCP resolvers and domains to resolved again (resolved itself signals
 nothing when a link's settings change)."""
+LEFT_FILE = "dns-left.json"
+"""In the helper's state directory while our servers may be installed: a helper that
+crashed (NetworkManager keeps its global DNS across reboots) is cleaned up after at
+the next start from this record, whatever profile connects then, or none."""
 RESOLV_CONF = Path("/etc/resolv.conf")
 STUB_ADDRESSES = ("127.0.0.53", "127.0.0.54")
 """resolved's stub listeners: a resolv.conf naming one sends every lookup to it."""
@@ -396,13 +403,15 @@ class DesktopResolver:
 
     def __init__(self, servers: Sequence[IPv4Address], domains: Sequence[str], *,
                  tunnel: str, bus: MessageBus | None = None,
-                 resolv_conf: Path = RESOLV_CONF) -> None:
+                 resolv_conf: Path = RESOLV_CONF, record: Path | None = None) -> None:
         self.servers = tuple(servers)
         self.domains = tuple(domains)
         self.tunnel = tunnel
         self._bus = bus
         self._own_bus = bus is None
         self._resolv_conf = resolv_conf
+        self._record = record
+        """The state directory for LEFT_FILE (None: nothing recorded)."""
         self.backend: LinkDns | NmGlobalDns | None = None
         self._target: tuple[Mode, int | None] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -438,6 +447,8 @@ class DesktopResolver:
         background; targets given meanwhile collapse to the latest."""
         if self.backend is None:
             return
+        if mode is not Mode.NONE and ifindex is not None:
+            self._write_record()  # before anything is set: a crash then is cleaned up
         self._target = (mode, ifindex)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._work())
@@ -457,6 +468,23 @@ class DesktopResolver:
         await self.settled()
         if self.backend is not None:
             await self._guard("remove", self.backend.close())
+        if self._record is not None:
+            with contextlib.suppress(OSError):
+                (self._record / LEFT_FILE).unlink()
+
+    def _write_record(self) -> None:
+        if self._record is None:
+            return
+        doc = {"servers": [str(a) for a in self.servers], "tunnel": self.tunnel}
+        tmp = self._record / (LEFT_FILE + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, self._record / LEFT_FILE)
+        except OSError as exc:
+            log.warning("cannot record the installed resolvers in %s: %s", self._record,
+                        exc.strerror or exc)
         if self._own_bus and self._bus is not None:
             self._bus.disconnect()
             self._bus = None
@@ -500,9 +528,39 @@ async def _available(bus: MessageBus, name: str) -> bool:
     return name in reply.body[0]
 
 
-def for_profile(cfg: DnsConfig | None, tunnel: str, bus: MessageBus | None = None
-                ) -> DesktopResolver | None:
+def for_profile(cfg: DnsConfig | None, tunnel: str, bus: MessageBus | None = None,
+                record: Path | None = None) -> DesktopResolver | None:
     """The adapter for a profile's ``[dns]`` table; None without servers."""
     if cfg is None or not cfg.servers:
         return None
-    return DesktopResolver(cfg.servers, cfg.domains, tunnel=tunnel, bus=bus)
+    return DesktopResolver(cfg.servers, cfg.domains, tunnel=tunnel, bus=bus, record=record)
+
+
+async def clean_left(directory: Path | None, bus: MessageBus | None = None, *,
+                     resolv_conf: Path = RESOLV_CONF) -> None:
+    """At the helper's start: what the record in ``directory`` says a previous helper
+    set (and did not take off: a crash, a power loss) is cleared, on whichever
+    backend holds it; then the record goes.  Logged, never raised."""
+    if directory is None:
+        return
+    path = directory / LEFT_FILE
+    try:
+        doc = json.loads(path.read_text())
+        servers = [IPv4Address(a) for a in doc["servers"]][:16]
+        tunnel = str(doc.get("tunnel", ""))[:15]
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s ignored: %s", path, exc)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return
+    if servers and tunnel:
+        left = DesktopResolver(servers, (), tunnel=tunnel, bus=bus, resolv_conf=resolv_conf)
+        await left.start()  # each backend's start clears what has these servers
+        if left._own_bus and left._bus is not None:
+            left._bus.disconnect()
+    with contextlib.suppress(OSError):
+        path.unlink()
+    log.info("resolvers a previous helper left (%s): cleared",
+             ", ".join(map(str, servers)))

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from app.api import BUS_NAME, OBJECT_PATH, Policy
 from app.config import ConfigError
+from app.net import resolver
 from app.net.gate import GateError, TrafficGate, remove_table, shut_left_gate
 from app.net.ipip import compiled_engine_available
 from app.net.mn_routes import Backend, default_backend
@@ -145,6 +146,9 @@ async def serve(args: argparse.Namespace) -> int:
         # Nothing to connect: the gate left behind stays shut until a Connect
         # replaces it or configure lifts it (SetPolicy auto or never-vpn).
         helper.held_gate = LeftGate()
+    # What a crashed helper's [dns] left (NetworkManager keeps its global DNS across
+    # reboots), whatever profile connects now, or none.
+    await resolver.clean_left(args.state_dir, bus)
     face = HelperInterface(helper, Authorizer(bus))
 
     def lost(name: str) -> None:

@@ -234,7 +234,8 @@ class Helper:
             self._connection = stack = contextlib.AsyncExitStack()
             routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
                                       self.backend,
-                                      dns=resolver.for_profile(prof.dns, TUNNEL, self.bus))
+                                      dns=resolver.for_profile(prof.dns, TUNNEL, self.bus,
+                                                                record=self.state_dir))
             stack.push_async_callback(_close_routes, routes)
             charon = None
             if prof.vpn is not None:

@@ -501,3 +501,26 @@ async def test_issue19_a_slow_resolver_never_holds_up_the_data_plane_and_the_lat
     assert done == [(Mode.COLOCATED, TUN), (Mode.FOREIGN_AGENT, ETH)]  # NONE: superseded
     await d.close()
     assert done[-1] == "close"
+
+
+async def test_issue19_what_a_helper_set_is_recorded_and_cleared_at_the_next_start_whatever_connects(
+        tmp_path):
+    """Review finding 6: NetworkManager keeps its global DNS across a reboot; after a
+    crash the next profile may have no [dns] (or other servers).  What was set is
+    recorded in the state directory; the helper's start clears it from the record."""
+    from app.net.resolver import LEFT_FILE, clean_left
+    bus = FakeBusDaemon()
+    d = DesktopResolver(CORP, ["corp.example"], tunnel="trmn0", bus=bus, record=tmp_path,
+                        resolv_conf=tmp_path / "none")
+    await d.start()
+    await d.apply(Mode.VPN, TUN)
+    await d.settled()
+    assert bus.global_dns == CORP_GLOBAL and (tmp_path / LEFT_FILE).exists()
+    # The helper crashes here (no close); the next start, with any profile or none:
+    await clean_left(tmp_path, bus, resolv_conf=tmp_path / "none")
+    assert bus.global_dns == {} and not (tmp_path / LEFT_FILE).exists()
+    # A clean close leaves no record.
+    await d.apply(Mode.VPN, TUN)
+    await d.settled()
+    await d.close()
+    assert not (tmp_path / LEFT_FILE).exists()
