@@ -503,7 +503,7 @@ async def test_issue19_a_slow_resolver_never_holds_up_the_data_plane_and_the_lat
     assert done[-1] == "close"
 
 
-async def test_issue19_what_a_helper_set_is_recorded_and_cleared_at_the_next_start_whatever_connects(
+async def test_issue19_what_was_set_is_recorded_and_cleared_at_the_next_start_whatever_connects(
         tmp_path):
     """Review finding 6: NetworkManager keeps its global DNS across a reboot; after a
     crash the next profile may have no [dns] (or other servers).  What was set is
