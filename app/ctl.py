@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -184,7 +185,18 @@ async def run(args: argparse.Namespace) -> int:
             agent = TerminalAgent(bus) if args.ask else None
             if agent is not None:
                 await call(bus, "RegisterSecretAgent", "o", [AGENT_PATH])
-            await call(bus, "Connect", "s", [args.profile])
+            connect = asyncio.ensure_future(call(bus, "Connect", "s", [args.profile]))
+            if agent is not None:
+                stop = asyncio.ensure_future(agent.interrupted.wait())
+                await asyncio.wait({connect, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if agent.interrupted.is_set():  # Ctrl-C at the prompt: nothing was sent
+                    connect.cancel()
+                    with contextlib.suppress(BaseException):
+                        await connect
+                    print("trustroamctl: interrupted", file=sys.stderr)
+                    return 130
+            await connect
             print(f"connected {shown(args.profile)}")
         elif args.cmd == "disconnect":
             await call(bus, "Disconnect")

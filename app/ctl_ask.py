@@ -14,9 +14,13 @@ environment; a failure is reported by its type alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import getpass
+import resource
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from app.api import BUS_NAME, SECRET_AGENT_INTERFACE, SECRET_MN_HA_KEY
 from app.client_bus import (
@@ -38,6 +42,31 @@ TRIES = 3
 
 Prompt = Callable[[str], str]
 """Reads one line without echo (``getpass.getpass``)."""
+PR_SET_DUMPABLE = 4
+CANCELLED = "org.trustroam.Error.Cancelled"
+
+
+def no_core_dumps() -> None:
+    """Typed secrets never land in a core file (Ctrl-\\, a crash) nor in another
+    process's ptrace or /proc/PID/mem of the same user."""
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C and Ctrl-\\ raise KeyboardInterrupt inside getpass (which then puts the
+    echo back), instead of asyncio.run's handler, which only cancels the main task
+    while getpass goes on reading with the echo off, and SIGQUIT's core dump."""
+    saved = {sig: signal.signal(sig, signal.default_int_handler)
+             for sig in (signal.SIGINT, signal.SIGQUIT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def key_problem(key: str, value: str) -> str | None:
@@ -83,6 +112,8 @@ class TerminalAgent:
         self.bus = bus
         self.prompt = prompt
         self.asked = 0
+        self.interrupted = asyncio.Event()
+        """The person pressed Ctrl-C (or Ctrl-\\) at a prompt: trustroamctl ends."""
         self._tasks: set[asyncio.Future[None]] = set()
         bus.add_message_handler(self._on_message)
 
@@ -97,26 +128,45 @@ class TerminalAgent:
         return True
 
     async def _answer(self, msg: Message) -> None:
-        if msg.signature != "sas":
-            reply = Message.new_error(msg, ErrorType.INVALID_ARGS,
-                                      "GetSecrets takes (profile s, keys as)")
-        elif not await self._from_helper(msg.sender):
-            reply = Message.new_error(msg, ErrorType.ACCESS_DENIED,
-                                      "only the TrustRoam helper may ask for secrets")
-        else:
-            profile, keys = msg.body
-            self.asked += 1
-            try:
-                # In the loop, not a thread: the helper waits for this answer anyway,
-                # and Ctrl-C must reach getpass (which puts the echo back).
-                found = ask(str(profile), [str(k) for k in keys], self.prompt)
-            except (EOFError, OSError) as exc:  # no terminal: answer nothing
-                print(f"trustroamctl: cannot ask on the terminal ({type(exc).__name__})",
-                      file=sys.stderr, flush=True)
-                found = {}
-            reply = Message.new_method_return(msg, "a{ss}", [found])
-        if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
-            self.bus.send(reply)
+        # Always a reply, whatever happens (the helper waits on it); its text names
+        # an exception's type only, never what was typed.
+        reply = Message.new_error(msg, CANCELLED, "no answer from the terminal")
+        try:
+            if msg.signature != "sas":
+                reply = Message.new_error(msg, ErrorType.INVALID_ARGS,
+                                          "GetSecrets takes (profile s, keys as)")
+            elif not await self._from_helper(msg.sender):
+                reply = Message.new_error(msg, ErrorType.ACCESS_DENIED,
+                                          "only the TrustRoam helper may ask for secrets")
+            elif not self.interrupted.is_set():
+                profile, keys = msg.body
+                self.asked += 1
+                reply = Message.new_method_return(
+                    msg, "a{ss}", [self._ask(str(profile), [str(k) for k in keys])])
+        except KeyboardInterrupt:
+            self.interrupted.set()
+            reply = Message.new_error(msg, CANCELLED, "interrupted at the terminal")
+        except Exception as exc:  # reported by its type, never by its value
+            print(f"trustroamctl: cannot ask on the terminal ({type(exc).__name__})",
+                  file=sys.stderr, flush=True)
+        finally:
+            if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+                self.bus.send(reply)
+
+    def _ask(self, profile: str, keys: list[str]) -> dict[str, str]:
+        no_core_dumps()
+        try:
+            # In the loop, not a thread: the helper waits for this answer anyway,
+            # and Ctrl-C must reach getpass (which puts the echo back).
+            with interruptible():
+                return ask(profile, keys, self.prompt)
+        except UnicodeDecodeError:
+            print("trustroamctl: what was typed is not UTF-8 text: nothing is sent",
+                  file=sys.stderr, flush=True)
+        except (EOFError, OSError) as exc:  # no terminal: answer nothing
+            print(f"trustroamctl: cannot ask on the terminal ({type(exc).__name__})",
+                  file=sys.stderr, flush=True)
+        return {}
 
     async def _from_helper(self, sender: str | None) -> bool:
         if not sender:

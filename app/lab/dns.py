@@ -34,6 +34,12 @@ PUBLIC_BY_INTRANET = "198.51.100.80"
 """What the intranet's resolver answers for PUBLIC_NAME."""
 PUBLIC_BY_VISITED = "192.0.2.80"
 """What every visited network's resolver answers for PUBLIC_NAME."""
+VISITED_DOMAINS = ("hotel.example", "wiki.corp.example")
+"""The search domains every visited network's DHCP announces: its own, and a longer
+suffix of the intranet's (resolved makes both routing domains of that link)."""
+VISITED_NAMES = {"www.hotel.example": "192.0.2.81", "docs.wiki.corp.example": "192.0.2.82"}
+"""What every visited network's resolver answers under those domains; the intranet's
+says NXDOMAIN to both (its own zone, and a hotel's names it does not know)."""
 RESOLVED = Path("/lib/systemd/systemd-resolved")
 STUB_RESOLV_CONF = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
 """What systemd-resolved's stub-resolv.conf says (Debian's /etc/resolv.conf with it)."""
@@ -54,6 +60,14 @@ def resolver_of(topo: Topology, net: AccessNet) -> str:
     return str(topo.port(net.dhcp_server, net.link).address.ip)
 
 
+def dhcp_domain_options(net: AccessNet) -> str:
+    """dnsmasq DHCP options: a visited network's search domains (none at home)."""
+    if net.home:
+        return ""
+    return (f"dhcp-option=option:domain-name,{VISITED_DOMAINS[0]}\n"
+            f"dhcp-option=option:domain-search,{','.join(VISITED_DOMAINS)}\n")
+
+
 def dnsmasq_conf(listen: str, log: Path, *, intranet: bool) -> str:
     """A DNS-only dnsmasq on ``listen``: the intranet's names, or a visited network's."""
     lines = [f"port=53\nlisten-address={listen}\nbind-interfaces\nno-resolv\nno-hosts\n"
@@ -63,8 +77,11 @@ def dnsmasq_conf(listen: str, log: Path, *, intranet: bool) -> str:
         lines.append(f"host-record={PUBLIC_NAME},{PUBLIC_BY_INTRANET}\n")
         lines.append(f"address=/{PROBE_ZONE}/{CORP_NAMES['cn.corp.example']}\n")
         lines.append(f"local=/{CORP_DOMAIN}/\n")
+        lines.append(f"local=/{VISITED_DOMAINS[0]}/\n")
     else:
         lines.append(f"host-record={PUBLIC_NAME},{PUBLIC_BY_VISITED}\n")
+        lines += [f"host-record={n},{a}\n" for n, a in VISITED_NAMES.items()]
+        lines += [f"local=/{d}/\n" for d in VISITED_DOMAINS]
     # Authoritative for the public name's zone: its AAAA is "no data", not REFUSED
     # (which makes resolved try the next server, slowly).
     lines.append(f"local=/{PUBLIC_NAME.split('.', 1)[1]}/\n")

@@ -353,6 +353,7 @@ table ip tr_nat {{
             f"dhcp-range={net.pool[0]},{net.pool[1]},{net.router.netmask},1h\n"
             f"dhcp-option=option:router,{net.router.ip}\n"
             f"dhcp-option=option:dns-server,{lab_dns.resolver_of(self.topo, net)}\n"
+            f"{lab_dns.dhcp_domain_options(net)}"
             f"dhcp-leasefile={STATE_DIR / f'dnsmasq-{net.name}.leases'}\n"
             "dhcp-authoritative\nno-ping\nuser=root\nno-resolv\nno-hosts\n")
         proc = subprocess.Popen(

@@ -65,7 +65,13 @@ class NmGlobalDns:
                     "servers": Variant("as", [str(s) for s in self.servers])})})}
 
     def _ours(self, current: dict[str, Any]) -> bool:
-        return bool(_unwrap(self.config()) == current)
+        """The servers alone decide (the profile's domains may have been edited since
+        a crash left it): a catch-all ``*`` with exactly our servers and nothing else."""
+        domains = current.get("domains")
+        if not isinstance(domains, dict) or set(domains) != {"*"}:
+            return False
+        star = domains["*"]
+        return isinstance(star, dict) and star.get("servers") == [str(s) for s in self.servers]
 
     async def start(self) -> None:
         current = _unwrap(await self._get(NM_PATH, NM, GLOBAL_DNS))

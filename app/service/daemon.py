@@ -34,8 +34,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from app.api import BUS_NAME, OBJECT_PATH
+from app.api import BUS_NAME, OBJECT_PATH, Policy
 from app.config import ConfigError
+from app.net import resolver
 from app.net.gate import GateError, TrafficGate, remove_table, shut_left_gate
 from app.net.ipip import compiled_engine_available
 from app.net.mn_routes import Backend, default_backend
@@ -52,6 +53,7 @@ from app.service.portal import DEFAULT_SIGNIN_SECONDS, MAX_SIGNIN_SECONDS
 from app.service.profiles import ProfileDirectory, ProfileError, gate_policy, load_profile
 from app.service.secrets import AGENT_TIMEOUT, SecretError, SecretSource
 from app.service.state import DEFAULT_DIR as DEFAULT_STATE_DIR
+from app.service.state import FILE as STATE_FILE
 from app.service.state import HelperState, StateError
 from app.service.state import load as load_state
 from app.vpn.charon import DEFAULT_SOCKET as DEFAULT_VICI_SOCKET
@@ -113,7 +115,7 @@ async def serve(args: argparse.Namespace) -> int:
     if not 0 < args.signin_seconds <= MAX_SIGNIN_SECONDS:
         raise ConfigError("command line", "--signin-seconds",
                           f"must be more than 0 and at most {MAX_SIGNIN_SECONDS:g}")
-    kept = load_state(args.state_dir) if args.state_dir is not None else HelperState()
+    kept = kept_state(args.state_dir, lockdown=args.lockdown)
     first: str | None = args.connect
     for path in args.profile:  # check at start: a bad profile is the user's first error
         p = load_profile(path)
@@ -144,6 +146,9 @@ async def serve(args: argparse.Namespace) -> int:
         # Nothing to connect: the gate left behind stays shut until a Connect
         # replaces it or configure lifts it (SetPolicy auto or never-vpn).
         helper.held_gate = LeftGate()
+    # What a crashed helper's [dns] left (NetworkManager keeps its global DNS across
+    # reboots), whatever profile connects now, or none.
+    await resolver.clean_left(args.state_dir, bus)
     face = HelperInterface(helper, Authorizer(bus))
 
     def lost(name: str) -> None:
@@ -188,8 +193,7 @@ async def serve(args: argparse.Namespace) -> int:
             await face.connect_pending_with_registered()
         except (HelperError, GateError, VpnError) as exc:
             log.error("cannot connect %s: %s", first, exc)
-        if args.lockdown and installed and helper.driver is None and helper.held_gate is None:
-            helper.held_gate = LeftGate()  # the start-up gate: ReleaseGate may lift it
+        hold_startup_gate(helper, installed)
     stop_task = asyncio.create_task(stop.wait())
     bus_gone = asyncio.create_task(bus.wait_for_disconnect())
     await asyncio.wait({stop_task, bus_gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -206,13 +210,37 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("stopping: deregistering and putting the host back")
     with contextlib.suppress(HelperError):
         await helper.stop()
-    if installed and not args.lockdown and helper.held_gate is None:
+    if installed and not args.lockdown and isinstance(helper.held_gate, (LeftGate, type(None))):
         # The start-up gate of a profile that never connected (no secret yet, say):
         # Disconnect had nothing to remove, but the host goes back all the same.
         await remove_table()
     resume.close()
     bus.disconnect()
     return 0
+
+
+def kept_state(directory: Path | None, *, lockdown: bool) -> HelperState:
+    """The state the last helper kept; a file that cannot be believed is ignored
+    with a warning naming it (exiting would only restart into the same error), and
+    under lockdown the fallback is always-vpn: closed, but a user can connect."""
+    if directory is None:
+        return HelperState()
+    try:
+        return load_state(directory)
+    except StateError as exc:
+        fallback = HelperState(Policy.ALWAYS_VPN if lockdown else Policy.AUTO, None)
+        log.warning("%s; the state file %s is ignored (policy %s, no profile to connect)",
+                    exc, directory / STATE_FILE, fallback.policy.value)
+        return fallback
+
+
+def hold_startup_gate(helper: Helper, installed: bool) -> None:
+    """The start-up gate of a profile whose connect failed (no secret yet, an agent
+    without the key, a helper error), lockdown or not: held like a Disconnect's, so
+    that Disconnect, SetPolicy auto/never-vpn, ReleaseGate or a later Connect can
+    lift or replace it (else it stays shut with nothing owning it)."""
+    if installed and helper.driver is None and helper.held_gate is None:
+        helper.held_gate = LeftGate()
 
 
 def _autoconnect(args: argparse.Namespace) -> str | None:

@@ -28,6 +28,13 @@ MAX_ADDRESSES = 8
 VERSION = 1
 
 
+def unicast(address: IPv4Address) -> bool:
+    """An address a VPN gateway can have: not loopback, multicast, unspecified,
+    broadcast or reserved (a resolver's answer otherwise opens the gate to it)."""
+    return not (address.is_loopback or address.is_multicast or address.is_unspecified
+                or address.is_reserved)
+
+
 class GatewayCache:
     def __init__(self, directory: Path | None) -> None:
         """``directory``: the helper's state directory (None: nothing is kept)."""
@@ -39,10 +46,16 @@ class GatewayCache:
         return self._load().get(name, ())
 
     def put(self, name: str, addresses: tuple[IPv4Address, ...]) -> None:
-        """``name`` resolved to ``addresses`` just now: kept, written if changed."""
+        """``name`` resolved to ``addresses`` just now: added in front of what it
+        resolved to before (at most MAX_ADDRESSES, newest first), written if changed.
+        A union, not a replacement: the intranet's split-horizon answer or a hostile
+        visited resolver's must not make the name's public addresses forgotten."""
         names = self._load()
-        addresses = addresses[:MAX_ADDRESSES]
-        if not addresses or names.get(name) == addresses:
+        fresh = tuple(a for a in addresses if unicast(a))
+        if not fresh:
+            return
+        addresses = tuple(dict.fromkeys((*fresh, *names.get(name, ()))))[:MAX_ADDRESSES]
+        if names.get(name) == addresses:
             return
         names.pop(name, None)
         names[name] = addresses
@@ -98,4 +111,6 @@ def parse(doc: object) -> dict[str, tuple[IPv4Address, ...]]:
             out[name] = tuple(IPv4Address(a) for a in addrs)
         except ValueError:
             raise ValueError(f"gateways.{name[:64]}: not an IPv4 address") from None
+        if not all(map(unicast, out[name])):
+            raise ValueError(f"gateways.{name[:64]}: not a unicast address")
     return out

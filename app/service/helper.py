@@ -176,10 +176,11 @@ class Helper:
     # -- connection ------------------------------------------------------------------
 
     def locked_down(self) -> bool:
-        """An administrator's block is in force: always-vpn, lockdown, or a gate a
-        Disconnect held.  A gateless profile would lift it (see :meth:`connect`)."""
-        return (self.policy is Policy.ALWAYS_VPN or self.lockdown
-                or self.held_gate is not None)
+        """An administrator's block is in force: lockdown.  Always-vpn is the user's
+        choice (SetPolicy is org.trustroam.connect; SetPolicy auto lifts its held
+        gate), so a user may replace its held gate with any profile's, a gateless
+        one too; under lockdown a gateless profile needs configure (:meth:`connect`)."""
+        return self.lockdown
 
     def lifts_block(self, name: str) -> bool:
         """Connecting ``name`` would lift an administrator's block: a profile without
@@ -200,8 +201,8 @@ class Helper:
         driver started; :meth:`_disconnect` closes them once, in reverse order."""
         prof = self.profile(name)
         if not prof.gate_enabled and self.locked_down() and not administrator:
-            raise HelperError(f"profile {_short(prof.name)} has no gate: under always-vpn "
-                              "or lockdown only an administrator may connect it")
+            raise HelperError(f"profile {_short(prof.name)} has no gate: under lockdown "
+                              "only an administrator may connect it")
         # Errors name the profile and the missing key, never a value.
         got = await self.secrets.fetch(prof.name, requester, await vpn_secret_names(prof.vpn))
         policy = await gate_policy(
@@ -233,7 +234,8 @@ class Helper:
             self._connection = stack = contextlib.AsyncExitStack()
             routes = MobileNodeRoutes(prof.home_address, prof.home_network, prof.home_agent,
                                       self.backend,
-                                      dns=resolver.for_profile(prof.dns, TUNNEL, self.bus))
+                                      dns=resolver.for_profile(prof.dns, TUNNEL, self.bus,
+                                                                record=self.state_dir))
             stack.push_async_callback(_close_routes, routes)
             charon = None
             if prof.vpn is not None:
@@ -261,6 +263,15 @@ class Helper:
         async with self._lock:
             hold = self.policy is Policy.ALWAYS_VPN or self.lockdown
             gate = self.gate
+            if not hold and self.driver is None and self.held_gate is not None:
+                # A start whose connect failed left its gate shut: the user's
+                # Disconnect puts the host back (nothing else is connected).
+                held, self.held_gate = self.held_gate, None
+                await held.remove()
+                self._event("gate-released", {"by": "disconnect"})
+                self.last_profile = self.pending_start = None
+                self._persist()
+                return
             if hold and gate is not None:
                 await gate.decide(None)  # shut before the routes go, and after
             await self._disconnect(quiet=quiet, keep_gate=hold and gate is not None)

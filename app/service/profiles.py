@@ -25,7 +25,7 @@ from app.mn import profile as schema
 from app.mn.profile import Profile
 from app.net.gate import GatePolicy
 from app.net.mn_routes import TUNNEL
-from app.service.gateway_cache import GatewayCache
+from app.service.gateway_cache import GatewayCache, unicast
 from app.service.state import write_file
 from app.vpn import credentials
 from app.vpn.charon import VpnConfigError
@@ -216,9 +216,10 @@ async def resolve_gateways(names: Sequence[str], *, on_unresolved: Unresolved | 
             return report(name, f"its name did not resolve within {timeout:g} s")
         except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
             return report(name, f"its name does not resolve ({reason(exc)})")
-        found = list(dict.fromkeys(IPv4Address(info[4][0]) for info in infos))
+        found = [a for a in dict.fromkeys(IPv4Address(info[4][0]) for info in infos)
+                 if unicast(a)]  # never loopback, multicast, broadcast... into the gate
         if not found:
-            return report(name, "its name has no IPv4 address")
+            return report(name, "its name has no unicast IPv4 address")
         if cache is not None:
             cache.put(name, tuple(found))
         return found

@@ -46,6 +46,9 @@ from app.errors import UserFacingError
 log = logging.getLogger("trustroam.service.secrets")
 AGENT_TIMEOUT = 20.0
 """Seconds an agent has to answer GetSecrets (it may unlock a keyring first)."""
+TERMINAL_AGENT_TIMEOUT = 120.0
+"""Seconds for the agent on the Connect's own connection (``trustroamctl connect
+--ask``): a person types every secret the profile needs."""
 MAX_AGENTS = 256
 """Users with agents; this bounds the table even if many uids register."""
 MAX_AGENTS_PER_UID = 4
@@ -216,10 +219,12 @@ SessionCheck = Callable[[Peer], Awaitable[str | None]]
 class SecretSource:
     def __init__(self, agent_call: AgentCall | None, secrets_file: Path | None, *,
                  agent_timeout: float = AGENT_TIMEOUT,
+                 terminal_timeout: float = TERMINAL_AGENT_TIMEOUT,
                  session_check: SessionCheck | None = None) -> None:
         self.agent_call = agent_call
         self.secrets_file = secrets_file
         self.agent_timeout = agent_timeout
+        self.terminal_timeout = terminal_timeout
         self.session_check = session_check
         self.agents: dict[int, list[Agent]] = {}
         """uid -> that user's agents, oldest first (a connection has one: registering
@@ -267,14 +272,19 @@ class SecretSource:
         key: Secret | None = None
         found = TextSecrets()
         mine = list(self.agents.get(requester.uid, [])) if requester is not None else []
+        # The Connect's own connection's agent first (trustroamctl --ask: the person
+        # is at that terminal now), then the user's others in registration order.
+        mine.sort(key=lambda a: requester is None or a.peer.name != requester.name)
         asked = bool(mine) and self.agent_call is not None
         for agent in mine if asked else []:
             missing = [n for n in names if n not in found]
             if key is not None and not missing:
                 break
+            own = requester is not None and agent.peer.name == requester.name
             try:
                 answer = await self._ask(agent, profile,
-                                         [SECRET_MN_HA_KEY] * (key is None) + missing)
+                                         [SECRET_MN_HA_KEY] * (key is None) + missing,
+                                         self.terminal_timeout if own else self.agent_timeout)
             except SecretError as exc:
                 log.info("profile %s: %s; trying the next source", profile, exc)
                 problems.append(str(exc))
@@ -335,17 +345,18 @@ class SecretSource:
             except SecretError as exc:
                 problems.append(str(exc))
 
-    async def _ask(self, agent: Agent, profile: str, keys: list[str]) -> dict[str, str]:
+    async def _ask(self, agent: Agent, profile: str, keys: list[str],
+                   bound: float) -> dict[str, str]:
         assert self.agent_call is not None
         if agent.peer.uid != 0 and self.session_check is not None:
             why = await self.session_check(agent.peer)
             if why is not None:
                 raise SecretError(f"{agent} not asked: {why}")
         try:
-            async with asyncio.timeout(self.agent_timeout):
+            async with asyncio.timeout(bound):
                 answer = await self.agent_call(agent, profile, keys)
         except TimeoutError:
-            raise SecretError(f"{agent} did not answer within {self.agent_timeout:g} s"
+            raise SecretError(f"{agent} did not answer within {bound:g} s"
                               ) from None
         except AgentFailed as exc:
             if exc.gone:

@@ -119,6 +119,34 @@ def frames(pcap: Path, display_filter: str) -> int:
     return len([line for line in out.stdout.splitlines() if line.strip()])
 
 
+def resolver_log(name: str) -> str:
+    """The query log of a lab resolver: ``intranet`` or a visited network's name."""
+    from app.lab.world import STATE_DIR
+    try:
+        return (STATE_DIR / f"dns-{name}.log").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def visited_domains_go_home(net: str) -> None:
+    """Names under the visited DHCP's search domains (its own, and a longer suffix of
+    the intranet's) are asked of the intranet's resolver, which says NXDOMAIN, and
+    never of the visited network's (resolved would route them there: review finding 1)."""
+    for name, visited_answer in lab_dns.VISITED_NAMES.items():
+        try:
+            r = subprocess.run(["ip", "netns", "exec", MN, "getent", "hosts", name],
+                               capture_output=True, text=True, timeout=30, check=False)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{net}: {name} had no answer: resolved sent it to the visited "
+                        "network's resolver (the link's search domain), the gate dropped it")
+        assert visited_answer not in r.stdout, (net, name, r.stdout)
+        deadline = time.monotonic() + 5
+        while f" {name} " not in resolver_log("intranet") and time.monotonic() < deadline:
+            time.sleep(0.05)  # dnsmasq writes its log a moment after answering
+        assert f" {name} " in resolver_log("intranet"), (net, name, "not asked home")
+        assert f" {name} " not in resolver_log(net), (net, name, "asked the visited")
+
+
 def test_issue19_names_resolve_by_the_intranet_at_every_stop_and_no_dns_in_clear(
         lab: Lab, world: dict[str, object]) -> None:
     d = Path(str(world["dir"]))
@@ -145,6 +173,8 @@ def test_issue19_names_resolve_by_the_intranet_at_every_stop_and_no_dns_in_clear
             assert intranet.split()[:1] == [lab_dns.CORP_NAMES[INTRANET_NAME]], (net, state)
             # The intranet's answer, not the visited resolver's: the lookup went home.
             assert public.split()[:1] == [lab_dns.PUBLIC_BY_INTRANET], (net, state)
+            if mode in ("c", "mc"):
+                visited_domains_go_home(net)
             if net == "pub":
                 # The visited network's resolver is still on the link (NetworkManager put
                 # it there from DHCP) and unused: "~." on the tunnel takes every name.

@@ -341,6 +341,48 @@ def test_connect_ask_reads_a_missing_secret_on_the_terminal_without_echo(
     assert double_call(env, "AskSecrets", "sas", ["corp", ["mn_ha_key"]]) == {}
 
 
+def _echo_on(fd: int) -> bool:
+    import termios
+    return bool(termios.tcgetattr(fd)[3] & termios.ECHO)
+
+
+@pytest.mark.parametrize("key", ["\x03", "\x1c"])  # Ctrl-C, Ctrl-\\
+def test_connect_ask_interrupted_at_the_prompt_exits_at_once_with_echo_back_and_sends_nothing(
+        helper_double: dict[str, str], key: str) -> None:
+    """Review finding 4: the first Ctrl-C (or Ctrl-\\) at the prompt ends
+    trustroamctl (130), puts the echo back, leaves no traceback and no core, and no
+    secret is sent (what is typed afterwards goes nowhere)."""
+    env = helper_double
+    term = Terminal(env, "connect", "corp", "--ask")
+    term.until("for profile corp: ")
+    os.write(term.master, key.encode())
+    try:
+        term.p.wait(20)
+    except subprocess.TimeoutExpired:  # the press was swallowed: a person types on
+        term.type(CANARY)
+        term.p.wait(20)
+    echo = _echo_on(term.master)
+    rc, screen = term.finish()
+    assert rc == 130, (rc, screen)
+    assert "Traceback" not in screen and "connected corp" not in screen, screen
+    assert echo, "the terminal's echo was left off"
+    assert double_call(env, "SecretsGot") == []
+
+
+def test_connect_ask_non_utf8_input_is_answered_and_named_without_a_traceback(
+        helper_double: dict[str, str]) -> None:
+    env = helper_double
+    term = Terminal(env, "connect", "corp", "--ask")
+    term.until("for profile corp: ")
+    os.write(term.master, b"\xff\xfe" + CANARY.encode() + b"\r")
+    rc, screen = term.finish()
+    assert rc == 1, (rc, screen)
+    assert "Traceback" not in screen and "UnicodeDecodeError" not in screen, screen
+    assert "not UTF-8" in screen, screen
+    assert CANARY not in screen
+    assert double_call(env, "SecretsGot") == []
+
+
 def test_connect_ask_asks_nothing_when_an_agent_has_the_secret(
         helper_double: dict[str, str], tmp_path: Path) -> None:
     env = helper_double

@@ -75,3 +75,35 @@ def test_the_file_stays_bounded(tmp_path):
         cache.put(f"gw{i}.example", (A(f"192.0.2.{i + 1}"),))
     kept = GatewayCache(tmp_path)
     assert kept.get("gw0.example") == () and kept.get("gw99.example") == (A("192.0.2.100"),)
+
+
+async def test_review8_the_cache_keeps_a_bounded_union_newest_first_not_the_last_answer(
+        tmp_path, monkeypatch):
+    """A split-horizon or hostile resolver's answer does not replace the addresses a
+    name had: the cache keeps the union of recent answers, newest first, at most 8."""
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "getaddrinfo", resolver({"vpn.example": ["203.0.113.7"]}))
+    await resolve_gateways(["vpn.example"], cache=GatewayCache(tmp_path))
+    monkeypatch.setattr(loop, "getaddrinfo", resolver({"vpn.example": ["10.20.1.7"]}))
+    await resolve_gateways(["vpn.example"], cache=GatewayCache(tmp_path))
+    assert GatewayCache(tmp_path).get("vpn.example") == (A("10.20.1.7"), A("203.0.113.7"))
+    cache = GatewayCache(tmp_path)
+    for i in range(20):
+        cache.put("vpn.example", (A(f"198.51.100.{i + 1}"),))
+    got = GatewayCache(tmp_path).get("vpn.example")
+    assert len(got) == 8 and got[0] == A("198.51.100.20")
+
+
+async def test_review8_non_unicast_answers_are_refused_from_the_resolver_and_the_file(
+        tmp_path, monkeypatch, caplog):
+    loop = asyncio.get_running_loop()
+    bad = ["127.0.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255", "240.0.0.1"]
+    monkeypatch.setattr(loop, "getaddrinfo", resolver({"vpn.example": [*bad, "192.0.2.9"]}))
+    got = await resolve_gateways(["vpn.example"], cache=GatewayCache(tmp_path))
+    assert got == (A("192.0.2.9"),)
+    assert GatewayCache(tmp_path).get("vpn.example") == (A("192.0.2.9"),)
+    for b in bad:
+        (tmp_path / FILE).write_text(json.dumps({"version": 1, "gateways": {"gw": [b]}}))
+        (tmp_path / FILE).chmod(0o600)
+        assert GatewayCache(tmp_path).get("gw") == ()
+    assert "gateways.gw: not a unicast address" in caplog.text

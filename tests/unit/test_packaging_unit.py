@@ -58,3 +58,18 @@ def test_lockdown_shuts_the_gate_before_any_network_is_configured():
     main = configparser.ConfigParser(strict=False, interpolation=None)
     main.read_string(UNIT.read_text())
     assert "trustroam-lockdown.service" in main["Unit"]["After"].split()
+
+
+def test_lockdown_can_fail_closed_network_managers_need_the_lockdown_unit():
+    """Review finding 9: Before= only orders; if trustroam-lockdown.service fails,
+    NetworkManager and networkd would start with no gate.  The optional drop-in makes
+    them require it (Requires= and After=), and the packaging README says where it goes."""
+    drop_in = ROOT / "packaging" / "systemd" / "lockdown-required.conf"
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read_string(drop_in.read_text())
+    assert cp["Unit"]["Requires"] == "trustroam-lockdown.service"
+    assert cp["Unit"]["After"] == "trustroam-lockdown.service"
+    readme = (ROOT / "packaging" / "README.md").read_text()
+    for unit in ("NetworkManager.service.d", "systemd-networkd.service.d"):
+        assert f"/etc/systemd/system/{unit}/trustroam-lockdown.conf" in readme

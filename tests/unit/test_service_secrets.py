@@ -90,7 +90,7 @@ async def test_a_bad_answer_means_try_the_next_source(tmp_path, answer):
 
 async def test_an_agent_that_never_answers_is_bounded_and_named(tmp_path):
     call, _ = agents({ROOT.name: "never"})
-    src = SecretSource(call, None, agent_timeout=0.05)
+    src = SecretSource(call, None, agent_timeout=0.05, terminal_timeout=0.05)
     src.register_agent(ROOT, "/tray")
     async with asyncio.timeout(5):
         with pytest.raises(SecretError) as exc:
@@ -262,3 +262,26 @@ def test_a_secrets_file_reached_through_a_symlinked_directory_is_refused(tmp_pat
     with pytest.raises(SecretError) as exc:
         read_secrets_file(tmp_path / "linked" / "secrets.toml", "corp")
     assert str(exc.value) == "refused: the secrets file is reached through a symbolic link"
+
+
+async def test_the_requesters_own_terminal_agent_is_asked_first_and_given_time_to_type():
+    """Review finding 4: ``trustroamctl connect --ask`` registers its agent on the
+    Connect's own connection; that one is asked first (not after up to the bound on
+    the tray's) and has the terminal bound (a person types every secret), not the
+    bound of an agent that answers from a keyring."""
+    tray, cli = Peer(":1.tray", 1000, 20), Peer(":1.cli", 1000, 21)
+    asked = []
+
+    async def call(agent, profile, keys):
+        asked.append(agent.peer.name)
+        if agent.peer == cli:
+            await asyncio.sleep(0.2)  # typing: longer than agent_timeout below
+            return {"mn_ha_key": f"hex:{AGENT_KEY}"}
+        return {}
+
+    src = SecretSource(call, None, agent_timeout=0.01)
+    src.register_agent(tray, "/tray")
+    src.register_agent(cli, "/cli")
+    got = await src.fetch("corp", cli)
+    assert asked == [":1.cli"]
+    assert got.key == Secret(bytes.fromhex(AGENT_KEY))

@@ -302,7 +302,7 @@ async def test_an_agents_name_is_forgotten_only_on_the_bus_daemons_name_owner_ch
     assert lost == [":1.7"]
 
 
-@pytest.mark.parametrize(("policy", "lockdown"), [("always-vpn", False), ("auto", True)])
+@pytest.mark.parametrize(("policy", "lockdown"), [("always-vpn", True), ("auto", True)])
 async def test_a_gateless_profile_cannot_lift_an_administrators_block_for_a_user(
         tmp_path, policy, lockdown):
     """A user's Connect (org.trustroam.connect) of a profile with `gate = false` would
@@ -372,3 +372,45 @@ def test_a_state_file_nested_too_deep_is_refused_with_a_message(tmp_path):
     f.chmod(0o600)
     with pytest.raises(state.StateError, match="nested too deep"):
         state.load(d)
+
+
+@pytest.mark.parametrize("lift", ["disconnect", "set-policy", "release-gate"])
+async def test_a_start_up_gate_whose_connect_failed_is_held_and_can_be_lifted_without_lockdown(
+        tmp_path, monkeypatch, lift):
+    """Review finding 3: the start's connect failed (no agent with the key, a helper
+    error) and no lockdown: the profile's start-up gate must not stay shut with
+    nothing owning it."""
+    from app.service import daemon
+    from app.service import helper as helper_mod
+    removed = []
+
+    async def remove_table():
+        removed.append(True)
+
+    monkeypatch.setattr(helper_mod, "remove_table", remove_table)
+    h, _ = a_helper(tmp_path)
+    h.driver = h.gate = None
+    daemon.hold_startup_gate(h, installed=True)
+    assert h.held_gate is not None
+    if lift == "disconnect":
+        await h.disconnect()  # a user's Disconnect under auto: the host goes back
+    elif lift == "set-policy":
+        h.set_policy("auto")
+        await h.release_held_gate()
+    else:
+        await h.release_gate()
+    assert removed and h.held_gate is None
+
+
+async def test_always_vpn_is_a_users_choice_a_gateless_profile_needs_configure_only_under_lockdown(
+        tmp_path):
+    """Review finding 11, one model: always-vpn is the user's (SetPolicy is
+    org.trustroam.connect), so its held gate is the user's to replace, with a
+    gateless profile too; only lockdown is the administrator's block."""
+    from types import SimpleNamespace
+    helper, gate = a_helper(tmp_path)
+    helper.set_policy("always-vpn")
+    await helper.disconnect()
+    assert helper.held_gate is gate
+    helper.profile = lambda name: SimpleNamespace(name=name, gate_enabled=False)  # type: ignore
+    assert not helper.locked_down() and not helper.lifts_block("guest")

@@ -265,3 +265,22 @@ def test_the_profile_editor_writes_and_imports_dns_and_allow_lan():
     assert p.dns.domains == ("corp.example",)
     emptied = {**values, "dns.servers": "", "dns.domains": ""}
     assert schema.loads(pm.to_toml(emptied)).dns is None  # no [dns] table at all
+
+
+def test_a_corrupt_state_file_is_ignored_naming_it_and_lockdown_falls_back_to_always_vpn(
+        tmp_path, caplog):
+    """Review finding 10: a state.json that cannot be believed no longer keeps the
+    helper down (exit, restart, exit...): ignored with a warning naming it; under
+    lockdown the fallback is always-vpn (closed but usable)."""
+    import logging
+
+    from app.api import Policy
+    from app.service import daemon
+    from app.service.state import FILE, HelperState
+    caplog.set_level(logging.WARNING)
+    (tmp_path / FILE).write_text("{not json")
+    (tmp_path / FILE).chmod(0o600)
+    assert daemon.kept_state(tmp_path, lockdown=False) == HelperState()
+    assert daemon.kept_state(tmp_path, lockdown=True) == HelperState(Policy.ALWAYS_VPN, None)
+    assert f"{tmp_path / FILE}" in caplog.text and "ignored" in caplog.text
+    assert daemon.kept_state(None, lockdown=True) == HelperState()
