@@ -166,8 +166,9 @@ class PortalWatch:
                                           tuple(link_resolvers()))
         await gate.portal(portal_gate.render(self.home_address, probe, hole))
 
-    async def open_signin(self, pid: int) -> tuple[str, float]:
-        """Open the hole for process ``pid``: (the portal's address, seconds open)."""
+    async def open_signin(self, pid: int, uid: int) -> tuple[str, float]:
+        """Open the hole for process ``pid`` of the caller's ``uid``: (the portal's
+        address, seconds open)."""
         at = self.at
         if not self.address or at is None:
             raise SignInError("no captive portal was found on this network")
@@ -176,7 +177,7 @@ class PortalWatch:
             raise SignInError("the gate is not installed: nothing to open")
         if self.hole is not None:
             await self.close_signin("another sign-in replaced it")
-        cg = signin_cgroup.create(pid)
+        cg = signin_cgroup.create(pid, uid)
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self.signin_seconds,
                                 lambda: self._spawn(self.close_signin("the time is up")))

@@ -198,7 +198,7 @@ async def test_a_portal_is_reported_once_per_link_and_cleared_when_the_vpn_comes
 async def test_no_signin_without_a_portal():
     w = PortalWatch(TARGET)
     with pytest.raises(Exception, match="no captive portal"):
-        await w.open_signin(1)
+        await w.open_signin(1, 1000)
 
 
 # -- the sign-in hole's life -------------------------------------------------------------
@@ -225,7 +225,7 @@ def watch_with_portal(monkeypatch, tmp_path):
 
     made = []
 
-    def create(pid):
+    def create(pid, uid):
         d = tmp_path / f"cg{len(made)}"
         d.mkdir()
         cg = signin_cgroup.SignInCgroup(d, f"unified/{d.name}")
@@ -262,7 +262,7 @@ async def test_the_signin_hole_opens_for_the_callers_cgroup_and_closes_when_the_
         watch_with_portal):
     make, made, events = watch_with_portal
     w, gate = await make(seconds=0.05)
-    assert await w.open_signin(4242) == ("http://203.0.113.1/portal/login", 0.05)
+    assert await w.open_signin(4242, 1000) == ("http://203.0.113.1/portal/login", 0.05)
     assert made[0][0] == 4242
     assert f'"unified/{made[0][1].directory.name}"' in gate.scripts[-1]
     assert await _closed(events) == "the time is up"
@@ -272,7 +272,7 @@ async def test_the_signin_hole_opens_for_the_callers_cgroup_and_closes_when_the_
 async def test_the_signin_hole_closes_when_the_vpn_comes_up(watch_with_portal):
     make, _, events = watch_with_portal
     w, gate = await make()
-    await w.open_signin(4242)
+    await w.open_signin(4242, 1000)
     w.seen(Snapshot(state=State.UNTRUSTED, mode=Mode.VPN, interface="eth0",
                     care_of_address="203.0.113.150", home_address=str(HOME)), gate)
     assert await _closed(events) == "the VPN came up"
@@ -282,7 +282,7 @@ async def test_the_signin_hole_closes_when_the_vpn_comes_up(watch_with_portal):
 async def test_the_signin_hole_closes_when_the_network_changes(watch_with_portal):
     make, _, events = watch_with_portal
     w, gate = await make()
-    await w.open_signin(4242)
+    await w.open_signin(4242, 1000)
     w.seen(Snapshot(state=State.PROBING, interface="eth0", care_of_address="10.30.1.100",
                     home_address=str(HOME)), gate)
     assert await _closed(events) == "the network changed"
@@ -326,7 +326,7 @@ async def test_a_disconnect_closes_the_hole_in_the_gate_it_was_opened_in(watch_w
     # it: the hole must not stay open in it.
     make, _, events = watch_with_portal
     w, gate = await make()
-    await w.open_signin(4242)
+    await w.open_signin(4242, 1000)
     assert "cgroupv2" in gate.scripts[-1]
     w.seen(Snapshot(), None)  # disconnected: the helper holds no gate any more
     assert await _closed(events) == "the network changed"
