@@ -60,6 +60,10 @@ CHARON_MARK = 0x5453
 """charon's mark: ``charon.plugins.socket-default.fwmark`` on its IKE sockets (which
 also carry kernel-libipsec's ESP, always UDP-encapsulated), and the CHILD SA's
 ``set_mark_out`` on what kernel ESP sends.  Only these reach the gateways."""
+PROBE_MARK = 0x5454
+"""The captive-portal probe's sockets (``app.net.portal_probe.PORTAL_MARK``)."""
+SIGNIN_MARK = 0x5455
+"""Set in the ``portal_out`` chain on the sign-in process's packets (app.net.portal_gate)."""
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
 LOCAL_INTERFACES = ("lo", "docker*", "br-*", "virbr*", "lxcbr*", "podman*", "cni*")
 """Interfaces that never leave the machine: loopback and the usual container and
@@ -179,7 +183,11 @@ def dns_refusal_rules(path: ProvenPath | None) -> list[str]:
     loopback) and nothing leaves.  Everything else is still dropped silently."""
     if path is not None:
         return []
-    return [f"udp dport {DNS_PORT} reject",
+    # The portal probe's and the sign-in window's lookups are not refused here: the
+    # portal chain (postrouting) decides where they may go, or a named probe URL
+    # would never resolve and no portal would ever be found.
+    return [f"meta mark {{ {PROBE_MARK:#x}, {SIGNIN_MARK:#x} }} return",
+            f"udp dport {DNS_PORT} reject",
             f"tcp dport {DNS_PORT} reject with tcp reset"]
 
 

@@ -94,8 +94,8 @@ def test_allow_lan_off_or_undecided_opens_no_subnet():
 
 
 def test_dns_is_refused_at_once_while_undecided_and_only_then():
-    assert dns_refusal_rules(None) == ["udp dport 53 reject",
-                                       "tcp dport 53 reject with tcp reset"]
+    assert dns_refusal_rules(None)[1:] == ["udp dport 53 reject",
+                                           "tcp dport 53 reject with tcp reset"]
     assert dns_refusal_rules(C) == []
     undecided = render(POLICY, None)
     # reject is only valid in the output hook: a chain of its own there, after the
@@ -108,6 +108,19 @@ def test_dns_is_refused_at_once_while_undecided_and_only_then():
     opened = render_decision(POLICY, C)
     assert "flush chain inet trustroam_gate dns_refuse" in opened
     assert "reject" not in opened
+
+
+def test_the_portal_probes_and_the_signin_windows_dns_is_not_refused_while_undecided():
+    # Review-portal finding 3: the refusal came first, so a probe URL given by name
+    # (the default, nmcheck.gnome.org) never resolved and no portal was ever found.
+    from app.net.portal_gate import SIGNIN_MARK
+    from app.net.portal_probe import PORTAL_MARK
+
+    rules = dns_refusal_rules(None)
+    assert rules[0] == f"meta mark {{ {PORTAL_MARK:#x}, {SIGNIN_MARK:#x} }} return"
+    assert "udp dport 53 reject" in rules[1:]
+    assert f"dns_refuse meta mark {{ {PORTAL_MARK:#x}, {SIGNIN_MARK:#x} }} return" in (
+        render_decision(POLICY, None))
 
 
 BASE = ('name = "x"\nhome_address = "10.20.1.10"\nhome_network = "10.20.1.0/24"\n'
