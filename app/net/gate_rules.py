@@ -156,11 +156,22 @@ def lan_subnet(link: IPv4Interface, policy: GatePolicy) -> LanDecision:
     return LanDecision(net)
 
 
+LAN_NAME_PORTS = (53, 853, 5353, 5355)
+"""DNS, DNS over TLS, unicast mDNS and LLMNR: never to the local network, even with
+``allow_lan`` (the visited network's resolver is in it, and a mode's names go
+through the tunnel only)."""
+
+
 def lan_rules(path: ProvenPath | None, lan: IPv4Network | None) -> list[str]:
-    """Out: the link address to its own subnet, in modes c and mc only."""
+    """Out: the link address to its own subnet, in modes c and mc only; never name
+    lookups (resolved still sends the link's search-domain queries to the visited
+    network's resolver, which is inside that subnet)."""
     if path is None or lan is None or path.mode not in LAN_MODES:
         return []
-    return [f"oifname {_q(path.iface)} ip saddr {path.link_address} ip daddr {lan} accept"]
+    to = f"oifname {_q(path.iface)} ip saddr {path.link_address} ip daddr {lan}"
+    ports = ", ".join(str(p) for p in LAN_NAME_PORTS)
+    return [f"{to} meta l4proto {{ tcp, udp }} th dport {{ {ports} }} counter name {COUNTER} "
+            "drop", f"{to} accept"]
 
 
 def lan_in_rules(path: ProvenPath | None, lan: IPv4Network | None,

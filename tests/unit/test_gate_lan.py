@@ -83,6 +83,17 @@ def test_allow_lan_rules_name_the_link_its_address_and_the_subnet_in_modes_c_and
         assert str(LAN) in render(POLICY, path, lan=LAN)
 
 
+def test_allow_lan_never_opens_dns_to_the_visited_networks_resolver():
+    # Review-portal finding 2: the hotel's resolver is inside the opened subnet; the
+    # issue says the visited resolver is never used while a mode is open.
+    for path in (C, MC):
+        out = proven_rules(POLICY, path, lan=LAN)
+        to = f'oifname "eth0" ip saddr {LINK} ip daddr {LAN}'
+        drop = (f"{to} meta l4proto {{ tcp, udp }} th dport {{ 53, 853, 5353, 5355 }} "
+                "counter name blocked drop")
+        assert drop in out and out.index(drop) < out.index(f"{to} accept")
+
+
 def test_allow_lan_off_or_undecided_opens_no_subnet():
     for path in (C, MC):
         assert not [r for r in proven_rules(POLICY, path) + proven_in_rules(POLICY, path)
