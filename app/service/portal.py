@@ -10,7 +10,9 @@ the decision changes.
 
 :meth:`PortalWatch.open_signin` opens the sign-in hole for one process (its own
 cgroup, :mod:`app.net.signin_cgroup`): HTTP, HTTPS and DNS to the link's
-resolvers, out of the link only, for at most ``signin_seconds``; it closes when
+resolvers, out of the link only, for at most ``signin_seconds`` in all per link
+and address (sign-ins opened again on the same network share that budget: else
+any process of the user could keep a way out in clear open forever); it closes when
 asked, when the time is up, when the VPN comes up (mode mc) or the state leaves
 untrusted, and when the helper disconnects.
 """
@@ -34,6 +36,8 @@ log = logging.getLogger("trustroam.portal")
 DEFAULT_SIGNIN_SECONDS = 300.0
 """Issue 19: at most 5 minutes by default."""
 MAX_SIGNIN_SECONDS = 3600.0
+MAX_BUDGETS = 64
+"""Networks whose used sign-in time is remembered (the oldest forgotten first)."""
 
 
 class SignInError(UserFacingError):
@@ -67,6 +71,8 @@ class _Hole:
     key: tuple[str, str]
     cgroup: signin_cgroup.SignInCgroup
     timer: asyncio.TimerHandle
+    opened: float
+    """When it opened (the watch's clock): its time is charged to ``key`` on close."""
     gate: PortalGate
     """The gate it was opened in: closed there, even once the helper let go of it
     (a Disconnect under always-vpn keeps that gate, shut)."""
@@ -77,8 +83,8 @@ class PortalWatch:
                  signin_seconds: float = DEFAULT_SIGNIN_SECONDS,
                  changed: Callable[[], None] = lambda: None,
                  event: Callable[[str, dict[str, str]], None] = lambda k, d: None,
-                 run_probe: Callable[[ProbeTarget, str], Awaitable[Verdict]] | None = None
-                 ) -> None:
+                 run_probe: Callable[[ProbeTarget, str], Awaitable[Verdict]] | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         self.target = target
         """The probe URL; None: never probe (``--portal-probe-url ""``)."""
         self.signin_seconds = signin_seconds
@@ -86,6 +92,10 @@ class PortalWatch:
         """Called when :attr:`address` changes (the helper publishes again)."""
         self.event = event
         self.run_probe = run_probe or probe
+        self.clock = clock
+        """Seconds, monotonic (default: the event loop's clock)."""
+        self.used: dict[tuple[str, str], float] = {}
+        """Sign-in seconds already spent per link and address."""
         self.address = ""
         """The portal's sign-in address on the current link; "" for none."""
         self.probed: tuple[str, str] | None = None
@@ -177,11 +187,14 @@ class PortalWatch:
             raise SignInError("the gate is not installed: nothing to open")
         if self.hole is not None:
             await self.close_signin("another sign-in replaced it")
+        left = self.signin_seconds - self.used.get(at, 0.0)
+        if left <= 0:
+            raise SignInError(f"the {self.signin_seconds:g} s of sign-in on this network "
+                              "are used up (a new address or network gets its own)")
         cg = signin_cgroup.create(pid, uid)
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.signin_seconds,
-                                lambda: self._spawn(self.close_signin("the time is up")))
-        self.hole = _Hole(at, cg, timer, gate)
+        timer = loop.call_later(left, lambda: self._spawn(self.close_signin("the time is up")))
+        self.hole = _Hole(at, cg, timer, self._now(), gate)
         try:
             await self._write(gate)
         except BaseException:
@@ -190,8 +203,17 @@ class PortalWatch:
             signin_cgroup.remove(cg)
             raise
         self.event("signin-open", {"interface": at[0], "pid": str(pid),
-                                   "seconds": f"{self.signin_seconds:g}"})
-        return self.address, self.signin_seconds
+                                   "seconds": f"{left:g}"})
+        return self.address, left
+
+    def _now(self) -> float:
+        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+
+    def _charge(self, hole: _Hole) -> None:
+        spent = self.used.pop(hole.key, 0.0) + max(0.0, self._now() - hole.opened)
+        self.used[hole.key] = spent  # (re)inserted last: the newest is kept longest
+        while len(self.used) > MAX_BUDGETS:
+            del self.used[next(iter(self.used))]
 
     async def close_signin(self, why: str) -> bool:
         """Close the hole (True if one was open)."""
@@ -199,6 +221,7 @@ class PortalWatch:
         if hole is None:
             return False
         hole.timer.cancel()
+        self._charge(hole)
         try:
             await self._write(hole.gate)
         finally:

@@ -238,10 +238,10 @@ def watch_with_portal(monkeypatch, tmp_path):
     async def fake(target, iface):
         return Verdict(PORTAL, "http://203.0.113.1/portal/login")
 
-    async def make(seconds=300.0):
+    async def make(seconds=300.0, clock=None):
         changed = asyncio.Event()
         w = PortalWatch(TARGET, run_probe=fake, changed=changed.set, signin_seconds=seconds,
-                        event=lambda k, d: events.append((k, d)))
+                        event=lambda k, d: events.append((k, d)), clock=clock)
         gate = _Gate()
         w.seen(FAILED, gate)
         await asyncio.wait_for(changed.wait(), 5)
@@ -267,6 +267,23 @@ async def test_the_signin_hole_opens_for_the_callers_cgroup_and_closes_when_the_
     assert f'"unified/{made[0][1].directory.name}"' in gate.scripts[-1]
     assert await _closed(events) == "the time is up"
     assert "add rule" not in gate.scripts[-1] and w.hole is None
+
+
+async def test_the_signin_time_is_a_budget_per_network_not_per_call(watch_with_portal):
+    # Review-portal finding 5: close and open again at once must not restart the
+    # time, or any process of the user keeps a way out in clear open forever.
+    make, _, _ = watch_with_portal
+    now = [1000.0]
+    w, _ = await make(seconds=300.0, clock=lambda: now[0])
+    assert (await w.open_signin(4242, 1000))[1] == 300.0
+    now[0] += 200
+    assert await w.close_signin("the sign-in window closed")
+    assert (await w.open_signin(4242, 1000))[1] == 100.0  # what is left, not 300 again
+    now[0] += 100
+    await w.close_signin("the sign-in window closed")
+    with pytest.raises(Exception, match="used up"):
+        await w.open_signin(4242, 1000)
+    assert w.hole is None
 
 
 async def test_the_signin_hole_closes_when_the_vpn_comes_up(watch_with_portal):
