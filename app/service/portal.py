@@ -30,7 +30,14 @@ from typing import Protocol
 from app.api import Mode, Snapshot, State
 from app.errors import UserFacingError
 from app.net import portal_gate, signin_cgroup
-from app.net.portal_probe import PORTAL, ProbeTarget, Verdict, link_resolvers, probe
+from app.net.portal_probe import (
+    PORTAL,
+    UNKNOWN,
+    ProbeTarget,
+    Verdict,
+    link_resolvers,
+    probe,
+)
 
 log = logging.getLogger("trustroam.portal")
 DEFAULT_SIGNIN_SECONDS = 300.0
@@ -149,7 +156,12 @@ class PortalWatch:
         self._probing = (iface, target.port, gate)
         try:
             await self._write(gate)
-            verdict = await self.run_probe(target, iface)
+            try:
+                verdict = await self.run_probe(target, iface)
+            except Exception as exc:  # never lost in a task: reported, and probed again
+                log.warning("captive portal probe on %s failed: %s", iface, exc)
+                verdict = Verdict(UNKNOWN, "", f"probe failed: {exc}")
+                self.probed = None
         finally:
             self._probing = None
             await self._write(gate)

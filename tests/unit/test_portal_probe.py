@@ -107,6 +107,45 @@ def test_dns_query_and_answer_roundtrip():
         dns_addresses(answer, 0x4321)  # not the answer to our query
 
 
+def test_a_truncated_dns_answer_is_a_value_error_never_a_struct_error():
+    # Review-portal finding 4: it escaped resolve() and probe() and killed the task.
+    q = dns_query("nmcheck.gnome.org", 0x1234)
+    head = bytes.fromhex("12348180") + b"\x00\x01\x00\x01\x00\x00\x00\x00" + q[12:]
+    for cut in (b"\xc0\x0c\x00\x01", b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x01"):
+        with pytest.raises(ValueError):
+            dns_addresses(head + cut, 0x1234)
+
+
+async def test_a_probe_that_fails_in_any_way_is_unknown_and_the_link_is_probed_again(
+        monkeypatch):
+    import struct
+
+    from app.net import portal_probe
+
+    async def broken(host, iface, resolvers):
+        raise struct.error("unpack requires a buffer of 10 bytes")
+
+    monkeypatch.setattr(portal_probe, "resolve", broken)
+    verdict = await portal_probe.probe(TARGET, "eth0", resolvers=[IPv4Address("192.0.2.53")])
+    assert verdict.kind == UNKNOWN and "10 bytes" in verdict.detail
+
+    events: list[str] = []
+    done = asyncio.Event()
+
+    async def raising(target, iface):
+        raise RuntimeError("boom")
+
+    def event(kind, details):
+        events.append(kind)
+        if kind.startswith("portal-") and kind != "portal-probe":
+            done.set()
+
+    w = PortalWatch(TARGET, run_probe=raising, event=event)
+    w.seen(FAILED, _Gate())
+    await asyncio.wait_for(done.wait(), 5)
+    assert events == ["portal-probe", "portal-unknown"] and w.probed is None
+
+
 def test_link_resolvers_skip_a_local_stub(tmp_path):
     stub = tmp_path / "stub.conf"
     stub.write_text("nameserver 127.0.0.53\n")
