@@ -114,6 +114,7 @@ class PortalWatch:
         self.hole: _Hole | None = None
         self._probing: tuple[str, int, PortalGate] | None = None
         """A probe running: its link, port and the gate its rules are in."""
+        self._writing = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         """Running probes and closes (the loop keeps only weak references)."""
 
@@ -176,7 +177,13 @@ class PortalWatch:
             self.changed()
 
     async def _write(self, gate: PortalGate) -> None:
-        """``gate``'s portal chains: what is open in it now (a running probe, a hole)."""
+        """``gate``'s portal chains: what is open in it now (a running probe, a hole).
+        One write at a time, rendered once the last is done: two nft runs could
+        commit in either order and leave a stale hole in the table."""
+        async with self._writing:
+            await self._write_now(gate)
+
+    async def _write_now(self, gate: PortalGate) -> None:
         if self.home_address is None:
             return
         probe = hole = None

@@ -325,6 +325,34 @@ async def test_the_signin_time_is_a_budget_per_network_not_per_call(watch_with_p
     assert w.hole is None
 
 
+async def test_portal_chain_writes_never_overlap_and_the_last_shows_the_state_now(
+        watch_with_portal):
+    # Review-portal finding 6: two nft runs at once can commit in either order and
+    # leave a stale hole open with nothing to close it.
+    make, _, _ = watch_with_portal
+    w, _ = await make()
+    running, overlaps = [0], []
+
+    class SlowGate(_Gate):
+        async def portal(self, script: str) -> None:
+            running[0] += 1
+            overlaps.append(running[0])
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            self.scripts.append(script)
+            running[0] -= 1
+
+    gate = SlowGate()
+    w.gate = gate
+    w.at = ("eth0", "203.0.113.150")
+    opened = asyncio.ensure_future(w.open_signin(4242, 1000))
+    await asyncio.sleep(0)
+    closed = asyncio.ensure_future(w.close_signin("the sign-in window closed"))
+    await asyncio.gather(opened, closed)
+    assert max(overlaps) == 1
+    assert "cgroupv2" not in gate.scripts[-1] and w.hole is None
+
+
 async def test_the_signin_hole_closes_when_the_vpn_comes_up(watch_with_portal):
     make, _, events = watch_with_portal
     w, gate = await make()
