@@ -87,6 +87,10 @@ class GatePolicy:
     """The profile's ``allow_lan``: the link's own private subnet in clear in c and mc."""
     home_network: IPv4Network | None = None
     """The home prefix: never opened as a local network (it goes through the tunnel)."""
+    intranet: tuple[IPv4Network, ...] = ()
+    """The VPN's intranet prefixes (routed through the tunnel): never opened either."""
+    dns_servers: tuple[IPv4Address, ...] = ()
+    """The profile's ``[dns]`` servers (the intranet's resolvers): never opened either."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,9 @@ def _q(name: str) -> str:
 LAN_NETWORKS = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"),
                 IPv4Network("192.168.0.0/16"), IPv4Network("169.254.0.0/16"))
 """What ``allow_lan`` may open: private (RFC 1918) and link-local (RFC 3927) space."""
+LAN_MIN_PREFIX = 16
+"""No wider local network than a /16: a link claiming 10.0.0.0/8 would take in
+the whole of a corporate address plan."""
 LAN_MODES = (Mode.COLOCATED, Mode.VPN)
 """The modes whose path is a tunnel: only there is the local network otherwise shut
 (h and f send everything on the link already)."""
@@ -134,8 +141,9 @@ class LanDecision:
 
 def lan_subnet(link: IPv4Interface, policy: GatePolicy) -> LanDecision:
     """The access link's own on-link subnet (its address and prefix: never a routed
-    prefix), if it is private or link-local space and holds nothing that belongs to
-    the tunnel (the home network, the home agent, a VPN gateway)."""
+    prefix), if it is private or link-local space, no wider than a /16, and holds
+    nothing that belongs to the tunnel (the home network, the VPN's intranet, the
+    home agent, a VPN gateway, a ``[dns]`` server)."""
     net = link.network
     if net.prefixlen > 30:
         return LanDecision(None, f"{link} has no local network (a /{net.prefixlen} "
@@ -143,13 +151,21 @@ def lan_subnet(link: IPv4Interface, policy: GatePolicy) -> LanDecision:
     if not any(net.subnet_of(p) for p in LAN_NETWORKS):
         return LanDecision(None, f"{net} is not private (RFC 1918) or link-local "
                                  "address space: a public or routed network stays shut")
+    if net.prefixlen < LAN_MIN_PREFIX:
+        return LanDecision(None, f"{net} is wider than a /{LAN_MIN_PREFIX}: too wide to be "
+                                 "opened as a local network")
     home = policy.home_network
     if home is not None and net.overlaps(home):
         return LanDecision(None, f"{net} overlaps the home network {home}: that goes "
                                  "through the tunnel")
+    for prefix in policy.intranet:
+        if net.overlaps(prefix):
+            return LanDecision(None, f"{net} overlaps the VPN's intranet {prefix}: that goes "
+                                     "through the tunnel")
     for what, addr in (("the home agent", policy.home_agent),
                        ("the home address", policy.home_address),
-                       *(("the VPN gateway", g) for g in policy.gateways)):
+                       *(("the VPN gateway", g) for g in policy.gateways),
+                       *(("the [dns] server", d) for d in policy.dns_servers)):
         if addr in net:
             return LanDecision(None, f"{net} holds {what} {addr}: that goes through "
                                      "the tunnel")

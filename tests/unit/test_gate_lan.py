@@ -62,6 +62,34 @@ def test_allow_lan_refuses_a_public_routed_or_tunnelled_subnet(link, why):
     assert d.subnet is None and why in d.refusal, d
 
 
+@pytest.mark.parametrize("link,why", [
+    ("10.30.1.100/8", "wider than a /16"),  # a hotel claiming 10.0.0.0/8
+    ("172.20.5.9/15", "wider than a /16"),
+    ("10.40.1.100/24", "the VPN's intranet 10.40.0.0/16"),
+    ("192.168.7.100/24", "the [dns] server 192.168.7.53"),
+])
+def test_allow_lan_refuses_a_wide_subnet_the_vpns_intranet_and_the_dns_servers(link, why):
+    # Review-portal finding 8: intranet traffic would leave in clear.
+    policy = GatePolicy(A("10.20.1.1"), A("10.20.1.10"), "trmn0", allow_lan=True,
+                        home_network=IPv4Network("10.20.1.0/24"),
+                        intranet=(IPv4Network("10.20.1.0/24"), IPv4Network("10.40.0.0/16")),
+                        dns_servers=(A("192.168.7.53"),))
+    d = lan_subnet(IPv4Interface(link), policy)
+    assert d.subnet is None and why in d.refusal, d
+    assert lan_subnet(IPv4Interface("10.30.1.100/24"), policy).subnet is not None
+
+
+async def test_the_gate_policy_carries_the_profiles_intranet_and_dns_servers():
+    from app.service.profiles import gate_policy
+
+    prof = mn_profile.loads(
+        BASE + '[features]\nallow_lan = true\n[vpn]\ngateways = ["172.16.0.11"]\n'
+        'identity = "a@b.c"\nintranet = ["10.40.0.0/16"]\n[dns]\nservers = ["10.20.0.53"]\n')
+    policy = await gate_policy(prof)
+    assert policy.intranet == (IPv4Network("10.40.0.0/16"),)
+    assert policy.dns_servers == (A("10.20.0.53"),)
+
+
 def test_allow_lan_refuses_a_subnet_holding_the_home_agent_without_a_home_network():
     policy = GatePolicy(A("10.20.1.1"), A("10.20.1.10"), "trmn0", allow_lan=True)
     d = lan_subnet(IPv4Interface("10.20.0.5/16"), policy)
