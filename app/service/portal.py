@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -80,6 +81,8 @@ class _Hole:
     timer: asyncio.TimerHandle
     opened: float
     """When it opened (the watch's clock): its time is charged to ``key`` on close."""
+    pidfd: int | None
+    """The sign-in process's pidfd: readable when it exits (the hole closes then)."""
     gate: PortalGate
     """The gate it was opened in: closed there, even once the helper let go of it
     (a Disconnect under always-vpn keeps that gate, shut)."""
@@ -213,17 +216,39 @@ class PortalWatch:
         cg = signin_cgroup.create(pid, uid)
         loop = asyncio.get_running_loop()
         timer = loop.call_later(left, lambda: self._spawn(self.close_signin("the time is up")))
-        self.hole = _Hole(at, cg, timer, self._now(), gate)
+        self.hole = _Hole(at, cg, timer, self._now(), self._watch_exit(pid), gate)
         try:
             await self._write(gate)
         except BaseException:
             timer.cancel()
+            self._unwatch(self.hole)
             self.hole = None
             signin_cgroup.remove(cg)
             raise
         self.event("signin-open", {"interface": at[0], "pid": str(pid),
                                    "seconds": f"{left:g}"})
         return self.address, left
+
+    def _watch_exit(self, pid: int) -> int | None:
+        """A pidfd for ``pid`` whose readability closes the hole: a crashed window
+        does not keep it open until the time is up."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as exc:  # gone already, or a kernel without pidfds: the timer
+            log.info("cannot watch the sign-in process %d: %s", pid, exc.strerror or exc)
+            return None
+
+        def exited() -> None:
+            asyncio.get_running_loop().remove_reader(fd)
+            self._spawn(self.close_signin("the sign-in window exited"))
+        asyncio.get_running_loop().add_reader(fd, exited)
+        return fd
+
+    @staticmethod
+    def _unwatch(hole: _Hole | None) -> None:
+        if hole is not None and hole.pidfd is not None:
+            asyncio.get_running_loop().remove_reader(hole.pidfd)
+            os.close(hole.pidfd)
 
     def _now(self) -> float:
         return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
@@ -240,6 +265,7 @@ class PortalWatch:
         if hole is None:
             return False
         hole.timer.cancel()
+        self._unwatch(hole)
         self._charge(hole)
         try:
             await self._write(hole.gate)

@@ -353,6 +353,21 @@ async def test_portal_chain_writes_never_overlap_and_the_last_shows_the_state_no
     assert "cgroupv2" not in gate.scripts[-1] and w.hole is None
 
 
+async def test_the_signin_hole_closes_when_the_signin_process_exits(watch_with_portal):
+    # Review-portal finding 9: a crashed window kept the hole until the time was up.
+    make, _, events = watch_with_portal
+    w, gate = await make()
+    child = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        await w.open_signin(child.pid, 1000)
+        assert "cgroupv2" in gate.scripts[-1]
+    finally:
+        child.kill()
+        await child.wait()
+    assert await _closed(events) == "the sign-in window exited"
+    assert "add rule" not in gate.scripts[-1] and w.hole is None
+
+
 async def test_the_signin_hole_closes_when_the_vpn_comes_up(watch_with_portal):
     make, _, events = watch_with_portal
     w, gate = await make()
