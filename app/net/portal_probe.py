@@ -164,17 +164,21 @@ def _dechunk(body: bytes) -> bytes:
 
 def portal_address(base: str, location: str) -> str | None:
     """A redirect's target as an absolute http(s) URL fit to show and open, or None
-    (a hostile network chooses it: no other scheme, no control characters)."""
+    (a hostile network chooses it: no other scheme, printable ASCII only -- no
+    controls, no C1 or NBSP from the header's Latin-1 -- and no user part, which
+    would show ``https://accounts.google.com@evil.example/`` as another site)."""
     if not location or len(location) > MAX_URL:
         return None
     url = urljoin(base, location)
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+    if any(not 0x21 <= ord(c) <= 0x7E for c in url):
         return None
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 -- a bad port raises here, not in the window
     except ValueError:
         return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname \
+            or "@" in parts.netloc:
         return None
     return url
 

@@ -64,6 +64,20 @@ def test_a_redirect_to_another_scheme_is_not_passed_on_to_the_tray():
     assert v.portal_url == DEFAULT_PROBE_URL
 
 
+@pytest.mark.parametrize("location", [
+    "https://accounts.google.com@evil.example/",  # a user part: shown as another site
+    "https://user:pw@portal.example/",
+    "http://portal.example/\x85login",  # C1 control from the header's Latin-1
+    "http://portal.example/\xa0login",  # NBSP
+    "http://portal.example/\xe9",
+    "http://portal.example:99999/",
+])
+def test_a_redirect_with_a_user_part_or_anything_but_printable_ascii_is_unusable(location):
+    # Review-portal finding 10.
+    v = _answer(f"HTTP/1.1 302 Found\r\nLocation: {location}\r\n\r\n")
+    assert v.kind == PORTAL and v.portal_url == TARGET.url and "unusable" in v.detail
+
+
 def test_a_server_error_is_unknown_and_garbage_is_refused():
     assert _answer("HTTP/1.1 503 Unavailable\r\n\r\n").kind == UNKNOWN
     with pytest.raises(ValueError):
