@@ -139,11 +139,14 @@ class LanDecision:
     refusal: str = ""
 
 
-def lan_subnet(link: IPv4Interface, policy: GatePolicy) -> LanDecision:
+def lan_subnet(link: IPv4Interface, policy: GatePolicy, mode: Mode = Mode.VPN
+               ) -> LanDecision:
     """The access link's own on-link subnet (its address and prefix: never a routed
     prefix), if it is private or link-local space, no wider than a /16, and holds
     nothing that belongs to the tunnel (the home network, the VPN's intranet, the
-    home agent, a VPN gateway, a ``[dns]`` server)."""
+    home agent, a VPN gateway, a ``[dns]`` server).  The VPN's intranet only in mode
+    mc: a trusted network (mode c, the home agent answered directly) is inside the
+    corporate network, in its address plan, and h and f send all in clear on it."""
     net = link.network
     if net.prefixlen > 30:
         return LanDecision(None, f"{link} has no local network (a /{net.prefixlen} "
@@ -158,7 +161,7 @@ def lan_subnet(link: IPv4Interface, policy: GatePolicy) -> LanDecision:
     if home is not None and net.overlaps(home):
         return LanDecision(None, f"{net} overlaps the home network {home}: that goes "
                                  "through the tunnel")
-    for prefix in policy.intranet:
+    for prefix in policy.intranet if mode is Mode.VPN else ():
         if net.overlaps(prefix):
             return LanDecision(None, f"{net} overlaps the VPN's intranet {prefix}: that goes "
                                      "through the tunnel")

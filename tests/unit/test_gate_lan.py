@@ -74,9 +74,13 @@ def test_allow_lan_refuses_a_wide_subnet_the_vpns_intranet_and_the_dns_servers(l
                         home_network=IPv4Network("10.20.1.0/24"),
                         intranet=(IPv4Network("10.20.1.0/24"), IPv4Network("10.40.0.0/16")),
                         dns_servers=(A("192.168.7.53"),))
-    d = lan_subnet(IPv4Interface(link), policy)
+    d = lan_subnet(IPv4Interface(link), policy)  # mode mc: an untrusted network
     assert d.subnet is None and why in d.refusal, d
     assert lan_subnet(IPv4Interface("10.30.1.100/24"), policy).subnet is not None
+    # A trusted network (mode c) is inside the corporate address plan: the intranet
+    # prefixes do not shut it, the rest still does.
+    c = lan_subnet(IPv4Interface(link), policy, Mode.COLOCATED)
+    assert (c.subnet is None) == ("intranet" not in why), c
 
 
 async def test_the_gate_policy_carries_the_profiles_intranet_and_dns_servers():
