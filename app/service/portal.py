@@ -94,14 +94,21 @@ class PortalWatch:
                  changed: Callable[[], None] = lambda: None,
                  event: Callable[[str, dict[str, str]], None] = lambda k, d: None,
                  run_probe: Callable[[ProbeTarget, str], Awaitable[Verdict]] | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 link_dns: Callable[[str], Awaitable[list[IPv4Address] | None]] | None = None
+                 ) -> None:
         self.target = target
         """The probe URL; None: never probe (``--portal-probe-url ""``)."""
         self.signin_seconds = signin_seconds
         self.changed = changed
         """Called when :attr:`address` changes (the helper publishes again)."""
         self.event = event
-        self.run_probe = run_probe or probe
+        self.run_probe = run_probe or self._probe_link
+        self.link_dns = link_dns
+        """A link's own resolvers (systemd-resolved's, app.net.link_dns); None, or an
+        answer of None: the resolv.conf files."""
+        self.resolvers: dict[str, tuple[IPv4Address, ...]] = {}
+        """The resolvers last found per link: the probe asks them, the hole opens them."""
         self.clock = clock
         """Seconds, monotonic (default: the event loop's clock)."""
         self.used: dict[tuple[str, str], float] = {}
@@ -157,6 +164,7 @@ class PortalWatch:
         if gate is None:
             return
         self.event("portal-probe", {"interface": iface, "url": target.url})
+        await self._find_resolvers(iface)
         self._probing = (iface, target.port, gate)
         try:
             await self._write(gate)
@@ -179,6 +187,15 @@ class PortalWatch:
             self.address = new
             self.changed()
 
+    async def _find_resolvers(self, iface: str) -> tuple[IPv4Address, ...]:
+        got = await self.link_dns(iface) if self.link_dns is not None else None
+        found = tuple(got) if got else tuple(link_resolvers())
+        self.resolvers = {iface: found}  # one link at a time: no table to grow
+        return found
+
+    async def _probe_link(self, target: ProbeTarget, iface: str) -> Verdict:
+        return await probe(target, iface, resolvers=list(self.resolvers.get(iface, ())))
+
     async def _write(self, gate: PortalGate) -> None:
         """``gate``'s portal chains: what is open in it now (a running probe, a hole).
         One write at a time, rendered once the last is done: two nft runs could
@@ -195,7 +212,7 @@ class PortalWatch:
         if self.hole is not None and self.hole.gate is gate:
             hole = portal_gate.SignInHole(self.hole.key[0], self.hole.cgroup.nft_path,
                                           self.hole.cgroup.level,
-                                          tuple(link_resolvers()))
+                                          self.resolvers.get(self.hole.key[0], ()))
         await gate.portal(portal_gate.render(self.home_address, probe, hole))
 
     async def open_signin(self, pid: int, uid: int) -> tuple[str, float]:
@@ -213,6 +230,7 @@ class PortalWatch:
         if left <= 0:
             raise SignInError(f"the {self.signin_seconds:g} s of sign-in on this network "
                               "are used up (a new address or network gets its own)")
+        await self._find_resolvers(at[0])
         cg = signin_cgroup.create(pid, uid)
         loop = asyncio.get_running_loop()
         timer = loop.call_later(left, lambda: self._spawn(self.close_signin("the time is up")))

@@ -168,6 +168,48 @@ def test_link_resolvers_skip_a_local_stub(tmp_path):
     assert link_resolvers((stub, tmp_path / "missing", real)) == [IPv4Address("203.0.113.1")]
 
 
+def test_the_links_own_resolvers_are_read_from_resolveds_link_dns_property():
+    # Review-portal finding 11: the resolv.conf files are the machine's, not the link's.
+    import socket
+
+    from app.net.link_dns import parse_link_dns
+
+    value = [[socket.AF_INET, b"\xc0\x00\x02\x35"], [socket.AF_INET6, bytes(16)],
+             [socket.AF_INET, b"\x7f\x00\x00\x35"], [socket.AF_INET, b"\x01"], "junk",
+             [socket.AF_INET, b"\xc0\x00\x02\x35"], [socket.AF_INET, [10, 0, 0, 1]]]
+    assert parse_link_dns(value) == [IPv4Address("192.0.2.53"), IPv4Address("10.0.0.1")]
+    assert parse_link_dns(None) == []
+
+
+async def test_the_probe_and_the_hole_use_the_links_own_resolvers(monkeypatch, tmp_path):
+    import app.service.portal as portal_mod
+    from app.net import signin_cgroup
+
+    asked: list[str] = []
+    seen: list[list[IPv4Address]] = []
+
+    async def link_dns(iface):
+        asked.append(iface)
+        return [IPv4Address("192.0.2.53")]
+
+    async def fake_probe(target, iface, *, resolvers=None, timeout=3.0):
+        seen.append(resolvers)
+        return Verdict(PORTAL, "http://203.0.113.1/portal/login")
+
+    monkeypatch.setattr(portal_mod, "probe", fake_probe)
+    monkeypatch.setattr(signin_cgroup, "create", lambda pid, uid: signin_cgroup.SignInCgroup(
+        tmp_path, "unified/x"))
+    changed = asyncio.Event()
+    gate = _Gate()
+    w = PortalWatch(TARGET, link_dns=link_dns, changed=changed.set)
+    w.seen(FAILED, gate)
+    await asyncio.wait_for(changed.wait(), 5)
+    assert asked == ["eth0"] and seen == [[IPv4Address("192.0.2.53")]]
+    await w.open_signin(4242, 1000)
+    assert "ip daddr { 192.0.2.53 } meta l4proto { tcp, udp } th dport 53 accept" in (
+        gate.scripts[-1])
+
+
 # -- the gate's portal chains ----------------------------------------------------------
 
 
