@@ -35,7 +35,7 @@ mount namespace gets cgroup v2 at /sys/fs/cgroup, as a desktop has it."""
 
 @pytest.fixture(scope="module")
 def portal_lab() -> Iterator[Lab]:
-    yield from a_lab(at="pub", portal=True)
+    yield from a_lab(at="pub", portal=True, nm=True)
 
 
 @pytest.fixture(scope="module")
