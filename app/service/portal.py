@@ -188,7 +188,12 @@ class PortalWatch:
             self.changed()
 
     async def _find_resolvers(self, iface: str) -> tuple[IPv4Address, ...]:
-        got = await self.link_dns(iface) if self.link_dns is not None else None
+        got = None
+        if self.link_dns is not None:
+            try:
+                got = await self.link_dns(iface)
+            except Exception as exc:  # the files then: never a lost probe or sign-in
+                log.warning("captive portal: the resolvers of %s: %s", iface, exc)
         found = tuple(got) if got else tuple(link_resolvers())
         self.resolvers = {iface: found}  # one link at a time: no table to grow
         return found
