@@ -4,7 +4,8 @@
 
 Each try is ``{"src": addr|null, "sport": n|null, "dst": addr, "dport": n,
 "proto": "udp"|"icmp"|"esp", "icmp_type": n, "iface": name|null, "helper": bool,
-"charon": bool, "uid": n, "answer": bool}`` (``helper``, ``charon``: the socket carries the
+"charon": bool, "mark": n, "uid": n, "answer": bool}``
+(``mark``: UDP with ``answer`` only; ``helper``, ``charon``: the socket carries the
 helper's or charon's mark; ``uid``: sent by a process of that uid, unmarked).  Prints one JSON
 list: for each try "sent" or "refused" (a netfilter drop of a local packet is
 EPERM for the sender: the kernel's own verdict, not ours).  With ``answer``, a
@@ -81,6 +82,8 @@ def _answer(t: dict[str, Any]) -> str:
         return "answered"
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    if t.get("mark"):  # another program's mark (the portal probe's, the sign-in's)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, int(t["mark"]))
     s.settimeout(ANSWER_WAIT)
     try:
         s.connect((t["dst"], t["dport"]))

@@ -237,6 +237,27 @@ def test_dns_is_refused_at_once_while_undecided(world):
                                                                            "refused"]
 
 
+def test_the_portal_probes_and_the_signin_windows_dns_is_not_refused_while_undecided(world):
+    """Review-portal finding 3: their marked lookups pass the DNS refusal (the portal
+    chain, empty here, then drops them: nothing comes back, no ICMP error); an
+    unmarked one is still refused at once."""
+    from app.net.gate_rules import PROBE_MARK, SIGNIN_MARK
+
+    dns = [{"proto": "udp", "dst": "10.30.1.1", "dport": 53, "answer": True, "mark": m}
+           for m in (PROBE_MARK, SIGNIN_MARK, 0)]
+    assert probe(None, dns) == ["timeout", "timeout", "icmp 3/3"]
+
+
+def test_allow_lan_never_lets_dns_out_to_the_visited_networks_resolver(world):
+    """Review-portal finding 2: the link's own resolver is inside the opened subnet."""
+    tries = [udp("10.30.1.1", p, src=LINK) for p in (53, 853, 5353, 5355)]
+    tries.append(udp("10.30.1.1", 9999, src=LINK))
+    for mode in ("c", "mc"):
+        d = {"iface": "eth0", "address": LINK, "mode": mode, **(
+            {"tia": "10.99.1.7"} if mode == "mc" else {})}
+        assert probe(d, tries, allow_lan=True) == ["refused"] * 4 + ["sent"], d
+
+
 TIA = "10.99.1.7"
 GATEWAY = "172.16.0.10"
 

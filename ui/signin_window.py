@@ -31,6 +31,13 @@ from app.api import BUS_NAME, INTERFACE, OBJECT_PATH
 from app.client_bus import BusType, Message, MessageBus, MessageFlag, MessageType, shown
 
 TITLE = "Sign in to this network"
+SCHEMES = frozenset({"http", "https", "about", "data", "blob"})
+"""What the page may navigate to: the web, and what never leaves the machine.  Any
+other scheme (mailto:, steam:...) would start an external application as a child of
+this process, in its cgroup: with clear HTTP and HTTPS out."""
+UNSAFE_ENV = ("QTWEBENGINE_REMOTE_DEBUGGING", "QTWEBENGINE_CHROMIUM_FLAGS")
+"""Never inherited: a debugging port or Chromium flags (a proxy, a remote
+debugger) would let other programs drive this process's way out."""
 
 
 async def _call(member: str) -> list[object]:
@@ -81,11 +88,14 @@ class Parts:
 
 def build(portal: str) -> Parts:
     """The window for ``portal``, not shown, nothing loaded."""
+    for name in UNSAFE_ENV:
+        os.environ.pop(name, None)
     if os.geteuid() == 0:
         # Chromium refuses its sandbox as root (the lab and its tests run as root).
         os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
     # Loaded here, in this process only, after the hole is keyed to it.
-    from PySide6.QtWebEngineCore import QWebEnginePage, QWebEngineProfile
+    from PySide6.QtCore import QUrl
+    from PySide6.QtWebEngineCore import QWebEnginePage, QWebEngineProfile, QWebEngineSettings
     from PySide6.QtWebEngineWidgets import QWebEngineView
     from PySide6.QtWidgets import QApplication, QLabel, QLineEdit, QVBoxLayout, QWidget
 
@@ -96,10 +106,17 @@ def build(portal: str) -> Parts:
                          ) -> QWebEnginePage:
             return self
 
+        def acceptNavigationRequest(self, url: QUrl | str,
+                                    _type: QWebEnginePage.NavigationType,
+                                    _main: bool) -> bool:
+            return QUrl(url).scheme().lower() in SCHEMES
+
     app = QApplication.instance() or QApplication(sys.argv[:1])
     profile = QWebEngineProfile()  # no storage name: off the record, nothing kept
     profile.setHttpCacheType(QWebEngineProfile.HttpCacheType.MemoryHttpCache)
     page = OnePage(profile)
+    page.settings().setUnknownUrlSchemePolicy(
+        QWebEngineSettings.UnknownUrlSchemePolicy.DisallowUnknownUrlSchemes)
     win = QWidget()
     win.setWindowTitle(TITLE)
     address = QLineEdit(portal)

@@ -49,6 +49,12 @@ STUB_RESOLV_CONF = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
 RESOLVED_CONF = "[Resolve]\nFallbackDNS=\nLLMNR=no\nMulticastDNS=no\nDNSSEC=no\n"
 
 
+PORTAL_PROBE_NAME = "portal-check.visited.example"
+PORTAL_PROBE_ADDRESS = "198.51.100.77"
+"""A probe URL's host that every visited network's resolver answers (the lab's portal
+answers HTTP to any address): the captive-portal probe given by name."""
+
+
 def available() -> bool:
     return RESOLVED.exists()
 
@@ -82,6 +88,8 @@ def dnsmasq_conf(listen: str, log: Path, *, intranet: bool) -> str:
         lines.append(f"host-record={PUBLIC_NAME},{PUBLIC_BY_VISITED}\n")
         lines += [f"host-record={n},{a}\n" for n, a in VISITED_NAMES.items()]
         lines += [f"local=/{d}/\n" for d in VISITED_DOMAINS]
+        lines.append(f"host-record={PORTAL_PROBE_NAME},{PORTAL_PROBE_ADDRESS}\n")
+        lines.append(f"local=/{PORTAL_PROBE_NAME.split('.', 1)[1]}/\n")
     # Authoritative for the public name's zone: its AAAA is "no data", not REFUSED
     # (which makes resolved try the next server, slowly).
     lines.append(f"local=/{PUBLIC_NAME.split('.', 1)[1]}/\n")

@@ -170,7 +170,7 @@ class TrafficGate:
         if not (self.policy.allow_lan or (
                 self.lan_wanted is not None and self.lan_wanted(path.iface, link))):
             return None
-        decision = lan_subnet(link, self.policy)
+        decision = lan_subnet(link, self.policy, path.mode)
         if decision.subnet is None:
             if self._lan_refused != (path.iface, str(link)):  # once per link, not per move
                 log.warning("allow_lan: the local network of %s stays shut: %s", path.iface,
@@ -212,7 +212,7 @@ def lan_answer(gate: TrafficGate | None) -> tuple[bool, str]:
     link = link_interface(path.iface, path.link_address)
     if link is not None and (gate.policy.allow_lan or (
             gate.lan_wanted is not None and gate.lan_wanted(path.iface, link))):
-        return False, lan_subnet(link, gate.policy).refusal
+        return False, lan_subnet(link, gate.policy, path.mode).refusal
     return False, "not allowed on this network"
 
 

@@ -60,6 +60,10 @@ CHARON_MARK = 0x5453
 """charon's mark: ``charon.plugins.socket-default.fwmark`` on its IKE sockets (which
 also carry kernel-libipsec's ESP, always UDP-encapsulated), and the CHILD SA's
 ``set_mark_out`` on what kernel ESP sends.  Only these reach the gateways."""
+PROBE_MARK = 0x5454
+"""The captive-portal probe's sockets (``app.net.portal_probe.PORTAL_MARK``)."""
+SIGNIN_MARK = 0x5455
+"""Set in the ``portal_out`` chain on the sign-in process's packets (app.net.portal_gate)."""
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
 LOCAL_INTERFACES = ("lo", "docker*", "br-*", "virbr*", "lxcbr*", "podman*", "cni*")
 """Interfaces that never leave the machine: loopback and the usual container and
@@ -83,6 +87,10 @@ class GatePolicy:
     """The profile's ``allow_lan``: the link's own private subnet in clear in c and mc."""
     home_network: IPv4Network | None = None
     """The home prefix: never opened as a local network (it goes through the tunnel)."""
+    intranet: tuple[IPv4Network, ...] = ()
+    """The VPN's intranet prefixes (routed through the tunnel): never opened either."""
+    dns_servers: tuple[IPv4Address, ...] = ()
+    """The profile's ``[dns]`` servers (the intranet's resolvers): never opened either."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,9 @@ def _q(name: str) -> str:
 LAN_NETWORKS = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"),
                 IPv4Network("192.168.0.0/16"), IPv4Network("169.254.0.0/16"))
 """What ``allow_lan`` may open: private (RFC 1918) and link-local (RFC 3927) space."""
+LAN_MIN_PREFIX = 16
+"""No wider local network than a /16: a link claiming 10.0.0.0/8 would take in
+the whole of a corporate address plan."""
 LAN_MODES = (Mode.COLOCATED, Mode.VPN)
 """The modes whose path is a tunnel: only there is the local network otherwise shut
 (h and f send everything on the link already)."""
@@ -128,10 +139,14 @@ class LanDecision:
     refusal: str = ""
 
 
-def lan_subnet(link: IPv4Interface, policy: GatePolicy) -> LanDecision:
+def lan_subnet(link: IPv4Interface, policy: GatePolicy, mode: Mode = Mode.VPN
+               ) -> LanDecision:
     """The access link's own on-link subnet (its address and prefix: never a routed
-    prefix), if it is private or link-local space and holds nothing that belongs to
-    the tunnel (the home network, the home agent, a VPN gateway)."""
+    prefix), if it is private or link-local space, no wider than a /16, and holds
+    nothing that belongs to the tunnel (the home network, the VPN's intranet, the
+    home agent, a VPN gateway, a ``[dns]`` server).  The VPN's intranet only in mode
+    mc: a trusted network (mode c, the home agent answered directly) is inside the
+    corporate network, in its address plan, and h and f send all in clear on it."""
     net = link.network
     if net.prefixlen > 30:
         return LanDecision(None, f"{link} has no local network (a /{net.prefixlen} "
@@ -139,24 +154,43 @@ def lan_subnet(link: IPv4Interface, policy: GatePolicy) -> LanDecision:
     if not any(net.subnet_of(p) for p in LAN_NETWORKS):
         return LanDecision(None, f"{net} is not private (RFC 1918) or link-local "
                                  "address space: a public or routed network stays shut")
+    if net.prefixlen < LAN_MIN_PREFIX:
+        return LanDecision(None, f"{net} is wider than a /{LAN_MIN_PREFIX}: too wide to be "
+                                 "opened as a local network")
     home = policy.home_network
     if home is not None and net.overlaps(home):
         return LanDecision(None, f"{net} overlaps the home network {home}: that goes "
                                  "through the tunnel")
+    for prefix in policy.intranet if mode is Mode.VPN else ():
+        if net.overlaps(prefix):
+            return LanDecision(None, f"{net} overlaps the VPN's intranet {prefix}: that goes "
+                                     "through the tunnel")
     for what, addr in (("the home agent", policy.home_agent),
                        ("the home address", policy.home_address),
-                       *(("the VPN gateway", g) for g in policy.gateways)):
+                       *(("the VPN gateway", g) for g in policy.gateways),
+                       *(("the [dns] server", d) for d in policy.dns_servers)):
         if addr in net:
             return LanDecision(None, f"{net} holds {what} {addr}: that goes through "
                                      "the tunnel")
     return LanDecision(net)
 
 
+LAN_NAME_PORTS = (53, 853, 5353, 5355)
+"""DNS, DNS over TLS, unicast mDNS and LLMNR: never to the local network, even with
+``allow_lan`` (the visited network's resolver is in it, and a mode's names go
+through the tunnel only)."""
+
+
 def lan_rules(path: ProvenPath | None, lan: IPv4Network | None) -> list[str]:
-    """Out: the link address to its own subnet, in modes c and mc only."""
+    """Out: the link address to its own subnet, in modes c and mc only; never name
+    lookups (resolved still sends the link's search-domain queries to the visited
+    network's resolver, which is inside that subnet)."""
     if path is None or lan is None or path.mode not in LAN_MODES:
         return []
-    return [f"oifname {_q(path.iface)} ip saddr {path.link_address} ip daddr {lan} accept"]
+    to = f"oifname {_q(path.iface)} ip saddr {path.link_address} ip daddr {lan}"
+    ports = ", ".join(str(p) for p in LAN_NAME_PORTS)
+    return [f"{to} meta l4proto {{ tcp, udp }} th dport {{ {ports} }} counter name {COUNTER} "
+            "drop", f"{to} accept"]
 
 
 def lan_in_rules(path: ProvenPath | None, lan: IPv4Network | None,
@@ -179,7 +213,11 @@ def dns_refusal_rules(path: ProvenPath | None) -> list[str]:
     loopback) and nothing leaves.  Everything else is still dropped silently."""
     if path is not None:
         return []
-    return [f"udp dport {DNS_PORT} reject",
+    # The portal probe's and the sign-in window's lookups are not refused here: the
+    # portal chain (postrouting) decides where they may go, or a named probe URL
+    # would never resolve and no portal would ever be found.
+    return [f"meta mark {{ {PROBE_MARK:#x}, {SIGNIN_MARK:#x} }} return",
+            f"udp dport {DNS_PORT} reject",
             f"tcp dport {DNS_PORT} reject with tcp reset"]
 
 

@@ -23,11 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from app.net import gate_rules
 from app.net.gate_rules import TABLE, _q
 from app.net.portal_probe import PORTAL_MARK
 
-SIGNIN_MARK = 0x5455
-"""Set in ``portal_out`` on the sign-in process's packets; only those pass ``portal``."""
+SIGNIN_MARK = gate_rules.SIGNIN_MARK
+"""Set in ``portal_out`` on the sign-in process's packets; only those pass ``portal``
+(defined with the gate: its DNS refusal lets it by)."""
+
 CHAINS = ("portal", "portal_in", "portal_out")
 
 

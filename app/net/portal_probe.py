@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import secrets
 import socket
 import struct
@@ -33,6 +34,7 @@ from app.config import ConfigError
 DEFAULT_PROBE_URL = "http://nmcheck.gnome.org/check_network_status.txt"
 """NetworkManager's connectivity URI on Debian/GNOME."""
 DEFAULT_EXPECTED = "NetworkManager is online"
+log = logging.getLogger("trustroam.portal")
 PORTAL_MARK = 0x5454
 """SO_MARK of the probe's sockets: what the gate's ``portal`` chain lets out."""
 PROBE_TIMEOUT = 3.0
@@ -162,17 +164,21 @@ def _dechunk(body: bytes) -> bytes:
 
 def portal_address(base: str, location: str) -> str | None:
     """A redirect's target as an absolute http(s) URL fit to show and open, or None
-    (a hostile network chooses it: no other scheme, no control characters)."""
+    (a hostile network chooses it: no other scheme, printable ASCII only -- no
+    controls, no C1 or NBSP from the header's Latin-1 -- and no user part, which
+    would show ``https://accounts.google.com@evil.example/`` as another site)."""
     if not location or len(location) > MAX_URL:
         return None
     url = urljoin(base, location)
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+    if any(not 0x21 <= ord(c) <= 0x7E for c in url):
         return None
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 -- a bad port raises here, not in the window
     except ValueError:
         return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname \
+            or "@" in parts.netloc:
         return None
     return url
 
@@ -205,7 +211,15 @@ def dns_query(name: str, ident: int) -> bytes:
 
 
 def dns_addresses(data: bytes, ident: int) -> list[ipaddress.IPv4Address]:
-    """The A records of an answer to query ``ident`` (CNAMEs followed by the server)."""
+    """The A records of an answer to query ``ident`` (CNAMEs followed by the server);
+    ValueError for anything malformed (a truncated record included)."""
+    try:
+        return _dns_addresses(data, ident)
+    except struct.error as exc:
+        raise ValueError(f"malformed DNS answer: {exc}") from None
+
+
+def _dns_addresses(data: bytes, ident: int) -> list[ipaddress.IPv4Address]:
     if len(data) < 12:
         raise ValueError("short DNS answer")
     got_id, flags, qd, an, _, _ = struct.unpack("!HHHHHH", data[:12])
@@ -222,6 +236,8 @@ def dns_addresses(data: bytes, ident: int) -> list[ipaddress.IPv4Address]:
         rtype, _, _, rdlen = struct.unpack("!HHIH", data[pos:pos + 10])
         pos += 10
         if rtype == 1 and rdlen == 4:
+            if pos + 4 > len(data):
+                raise ValueError("truncated DNS record")
             found.append(ipaddress.IPv4Address(data[pos:pos + 4]))
         pos += rdlen
     return found
@@ -324,9 +340,12 @@ async def probe(target: ProbeTarget, iface: str, *, timeout: float = PROBE_TIMEO
         return Verdict(UNKNOWN, "", f"no answer within {timeout:g} s")
     except OSError as exc:
         return Verdict(UNKNOWN, "", exc.strerror or str(exc))
+    except Exception as exc:  # a hostile network's answer must not end the watch's task
+        log.warning("captive portal probe on %s failed: %s", iface, exc)
+        return Verdict(UNKNOWN, "", f"probe failed: {exc}")
     try:
         return classify(target, parse_response(data))
-    except ValueError as exc:
+    except Exception as exc:
         return Verdict(UNKNOWN, "", str(exc))
 
 

@@ -8,6 +8,13 @@ at the top of the hierarchy (level 1); the helper moves the process that asked
 for the sign-in (its pid as the bus daemon knows it) into it, so the process
 and every child it starts afterwards (QtWebEngine's renderers and network
 service) are in it, and nothing else is.
+
+That pid was recorded when the caller connected to the bus: the process may have
+gone and its pid been reused by another user's process (a root one started by
+sudo from the same session passes polkit's check).  So the process is moved only
+if every uid it has (real, effective, saved, filesystem) is the caller's, and its
+start time is the same before and after the move; otherwise it is moved back
+and the sign-in refused.
 """
 
 from __future__ import annotations
@@ -49,11 +56,57 @@ def cgroup2_mount(mountinfo: str) -> Path | None:
     return None
 
 
-def create(pid: int, mountinfo: str | None = None) -> SignInCgroup:
-    """A fresh cgroup with ``pid`` (and its threads) moved into it."""
-    if mountinfo is None:
-        mountinfo = Path("/proc/self/mountinfo").read_text()
-    mount = cgroup2_mount(mountinfo)
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcIdentity:
+    """Who a pid is now: its uids, its start time (clock ticks since boot), its cgroup
+    v2 path (the ``0::`` line of /proc/<pid>/cgroup)."""
+
+    uids: tuple[int, ...]
+    start: int
+    cgroup: str
+
+
+def identity(pid: int, proc: Path = PROC) -> ProcIdentity | None:
+    """``pid``'s identity from ``proc``; None if there is no such process (or its
+    files cannot be read or make no sense)."""
+    try:
+        status = (proc / str(pid) / "status").read_text()
+        stat = (proc / str(pid) / "stat").read_text()
+        groups = (proc / str(pid) / "cgroup").read_text()
+        uids = next(tuple(int(u) for u in line.split()[1:])
+                    for line in status.splitlines() if line.startswith("Uid:"))
+        # After the last ')': the command name may hold spaces and parentheses.
+        start = int(stat.rpartition(")")[2].split()[19])
+        cgroup = next((line[3:] for line in groups.splitlines() if line.startswith("0::")),
+                      "")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    if not uids:
+        return None
+    return ProcIdentity(uids, start, cgroup)
+
+
+def owned_by(pid: int, uid: int, proc: Path = PROC) -> ProcIdentity:
+    """``pid``'s identity if it is a process all of whose uids are ``uid``."""
+    who = identity(pid, proc)
+    if who is None:
+        raise CgroupError(f"the calling process {pid} is gone")
+    if any(u != uid for u in who.uids):
+        raise CgroupError(f"process {pid} is not the caller's (uid {uid}): refused")
+    return who
+
+
+def create(pid: int, uid: int, mountinfo: str | None = None, proc: Path = PROC,
+           mount: Path | None = None) -> SignInCgroup:
+    """A fresh cgroup with ``pid`` (and its threads) moved into it, if it is a process
+    of ``uid`` (the caller's, as the bus daemon knows it) before and after the move."""
+    if mount is None:
+        if mountinfo is None:
+            mountinfo = (proc / "self" / "mountinfo").read_text()
+        mount = cgroup2_mount(mountinfo)
     if mount is None:
         raise CgroupError("the sign-in window needs cgroup v2 mounted under "
                           f"{CGROUP_ROOT} (nftables keys its hole to the window's cgroup)")
@@ -62,6 +115,7 @@ def create(pid: int, mountinfo: str | None = None) -> SignInCgroup:
             old.rmdir()
     name = f"{NAME}-{os.getpid()}-{next(_serial)}"
     directory = mount / name
+    before = owned_by(pid, uid, proc)
     try:
         directory.mkdir(mode=0o755)
         (directory / "cgroup.procs").write_text(f"{pid}\n")
@@ -70,7 +124,20 @@ def create(pid: int, mountinfo: str | None = None) -> SignInCgroup:
             directory.rmdir()
         raise CgroupError(f"cannot put the sign-in window in a cgroup of its own: "
                           f"{exc.strerror or exc}") from None
-    return SignInCgroup(directory, str(directory.relative_to(CGROUP_ROOT)))
+    after = identity(pid, proc)
+    if after is None or after.start != before.start or any(u != uid for u in after.uids):
+        # The pid changed hands between the check and the move: whatever holds it
+        # now goes back where the checked process was, and nothing is opened.
+        with contextlib.suppress(OSError):
+            (mount / before.cgroup.lstrip("/") / "cgroup.procs").write_text(f"{pid}\n")
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+        raise CgroupError(f"the calling process {pid} changed while it was moved: refused")
+    try:
+        nft_path = str(directory.relative_to(CGROUP_ROOT))
+    except ValueError:
+        nft_path = name  # a mount given outside /sys/fs/cgroup (tests)
+    return SignInCgroup(directory, nft_path)
 
 
 def remove(cg: SignInCgroup) -> None:

@@ -455,7 +455,7 @@ class HelperInterface(ServiceInterface):
                 raise self._failed("OpenSignIn", ValueError(
                     "the bus daemon does not know the caller's process"))
             try:
-                address, seconds = await self.helper.portal.open_signin(peer.pid)
+                address, seconds = await self.helper.portal.open_signin(peer.pid, peer.uid)
             except UserFacingError as exc:
                 raise self._failed("OpenSignIn", exc) from None
             except OSError as exc:

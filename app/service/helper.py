@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
@@ -25,7 +26,7 @@ from app.config import ConfigError
 from app.errors import UserFacingError
 from app.mn.driver import MobileNodeDriver
 from app.mn.profile import Profile
-from app.net import resolver
+from app.net import link_dns, resolver
 from app.net.gate import TrafficGate, lan_answer, remove_table
 from app.net.gate_lan import link_interface
 from app.net.gate_rules import LAN_MODES
@@ -119,8 +120,12 @@ class Helper:
         self.portal = PortalWatch(portal_probe,
                                   signin_seconds=signin_seconds,
                                   changed=lambda: self._on_snapshot(self._published),
-                                  event=self._event)
+                                  event=self._event,
+                                  link_dns=self._link_dns if bus is not None else None)
         """Captive portals: probed when the VPN cannot come up (app.service.portal)."""
+
+    async def _link_dns(self, iface: str) -> list[IPv4Address] | None:
+        return await link_dns.link_dns(self.bus, iface) if self.bus is not None else None
 
     # -- profiles ------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ the decision changes.
 
 :meth:`PortalWatch.open_signin` opens the sign-in hole for one process (its own
 cgroup, :mod:`app.net.signin_cgroup`): HTTP, HTTPS and DNS to the link's
-resolvers, out of the link only, for at most ``signin_seconds``; it closes when
+resolvers, out of the link only, for at most ``signin_seconds`` in all per link
+and address (sign-ins opened again on the same network share that budget: else
+any process of the user could keep a way out in clear open forever); it closes when
 asked, when the time is up, when the VPN comes up (mode mc) or the state leaves
 untrusted, and when the helper disconnects.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -28,12 +31,21 @@ from typing import Protocol
 from app.api import Mode, Snapshot, State
 from app.errors import UserFacingError
 from app.net import portal_gate, signin_cgroup
-from app.net.portal_probe import PORTAL, ProbeTarget, Verdict, link_resolvers, probe
+from app.net.portal_probe import (
+    PORTAL,
+    UNKNOWN,
+    ProbeTarget,
+    Verdict,
+    link_resolvers,
+    probe,
+)
 
 log = logging.getLogger("trustroam.portal")
 DEFAULT_SIGNIN_SECONDS = 300.0
 """Issue 19: at most 5 minutes by default."""
 MAX_SIGNIN_SECONDS = 3600.0
+MAX_BUDGETS = 64
+"""Networks whose used sign-in time is remembered (the oldest forgotten first)."""
 
 
 class SignInError(UserFacingError):
@@ -67,6 +79,10 @@ class _Hole:
     key: tuple[str, str]
     cgroup: signin_cgroup.SignInCgroup
     timer: asyncio.TimerHandle
+    opened: float
+    """When it opened (the watch's clock): its time is charged to ``key`` on close."""
+    pidfd: int | None
+    """The sign-in process's pidfd: readable when it exits (the hole closes then)."""
     gate: PortalGate
     """The gate it was opened in: closed there, even once the helper let go of it
     (a Disconnect under always-vpn keeps that gate, shut)."""
@@ -77,7 +93,9 @@ class PortalWatch:
                  signin_seconds: float = DEFAULT_SIGNIN_SECONDS,
                  changed: Callable[[], None] = lambda: None,
                  event: Callable[[str, dict[str, str]], None] = lambda k, d: None,
-                 run_probe: Callable[[ProbeTarget, str], Awaitable[Verdict]] | None = None
+                 run_probe: Callable[[ProbeTarget, str], Awaitable[Verdict]] | None = None,
+                 clock: Callable[[], float] | None = None,
+                 link_dns: Callable[[str], Awaitable[list[IPv4Address] | None]] | None = None
                  ) -> None:
         self.target = target
         """The probe URL; None: never probe (``--portal-probe-url ""``)."""
@@ -85,7 +103,16 @@ class PortalWatch:
         self.changed = changed
         """Called when :attr:`address` changes (the helper publishes again)."""
         self.event = event
-        self.run_probe = run_probe or probe
+        self.run_probe = run_probe or self._probe_link
+        self.link_dns = link_dns
+        """A link's own resolvers (systemd-resolved's, app.net.link_dns); None, or an
+        answer of None: the resolv.conf files."""
+        self.resolvers: dict[str, tuple[IPv4Address, ...]] = {}
+        """The resolvers last found per link: the probe asks them, the hole opens them."""
+        self.clock = clock
+        """Seconds, monotonic (default: the event loop's clock)."""
+        self.used: dict[tuple[str, str], float] = {}
+        """Sign-in seconds already spent per link and address."""
         self.address = ""
         """The portal's sign-in address on the current link; "" for none."""
         self.probed: tuple[str, str] | None = None
@@ -97,6 +124,7 @@ class PortalWatch:
         self.hole: _Hole | None = None
         self._probing: tuple[str, int, PortalGate] | None = None
         """A probe running: its link, port and the gate its rules are in."""
+        self._writing = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         """Running probes and closes (the loop keeps only weak references)."""
 
@@ -136,10 +164,16 @@ class PortalWatch:
         if gate is None:
             return
         self.event("portal-probe", {"interface": iface, "url": target.url})
+        await self._find_resolvers(iface)
         self._probing = (iface, target.port, gate)
         try:
             await self._write(gate)
-            verdict = await self.run_probe(target, iface)
+            try:
+                verdict = await self.run_probe(target, iface)
+            except Exception as exc:  # never lost in a task: reported, and probed again
+                log.warning("captive portal probe on %s failed: %s", iface, exc)
+                verdict = Verdict(UNKNOWN, "", f"probe failed: {exc}")
+                self.probed = None
         finally:
             self._probing = None
             await self._write(gate)
@@ -153,8 +187,28 @@ class PortalWatch:
             self.address = new
             self.changed()
 
+    async def _find_resolvers(self, iface: str) -> tuple[IPv4Address, ...]:
+        got = None
+        if self.link_dns is not None:
+            try:
+                got = await self.link_dns(iface)
+            except Exception as exc:  # the files then: never a lost probe or sign-in
+                log.warning("captive portal: the resolvers of %s: %s", iface, exc)
+        found = tuple(got) if got else tuple(link_resolvers())
+        self.resolvers = {iface: found}  # one link at a time: no table to grow
+        return found
+
+    async def _probe_link(self, target: ProbeTarget, iface: str) -> Verdict:
+        return await probe(target, iface, resolvers=list(self.resolvers.get(iface, ())))
+
     async def _write(self, gate: PortalGate) -> None:
-        """``gate``'s portal chains: what is open in it now (a running probe, a hole)."""
+        """``gate``'s portal chains: what is open in it now (a running probe, a hole).
+        One write at a time, rendered once the last is done: two nft runs could
+        commit in either order and leave a stale hole in the table."""
+        async with self._writing:
+            await self._write_now(gate)
+
+    async def _write_now(self, gate: PortalGate) -> None:
         if self.home_address is None:
             return
         probe = hole = None
@@ -163,11 +217,12 @@ class PortalWatch:
         if self.hole is not None and self.hole.gate is gate:
             hole = portal_gate.SignInHole(self.hole.key[0], self.hole.cgroup.nft_path,
                                           self.hole.cgroup.level,
-                                          tuple(link_resolvers()))
+                                          self.resolvers.get(self.hole.key[0], ()))
         await gate.portal(portal_gate.render(self.home_address, probe, hole))
 
-    async def open_signin(self, pid: int) -> tuple[str, float]:
-        """Open the hole for process ``pid``: (the portal's address, seconds open)."""
+    async def open_signin(self, pid: int, uid: int) -> tuple[str, float]:
+        """Open the hole for process ``pid`` of the caller's ``uid``: (the portal's
+        address, seconds open)."""
         at = self.at
         if not self.address or at is None:
             raise SignInError("no captive portal was found on this network")
@@ -176,21 +231,56 @@ class PortalWatch:
             raise SignInError("the gate is not installed: nothing to open")
         if self.hole is not None:
             await self.close_signin("another sign-in replaced it")
-        cg = signin_cgroup.create(pid)
+        left = self.signin_seconds - self.used.get(at, 0.0)
+        if left <= 0:
+            raise SignInError(f"the {self.signin_seconds:g} s of sign-in on this network "
+                              "are used up (a new address or network gets its own)")
+        await self._find_resolvers(at[0])
+        cg = signin_cgroup.create(pid, uid)
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.signin_seconds,
-                                lambda: self._spawn(self.close_signin("the time is up")))
-        self.hole = _Hole(at, cg, timer, gate)
+        timer = loop.call_later(left, lambda: self._spawn(self.close_signin("the time is up")))
+        self.hole = _Hole(at, cg, timer, self._now(), self._watch_exit(pid), gate)
         try:
             await self._write(gate)
         except BaseException:
             timer.cancel()
+            self._unwatch(self.hole)
             self.hole = None
             signin_cgroup.remove(cg)
             raise
         self.event("signin-open", {"interface": at[0], "pid": str(pid),
-                                   "seconds": f"{self.signin_seconds:g}"})
-        return self.address, self.signin_seconds
+                                   "seconds": f"{left:g}"})
+        return self.address, left
+
+    def _watch_exit(self, pid: int) -> int | None:
+        """A pidfd for ``pid`` whose readability closes the hole: a crashed window
+        does not keep it open until the time is up."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as exc:  # gone already, or a kernel without pidfds: the timer
+            log.info("cannot watch the sign-in process %d: %s", pid, exc.strerror or exc)
+            return None
+
+        def exited() -> None:
+            asyncio.get_running_loop().remove_reader(fd)
+            self._spawn(self.close_signin("the sign-in window exited"))
+        asyncio.get_running_loop().add_reader(fd, exited)
+        return fd
+
+    @staticmethod
+    def _unwatch(hole: _Hole | None) -> None:
+        if hole is not None and hole.pidfd is not None:
+            asyncio.get_running_loop().remove_reader(hole.pidfd)
+            os.close(hole.pidfd)
+
+    def _now(self) -> float:
+        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+
+    def _charge(self, hole: _Hole) -> None:
+        spent = self.used.pop(hole.key, 0.0) + max(0.0, self._now() - hole.opened)
+        self.used[hole.key] = spent  # (re)inserted last: the newest is kept longest
+        while len(self.used) > MAX_BUDGETS:
+            del self.used[next(iter(self.used))]
 
     async def close_signin(self, why: str) -> bool:
         """Close the hole (True if one was open)."""
@@ -198,6 +288,8 @@ class PortalWatch:
         if hole is None:
             return False
         hole.timer.cancel()
+        self._unwatch(hole)
+        self._charge(hole)
         try:
             await self._write(hole.gate)
         finally:

@@ -173,7 +173,9 @@ async def gate_policy(prof: Profile, *, on_unresolved: Unresolved | None = None,
                                       on_unresolved=on_unresolved, timeout=timeout,
                                       cache=cache)
     return GatePolicy(prof.home_agent, prof.home_address, TUNNEL, gateways=gateways,
-                      allow_lan=prof.allow_lan, home_network=prof.home_network)
+                      allow_lan=prof.allow_lan, home_network=prof.home_network,
+                      intranet=prof.vpn.intranet if prof.vpn else (),
+                      dns_servers=prof.dns.servers if prof.dns else ())
 
 
 async def resolve_gateways(names: Sequence[str], *, on_unresolved: Unresolved | None = None,

@@ -44,7 +44,7 @@ def portal_world(desktop: dict[str, str], tmp_path_factory: pytest.TempPathFacto
 
     d = tmp_path_factory.mktemp("tray-portal")
     profiles, secrets = write_helper_files(d, "corp", vpn_gateways=(GW1,))
-    for lab in a_lab(at="pub", portal=True):  # torn down when this fixture ends
+    for lab in a_lab(at="pub", portal=True, nm=True):  # torn down when this fixture ends
         with helper_world(lab.nm_bus(), d, profiles, secrets, helper_prefix=CGROUP2,
                           helper_args=("--portal-probe-url", PROBE_URL)) as w:
             yield {**w, "lab": lab}

@@ -62,6 +62,38 @@ def test_allow_lan_refuses_a_public_routed_or_tunnelled_subnet(link, why):
     assert d.subnet is None and why in d.refusal, d
 
 
+@pytest.mark.parametrize("link,why", [
+    ("10.30.1.100/8", "wider than a /16"),  # a hotel claiming 10.0.0.0/8
+    ("172.20.5.9/15", "wider than a /16"),
+    ("10.40.1.100/24", "the VPN's intranet 10.40.0.0/16"),
+    ("192.168.7.100/24", "the [dns] server 192.168.7.53"),
+])
+def test_allow_lan_refuses_a_wide_subnet_the_vpns_intranet_and_the_dns_servers(link, why):
+    # Review-portal finding 8: intranet traffic would leave in clear.
+    policy = GatePolicy(A("10.20.1.1"), A("10.20.1.10"), "trmn0", allow_lan=True,
+                        home_network=IPv4Network("10.20.1.0/24"),
+                        intranet=(IPv4Network("10.20.1.0/24"), IPv4Network("10.40.0.0/16")),
+                        dns_servers=(A("192.168.7.53"),))
+    d = lan_subnet(IPv4Interface(link), policy)  # mode mc: an untrusted network
+    assert d.subnet is None and why in d.refusal, d
+    assert lan_subnet(IPv4Interface("10.30.1.100/24"), policy).subnet is not None
+    # A trusted network (mode c) is inside the corporate address plan: the intranet
+    # prefixes do not shut it, the rest still does.
+    c = lan_subnet(IPv4Interface(link), policy, Mode.COLOCATED)
+    assert (c.subnet is None) == ("intranet" not in why), c
+
+
+async def test_the_gate_policy_carries_the_profiles_intranet_and_dns_servers():
+    from app.service.profiles import gate_policy
+
+    prof = mn_profile.loads(
+        BASE + '[features]\nallow_lan = true\n[vpn]\ngateways = ["172.16.0.11"]\n'
+        'identity = "a@b.c"\nintranet = ["10.40.0.0/16"]\n[dns]\nservers = ["10.20.0.53"]\n')
+    policy = await gate_policy(prof)
+    assert policy.intranet == (IPv4Network("10.40.0.0/16"),)
+    assert policy.dns_servers == (A("10.20.0.53"),)
+
+
 def test_allow_lan_refuses_a_subnet_holding_the_home_agent_without_a_home_network():
     policy = GatePolicy(A("10.20.1.1"), A("10.20.1.10"), "trmn0", allow_lan=True)
     d = lan_subnet(IPv4Interface("10.20.0.5/16"), policy)
@@ -83,6 +115,17 @@ def test_allow_lan_rules_name_the_link_its_address_and_the_subnet_in_modes_c_and
         assert str(LAN) in render(POLICY, path, lan=LAN)
 
 
+def test_allow_lan_never_opens_dns_to_the_visited_networks_resolver():
+    # Review-portal finding 2: the hotel's resolver is inside the opened subnet; the
+    # issue says the visited resolver is never used while a mode is open.
+    for path in (C, MC):
+        out = proven_rules(POLICY, path, lan=LAN)
+        to = f'oifname "eth0" ip saddr {LINK} ip daddr {LAN}'
+        drop = (f"{to} meta l4proto {{ tcp, udp }} th dport {{ 53, 853, 5353, 5355 }} "
+                "counter name blocked drop")
+        assert drop in out and out.index(drop) < out.index(f"{to} accept")
+
+
 def test_allow_lan_off_or_undecided_opens_no_subnet():
     for path in (C, MC):
         assert not [r for r in proven_rules(POLICY, path) + proven_in_rules(POLICY, path)
@@ -94,8 +137,8 @@ def test_allow_lan_off_or_undecided_opens_no_subnet():
 
 
 def test_dns_is_refused_at_once_while_undecided_and_only_then():
-    assert dns_refusal_rules(None) == ["udp dport 53 reject",
-                                       "tcp dport 53 reject with tcp reset"]
+    assert dns_refusal_rules(None)[1:] == ["udp dport 53 reject",
+                                           "tcp dport 53 reject with tcp reset"]
     assert dns_refusal_rules(C) == []
     undecided = render(POLICY, None)
     # reject is only valid in the output hook: a chain of its own there, after the
@@ -108,6 +151,19 @@ def test_dns_is_refused_at_once_while_undecided_and_only_then():
     opened = render_decision(POLICY, C)
     assert "flush chain inet trustroam_gate dns_refuse" in opened
     assert "reject" not in opened
+
+
+def test_the_portal_probes_and_the_signin_windows_dns_is_not_refused_while_undecided():
+    # Review-portal finding 3: the refusal came first, so a probe URL given by name
+    # (the default, nmcheck.gnome.org) never resolved and no portal was ever found.
+    from app.net.portal_gate import SIGNIN_MARK
+    from app.net.portal_probe import PORTAL_MARK
+
+    rules = dns_refusal_rules(None)
+    assert rules[0] == f"meta mark {{ {PORTAL_MARK:#x}, {SIGNIN_MARK:#x} }} return"
+    assert "udp dport 53 reject" in rules[1:]
+    assert f"dns_refuse meta mark {{ {PORTAL_MARK:#x}, {SIGNIN_MARK:#x} }} return" in (
+        render_decision(POLICY, None))
 
 
 BASE = ('name = "x"\nhome_address = "10.20.1.10"\nhome_network = "10.20.1.0/24"\n'

@@ -64,6 +64,20 @@ def test_a_redirect_to_another_scheme_is_not_passed_on_to_the_tray():
     assert v.portal_url == DEFAULT_PROBE_URL
 
 
+@pytest.mark.parametrize("location", [
+    "https://accounts.google.com@evil.example/",  # a user part: shown as another site
+    "https://user:pw@portal.example/",
+    "http://portal.example/\x85login",  # C1 control from the header's Latin-1
+    "http://portal.example/\xa0login",  # NBSP
+    "http://portal.example/\xe9",
+    "http://portal.example:99999/",
+])
+def test_a_redirect_with_a_user_part_or_anything_but_printable_ascii_is_unusable(location):
+    # Review-portal finding 10.
+    v = _answer(f"HTTP/1.1 302 Found\r\nLocation: {location}\r\n\r\n")
+    assert v.kind == PORTAL and v.portal_url == TARGET.url and "unusable" in v.detail
+
+
 def test_a_server_error_is_unknown_and_garbage_is_refused():
     assert _answer("HTTP/1.1 503 Unavailable\r\n\r\n").kind == UNKNOWN
     with pytest.raises(ValueError):
@@ -107,12 +121,93 @@ def test_dns_query_and_answer_roundtrip():
         dns_addresses(answer, 0x4321)  # not the answer to our query
 
 
+def test_a_truncated_dns_answer_is_a_value_error_never_a_struct_error():
+    # Review-portal finding 4: it escaped resolve() and probe() and killed the task.
+    q = dns_query("nmcheck.gnome.org", 0x1234)
+    head = bytes.fromhex("12348180") + b"\x00\x01\x00\x01\x00\x00\x00\x00" + q[12:]
+    for cut in (b"\xc0\x0c\x00\x01", b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x01"):
+        with pytest.raises(ValueError):
+            dns_addresses(head + cut, 0x1234)
+
+
+async def test_a_probe_that_fails_in_any_way_is_unknown_and_the_link_is_probed_again(
+        monkeypatch):
+    import struct
+
+    from app.net import portal_probe
+
+    async def broken(host, iface, resolvers):
+        raise struct.error("unpack requires a buffer of 10 bytes")
+
+    monkeypatch.setattr(portal_probe, "resolve", broken)
+    verdict = await portal_probe.probe(TARGET, "eth0", resolvers=[IPv4Address("192.0.2.53")])
+    assert verdict.kind == UNKNOWN and "10 bytes" in verdict.detail
+
+    events: list[str] = []
+    done = asyncio.Event()
+
+    async def raising(target, iface):
+        raise RuntimeError("boom")
+
+    def event(kind, details):
+        events.append(kind)
+        if kind.startswith("portal-") and kind != "portal-probe":
+            done.set()
+
+    w = PortalWatch(TARGET, run_probe=raising, event=event)
+    w.seen(FAILED, _Gate())
+    await asyncio.wait_for(done.wait(), 5)
+    assert events == ["portal-probe", "portal-unknown"] and w.probed is None
+
+
 def test_link_resolvers_skip_a_local_stub(tmp_path):
     stub = tmp_path / "stub.conf"
     stub.write_text("nameserver 127.0.0.53\n")
     real = tmp_path / "real.conf"
     real.write_text("# link\nnameserver 203.0.113.1\nnameserver ::1\n")
     assert link_resolvers((stub, tmp_path / "missing", real)) == [IPv4Address("203.0.113.1")]
+
+
+def test_the_links_own_resolvers_are_read_from_resolveds_link_dns_property():
+    # Review-portal finding 11: the resolv.conf files are the machine's, not the link's.
+    import socket
+
+    from app.net.link_dns import parse_link_dns
+
+    value = [[socket.AF_INET, b"\xc0\x00\x02\x35"], [socket.AF_INET6, bytes(16)],
+             [socket.AF_INET, b"\x7f\x00\x00\x35"], [socket.AF_INET, b"\x01"], "junk",
+             [socket.AF_INET, b"\xc0\x00\x02\x35"], [socket.AF_INET, [10, 0, 0, 1]]]
+    assert parse_link_dns(value) == [IPv4Address("192.0.2.53"), IPv4Address("10.0.0.1")]
+    assert parse_link_dns(None) == []
+
+
+async def test_the_probe_and_the_hole_use_the_links_own_resolvers(monkeypatch, tmp_path):
+    import app.service.portal as portal_mod
+    from app.net import signin_cgroup
+
+    asked: list[str] = []
+    seen: list[list[IPv4Address]] = []
+
+    async def link_dns(iface):
+        asked.append(iface)
+        return [IPv4Address("192.0.2.53")]
+
+    async def fake_probe(target, iface, *, resolvers=None, timeout=3.0):
+        seen.append(resolvers)
+        return Verdict(PORTAL, "http://203.0.113.1/portal/login")
+
+    monkeypatch.setattr(portal_mod, "probe", fake_probe)
+    monkeypatch.setattr(signin_cgroup, "create", lambda pid, uid: signin_cgroup.SignInCgroup(
+        tmp_path, "unified/x"))
+    changed = asyncio.Event()
+    gate = _Gate()
+    w = PortalWatch(TARGET, link_dns=link_dns, changed=changed.set)
+    w.seen(FAILED, gate)
+    await asyncio.wait_for(changed.wait(), 5)
+    assert asked == ["eth0"] and seen == [[IPv4Address("192.0.2.53")]]
+    await w.open_signin(4242, 1000)
+    assert "ip daddr { 192.0.2.53 } meta l4proto { tcp, udp } th dport 53 accept" in (
+        gate.scripts[-1])
 
 
 # -- the gate's portal chains ----------------------------------------------------------
@@ -198,7 +293,7 @@ async def test_a_portal_is_reported_once_per_link_and_cleared_when_the_vpn_comes
 async def test_no_signin_without_a_portal():
     w = PortalWatch(TARGET)
     with pytest.raises(Exception, match="no captive portal"):
-        await w.open_signin(1)
+        await w.open_signin(1, 1000)
 
 
 # -- the sign-in hole's life -------------------------------------------------------------
@@ -225,7 +320,7 @@ def watch_with_portal(monkeypatch, tmp_path):
 
     made = []
 
-    def create(pid):
+    def create(pid, uid):
         d = tmp_path / f"cg{len(made)}"
         d.mkdir()
         cg = signin_cgroup.SignInCgroup(d, f"unified/{d.name}")
@@ -238,10 +333,10 @@ def watch_with_portal(monkeypatch, tmp_path):
     async def fake(target, iface):
         return Verdict(PORTAL, "http://203.0.113.1/portal/login")
 
-    async def make(seconds=300.0):
+    async def make(seconds=300.0, clock=None):
         changed = asyncio.Event()
         w = PortalWatch(TARGET, run_probe=fake, changed=changed.set, signin_seconds=seconds,
-                        event=lambda k, d: events.append((k, d)))
+                        event=lambda k, d: events.append((k, d)), clock=clock)
         gate = _Gate()
         w.seen(FAILED, gate)
         await asyncio.wait_for(changed.wait(), 5)
@@ -262,17 +357,77 @@ async def test_the_signin_hole_opens_for_the_callers_cgroup_and_closes_when_the_
         watch_with_portal):
     make, made, events = watch_with_portal
     w, gate = await make(seconds=0.05)
-    assert await w.open_signin(4242) == ("http://203.0.113.1/portal/login", 0.05)
+    assert await w.open_signin(4242, 1000) == ("http://203.0.113.1/portal/login", 0.05)
     assert made[0][0] == 4242
     assert f'"unified/{made[0][1].directory.name}"' in gate.scripts[-1]
     assert await _closed(events) == "the time is up"
     assert "add rule" not in gate.scripts[-1] and w.hole is None
 
 
+async def test_the_signin_time_is_a_budget_per_network_not_per_call(watch_with_portal):
+    # Review-portal finding 5: close and open again at once must not restart the
+    # time, or any process of the user keeps a way out in clear open forever.
+    make, _, _ = watch_with_portal
+    now = [1000.0]
+    w, _ = await make(seconds=300.0, clock=lambda: now[0])
+    assert (await w.open_signin(4242, 1000))[1] == 300.0
+    now[0] += 200
+    assert await w.close_signin("the sign-in window closed")
+    assert (await w.open_signin(4242, 1000))[1] == 100.0  # what is left, not 300 again
+    now[0] += 100
+    await w.close_signin("the sign-in window closed")
+    with pytest.raises(Exception, match="used up"):
+        await w.open_signin(4242, 1000)
+    assert w.hole is None
+
+
+async def test_portal_chain_writes_never_overlap_and_the_last_shows_the_state_now(
+        watch_with_portal):
+    # Review-portal finding 6: two nft runs at once can commit in either order and
+    # leave a stale hole open with nothing to close it.
+    make, _, _ = watch_with_portal
+    w, _ = await make()
+    running, overlaps = [0], []
+
+    class SlowGate(_Gate):
+        async def portal(self, script: str) -> None:
+            running[0] += 1
+            overlaps.append(running[0])
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            self.scripts.append(script)
+            running[0] -= 1
+
+    gate = SlowGate()
+    w.gate = gate
+    w.at = ("eth0", "203.0.113.150")
+    opened = asyncio.ensure_future(w.open_signin(4242, 1000))
+    await asyncio.sleep(0)
+    closed = asyncio.ensure_future(w.close_signin("the sign-in window closed"))
+    await asyncio.gather(opened, closed)
+    assert max(overlaps) == 1
+    assert "cgroupv2" not in gate.scripts[-1] and w.hole is None
+
+
+async def test_the_signin_hole_closes_when_the_signin_process_exits(watch_with_portal):
+    # Review-portal finding 9: a crashed window kept the hole until the time was up.
+    make, _, events = watch_with_portal
+    w, gate = await make()
+    child = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        await w.open_signin(child.pid, 1000)
+        assert "cgroupv2" in gate.scripts[-1]
+    finally:
+        child.kill()
+        await child.wait()
+    assert await _closed(events) == "the sign-in window exited"
+    assert "add rule" not in gate.scripts[-1] and w.hole is None
+
+
 async def test_the_signin_hole_closes_when_the_vpn_comes_up(watch_with_portal):
     make, _, events = watch_with_portal
     w, gate = await make()
-    await w.open_signin(4242)
+    await w.open_signin(4242, 1000)
     w.seen(Snapshot(state=State.UNTRUSTED, mode=Mode.VPN, interface="eth0",
                     care_of_address="203.0.113.150", home_address=str(HOME)), gate)
     assert await _closed(events) == "the VPN came up"
@@ -282,7 +437,7 @@ async def test_the_signin_hole_closes_when_the_vpn_comes_up(watch_with_portal):
 async def test_the_signin_hole_closes_when_the_network_changes(watch_with_portal):
     make, _, events = watch_with_portal
     w, gate = await make()
-    await w.open_signin(4242)
+    await w.open_signin(4242, 1000)
     w.seen(Snapshot(state=State.PROBING, interface="eth0", care_of_address="10.30.1.100",
                     home_address=str(HOME)), gate)
     assert await _closed(events) == "the network changed"
@@ -326,7 +481,7 @@ async def test_a_disconnect_closes_the_hole_in_the_gate_it_was_opened_in(watch_w
     # it: the hole must not stay open in it.
     make, _, events = watch_with_portal
     w, gate = await make()
-    await w.open_signin(4242)
+    await w.open_signin(4242, 1000)
     assert "cgroupv2" in gate.scripts[-1]
     w.seen(Snapshot(), None)  # disconnected: the helper holds no gate any more
     assert await _closed(events) == "the network changed"
