@@ -33,6 +33,7 @@ from app.client_bus import (
     shown,
     unix_user,
 )
+from app.secret_values import secret_problem
 
 AGENT_PATH = "/org/trustroam/ctl/agent"
 LABELS = {SECRET_MN_HA_KEY: "Mobile-Home key (hex:...)", "vpn_psk": "VPN pre-shared key",
@@ -71,17 +72,7 @@ def interruptible() -> Iterator[None]:
 
 def key_problem(key: str, value: str) -> str | None:
     """Why ``value`` cannot be ``key`` (naming the key, never quoting the value)."""
-    if key != SECRET_MN_HA_KEY:
-        return None if value or key == "vpn_key_passphrase" else f"{LABELS[key]}: is empty"
-    if not value.startswith("hex:"):
-        return f"{LABELS[key]}: must be 'hex:' followed by hex digits"
-    try:
-        raw = bytes.fromhex(value[4:])
-    except ValueError:
-        return f"{LABELS[key]}: has characters that are not hex digits"
-    if not 16 <= len(raw) <= 64:
-        return f"{LABELS[key]}: is {len(raw)} bytes; it must be 16 to 64"
-    return None
+    return secret_problem(key, value, LABELS[key], optional=key == "vpn_key_passphrase")
 
 
 def ask(profile: str, keys: list[str], prompt: Prompt = getpass.getpass) -> dict[str, str]:

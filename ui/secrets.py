@@ -31,6 +31,7 @@ from app.client_bus import (
     shown,
     unix_user,
 )
+from app.secret_values import secret_problem
 
 log = logging.getLogger("trustroam.tray.secrets")
 T = TypeVar("T")
@@ -69,18 +70,7 @@ def _translate(exc: Exception) -> KeyringUnavailable:
 
 def validate_secret(key: str, value: str) -> str | None:
     """A message naming the field when ``value`` is unusable, else None."""
-    if not value:
-        return f"{KEY_LABELS.get(key, key)}: is empty"
-    if key == SECRET_MN_HA_KEY:
-        if not value.startswith("hex:"):
-            return f"{KEY_LABELS[key]}: must start with 'hex:' followed by hex digits"
-        try:
-            raw = bytes.fromhex(value[4:])
-        except ValueError:
-            return f"{KEY_LABELS[key]}: has characters that are not hex digits"
-        if not 16 <= len(raw) <= 64:
-            return f"{KEY_LABELS[key]}: is {len(raw)} bytes; it must be 16 to 64"
-    return None
+    return secret_problem(key, value, KEY_LABELS.get(key, key))
 
 
 def _keyring() -> Any:

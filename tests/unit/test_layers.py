@@ -29,13 +29,14 @@ ALLOWED: dict[str, set[str]] = {
     "app.service": {"app.service", "app.mn", "app.net", "app.vpn", "app.mip", "app.api",
                     "app.config", "app.dbus"},
     "app.profile_edit": {"app.config"},
-    "app.ctl_ask": {"app.api", "app.client_bus"},
+    "app.secret_values": {"app.api"},
+    "app.ctl_ask": {"app.api", "app.client_bus", "app.secret_values"},
     "app.ctl_polkit": set(),
     "app.ctl": {"app.api", "app.client_bus", "app.config", "app.mn", "app.vpn",
                 "app.net",  # app.net: release-gate
                 "app.profile_edit", "app.ctl_ask", "app.ctl_polkit"},
     "ui": {"ui", "app.api", "app.client_bus", "app.config", "app.mn.profile",
-           "app.vpn.profile"},
+           "app.vpn.profile", "app.secret_values"},
 }
 BOTTOM = {"app.errors"}
 """Below every layer (the one base of user-facing errors): any module may import it."""
