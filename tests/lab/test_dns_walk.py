@@ -29,6 +29,7 @@ from tests.lab.conftest import a_lab
 from tests.lab.leaks import TSHARK
 from tests.lab.procs import GW1, helper_world, mac_of_mn, wait_history
 from tests.lab.vpn_walk import bridge_capture
+from tests.requirements import require
 
 WALK = (("t1", "c"), ("fa1", "f"), ("pub", "mc"), ("nat", "mc"), ("t2", "c"), ("home", "h"))
 UNTRUSTED = ("pub", "nat")
@@ -36,8 +37,9 @@ INTRANET_NAME = "cn.corp.example"
 DNS_TABLE = (f'[dns]\nservers = ["{lab_dns.INTRANET_RESOLVER}"]\n'
              f'domains = ["{lab_dns.CORP_DOMAIN}"]\n')
 
-pytestmark = pytest.mark.skipif(not lab_dns.available(),
-                                reason="systemd-resolved is not installed (install-deps)")
+@pytest.fixture(autouse=True)
+def _resolved_installed() -> None:
+    require(lab_dns.available(), "systemd-resolved is not installed (scripts/install-deps)")
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ from app.lab import nm as lab_nm
 from app.lab import polkit
 from tests import fake_logind
 from tests.dbus_client import hold_as, properties, run_as
-from tests.requirements import require_root
+from tests.requirements import require, require_root
 from tests.ui.procs import BUS_CONF, ROOT, Procs, _name_has_owner, _read_line, base_env, wait_for
 from tests.ui.shell import Shell
 
@@ -85,10 +85,8 @@ def world() -> Iterator[dict[str, Any]]:
     require_root("trustroamd runs as root")
     for tool in ("Xvfb", "dbus-daemon", "gnome-keyring-daemon", "pkttyagent", "setpriv",
                  "unshare", "openssl"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    if not polkit.POLKITD.exists():
-        pytest.skip("polkitd is not installed")
+        require(shutil.which(tool) is not None, f"{tool} is not installed (scripts/install-deps)")
+    require(polkit.POLKITD.exists(), "polkitd is not installed (scripts/install-deps)")
     # Not under pytest's 0700 base: polkitd (its own uid) and the user reach in here.
     d = Path(tempfile.mkdtemp(prefix="trustroam-tray-user-"))
     d.chmod(0o755)

@@ -4,7 +4,6 @@ and the file that keeps them (issue 19)."""
 from __future__ import annotations
 
 import json
-import os
 from ipaddress import IPv4Interface
 
 import pytest
@@ -13,6 +12,7 @@ from app.net import gate_lan
 from app.net.gate_lan import network_identity
 from app.service.lan import FILE, LanChoices, parse
 from app.service.state import StateError
+from tests.requirements import require_root
 
 ROUTES = ("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n"
           "eth0\t00000000\t0132A8C0\t0003\t0\t0\t0\t00000000\n"  # default via 192.168.50.1
@@ -45,8 +45,7 @@ def here(monkeypatch):
 
 
 def test_a_choice_is_kept_for_its_network_across_restarts(tmp_path, here):
-    if os.geteuid() != 0:
-        pytest.skip("the state file is read back only when root's")
+    require_root("the state file is read back only when root's")
     c = LanChoices(tmp_path)
     assert not c.wanted("eth0", LINK)
     assert c.choose("eth0", LINK, True) == here
@@ -75,8 +74,7 @@ def test_a_bad_choices_file_is_refused_naming_the_field(doc, why):
 
 
 def test_a_bad_choices_file_opens_nothing(tmp_path, here):
-    if os.geteuid() != 0:
-        pytest.skip("the state file is read back only when root's")
+    require_root("the state file is read back only when root's")
     (tmp_path / FILE).write_text(json.dumps({"version": 1, "networks": [here, 5]}))
     (tmp_path / FILE).chmod(0o600)
     assert LanChoices(tmp_path).networks == []
