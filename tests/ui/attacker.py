@@ -15,9 +15,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
-from dbus_fast.aio import MessageBus
 
 from app.api import BUS_NAME, INTERFACE, OBJECT_PATH
+from app.dbus import MessageBus  # EAGAIN waits (app/dbus.py): a burst must not drop the bus
 
 DBUS = "org.freedesktop.DBus"
 PROPS = "org.freedesktop.DBus.Properties"

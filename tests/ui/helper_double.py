@@ -17,7 +17,6 @@ import sys
 import time
 import tomllib
 
-from dbus_fast.aio import MessageBus
 from dbus_fast.constants import BusType, MessageType, PropertyAccess
 from dbus_fast.errors import DBusError
 from dbus_fast.message import Message
@@ -37,6 +36,7 @@ from app.api import (
     Snapshot,
     State,
 )
+from app.dbus import MessageBus  # EAGAIN waits (app/dbus.py): a burst must not drop the bus
 
 TEST_INTERFACE = "org.trustroam.Test1"
 NAME_GONE = ("org.freedesktop.DBus.Error.ServiceUnknown",

@@ -7,10 +7,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dbus_fast.aio import MessageBus
 from dbus_fast.constants import MessageType
 from dbus_fast.message import Message
 from dbus_fast.signature import Variant
+
+from app.dbus import MessageBus  # EAGAIN waits (app/dbus.py): a burst must not drop the bus
 
 SNI = "org.kde.StatusNotifierItem"
 MENU = "com.canonical.dbusmenu"

@@ -13,9 +13,10 @@ Notify so tests can count notifications).  Runs as its own process
 import asyncio
 import sys
 
-from dbus_fast.aio import MessageBus
 from dbus_fast.constants import BusType, MessageType, PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
+
+from app.dbus import MessageBus  # EAGAIN waits (app/dbus.py): a burst must not drop the bus
 
 
 class Watcher(ServiceInterface):
