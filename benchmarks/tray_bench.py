@@ -108,7 +108,12 @@ def main() -> None:
                          "site-packages (python -S, the repository and site-packages on "
                          "PYTHONPATH), as a packaged tray starts: here a sandbox hook "
                          "imports certifi into every Python process")
+    ap.add_argument("--optimize", action="store_true",
+                    help="start the tray with python -OO, as its packaged launcher does "
+                         "(no docstrings, no asserts; tests/ui/test_tray_optimized.py)")
     args = ap.parse_args()
+    if args.optimize:
+        PYTHON.append("-OO")
     tmp = Path(tempfile.mkdtemp(prefix="tray-bench-"))
     procs = Procs(tmp)
     try:
@@ -167,7 +172,8 @@ def main() -> None:
 
     versions = f"PySide6-Essentials {metadata.version('PySide6-Essentials')}"
     print(f"Tray benchmark, {time.strftime('%Y-%m-%d')}, --runs {args.runs} "
-          f"--idle {args.idle:g}{' --no-pth' if args.no_pth else ''} ({versions})")
+          f"--idle {args.idle:g}{' --no-pth' if args.no_pth else ''}"
+          f"{' --optimize' if args.optimize else ''} ({versions})")
     print()
     print("| measure | target | result |")
     print("|---|---:|---:|")

@@ -67,6 +67,8 @@ class Double(ServiceInterface):
         self.snap = Snapshot()
         self._last = self.snap.to_dbus()
         self.calls = []
+        self.pages_asked = 0
+        """GetHistoryPage calls (not in ``calls``: tests compare those whole)."""
         self.history = []
         self.profiles = {"corp": 'name = "corp"\n', "lab": 'name = "lab"\n'}
         self.agents = []
@@ -188,6 +190,7 @@ class Double(ServiceInterface):
         if offset > 1000:
             raise DBusError(ERROR_INVALID, f"offset: {offset} is past the 1000 entries "
                             "the helper keeps")
+        self.pages_asked += 1
         end = len(self.history) - offset
         rows = self.history[max(0, end - min(n, 1000)):end] if end > 0 else []
         return [len(self.history), [[t, k, d] for t, k, d in rows]]
@@ -352,6 +355,10 @@ class Control(ServiceInterface):
     def SecretsGot(self) -> "as":
         """The key names (never the values) the last Connect got from the agent."""
         return list(self.d.last_secrets_keys)
+
+    @method()
+    def HistoryPagesAsked(self) -> "u":
+        return self.d.pages_asked
 
     @method()
     def Calls(self) -> "as":
