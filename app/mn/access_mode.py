@@ -47,9 +47,11 @@ starting and retrying the VPN, charon's events) is ``app.mn.mode_vpn``'s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 from app.api import Mode, Policy, State
+from app.mn.known_networks import KnownNetworks
 from app.mn.mode_direct import DEFAULT_KEEPALIVE, DirectSide
 from app.mn.mode_events import (
     Action,
@@ -66,6 +68,7 @@ from app.mn.mode_events import (
     Note,
     PolicySet,
     PrepareLink,
+    RememberNetwork,
     Resumed,
     Send,
     Shutdown,
@@ -118,6 +121,7 @@ __all__ = [
     "Note",
     "PolicySet",
     "PrepareLink",
+    "RememberNetwork",
     "Resumed",
     "Send",
     "Shutdown",
@@ -160,12 +164,17 @@ class AccessModeMachine:
     def __init__(self, home_network: IPv4Network, client: RegistrationClient, *,
                  use_foreign_agents: bool = True,
                  vpn_client: RegistrationClient | None = None,
-                 policy: Policy = Policy.AUTO, keep_alive_inside: bool = False) -> None:
+                 policy: Policy = Policy.AUTO, keep_alive_inside: bool = False,
+                 known: KnownNetworks | None = None,
+                 to_wall: Callable[[float], float] = lambda now: now) -> None:
         if vpn_client is not None and vpn_client.replay is not client.replay:
             raise ValueError("the VPN's registration client must share the direct one's "
                              "replay state")
         self.home_network = home_network
         self._s = ModeState(client, vpn_client, use_foreign_agents, policy, keep_alive_inside)
+        if known is not None:
+            self._s.known = known
+        self._s.to_wall = to_wall
         self._vpn = VpnSide(self._s)
         self._direct = DirectSide(self._s, self._vpn)
         self._stopping = False
@@ -374,7 +383,8 @@ class AccessModeMachine:
         # network that merely reuses the prefix has no home agent there to answer).
         at_home = (ev.address.ip in self.home_network
                    and self.client.config.home_agent in ev.address.network)
-        s.link = Link(ev.iface, ev.address, ev.gateway, home_prefix=at_home)
+        s.link = Link(ev.iface, ev.address, ev.gateway, home_prefix=at_home,
+                      network=ev.network)
         s.via_fa = False
         in_mc = s.mode is Mode.VPN and s.open_path is not None
         if not in_mc:
@@ -394,6 +404,15 @@ class AccessModeMachine:
         if s.policy is Policy.ALWAYS_VPN and self._vpn.configured:
             # No direct probe: whatever answers, the traffic goes through the VPN.
             self.client.cancel()
+        elif (s.policy is Policy.AUTO and self._vpn.configured
+              and s.known.skip_probe(ev.network, s.to_wall(now))):
+            # RFC 5266 5: the probe would show this network, judged untrusted before,
+            # the home agent, the NAI and the home address again.  Decided at once.
+            self.client.cancel()
+            s.actions.append(Note("known-untrusted", "this network was judged untrusted "
+                                  "before: no direct probe, straight to the VPN"))
+            if not in_mc:
+                s.enter(State.UNTRUSTED, Mode.NONE, None)
         elif at_home:
             # RFC 5266 3.1.1: the prefix alone is no proof of the home link (any
             # network may reuse a private prefix), and away from home the home address
@@ -411,7 +430,7 @@ class AccessModeMachine:
         s = self._s
         if s.link is not None:  # same link, maybe stale binding: probe again
             link = s.link
-            self._link_up(LinkUp(link.iface, link.address, link.gateway), now)
+            self._link_up(LinkUp(link.iface, link.address, link.gateway, link.network), now)
 
     def _policy(self, policy: Policy, now: float) -> None:
         s = self._s

@@ -102,6 +102,8 @@ class DirectSide:
                                       "not an address of this link"))
             return
         first = s.phase is not State.TRUSTED or s.mode is not mode
+        if first:
+            s.judge_network(False, now)  # answered: trusted, probed on every visit
         again = self._vpn.direct_won(now)  # RFC 5266 3.4: a direct answer means trusted
         s.enter(State.TRUSTED, mode, None)
         if first:
@@ -188,7 +190,11 @@ class DirectSide:
             # RFC 5266 3.4: no direct answer: untrusted, and mc carries on.
             s.actions.append(Note("direct-timeout", "no direct reply: the network "
                                                         "is untrusted, staying in mc"))
+            if here:
+                s.judge_network(True, now)
         elif link is not None and s.phase is not State.UNTRUSTED:
+            if here:
+                s.judge_network(True, now)
             # RFC 5266 3.4: no direct answer: untrusted; the gate stays shut.
             reason = self._vpn.untrusted_reason()
             if reason is None and s.vpn_client is None:

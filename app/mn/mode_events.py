@@ -22,6 +22,9 @@ class LinkUp:
     iface: str
     address: IPv4Interface
     gateway: IPv4Address | None
+    network: str | None = None
+    """The network's identity (app.net.network_identity), when known networks are
+    remembered (RFC 5266 5, app.mn.known_networks); None: not asked or not found."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,5 +293,15 @@ class Stopped:
     """After ``Shutdown``: no binding of ours stands any more (once)."""
 
 
+@dataclass(frozen=True, slots=True)
+class RememberNetwork:
+    """Keep (or, ``untrusted`` False, forget) a network's verdict (RFC 5266 5)."""
+
+    network: str
+    untrusted: bool
+    at: float
+    """Wall-clock time of the verdict."""
+
+
 Action = (Gate | PrepareLink | ClaimHome | Send | Solicit | ConfigureDataPlane | Status | Note
-          | StartVpn | StopVpn | UseTia | DropTia | NatDetected | Stopped)
+          | StartVpn | StopVpn | UseTia | DropTia | NatDetected | Stopped | RememberNetwork)

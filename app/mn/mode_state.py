@@ -20,10 +20,12 @@ data plane.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface
 
 from app.api import Mode, Policy, State
+from app.mn.known_networks import KnownNetworks, KnownNetworksConfig
 from app.mn.mode_events import Action, AgentAdvert, ClaimHome, ConfigureDataPlane, Gate, Status
 from app.mn.registration import BindingLost, Denied, Deregistered, RegistrationClient
 from app.net.gate_rules import ProvenPath
@@ -69,6 +71,8 @@ class Link:
     claimed here and the deregistration from it is out."""
     home_failed: bool = False
     """The deregistration from the home address went unanswered: mode c here."""
+    network: str | None = None
+    """The network's identity (RFC 5266 5: app.mn.known_networks), if known."""
 
 
 @dataclass
@@ -104,6 +108,18 @@ class ModeState:
     configured_tia: IPv4Address | None = None
     actions: list[Action] = field(default_factory=list)
     """The actions of the step under way, in order."""
+    known: KnownNetworks = field(default_factory=lambda: KnownNetworks(KnownNetworksConfig()))
+    """Networks judged untrusted before (RFC 5266 5): no direct probe there."""
+    to_wall: Callable[[float], float] = field(default=lambda now: now)
+    """The machine's monotonic ``now`` as wall-clock time (the verdicts outlive boots)."""
+
+    def judge_network(self, untrusted: bool, now: float) -> None:
+        """The link's network was judged: remember (or forget) it, RFC 5266 5."""
+        link = self.link
+        if link is not None:
+            a = self.known.judged(link.network, untrusted, self.to_wall(now))
+            if a is not None:
+                self.actions.append(a)
 
     @property
     def registering_via_fa(self) -> bool:

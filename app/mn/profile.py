@@ -21,6 +21,8 @@ agent, or from the root-only secrets file).  Errors name the file and key.
     [probe]
     initial_timeout = 1.0          # seconds before the first retransmission (>= 1, doubles)
     retries = 2                    # retransmissions before "untrusted" (1 + 2 + 4 = 7 s)
+    skip_known_untrusted = false   # RFC 5266 5: no probe where it went unanswered before
+    recheck_after = 604800         # seconds: such a network is probed again this often
 
     [features]
     foreign_agents = true          # mode f where an FA advertises (trusted links only)
@@ -46,6 +48,7 @@ from pathlib import Path
 
 from app.config import ConfigError, Section, load_toml, toml_string
 from app.mip.auth import Algorithm
+from app.mn.known_networks import DEFAULT_RECHECK_AFTER, KnownNetworksConfig
 from app.mn.registration import (
     MIN_RETRANSMIT_INTERVAL,
     RegistrationConfig,
@@ -92,6 +95,8 @@ class Profile:
     source: str = "<built-in>"
     autoconnect: bool = False
     """``autoconnect = true``: the helper connects this profile at its start (boot)."""
+    known_networks: KnownNetworksConfig = KnownNetworksConfig()
+    """``[probe] skip_known_untrusted`` / ``recheck_after`` (RFC 5266 5)."""
 
     def registration(self, key: bytes) -> RegistrationConfig:
         return RegistrationConfig(self.home_address, self.home_agent, self.spi, self.algorithm,
@@ -179,6 +184,9 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
         dns=dns,
         source=source,
         autoconnect=top.bool_("autoconnect", False),
+        known_networks=KnownNetworksConfig(
+            probe.bool_("skip_known_untrusted", False),
+            probe.float_("recheck_after", DEFAULT_RECHECK_AFTER, lo=60.0, hi=365 * 86400.0)),
     )
     probe.done()
     features.done()
@@ -220,7 +228,11 @@ def dumps(p: Profile) -> str:
     if p.autoconnect:
         lines.append("autoconnect = true")
     lines += ["", "[probe]", f"initial_timeout = {p.initial_timeout!r}",
-              f"retries = {p.retries}", "", "[features]",
+              f"retries = {p.retries}"]
+    if p.known_networks != KnownNetworksConfig():
+        lines += [f"skip_known_untrusted = {str(p.known_networks.enabled).lower()}",
+                  f"recheck_after = {p.known_networks.recheck_after!r}"]
+    lines += ["", "[features]",
               f"foreign_agents = {str(p.foreign_agents).lower()}",
               f"gate = {str(p.gate_enabled).lower()}",
               f"allow_lan = {str(p.allow_lan).lower()}", ""]
