@@ -25,14 +25,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Interface
 
 from app.api import HistoryEntry, Mode, Policy, Snapshot, State
 from app.mn import access_mode as am
 from app.mn import driver_inputs as inputs
 from app.mn import status_view
 from app.mn.home_arp import HomeArpPermit
+from app.mn.known_networks import KnownNetworks
 from app.mn.link_tracker import LinkTracker
 from app.mn.mode_events import NatDetected, Stopped
 from app.mn.profile import Profile
@@ -47,6 +49,7 @@ from app.net.gate import GateError, TrafficGate
 from app.net.gate_rules import ProvenPath
 from app.net.links import LinkSnapshot
 from app.net.mn_routes import LinkInfo, MobileNodeRoutes
+from app.net.network_identity import network_identity
 from app.vpn.charon import Charon
 from app.vpn.events import VpnEvent
 
@@ -71,7 +74,11 @@ class MobileNodeDriver:
                  wall: Callable[[], float] = time.time,
                  charon: Charon | None = None,
                  vpn_secrets: Mapping[str, str] | None = None,
-                 policy: Policy = Policy.AUTO) -> None:
+                 policy: Policy = Policy.AUTO,
+                 known_networks: Mapping[str, float] | None = None,
+                 remember_network: Callable[[am.RememberNetwork], None] = lambda a: None,
+                 identify: Callable[[str, IPv4Interface, IPv4Address | None],
+                                    Awaitable[str | None]] = network_identity) -> None:
         """``routes``, ``gate`` and ``charon`` (the VPN adapter, used when the profile
         has a ``[vpn]`` table) come started from their owner (the helper), who also
         closes them: the driver only uses them, and the owner routes charon's events
@@ -79,7 +86,9 @@ class MobileNodeDriver:
         (``vpn_psk``...), handed to it over VICI only.  ``clock``: the
         machines' and the timers' (monotonic: a wall clock that steps moves no
         deadline; the loop's own is monotonic too); ``wall``: Unix time, for the
-        identification (RFC 5944 5.7) and what is published (history, expiry)."""
+        identification (RFC 5944 5.7) and what is published (history, expiry).
+        ``known_networks``, ``remember_network``: the verdicts of RFC 5266 5's known
+        networks as the owner keeps them; ``identify``: a link's network identity."""
         self.profile = profile
         self.charon = charon if profile.vpn is not None else None
         self.board = StatusBoard(
@@ -105,7 +114,10 @@ class MobileNodeDriver:
         self.machine = am.AccessModeMachine(
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
             vpn_client=self.vpn_client, policy=policy,
-            keep_alive_inside=profile.vpn.keep_alive_inside if profile.vpn else False)
+            keep_alive_inside=profile.vpn.keep_alive_inside if profile.vpn else False,
+            known=KnownNetworks(profile.known_networks, known_networks), to_wall=to_wall)
+        self._remember_network = remember_network
+        self._identify = identify
         self.tracker = LinkTracker(profile.home_address)
         self.home_arp = HomeArpPermit()
         routes.arp.permit = self.home_arp
@@ -238,8 +250,13 @@ class MobileNodeDriver:
         if isinstance(ev, am.LinkUp):
             if self.gate is not None:  # before anything: its name may look local
                 await self.gate.manage(ev.iface)
+            if self.profile.known_networks.enabled:  # before the probe may leave
+                ev = replace(ev, network=await self._identify(ev.iface, ev.address,
+                                                              ev.gateway))
             self.board.history("link-up", {"interface": ev.iface, "address": str(ev.address),
-                                           "gateway": str(ev.gateway)})
+                                           "gateway": str(ev.gateway),
+                                           **({"network": ev.network[:8]} if ev.network
+                                              else {})})
         elif isinstance(ev, am.LinkLost):
             self.board.history("link-lost", {"interface": ev.iface})
         else:
@@ -295,6 +312,8 @@ class MobileNodeDriver:
                 self.vpn.nat_detected(a.nat_detected)
             elif isinstance(a, Stopped):
                 self._stopped = True
+            elif isinstance(a, am.RememberNetwork):
+                self._remember_network(a)
             log.debug("%s took %.2f ms", type(a).__name__, (time.perf_counter() - t0) * 1000)
         # Publishing is off the critical path: after the step's other actions.
         # The handover ends when the path is open: after this step's actions ran.

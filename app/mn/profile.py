@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -95,7 +95,7 @@ class Profile:
     source: str = "<built-in>"
     autoconnect: bool = False
     """``autoconnect = true``: the helper connects this profile at its start (boot)."""
-    known_networks: KnownNetworksConfig = KnownNetworksConfig()
+    known_networks: KnownNetworksConfig = field(default_factory=KnownNetworksConfig)
     """``[probe] skip_known_untrusted`` / ``recheck_after`` (RFC 5266 5)."""
 
     def registration(self, key: bytes) -> RegistrationConfig:

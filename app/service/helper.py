@@ -38,6 +38,7 @@ from app.net.rtnl_links import RtnlLinks
 from app.service import state as saved
 from app.service.bus import MessageBus
 from app.service.gateway_cache import GatewayCache
+from app.service.known_networks_store import KnownNetworksStore
 from app.service.lan import LanChoices
 from app.service.portal import DEFAULT_SIGNIN_SECONDS, PortalWatch
 from app.service.profiles import ProfileDirectory, ProfileError, gate_policy, vpn_secret_names
@@ -105,6 +106,7 @@ class Helper:
         """The connected profile's gate: installed first, removed last (unless kept)."""
         self.lan = LanChoices(state_dir)
         self.gateway_cache = GatewayCache(state_dir)
+        self.known_networks = KnownNetworksStore(state_dir)
         """The VPN gateways' last addresses, for when their names do not resolve."""
         """The user's per-network "Allow local network" choices (app.service.lan)."""
         self.driver: MobileNodeDriver | None = None
@@ -250,7 +252,9 @@ class Helper:
                                            on_snapshot=self._on_snapshot,
                                            on_event=self._event_entry,
                                            charon=charon, vpn_secrets=got.extra,
-                                           policy=self.policy)
+                                           policy=self.policy,
+                                           known_networks=self.known_networks.load(),
+                                           remember_network=self.known_networks.remember)
             stack.push_async_callback(self.driver.stop)
             await routes.start()
             if charon is not None and gate is not None:

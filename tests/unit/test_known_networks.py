@@ -15,10 +15,10 @@ from dataclasses import replace
 import pytest
 
 from app.api import Mode, Policy, State
+from app.config import ConfigError
 from app.mn.access_mode import PolicySet, RememberNetwork, Status
 from app.mn.known_networks import MAX_REMEMBERED, KnownNetworks, KnownNetworksConfig
 from app.mn.profile import loads
-from app.config import ConfigError
 from tests.support.identities import HA, T0
 from tests.support.world import NETS, TIA, World, machine, registration
 
