@@ -294,8 +294,10 @@ class AccessModeMachine:
                 vpn.on_rekeyed(event)
             case VpnLost():
                 vpn.on_lost(event, now)
+                self._probe_skipped(now)
             case VpnServiceLost():
                 vpn.on_service_lost(event)
+                self._probe_skipped(now)
             case VpnServiceBack():
                 vpn.on_service_back()
         self._drain(now)
@@ -405,14 +407,17 @@ class AccessModeMachine:
             # No direct probe: whatever answers, the traffic goes through the VPN.
             self.client.cancel()
         elif (s.policy is Policy.AUTO and self._vpn.configured
+              and self._vpn.untrusted_reason() is None
               and s.known.skip_probe(ev.network, s.to_wall(now))):
             # RFC 5266 5: the probe would show this network, judged untrusted before,
             # the home agent, the NAI and the home address again.  Decided at once.
+            # (charon not running: probed as usual, no VPN could come up here.)
             self.client.cancel()
+            s.link.skipped = True
             s.actions.append(Note("known-untrusted", "this network was judged untrusted "
                                   "before: no direct probe, straight to the VPN"))
             if not in_mc:
-                s.enter(State.UNTRUSTED, Mode.NONE, None)
+                s.leave(State.UNTRUSTED, None)
         elif at_home:
             # RFC 5266 3.1.1: the prefix alone is no proof of the home link (any
             # network may reuse a private prefix), and away from home the home address
@@ -425,6 +430,17 @@ class AccessModeMachine:
             if self.use_foreign_agents:
                 s.actions.append(Solicit(ev.iface))
         self._vpn.link_up(now, in_mc=in_mc)
+
+    def _probe_skipped(self, now: float) -> None:
+        """The VPN failed on a network whose probe was skipped (RFC 5266 5): probe it
+        after all, so a trusted network wrongly remembered is not cut off."""
+        s = self._s
+        link = s.link
+        if link is not None and link.skipped and not link.lost and s.mode is not Mode.VPN:
+            link.skipped = False
+            s.actions.append(Note("known-untrusted-probe", "the VPN is not up on a network "
+                                  "judged untrusted before: asking the home agent directly"))
+            self.client.register(link.address.ip, now)
 
     def _reprobe(self, now: float) -> None:
         s = self._s

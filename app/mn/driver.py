@@ -53,6 +53,8 @@ from app.net.network_identity import network_identity
 from app.vpn.charon import Charon
 from app.vpn.events import VpnEvent
 
+IDENTIFY_TIMEOUT = 1.0
+"""The most a link-up waits for its network's identity (RFC 5266 5)."""
 log = logging.getLogger("trustroam.mn")
 SHUTDOWN_WAIT = 1.5
 """Seconds to wait for the home agent to confirm a deregistration at shutdown."""
@@ -77,7 +79,7 @@ class MobileNodeDriver:
                  policy: Policy = Policy.AUTO,
                  known_networks: Mapping[str, float] | None = None,
                  remember_network: Callable[[am.RememberNetwork], None] = lambda a: None,
-                 identify: Callable[[str, IPv4Interface, IPv4Address | None],
+                 identify: Callable[[str, IPv4Interface, IPv4Address | None, str],
                                     Awaitable[str | None]] = network_identity) -> None:
         """``routes``, ``gate`` and ``charon`` (the VPN adapter, used when the profile
         has a ``[vpn]`` table) come started from their owner (the helper), who also
@@ -118,6 +120,9 @@ class MobileNodeDriver:
             known=KnownNetworks(profile.known_networks, known_networks), to_wall=to_wall)
         self._remember_network = remember_network
         self._identify = identify
+        self._identity: tuple[tuple[str, IPv4Interface, IPv4Address | None],
+                              str | None] | None = None
+        """The last link's identity, by (interface, address, router)."""
         self.tracker = LinkTracker(profile.home_address)
         self.home_arp = HomeArpPermit()
         routes.arp.permit = self.home_arp
@@ -250,19 +255,40 @@ class MobileNodeDriver:
         if isinstance(ev, am.LinkUp):
             if self.gate is not None:  # before anything: its name may look local
                 await self.gate.manage(ev.iface)
-            if self.profile.known_networks.enabled:  # before the probe may leave
-                ev = replace(ev, network=await self._identify(ev.iface, ev.address,
-                                                              ev.gateway))
+            if self.profile.known_networks.enabled and self.charon is not None:
+                ev = replace(ev, network=await self._network_of(ev))  # before any probe
+                now = self.clock()  # the ARP took time: the machine's timers start now
             self.board.history("link-up", {"interface": ev.iface, "address": str(ev.address),
                                            "gateway": str(ev.gateway),
                                            **({"network": ev.network[:8]} if ev.network
                                               else {})})
         elif isinstance(ev, am.LinkLost):
+            self._identity = None  # the cable may be in another network when it is back
             self.board.history("link-lost", {"interface": ev.iface})
         else:
+            self._identity = None
             self.board.history("link-down", {"interface": ev.iface})
             self.sockets.close_link()  # the VPN's TIA may outlive the link
         await self._feed(ev, now)
+
+    async def _network_of(self, ev: am.LinkUp) -> str | None:
+        """The link's network identity (RFC 5266 5): asked once per link (the same link
+        reported again, e.g. when charon's TIA is set aside, keeps it), bounded in
+        time, and None whatever goes wrong: the link is then probed as usual."""
+        key = (ev.iface, ev.address, ev.gateway)
+        if self._identity is not None and self._identity[0] == key:
+            return self._identity[1]
+        p = self.profile
+        try:
+            async with asyncio.timeout(IDENTIFY_TIMEOUT):
+                network = await self._identify(ev.iface, ev.address, ev.gateway,
+                                               f"{p.name}|{p.home_agent}|{p.spi}")
+        except Exception as exc:  # never a reason to lose the link-up
+            log.warning("%s: no network identity (%s): probing as usual", ev.iface,
+                        exc or type(exc).__name__)
+            network = None
+        self._identity = (key, network)
+        return network
 
     async def _feed(self, ev: am.Event, now: float) -> None:
         await self._execute(self.machine.handle(ev, now), now)

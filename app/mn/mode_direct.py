@@ -102,8 +102,6 @@ class DirectSide:
                                       "not an address of this link"))
             return
         first = s.phase is not State.TRUSTED or s.mode is not mode
-        if first:
-            s.judge_network(False, now)  # answered: trusted, probed on every visit
         again = self._vpn.direct_won(now)  # RFC 5266 3.4: a direct answer means trusted
         s.enter(State.TRUSTED, mode, None)
         if first:
@@ -123,6 +121,8 @@ class DirectSide:
                 and s.use_foreign_agents and not link.fa_failed):
             self.register_via_fa(link, now)  # RFC 5266 3.1.3: c, then f through the FA
         s.open(link)
+        if first:
+            s.judge_network(False, now)  # answered: trusted, probed on every visit
 
     def _on_deregistered(self, now: float) -> None:
         s = self._s
@@ -143,6 +143,7 @@ class DirectSide:
             s.actions.append(ConfigureDataPlane(Mode.HOME, link.iface))
             s.configured, s.home_claimed = Mode.HOME, None
             s.open(link)
+            s.judge_network(False, now)  # the home link: trusted, probed on every visit
         else:
             s.leave(OUTCOME_LEAVES_TO[Deregistered], None)  # shutting down
 
@@ -190,11 +191,11 @@ class DirectSide:
             # RFC 5266 3.4: no direct answer: untrusted, and mc carries on.
             s.actions.append(Note("direct-timeout", "no direct reply: the network "
                                                         "is untrusted, staying in mc"))
-            if here:
-                s.judge_network(True, now)
+            if link is not None and here:
+                link.probe_failed = True  # remembered at the step's end (ModeState.take)
         elif link is not None and s.phase is not State.UNTRUSTED:
             if here:
-                s.judge_network(True, now)
+                link.probe_failed = True  # remembered if mc follows (ModeState.take)
             # RFC 5266 3.4: no direct answer: untrusted; the gate stays shut.
             reason = self._vpn.untrusted_reason()
             if reason is None and s.vpn_client is None:

@@ -73,6 +73,12 @@ class Link:
     """The deregistration from the home address went unanswered: mode c here."""
     network: str | None = None
     """The network's identity (RFC 5266 5: app.mn.known_networks), if known."""
+    probe_failed: bool = False
+    """The direct probe from this link went unanswered: remembered as untrusted only
+    once mc proves the home agent up (a trusted network whose home agent was down or
+    whose datagrams were lost must not be skipped for ``recheck_after``)."""
+    skipped: bool = False
+    """No direct probe here: the network was judged untrusted before (RFC 5266 5)."""
 
 
 @dataclass
@@ -222,6 +228,14 @@ class ModeState:
     def take(self, now: float) -> list[Action]:
         """The step's actions, its handover time stamped on them (``Status.handover_ms``:
         link up -> path open; on an FA link, mode f)."""
+        link = self.link
+        if (link is not None and link.probe_failed and self.phase is State.UNTRUSTED
+                and self.mode is Mode.VPN):
+            # RFC 5266 5: unanswered directly while the home agent answers through the
+            # VPN: this network is untrusted (after the step's own actions: no disk
+            # write before the gate opens).
+            link.probe_failed = False
+            self.judge_network(True, now)
         self._handover(now)
         out, self.actions = self.actions, []
         return out

@@ -188,6 +188,9 @@ def parse(doc: dict[str, object], source: str, default_name: str | None) -> Prof
             probe.bool_("skip_known_untrusted", False),
             probe.float_("recheck_after", DEFAULT_RECHECK_AFTER, lo=60.0, hi=365 * 86400.0)),
     )
+    if profile.known_networks.enabled and vpn is None:
+        raise probe.error("skip_known_untrusted", "needs a [vpn] table: without a VPN to go "
+                                                  "to, only the probe can tell a network")
     probe.done()
     features.done()
     top.done()

@@ -17,7 +17,6 @@ it asks nothing but "who has the router's address".  No answer within
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import socket
@@ -32,9 +31,11 @@ RESEND = 0.15
 """An ARP request lost on Wi-Fi is sent again after this long."""
 
 
-def identity(address: IPv4Interface, gateway: IPv4Address, mac: bytes) -> str:
-    """The digest that names a network: subnet, router address, router MAC."""
-    text = f"{address.network}|{gateway}|{mac.hex(':')}"
+def identity(address: IPv4Interface, gateway: IPv4Address, mac: bytes, context: str = "") -> str:
+    """The digest that names a network: subnet, router address, router MAC, and
+    ``context`` (the profile and its home agent: a verdict is "this home agent did not
+    answer from here", never another profile's)."""
+    text = f"{context}|{address.network}|{gateway}|{mac.hex(':')}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -68,56 +69,53 @@ def interface_mac(ifname: str) -> bytes | None:
 
 async def router_mac(ifname: str, own: IPv4Address, gateway: IPv4Address,
                      timeout: float = TIMEOUT) -> bytes | None:
-    """The MAC the router answers ARP with on ``ifname``; None if none answers."""
+    """The MAC the router answers ARP with on ``ifname`` (the first answer: a forged
+    one can only make the network look new, and so probed as without the option);
+    None if none answers."""
     own_mac = interface_mac(ifname)
     if own_mac is None:
         return None
     loop = asyncio.get_running_loop()
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+    try:
+        # Protocol 0 until bound: no other interface's ARP queues on it meanwhile.
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    except OSError as exc:
+        log.info("%s: cannot ask the router's MAC: %s", ifname, exc.strerror or exc)
+        return None
     try:
         s.setblocking(False)
         s.bind((ifname, ETH_P_ARP))
         request = arp_request(own_mac, own, gateway)
-        got: asyncio.Future[bytes] = loop.create_future()
-
-        def readable() -> None:
-            while not got.done():
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            s.send(request)
+            resend = min(loop.time() + RESEND, deadline)
+            while (left := resend - loop.time()) > 0:
                 try:
-                    frame = s.recv(2048)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as exc:  # the interface went away
-                    got.set_exception(exc)
-                    return
+                    async with asyncio.timeout(left):
+                        frame = await loop.sock_recv(s, 2048)
+                except TimeoutError:
+                    break
                 mac = arp_reply_sender(frame, gateway, own)
                 if mac is not None:
-                    got.set_result(mac)
-
-        loop.add_reader(s.fileno(), readable)
-        try:
-            deadline = loop.time() + timeout
-            while loop.time() < deadline:
-                s.send(request)
-                with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(
-                        asyncio.shield(got), min(RESEND, deadline - loop.time()))
-            return None
-        finally:
-            loop.remove_reader(s.fileno())
+                    return mac
+        return None
     except OSError as exc:
-        log.info("%s: no ARP answer from the router %s: %s", ifname, gateway,
-                 exc.strerror or exc)
+        log.info("%s: no ARP answer from the router: %s", ifname, exc.strerror or exc)
         return None
     finally:
         # Closing a packet socket waits for an RCU grace period (20-35 ms): not on
-        # the link-up's path.
-        loop.run_in_executor(None, s.close)
+        # the link-up's path, unless the loop is going away.
+        try:
+            loop.run_in_executor(None, s.close)
+        except RuntimeError:
+            s.close()
 
 
-async def network_identity(ifname: str, address: IPv4Interface,
-                           gateway: IPv4Address | None) -> str | None:
+async def network_identity(ifname: str, address: IPv4Interface, gateway: IPv4Address | None,
+                           context: str = "") -> str | None:
     """The identity of the network ``ifname`` is on, or None (no router, no answer)."""
     if gateway is None:
         return None
     mac = await router_mac(ifname, address.ip, gateway)
-    return identity(address, gateway, mac) if mac is not None else None
+    return identity(address, gateway, mac, context) if mac is not None else None

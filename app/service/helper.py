@@ -105,10 +105,11 @@ class Helper:
         self.gate: TrafficGate | None = None
         """The connected profile's gate: installed first, removed last (unless kept)."""
         self.lan = LanChoices(state_dir)
-        self.gateway_cache = GatewayCache(state_dir)
-        self.known_networks = KnownNetworksStore(state_dir)
-        """The VPN gateways' last addresses, for when their names do not resolve."""
         """The user's per-network "Allow local network" choices (app.service.lan)."""
+        self.gateway_cache = GatewayCache(state_dir)
+        """The VPN gateways' last addresses, for when their names do not resolve."""
+        self.known_networks = KnownNetworksStore(state_dir)
+        """Networks judged untrusted (RFC 5266 5: app.mn.known_networks)."""
         self.driver: MobileNodeDriver | None = None
         self._connection: contextlib.AsyncExitStack | None = None
         """What a connect started after the gate (routes, charon, the driver, the link

@@ -68,7 +68,7 @@ class KnownNetworksStore:
             return {}
         try:
             return parse(json.loads(data.decode()))
-        except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        except (UnicodeDecodeError, RecursionError, ValueError, OverflowError) as exc:
             log.warning("%s ignored: %s", path, exc)
             return {}
 
@@ -84,8 +84,11 @@ def parse(doc: object) -> dict[str, float]:
     for key, at in untrusted.items():
         if not IDENTITY.fullmatch(key):
             raise ValueError(f"untrusted.{key[:40]!r}: not a network identity")
-        if (not isinstance(at, int | float) or isinstance(at, bool)
-                or not math.isfinite(at) or at < 0):
+        try:
+            when = float(at) if isinstance(at, int | float) and not isinstance(at, bool) else -1
+        except OverflowError:  # an int of 400 digits is no time either
+            when = -1
+        if not math.isfinite(when) or when < 0:
             raise ValueError(f"untrusted.{key}: not a time")
-        out[key] = float(at)
+        out[key] = when
     return out

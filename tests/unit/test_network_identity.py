@@ -4,14 +4,16 @@ cannot be believed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from app.mn.mode_events import RememberNetwork
+from app.mn.mode_events import LinkLost, LinkUp, RememberNetwork
 from app.net.network_identity import arp_reply_sender, arp_request, identity
 from app.service.known_networks_store import FILE, KnownNetworksStore, parse
 
@@ -82,3 +84,82 @@ def test_a_bad_file_is_ignored_with_a_warning_naming_it(tmp_path: Path,
     (tmp_path / FILE).chmod(0o600)
     assert KnownNetworksStore(tmp_path).load() == {}
     assert FILE in caplog.text and "not a network identity" in caplog.text
+
+
+# -- the driver asks it once per link, and never loses a link-up over it --------------
+
+def vpn_driver(identify: Any) -> Any:
+    from types import SimpleNamespace
+
+    from app.mn.driver import MobileNodeDriver
+    from app.mn.known_networks import KnownNetworksConfig
+    from app.mn.profile import Profile
+    from app.net.arp import ArpAnnouncer
+    from app.vpn.profile import VpnConfig
+
+    profile = Profile("corp", IPv4Address("10.20.1.10"), IPv4Network("10.20.1.0/24"),
+                      IPv4Address("10.20.1.1"), 256, gate_enabled=False,
+                      vpn=VpnConfig(("172.16.0.11",), "mn@lab",
+                                    intranet=(IPv4Network("10.0.0.0/8"),)),
+                      known_networks=KnownNetworksConfig(True))
+    return MobileNodeDriver(profile, b"k" * 16, SimpleNamespace(arp=ArpAnnouncer()),
+                            None, charon=SimpleNamespace(gateway=None), identify=identify)
+
+
+UP = LinkUp("eth0", IPv4Interface("203.0.113.50/24"), ROUTER)
+
+
+async def test_a_failing_or_hanging_identity_is_none_and_the_link_up_goes_on(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    import app.mn.driver as drv
+
+    async def broken(*_: Any) -> str | None:
+        raise RuntimeError("no packet sockets here")
+
+    d = vpn_driver(broken)
+    try:
+        assert await d._network_of(UP) is None
+        assert "no network identity (no packet sockets here)" in caplog.text
+    finally:
+        d.sockets.close()
+
+    async def hangs(*_: Any) -> str | None:
+        await asyncio.sleep(3600)
+        return "x"
+
+    monkeypatch.setattr(drv, "IDENTIFY_TIMEOUT", 0.05)
+    d = vpn_driver(hangs)
+    try:
+        assert await d._network_of(UP) is None
+    finally:
+        d.sockets.close()
+
+
+async def test_the_identity_is_asked_once_per_link_with_the_profiles_context():
+    asked: list[tuple[Any, ...]] = []
+
+    async def ident(*args: Any) -> str | None:
+        asked.append(args)
+        return "a" * 32
+
+    d = vpn_driver(ident)
+    try:
+        assert await d._network_of(UP) == "a" * 32
+        assert await d._network_of(UP) == "a" * 32  # the same link reported again
+        assert len(asked) == 1 and asked[0][3] == "corp|10.20.1.1|256"
+        await d._link_event(LinkLost("eth0"), 1.0)  # it may come back elsewhere
+        await d._network_of(UP)
+        assert len(asked) == 2
+    finally:
+        d.sockets.close()
+
+
+def test_the_identity_differs_per_profile():
+    a = IPv4Interface("203.0.113.50/24")
+    assert identity(a, ROUTER, ROUTER_MAC, "corp|10.20.1.1|256") != identity(
+        a, ROUTER, ROUTER_MAC, "other|10.9.0.1|300")
+
+
+def test_a_time_of_400_digits_is_no_time():
+    with pytest.raises(ValueError, match="not a time"):
+        parse({"version": 1, "untrusted": {"a" * 32: 10 ** 400}})
