@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -38,6 +39,7 @@ from app.net.rtnl_links import RtnlLinks
 from app.service import state as saved
 from app.service.bus import MessageBus
 from app.service.gateway_cache import GatewayCache
+from app.service.gateway_memory import GatewayMemory
 from app.service.lan import LanChoices
 from app.service.portal import DEFAULT_SIGNIN_SECONDS, PortalWatch
 from app.service.profiles import ProfileDirectory, ProfileError, gate_policy, vpn_secret_names
@@ -105,6 +107,7 @@ class Helper:
         """The connected profile's gate: installed first, removed last (unless kept)."""
         self.lan = LanChoices(state_dir)
         self.gateway_cache = GatewayCache(state_dir)
+        self.gateway_memory = GatewayMemory(state_dir)
         """The VPN gateways' last addresses, for when their names do not resolve."""
         """The user's per-network "Allow local network" choices (app.service.lan)."""
         self.driver: MobileNodeDriver | None = None
@@ -250,7 +253,11 @@ class Helper:
                                            on_snapshot=self._on_snapshot,
                                            on_event=self._event_entry,
                                            charon=charon, vpn_secrets=got.extra,
-                                           policy=self.policy)
+                                           policy=self.policy,
+                                           gateways_remembered=self.gateway_memory.get(
+                                               prof.name),
+                                           remember_gateway=functools.partial(
+                                               self.gateway_memory.put, prof.name))
             stack.push_async_callback(self.driver.stop)
             await routes.start()
             if charon is not None and gate is not None:

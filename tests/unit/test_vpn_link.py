@@ -127,7 +127,7 @@ async def test_after_a_child_rekey_the_nat_is_read_again_into_the_sink(tmp_path)
 
 
 @pytest.mark.parametrize(("charon_event", "machine_events", "kind"), [
-    (VpnDown("DPD", 3), [am.VpnLost("DPD", 3)], "vpn-down"),
+    (VpnDown("DPD", 3), [am.VpnLost("DPD", 3, gateway_gone=True)], "vpn-down"),
     (IkeRekeyed(3, 4), [am.VpnRekeyed(3, 4)], "ike-rekey"),
     (VpnUnreachable("no charon at /x"), [am.VpnServiceLost("no charon at /x")],
      "vpn-unreachable"),
