@@ -153,7 +153,7 @@ async def test_a_refused_initiate_arrives_as_vpn_down(tmp_path):
     try:
         v.start()  # loads first: the connection was never loaded
         down = await s.next()
-        assert isinstance(down, VpnDown) and "no VPN gateway" in down.reason
+        assert isinstance(down, VpnDown) and "every VPN gateway is down" in down.reason
         assert v.translate(down) == [am.VpnLost(down.reason)]
     finally:
         await v.close()
@@ -199,7 +199,7 @@ class StubCharon:
     async def load(self, cfg: Any, secrets: Any) -> None:
         await self._answer("load")
 
-    async def initiate(self) -> Any:
+    async def initiate(self, order: Any = ()) -> Any:
         return await self._answer("initiate")
 
     async def terminate(self, *, wait: bool = True) -> None:
