@@ -192,7 +192,8 @@ class VpnLink:
                 await asyncio.shield(self._stopping)
         if not self._loaded and not await self.load():
             return
-        self._history("vpn-starting", {})
+        # The order tried (app.mn.gateway_order): a remembered gateway first.
+        self._history("vpn-starting", {"gateways": ",".join(self._order)} if self._order else {})
         try:
             sa = await self.charon.initiate(self._order)
         except VpnUnreachableError as exc:
