@@ -127,7 +127,9 @@ class VpnLink:
                 # Mode mc needs one: say so, and let the machine retry later.
                 self._history("vpn-error", {"text": NO_TIA})
                 return [am.VpnLost(NO_TIA)]
-            gw = self.charon.gateway or str(ev.gateway.host)
+            # The gateway being tried: after a failover charon's event comes before
+            # initiate's answer, when ``gateway`` still names the dead one.
+            gw = self.charon.loaded_gateway or self.charon.gateway or str(ev.gateway.host)
             refused = peer_refusal(ev.gateway.host, self.allowed_peers,
                                    f"gateway {gw} set the IKE SA up")
             if refused is not None:

@@ -168,6 +168,12 @@ class Charon:
         """The gateway of the last successful ``initiate``."""
         return self._gateway
 
+    @property
+    def loaded_gateway(self) -> str | None:
+        """The gateway whose connection charon holds now: the one an ``initiate`` under
+        way is trying (its CHILD SA's event comes before ``initiate`` returns)."""
+        return self._loaded_gw
+
     # -- life cycle ------------------------------------------------------------
 
     async def start(self) -> bool:

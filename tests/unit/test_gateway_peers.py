@@ -25,6 +25,7 @@ from app.vpn.events import Endpoint, MobikeUpdate, VpnUp
 from app.vpn.peers import peer_refusal
 from app.vpn.profile import VpnConfig
 from tests.fake_vici import FakeVici
+from tests.unit import vici_events as ev
 
 A = IPv4Address
 GW1, GW2 = "172.16.0.11", "172.16.0.12"
@@ -154,3 +155,35 @@ def test_failover_memory_that_cannot_be_believed_is_ignored_with_a_warning(tmp_p
     os.chmod(tmp_path / FILE, 0o600)
     assert GatewayMemory(tmp_path).get("corp") == {}
     assert FILE in caplog.text
+
+
+async def test_failover_the_sa_of_the_next_gateway_is_named_for_it_not_the_dead_one(tmp_path):
+    """charon's child-updown for the next gateway comes before ``initiate`` returns:
+    the SA is the one being tried (seen in the lab: named for the dead gw1)."""
+
+    fake = FakeVici(tmp_path / "charon.vici")
+
+    class AfterInitiate(list):  # type: ignore[type-arg]
+        """list-sas: nothing before the first initiate, gw1's SA after it."""
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            done = "initiate" in fake.names()
+            return iter([{"trustroam": ev.CHILD_UP[1]["trustroam"]}] if done else [])
+
+    fake.streams["list-sas"] = AfterInitiate()
+    v, _s, c = await link(fake)
+    try:
+        await v.load()
+        await c.initiate()
+        assert c.gateway == GW1
+        fake.streams["list-sas"] = []
+        fake.replies["initiate"] = {"success": "no", "errmsg": "timeout"}
+        with pytest.raises(VpnCommandError):
+            await c.initiate((GW2,))  # gw2's conn loaded and tried
+        up = VpnUp(A("10.99.2.1"), Endpoint(A(GW2), 4500), LOCAL, False, 9)
+        ready = v.translate(up)
+        assert isinstance(ready[0], am.VpnReady) and ready[0].gateway == GW2
+    finally:
+        await v.close()
+        await c.close()
+        fake.close()
