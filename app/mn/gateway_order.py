@@ -75,7 +75,7 @@ class GatewayOrder:
         self.remembered[network] = gateway
         return True
 
-    def has_other(self, gateway: str, now: float) -> bool:
-        """Another gateway than ``gateway`` is worth trying at once (not lately dead)."""
-        return any(g != gateway and (g not in self._dead or now - self._dead[g] >= DEAD_HOLD)
-                   for g in self.gateways)
+    def has_other(self, gateway: str) -> bool:
+        """Another gateway than ``gateway`` to move to at once (one that died lately
+        too is tried last, but tried: it may be back, and a new IKE SA costs little)."""
+        return any(g != gateway for g in self.gateways)

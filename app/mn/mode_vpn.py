@@ -292,7 +292,7 @@ class VpnSide:
         # The gateway in use went silent or away: the next one of the list at once
         # (a new IKE SA, a new TIA, a new registration), this one behind the others.
         gone = was_up and ev.gateway_gone and bool(gateway)
-        failover = gone and self.order is not None and self.order.has_other(gateway, now)
+        failover = gone and self.order is not None and self.order.has_other(gateway)
         if gone and self.order is not None:
             self.order.dead(gateway, now)
         nxt = f"; trying {self.order.order(self.network(), now)[0]}" if (

@@ -197,7 +197,7 @@ def test_failover_order_rotates_past_the_dead_gateway_and_forgets_it_after_the_h
     assert o.order(None, 0) == ("a", "b", "c")
     o.dead("b", 10)
     assert o.order(None, 11) == ("c", "a", "b"), "the next of the list first, the dead last"
-    assert o.has_other("b", 11)
+    assert o.has_other("b")
     o.dead("c", 12)
     assert o.order(None, 13)[0] == "a" and set(o.order(None, 13)[1:]) == {"b", "c"}
     assert o.order(None, 12 + DEAD_HOLD) == ("a", "b", "c")
@@ -216,5 +216,20 @@ def test_failover_order_a_gateway_that_works_again_is_no_longer_dead():
 def test_failover_order_a_single_gateway_has_no_other_to_move_to():
     o = GatewayOrder(("a",))
     o.dead("a", 0)
-    assert not o.has_other("a", 1)
+    assert not o.has_other("a")
     assert o.order(None, 1) == ("a",)
+
+
+def test_failover_the_second_gateway_dying_moves_back_to_the_first_at_once():
+    """gw1 died, mc via gw2; gw2 dies within the hold: gw1 (maybe back) is tried at
+    once, not after the retry back-off."""
+    w = world()
+    w.move("pub")
+    in_mc_via(w)
+    gateway_gone(w)
+    in_mc_via(w, TIA2, "gw2")
+    t = w.now
+    gateway_gone(w)
+    assert starts(w, t) == [("gw1", "gw2")]
+    in_mc_via(w, TIA, "gw1")
+    w.agrees()
