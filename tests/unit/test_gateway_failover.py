@@ -233,3 +233,12 @@ def test_failover_the_second_gateway_dying_moves_back_to_the_first_at_once():
     assert starts(w, t) == [("gw1", "gw2")]
     in_mc_via(w, TIA, "gw1")
     w.agrees()
+
+
+def test_dead_gateway_after_survives_the_trays_profile_editor():
+    from app.lab.configs import profile_toml
+    from ui.profile_model import from_toml, to_toml
+    text = profile_toml(vpn_gateways=("172.16.0.11", "172.16.0.12")) + "dead_gateway_after = 15\n"
+    values = from_toml(text, "corp.toml")
+    assert values["vpn.dead_gateway_after"] == "15"
+    assert "dead_gateway_after = 15" in to_toml(values)
