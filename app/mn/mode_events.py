@@ -124,6 +124,8 @@ class VpnLost:
     gateway_gone: bool = False
     """The IKE SA itself went (DPD gave up, the gateway deleted it, its peer address
     was refused): the next gateway is tried at once.  Not for a CHILD SA alone."""
+    gateway: str = ""
+    """The gateway of an SA refused before it was in use (the one in use is known)."""
 
 
 @dataclass(frozen=True, slots=True)

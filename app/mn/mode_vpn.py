@@ -284,14 +284,14 @@ class VpnSide:
             return  # its loss was handled (a refused peer's teardown, CHILD then IKE)
         if ev.ike_id is not None:
             self._gone_ike = ev.ike_id
-        was_up, gateway = v.up, v.gateway
+        was_up, gateway = v.up, v.gateway or ev.gateway
         self._drop_tia()
         v.register_at = None
         if s.vpn_client is not None:
             s.vpn_client.cancel()
         # The gateway in use went silent or away: the next one of the list at once
         # (a new IKE SA, a new TIA, a new registration), this one behind the others.
-        gone = was_up and ev.gateway_gone and bool(gateway)
+        gone = (was_up or bool(ev.gateway)) and ev.gateway_gone and bool(gateway)
         failover = gone and self.order is not None and self.order.has_other(gateway)
         if gone and self.order is not None:
             self.order.dead(gateway, now)

@@ -133,7 +133,7 @@ class VpnLink:
             refused = peer_refusal(ev.gateway.host, self.allowed_peers,
                                    f"gateway {gw} set the IKE SA up")
             if refused is not None:
-                return self._refuse(refused, ev.ike_id)
+                return self._refuse(refused, ev.ike_id, gw)
             gw_ip = ev.gateway.host if isinstance(ev.gateway.host, IPv4Address) else None
             return [am.VpnReady(ev.tia, gw, ev.ike_id, gateway_address=gw_ip,
                                 nat_detected=ev.nat_detected, local=str(ev.local),
@@ -173,12 +173,16 @@ class VpnLink:
             return [am.VpnServiceBack()]
         return []
 
-    def _refuse(self, reason: str, ike_id: int) -> list[am.Event]:
-        """An SA whose peer the gate has no room for: said, torn down, the next gateway."""
+    def _refuse(self, reason: str, ike_id: int, gateway: str = "") -> list[am.Event]:
+        """An SA whose peer the gate has no room for: said, torn down, the next gateway
+        (an initiate still under way is dropped: it would report the same SA)."""
         log.warning("%s", reason)
         self._history("vpn-peer-refused", {"text": reason})
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
         self._stopping = asyncio.create_task(self._terminate(), name="vpn-terminate")
-        return [am.VpnLost(reason, ike_id, gateway_gone=True)]
+        return [am.VpnLost(reason, ike_id, gateway_gone=True, gateway=gateway)]
 
     # -- tasks -------------------------------------------------------------------
 

@@ -242,3 +242,17 @@ def test_dead_gateway_after_survives_the_trays_profile_editor():
     values = from_toml(text, "corp.toml")
     assert values["vpn.dead_gateway_after"] == "15"
     assert "dead_gateway_after = 15" in to_toml(values)
+
+
+def test_rfc4555_3_6_a_gateway_refused_before_use_is_passed_over_at_once():
+    """An SA refused as it came up (its peer outside the gate's set) is that gateway's
+    failure: the next one is tried at once, the refused one last."""
+    w = world()
+    w.move("pub")
+    w.run(0.05)
+    t = w.now
+    w.apply(w.m.handle(VpnLost("gateway gw1 set the IKE SA up to 198.51.100.9, ...", 5,
+                               gateway_gone=True, gateway="gw1"), w.now))
+    assert starts(w, t) == [("gw2", "gw1")]
+    assert w.gate is None and w.m.mode is Mode.NONE
+    in_mc_via(w, TIA2, "gw2")

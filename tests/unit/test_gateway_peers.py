@@ -96,6 +96,7 @@ async def test_rfc4555_3_6_a_gateway_answering_from_another_address_is_refused(t
         out = v.translate(up)
         assert len(out) == 1 and isinstance(out[0], am.VpnLost) and out[0].gateway_gone
         assert "198.51.100.9" in out[0].reason
+        assert out[0].gateway == GW1, "named: the machine passes it over"
         await terminated(fake)
         ok = VpnUp(A("10.99.1.1"), Endpoint(A(GW1), 4500), LOCAL, False, 4)
         assert isinstance(v.translate(ok)[0], am.VpnReady)
