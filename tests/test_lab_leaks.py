@@ -62,6 +62,9 @@ ALLOWED = [
     # the probe comes back to the probe's source.
     back(IP(src=ROUTER, dst=LINK) / ICMP(type=3, code=0)
          / IP(src=LINK, dst=HA) / UDP(sport=40000, dport=434) / Raw(b"\x01" + b"\0" * 23)),
+    # A gateway whose IKE daemon died: its host's port unreachable about our IKE to it.
+    back(IP(src=GW, dst=LINK) / ICMP(type=3, code=3)
+         / IP(src=LINK, dst=GW) / UDP(sport=4500, dport=4500) / Raw(b"\0" * 8)),
     # The VPN probe: the helper's echo to the gateway (RTT), and its reply.
     out(IP(src=LINK, dst=GW) / ICMP(type=8, id=0x5452, seq=1)),
     back(IP(src=GW, dst=LINK) / ICMP(type=0, id=0x5452, seq=1)),
@@ -121,6 +124,10 @@ FORBIDDEN = {
     "an ICMP error about traffic that is not the probe": (
         back(IP(src=ROUTER, dst=LINK) / ICMP(type=3, code=1)
              / IP(src=LINK, dst=CN) / UDP(sport=40000, dport=9999)),
+        {Rule.ALLOWED}),
+    "an ICMP error about IKE from a host that is not the gateway it quotes": (
+        back(IP(src=ROUTER, dst=LINK) / ICMP(type=3, code=3)
+             / IP(src=LINK, dst=GW) / UDP(sport=4500, dport=4500) / Raw(b"\0" * 8)),
         {Rule.ALLOWED}),
     "an ICMP error about the probe to another address": (
         back(IP(src=ROUTER, dst="203.0.113.55") / ICMP(type=3, code=1)

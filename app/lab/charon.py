@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.net.gate_rules import CHARON_MARK
+from app.vpn.liveness import RETRANSMIT_BASE, RETRANSMIT_TIMEOUT, RETRANSMIT_TRIES
 
 CHARON = "/usr/lib/ipsec/charon"
 PLUGINS = ("random nonce openssl pem pkcs1 x509 pubkey revocation constraints aes sha1 sha2 "
@@ -57,9 +58,9 @@ def strongswan_conf(d: Path, interfaces_use: str | None,
   load_modular = no
   load = {PLUGINS}
   install_routes = yes
-  retransmit_tries = 3
-  retransmit_timeout = 1.0
-  retransmit_base = 1.4
+  retransmit_tries = {RETRANSMIT_TRIES}
+  retransmit_timeout = {RETRANSMIT_TIMEOUT}
+  retransmit_base = {RETRANSMIT_BASE}
 {use}  plugins {{
     socket-default {{
       fwmark = {CHARON_MARK:#x}

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 from app.api import Mode, Policy, State
+from app.mn.gateway_order import GatewayOrder
 from app.mn.known_networks import KnownNetworks
 from app.mn.mode_direct import DEFAULT_KEEPALIVE, DirectSide
 from app.mn.mode_events import (
@@ -68,6 +69,7 @@ from app.mn.mode_events import (
     Note,
     PolicySet,
     PrepareLink,
+    RememberGateway,
     RememberNetwork,
     Resumed,
     Send,
@@ -121,6 +123,7 @@ __all__ = [
     "Note",
     "PolicySet",
     "PrepareLink",
+    "RememberGateway",
     "RememberNetwork",
     "Resumed",
     "Send",
@@ -158,7 +161,8 @@ class AccessModeMachine:
     the profile; it must share ``client``'s replay state (the same home agent).
     ``keep_alive_inside``: RFC 5266 3.4.2's MAY, keep the IKE SA on trusted
     networks where the gateway answers, so the next untrusted network needs only
-    MOBIKE.
+    MOBIKE.  ``gateway_order``: the VPN's gateways to try first, per network, and
+    the failover to the next one when the one in use dies (``app.mn.gateway_order``).
     """
 
     def __init__(self, home_network: IPv4Network, client: RegistrationClient, *,
@@ -166,7 +170,8 @@ class AccessModeMachine:
                  vpn_client: RegistrationClient | None = None,
                  policy: Policy = Policy.AUTO, keep_alive_inside: bool = False,
                  known: KnownNetworks | None = None,
-                 to_wall: Callable[[float], float] = lambda now: now) -> None:
+                 to_wall: Callable[[float], float] = lambda now: now,
+                 gateway_order: GatewayOrder | None = None) -> None:
         if vpn_client is not None and vpn_client.replay is not client.replay:
             raise ValueError("the VPN's registration client must share the direct one's "
                              "replay state")
@@ -175,7 +180,7 @@ class AccessModeMachine:
         if known is not None:
             self._s.known = known
         self._s.to_wall = to_wall
-        self._vpn = VpnSide(self._s)
+        self._vpn = VpnSide(self._s, gateway_order)  # None: charon's order, no failover
         self._direct = DirectSide(self._s, self._vpn)
         self._stopping = False
         """A Shutdown came: ``Stopped`` once nothing of ours stands at the home agent."""

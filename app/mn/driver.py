@@ -33,6 +33,7 @@ from app.api import HistoryEntry, Mode, Policy, Snapshot, State
 from app.mn import access_mode as am
 from app.mn import driver_inputs as inputs
 from app.mn import status_view
+from app.mn.gateway_order import GatewayOrder
 from app.mn.home_arp import HomeArpPermit
 from app.mn.known_networks import KnownNetworks
 from app.mn.link_tracker import LinkTracker
@@ -80,7 +81,9 @@ class MobileNodeDriver:
                  known_networks: Mapping[str, float] | None = None,
                  remember_network: Callable[[am.RememberNetwork], None] = lambda a: None,
                  identify: Callable[[str, IPv4Interface, IPv4Address | None, str],
-                                    Awaitable[str | None]] = network_identity) -> None:
+                                    Awaitable[str | None]] = network_identity,
+                 gateways_remembered: Mapping[str, str] | None = None,
+                 remember_gateway: Callable[[str, str], None] | None = None) -> None:
         """``routes``, ``gate`` and ``charon`` (the VPN adapter, used when the profile
         has a ``[vpn]`` table) come started from their owner (the helper), who also
         closes them: the driver only uses them, and the owner routes charon's events
@@ -113,11 +116,15 @@ class MobileNodeDriver:
             replace(profile.registration(key), udp_tunnelling=UdpTunnelling.OFF),
             Path.VPN, self._arrived_by, replay=self.client.replay, wall=to_wall) if (
             self.charon is not None) else None
+        # Which gateway first, per network, and the failover (app.mn.gateway_order).
+        order = GatewayOrder(profile.vpn.gateways, gateways_remembered) if (
+            profile.vpn is not None) else None
         self.machine = am.AccessModeMachine(
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
             vpn_client=self.vpn_client, policy=policy,
             keep_alive_inside=profile.vpn.keep_alive_inside if profile.vpn else False,
-            known=KnownNetworks(profile.known_networks, known_networks), to_wall=to_wall)
+            known=KnownNetworks(profile.known_networks, known_networks), to_wall=to_wall,
+            gateway_order=order)
         self._remember_network = remember_network
         self._identify = identify
         self._identity: tuple[tuple[str, IPv4Interface, IPv4Address | None],
@@ -143,8 +150,10 @@ class MobileNodeDriver:
         link = VpnLink(
             self.charon, profile.vpn, vpn_secrets or {},
             events=lambda ev: self._queue.put_nowait(inputs.VpnInput(ev)),
-            history=self.board.history) if self.charon is not None and profile.vpn else None
-        self.vpn = VpnExecutor(link, routes, self.sockets, self.board)
+            history=self.board.history,
+            allowed_peers=self.gate.policy.gateways if self.gate is not None else None,
+        ) if self.charon is not None and profile.vpn else None
+        self.vpn = VpnExecutor(link, routes, self.sockets, self.board, remember_gateway)
         self._binding_view = status_view.BindingView()
         self._gate_at = 0.0
         self._stopped = False
@@ -323,7 +332,9 @@ class MobileNodeDriver:
                                                       self.clock()):
                     self.board.history(*entry)
             elif isinstance(a, am.StartVpn):
-                self.vpn.start()
+                self.vpn.start(a)
+            elif isinstance(a, am.RememberGateway):
+                self.vpn.remember(a)
             elif isinstance(a, am.StopVpn):
                 self.vpn.stop(a.reason)
             elif isinstance(a, am.UseTia):

@@ -124,6 +124,11 @@ class VpnLost:
 
     reason: str
     ike_id: int | None = None
+    gateway_gone: bool = False
+    """The IKE SA itself went (DPD gave up, the gateway deleted it, its peer address
+    was refused): the next gateway is tried at once.  Not for a CHILD SA alone."""
+    gateway: str = ""
+    """The gateway of an SA refused before it was in use (the one in use is known)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +203,11 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class StartVpn:
-    """Bring the VPN up from this link (an IKE SA that exists moves by MOBIKE)."""
+    """Bring the VPN up from this link (an IKE SA that exists moves by MOBIKE),
+    trying ``gateways`` in this order (empty: the profile's)."""
 
     iface: str
+    gateways: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +229,15 @@ class UseTia:
     nat_detected: bool = False
     local: str = ""
     remote: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RememberGateway:
+    """``gateway`` brought mode mc up on ``network`` (``app.mn.gateway_order``'s key):
+    try it first there next time, after a restart too."""
+
+    network: str
+    gateway: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,4 +320,5 @@ class RememberNetwork:
 
 
 Action = (Gate | PrepareLink | ClaimHome | Send | Solicit | ConfigureDataPlane | Status | Note
-          | StartVpn | StopVpn | UseTia | DropTia | NatDetected | Stopped | RememberNetwork)
+          | StartVpn | StopVpn | UseTia | DropTia | NatDetected | Stopped | RememberNetwork
+          | RememberGateway)

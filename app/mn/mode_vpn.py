@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from app.api import Mode, Policy, State
+from app.mn.gateway_order import GatewayOrder, network_key
 from app.mn.mode_events import (
     ConfigureDataPlane,
     DropTia,
     Note,
+    RememberGateway,
     Send,
     StartVpn,
     StopVpn,
@@ -80,9 +82,20 @@ class VpnState:
 class VpnSide:
     """The VPN half of the machine (see the module docstring)."""
 
-    def __init__(self, s: ModeState) -> None:
+    def __init__(self, s: ModeState, order: GatewayOrder | None = None) -> None:
+        """``order``: which gateway to try first (None: the profile's order, charon's)."""
         self.s = s
         self.vpn = VpnState()
+        self.order = order
+        self._now = 0.0
+        """The last time an event carried (starts without one use it)."""
+        self._gone_ike: int | None = None
+        """The IKE SA last given up: its later events (its teardown) change nothing."""
+
+    def network(self) -> str | None:
+        """The current link's network, as a remembered gateway is keyed."""
+        link = self.s.link
+        return network_key(link.address, link.gateway) if link is not None else None
 
     # -- what the machine asks --------------------------------------------------
 
@@ -124,7 +137,7 @@ class VpnSide:
         v = self.vpn
         if v.retry_at is not None and now >= v.retry_at:
             v.retry_at = None
-            self.start()
+            self.start(now)
         if v.register_at is not None and now >= v.register_at:
             v.register_at = None
             self.register(now)
@@ -153,10 +166,11 @@ class VpnSide:
         if self.vpn.up and not in_mc and self.wanted:
             self.vpn.register_at = now + MOBIKE_WAIT  # or as soon as MOBIKE moved it
         else:
-            self.start()
+            self.start(now)
 
-    def start(self) -> None:
+    def start(self, now: float | None = None) -> None:
         s, v = self.s, self.vpn
+        self._now = now if now is not None else self._now
         link = s.link
         if not self.wanted or link is None or v.starting or v.up:
             return
@@ -165,7 +179,8 @@ class VpnSide:
             return
         v.starting = True
         v.retry_at = None
-        s.actions.append(StartVpn(link.iface))
+        order = self.order.order(self.network(), self._now) if self.order is not None else ()
+        s.actions.append(StartVpn(link.iface, order))
 
     def stop(self, reason: str) -> None:
         v = self.vpn
@@ -265,16 +280,30 @@ class VpnSide:
         s, v = self.s, self.vpn
         if ev.ike_id is not None and v.ike_id is not None and ev.ike_id != v.ike_id:
             return  # an SA we no longer use (rekeyed, or an older attempt)
-        was_up = v.up
+        if ev.ike_id is not None and ev.ike_id == self._gone_ike and not v.up:
+            return  # its loss was handled (a refused peer's teardown, CHILD then IKE)
+        if ev.ike_id is not None:
+            self._gone_ike = ev.ike_id
+        was_up, gateway = v.up, v.gateway or ev.gateway
         self._drop_tia()
         v.register_at = None
         if s.vpn_client is not None:
             s.vpn_client.cancel()
+        # The gateway in use went silent or away: the next one of the list at once
+        # (a new IKE SA, a new TIA, a new registration), this one behind the others.
+        gone = (was_up or bool(ev.gateway)) and ev.gateway_gone and bool(gateway)
+        failover = gone and self.order is not None and self.order.has_other(gateway)
+        if gone and self.order is not None:
+            self.order.dead(gateway, now)
+        nxt = f"; trying {self.order.order(self.network(), now)[0]}" if (
+            failover and self.order is not None) else ""
         if s.mode is Mode.VPN:  # a kill switch: shut, say why
-            s.leave(State.UNTRUSTED, f"the VPN went down: {ev.reason}")
+            s.leave(State.UNTRUSTED, f"the VPN went down: {ev.reason}{nxt}")
         elif self.waiting and not was_up:
             s.enter(State.UNTRUSTED, Mode.NONE, f"the VPN did not come up: {ev.reason}")
-        if self.wanted and s.phase is not State.TRUSTED:
+        if failover and self.wanted and s.phase is not State.TRUSTED:
+            self.start(now)
+        elif self.wanted and s.phase is not State.TRUSTED:
             self._retry_later(now)
 
     def on_service_lost(self, ev: VpnServiceLost) -> None:
@@ -333,6 +362,10 @@ class VpnSide:
                                   "through the VPN, not its current address"))
             return
         # RFC 5266 3.4: the TIA registered through the VPN: mode mc.
+        network = self.network()
+        if self.order is not None and v.gateway and self.order.worked(network, v.gateway) and (
+                network is not None):
+            s.actions.append(RememberGateway(network, v.gateway))
         if s.mode is not Mode.VPN:
             # The binding through the VPN replaced the direct one: renewing that
             # would take the home agent away from the tunnel.

@@ -12,6 +12,7 @@ link (charon), and closes only the VPN link's tasks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address
 
@@ -31,9 +32,12 @@ ECHO_INTERVAL = 30.0
 
 class VpnExecutor:
     def __init__(self, link: VpnLink | None, routes: MobileNodeRoutes,
-                 sockets: MobileNodeSockets, board: StatusBoard) -> None:
-        """``link``: None without a VPN in the profile (charon's events are ignored)."""
+                 sockets: MobileNodeSockets, board: StatusBoard,
+                 memory: Callable[[str, str], None] | None = None) -> None:
+        """``link``: None without a VPN in the profile (charon's events are ignored);
+        ``memory``: keeps (network, gateway) that brought mc up."""
         self.link = link
+        self.memory = memory
         self.routes = routes
         self.sockets = sockets
         self.board = board
@@ -45,10 +49,15 @@ class VpnExecutor:
 
     # -- the machine's actions -----------------------------------------------------
 
-    def start(self) -> None:
-        """``StartVpn``."""
+    def start(self, a: am.StartVpn) -> None:
+        """``StartVpn``: the gateways in the machine's order."""
         if self.link is not None:
-            self.link.start()
+            self.link.start(a.gateways)
+
+    def remember(self, a: am.RememberGateway) -> None:
+        """``RememberGateway``: kept in the helper's state directory (if it has one)."""
+        if self.memory is not None:
+            self.memory(a.network, a.gateway)
 
     def stop(self, reason: str) -> None:
         """``StopVpn``: stopped on purpose, no VPN to report on."""

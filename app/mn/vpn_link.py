@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -23,6 +23,7 @@ from app.mn import access_mode as am
 from app.mn.mode_events import VpnNat
 from app.vpn.charon import Charon, VpnConfigError, VpnError, VpnUnreachableError
 from app.vpn.events import (
+    CHILD_CLOSED,
     ChildRekeyed,
     IkeRekeyed,
     MobikeUpdate,
@@ -32,6 +33,7 @@ from app.vpn.events import (
     VpnUnreachable,
     VpnUp,
 )
+from app.vpn.peers import peer_refusal
 from app.vpn.profile import VpnConfig
 
 log = logging.getLogger("trustroam.mn")
@@ -53,8 +55,13 @@ class VpnLink:
     """
 
     def __init__(self, charon: Charon, cfg: VpnConfig, secrets: Mapping[str, str], *,
-                 events: Callable[[VpnEvent | VpnNat], None], history: History) -> None:
+                 events: Callable[[VpnEvent | VpnNat], None], history: History,
+                 allowed_peers: Collection[IPv4Address] | None = None) -> None:
+        """``allowed_peers``: the gate's gateway addresses (None: no gate); an SA with
+        another peer is refused (``app.vpn.peers``)."""
         self.charon = charon
+        self.allowed_peers = allowed_peers
+        self._order: tuple[str, ...] = ()
         self._cfg = cfg
         self._secrets = secrets  # as given, not copied: its repr hides the values
         self._events = events
@@ -90,8 +97,10 @@ class VpnLink:
         self._loaded = True
         return True
 
-    def start(self) -> None:
-        """Bring the tunnel up (one attempt at a time); the outcome comes as events."""
+    def start(self, order: tuple[str, ...] = ()) -> None:
+        """Bring the tunnel up (one attempt at a time), trying the gateways in
+        ``order`` (empty: the profile's); the outcome comes as events."""
+        self._order = order
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._initiate(), name="vpn-initiate")
 
@@ -118,13 +127,23 @@ class VpnLink:
                 # Mode mc needs one: say so, and let the machine retry later.
                 self._history("vpn-error", {"text": NO_TIA})
                 return [am.VpnLost(NO_TIA)]
-            gw = self.charon.gateway or str(ev.gateway.host)
+            # The gateway being tried: after a failover charon's event comes before
+            # initiate's answer, when ``gateway`` still names the dead one.
+            gw = self.charon.loaded_gateway or self.charon.gateway or str(ev.gateway.host)
+            refused = peer_refusal(ev.gateway.host, self.allowed_peers,
+                                   f"gateway {gw} set the IKE SA up")
+            if refused is not None:
+                return self._refuse(refused, ev.ike_id, gw)
             gw_ip = ev.gateway.host if isinstance(ev.gateway.host, IPv4Address) else None
             return [am.VpnReady(ev.tia, gw, ev.ike_id, gateway_address=gw_ip,
                                 nat_detected=ev.nat_detected, local=str(ev.local),
                                 remote=str(ev.gateway))]
         if isinstance(ev, MobikeUpdate):
             self._history("mobike", {"local": str(ev.local), "remote": str(ev.remote)})
+            refused = peer_refusal(ev.remote.host, self.allowed_peers,
+                                   "MOBIKE moved the IKE SA (RFC 4555 3.6)")
+            if refused is not None:
+                return self._refuse(refused, ev.ike_id)
             # With kernel ESP no CHILD rekey follows (below): no event says when the
             # UPDATE_SA_ADDRESSES exchange (its NAT detection) is done, so ask again
             # a moment later.
@@ -143,7 +162,9 @@ class VpnLink:
             return []
         if isinstance(ev, VpnDown):
             self._history("vpn-down", {"reason": ev.reason})
-            return [am.VpnLost(ev.reason, ev.ike_id)]
+            # The IKE SA itself went (not torn down by us): its gateway is gone.
+            gone = ev.ike_id is not None and ev.reason not in (CHILD_CLOSED, "terminated")
+            return [am.VpnLost(ev.reason, ev.ike_id, gateway_gone=gone)]
         if isinstance(ev, VpnUnreachable):
             self._history("vpn-unreachable", {"text": ev.message})
             return [am.VpnServiceLost(ev.message)]
@@ -151,6 +172,17 @@ class VpnLink:
             self._history("vpn-service-up", {"socket": ev.socket})
             return [am.VpnServiceBack()]
         return []
+
+    def _refuse(self, reason: str, ike_id: int, gateway: str = "") -> list[am.Event]:
+        """An SA whose peer the gate has no room for: said, torn down, the next gateway
+        (an initiate still under way is dropped: it would report the same SA)."""
+        log.warning("%s", reason)
+        self._history("vpn-peer-refused", {"text": reason})
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+        self._stopping = asyncio.create_task(self._terminate(), name="vpn-terminate")
+        return [am.VpnLost(reason, ike_id, gateway_gone=True, gateway=gateway)]
 
     # -- tasks -------------------------------------------------------------------
 
@@ -166,9 +198,10 @@ class VpnLink:
                 await asyncio.shield(self._stopping)
         if not self._loaded and not await self.load():
             return
-        self._history("vpn-starting", {})
+        # The order tried (app.mn.gateway_order): a remembered gateway first.
+        self._history("vpn-starting", {"gateways": ",".join(self._order)} if self._order else {})
         try:
-            sa = await self.charon.initiate()
+            sa = await self.charon.initiate(self._order)
         except VpnUnreachableError as exc:
             self._events(VpnUnreachable(str(exc)))
             return

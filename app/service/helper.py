@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -38,6 +39,7 @@ from app.net.rtnl_links import RtnlLinks
 from app.service import state as saved
 from app.service.bus import MessageBus
 from app.service.gateway_cache import GatewayCache
+from app.service.gateway_memory import GatewayMemory
 from app.service.known_networks_store import KnownNetworksStore
 from app.service.lan import LanChoices
 from app.service.portal import DEFAULT_SIGNIN_SECONDS, PortalWatch
@@ -108,6 +110,8 @@ class Helper:
         """The user's per-network "Allow local network" choices (app.service.lan)."""
         self.gateway_cache = GatewayCache(state_dir)
         """The VPN gateways' last addresses, for when their names do not resolve."""
+        self.gateway_memory = GatewayMemory(state_dir)
+        """The gateway that worked last, per profile and network (app.service.gateway_memory)."""
         self.known_networks = KnownNetworksStore(state_dir)
         """Networks judged untrusted (RFC 5266 5: app.mn.known_networks)."""
         self.driver: MobileNodeDriver | None = None
@@ -255,7 +259,11 @@ class Helper:
                                            charon=charon, vpn_secrets=got.extra,
                                            policy=self.policy,
                                            known_networks=self.known_networks.load(),
-                                           remember_network=self.known_networks.remember)
+                                           remember_network=self.known_networks.remember,
+                                           gateways_remembered=self.gateway_memory.get(
+                                               prof.name),
+                                           remember_gateway=functools.partial(
+                                               self.gateway_memory.put, prof.name))
             stack.push_async_callback(self.driver.stop)
             await routes.start()
             if charon is not None and gate is not None:

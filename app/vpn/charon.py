@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from ipaddress import IPv4Address
@@ -168,6 +168,12 @@ class Charon:
         """The gateway of the last successful ``initiate``."""
         return self._gateway
 
+    @property
+    def loaded_gateway(self) -> str | None:
+        """The gateway whose connection charon holds now: the one an ``initiate`` under
+        way is trying (its CHILD SA's event comes before ``initiate`` returns)."""
+        return self._loaded_gw
+
     # -- life cycle ------------------------------------------------------------
 
     async def start(self) -> bool:
@@ -254,11 +260,14 @@ class Charon:
         log.info("loaded connection %s to %s (%s)", self.name, gateway,
                  ", ".join(vici_messages.describe(conn[self.name])))
 
-    async def initiate(self) -> SaInfo:
-        """Bring the tunnel up, trying the gateways in the profile's order; an
+    async def initiate(self, order: Sequence[str] = ()) -> SaInfo:
+        """Bring the tunnel up, trying the gateways in ``order`` (default: the
+        profile's), each for at most the profile's ``dead_gateway_after``; an
         existing tunnel is returned as is (MOBIKE keeps it across moves).
         ``terminate()`` meanwhile aborts it (VpnCommandError) without waiting."""
         cfg = self._require_loaded()
+        gateways = tuple(g for g in order if g in cfg.gateways) or cfg.gateways
+        patience = min(self.ike_timeout, float(cfg.dead_gateway_after))
         async with self._op:
             self._terminating = False
             current = await self._sas()
@@ -268,13 +277,13 @@ class Charon:
                     await self._rekey_child(sa.ike_id)
                 return sa
             failures: list[str] = []
-            for gw in cfg.gateways:
+            for gw in gateways:
                 if gw != self._loaded_gw:
                     await self._push(gw)
                 try:
                     await self._call("initiate", lambda s: list(s.initiate(
-                        vici_messages.initiate(self.name, self.ike_timeout))),
-                        self.ike_timeout + self.call_timeout)
+                        vici_messages.initiate(self.name, patience))),
+                        patience + self.call_timeout)
                 except VpnCommandError as exc:
                     if self._terminating:
                         raise VpnCommandError("terminated while connecting") from None
@@ -286,8 +295,7 @@ class Charon:
                     self._gateway = gw
                     return up[0]
                 failures.append(f"{gw}: no tunnel after initiation")
-            raise VpnCommandError("no VPN gateway brought the tunnel up (" +
-                                  "; ".join(failures) + ")")
+            raise VpnCommandError(all_down(failures))
 
     async def _rekey_child(self, ike_id: int) -> None:
         """A CHILD SA of this IKE SA was reported closed while charon still lists
@@ -565,6 +573,14 @@ class Charon:
             self._on_event(ev)
         except Exception:
             log.exception("VPN event handler failed on %s", type(ev).__name__)
+
+
+ALL_DOWN = "every VPN gateway is down"
+
+
+def all_down(failures: Sequence[str]) -> str:
+    """The status when no gateway brought the tunnel up: each one tried, and why."""
+    return f"{ALL_DOWN} (tried " + "; ".join(failures) + ")"
 
 
 def _command_error(exc: vici.exception.CommandException) -> str:

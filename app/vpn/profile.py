@@ -15,6 +15,7 @@ files it names are read by ``app.vpn.credentials``.
     key_file = "/etc/trustroam/alice.key"           # pubkey only (may be encrypted)
     keep_alive_inside = false                       # RFC 5266 3.4.2's MAY
     dpd_delay = 10                                  # seconds; 0 = off
+    dead_gateway_after = 10                         # seconds: a silent gateway is left
     intranet = ["10.0.0.0/8"]                       # optional: default, the home network
     ike_proposals = ["aes128-sha256-x25519"]        # optional: default, charon's
     esp_proposals = ["aes128gcm16-x25519"]          # optional: default, charon's
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import ConfigError, Section, toml_string
+from app.vpn.liveness import MIN_DEAD_AFTER, retransmit_total
 
 # Names of secrets (keys of the secrets file / agent), not secrets.
 SECRET_PSK = "vpn_psk"  # noqa: S105
@@ -107,6 +109,9 @@ class VpnConfig:
     key_file: Path | None = None
     keep_alive_inside: bool = False
     dpd_delay: int = 10
+    dead_gateway_after: int = 10
+    """Seconds of silence after which the gateway in use is dead and the next one of
+    ``gateways`` is tried (``app.vpn.liveness`` sets charon's DPD to hold it)."""
     intranet: tuple[IPv4Network, ...] = ()
     ike_proposals: tuple[str, ...] = ()
     esp_proposals: tuple[str, ...] = ()
@@ -173,6 +178,7 @@ def parse(section: Section, home_network: IPv4Network) -> VpnConfig:
         key_file=key_file,
         keep_alive_inside=section.bool_("keep_alive_inside", False),
         dpd_delay=section.int_("dpd_delay", 10, lo=0, hi=3600),
+        dead_gateway_after=_dead_after(section),
         intranet=intranet,
         ike_proposals=tuple(_proposals(section, "ike_proposals")),
         esp_proposals=tuple(_proposals(section, "esp_proposals")),
@@ -204,6 +210,8 @@ def dump(cfg: VpnConfig, home_network: IPv4Network) -> list[str]:
             lines.append(f"{name} = {toml_string(str(path))}")
     lines += [f"keep_alive_inside = {str(cfg.keep_alive_inside).lower()}",
               f"dpd_delay = {cfg.dpd_delay}"]
+    if cfg.dead_gateway_after != 10:
+        lines.append(f"dead_gateway_after = {cfg.dead_gateway_after}")
     if cfg.intranet and cfg.intranet != (home_network,):
         lines.append(f"intranet = {strings([str(n) for n in cfg.intranet])}")
     if cfg.ike_proposals:
@@ -211,6 +219,17 @@ def dump(cfg: VpnConfig, home_network: IPv4Network) -> list[str]:
     if cfg.esp_proposals:
         lines.append(f"esp_proposals = {strings(cfg.esp_proposals)}")
     return lines
+
+
+def _dead_after(section: Section) -> int:
+    """``dead_gateway_after``: at least charon's retransmissions plus a 1 s DPD delay."""
+    value = section.int_("dead_gateway_after", 10, lo=0, hi=3600)
+    if value < MIN_DEAD_AFTER:
+        raise section.error("dead_gateway_after",
+                            f"must be at least {MIN_DEAD_AFTER} s, got {value}: charon "
+                            f"retransmits a liveness check for {retransmit_total():.1f} s "
+                            "before it gives up (packaging/strongswan/trustroam.conf)")
+    return value
 
 
 def _is_ip(text: str) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.net.gate_rules import CHARON_MARK
+from app.vpn.liveness import dpd_delay_for
 from app.vpn.profile import SECRET_PASSWORD, SECRET_PSK, AuthMethod, VpnConfig
 
 CONNECTION = "trustroam"
@@ -77,7 +78,9 @@ def load_conn(cfg: VpnConfig, gateway: str, certs: Certificates = Certificates()
         "remote_addrs": [gateway],
         "vips": ["0.0.0.0"],  # ask for a tunnel inner address (RFC 5266's TIA)
         "mobike": "yes",
-        "dpd_delay": f"{cfg.dpd_delay}s",
+        # IKEv2's DPD timeout is charon's global retransmission (app.vpn.liveness):
+        # the delay alone is ours to set, within the profile's dead_gateway_after.
+        "dpd_delay": f"{dpd_delay_for(cfg.dead_gateway_after, cfg.dpd_delay)}s",
         "keyingtries": "1",  # the adapter moves on to the next gateway itself
         "local": local,
         "remote": remote,

@@ -157,6 +157,16 @@ def quotes_probe(f: Frame, p: Policy) -> bool:
             and q.get("ip.src") == f["ip.dst"] and f["ip.dst"] != str(p.home))
 
 
+def quotes_ike(f: Frame, p: Policy) -> bool:
+    """An ICMP error from a gateway about the IKE/NAT-T we sent it (a gateway whose IKE
+    daemon died answers with port unreachable), sent to the link address it left from."""
+    q = f.inner
+    gateways = {str(g) for g in p.gateways}
+    return (f["ip.src"] in gateways and q.get("ip.dst") == f["ip.src"]
+            and q.get("ip.proto") == PROTO_UDP and f["udp.dstport"] in IKE_PORTS
+            and q.get("ip.src") == f["ip.dst"] and f["ip.dst"] != str(p.home))
+
+
 def breaks_clear(f: Frame, p: Policy) -> bool:
     if f["eth.type"] == ETH_ARP:
         return p.inside(f["arp.src.proto_ipv4"]) or p.inside(f["arp.dst.proto_ipv4"])
@@ -190,7 +200,7 @@ def allowed(f: Frame, p: Policy) -> bool:
         if f["icmp.type"] in ("8", "0"):  # the VPN probe: echo to a gateway, its reply
             return (f["icmp.type"] == "8" and dst in gateways) or (
                 f["icmp.type"] == "0" and src in gateways)
-        return f["icmp.type"] in ICMP_ERRORS and quotes_probe(f, p)
+        return f["icmp.type"] in ICMP_ERRORS and (quotes_probe(f, p) or quotes_ike(f, p))
     return False
 
 

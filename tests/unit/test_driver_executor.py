@@ -153,7 +153,7 @@ async def test_a_repeated_vpn_up_does_nothing_as_the_machine_decides():
     routes = VpnRoutes()
     d = MobileNodeDriver(profile, b"k" * 16, routes, None,  # type: ignore[arg-type]
                          on_event=history.append, clock=lambda: MONO, wall=lambda: T0,
-                         charon=SimpleNamespace(gateway=None))  # type: ignore[arg-type]
+                         charon=SimpleNamespace(gateway=None, loaded_gateway=None))  # type: ignore[arg-type]
     d._loop = asyncio.get_running_loop()
     tia, gw = A("10.99.1.1"), Endpoint(A("172.16.0.11"), 4500)
     up = VpnUp(tia, gw, Endpoint(A("203.0.113.5"), 4500), False, 1)
@@ -202,7 +202,7 @@ async def test_rfc5266_4_the_vpns_nat_is_the_sa_in_uses_as_the_machine_says():
     history: list[HistoryEntry] = []
     d = MobileNodeDriver(profile, b"k" * 16, VpnRoutes(), None,  # type: ignore[arg-type]
                          on_event=history.append, clock=lambda: MONO, wall=lambda: T0,
-                         charon=SimpleNamespace(gateway=None))  # type: ignore[arg-type]
+                         charon=SimpleNamespace(gateway=None, loaded_gateway=None))  # type: ignore[arg-type]
     d._loop = asyncio.get_running_loop()
     up = VpnUp(A("10.99.1.1"), Endpoint(A("172.16.0.11"), 4500),
                Endpoint(A("203.0.113.5"), 4500), False, 1)
@@ -257,7 +257,7 @@ async def test_the_vpn_probes_deadline_reaches_the_one_timer_and_its_tick_probes
                                   address=SimpleNamespace(ip=A("192.0.2.7")))
     d = MobileNodeDriver(profile, b"k" * 16, routes, None,  # type: ignore[arg-type]
                          on_event=lambda e: None, clock=lambda: MONO, wall=lambda: T0,
-                         charon=SimpleNamespace(gateway=None))  # type: ignore[arg-type]
+                         charon=SimpleNamespace(gateway=None, loaded_gateway=None))  # type: ignore[arg-type]
     loop = d._loop = asyncio.get_running_loop()
     probes: list[tuple[Any, ...]] = []
     d.sockets.send_echo = lambda *a: probes.append(a)  # type: ignore[method-assign]

@@ -48,7 +48,8 @@ SANS_IO = ["app/mn/access_mode.py", "app/mn/mode_events.py", "app/mn/registratio
            "app/mn/link_tracker.py",
            "app/mn/nat_keepalive.py", "app/mn/reply_path.py", "app/agents/ha_core.py",
            "app/agents/fa_core.py", "app/net/gate_rules.py", "app/vpn/events.py",
-           "app/vpn/profile.py", "app/vpn/vici_messages.py", "app/net/dns_profile.py"]
+           "app/vpn/profile.py", "app/vpn/vici_messages.py", "app/net/dns_profile.py",
+           "app/mn/gateway_order.py", "app/vpn/liveness.py", "app/vpn/peers.py"]
 IO_MODULES = {"asyncio", "socket", "subprocess", "time", "select", "selectors", "threading",
               "pyroute2", "dbus_next", "dbus_fast", "vici"}
 PURE_NET = {"app.net.gate_rules", "app.net.links"}

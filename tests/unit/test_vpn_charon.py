@@ -159,7 +159,7 @@ async def test_initiate_tries_the_next_gateway(tmp_path):
     try:
         await a.start()
         await a.load(CFG, {"vpn_psk": SECRET})
-        with pytest.raises(VpnCommandError, match="no VPN gateway") as exc:
+        with pytest.raises(VpnCommandError, match="every VPN gateway is down") as exc:
             await a.initiate()
         loads = [m["trustroam"]["remote_addrs"] for c, m in fake.commands if c == "load-conn"]
         assert loads == [[b"172.16.0.11"], [b"172.16.0.12"]]

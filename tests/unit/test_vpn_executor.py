@@ -157,7 +157,7 @@ async def test_a_mobike_move_probes_again_from_the_new_path(tmp_path, side: Side
         assert side.vpn.events(move, MONO + 5) == [am.VpnMoved(A("127.0.0.1"))]
         assert side.vpn.get_timer() == MONO + 5 + ECHO_INTERVAL
         await asyncio.wait_for(side.echoes.get(), 5)  # the probe from the new path
-        assert side.vpn.events(VpnDown("DPD", 1), MONO) == [am.VpnLost("DPD", 1)]
+        assert side.vpn.events(VpnDown("DPD", 1), MONO) == [am.VpnLost("DPD", 1, gateway_gone=True)]
         # A NAT read again goes to the machine as it is: it knows the SA in use.
         assert side.vpn.events(VpnNat(7, True), MONO) == [VpnNat(7, True)]
     finally:
@@ -170,7 +170,7 @@ def test_without_a_vpn_in_the_profile_charons_events_are_ignored():
     vpn = _side().vpn
     assert vpn.events(VpnDown("DPD", 1), MONO) == []
     assert vpn.events(VpnNat(1, True), MONO) == []
-    vpn.start()  # nothing to start
+    vpn.start(am.StartVpn("eth0"))  # nothing to start
     vpn.board.publish(Snapshot(profile="corp", vpn_probe=Probe(True, 24.0, T0)))
     vpn.stop("trusted")
     assert vpn.board.snapshot.vpn_probe == Probe()  # a stale answer is not left shown

@@ -127,7 +127,7 @@ async def test_after_a_child_rekey_the_nat_is_read_again_into_the_sink(tmp_path)
 
 
 @pytest.mark.parametrize(("charon_event", "machine_events", "kind"), [
-    (VpnDown("DPD", 3), [am.VpnLost("DPD", 3)], "vpn-down"),
+    (VpnDown("DPD", 3), [am.VpnLost("DPD", 3, gateway_gone=True)], "vpn-down"),
     (IkeRekeyed(3, 4), [am.VpnRekeyed(3, 4)], "ike-rekey"),
     (VpnUnreachable("no charon at /x"), [am.VpnServiceLost("no charon at /x")],
      "vpn-unreachable"),
@@ -153,7 +153,7 @@ async def test_a_refused_initiate_arrives_as_vpn_down(tmp_path):
     try:
         v.start()  # loads first: the connection was never loaded
         down = await s.next()
-        assert isinstance(down, VpnDown) and "no VPN gateway" in down.reason
+        assert isinstance(down, VpnDown) and "every VPN gateway is down" in down.reason
         assert v.translate(down) == [am.VpnLost(down.reason)]
     finally:
         await v.close()
@@ -199,7 +199,7 @@ class StubCharon:
     async def load(self, cfg: Any, secrets: Any) -> None:
         await self._answer("load")
 
-    async def initiate(self) -> Any:
+    async def initiate(self, order: Any = ()) -> Any:
         return await self._answer("initiate")
 
     async def terminate(self, *, wait: bool = True) -> None:

@@ -1,0 +1,258 @@
+"""Gateway failover, sans-I/O with the fake clock: the dead bound, the next gateway,
+the remembered order, every gateway down (issue 20, "Gateway failover").
+
+The machine is the real access-mode machine in the shared discrete-event world
+(``tests/support/world.py``); charon's events are given by hand (``auto_vpn``
+off): which gateway comes up, and when the IKE SA in use goes.
+"""
+
+from __future__ import annotations
+
+import math
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+
+from app.api import Mode, State
+from app.config import ConfigError
+from app.lab.charon import strongswan_conf
+from app.mn.access_mode import (
+    Gate,
+    RememberGateway,
+    StartVpn,
+    Status,
+    VpnLost,
+)
+from app.mn.gateway_order import DEAD_HOLD, GatewayOrder, network_key
+from app.vpn import liveness
+from app.vpn.events import CHILD_CLOSED
+from app.vpn.profile import VpnConfig, parse_table
+from app.vpn.vici_messages import load_conn
+from tests.support.world import NETS, TIA, TIA2, World, machine, registration
+
+HOME_NET = IPv4Network("10.1.0.0/16")
+GWS = ("gw1", "gw2")
+PUB = network_key(NETS["pub"].up.address, NETS["pub"].up.gateway)
+NAT = network_key(NETS["nat"].up.address, NETS["nat"].up.gateway)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def world(gateways: tuple[str, ...] = GWS, remembered: dict[str, str] | None = None
+          ) -> World:
+    cfg = registration(lifetime=60, initial_timeout=1.0, retries=2)
+    m = machine(cfg, vpn=True, use_foreign_agents=False,
+                gateway_order=GatewayOrder(gateways, remembered))
+    return World(m=m, auto_vpn=False)
+
+
+def starts(w: World, since: float = 0.0) -> list[tuple[str, ...]]:
+    return [a.gateways for t, a in w.actions if isinstance(a, StartVpn) and t >= since]
+
+
+def in_mc_via(w: World, tia=TIA, gateway: str = "gw1") -> None:
+    w.vpn_ready(tia, gateway)
+    w.run(1)
+    assert (w.m.phase, w.m.mode) == (State.UNTRUSTED, Mode.VPN)
+    assert w.m.vpn.gateway == gateway and w.ha_coa() == tia
+
+
+def gateway_gone(w: World, reason: str = "IKE SA closed (ESTABLISHED)") -> list[object]:
+    """charon: the IKE SA in use went (DPD gave up): the step's actions."""
+    w.vpn_wanted, w.vpn_tia = False, None
+    w.vpn_epoch += 1
+    before = len(w.actions)
+    w.apply(w.m.handle(VpnLost(reason, gateway_gone=True), w.now))
+    return [a for _, a in w.actions[before:]]
+
+
+# -- the dead bound ------------------------------------------------------------------
+
+@pytest.mark.parametrize("bound", range(liveness.MIN_DEAD_AFTER, 121))
+def test_dead_gateway_after_bounds_charons_dpd_delay_plus_its_retransmissions(bound):
+    cfg = VpnConfig(gateways=GWS, identity="mn@lab", dead_gateway_after=bound)
+    delay = load_conn(cfg, "gw1")["trustroam"]["dpd_delay"]
+    assert delay == f"{liveness.dpd_delay_for(bound, cfg.dpd_delay)}s"
+    assert int(delay[:-1]) >= 1
+    # A gateway is declared dead at most the DPD delay after its last packet plus
+    # charon's retransmissions of the liveness check (IKEv2: no dpd_timeout).
+    assert int(delay[:-1]) + liveness.retransmit_total() <= bound
+
+
+def test_dead_gateway_after_the_profiles_smaller_dpd_delay_is_kept():
+    cfg = VpnConfig(gateways=GWS, identity="mn@lab", dpd_delay=1, dead_gateway_after=30)
+    assert load_conn(cfg, "gw1")["trustroam"]["dpd_delay"] == "1s"
+
+
+def test_dead_gateway_after_too_small_for_charons_retransmissions_is_refused_naming_the_key():
+    table = {"gateways": ["gw1"], "identity": "mn@lab", "dead_gateway_after": 5}
+    with pytest.raises(ConfigError) as exc:
+        parse_table(table, "corp.toml", HOME_NET)
+    text = str(exc.value)
+    assert "vpn.dead_gateway_after" in text and f"at least {liveness.MIN_DEAD_AFTER}" in text
+    with pytest.raises(ConfigError, match=r"vpn\.dead_gateway_after: must be an integer"):
+        parse_table({**table, "dead_gateway_after": "10s"}, "corp.toml", HOME_NET)
+    assert parse_table({**table, "dead_gateway_after": 12}, "corp.toml",
+                       HOME_NET).dead_gateway_after == 12
+    assert parse_table({"gateways": ["gw1"], "identity": "mn@lab"}, "corp.toml",
+                       HOME_NET).dead_gateway_after == 10
+
+
+def test_dead_gateway_bound_the_charon_the_packaging_and_the_lab_configure_retransmits_as_assumed():
+    """The bound holds only with the retransmissions it was computed for: the
+    packaging's snippet and the lab's charon set exactly those (strongSwan's defaults
+    would take 165 s)."""
+    want = {"retransmit_tries": str(liveness.RETRANSMIT_TRIES),
+            "retransmit_timeout": str(liveness.RETRANSMIT_TIMEOUT),
+            "retransmit_base": str(liveness.RETRANSMIT_BASE)}
+    for text in ((ROOT / "packaging/strongswan/trustroam.conf").read_text(),
+                 strongswan_conf(Path("/x"), None)):
+        got = {}
+        for line in text.splitlines():
+            key, _, value = line.split("#")[0].partition("=")
+            if key.strip() in want:
+                got[key.strip()] = value.strip()
+        assert got == want, text
+    assert math.isclose(liveness.retransmit_total(5, 4.0, 1.8), 165.06, abs_tol=0.01)
+
+
+# -- the next gateway ----------------------------------------------------------------
+
+def test_failover_a_gateway_gone_in_mc_shuts_the_gate_and_starts_the_next_at_once():
+    w = world()
+    w.move("pub")
+    assert starts(w) == [GWS]
+    in_mc_via(w)
+    t = w.now
+    step = gateway_gone(w)
+    # The gate shuts before anything else, the next gateway in the same step: no
+    # retry back-off, the dead one last.
+    kinds = [type(a) for a in step]
+    assert Gate in kinds and StartVpn in kinds
+    assert kinds.index(Gate) < kinds.index(StartVpn)
+    assert next(a for a in step if isinstance(a, Gate)).path is None
+    assert starts(w, t) == [("gw2", "gw1")]
+    status = [a for a in step if isinstance(a, Status)][-1]
+    assert status.mode is Mode.NONE and "trying gw2" in (status.error or "")
+    # A new IKE SA, a new TIA, a new registration through it: mc again via gw2.
+    in_mc_via(w, TIA2, "gw2")
+    w.agrees()
+
+
+def test_failover_the_gateway_that_brought_mc_up_is_remembered_for_the_network():
+    w = world()
+    w.move("pub")
+    in_mc_via(w)
+    assert [a for _, a in w.actions if isinstance(a, RememberGateway)] == [
+        RememberGateway(PUB, "gw1")]
+    gateway_gone(w)
+    in_mc_via(w, TIA2, "gw2")
+    assert [a for _, a in w.actions if isinstance(a, RememberGateway)][-1] == (
+        RememberGateway(PUB, "gw2"))
+    assert w.m.vpn.gateway == "gw2"
+
+
+def test_failover_a_remembered_gateway_is_tried_first_on_its_network_only():
+    w = world(remembered={PUB: "gw2", "elsewhere": "gw9"})
+    w.move("pub")
+    assert starts(w) == [("gw2", "gw1")]
+    w2 = world(remembered={PUB: "gw2"})
+    w2.move("nat")
+    assert starts(w2) == [GWS]
+
+
+def test_failover_a_child_sa_closed_alone_is_no_failover_but_a_retry_later():
+    w = world()
+    w.move("pub")
+    in_mc_via(w)
+    t = w.now
+    w.vpn_tia = None
+    w.apply(w.m.handle(VpnLost(CHILD_CLOSED), w.now))
+    assert starts(w, t) == [], "not at once: the IKE SA and its gateway are alive"
+    w.run(2.5)
+    assert starts(w, t) == [GWS], "retried after the back-off, the same order"
+
+
+def test_failover_every_gateway_down_keeps_the_gate_shut_and_the_status_names_them():
+    w = world()
+    w.move("pub")
+    in_mc_via(w)
+    gateway_gone(w)
+    t = w.now
+    why = "every VPN gateway is down (tried gw2: no answer; gw1: no answer)"
+    w.apply(w.m.handle(VpnLost(why), w.now))  # charon's initiate of the whole list failed
+    assert (w.m.phase, w.m.mode) == (State.UNTRUSTED, Mode.NONE)
+    assert w.gate is None
+    assert w.m.error == f"the VPN did not come up: {why}"
+    # Tried again later (back-off), the gate shut all along.
+    w.run(10)
+    assert len(starts(w, t)) >= 2 and w.gate is None and w.m.mode is Mode.NONE
+    assert all(g.path is None for tm, g in w.gates if tm >= t)
+
+
+# -- the order itself ---------------------------------------------------------------
+
+def test_failover_order_rotates_past_the_dead_gateway_and_forgets_it_after_the_hold():
+    o = GatewayOrder(("a", "b", "c"))
+    assert o.order(None, 0) == ("a", "b", "c")
+    o.dead("b", 10)
+    assert o.order(None, 11) == ("c", "a", "b"), "the next of the list first, the dead last"
+    assert o.has_other("b")
+    o.dead("c", 12)
+    assert o.order(None, 13)[0] == "a" and set(o.order(None, 13)[1:]) == {"b", "c"}
+    assert o.order(None, 12 + DEAD_HOLD) == ("a", "b", "c")
+
+
+def test_failover_order_a_gateway_that_works_again_is_no_longer_dead():
+    o = GatewayOrder(("a", "b"))
+    o.dead("a", 0)
+    assert o.order("n", 1) == ("b", "a")
+    assert o.worked("n", "a")
+    assert o.order("n", 2) == ("a", "b")
+    assert not o.worked("n", "a"), "nothing new to keep"
+    assert not o.worked("n", "zz"), "not one of the profile's"
+
+
+def test_failover_order_a_single_gateway_has_no_other_to_move_to():
+    o = GatewayOrder(("a",))
+    o.dead("a", 0)
+    assert not o.has_other("a")
+    assert o.order(None, 1) == ("a",)
+
+
+def test_failover_the_second_gateway_dying_moves_back_to_the_first_at_once():
+    """gw1 died, mc via gw2; gw2 dies within the hold: gw1 (maybe back) is tried at
+    once, not after the retry back-off."""
+    w = world()
+    w.move("pub")
+    in_mc_via(w)
+    gateway_gone(w)
+    in_mc_via(w, TIA2, "gw2")
+    t = w.now
+    gateway_gone(w)
+    assert starts(w, t) == [("gw1", "gw2")]
+    in_mc_via(w, TIA, "gw1")
+    w.agrees()
+
+
+def test_dead_gateway_after_survives_the_trays_profile_editor():
+    from app.lab.configs import profile_toml
+    from ui.profile_model import from_toml, to_toml
+    text = profile_toml(vpn_gateways=("172.16.0.11", "172.16.0.12")) + "dead_gateway_after = 15\n"
+    values = from_toml(text, "corp.toml")
+    assert values["vpn.dead_gateway_after"] == "15"
+    assert "dead_gateway_after = 15" in to_toml(values)
+
+
+def test_rfc4555_3_6_a_gateway_refused_before_use_is_passed_over_at_once():
+    """An SA refused as it came up (its peer outside the gate's set) is that gateway's
+    failure: the next one is tried at once, the refused one last."""
+    w = world()
+    w.move("pub")
+    w.run(0.05)
+    t = w.now
+    w.apply(w.m.handle(VpnLost("gateway gw1 set the IKE SA up to 198.51.100.9, ...", 5,
+                               gateway_gone=True, gateway="gw1"), w.now))
+    assert starts(w, t) == [("gw2", "gw1")]
+    assert w.gate is None and w.m.mode is Mode.NONE
+    in_mc_via(w, TIA2, "gw2")
