@@ -18,6 +18,7 @@ UDP or ESP only, besides DHCP and the direct probe).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -76,10 +77,8 @@ def wait_layers(world: dict[str, object], want: list[str], timeout: float = 20) 
     while (p := props(world))["NatLayers"] != want:
         if time.monotonic() > deadline:
             raise AssertionError(f"NatLayers {p['NatLayers']}, not {want}: {p}")
-        try:
+        with contextlib.suppress(TimeoutError):
             monitor.wait("", timeout=1.0)  # the next property change
-        except TimeoutError:
-            pass
 
 
 def test_rfc5266_4_lab_mc_behind_a_nat_and_a_natting_gateway_tunnels_udp_inside_ipsec(
