@@ -318,11 +318,24 @@ table ip tr_nat {{
 """
         await _run("ip", "netns", "exec", node, "nft", "-f", "-", stdin=rules)
 
-    async def _pool_nat(self, gw: charon.Gateway) -> None:
+    async def _pool_nat(self, gw: charon.Gateway, fully_random: bool = False) -> None:
         """The gateway source-NATs what its pool sends into the DMZ (its own address):
         a TIA from a private pool, translated on its way to the home agent."""
         await _run("ip", "netns", "exec", gw.node, "nft", "-f", "-",
-                   stdin=charon.pool_nat_rules(gw))
+                   stdin=charon.pool_nat_rules(gw, fully_random=fully_random))
+
+    def set_pool_nat(self, *, fully_random: bool) -> None:
+        """Reload the gateways' pool NAT (``up(gw_pool_nat=True)``): ``fully_random``
+        makes each pick a new port for each new mapping."""
+        if not self.gw_pool_nat:
+            raise LabError("the gateways do not NAT their pools (up(gw_pool_nat=True))")
+        for gw in charon.GATEWAYS:
+            subprocess.run(["ip", "netns", "exec", gw.node, "nft", "delete", "table", "ip",
+                            charon.POOL_NAT_TABLE], capture_output=True, check=False)
+        asyncio.run(self._apply_pool_nat(fully_random))
+
+    async def _apply_pool_nat(self, fully_random: bool) -> None:
+        await asyncio.gather(*(self._pool_nat(gw, fully_random) for gw in charon.GATEWAYS))
 
     async def _start_portal(self) -> int:
         """pub's captive portal: its rules on the router, then its HTTP server."""

@@ -31,6 +31,7 @@ from app.lab.world import Lab
 from tests.dbus_client import properties, run_as
 from tests.lab.conftest import a_lab
 from tests.lab.leaks import PROTO_UDP, lab_policy, leaks, read_frames
+from tests.lab.nat_rebind import rebind
 from tests.lab.procs import (
     GW1,
     Proc,
@@ -142,3 +143,24 @@ def test_rfc5266_4_lab_mc_behind_a_nat_and_a_natting_gateway_tunnels_udp_inside_
             f["udp.srcport"], f["udp.dstport"]) and f["ip.src"] != "10.20.1.1"
             and f["ip.dst"] != "10.20.1.1"]
         assert mip == [], f"{net}: Mobile IP outside the VPN: {mip[:3]}"
+
+
+def test_rfc3519_4_10_mc_survives_a_nat_rebinding_on_both_layers(
+        lab: Lab, world: dict[str, object]) -> None:
+    """Both NATs (the access network's and the gateway's pool NAT) forget their
+    mappings and pick new ports: IPsec recovers by the MN's DPD (the gateway follows
+    the new outer port), Mobile IP by its keepalives going unanswered and a new
+    registration through the VPN (RFC 3519 4.10); the TCP session survives."""
+    d = Path(str(world["dir"]))
+    was_mc = props(world)["Mode"] == "mc"  # from pub (the test before): MOBIKE
+    t = time.time()
+    lab.move("nat")
+    wait_history(world, t, "mobike" if was_mc else "mode", None if was_mc else {"mode": "mc"},
+                 timeout=30)
+    wait_layers(world, ["ipsec", "mobile-ip"])
+    with echo_session(d) as client:
+        r = rebind(lab, world, client)
+        print(f"NAT rebinding recovered: IPsec {r.ipsec_s} s, Mobile IP {r.mobile_ip_s} s, "
+              f"TCP {r.tcp_s} s")
+    p = props(world)
+    assert p["Mode"] == "mc" and p["NatLayers"] == ["ipsec", "mobile-ip"], p
