@@ -151,7 +151,8 @@ def test_rfc3519_4_10_mc_survives_a_nat_rebinding_on_both_layers(
     mappings and pick new ports: IPsec recovers by the MN's DPD (the gateway follows
     the new outer port), Mobile IP by its keepalives going unanswered and a new
     registration through the VPN (RFC 3519 4.10); the TCP session survives."""
-    d = Path(str(world["dir"]))
+    d = Path(str(world["dir"])) / "rebind"  # the session before left its stop file
+    d.mkdir(exist_ok=True)
     was_mc = props(world)["Mode"] == "mc"  # from pub (the test before): MOBIKE
     t = time.time()
     lab.move("nat")
