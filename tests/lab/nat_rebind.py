@@ -6,9 +6,12 @@ The MN in mc behind the lab's NAT (``tr-nat``) and a gateway that NATs its pool
 every mapping at once (conntrack flushed): the next packet out of each gets a
 new port.  Then:
 
-- IPsec: the gateway keeps sending ESP-in-UDP to the old outer port until an
-  authenticated IKE message (the MN's DPD) comes from the new one (RFC 7296
-  2.23); recovered = the gateway's IKE SA names the new port;
+- IPsec: the gateway keeps sending ESP-in-UDP to the old outer port until the
+  MN's charon, from the NAT-D payloads of its next DPD (MOBIKE, RFC 4555 3.8),
+  sees its mapping changed and updates the SA's addresses; recovered = the
+  gateway's IKE SA names the new port.  charon compares with the mapping of the
+  SA's first DPD: a rebinding before that one is never noticed (ESP to the MN
+  then stays black-holed), so the rebinding waits for it;
 - Mobile IP: the home agent never learns a mapping from tunnel data (RFC 3519),
   so the keepalives through the VPN go unanswered and the helper registers again
   (4.10, history ``nat-rebind``); recovered = the next ``registered``;
@@ -24,9 +27,10 @@ from dataclasses import dataclass
 
 from app.lab import charon as lab_charon
 from app.lab.world import CHARON_DIR, Lab
-from tests.lab.procs import Proc, carries_data_again, history, wait_history
+from tests.lab.procs import Proc, carries_data_again, dump_world, history, wait_history
 
 GW_VICI = lab_charon.directory(CHARON_DIR, "tr-gw1") / "charon.vici"
+MN_LOG = lab_charon.directory(CHARON_DIR, "tr-mn") / "charon.log"
 REMOTE = re.compile(r"remote\s+'[^']*'\s+@\s+([\d.]+)\[(\d+)\]")
 
 
@@ -36,6 +40,25 @@ def gateway_peer() -> tuple[str, int] | None:
                          capture_output=True, text=True, timeout=10, check=False).stdout
     m = REMOTE.search(out)
     return (m.group(1), int(m.group(2))) if m else None
+
+
+def dpd_seen_since_ike_auth() -> bool:
+    """The MN's IKE SA had an INFORMATIONAL exchange (a DPD, with MOBIKE's NAT-D)
+    since it was made.  charon (5.9) takes the first such answer as the baseline
+    of its NAT mapping (``ike_sa.has_mapping_changed``): a rebinding before it is
+    never noticed, and the gateway keeps sending ESP to the old port."""
+    lines = MN_LOG.read_text(errors="replace").splitlines()
+    made = max((i for i, ln in enumerate(lines) if "parsed IKE_AUTH response" in ln),
+               default=-1)
+    return any("parsed INFORMATIONAL response" in ln for ln in lines[made + 1:])
+
+
+def wait_first_dpd(timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not dpd_seen_since_ike_auth():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no DPD in {MN_LOG} within {timeout} s")
+        time.sleep(0.1)  # charon's log is the only trace of a DPD exchange
 
 
 @dataclass(frozen=True)
@@ -50,6 +73,7 @@ class Recovery:
 
 def rebind(lab: Lab, world: dict[str, object], client: Proc, timeout: float = 60) -> Recovery:
     """Both NATs lose their mappings at once; returns when every layer recovered."""
+    wait_first_dpd()
     before = gateway_peer()
     assert before is not None, "no IKE SA at the gateway"
     lab.set_nat(fully_random=True)
@@ -65,6 +89,7 @@ def rebind(lab: Lab, world: dict[str, object], client: Proc, timeout: float = 60
             if peer is not None and peer != before:
                 ipsec = time.time() - cut
             elif time.monotonic() > deadline:
+                dump_world(f"the gateway's SA still sends to {before}")
                 raise AssertionError(f"the gateway's SA still sends to {before}")
             else:
                 time.sleep(0.05)  # charon reports an address update by no event we get
