@@ -50,7 +50,8 @@ def dpd_seen_since_ike_auth() -> bool:
     lines = MN_LOG.read_text(errors="replace").splitlines()
     made = max((i for i, ln in enumerate(lines) if "parsed IKE_AUTH response" in ln),
                default=-1)
-    return any("parsed INFORMATIONAL response" in ln for ln in lines[made + 1:])
+    return any("parsed INFORMATIONAL response" in ln and "NATD_D_IP" in ln
+               for ln in lines[made + 1:])
 
 
 def wait_first_dpd(timeout: float = 30) -> None:
