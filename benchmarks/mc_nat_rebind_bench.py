@@ -53,8 +53,11 @@ def main() -> None:
                           helper_args=("--dataplane", "kernel")) as world:
             wait_history(world, 0, "mode", {"mode": "h"}, timeout=30)
             t = time.time()
-            lab.move("nat")
+            lab.move("pub")
             wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+            t = time.time()
+            lab.move("nat")  # by MOBIKE: charon's baseline of the NAT mapping
+            wait_history(world, t, "mobike", timeout=30)
             for i in range(args.rounds):
                 run = d / f"round{i}"
                 run.mkdir()

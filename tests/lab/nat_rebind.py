@@ -10,8 +10,8 @@ new port.  Then:
   MN's charon, from the NAT-D payloads of its next DPD (MOBIKE, RFC 4555 3.8),
   sees its mapping changed and updates the SA's addresses; recovered = the
   gateway's IKE SA names the new port.  charon compares with the mapping of the
-  SA's first DPD: a rebinding before that one is never noticed (ESP to the MN
-  then stays black-holed), so the rebinding waits for it;
+  SA's first NAT-D exchange: a rebinding before that one is never noticed (ESP
+  to the MN then stays black-holed), so the MN reaches ``nat`` by a MOBIKE move;
 - Mobile IP: the home agent never learns a mapping from tunnel data (RFC 3519),
   so the keepalives through the VPN go unanswered and the helper registers again
   (4.10, history ``nat-rebind``); recovered = the next ``registered``;
@@ -43,10 +43,13 @@ def gateway_peer() -> tuple[str, int] | None:
 
 
 def dpd_seen_since_ike_auth() -> bool:
-    """The MN's IKE SA had an INFORMATIONAL exchange (a DPD, with MOBIKE's NAT-D)
-    since it was made.  charon (5.9) takes the first such answer as the baseline
-    of its NAT mapping (``ike_sa.has_mapping_changed``): a rebinding before it is
-    never noticed, and the gateway keeps sending ESP to the old port."""
+    """The MN's IKE SA had an INFORMATIONAL exchange carrying NAT-D (a DPD, or a
+    MOBIKE move's UPDATE_SA_ADDRESSES) since it was made.  charon (5.9) takes the
+    first such answer as the baseline of its NAT mapping
+    (``ike_sa.has_mapping_changed``): a rebinding before it is never noticed, and
+    the gateway (a MOBIKE responder does not follow NAT-T by itself) keeps sending
+    ESP to the old port.  DPD runs only when nothing came in for ``dpd_delay``:
+    a busy SA made behind a NAT gets no baseline until it moves."""
     lines = MN_LOG.read_text(errors="replace").splitlines()
     made = max((i for i, ln in enumerate(lines) if "parsed IKE_AUTH response" in ln),
                default=-1)
@@ -54,7 +57,7 @@ def dpd_seen_since_ike_auth() -> bool:
                for ln in lines[made + 1:])
 
 
-def wait_first_dpd(timeout: float = 30) -> None:
+def wait_first_dpd(timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while not dpd_seen_since_ike_auth():
         if time.monotonic() > deadline:

@@ -153,11 +153,15 @@ def test_rfc3519_4_10_mc_survives_a_nat_rebinding_on_both_layers(
     registration through the VPN (RFC 3519 4.10); the TCP session survives."""
     d = Path(str(world["dir"])) / "rebind"  # the session before left its stop file
     d.mkdir(exist_ok=True)
-    was_mc = props(world)["Mode"] == "mc"  # from pub (the test before): MOBIKE
+    if props(world)["Mode"] != "mc":  # run alone: mc on pub first
+        t = time.time()
+        lab.move("pub")
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+    # Into the NAT by MOBIKE: its NAT-D exchange is charon's baseline of the mapping
+    # (an SA made behind the NAT and kept busy has none: tests/lab/nat_rebind.py).
     t = time.time()
     lab.move("nat")
-    wait_history(world, t, "mobike" if was_mc else "mode", None if was_mc else {"mode": "mc"},
-                 timeout=30)
+    wait_history(world, t, "mobike", timeout=30)
     wait_layers(world, ["ipsec", "mobile-ip"])
     with echo_session(d) as client:
         r = rebind(lab, world, client)
