@@ -70,6 +70,16 @@ class Probe:
         return cls(bool(reachable), float(rtt), float(at))  # type: ignore[arg-type]
 
 
+NAT_IPSEC = "ipsec"
+"""IPsec NAT-T (RFC 3947, charon's detection) found a NAT between this node and
+the VPN gateway (mode mc's outer path)."""
+NAT_MOBILE_IP = "mobile-ip"
+"""The home agent UDP-tunnels the binding in use (RFC 3519): the care-of address
+was translated on its way to it; in mode mc, the TIA (the gateway NATs its pool:
+Mobile IP NAT traversal inside IPsec NAT-T, RFC 5266 4)."""
+NAT_LAYERS = (NAT_IPSEC, NAT_MOBILE_IP)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the helper publishes as properties."""
@@ -84,6 +94,7 @@ class Snapshot:
     home_agent_probe: Probe = field(default_factory=Probe)
     vpn_probe: Probe = field(default_factory=Probe)
     nat_detected: bool = False
+    """A NAT on the path: some layer of ``nat_layers`` found one."""
     binding_expires: float = 0.0
     """Unix time the binding runs out; 0 without a binding."""
     last_handover_ms: float = -1.0
@@ -93,6 +104,8 @@ class Snapshot:
     """The VPN gateway in use, as the profile names it; "" without a VPN."""
     captive_portal: str = ""
     """A captive portal found on the link (its sign-in address); "" for none."""
+    nat_layers: tuple[str, ...] = ()
+    """Which layers found a NAT (RFC 5266 4), of :data:`NAT_LAYERS` in that order."""
 
     def to_dbus(self) -> dict[str, object]:
         """Property name -> plain value in its D-Bus signature's Python form."""
@@ -106,6 +119,7 @@ class Snapshot:
             "NatDetected": self.nat_detected, "BindingExpires": self.binding_expires,
             "LastHandoverMs": self.last_handover_ms, "Error": self.error,
             "Policy": self.policy.value, "CaptivePortal": self.captive_portal,
+            "NatLayers": list(self.nat_layers),
         }
 
     @classmethod
@@ -126,7 +140,9 @@ class Snapshot:
                    s("TunnelInnerAddress"), probe("HomeAgentProbe"), probe("VpnProbe"),
                    bool(props.get("NatDetected", False)),
                    f("BindingExpires", 0.0), f("LastHandoverMs", -1.0), s("Error"),
-                   Policy(s("Policy") or "auto"), s("VpnGateway"), s("CaptivePortal"))
+                   Policy(s("Policy") or "auto"), s("VpnGateway"), s("CaptivePortal"),
+                   tuple(str(x) for x in layers if x in NAT_LAYERS)
+                   if isinstance(layers := props.get("NatLayers"), list | tuple) else ())
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,18 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.api import BUS_NAME, INTERFACE, OBJECT_PATH, Mode, Policy, Probe, Snapshot, State
+from app.api import (
+    BUS_NAME,
+    INTERFACE,
+    NAT_IPSEC,
+    NAT_MOBILE_IP,
+    OBJECT_PATH,
+    Mode,
+    Policy,
+    Probe,
+    Snapshot,
+    State,
+)
 from app.client_bus import (
     NAME_GONE,
     BusType,
@@ -167,9 +178,21 @@ def render(snap: Snapshot, now: float) -> str:
     row("binding", _left(snap.binding_expires, now) if snap.binding_expires else "")
     row("last handover", f"{snap.last_handover_ms:.1f} ms" if snap.last_handover_ms >= 0
         else "")
-    row("NAT", "detected" if snap.nat_detected else "")
+    row("NAT", nat_text(snap))
     row("policy", snap.policy.value)
     return "\n".join(lines)
+
+
+NAT_WORDS = {NAT_IPSEC: "IPsec NAT-T to the gateway",
+             NAT_MOBILE_IP: "Mobile IP UDP tunnel, RFC 3519"}
+
+
+def nat_text(snap: Snapshot) -> str:
+    """Which layers found a NAT (RFC 5266 4); "" for none."""
+    if not snap.nat_detected:
+        return ""
+    words = [NAT_WORDS[n] for n in snap.nat_layers if n in NAT_WORDS]
+    return f"detected ({'; '.join(words)})" if words else "detected"
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from app.api import Mode, Policy, Probe, Snapshot, State
+from app.api import NAT_IPSEC, NAT_MOBILE_IP, Mode, Policy, Probe, Snapshot, State
 from app.client_bus import shown
 
 MODE_WORDS = {
@@ -26,6 +26,9 @@ MODE_WORDS = {
 NOT_RUNNING = "not-running"
 POLICY_WORDS = {Policy.AUTO: "Automatic", Policy.ALWAYS_VPN: "Always use VPN",
                 Policy.NEVER_VPN: "Never use VPN"}
+
+NAT_NAMES = {NAT_IPSEC: "IPsec", NAT_MOBILE_IP: "Mobile IP"}
+"""The layers that found a NAT (RFC 5266 4), as the tooltip names them."""
 
 
 def icon_name(snap: Snapshot | None) -> str:
@@ -147,7 +150,8 @@ def tooltip(snap: Snapshot | None, network: str) -> str:
         at = time.strftime("%H:%M:%S", time.localtime(snap.binding_expires))
         lines.append(f"Binding: until {at}")
     if snap.nat_detected:
-        lines.append("NAT detected")
+        layers = [NAT_NAMES[n] for n in snap.nat_layers if n in NAT_NAMES]
+        lines.append(f"NAT detected ({', '.join(layers)})" if layers else "NAT detected")
     if snap.policy is not Policy.AUTO:
         lines.append(f"Policy: {POLICY_WORDS[snap.policy]}")
     if gate_shut(snap):

@@ -124,6 +124,24 @@ secrets {{
 """
 
 
+POOL_NAT_TABLE = "tr_poolnat"
+
+
+def pool_nat_rules(gw: Gateway, iface: str = "dmz", fully_random: bool = False) -> str:
+    """nftables: ``gw`` masquerades its pool's traffic leaving by ``iface`` (to the
+    intranet), so the home agent sees the gateway's address instead of the TIA
+    (RFC 5266 4: "the TIA could be from a private address space associated with the
+    VPN gateway"); ``fully_random``: a new port for each new mapping."""
+    masq = "masquerade fully-random" if fully_random else "masquerade"
+    return f"""table ip {POOL_NAT_TABLE} {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat;
+    ip saddr {gw.pool} oifname "{iface}" {masq}
+  }}
+}}
+"""
+
+
 def prepare(state: Path, node: str, *, gateway: Gateway | None) -> Path:
     d = directory(state, node)
     for sub in ("run", "x509", "x509ca", "x509aa", "x509ocsp", "x509crl", "x509ac", "pubkey",

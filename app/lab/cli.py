@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--portal", action="store_true",
                     help="pub's router is a captive portal (sign-in page, no IKE until "
                          "a form is posted)")
+    up.add_argument("--gw-pool-nat", action="store_true",
+                    help="the VPN gateways NAT their address pools towards the intranet "
+                         "(RFC 5266 4: the home agent sees the gateway, not the TIA)")
     sub.add_parser("down", help="remove everything the lab created, even after a crash")
     mv = sub.add_parser("move", help="re-plug the mobile node into another access network")
     mv.add_argument("net", help=nets)
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             took = lab.up(at=args.at, nm=args.nm, gw_inside=not args.gw_outside_only,
-                          portal=args.portal)
+                          portal=args.portal, gw_pool_nat=args.gw_pool_nat)
             if args.nat_fully_random:
                 lab.set_nat(fully_random=True)
             print(f"lab up in {took:.2f} s; mobile node on {args.at!r}")

@@ -130,15 +130,21 @@ class Lab:
         self.gw_inside = True
         self.portal = False
         """A captive portal on pub (:mod:`app.lab.portal`): ``up(portal=True)``."""
+        self.gw_pool_nat = False
+        """The VPN gateways NAT their address pools towards the intranet (RFC 5266 4):
+        ``up(gw_pool_nat=True)``."""
 
     # -- up --------------------------------------------------------------------
 
     def up(self, *, at: str = "home", nm: bool = False, gw_inside: bool = True,
-           portal: bool = False) -> float:
+           portal: bool = False, gw_pool_nat: bool = False) -> float:
         """``gw_inside=False``: the VPN gateways are reachable only from outside;
-        ``portal``: pub's router is a captive portal (:mod:`app.lab.portal`)."""
+        ``portal``: pub's router is a captive portal (:mod:`app.lab.portal`);
+        ``gw_pool_nat``: each gateway masquerades its pool's traffic into the DMZ, so
+        the home agent sees the gateway's address, never the TIA (RFC 5266 4)."""
         self.gw_inside = gw_inside
         self.portal = portal
+        self.gw_pool_nat = gw_pool_nat
         return self._up_timed(at=at, nm=nm)
 
     def _up_timed(self, *, at: str, nm: bool) -> float:
@@ -196,6 +202,8 @@ class Lab:
         await asyncio.gather(*jobs)
         await asyncio.gather(*(self._routes(n) for n in t.routes))
         await asyncio.gather(self._firewall(), self._nat(), self._links_ready())
+        if self.gw_pool_nat:
+            await asyncio.gather(*(self._pool_nat(gw) for gw in charon.GATEWAYS))
         for net in t.access.values():
             state.pids[f"dnsmasq-{net.name}"] = self._start_dnsmasq(net)
         self._start_resolvers(state)
@@ -309,6 +317,25 @@ table ip tr_nat {{
 }}
 """
         await _run("ip", "netns", "exec", node, "nft", "-f", "-", stdin=rules)
+
+    async def _pool_nat(self, gw: charon.Gateway, fully_random: bool = False) -> None:
+        """The gateway source-NATs what its pool sends into the DMZ (its own address):
+        a TIA from a private pool, translated on its way to the home agent."""
+        await _run("ip", "netns", "exec", gw.node, "nft", "-f", "-",
+                   stdin=charon.pool_nat_rules(gw, fully_random=fully_random))
+
+    def set_pool_nat(self, *, fully_random: bool) -> None:
+        """Reload the gateways' pool NAT (``up(gw_pool_nat=True)``): ``fully_random``
+        makes each pick a new port for each new mapping."""
+        if not self.gw_pool_nat:
+            raise LabError("the gateways do not NAT their pools (up(gw_pool_nat=True))")
+        for gw in charon.GATEWAYS:
+            subprocess.run(["ip", "netns", "exec", gw.node, "nft", "delete", "table", "ip",
+                            charon.POOL_NAT_TABLE], capture_output=True, check=False)
+        asyncio.run(self._apply_pool_nat(fully_random))
+
+    async def _apply_pool_nat(self, fully_random: bool) -> None:
+        await asyncio.gather(*(self._pool_nat(gw, fully_random) for gw in charon.GATEWAYS))
 
     async def _start_portal(self) -> int:
         """pub's captive portal: its rules on the router, then its HTTP server."""

@@ -53,7 +53,7 @@ from ipaddress import IPv4Address, IPv4Network
 from app.api import Mode, Policy, State
 from app.mn.gateway_order import GatewayOrder
 from app.mn.known_networks import KnownNetworks
-from app.mn.mode_direct import DEFAULT_KEEPALIVE, DirectSide
+from app.mn.mode_direct import DirectSide
 from app.mn.mode_events import (
     Action,
     AgentAdvert,
@@ -95,7 +95,14 @@ from app.mn.mode_state import (
     Link,
     ModeState,
 )
-from app.mn.mode_vpn import MOBIKE_WAIT, VPN_RETRY_MAX, VPN_RETRY_MIN, VpnSide, VpnState
+from app.mn.mode_vpn import (
+    DEFAULT_KEEPALIVE,
+    MOBIKE_WAIT,
+    VPN_RETRY_MAX,
+    VPN_RETRY_MIN,
+    VpnSide,
+    VpnState,
+)
 from app.mn.registration import RegistrationClient
 from app.net.gate_rules import ProvenPath
 
@@ -319,7 +326,9 @@ class AccessModeMachine:
     def reregister(self, now: float) -> list[Action]:
         """Register the current binding again now (RFC 3519 4.10: the NAT mapping may
         have changed), through the same path as the binding."""
-        if self.phase is State.TRUSTED and self.client.reregister(now):
+        vpn = self._s.vpn_client if self.mode is Mode.VPN else None
+        if (self.client.reregister(now) if self.phase is State.TRUSTED else
+                vpn is not None and vpn.reregister(now)):
             self._s.actions.append(Note("nat-rebind", "keepalives went unanswered: "
                                                       "registering again"))
         self._drain(now)

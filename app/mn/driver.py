@@ -39,7 +39,6 @@ from app.mn.known_networks import KnownNetworks
 from app.mn.link_tracker import LinkTracker
 from app.mn.mode_events import NatDetected, Stopped
 from app.mn.profile import Profile
-from app.mn.registration import UdpTunnelling
 from app.mn.reply_path import Path, PathClient
 from app.mn.sockets import MobileNodeSockets
 from app.mn.status_board import StatusBoard
@@ -109,13 +108,13 @@ class MobileNodeDriver:
         self.client = PathClient(profile.registration(key), Path.LINK, self._arrived_by,
                                  wall=to_wall)
         # Mode mc's registrations through the VPN: the same home agent, the same
-        # replay state (RFC 5944 5.7), another path.
-        # No RFC 3519 request through the VPN: the TIA reaches the home agent
-        # unNATed in the designs RFC 5266 4 describes (NAT-T handles the NAT outside).
+        # replay state (RFC 5944 5.7), another path.  The profile's RFC 3519 choice
+        # holds there too: RFC 5266 4, a TIA from a pool the gateway NATs towards the
+        # intranet needs Mobile IP NAT traversal inside IPsec NAT-T ("auto" asks,
+        # the home agent grants it when the source it sees is not the TIA).
         self.vpn_client = PathClient(
-            replace(profile.registration(key), udp_tunnelling=UdpTunnelling.OFF),
-            Path.VPN, self._arrived_by, replay=self.client.replay, wall=to_wall) if (
-            self.charon is not None) else None
+            profile.registration(key), Path.VPN, self._arrived_by,
+            replay=self.client.replay, wall=to_wall) if self.charon is not None else None
         # Which gateway first, per network, and the failover (app.mn.gateway_order).
         order = GatewayOrder(profile.vpn.gateways, gateways_remembered) if (
             profile.vpn is not None) else None
@@ -143,6 +142,7 @@ class MobileNodeDriver:
             on_datagram=lambda data, path: self._queue.put_nowait(inputs.Received(data, path)),
             on_tunnel_data=self._tunnel_data,
             udp_tunnel=lambda: self.keepalive.running,  # it runs exactly then
+            udp_tunnel_via_vpn=lambda: self.keepalive.via_vpn,
             on_advert=self._queue.put_nowait,
             on_echo=lambda gw, rtt: self._queue.put_nowait(inputs.VpnEcho(gw, rtt)),
             on_history=self.board.history)
@@ -260,7 +260,8 @@ class MobileNodeDriver:
             self._arm_timer()
 
     async def _link_event(self, ev: am.LinkUp | am.LinkDown | am.LinkLost, now: float) -> None:
-        self.keepalive.stop()  # a mapping through another link is no mapping here
+        if not self.keepalive.via_vpn:  # (mc's is the gateway's: MOBIKE keeps it)
+            self.keepalive.stop()  # a mapping through another link is no mapping here
         if isinstance(ev, am.LinkUp):
             if self.gate is not None:  # before anything: its name may look local
                 await self.gate.manage(ev.iface)
@@ -324,12 +325,13 @@ class MobileNodeDriver:
             elif isinstance(a, am.Solicit):
                 self.sockets.solicit(a.iface)
             elif isinstance(a, am.ConfigureDataPlane):
-                udp = self.sockets.registration if a.udp_tunnel else None
+                via_vpn = a.mode is Mode.VPN  # RFC 5266 4: the TIA's socket in mc
+                udp = self.sockets.udp_tunnel_socket(via_vpn) if a.udp_tunnel else None
                 await self.routes.configure(a.mode, foreign_agent=a.foreign_agent, udp=udp,
                                             tia=a.tia)
                 self.vpn.configured(a.mode, udp is not None)  # the NAT shown
                 for entry in self.keepalive.configure(udp is not None, a.keepalive_s,
-                                                      self.clock()):
+                                                      self.clock(), via_vpn=via_vpn):
                     self.board.history(*entry)
             elif isinstance(a, am.StartVpn):
                 self.vpn.start(a)
@@ -342,6 +344,8 @@ class MobileNodeDriver:
                     await self._link_event(link_ev, now)
                 await self.vpn.use_tia(a, now)
             elif isinstance(a, am.DropTia):
+                if self.keepalive.via_vpn:
+                    self.keepalive.stop()  # its socket goes with the TIA
                 if a.tia is not None:
                     self.tracker.vpn_address_gone(a.tia)
                 await self.vpn.drop_tia()
@@ -407,7 +411,8 @@ class MobileNodeDriver:
         for ev in self.tracker.handle_timer(now):
             await self._link_event(ev, now)
         await self._execute(self.machine.handle_timer(now), now)
-        if self.keepalive.tick(now, self.sockets.registration):  # RFC 3519 4.10
+        if self.keepalive.tick(now, self.sockets.udp_tunnel_socket(
+                self.keepalive.via_vpn)):  # RFC 3519 4.10
             await self._execute(self.machine.reregister(now), now)
         self.vpn.tick(now)
 

@@ -21,7 +21,7 @@ from app.mn.mode_state import (
     ModeState,
     discarded_hint,
 )
-from app.mn.mode_vpn import VpnSide
+from app.mn.mode_vpn import DEFAULT_KEEPALIVE, VpnSide
 from app.mn.registration import (
     BindingLost,
     Denied,
@@ -29,9 +29,6 @@ from app.mn.registration import (
     Registered,
     TimedOut,
 )
-
-DEFAULT_KEEPALIVE = 110
-"""RFC 3519 4.9's K when the home agent's reply names none."""
 
 
 class DirectSide:

@@ -266,7 +266,8 @@ class ConfigureDataPlane:
     tia: IPv4Address | None = None
     """Mode mc: the TIA, the tunnel's outer source through the VPN."""
     udp_tunnel: bool = False
-    """Mode c: the link's registration socket carries the RFC 3519 tunnel."""
+    """The binding's registration socket carries the RFC 3519 tunnel: the link's in
+    mode c, the TIA's in mc (RFC 5266 4)."""
     keepalive_s: int = 0
     """With ``udp_tunnel``: the RFC 3519 4.9 keepalive interval (the home agent's, or
     ``DEFAULT_KEEPALIVE``)."""

@@ -51,6 +51,8 @@ from app.mn.registration import (
 VPN_RETRY_MIN = 2.0
 VPN_RETRY_MAX = 30.0
 """Seconds before bringing a failed VPN up again, doubling between the two."""
+DEFAULT_KEEPALIVE = 110
+"""RFC 3519 4.9's K when the home agent's reply names none."""
 MOBIKE_WAIT = 1.0
 """With an IKE SA kept from an earlier link, how long to wait for MOBIKE to move
 it before registering through it anyway."""
@@ -372,7 +374,12 @@ class VpnSide:
             s.client.forget_binding()
         s.enter(State.UNTRUSTED, Mode.VPN, None)
         if s.configured is not Mode.VPN or s.configured_tia != v.tia:
-            s.actions.append(ConfigureDataPlane(Mode.VPN, link.iface, tia=v.tia))
+            # RFC 5266 4: the TIA translated on its way (a gateway that NATs its pool):
+            # the home agent UDP-tunnels (RFC 3519) inside IPsec (and its NAT-T).
+            udp = ev.udp_tunnel
+            s.actions.append(ConfigureDataPlane(
+                Mode.VPN, link.iface, tia=v.tia, udp_tunnel=udp,
+                keepalive_s=(ev.keepalive_interval or DEFAULT_KEEPALIVE) if udp else 0))
             s.configured, s.configured_tia = Mode.VPN, v.tia
         s.open(link)
 

@@ -103,16 +103,20 @@ class MobileNodeSockets:
                  on_datagram: Callable[[bytes, Path], None],
                  on_tunnel_data: Callable[[bytes], None],
                  udp_tunnel: Callable[[], bool],
+                 udp_tunnel_via_vpn: Callable[[], bool] = lambda: False,
                  on_advert: Callable[[am.AgentAdvert], None] = lambda a: None,
                  on_echo: Callable[[IPv4Address, float], None] = lambda gw, rtt: None,
                  on_history: Callable[[str, dict[str, str]], None] = lambda k, d: None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         """``udp_tunnel``: whether the binding now has an RFC 3519 UDP tunnel (tunnel
-        data is taken only then); ``on_history``: entries such as "probe-sent"."""
+        data is taken only then), on the TIA's socket if ``udp_tunnel_via_vpn`` (mode
+        mc, RFC 5266 4) else on the link's; ``on_history``: entries such as
+        "probe-sent"."""
         self.home_agent = home_agent
         self.on_datagram = on_datagram
         self.on_tunnel_data = on_tunnel_data
         self.udp_tunnel = udp_tunnel
+        self.udp_tunnel_via_vpn = udp_tunnel_via_vpn
         self.on_advert = on_advert
         self.on_echo = on_echo
         self.on_history = on_history
@@ -133,6 +137,11 @@ class MobileNodeSockets:
     def registration(self) -> socket.socket | None:
         """The link's registration socket (it also carries an RFC 3519 UDP tunnel)."""
         return self._reg
+
+    def udp_tunnel_socket(self, via_vpn: bool) -> socket.socket | None:
+        """The registration socket that carries an RFC 3519 tunnel: the TIA's in mode
+        mc (through the VPN), else the link's."""
+        return self._vpn_reg if via_vpn else self._reg
 
     @property
     def can_register(self) -> bool:
@@ -258,12 +267,14 @@ class MobileNodeSockets:
                 data, peer = s.recvfrom(65535)
             except OSError:  # would block, interrupted, or an ICMP error on the socket
                 return
-            if data[:1] == TUNNEL_DATA_HEADER[:1] and s is self._reg:
+            if data[:1] == TUNNEL_DATA_HEADER[:1] and s in (self._reg, self._vpn_reg):
                 # RFC 3519 4.7 tunnel data on the registration's port: only from the home
-                # agent's address and port, and only while this binding has a UDP tunnel:
-                # in mc the direct probe's socket is visible on the untrusted link, and
-                # what it got must not reach trmn0.
-                if peer == ha and data[:4] == TUNNEL_DATA_HEADER and self.udp_tunnel():
+                # agent's address and port, only while this binding has a UDP tunnel,
+                # and only on the socket that carries it: in mc the direct probe's
+                # socket is visible on the untrusted link, and what it got must not
+                # reach trmn0.
+                if (peer == ha and data[:4] == TUNNEL_DATA_HEADER and self.udp_tunnel()
+                        and s is self.udp_tunnel_socket(self.udp_tunnel_via_vpn())):
                     self.on_tunnel_data(data[4:])
                 continue
             self.on_datagram(data, path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from app.api import Mode, Probe, Snapshot, State
+from app.api import NAT_IPSEC, NAT_MOBILE_IP, Mode, Probe, Snapshot, State
 from app.mn import mode_events as ev
 from app.mn.registration import Registered
 
@@ -102,11 +102,15 @@ def vpn_gone(snap: Snapshot) -> Snapshot:
 
 
 class VpnNatView:
-    """The VPN's NAT (charon's NAT-T detection) and the NAT the snapshot shows: the
-    VPN's in mode mc, the registration's (RFC 3519) otherwise."""
+    """Which layer found a NAT (RFC 5266 4), as the snapshot shows it: IPsec NAT-T
+    (charon's detection for the SA in use: mode mc's outer path, shown while no
+    direct mode carries the traffic) and Mobile IP's (the home agent UDP-tunnels
+    the binding in use, RFC 3519: in mode c or, the TIA translated, in mc)."""
 
     def __init__(self) -> None:
         self.vpn_nat = False
+        self.udp_tunnel = False
+        self.mode = Mode.NONE
 
     def vpn(self, snap: Snapshot, nat: bool) -> tuple[Snapshot, list[Entry]]:
         """charon said (again) whether the SA in use crosses a NAT."""
@@ -114,13 +118,23 @@ class VpnNatView:
         if nat != self.vpn_nat:
             entries.append(("vpn-nat", {"detected": str(nat).lower()}))
         self.vpn_nat = nat
-        if snap.mode is Mode.VPN or not snap.nat_detected:
-            snap = replace(snap, nat_detected=nat)
-        return snap, entries
+        return self.shown(snap), entries
+
+    def vpn_gone(self, snap: Snapshot) -> Snapshot:
+        """No SA in use any more: its NAT is no NAT of ours."""
+        self.vpn_nat = False
+        return self.shown(snap)
 
     def configured(self, snap: Snapshot, mode: Mode, udp_tunnel: bool) -> Snapshot:
-        """A data plane configured: mc shows the VPN's NAT, the others their own."""
-        return replace(snap, nat_detected=self.vpn_nat if mode is Mode.VPN else udp_tunnel)
+        """A data plane configured: its binding UDP-tunnelled or not."""
+        self.mode, self.udp_tunnel = mode, udp_tunnel and mode is not Mode.NONE
+        return self.shown(snap)
+
+    def shown(self, snap: Snapshot) -> Snapshot:
+        ipsec = self.vpn_nat and self.mode in (Mode.VPN, Mode.NONE)
+        layers = tuple(name for name, found in ((NAT_IPSEC, ipsec),
+                                                (NAT_MOBILE_IP, self.udp_tunnel)) if found)
+        return replace(snap, nat_detected=bool(layers), nat_layers=layers)
 
 
 Answer = tuple[float, float]

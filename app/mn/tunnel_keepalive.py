@@ -1,7 +1,9 @@
 """RFC 3519 keepalives on the link's registration socket: the I/O side of
 ``app.mn.nat_keepalive``.
 
-Runs while the binding is UDP-tunnelled (mode c behind a NAT): tunnel data that is
+Runs while the binding is UDP-tunnelled (mode c behind a NAT, or mode mc with the
+TIA translated on its way to the home agent, RFC 5266 4: then from the TIA's
+socket, through the VPN, ``via_vpn``): tunnel data that is
 the home agent's Echo Reply to our keepalive is taken here, the rest goes on to
 the tunnel; the tick sends Echo Requests from the registration socket and says
 when the mapping seems lost (4.10: register again).
@@ -25,6 +27,8 @@ class TunnelKeepalive:
         self.home_address = home_address
         self.home_agent = home_agent
         self.keepalive: NatKeepalive | None = None
+        self.via_vpn = False
+        """The tunnel is the TIA's socket's (mode mc), not the link's."""
 
     @property
     def running(self) -> bool:
@@ -33,19 +37,22 @@ class TunnelKeepalive:
     def start(self, interval: float, now: float) -> None:
         self.keepalive = NatKeepalive.start(interval, now)
 
-    def configure(self, udp_tunnel: bool, interval: int, now: float
-                  ) -> list[tuple[str, dict[str, str]]]:
+    def configure(self, udp_tunnel: bool, interval: int, now: float, *,
+                  via_vpn: bool = False) -> list[tuple[str, dict[str, str]]]:
         """A data plane configured: keepalives at ``interval`` (RFC 3519 4.9) while it
         is UDP-tunnelled, none otherwise; the history entries to say so."""
         if not udp_tunnel:
             self.stop()
             return []
         self.start(interval, now)
-        return [("udp-tunnel", {"keepalive_s": str(interval)})]
+        self.via_vpn = via_vpn
+        return [("udp-tunnel", {"keepalive_s": str(interval),
+                                **({"path": "vpn"} if via_vpn else {})})]
 
     def stop(self) -> None:
         """Not UDP-tunnelled (any more), or another link: its mapping is no mapping here."""
         self.keepalive = None
+        self.via_vpn = False
 
     def get_timer(self) -> float | None:
         return self.keepalive.get_timer() if self.keepalive is not None else None

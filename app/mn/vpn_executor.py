@@ -83,7 +83,7 @@ class VpnExecutor:
         self.gateway = None
         self.sockets.close_vpn()
         await self.routes.vpn_source(None)
-        self.board.publish(status_view.vpn_gone(self.board.snapshot))
+        self.board.publish(self.nat.vpn_gone(status_view.vpn_gone(self.board.snapshot)))
 
     def nat_detected(self, nat: bool) -> None:
         """``NatDetected``: charon said (again) whether the SA in use crosses a NAT."""

@@ -29,7 +29,9 @@ TIA (the registration through the VPN) by charon's table, whatever table 100
 holds from the mode before.
 
 The tunnel device is a userspace TUN + raw IP-in-IP socket here, or a kernel
-``ipip`` device where the kernel has one: same routes either way.  Everything
+``ipip`` device where the kernel has one: same routes either way.  A binding the
+home agent UDP-tunnels (RFC 3519, behind a NAT, in mode c or inside the VPN) always
+takes the userspace device (:meth:`MobileNodeRoutes.plane`).  Everything
 is removed by :meth:`MobileNodeRoutes.clear` when the mode changes or the
 helper stops.
 """
@@ -70,6 +72,8 @@ KERNEL_ESP_MTU = 1420
 (outer IP 20, UDP 8, ESP 8, IV up to 16, padding, ICV up to 16: about 80 bytes)."""
 """kernel-libipsec's TUN device; absent with kernel ESP."""
 MAIN_TABLE = 254
+UDP_TUNNEL_OVERHEAD = 12
+"""RFC 3519 3.3: UDP (8) and the tunnel data header (4) after the outer IPv4 header."""
 
 
 class Backend(Enum):
@@ -182,7 +186,7 @@ class MobileNodeRoutes:
         routes: dict[str, dict[str, Any]] = {}
         if mode is Mode.COLOCATED:
             tun = await self._tunnel_device(link.address.ip, udp, link.iface)
-            await self._tunnel_mtu(tun, MTU)
+            await self._tunnel_mtu(tun, MTU - (UDP_TUNNEL_OVERHEAD if udp else 0))
             home_at = (tun, 32)
             routes[f"{self.home_agent}/32"] = {"gateway": str(link.gateway), "oif": index,
                                                "prefsrc": str(link.address.ip)}
@@ -192,11 +196,14 @@ class MobileNodeRoutes:
             vpn = await self.ipr.link_lookup(ifname=VPN_DEVICE)
             # Tunnelled packets come out of charon's TUN (kernel-libipsec), or, with
             # kernel ESP, decrypted on the link.
-            tun = await self._tunnel_device(tia, device=VPN_DEVICE if vpn else link.iface)
+            # RFC 5266 4: a TIA translated on its way to the home agent gets an RFC 3519
+            # UDP tunnel inside the VPN (``udp``: the TIA's registration socket).
+            tun = await self._tunnel_device(tia, udp, device=VPN_DEVICE if vpn else link.iface)
             home_at = (tun, 32)
             # Inside the VPN the tunnel's packets must fit charon's TUN whole: an
             # outer packet above its MTU would be fragmented before ESP.
-            await self._tunnel_mtu(tun, min(MTU, _mtu(VPN_DEVICE, KERNEL_ESP_MTU) - 20))
+            await self._tunnel_mtu(tun, min(MTU, _mtu(VPN_DEVICE, KERNEL_ESP_MTU) - 20
+                                            - (UDP_TUNNEL_OVERHEAD if udp else 0)))
             # The Mobile IP tunnel inside the VPN: outer packets from the TIA into
             # charon's TUN (userspace ESP), or by the link where kernel ESP takes them.
             routes[f"{self.home_agent}/32"] = (
@@ -295,7 +302,7 @@ class MobileNodeRoutes:
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None
-        elif self._tunnel_index is not None and self.backend is Backend.KERNEL:
+        elif self._tunnel_index is not None:  # the kernel's device
             await self._quiet("link", "del", index=self._tunnel_index)
         self._tunnel_index = None
         self._mtu = MTU
@@ -332,10 +339,10 @@ class MobileNodeRoutes:
                              device: str | None = None) -> int:
         """The tunnel from ``local`` (the care-of address) to the home agent; the
         userspace one receives only what reaches ``local`` by ``device``."""
-        if udp is not None and self.backend is Backend.KERNEL:
-            raise OSError(errno.EOPNOTSUPP, "RFC 3519 UDP tunnelling needs the userspace data "
-                          "plane (trustroamd --dataplane userspace)")
-        if self.backend is Backend.KERNEL:
+        kernel = self.plane(udp is not None) is Backend.KERNEL
+        if kernel != (self._tunnel is None) and self._tunnel_index is not None:
+            await self._drop_device()  # the other plane's device: one trmn0 at a time
+        if kernel:
             if self._tunnel_index is None:
                 await self.ipr.link("add", ifname=TUNNEL, kind="ipip",
                                     ipip_local=str(local),
@@ -370,6 +377,30 @@ class MobileNodeRoutes:
                                                   MIP_PORT if udp is not None else None))
         assert self._tunnel_index is not None
         return self._tunnel_index
+
+    def plane(self, udp_tunnel: bool) -> Backend:
+        """The data plane of a binding: RFC 3519 has no kernel encapsulation (its
+        4-byte header after UDP 434 has no kernel tunnel type), so a UDP-tunnelled
+        binding takes the userspace plane whatever ``backend`` says."""
+        return Backend.USERSPACE if udp_tunnel else self.backend
+
+    async def _drop_device(self) -> None:
+        """The tunnel device of the plane no longer in use goes, and with it the home
+        address and the routes on it (the next configure puts them on the new one)."""
+        old = self._tunnel_index
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
+        else:
+            await self._quiet("link", "del", index=old)
+        self._tunnel_index = None
+        self._indexes.pop(TUNNEL, None)
+        self._mtu = MTU
+        if self._home_on is not None and self._home_on[0] == old:
+            self._home_on = None
+        if self._stale_home is not None and self._stale_home[0] == old:
+            self._stale_home = None
+        self._routes = {d: a for d, a in self._routes.items() if a.get("oif") != old}
 
     async def _tunnel_mtu(self, index: int, mtu: int) -> None:
         if self._mtu != mtu:

@@ -549,6 +549,10 @@ class HelperInterface(ServiceInterface):
         return self._p("NatDetected")
 
     @dbus_property(access=PropertyAccess.READ)
+    def NatLayers(self) -> "as":
+        return self._p("NatLayers")
+
+    @dbus_property(access=PropertyAccess.READ)
     def BindingExpires(self) -> "d":
         return self._p("BindingExpires")
 

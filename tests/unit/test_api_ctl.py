@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.api import Mode, Policy, Probe, Snapshot, State
+from app.api import NAT_IPSEC, NAT_MOBILE_IP, Mode, Policy, Probe, Snapshot, State
 from app.ctl import render
 
 
@@ -42,6 +42,18 @@ def test_status_in_mode_mc_shows_tia_gateway_vpn_probe_and_nat():
     assert "  VPN gateway    vpn1.corp.example" in text
     assert "  VPN probe      reachable, RTT 3.2 ms (answered 3 s ago)" in text
     assert "  NAT            detected" in text
+
+
+def test_rfc5266_4_status_and_tooltip_name_the_layers_that_found_a_nat():
+    from ui.presentation import tooltip
+
+    s = Snapshot(State.UNTRUSTED, Mode.VPN, "corp", "eth0", "10.20.1.10", "10.99.1.1",
+                 "10.99.1.1", nat_detected=True, vpn_gateway="vpn1.corp.example",
+                 nat_layers=(NAT_IPSEC, NAT_MOBILE_IP))
+    assert ("  NAT            detected (IPsec NAT-T to the gateway; Mobile IP UDP tunnel, "
+            "RFC 3519)") in render(s, 1000.0)
+    assert "NAT detected (IPsec, Mobile IP)" in tooltip(s, "cafe")
+    assert Snapshot.from_dbus(s.to_dbus()) == s
 
 
 def test_status_shows_a_vpn_being_set_up_and_one_kept_alive_inside():

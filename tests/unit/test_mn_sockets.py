@@ -161,6 +161,28 @@ async def test_rfc3519_4_7_tunnel_data_only_from_the_home_agents_address_and_por
         assert await _tunnel_case(mn, ha, active=True, sender=other) == []
 
 
+async def test_rfc5266_4_in_mc_tunnel_data_is_taken_on_the_tias_socket_only(ha) -> None:
+    """A TIA translated by the gateway: the home agent's RFC 3519 tunnel comes through
+    the VPN to the TIA's registration socket; the link's (seen on the untrusted
+    network) passes nothing to the tunnel then."""
+    sinks = Sinks()
+    socks = MobileNodeSockets(
+        ha[0], on_datagram=lambda d, p: sinks.datagrams.put_nowait((d, p)),
+        on_tunnel_data=sinks.tunnel.append, udp_tunnel=lambda: True,
+        udp_tunnel_via_vpn=lambda: True)
+    try:
+        socks.open_link("lo", _addr(), hear_agents=False)
+        socks.open_vpn(_addr())
+        for s, path in ((socks.registration, Path.LINK), (socks._vpn_reg, Path.VPN)):
+            ha[1].sendto(TUNNEL_DATA_HEADER + INNER, _port(s))
+            ha[1].sendto(b"\x03marker", _port(s))
+            assert await _next(sinks.datagrams) == (b"\x03marker", path)
+        assert sinks.tunnel == [INNER]
+        assert socks.udp_tunnel_socket(True) is socks._vpn_reg
+    finally:
+        socks.close()
+
+
 def _advert_packet(source: IPv4Address, adv: AgentAdvertisement, ihl: int = 5) -> bytes:
     icmp = adv.encode()
     head = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 4 * ihl + len(icmp), 0, 0, 1, 1, 0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 
-from app.api import Mode, Probe, Snapshot, State
+from app.api import NAT_IPSEC, NAT_MOBILE_IP, Mode, Probe, Snapshot, State
 from app.mn import mode_events as ev
 from app.mn import status_view
 from app.mn.registration import Registered
@@ -108,9 +108,29 @@ def test_the_nat_shown_is_the_vpns_in_mc_and_the_registrations_otherwise():
     assert view.configured(BASE, Mode.VPN, udp_tunnel=False).nat_detected
     assert not view.configured(snap, Mode.COLOCATED, udp_tunnel=False).nat_detected
     # Outside mc a NAT the registration found is not hidden by a VPN without one.
-    direct = replace(BASE, mode=Mode.COLOCATED, nat_detected=True)
+    direct = view.configured(BASE, Mode.COLOCATED, udp_tunnel=True)
     assert view.vpn(direct, False)[0].nat_detected
-    assert not view.vpn(replace(direct, mode=Mode.VPN), False)[0].nat_detected
+    assert not view.configured(BASE, Mode.VPN, udp_tunnel=False).nat_detected
+
+
+def test_rfc5266_4_the_status_names_the_layer_that_found_a_nat():
+    """IPsec NAT-T for mc's outer path, Mobile IP (RFC 3519) for the TIA translated
+    on its way to the home agent; both at once behind a NAT and a NATing gateway."""
+    view = status_view.VpnNatView()
+    snap, _ = view.vpn(BASE, True)
+    assert snap.nat_layers == (NAT_IPSEC,)  # the SA crosses a NAT, mc not yet up
+    snap = view.configured(snap, Mode.VPN, udp_tunnel=True)
+    assert (snap.nat_detected, snap.nat_layers) == (True, (NAT_IPSEC, NAT_MOBILE_IP))
+    snap, _ = view.vpn(snap, False)  # MOBIKE to a network without a NAT
+    assert snap.nat_layers == (NAT_MOBILE_IP,) and snap.nat_detected
+    snap = view.configured(snap, Mode.COLOCATED, udp_tunnel=False)
+    assert (snap.nat_detected, snap.nat_layers) == (False, ())
+    snap, _ = view.vpn(snap, True)  # kept alive inside (3.4.2): c's path has no NAT
+    assert snap.nat_layers == ()
+    snap = view.configured(snap, Mode.NONE, udp_tunnel=False)
+    assert view.vpn_gone(view.vpn(snap, True)[0]).nat_layers == ()
+    assert Snapshot.from_dbus(replace(BASE, nat_layers=(NAT_MOBILE_IP,)).to_dbus()
+                              ).nat_layers == (NAT_MOBILE_IP,)
 
 
 def test_binding_expires_is_cleared_when_the_link_is_left():
