@@ -14,6 +14,7 @@ import asyncio
 import sys
 
 from dbus_fast.constants import BusType, MessageType, PropertyAccess
+from dbus_fast.message import Message
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from app.dbus import MessageBus  # EAGAIN waits (app/dbus.py): a burst must not drop the bus
@@ -58,6 +59,13 @@ class Watcher(ServiceInterface):
     def StatusNotifierItemUnregistered(self, item) -> "s":
         return item
 
+    def owner_gone(self, name: str) -> None:
+        """As a desktop's watcher does: an item whose bus name left is unregistered
+        (else a shell sees the items of trays that have exited)."""
+        for item in [i for i in self.items if i.split("/", 1)[0] == name]:
+            self.items.remove(item)
+            self.StatusNotifierItemUnregistered(item)
+
 
 class Notifications(ServiceInterface):
     def __init__(self):
@@ -100,6 +108,19 @@ class TestShell(ServiceInterface):
         return self.watcher.items
 
 
+def watch_owners(bus, watcher):
+    """NameOwnerChanged to the watcher: a name with no new owner is gone."""
+
+    def on(msg):
+        if (msg.message_type is MessageType.SIGNAL and msg.member == "NameOwnerChanged"
+                and msg.sender == "org.freedesktop.DBus" and len(msg.body) == 3
+                and not msg.body[2]):
+            watcher.owner_gone(msg.body[0])
+        return False
+
+    bus.add_message_handler(on)
+
+
 def record_senders(bus, target):
     """Sets ``target.sender`` to each method call's sender just before the method runs
     (a message handler sees the message first; an exported method is not told)."""
@@ -117,6 +138,11 @@ async def main():
     watcher = Watcher()
     notes = Notifications()
     record_senders(bus, watcher)
+    watch_owners(bus, watcher)
+    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                           body=["type='signal',sender='org.freedesktop.DBus',"
+                                 "member='NameOwnerChanged'"]))
     bus.export("/StatusNotifierWatcher", watcher)
     bus.export("/org/freedesktop/Notifications", notes)
     bus.export("/TestShell", TestShell(notes, watcher))
