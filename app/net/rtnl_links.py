@@ -3,7 +3,9 @@
 Reads the managed interface's carrier, addresses and main-table default
 gateway once, then follows link, IPv4 address and IPv4 route notifications
 and reports a :class:`LinkSnapshot` after each batch that changed it.  Without a configured
-interface it manages the one that holds the main table's default route.
+interface it manages the one that holds the main table's default route: the
+one managed so far while it keeps one, else the best (lowest metric), so an
+unplugged Ethernet hands over to the Wi-Fi that has its own lease already.
 
 Also in the snapshot: which addresses have a lease (a finite lifetime: DHCP's),
 and which charon installed (the source of its routes in table 220): with kernel
@@ -146,6 +148,8 @@ class RtnlLinks:
         elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
             gw = msg.get("gateway")
             if msg.get("oif") != self._index or not gw:
+                if self.iface is None and not _usable(snap):
+                    self._schedule_refresh()  # auto: another interface's default route
                 return False
             if event == "RTM_NEWROUTE":
                 self._snap = replace(snap, gateway=IPv4Address(gw))
@@ -163,6 +167,11 @@ class RtnlLinks:
             # The kernel drops routes through a gateway no address reaches any more,
             # without a notification: forget it rather than report a stale one.
             self._snap = new = replace(new, gateway=None)
+        if self.iface is None and not _usable(new):
+            # Auto: the managed link lost its carrier, address or default route; the
+            # main table's default may be through another interface already (the
+            # Wi-Fi next to an unplugged Ethernet): re-read which one.
+            self._schedule_refresh()
         return new != snap
 
     def _schedule_refresh(self) -> None:
@@ -187,11 +196,13 @@ class RtnlLinks:
                     and r.get("gateway")]
         iface = self.iface
         if iface is None:
-            for r in defaults:
-                name = links.get(r.get("oif"), {}).get("ifname", "") if r.get("oif") else ""
-                if name and not name.startswith(OWN_PREFIXES):
-                    iface = name
-                    break
+            names = [links.get(r.get("oif"), {}).get("ifname", "") if r.get("oif") else ""
+                     for r in sorted(defaults, key=lambda r: int(r.get("priority") or 0))]
+            names = [n for n in names if n and not n.startswith(OWN_PREFIXES)]
+            # The interface managed so far while it holds a default route (charon keeps
+            # a working path too); else the best default route's.
+            current = self._snap.iface if self._snap is not None else None
+            iface = current if current in names else (names[0] if names else None)
             if iface is None:
                 return
         index = next((i for i, m in links.items() if m.get("ifname") == iface), None)
@@ -209,6 +220,10 @@ class RtnlLinks:
         carrier = bool(links[index]["flags"] & IFF_LOWER_UP)
         self._snap = LinkSnapshot(iface, carrier, addrs, gateway, leased, installed)
         self.on_snapshot(self._snap)
+
+
+def _usable(snap: LinkSnapshot) -> bool:
+    return snap.carrier and bool(snap.addresses) and snap.gateway is not None
 
 
 def _leased(msg: Any) -> bool:

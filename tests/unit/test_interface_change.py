@@ -8,12 +8,16 @@ real access-mode machine, in the shared discrete-event world
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+import asyncio
+from collections.abc import AsyncIterator
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
 
 from app.api import Mode, State
 from app.mn.access_mode import LinkLost, LinkUp
 from app.mn.link_tracker import LinkTracker
 from app.net.links import LinkSnapshot
+from app.net.rtnl_links import IFF_LOWER_UP, RtnlLinks
 from tests.support.world import NETS, TIA, World
 
 
@@ -54,3 +58,72 @@ def test_rfc5266_3_4_an_interface_change_behind_one_gateway_is_a_mobike_update_o
     assert not [s for tm, s in w.sent if tm >= t and s.through_vpn], "a request through the VPN"
     assert w.ha_coa() == TIA
     w.agrees()
+
+
+# -- the link adapter without a configured interface (rtnetlink) --------------------------
+
+class _Dumps:
+    """What rtnetlink dumps now: links, routes and addresses (pyroute2's messages)."""
+
+    def __init__(self) -> None:
+        self.links = [{"index": 2, "ifname": "eth0", "flags": IFF_LOWER_UP},
+                      {"index": 3, "ifname": "wlan0", "flags": IFF_LOWER_UP}]
+        self.routes = [_default(2, "203.0.113.1", 0), _default(3, "192.168.50.1", 600)]
+        self.addrs = [_addr(2, "203.0.113.150"), _addr(3, "192.168.50.130")]
+
+    async def link(self, _op: str) -> AsyncIterator[dict[str, Any]]:
+        return _each(self.links)
+
+    async def route(self, _op: str, table: int) -> AsyncIterator[dict[str, Any]]:
+        return _each([r for r in self.routes if r["table"] == table])
+
+    async def addr(self, _op: str, index: int) -> AsyncIterator[dict[str, Any]]:
+        return _each([a for a in self.addrs if a["index"] == index])
+
+
+async def _each(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for i in items:
+        yield i
+
+
+def _default(oif: int, gateway: str, metric: int) -> dict[str, Any]:
+    return {"event": "RTM_NEWROUTE", "table": 254, "dst": None, "dst_len": 0, "oif": oif,
+            "gateway": gateway, "priority": metric, "family": 2}
+
+
+def _addr(index: int, address: str) -> dict[str, Any]:
+    return {"event": "RTM_NEWADDR", "family": 2, "index": index, "address": address,
+            "prefixlen": 24, "flags": 0}
+
+
+def test_rfc5266_3_4_without_a_configured_interface_an_unplugged_ethernet_hands_over_to_the_wifi():
+    """The Wi-Fi has its lease and a default route of a higher metric; eth0 is
+    unplugged (carrier, then its address: the kernel drops its routes without a
+    notification).  The adapter must follow the default route to wlan0."""
+    async def scenario() -> list[LinkSnapshot]:
+        out: list[LinkSnapshot] = []
+        dumps = _Dumps()
+        links = RtnlLinks(None, out.append)
+        links._query = dumps
+        await links.refresh()
+        assert out[-1].iface == "eth0"  # the best default route
+        dumps.links[0] = {**dumps.links[0], "flags": 0}
+        links._apply({"event": "RTM_NEWLINK", "index": 2, "ifname": "eth0", "flags": 0})
+        await _settle(links)
+        dumps.routes = dumps.routes[1:]
+        dumps.addrs = dumps.addrs[1:]
+        links._apply({**_addr(2, "203.0.113.150"), "event": "RTM_DELADDR"})
+        await _settle(links)
+        return out
+
+    out = asyncio.run(scenario())
+    tracker = LinkTracker(IPv4Address("10.20.1.10"))
+    events = [ev for i, s in enumerate(out) for ev in tracker.observe(s, float(i))]
+    assert events[-1] == LinkUp("wlan0", IPv4Interface("192.168.50.130/24"),
+                                IPv4Address("192.168.50.1")), out
+    assert events[-2:-1] == [LinkLost("eth0")], events
+
+
+async def _settle(links: RtnlLinks) -> None:
+    if links._refreshing is not None:
+        await links._refreshing
