@@ -37,6 +37,8 @@ CHARON_TABLE = 220
 """strongSwan's routing table (charon.routing_table): its routes' source is its virtual IP."""
 IFA_F_PERMANENT = 0x80
 """An address without a lifetime: configured by hand or by charon, never leased."""
+REREADS = 5
+"""Full reads at most, while notifications keep arriving during them."""
 OWN_PREFIXES = ("trmn", "ipsec", "lo")
 """Interfaces the helper or charon create, never an access link."""
 
@@ -54,6 +56,8 @@ class RtnlLinks:
         self._index: int | None = None
         self._snap: LinkSnapshot | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._applied = 0
+        """Notifications applied so far (a full read that raced one is read again)."""
         self._charon_routes: dict[tuple[str, int, int], IPv4Address] = {}
         """charon's routes (destination, length, priority) -> their source address."""
 
@@ -116,6 +120,7 @@ class RtnlLinks:
 
     def _apply(self, msg: Any) -> bool:
         """Update the snapshot from one notification; False when it needs a full read."""
+        self._applied += 1
         snap = self._snap
         if snap is None or self._index is None:
             self._schedule_refresh()
@@ -185,13 +190,29 @@ class RtnlLinks:
             log.debug("link refresh failed: %s", exc)
 
     async def refresh(self) -> None:
+        # A notification applied while the dumps ran may be missing from them (the
+        # route dumped before the DHCP client added it): read again rather than
+        # overwrite it with the older state.
+        for _ in range(REREADS):
+            seen = self._applied
+            read = await self._read()
+            if self._applied == seen:
+                break
+        if read is None:
+            return
+        self._index, self._snap, self._charon_routes = read
+        self.on_snapshot(self._snap)
+
+    async def _read(self) -> tuple[int | None, LinkSnapshot, dict[tuple[str, int, int],
+                                                                   IPv4Address]] | None:
+        """The managed link as the kernel has it now (None: no link to manage)."""
         links = {m["index"]: m for m in [x async for x in await self._query.link("dump")]}
         routes = [r async for r in await self._query.route("dump", table=MAIN_TABLE)]
-        self._charon_routes = {
+        charon_routes = {
             _route_key(r): IPv4Address(r.get("prefsrc"))
             async for r in await self._query.route("dump", table=CHARON_TABLE)
             if r.get("table") == CHARON_TABLE and r.get("prefsrc")}
-        installed = frozenset(self._charon_routes.values())
+        installed = frozenset(charon_routes.values())
         defaults = [r for r in routes if r["dst_len"] == 0 and r.get("table") == MAIN_TABLE
                     and r.get("gateway")]
         iface = self.iface
@@ -204,13 +225,10 @@ class RtnlLinks:
             current = self._snap.iface if self._snap is not None else None
             iface = current if current in names else (names[0] if names else None)
             if iface is None:
-                return
+                return None
         index = next((i for i, m in links.items() if m.get("ifname") == iface), None)
-        self._index = index
         if index is None:
-            self._snap = LinkSnapshot(iface, False, (), None, installed=installed)
-            self.on_snapshot(self._snap)
-            return
+            return None, LinkSnapshot(iface, False, (), None, installed=installed), charon_routes
         found = [a async for a in await self._query.addr("dump", index=index)
                  if a.get("address") and a["family"] == AF_INET]
         addrs = tuple(IPv4Interface(f"{a.get('address')}/{a['prefixlen']}") for a in found)
@@ -218,8 +236,8 @@ class RtnlLinks:
         gateway = next((IPv4Address(r.get("gateway")) for r in defaults
                         if r.get("oif") == index), None)
         carrier = bool(links[index]["flags"] & IFF_LOWER_UP)
-        self._snap = LinkSnapshot(iface, carrier, addrs, gateway, leased, installed)
-        self.on_snapshot(self._snap)
+        return index, LinkSnapshot(iface, carrier, addrs, gateway, leased, installed), (
+            charon_routes)
 
 
 def _usable(snap: LinkSnapshot) -> bool:

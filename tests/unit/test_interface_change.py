@@ -127,3 +127,37 @@ def test_rfc5266_3_4_without_a_configured_interface_an_unplugged_ethernet_hands_
 async def _settle(links: RtnlLinks) -> None:
     if links._refreshing is not None:
         await links._refreshing
+
+
+def test_a_full_read_that_raced_a_notification_does_not_undo_it():
+    """The DHCP client adds the default route while the adapter dumps (its route dump
+    came before it): the notification it applied meanwhile must not be lost under
+    the older dump, or the link stays without a gateway, never up again."""
+    async def scenario() -> list[LinkSnapshot]:
+        out: list[LinkSnapshot] = []
+        dumps = _Dumps()
+        links = RtnlLinks(None, out.append)
+        links._query = dumps
+        await links.refresh()
+        late = dumps.routes[0]
+        dumps.routes = dumps.routes[1:]  # eth0 between two leases: no default route yet
+        dumps.addrs = dumps.addrs[1:]
+        real_addr = dumps.addr
+
+        async def addr(op: str, index: int) -> AsyncIterator[dict[str, Any]]:
+            if late not in dumps.routes:  # the lease lands while the dump runs
+                dumps.routes.insert(0, late)
+                dumps.addrs.insert(0, _addr(2, "203.0.113.150"))
+                links._apply(_addr(2, "203.0.113.150"))
+                links._apply(late)
+            return await real_addr(op, index)
+
+        dumps.addr = addr  # type: ignore[method-assign]
+        links._apply({**_addr(2, "203.0.113.150"), "event": "RTM_DELADDR"})
+        await _settle(links)
+        return out
+
+    out = asyncio.run(scenario())
+    assert out[-1] == LinkSnapshot("eth0", True, (IPv4Interface("203.0.113.150/24"),),
+                                   IPv4Address("203.0.113.1"),
+                                   leased=frozenset({IPv4Address("203.0.113.150")})), out
