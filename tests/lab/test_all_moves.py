@@ -110,7 +110,9 @@ def test_rfc5266_every_ordered_pair_of_networks_lands_in_its_mode_with_one_tcp_s
         pcaps = {net: stack.enter_context(bridge_capture(d / f"walk-{net}.pcap", net,
                                                          f"ether host {mac}"))
                  for net in UNTRUSTED}
-        client = stack.enter_context(echo_session(d))
+        session = d / "walk"  # its own stop file (echo_session's)
+        session.mkdir(exist_ok=True)
+        client = stack.enter_context(echo_session(session))
         pings = stack.enter_context(ping_stream(drain=2.0))
         done = walk(world, lab, order, client, pings, lambda: str(props(world)["Mode"]),
                     on_move=each)
@@ -166,7 +168,9 @@ def test_rfc5266_3_4_an_interface_change_in_mc_is_a_mobike_update_only(
     mac = mac_of_mn()
     try:
         with ExitStack() as stack:
-            client = stack.enter_context(echo_session(d))
+            session = d / "interface-change"  # its own stop file (echo_session's)
+            session.mkdir(exist_ok=True)
+            client = stack.enter_context(echo_session(session))
             pings = stack.enter_context(ping_stream(drain=2.0))
             lab.plug_second("nat")  # the Wi-Fi joins the NATed network
             second_link_address("192.168.50.")
