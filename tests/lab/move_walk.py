@@ -6,20 +6,29 @@ access networks (56 moves, back where it started): every (from, to) pair once.
 stop for the mode the network must give (``MODE_AT``); ``per_move`` turns the
 ping stream of ``tests.lab.vpn_walk`` into each move's outage and lost packets;
 ``table`` is the Markdown that ``benchmarks/moves_bench.py`` keeps in
-``benchmarks/README.md``.  The CI test (``tests/lab/test_all_moves.py``) and the
-benchmark walk the same circuit; only the benchmark repeats it.
+``benchmarks/README.md``.  The soak: ``random_order`` (seeded moves) and
+``resources`` (what must not grow: the helper's memory and descriptors, the MN's
+nft rules, routes, XFRM state and charon's SAs).  The CI test
+(``tests/lab/test_all_moves.py``) and the benchmark walk the same circuit; only
+the benchmark repeats it.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import random
+import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from app.lab.topology import MN
 from app.lab.world import Lab
-from tests.lab.procs import Proc, carries_data_again, wait_history
+from tests.lab.procs import MN_VICI, Proc, carries_data_again, wait_history
 from tests.lab.vpn_walk import PingStream
 
 NETWORKS = ("home", "t1", "t2", "fa1", "fa2", "bnat", "pub", "nat")
@@ -149,3 +158,46 @@ def table(moves: Sequence[Move]) -> str:
             f"{len(ms)} | {statistics.median(outs):.0f} ms | {max(outs):.0f} ms | "
             f"{sum(m.lost for m in ms)} | {statistics.median(m.mode_s for m in ms):.2f} s |")
     return "\n".join(lines)
+
+
+def random_order(seed: int, moves: int, start: str) -> list[str]:
+    """``start``, then ``moves`` random moves (never to where the node is), the last
+    one back to ``start`` so the end is compared with the start on the same network."""
+    rng = random.Random(seed)
+    order = [start]
+    for i in range(moves - 1):
+        # (the stop before the last is not ``start``: the last move is a move)
+        order.append(rng.choice([n for n in NETWORKS if n != order[-1]
+                                 and (i < moves - 2 or n != start)]))
+    order.append(start)
+    return order
+
+
+def _lines(*cmd: str) -> list[str]:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def resources(helper_pid: int) -> dict[str, int]:
+    """What a soak must end with no more of than it started: the helper's resident
+    memory (KiB) and open descriptors, the MN's nft rules, routes (every table), XFRM
+    states and policies, and charon's IKE and CHILD SAs."""
+    status = open(f"/proc/{helper_pid}/status").read()  # noqa: SIM115
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    ruleset = json.loads(subprocess.run(
+        ["ip", "netns", "exec", MN, "nft", "-j", "list", "ruleset"], capture_output=True,
+        text=True, timeout=20, check=True).stdout)["nftables"]
+    sas = _lines("swanctl", "--list-sas", "--uri", f"unix://{MN_VICI}")
+    return {
+        "rss_kib": rss,
+        "fds": len(os.listdir(f"/proc/{helper_pid}/fd")),
+        "nft_rules": sum(1 for item in ruleset if "rule" in item),
+        "routes": len(_lines("ip", "-n", MN, "-4", "route", "show", "table", "all")),
+        "rules": len(_lines("ip", "-n", MN, "-4", "rule")),
+        "xfrm_states": sum(1 for ln in _lines("ip", "-n", MN, "xfrm", "state")
+                           if ln.startswith("src")),
+        "xfrm_policies": sum(1 for ln in _lines("ip", "-n", MN, "xfrm", "policy")
+                             if ln.startswith("src")),
+        "ike_sas": sum(1 for ln in sas if re.match(r"^\S+: #\d+,", ln)),
+        "child_sas": sum(1 for ln in sas if re.match(r"^\s+\S+: #\d+,", ln)),
+    }

@@ -17,6 +17,10 @@ second link can take over).
   Wi-Fi) gets a lease on nat, eth0 is unplugged: a MOBIKE update only, the gate
   never shuts, no registration request reaches the home agent (captured on the
   home link), the TCP session lives.
+- The soak (short form, ``SOAK_MOVES``): random moves from a printed seed with one
+  TCP session; nothing in clear on the untrusted links, and no more of the
+  helper's memory and descriptors, nft rules, routes, XFRM state or charon SAs at
+  the end than at the start (both on pub, in mc).
 
 ``benchmarks/moves_bench.py`` walks the same circuit N times for the table in
 ``benchmarks/README.md``.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -40,7 +45,17 @@ from app.lab.topology import MN, MN_IFACE2
 from app.lab.world import Lab
 from tests.lab.conftest import a_lab
 from tests.lab.leaks import lab_policy, leaks, read_frames
-from tests.lab.move_walk import MODE_AT, UNTRUSTED, Move, circuit, per_move, table, walk
+from tests.lab.move_walk import (
+    MODE_AT,
+    UNTRUSTED,
+    Move,
+    circuit,
+    per_move,
+    random_order,
+    resources,
+    table,
+    walk,
+)
 from tests.lab.procs import (
     GW1,
     Proc,
@@ -215,3 +230,59 @@ def test_rfc5266_3_4_an_interface_change_in_mc_is_a_mobike_update_only(
         assert [f for f in read_frames(nat) if f["esp.spi"]], "no ESP on the Wi-Fi's link"
     finally:
         lab.unplug_second()
+
+
+SOAK_MOVES = int(os.environ.get("TRUSTROAM_SOAK_MOVES", "20"))
+"""The short form in CI; ``benchmarks/moves_bench.py --soak 200`` is the long one."""
+RSS_SLACK_KIB = 2048
+"""The helper's resident memory may move by the allocator's pages, not by a leak:
+2 MiB over the soak (a leak of 100 KiB a move would show in 20 moves)."""
+
+
+def settled(pid: int, before: dict[str, int], timeout: float = 10.0) -> dict[str, int]:
+    """The resources once the last move's clean-up is done (the old home address and
+    routes go after the gate opened, an old SA is deleted after the new path holds):
+    nothing above ``before`` but memory, or what there is at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = resources(pid)
+        if all(now[k] <= v for k, v in before.items() if k != "rss_kib") or (
+                time.monotonic() > deadline):
+            return now
+        time.sleep(0.2)  # clean-up has no event to await
+
+
+def test_soak_random_moves_with_one_tcp_session_leave_nothing_behind(
+        lab: Lab, world: dict[str, object]) -> None:
+    seed = int(os.environ.get("TRUSTROAM_SOAK_SEED", str(time.time_ns() % 1_000_000)))
+    print(f"soak: {SOAK_MOVES} moves, seed {seed} (TRUSTROAM_SOAK_SEED={seed} repeats it)",
+          flush=True)
+    helper = world["helper"]
+    assert isinstance(helper, Proc)
+    pid = helper.p.pid  # (ip netns exec execs the helper: the same process)
+    d = Path(str(world["dir"])) / "soak"
+    d.mkdir(exist_ok=True)
+    t = time.time()
+    lab.move("pub")
+    wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+    mac = mac_of_mn()
+    order = random_order(seed, SOAK_MOVES, "pub")
+    with ExitStack() as stack:
+        pcaps = {net: stack.enter_context(bridge_capture(d / f"soak-{net}.pcap", net,
+                                                         f"ether host {mac}"))
+                 for net in UNTRUSTED}
+        client = stack.enter_context(echo_session(d))
+        pings = stack.enter_context(ping_stream(drain=2.0))
+        before = settled(pid, resources(pid))
+        done = walk(world, lab, order, client, pings, lambda: str(props(world)["Mode"]))
+        after = settled(pid, before)
+    print(f"soak order: {' '.join(order)}")
+    print(f"soak resources at the start: {before}\n               at the end:   {after}")
+    wrong = [(m.src, m.dst, m.mode) for m in done.moves if m.mode != MODE_AT[m.dst]]
+    assert not wrong, f"seed {seed}: moves that landed in another mode: {wrong}"
+    grown = {k: (v, after[k]) for k, v in before.items() if k != "rss_kib" and after[k] > v}
+    assert not grown, f"seed {seed}: grew over the soak: {grown}"
+    assert after["rss_kib"] - before["rss_kib"] <= RSS_SLACK_KIB, (seed, before, after)
+    for net in UNTRUSTED:
+        bad = leaks(pcaps[net], lab_policy(mac))
+        assert not bad, f"seed {seed}, {net}: " + "\n".join(str(o) for o in bad[:10])
