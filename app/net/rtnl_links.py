@@ -217,13 +217,21 @@ class RtnlLinks:
                     and r.get("gateway")]
         iface = self.iface
         if iface is None:
-            names = [links.get(r.get("oif"), {}).get("ifname", "") if r.get("oif") else ""
-                     for r in sorted(defaults, key=lambda r: int(r.get("priority") or 0))]
-            names = [n for n in names if n and not n.startswith(OWN_PREFIXES)]
+            ranked = [m for m in (links.get(r.get("oif"), {}) for r in sorted(
+                defaults, key=lambda r: int(r.get("priority") or 0)))
+                if m.get("ifname") and not str(m.get("ifname")).startswith(OWN_PREFIXES)]
+            names = [str(m.get("ifname")) for m in ranked]
+            # A default route stays through an unplugged cable (linkdown) until its
+            # address goes: an interface with its carrier first.
+            alive = [str(m.get("ifname")) for m in ranked if m["flags"] & IFF_LOWER_UP]
             # The interface managed so far while it holds a default route (charon keeps
             # a working path too); else the best default route's.
             current = self._snap.iface if self._snap is not None else None
-            iface = current if current in names else (names[0] if names else None)
+            for candidates in (alive, names):
+                iface = current if current in candidates else (
+                    candidates[0] if candidates else None)
+                if iface is not None:
+                    break
             if iface is None:
                 return None
         index = next((i for i, m in links.items() if m.get("ifname") == iface), None)

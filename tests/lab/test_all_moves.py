@@ -264,7 +264,8 @@ def test_soak_random_moves_with_one_tcp_session_leave_nothing_behind(
     d.mkdir(exist_ok=True)
     t = time.time()
     lab.move("pub")
-    wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+    # (mc may hold across this move: the gate opening on eth0 in mc is the sign)
+    wait_history(world, t, "gate", {"interface": "eth0", "mode": "mc"}, timeout=30)
     mac = mac_of_mn()
     order = random_order(seed, SOAK_MOVES, "pub")
     with ExitStack() as stack:

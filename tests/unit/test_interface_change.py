@@ -99,7 +99,8 @@ def _addr(index: int, address: str) -> dict[str, Any]:
 def test_rfc5266_3_4_without_a_configured_interface_an_unplugged_ethernet_hands_over_to_the_wifi():
     """The Wi-Fi has its lease and a default route of a higher metric; eth0 is
     unplugged (carrier, then its address: the kernel drops its routes without a
-    notification).  The adapter must follow the default route to wlan0."""
+    notification).  The adapter must follow the default route to wlan0, at the
+    carrier's loss already (eth0's route stays, linkdown, until its address goes)."""
     async def scenario() -> list[LinkSnapshot]:
         out: list[LinkSnapshot] = []
         dumps = _Dumps()
@@ -109,7 +110,11 @@ def test_rfc5266_3_4_without_a_configured_interface_an_unplugged_ethernet_hands_
         assert out[-1].iface == "eth0"  # the best default route
         dumps.links[0] = {**dumps.links[0], "flags": 0}
         links._apply({"event": "RTM_NEWLINK", "index": 2, "ifname": "eth0", "flags": 0})
+        links._emit()  # (a carrier change is reported at once, as _watch does)
         await _settle(links)
+        # Before charon roams (it does when the address goes): the gate must be open
+        # on the Wi-Fi for its MOBIKE update by then.
+        assert out[-1].iface == "wlan0", out
         dumps.routes = dumps.routes[1:]
         dumps.addrs = dumps.addrs[1:]
         links._apply({**_addr(2, "203.0.113.150"), "event": "RTM_DELADDR"})
