@@ -201,3 +201,16 @@ def resources(helper_pid: int) -> dict[str, int]:
         "ike_sas": sum(1 for ln in sas if re.match(r"^\S+: #\d+,", ln)),
         "child_sas": sum(1 for ln in sas if re.match(r"^\s+\S+: #\d+,", ln)),
     }
+
+
+def settled(pid: int, before: dict[str, int], timeout: float = 10.0) -> dict[str, int]:
+    """``resources`` once the last move's clean-up is done (the old home address and
+    routes go after the gate opened, an old SA is deleted after the new path holds):
+    nothing above ``before`` but memory, or what there is at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = resources(pid)
+        if all(now[k] <= v for k, v in before.items() if k != "rss_kib") or (
+                time.monotonic() > deadline):
+            return now
+        time.sleep(0.2)  # clean-up has no event to await

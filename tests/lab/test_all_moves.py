@@ -53,6 +53,7 @@ from tests.lab.move_walk import (
     per_move,
     random_order,
     resources,
+    settled,
     table,
     walk,
 )
@@ -237,19 +238,6 @@ SOAK_MOVES = int(os.environ.get("TRUSTROAM_SOAK_MOVES", "20"))
 RSS_SLACK_KIB = 2048
 """The helper's resident memory may move by the allocator's pages, not by a leak:
 2 MiB over the soak (a leak of 100 KiB a move would show in 20 moves)."""
-
-
-def settled(pid: int, before: dict[str, int], timeout: float = 10.0) -> dict[str, int]:
-    """The resources once the last move's clean-up is done (the old home address and
-    routes go after the gate opened, an old SA is deleted after the new path holds):
-    nothing above ``before`` but memory, or what there is at ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        now = resources(pid)
-        if all(now[k] <= v for k, v in before.items() if k != "rss_kib") or (
-                time.monotonic() > deadline):
-            return now
-        time.sleep(0.2)  # clean-up has no event to await
 
 
 def test_soak_random_moves_with_one_tcp_session_leave_nothing_behind(
