@@ -237,12 +237,18 @@ class RtnlLinks:
         index = next((i for i, m in links.items() if m.get("ifname") == iface), None)
         if index is None:
             return None, LinkSnapshot(iface, False, (), None, installed=installed), charon_routes
+        # The home address is the helper's own (as in the notifications, not the link's).
         found = [a async for a in await self._query.addr("dump", index=index)
-                 if a.get("address") and a["family"] == AF_INET]
+                 if a.get("address") and a["family"] == AF_INET
+                 and a.get("address") != self.ignore_address]
         addrs = tuple(IPv4Interface(f"{a.get('address')}/{a['prefixlen']}") for a in found)
         leased = frozenset(IPv4Address(a.get("address")) for a in found if _leased(a))
         gateway = next((IPv4Address(r.get("gateway")) for r in defaults
                         if r.get("oif") == index), None)
+        if gateway is not None and not any(gateway in a.network for a in addrs):
+            # The last network's route, reachable only through the home address the
+            # helper put on the link there: not this link's (the DHCP client's is next).
+            gateway = None
         carrier = bool(links[index]["flags"] & IFF_LOWER_UP)
         return index, LinkSnapshot(iface, carrier, addrs, gateway, leased, installed), (
             charon_routes)

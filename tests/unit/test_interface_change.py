@@ -166,3 +166,25 @@ def test_a_full_read_that_raced_a_notification_does_not_undo_it():
     assert out[-1] == LinkSnapshot("eth0", True, (IPv4Interface("203.0.113.150/24"),),
                                    IPv4Address("203.0.113.1"),
                                    leased=frozenset({IPv4Address("203.0.113.150")})), out
+
+
+def test_a_full_read_takes_neither_the_home_address_nor_a_gateway_only_it_reaches():
+    """Home -> pub without a configured interface: the new lease is on eth0 while the
+    home address (the helper's, mode h) and the home link's default route are still
+    there; the link is not up through the home link's gateway."""
+    async def scenario() -> list[LinkSnapshot]:
+        out: list[LinkSnapshot] = []
+        dumps = _Dumps()
+        dumps.links = dumps.links[:1]
+        dumps.routes = [_default(2, "10.20.1.254", 0)]
+        dumps.addrs = [{**_addr(2, "10.20.1.10"), "flags": 0x80},  # permanent: ours
+                       _addr(2, "203.0.113.150")]
+        links = RtnlLinks(None, out.append, ignore_address="10.20.1.10")
+        links._query = dumps
+        await links.refresh()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out[-1].addresses == (IPv4Interface("203.0.113.150/24"),) and (
+        out[-1].gateway is None), out
+    assert LinkTracker(IPv4Address("10.20.1.10")).observe(out[-1], 0.0) == []
