@@ -79,7 +79,17 @@ def soak(world: dict[str, object], lab: Lab, client: Proc, moves: int, seed: int
     with ping_stream(drain=2.0) as pings:
         pings.wait_reply(after=time.time(), timeout=30)
         before = settled(pid, resources(pid))
-        done = walk(world, lab, order, client, pings, lambda: str(props(world)["Mode"]))
+        rss: list[str] = []
+
+        def sample(m: Move) -> None:
+            n = len(rss) + 1
+            if n % 50 == 0:
+                rss.append(f"{resources(pid)['rss_kib']}")
+            else:
+                rss.append("")
+
+        done = walk(world, lab, order, client, pings, lambda: str(props(world)["Mode"]),
+                    on_move=sample)
         after = settled(pid, before)
     per_move(done, pings)
     wrong = [(m.src, m.dst, m.mode) for m in done.moves if m.mode != MODE_AT[m.dst]]
@@ -90,6 +100,8 @@ def soak(world: dict[str, object], lab: Lab, client: Proc, moves: int, seed: int
              "every move.", "", "| on pub, in mc | at the start | at the end |",
              "|---|---:|---:|"]
     lines += [f"| {k} | {before[k]} | {after[k]} |" for k in before]
+    every = [f"{(i + 1)}: {v}" for i, v in enumerate(rss) if v]
+    lines += ["", f"The helper's RSS (KiB) after every 50 moves: {', '.join(every)}."]
     return "\n".join(lines)
 
 
