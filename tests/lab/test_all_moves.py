@@ -208,7 +208,10 @@ def test_rfc5266_3_4_an_interface_change_in_mc_is_a_mobike_update_only(
             p = props(world)
             assert p["Mode"] == "mc" and p["Interface"] == MN_IFACE2, p
             assert p["CareOfAddress"] == p["TunnelInnerAddress"], p
-            since = [(k, dd) for tm, k, dd in history(world, 200) if tm >= t]
+            entries = [(tm, k, dd) for tm, k, dd in history(world, 200) if tm >= t]
+            for tm, k, dd in entries:  # (shown on failure: the change step by step)
+                print(f"  +{(tm - t) * 1000:7.1f} ms {k} {dd}")
+            since = [(k, dd) for _, k, dd in entries]
             assert [dd for k, dd in since if k in ("mode", "error")] == [], (
                 f"the mode changed on an interface change: {since}")
             assert [dd for k, dd in since if k == "gate" and dd["blocked"] == "true"] == [], (
