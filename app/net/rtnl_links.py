@@ -56,6 +56,8 @@ class RtnlLinks:
         self._index: int | None = None
         self._snap: LinkSnapshot | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._other_defaults: set[int] = set()
+        """Other interfaces (indexes) with a main-table default route, as last seen."""
         self._applied = 0
         """Notifications applied so far (a full read that raced one is read again)."""
         self._charon_routes: dict[tuple[str, int, int], IPv4Address] = {}
@@ -153,8 +155,14 @@ class RtnlLinks:
         elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
             gw = msg.get("gateway")
             if msg.get("oif") != self._index or not gw:
-                if self.iface is None and not _usable(snap):
-                    self._schedule_refresh()  # auto: another interface's default route
+                if gw and msg.get("table") == MAIN_TABLE and msg["dst_len"] == 0:
+                    others = self._other_defaults
+                    if event == "RTM_NEWROUTE":
+                        others.add(int(msg.get("oif") or 0))
+                        if self.iface is None and not _usable(snap):
+                            self._schedule_refresh()  # auto: another interface's route
+                    else:
+                        others.discard(int(msg.get("oif") or 0))
                 return False
             if event == "RTM_NEWROUTE":
                 self._snap = replace(snap, gateway=IPv4Address(gw))
@@ -172,10 +180,11 @@ class RtnlLinks:
             # The kernel drops routes through a gateway no address reaches any more,
             # without a notification: forget it rather than report a stale one.
             self._snap = new = replace(new, gateway=None)
-        if self.iface is None and not _usable(new):
-            # Auto: the managed link lost its carrier, address or default route; the
-            # main table's default may be through another interface already (the
-            # Wi-Fi next to an unplugged Ethernet): re-read which one.
+        if self.iface is None and not _usable(new) and self._other_defaults:
+            # Auto: the managed link lost its carrier, address or default route and
+            # another interface has a default route (the Wi-Fi next to an unplugged
+            # Ethernet): re-read which one.  Only then: a full read is Python work on
+            # the handover's path, and with one link it would find the same.
             self._schedule_refresh()
         return new != snap
 
@@ -200,11 +209,11 @@ class RtnlLinks:
                 break
         if read is None:
             return
-        self._index, self._snap, self._charon_routes = read
+        self._index, self._snap, self._charon_routes, self._other_defaults = read
         self.on_snapshot(self._snap)
 
-    async def _read(self) -> tuple[int | None, LinkSnapshot, dict[tuple[str, int, int],
-                                                                   IPv4Address]] | None:
+    async def _read(self) -> tuple[int | None, LinkSnapshot,
+                                   dict[tuple[str, int, int], IPv4Address], set[int]] | None:
         """The managed link as the kernel has it now (None: no link to manage)."""
         links = {m["index"]: m for m in [x async for x in await self._query.link("dump")]}
         routes = [r async for r in await self._query.route("dump", table=MAIN_TABLE)]
@@ -236,7 +245,8 @@ class RtnlLinks:
                 return None
         index = next((i for i, m in links.items() if m.get("ifname") == iface), None)
         if index is None:
-            return None, LinkSnapshot(iface, False, (), None, installed=installed), charon_routes
+            return None, LinkSnapshot(iface, False, (), None, installed=installed), (
+                charon_routes), {int(r.get("oif") or 0) for r in defaults}
         # The home address is the helper's own (as in the notifications, not the link's).
         found = [a async for a in await self._query.addr("dump", index=index)
                  if a.get("address") and a["family"] == AF_INET
@@ -251,7 +261,7 @@ class RtnlLinks:
             gateway = None
         carrier = bool(links[index]["flags"] & IFF_LOWER_UP)
         return index, LinkSnapshot(iface, carrier, addrs, gateway, leased, installed), (
-            charon_routes)
+            charon_routes), {int(r.get("oif") or 0) for r in defaults if r.get("oif") != index}
 
 
 def _usable(snap: LinkSnapshot) -> bool:

@@ -188,3 +188,21 @@ def test_a_full_read_takes_neither_the_home_address_nor_a_gateway_only_it_reache
     assert out[-1].addresses == (IPv4Interface("203.0.113.150/24"),) and (
         out[-1].gateway is None), out
     assert LinkTracker(IPv4Address("10.20.1.10")).observe(out[-1], 0.0) == []
+
+
+def test_with_one_link_a_move_costs_no_full_read():
+    """A full read is Python work on the handover's path: without another interface
+    holding a default route, losing the link's carrier or address reads nothing."""
+    async def scenario() -> RtnlLinks:
+        dumps = _Dumps()
+        dumps.links, dumps.routes, dumps.addrs = dumps.links[:1], dumps.routes[:1], (
+            dumps.addrs[:1])
+        links = RtnlLinks(None, lambda _s: None)
+        links._query = dumps
+        await links.refresh()
+        links._refreshing = None
+        links._apply({"event": "RTM_NEWLINK", "index": 2, "ifname": "eth0", "flags": 0})
+        links._apply({**_addr(2, "203.0.113.150"), "event": "RTM_DELADDR"})
+        return links
+
+    assert asyncio.run(scenario())._refreshing is None
