@@ -16,6 +16,13 @@ MN = "tr-mn"
 MN_IFACE = "eth0"
 MN_PORT = "mn0"
 """The MN cable's end in the switch namespace."""
+MN_IFACE2 = "eth1"
+MN_PORT2 = "mn1"
+"""The MN's second link (its Wi-Fi next to the Ethernet) and its end in the switch:
+made only when a test plugs it (``Lab.plug_second``)."""
+SECOND_METRIC = 600
+"""The second link's default route metric (NetworkManager's for Wi-Fi): the first
+link's route wins while it has one."""
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,11 @@ from app.lab import portal as lab_portal
 from app.lab.topology import (
     MN,
     MN_IFACE,
+    MN_IFACE2,
     MN_PORT,
+    MN_PORT2,
     PREFIX,
+    SECOND_METRIC,
     SWITCH,
     AccessNet,
     Topology,
@@ -500,8 +503,8 @@ table ip tr_nat {{
                    *charon.swanctl(d, "--load-all", "--file", str(d / "swanctl.conf")))
 
 
-    def _dhclient_script(self) -> Path:
-        script = STATE_DIR / "dhclient-script"
+    def _dhclient_script(self, metric: int = 0) -> Path:
+        script = STATE_DIR / ("dhclient-script" if not metric else f"dhclient-script-{metric}")
         script.write_text("""#!/bin/sh
 # The lab's DHCP client script: address and default route only, no resolv.conf.
 # Only the interface's own addresses (label = its name) are flushed, as Debian's
@@ -512,25 +515,26 @@ BOUND|RENEW|REBIND|REBOOT)
     ip addr flush dev "$interface" label "$interface" scope global
   fi
   ip addr replace "$new_ip_address/$new_subnet_mask" dev "$interface"
-  for r in $new_routers; do ip route replace default via "$r" dev "$interface"; break; done
+  for r in $new_routers; do ip route replace default via "$r" dev "$interface"METRIC; break; done
   ;;
 EXPIRE|FAIL|RELEASE|STOP)
   ip addr flush dev "$interface" label "$interface" scope global
   ;;
 esac
 exit 0
-""")
+""".replace("METRIC", f" metric {metric}" if metric else ""))
         script.chmod(0o755)
         return script
 
-    def _start_dhclient(self) -> int:
-        leases = STATE_DIR / "mn.leases"
+    def _start_dhclient(self, iface: str = MN_IFACE, metric: int = 0) -> int:
+        tag = "" if iface == MN_IFACE else f"-{iface}"
+        leases = STATE_DIR / f"mn{tag}.leases"
         with contextlib.suppress(FileNotFoundError):
             leases.unlink()
         proc = subprocess.Popen(
             ["ip", "netns", "exec", MN, "dhclient", "-4", "-d", "-sf",
-             str(self._dhclient_script()), "-lf", str(leases), "-pf",
-             str(STATE_DIR / "dhclient.pid"), MN_IFACE],
+             str(self._dhclient_script(metric)), "-lf", str(leases), "-pf",
+             str(STATE_DIR / f"dhclient{tag}.pid"), iface],
             stdout=subprocess.DEVNULL, stderr=(STATE_DIR / "dhclient.log").open("a"),
             start_new_session=True)
         return proc.pid
@@ -564,6 +568,81 @@ exit 0
         else:
             state.pids["dhclient"] = self._start_dhclient()
         state.save()
+
+    def unplug(self) -> None:
+        """Pull the MN's first cable (eth0) out: its DHCP client stops, its addresses go.
+        ``move`` plugs it in again."""
+        state = LabState.load()
+        if MN not in existing_namespaces():
+            raise LabError("the lab is not up (run 'trustroam-lab up')")
+        if state.nm:
+            raise LabError("unplug is for the lab without NetworkManager")
+        old = state.pids.pop("dhclient", None)
+        if old is not None:
+            _kill(old)
+        asyncio.run(self._unplug(MN_PORT, MN_IFACE))
+        state.mn_net = None
+        state.save()
+
+    # -- the second link (Wi-Fi next to the Ethernet) -----------------------------
+
+    def plug_second(self, net: str) -> None:
+        """Plug the MN's second link (eth1, made on first use) into ``net``'s link, with
+        its own DHCP client; its default route has metric ``SECOND_METRIC``."""
+        if net not in self.topo.access:
+            raise LabError(f"no access network {net!r}; choose from "
+                           f"{', '.join(self.topo.access)}")
+        state = LabState.load()
+        if MN not in existing_namespaces():
+            raise LabError("the lab is not up (run 'trustroam-lab up')")
+        if state.nm:
+            raise LabError("the second link is for the lab without NetworkManager")
+        old = state.pids.pop(f"dhclient-{MN_IFACE2}", None)
+        if old is not None:
+            _kill(old)
+        asyncio.run(self._plug_second(net))
+        state.pids[f"dhclient-{MN_IFACE2}"] = self._start_dhclient(MN_IFACE2, SECOND_METRIC)
+        state.save()
+
+    def unplug_second(self) -> None:
+        """Pull the second link out (nothing if it was never plugged)."""
+        state = LabState.load()
+        old = state.pids.pop(f"dhclient-{MN_IFACE2}", None)
+        if old is not None:
+            _kill(old)
+        state.save()
+        if self._has_second():
+            asyncio.run(self._unplug(MN_PORT2, MN_IFACE2))
+
+    @staticmethod
+    def _has_second() -> bool:
+        return subprocess.run(["ip", "-n", MN, "link", "show", MN_IFACE2], capture_output=True,
+                              check=False).returncode == 0
+
+    async def _plug_second(self, net: str) -> None:
+        if not self._has_second():
+            await _ip_batch([f"link add {MN_PORT2} netns {SWITCH} type veth peer name "
+                             f"{MN_IFACE2} netns {MN}"])
+            await _ip_batch([f"link set {MN_IFACE2} up"], MN)
+        await self._unplug(MN_PORT2, MN_IFACE2)
+        await _ip_batch([f"link set {MN_PORT2} master {bridge(self.topo.access[net].link)}",
+                         f"link set {MN_PORT2} up"], SWITCH)
+        await self._links_ready()
+        await self._carrier(MN_IFACE2, up=True)
+
+    async def _unplug(self, port: str, iface: str) -> None:
+        await _ip_batch([f"link set {port} down", f"link set {port} nomaster"], SWITCH)
+        await self._carrier(iface, up=False)
+        await _ip_batch([f"addr flush dev {iface} label {iface} scope global"], MN)
+
+    async def _carrier(self, iface: str, *, up: bool, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = await _run("ip", "-n", MN, "-j", "link", "show", "dev", iface)
+            if (json.loads(out)[0].get("operstate") == "UP") is up:
+                return
+            await asyncio.sleep(0.02)  # linkwatch lag: no event to await
+        raise LabError(f"the MN's {iface} did not go {'up' if up else 'down'}")
 
     async def _replug(self, net: str, flush: bool) -> None:
         await _ip_batch([f"link set {MN_PORT} down", f"link set {MN_PORT} nomaster"], SWITCH)

@@ -11,6 +11,9 @@ machine:
   (its virtual IP, known from its SAs through :meth:`LinkTracker.vpn_address` or
   from its routing table in the snapshot): a link that holds only charon's is
   not up;
+- another interface taking over (the default route moved to the Wi-Fi) is a
+  move like any other: its ``LinkUp`` alone, never a ``LinkDown`` of the old
+  interface first (mode mc stays open and MOBIKE moves its SA, RFC 5266 3.4);
 - the same link coming back after it was lost (carrier flap, resume) is also
   reported at once, because a binding that may be stale must be re-probed;
 - losing the link is reported at once as ``LinkLost`` (the gate shuts: the
@@ -80,8 +83,9 @@ class LinkTracker:
         came_back = self._lost_at is not None
         self._lost_at = None
         if self._up is not None and self._up != ev:
-            if self._up.iface != ev.iface:
-                out.append(LinkDown(self._up.iface))
+            # A move, also to another interface (Ethernet -> Wi-Fi): one LinkUp, no
+            # LinkDown of the old one first, which would end the mode (in mc behind
+            # one gateway it is a MOBIKE update only, RFC 5266 3.4).
             self._emit_up(ev, now, out)  # a move: no delay
         elif self._up is None:
             self._emit_up(ev, now, out)

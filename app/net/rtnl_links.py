@@ -3,7 +3,9 @@
 Reads the managed interface's carrier, addresses and main-table default
 gateway once, then follows link, IPv4 address and IPv4 route notifications
 and reports a :class:`LinkSnapshot` after each batch that changed it.  Without a configured
-interface it manages the one that holds the main table's default route.
+interface it manages the one that holds the main table's default route: the
+one managed so far while it keeps one, else the best (lowest metric), so an
+unplugged Ethernet hands over to the Wi-Fi that has its own lease already.
 
 Also in the snapshot: which addresses have a lease (a finite lifetime: DHCP's),
 and which charon installed (the source of its routes in table 220): with kernel
@@ -35,6 +37,8 @@ CHARON_TABLE = 220
 """strongSwan's routing table (charon.routing_table): its routes' source is its virtual IP."""
 IFA_F_PERMANENT = 0x80
 """An address without a lifetime: configured by hand or by charon, never leased."""
+REREADS = 5
+"""Full reads at most, while notifications keep arriving during them."""
 OWN_PREFIXES = ("trmn", "ipsec", "lo")
 """Interfaces the helper or charon create, never an access link."""
 
@@ -52,6 +56,10 @@ class RtnlLinks:
         self._index: int | None = None
         self._snap: LinkSnapshot | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._other_defaults: set[int] = set()
+        """Other interfaces (indexes) with a main-table default route, as last seen."""
+        self._applied = 0
+        """Notifications applied so far (a full read that raced one is read again)."""
         self._charon_routes: dict[tuple[str, int, int], IPv4Address] = {}
         """charon's routes (destination, length, priority) -> their source address."""
 
@@ -114,6 +122,7 @@ class RtnlLinks:
 
     def _apply(self, msg: Any) -> bool:
         """Update the snapshot from one notification; False when it needs a full read."""
+        self._applied += 1
         snap = self._snap
         if snap is None or self._index is None:
             self._schedule_refresh()
@@ -146,6 +155,14 @@ class RtnlLinks:
         elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
             gw = msg.get("gateway")
             if msg.get("oif") != self._index or not gw:
+                if gw and msg.get("table") == MAIN_TABLE and msg["dst_len"] == 0:
+                    others = self._other_defaults
+                    if event == "RTM_NEWROUTE":
+                        others.add(int(msg.get("oif") or 0))
+                        if self.iface is None and not _usable(snap):
+                            self._schedule_refresh()  # auto: another interface's route
+                    else:
+                        others.discard(int(msg.get("oif") or 0))
                 return False
             if event == "RTM_NEWROUTE":
                 self._snap = replace(snap, gateway=IPv4Address(gw))
@@ -163,6 +180,12 @@ class RtnlLinks:
             # The kernel drops routes through a gateway no address reaches any more,
             # without a notification: forget it rather than report a stale one.
             self._snap = new = replace(new, gateway=None)
+        if self.iface is None and not _usable(new) and self._other_defaults:
+            # Auto: the managed link lost its carrier, address or default route and
+            # another interface has a default route (the Wi-Fi next to an unplugged
+            # Ethernet): re-read which one.  Only then: a full read is Python work on
+            # the handover's path, and with one link it would find the same.
+            self._schedule_refresh()
         return new != snap
 
     def _schedule_refresh(self) -> None:
@@ -176,39 +199,73 @@ class RtnlLinks:
             log.debug("link refresh failed: %s", exc)
 
     async def refresh(self) -> None:
+        # A notification applied while the dumps ran may be missing from them (the
+        # route dumped before the DHCP client added it): read again rather than
+        # overwrite it with the older state.
+        for _ in range(REREADS):
+            seen = self._applied
+            read = await self._read()
+            if self._applied == seen:
+                break
+        if read is None:
+            return
+        self._index, self._snap, self._charon_routes, self._other_defaults = read
+        self.on_snapshot(self._snap)
+
+    async def _read(self) -> tuple[int | None, LinkSnapshot,
+                                   dict[tuple[str, int, int], IPv4Address], set[int]] | None:
+        """The managed link as the kernel has it now (None: no link to manage)."""
         links = {m["index"]: m for m in [x async for x in await self._query.link("dump")]}
         routes = [r async for r in await self._query.route("dump", table=MAIN_TABLE)]
-        self._charon_routes = {
+        charon_routes = {
             _route_key(r): IPv4Address(r.get("prefsrc"))
             async for r in await self._query.route("dump", table=CHARON_TABLE)
             if r.get("table") == CHARON_TABLE and r.get("prefsrc")}
-        installed = frozenset(self._charon_routes.values())
+        installed = frozenset(charon_routes.values())
         defaults = [r for r in routes if r["dst_len"] == 0 and r.get("table") == MAIN_TABLE
                     and r.get("gateway")]
         iface = self.iface
         if iface is None:
-            for r in defaults:
-                name = links.get(r.get("oif"), {}).get("ifname", "") if r.get("oif") else ""
-                if name and not name.startswith(OWN_PREFIXES):
-                    iface = name
+            ranked = [m for m in (links.get(r.get("oif"), {}) for r in sorted(
+                defaults, key=lambda r: int(r.get("priority") or 0)))
+                if m.get("ifname") and not str(m.get("ifname")).startswith(OWN_PREFIXES)]
+            names = [str(m.get("ifname")) for m in ranked]
+            # A default route stays through an unplugged cable (linkdown) until its
+            # address goes: an interface with its carrier first.
+            alive = [str(m.get("ifname")) for m in ranked if m["flags"] & IFF_LOWER_UP]
+            # The interface managed so far while it holds a default route (charon keeps
+            # a working path too); else the best default route's.
+            current = self._snap.iface if self._snap is not None else None
+            for candidates in (alive, names):
+                iface = current if current in candidates else (
+                    candidates[0] if candidates else None)
+                if iface is not None:
                     break
             if iface is None:
-                return
+                return None
         index = next((i for i, m in links.items() if m.get("ifname") == iface), None)
-        self._index = index
         if index is None:
-            self._snap = LinkSnapshot(iface, False, (), None, installed=installed)
-            self.on_snapshot(self._snap)
-            return
+            return None, LinkSnapshot(iface, False, (), None, installed=installed), (
+                charon_routes), {int(r.get("oif") or 0) for r in defaults}
+        # The home address is the helper's own (as in the notifications, not the link's).
         found = [a async for a in await self._query.addr("dump", index=index)
-                 if a.get("address") and a["family"] == AF_INET]
+                 if a.get("address") and a["family"] == AF_INET
+                 and a.get("address") != self.ignore_address]
         addrs = tuple(IPv4Interface(f"{a.get('address')}/{a['prefixlen']}") for a in found)
         leased = frozenset(IPv4Address(a.get("address")) for a in found if _leased(a))
         gateway = next((IPv4Address(r.get("gateway")) for r in defaults
                         if r.get("oif") == index), None)
+        if gateway is not None and not any(gateway in a.network for a in addrs):
+            # The last network's route, reachable only through the home address the
+            # helper put on the link there: not this link's (the DHCP client's is next).
+            gateway = None
         carrier = bool(links[index]["flags"] & IFF_LOWER_UP)
-        self._snap = LinkSnapshot(iface, carrier, addrs, gateway, leased, installed)
-        self.on_snapshot(self._snap)
+        return index, LinkSnapshot(iface, carrier, addrs, gateway, leased, installed), (
+            charon_routes), {int(r.get("oif") or 0) for r in defaults if r.get("oif") != index}
+
+
+def _usable(snap: LinkSnapshot) -> bool:
+    return snap.carrier and bool(snap.addresses) and snap.gateway is not None
 
 
 def _leased(msg: Any) -> bool:

@@ -96,6 +96,8 @@ NETS = {
     "pub": Net(_up("eth0", "203.0.113.50/24", "203.0.113.1"), False, True),
     "nat": Net(_up("eth0", "192.168.50.120/24", "192.168.50.1"), False, True),
     "cafe": Net(_up("eth0", "198.18.0.5/24", "198.18.0.1"), False, False),
+    # the node's second interface (Wi-Fi next to the Ethernet) on the NATed network
+    "nat-wlan": Net(_up("wlan0", "192.168.50.130/24", "192.168.50.1"), False, True),
     # An untrusted network that reuses the home prefix (RFC 5266 3.1.1: the prefix is no
     # proof of the home link; RFC 5944 4.6: away from home); the gateway answers there.
     "evil": Net(_up("eth0", "10.20.1.150/24", "10.20.1.254"), False, True),
