@@ -1,0 +1,166 @@
+"""Faults on the road (issue 20) with the real helper, charon and home agent.
+
+The home agent down while the VPN comes up on an untrusted network: the status
+says the home agent is unreachable (the VPN up, its TIA shown, not an error of
+ours), nothing leaves in clear, and mc comes by itself once the home agent is
+back.  The home agent restarted in mc: its durable store gives the binding back
+(mc never leaves) and the node sends no burst of registrations.  never-vpn in
+mc: the TIA's binding is withdrawn at the home agent (RFC 5944 3.6.1.1, through
+the VPN before it stops): its binding table holds none for the home address.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.agents.binding_store import BindingStore
+from app.lab.configs import HOME
+from app.lab.world import Lab
+from app.mn.access_mode import NEVER_VPN_REASON
+from app.mn.mode_state import HA_UNREACHABLE
+from tests.dbus_client import call, properties, run_as
+from tests.lab.conftest import a_lab
+from tests.lab.leaks import lab_policy, leaks
+from tests.lab.procs import Proc, capture, history, mac_of_mn, vpn_helper_world, wait_history
+from tests.lab.procs import world_procs as dump_procs
+from tests.lab.vpn_walk import bridge_capture
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    yield from a_lab(gw_inside=False)  # the gateways answer only from outside
+
+
+@pytest.fixture(scope="module")
+def world(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    gen = vpn_helper_world(lab, tmp_path_factory.mktemp("faults"))
+    w = next(gen)
+    first = w["ha"]
+    try:
+        yield w
+    finally:
+        gen.close()  # the helper (its shutdown may still talk to the home agent) first
+        if w["ha"] is not first and isinstance(w["ha"], Proc):
+            w["ha"].stop()
+
+
+def props(world: dict[str, object]) -> dict[str, object]:
+    value = run_as(None, str(world["bus"]), properties)
+    assert isinstance(value, dict), value
+    return value
+
+
+def ha_stop(world: dict[str, object]) -> None:
+    ha = world["ha"]
+    assert isinstance(ha, Proc)
+    ha.stop()
+
+
+def ha_start(world: dict[str, object]) -> list[str]:
+    """The home agent again, from the same configuration and state directory; the
+    lines it printed up to serving."""
+    d = Path(str(world["dir"]))
+    ha = Proc("tr-ha", sys.executable, "-m", "app.agents.ha_cli", "--config",
+              str(d / "ha.toml"), "--log-level", "debug")
+    world["ha"] = dump_procs["ha"] = ha
+    return ha.wait("serving registrations")
+
+
+def stored_binding(world: dict[str, object]) -> str | None:
+    """The care-of address the home agent's durable binding table holds for the
+    mobile node's home address (None: no binding)."""
+    store = BindingStore(Path(str(world["dir"])) / "ha-state", read_only=True)
+    try:
+        found = [b for b in store.load().bindings if str(b.home_address) == HOME]
+    finally:
+        store.close()
+    return str(found[0].care_of_address) if found else None
+
+
+def test_ha_down_on_an_untrusted_network_vpn_up_ha_unreachable_then_mc_by_itself(
+        lab: Lab, world: dict[str, object]) -> None:
+    d = Path(str(world["dir"]))
+    mac = mac_of_mn()
+    ha_stop(world)
+    try:
+        with bridge_capture(d / "ha-down.pcap", "pub", f"ether host {mac}") as pcap:
+            t = time.time()
+            lab.move("pub")
+            wait_history(world, t, "mode", {"state": "untrusted", "mode": "none",
+                                            "reason": HA_UNREACHABLE}, timeout=30)
+            p = props(world)
+            assert (p["State"], p["Mode"], p["Error"]) == ("untrusted", "none",
+                                                          HA_UNREACHABLE), p
+            assert p["TunnelInnerAddress"] != "", "the VPN stays up"
+            assert p["HomeAgentProbe"][0] is False, p  # type: ignore[index]
+            assert "error" not in [k for tm, k, _ in history(world, 60) if tm >= t]
+            t = time.time()
+            ha_start(world)
+            wait_history(world, t, "mode", {"mode": "mc"}, timeout=40)
+        bad = leaks(pcap, lab_policy(mac))
+        assert not bad, "\n".join(str(o) for o in bad[:10])
+        assert props(world)["Error"] == ""
+    finally:
+        if isinstance(world["ha"], Proc) and world["ha"].p.poll() is not None:
+            ha_start(world)
+
+
+def test_ha_restarted_in_mc_keeps_the_binding_and_brings_no_registration_storm(
+        lab: Lab, world: dict[str, object]) -> None:
+    t = time.time()
+    if props(world)["Mode"] != "mc":
+        lab.move("pub")
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+    tia = str(props(world)["TunnelInnerAddress"])
+    requests = capture("tr-ha", "any", "udp dst port 434")
+    try:
+        t = time.time()
+        ha_stop(world)
+        serving = ha_start(world)
+        assert any("1 bindings restored" in line for line in serving), serving
+        assert stored_binding(world) == tia
+        # A storm would come at once (every retransmission and renewal answered with
+        # a refusal and repaired): ten seconds of what reaches the home agent.
+        time.sleep(10)
+    finally:
+        requests.stop()
+    got = [line for line in requests.out.printed if "434" in line]
+    assert len(got) <= 2, got
+    assert [k for tm, k, _ in history(world, 60) if tm >= t and k in ("mode", "error")] == []
+    assert props(world)["Mode"] == "mc"
+
+
+def test_rfc5944_3_6_1_1_never_vpn_in_mc_withdraws_the_tia_binding_at_the_home_agent(
+        lab: Lab, world: dict[str, object]) -> None:
+    bus = str(world["bus"])
+    t = time.time()
+    if props(world)["Mode"] != "mc":
+        lab.move("pub")
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+    tia = str(props(world)["TunnelInnerAddress"])
+    assert stored_binding(world) == tia
+    ha = world["ha"]
+    assert isinstance(ha, Proc)
+    t = time.time()
+    ok, value = run_as(None, bus, lambda b: call(b, "SetPolicy", "s", ["never-vpn"]))
+    assert ok, value
+    try:
+        wait_history(world, t, "mode", {"state": "untrusted", "mode": "none",
+                                        "reason": NEVER_VPN_REASON}, timeout=25)
+        ha.wait(f"deregistered (binding to {tia} removed)", timeout=10)
+        # The log line and the store's commit are one batch; read the table until it
+        # shows the batch (or give up).
+        deadline = time.monotonic() + 5
+        while stored_binding(world) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stored_binding(world) is None, "the home agent still tunnels to the TIA"
+    finally:
+        t = time.time()
+        ok, value = run_as(None, bus, lambda b: call(b, "SetPolicy", "s", ["auto"]))
+        assert ok, value
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
