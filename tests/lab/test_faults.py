@@ -110,6 +110,43 @@ def test_ha_down_on_an_untrusted_network_vpn_up_ha_unreachable_then_mc_by_itself
             ha_start(world)
 
 
+def test_ha_down_on_a_trusted_network_never_vpn_stays_shut_auto_falls_back_to_the_vpn(
+        lab: Lab, world: dict[str, object]) -> None:
+    """(Out of mc first: mc carried onto t1 by MOBIKE would hold until its binding
+    runs out, the home agent being asked nothing before its renewal.)"""
+    bus = str(world["bus"])
+
+    def policy(name: str) -> None:
+        ok, value = run_as(None, bus, lambda b: call(b, "SetPolicy", "s", [name]))
+        assert ok, value
+
+    lab.set_gw_inside(True)  # the gateway answers from t1 too
+    try:
+        policy("never-vpn")
+        ha_stop(world)
+        t = time.time()
+        lab.move("t1")
+        wait_history(world, t, "mode", {"state": "untrusted", "mode": "none",
+                                        "reason": NEVER_VPN_REASON}, timeout=30)
+        assert props(world)["TunnelInnerAddress"] == "", "never-vpn: no VPN"
+        t = time.time()
+        policy("auto")
+        wait_history(world, t, "mode", {"state": "untrusted", "mode": "none",
+                                        "reason": HA_UNREACHABLE}, timeout=30)
+        assert props(world)["TunnelInnerAddress"] != "", "the VPN is up"
+        t = time.time()
+        ha_start(world)
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=40)
+    finally:
+        lab.set_gw_inside(False)
+        if isinstance(world["ha"], Proc) and world["ha"].p.poll() is not None:
+            ha_start(world)
+        policy("auto")
+        t = time.time()
+        lab.move("pub")  # where the next tests start: mc on an untrusted network
+        wait_history(world, t, "mobike", timeout=30)
+
+
 def test_ha_restarted_in_mc_keeps_the_binding_and_brings_no_registration_storm(
         lab: Lab, world: dict[str, object]) -> None:
     t = time.time()
