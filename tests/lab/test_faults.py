@@ -11,6 +11,8 @@ the VPN before it stops): its binding table holds none for the home address.
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +28,15 @@ from app.mn.mode_state import HA_UNREACHABLE
 from tests.dbus_client import call, properties, run_as
 from tests.lab.conftest import a_lab
 from tests.lab.leaks import lab_policy, leaks
-from tests.lab.procs import Proc, capture, history, mac_of_mn, vpn_helper_world, wait_history
+from tests.lab.procs import (
+    MN_VICI,
+    Proc,
+    capture,
+    history,
+    mac_of_mn,
+    vpn_helper_world,
+    wait_history,
+)
 from tests.lab.procs import world_procs as dump_procs
 from tests.lab.vpn_walk import bridge_capture
 
@@ -40,11 +50,13 @@ def lab() -> Iterator[Lab]:
 def world(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     gen = vpn_helper_world(lab, tmp_path_factory.mktemp("faults"))
     w = next(gen)
-    first = w["ha"]
+    first, first_helper = w["ha"], w["helper"]
     try:
         yield w
     finally:
-        gen.close()  # the helper (its shutdown may still talk to the home agent) first
+        if w["helper"] is not first_helper and isinstance(w["helper"], Proc):
+            w["helper"].stop()  # a restarted one: while the home agent still answers
+        gen.close()
         if w["ha"] is not first and isinstance(w["ha"], Proc):
             w["ha"].stop()
 
@@ -201,3 +213,92 @@ def test_rfc5944_3_6_1_1_never_vpn_in_mc_withdraws_the_tia_binding_at_the_home_a
         ok, value = run_as(None, bus, lambda b: call(b, "SetPolicy", "s", ["auto"]))
         assert ok, value
         wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+
+
+# -- the helper killed (SIGKILL) and started again ---------------------------------------
+
+def helper_restart(world: dict[str, object]) -> None:
+    """SIGKILL the helper (no clean-up of any kind) and start it again as systemd
+    would (the state directory's profile, no --connect)."""
+    old = world["helper"]
+    assert isinstance(old, Proc)
+    old.p.send_signal(signal.SIGKILL)
+    old.p.wait(10)
+    d = Path(str(world["dir"]))
+    helper = Proc("tr-mn", sys.executable, "-m", "app.service.daemon",
+                  "--profiles-dir", str(world["profiles"]), "--secrets",
+                  str(d / "secrets.toml"), "--connect", "corp", "--links", "rtnetlink",
+                  "--vici-socket", str(MN_VICI),
+                  extra_env={"DBUS_SYSTEM_BUS_ADDRESS": str(world["bus"])})
+    world["helper"] = dump_procs["helper"] = helper
+    helper.wait("serving org.trustroam.Helper1", timeout=30)
+
+
+def left_state() -> dict[str, list[str]]:
+    """What a helper leaves in the MN's namespace: rules, routes, links, XFRM states
+    and policies, nftables tables (sorted lines, so a leftover doubled shows)."""
+    cmds = {"rules": ["ip", "-n", "tr-mn", "rule"],
+            "routes": ["ip", "-n", "tr-mn", "-4", "route", "show", "table", "all"],
+            "links": ["ip", "-n", "tr-mn", "-br", "link"],
+            "xfrm-state": ["ip", "-n", "tr-mn", "xfrm", "state", "count"],
+            "xfrm-policy": ["ip", "-n", "tr-mn", "xfrm", "policy", "count"],
+            "nft": ["ip", "netns", "exec", "tr-mn", "nft", "list", "tables"]}
+    out = {}
+    for name, cmd in cmds.items():
+        text = subprocess.run(cmd, capture_output=True, text=True, timeout=10,
+                              check=True).stdout
+        # (cache and link-state columns change on their own: names only for links)
+        lines = [ln.split()[0] if name == "links" else ln for ln in text.splitlines()]
+        out[name] = sorted(ln for ln in lines if "cache" not in ln)
+    return out
+
+
+def ike_sas() -> list[str]:
+    out = subprocess.run(["swanctl", "--list-sas", "--uri", f"unix://{MN_VICI}"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    return [line for line in out.splitlines() if line.startswith("trustroam")]
+
+
+def test_helper_killed_in_mc_and_started_again_is_back_in_mc_with_nothing_in_clear(
+        lab: Lab, world: dict[str, object]) -> None:
+    d = Path(str(world["dir"]))
+    t = time.time()
+    if props(world)["Mode"] != "mc":
+        lab.move("pub")
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+    mac = mac_of_mn()
+    before = left_state()
+    with bridge_capture(d / "killed-mc.pcap", "pub", f"ether host {mac}") as pcap:
+        t = time.time()
+        helper_restart(world)
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=40)
+    after = left_state()
+    changed = {k: (sorted(set(before[k]) - set(after[k])), sorted(set(after[k]) - set(before[k])))
+               for k in after if after[k] != before[k]}
+    assert not changed, changed
+    bad = leaks(pcap, lab_policy(mac))
+    assert not bad, "\n".join(str(o) for o in bad[:10])
+    assert len(ike_sas()) == 1, ike_sas()  # charon's SA adopted or replaced, not doubled
+
+
+def test_helper_killed_in_c_and_started_again_is_back_in_c_with_nothing_from_the_home_address_in_clear(  # noqa: E501
+        lab: Lab, world: dict[str, object]) -> None:
+    from tests.lab.leaks import read_frames
+    d = Path(str(world["dir"]))
+    t = time.time()
+    lab.move("t1")
+    wait_history(world, t, "mode", {"mode": "c"}, timeout=30)
+    mac = mac_of_mn()
+    before = left_state()
+    with bridge_capture(d / "killed-c.pcap", "t1", f"ether host {mac}") as pcap:
+        t = time.time()
+        helper_restart(world)
+        wait_history(world, t, "mode", {"mode": "c"}, timeout=40)
+    after = left_state()
+    changed = {k: (sorted(set(before[k]) - set(after[k])), sorted(set(after[k]) - set(before[k])))
+               for k in after if after[k] != before[k]}
+    assert not changed, changed
+    clear = [f.describe() for f in read_frames(pcap)
+             if f["eth.type"] == "0x0800" and HOME in (f["ip.src"], f["ip.dst"])]
+    assert not clear, clear[:10]
+    assert ike_sas() == [], "no VPN left standing on a trusted network"
