@@ -345,8 +345,11 @@ class VpnSide:
                     if s.mode is Mode.VPN:
                         # The VPN stands: the home agent is what went (the gate
                         # shuts, the VPN stays, the retries below bring mc back).
+                        # (a binding that lapsed with no renewal asked, across a
+                        # suspend, says nothing of the home agent)
+                        silent = self.vpn.up and self.vpn.ha_silent
                         s.leave(OUTCOME_LEAVES_TO[BindingLost],
-                                HA_UNREACHABLE if self.vpn.up else BINDING_RAN_OUT)
+                                HA_UNREACHABLE if silent else BINDING_RAN_OUT)
                     self.register(now)
         return seen
 

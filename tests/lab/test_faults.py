@@ -215,6 +215,42 @@ def test_rfc5944_3_6_1_1_never_vpn_in_mc_withdraws_the_tia_binding_at_the_home_a
         wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
 
 
+# -- suspend and resume in mc -----------------------------------------------------------
+
+def test_resume_in_mc_reprobes_keeps_mc_and_nothing_leaves_in_clear(
+        lab: Lab, world: dict[str, object]) -> None:
+    """logind's PrepareForSleep(false) (tests/fake_logind.py owning its name): the
+    helper probes again; mc stays open (its SA, moved by MOBIKE if need be), the
+    capture on pub holds nothing in clear."""
+    from app.service.bus import Message, RequestNameReply
+    from tests import fake_logind
+    d = Path(str(world["dir"]))
+    t = time.time()
+    if props(world)["Mode"] != "mc":
+        lab.move("pub")
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+    mac = mac_of_mn()
+
+    async def resume(bus):  # type: ignore[no-untyped-def]
+        assert await bus.request_name(fake_logind.NAME) == RequestNameReply.PRIMARY_OWNER
+        await bus.send(Message.new_signal("/org/freedesktop/login1",
+                                          "org.freedesktop.login1.Manager",
+                                          "PrepareForSleep", "b", [False]))
+        return await call(bus, "GetHistory", "u", [1])
+
+    with bridge_capture(d / "resume.pcap", "pub", f"ether host {mac}") as pcap:
+        t = time.time()
+        run_as(None, str(world["bus"]), resume)
+        wait_history(world, t, "reprobe", timeout=20)
+        wait_history(world, t, "direct-timeout", timeout=30)  # the probe's budget spent
+    kinds = [(k, dt) for tm, k, dt in history(world, 100) if tm >= t]
+    assert not [x for x in kinds if x[0] in ("mode", "error")], kinds
+    assert not [x for x in kinds if x[0] == "gate" and x[1].get("blocked") == "true"], kinds
+    assert props(world)["Mode"] == "mc"
+    bad = leaks(pcap, lab_policy(mac))
+    assert not bad, "\n".join(str(o) for o in bad[:10])
+
+
 # -- the helper killed (SIGKILL) and started again ---------------------------------------
 
 def helper_restart(world: dict[str, object]) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from app.agents.ha_core import HomeAgent
 from app.api import Mode, Policy, State
-from app.mn.access_mode import NEVER_VPN_REASON, Gate, PolicySet, Send, StopVpn
+from app.mn.access_mode import NEVER_VPN_REASON, Gate, PolicySet, Resumed, Send, StopVpn
 from app.mn.mode_state import HA_UNREACHABLE
 from app.mn.registration import ReplayMode
 from tests.support.identities import config
@@ -156,3 +156,34 @@ def test_a_stop_in_mc_with_the_ha_silent_leaves_without_waiting_for_ever():
     w.run(30)
     assert w.m.vpn_client.get_timer() is None, "no retransmission of the withdrawal"
     assert w.gate is None and w.stopped == ["the policy is never-vpn"]
+
+
+# -- suspend and resume in mc (logind's PrepareForSleep: Resumed) -----------------------
+
+def test_resume_in_mc_after_a_short_sleep_keeps_mc_open_and_asks_the_home_agent_nothing_new():
+    w = World()
+    in_mc(w)
+    n_gates, t = len(w.gates), w.now
+    w.now += 5  # asleep five seconds: nothing ran
+    w.apply(w.m.handle(Resumed(), w.now))
+    w.run(10)
+    assert w.gates[n_gates:] == [] and w.m.mode is Mode.VPN
+    assert vpn_sends(w, since=t) == 0, "RFC 5266 3.3: the binding stands, MOBIKE moves the SA"
+    w.agrees()
+
+
+def test_resume_in_mc_after_the_binding_ran_out_asleep_registers_again_without_blaming_the_ha():
+    """The binding (60 s) lapsed while the machine slept 300 s: registered again
+    through the VPN, back in mc; only the mc path is ever opened, and the home
+    agent, which was never asked, is not said to be unreachable."""
+    w = World()
+    in_mc(w)
+    n_gates, n_status = len(w.gates), len(w.statuses)
+    w.now += 300
+    assert w.ha_coa() is None
+    w.apply(w.m.handle(Resumed(), w.now))
+    w.run(10)
+    assert w.m.mode is Mode.VPN and w.ha_coa() == TIA
+    assert all(g.path is None or g.path.mode is Mode.VPN for _, g in w.gates[n_gates:])
+    assert HA_UNREACHABLE not in [s.error for s in w.statuses[n_status:]]
+    w.agrees()
