@@ -215,6 +215,32 @@ def test_rfc5944_3_6_1_1_never_vpn_in_mc_withdraws_the_tia_binding_at_the_home_a
         wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
 
 
+def test_rfc5944_3_6_1_1_disconnect_in_mc_withdraws_the_tia_binding_at_the_home_agent(
+        lab: Lab, world: dict[str, object]) -> None:
+    bus = str(world["bus"])
+    t = time.time()
+    if props(world)["Mode"] != "mc":
+        lab.move("pub")
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+    tia = str(props(world)["TunnelInnerAddress"])
+    assert stored_binding(world) == tia
+    ha = world["ha"]
+    assert isinstance(ha, Proc)
+    ok, value = run_as(None, bus, lambda b: call(b, "Disconnect"))
+    assert ok, value
+    try:
+        ha.wait(f"deregistered (binding to {tia} removed)", timeout=10)
+        deadline = time.monotonic() + 5  # the log line and the commit: one batch
+        while stored_binding(world) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stored_binding(world) is None
+    finally:
+        t = time.time()
+        ok, value = run_as(None, bus, lambda b: call(b, "Connect", "s", ["corp"]))
+        assert ok, value
+        wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+
+
 # -- suspend and resume in mc -----------------------------------------------------------
 
 def test_resume_in_mc_reprobes_keeps_mc_and_nothing_leaves_in_clear(
