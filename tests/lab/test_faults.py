@@ -364,3 +364,51 @@ def test_helper_killed_in_c_and_started_again_is_back_in_c_with_nothing_from_the
              if f["eth.type"] == "0x0800" and HOME in (f["ip.src"], f["ip.dst"])]
     assert not clear, clear[:10]
     assert ike_sas() == [], "no VPN left standing on a trusted network"
+
+
+# -- the home agent down while in mc (last: it restarts the home agent with short lifetimes)
+
+def test_ha_down_in_mc_keeps_the_vpn_says_the_ha_is_unreachable_once_the_binding_runs_out_and_mc_comes_back(  # noqa: E501
+        lab: Lab, world: dict[str, object]) -> None:
+    """The home agent grants 20 s here, so its silence shows in seconds: the renewal
+    through the VPN goes unanswered, the binding runs out, the status says VPN up,
+    home agent unreachable (the gate shut, the TIA kept), and mc comes back by
+    itself once the home agent answers again; nothing in clear meanwhile."""
+    bus = str(world["bus"])
+    d = Path(str(world["dir"]))
+    toml = d / "ha.toml"
+    original = toml.read_text()
+
+    def policy(name: str) -> None:
+        ok, value = run_as(None, bus, lambda b: call(b, "SetPolicy", "s", [name]))
+        assert ok, value
+
+    t = time.time()
+    lab.move("pub")
+    wait_history(world, t, "mode", {"mode": "mc"}, timeout=30)
+    mac = mac_of_mn()
+    try:
+        toml.write_text(original.replace("[home_agent]\n", "[home_agent]\nmax_lifetime = 20\n"))
+        ha_stop(world)
+        ha_start(world)
+        t = time.time()
+        policy("never-vpn")  # a new registration through the VPN: 20 s granted
+        policy("auto")
+        wait_history(world, t, "registered", {"lifetime": "20"}, timeout=30)
+        with bridge_capture(d / "ha-down-mc.pcap", "pub", f"ether host {mac}") as pcap:
+            t = time.time()
+            ha_stop(world)
+            wait_history(world, t, "mode", {"state": "untrusted", "mode": "none",
+                                            "reason": HA_UNREACHABLE}, timeout=40)
+            p = props(world)
+            assert p["TunnelInnerAddress"] != "" and p["Error"] == HA_UNREACHABLE, p
+            assert "vpn-stop" not in [k for tm, k, _ in history(world, 100) if tm >= t]
+            t = time.time()
+            ha_start(world)
+            wait_history(world, t, "mode", {"mode": "mc"}, timeout=40)
+        bad = leaks(pcap, lab_policy(mac))
+        assert not bad, "\n".join(str(o) for o in bad[:10])
+    finally:
+        toml.write_text(original)
+        ha_stop(world)
+        ha_start(world)
