@@ -25,6 +25,8 @@ class FakeVici:
         self.silent = silent
         self.commands: list[tuple[str, dict[str, Any]]] = []
         self.replies: dict[str, dict[str, Any]] = {}
+        self.raw_replies: dict[str, bytes] = {}
+        """Commands answered with these bytes as the packet (garbage, say)."""
         self.hold: dict[str, threading.Event] = {}
         """Commands whose answer waits until the event is set (a slow gateway)."""
         self.streams: dict[str, list[dict[str, Any]]] = {}
@@ -50,6 +52,15 @@ class FakeVici:
         for s in targets:
             with contextlib.suppress(OSError):
                 s.sendall(struct.pack("!I", len(payload)) + payload)
+
+    def push_raw(self, event: str, packet: bytes) -> None:
+        """Send ``packet`` as is (length-prefixed) to every session registered for
+        ``event``: a malformed event, or none at all."""
+        with self.lock:
+            targets = [s for s, e in self.registered if e == event]
+        for s in targets:
+            with contextlib.suppress(OSError):
+                s.sendall(struct.pack("!I", len(packet)) + packet)
 
     def close(self) -> None:
         """Stop as a killed charon does: every connection drops, the socket file stays."""
@@ -109,6 +120,9 @@ class FakeVici:
             _send(c, payload)
         if name in self.hold:
             self.hold[name].wait(10)
+        if name in self.raw_replies:
+            _send(c, self.raw_replies[name])
+            return
         reply = self.replies.get(name, {"success": "yes"})
         _send(c, struct.pack("!B", Packet.CMD_RESPONSE) + Message.serialize(reply))
 

@@ -471,6 +471,7 @@ class AccessModeMachine:
         if policy is Policy.NEVER_VPN:
             if s.mode is Mode.VPN:
                 s.leave(State.UNTRUSTED, NEVER_VPN_REASON)
+                self._vpn.withdraw(now)  # nothing replaces mc: its binding goes too
             elif s.phase is State.UNTRUSTED:
                 s.enter(State.UNTRUSTED, Mode.NONE, NEVER_VPN_REASON)
             self._vpn.stop("the policy is never-vpn")

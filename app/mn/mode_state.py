@@ -34,6 +34,12 @@ NEVER_VPN_REASON = "untrusted network: the policy is never-vpn, so nothing leave
 BINDING_RAN_OUT = ("the home agent stopped answering: the binding ran out with no renewal "
                    "accepted")
 
+HA_UNREACHABLE = ("the VPN is up but the home agent does not answer through it: "
+                  "nothing leaves until it does")
+"""The home agent down (or unreachable behind the gateway) while the VPN stands: not
+an error of ours, the gate stays shut, and the registration through the VPN keeps
+asking so mc comes back by itself."""
+
 OUTCOME_LEAVES_TO = {
     Deregistered: State.OFFLINE,   # no binding left: shutting down
     Denied: State.ERROR,           # RFC 5944 3.6.2.3: refused; the error says why

@@ -34,6 +34,7 @@ from app.mn.mode_events import (
 )
 from app.mn.mode_state import (
     BINDING_RAN_OUT,
+    HA_UNREACHABLE,
     NEVER_VPN_REASON,
     OUTCOME_LEAVES_TO,
     ModeState,
@@ -75,6 +76,9 @@ class VpnState:
     service_error: str | None = None
     register_at: float | None = None
     """An SA kept from the last link: register through it when MOBIKE moved it, or then."""
+    ha_silent: bool = False
+    """A registration through this SA went unanswered since its last reply: with the
+    VPN up, the home agent is what is missing (the status says so)."""
 
     @property
     def up(self) -> bool:
@@ -125,6 +129,8 @@ class VpnSide:
             return None  # no VPN in the profile: untrusted says it all
         if self.s.policy is Policy.NEVER_VPN:
             return NEVER_VPN_REASON
+        if self.vpn.up and self.vpn.ha_silent:
+            return HA_UNREACHABLE
         return self.vpn.service_error
 
     def timers(self) -> list[float | None]:
@@ -197,6 +203,7 @@ class VpnSide:
         v = self.vpn
         self.s.actions.append(DropTia(v.tia))
         v.starting, v.tia, v.gateway, v.ike_id = False, None, "", None
+        v.ha_silent = False
 
     def _retry_later(self, now: float) -> None:
         v = self.vpn
@@ -228,6 +235,22 @@ class VpnSide:
             return False
         t.deregister(now, at_home=False, source=self.vpn.tia)
         return True
+
+    def withdraw(self, now: float) -> None:
+        """mc ends with no path that replaces it (never-vpn): its binding is withdrawn
+        at the home agent (RFC 5944 3.6.1.1, lifetime 0) through the VPN while it
+        still stands, so the intranet stops sending to a tunnel about to go.  Sent
+        once, now, before the ``StopVpn`` that follows: no answer is awaited (the SA
+        goes), the home agent's answer changes nothing here."""
+        s, t, tia = self.s, self.s.vpn_client, self.vpn.tia
+        if t is None or t.binding is None or tia is None or s.link is None:
+            return
+        t.deregister(now, at_home=False, source=tia)
+        for d in t.datagrams_to_send():
+            s.actions.append(Send(s.link.iface, d, through_vpn=True))
+        t.cancel()
+        s.actions.append(Note("deregistered", f"mc's binding of {tia} withdrawn at the home "
+                                              "agent through the VPN before it stops"))
 
     def direct_won(self, now: float) -> bool:
         """A direct reply makes the network trusted: the path through the VPN ends.
@@ -351,7 +374,13 @@ class VpnSide:
                         s.leave(OUTCOME_LEAVES_TO[Deregistered], None)
                 case BindingLost():
                     if s.mode is Mode.VPN:
-                        s.leave(OUTCOME_LEAVES_TO[BindingLost], BINDING_RAN_OUT)
+                        # The VPN stands: the home agent is what went (the gate
+                        # shuts, the VPN stays, the retries below bring mc back).
+                        # (a binding that lapsed with no renewal asked, across a
+                        # suspend, says nothing of the home agent)
+                        silent = self.vpn.up and self.vpn.ha_silent
+                        s.leave(OUTCOME_LEAVES_TO[BindingLost],
+                                HA_UNREACHABLE if silent else BINDING_RAN_OUT)
                     self.register(now)
         return seen
 
@@ -368,6 +397,7 @@ class VpnSide:
         if self.order is not None and v.gateway and self.order.worked(network, v.gateway) and (
                 network is not None):
             s.actions.append(RememberGateway(network, v.gateway))
+        v.ha_silent = False
         if s.mode is not Mode.VPN:
             # The binding through the VPN replaced the direct one: renewing that
             # would take the home agent away from the tunnel.
@@ -390,6 +420,7 @@ class VpnSide:
         tia = self.vpn.tia
         if tia is None:
             return  # the VPN is down: its loss cancelled this client, or will
+        self.vpn.ha_silent = True
         if s.mode is Mode.VPN and t.binding is not None and t.binding.care_of_address == tia:
             s.actions.append(Note("renewal-timeout",
                                   "the home agent did not answer the renewal "
@@ -402,4 +433,10 @@ class VpnSide:
             s.actions.append(Note("vpn-registration-timeout",
                                   "no reply through the VPN from the home "
                                   "agent; trying again"))
+            if s.mode is not Mode.VPN and (s.phase is State.UNTRUSTED or (
+                    s.policy is Policy.ALWAYS_VPN and not s.client.pending)):
+                # Decided untrusted (or always-vpn: no direct probe), the VPN up, the
+                # home agent silent: say that, not "probing" or nothing; the gate
+                # stays shut.  A direct probe still out decides first.
+                s.enter(State.UNTRUSTED, Mode.NONE, HA_UNREACHABLE)
             t.register(tia, now)

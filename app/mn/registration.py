@@ -233,8 +233,9 @@ class RegistrationClient:
             # 3.6.2.1 b: silently discarded, whatever its code: it changes nothing here
             # (anyone on the path saw the request in clear and can echo it).
             if a.discarded == 0:  # a security exception (SHOULD log), once per request
-                log.warning("discarded a registration reply (code %d) whose Mobile-Home "
-                            "authenticator is missing or invalid", rep.code)
+                log.warning("discarded a registration reply (code %d) to the request from "
+                            "%s to the home agent %s: its Mobile-Home authenticator is "
+                            "missing or invalid", rep.code, a.source, self.config.home_agent)
             a.discarded += 1
             self.discarded += 1
             return

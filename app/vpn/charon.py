@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,7 @@ import vici.exception
 
 from app.errors import UserFacingError
 from app.errors import reason as _reason
-from app.vpn import credentials, vici_messages
+from app.vpn import credentials, event_stream, vici_messages
 from app.vpn.events import (
     CHILD_CLOSED,
     EVENT_NAMES,
@@ -60,7 +61,8 @@ DEFAULT_SOCKET = "/run/charon.vici"
 T = TypeVar("T")
 
 _PROTOCOL_ERRORS = (OSError, vici.exception.SessionException,
-                    vici.exception.DeserializationException, ValueError)
+                    vici.exception.DeserializationException, ValueError,
+                    struct.error)  # (a reply too short to parse: garbage, not a crash)
 
 
 class VpnError(UserFacingError):
@@ -494,7 +496,9 @@ class Charon:
     def _listen(self, session: _Session) -> float:
         """Register and relay events until the connection breaks; returns the next
         reconnect delay (the minimum again, since this connection worked)."""
-        events = session.vici.listen(list(EVENT_NAMES), timeout=0.2)
+        # Not vici's listen: one malformed event must not end the stream (event_stream).
+        event_stream.register(session.vici, EVENT_NAMES)
+        events = event_stream.events(session.vici, 0.2, self.path)
         with contextlib.closing(events):
             first = True
             for label, message in events:

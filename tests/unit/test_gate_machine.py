@@ -35,6 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from app.agents.ha_core import HomeAgent
 from app.api import Mode, Policy, State
+from app.mip.messages import RegistrationRequest
 from app.mn.access_mode import (
     AccessModeMachine,
     AgentAdvert,
@@ -98,8 +99,11 @@ class GateMachine(RuleBasedStateMachine):
             assert answer is not None and answer[1] >= self.up_at, "claimed unproven"
         elif isinstance(a, Send) and a.through_vpn:
             # mc's registration only through a VPN charon has up, never under
-            # never-vpn, and from its current TIA (RFC 5266 3.3).
-            assert self.m.policy is not Policy.NEVER_VPN, "through the VPN under never-vpn"
+            # never-vpn (but the withdrawal of mc's binding as never-vpn ends it,
+            # lifetime 0: RFC 5944 3.6.1.1), and from its current TIA (RFC 5266 3.3).
+            withdrawal = RegistrationRequest.decode(a.datagram.data).lifetime == 0
+            assert self.m.policy is not Policy.NEVER_VPN or withdrawal, (
+                "through the VPN under never-vpn")
             assert w.vpn_tia is not None and a.datagram.source == w.vpn_tia, (
                 a.datagram.source, w.vpn_tia)
         elif isinstance(a, Gate) and a.path is not None and a.path.mode is Mode.VPN:
