@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,6 +185,7 @@ def root(debs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Ite
              "/debs/trustroam_*.deb /debs/trustroam-agents_*.deb /debs/trustroam-lab_*.deb")
         yield r
     finally:
+        _end_processes_in(tree)
         for m in reversed(mounts):
             subprocess.run(["umount", "-l", str(m)], check=False)
         if not any(os.path.ismount(m) for m in mounts):
@@ -227,32 +230,79 @@ def test_systemd_analyze_verify_accepts_the_units(root: Root) -> None:
 
 
 def _stock_system_bus_conf(root: Root) -> str:
-    """Debian's own system bus configuration (its default-deny policy and its
-    system.d, where ours is), on a private socket, as root, in the foreground."""
+    """Debian's own system bus configuration (its default-deny policy, its system.d
+    where ours is, its service directories where our activation file is) on a
+    private socket, as root, in the foreground.  Without the setuid launch helper
+    the bus starts activated services itself (as root)."""
     conf = (root.path / "usr/share/dbus-1/system.conf").read_text()
     for tag in ("user", "pidfile", "listen", "servicehelper"):
         conf = re.sub(rf"<{tag}>.*?</{tag}>", "", conf, flags=re.S)
-    conf = re.sub(r"<(fork|syslog|standard_system_servicedirs)\s*/>", "", conf)
+    conf = re.sub(r"<(fork|syslog)\s*/>", "", conf)
     conf = conf.replace("<includedir>system.d</includedir>",
                         "<includedir>/usr/share/dbus-1/system.d</includedir>")
     return conf.replace("<type>system</type>", "<type>system</type>\n"
                         "  <listen>unix:path=/tmp/trustroam-test-bus</listen>")
 
 
-def test_dbus_daemon_takes_the_policy_root_owns_the_name_nobody_does_not(root: Root) -> None:
+def _on_private_bus(root: Root, script: str) -> str:
+    """Runs script with a private system bus in the scratch root.  The bus, and
+    so whatever it activates (trustroamd, polkitd), runs in a network namespace
+    of its own: nothing started here touches this machine's network."""
     (root.path / "tmp/bus.conf").write_text(_stock_system_bus_conf(root))
+    try:
+        return root.sh(
+            "export DBUS_SYSTEM_BUS_ADDRESS=unix:path=/tmp/trustroam-test-bus\n"
+            "unshare -n dbus-daemon --config-file=/tmp/bus.conf --fork --print-pid"
+            " --nopidfile >/tmp/bus.pid 2>/tmp/bus.err </dev/null || exit 3\n"
+            f"{script}\nrc=$?\nkill $(cat /tmp/bus.pid)\nexit $rc").stdout
+    finally:
+        _end_processes_in(root.path)
+
+
+def _end_processes_in(tree: Path, grace: float = 10.0) -> None:
+    """The scratch root's processes (a helper or polkitd the bus started) end
+    when their bus goes; wait for that, then kill (by pid) any that did not."""
+    real = str(tree.resolve())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.readlink(proc / "root") != real:
+                continue
+            fd = os.pidfd_open(int(proc.name))
+        except OSError:
+            continue
+        try:
+            if not select.select([fd], [], [], grace)[0]:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        finally:
+            os.close(fd)
+
+
+def test_dbus_daemon_takes_the_policy_root_owns_the_name_nobody_does_not(root: Root) -> None:
     req = ("timeout 10 dbus-send --system --print-reply --dest=org.freedesktop.DBus / "
            "org.freedesktop.DBus.RequestName string:org.trustroam.Helper1 uint32:0 2>&1")
-    out = root.sh(
-        "dbus-daemon --config-file=/tmp/bus.conf --fork --print-pid --nopidfile"
-        " >/tmp/bus.pid 2>/tmp/bus.err </dev/null || exit 3\n"
-        "export DBUS_SYSTEM_BUS_ADDRESS=unix:path=/tmp/trustroam-test-bus\n"
-        f"echo root: $({req} | tail -n 1)\n"
-        f"echo nobody: $(setpriv --reuid=65534 --regid=65534 --clear-groups {req} | tail -n 1)\n"
-        "kill $(cat /tmp/bus.pid)").stdout
+    out = _on_private_bus(root, f"echo root: $({req} | tail -n 1)\n"
+                          "echo nobody: $(setpriv --reuid=65534 --regid=65534 --clear-groups "
+                          f"{req} | tail -n 1)")
     lines = dict(line.split(": ", 1) for line in out.splitlines())
     assert lines["root"].strip() == "uint32 1", out  # DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER
     assert "AccessDenied" in lines["nobody"], out
+
+
+def test_pkaction_lists_the_actions_with_their_defaults(root: Root) -> None:
+    out = _on_private_bus(root, "timeout 30 pkaction --verbose --action-id org.trustroam.connect"
+                          " && timeout 30 pkaction --verbose --action-id org.trustroam.configure")
+    connect, configure = out.split("org.trustroam.configure:")
+    assert "implicit active:   yes" in connect and "implicit any:      no" in connect
+    assert "implicit active:   auth_admin_keep" in configure
+
+
+def test_helper_starts_by_dbus_activation_and_serves_status(root: Root) -> None:
+    """The installed activation file names the installed helper: the first call
+    (trustroamctl status) starts it; it answers; it ends with its bus."""
+    out = _on_private_bus(root, "timeout 60 trustroamctl status")
+    assert out.startswith("trustroam: offline"), out
 
 
 def test_remove_keeps_config_and_state_and_purge_leaves_nothing(root: Root) -> None:
