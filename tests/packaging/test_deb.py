@@ -315,6 +315,67 @@ def test_helper_starts_by_dbus_activation_and_serves_status(root: Root) -> None:
     assert out.startswith("trustroam: offline"), out
 
 
+# Runs in the booted root at multi-user.target, writes what it saw, powers off.
+# systemd offers the shell no event for "restarted": the SIGKILL step polls
+# NRestarts (bounded); every other step waits on its own command.
+_BOOT_CHECK = r"""[Unit]
+After=multi-user.target
+[Service]
+Type=oneshot
+StandardOutput=file:/root/boot-check.txt
+StandardError=inherit
+ExecStart=/bin/sh -c '\
+ echo "at-boot: $(systemctl is-active trustroamd)"; \
+ systemctl stop trustroamd; echo "stopped: $(systemctl is-active trustroamd)"; \
+ echo "status: $(trustroamctl status | head -n 1)"; \
+ echo "activated: $(systemctl is-active trustroamd)"; \
+ systemctl kill -s KILL trustroamd; \
+ timeout 30 sh -c "until [ \$(systemctl show -p NRestarts --value trustroamd) -ge 1 ]; \
+   do sleep 0.2; done"; \
+ echo "restarts: $(systemctl show -p NRestarts --value trustroamd)"; \
+ echo "after-kill: $(trustroamctl status | head -n 1)"; \
+ systemctl stop trustroamd; \
+ echo "stop: $(systemctl show -p Result --value trustroamd)"; \
+ systemctl start trustroam-ha; echo "ha: $(systemctl is-active trustroam-ha)"; \
+ systemctl stop trustroam-ha; echo "ha-stop: $(systemctl show -p Result --value trustroam-ha)"; \
+ rm /etc/trustroam/ha.toml; systemctl poweroff'
+"""
+
+
+def test_units_run_under_a_real_systemd(root: Root) -> None:
+    """Boots the scratch root with systemd-nspawn (its own network namespace, so
+    nothing touches this machine's network): trustroamd runs at boot, starts
+    again by D-Bus activation after a stop, is restarted after SIGKILL, stops
+    cleanly; trustroam-ha starts and stops."""
+    require(shutil.which("systemd-nspawn") is not None,
+            "systemd-nspawn missing (scripts/install-deps --build)")
+    unit = root.path / "etc/systemd/system/trustroam-boot-check.service"
+    wants = root.path / "etc/systemd/system/multi-user.target.wants/trustroam-boot-check.service"
+    unit.write_text(_BOOT_CHECK)
+    # The sample home agent, its binding cache where the unit lets it write.
+    sample = (root.path / "usr/share/doc/trustroam-agents/examples/ha.toml").read_text()
+    (root.path / "etc/trustroam/ha.toml").write_text(
+        re.sub(r"(?m)^state_dir = .*$", 'state_dir = "/var/lib/trustroam-ha"', sample))
+    wants.symlink_to("/etc/systemd/system/trustroam-boot-check.service")
+    try:
+        subprocess.run(["timeout", "180", "systemd-nspawn", "-D", str(root.path), "--boot",
+                        "--register=no", "--keep-unit", "--private-network", "-q"],
+                       stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        out = (root.path / "root/boot-check.txt").read_text()
+    finally:
+        wants.unlink()
+        unit.unlink()
+    seen = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    assert seen.get("at-boot") == "active", out
+    assert seen.get("stopped") == "inactive", out
+    assert seen.get("status") == "trustroam: offline", out
+    assert seen.get("activated") == "active", out
+    assert int(seen.get("restarts", "0")) >= 1, out
+    assert seen.get("after-kill") == "trustroam: offline", out
+    assert seen.get("stop") == "success", out
+    assert seen.get("ha") == "active" and seen.get("ha-stop") == "success", out
+
+
 def test_remove_keeps_config_and_state_and_purge_leaves_nothing(root: Root) -> None:
     root.sh("echo '# mine' > /etc/trustroam/profiles/mine.toml && "
             "echo '{}' > /var/lib/trustroam/state.json && touch /var/lib/trustroam-ha/b.db")
