@@ -357,12 +357,21 @@ def test_units_run_under_a_real_systemd(root: Root) -> None:
     (root.path / "etc/trustroam/ha.toml").write_text(
         re.sub(r"(?m)^state_dir = .*$", 'state_dir = "/var/lib/trustroam-ha"', sample))
     wants.symlink_to("/etc/systemd/system/trustroam-boot-check.service")
+    # nspawn brings its own /dev and /proc: the chroot's bind mounts go meanwhile.
+    for sub in ("dev", "proc"):
+        run("umount", root.path / sub)
     try:
-        subprocess.run(["timeout", "180", "systemd-nspawn", "-D", str(root.path), "--boot",
-                        "--register=no", "--keep-unit", "--private-network", "-q"],
-                       stdin=subprocess.DEVNULL, capture_output=True, check=False)
-        out = (root.path / "root/boot-check.txt").read_text()
+        boot = subprocess.run(["timeout", "180", "systemd-nspawn", "-D", str(root.path),
+                               "--boot", "--register=no", "--keep-unit", "--private-network",
+                               "-q"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False)
+        check = root.path / "root/boot-check.txt"
+        assert check.exists(), f"{boot.returncode}\n{boot.stdout[-3000:]}\n{boot.stderr[-3000:]}"
+        out = check.read_text()
     finally:
+        for sub in ("proc", "dev"):
+            run("mount", "--bind", f"/{sub}", root.path / sub)
         wants.unlink()
         unit.unlink()
     seen = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
