@@ -34,6 +34,7 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app import __version__
 from app.api import (
     BUS_NAME,
     INTERFACE,
@@ -434,6 +435,7 @@ async def release_gate() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="trustroamctl", description="Control trustroamd.")
+    ap.add_argument("--version", action="version", version=f"trustroamctl {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("status")
     st.add_argument("--json", action="store_true")

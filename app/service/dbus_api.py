@@ -20,6 +20,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+from app import __version__
 from app.api import (
     ACTION_CONFIGURE,
     ACTION_CONNECT,
@@ -503,6 +504,10 @@ class HelperInterface(ServiceInterface):
 
     def _p(self, name: str) -> Any:
         return self._last[name]  # the snapshot's D-Bus form, kept by _snapshot_changed
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> "s":
+        return __version__  # app/__init__.py: the packages' and --version's too
 
     @dbus_property(access=PropertyAccess.READ)
     def State(self) -> "s":

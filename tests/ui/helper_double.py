@@ -22,6 +22,7 @@ from dbus_fast.errors import DBusError
 from dbus_fast.message import Message
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
+from app import __version__
 from app.api import (
     BUS_NAME,
     ERROR_FAILED,
@@ -254,6 +255,10 @@ class Double(ServiceInterface):
 
     def _p(self, name):
         return self._last[name]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> "s":
+        return __version__  # app/__init__.py: the packages' and --version's too
 
     @dbus_property(access=PropertyAccess.READ)
     def State(self) -> "s":
