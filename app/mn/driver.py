@@ -106,7 +106,8 @@ class MobileNodeDriver:
             Path.VPN, self._arrived_by, replay=self.client.replay, wall=to_wall) if (
             self.charon is not None) else None
         # Which gateway first, per network, and the failover (app.mn.gateway_order).
-        order = GatewayOrder(profile.vpn.gateways, gateways_remembered) if (
+        order = GatewayOrder(profile.vpn.gateways, gateways_remembered,
+                             dead_after=profile.vpn.dead_gateway_after) if (
             profile.vpn is not None) else None
         self.machine = am.AccessModeMachine(
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,

@@ -22,6 +22,7 @@ from app.mn.access_mode import (
     RememberGateway,
     StartVpn,
     Status,
+    StopVpn,
     VpnLost,
 )
 from app.mn.gateway_order import DEAD_HOLD, GatewayOrder, network_key
@@ -38,11 +39,14 @@ NAT = network_key(NETS["nat"].up.address, NETS["nat"].up.gateway)
 ROOT = Path(__file__).resolve().parents[2]
 
 
+DEAD_AFTER = 10
+
+
 def world(gateways: tuple[str, ...] = GWS, remembered: dict[str, str] | None = None
           ) -> World:
     cfg = registration(lifetime=60, initial_timeout=1.0, retries=2)
     m = machine(cfg, vpn=True, use_foreign_agents=False,
-                gateway_order=GatewayOrder(gateways, remembered))
+                gateway_order=GatewayOrder(gateways, remembered, dead_after=DEAD_AFTER))
     return World(m=m, auto_vpn=False)
 
 
@@ -188,6 +192,43 @@ def test_failover_every_gateway_down_keeps_the_gate_shut_and_the_status_names_th
     w.run(10)
     assert len(starts(w, t)) >= 2 and w.gate is None and w.m.mode is Mode.NONE
     assert all(g.path is None for tm, g in w.gates if tm >= t)
+
+
+def test_dead_gateway_after_holds_after_a_move_in_mc_mobike_not_moving_the_sa_is_a_death():
+    """mc via gw1, then a move to a network gw1 cannot be reached from: charon's path
+    probing alone (no DPD meanwhile) would take about 27 s with mc still shown.  No
+    MOBIKE move within dead_gateway_after: torn down, the next gateway at once."""
+    w = world()
+    w.move("pub")
+    in_mc_via(w)
+    w.move("nat")  # mc held open across the move, waiting for MOBIKE
+    t = w.now
+    assert w.m.mode is Mode.VPN
+    w.run(DEAD_AFTER - 0.01)
+    assert w.m.mode is Mode.VPN and starts(w, t) == [] and not w.stopped
+    w.run(0.02)
+    assert w.stopped and "gw1" in w.stopped[-1], "charon's probing of gw1 is cut short"
+    assert starts(w, t) == [("gw2", "gw1")]
+    stop_at = next(i for i, (_, a) in enumerate(w.actions) if isinstance(a, StopVpn))
+    start_at = max(i for i, (_, a) in enumerate(w.actions) if isinstance(a, StartVpn))
+    assert stop_at < start_at, "the old SA torn down before the next is asked for"
+    assert w.m.mode is Mode.NONE and w.gate is None
+    assert "trying gw2" in (w.m.error or "")
+    in_mc_via(w, TIA2, "gw2")
+    w.agrees()
+
+
+def test_dead_gateway_after_a_move_that_mobike_follows_in_time_changes_nothing():
+    w = world()
+    w.move("pub")
+    in_mc_via(w)
+    w.move("nat")
+    t = w.now
+    w.run(DEAD_AFTER - 1)
+    w.vpn_moved()
+    w.run(3 * DEAD_AFTER)
+    assert not w.stopped and starts(w, t) == []
+    assert w.m.mode is Mode.VPN and w.m.vpn.gateway == "gw1"
 
 
 # -- the order itself ---------------------------------------------------------------
