@@ -23,8 +23,8 @@ from app.mn import access_mode as am
 from app.mn.mode_events import VpnNat
 from app.vpn.charon import Charon, VpnConfigError, VpnError, VpnUnreachableError
 from app.vpn.events import (
-    CHILD_CLOSED,
     ChildRekeyed,
+    DownKind,
     IkeRekeyed,
     MobikeUpdate,
     VpnDown,
@@ -162,8 +162,10 @@ class VpnLink:
             return []
         if isinstance(ev, VpnDown):
             self._history("vpn-down", {"reason": ev.reason})
-            # The IKE SA itself went (not torn down by us): its gateway is gone.
-            gone = ev.ike_id is not None and ev.reason not in (CHILD_CLOSED, "terminated")
+            # The IKE SA itself died (DPD, retransmissions, the gateway's delete): its
+            # gateway is gone.  Not a CHILD SA alone, our own teardown, nor charon
+            # itself gone (that says nothing of the gateway, and must not reorder it).
+            gone = ev.ike_id is not None and ev.kind is DownKind.IKE_GONE
             return [am.VpnLost(ev.reason, ev.ike_id, gateway_gone=gone)]
         if isinstance(ev, VpnUnreachable):
             self._history("vpn-unreachable", {"text": ev.message})

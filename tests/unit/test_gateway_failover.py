@@ -26,8 +26,9 @@ from app.mn.access_mode import (
     VpnLost,
 )
 from app.mn.gateway_order import DEAD_HOLD, GatewayOrder, network_key
+from app.mn.mode_vpn import VPN_RETRY_MIN
 from app.vpn import liveness
-from app.vpn.events import CHILD_CLOSED
+from app.vpn.events import CHILD_CLOSED, DownKind, VpnDown
 from app.vpn.profile import VpnConfig, parse_table
 from app.vpn.vici_messages import load_conn
 from tests.support.world import NETS, TIA, TIA2, World, machine, registration
@@ -229,6 +230,50 @@ def test_dead_gateway_after_a_move_that_mobike_follows_in_time_changes_nothing()
     w.run(3 * DEAD_AFTER)
     assert not w.stopped and starts(w, t) == []
     assert w.m.mode is Mode.VPN and w.m.vpn.gateway == "gw1"
+
+
+DOWN_REASONS = {
+    DownKind.IKE_GONE: ("IKE SA closed (ESTABLISHED)", 1),  # DPD gave up, or a delete
+    DownKind.CHILD: (CHILD_CLOSED, 1),
+    DownKind.TERMINATED: ("terminated", 1),
+    DownKind.SERVICE: ("VPN service stopped", 1),  # charon restarted, or a slow VICI call
+    DownKind.FAILED: ("gw1: timeout", None),
+}
+
+
+@pytest.mark.parametrize("kind", list(DownKind))
+def test_failover_only_an_ike_sa_death_marks_its_gateway_dead_and_rewrites_the_memory(kind):
+    """charon's down event as the adapter gives it (kind, not its text) through
+    VpnLink into the machine: only IKE_GONE leaves gw1; a service loss says nothing
+    of the gateway (gw1 first again once charon is back, the memory kept)."""
+    from types import SimpleNamespace
+
+    from app.mn.access_mode import VpnServiceBack, VpnServiceLost
+    from app.mn.vpn_link import VpnLink
+    link = VpnLink(SimpleNamespace(gateway="gw1", loaded_gateway="gw1"),  # type: ignore[arg-type]
+                   VpnConfig(gateways=GWS, identity="mn@lab"), {},
+                   events=lambda e: None, history=lambda k, d: None)
+    w = world()
+    w.move("pub")
+    in_mc_via(w)
+    t = w.now
+    reason, ike_id = DOWN_REASONS[kind]
+    lost = link.translate(VpnDown(reason, ike_id, kind))
+    assert [e.gateway_gone for e in lost] == [kind is DownKind.IKE_GONE]
+    w.vpn_wanted, w.vpn_tia = False, None
+    w.vpn_epoch += 1
+    for e in lost:
+        w.apply(w.m.handle(e, w.now))
+    if kind is DownKind.SERVICE:
+        w.apply(w.m.handle(VpnServiceLost("VPN service not reachable at /x"), w.now))
+        w.run(1)
+        w.apply(w.m.handle(VpnServiceBack(), w.now))
+    w.run(VPN_RETRY_MIN + 0.5)
+    first = starts(w, t)[0][0]
+    assert first == ("gw2" if kind is DownKind.IKE_GONE else "gw1")
+    in_mc_via(w, TIA2, first)
+    assert [a for _, a in w.actions if isinstance(a, RememberGateway)][-1] == (
+        RememberGateway(PUB, first))
 
 
 # -- the order itself ---------------------------------------------------------------
