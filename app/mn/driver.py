@@ -25,8 +25,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
+from ipaddress import IPv4Address
 
 from app.api import HistoryEntry, Mode, Policy, Snapshot, State
 from app.mn import access_mode as am
@@ -74,7 +75,9 @@ class MobileNodeDriver:
                  vpn_secrets: Mapping[str, str] | None = None,
                  policy: Policy = Policy.AUTO,
                  gateways_remembered: Mapping[str, str] | None = None,
-                 remember_gateway: Callable[[str, str], None] | None = None) -> None:
+                 remember_gateway: Callable[[str, str], None] | None = None,
+                 gateway_addresses: Callable[[str], Collection[IPv4Address]] | None = None
+                 ) -> None:
         """``routes``, ``gate`` and ``charon`` (the VPN adapter, used when the profile
         has a ``[vpn]`` table) come started from their owner (the helper), who also
         closes them: the driver only uses them, and the owner routes charon's events
@@ -136,6 +139,7 @@ class MobileNodeDriver:
             events=lambda ev: self._queue.put_nowait(inputs.VpnInput(ev)),
             history=self.board.history,
             allowed_peers=self.gate.policy.gateways if self.gate is not None else None,
+            addresses_of=gateway_addresses,
         ) if self.charon is not None and profile.vpn else None
         self.vpn = VpnExecutor(link, routes, self.sockets, self.board, remember_gateway)
         self._binding_view = status_view.BindingView()

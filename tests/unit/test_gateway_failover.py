@@ -109,7 +109,10 @@ def test_dead_gateway_bound_the_charon_the_packaging_and_the_lab_configure_retra
     would take 165 s)."""
     want = {"retransmit_tries": str(liveness.RETRANSMIT_TRIES),
             "retransmit_timeout": str(liveness.RETRANSMIT_TIMEOUT),
-            "retransmit_base": str(liveness.RETRANSMIT_BASE)}
+            "retransmit_base": str(liveness.RETRANSMIT_BASE),
+            # charon 5.9's reauthentication is break-before-make by default: the old
+            # SA's ike-updown(down) would be taken for a dead gateway.
+            "make_before_break": "yes"}
     for text in ((ROOT / "packaging/strongswan/trustroam.conf").read_text(),
                  strongswan_conf(Path("/x"), None)):
         got = {}
@@ -119,6 +122,35 @@ def test_dead_gateway_bound_the_charon_the_packaging_and_the_lab_configure_retra
                 got[key.strip()] = value.strip()
         assert got == want, text
     assert math.isclose(liveness.retransmit_total(5, 4.0, 1.8), 165.06, abs_tol=0.01)
+
+
+@pytest.mark.parametrize(("peer", "addresses"), [
+    ("172.16.0.11", {}),
+    ("172.16.0.21", {"gw-a.example": ("172.16.0.21",)}),
+])
+def test_failover_an_sa_is_named_from_its_peer_not_from_the_gateway_loaded_since(peer,
+                                                                                 addresses):
+    """A late SA (charon reauthenticating to the first gateway, an initiate given up)
+    comes up while the second is loaded: it is the first's (status, memory, deaths)."""
+    from ipaddress import IPv4Address
+    from types import SimpleNamespace
+
+    from app.mn.access_mode import VpnReady
+    from app.mn.vpn_link import VpnLink
+    from app.vpn.events import Endpoint, VpnUp
+    first = "gw-a.example" if addresses else "172.16.0.11"
+    cfg = VpnConfig(gateways=(first, "172.16.0.12"), identity="mn@lab")
+    link = VpnLink(SimpleNamespace(gateway="172.16.0.12",  # type: ignore[arg-type]
+                                   loaded_gateway="172.16.0.12"), cfg, {},
+                   events=lambda e: None, history=lambda k, d: None,
+                   addresses_of=lambda n: tuple(map(IPv4Address, addresses.get(n, ()))))
+    up = VpnUp(TIA, Endpoint(IPv4Address(peer), 4500),
+               Endpoint(IPv4Address("203.0.113.5"), 4500), False, 7)
+    [ready] = link.translate(up)
+    assert isinstance(ready, VpnReady) and ready.gateway == first
+    # A peer no gateway names or resolved to: the one charon was given.
+    other = VpnUp(TIA, Endpoint(IPv4Address("172.16.0.99"), 4500), up.local, False, 8)
+    assert link.translate(other)[0].gateway == "172.16.0.12"  # type: ignore[attr-defined]
 
 
 # -- the next gateway ----------------------------------------------------------------

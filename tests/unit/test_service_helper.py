@@ -43,7 +43,7 @@ def fakes(monkeypatch, rnd: random.Random) -> Live:
     class Driver:
         def __init__(self, prof, key, routes, gate, *, on_snapshot, on_event,
                      charon=None, vpn_secrets=None, policy=None, gateways_remembered=None,
-                     remember_gateway=None):
+                     remember_gateway=None, gateway_addresses=None):
             self.profile, self.routes, self.gate = prof, routes, gate
             self.charon, self.vpn_secrets, self.policy = charon, vpn_secrets, policy
             self.policies: list[object] = []
