@@ -73,20 +73,37 @@ def gateway_gone(w: World, reason: str = "IKE SA closed (ESTABLISHED)") -> list[
 
 # -- the dead bound ------------------------------------------------------------------
 
-@pytest.mark.parametrize("bound", range(liveness.MIN_DEAD_AFTER, 121))
-def test_dead_gateway_after_bounds_charons_dpd_delay_plus_its_retransmissions(bound):
-    cfg = VpnConfig(gateways=GWS, identity="mn@lab", dead_gateway_after=bound)
-    delay = load_conn(cfg, "gw1")["trustroam"]["dpd_delay"]
-    assert delay == f"{liveness.dpd_delay_for(bound, cfg.dpd_delay)}s"
-    assert int(delay[:-1]) >= 1
-    # A gateway is declared dead at most the DPD delay after its last packet plus
-    # charon's retransmissions of the liveness check (IKEv2: no dpd_timeout).
-    assert int(delay[:-1]) + liveness.retransmit_total() <= bound
+# charon's packaged retransmissions of one request, written out (timeout * base^n,
+# n = 0..tries: 1 + 1.4 + 1.96 + 2.744 s), not computed by the code under test.
+PACKAGED_RETRANSMISSIONS = 7.104
+
+
+@pytest.mark.parametrize("bound", range(10, 121))
+@pytest.mark.parametrize("asked", [10, 0])
+def test_dead_gateway_after_bounds_charons_dpd_delay_plus_its_retransmissions(bound, asked):
+    """Every bound from the default up: the worst case -- the DPD delay, one more
+    second (charon schedules DPD on whole seconds of its monotonic clock), then the
+    retransmissions -- stays within ``dead_gateway_after``."""
+    cfg = VpnConfig(gateways=GWS, identity="mn@lab", dpd_delay=asked, dead_gateway_after=bound)
+    delay = int(load_conn(cfg, "gw1")["trustroam"]["dpd_delay"].removesuffix("s"))
+    assert delay >= 1
+    assert delay + 1 + PACKAGED_RETRANSMISSIONS <= bound
+    assert liveness.detection_bound(bound, asked) <= bound
+    if asked == 0 or delay < asked:  # as large as the bound allows (fewest exchanges)
+        assert delay + 1 + 1 + PACKAGED_RETRANSMISSIONS > bound
 
 
 def test_dead_gateway_after_the_profiles_smaller_dpd_delay_is_kept():
     cfg = VpnConfig(gateways=GWS, identity="mn@lab", dpd_delay=1, dead_gateway_after=30)
     assert load_conn(cfg, "gw1")["trustroam"]["dpd_delay"] == "1s"
+
+
+def test_dead_gateway_after_dpd_delay_0_is_refused_naming_the_key():
+    """0 once meant DPD off: it is refused rather than changed in silence."""
+    table = {"gateways": ["gw1"], "identity": "mn@lab", "dpd_delay": 0}
+    with pytest.raises(ConfigError, match=r"vpn\.dpd_delay: 0 \(DPD off\) is not allowed"):
+        parse_table(table, "corp.toml", HOME_NET)
+    assert parse_table({**table, "dpd_delay": 3}, "corp.toml", HOME_NET).dpd_delay == 3
 
 
 def test_dead_gateway_after_too_small_for_charons_retransmissions_is_refused_naming_the_key():
@@ -122,6 +139,7 @@ def test_dead_gateway_bound_the_charon_the_packaging_and_the_lab_configure_retra
                 got[key.strip()] = value.strip()
         assert got == want, text
     assert math.isclose(liveness.retransmit_total(5, 4.0, 1.8), 165.06, abs_tol=0.01)
+    assert math.isclose(liveness.retransmit_total(), PACKAGED_RETRANSMISSIONS)
 
 
 @pytest.mark.parametrize(("peer", "addresses"), [
