@@ -316,8 +316,11 @@ class VpnSide:
             s.vpn_client.cancel()
         # The gateway in use went silent or away: the next one of the list at once
         # (a new IKE SA, a new TIA, a new registration), this one behind the others.
+        # One refused before use (its peer outside the gate's set) goes behind the
+        # others too, but on the retry back-off: every gateway refused must not
+        # become a loop of set-ups.
         gone = (was_up or bool(ev.gateway)) and ev.gateway_gone and bool(gateway)
-        failover = gone and self.order is not None and self.order.has_other(gateway)
+        failover = gone and was_up and self.order is not None and self.order.has_other(gateway)
         if gone and self.order is not None:
             self.order.dead(gateway, now)
         nxt = f"; trying {self.order.order(self.network(), now)[0]}" if (

@@ -380,15 +380,36 @@ def test_dead_gateway_after_survives_the_trays_profile_editor():
     assert "dead_gateway_after = 15" in to_toml(values)
 
 
-def test_rfc4555_3_6_a_gateway_refused_before_use_is_passed_over_at_once():
+def test_rfc4555_3_6_a_gateway_refused_before_use_is_passed_over_after_the_back_off():
     """An SA refused as it came up (its peer outside the gate's set) is that gateway's
-    failure: the next one is tried at once, the refused one last."""
+    failure: the next one is tried, the refused one last, on the retry back-off."""
     w = world()
     w.move("pub")
     w.run(0.05)
     t = w.now
     w.apply(w.m.handle(VpnLost("gateway gw1 set the IKE SA up to 198.51.100.9, ...", 5,
                                gateway_gone=True, gateway="gw1"), w.now))
+    assert starts(w, t) == [] and w.gate is None and w.m.mode is Mode.NONE
+    w.run(VPN_RETRY_MIN + 0.05)
     assert starts(w, t) == [("gw2", "gw1")]
-    assert w.gate is None and w.m.mode is Mode.NONE
     in_mc_via(w, TIA2, "gw2")
+
+
+def test_rfc4555_3_6_every_gateway_refused_is_retried_on_the_back_off_not_in_a_loop():
+    """Every SA refused as it comes up (say a DNS answer other than the gate's): each
+    StartVpn answered by a refusal at once.  Set-ups follow the doubling back-off
+    (2, 4, 8, 16 s: at most 5 in 30 s), not one per refusal at the same instant."""
+    w = world()
+    t = w.now
+    w.move("pub")
+    refused, end = 0, w.now + 30
+    while w.now < end and refused < 100:
+        if len(starts(w, t)) > refused:
+            gw = starts(w, t)[-1][0]
+            w.apply(w.m.handle(VpnLost(f"gateway {gw} set the IKE SA up to 198.51.100.9",
+                                       100 + refused, gateway_gone=True, gateway=gw), w.now))
+            refused += 1
+        else:
+            w.run(0.1)
+    assert refused <= 5, f"{refused} set-ups in 30 s"
+    assert w.gate is None and w.m.mode is Mode.NONE
