@@ -69,7 +69,7 @@ FIELDS = (
     Field("vpn.cert_file", "VPN certificate file (pubkey)", ""),
     Field("vpn.key_file", "VPN private key file (pubkey)", ""),
     Field("vpn.keep_alive_inside", "Keep-alives inside the VPN", "false", "bool"),
-    Field("vpn.dpd_delay", "VPN dead-peer detection (s, 0 = off)", "10", "int"),
+    Field("vpn.dpd_delay", "VPN dead-peer detection (s)", "10", "int"),
     Field("vpn.dead_gateway_after", "VPN gateway dead after (s, then the next)", "10", "int"),
     Field("vpn.intranet", "Intranet networks (optional, comma-separated)", "", "list"),
     Field("vpn.ike_proposals", "IKE proposals (optional, charon's default)", "", "list"),

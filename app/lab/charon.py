@@ -61,6 +61,7 @@ def strongswan_conf(d: Path, interfaces_use: str | None,
   retransmit_tries = {RETRANSMIT_TRIES}
   retransmit_timeout = {RETRANSMIT_TIMEOUT}
   retransmit_base = {RETRANSMIT_BASE}
+  make_before_break = yes
 {use}  plugins {{
     socket-default {{
       fwmark = {CHARON_MARK:#x}

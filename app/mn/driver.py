@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 
@@ -82,7 +82,9 @@ class MobileNodeDriver:
                  identify: Callable[[str, IPv4Interface, IPv4Address | None, str],
                                     Awaitable[str | None]] = network_identity,
                  gateways_remembered: Mapping[str, str] | None = None,
-                 remember_gateway: Callable[[str, str], None] | None = None) -> None:
+                 remember_gateway: Callable[[str, str], None] | None = None,
+                 gateway_addresses: Callable[[str], Collection[IPv4Address]] | None = None
+                 ) -> None:
         """``routes``, ``gate`` and ``charon`` (the VPN adapter, used when the profile
         has a ``[vpn]`` table) come started from their owner (the helper), who also
         closes them: the driver only uses them, and the owner routes charon's events
@@ -116,7 +118,8 @@ class MobileNodeDriver:
             profile.registration(key), Path.VPN, self._arrived_by,
             replay=self.client.replay, wall=to_wall) if self.charon is not None else None
         # Which gateway first, per network, and the failover (app.mn.gateway_order).
-        order = GatewayOrder(profile.vpn.gateways, gateways_remembered) if (
+        order = GatewayOrder(profile.vpn.gateways, gateways_remembered,
+                             dead_after=profile.vpn.dead_gateway_after) if (
             profile.vpn is not None) else None
         self.machine = am.AccessModeMachine(
             profile.home_network, self.client, use_foreign_agents=profile.foreign_agents,
@@ -152,6 +155,7 @@ class MobileNodeDriver:
             events=lambda ev: self._queue.put_nowait(inputs.VpnInput(ev)),
             history=self.board.history,
             allowed_peers=self.gate.policy.gateways if self.gate is not None else None,
+            addresses_of=gateway_addresses,
         ) if self.charon is not None and profile.vpn else None
         self.vpn = VpnExecutor(link, routes, self.sockets, self.board, remember_gateway)
         self._binding_view = status_view.BindingView()

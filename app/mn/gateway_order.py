@@ -30,12 +30,16 @@ def network_key(address: IPv4Interface, router: IPv4Address | None) -> str:
 
 class GatewayOrder:
     def __init__(self, gateways: tuple[str, ...],
-                 remembered: Mapping[str, str] | None = None) -> None:
+                 remembered: Mapping[str, str] | None = None, *,
+                 dead_after: float | None = None) -> None:
         """``gateways``: the profile's, in its order; ``remembered``: network key ->
-        the gateway that worked there last (others than the profile's are ignored)."""
+        the gateway that worked there last (others than the profile's are ignored);
+        ``dead_after``: the profile's ``dead_gateway_after`` (None: no bound of the
+        machine's own, e.g. on MOBIKE after a move)."""
         if not gateways:
             raise ValueError("a VPN needs at least one gateway")
         self.gateways = gateways
+        self.dead_after = dead_after
         self.remembered = {n: g for n, g in (remembered or {}).items() if g in gateways}
         self._dead: dict[str, float] = {}
         """Gateway -> when it died in use (the newest last)."""

@@ -79,6 +79,9 @@ class VpnState:
     ha_silent: bool = False
     """A registration through this SA went unanswered since its last reply: with the
     VPN up, the home agent is what is missing (the status says so)."""
+    move_by: float | None = None
+    """An SA kept from the last link: its gateway counts as dead if MOBIKE has not
+    moved it by then (charon's path probing alone takes about 27 s)."""
 
     @property
     def up(self) -> bool:
@@ -135,7 +138,7 @@ class VpnSide:
 
     def timers(self) -> list[float | None]:
         t = self.s.vpn_client
-        return [self.vpn.retry_at, self.vpn.register_at,
+        return [self.vpn.retry_at, self.vpn.register_at, self.vpn.move_by,
                 t.get_timer() if t is not None else None]
 
     def handle_timer(self, now: float) -> None:
@@ -149,6 +152,9 @@ class VpnSide:
         if v.register_at is not None and now >= v.register_at:
             v.register_at = None
             self.register(now)
+        if v.move_by is not None and now >= v.move_by:
+            v.move_by = None
+            self._not_moved(now)
 
     def sends(self, iface: str) -> bool:
         """The requests through the VPN into the step; True if the client had any."""
@@ -171,10 +177,15 @@ class VpnSide:
         """RFC 5266 3.4.2 step 1: the IKE side at the same moment as the direct probe.
         An SA kept from the last link is registered through once MOBIKE moved it (or
         after MOBIKE_WAIT); mc, held open across the move, waits for MOBIKE alone."""
-        if self.vpn.up and not in_mc and self.wanted:
-            self.vpn.register_at = now + MOBIKE_WAIT  # or as soon as MOBIKE moved it
+        v = self.vpn
+        if v.up and not in_mc and self.wanted:
+            v.register_at = now + MOBIKE_WAIT  # or as soon as MOBIKE moved it
         else:
             self.start(now)
+        # The dead-gateway bound holds after a move too: DPD does not run while charon
+        # probes the new paths (RFC 4555 routability checks, about 27 s in 5.9.8).
+        dead_after = self.order.dead_after if self.order is not None else None
+        v.move_by = now + dead_after if v.up and self.wanted and dead_after else None
 
     def start(self, now: float | None = None) -> None:
         s, v = self.s, self.vpn
@@ -194,7 +205,7 @@ class VpnSide:
         v = self.vpn
         if self.s.vpn_client is not None:
             self.s.vpn_client.cancel()
-        v.register_at = v.retry_at = None
+        v.register_at = v.retry_at = v.move_by = None
         if v.starting or v.up:
             self._drop_tia()
             self.s.actions.append(StopVpn(reason))
@@ -204,6 +215,19 @@ class VpnSide:
         self.s.actions.append(DropTia(v.tia))
         v.starting, v.tia, v.gateway, v.ike_id = False, None, "", None
         v.ha_silent = False
+        v.move_by = None
+
+    def _not_moved(self, now: float) -> None:
+        """MOBIKE did not move the SA to the new link within the bound: its gateway
+        cannot be reached from here; torn down (charon would probe on) and left as
+        for a DPD death."""
+        v = self.vpn
+        if not v.up or self.s.link is None:
+            return
+        reason = (f"gateway {v.gateway} not reached from the new link within "
+                  f"{self.order.dead_after if self.order is not None else 0:g} s (MOBIKE)")
+        self.s.actions.append(StopVpn(reason))
+        self.on_lost(VpnLost(reason, v.ike_id, gateway_gone=True), now)
 
     def _retry_later(self, now: float) -> None:
         v = self.vpn
@@ -293,6 +317,7 @@ class VpnSide:
             self.register(now, again=new_tia)
 
     def on_moved(self, now: float) -> None:
+        self.vpn.move_by = None
         if self.vpn.up and self.vpn.register_at is not None:
             self.register(now)  # RFC 5266 3.3: the SA kept, now moved
 
@@ -316,8 +341,11 @@ class VpnSide:
             s.vpn_client.cancel()
         # The gateway in use went silent or away: the next one of the list at once
         # (a new IKE SA, a new TIA, a new registration), this one behind the others.
+        # One refused before use (its peer outside the gate's set) goes behind the
+        # others too, but on the retry back-off: every gateway refused must not
+        # become a loop of set-ups.
         gone = (was_up or bool(ev.gateway)) and ev.gateway_gone and bool(gateway)
-        failover = gone and self.order is not None and self.order.has_other(gateway)
+        failover = gone and was_up and self.order is not None and self.order.has_other(gateway)
         if gone and self.order is not None:
             self.order.dead(gateway, now)
         nxt = f"; trying {self.order.order(self.network(), now)[0]}" if (

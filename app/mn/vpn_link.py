@@ -23,8 +23,8 @@ from app.mn import access_mode as am
 from app.mn.mode_events import VpnNat
 from app.vpn.charon import Charon, VpnConfigError, VpnError, VpnUnreachableError
 from app.vpn.events import (
-    CHILD_CLOSED,
     ChildRekeyed,
+    DownKind,
     IkeRekeyed,
     MobikeUpdate,
     VpnDown,
@@ -33,7 +33,7 @@ from app.vpn.events import (
     VpnUnreachable,
     VpnUp,
 )
-from app.vpn.peers import peer_refusal
+from app.vpn.peers import gateway_of, peer_refusal
 from app.vpn.profile import VpnConfig
 
 log = logging.getLogger("trustroam.mn")
@@ -56,11 +56,15 @@ class VpnLink:
 
     def __init__(self, charon: Charon, cfg: VpnConfig, secrets: Mapping[str, str], *,
                  events: Callable[[VpnEvent | VpnNat], None], history: History,
-                 allowed_peers: Collection[IPv4Address] | None = None) -> None:
+                 allowed_peers: Collection[IPv4Address] | None = None,
+                 addresses_of: Callable[[str], Collection[IPv4Address]] | None = None
+                 ) -> None:
         """``allowed_peers``: the gate's gateway addresses (None: no gate); an SA with
-        another peer is refused (``app.vpn.peers``)."""
+        another peer is refused (``app.vpn.peers``).  ``addresses_of``: a gateway
+        name's last resolved addresses (an SA is named from its peer)."""
         self.charon = charon
         self.allowed_peers = allowed_peers
+        self._addresses_of = addresses_of
         self._order: tuple[str, ...] = ()
         self._cfg = cfg
         self._secrets = secrets  # as given, not copied: its repr hides the values
@@ -127,9 +131,13 @@ class VpnLink:
                 # Mode mc needs one: say so, and let the machine retry later.
                 self._history("vpn-error", {"text": NO_TIA})
                 return [am.VpnLost(NO_TIA)]
-            # The gateway being tried: after a failover charon's event comes before
+            # Named from the SA's own peer: a late SA (a reauthentication to the first
+            # gateway, an initiate given up) is not the loaded one's.  Failing that,
+            # the gateway being tried: after a failover charon's event comes before
             # initiate's answer, when ``gateway`` still names the dead one.
-            gw = self.charon.loaded_gateway or self.charon.gateway or str(ev.gateway.host)
+            gw = gateway_of(ev.gateway.host, self._cfg.gateways,
+                            self.charon.loaded_gateway or self.charon.gateway
+                            or str(ev.gateway.host), self._addresses_of)
             refused = peer_refusal(ev.gateway.host, self.allowed_peers,
                                    f"gateway {gw} set the IKE SA up")
             if refused is not None:
@@ -162,8 +170,10 @@ class VpnLink:
             return []
         if isinstance(ev, VpnDown):
             self._history("vpn-down", {"reason": ev.reason})
-            # The IKE SA itself went (not torn down by us): its gateway is gone.
-            gone = ev.ike_id is not None and ev.reason not in (CHILD_CLOSED, "terminated")
+            # The IKE SA itself died (DPD, retransmissions, the gateway's delete): its
+            # gateway is gone.  Not a CHILD SA alone, our own teardown, nor charon
+            # itself gone (that says nothing of the gateway, and must not reorder it).
+            gone = ev.ike_id is not None and ev.kind is DownKind.IKE_GONE
             return [am.VpnLost(ev.reason, ev.ike_id, gateway_gone=gone)]
         if isinstance(ev, VpnUnreachable):
             self._history("vpn-unreachable", {"text": ev.message})

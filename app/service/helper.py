@@ -263,7 +263,8 @@ class Helper:
                                            gateways_remembered=self.gateway_memory.get(
                                                prof.name),
                                            remember_gateway=functools.partial(
-                                               self.gateway_memory.put, prof.name))
+                                               self.gateway_memory.put, prof.name),
+                                           gateway_addresses=self.gateway_cache.get)
             stack.push_async_callback(self.driver.stop)
             await routes.start()
             if charon is not None and gate is not None:

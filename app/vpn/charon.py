@@ -41,8 +41,8 @@ from app.errors import UserFacingError
 from app.errors import reason as _reason
 from app.vpn import credentials, event_stream, vici_messages
 from app.vpn.events import (
-    CHILD_CLOSED,
     EVENT_NAMES,
+    DownKind,
     SaInfo,
     VpnDown,
     VpnEvent,
@@ -535,10 +535,10 @@ class Charon:
             elif isinstance(ev, VpnDown):
                 if self._up_ike == ev.ike_id:
                     self._up_ike = None
-                if ev.reason == CHILD_CLOSED:
+                if ev.kind is DownKind.CHILD:
                     self._child_closed_in = ev.ike_id
                 if self._terminating:
-                    out = replace(ev, reason="terminated")
+                    out = replace(ev, reason="terminated", kind=DownKind.TERMINATED)
             self._emit(out)
 
     def _mark_unreachable(self, reason: str) -> None:
@@ -547,7 +547,7 @@ class Charon:
         self._reachable = False
         log.warning("%s (%s)", self.unreachable_message, reason)
         if self._up_ike is not None:
-            self._emit(VpnDown("VPN service stopped", self._up_ike))
+            self._emit(VpnDown("VPN service stopped", self._up_ike, DownKind.SERVICE))
             self._up_ike = None
         self._emit(VpnUnreachable(self.unreachable_message))
 

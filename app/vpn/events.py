@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -49,10 +50,28 @@ class VpnUp:
     ike_id: int
 
 
+class DownKind(Enum):
+    """What went down, as charon's event says it (not its reason's text)."""
+
+    IKE_GONE = "ike-gone"
+    """The IKE SA died on its own: DPD or a request's retransmissions gave up, or the
+    gateway deleted it.  The one kind that says the gateway is gone."""
+    CHILD = "child"
+    """One CHILD SA of ours closed; its IKE SA stays."""
+    TERMINATED = "terminated"
+    """We tore it down."""
+    SERVICE = "service"
+    """charon stopped answering (restarted, stopped, a VICI call too slow): nothing
+    is known of the gateway."""
+    FAILED = "failed"
+    """No SA came up (an initiate failed, no inner address)."""
+
+
 @dataclass(frozen=True)
 class VpnDown:
     reason: str
     ike_id: int | None = None
+    kind: DownKind = DownKind.FAILED
 
 
 @dataclass(frozen=True)
@@ -163,7 +182,8 @@ def translate(name: str | bytes, event: Mapping[str, Any], conn: str = CONNECTIO
         if ike_id is None:
             continue
         if kind == "ike-updown" and not up:
-            out.append(VpnDown(f"IKE SA closed ({_text(ike.get('state')) or 'gone'})", ike_id))
+            out.append(VpnDown(f"IKE SA closed ({_text(ike.get('state')) or 'gone'})", ike_id,
+                               DownKind.IKE_GONE))
         elif kind == "child-updown":
             children = ike.get("child-sas")
             ours = [c for c in (children.values() if isinstance(children, Mapping) else ())
@@ -178,7 +198,7 @@ def translate(name: str | bytes, event: Mapping[str, Any], conn: str = CONNECTIO
             elif _text(ike.get("state")) == "ESTABLISHED":
                 # The IKE SA stays: only the tunnel went.  When the IKE SA is going
                 # too (terminate, DPD), its own ike-updown reports it once.
-                out.append(VpnDown(CHILD_CLOSED, ike_id))
+                out.append(VpnDown(CHILD_CLOSED, ike_id, DownKind.CHILD))
         elif kind == "ike-update":
             local, remote = _endpoint(event, "local"), _endpoint(event, "remote")
             if local is not None and remote is not None:

@@ -14,9 +14,12 @@ GLOBAL ``charon.retransmit_*`` settings of strongswan.conf, and VICI's
 * ``dpd_delay``, set per connection by the helper: charon sends a DPD once nothing
   came from the gateway for that long.
 
-A gateway that dies is declared dead at most ``dpd_delay + retransmit_total()``
-after the last packet it sent, which :func:`dpd_delay_for` keeps within the
-profile's ``dead_gateway_after``.
+charon schedules DPD on whole seconds (``time_monotonic()``; ``send_dpd`` reschedules
+at ``delay - diff``), so a DPD may leave up to ``dpd_delay + 1`` s after the last
+packet.  A gateway that dies is declared dead at most ``dpd_delay + 1 +
+retransmit_total()`` after the last packet it sent, which :func:`dpd_delay_for`
+keeps within the profile's ``dead_gateway_after`` -- with the packaged
+retransmissions only (a charon on its defaults gives up after 165 s).
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ def retransmit_total(tries: int = RETRANSMIT_TRIES, timeout: float = RETRANSMIT_
     return sum(timeout * base ** n for n in range(tries + 1))
 
 
-MIN_DEAD_AFTER = math.floor(retransmit_total()) + 2
+DPD_GRANULARITY = 1.0
+"""charon's DPD clock ticks in whole seconds: a DPD may leave this much late."""
+
+MIN_DEAD_AFTER = math.ceil(retransmit_total() + DPD_GRANULARITY + 1)
 """The smallest ``dead_gateway_after`` (seconds) that leaves a DPD delay of 1 s."""
 
 
@@ -44,7 +50,7 @@ def dpd_delay_for(dead_after: int, dpd_delay: int = 0) -> int:
     """The connection's DPD delay (whole seconds, charon's unit) so that a dead gateway
     is found within ``dead_after`` seconds: the profile's ``dpd_delay`` if smaller
     (0: none asked, the bound decides)."""
-    room = math.floor(dead_after - retransmit_total())
+    room = math.floor(dead_after - DPD_GRANULARITY - retransmit_total())
     if room < 1:
         raise ValueError(f"{dead_after} s leaves no room for a DPD delay after charon's "
                          f"{retransmit_total():.1f} s of retransmissions")
@@ -53,4 +59,4 @@ def dpd_delay_for(dead_after: int, dpd_delay: int = 0) -> int:
 
 def detection_bound(dead_after: int, dpd_delay: int = 0) -> float:
     """The worst time from a gateway's last packet to charon declaring it dead."""
-    return dpd_delay_for(dead_after, dpd_delay) + retransmit_total()
+    return dpd_delay_for(dead_after, dpd_delay) + DPD_GRANULARITY + retransmit_total()

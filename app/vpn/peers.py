@@ -14,7 +14,8 @@ profile's ``gateways`` puts it inside the model.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import ipaddress
+from collections.abc import Callable, Collection, Sequence
 from ipaddress import IPv4Address, IPv6Address
 
 
@@ -29,3 +30,23 @@ def peer_refusal(peer: IPv4Address | IPv6Address, allowed: Collection[IPv4Addres
     return (f"{why} to {peer}, which is not one of the profile's gateway addresses "
             f"({listed}): the gate would drop its packets; list it in vpn.gateways to "
             "allow it")
+
+
+def gateway_of(peer: IPv4Address | IPv6Address, gateways: Sequence[str], fallback: str,
+               addresses_of: Callable[[str], Collection[IPv4Address]] | None = None) -> str:
+    """The profile's gateway an SA with ``peer`` belongs to: the one that names that
+    address, or resolved to it (``addresses_of``: a name's last addresses), else
+    ``fallback`` (the gateway charon was given).  An SA that comes up late (charon
+    reauthenticating to the first gateway, an initiate given up) must not be
+    credited to the gateway loaded since."""
+    for g in gateways:
+        try:
+            if ipaddress.ip_address(g) == peer:
+                return g
+        except ValueError:
+            continue
+    if addresses_of is not None:
+        for g in gateways:
+            if peer in addresses_of(g):
+                return g
+    return fallback

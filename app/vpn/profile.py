@@ -14,7 +14,7 @@ files it names are read by ``app.vpn.credentials``.
     cert_file = "/etc/trustroam/alice.pem"          # pubkey only
     key_file = "/etc/trustroam/alice.key"           # pubkey only (may be encrypted)
     keep_alive_inside = false                       # RFC 5266 3.4.2's MAY
-    dpd_delay = 10                                  # seconds; 0 = off
+    dpd_delay = 10                                  # seconds (>= 1; DPD cannot be off)
     dead_gateway_after = 10                         # seconds: a silent gateway is left
     intranet = ["10.0.0.0/8"]                       # optional: default, the home network
     ike_proposals = ["aes128-sha256-x25519"]        # optional: default, charon's
@@ -177,7 +177,7 @@ def parse(section: Section, home_network: IPv4Network) -> VpnConfig:
         remote_identity=remote_identity, ca_file=ca_file, cert_file=cert_file,
         key_file=key_file,
         keep_alive_inside=section.bool_("keep_alive_inside", False),
-        dpd_delay=section.int_("dpd_delay", 10, lo=0, hi=3600),
+        dpd_delay=_dpd_delay(section),
         dead_gateway_after=_dead_after(section),
         intranet=intranet,
         ike_proposals=tuple(_proposals(section, "ike_proposals")),
@@ -219,6 +219,18 @@ def dump(cfg: VpnConfig, home_network: IPv4Network) -> list[str]:
     if cfg.esp_proposals:
         lines.append(f"esp_proposals = {strings(cfg.esp_proposals)}")
     return lines
+
+
+def _dpd_delay(section: Section) -> int:
+    """``dpd_delay``: 0 once meant DPD off; a dead gateway would then never be left
+    (the failover needs DPD), so it is refused rather than changed in silence."""
+    value = section.int_("dpd_delay", 10, lo=0, hi=3600)
+    if value == 0:
+        raise section.error("dpd_delay", "0 (DPD off) is not allowed: a dead gateway "
+                            "would never be found within dead_gateway_after; leave "
+                            "dpd_delay out (dead_gateway_after then decides) or give "
+                            "seconds")
+    return value
 
 
 def _dead_after(section: Section) -> int:

@@ -27,10 +27,12 @@ from app.lab.configs import write_helper_files
 from app.lab.world import Lab
 from app.mn.gateway_order import network_key
 from app.service.gateway_memory import FILE
+from app.vpn import liveness
 from app.vpn.charon import ALL_DOWN
+from app.vpn.profile import VpnConfig
 from tests.dbus_client import call, properties, run_as
 from tests.lab.conftest import a_lab
-from tests.lab.leaks import lab_policy, leaks, read_frames
+from tests.lab.leaks import IKE_PORTS, PROTO_UDP, Frame, lab_policy, leaks, read_frames
 from tests.lab.procs import (
     GW1,
     Proc,
@@ -81,6 +83,41 @@ def wait_error(world: dict[str, object], prefix: str, timeout: float) -> str:
     raise AssertionError(f"no Error starting {prefix!r}: {props(world)}")
 
 
+def assert_dead_within_the_bound(frames: list[Frame], t_kill: float, t_down: float) -> None:
+    """The dead-gateway bound from the capture's kernel timestamps, not the test's or
+    the helper's clock (either may be seconds late on a loaded 2-core machine):
+
+    * after gw1's last packet (IKE or ESP, before its charon died), the MN sent
+      exactly one liveness check and the packaged retransmissions of it -- a count,
+      which load cannot change (strongSwan's defaults would send 5 over 165 s);
+    * the check left within the derived DPD delay plus charon's whole-second DPD
+      clock (the bound's own definition, ``app.vpn.liveness``), + 0.5 s for charon's
+      timer job being scheduled late;
+    so charon gave up within that plus the packaged retransmissions, which is
+    ``dead_gateway_after`` (+ the same 0.5 s).  The helper's ``vpn-down`` only
+    orders the packets (the last retransmission before it)."""
+    def at(f: Frame) -> float:
+        return float(f["frame.time_epoch"])
+
+    # UDP only: gw1's host answers ICMP port unreachable once its charon is gone (the
+    # quoted UDP header would look like IKE).
+    udp = [f for f in frames if f["ip.proto"] == PROTO_UDP]
+    from_gw1 = [at(f) for f in udp if f["ip.src"] == GW1 and f["udp.srcport"] in IKE_PORTS
+                and at(f) < t_down]
+    assert from_gw1, "nothing from gw1 captured"
+    last = max(from_gw1)
+    checks = [at(f) for f in udp if f["ip.dst"] == GW1 and f["udp.dstport"] in IKE_PORTS
+              and f["_ws.col.Protocol"] == "ISAKMP"  # not ESP-in-UDP, not NAT keep-alives
+              and last < at(f) < t_down + 1.0]
+    assert len(checks) == 1 + liveness.RETRANSMIT_TRIES, (last, checks)
+    dead_after = VpnConfig(gateways=(GW1,), identity="x").dead_gateway_after
+    dpd = liveness.dpd_delay_for(dead_after, VpnConfig(gateways=(GW1,), identity="x").dpd_delay)
+    first_check = checks[0] - last
+    assert first_check <= dpd + liveness.DPD_GRANULARITY + 0.5, first_check
+    assert first_check + liveness.retransmit_total() <= dead_after + 0.5
+    assert last <= t_kill + 1.0, "gw1 answered after its charon was killed"
+
+
 def test_failover_gw1_dead_in_mc_moves_to_gw2_with_tcp_alive_then_all_dead_shuts(
         lab: Lab, world: dict[str, object]) -> None:
     d = Path(str(world["dir"]))
@@ -97,6 +134,11 @@ def test_failover_gw1_dead_in_mc_moves_to_gw2_with_tcp_alive_then_all_dead_shuts
             lab.kill_charon("tr-gw1")
             # The gate shuts on the loss, then mc again via gw2: a new IKE SA and TIA.
             wait_history(world, t_kill, "mode", {"mode": "none"}, timeout=30)
+            t_down = min(tm for tm, k, _ in history(world, 200)
+                         if tm >= t_kill and k == "vpn-down")
+            # At once: the next gateway is the very next start (no back-off between).
+            after = [(k, dd) for tm, k, dd in history(world, 200)
+                     if tm >= t_down and k in ("vpn-down", "vpn-starting")]
             up = wait_history(world, t_kill, "vpn-up", {"gateway": GW2}, timeout=30)
             wait_history(world, t_kill, "mode", {"mode": "mc"}, timeout=30)
             print(f"failover gw1 -> gw2: mc again {time.time() - t_kill:.1f} s after the kill")
@@ -106,6 +148,8 @@ def test_failover_gw1_dead_in_mc_moves_to_gw2_with_tcp_alive_then_all_dead_shuts
             starting = [dd for tm, k, dd in history(world, 200)
                         if tm >= t_kill and k == "vpn-starting"]
             assert starting and starting[0].get("gateways") == f"{GW2},{GW1}", starting
+            firsts = [dd for k, dd in after if k == "vpn-starting"]
+            assert firsts and firsts[0].get("gateways") == f"{GW2},{GW1}", after
             pings.wait_reply(after=time.time(), timeout=20)
             carries_data_again(client)  # the same TCP session, through gw2
         # gw2 is what works on pub: kept in the state directory.
@@ -133,3 +177,4 @@ def test_failover_gw1_dead_in_mc_moves_to_gw2_with_tcp_alive_then_all_dead_shuts
     assert not bad, "\n".join(str(o) for o in bad[:10])
     frames = read_frames(pcap)
     assert [f for f in frames if f["esp.spi"]], "no ESP seen: judged nothing"
+    assert_dead_within_the_bound(frames, t_kill, t_down)

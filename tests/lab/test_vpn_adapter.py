@@ -21,6 +21,7 @@ from app.lab.world import CHARON_DIR, Lab
 from app.vpn.charon import Charon, VpnUnreachableError
 from app.vpn.events import (
     ChildRekeyed,
+    DownKind,
     MobikeUpdate,
     VpnDown,
     VpnEvent,
@@ -139,7 +140,7 @@ async def test_vpn_adapter_on_real_charon(lab: Lab, ticker: Ticker) -> None:
         # terminate: VpnDown, no tunnel left.
         await a.terminate()
         down = await events.next(VpnDown)
-        assert down == VpnDown("terminated", up.ike_id)
+        assert down == VpnDown("terminated", up.ike_id, DownKind.TERMINATED)
         assert await a.tia() is None
 
         # Up again, then charon dies under the adapter.
@@ -152,7 +153,7 @@ async def test_vpn_adapter_on_real_charon(lab: Lab, ticker: Ticker) -> None:
         lost = await events.next(VpnDown, timeout=5.0)
         gone = await events.next(VpnUnreachable, timeout=5.0)
         reported = time.monotonic() - killed
-        assert lost == VpnDown("VPN service stopped", up2.ike_id)
+        assert lost == VpnDown("VPN service stopped", up2.ike_id, DownKind.SERVICE)
         assert gone == VpnUnreachable(f"VPN service not reachable at {SOCKET}")
         assert not a.reachable
         with pytest.raises(VpnUnreachableError, match=f"not reachable at {SOCKET}"):

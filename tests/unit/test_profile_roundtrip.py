@@ -69,7 +69,7 @@ def vpn_configs(draw: st.DrawFn) -> VpnConfig:
         identity=draw(IDENTITY), auth=auth, remote_identity=draw(st.none() | IDENTITY),
         ca_file=draw(maybe_path),
         cert_file=draw(PATH) if pubkey else None, key_file=draw(PATH) if pubkey else None,
-        keep_alive_inside=draw(st.booleans()), dpd_delay=draw(st.integers(0, 3600)),
+        keep_alive_inside=draw(st.booleans()), dpd_delay=draw(st.integers(1, 3600)),
         # parse() fills an absent intranet with the home network: never empty.
         intranet=tuple(draw(st.just([HOME_NET]) | st.lists(NETWORK, min_size=1, max_size=3))),
         ike_proposals=tuple(draw(st.lists(IKE_PROPOSAL, max_size=2))),

@@ -26,7 +26,7 @@ from app.vpn.vici_messages import (
 def lab_cfg(**kw: object) -> VpnConfig:
     base: dict[str, object] = {"gateways": ("172.16.0.11", "172.16.0.12"),
                                "identity": "mn@lab", "intranet": (IPv4Network("10.0.0.0/8"),),
-                               "dpd_delay": 2}
+                               "dpd_delay": 2, "dead_gateway_after": 11}
     base.update(kw)
     return VpnConfig(**base)  # type: ignore[arg-type]
 

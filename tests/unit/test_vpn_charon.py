@@ -18,6 +18,7 @@ import pytest
 from app.vpn.charon import Charon, VpnCommandError, VpnConfigError, VpnUnreachableError
 from app.vpn.events import (
     CHILD_CLOSED,
+    DownKind,
     VpnDown,
     VpnEvent,
     VpnServiceUp,
@@ -138,6 +139,9 @@ async def test_load_events_and_reconnect_with_reload(tmp_path, ticker):
         assert up.tia is not None and str(up.tia) == "10.99.1.1"  # type: ignore[attr-defined]
 
         fake.close()  # charon killed: the listener sees the connection drop
+        # The SA in use is reported down as a service loss (nothing of its gateway).
+        assert await events.next(VpnDown) == VpnDown("VPN service stopped", 1,
+                                                     DownKind.SERVICE)
         await events.next(VpnUnreachable)
         assert not a.reachable
         sock.unlink()
@@ -377,7 +381,7 @@ async def test_after_a_child_sa_closed_the_one_charon_still_lists_is_rekeyed(tmp
         fake.push("child-updown", ev.CHILD_UP[1])
         await events.next(VpnUp)
         fake.push("child-updown", _child_closed(2))
-        assert await events.next(VpnDown) == VpnDown(CHILD_CLOSED, 1)
+        assert await events.next(VpnDown) == VpnDown(CHILD_CLOSED, 1, DownKind.CHILD)
         sa = await a.initiate()
         assert sa.ike_id == 1 and sa.up
         rekeys = [m for c, m in fake.commands if c == "rekey"]

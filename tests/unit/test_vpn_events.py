@@ -7,6 +7,7 @@ from ipaddress import IPv4Address
 
 from app.vpn.events import (
     ChildRekeyed,
+    DownKind,
     Endpoint,
     IkeRekeyed,
     MobikeUpdate,
@@ -60,20 +61,22 @@ def test_down_events_have_no_up_key_and_give_one_vpn_down():
     """'up' is absent (not "no") in down events; terminate sends ike-updown then
     child-updown with the IKE SA DELETING: one VpnDown, not two."""
     assert "up" not in ev.IKE_DOWN[1] and "up" not in ev.CHILD_DOWN[1]
-    assert translate(*ev.IKE_DOWN) == [VpnDown("IKE SA closed (DELETING)", 1)]
+    assert translate(*ev.IKE_DOWN) == [VpnDown("IKE SA closed (DELETING)", 1,
+                                               DownKind.IKE_GONE)]
     assert translate(*ev.CHILD_DOWN) == []
 
 
 def test_child_closed_while_ike_stays_is_vpn_down():
     name, msg = copy.deepcopy(ev.CHILD_DOWN)
     msg["trustroam"]["state"] = b"ESTABLISHED"
-    assert translate(name, msg) == [VpnDown("CHILD SA closed, IKE SA remains", 1)]
+    assert translate(name, msg) == [VpnDown("CHILD SA closed, IKE SA remains", 1,
+                                            DownKind.CHILD)]
 
 
 def test_up_no_would_be_down_too():
     name, msg = copy.deepcopy(ev.IKE_DOWN)
     msg["up"] = b"no"
-    assert translate(name, msg) == [VpnDown("IKE SA closed (DELETING)", 1)]
+    assert translate(name, msg) == [VpnDown("IKE SA closed (DELETING)", 1, DownKind.IKE_GONE)]
 
 
 def test_other_connections_are_ignored():

@@ -26,7 +26,7 @@ from app.mn.vpn_executor import ECHO_INTERVAL, VpnExecutor
 from app.mn.vpn_link import VpnLink
 from app.net.mn_routes import LinkInfo
 from app.vpn.charon import Charon
-from app.vpn.events import Endpoint, MobikeUpdate, VpnDown
+from app.vpn.events import DownKind, Endpoint, MobikeUpdate, VpnDown
 from app.vpn.profile import VpnConfig
 from tests.fake_vici import FakeVici
 from tests.requirements import require_root
@@ -157,7 +157,8 @@ async def test_a_mobike_move_probes_again_from_the_new_path(tmp_path, side: Side
         assert side.vpn.events(move, MONO + 5) == [am.VpnMoved(A("127.0.0.1"))]
         assert side.vpn.get_timer() == MONO + 5 + ECHO_INTERVAL
         await asyncio.wait_for(side.echoes.get(), 5)  # the probe from the new path
-        assert side.vpn.events(VpnDown("DPD", 1), MONO) == [am.VpnLost("DPD", 1, gateway_gone=True)]
+        assert side.vpn.events(VpnDown("DPD", 1, DownKind.IKE_GONE), MONO) == [
+            am.VpnLost("DPD", 1, gateway_gone=True)]
         # A NAT read again goes to the machine as it is: it knows the SA in use.
         assert side.vpn.events(VpnNat(7, True), MONO) == [VpnNat(7, True)]
     finally:

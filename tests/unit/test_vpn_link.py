@@ -20,6 +20,7 @@ from app.mn.vpn_link import NO_TIA, VpnLink
 from app.vpn.charon import Charon, VpnError, VpnUnreachableError
 from app.vpn.events import (
     ChildRekeyed,
+    DownKind,
     Endpoint,
     IkeRekeyed,
     MobikeUpdate,
@@ -127,7 +128,12 @@ async def test_after_a_child_rekey_the_nat_is_read_again_into_the_sink(tmp_path)
 
 
 @pytest.mark.parametrize(("charon_event", "machine_events", "kind"), [
-    (VpnDown("DPD", 3), [am.VpnLost("DPD", 3, gateway_gone=True)], "vpn-down"),
+    (VpnDown("DPD", 3, DownKind.IKE_GONE), [am.VpnLost("DPD", 3, gateway_gone=True)],
+     "vpn-down"),
+    (VpnDown("VPN service stopped", 3, DownKind.SERVICE),
+     [am.VpnLost("VPN service stopped", 3)], "vpn-down"),
+    (VpnDown("terminated", 3, DownKind.TERMINATED), [am.VpnLost("terminated", 3)],
+     "vpn-down"),
     (IkeRekeyed(3, 4), [am.VpnRekeyed(3, 4)], "ike-rekey"),
     (VpnUnreachable("no charon at /x"), [am.VpnServiceLost("no charon at /x")],
      "vpn-unreachable"),

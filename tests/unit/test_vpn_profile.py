@@ -39,12 +39,12 @@ ca_file = "/etc/trustroam/ca.pem"
 cert_file = "/etc/trustroam/alice.pem"
 key_file = "/etc/trustroam/alice.key"
 keep_alive_inside = true
-dpd_delay = 0
+dpd_delay = 3
 intranet = ["10.0.0.0/8", "172.20.0.0/16"]
 ike_proposals = ["aes128-sha256-x25519"]
 esp_proposals = ["aes128gcm16-x25519"]
 """)
-    assert cfg.auth is AuthMethod.PUBKEY and cfg.keep_alive_inside and cfg.dpd_delay == 0
+    assert cfg.auth is AuthMethod.PUBKEY and cfg.keep_alive_inside and cfg.dpd_delay == 3
     assert cfg.remote_id("172.16.0.11") == "vpn.corp.example"
     assert cfg.key_file == Path("/etc/trustroam/alice.key")
     assert cfg.intranet == (IPv4Network("10.0.0.0/8"), IPv4Network("172.20.0.0/16"))
