@@ -13,6 +13,8 @@ and appends its actions to the shared step.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -54,6 +56,12 @@ VPN_RETRY_MAX = 30.0
 """Seconds before bringing a failed VPN up again, doubling between the two."""
 DEFAULT_KEEPALIVE = 110
 """RFC 3519 4.9's K when the home agent's reply names none."""
+HA_RETRY_MIN = 2.0
+HA_RETRY_MAX = 60.0
+"""Seconds between registration attempts through the VPN that the home agent left
+unanswered (each attempt is RFC 5944 3.6.3's doubling retransmissions), doubling
+between the two, from half to the whole of it at random: a home agent back after
+a long outage is not hit by every node at once."""
 MOBIKE_WAIT = 1.0
 """With an IKE SA kept from an earlier link, how long to wait for MOBIKE to move
 it before registering through it anyway."""
@@ -79,6 +87,9 @@ class VpnState:
     ha_silent: bool = False
     """A registration through this SA went unanswered since its last reply: with the
     VPN up, the home agent is what is missing (the status says so)."""
+    ha_retry_at: float | None = None
+    """The next attempt after one the home agent left unanswered."""
+    ha_retry_delay: float = HA_RETRY_MIN
 
     @property
     def up(self) -> bool:
@@ -88,9 +99,12 @@ class VpnState:
 class VpnSide:
     """The VPN half of the machine (see the module docstring)."""
 
-    def __init__(self, s: ModeState, order: GatewayOrder | None = None) -> None:
-        """``order``: which gateway to try first (None: the profile's order, charon's)."""
+    def __init__(self, s: ModeState, order: GatewayOrder | None = None,
+                 jitter: Callable[[], float] | None = None) -> None:
+        """``order``: which gateway to try first (None: the profile's order, charon's).
+        ``jitter``: a number in [0, 1) for each retry's spread (tests fix it)."""
         self.s = s
+        self._jitter = jitter if jitter is not None else random.SystemRandom().random
         self.vpn = VpnState()
         self.order = order
         self._now = 0.0
@@ -135,7 +149,7 @@ class VpnSide:
 
     def timers(self) -> list[float | None]:
         t = self.s.vpn_client
-        return [self.vpn.retry_at, self.vpn.register_at,
+        return [self.vpn.retry_at, self.vpn.register_at, self.vpn.ha_retry_at,
                 t.get_timer() if t is not None else None]
 
     def handle_timer(self, now: float) -> None:
@@ -149,6 +163,13 @@ class VpnSide:
         if v.register_at is not None and now >= v.register_at:
             v.register_at = None
             self.register(now)
+        if v.ha_retry_at is not None and now >= v.ha_retry_at:
+            v.ha_retry_at = None
+            t = self.s.vpn_client
+            trusted = self.s.phase is State.TRUSTED and self.s.policy is not Policy.ALWAYS_VPN
+            if t is not None and v.tia is not None and self.wanted and not trusted and (
+                    not t.pending):
+                t.register(v.tia, now)
 
     def sends(self, iface: str) -> bool:
         """The requests through the VPN into the step; True if the client had any."""
@@ -171,8 +192,10 @@ class VpnSide:
         """RFC 5266 3.4.2 step 1: the IKE side at the same moment as the direct probe.
         An SA kept from the last link is registered through once MOBIKE moved it (or
         after MOBIKE_WAIT); mc, held open across the move, waits for MOBIKE alone."""
+        self.vpn.ha_retry_delay = HA_RETRY_MIN  # another path to the home agent
         if self.vpn.up and not in_mc and self.wanted:
             self.vpn.register_at = now + MOBIKE_WAIT  # or as soon as MOBIKE moved it
+            self.vpn.ha_retry_at = None
         else:
             self.start(now)
 
@@ -194,7 +217,7 @@ class VpnSide:
         v = self.vpn
         if self.s.vpn_client is not None:
             self.s.vpn_client.cancel()
-        v.register_at = v.retry_at = None
+        v.register_at = v.retry_at = v.ha_retry_at = None
         if v.starting or v.up:
             self._drop_tia()
             self.s.actions.append(StopVpn(reason))
@@ -204,6 +227,7 @@ class VpnSide:
         self.s.actions.append(DropTia(v.tia))
         v.starting, v.tia, v.gateway, v.ike_id = False, None, "", None
         v.ha_silent = False
+        v.ha_retry_at, v.ha_retry_delay = None, HA_RETRY_MIN
 
     def _retry_later(self, now: float) -> None:
         v = self.vpn
@@ -266,7 +290,7 @@ class VpnSide:
         later = t.last_sent_at is not None and answered is not None and (
             t.last_sent_at >= answered)
         t.cancel()
-        self.vpn.register_at = None
+        self.vpn.register_at = self.vpn.ha_retry_at = None
         if not s.keep_alive_inside:
             self.stop("the network is trusted")
         return later
@@ -284,6 +308,8 @@ class VpnSide:
         # RFC 5266 3.3: a new TIA or another gateway is a new registration.
         new_tia = v.tia != ev.tia or v.gateway != ev.gateway
         v.tia, v.gateway = ev.tia, ev.gateway
+        if new_tia:
+            v.ha_retry_at, v.ha_retry_delay = None, HA_RETRY_MIN
         if s.policy is Policy.NEVER_VPN or s.vpn_client is None:
             self.stop("the policy is never-vpn")  # came up from an older start
         elif s.phase is State.TRUSTED and s.policy is not Policy.ALWAYS_VPN:
@@ -398,6 +424,7 @@ class VpnSide:
                 network is not None):
             s.actions.append(RememberGateway(network, v.gateway))
         v.ha_silent = False
+        v.ha_retry_at, v.ha_retry_delay = None, HA_RETRY_MIN
         if s.mode is not Mode.VPN:
             # The binding through the VPN replaced the direct one: renewing that
             # would take the home agent away from the tunnel.
@@ -425,7 +452,7 @@ class VpnSide:
             s.actions.append(Note("renewal-timeout",
                                   "the home agent did not answer the renewal "
                                   "through the VPN; trying again"))
-            t.register(tia, now)
+            self._retry_ha(now)
         elif self.wanted:
             # RFC 5266 3.3: after a new TIA every request through the VPN leaves from
             # it (the old one is no longer charon's); mc's old binding stands until
@@ -439,4 +466,11 @@ class VpnSide:
                 # home agent silent: say that, not "probing" or nothing; the gate
                 # stays shut.  A direct probe still out decides first.
                 s.enter(State.UNTRUSTED, Mode.NONE, HA_UNREACHABLE)
-            t.register(tia, now)
+            self._retry_ha(now)
+
+    def _retry_ha(self, now: float) -> None:
+        """The next attempt after an unanswered one, backed off with a spread: at once
+        it made ~1500 requests an hour while the home agent was down."""
+        v = self.vpn
+        v.ha_retry_at = now + v.ha_retry_delay * (0.5 + 0.5 * self._jitter())
+        v.ha_retry_delay = min(v.ha_retry_delay * 2, HA_RETRY_MAX)

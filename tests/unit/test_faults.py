@@ -18,6 +18,7 @@ from app.agents.ha_core import HomeAgent
 from app.api import Mode, Policy, State
 from app.mn.access_mode import NEVER_VPN_REASON, Gate, PolicySet, Resumed, Send, StopVpn
 from app.mn.mode_state import HA_UNREACHABLE
+from app.mn.mode_vpn import HA_RETRY_MAX
 from app.mn.registration import ReplayMode
 from tests.support.identities import config
 from tests.support.world import TIA, World
@@ -187,3 +188,42 @@ def test_resume_in_mc_after_the_binding_ran_out_asleep_registers_again_without_b
     assert all(g.path is None or g.path.mode is Mode.VPN for _, g in w.gates[n_gates:])
     assert HA_UNREACHABLE not in [s.error for s in w.statuses[n_status:]]
     w.agrees()
+
+
+# -- no retry storm while the home agent is down -------------------------------------------
+
+@pytest.mark.parametrize("spread", [0.0, 0.999])
+def test_ha_down_for_an_hour_the_attempts_through_the_vpn_back_off_to_a_minute(
+        spread: float) -> None:
+    """Each unanswered attempt (3 requests in 7 s, RFC 5944 3.6.3) was followed at
+    once by the next: ~1500 requests an hour through the VPN while the home agent was
+    down, and every node back at it within seconds when it returned.  Now the
+    attempts back off, doubling to HA_RETRY_MAX with a spread, and mc still comes
+    back by itself."""
+    w = World(jitter=lambda: spread)
+    in_mc(w)
+    w.ha_down = True
+    w.run(120)  # the binding runs out; the backoff reaches its cap
+    t = w.now
+    w.run(3600)
+    per_hour = vpn_sends(w, since=t)
+    # At the cap, one attempt (3 requests over 7 s) every 37-67 s: at most ~300.
+    assert per_hour <= 300, per_hour
+    assert per_hour >= 3600 // (HA_RETRY_MAX + 7) * 3, "it still asks"
+    assert w.m.error == HA_UNREACHABLE and w.m.vpn.up
+    w.ha_down = False
+    w.run(HA_RETRY_MAX + 10)
+    assert (w.m.mode, w.m.error) == (Mode.VPN, None)
+    w.agrees()
+
+
+def test_the_spread_of_the_retries_follows_the_random_source() -> None:
+    """Two nodes with different random draws do not retry in step."""
+    times = []
+    for spread in (0.0, 0.9):
+        w = World(jitter=lambda spread=spread: spread)
+        w.ha_down = True
+        w.move("pub")
+        w.run(300)
+        times.append([round(t, 1) for t, s in w.sent if s.through_vpn])
+    assert times[0] != times[1]
