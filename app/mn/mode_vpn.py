@@ -269,12 +269,21 @@ class VpnSide:
         s, t, tia = self.s, self.s.vpn_client, self.vpn.tia
         if t is None or t.binding is None or tia is None or s.link is None:
             return
+        bound = t.binding.care_of_address
         t.deregister(now, at_home=False, source=tia)
         for d in t.datagrams_to_send():
             s.actions.append(Send(s.link.iface, d, through_vpn=True))
+        if bound != tia:
+            # A newer TIA's registration may have reached the home agent (its reply not
+            # in): 3.8.2.2 removes only the binding named, so name that one too.
+            t.deregister_care_of(tia, now)
+            for d in t.datagrams_to_send():
+                s.actions.append(Send(s.link.iface, d, through_vpn=True))
         t.cancel()
-        s.actions.append(Note("deregistered", f"mc's binding of {tia} withdrawn at the home "
-                                              "agent through the VPN before it stops"))
+        named = str(bound) if bound == tia else f"{bound} and {tia}"
+        s.actions.append(Note("deregistered", f"withdrawal of mc's binding of {named} sent "
+                                              "to the home agent through the VPN before it "
+                                              "stops"))
 
     def direct_won(self, now: float) -> bool:
         """A direct reply makes the network trusted: the path through the VPN ends.

@@ -21,7 +21,7 @@ from app.mn.mode_state import HA_UNREACHABLE
 from app.mn.mode_vpn import HA_RETRY_MAX
 from app.mn.registration import ReplayMode
 from tests.support.identities import config
-from tests.support.world import TIA, World
+from tests.support.world import TIA, TIA2, World
 
 
 def vpn_sends(w: World, since: float) -> int:
@@ -227,3 +227,27 @@ def test_the_spread_of_the_retries_follows_the_random_source() -> None:
         w.run(300)
         times.append([round(t, 1) for t, s in w.sent if s.through_vpn])
     assert times[0] != times[1]
+
+
+@pytest.mark.parametrize("replay", [
+    ReplayMode.TIMESTAMP,
+    pytest.param(ReplayMode.NONCE, marks=pytest.mark.xfail(strict=True, reason=(
+        "with nonces the home agent's next nonce is in the reply still on its way: "
+        "a withdrawal sent now gets 133 (RFC 5944 5.7.2); not solved"))),
+])
+def test_rfc5944_3_8_2_2_never_vpn_withdraws_the_newer_tias_binding_too(
+        replay: ReplayMode) -> None:
+    """charon gave a new TIA in mc and its registration reached the home agent, the
+    reply still on its way, when the user picked never-vpn: the withdrawal named the
+    old TIA only (3.8.2.2 removes only the binding to the address named), so the home
+    agent kept tunnelling to the new TIA's SA, about to go."""
+    w = World(replay=replay)
+    in_mc(w)
+    w.tia = TIA2
+    w.vpn_ready(TIA2)
+    w.run(0.015)  # the request reached the home agent; its reply is on the way
+    assert w.ha_coa() == TIA2 and w.m.vpn_client.binding.care_of_address == TIA
+    w.apply(w.m.handle(PolicySet(Policy.NEVER_VPN), w.now))
+    w.run(30)
+    assert w.ha_coa() is None, "the home agent still binds the new TIA"
+    assert (w.m.phase, w.m.error, w.gate) == (State.UNTRUSTED, NEVER_VPN_REASON, None)
