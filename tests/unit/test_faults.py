@@ -251,3 +251,38 @@ def test_rfc5944_3_8_2_2_never_vpn_withdraws_the_newer_tias_binding_too(
     w.run(30)
     assert w.ha_coa() is None, "the home agent still binds the new TIA"
     assert (w.m.phase, w.m.error, w.gate) == (State.UNTRUSTED, NEVER_VPN_REASON, None)
+
+
+# -- mode c, then the home agent goes down -------------------------------------------------
+
+@pytest.mark.parametrize("policy", [Policy.AUTO, Policy.ALWAYS_VPN])
+def test_ha_down_in_mode_c_falls_back_to_the_vpn_once_the_binding_runs_out_and_comes_back(
+        policy: Policy) -> None:
+    """In c the home agent went: the binding ran out, the node went untrusted with
+    the gate shut and nothing asked again, for good (until a link event).  Now it
+    falls back to the VPN as on arrival with the home agent down, and is back in a
+    mode once the home agent answers."""
+    w = World(policy=policy)
+    w.move("t1gw")
+    w.run(20)
+    if policy is Policy.AUTO:
+        assert w.m.mode is Mode.COLOCATED and w.gate is not None
+    w.ha_down = True
+    w.run(120)
+    assert w.gate is None
+    assert w.m.vpn.up, "no VPN fallback"
+    assert (w.m.phase, w.m.mode, w.m.error) == (State.UNTRUSTED, Mode.NONE, HA_UNREACHABLE)
+    w.ha_down = False
+    w.run(HA_RETRY_MAX + 20)
+    assert w.m.mode in (Mode.VPN, Mode.COLOCATED) and w.gate is not None, (w.m.mode, w.m.error)
+    w.agrees()
+
+
+def test_ha_down_in_mode_c_under_never_vpn_stays_shut_and_starts_no_vpn() -> None:
+    w = World(policy=Policy.NEVER_VPN)
+    w.move("t1gw")
+    w.run(20)
+    assert w.m.mode is Mode.COLOCATED
+    w.ha_down = True
+    w.run(120)
+    assert w.started == [] and w.gate is None and w.m.phase is State.UNTRUSTED
