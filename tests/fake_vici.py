@@ -31,6 +31,7 @@ class FakeVici:
         """Commands whose answer waits until the event is set (a slow gateway)."""
         self.streams: dict[str, list[dict[str, Any]]] = {}
         self.registered: list[tuple[socket.socket, str]] = []
+        self.registered_total: dict[str, int] = {}
         self.lock = threading.Lock()
         self.conns: list[socket.socket] = []
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -61,6 +62,20 @@ class FakeVici:
         for s in targets:
             with contextlib.suppress(OSError):
                 s.sendall(struct.pack("!I", len(packet)) + packet)
+
+    def push_bytes(self, event: str, data: bytes) -> None:
+        """Send ``data`` as is, no length added, to every session registered for
+        ``event``: a wrong length prefix, half a packet."""
+        with self.lock:
+            targets = [s for s, e in self.registered if e == event]
+        for s in targets:
+            with contextlib.suppress(OSError):
+                s.sendall(data)
+
+    def registrations(self, event: str) -> int:
+        """How many times a session registered for ``event`` (reconnects count)."""
+        with self.lock:
+            return self.registered_total.get(event, 0)
 
     def close(self) -> None:
         """Stop as a killed charon does: every connection drops, the socket file stays."""
@@ -104,6 +119,7 @@ class FakeVici:
             with self.lock:
                 if kind == Packet.EVENT_REGISTER:
                     self.registered.append((c, name))
+                    self.registered_total[name] = self.registered_total.get(name, 0) + 1
                 else:
                     with contextlib.suppress(ValueError):
                         self.registered.remove((c, name))

@@ -178,7 +178,8 @@ class AccessModeMachine:
                  policy: Policy = Policy.AUTO, keep_alive_inside: bool = False,
                  known: KnownNetworks | None = None,
                  to_wall: Callable[[float], float] = lambda now: now,
-                 gateway_order: GatewayOrder | None = None) -> None:
+                 gateway_order: GatewayOrder | None = None,
+                 jitter: Callable[[], float] | None = None) -> None:
         if vpn_client is not None and vpn_client.replay is not client.replay:
             raise ValueError("the VPN's registration client must share the direct one's "
                              "replay state")
@@ -187,7 +188,8 @@ class AccessModeMachine:
         if known is not None:
             self._s.known = known
         self._s.to_wall = to_wall
-        self._vpn = VpnSide(self._s, gateway_order)  # None: charon's order, no failover
+        # gateway_order None: charon's order, no failover; jitter: the retries' spread
+        self._vpn = VpnSide(self._s, gateway_order, jitter)
         self._direct = DirectSide(self._s, self._vpn)
         self._stopping = False
         """A Shutdown came: ``Stopped`` once nothing of ours stands at the home agent."""

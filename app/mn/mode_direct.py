@@ -184,6 +184,7 @@ class DirectSide:
             self._s.client.register(link.address.ip, now)
         elif here and trusted:
             s.leave(State.UNTRUSTED, BINDING_RAN_OUT)  # ran out this same step
+            self._vpn.start(now)  # the home agent went: the VPN where the policy allows
         elif s.mode is Mode.VPN:
             # RFC 5266 3.4: no direct answer: untrusted, and mc carries on.
             s.actions.append(Note("direct-timeout", "no direct reply: the network "
@@ -217,3 +218,7 @@ class DirectSide:
         s = self._s
         # RFC 5944 3.6.2.2: the lifetime ran out with no renewal accepted.
         s.leave(OUTCOME_LEAVES_TO[BindingLost], BINDING_RAN_OUT)
+        if s.phase is State.UNTRUSTED:
+            # The home agent went (issue 20): the VPN where the policy allows, as on
+            # arrival with it down; mc once it answers through it.
+            self._vpn.start()

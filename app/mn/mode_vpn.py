@@ -13,6 +13,8 @@ and appends its actions to the shared step.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -54,6 +56,12 @@ VPN_RETRY_MAX = 30.0
 """Seconds before bringing a failed VPN up again, doubling between the two."""
 DEFAULT_KEEPALIVE = 110
 """RFC 3519 4.9's K when the home agent's reply names none."""
+HA_RETRY_MIN = 2.0
+HA_RETRY_MAX = 60.0
+"""Seconds between registration attempts through the VPN that the home agent left
+unanswered (each attempt is RFC 5944 3.6.3's doubling retransmissions), doubling
+between the two, from half to the whole of it at random: a home agent back after
+a long outage is not hit by every node at once."""
 MOBIKE_WAIT = 1.0
 """With an IKE SA kept from an earlier link, how long to wait for MOBIKE to move
 it before registering through it anyway."""
@@ -82,6 +90,9 @@ class VpnState:
     move_by: float | None = None
     """An SA kept from the last link: its gateway counts as dead if MOBIKE has not
     moved it by then (charon's path probing alone takes about 27 s)."""
+    ha_retry_at: float | None = None
+    """The next attempt after one the home agent left unanswered."""
+    ha_retry_delay: float = HA_RETRY_MIN
 
     @property
     def up(self) -> bool:
@@ -91,9 +102,12 @@ class VpnState:
 class VpnSide:
     """The VPN half of the machine (see the module docstring)."""
 
-    def __init__(self, s: ModeState, order: GatewayOrder | None = None) -> None:
-        """``order``: which gateway to try first (None: the profile's order, charon's)."""
+    def __init__(self, s: ModeState, order: GatewayOrder | None = None,
+                 jitter: Callable[[], float] | None = None) -> None:
+        """``order``: which gateway to try first (None: the profile's order, charon's).
+        ``jitter``: a number in [0, 1) for each retry's spread (tests fix it)."""
         self.s = s
+        self._jitter = jitter if jitter is not None else random.SystemRandom().random
         self.vpn = VpnState()
         self.order = order
         self._now = 0.0
@@ -138,7 +152,7 @@ class VpnSide:
 
     def timers(self) -> list[float | None]:
         t = self.s.vpn_client
-        return [self.vpn.retry_at, self.vpn.register_at, self.vpn.move_by,
+        return [self.vpn.retry_at, self.vpn.register_at, self.vpn.move_by, self.vpn.ha_retry_at,
                 t.get_timer() if t is not None else None]
 
     def handle_timer(self, now: float) -> None:
@@ -155,6 +169,13 @@ class VpnSide:
         if v.move_by is not None and now >= v.move_by:
             v.move_by = None
             self._not_moved(now)
+        if v.ha_retry_at is not None and now >= v.ha_retry_at:
+            v.ha_retry_at = None
+            t = self.s.vpn_client
+            trusted = self.s.phase is State.TRUSTED and self.s.policy is not Policy.ALWAYS_VPN
+            if t is not None and v.tia is not None and self.wanted and not trusted and (
+                    not t.pending):
+                t.register(v.tia, now)
 
     def sends(self, iface: str) -> bool:
         """The requests through the VPN into the step; True if the client had any."""
@@ -178,8 +199,10 @@ class VpnSide:
         An SA kept from the last link is registered through once MOBIKE moved it (or
         after MOBIKE_WAIT); mc, held open across the move, waits for MOBIKE alone."""
         v = self.vpn
+        v.ha_retry_delay = HA_RETRY_MIN  # another path to the home agent
         if v.up and not in_mc and self.wanted:
             v.register_at = now + MOBIKE_WAIT  # or as soon as MOBIKE moved it
+            v.ha_retry_at = None
         else:
             self.start(now)
         # The dead-gateway bound holds after a move too: DPD does not run while charon
@@ -205,7 +228,7 @@ class VpnSide:
         v = self.vpn
         if self.s.vpn_client is not None:
             self.s.vpn_client.cancel()
-        v.register_at = v.retry_at = v.move_by = None
+        v.register_at = v.retry_at = v.move_by = v.ha_retry_at = None
         if v.starting or v.up:
             self._drop_tia()
             self.s.actions.append(StopVpn(reason))
@@ -216,6 +239,7 @@ class VpnSide:
         v.starting, v.tia, v.gateway, v.ike_id = False, None, "", None
         v.ha_silent = False
         v.move_by = None
+        v.ha_retry_at, v.ha_retry_delay = None, HA_RETRY_MIN
 
     def _not_moved(self, now: float) -> None:
         """MOBIKE did not move the SA to the new link within the bound: its gateway
@@ -269,12 +293,21 @@ class VpnSide:
         s, t, tia = self.s, self.s.vpn_client, self.vpn.tia
         if t is None or t.binding is None or tia is None or s.link is None:
             return
+        bound = t.binding.care_of_address
         t.deregister(now, at_home=False, source=tia)
         for d in t.datagrams_to_send():
             s.actions.append(Send(s.link.iface, d, through_vpn=True))
+        if bound != tia:
+            # A newer TIA's registration may have reached the home agent (its reply not
+            # in): 3.8.2.2 removes only the binding named, so name that one too.
+            t.deregister_care_of(tia, now)
+            for d in t.datagrams_to_send():
+                s.actions.append(Send(s.link.iface, d, through_vpn=True))
         t.cancel()
-        s.actions.append(Note("deregistered", f"mc's binding of {tia} withdrawn at the home "
-                                              "agent through the VPN before it stops"))
+        named = str(bound) if bound == tia else f"{bound} and {tia}"
+        s.actions.append(Note("deregistered", f"withdrawal of mc's binding of {named} sent "
+                                              "to the home agent through the VPN before it "
+                                              "stops"))
 
     def direct_won(self, now: float) -> bool:
         """A direct reply makes the network trusted: the path through the VPN ends.
@@ -290,7 +323,7 @@ class VpnSide:
         later = t.last_sent_at is not None and answered is not None and (
             t.last_sent_at >= answered)
         t.cancel()
-        self.vpn.register_at = None
+        self.vpn.register_at = self.vpn.ha_retry_at = None
         if not s.keep_alive_inside:
             self.stop("the network is trusted")
         return later
@@ -308,6 +341,8 @@ class VpnSide:
         # RFC 5266 3.3: a new TIA or another gateway is a new registration.
         new_tia = v.tia != ev.tia or v.gateway != ev.gateway
         v.tia, v.gateway = ev.tia, ev.gateway
+        if new_tia:
+            v.ha_retry_at, v.ha_retry_delay = None, HA_RETRY_MIN
         if s.policy is Policy.NEVER_VPN or s.vpn_client is None:
             self.stop("the policy is never-vpn")  # came up from an older start
         elif s.phase is State.TRUSTED and s.policy is not Policy.ALWAYS_VPN:
@@ -426,6 +461,7 @@ class VpnSide:
                 network is not None):
             s.actions.append(RememberGateway(network, v.gateway))
         v.ha_silent = False
+        v.ha_retry_at, v.ha_retry_delay = None, HA_RETRY_MIN
         if s.mode is not Mode.VPN:
             # The binding through the VPN replaced the direct one: renewing that
             # would take the home agent away from the tunnel.
@@ -453,7 +489,7 @@ class VpnSide:
             s.actions.append(Note("renewal-timeout",
                                   "the home agent did not answer the renewal "
                                   "through the VPN; trying again"))
-            t.register(tia, now)
+            self._retry_ha(now)
         elif self.wanted:
             # RFC 5266 3.3: after a new TIA every request through the VPN leaves from
             # it (the old one is no longer charon's); mc's old binding stands until
@@ -467,4 +503,11 @@ class VpnSide:
                 # home agent silent: say that, not "probing" or nothing; the gate
                 # stays shut.  A direct probe still out decides first.
                 s.enter(State.UNTRUSTED, Mode.NONE, HA_UNREACHABLE)
-            t.register(tia, now)
+            self._retry_ha(now)
+
+    def _retry_ha(self, now: float) -> None:
+        """The next attempt after an unanswered one, backed off with a spread: at once
+        it made ~1500 requests an hour while the home agent was down."""
+        v = self.vpn
+        v.ha_retry_at = now + v.ha_retry_delay * (0.5 + 0.5 * self._jitter())
+        v.ha_retry_delay = min(v.ha_retry_delay * 2, HA_RETRY_MAX)

@@ -120,6 +120,9 @@ class Charon:
     ``on_event`` (given here, once: nobody rewires it later) is called on the loop's
     thread with each ``VpnEvent``."""
 
+    event_body_timeout = event_stream.BODY_TIMEOUT
+    """Seconds for an event packet to come whole once begun (tests shorten it)."""
+
     def __init__(self, socket_path: str | os.PathLike[str] = DEFAULT_SOCKET,
                  on_event: Callable[[VpnEvent], None] | None = None, *,
                  call_timeout: float = 5.0, ike_timeout: float = 10.0,
@@ -155,6 +158,7 @@ class Charon:
         self._up_ike: int | None = None
         self._terminating = False
         self._reload_task: asyncio.Task[None] | None = None
+        self._resync_tasks: set[asyncio.Task[None]] = set()
         self._child_closed_in: int | None = None
         """The IKE SA whose CHILD SA charon reported closed (the IKE SA staying):
         ``initiate`` rekeys what it still lists there before using it."""
@@ -471,6 +475,7 @@ class Charon:
 
     def _listen_forever(self) -> None:
         delay = self.backoff_min
+        resync = False
         while not self._stop.is_set():
             try:
                 session = _Session(self.path, self.call_timeout)
@@ -480,10 +485,23 @@ class Charon:
                 self._generation += 1  # a (possibly new) charon: command sessions reconnect
                 self._ev_session = session
                 try:
-                    delay = self._listen(session)
+                    delay = self._listen(session, resync)
+                    resync = False
+                except event_stream.FramingError as exc:
+                    # charon answers, but events may have been lost: reconnect and
+                    # compare our SA with charon's list.
+                    if not self._stop.is_set():
+                        log.warning("charon at %s: the event stream is out of step (%s); "
+                                    "reconnecting", self.path, exc)
+                        resync, delay = True, self.backoff_min
                 except _PROTOCOL_ERRORS as exc:
                     if not self._stop.is_set():
                         self._to_loop(self._mark_unreachable, _reason(exc))
+                except Exception as exc:  # anything else: the thread must not die
+                    if not self._stop.is_set():
+                        log.warning("charon at %s: the event listener failed (%s: %s); "
+                                    "reconnecting", self.path, type(exc).__name__, exc)
+                        resync = True
                 finally:
                     self._ev_session = None
                     session.close()
@@ -493,12 +511,15 @@ class Charon:
                 return
             delay = min(delay * 2, self.backoff_max)
 
-    def _listen(self, session: _Session) -> float:
+    def _listen(self, session: _Session, resync: bool = False) -> float:
         """Register and relay events until the connection breaks; returns the next
-        reconnect delay (the minimum again, since this connection worked)."""
+        reconnect delay (the minimum again, since this connection worked).  ``resync``:
+        events were lost before; charon's SAs are listed once registered."""
         # Not vici's listen: one malformed event must not end the stream (event_stream).
-        event_stream.register(session.vici, EVENT_NAMES)
-        events = event_stream.events(session.vici, 0.2, self.path)
+        event_stream.register(session.vici, EVENT_NAMES, self.call_timeout)
+        if resync:
+            self._to_loop(self._resync)
+        events = event_stream.events(session.vici, 0.2, self.path, self.event_body_timeout)
         with contextlib.closing(events):
             first = True
             for label, message in events:
@@ -540,6 +561,27 @@ class Charon:
                 if self._terminating:
                     out = replace(ev, reason="terminated", kind=DownKind.TERMINATED)
             self._emit(out)
+
+    def _resync(self) -> None:
+        if not self._stop.is_set():
+            task = asyncio.get_running_loop().create_task(self._check_up_sa())
+            self._resync_tasks.add(task)
+            task.add_done_callback(self._resync_tasks.discard)
+
+    async def _check_up_sa(self) -> None:
+        """After lost events: the SA we report up, if charon no longer lists it up,
+        is reported down (as its ike-updown would have)."""
+        ike = self._up_ike
+        if ike is None:
+            return
+        try:
+            sas = await self._sas()
+        except VpnError as exc:
+            log.info("charon's SAs not listed after lost events: %s", exc)
+            return
+        if self._up_ike == ike and not any(sa.ike_id == ike and sa.up for sa in sas):
+            self._up_ike = None
+            self._emit(VpnDown("the VPN tunnel went while charon's events were lost", ike))
 
     def _mark_unreachable(self, reason: str) -> None:
         if self._stop.is_set() or self._reachable is False:

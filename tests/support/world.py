@@ -200,6 +200,8 @@ class World:
         default_factory=lambda: ForeignAgent(ForeignAgentConfig(FA, "fa", max_lifetime=600)))
     ha_down: bool = False
     """The home agent answers nothing."""
+    jitter: Callable[[], float] = lambda: 0.5
+    """The machine's random source for its retries' spread (fixed: deterministic)."""
     fa_down: bool = False
     drop: Callable[[bytes], bool] = lambda _data: False
     """Requests lost on the way out."""
@@ -245,7 +247,7 @@ class World:
         if self.m is None:
             cfg = registration(self.replay, lifetime=60, initial_timeout=1.0, retries=2)
             self.m = machine(cfg, vpn=True, use_foreign_agents=False, policy=self.policy,
-                             keep_alive_inside=self.keep_alive_inside)
+                             keep_alive_inside=self.keep_alive_inside, jitter=self.jitter)
         self.home = self.m.client.config.home_address
 
     # -- the machine's actions: the one place they are carried out ----------------

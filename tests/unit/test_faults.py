@@ -18,9 +18,10 @@ from app.agents.ha_core import HomeAgent
 from app.api import Mode, Policy, State
 from app.mn.access_mode import NEVER_VPN_REASON, Gate, PolicySet, Resumed, Send, StopVpn
 from app.mn.mode_state import HA_UNREACHABLE
+from app.mn.mode_vpn import HA_RETRY_MAX
 from app.mn.registration import ReplayMode
 from tests.support.identities import config
-from tests.support.world import TIA, World
+from tests.support.world import TIA, TIA2, World
 
 
 def vpn_sends(w: World, since: float) -> int:
@@ -187,3 +188,101 @@ def test_resume_in_mc_after_the_binding_ran_out_asleep_registers_again_without_b
     assert all(g.path is None or g.path.mode is Mode.VPN for _, g in w.gates[n_gates:])
     assert HA_UNREACHABLE not in [s.error for s in w.statuses[n_status:]]
     w.agrees()
+
+
+# -- no retry storm while the home agent is down -------------------------------------------
+
+@pytest.mark.parametrize("spread", [0.0, 0.999])
+def test_ha_down_for_an_hour_the_attempts_through_the_vpn_back_off_to_a_minute(
+        spread: float) -> None:
+    """Each unanswered attempt (3 requests in 7 s, RFC 5944 3.6.3) was followed at
+    once by the next: ~1500 requests an hour through the VPN while the home agent was
+    down, and every node back at it within seconds when it returned.  Now the
+    attempts back off, doubling to HA_RETRY_MAX with a spread, and mc still comes
+    back by itself."""
+    w = World(jitter=lambda: spread)
+    in_mc(w)
+    w.ha_down = True
+    w.run(120)  # the binding runs out; the backoff reaches its cap
+    t = w.now
+    w.run(3600)
+    per_hour = vpn_sends(w, since=t)
+    # At the cap, one attempt (3 requests over 7 s) every 37-67 s: at most ~300.
+    assert per_hour <= 300, per_hour
+    assert per_hour >= 3600 // (HA_RETRY_MAX + 7) * 3, "it still asks"
+    assert w.m.error == HA_UNREACHABLE and w.m.vpn.up
+    w.ha_down = False
+    w.run(HA_RETRY_MAX + 10)
+    assert (w.m.mode, w.m.error) == (Mode.VPN, None)
+    w.agrees()
+
+
+def test_the_spread_of_the_retries_follows_the_random_source() -> None:
+    """Two nodes with different random draws do not retry in step."""
+    times = []
+    for spread in (0.0, 0.9):
+        w = World(jitter=lambda spread=spread: spread)
+        w.ha_down = True
+        w.move("pub")
+        w.run(300)
+        times.append([round(t, 1) for t, s in w.sent if s.through_vpn])
+    assert times[0] != times[1]
+
+
+@pytest.mark.parametrize("replay", [
+    ReplayMode.TIMESTAMP,
+    pytest.param(ReplayMode.NONCE, marks=pytest.mark.xfail(strict=True, reason=(
+        "with nonces the home agent's next nonce is in the reply still on its way: "
+        "a withdrawal sent now gets 133 (RFC 5944 5.7.2); not solved"))),
+])
+def test_rfc5944_3_8_2_2_never_vpn_withdraws_the_newer_tias_binding_too(
+        replay: ReplayMode) -> None:
+    """charon gave a new TIA in mc and its registration reached the home agent, the
+    reply still on its way, when the user picked never-vpn: the withdrawal named the
+    old TIA only (3.8.2.2 removes only the binding to the address named), so the home
+    agent kept tunnelling to the new TIA's SA, about to go."""
+    w = World(replay=replay)
+    in_mc(w)
+    w.tia = TIA2
+    w.vpn_ready(TIA2)
+    w.run(0.015)  # the request reached the home agent; its reply is on the way
+    assert w.ha_coa() == TIA2 and w.m.vpn_client.binding.care_of_address == TIA
+    w.apply(w.m.handle(PolicySet(Policy.NEVER_VPN), w.now))
+    w.run(30)
+    assert w.ha_coa() is None, "the home agent still binds the new TIA"
+    assert (w.m.phase, w.m.error, w.gate) == (State.UNTRUSTED, NEVER_VPN_REASON, None)
+
+
+# -- mode c, then the home agent goes down -------------------------------------------------
+
+@pytest.mark.parametrize("policy", [Policy.AUTO, Policy.ALWAYS_VPN])
+def test_ha_down_in_mode_c_falls_back_to_the_vpn_once_the_binding_runs_out_and_comes_back(
+        policy: Policy) -> None:
+    """In c the home agent went: the binding ran out, the node went untrusted with
+    the gate shut and nothing asked again, for good (until a link event).  Now it
+    falls back to the VPN as on arrival with the home agent down, and is back in a
+    mode once the home agent answers."""
+    w = World(policy=policy)
+    w.move("t1gw")
+    w.run(20)
+    if policy is Policy.AUTO:
+        assert w.m.mode is Mode.COLOCATED and w.gate is not None
+    w.ha_down = True
+    w.run(120)
+    assert w.gate is None
+    assert w.m.vpn.up, "no VPN fallback"
+    assert (w.m.phase, w.m.mode, w.m.error) == (State.UNTRUSTED, Mode.NONE, HA_UNREACHABLE)
+    w.ha_down = False
+    w.run(HA_RETRY_MAX + 20)
+    assert w.m.mode in (Mode.VPN, Mode.COLOCATED) and w.gate is not None, (w.m.mode, w.m.error)
+    w.agrees()
+
+
+def test_ha_down_in_mode_c_under_never_vpn_stays_shut_and_starts_no_vpn() -> None:
+    w = World(policy=Policy.NEVER_VPN)
+    w.move("t1gw")
+    w.run(20)
+    assert w.m.mode is Mode.COLOCATED
+    w.ha_down = True
+    w.run(120)
+    assert w.started == [] and w.gate is None and w.m.phase is State.UNTRUSTED

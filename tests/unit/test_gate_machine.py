@@ -48,6 +48,7 @@ from app.mn.access_mode import (
     Resumed,
     Send,
     Shutdown,
+    StopVpn,
 )
 from tests.support.identities import config
 from tests.support.world import (
@@ -79,6 +80,9 @@ class GateMachine(RuleBasedStateMachine):
                        auto_vpn=False, check=self.check)
         self.lost = False
         self.up_at = float("-inf")
+        self.to_never: set[IPv4Address] | None = None
+        """In the step that switched to never-vpn: the care-of addresses withdrawn."""
+        self.to_never_closed = False
         """When the current link came up (or was re-probed)."""
         self.gateway = "gw1"
 
@@ -94,16 +98,24 @@ class GateMachine(RuleBasedStateMachine):
 
     def check(self, a: object) -> None:
         w = self.w
+        if isinstance(a, StopVpn) and self.to_never is not None:
+            self.to_never_closed = True  # the VPN stops: nothing through it after this
         if isinstance(a, ClaimHome):
             answer = self.m.client.last_answer
             assert answer is not None and answer[1] >= self.up_at, "claimed unproven"
         elif isinstance(a, Send) and a.through_vpn:
+            assert not self.to_never_closed, "through the VPN after its StopVpn"
             # mc's registration only through a VPN charon has up, never under
-            # never-vpn (but the withdrawal of mc's binding as never-vpn ends it,
-            # lifetime 0: RFC 5944 3.6.1.1), and from its current TIA (RFC 5266 3.3).
-            withdrawal = RegistrationRequest.decode(a.datagram.data).lifetime == 0
-            assert self.m.policy is not Policy.NEVER_VPN or withdrawal, (
-                "through the VPN under never-vpn")
+            # never-vpn (but the withdrawal of mc's binding in the step that switches
+            # to never-vpn, the gate shut, before the VPN stops, each care-of address
+            # once: RFC 5944 3.6.1.1), and from its current TIA (RFC 5266 3.3).
+            if self.m.policy is Policy.NEVER_VPN:
+                req = RegistrationRequest.decode(a.datagram.data)
+                assert self.to_never is not None and req.lifetime == 0, (
+                    "through the VPN under never-vpn")
+                assert w.gate is None, "withdrawal with the gate open"
+                assert req.care_of_address not in self.to_never, "withdrawn twice"
+                self.to_never.add(req.care_of_address)
             assert w.vpn_tia is not None and a.datagram.source == w.vpn_tia, (
                 a.datagram.source, w.vpn_tia)
         elif isinstance(a, Gate) and a.path is not None and a.path.mode is Mode.VPN:
@@ -263,11 +275,17 @@ class GateMachine(RuleBasedStateMachine):
     @rule(policy=st.sampled_from(list(Policy)))
     def policy_set(self, policy: Policy) -> None:
         self.w.now += 0.01
+        switches = policy is Policy.NEVER_VPN and self.m.policy is not Policy.NEVER_VPN
         actions = self.m.handle(PolicySet(policy), self.w.now)
         if any(isinstance(a, PrepareLink) for a in actions):
             self.up_at = self.w.now  # the change probed the link again
             self.lost = False
-        self.apply(actions)
+        # Withdrawals through the VPN are allowed in this step only (see check).
+        self.to_never, self.to_never_closed = (set() if switches else None), False
+        try:
+            self.apply(actions)
+        finally:
+            self.to_never, self.to_never_closed = None, False
 
     @rule()
     def shutdown(self) -> None:

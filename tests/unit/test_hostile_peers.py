@@ -9,6 +9,7 @@ hung charon is ``test_vpn_charon.test_a_hung_charon_never_blocks_the_loop``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 
@@ -20,8 +21,8 @@ from app.mip.auth import Algorithm, append_authenticator
 from app.mip.codes import ReplyCode
 from app.mip.extensions import ExtType
 from app.mip.messages import RegistrationReply, RegistrationRequest
-from app.vpn.charon import VpnUnreachableError
-from app.vpn.events import VpnUnreachable, VpnUp
+from app.vpn.charon import Charon, VpnUnreachableError
+from app.vpn.events import VpnDown, VpnUnreachable, VpnUp
 from tests.fake_vici import FakeVici
 from tests.support.identities import HA
 from tests.support.world import TIA, World
@@ -67,6 +68,98 @@ async def test_a_malformed_vici_event_is_logged_naming_charon_and_the_stream_goe
         assert a.reachable
         lines = warnings_naming(caplog, str(fake.path))
         assert len(lines) == 1 and "ignored" in lines[0], lines
+    finally:
+        await a.close()
+        fake.close()
+
+
+async def _charon_with_sa_up(tmp_path, caplog: pytest.LogCaptureFixture,
+                             **kw: float) -> tuple[FakeVici, Events, Charon]:
+    fake = FakeVici(tmp_path / "charon.vici")
+    events = Events()
+    a = adapter(fake.path, events, **kw)
+    a.event_body_timeout = 0.3
+    caplog.set_level(logging.WARNING, logger="trustroam.vpn")
+    await a.start()
+    await a.load(CFG, {"vpn_psk": "x"})
+    fake.push(*_named(ev.CHILD_UP))
+    await events.next(VpnUp)
+    return fake, events, a
+
+
+def _named(event: tuple[bytes, dict[str, object]]) -> tuple[str, dict[str, object]]:
+    return event[0].decode(), event[1]
+
+
+async def _registered_again(fake: FakeVici, times: int) -> None:
+    async with asyncio.timeout(5):
+        while fake.registrations("child-updown") < times:
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("wrong", [
+    # a length larger than the packet: the events after it were read as its body
+    struct.pack("!I", 100) + b"\x07" * 10,
+    # 2 GiB: vici blocked for good, its buffer growing
+    struct.pack("!I", 2**31) + b"\x07" * 10,
+    # half a packet, then nothing: vici blocked for good
+    struct.pack("!I", 64) + bytes([Packet.EVENT]) + b"\x0c",
+], ids=["too-long-then-events", "2-GiB", "cut-short"])
+async def test_a_wrong_vici_length_prefix_reconnects_and_the_sa_lost_meanwhile_is_reported_down(
+        tmp_path, caplog: pytest.LogCaptureFixture, wrong: bytes) -> None:
+    """A wrong length put the event stream out of step for good (every later event
+    lost, the SA state stale) or blocked the event thread forever.  Now the event
+    connection is dropped with one warning naming charon's socket, registered again,
+    charon's SAs are listed, and the SA that went meanwhile is reported down."""
+    fake, events, a = await _charon_with_sa_up(tmp_path, caplog)
+    try:
+        fake.streams["list-sas"] = []  # the SA went while the events were lost
+        fake.push_bytes("child-updown", wrong)
+        fake.push(*_named(ev.CHILD_DOWN))  # swallowed, or sent to nobody
+        fake.push(*_named(ev.IKE_DOWN))
+        down = await events.next(VpnDown)
+        assert down.ike_id == 1, down
+        await _registered_again(fake, 2)
+        assert "list-sas" in fake.names()
+        assert not [e for e in events.seen if isinstance(e, VpnUnreachable)], events.seen
+        lines = [m for m in warnings_naming(caplog, str(fake.path)) if "out of step" in m]
+        assert len(lines) == 1, warnings_naming(caplog, str(fake.path))
+        fake.push(*_named(ev.CHILD_UP))  # the new connection carries events
+        await events.next(VpnUp)
+    finally:
+        await a.close()
+        fake.close()
+
+
+async def test_the_vici_event_thread_survives_an_unexpected_exception_and_reconnects(
+        tmp_path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listener caught only protocol errors: anything else (a MemoryError from a
+    huge packet, a bug) ended the event thread silently, charon's events gone."""
+    fake, _, a = await _charon_with_sa_up(tmp_path, caplog)
+    try:
+        real = a._relay
+        calls = [0]
+
+        def flaky(label: bytes, message: object) -> None:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise MemoryError("boom")
+            real(label, message)  # type: ignore[arg-type]
+
+        real_to_loop = a._to_loop
+
+        def to_loop(fn, *args):  # type: ignore[no-untyped-def]
+            if fn == a._relay:
+                flaky(*args)  # on the event thread, as a decode failure would be
+                return
+            real_to_loop(fn, *args)
+
+        monkeypatch.setattr(a, "_to_loop", to_loop)
+        fake.push(*_named(ev.CHILD_DOWN))
+        await _registered_again(fake, 2)
+        lines = [m for m in warnings_naming(caplog, str(fake.path)) if "MemoryError" in m]
+        assert len(lines) == 1, lines
     finally:
         await a.close()
         fake.close()
