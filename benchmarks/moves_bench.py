@@ -94,6 +94,8 @@ def soak(world: dict[str, object], lab: Lab, client: Proc, moves: int, seed: int
     with ping_stream(drain=2.0) as pings:
         pings.wait_reply(after=time.time(), timeout=30)
         before = settled(pid, resources(pid))
+        if trace is not None:
+            snapshot(pid, trace, 0)  # starts tracing
         rss: list[str] = []
 
         def sample(m: Move) -> None:
