@@ -119,8 +119,8 @@ def soak(world: dict[str, object], lab: Lab, client: Proc, moves: int, seed: int
              "every move.", "", "| on pub, in mc | at the start | at the end |",
              "|---|---:|---:|"]
     lines += [f"| {k} | {before[k]} | {after[k]} |" for k in before]
-    every = [f"{(i + 1)}: {v}" for i, v in enumerate(rss) if v]
-    lines += ["", f"The helper's RSS (KiB) after every {every} moves: {', '.join(every)}."]
+    samples = [f"{(i + 1)}: {v}" for i, v in enumerate(rss) if v]
+    lines += ["", f"The helper's RSS (KiB) after every {every} moves: {', '.join(samples)}."]
     return "\n".join(lines)
 
 
