@@ -1,6 +1,7 @@
 """All moves, measured (issue 20): every ordered pair of the lab's networks, N times (root).
 
     sudo python benchmarks/moves_bench.py [--rounds 5] [--soak 200] [--seed N] [--write]
+                                          [--every 50] [--trace DIR]
 
 The world of ``tests/lab/test_all_moves.py`` (gateways reachable only from
 outside, the home agent, foreign agents on fa1 and fa2, trustroamd with the mc
@@ -15,6 +16,9 @@ random if not given) with the same TCP session, starting and ending on pub in
 mc, and the helper's memory and descriptors, the MN's nft rules, routes, XFRM
 state and charon's SAs at both ends.  ``--write`` replaces the tables in
 ``benchmarks/README.md`` (between their ``moves-table`` / ``soak-table`` markers).
+``--every K``: the helper's RSS after every K soak moves.  ``--trace DIR``: the
+helper runs under tracemalloc (``benchmarks/trace_helper.py``) and a snapshot goes
+to DIR at each RSS sample (``python benchmarks/trace_diff.py DIR`` compares them).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -66,7 +71,17 @@ def keep(readme: Path, which: str, text: str) -> None:
     readme.write_text(body)
 
 
-def soak(world: dict[str, object], lab: Lab, client: Proc, moves: int, seed: int) -> str:
+def snapshot(pid: int, trace: Path, n: int) -> None:
+    """Have the traced helper write its ``n``-th tracemalloc snapshot into ``trace``."""
+    os.kill(pid, signal.SIGUSR2)
+    done = trace / f"snap-{n}.done"
+    deadline = time.monotonic() + 120
+    while not done.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the helper writes it from its signal handler: no event to await
+
+
+def soak(world: dict[str, object], lab: Lab, client: Proc, moves: int, seed: int,
+         every: int = 50, trace: Path | None = None) -> str:
     """``moves`` random moves from ``seed`` on pub and back; the resources at both ends."""
     helper = world["helper"]
     assert isinstance(helper, Proc)
@@ -79,11 +94,15 @@ def soak(world: dict[str, object], lab: Lab, client: Proc, moves: int, seed: int
     with ping_stream(drain=2.0) as pings:
         pings.wait_reply(after=time.time(), timeout=30)
         before = settled(pid, resources(pid))
+        if trace is not None:
+            snapshot(pid, trace, 0)  # starts tracing
         rss: list[str] = []
 
         def sample(m: Move) -> None:
             n = len(rss) + 1
-            if n % 50 == 0:
+            if n % every == 0:
+                if trace is not None:
+                    snapshot(pid, trace, n // every)
                 rss.append(f"{resources(pid)['rss_kib']}")
             else:
                 rss.append("")
@@ -100,8 +119,8 @@ def soak(world: dict[str, object], lab: Lab, client: Proc, moves: int, seed: int
              "every move.", "", "| on pub, in mc | at the start | at the end |",
              "|---|---:|---:|"]
     lines += [f"| {k} | {before[k]} | {after[k]} |" for k in before]
-    every = [f"{(i + 1)}: {v}" for i, v in enumerate(rss) if v]
-    lines += ["", f"The helper's RSS (KiB) after every 50 moves: {', '.join(every)}."]
+    samples = [f"{(i + 1)}: {v}" for i, v in enumerate(rss) if v]
+    lines += ["", f"The helper's RSS (KiB) after every {every} moves: {', '.join(samples)}."]
     return "\n".join(lines)
 
 
@@ -111,6 +130,9 @@ def main() -> None:
     ap.add_argument("--soak", type=int, default=0, help="random moves after the rounds")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--write", action="store_true", help="keep the table in benchmarks/README.md")
+    ap.add_argument("--every", type=int, default=50, help="soak moves between RSS samples")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="run the helper under tracemalloc, snapshots into this directory")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("moves_bench: needs root")
@@ -131,7 +153,13 @@ def main() -> None:
                    str(d / "fa2.toml"))
         try:
             fa2.wait("foreign agent on fa")
-            with helper_world(lab.nm_bus(), d, profiles, secrets) as world, ExitStack() as st:
+            prefix: tuple[str, ...] = ()
+            if args.trace is not None:
+                args.trace.mkdir(parents=True, exist_ok=True)
+                os.environ["TRUSTROAM_TRACE_DIR"] = str(args.trace.resolve())
+                prefix = (sys.executable, str(ROOT / "benchmarks" / "trace_helper.py"))
+            with helper_world(lab.nm_bus(), d, profiles, secrets,
+                              helper_prefix=prefix) as world, ExitStack() as st:
                 wait_history(world, 0, "mode", {"mode": "h"}, timeout=30)
                 client = st.enter_context(echo_session(d))
                 for n in range(args.rounds):
@@ -143,7 +171,8 @@ def main() -> None:
                     print(f"round {n + 1}: {len(done.moves)} moves, "
                           f"{sum(m.lost for m in done.moves)} pings lost", flush=True)
                 if args.soak:
-                    soaked = soak(world, lab, client, args.soak, seed)
+                    soaked = soak(world, lab, client, args.soak, seed, args.every,
+                                  args.trace)
                     print(soaked, flush=True)
         finally:
             fa2.stop()
