@@ -4,7 +4,7 @@
 
 Each try is ``{"src": addr|null, "sport": n|null, "dst": addr, "dport": n,
 "proto": "udp"|"icmp"|"esp", "icmp_type": n, "iface": name|null, "helper": bool,
-"charon": bool, "mark": n, "uid": n, "answer": bool}``
+"charon": bool, "mark": n, "uid": n, "answer": bool, "payload": hex}``
 (``mark``: UDP with ``answer`` only; ``helper``, ``charon``: the socket carries the
 helper's or charon's mark; ``uid``: sent by a process of that uid, unmarked).  Prints one JSON
 list: for each try "sent" or "refused" (a netfilter drop of a local packet is
@@ -116,7 +116,9 @@ def _try(t: dict[str, Any]) -> str:
     elif t["proto"] == "udp":
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        payload = b"normal traffic"
+        # ``payload``: hex, e.g. "01" (a Mobile IP Registration Request's type byte)
+        # or "04" (RFC 3519 tunnel data): the gate judges UDP 434 by its first byte.
+        payload = bytes.fromhex(t["payload"]) if t.get("payload") else b"normal traffic"
     else:
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         head = struct.pack("!BBHI", t["icmp_type"], 0, 0, 0)

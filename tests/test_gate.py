@@ -83,6 +83,11 @@ def probe(decision: dict[str, str] | None, tries: list[dict[str, object]],
     return list(json.loads(out.stdout))
 
 
+REQUEST, TUNNEL_DATA = "01", "04"
+"""The first UDP payload byte to port 434: a Registration Request (RFC 5944 3.3), RFC
+3519 tunnel data (3.1)."""
+
+
 def udp(dst: str, dport: int, **kw: object) -> dict[str, object]:
     return {"proto": "udp", "dst": dst, "dport": dport, **kw}
 
@@ -98,7 +103,7 @@ def test_rules_render_as_nftables_accepts_them(world):
 def test_rfc5266_3_4_only_the_decision_traffic_leaves_while_undecided(world):
     tries = {
         "DHCP client to server": udp("255.255.255.255", 67, sport=68),
-        "registration to the home agent": udp(HA, 434, helper=True),
+        "registration to the home agent": udp(HA, 434, helper=True, payload=REQUEST),
         "agent solicitation": {"proto": "icmp", "icmp_type": 10, "dst": "224.0.0.2",
                                "helper": True},
         "IKE to a configured gateway": udp("172.16.0.10", 500, charon=True),
@@ -172,7 +177,8 @@ def test_rfc5266_3_4_no_registration_from_the_home_address_except_probing_the_ho
     the home address in clear on a network not proven trusted."""
     ip_batch(MN, [f"addr add {HOME}/32 dev eth0"])
     try:
-        tries = [udp(HA, 434, helper=True, src=HOME), udp(HA, 434, helper=True, src=LINK)]
+        tries = [udp(HA, 434, helper=True, src=HOME, payload=REQUEST),
+                 udp(HA, 434, helper=True, src=LINK, payload=REQUEST)]
         assert probe(None, tries) == ["refused", "sent"]
         out = subprocess.run(["ip", "netns", "exec", MN, sys.executable, "-m",
                               "tests.gate_probe", json.dumps({"decision": None, "tries": tries,
@@ -197,6 +203,19 @@ def test_rfc5266_3_4_a_trusted_decision_opens_only_the_proven_path(world):
     c = {"iface": "eth0", "address": LINK, "mode": "c"}
     assert probe(c, [udp(HA, 9999, src=LINK), udp(INTRANET, 9999, src=LINK)],
                  install=False) == ["sent", "refused"]
+
+
+def test_rfc3519_tunnel_data_to_port_434_leaves_only_by_the_modes_proven_path(world):
+    """The undecided rule to the home agent's 434 is for Registration Requests (type 1)
+    only: RFC 3519 tunnel data and keepalives (type 4) from the same sockets leave only
+    where the mode opens the tunnel: mode c on the proven link, mc only into IPsec."""
+    data = udp(HA, 434, helper=True, src=LINK, payload=TUNNEL_DATA)
+    request = udp(HA, 434, helper=True, src=LINK, payload=REQUEST)
+    assert probe(None, [data, request]) == ["refused", "sent"]
+    c = {"iface": "eth0", "address": LINK, "mode": "c"}
+    assert probe(c, [data, request], install=False) == ["sent", "sent"]
+    mc = {"iface": "eth0", "address": LINK, "mode": "mc", "tia": TIA}
+    assert probe(mc, [data], install=False) == ["refused"]
 
 
 def test_rfc5266_3_4_home_address_in_clear_only_in_modes_h_and_f(world):
@@ -277,7 +296,8 @@ def test_rfc5266_3_4_mode_mc_lets_out_only_mobile_ip_inside_the_vpn(world):
             "the home address into the Mobile IP tunnel": udp(INTRANET, 9999, src=HOME),
             "TIA -> home agent into the VPN (the tunnel's outer packets)":
                 udp(HA, 9999, src=TIA),
-            "the registration through the VPN": udp(HA, 434, src=TIA, helper=True),
+            "the registration through the VPN": udp(HA, 434, src=TIA, helper=True,
+                                                    payload=REQUEST),
             "charon's IKE to the gateway": udp(GATEWAY, 4500, src=LINK, charon=True),
             "the helper's echo to the gateway": {"proto": "icmp", "icmp_type": 8,
                                                  "dst": GATEWAY, "helper": True},

@@ -84,6 +84,16 @@ FORBIDDEN = {
         {Rule.CLEAR, Rule.ALLOWED}),
     "TCP from the link address to the intranet": (
         out(IP(src=LINK, dst=CN) / TCP(sport=40001, dport=7)), {Rule.CLEAR, Rule.ALLOWED}),
+    # RFC 3519 tunnel data (type 4) to and from the HA's 434: the Mobile IP tunnel in
+    # clear, not the probe (the judge reads the Mobile IP type).
+    "RFC 3519 tunnel data to the home agent's 434": (
+        out(IP(src=LINK, dst=HA) / UDP(sport=40000, dport=434)
+            / Raw(b"\x04\x04\0\0" + bytes(IP(src=HOME, dst=CN) / UDP(sport=5, dport=9)))),
+        {Rule.CLEAR, Rule.ALLOWED}),
+    "RFC 3519 tunnel data from the home agent's 434": (
+        back(IP(src=HA, dst=LINK) / UDP(sport=434, dport=40000)
+             / Raw(b"\x04\x04\0\0" + bytes(IP(src=CN, dst=HOME) / UDP(sport=9, dport=5)))),
+        {Rule.CLEAR, Rule.ALLOWED}),
     "a registration from the home address": (
         out(IP(src=HOME, dst=HA) / UDP(sport=434, dport=434) / Raw(b"\x01" + b"\0" * 23)),
         {Rule.CLEAR, Rule.ALLOWED}),

@@ -416,7 +416,7 @@ class AccessModeMachine:
                 s.actions.append(Gate(s.open_path))
         s.actions.append(PrepareLink(ev.iface, ev.address, ev.gateway, mc_holds=in_mc))
         if back_to_tunnel:  # a claim of the old link moved mc's home address: back
-            s.actions.append(ConfigureDataPlane(Mode.VPN, ev.iface, tia=s.configured_tia))
+            s.actions.append(s.vpn_plane(ev.iface))
         if not in_mc:
             s.enter(State.PROBING, Mode.NONE, None)
         if s.policy is Policy.ALWAYS_VPN and self._vpn.configured:

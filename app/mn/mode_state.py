@@ -118,6 +118,8 @@ class ModeState:
     configured: Mode = Mode.NONE
     """What the last ConfigureDataPlane action set up."""
     configured_tia: IPv4Address | None = None
+    configured_keepalive_s: int = 0
+    """mc's RFC 3519 UDP tunnel as configured: its keepalive interval (0: IP-in-IP)."""
     actions: list[Action] = field(default_factory=list)
     """The actions of the step under way, in order."""
     known: KnownNetworks = field(default_factory=lambda: KnownNetworks(KnownNetworksConfig()))
@@ -181,6 +183,7 @@ class ModeState:
         self.enter(phase, Mode.NONE, error)
         if self.configured is not Mode.NONE or self.home_claimed is not None:
             self.configured, self.configured_tia, self.home_claimed = Mode.NONE, None, None
+            self.configured_keepalive_s = 0
             self.actions.append(ConfigureDataPlane(Mode.NONE, None))
         link = self.link
         if phase is State.UNTRUSTED and link is not None and link.claimed and not link.lost:
@@ -209,7 +212,14 @@ class ModeState:
             self.home_probe = None
             self.actions.append(Gate(self.open_path))
         if self.withdraw_home():
-            self.actions.append(ConfigureDataPlane(Mode.VPN, link.iface, tia=self.configured_tia))
+            self.actions.append(self.vpn_plane(link.iface))
+
+    def vpn_plane(self, iface: str) -> ConfigureDataPlane:
+        """mc's data plane again as configured, its RFC 3519 UDP tunnel included (the
+        home agent keeps UDP-tunnelling: IP-in-IP here would lose its packets)."""
+        k = self.configured_keepalive_s
+        return ConfigureDataPlane(Mode.VPN, iface, tia=self.configured_tia,
+                                  udp_tunnel=k > 0, keepalive_s=k)
 
     # -- what the user sees: the status and the handover time ------------------------
 

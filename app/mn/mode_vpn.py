@@ -475,6 +475,7 @@ class VpnSide:
                 Mode.VPN, link.iface, tia=v.tia, udp_tunnel=udp,
                 keepalive_s=(ev.keepalive_interval or DEFAULT_KEEPALIVE) if udp else 0))
             s.configured, s.configured_tia = Mode.VPN, v.tia
+            s.configured_keepalive_s = (ev.keepalive_interval or DEFAULT_KEEPALIVE) if udp else 0
         s.open(link)
 
     def _on_timed_out(self, t: RegistrationClient, ev: TimedOut, now: float) -> None:

@@ -186,7 +186,14 @@ class MobileNodeSockets:
         return s
 
     def open_vpn(self, tia: IPv4Address) -> None:
-        """The registration socket on the TIA (mode mc); a failure is logged."""
+        """The registration socket on the TIA (mode mc); a failure is logged.  The same
+        TIA again (IKE reauthentication, a re-initiate) keeps the socket: the binding
+        and its RFC 3519 UDP tunnel name its source port (RFC 3519 3.3)."""
+        old = self._vpn_reg
+        if old is not None and old.fileno() != -1:
+            with contextlib.suppress(OSError):
+                if old.getsockname()[0] == str(tia):
+                    return
         self.close_vpn()
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:

@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include <Python.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
@@ -274,6 +275,10 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
                                      &self->udp_fd, &self->route_off, &self->accept_off,
                                      &self->vnet, &self->gre_fd))
         return -1;
+    if (self->udp_fd >= 0 && (self->udp_fd = fcntl(self->udp_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
     if ((self->route_off != 12 && self->route_off != 16) ||
         (self->accept_off != 12 && self->accept_off != 16)) {
         PyErr_SetString(PyExc_ValueError, "offsets must be 12 (source) or 16 (destination)");
@@ -293,6 +298,8 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
 }
 
 static void Engine_dealloc(Engine *self) {
+    if (self->udp_fd >= 0)
+        close(self->udp_fd);
     PyMem_Free(self->route.slots);
     PyMem_Free(self->accept.slots);
     PyMem_RawFree(self->bufs);
@@ -393,7 +400,14 @@ static PyObject *Engine_set_udp_fd(Engine *self, PyObject *arg) {
         return NULL;
     if (fd < -1 || fd > INT_MAX)
         return PyErr_Format(PyExc_ValueError, "bad file descriptor %ld", fd);
-    self->udp_fd = (int)fd;
+    /* Its own descriptor (dup): the caller's socket may close and its number be
+       reused by a new socket (a move's registration socket, on an unproven address). */
+    int own = -1;
+    if (fd >= 0 && (own = fcntl((int)fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (self->udp_fd >= 0)
+        close(self->udp_fd);
+    self->udp_fd = own;
     Py_RETURN_NONE;
 }
 

@@ -45,7 +45,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from app.api import Mode
 from app.mip.icmp import ALL_ROUTERS
-from app.mip.messages import MIP_PORT, TYPE_REPLY
+from app.mip.messages import MIP_PORT, TYPE_REPLY, TYPE_REQUEST
 
 TABLE = "trustroam_gate"
 COUNTER = "blocked"
@@ -221,6 +221,12 @@ def dns_refusal_rules(path: ProvenPath | None) -> list[str]:
             f"tcp dport {DNS_PORT} reject with tcp reset"]
 
 
+REPLY_PAYLOAD = f"@th,64,8 {TYPE_REPLY}"
+"""The first byte of the UDP payload (after the 8-byte header) is a Registration Reply."""
+REQUEST_PAYLOAD = f"@th,64,8 {TYPE_REQUEST}"
+"""... a Registration Request (RFC 5944 3.3), not RFC 3519 tunnel data (type 4)."""
+
+
 def undecided_rules(policy: GatePolicy) -> list[str]:
     m = f"meta mark {HELPER_MARK:#x}"
     rules = [
@@ -233,8 +239,11 @@ def undecided_rules(policy: GatePolicy) -> list[str]:
         # sockets only (marked), not any process that picks the same ports.
         # ... never from the home address (in clear on a network not proven trusted:
         # only the home link's deregistration leaves from it, see proven_rules).
+        # Registration Requests only: RFC 3519 tunnel data and keepalives (type 4)
+        # leave from the same sockets to the same port, and only the mode's proven
+        # path may carry them (c: the care-of address on the link; mc: IPsec).
         f"{m} ip saddr != {policy.home_address} ip daddr {policy.home_agent} "
-        f"udp dport {MIP_PORT} accept",
+        f"udp dport {MIP_PORT} {REQUEST_PAYLOAD} accept",
         f"{m} ip daddr {{ {ALL_ROUTERS}, {LIMITED_BROADCAST} }} icmp type "
         "router-solicitation accept",
     ]
@@ -307,8 +316,6 @@ def arp_rules(policy: GatePolicy, path: ProvenPath | None,
     return [*rules, f"{home} counter name {COUNTER} drop"]
 
 
-REPLY_PAYLOAD = f"@th,64,8 {TYPE_REPLY}"
-"""The first byte of the UDP payload (after the 8-byte header) is a Registration Reply."""
 
 
 def undecided_in_rules(policy: GatePolicy) -> list[str]:

@@ -38,12 +38,14 @@ from tests.requirements import TSHARK
 FIELDS = ("frame.number", "frame.time_epoch", "eth.src", "eth.dst", "eth.type", "ip.src",
           "ip.dst", "ip.proto", "udp.srcport", "udp.dstport", "esp.spi", "icmp.type",
           "arp.src.proto_ipv4", "arp.dst.proto_ipv4", "ipv6.src", "ipv6.dst",
-          "_ws.col.Protocol")
+          "_ws.col.Protocol", "udp.payload")
 IKE_PORTS = frozenset({"500", "4500"})
 SOLICITATION_TO = frozenset({"224.0.0.2", "255.255.255.255"})
 ETH_IPV4, ETH_ARP, ETH_IPV6 = "0x0800", "0x0806", "0x86dd"
 PROTO_ICMP, PROTO_UDP, PROTO_ESP = "1", "17", "50"
 MIP_PORT = "434"
+MIP_REQUEST, MIP_REPLY = "01", "03"
+"""The first UDP payload byte (hex, tshark's udp.payload): RFC 5944 3.3, 3.4."""
 ICMP_ERRORS = frozenset({"3", "11"})
 """Destination unreachable, time exceeded."""
 
@@ -141,10 +143,13 @@ def is_probe(f: Frame, p: Policy) -> bool:
     if f["ip.proto"] != PROTO_UDP:
         return False
     ha = str(p.home_agent)
+    # The Mobile IP type (the payload's first byte): only a request out and a reply
+    # in; RFC 3519 tunnel data (4) to or from the same port is the tunnel itself.
+    mip_type = f["udp.payload"][:2]
     if f["ip.dst"] == ha and f["udp.dstport"] == MIP_PORT:
-        return f["ip.src"] != str(p.home)
+        return f["ip.src"] != str(p.home) and mip_type == MIP_REQUEST
     if f["ip.src"] == ha and f["udp.srcport"] == MIP_PORT:
-        return f["ip.dst"] != str(p.home)
+        return f["ip.dst"] != str(p.home) and mip_type == MIP_REPLY
     return False
 
 

@@ -303,3 +303,26 @@ async def test_kernel_dataplane_mc_with_a_translated_tia_takes_the_userspace_pla
     assert ("route", "replace", {"dst": f"{HA}/32", "table": mn_routes.TABLE_MODE,
                                  "gateway": "192.168.60.1", "oif": 2,
                                  "prefsrc": str(TIA)}) in calls
+
+
+def test_rfc3519_mc_put_back_on_its_tunnel_keeps_the_udp_tunnel_and_its_keepalives():
+    """mc's home address claimed for the home link, then another link while mc holds:
+    the data plane goes back to mc as configured, UDP-tunnelled with its keepalive
+    interval (the home agent still UDP-tunnels; IP-in-IP here would lose its packets)."""
+    w = nat_world()
+    w.move("pub")
+    w.run(2)
+    assert w.m.mode is Mode.VPN and w.ha.bindings[ALICE].udp_tunnel
+    first = next(a for _, a in w.actions if isinstance(a, ConfigureDataPlane)
+                 and a.mode is Mode.VPN)
+    w.move("home")
+    for _ in range(200):
+        if w.m.home_claimed is not None:
+            break
+        w.run(0.01)
+    assert w.m.home_claimed == "eth0" and w.m.mode is Mode.VPN
+    n = len(w.actions)
+    w.move("pub")
+    again = [a for _, a in w.actions[n:] if isinstance(a, ConfigureDataPlane)
+             and a.mode is Mode.VPN]
+    assert again and again[0] == first, again

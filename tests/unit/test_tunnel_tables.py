@@ -3,6 +3,8 @@ the compiled engine's hash table and the Python engine's dicts, against a model.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -99,3 +101,32 @@ def test_gre_over_udp_is_refused() -> None:
     for _name, eng in _engines():
         with pytest.raises(ValueError, match="GRE"):
             eng.set_route(b"\x01\x02\x03\x04", b"\x01\x02\x03\x04", 434, True)
+
+
+def _open_socket_inodes() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:"):
+                out.add(target)
+    return out
+
+
+@pytest.mark.parametrize("name", ["python", "compiled"])
+def test_rfc3519_the_engine_keeps_its_own_udp_socket_not_the_descriptor_number(name: str
+                                                                               ) -> None:
+    """The registration socket that carries RFC 3519 tunnel data closes on a move and
+    the next one gets the same descriptor number, bound to the new (unproven) address:
+    the engine must hold its own reference to the socket it was given (a dup), never
+    send from whatever the number names now; set_udp_fd(-1) lets it go."""
+    engine = dict(_engines()).get(name)
+    if engine is None:
+        pytest.skip("app.net._fastpath is not built")
+    old = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    old_inode = os.readlink(f"/proc/self/fd/{old.fileno()}")
+    engine.set_udp_fd(old.fileno())
+    old.close()
+    assert old_inode in _open_socket_inodes(), "the engine let its socket go with the number"
+    engine.set_udp_fd(-1)
+    assert old_inode not in _open_socket_inodes()

@@ -209,3 +209,25 @@ def test_rfc5266_4_the_nat_shown_is_the_vpns_in_mc_and_the_registrations_otherwi
     s.vpn.configured(Mode.COLOCATED, True)  # RFC 3519: the registration crossed one
     assert s.board.snapshot.nat_detected
 
+
+
+async def test_rfc3519_3_3_a_second_use_tia_for_the_same_tia_keeps_its_socket_and_port(
+        side: Side):
+    """IKE reauthentication or a re-initiate names the same TIA again: the socket that
+    carries the binding (and in mc its UDP tunnel) stays, on the same source port
+    (RFC 3519 3.3: the HA and the gateway's NAT mapping name that port).  A new TIA
+    gets a new socket."""
+    await side.vpn.use_tia(USE, MONO)
+    first = side.sockets._vpn_reg
+    assert first is not None
+    port = first.getsockname()[1]
+    await side.vpn.use_tia(am.UseTia(TIA, "vpn.example", GW, ike_id=2, nat_detected=True,
+                                     local=USE.local, remote=USE.remote), MONO + 1)
+    again = side.sockets._vpn_reg
+    assert again is first and again.fileno() != -1 and again.getsockname()[1] == port
+    await side.vpn.use_tia(am.UseTia(A("10.99.1.2"), "vpn.example", GW, ike_id=3,
+                                     nat_detected=True, local=USE.local, remote=USE.remote),
+                           MONO + 2)
+    other = side.sockets._vpn_reg
+    assert other is not first and other is not None
+    assert other.getsockname()[0] == "10.99.1.2"
