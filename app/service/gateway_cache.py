@@ -16,8 +16,7 @@ import logging
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from app.config import FileMissing, FileRefused, read_regular_file
-from app.service.state import write_file
+from app.service.state import read_advisory, write_file
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +78,7 @@ class GatewayCache:
 
     def _read(self) -> dict[str, tuple[IPv4Address, ...]]:
         assert self.directory is not None
-        path = self.directory.absolute() / FILE
-        try:
-            data = read_regular_file(path, MAX_FILE, follow_symlinks=False, root_owned=True)
-        except FileMissing:
-            return {}
-        except FileRefused as exc:
-            log.warning("%s ignored: %s", path, exc.reason)
-            return {}
-        try:
-            return parse(json.loads(data.decode()))
-        except (UnicodeDecodeError, RecursionError, ValueError) as exc:
-            log.warning("%s ignored: %s", path, exc)
-            return {}
+        return read_advisory(self.directory, FILE, MAX_FILE, parse, {})
 
 
 def parse(doc: object) -> dict[str, tuple[IPv4Address, ...]]:

@@ -14,8 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from app.config import FileMissing, FileRefused, read_regular_file
-from app.service.state import write_file
+from app.service.state import read_advisory, write_file
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +66,7 @@ class GatewayMemory:
 
     def _read(self) -> dict[str, dict[str, str]]:
         assert self.directory is not None
-        path = self.directory.absolute() / FILE
-        try:
-            data = read_regular_file(path, MAX_FILE, follow_symlinks=False, root_owned=True)
-        except FileMissing:
-            return {}
-        except FileRefused as exc:
-            log.warning("%s ignored: %s", path, exc.reason)
-            return {}
-        try:
-            return parse(json.loads(data.decode()))
-        except (UnicodeDecodeError, RecursionError, ValueError) as exc:
-            log.warning("%s ignored: %s", path, exc)
-            return {}
+        return read_advisory(self.directory, FILE, MAX_FILE, parse, {})
 
 
 def parse(doc: object) -> dict[str, dict[str, str]]:

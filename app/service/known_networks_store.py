@@ -15,10 +15,9 @@ import math
 import re
 from pathlib import Path
 
-from app.config import FileMissing, FileRefused, read_regular_file
 from app.mn.known_networks import MAX_REMEMBERED
 from app.mn.mode_events import RememberNetwork
-from app.service.state import write_file
+from app.service.state import read_advisory, write_file
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +57,7 @@ class KnownNetworksStore:
 
     def _read(self) -> dict[str, float]:
         assert self.directory is not None
-        path = self.directory.absolute() / FILE
-        try:
-            data = read_regular_file(path, MAX_FILE, follow_symlinks=False, root_owned=True)
-        except FileMissing:
-            return {}
-        except FileRefused as exc:
-            log.warning("%s ignored: %s", path, exc.reason)
-            return {}
-        try:
-            return parse(json.loads(data.decode()))
-        except (UnicodeDecodeError, RecursionError, ValueError, OverflowError) as exc:
-            log.warning("%s ignored: %s", path, exc)
-            return {}
+        return read_advisory(self.directory, FILE, MAX_FILE, parse, {})
 
 
 def parse(doc: object) -> dict[str, float]:

@@ -16,10 +16,13 @@ file and the field, never half-believed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets as _random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from app.api import Policy
 from app.config import FileMissing, FileRefused, read_regular_file
@@ -92,6 +95,30 @@ def save(directory: Path, state: HelperState) -> None:
     """Atomically replace the state file (root-only), never through a symlink."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_file(directory, FILE, dumps(state), 0o600)
+
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+
+
+def read_advisory(directory: Path, name: str, max_size: int, parse: Callable[[object], T],
+                  empty: T) -> T:
+    """An advisory JSON file of the state directory (a cache, a memory): root's own
+    regular file, no symlink, at most ``max_size`` bytes, believed only if ``parse``
+    takes it; otherwise ``empty`` with a warning naming the file, never an error."""
+    path = directory.absolute() / name
+    try:
+        data = read_regular_file(path, max_size, follow_symlinks=False, root_owned=True)
+    except FileMissing:
+        return empty
+    except FileRefused as exc:
+        _log.warning("%s ignored: %s", path, exc.reason)
+        return empty
+    try:
+        return parse(json.loads(data.decode()))
+    except (UnicodeDecodeError, RecursionError, ValueError, OverflowError, TypeError) as exc:
+        _log.warning("%s ignored: %s", path, exc)
+        return empty
 
 
 def write_file(directory: Path, name: str, data: bytes, mode: int) -> None:
